@@ -1,0 +1,81 @@
+"""Lanczos building blocks in float64: the Krylov arithmetic behind eigenpairs, trace and density.
+
+The operator may compute in float32; the basis, the projected matrix and every reduction
+here are float64 so that rounding in the recurrence does not pollute the results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+MatMul = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rademacher(n: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``(n, k)`` matrix of ±1 entries from a CPU generator, so the same seed gives the same
+    probes on every device and every process."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    signs = torch.randint(0, 2, (n, k), generator=gen, dtype=torch.int8)
+    return (signs.to(torch.float64) * 2 - 1).to(device)
+
+
+def gaussian(n: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    return torch.randn(n, k, generator=gen, dtype=torch.float64).to(device)
+
+
+def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+    """Remove from the columns of ``vectors`` their components in ``basis`` (rows orthonormal).
+    Two passes of classical Gram-Schmidt ("twice is enough") keep full orthogonality."""
+    if basis is None or basis.shape[0] == 0:
+        return vectors
+    for _ in range(2):
+        vectors = vectors - basis.T @ (basis @ vectors)
+    return vectors
+
+
+def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int
+                               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Run ``steps`` Lanczos iterations from each column of ``start`` independently, with full
+    reorthogonalization, multiplying all columns in one ``matmul`` per step.
+
+    Returns, per column, the diagonal ``alpha`` and off-diagonal ``beta`` of its tridiagonal.
+    A column whose Krylov space is exhausted early stops there (shorter tridiagonal).
+    """
+    n, k = start.shape
+    steps = min(steps, n)
+    q = start / start.norm(dim=0, keepdim=True)
+    bases = [[q[:, c]] for c in range(k)]
+    alphas: list[list[float]] = [[] for _ in range(k)]
+    betas: list[list[float]] = [[] for _ in range(k)]
+    active = list(range(k))
+    for step in range(steps):
+        cols = torch.stack([bases[c][-1] for c in active], dim=1)
+        w = matmul(cols)
+        still = []
+        for j, c in enumerate(active):
+            basis = torch.stack(bases[c])
+            wc = w[:, j]
+            alpha = float(bases[c][-1] @ wc)
+            alphas[c].append(alpha)
+            if step == steps - 1:
+                continue
+            wc = orthogonalize(wc.unsqueeze(1), basis).squeeze(1)
+            beta = float(wc.norm())
+            scale = max(abs(a) for a in alphas[c]) + (max(betas[c]) if betas[c] else 0.0)
+            if beta <= 1e-12 * max(scale, 1e-300):
+                continue
+            betas[c].append(beta)
+            bases[c].append(wc / beta)
+            still.append(c)
+        active = still
+        if not active:
+            break
+    return [(torch.tensor(alphas[c], dtype=torch.float64), torch.tensor(betas[c][: len(alphas[c]) - 1],
+             dtype=torch.float64)) for c in range(k)]
+
+
+def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    return torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)

@@ -1,0 +1,263 @@
+"""The exact Hessian of the mean loss over a dataset, as a matrix-free linear operator.
+
+``H @ v`` is a Hessian-vector product by double back-propagation, summed over the batches of
+the data with each batch weighted by its number of samples, so batches of unequal size give
+the Hessian of the mean loss over *all* samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import batch_size, call_model, check_data, iter_batches, place
+from ..model_state import evaluation_mode, model_device, preserved_rng, trainable_parameters
+
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+MODES = ("eval", "train")
+
+
+def _loss_reduction(loss_fn: Any) -> str:
+    reduction = getattr(loss_fn, "reduction", "mean")
+    return reduction if isinstance(reduction, str) else "mean"
+
+
+@contextlib.contextmanager
+def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """cuDNN RNN kernels and fused attention kernels have no double backward; fall back to
+    implementations that do, only where they are needed."""
+    with contextlib.ExitStack() as stack:
+        if device.type == "cuda":
+            if any(isinstance(m, nn.RNNBase) for m in model.modules()):
+                stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+            try:
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+            except ImportError:  # older torch
+                pass
+        yield
+
+
+class HessianOperator:
+    """Matrix-free exact Hessian of the mean loss over ``data`` w.r.t. the trainable parameters.
+
+    Supports ``H @ v`` (a flat vector of length ``num_params``) and ``H @ V`` (a matrix whose
+    columns are such vectors), for torch tensors and numpy arrays. Products use the model's
+    current parameters; the model is left exactly as it was after every product.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
+                 max_block: int = 16) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable (a loss module or a function such as "
+                            f"torch.nn.functional.cross_entropy), got {type(loss_fn).__name__}.")
+        check_data(data)
+        named = trainable_parameters(model)
+        if mode == "train":
+            stochastic = [type(m).__name__ for m in model.modules()
+                          if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+            if stochastic:
+                raise ValueError(
+                    f"mode='train' makes the loss random ({', '.join(sorted(set(stochastic)))} "
+                    "active), so it has no well-defined Hessian. Use mode='eval' (the default), "
+                    "or set the dropout probability to 0.")
+        reduction = _loss_reduction(loss_fn)
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"loss_fn has reduction={reduction!r}; the Hessian needs a scalar loss. "
+                             "Use reduction='mean'.")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.data = data
+        self.mode = mode
+        self.max_block = max(1, int(max_block))
+        self._sum_reduction = reduction == "sum"
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.num_params = int(sum(self.numels))
+        self.device = model_device(self.params)
+        dtypes = {p.dtype for p in self.params}
+        if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
+            raise TypeError(f"trainable parameters must share one floating dtype, got {sorted(map(str, dtypes))}.")
+        self.dtype = next(iter(dtypes))
+        self.num_matvecs = 0
+        self.loss, self.num_samples, self.num_batches = self._validate()
+
+    # -- shape and layout ---------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.num_params, self.num_params)
+
+    def flatten(self, tensors: list[torch.Tensor] | dict[str, torch.Tensor]) -> torch.Tensor:
+        if isinstance(tensors, dict):
+            tensors = [tensors[n] for n in self.names]
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map a flat vector back to ``{parameter name: tensor of that parameter's shape}``."""
+        if vector.shape[0] != self.num_params:
+            raise ValueError(f"vector has length {vector.shape[0]}, expected {self.num_params}.")
+        parts = torch.split(vector, self.numels)
+        return {n: part.reshape(s) for n, part, s in zip(self.names, parts, self.shapes)}
+
+    def parameter_vector(self) -> torch.Tensor:
+        return self.flatten([p.detach() for p in self.params])
+
+    # -- passes over the data ------------------------------------------------------------
+    def _batches(self) -> Iterator[tuple[Any, torch.Tensor, int]]:
+        for inputs, targets in iter_batches(self.data):
+            inputs, targets = place(inputs, targets, self.device)
+            yield inputs, targets, batch_size(targets)
+
+    def _batch_loss(self, inputs: Any, targets: torch.Tensor, index: int) -> torch.Tensor:
+        try:
+            outputs = call_model(self.model, inputs)
+        except RuntimeError as err:
+            raise ValueError(f"the model failed on batch {index}: {err}") from err
+        loss = self.loss_fn(outputs, targets)
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"loss_fn returned {type(loss).__name__}, expected a scalar tensor.")
+        if loss.numel() != 1:
+            raise ValueError(f"loss_fn returned a tensor of shape {tuple(loss.shape)} on batch {index}; "
+                             "it must return a scalar (use reduction='mean').")
+        return loss.reshape(())
+
+    def _weight(self, n: int) -> float:
+        return 1.0 if self._sum_reduction else float(n)
+
+    def _validate(self) -> tuple[float, int, int]:
+        total, count, batches = 0.0, 0, 0
+        with evaluation_mode(self.model, self.mode), torch.no_grad():
+            for i, (inputs, targets, n) in enumerate(self._batches()):
+                loss = self._batch_loss(inputs, targets, i)
+                if not torch.isfinite(loss):
+                    raise ValueError(f"the loss is {loss.item()} on batch {i}: the Hessian of a "
+                                     "non-finite loss is meaningless. Check the data and the model's "
+                                     "parameters for NaN/Inf.")
+                total += loss.item() * self._weight(n)
+                count += n
+                batches += 1
+        if count == 0:
+            raise ValueError("data is empty: it yielded no samples.")
+        return total / count, count, batches
+
+    def _to_param_dtype(self, block: torch.Tensor) -> torch.Tensor:
+        return block.to(device=self.device, dtype=self.dtype)
+
+    def _hvp_block(self, block: torch.Tensor) -> torch.Tensor:
+        """``block`` is (k, num_params) in the parameters' dtype; returns H @ block.T as (k, n)."""
+        k = block.shape[0]
+        pieces = [piece.reshape(k, *s) for piece, s in zip(torch.split(block, self.numels, dim=1), self.shapes)]
+        out = torch.zeros(k, self.num_params, device=self.device, dtype=self.dtype)
+        count = 0
+        with evaluation_mode(self.model, self.mode), _double_backward_safe(self.model, self.device):
+            for i, (inputs, targets, n) in enumerate(self._batches()):
+                loss = self._batch_loss(inputs, targets, i) * self._weight(n)
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True,
+                                            materialize_grads=True)
+                live = [j for j, g in enumerate(grads) if g.requires_grad]
+                count += n
+                if not live:  # loss is at most linear in every parameter: zero curvature
+                    continue
+                g_live = [grads[j] for j in live]
+                if k == 1:
+                    hv = torch.autograd.grad(g_live, self.params, [pieces[j][0] for j in live],
+                                             allow_unused=True, materialize_grads=True)
+                    out[0] += torch.cat([h.reshape(-1) for h in hv])
+                else:
+                    hv = self._batched_second_backward(g_live, [pieces[j] for j in live])
+                    out += torch.cat([h.reshape(k, -1) for h in hv], dim=1)
+        if count != self.num_samples:
+            raise ValueError(f"data yielded {count} samples in this pass but {self.num_samples} when "
+                             "the operator was built; the Hessian needs the same data on every pass.")
+        self.num_matvecs += k
+        return out / count
+
+    def _batched_second_backward(self, g_live: list[torch.Tensor], vs: list[torch.Tensor]) -> tuple:
+        try:
+            return torch.autograd.grad(g_live, self.params, vs, is_grads_batched=True,
+                                       retain_graph=True, allow_unused=True, materialize_grads=True)
+        except RuntimeError:
+            # Some operators have no batching rule for their double backward: one by one instead.
+            cols = [torch.autograd.grad(g_live, self.params, [v[c] for v in vs], retain_graph=True,
+                                        allow_unused=True, materialize_grads=True)
+                    for c in range(vs[0].shape[0])]
+            return tuple(torch.stack([col[j] for col in cols]) for j in range(len(self.params)))
+
+    def _apply(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``matrix`` is (n, k) of any dtype/device; returns H @ matrix with the same dtype/device."""
+        rows = matrix.T
+        outs = []
+        with preserved_rng():
+            for start in range(0, rows.shape[0], self.max_block):
+                chunk = self._to_param_dtype(rows[start:start + self.max_block])
+                outs.append(self._hvp_block(chunk))
+        return torch.cat(outs).T.to(device=matrix.device, dtype=matrix.dtype)
+
+    # -- the linear-operator protocol -------------------------------------------------------
+    def __matmul__(self, other: Any) -> Any:
+        as_numpy = isinstance(other, np.ndarray)
+        x = torch.from_numpy(np.ascontiguousarray(other)) if as_numpy else other
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"HessianOperator @ expects a torch.Tensor or numpy array, got {type(other).__name__}.")
+        if x.dim() not in (1, 2) or x.shape[0] != self.num_params:
+            raise ValueError(f"HessianOperator @ expects a vector of length {self.num_params} or a matrix "
+                             f"with {self.num_params} rows, got shape {tuple(x.shape)}.")
+        if not x.is_floating_point():
+            x = x.to(self.dtype)
+        result = self._apply(x.reshape(self.num_params, -1))
+        result = result.reshape(x.shape)
+        return result.numpy() if as_numpy else result
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return self @ v
+
+    def gradient(self) -> tuple[float, torch.Tensor]:
+        """The mean loss and its flat gradient over all of ``data`` (one pass, no curvature)."""
+        grad = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
+        total, count = 0.0, 0
+        with preserved_rng(), evaluation_mode(self.model, self.mode):
+            for i, (inputs, targets, n) in enumerate(self._batches()):
+                loss = self._batch_loss(inputs, targets, i) * self._weight(n)
+                gs = torch.autograd.grad(loss, self.params, allow_unused=True, materialize_grads=True)
+                grad += torch.cat([g.reshape(-1) for g in gs])
+                total += loss.item()
+                count += n
+        return total / count, grad / count
+
+    def to_scipy(self):
+        """This operator as a ``scipy.sparse.linalg.LinearOperator`` (float64)."""
+        from scipy.sparse.linalg import LinearOperator
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            return (self @ np.asarray(x, dtype=np.float64)).astype(np.float64)
+
+        return LinearOperator(self.shape, matvec=mv, matmat=mv, rmatvec=mv, dtype=np.float64)
+
+    def __repr__(self) -> str:
+        return (f"HessianOperator(num_params={self.num_params}, num_samples={self.num_samples}, "
+                f"batches={self.num_batches}, mode={self.mode!r}, dtype={self.dtype}, device={self.device})")
+
+
+def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
+            max_block: int = 16) -> HessianOperator:
+    """The exact Hessian of the mean of ``loss_fn`` over every sample in ``data``.
+
+    Args:
+        model: any ``nn.Module``; its trainable parameters (``requires_grad=True``) span the space.
+        loss_fn: ``loss_fn(model(inputs), targets)`` returning the batch-mean loss (a module or a
+            function such as ``torch.nn.functional.cross_entropy``).
+        data: a DataLoader, a list of ``(inputs, targets)`` batches, or one such pair.
+        mode: ``"eval"`` (default: dropout off, BatchNorm running statistics) or ``"train"``.
+        max_block: how many vectors one pass over the data multiplies at once (memory bound).
+    """
+    return HessianOperator(model, loss_fn, data, mode=mode, max_block=max_block)

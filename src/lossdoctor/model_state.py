@@ -1,0 +1,117 @@
+"""Leave the user's model exactly as it was: snapshots and restores of parameters, buffers,
+train/eval modes, ``requires_grad``, ``.grad`` and the global RNG state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RNGState:
+    cpu: torch.Tensor
+    cuda: list[torch.Tensor] | None
+
+    @classmethod
+    def capture(cls) -> RNGState:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        return cls(torch.get_rng_state(), cuda)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
+
+
+def capture_modes(model: nn.Module) -> list[bool]:
+    return [m.training for m in model.modules()]
+
+
+def restore_modes(model: nn.Module, modes: list[bool]) -> None:
+    for m, training in zip(model.modules(), modes):
+        m.training = training
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    state = RNGState.capture()
+    try:
+        yield
+    finally:
+        state.restore()
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
+    """Put ``model`` in eval (or train) mode and restore every module's flag afterwards.
+
+    In train mode, buffers such as BatchNorm running statistics would be updated by each
+    forward pass; they are restored too, and so is the RNG.
+    """
+    modes = capture_modes(model)
+    buffers = None
+    rng = RNGState.capture()
+    try:
+        if mode == "train":
+            buffers = [(b, b.detach().clone()) for b in model.buffers()]
+            model.train()
+        else:
+            model.eval()
+        yield
+    finally:
+        restore_modes(model, modes)
+        if buffers is not None:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+        rng.restore()
+
+
+@contextlib.contextmanager
+def preserved_model(model: nn.Module) -> Iterator[None]:
+    """Snapshot everything about ``model`` and put it back on exit, even after an error
+    or a KeyboardInterrupt. For analyses that move the parameters (line searches,
+    landscapes, training on a copy)."""
+    modes = capture_modes(model)
+    rng = RNGState.capture()
+    params = list(model.parameters())
+    saved_params = [p.detach().clone() for p in params]
+    saved_flags = [p.requires_grad for p in params]
+    saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in params]
+    buffers = list(model.buffers())
+    saved_buffers = [b.detach().clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, v, flag, g in zip(params, saved_params, saved_flags, saved_grads):
+                p.copy_(v)
+                p.requires_grad_(flag)
+                p.grad = g
+            for b, v in zip(buffers, saved_buffers):
+                b.copy_(v)
+        restore_modes(model, modes)
+        rng.restore()
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Named trainable parameters, each shared (tied) parameter once, in module order."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the model has no trainable parameters (none with requires_grad=True): "
+                         "there is no Hessian to compute. Unfreeze the parameters to analyse.")
+    return named
+
+
+def model_device(params: list[torch.Tensor]) -> torch.device:
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        raise ValueError(f"the model's trainable parameters are spread over several devices "
+                         f"({sorted(str(d) for d in devices)}); lossdoctor needs them on one device.")
+    return next(iter(devices))

@@ -1,0 +1,1 @@
+"""Drawing results: matplotlib figures (PNG) and the HTML report. Nothing here computes."""

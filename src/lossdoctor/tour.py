@@ -1,0 +1,64 @@
+"""The tour: every study of the lecture on the embedded default, written to one HTML report.
+
+Each section's result is saved to ``results.json`` (and the page rewritten) as soon as it is
+finished, so an interrupted tour keeps every section it completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .progress import Progress
+from .report import spectrum as spectrum_report
+from .report.html import Section, write_page
+from .studies import spectrum as spectrum_study
+
+
+@dataclass(frozen=True)
+class TourSection:
+    key: str
+    title: str
+    run: Callable[..., Any]  # run(quick=..., progress=...) -> result with to_dict()
+    render: Callable[[Any, Path], Section]
+
+
+SECTIONS: list[TourSection] = [
+    TourSection("spectrum", "Hessian spectrum", spectrum_study.run, spectrum_report.render),
+]
+
+INTRO = ("Why did the loss stop going down? Each section runs one study of the lecture on built-in "
+         "MNIST-1D problems and toys, generated offline; every number below was measured in this run.")
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def run_tour(out_dir: str | Path, *, quick: bool = True, only: list[str] | None = None,
+             progress_for: Callable[[str], Progress | None] | None = None) -> Path:
+    """Run the sections (all, or those named in ``only``) and write ``out_dir/index.html`` and
+    ``out_dir/results.json``. ``progress_for(title)`` gives each section a progress callback."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = SECTIONS if not only else [s for s in SECTIONS if s.key in only]
+    unknown = set(only or ()) - {s.key for s in SECTIONS}
+    if unknown:
+        raise ValueError(f"unknown tour sections {sorted(unknown)}; available: {[s.key for s in SECTIONS]}.")
+    results: dict[str, Any] = {}
+    rendered: list[Section] = []
+    page = out / "index.html"
+    for section in chosen:
+        progress = progress_for(section.title) if progress_for else None
+        result = section.run(quick=quick, progress=progress)
+        results[section.key] = result.to_dict()
+        rendered.append(section.render(result, out))
+        _write_json(out / "results.json", results)
+        page = write_page(out, rendered, title="lossdoctor tour", intro=INTRO)
+    return page
