@@ -12,10 +12,15 @@ from .curvature import (
     trace,
 )
 from .problem import Problem, load_problem
+from .training.lr_finder import LRRangeResult, lr_range_test
+from .training.regularization import l2_penalty, weight_decay_groups
+from .training.schedules import WarmupScheduler, gradual_warmup, linear_scaling_factor, warmup
 
 __version__ = "0.1.0"
 
 __all__ = [
     "EigenResult", "HessianOperator", "SpectralDensity", "TraceResult", "dense_hessian",
     "eigenpairs", "hessian", "spectral_density", "trace", "Problem", "load_problem",
+    "LRRangeResult", "lr_range_test", "l2_penalty", "weight_decay_groups",
+    "WarmupScheduler", "gradual_warmup", "linear_scaling_factor", "warmup",
 ]

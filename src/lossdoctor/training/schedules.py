@@ -1,0 +1,195 @@
+"""Learning-rate warm-up as a standard PyTorch scheduler: a linear ramp followed by a constant,
+cosine, linear, step or inverse-square-root phase; the Transformer schedule; Goyal et al.'s
+gradual warm-up with the linear scaling rule.
+
+Every learning rate is a closed-form function of the step, so a scheduler restored from its
+``state_dict`` (plain numbers only: ``torch.load(weights_only=True)`` reads it) continues exactly
+where it stopped, also in the middle of the warm-up.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+AFTER_SHAPES = ("constant", "cosine", "linear", "step", "inverse_sqrt")
+
+
+def warmup_factor(step: int, *, warmup_steps: int, total_steps: int | None = None,
+                  start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
+                  step_size: int | None = None, gamma: float = 0.1, d_model: int | None = None,
+                  scale: float = 1.0) -> float:
+    """The multiplier of the base learning rate used by update number ``step`` (0-based).
+
+    Warm-up (``step < warmup_steps``): ``start_factor + (1 - start_factor) * step / warmup_steps``.
+    Afterwards, with ``u = step - warmup_steps`` and ``D = total_steps - warmup_steps``:
+    constant 1; linear ``1 - (1 - min_factor) * u / D``; cosine
+    ``min_factor + (1 - min_factor) * (1 + cos(pi * u / D)) / 2``; step ``gamma ** (u // step_size)``;
+    inverse_sqrt ``sqrt(warmup_steps / step)``. Linear and cosine stay at ``min_factor`` after
+    ``total_steps``. With ``d_model`` (and ``after="inverse_sqrt"``) the factor is the Transformer's
+    ``d_model**-0.5 * min(s**-0.5, s * warmup_steps**-1.5)`` with ``s = step + 1``, and the base lr
+    is a plain multiplier (1.0 in the paper). Everything is multiplied by ``scale``.
+    """
+    if d_model is not None:
+        s = step + 1
+        return scale * d_model ** -0.5 * min(s ** -0.5, s * warmup_steps ** -1.5)
+    sf = 1.0 / warmup_steps if start_factor is None and warmup_steps > 0 else (start_factor or 0.0)
+    if step < warmup_steps:
+        return scale * (sf + (1.0 - sf) * step / warmup_steps)
+    u = step - warmup_steps
+    if after == "constant":
+        f = 1.0
+    elif after in ("linear", "cosine"):
+        span = max(int(total_steps) - warmup_steps, 1)  # type: ignore[arg-type]
+        progress = min(u / span, 1.0)
+        if after == "linear":
+            f = 1.0 - (1.0 - min_factor) * progress
+        else:
+            f = min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif after == "step":
+        f = gamma ** (u // int(step_size))  # type: ignore[arg-type]
+    elif after == "inverse_sqrt":
+        f = math.sqrt(warmup_steps / step) if step > 0 else 1.0
+    else:  # validated in check_schedule; kept for direct callers
+        raise ValueError(f"after must be one of {AFTER_SHAPES}, got {after!r}.")
+    return scale * f
+
+
+def check_schedule(*, warmup_steps: int, total_steps: int | None, start_factor: float | None, after: str,
+                   min_factor: float, step_size: int | None, gamma: float, d_model: int | None,
+                   scale: float) -> None:
+    """Raise a ValueError naming the first inconsistent setting."""
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
+    if after not in AFTER_SHAPES:
+        raise ValueError(f"after must be one of {AFTER_SHAPES}, got {after!r}.")
+    if start_factor is not None and not start_factor >= 0.0:
+        raise ValueError(f"start_factor must be >= 0 (the multiplier of the lr at step 0), got {start_factor}.")
+    if after in ("linear", "cosine"):
+        if total_steps is None:
+            raise ValueError(f"after={after!r} decays to min_factor at total_steps: pass total_steps.")
+        if total_steps <= warmup_steps:
+            raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps}).")
+    if not 0.0 <= min_factor <= 1.0:
+        raise ValueError(f"min_factor must lie in [0, 1], got {min_factor}.")
+    if after == "step" and (step_size is None or step_size < 1):
+        raise ValueError("after='step' multiplies the lr by gamma every step_size steps: pass step_size >= 1.")
+    if gamma <= 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}.")
+    if after == "inverse_sqrt" and warmup_steps < 1:
+        raise ValueError("after='inverse_sqrt' decays as sqrt(warmup_steps / step): warmup_steps must be >= 1.")
+    if d_model is not None:
+        if after != "inverse_sqrt":
+            raise ValueError("d_model selects the Transformer schedule, which decays as 1/sqrt(step): "
+                             "use after='inverse_sqrt'.")
+        if d_model < 1:
+            raise ValueError(f"d_model must be >= 1, got {d_model}.")
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}.")
+
+
+class WarmupScheduler(LRScheduler):
+    """Linear warm-up, then a decay shape: ``lr_g(step) = base_lr_g * warmup_factor(step, ...)``
+    for every parameter group ``g``. Build it with :func:`warmup` or :func:`gradual_warmup`."""
+
+    def __init__(self, optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None = None,
+                 start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
+                 step_size: int | None = None, gamma: float = 0.1, d_model: int | None = None,
+                 scale: float = 1.0, last_epoch: int = -1) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        check_schedule(warmup_steps=warmup_steps, total_steps=total_steps, start_factor=start_factor,
+                       after=after, min_factor=min_factor, step_size=step_size, gamma=gamma,
+                       d_model=d_model, scale=scale)
+        # Plain attributes only: they are the scheduler's state_dict.
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = None if total_steps is None else int(total_steps)
+        self.start_factor = None if start_factor is None else float(start_factor)
+        self.after = after
+        self.min_factor = float(min_factor)
+        self.step_size = None if step_size is None else int(step_size)
+        self.gamma = float(gamma)
+        self.d_model = None if d_model is None else int(d_model)
+        self.scale = float(scale)
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """The multiplier of every group's base lr at update ``step`` (0-based)."""
+        return warmup_factor(step, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+                             start_factor=self.start_factor, after=self.after, min_factor=self.min_factor,
+                             step_size=self.step_size, gamma=self.gamma, d_model=self.d_model,
+                             scale=self.scale)
+
+    def get_lr(self) -> list[Any]:
+        f = self.factor(max(self.last_epoch, 0))
+        return [base * f for base in self.base_lrs]
+
+    # step(epoch) jumps straight to a step: the schedule is closed-form anyway.
+    _get_closed_form_lr = get_lr
+
+    def __repr__(self) -> str:
+        extra = f", d_model={self.d_model}" if self.d_model else ""
+        return (f"WarmupScheduler(warmup_steps={self.warmup_steps}, after={self.after!r}, "
+                f"total_steps={self.total_steps}, step={self.last_epoch}{extra})")
+
+
+def warmup(optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None = None,
+           start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
+           step_size: int | None = None, gamma: float = 0.1, d_model: int | None = None,
+           scale: float = 1.0, last_epoch: int = -1) -> WarmupScheduler:
+    """A learning-rate warm-up scheduler for ``optimizer`` (call ``.step()`` after every
+    ``optimizer.step()``).
+
+    The lr ramps linearly from ``start_factor * lr`` (default ``lr / warmup_steps``, so no update
+    is wasted at lr 0) to each group's ``lr`` over ``warmup_steps`` updates, then follows ``after``:
+    ``"constant"``; ``"cosine"`` or ``"linear"`` down to ``min_factor * lr`` at ``total_steps``;
+    ``"step"`` (times ``gamma`` every ``step_size`` updates); ``"inverse_sqrt"``
+    (``lr * sqrt(warmup_steps / step)``). ``d_model`` with ``after="inverse_sqrt"`` gives the
+    Transformer schedule ``lr * d_model**-0.5 * min(s**-0.5, s * warmup_steps**-1.5)``, ``s`` the
+    1-based update number (set the optimizer's lr to 1.0 for the paper's values). Each parameter
+    group keeps its own base lr. See :func:`gradual_warmup` for the linear scaling rule.
+    """
+    return WarmupScheduler(optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
+                           start_factor=start_factor, after=after, min_factor=min_factor,
+                           step_size=step_size, gamma=gamma, d_model=d_model, scale=scale,
+                           last_epoch=last_epoch)
+
+
+def linear_scaling_factor(batch_size: int, reference_batch_size: int = 256) -> float:
+    """Goyal et al.'s linear scaling rule: multiply the lr by ``batch_size / reference_batch_size``."""
+    if batch_size < 1 or reference_batch_size < 1:
+        raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {reference_batch_size}.")
+    return batch_size / reference_batch_size
+
+
+def gradual_warmup(optimizer: Optimizer, *, batch_size: int, warmup_steps: int,
+                   reference_batch_size: int = 256, after: str = "constant", **kwargs: Any) -> WarmupScheduler:
+    """Goyal et al. (2017), "Accurate, Large Minibatch SGD": each group's ``lr`` is the lr that
+    works for ``reference_batch_size`` (256); the target lr is ``lr * k`` with
+    ``k = batch_size / reference_batch_size`` (linear scaling rule), reached by a linear ramp that
+    starts at ``lr`` itself over ``warmup_steps`` updates (the paper: 5 epochs). With ``k <= 1`` no
+    warm-up is needed and the ramp is flat. ``after`` and ``kwargs`` as in :func:`warmup`."""
+    k = linear_scaling_factor(batch_size, reference_batch_size)
+    return warmup(optimizer, warmup_steps=warmup_steps, after=after, start_factor=min(1.0, 1.0 / k),
+                  scale=k, **kwargs)
+
+
+def schedule_lrs(lr: float, steps: int, **warmup_kwargs: Any) -> list[float]:
+    """The lr of each of ``steps`` updates under ``warmup(..., **warmup_kwargs)`` for a base lr ``lr``,
+    read from a real scheduler on a throw-away optimizer (for previews and plots)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}.")
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    scheduler = warmup(optimizer, **warmup_kwargs)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(float(optimizer.param_groups[0]["lr"]))
+        optimizer.step()
+        scheduler.step()
+    return lrs
