@@ -1,0 +1,229 @@
+"""Smith's learning-rate range test: train for a few steps while the lr grows exponentially from
+``start_lr`` to ``end_lr``, record the loss, and suggest the lr where it falls fastest.
+
+The test trains the user's model with the user's optimizer, so both are snapshotted first and
+restored afterwards: parameters, buffers, ``requires_grad``, ``.grad``, train/eval modes, the RNG,
+and the optimizer's state (momenta, Adam moments, step counts) and param-group settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._results import ResultMixin, fmt
+from ..data import call_model, check_data, iter_batches, place
+from ..model_state import model_device, preserved_model, trainable_parameters
+from ..progress import Progress
+
+SUGGESTIONS = ("steepest", "minimum")
+
+
+@dataclass(frozen=True)
+class LRRangeResult(ResultMixin):
+    """The loss against the learning rate, and the suggested lr.
+
+    ``losses[i]`` is the training loss of the batch at step ``i``, measured before the update made
+    with ``lrs[i]``; ``smoothed_losses`` is its bias-corrected exponential moving average.
+    ``steepest_lr``: where the smoothed loss falls fastest per unit of log(lr), before its
+    minimum. ``minimum_lr``: where the smoothed loss is lowest (training there is usually at the
+    edge of instability; one tenth of it is the other common rule). ``suggested_lr`` is one of the
+    two, named by ``suggestion``.
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed_losses: list[float]
+    suggested_lr: float
+    suggestion: str
+    steepest_lr: float
+    minimum_lr: float
+    minimum_loss: float
+    diverged: bool
+    steps_run: int
+    steps_requested: int
+    start_lr: float
+    end_lr: float
+    smoothing: float
+    diverge_factor: float
+
+    def __str__(self) -> str:
+        stop = (f"stopped at step {self.steps_run} of {self.steps_requested}: the loss diverged"
+                if self.diverged else f"{self.steps_run} steps")
+        return (f"LR range test {fmt(self.start_lr)} -> {fmt(self.end_lr)} ({stop})\n"
+                f"  suggested lr {fmt(self.suggested_lr)} ({self.suggestion})\n"
+                f"  steepest descent at lr {fmt(self.steepest_lr)}; lowest smoothed loss "
+                f"{fmt(self.minimum_loss)} at lr {fmt(self.minimum_lr)}")
+
+
+def _cycle(data: Any) -> Iterator[tuple[Any, torch.Tensor]]:
+    while True:
+        empty = True
+        for batch in iter_batches(data):
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("data is empty: it yielded no batches.")
+
+
+def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer built on the model's parameters, "
+                        f"got {type(optimizer).__name__}.")
+    owned = {id(p) for p in model.parameters()}
+    foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owned)
+    if foreign:
+        raise ValueError(f"the optimizer holds {foreign} parameter(s) that are not the model's; the range "
+                         "test could not restore them. Build the optimizer on model.parameters().")
+
+
+def _check_range(start_lr: float, end_lr: float, steps: int, smoothing: float, diverge_factor: float,
+                 suggestion: str) -> None:
+    if not (isinstance(start_lr, (int, float)) and start_lr > 0 and math.isfinite(start_lr)):
+        raise ValueError(f"start_lr must be a finite number > 0, got {start_lr!r}.")
+    if not (isinstance(end_lr, (int, float)) and end_lr > start_lr and math.isfinite(end_lr)):
+        raise ValueError(f"end_lr must be finite and larger than start_lr ({start_lr}), got {end_lr!r}.")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 5:
+        raise ValueError(f"steps must be an integer >= 5 (a curve needs points), got {steps!r}.")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must lie in [0, 1) (0: no smoothing), got {smoothing}.")
+    if not diverge_factor > 1.0:
+        raise ValueError(f"diverge_factor must be > 1, got {diverge_factor}.")
+    if suggestion not in SUGGESTIONS:
+        raise ValueError(f"suggestion must be one of {SUGGESTIONS}, got {suggestion!r}.")
+
+
+@contextlib.contextmanager
+def preserved_optimizer(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Snapshot the optimizer's per-parameter state and its groups' settings (lr, momentum, ...)
+    and put them back on exit, keeping the same group and state objects the user may hold."""
+    groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    state = {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                 for k, v in s.items()} for p, s in optimizer.state.items()}
+    flag = optimizer.__dict__.get("_opt_called", _MISSING)
+    try:
+        yield
+    finally:
+        for g, saved in zip(optimizer.param_groups, groups, strict=True):
+            params = g["params"]
+            g.clear()
+            g.update(saved)
+            g["params"] = params
+        optimizer.state.clear()
+        optimizer.state.update(state)
+        if flag is _MISSING:
+            optimizer.__dict__.pop("_opt_called", None)
+        else:
+            optimizer.__dict__["_opt_called"] = flag
+
+
+_MISSING = object()
+
+
+def ema(values: np.ndarray, beta: float) -> np.ndarray:
+    """Bias-corrected exponential moving average (causal: it lags by about 1/(1-beta) points)."""
+    out = np.empty_like(values, dtype=float)
+    avg = 0.0
+    for i, v in enumerate(values):
+        avg = beta * avg + (1.0 - beta) * float(v)
+        out[i] = avg / (1.0 - beta ** (i + 1))
+    return out
+
+
+def zero_phase_ema(values: np.ndarray, beta: float) -> np.ndarray:
+    """The EMA run forwards then backwards: the same smoothing without the lag, so the
+    suggested lr is not shifted towards larger lrs."""
+    if beta == 0.0 or len(values) == 0:
+        return np.asarray(values, dtype=float)
+    return ema(ema(values, beta)[::-1], beta)[::-1]
+
+
+def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float, float]:
+    """``(steepest_lr, minimum_lr, minimum_loss)`` from a smoothed loss-vs-lr curve."""
+    m = int(np.argmin(smoothed))
+    if m < 2:
+        return float(lrs[m]), float(lrs[m]), float(smoothed[m])
+    slope = np.gradient(smoothed[: m + 1], np.log(lrs[: m + 1]))
+    return float(lrs[int(np.argmin(slope))]), float(lrs[m]), float(smoothed[m])
+
+
+def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer, *,
+                  start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smoothing: float = 0.9,
+                  diverge_factor: float = 4.0, suggestion: str = "steepest",
+                  progress: Progress | None = None) -> LRRangeResult:
+    """Smith's LR range test on the user's model, loss, data and optimizer.
+
+    Runs up to ``steps`` training updates (cycling through ``data``) in train mode with the lr
+    growing geometrically from ``start_lr`` to ``end_lr``; stops early once the running
+    (causal, bias-corrected EMA) loss exceeds ``diverge_factor`` times its lowest value or is not
+    finite. Parameter groups keep their lr ratios: the group with the largest lr follows the
+    schedule. ``suggestion="steepest"`` (default) or ``"minimum"`` picks ``suggested_lr``.
+    The model and the optimizer are left exactly as they were.
+    """
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable (a loss module or function such as "
+                        f"F.cross_entropy), got {type(loss_fn).__name__}.")
+    _check_range(start_lr, end_lr, steps, smoothing, diverge_factor, suggestion)
+    params = [p for _, p in trainable_parameters(model)]
+    device = model_device(params)
+    _check_optimizer(model, optimizer)
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise TypeError("LBFGS needs a closure and line searches; the range test is for SGD-like "
+                        "optimizers (SGD, Adam, AdamW, RMSprop, ...).")
+    check_data(data)
+    plan = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
+    top = max(float(g["lr"]) for g in optimizer.param_groups)
+    ratios = [float(g["lr"]) / top if top > 0 else 1.0 for g in optimizer.param_groups]
+    lrs: list[float] = []
+    losses: list[float] = []
+    diverged = False
+    with preserved_model(model), preserved_optimizer(optimizer):
+        model.train()
+        batches = _cycle(data)
+        avg, best = 0.0, math.inf
+        for i, lr in enumerate(plan):
+            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(float(lr) * ratio)
+                else:
+                    group["lr"] = float(lr) * ratio
+            inputs, targets = place(*next(batches), device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(call_model(model, inputs), targets)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise TypeError("loss_fn must return a scalar tensor (the batch-mean loss).")
+            value = float(loss)
+            if not math.isfinite(value):
+                diverged = True
+                break
+            lrs.append(float(lr))
+            losses.append(value)
+            avg = smoothing * avg + (1.0 - smoothing) * value
+            running = avg / (1.0 - smoothing ** (i + 1))
+            best = min(best, running)
+            if progress is not None:
+                progress(i + 1, steps)
+            if running > diverge_factor * best:
+                diverged = True
+                break
+            loss.backward()
+            optimizer.step()
+    if len(losses) < 3:
+        raise ValueError(f"the loss diverged after {len(losses)} step(s) already at lr {fmt(plan[len(losses)])}: "
+                         f"lower start_lr (now {start_lr}).")
+    smoothed = zero_phase_ema(np.asarray(losses), smoothing)
+    steepest, minimum, min_loss = suggest(np.asarray(lrs), smoothed)
+    return LRRangeResult(
+        lrs=lrs, losses=losses, smoothed_losses=smoothed.tolist(),
+        suggested_lr=steepest if suggestion == "steepest" else minimum, suggestion=suggestion,
+        steepest_lr=steepest, minimum_lr=minimum, minimum_loss=min_loss, diverged=diverged,
+        steps_run=len(losses), steps_requested=steps, start_lr=float(start_lr), end_lr=float(end_lr),
+        smoothing=float(smoothing), diverge_factor=float(diverge_factor))
