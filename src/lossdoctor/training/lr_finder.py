@@ -200,7 +200,7 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
             loss = loss_fn(call_model(model, inputs), targets)
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise TypeError("loss_fn must return a scalar tensor (the batch-mean loss).")
-            value = float(loss)
+            value = float(loss.detach())
             if not math.isfinite(value):
                 diverged = True
                 break
