@@ -48,10 +48,7 @@ def test_lr_at_chosen_steps_matches_closed_form(after, kwargs, closed_form):
     sched = ld.warmup(opt, warmup_steps=W, start_factor=sf, after=after, **kwargs)
     seen = _run(sched, opt, 40)
     for t in (0, 1, 3, 7, 8, 9, 15, 29, 30, 39):
-        if t < W:
-            expected = base * (sf + (1 - sf) * t / W)
-        else:
-            expected = base * closed_form(t - W, W, T)
+        expected = base * (sf + (1 - sf) * t / W) if t < W else base * closed_form(t - W, W, T)
         assert seen[t][0] == pytest.approx(expected, rel=1e-12, abs=1e-15), (after, t)
 
 
