@@ -32,15 +32,14 @@ def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[No
     """cuDNN RNN kernels and fused attention kernels have no double backward; fall back to
     implementations that do, only where they are needed."""
     with contextlib.ExitStack() as stack:
-        if device.type == "cuda":
-            if any(isinstance(m, nn.RNNBase) for m in model.modules()):
-                stack.enter_context(torch.backends.cudnn.flags(enabled=False))
-            try:
-                from torch.nn.attention import SDPBackend, sdpa_kernel
+        if device.type == "cuda" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
+            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        try:  # on every device: the CPU flash-attention kernel has no double backward either
+            from torch.nn.attention import SDPBackend, sdpa_kernel
 
-                stack.enter_context(sdpa_kernel(SDPBackend.MATH))
-            except ImportError:  # older torch
-                pass
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        except ImportError:  # older torch
+            pass
         yield
 
 
@@ -53,7 +52,7 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
-                 max_block: int = 16) -> None:
+                 max_block: int = 16, distributed: bool | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if not callable(loss_fn):
@@ -90,6 +89,10 @@ class HessianOperator:
             raise TypeError(f"trainable parameters must share one floating dtype, got {sorted(map(str, dtypes))}.")
         self.dtype = next(iter(dtypes))
         self.num_matvecs = 0
+        self.distributed = _process_group_active() if distributed is None else bool(distributed)
+        if self.distributed and not _process_group_active():
+            raise ValueError("distributed=True but no torch.distributed process group is initialized: "
+                             "call torch.distributed.init_process_group first (e.g. under torchrun).")
         self.loss, self.num_samples, self.num_batches = self._validate()
 
     # -- shape and layout ---------------------------------------------------------------
@@ -146,8 +149,12 @@ class HessianOperator:
                 total += loss.item() * self._weight(n)
                 count += n
                 batches += 1
+        self._local_samples = count
+        if self.distributed:
+            total, count, batches = self._all_reduce_scalars(total, count, batches)
+            count, batches = int(count), int(batches)
         if count == 0:
-            raise ValueError("data is empty: it yielded no samples.")
+            raise ValueError("data is empty: it yielded no samples" + (" on any rank." if self.distributed else "."))
         return total / count, count, batches
 
     def _to_param_dtype(self, block: torch.Tensor) -> torch.Tensor:
@@ -169,29 +176,19 @@ class HessianOperator:
                 if not live:  # loss is at most linear in every parameter: zero curvature
                     continue
                 g_live = [grads[j] for j in live]
-                if k == 1:
-                    hv = torch.autograd.grad(g_live, self.params, [pieces[j][0] for j in live],
-                                             allow_unused=True, materialize_grads=True)
-                    out[0] += torch.cat([h.reshape(-1) for h in hv])
-                else:
-                    hv = self._batched_second_backward(g_live, [pieces[j] for j in live])
-                    out += torch.cat([h.reshape(k, -1) for h in hv], dim=1)
-        if count != self.num_samples:
-            raise ValueError(f"data yielded {count} samples in this pass but {self.num_samples} when "
+                # One forward and first backward serve every column of the block.
+                for c in range(k):
+                    hv = torch.autograd.grad(g_live, self.params, [pieces[j][c] for j in live],
+                                             retain_graph=c < k - 1, allow_unused=True,
+                                             materialize_grads=True)
+                    out[c] += torch.cat([h.reshape(-1) for h in hv])
+        if count != self._local_samples:
+            raise ValueError(f"data yielded {count} samples in this pass but {self._local_samples} when "
                              "the operator was built; the Hessian needs the same data on every pass.")
+        if self.distributed:
+            torch.distributed.all_reduce(out)  # each rank holds its shard's sum over samples
         self.num_matvecs += k
-        return out / count
-
-    def _batched_second_backward(self, g_live: list[torch.Tensor], vs: list[torch.Tensor]) -> tuple:
-        try:
-            return torch.autograd.grad(g_live, self.params, vs, is_grads_batched=True,
-                                       retain_graph=True, allow_unused=True, materialize_grads=True)
-        except RuntimeError:
-            # Some operators have no batching rule for their double backward: one by one instead.
-            cols = [torch.autograd.grad(g_live, self.params, [v[c] for v in vs], retain_graph=True,
-                                        allow_unused=True, materialize_grads=True)
-                    for c in range(vs[0].shape[0])]
-            return tuple(torch.stack([col[j] for col in cols]) for j in range(len(self.params)))
+        return out / self.num_samples
 
     def _apply(self, matrix: torch.Tensor) -> torch.Tensor:
         """``matrix`` is (n, k) of any dtype/device; returns H @ matrix with the same dtype/device."""
@@ -232,7 +229,15 @@ class HessianOperator:
                 grad += torch.cat([g.reshape(-1) for g in gs])
                 total += loss.item()
                 count += n
+        if self.distributed:
+            torch.distributed.all_reduce(grad)
+            total, count = self._all_reduce_scalars(total, count)
         return total / count, grad / count
+
+    def _all_reduce_scalars(self, *values: float) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.tolist()
 
     def to_scipy(self):
         """This operator as a ``scipy.sparse.linalg.LinearOperator`` (float64)."""
@@ -248,8 +253,12 @@ class HessianOperator:
                 f"batches={self.num_batches}, mode={self.mode!r}, dtype={self.dtype}, device={self.device})")
 
 
+def _process_group_active() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
-            max_block: int = 16) -> HessianOperator:
+            max_block: int = 16, distributed: bool | None = None) -> HessianOperator:
     """The exact Hessian of the mean of ``loss_fn`` over every sample in ``data``.
 
     Args:
@@ -259,5 +268,9 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
         data: a DataLoader, a list of ``(inputs, targets)`` batches, or one such pair.
         mode: ``"eval"`` (default: dropout off, BatchNorm running statistics) or ``"train"``.
         max_block: how many vectors one pass over the data multiplies at once (memory bound).
+        distributed: with a ``torch.distributed`` process group (default: whenever one is
+            initialized), each rank's ``data`` is its shard and the operator is the Hessian of
+            the mean loss over all shards, weighted by their sample counts; every rank gets the
+            same products.
     """
-    return HessianOperator(model, loss_fn, data, mode=mode, max_block=max_block)
+    return HessianOperator(model, loss_fn, data, mode=mode, max_block=max_block, distributed=distributed)
