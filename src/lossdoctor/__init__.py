@@ -1,5 +1,13 @@
 """lossdoctor: why did my training loss stop going down, and what should I change?"""
 
+from .analysis.critical import CriticalPoint, classify_critical_point
+from .analysis.saddle import (
+    EscapeResult,
+    SaddleEscapeComparison,
+    compare_saddle_escapes,
+    escape_saddle,
+    gradient_descent_path,
+)
 from .curvature import (
     EigenResult,
     HessianOperator,
@@ -23,4 +31,6 @@ __all__ = [
     "eigenpairs", "hessian", "spectral_density", "trace", "Problem", "load_problem",
     "LRRangeResult", "lr_range_test", "l2_penalty", "weight_decay_groups",
     "WarmupScheduler", "gradual_warmup", "linear_scaling_factor", "warmup",
+    "CriticalPoint", "classify_critical_point", "EscapeResult", "SaddleEscapeComparison",
+    "compare_saddle_escapes", "escape_saddle", "gradient_descent_path",
 ]

@@ -116,6 +116,80 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
         out.print(f"density plot: {results['density_plot']}")
 
 
+def _escaped_path(out_file: str | None, checkpoint: str | None, problem_name: str) -> Path:
+    """Where ``critical --escape`` writes: ``--out``, or ``<checkpoint>-escaped.pt`` beside the
+    input checkpoint, or ``<problem>-escaped.pt``. Never an existing file, never the input."""
+    if out_file is not None:
+        path = Path(out_file)
+    elif checkpoint is not None:
+        path = Path(checkpoint).with_name(Path(checkpoint).stem + "-escaped.pt")
+    else:
+        path = Path(problem_name.replace(":", "-").replace("/", "-") + "-escaped.pt")
+    if checkpoint is not None and path.resolve() == Path(checkpoint).resolve():
+        _fail(f"--out {path} is the input checkpoint; the escaped parameters go to a new file.")
+    if path.exists():
+        _fail(f"{path} already exists; lossdoctor never overwrites a file: choose another --out.")
+    return path
+
+
+@main.command()
+@problem_option
+@checkpoint_option
+@click.option("--escape", "do_escape", is_flag=True,
+              help="Step along the negative-curvature eigenvector (line search) and write the escaped "
+                   "parameters to a new checkpoint.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+              help="New checkpoint file for --escape (default: <checkpoint>-escaped.pt); never overwritten.")
+@click.option("--k", default=5, show_default=True, help="Extreme eigenpairs per end of the spectrum.")
+@click.option("--dense/--no-dense", default=None,
+              help="Dense Hessian (exact minimum ratio). Default: for models up to 1000 parameters.")
+@click.option("--grad-tol", type=float, default=None, help="Gradient-norm threshold (default: scale-relative).")
+@click.option("--eig-tol", type=float, default=None, help="Zero threshold for eigenvalues (default: scale-relative).")
+@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@json_option
+def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: str | None, k: int,
+             dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: str, seed: int,
+             as_json: bool) -> None:
+    """Local minimum, saddle point, or neither? The verdict, the numbers and the evidence."""
+    from . import classify_critical_point, escape_saddle
+
+    if out_file is not None and not do_escape:
+        _fail("--out names the checkpoint written by --escape; add --escape (or drop --out).")
+    prob = _load(problem, checkpoint)
+    target = _escaped_path(out_file, checkpoint, prob.name) if do_escape else None
+    results: dict[str, Any] = {"problem": prob.name, "checkpoint": checkpoint}
+    with progress_bars(not as_json) as task:
+        try:
+            point = classify_critical_point(prob.model, prob.loss_fn, prob.train_data, grad_tol=grad_tol,
+                                            eig_tol=eig_tol, k=k, dense=dense, mode=mode, seed=seed,
+                                            progress=task("Hessian (both ends, minimum ratio)"))
+        except (ValueError, TypeError) as err:
+            _fail(str(err))
+        results["critical"] = point.to_dict()
+        escape = None
+        if do_escape:
+            escape = escape_saddle(prob.model, prob.loss_fn, prob.train_data, critical=point, apply=True,
+                                   mode=mode, progress=task("escape line search"))
+            results["escape"] = {key: value for key, value in escape.to_dict().items() if key != "critical"}
+    written = None
+    if escape is not None and escape.applied:
+        import torch
+
+        with open(target, "xb") as handle:  # exclusive create: never overwrite
+            torch.save(prob.model.state_dict(), handle)
+        written = str(target)
+    results["escaped_checkpoint"] = written
+    if as_json:
+        out.print_json(json.dumps(results))
+        return
+    out.print(f"{prob.name}: {point.num_params} parameters, {point.num_samples} samples, {mode} mode")
+    out.print(str(point))
+    if escape is not None:
+        out.print(str(escape))
+        out.print(f"escaped parameters written to {written}" if written else "nothing written: no escape step.")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="report", show_default=True)
 @click.option("--full", is_flag=True, help="Larger runs (slower) instead of the quick defaults.")

@@ -1,0 +1,383 @@
+"""Escaping a saddle point: along the Hessian's negative-curvature eigenvector, and the cheap
+alternatives (perturbed gradient descent, momentum) compared on the same saddle.
+
+For an eigenvector u with eigenvalue λ < 0, L(θ' + ηu) ≈ L(θ') + η gᵀu + ½λη², so a step along
+±u lowers the loss even where the gradient g is zero; the lecture's point is that the update
+direction then comes from the Hessian itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._results import ResultMixin, fmt
+from ..curvature import hessian
+from ..curvature.operator import HessianOperator, LossFn, _loss_reduction
+from ..data import batch_size, call_model, iter_batches, place
+from ..model_state import evaluation_mode, preserved_model, preserved_rng
+from ..progress import Progress, scaled
+from .critical import CriticalPoint, classify_critical_point
+
+GRID_OCTAVES = (-12, 4)  # the line search tries eta0 * 2**j for j in this range, both signs
+REFINE_ITERS = 30  # golden-section iterations around the best grid point
+
+
+@dataclass(frozen=True)
+class EscapeResult(ResultMixin):
+    """One step θ' + sign·step·u along the most negative-curvature eigenvector u.
+
+    ``predicted_change`` is the second-order prediction ½·λ·step² (the gradient term
+    ``first_order_change`` = sign·step·gᵀu is zero at an exact critical point);
+    ``actual_change`` = ``loss_after - loss_before``. ``line_search_steps`` (signed) and
+    ``line_search_losses`` are every point the search evaluated. ``applied`` says whether the
+    model now holds the escaped parameters (only with ``apply=True``).
+    """
+
+    escaped: bool
+    applied: bool
+    loss_before: float
+    loss_after: float
+    actual_change: float
+    predicted_change: float
+    first_order_change: float
+    eigenvalue: float
+    step: float
+    sign: int
+    line_search_steps: np.ndarray
+    line_search_losses: np.ndarray
+    loss_evaluations: int
+    matvecs: int
+    critical: CriticalPoint
+    message: str
+    direction: torch.Tensor | None = None
+
+    _skip_in_dict = ("direction",)
+
+    def __str__(self) -> str:
+        if not self.escaped:
+            return f"no escape: {self.message}"
+        return (f"escape step along the eigenvector of λ = {fmt(self.eigenvalue, 6)}: step {self.sign:+d} x "
+                f"{fmt(self.step)}; loss {fmt(self.loss_before, 6)} -> {fmt(self.loss_after, 6)} (change "
+                f"{fmt(self.actual_change)}; second-order prediction ½λη² = {fmt(self.predicted_change)}, "
+                f"first-order term {fmt(self.first_order_change)}); {self.loss_evaluations} loss evaluations "
+                f"and {self.matvecs} Hessian-vector products; "
+                + ("applied to the model." if self.applied else "model unchanged (apply=False)."))
+
+
+@dataclass(frozen=True)
+class MethodTrace(ResultMixin):
+    """One escape method run from the same saddle: the loss after every step and its cost."""
+
+    name: str
+    losses: list[float]
+    gradients: int
+    matvecs: int
+    loss_evaluations: int
+    kicks: int
+    escaped_at: int | None
+    path: list[list[float]] = field(default_factory=list)
+
+    @property
+    def final_loss(self) -> float:
+        return self.losses[-1]
+
+
+@dataclass(frozen=True)
+class SaddleEscapeComparison(ResultMixin):
+    """Every method gets ``steps`` updates at learning rate ``lr`` from the same point;
+    ``escaped_at`` is the first step whose loss is at least ``escape_drop`` below the start."""
+
+    loss_start: float
+    steps: int
+    lr: float
+    momentum: float
+    kick_radius: float
+    kick_threshold: float
+    escape_drop: float
+    seed: int
+    methods: list[MethodTrace]
+    escape: EscapeResult
+
+    def __str__(self) -> str:
+        lines = [f"saddle escape from loss {fmt(self.loss_start, 6)}: {self.steps} steps, lr {fmt(self.lr)}, "
+                 f"kick radius {fmt(self.kick_radius)} below gradient norm {fmt(self.kick_threshold)}, "
+                 f"escaped = loss {fmt(self.escape_drop)} below the start, seed {self.seed}",
+                 f"{'method':<26} {'final loss':>12} {'escaped at':>10} {'gradients':>9} {'HVPs':>6} "
+                 f"{'loss evals':>10} {'kicks':>5}"]
+        for m in self.methods:
+            lines.append(f"{m.name:<26} {fmt(m.final_loss, 6):>12} "
+                         f"{'never' if m.escaped_at is None else m.escaped_at:>10} {m.gradients:>9} "
+                         f"{m.matvecs:>6} {m.loss_evaluations:>10} {m.kicks:>5}")
+        return "\n".join(lines)
+
+
+# -- moving the parameters -------------------------------------------------------------------
+def _set_parameters(op: HessianOperator, vector: torch.Tensor) -> None:
+    with torch.no_grad():
+        for p, piece in zip(op.params, torch.split(vector.to(device=op.device, dtype=op.dtype), op.numels), strict=True):
+            p.copy_(piece.view_as(p))
+
+
+def _mean_loss(op: HessianOperator) -> float:
+    """The mean loss over all of the operator's data at the model's current parameters (forward only)."""
+    weighted_sum = _loss_reduction(op.loss_fn) == "sum"
+    total, count = 0.0, 0
+    with preserved_rng(), evaluation_mode(op.model, op.mode), torch.no_grad():
+        for inputs, targets in iter_batches(op.data):
+            inputs, targets = place(inputs, targets, op.device)
+            n = batch_size(targets)
+            loss = float(op.loss_fn(call_model(op.model, inputs), targets))
+            total += loss if weighted_sum else loss * n
+            count += n
+    return total / count
+
+
+def _line_search(loss_at: Callable[[float], float], eta0: float) -> tuple[float, float, list[tuple[float, float]]]:
+    """Minimise ``loss_at(t)`` over signed steps t: a geometric grid on both signs, then a
+    golden-section refinement inside the bracket around the best grid point."""
+    grid = [s * eta0 * 2.0**j for s in (1, -1) for j in range(GRID_OCTAVES[0], GRID_OCTAVES[1] + 1)]
+    tried = [(t, loss_at(t)) for t in grid]
+    best_t, best_loss = min(tried, key=lambda item: item[1])
+    same_side = sorted(t for t, _ in tried if t * best_t > 0)
+    i = same_side.index(best_t)
+    lo = same_side[i - 1] if i > 0 else 0.0
+    hi = same_side[i + 1] if i + 1 < len(same_side) else best_t
+    a, b = min(lo, hi), max(lo, hi)
+    golden = (math.sqrt(5) - 1) / 2
+    c, d = b - golden * (b - a), a + golden * (b - a)
+    fc, fd = loss_at(c), loss_at(d)
+    tried += [(c, fc), (d, fd)]
+    for _ in range(REFINE_ITERS):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - golden * (b - a)
+            fc = loss_at(c)
+            tried.append((c, fc))
+        else:
+            a, c, fc = c, d, fd
+            d = a + golden * (b - a)
+            fd = loss_at(d)
+            tried.append((d, fd))
+    best_t, best_loss = min(tried, key=lambda item: item[1])
+    return best_t, best_loss, tried
+
+
+def _reference_step(loss: float, eigenvalue: float) -> float:
+    """The step at which the quadratic model ½λη² would have removed the whole loss (at least
+    a tiny positive length): the line search's grid is built around it."""
+    return math.sqrt(2.0 * max(abs(loss), 1e-12) / abs(eigenvalue))
+
+
+def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool = False,
+                  critical: CriticalPoint | None = None, mode: str = "eval",
+                  progress: Progress | None = None, **classify_options: Any) -> EscapeResult:
+    """Step along the eigenvector of the Hessian's most negative eigenvalue, both signs, with a
+    line search on the step length, and report the loss before/after with the second-order
+    prediction ½·λ·η² beside the actual change.
+
+    Args:
+        apply: write the escaped parameters into ``model``; otherwise the model is left exactly
+            as it was (the search runs inside :func:`lossdoctor.model_state.preserved_model`).
+        critical: a :class:`CriticalPoint` from :func:`classify_critical_point` at the model's
+            current parameters, to reuse instead of recomputing it.
+        classify_options: passed to :func:`classify_critical_point` (``k``, ``dense``, ``eig_tol``...).
+    Returns an :class:`EscapeResult` with ``escaped=False`` (and the model untouched) when there
+    is no direction of negative curvature or no step lowers the loss.
+    """
+    if not isinstance(apply, bool):
+        raise TypeError(f"apply must be True or False, got {apply!r}.")
+    if critical is not None and not isinstance(critical, CriticalPoint):
+        raise TypeError(f"critical must be a CriticalPoint from classify_critical_point, got "
+                        f"{type(critical).__name__}.")
+    op = hessian(model, loss_fn, data, mode=mode)
+    if critical is None:
+        critical = classify_critical_point(model, loss_fn, data, mode=mode, progress=scaled(progress, 0, 2),
+                                           **classify_options)
+    elif critical.num_params != op.num_params:
+        raise ValueError(f"critical was computed for {critical.num_params} parameters but the model has "
+                         f"{op.num_params}: classify this model's current parameters first.")
+    theta0 = op.parameter_vector().to(torch.float64)
+    loss0, grad = op.gradient()
+    empty = np.zeros(0)
+    if critical.escape_direction is None:
+        return EscapeResult(escaped=False, applied=False, loss_before=loss0, loss_after=loss0, actual_change=0.0,
+                            predicted_change=0.0, first_order_change=0.0, eigenvalue=critical.min_eigenvalue,
+                            step=0.0, sign=0, line_search_steps=empty, line_search_losses=empty,
+                            loss_evaluations=0, matvecs=critical.matvecs, critical=critical,
+                            message=(f"no direction of negative curvature: the smallest eigenvalue "
+                                     f"{fmt(critical.min_eigenvalue, 6)} is not below -{fmt(critical.eig_tol)}"
+                                     f" ({critical.kind.replace('_', ' ')})."))
+    u = critical.escape_direction.to(device=theta0.device, dtype=torch.float64)
+    lam = critical.min_eigenvalue
+    slope = float(grad.to(torch.float64) @ u)
+
+    def loss_at(t: float) -> float:
+        _set_parameters(op, theta0 + t * u)
+        value = _mean_loss(op)
+        return value if math.isfinite(value) else math.inf
+
+    with preserved_model(model):
+        best_t, best_loss, tried = _line_search(loss_at, _reference_step(loss0, lam))
+    tried.sort()
+    steps = np.array([t for t, _ in tried])
+    losses = np.array([v for _, v in tried])
+    escaped = best_loss < loss0
+    applied = bool(apply and escaped)
+    if applied:
+        _set_parameters(op, theta0 + best_t * u)
+    if progress is not None:
+        progress(2, 2)
+    eta = abs(best_t) if escaped else 0.0
+    sign = (1 if best_t > 0 else -1) if escaped else 0
+    return EscapeResult(
+        escaped=escaped, applied=applied, loss_before=loss0, loss_after=best_loss if escaped else loss0,
+        actual_change=(best_loss - loss0) if escaped else 0.0, predicted_change=0.5 * lam * eta**2,
+        first_order_change=sign * eta * slope, eigenvalue=lam, step=eta, sign=sign, line_search_steps=steps,
+        line_search_losses=losses, loss_evaluations=len(tried), matvecs=critical.matvecs, critical=critical,
+        message="" if escaped else "no step along the negative-curvature eigenvector lowered the loss.",
+        direction=u.clone())
+
+
+# -- the cheap alternatives ------------------------------------------------------------------
+def _ball_kick(n: int, radius: float, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """A uniform sample from the n-ball of ``radius`` (Jin et al., 2017's perturbation)."""
+    direction = torch.randn(n, generator=generator, dtype=torch.float64)
+    direction /= torch.linalg.vector_norm(direction)
+    scale = radius * float(torch.rand((), generator=generator, dtype=torch.float64)) ** (1.0 / n)
+    return (direction * scale).to(dtype)
+
+
+def _descend(op: HessianOperator, start: torch.Tensor, *, steps: int, lr: float, momentum: float,
+             kick_radius: float, kick_threshold: float, kick_interval: int, seed: int,
+             record_path: bool) -> tuple[list[float], int, int, list[list[float]]]:
+    """Gradient descent (heavy-ball momentum if ``momentum`` > 0, random kicks if ``kick_radius``
+    > 0) from ``start``: the loss at every step, gradients spent, kicks given, the path."""
+    generator = torch.Generator().manual_seed(seed)
+    theta = start.clone()
+    velocity = torch.zeros_like(theta)
+    losses, path = [], []
+    kicks, last_kick, gradients = 0, -kick_interval, 0
+    for step in range(steps + 1):
+        _set_parameters(op, theta)
+        if record_path:
+            path.append(theta.cpu().tolist())
+        loss, grad = op.gradient()
+        gradients += 1
+        losses.append(loss if math.isfinite(loss) else math.inf)
+        if step == steps or not math.isfinite(loss):
+            break
+        grad = grad.to(theta.dtype)
+        if kick_radius > 0 and float(torch.linalg.vector_norm(grad)) <= kick_threshold \
+                and step - last_kick >= kick_interval:
+            theta = theta + _ball_kick(theta.numel(), kick_radius, generator, theta.dtype).to(theta.device)
+            kicks += 1
+            last_kick = step
+            _set_parameters(op, theta)
+            loss, grad = op.gradient()
+            gradients += 1
+            grad = grad.to(theta.dtype)
+        velocity = momentum * velocity - lr * grad
+        theta = theta + velocity
+    losses += [losses[-1]] * (steps + 1 - len(losses))  # a diverged run keeps its last value
+    return losses, gradients, kicks, path
+
+
+def _first_escape(losses: list[float], start: float, drop: float) -> int | None:
+    for i, value in enumerate(losses):
+        if value <= start - drop:
+            return i
+    return None
+
+
+def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, steps: int = 50,
+                           lr: float | None = None, momentum: float = 0.9, kick_radius: float | None = None,
+                           kick_threshold: float | None = None, kick_interval: int = 10,
+                           escape_drop: float | None = None, seed: int = 0, critical: CriticalPoint | None = None,
+                           record_paths: bool = False, mode: str = "eval", progress: Progress | None = None,
+                           **classify_options: Any) -> SaddleEscapeComparison:
+    """Run the escape methods from the model's current parameters (a saddle) and compare them.
+
+    Methods, all full-batch with ``steps`` updates at learning rate ``lr``: plain gradient descent;
+    heavy-ball momentum; perturbed gradient descent (a random kick uniform in a ball of
+    ``kick_radius`` whenever the gradient norm is at most ``kick_threshold`` and no kick came in
+    the last ``kick_interval`` steps; Jin et al., 2017); momentum with the same kicks; and the
+    eigenvector step of :func:`escape_saddle` followed by gradient descent. Each reports its
+    loss after every step, gradients, Hessian-vector products and loss evaluations spent.
+
+    Defaults: ``lr`` = 0.5 / λ_max (curvature grows away from a saddle), ``kick_threshold`` = the
+    classification's ``grad_tol``, ``kick_radius`` = 1e-3 of the eigenvector step's length,
+    ``escape_drop`` = half the loss drop of the eigenvector step. The model is left as it was.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
+    for name, value in (("lr", lr), ("kick_radius", kick_radius), ("kick_threshold", kick_threshold),
+                        ("escape_drop", escape_drop)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    op = hessian(model, loss_fn, data, mode=mode)
+    total = 6
+    with preserved_model(model):
+        escape = escape_saddle(model, loss_fn, data, critical=critical, mode=mode, apply=True,
+                               progress=scaled(progress, 0, total), **classify_options)
+        critical = escape.critical
+        if not escape.escaped:
+            raise ValueError(f"nothing to compare: {escape.message} compare_saddle_escapes needs a saddle "
+                             "(a direction of negative curvature).")
+        after_step = op.parameter_vector().to(torch.float64)
+    start = op.parameter_vector().to(torch.float64)
+    lr = float(lr) if lr is not None else 0.5 / max(abs(critical.max_eigenvalue), 1e-12)
+    kick_threshold = float(kick_threshold) if kick_threshold is not None else max(critical.grad_tol, 1e-12)
+    kick_radius = float(kick_radius) if kick_radius is not None else 1e-3 * escape.step
+    escape_drop = float(escape_drop) if escape_drop is not None else 0.5 * abs(escape.actual_change)
+    loss_start = escape.loss_before
+    runs = [("gradient descent", 0.0, 0.0, start), ("momentum", momentum, 0.0, start),
+            ("perturbed GD", 0.0, kick_radius, start), ("momentum + kicks", momentum, kick_radius, start),
+            ("eigenvector step + GD", 0.0, 0.0, after_step)]
+    methods = []
+    with preserved_model(model):
+        for i, (name, beta, radius, origin) in enumerate(runs):
+            eigen = origin is after_step
+            n_steps = steps - 1 if eigen else steps
+            losses, grads, kicks, path = _descend(op, origin, steps=n_steps, lr=lr, momentum=beta,
+                                                  kick_radius=radius, kick_threshold=kick_threshold,
+                                                  kick_interval=kick_interval, seed=seed, record_path=record_paths)
+            if eigen:
+                losses = [loss_start] + losses
+                if record_paths:
+                    path = [start.cpu().tolist()] + path
+            methods.append(MethodTrace(
+                name=name, losses=losses, gradients=grads + (1 if eigen else 0),
+                matvecs=escape.matvecs if eigen else 0, loss_evaluations=escape.loss_evaluations if eigen else 0,
+                kicks=kicks, escaped_at=_first_escape(losses, loss_start, escape_drop), path=path))
+            if progress is not None:
+                progress(i + 2, total)
+    return SaddleEscapeComparison(loss_start=loss_start, steps=steps, lr=lr, momentum=momentum,
+                                  kick_radius=kick_radius, kick_threshold=kick_threshold, escape_drop=escape_drop,
+                                  seed=seed, methods=methods, escape=escape)
+
+
+def gradient_descent_path(model: nn.Module, loss_fn: LossFn, data: Any, *, steps: int, lr: float,
+                          momentum: float = 0.0, mode: str = "eval") -> MethodTrace:
+    """Full-batch gradient descent (heavy-ball if ``momentum`` > 0) from the model's current
+    parameters, recording the loss and the flat parameter vector at every step; the model is
+    left as it was. For drawing paths on small models (the lecture's 2-D toy)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
+    op = hessian(model, loss_fn, data, mode=mode)
+    with preserved_model(model):
+        losses, grads, _, path = _descend(op, op.parameter_vector().to(torch.float64), steps=steps, lr=lr,
+                                          momentum=momentum, kick_radius=0.0, kick_threshold=0.0,
+                                          kick_interval=1, seed=0, record_path=True)
+    return MethodTrace(name="gradient descent" if momentum == 0 else "momentum", losses=losses, gradients=grads,
+                       matvecs=0, loss_evaluations=0, kicks=0, escaped_at=None, path=path)
