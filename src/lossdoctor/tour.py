@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from .progress import Progress
+from .report import l2_smoothing as l2_report
+from .report import lr_range as lr_range_report
 from .report import spectrum as spectrum_report
+from .report import warmup as warmup_report
 from .report.html import Section, write_page
+from .studies import l2_smoothing as l2_study
+from .studies import lr_range as lr_range_study
 from .studies import spectrum as spectrum_study
+from .studies import warmup as warmup_study
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,9 @@ class TourSection:
 
 SECTIONS: list[TourSection] = [
     TourSection("spectrum", "Hessian spectrum", spectrum_study.run, spectrum_report.render),
+    TourSection("l2", "L2 regularization without biases", l2_study.run, l2_report.render),
+    TourSection("warmup", "Learning-rate warm-up", warmup_study.run, warmup_report.render),
+    TourSection("lr-range", "Learning-rate range test", lr_range_study.run, lr_range_report.render),
 ]
 
 INTRO = ("Why did the loss stop going down? Each section runs one study of the lecture on built-in "
