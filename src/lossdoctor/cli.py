@@ -190,6 +190,105 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
         out.print(f"escaped parameters written to {written}" if written else "nothing written: no escape step.")
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+def _optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay: float):
+    import torch
+
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return cls(params, lr=lr, weight_decay=weight_decay)
+
+
+@main.command("lr-find")
+@problem_option
+@checkpoint_option
+@click.option("--optimizer", "opt_name", type=click.Choice(OPTIMIZERS), default="adam", show_default=True)
+@click.option("--momentum", default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", default=0.0, show_default=True,
+              help="Weight decay on the weights only (biases and norm layers excluded).")
+@click.option("--start-lr", default=1e-7, show_default=True)
+@click.option("--end-lr", default=10.0, show_default=True)
+@click.option("--steps", default=100, show_default=True, help="Range-test updates (stops early on divergence).")
+@click.option("--suggestion", type=click.Choice(["steepest", "minimum"]), default="steepest", show_default=True)
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the loss-vs-lr plot here.")
+@json_option
+def lr_find(problem: str, checkpoint: str | None, opt_name: str, momentum: float, weight_decay: float,
+            start_lr: float, end_lr: float, steps: int, suggestion: str, plot: str | None, as_json: bool) -> None:
+    """Smith's learning-rate range test: prints the suggested lr (the model is left unchanged)."""
+    from . import lr_range_test, weight_decay_groups
+
+    prob = _load(problem, checkpoint)
+    try:
+        optimizer = _optimizer(opt_name, weight_decay_groups(prob.model, weight_decay), start_lr, momentum,
+                               weight_decay)
+        with progress_bars(not as_json) as task:
+            result = lr_range_test(prob.model, prob.loss_fn, prob.train_data, optimizer, start_lr=start_lr,
+                                   end_lr=end_lr, steps=steps, suggestion=suggestion,
+                                   progress=task("LR range test"))
+    except (ValueError, TypeError) as err:
+        _fail(str(err))
+    payload: dict[str, Any] = {"problem": prob.name, "optimizer": opt_name, **result.to_dict()}
+    if plot:
+        from .report.lr_range import range_test_figure
+
+        payload["plot"] = str(range_test_figure(result, Path(plot)))
+    if as_json:
+        out.print_json(json.dumps(payload))
+        return
+    out.print(str(result))
+    if plot:
+        out.print(f"plot: {payload['plot']}")
+    out.print(f"suggested lr: {result.suggested_lr:.4g}")
+
+
+@main.command()
+@click.option("--warmup", "warmup_steps", type=int, required=True, help="Warm-up steps (linear ramp).")
+@click.option("--after", type=click.Choice(["constant", "cosine", "linear", "step", "inverse_sqrt"]),
+              default="constant", show_default=True, help="Shape after the warm-up.")
+@click.option("--steps", type=int, required=True, help="Total training steps to show.")
+@click.option("--lr", default=1e-3, show_default=True, help="Peak (base) learning rate.")
+@click.option("--start-factor", type=float, default=None, help="lr multiplier at step 0 (default 1/warmup).")
+@click.option("--min-factor", default=0.0, show_default=True, help="Final multiplier for cosine/linear.")
+@click.option("--step-size", type=int, default=None, help="For --after step: decay every N steps.")
+@click.option("--gamma", default=0.1, show_default=True, help="For --after step: decay factor.")
+@click.option("--d-model", type=int, default=None, help="Transformer schedule (with --after inverse_sqrt).")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the schedule plot here.")
+@json_option
+def schedule(warmup_steps: int, after: str, steps: int, lr: float, start_factor: float | None,
+             min_factor: float, step_size: int | None, gamma: float, d_model: int | None, plot: str | None,
+             as_json: bool) -> None:
+    """Show a warm-up schedule: the lr at every step (lossdoctor.warmup)."""
+    from .training.schedules import schedule_lrs
+
+    settings = {"warmup_steps": warmup_steps, "after": after, "start_factor": start_factor,
+                "min_factor": min_factor, "step_size": step_size, "gamma": gamma, "d_model": d_model,
+                "total_steps": steps if after in ("cosine", "linear") else None}
+    try:
+        lrs = schedule_lrs(lr, steps, **settings)
+    except (ValueError, TypeError) as err:
+        _fail(str(err))
+    payload: dict[str, Any] = {"lr": lr, "steps": steps, **settings, "lrs": lrs,
+                               "peak_lr": max(lrs), "peak_step": lrs.index(max(lrs)), "final_lr": lrs[-1]}
+    if plot:
+        from .report.schedules import schedule_figure
+
+        payload["plot"] = str(schedule_figure(lrs, Path(plot), title=f"warm-up {warmup_steps}, then {after}"))
+    if as_json:
+        out.print_json(json.dumps(payload))
+        return
+    shown = sorted({0, 1, warmup_steps // 2, max(warmup_steps - 1, 0), warmup_steps, steps // 2, steps - 1}
+                   & set(range(steps)))
+    out.print(f"warm-up {warmup_steps} steps, then {after}, {steps} steps, base lr {lr:g}")
+    for s in shown:
+        out.print(f"  step {s:>7d}: lr {lrs[s]:.6g}")
+    out.print(f"peak lr {payload['peak_lr']:.6g} at step {payload['peak_step']}; final lr {lrs[-1]:.6g}")
+    if plot:
+        out.print(f"plot: {payload['plot']}")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="report", show_default=True)
 @click.option("--full", is_flag=True, help="Larger runs (slower) instead of the quick defaults.")

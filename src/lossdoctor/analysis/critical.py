@@ -231,7 +231,9 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
     Args:
         grad_tol: the point is critical when the full-data gradient norm is at most this.
             Default ``GRAD_RTOL`` (1e-2) times the gradient scale sqrt(2 |L| Λ), Λ the largest
-            |eigenvalue| (see :func:`gradient_scale`).
+            |eigenvalue| (see :func:`gradient_scale`). The scale measures the loss from 0, so
+            near a critical point whose loss is itself ~0 (an interpolating fit) pass an
+            absolute ``grad_tol``.
         eig_tol: eigenvalues with |λ| <= eig_tol count as zero (flat), never as a sign. Default
             ``EIG_RTOL`` (1e-4, or 1000 float eps of the parameters' dtype if larger) times the
             spectrum's spread max(λ_max - λ_min, |λ_max|, |λ_min|). Near a point that is only

@@ -25,8 +25,10 @@ from ..model_state import evaluation_mode, preserved_model, preserved_rng
 from ..progress import Progress, scaled
 from .critical import CriticalPoint, classify_critical_point
 
-GRID_OCTAVES = (-12, 4)  # the line search tries eta0 * 2**j for j in this range, both signs
-REFINE_ITERS = 30  # golden-section iterations around the best grid point
+PROBE_OCTAVES = range(3, 10)  # short probe steps eta0 * 2**-j, both signs (quadratic-model check)
+MAX_HALVINGS = 40
+MAX_DOUBLINGS = 60
+REFINE_ITERS = 30  # golden-section iterations around the best point
 
 
 @dataclass(frozen=True)
@@ -139,15 +141,32 @@ def _mean_loss(op: HessianOperator) -> float:
     return total / count
 
 
-def _line_search(loss_at: Callable[[float], float], eta0: float) -> tuple[float, float, list[tuple[float, float]]]:
-    """Minimise ``loss_at(t)`` over signed steps t: a geometric grid on both signs, then a
-    golden-section refinement inside the bracket around the best grid point."""
-    grid = [s * eta0 * 2.0**j for s in (1, -1) for j in range(GRID_OCTAVES[0], GRID_OCTAVES[1] + 1)]
-    tried = [(t, loss_at(t)) for t in grid]
+def _line_search(loss_at: Callable[[float], float], eta0: float, loss0: float
+                 ) -> tuple[float, float, list[tuple[float, float]]]:
+    """Minimise ``loss_at(t)`` over signed steps t. On each sign: halve from ``eta0`` until the
+    loss is below ``loss0``, then double while it keeps falling (so the scale of ``eta0`` need
+    not be right); then golden-section refinement in the bracket around the best point. A few
+    short probe steps record how well the quadratic model predicts small steps."""
+    tried = [(s * eta0 * 2.0**-j, loss_at(s * eta0 * 2.0**-j)) for s in (1, -1) for j in PROBE_OCTAVES]
+    for sign in (1, -1):
+        t, f = eta0, loss_at(sign * eta0)
+        tried.append((sign * t, f))
+        for _ in range(MAX_HALVINGS):
+            if f < loss0:
+                break
+            t /= 2
+            f = loss_at(sign * t)
+            tried.append((sign * t, f))
+        for _ in range(MAX_DOUBLINGS):
+            f2 = loss_at(sign * 2 * t)
+            tried.append((sign * 2 * t, f2))
+            if not f2 < f:
+                break
+            t, f = 2 * t, f2
     best_t, best_loss = min(tried, key=lambda item: item[1])
-    same_side = sorted(t for t, _ in tried if t * best_t > 0)
+    same_side = sorted({t for t, _ in tried if t * best_t > 0} | {0.0})
     i = same_side.index(best_t)
-    lo = same_side[i - 1] if i > 0 else 0.0
+    lo = same_side[i - 1] if i > 0 else best_t
     hi = same_side[i + 1] if i + 1 < len(same_side) else best_t
     a, b = min(lo, hi), max(lo, hi)
     golden = (math.sqrt(5) - 1) / 2
@@ -171,7 +190,7 @@ def _line_search(loss_at: Callable[[float], float], eta0: float) -> tuple[float,
 
 def _reference_step(loss: float, eigenvalue: float) -> float:
     """The step at which the quadratic model ½λη² would have removed the whole loss (at least
-    a tiny positive length): the line search's grid is built around it."""
+    a tiny positive length): where the line search starts."""
     return math.sqrt(2.0 * max(abs(loss), 1e-12) / abs(eigenvalue))
 
 
@@ -224,7 +243,7 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
         return value if math.isfinite(value) else math.inf
 
     with preserved_model(model):
-        best_t, best_loss, tried = _line_search(loss_at, _reference_step(loss0, lam))
+        best_t, best_loss, tried = _line_search(loss_at, _reference_step(loss0, lam), loss0)
     tried.sort()
     steps = np.array([t for t, _ in tried])
     losses = np.array([v for _, v in tried])

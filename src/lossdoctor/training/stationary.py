@@ -1,6 +1,7 @@
-"""Driving a small model to a critical point with full-batch L-BFGS (scipy's), either on the
-loss or on the squared gradient norm ||∇L||² (the homework's trick): minimising the gradient
-norm stops at *any* critical point (minimum, saddle or maximum), not only where the loss is low.
+"""Driving a small model to a critical point: full-batch L-BFGS (scipy's) on the loss or on the
+squared gradient norm ||∇L||² (the homework's trick), and Levenberg-Marquardt on the gradient
+with the dense Hessian. Minimising the gradient norm stops at *any* critical point (minimum,
+saddle or maximum), not only where the loss is low.
 
 Full batch and deterministic; every evaluation passes over all of ``data`` (twice-differentiated
 for the gradient-norm objective), so it is meant for small problems such as the studies'.
@@ -97,7 +98,7 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
         _set_flat(params, x)
         if objective == "loss":
             loss, grads = loss_and_gradient(model, loss_fn, data)
-            return float(loss), _flat(grads)
+            return float(loss.detach()), _flat(grads)
         _, grads = loss_and_gradient(model, loss_fn, data, create_graph=True)
         grad_sq = sum((g * g).sum() for g in grads)
         outer = torch.autograd.grad(grad_sq, params, allow_unused=True, materialize_grads=True)
@@ -135,3 +136,53 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
     _set_flat(params, best["x"])
     return StationaryHistory(objective=objective, losses=losses, grad_norms=norms, iterations=len(norms) - 1,
                              target=target, reached=target is None or norms[-1] <= target)
+
+
+def minimize_gradient_norm(model: nn.Module, loss_fn: Callable, data: Any, *, target: float = 1e-6,
+                           max_iters: int = 50, max_params: int = 2000,
+                           progress: Progress | None = None) -> StationaryHistory:
+    """Drive ``model`` (in place) to the nearest critical point of any kind by Levenberg-Marquardt
+    on the gradient: each step solves (H² + μI) δ = -H g with the dense Hessian H, i.e. damped
+    Newton on g(θ) = 0, which (unlike descent on the loss) is attracted to saddles as much as to
+    minima. Flat directions (λ ≈ 0) get no step. For models of at most ``max_params`` parameters."""
+    from ..curvature import dense_hessian
+
+    if not target > 0:
+        raise ValueError(f"target must be a positive gradient norm, got {target!r}.")
+    params = [p for _, p in trainable_parameters(model)]
+
+    def evaluate() -> tuple[float, torch.Tensor]:
+        loss, grads = loss_and_gradient(model, loss_fn, data)
+        return float(loss.detach()), torch.cat([g.detach().reshape(-1) for g in grads]).to("cpu", torch.float64)
+
+    theta = torch.from_numpy(_flat(params))
+    loss, grad = evaluate()
+    losses, norms = [loss], [float(grad.norm())]
+    mu = None
+    while norms[-1] > target and len(norms) - 1 < max_iters:
+        H = dense_hessian(model, loss_fn, data, max_params=max_params).to("cpu", torch.float64)
+        lam, Q = torch.linalg.eigh(H)
+        if mu is None:
+            mu = (1e-3 * float(lam.abs().max())) ** 2
+        gq = Q.T @ grad
+        accepted = False
+        while not accepted and mu < 1e30:
+            step = -Q @ (lam * gq / (lam**2 + mu))
+            _set_flat(params, (theta + step).numpy())
+            new_loss, new_grad = evaluate()
+            if math.isfinite(new_loss) and float(new_grad.norm()) < norms[-1]:
+                theta, loss, grad, accepted = theta + step, new_loss, new_grad, True
+                mu /= 3.0
+            else:
+                mu *= 4.0
+        _set_flat(params, theta.numpy())
+        if not accepted:
+            break
+        losses.append(loss)
+        norms.append(float(grad.norm()))
+        if progress is not None:
+            progress(len(norms) - 1, max_iters)
+        if len(norms) > 3 and norms[-1] > 0.99 * norms[-4]:
+            break  # stalled: what is left of the gradient lies where the Hessian is ~0 (e.g. a ReLU kink)
+    return StationaryHistory(objective="grad_norm (Levenberg-Marquardt)", losses=losses, grad_norms=norms,
+                             iterations=len(norms) - 1, target=target, reached=norms[-1] <= target)
