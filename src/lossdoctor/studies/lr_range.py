@@ -60,7 +60,7 @@ def _same(a: dict, b: dict) -> bool:
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> LRRangeStudy:
     batch = 100
-    epochs = 8 if quick else 25
+    epochs = 6 if quick else 25
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
     total = 100 + len(seeds) * len(MULTIPLIERS) * epochs * 40
     with one_thread():
