@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._results import ResultMixin, fmt
-from .lanczos import block_lanczos_tridiagonals, rademacher, tridiagonal
+from .lanczos import apply64, block_lanczos_tridiagonals, rademacher, tridiagonal
 
 Progress = Callable[[int, int], None]
 
@@ -72,7 +72,7 @@ def spectral_density(op, *, num_probes: int = 4, lanczos_steps: int = 60, grid_p
     total = steps * num_probes
 
     def matmul(X: torch.Tensor) -> torch.Tensor:
-        out = (op @ X).to(torch.float64)
+        out = apply64(op, X)
         done[0] += X.shape[1]
         if progress is not None:
             progress(done[0], total)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .._results import ResultMixin, fmt
-from .lanczos import gaussian, orthogonalize
+from .lanczos import apply64, gaussian, orthogonalize
 
 Progress = Callable[[int, int], None]
 WHICH = ("largest", "smallest", "both")
@@ -246,7 +246,7 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
         max_matvecs = max(300, 40 * k)
 
     def matmul(x: torch.Tensor) -> torch.Tensor:
-        return (op @ x).to(torch.float64)
+        return apply64(op, x)
 
     return lanczos_extreme(matmul, n, k=k, which=which, tol=tol, seed=seed, max_matvecs=max_matvecs,
                            ncv=ncv, device=device, progress=progress)

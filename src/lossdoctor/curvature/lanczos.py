@@ -13,6 +13,14 @@ import torch
 MatMul = Callable[[torch.Tensor], torch.Tensor]
 
 
+def apply64(op, X: torch.Tensor) -> torch.Tensor:
+    """``op @ X`` as float64; a dense tensor operator of another dtype (float32) gets ``X`` in its
+    own dtype, since torch does not multiply mixed dtypes."""
+    if isinstance(op, torch.Tensor):
+        X = X.to(op.dtype)
+    return (op @ X).to(torch.float64)
+
+
 def rademacher(n: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``(n, k)`` matrix of ±1 entries from a CPU generator, so the same seed gives the same
     probes on every device and every process."""

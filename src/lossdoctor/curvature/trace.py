@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .._results import ResultMixin, fmt
-from .lanczos import rademacher
+from .lanczos import apply64, rademacher
 
 Progress = Callable[[int, int], None]
 METHODS = ("hutch++", "hutchinson")
@@ -44,7 +44,7 @@ def _apply(op, X: torch.Tensor, block: int, done: list[int], budget: int,
     """``op @ X`` in column chunks of ``block`` (memory bound), counting products."""
     outs = []
     for a, c in _blocks(X.shape[1], block):
-        outs.append((op @ X[:, a:c]).to(torch.float64))
+        outs.append(apply64(op, X[:, a:c]))
         done[0] += c - a
         if progress is not None:
             progress(done[0], budget)

@@ -1,0 +1,201 @@
+"""HessianOperator against ground truth: a dense Hessian computed without the engine, and
+central finite differences of float64 gradients, on every model in ``cases``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import lossdoctor as ld
+from cases import (
+    BY_ID,
+    CASE_IDS,
+    CASES,
+    case_reference,
+    concatenated,
+    finite_difference_hvp,
+    flat_parameters,
+    mlp_tanh_mse,
+    reference_gradient,
+    reference_hessian,
+    split,
+    trainable,
+)
+
+
+def tolerance(op: ld.HessianOperator) -> float:
+    """Relative accuracy to expect from the operator's arithmetic."""
+    return 1e-10 if op.dtype == torch.float64 else 2e-5
+
+
+def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> bool:
+    actual, expected = torch.as_tensor(actual).double(), torch.as_tensor(expected).double()
+    return float((actual - expected).norm()) <= rtol * max(float(expected.norm()), 1e-12)
+
+
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_products_match_reference_hessian(case_id):
+    case = BY_ID[case_id]
+    model, loss_fn, data = case.make()
+    op = ld.hessian(model, loss_fn, data, mode=case.mode)
+    H = case_reference(case_id)
+    n = H.shape[0]
+    assert op.shape == (n, n) and op.num_params == n == flat_parameters(model).numel()
+    assert op.mode == case.mode and op.num_samples == 16
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    tol = tolerance(op)
+    # vector, torch matrix of columns, numpy matrix
+    Hv = op @ V[:, 0].to(op.dtype)
+    assert Hv.shape == (n,) and Hv.dtype == op.dtype
+    assert close(Hv, H @ V[:, 0], tol)
+    HV = op @ V
+    assert HV.shape == (n, 3) and HV.dtype == torch.float64  # output follows the input's dtype
+    assert close(HV, H @ V, tol)
+    HV_np = op @ V.numpy()
+    assert isinstance(HV_np, np.ndarray) and HV_np.shape == (n, 3)
+    assert close(torch.from_numpy(HV_np), H @ V, tol)
+
+
+@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.data_kind != "loader"])
+def test_matvec_matches_finite_differences(case_id):
+    case = BY_ID[case_id]
+    model, loss_fn, data = case.make()
+    op = ld.hessian(model, loss_fn, data, mode=case.mode)
+    v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    fd = finite_difference_hvp(model, loss_fn, data, v, mode=case.mode)
+    # central differences in float64 with eps=1e-5 are accurate to ~1e-8 relative
+    assert close(op @ v, fd, 1e-4 if op.dtype == torch.float32 else 1e-6)
+
+
+def test_unequal_batches_are_weighted_by_size():
+    model, loss_fn, batches = mlp_tanh_mse("batches")
+    sizes = [len(y) for _, y in batches]
+    assert len(set(sizes)) > 1
+    H = ld.dense_hessian(model, loss_fn, batches, dtype=torch.float64)
+    H_all = reference_hessian(model, loss_fn, concatenated(batches)).double()
+    # the wrong answer: each batch's Hessian counted equally
+    H_equal = sum(reference_hessian(model, loss_fn, b).double() for b in batches) / len(batches)
+    wrong_by = float((H_equal - H_all).norm() / H_all.norm())
+    assert wrong_by > 1e-2  # the test can tell the two apart...
+    assert close(H, H_all, 1e-5)  # ...and the engine gives the mean over all samples
+    # the same samples batched differently give the same Hessian
+    x, y = concatenated(batches)
+    H_other = ld.dense_hessian(model, loss_fn, split(x, y, (1, 11, 4)), dtype=torch.float64)
+    assert close(H_other, H, 1e-5)
+
+
+def test_sum_reduction_is_the_mean_over_samples_of_per_sample_sums():
+    model, _, batches = mlp_tanh_mse("batches")
+    H_sum = ld.dense_hessian(model, nn.MSELoss(reduction="sum"), batches, dtype=torch.float64)
+    H_mean = ld.dense_hessian(model, nn.MSELoss(), batches, dtype=torch.float64)
+    outputs = batches[0][1].shape[1]
+    # MSE 'mean' also divides by the output dimension; 'sum' over a sample does not
+    assert close(H_sum, outputs * H_mean, 1e-5)
+
+
+def test_functional_and_module_losses_agree():
+    model, _, batches = mlp_tanh_mse("batches")
+    a = ld.dense_hessian(model, F.mse_loss, batches)
+    b = ld.dense_hessian(model, nn.MSELoss(), batches)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_eval_and_train_mode_differ_for_batchnorm():
+    model, loss_fn, data = BY_ID["batchnorm-cnn-batches-eval"].make()
+    H_eval = ld.dense_hessian(model, loss_fn, data, mode="eval", dtype=torch.float64)
+    H_train = ld.dense_hessian(model, loss_fn, data, mode="train", dtype=torch.float64)
+    assert close(H_eval, case_reference("batchnorm-cnn-batches-eval"), 1e-5)
+    assert close(H_train, case_reference("batchnorm-cnn-batches-train"), 1e-5)
+    assert not close(H_train, H_eval, 1e-2)  # batch statistics vs running statistics
+    # the default is eval mode, whatever mode the model was left in
+    model.train()
+    op = ld.hessian(model, loss_fn, data)
+    assert op.mode == "eval" and "mode='eval'" in repr(op)
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    assert close(op @ v, H_eval @ v, 1e-5)
+
+
+@pytest.mark.parametrize("case_id", ["mlp-tanh-mse-loader-eval", "mlp-frozen-batches-eval",
+                                     "batchnorm-cnn-batches-train", "transformer-tied-batches-eval",
+                                     "mlp-tanh-sum-loss-batches-eval"])
+def test_gradient_matches_autograd(case_id):
+    case = BY_ID[case_id]
+    model, loss_fn, data = case.make()
+    op = ld.hessian(model, loss_fn, data, mode=case.mode)
+    loss, grad = op.gradient()
+    ref_loss, ref_grad = reference_gradient(model, loss_fn, data, case.mode)
+    assert loss == pytest.approx(float(ref_loss), rel=1e-5)
+    assert op.loss == pytest.approx(float(ref_loss), rel=1e-5)
+    assert close(grad, ref_grad, 1e-5)
+
+
+def test_parameter_layout_and_round_trip():
+    model, loss_fn, data = BY_ID["transformer-tied-batches-eval"].make()
+    op = ld.hessian(model, loss_fn, data)
+    names, params = trainable(model)
+    assert op.names == names and op.shapes == [tuple(p.shape) for p in params]
+    # the tied embedding counts once
+    assert op.num_params == sum(p.numel() for p in params)
+    assert model.out.weight is model.embed.weight and "out.weight" not in op.names
+    v = torch.randn(op.num_params)
+    parts = op.unflatten(v)
+    assert list(parts) == names
+    assert all(parts[k].shape == p.shape for k, p in zip(names, params, strict=True))
+    assert torch.equal(op.flatten(parts), v)
+    assert torch.equal(op.flatten(list(parts.values())), v)
+    assert torch.equal(op.parameter_vector(), flat_parameters(model))
+    with pytest.raises(ValueError, match="length"):
+        op.unflatten(torch.zeros(op.num_params + 1))
+
+
+def test_frozen_parameters_are_left_out():
+    model, loss_fn, data = BY_ID["mlp-frozen-batches-eval"].make()
+    op = ld.hessian(model, loss_fn, data)
+    assert "0.bias" not in op.names and "2.weight" not in op.names
+    assert op.num_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_to_scipy_linear_operator():
+    from scipy.sparse.linalg import eigsh
+
+    case_id = "cnn1d-batches-eval"
+    model, loss_fn, data = BY_ID[case_id].make()
+    H = case_reference(case_id)
+    lin = ld.hessian(model, loss_fn, data).to_scipy()
+    n = H.shape[0]
+    assert lin.shape == (n, n) and lin.dtype == np.float64
+    X = np.random.default_rng(0).standard_normal((n, 2))
+    assert close(torch.from_numpy(lin.matvec(X[:, 0])), H @ torch.from_numpy(X[:, 0]), 2e-5)
+    assert close(torch.from_numpy(lin.matmat(X)), H @ torch.from_numpy(X), 2e-5)
+    top = eigsh(lin, k=1, which="LA", return_eigenvectors=False)
+    assert top[0] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-4)
+
+
+def test_inputs_as_tuples_and_dicts():
+    """Models taking several inputs: batches of ((x1, x2), y) and ({"a": x1, "b": x2}, y)."""
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(2, 2)
+
+        def forward(self, a, b):
+            return torch.tanh(self.a(a)) * self.b(b)
+
+    torch.manual_seed(0)
+    model = TwoInputs()
+    a, b, y = torch.randn(10, 3), torch.randn(10, 2), torch.randn(10, 2)
+    H_tuple = ld.dense_hessian(model, F.mse_loss, [((a[:4], b[:4]), y[:4]), ((a[4:], b[4:]), y[4:])])
+    H_dict = ld.dense_hessian(model, F.mse_loss, ({"a": a, "b": b}, y))
+
+    def f(theta):
+        w1, b1, w2, b2 = torch.split(theta, [6, 2, 4, 2])
+        out = torch.tanh(a @ w1.reshape(2, 3).T + b1) * (b @ w2.reshape(2, 2).T + b2)
+        return F.mse_loss(out, y)
+
+    H = torch.autograd.functional.hessian(f, flat_parameters(model))
+    assert close(H_tuple, H, 1e-5) and close(H_dict, H, 1e-5)
