@@ -79,7 +79,7 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> WarmupStudy:
     lr, batch, depth, hidden = 0.03, 1000, 4, 256
     epochs = 25 if quick else 60
     seeds = [0, 1, 2] if quick else [0, 1, 2, 3, 4, 5]
-    warm = 20
+    warm = 40
     runs: list[WarmupRun] = []
     steps = 0
     total = 2 * len(seeds)
