@@ -41,13 +41,45 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+def _init_distributed() -> None:
+    """Under ``torchrun`` (WORLD_SIZE > 1) join the process group; only rank 0 prints or writes."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.get_rank() != 0:
+        out.quiet = True
+        console.quiet = True
+
+
+def _is_rank_zero() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def _load(problem: str, checkpoint: str | None):
     from .problem import load_problem
+    from .zoo import BUILTIN
 
     try:
-        return load_problem(problem, checkpoint=checkpoint)
+        prob = load_problem(problem, checkpoint=checkpoint)
     except (ValueError, TypeError, FileNotFoundError) as err:
         _fail(str(err))
+    import torch.distributed as dist
+
+    if problem in BUILTIN and dist.is_available() and dist.is_initialized():
+        # Built-in data are lists of batches: each rank takes every world_size-th batch. A user's
+        # problem function returns its own rank's shard.
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if isinstance(prob.train_data, list):
+            prob.train_data = prob.train_data[rank::world]
+    return prob
 
 
 problem_option = click.option("--problem", "problem", default="mnist1d-mlp", show_default=True,
@@ -62,6 +94,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print machin
 @click.version_option(package_name="lossdoctor")
 def main() -> None:
     """lossdoctor: why did my training loss stop going down, and what should I change?"""
+    _init_distributed()
 
 
 @main.command()
@@ -100,7 +133,7 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
             dens = spectral_density(op, seed=seed, progress=task("spectral density (SLQ)"))
             results["density"] = {key: value for key, value in dens.to_dict().items()
                                   if key not in ("grid", "density", "nodes", "weights")}
-    if dens is not None and plot:
+    if dens is not None and plot and _is_rank_zero():
         from .report.spectrum import density_figure
 
         results["density_plot"] = str(density_figure(dens, Path(plot)))

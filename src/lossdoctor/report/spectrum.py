@@ -53,7 +53,11 @@ def render(study: SpectrumStudy, out_dir: Path) -> Section:
             f"{study.mode} mode. Top/bottom eigenvalues from {eig.matvecs} Hessian-vector products; "
             f"trace {fmt(study.trace.estimate)} +/- {fmt(study.trace.standard_error)} (Hutch++, "
             f"{study.trace.matvecs} products); estimated fraction of negative eigenvalues "
-            f"{dens.negative_fraction:.3f} +/- {dens.negative_fraction_error:.3f}.")
+            f"{dens.negative_fraction:.3f} +/- {dens.negative_fraction_error:.3f}. "
+            "Each eigenvalue is a Rayleigh quotient of its vector, so a negative value proves that "
+            "the loss curves downward in that direction even where the pair has not converged "
+            "(the bottom of a trained network's spectrum is a near-degenerate cluster that Lanczos "
+            "resolves slowly; the error bound says how far the value can be from an eigenvalue).")
     body = (paragraph(text)
             + table(["#", "eigenvalue", "residual", "error bound", "converged"], rows)
             + figure(name, "Left: the Hessian's eigenvalue density (log scale): a bulk near zero and a few "

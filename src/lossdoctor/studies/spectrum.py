@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from .._results import ResultMixin, fmt
-from ..curvature import EigenResult, SpectralDensity, TraceResult, eigenpairs, hessian, spectral_density, trace
+from ..curvature import (
+    EigenResult,
+    SpectralDensity,
+    TraceResult,
+    eigenpairs,
+    hessian,
+    spectral_density,
+    trace,
+)
 from ..progress import Progress, scaled
 from ..training.loop import TrainHistory, train
 from ..zoo import build
@@ -39,11 +48,16 @@ def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) 
     eval_data = build("mnist1d-mlp", seed=seed, batch_size=1000).train_data
     optimizer = torch.optim.Adam(problem.model.parameters(), lr=1e-3)
     steps = epochs * len(problem.train_data)
-    budget = steps + 300
+    budget = steps + 350
     history = train(problem.model, problem.loss_fn, problem.train_data, optimizer, epochs=epochs,
                     progress=scaled(progress, 0, budget))
     op = hessian(problem.model, problem.loss_fn, eval_data)
-    eig = eigenpairs(op, k=5, which="both", seed=seed, progress=scaled(progress, steps, budget))
+    with warnings.catch_warnings():
+        # The bottom end of a trained network's spectrum is a near-degenerate cluster that
+        # Lanczos resolves slowly; its pairs carry converged=False and error bounds instead.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        eig = eigenpairs(op, k=5, which="both", seed=seed, max_matvecs=150,
+                         progress=scaled(progress, steps, budget))
     tr = trace(op, matvecs=99, seed=seed, progress=scaled(progress, steps + 150, budget))
     dens = spectral_density(op, num_probes=4, lanczos_steps=40 if quick else 80, seed=seed,
                             progress=scaled(progress, steps + 250, budget))
