@@ -59,6 +59,11 @@ class HessianOperator:
             raise TypeError(f"loss_fn must be callable (a loss module or a function such as "
                             f"torch.nn.functional.cross_entropy), got {type(loss_fn).__name__}.")
         check_data(data)
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            # DDP's forward may broadcast buffers (a collective per batch, which would hang with
+            # unequal shards) and its hooks do not see autograd.grad: use the wrapped module,
+            # whose parameters are the very same tensors.
+            model = model.module
         named = trainable_parameters(model)
         if mode == "train":
             stochastic = [type(m).__name__ for m in model.modules()
