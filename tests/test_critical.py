@@ -306,3 +306,14 @@ def test_non_finite_loss_is_refused():
     model = Quadratic([1.0, 2.0], at=[float("nan"), 0.0])
     with pytest.raises(ValueError, match="non-finite|NaN"):
         classify(model)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_saddle_and_escape():
+    p = lecture_saddle()
+    model = p.model.cuda()
+    data = tuple(t.cuda() for t in p.train_data)
+    point = ld.classify_critical_point(model, p.loss_fn, data)
+    assert point.kind == "saddle_point" and point.min_eigenvalue == pytest.approx(-2.0, abs=1e-5)
+    result = ld.escape_saddle(model, p.loss_fn, data, critical=point, apply=True)
+    assert result.applied and float((model.w1 * model.w2).detach().cpu()) == pytest.approx(1.0, abs=1e-3)

@@ -94,25 +94,34 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
         raise ValueError(f"target must be a positive gradient norm, got {target!r}.")
     params = [p for _, p in trainable_parameters(model)]
 
+    last: dict[str, Any] = {"x": None}  # the last evaluated point: scipy's callback usually asks for it again
+
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         _set_flat(params, x)
         if objective == "loss":
             loss, grads = loss_and_gradient(model, loss_fn, data)
-            return float(loss.detach()), _flat(grads)
-        _, grads = loss_and_gradient(model, loss_fn, data, create_graph=True)
+            value, flat = float(loss.detach()), _flat(grads)
+            last.update(x=np.array(x, copy=True), loss=value, norm=float(np.linalg.norm(flat)))
+            return value, flat
+        loss, grads = loss_and_gradient(model, loss_fn, data, create_graph=True)
         grad_sq = sum((g * g).sum() for g in grads)
         outer = torch.autograd.grad(grad_sq, params, allow_unused=True, materialize_grads=True)
-        return float(grad_sq), _flat(list(outer))
+        last.update(x=np.array(x, copy=True), loss=float(loss.detach()), norm=math.sqrt(float(grad_sq.detach())))
+        return float(grad_sq.detach()), _flat(list(outer))
 
     losses: list[float] = []
     norms: list[float] = []
     best = {"x": _flat(params)}
 
     def record(x: np.ndarray) -> None:
-        _set_flat(params, x)
-        loss, grads = loss_and_gradient(model, loss_fn, data)
-        losses.append(float(loss.detach()))
-        norms.append(math.sqrt(sum(float((g * g).sum()) for g in grads)))
+        if last["x"] is not None and np.array_equal(last["x"], x):
+            losses.append(last["loss"])
+            norms.append(last["norm"])
+        else:
+            _set_flat(params, x)
+            loss, grads = loss_and_gradient(model, loss_fn, data)
+            losses.append(float(loss.detach()))
+            norms.append(math.sqrt(sum(float((g * g).sum()) for g in grads)))
         best["x"] = np.array(x, copy=True)
 
     def callback(xk: np.ndarray) -> None:
