@@ -20,8 +20,10 @@ def main(out_dir: str) -> None:
         x, y = _data()
         xs, ys = x[SHARDS[rank]], y[SHARDS[rank]]
         shard = [(xs[i:i + 4], ys[i:i + 4]) for i in range(0, len(xs), 4)]
-        op = ld.hessian(_model(), F.cross_entropy, shard)
-        torch.save(_results(op), f"{out_dir}/rank{rank}.pt")
+        results = _results(ld.hessian(_model(), F.cross_entropy, shard))
+        ddp = torch.nn.parallel.DistributedDataParallel(_model())
+        results["ddp"] = _results(ld.hessian(ddp, F.cross_entropy, shard))
+        torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 

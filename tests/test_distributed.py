@@ -51,6 +51,7 @@ def test_two_gloo_processes_match_one_process_on_all_data(tmp_path):
     single = _results(ld.hessian(_model(), F.cross_entropy, (x, y)))
     for rank in (0, 1):
         r = got[rank]
+        torch.testing.assert_close(r["ddp"]["eigenvalues"], r["eigenvalues"], rtol=0, atol=0)
         assert r["num_samples"] == 23
         assert r["loss"] == pytest.approx(single["loss"], rel=1e-6)
         torch.testing.assert_close(r["eigenvalues"], single["eigenvalues"], rtol=1e-5, atol=1e-6)
