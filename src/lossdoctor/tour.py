@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from .progress import Progress
+from .report import critical_regression as critical_regression_report
 from .report import critical_toy as critical_toy_report
 from .report import l2_smoothing as l2_report
 from .report import lr_range as lr_range_report
 from .report import spectrum as spectrum_report
 from .report import warmup as warmup_report
 from .report.html import Section, write_page
+from .studies import critical_regression as critical_regression_study
 from .studies import critical_toy as critical_toy_study
 from .studies import l2_smoothing as l2_study
 from .studies import lr_range as lr_range_study
@@ -38,6 +40,8 @@ class TourSection:
 SECTIONS: list[TourSection] = [
     TourSection("critical-toy", "Critical points: the lecture's saddle", critical_toy_study.run,
                 critical_toy_report.render),
+    TourSection("critical-regression", "Critical points: the homework regression", critical_regression_study.run,
+                critical_regression_report.render),
     TourSection("spectrum", "Hessian spectrum", spectrum_study.run, spectrum_report.render),
     TourSection("l2", "L2 regularization without biases", l2_study.run, l2_report.render),
     TourSection("warmup", "Learning-rate warm-up", warmup_study.run, warmup_report.render),

@@ -31,15 +31,15 @@ def _figure(study: RegressionStudy, out_dir: Path) -> str:
         ax_hist.semilogy(norms, color=f"C{i}", lw=1, label=f"seed {r.seed}")
         ax_hist.axvline(r.loss_phase.iterations, color=f"C{i}", lw=0.6, ls=":")
     ax_hist.axhline(study.grad_target, color="k", lw=0.8, ls="--", label=f"target {fmt(study.grad_target)}")
-    ax_hist.set_xlabel("L-BFGS iteration (loss, then ||g||² after the dotted line)")
+    ax_hist.set_xlabel("iteration (L-BFGS on the loss; Levenberg-Marquardt on g after the dotted line)")
     ax_hist.set_ylabel("gradient norm")
     ax_hist.set_title("Driving the gradient to zero")
     ax_hist.legend(fontsize=8)
     tol = first.critical.eig_tol
     exact = np.sort(first.exact_eigenvalues)
     gn = np.sort(first.gauss_newton_eigenvalues)
+    ax_eig.plot(gn, "o", ms=5, mfc="none", color="C0", label="Gauss-Newton (2/N) JᵀJ")
     ax_eig.plot(exact, ".", ms=3, color="C3", label="exact Hessian")
-    ax_eig.plot(gn, ".", ms=3, color="C0", label="Gauss-Newton (2/N) JᵀJ")
     ax_eig.axhspan(-tol, tol, color="0.85", label=f"zero tolerance ±{fmt(tol)}")
     ax_eig.set_yscale("symlog", linthresh=max(tol / 10, 1e-12))
     ax_eig.set_xlabel("eigenvalue index (ascending)")
@@ -65,7 +65,8 @@ def render(study: RegressionStudy, out_dir: Path) -> Section:
                          for r in study.runs)
     text = (f"A 1→{study.hidden}→1 ReLU network ({first.num_params} parameters, float64) fits "
             f"sin(5πx)/(5πx) from {study.num_points} points on [-1, 1]: full-batch L-BFGS on the squared error, "
-            f"then L-BFGS on the squared gradient norm (the homework's trick, which stops at any critical point) "
+            f"then Levenberg-Marquardt on the gradient (minimising the gradient norm, the homework's trick, "
+            f"which stops at any critical point) "
             f"until the gradient norm is below {fmt(study.grad_target)}. The end point is classified with the "
             f"exact Hessian ({first.num_params}×{first.num_params}, dense). Eigenvalues within the zero tolerance "
             f"(1e-4 of the spectrum's spread) are counted as zero: the network has many exactly flat directions "
