@@ -25,9 +25,22 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
 
-bench: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/curvature.py
+# The competitors go into their own venv so .venv stays clean. curvlinops pulls torchvision (via
+# backpack-for-pytorch), whose newest release wants a newer torch: pinning the torchvision that
+# matches TORCH_SPEC in the same pip call keeps the CPU torch in place.
+BENCH_VENV := .bench-venv
+TORCHVISION_SPEC ?= torchvision==0.28.0
+BENCH_ARGS ?=
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" -e ".[bench]"
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/curvature.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) report
+	rm -rf $(VENV) $(BENCH_VENV) report
