@@ -112,7 +112,7 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
         # Room for the wanted pairs plus a margin that keeps restarts rare; capped so the
         # float64 basis stays under ~1 GiB.
         cap = max(n_wanted + 3, int(2**30 // (8 * n)))
-        ncv = min(n, max(2 * n_wanted + 10, 60), cap)
+        ncv = min(n, max(2 * n_wanted + 10, 24), cap)
     ncv = int(min(n, max(ncv, n_wanted + 2)))
     max_matvecs = max(int(max_matvecs), 1)
 
