@@ -18,6 +18,7 @@ from .report import critical_regression as critical_regression_report
 from .report import critical_toy as critical_toy_report
 from .report import l2_smoothing as l2_report
 from .report import lr_range as lr_range_report
+from .report import rare_minima as rare_minima_report
 from .report import spectrum as spectrum_report
 from .report import warmup as warmup_report
 from .report.html import Section, write_page
@@ -25,6 +26,7 @@ from .studies import critical_regression as critical_regression_study
 from .studies import critical_toy as critical_toy_study
 from .studies import l2_smoothing as l2_study
 from .studies import lr_range as lr_range_study
+from .studies import rare_minima as rare_minima_study
 from .studies import spectrum as spectrum_study
 from .studies import warmup as warmup_study
 
@@ -42,6 +44,8 @@ SECTIONS: list[TourSection] = [
                 critical_toy_report.render),
     TourSection("critical-regression", "Critical points: the homework regression", critical_regression_study.run,
                 critical_regression_report.render),
+    TourSection("rare-minima", "Critical points: local minima are rare", rare_minima_study.run,
+                rare_minima_report.render),
     TourSection("spectrum", "Hessian spectrum", spectrum_study.run, spectrum_report.render),
     TourSection("l2", "L2 regularization without biases", l2_study.run, l2_report.render),
     TourSection("warmup", "Learning-rate warm-up", warmup_study.run, warmup_report.render),
