@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._results import ResultMixin, fmt
-from .lanczos import apply64, block_lanczos_tridiagonals, rademacher, tridiagonal
+from .lanczos import apply64, block_lanczos_tridiagonals, operator_mode, rademacher, tridiagonal
 
 Progress = Callable[[int, int], None]
 
@@ -39,6 +39,7 @@ class SpectralDensity(ResultMixin):
     matvecs: int
     seed: int
     num_params: int
+    mode: str | None = None  # "eval"/"train" for a HessianOperator
 
     @property
     def eigenvalue_range(self) -> tuple[float, float]:
@@ -101,4 +102,5 @@ def spectral_density(op, *, num_probes: int = 4, lanczos_steps: int = 60, grid_p
     return SpectralDensity(grid=grid, density=density, nodes=nodes, weights=weights, sigma=sigma,
                            negative_fraction=float(negative.mean()), negative_fraction_error=neg_err,
                            zero_tol=zero_tol, num_probes=num_probes, lanczos_steps=steps,
-                           matvecs=done[0], seed=seed, num_params=n)
+                           matvecs=done[0], seed=seed, num_params=n,
+                           mode=operator_mode(op))

@@ -9,6 +9,7 @@ residual test alone and none is reported silently when it is not.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from .._results import ResultMixin, fmt
-from .lanczos import apply64, gaussian, orthogonalize
+from .lanczos import apply64, gaussian, operator_mode, orthogonalize
 
 Progress = Callable[[int, int], None]
 WHICH = ("largest", "smallest", "both")
@@ -45,6 +46,7 @@ class EigenResult(ResultMixin):
     seed: int
     num_params: int
     interrupted: bool = False
+    mode: str | None = None  # "eval"/"train" for a HessianOperator: how the model was evaluated
 
     _skip_in_dict = ("eigenvectors",)
 
@@ -61,7 +63,8 @@ class EigenResult(ResultMixin):
         return float(self.eigenvalues[-1])
 
     def __str__(self) -> str:
-        lines = [f"Hessian eigenpairs ({self.which}, {self.num_params} parameters, "
+        mode = f", {self.mode} mode" if self.mode else ""
+        lines = [f"Hessian eigenpairs ({self.which}, {self.num_params} parameters{mode}, "
                  f"{self.matvecs} Hessian-vector products, tol {self.tol:g}, seed {self.seed})"]
         lines.append(f"{'#':>3}  {'eigenvalue':>14}  {'residual':>10}  {'error bound':>11}  converged")
         for i, (lam, res, bound, ok) in enumerate(zip(self.eigenvalues, self.residual_norms,
@@ -248,5 +251,6 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
     def matmul(x: torch.Tensor) -> torch.Tensor:
         return apply64(op, x)
 
-    return lanczos_extreme(matmul, n, k=k, which=which, tol=tol, seed=seed, max_matvecs=max_matvecs,
-                           ncv=ncv, device=device, progress=progress)
+    result = lanczos_extreme(matmul, n, k=k, which=which, tol=tol, seed=seed, max_matvecs=max_matvecs,
+                             ncv=ncv, device=device, progress=progress)
+    return dataclasses.replace(result, mode=operator_mode(op))

@@ -21,6 +21,12 @@ def apply64(op, X: torch.Tensor) -> torch.Tensor:
     return (op @ X).to(torch.float64)
 
 
+def operator_mode(op) -> str | None:
+    """``"eval"``/``"train"`` for a HessianOperator, None for other operators (dense tensors...)."""
+    mode = getattr(op, "mode", None)
+    return mode if isinstance(mode, str) else None
+
+
 def rademacher(n: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """``(n, k)`` matrix of ±1 entries from a CPU generator, so the same seed gives the same
     probes on every device and every process."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .._results import ResultMixin, fmt
-from .lanczos import apply64, rademacher
+from .lanczos import apply64, operator_mode, rademacher
 
 Progress = Callable[[int, int], None]
 METHODS = ("hutch++", "hutchinson")
@@ -26,10 +26,12 @@ class TraceResult(ResultMixin):
     seed: int
     num_params: int
     interrupted: bool = False
+    mode: str | None = None  # "eval"/"train" for a HessianOperator
 
     def __str__(self) -> str:
         return (f"Hessian trace ~ {fmt(self.estimate)} +/- {fmt(self.standard_error)} "
-                f"({self.method}, {self.matvecs} Hessian-vector products, seed {self.seed})")
+                f"({self.method}, {self.matvecs} Hessian-vector products, seed {self.seed}"
+                + (f", {self.mode} mode)" if self.mode else ")"))
 
 
 def _blocks(total: int, block: int):
@@ -110,4 +112,5 @@ def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, blo
             raise
     mean, err = _mean_and_error(terms)
     return TraceResult(estimate=exact + mean, standard_error=err,
-                       matvecs=done[0], method=method, seed=seed, num_params=n, interrupted=interrupted)
+                       matvecs=done[0], method=method, seed=seed, num_params=n, interrupted=interrupted,
+                       mode=operator_mode(op))
