@@ -62,7 +62,8 @@ def test_lecture_saddle():
 
 
 @pytest.mark.parametrize("name", ["mnist1d-mlp", "mnist1d-cnn"])
-def test_mnist1d_builtins(name, tmp_path, monkeypatch):
+def test_mnist1d_builtins(name, tmp_path_factory, monkeypatch):
+    tmp_path = tmp_path_factory.getbasetemp() / "mnist1d-cache"  # shared: generated once
     monkeypatch.setenv("LOSSDOCTOR_CACHE", str(tmp_path))
     p = ld.load_problem(name, num_train=60, num_test=20, batch_size=25)
     sizes = [len(y) for _, y in p.train_data]

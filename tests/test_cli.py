@@ -1,0 +1,76 @@
+"""The ``lossdoctor spectrum`` command: JSON output, user problems, checkpoints, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from lossdoctor.cli import main
+from test_problem import USER_FILE
+
+
+def run(args: list[str]):
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def spectrum_json(args: list[str], tmp_path) -> dict:
+    result = run(["spectrum", *args, "--json", "--plot", str(tmp_path / "density.png")])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_lecture_saddle_json(tmp_path):
+    out = spectrum_json(["--problem", "lecture-saddle", "--k", "1"], tmp_path)
+    assert out["problem"] == "lecture-saddle" and out["num_params"] == 2 and out["mode"] == "eval"
+    assert out["eigenpairs"]["eigenvalues"] == pytest.approx([2.0, -2.0], abs=1e-6)
+    assert all(out["eigenpairs"]["converged"])
+    assert out["trace"]["estimate"] == pytest.approx(0.0, abs=1e-6)
+    assert (tmp_path / "density.png").stat().st_size > 0
+
+
+@pytest.fixture
+def user_file(tmp_path):
+    path = tmp_path / "cli_user_problem.py"
+    path.write_text(USER_FILE)
+    return path
+
+
+def test_user_problem_with_checkpoint(user_file, tmp_path):
+    import lossdoctor as ld
+
+    spec = f"{user_file}:as_triple"
+    p = ld.load_problem(spec)
+    with torch.no_grad():
+        p.model[2].weight.mul_(3.0)
+    ckpt = tmp_path / "model.pt"
+    torch.save(p.model.state_dict(), ckpt)
+    expected = torch.linalg.eigvalsh(ld.dense_hessian(p.model, p.loss_fn, p.train_data).double())
+    out = spectrum_json(["--problem", spec, "--checkpoint", str(ckpt), "--k", "2", "--which", "both",
+                         "--tol", "1e-5", "--no-density", "--trace-matvecs", "0"], tmp_path)
+    got = out["eigenpairs"]["eigenvalues"]
+    assert got == pytest.approx([float(expected[-1]), float(expected[-2]), float(expected[1]),
+                                 float(expected[0])], abs=1e-4 * float(expected.abs().max()))
+    assert "trace" not in out and "density" not in out
+
+
+def test_human_output(tmp_path):
+    result = run(["spectrum", "--problem", "lecture-saddle", "--k", "1", "--plot", str(tmp_path / "d.png")])
+    assert result.exit_code == 0
+    assert "Hessian eigenpairs" in result.stdout and "trace" in result.stdout
+
+
+def test_unknown_problem_and_bad_checkpoint(tmp_path, user_file):
+    result = run(["spectrum", "--problem", "no-such-problem", "--json"])
+    assert result.exit_code == 2
+    stderr = " ".join(result.stderr.split())  # the console wraps long lines
+    assert "unknown problem 'no-such-problem'" in stderr and "lecture-saddle" in stderr
+    bad = tmp_path / "bad.pt"
+    torch.save({"nothing": torch.zeros(1)}, bad)
+    result = run(["spectrum", "--problem", f"{user_file}:as_triple", "--checkpoint", str(bad), "--json"])
+    assert result.exit_code == 2
+    stderr = " ".join(result.stderr.split())
+    assert "missing keys" in stderr and "unexpected keys ['nothing']" in stderr
+    assert result.stdout == ""

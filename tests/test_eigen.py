@@ -1,0 +1,149 @@
+"""eigenpairs against torch.linalg.eigh of dense Hessians, closed-form toys and matrices with
+a known spectrum."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import lossdoctor as ld
+from cases import BY_ID, case_reference
+
+# models not tuned for, each end of the spectrum somewhere (every combination would be slow)
+MODEL_ENDS = [("mlp-tanh-mse-batches-eval", "largest"), ("mlp-tanh-mse-batches-eval", "smallest"),
+              ("mlp-tanh-mse-batches-eval", "both"), ("mlp-relu-ce-functional-batches-eval", "both"),
+              ("cnn2d-loader-eval", "largest"), ("batchnorm-cnn-batches-eval", "both"),
+              ("gru-batches-eval", "smallest"), ("transformer-tied-batches-eval", "both")]
+
+
+def expected_ends(H: torch.Tensor, which: str, k: int) -> np.ndarray:
+    lam = torch.linalg.eigvalsh(H).numpy()[::-1]  # descending
+    if which == "largest":
+        return lam[:k]
+    if which == "smallest":
+        return lam[-k:]
+    return np.concatenate([lam[:k], lam[-k:]])
+
+
+def check_pairs(result: ld.EigenResult, H: torch.Tensor, expected: np.ndarray, rtol: float) -> None:
+    scale = float(torch.linalg.matrix_norm(H, ord=2))
+    assert result.eigenvalues.shape == expected.shape
+    assert np.all(np.diff(result.eigenvalues) <= 0)  # sorted, decreasing
+    np.testing.assert_allclose(result.eigenvalues, expected, rtol=0, atol=rtol * scale)
+    V = result.eigenvectors
+    assert V.dtype == torch.float64 and V.shape == (H.shape[0], len(expected))
+    np.testing.assert_allclose(V.norm(dim=0).numpy(), 1.0, atol=1e-8)
+    residual = (H @ V - V * torch.as_tensor(result.eigenvalues)).norm(dim=0).numpy()
+    assert np.all(residual <= 10 * math.sqrt(rtol) * scale), residual
+
+
+@pytest.mark.parametrize(("case_id", "which"), MODEL_ENDS)
+def test_eigenvalues_of_small_models(case_id, which):
+    case = BY_ID[case_id]
+    model, loss_fn, data = case.make()
+    op = ld.hessian(model, loss_fn, data, mode=case.mode)
+    H = case_reference(case_id)
+    k = 2 if which == "both" else 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged: no warning
+        result = ld.eigenpairs(op, k=k, which=which, tol=1e-6)
+    assert result.all_converged and result.converged.dtype == bool
+    assert result.which == which and result.num_params == op.num_params
+    assert 0 < result.matvecs <= op.num_params + 5
+    # float32 products limit the attainable accuracy to ~1e-6 of ||H||
+    check_pairs(result, H, expected_ends(H, which, k), 2e-5)
+    assert np.all(result.error_bounds >= 0)
+
+
+def test_eigenvectors_match_up_to_sign():
+    case_id = "mlp-tanh-mse-f64-batches-eval"
+    model, loss_fn, data = BY_ID[case_id].make()
+    H = case_reference(case_id)
+    lam, U = torch.linalg.eigh(H)
+    result = ld.eigenpairs(ld.hessian(model, loss_fn, data), k=1, which="both", tol=1e-10)
+    assert result.all_converged
+    np.testing.assert_allclose(result.eigenvalues, [lam[-1], lam[0]], rtol=1e-9)
+    for got, want in zip(result.eigenvectors.T, [U[:, -1], U[:, 0]], strict=True):
+        assert abs(float(got @ want)) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_lecture_saddle():
+    problem = ld.load_problem("lecture-saddle")
+    op = ld.hessian(problem.model, problem.loss_fn, problem.train_data)
+    assert torch.allclose(ld.dense_hessian(problem.model, problem.loss_fn, problem.train_data),
+                          torch.tensor([[0.0, -2.0], [-2.0, 0.0]]))
+    result = ld.eigenpairs(op, k=1, which="both")
+    assert result.all_converged
+    np.testing.assert_allclose(result.eigenvalues, [2.0, -2.0], atol=1e-6)
+    escape = result.eigenvectors[:, 1]
+    assert abs(float(escape @ torch.tensor([1.0, 1.0], dtype=torch.float64))) / math.sqrt(2) == \
+        pytest.approx(1.0, abs=1e-6)
+
+
+def known_spectrum(eigenvalues: list[float], dtype=torch.float64, seed: int = 0) -> torch.Tensor:
+    n = len(eigenvalues)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    A = Q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ Q.T
+    return (0.5 * (A + A.T)).to(dtype)
+
+
+SPECTRUM = [6.0, 6.0, 6.0, 2.5] + [0.0] * 10 + list(np.linspace(-1.0, 2.0, 140)) + [-3.0, -3.0]
+
+
+@pytest.mark.parametrize("which", ["largest", "smallest", "both"])
+def test_dense_matrix_with_repeated_and_zero_eigenvalues(which):
+    A = known_spectrum(SPECTRUM)
+    k = 4
+    result = ld.eigenpairs(A, k=k, which=which, tol=1e-8)
+    assert result.all_converged
+    check_pairs(result, A, expected_ends(A, which, k), 1e-7)
+
+
+def test_float32_dense_matrix():
+    A = known_spectrum(SPECTRUM, dtype=torch.float32)
+    result = ld.eigenpairs(A, k=2, which="both", tol=1e-5)
+    np.testing.assert_allclose(result.eigenvalues, [6.0, 6.0, -3.0, -3.0], atol=1e-4)
+
+
+def test_zero_matrix_and_rank_one():
+    n = 20
+    zero = ld.eigenpairs(torch.zeros(n, n, dtype=torch.float64), k=2, which="both")
+    np.testing.assert_allclose(zero.eigenvalues, 0.0, atol=1e-12)
+    u = torch.randn(n, dtype=torch.float64)
+    u /= u.norm()
+    one = ld.eigenpairs(3.0 * torch.outer(u, u), k=2, which="largest")
+    np.testing.assert_allclose(one.eigenvalues, [3.0, 0.0], atol=1e-10)
+    assert abs(float(one.eigenvectors[:, 0] @ u)) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_unconverged_pairs_are_flagged_and_warned():
+    # clustered eigenvalues at the top of a large spectrum: 6 products cannot resolve them
+    lam = list(np.linspace(0.0, 1.0, 300))
+    A = known_spectrum(lam)
+    with pytest.warns(RuntimeWarning, match="max_matvecs"):
+        result = ld.eigenpairs(A, k=3, which="largest", tol=1e-10, max_matvecs=6)
+    assert not result.all_converged and not result.converged.any()
+    assert result.matvecs == 6
+    assert "NO" in str(result)
+    # residual norms are true residuals, and each Ritz value is within its residual of some
+    # eigenvalue (Krylov-Weinstein), converged or not
+    Y = result.eigenvectors
+    true_residuals = (A @ Y - Y * torch.as_tensor(result.eigenvalues)).norm(dim=0).numpy()
+    np.testing.assert_allclose(result.residual_norms, true_residuals, rtol=1e-6, atol=1e-12)
+    nearest = np.abs(np.array(lam)[None, :] - result.eigenvalues[:, None]).min(axis=1)
+    assert np.all(nearest <= result.residual_norms + 1e-12)
+
+
+def test_seed_reproducible_and_result_serializable():
+    A = known_spectrum(SPECTRUM)
+    a = ld.eigenpairs(A, k=2, which="both", seed=3)
+    b = ld.eigenpairs(A, k=2, which="both", seed=3)
+    assert np.array_equal(a.eigenvalues, b.eigenvalues) and a.matvecs == b.matvecs
+    d = a.to_dict()
+    assert "eigenvectors" not in d and d["which"] == "both" and len(d["eigenvalues"]) == 4
+    assert "eigenvalue" in str(a)
