@@ -15,7 +15,7 @@ from .html import Section, figure, paragraph, table
 
 def _figure(study: WarmupStudy, out_dir: Path) -> str:
     fig, (ax_loss, ax_early, ax_lr) = new_figure(3, width=4.6, height=3.7)
-    early = min(study.steps, 4 * study.warmup_steps)
+    early = max(min(study.steps // 2, 2 * study.warmup_steps), 1)
     for w, color, label in ((0, "C3", "no warm-up"), (study.warmup_steps, "C0", f"warm-up {study.warmup_steps} steps")):
         for i, r in enumerate(study.of(w)):
             loss = np.array(r.history.step_loss, dtype=float)
