@@ -32,7 +32,11 @@ class EigenResult(ResultMixin):
     """Extreme eigenpairs, sorted by decreasing eigenvalue.
 
     ``eigenvectors[:, i]`` (float64, unit norm) belongs to ``eigenvalues[i]``.
-    ``error_bounds[i]`` bounds |lambda - eigenvalues[i]| (estimated from Ritz gaps).
+    ``error_bounds[i]``: for a converged pair, min(r, r**2 / gap) estimates |lambda_i - eigenvalues[i]|
+    (the gap estimated from the other Ritz values); for an unconverged pair it is the residual
+    norm r, which only bounds the distance to the *nearest* eigenvalue, not necessarily the i-th.
+    Each eigenvalue is a Rayleigh quotient, so the largest is <= lambda_max and the smallest
+    >= lambda_min whatever the convergence.
     """
 
     eigenvalues: np.ndarray
@@ -208,6 +212,8 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     converged = bounds[idx] <= tol * scale
     if T.shape[0] >= n:  # the Krylov space is the whole space: exact up to rounding
         converged = np.ones(len(idx), dtype=bool)
+    # The gap estimate needs converged neighbours; otherwise only the residual bound is rigorous.
+    bounds[idx] = np.where(converged, bounds[idx], residuals[idx])
     order = np.argsort(-theta[idx], kind="stable")
     idx = idx[order]
     vectors = (torch.as_tensor(S[:, idx], dtype=basis.dtype, device=basis.device).T @ basis).T
