@@ -40,13 +40,13 @@ class TourSection:
 
 
 SECTIONS: list[TourSection] = [
+    TourSection("spectrum", "Hessian spectrum", spectrum_study.run, spectrum_report.render),
     TourSection("critical-toy", "Critical points: the lecture's saddle", critical_toy_study.run,
                 critical_toy_report.render),
     TourSection("critical-regression", "Critical points: the homework regression", critical_regression_study.run,
                 critical_regression_report.render),
     TourSection("rare-minima", "Critical points: local minima are rare", rare_minima_study.run,
                 rare_minima_report.render),
-    TourSection("spectrum", "Hessian spectrum", spectrum_study.run, spectrum_report.render),
     TourSection("l2", "L2 regularization without biases", l2_study.run, l2_report.render),
     TourSection("warmup", "Learning-rate warm-up", warmup_study.run, warmup_report.render),
     TourSection("lr-range", "Learning-rate range test", lr_range_study.run, lr_range_report.render),
