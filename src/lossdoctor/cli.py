@@ -51,6 +51,8 @@ def _init_distributed() -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.get_rank() != 0:
         out.quiet = True
@@ -63,14 +65,36 @@ def _is_rank_zero() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-def _load(problem: str, checkpoint: str | None):
+def _device(name: str):
+    """``auto``: this rank's GPU under torchrun with CUDA, else the first GPU, else the CPU."""
+    import os
+
+    import torch
+
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        _fail(f"--device {name!r} is not a device name: use auto, cpu, cuda or cuda:N.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        _fail(f"--device {name} asks for CUDA, but this PyTorch sees no GPU: use --device cpu.")
+    return device
+
+
+def _load(problem: str, checkpoint: str | None, device: str = "cpu"):
     from .problem import load_problem
     from .zoo import BUILTIN
 
+    target = _device(device)
     try:
         prob = load_problem(problem, checkpoint=checkpoint)
     except (ValueError, TypeError, FileNotFoundError) as err:
         _fail(str(err))
+    # data stays where the problem put it: CPU batches are moved to the model's device batch by batch
+    prob.model.to(target)
     import torch.distributed as dist
 
     if problem in BUILTIN and dist.is_available() and dist.is_initialized():
@@ -88,6 +112,8 @@ problem_option = click.option("--problem", "problem", default="mnist1d-mlp", sho
 checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                                  help="state_dict file to load into the model (weights_only).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="Where the model runs: auto (a GPU when there is one), cpu, cuda, cuda:N.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,14 +135,15 @@ def main() -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default="spectrum-density.png", show_default=True,
               help="Where to write the density plot.")
+@device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
-             density: bool, mode: str, seed: int, plot: str, as_json: bool) -> None:
+             density: bool, mode: str, seed: int, plot: str, device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from . import eigenpairs, hessian, spectral_density, trace
 
-    prob = _load(problem, checkpoint)
-    results: dict[str, Any] = {"problem": prob.name}
+    prob = _load(problem, checkpoint, device)
+    results: dict[str, Any] = {"problem": prob.name, "device": str(next(prob.model.parameters()).device)}
     try:
         op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode)
     except (ValueError, TypeError) as err:
@@ -180,16 +207,17 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem_name: st
 @click.option("--eig-tol", type=float, default=None, help="Zero threshold for eigenvalues (default: scale-relative).")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@device_option
 @json_option
 def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: str | None, k: int,
              dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: str, seed: int,
-             as_json: bool) -> None:
+             device: str, as_json: bool) -> None:
     """Local minimum, saddle point, or neither? The verdict, the numbers and the evidence."""
     from . import classify_critical_point, escape_saddle
 
     if out_file is not None and not do_escape:
         _fail("--out names the checkpoint written by --escape; add --escape (or drop --out).")
-    prob = _load(problem, checkpoint)
+    prob = _load(problem, checkpoint, device)
     target = _escaped_path(out_file, checkpoint, prob.name) if do_escape else None
     results: dict[str, Any] = {"problem": prob.name, "checkpoint": checkpoint}
     with progress_bars(not as_json) as task:
@@ -210,7 +238,7 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
         import torch
 
         with open(target, "xb") as handle:  # exclusive create: never overwrite
-            torch.save(prob.model.state_dict(), handle)
+            torch.save({key: value.cpu() for key, value in prob.model.state_dict().items()}, handle)
         written = str(target)
     results["escaped_checkpoint"] = written
     if as_json:
@@ -247,13 +275,15 @@ def _optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay:
 @click.option("--steps", default=100, show_default=True, help="Range-test updates (stops early on divergence).")
 @click.option("--suggestion", type=click.Choice(["steepest", "minimum"]), default="steepest", show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the loss-vs-lr plot here.")
+@device_option
 @json_option
 def lr_find(problem: str, checkpoint: str | None, opt_name: str, momentum: float, weight_decay: float,
-            start_lr: float, end_lr: float, steps: int, suggestion: str, plot: str | None, as_json: bool) -> None:
+            start_lr: float, end_lr: float, steps: int, suggestion: str, plot: str | None, device: str,
+            as_json: bool) -> None:
     """Smith's learning-rate range test: prints the suggested lr (the model is left unchanged)."""
     from . import lr_range_test, weight_decay_groups
 
-    prob = _load(problem, checkpoint)
+    prob = _load(problem, checkpoint, device)
     try:
         optimizer = _optimizer(opt_name, weight_decay_groups(prob.model, weight_decay), start_lr, momentum,
                                weight_decay)

@@ -28,12 +28,40 @@ def _loss_reduction(loss_fn: Any) -> str:
 
 
 @contextlib.contextmanager
+def _full_fp32_matmul(device: torch.device) -> Iterator[None]:
+    """TF32 products (cuDNN convolutions use them by default on Ampere and later) carry ~1e-3
+    relative error, enough to stall Lanczos at tol=1e-6; Hessian products use full float32."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    try:
+        saved = matmul.allow_tf32
+        matmul.allow_tf32 = False
+    except RuntimeError:  # the user set the newer fp32_precision API; mixing the two is refused
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            matmul.allow_tf32 = saved
+
+
+@contextlib.contextmanager
 def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[None]:
     """cuDNN RNN kernels and fused attention kernels have no double backward; fall back to
-    implementations that do, only where they are needed."""
+    implementations that do, only where they are needed. On CUDA, no TF32."""
     with contextlib.ExitStack() as stack:
-        if device.type == "cuda" and any(isinstance(m, nn.RNNBase) for m in model.modules()):
-            stack.enter_context(torch.backends.cudnn.flags(enabled=False))
+        if device.type == "cuda":
+            rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
+            cudnn = torch.backends.cudnn
+            try:
+                stack.enter_context(cudnn.flags(enabled=cudnn.enabled and not rnn, benchmark=cudnn.benchmark,
+                                                deterministic=cudnn.deterministic, allow_tf32=False))
+            except RuntimeError:  # newer fp32_precision API in use: only switch cuDNN off for RNNs
+                if rnn:
+                    stack.enter_context(cudnn.flags(enabled=False))
+            stack.enter_context(_full_fp32_matmul(device))
         try:  # on every device: the CPU flash-attention kernel has no double backward either
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
