@@ -1,6 +1,8 @@
 """lossdoctor: why did my training loss stop going down, and what should I change?"""
 
 from .analysis.critical import CriticalPoint, classify_critical_point
+from .analysis.landscape import Curve, Landscape, interpolate, landscape
+from .analysis.noise_scale import NoiseScale, gradient_noise_scale
 from .analysis.saddle import (
     EscapeResult,
     SaddleEscapeComparison,
@@ -8,6 +10,7 @@ from .analysis.saddle import (
     escape_saddle,
     gradient_descent_path,
 )
+from .analysis.sharpness import EpsilonSharpness, Sharpness, sharpness
 from .curvature import (
     EigenResult,
     HessianOperator,
@@ -23,10 +26,15 @@ from .problem import Problem, load_problem
 from .training.lr_finder import LRRangeResult, lr_range_test
 from .training.regularization import l2_penalty, weight_decay_groups
 from .training.schedules import WarmupScheduler, gradual_warmup, linear_scaling_factor, warmup
+from .training.sweep import SweepResult, SweepRun, batch_size_sweep
+from .training.timing import BatchTiming, time_batch_sizes
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Curve", "Landscape", "interpolate", "landscape", "NoiseScale", "gradient_noise_scale",
+    "EpsilonSharpness", "Sharpness", "sharpness", "SweepResult", "SweepRun", "batch_size_sweep",
+    "BatchTiming", "time_batch_sizes",
     "EigenResult", "HessianOperator", "SpectralDensity", "TraceResult", "dense_hessian",
     "eigenpairs", "hessian", "spectral_density", "trace", "Problem", "load_problem",
     "LRRangeResult", "lr_range_test", "l2_penalty", "weight_decay_groups",

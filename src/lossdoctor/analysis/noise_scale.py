@@ -1,0 +1,129 @@
+"""The gradient noise scale (McCandlish et al. 2018, "An Empirical Model of Large-Batch
+Training"): B_simple = tr(Sigma) / |G|^2, with G the full-data gradient and Sigma the covariance
+of per-sample gradients. Batches much smaller than B_simple are dominated by noise (doubling the
+batch nearly halves the steps needed); much larger ones waste samples.
+
+Two-batch-size estimator (their Appendix A): for a batch of B samples drawn with replacement,
+E|G_B|^2 = |G|^2 + tr(Sigma)/B. With a small and a big batch size,
+
+    |G|^2    ~ (B_big |G_big|^2 - B_small |G_small|^2) / (B_big - B_small)
+    tr(Sigma) ~ (|G_small|^2 - |G_big|^2) / (1/B_small - 1/B_big)
+
+are unbiased; each is averaged over many pairs before taking the ratio (the ratio of noisy
+estimates is biased). The uncertainty is a bootstrap over the pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._results import ResultMixin, fmt
+from ..data import call_model
+from ..model_state import evaluation_mode, preserved_model, trainable_parameters
+from ..progress import Progress
+from ..training.evaluation import as_tensors
+
+
+@dataclass(frozen=True)
+class NoiseScale(ResultMixin):
+    """B_simple with its bootstrap standard error and interval, and what it suggests."""
+
+    b_simple: float
+    standard_error: float
+    interval: tuple[float, float]  # 16th-84th bootstrap percentiles (about +-1 sigma)
+    trace_sigma: float
+    grad_norm_sq: float
+    small_batch: int
+    big_batch: int
+    pairs: int
+    num_samples: int
+    suggested_batch_size: int
+    loss: float
+
+    def __str__(self) -> str:
+        return (f"gradient noise scale B_simple = {fmt(self.b_simple)} +- {fmt(self.standard_error)} "
+                f"(68% interval {fmt(self.interval[0])}..{fmt(self.interval[1])}; tr(Sigma) = "
+                f"{fmt(self.trace_sigma)}, |G|^2 = {fmt(self.grad_norm_sq)}; {self.pairs} pairs of batches "
+                f"{self.small_batch} and {self.big_batch}); suggested batch size {self.suggested_batch_size}: "
+                "smaller batches need proportionally more steps, larger ones proportionally more samples")
+
+
+def _grad_sq(model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: torch.Tensor,
+             y: torch.Tensor) -> tuple[float, float]:
+    loss = loss_fn(call_model(model, x), y)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+    return float(sum((g.double() ** 2).sum() for g in grads)), float(loss)
+
+
+def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_batch: int = 32,
+                         big_batch: int | None = None, pairs: int = 100, mode: str = "eval",
+                         seed: int = 0, bootstrap: int = 1000, max_batch: int | None = None,
+                         progress: Progress | None = None) -> NoiseScale:
+    """Estimate B_simple at the model's current parameters.
+
+    Args:
+        dataset: the training data (any lossdoctor data; its samples are merged).
+        small_batch, big_batch: the two batch sizes (default big: the dataset size, capped at 4096).
+            Batches are drawn with replacement, as the estimator assumes.
+        pairs: how many (small, big) pairs to average.
+        mode: ``"eval"`` (deterministic) or ``"train"`` (dropout and BatchNorm batch statistics).
+        max_batch: compute big-batch gradients in chunks of at most this many samples (memory).
+    The suggested batch size is B_simple rounded to an integer, at least 1 and at most the data
+    size: there steps and samples are both within a factor 2 of their minimum (McCandlish's
+    B_crit ~ B_noise). The model is left exactly as it was.
+    """
+    x, y = as_tensors(dataset)
+    n = len(y)
+    big = min(n, 4096) if big_batch is None else int(big_batch)
+    small = int(small_batch)
+    if not 1 <= small < big:
+        raise ValueError(f"need 1 <= small_batch < big_batch, got small_batch={small}, big_batch={big}.")
+    if pairs < 2:
+        raise ValueError(f"pairs must be >= 2 to give an uncertainty, got {pairs}.")
+    params = [p for _, p in trainable_parameters(model)]
+    device = params[0].device
+    chunk = max_batch or big
+    gen = torch.Generator().manual_seed(seed)
+    small_sq, big_sq, losses = np.empty(pairs), np.empty(pairs), []
+    with preserved_model(model), evaluation_mode(model, mode):
+        for i in range(pairs):
+            idx_s = torch.randint(0, n, (small,), generator=gen)
+            small_sq[i], _ = _grad_sq(model, params, loss_fn, x[idx_s].to(device), y[idx_s].to(device))
+            idx_b = torch.randint(0, n, (big,), generator=gen)
+            if chunk >= big:
+                big_sq[i], loss = _grad_sq(model, params, loss_fn, x[idx_b].to(device), y[idx_b].to(device))
+            else:  # mean gradient over the big batch, accumulated chunk by chunk
+                total = [torch.zeros_like(p) for p in params]
+                loss = 0.0
+                for s in range(0, big, chunk):
+                    part = idx_b[s:s + chunk]
+                    xb, yb = x[part].to(device), y[part].to(device)
+                    out = loss_fn(call_model(model, xb), yb) * (len(part) / big)
+                    for t, g in zip(total, torch.autograd.grad(out, params, allow_unused=True,
+                                                               materialize_grads=True)):
+                        t += g
+                    loss += float(out)
+                big_sq[i] = float(sum((t.double() ** 2).sum() for t in total))
+            losses.append(loss)
+            if progress:
+                progress(i + 1, pairs)
+    g2 = (big * big_sq - small * small_sq) / (big - small)
+    s = (small_sq - big_sq) / (1.0 / small - 1.0 / big)
+    estimate = float(s.mean() / g2.mean())
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(bootstrap):
+        k = rng.integers(0, pairs, pairs)
+        boot.append(s[k].mean() / g2[k].mean())
+    boot_arr = np.asarray(boot)
+    lo, hi = np.percentile(boot_arr, [16, 84])
+    suggested = int(min(max(round(estimate), 1), n)) if np.isfinite(estimate) and estimate > 0 else n
+    return NoiseScale(b_simple=estimate, standard_error=float(np.std(boot_arr)), interval=(float(lo), float(hi)),
+                      trace_sigma=float(s.mean()), grad_norm_sq=float(g2.mean()), small_batch=small,
+                      big_batch=big, pairs=pairs, num_samples=n, suggested_batch_size=suggested,
+                      loss=float(np.mean(losses)))

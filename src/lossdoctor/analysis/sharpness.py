@@ -1,0 +1,205 @@
+"""Sharpness of a minimum: the top Hessian eigenvalue, the Hessian trace, and Keskar et al.'s
+(2017) epsilon-sharpness, the largest loss increase within a box around the parameters.
+
+Keskar's metric: with the box C = {z : |z_i| <= eps (|(A^+ theta)_i| + 1)},
+
+    phi = 100 * (max_{y in C} L(theta + A y) - L(theta)) / (1 + L(theta)),
+
+where A is the identity (full space) or a random n x p matrix (a p-dimensional subspace; here
+with orthonormal columns, so A^+ = A^T). The inner maximum is found, as in the paper, with
+L-BFGS-B on -L under the box bounds; it is a local maximum, so the value is a lower bound on
+the true box maximum (exact for convex quadratics, whose maximum lies at a corner).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._results import ResultMixin, fmt
+from ..curvature import eigenpairs, hessian, trace
+from ..model_state import preserved_model
+from ..progress import Progress
+
+METHODS = ("lambda_max", "trace", "epsilon")
+
+
+@dataclass(frozen=True)
+class EpsilonSharpness(ResultMixin):
+    """One epsilon-sharpness value: ``value`` = 100 (max_loss - loss) / (1 + loss)."""
+
+    epsilon: float
+    space: str  # "full" or "random-<p>"
+    value: float
+    max_loss: float
+    loss: float
+    iterations: int
+    evaluations: int
+
+    def __str__(self) -> str:
+        return f"eps-sharpness({fmt(self.epsilon)}, {self.space}) = {fmt(self.value)}"
+
+
+@dataclass(frozen=True)
+class Sharpness(ResultMixin):
+    """Sharpness of ``model`` at its current parameters over the given data.
+
+    Only the methods asked for are filled in; the others are ``None`` / empty.
+    """
+
+    loss: float
+    num_params: int
+    num_samples: int
+    mode: str
+    lambda_max: float | None = None
+    lambda_max_error: float | None = None  # the Lanczos error bound of the top eigenvalue
+    lambda_max_converged: bool | None = None
+    trace: float | None = None
+    trace_standard_error: float | None = None
+    epsilon: list[EpsilonSharpness] = field(default_factory=list)
+
+    def eps(self, epsilon: float, space: str = "full") -> float | None:
+        """The epsilon-sharpness value for ``epsilon`` in ``space`` ("full" or "random")."""
+        for e in self.epsilon:
+            if math.isclose(e.epsilon, epsilon) and e.space.startswith(space):
+                return e.value
+        return None
+
+    def __str__(self) -> str:
+        lines = [f"Sharpness at loss {fmt(self.loss)} ({self.num_params} parameters, "
+                 f"{self.num_samples} samples, {self.mode} mode)"]
+        if self.lambda_max is not None:
+            lines.append(f"  lambda_max = {fmt(self.lambda_max)} (error bound {fmt(self.lambda_max_error)}"
+                         f"{'' if self.lambda_max_converged else ', NOT converged'})")
+        if self.trace is not None:
+            lines.append(f"  trace      = {fmt(self.trace)} +- {fmt(self.trace_standard_error)}")
+        lines += [f"  {e}" for e in self.epsilon]
+        return "\n".join(lines)
+
+
+def _methods(method: str | Iterable[str]) -> list[str]:
+    chosen = [method] if isinstance(method, str) else list(method)
+    bad = [m for m in chosen if m not in METHODS]
+    if bad or not chosen:
+        raise ValueError(f"method must be one of {METHODS} (or a list of them), got {method!r}.")
+    return chosen
+
+
+def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, seed: int
+             ) -> tuple[float, int, int]:
+    """Maximize the mean loss over the box around the current parameters with L-BFGS-B.
+    Returns (max loss, iterations, loss evaluations). Parameters are moved; the caller restores."""
+    from scipy.optimize import minimize
+
+    theta = op.parameter_vector().to(torch.float64)
+    centre = theta if basis is None else basis.T @ theta  # A^+ theta with orthonormal A
+    radius = (epsilon * (centre.abs() + 1.0)).cpu().numpy()
+    gen = np.random.default_rng(seed)
+    # Start inside the box, off the centre: at a minimum the gradient vanishes, so L-BFGS-B
+    # started exactly there would not move.
+    y0 = radius * gen.uniform(-0.5, 0.5, size=radius.shape)
+    count = [0]
+
+    def f(y: np.ndarray) -> tuple[float, np.ndarray]:
+        z = torch.from_numpy(y)
+        step = z if basis is None else basis @ z
+        point = (theta + step.to(theta.device)).to(op.dtype)
+        with torch.no_grad():
+            for p, part in zip(op.params, torch.split(point, op.numels)):
+                p.copy_(part.reshape(p.shape))
+        loss, grad = op.gradient()
+        count[0] += 1
+        g = grad.to(torch.float64)
+        if basis is not None:
+            g = basis.T @ g.to(basis.device)
+        if not math.isfinite(loss):
+            return 1e30, np.zeros_like(y)  # an overflow is as sharp as it gets: report it, move on
+        return -loss, -g.cpu().numpy()
+
+    res = minimize(f, y0, jac=True, method="L-BFGS-B", bounds=list(zip(-radius, radius)),
+                   options={"maxiter": max_iter, "maxfun": 4 * max_iter + 10})
+    best = -float(res.fun)
+    return best, int(res.nit), count[0]
+
+
+def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterable[str] = "lambda_max",
+              epsilons: Iterable[float] = (1e-3, 5e-4), subspace_dim: int | None = 100,
+              full_space: bool = True, max_iter: int = 10, tol: float = 1e-3, trace_matvecs: int = 60,
+              mode: str = "eval", seed: int = 0, distributed: bool | None = None,
+              progress: Progress | None = None) -> Sharpness:
+    """How sharp is the minimum the model sits in?
+
+    Args:
+        method: ``"lambda_max"`` (top Hessian eigenvalue, Lanczos), ``"trace"`` (Hutch++), or
+            ``"epsilon"`` (Keskar's epsilon-sharpness), or a list of them.
+        epsilons: box sizes for epsilon-sharpness (Keskar: 1e-3 and 5e-4).
+        subspace_dim: also measure in a random subspace of this dimension (Keskar: 100; ``None``
+            to skip); ``full_space=False`` skips the full space.
+        max_iter: L-BFGS-B iterations of the inner maximization (Keskar: 10).
+        tol: relative accuracy of lambda_max.
+        mode, distributed: as for :func:`lossdoctor.hessian`.
+    The model is left exactly as it was.
+    """
+    methods = _methods(method)
+    epsilons = [float(e) for e in epsilons]
+    if "epsilon" in methods:
+        if not epsilons or any(not (e > 0 and math.isfinite(e)) for e in epsilons):
+            raise ValueError(f"epsilons must be positive numbers (Keskar: 1e-3, 5e-4), got {epsilons}.")
+        if subspace_dim is not None and subspace_dim < 1:
+            raise ValueError(f"subspace_dim must be >= 1 or None, got {subspace_dim}.")
+        if not full_space and subspace_dim is None:
+            raise ValueError("full_space=False and subspace_dim=None leave no space to measure in.")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
+    with preserved_model(model):
+        op = hessian(model, loss_fn, data, mode=mode, distributed=distributed)
+        spaces: list[int | None] = ([None] if full_space else []) + ([subspace_dim] if subspace_dim else [])
+        total = (("lambda_max" in methods) + ("trace" in methods)
+                 + ("epsilon" in methods) * len(epsilons) * len(spaces))
+        done = 0
+        values: dict[str, Any] = {}
+        if "lambda_max" in methods:
+            eig = eigenpairs(op, k=1, which="largest", tol=tol, seed=seed)
+            values.update(lambda_max=float(eig.eigenvalues[0]), lambda_max_error=float(eig.error_bounds[0]),
+                          lambda_max_converged=bool(eig.converged[0]))
+            done += 1
+            if progress:
+                progress(done, total)
+        if "trace" in methods:
+            tr = trace(op, matvecs=trace_matvecs, seed=seed)
+            values.update(trace=tr.estimate, trace_standard_error=tr.standard_error)
+            done += 1
+            if progress:
+                progress(done, total)
+        eps_results: list[EpsilonSharpness] = []
+        if "epsilon" in methods:
+            theta = op.parameter_vector().clone()
+            for dim in spaces:
+                basis = None
+                if dim is not None:
+                    # Seeded on the CPU: every rank draws the same subspace.
+                    gen = torch.Generator().manual_seed(seed + 1)
+                    basis = torch.linalg.qr(torch.randn(op.num_params, min(dim, op.num_params),
+                                                        generator=gen, dtype=torch.float64))[0]
+                    basis = basis.to(op.device)
+                for eps in epsilons:
+                    best, iters, evals = _box_max(op, eps, basis, max_iter=max_iter, seed=seed)
+                    with torch.no_grad():
+                        for p, part in zip(op.params, torch.split(theta, op.numels)):
+                            p.copy_(part.reshape(p.shape))
+                    best = max(best, op.loss)  # the centre is in the box
+                    eps_results.append(EpsilonSharpness(
+                        epsilon=eps, space="full" if dim is None else f"random-{basis.shape[1]}",
+                        value=100.0 * (best - op.loss) / (1.0 + op.loss), max_loss=best, loss=op.loss,
+                        iterations=iters, evaluations=evals))
+                    done += 1
+                    if progress:
+                        progress(done, total)
+        return Sharpness(loss=op.loss, num_params=op.num_params, num_samples=op.num_samples, mode=mode,
+                         epsilon=eps_results, **values)

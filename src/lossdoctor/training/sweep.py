@@ -1,0 +1,420 @@
+"""The batch-size sweep: the same model, from the same initializations, trained at each batch
+size, with train/test curves, wall time, and the sharpness of the end points.
+
+Each run is trained until every *milestone* it was asked for is reached, and the model is
+measured at each one, so one run serves three comparisons:
+
+- ``epochs=E``: after E passes over the data (equal samples seen);
+- ``updates=U``: after U optimizer steps (equal number of updates);
+- ``stop_at_loss=[...]``: when the full training loss first falls to each threshold (matched
+  training loss: lambda_max of cross-entropy shrinks with the loss itself, so a run that merely
+  trained longer looks flatter).
+
+With ``store=DIR`` each finished run is written to ``DIR/runs/`` at once (atomically: a
+temporary file, then a rename), and a rerun of the same sweep loads finished runs instead of
+training them again: an interrupted sweep loses at most the run in progress. Under
+``torch.distributed`` the runs are dealt out over the ranks (run i to rank i % world), each rank
+writes only its own runs to the shared store, and every rank assembles the result from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._results import ResultMixin, fmt, to_jsonable
+from ..data import call_model
+from ..model_state import preserved_rng
+from ..problem import Problem
+from ..progress import Progress
+from .evaluation import as_tensors, evaluate_largest, rebatch
+
+LR_RULES = ("constant", "linear")
+OPTIMIZERS = ("sgd", "adam")
+UNITS = 1000  # progress units per run, so a callback sees progress inside a run
+
+
+@dataclass(frozen=True)
+class Milestone(ResultMixin):
+    """Where a run was measured: after ``epochs=E``, ``updates=U``, or at ``loss<=T``."""
+
+    label: str
+    kind: str  # "epochs", "updates" or "loss"
+    target: float
+    reached: bool
+    step: int
+    epoch: float
+    train_seconds: float
+    train_loss: float
+    train_accuracy: float | None
+    test_loss: float | None
+    test_accuracy: float | None
+    lambda_max: float | None = None
+    epsilon_sharpness: float | None = None  # Keskar, the first epsilon, full space
+    sharpness: dict[str, Any] | None = None  # the whole lossdoctor.Sharpness as a dict
+
+
+@dataclass(frozen=True)
+class SweepRun(ResultMixin):
+    """One (batch size, seed) run. ``curve`` holds lists keyed step, epoch, seconds, train_loss,
+    train_accuracy, test_loss, test_accuracy, one entry per evaluation."""
+
+    batch_size: int
+    seed: int
+    lr: float
+    steps: int
+    updates_per_epoch: int
+    train_seconds: float
+    curve: dict[str, list]
+    milestones: list[Milestone]
+    fingerprint: str
+    states: dict[str, dict[str, torch.Tensor]] | None = field(default=None, compare=False)
+
+    _skip_in_dict = ("states",)
+
+    @property
+    def key(self) -> str:
+        return f"b{self.batch_size}-s{self.seed}"
+
+    def at(self, label: str) -> Milestone | None:
+        return next((m for m in self.milestones if m.label == label), None)
+
+    def time_to_loss(self, target: float) -> tuple[float, int] | None:
+        """(training seconds, updates) when the full training loss first reached ``target``."""
+        for s, t, loss in zip(self.curve["step"], self.curve["seconds"], self.curve["train_loss"]):
+            if loss is not None and loss <= target:
+                return t, s
+        return None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepRun:
+        return cls(**{**{k: v for k, v in d.items() if k != "milestones"},
+                      "milestones": [Milestone(**m) for m in d["milestones"]]})
+
+
+@dataclass(frozen=True)
+class SweepResult(ResultMixin):
+    problem: str
+    batch_sizes: list[int]
+    seeds: list[int]
+    num_train: int
+    settings: dict[str, Any]
+    runs: list[SweepRun]
+    trained: list[str]  # run keys trained by this call (on this rank)
+    loaded: list[str]  # run keys read back from the store
+    store: str | None = None
+
+    @property
+    def labels(self) -> list[str]:
+        return [m.label for m in self.runs[0].milestones] if self.runs else []
+
+    def run(self, batch_size: int, seed: int) -> SweepRun:
+        return next(r for r in self.runs if r.batch_size == batch_size and r.seed == seed)
+
+    def table(self, label: str) -> list[dict[str, Any]]:
+        """Per batch size at one milestone: mean and std over seeds of every measured number."""
+        rows = []
+        for b in self.batch_sizes:
+            ms = [m for r in self.runs if r.batch_size == b for m in [r.at(label)] if m is not None]
+            row: dict[str, Any] = {"batch_size": b, "runs": len(ms), "reached": sum(m.reached for m in ms)}
+            for name in ("step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                         "lambda_max", "epsilon_sharpness", "train_seconds"):
+                vals = [getattr(m, name) for m in ms if m.reached and getattr(m, name) is not None]
+                row[name] = float(np.mean(vals)) if vals else None
+                row[name + "_std"] = float(np.std(vals)) if len(vals) > 1 else (0.0 if vals else None)
+            rows.append(row)
+        return rows
+
+    def __str__(self) -> str:
+        lines = [f"Batch-size sweep on {self.problem}: batch sizes {self.batch_sizes}, seeds {self.seeds}, "
+                 f"{len(self.runs)} runs ({len(self.trained)} trained now, {len(self.loaded)} from the store)"]
+        for label in self.labels:
+            lines.append(f"  at {label}:")
+            lines.append(f"    {'batch':>6} {'updates':>8} {'train loss':>11} {'train acc':>10} {'test acc':>9} "
+                         f"{'lambda_max':>11} {'eps-sharp':>10}")
+            for row in self.table(label):
+                def cell(name: str, pct: bool = False, row: dict = row) -> str:
+                    v = row[name]
+                    return "-" if v is None else (f"{100 * v:.1f}%" if pct else fmt(v, 3))
+                lines.append(f"    {row['batch_size']:>6} {cell('step'):>8} {cell('train_loss'):>11} "
+                             f"{cell('train_accuracy', True):>10} {cell('test_accuracy', True):>9} "
+                             f"{cell('lambda_max'):>11} {cell('epsilon_sharpness'):>10}"
+                             + ("" if row["reached"] == row["runs"] else f"  ({row['reached']}/{row['runs']} reached)"))
+        return "\n".join(lines)
+
+
+# -- the store ---------------------------------------------------------------------------------
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _open_store(store: Path, settings: dict[str, Any], fingerprint: str) -> None:
+    (store / "runs").mkdir(parents=True, exist_ok=True)
+    meta = store / "sweep.json"
+    if meta.is_file():
+        saved = json.loads(meta.read_text(encoding="utf-8"))
+        if saved.get("fingerprint") != fingerprint:
+            diff = sorted(k for k in set(saved.get("settings", {})) | set(settings)
+                          if saved.get("settings", {}).get(k) != settings.get(k))
+            raise ValueError(f"store {store} holds a sweep with other settings (differs in {diff}); its runs "
+                             "cannot be reused. Use another --store directory, or remove this one.")
+    else:
+        try:
+            with open(meta, "x", encoding="utf-8") as handle:  # first writer wins (several ranks)
+                json.dump({"fingerprint": fingerprint, "settings": settings}, handle, indent=1)
+        except FileExistsError:
+            _open_store(store, settings, fingerprint)
+
+
+def _load_run(path: Path, fingerprint: str) -> SweepRun | None:
+    if not path.is_file():
+        return None
+    run = SweepRun.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    return run if run.fingerprint == fingerprint else None
+
+
+# -- one run -----------------------------------------------------------------------------------
+def initialize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """A copy of ``model`` re-initialized from ``seed`` (every submodule's ``reset_parameters``);
+    the same seed gives the same initial weights at every batch size."""
+    with preserved_rng():
+        work = copy.deepcopy(model)
+        torch.manual_seed(seed)
+        for m in work.modules():
+            if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+                m.reset_parameters()
+    return work
+
+
+def _optimizer(name: str, params, lr: float, momentum: float):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+def _train_run(problem: Problem, train: tuple, test: tuple | None, b: int, seed: int, cfg: dict[str, Any],
+               fingerprint: str, keep_states: bool, progress) -> SweepRun:
+    from ..analysis.sharpness import sharpness
+
+    x, y = train
+    n = len(y)
+    upe = math.ceil(n / b)
+    lr = cfg["lr"] * (b / cfg["base_batch"] if cfg["lr_rule"] == "linear" else 1.0)
+    pending: list[tuple[str, str, float]] = []
+    if cfg["epochs"]:
+        pending.append((f"epochs={cfg['epochs']}", "epochs", cfg["epochs"]))
+    if cfg["updates"]:
+        pending.append((f"updates={cfg['updates']}", "updates", cfg["updates"]))
+    for t in cfg["stop_at_loss"]:
+        pending.append((f"loss<={t:g}", "loss", t))
+    all_milestones = list(pending)
+    step_targets = {int(t * upe) if k == "epochs" else int(t) for _, k, t in pending if k != "loss"}
+    max_steps = max(list(step_targets) + ([cfg["max_epochs"] * upe] if cfg["stop_at_loss"] else []))
+    check = max(1, min(upe, cfg["check_every"]))
+    model = initialize(problem.model, seed)
+    device = next(model.parameters()).device
+    opt = _optimizer(cfg["optimizer"], [p for p in model.parameters() if p.requires_grad], lr, cfg["momentum"])
+    gen = torch.Generator().manual_seed(10_000 + seed)  # data order: the same for every batch size
+    curve: dict[str, list] = {k: [] for k in ("step", "epoch", "seconds", "train_loss", "train_accuracy",
+                                              "test_loss", "test_accuracy")}
+    milestones: list[Milestone] = []
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    seconds, step = 0.0, 0
+    sharp_data = rebatch(x, y, cfg["sharpness_batch"])
+
+    def measure(label: str, kind: str, target: float, reached: bool, point: dict[str, Any]) -> None:
+        lam = eps = sd = None
+        if reached and cfg["sharpness"]:
+            s = sharpness(model, problem.loss_fn, sharp_data, method=cfg["sharpness"],
+                          epsilons=cfg["epsilons"], subspace_dim=None, max_iter=cfg["epsilon_iters"],
+                          tol=cfg["tol"], seed=seed, distributed=False)
+            lam, sd = s.lambda_max, s.to_dict()
+            eps = s.epsilon[0].value if s.epsilon else None
+        milestones.append(Milestone(label=label, kind=kind, target=target, reached=reached, lambda_max=lam,
+                                    epsilon_sharpness=eps, sharpness=sd, **point))
+        if reached and keep_states:
+            states[label] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def evaluate_now() -> dict[str, Any]:
+        tl, ta = evaluate_largest(model, problem.loss_fn, train)
+        vl, va = evaluate_largest(model, problem.loss_fn, test) if test is not None else (None, None)
+        point = {"step": step, "epoch": step / upe, "train_seconds": seconds, "train_loss": tl,
+                 "train_accuracy": ta, "test_loss": vl, "test_accuracy": va}
+        for k, v in (("step", step), ("epoch", step / upe), ("seconds", seconds), ("train_loss", tl),
+                     ("train_accuracy", ta), ("test_loss", vl), ("test_accuracy", va)):
+            curve[k].append(v)
+        return point
+
+    def resolve(point: dict[str, Any], final: bool) -> None:
+        for item in list(pending):
+            label, kind, target = item
+            due = (kind == "epochs" and step >= int(target * upe)) or (kind == "updates" and step >= target) \
+                or (kind == "loss" and math.isfinite(point["train_loss"]) and point["train_loss"] <= target)
+            if due or final:
+                measure(label, kind, target, due, point)
+                pending.remove(item)
+
+    resolve(evaluate_now(), final=False)
+    diverged = False
+    while pending and step < max_steps and not diverged:
+        model.train()
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, b):
+            idx = order[start:start + b]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss = problem.loss_fn(call_model(model, xb), yb)
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - t0
+            step += 1
+            if step % check == 0 or step in step_targets or step >= max_steps or start + b >= n:
+                point = evaluate_now()
+                model.train()
+                diverged = not math.isfinite(point["train_loss"])
+                resolve(point, final=diverged or step >= max_steps)
+                if progress:
+                    progress(min(UNITS - 1, int(UNITS * step / max_steps)))
+            if not pending or step >= max_steps or diverged:
+                break
+    if pending:  # e.g. an empty budget
+        resolve(evaluate_now(), final=True)
+    labels = [label for label, _, _ in all_milestones]
+    milestones.sort(key=lambda m: labels.index(m.label))
+    return SweepRun(batch_size=b, seed=seed, lr=lr, steps=step, updates_per_epoch=upe, train_seconds=seconds,
+                    curve=to_jsonable(curve), milestones=milestones, fingerprint=fingerprint,
+                    states=states if keep_states else None)
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+def _rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: float | None = None,
+                     updates: int | None = None, stop_at_loss: float | Sequence[float] = (),
+                     max_epochs: int = 200, lr: float = 1e-3, lr_rule: str = "constant", base_batch: int = 32,
+                     optimizer: str = "adam", momentum: float = 0.9, seeds: Sequence[int] = (0, 1, 2),
+                     store: str | Path | None = None, sharpness: Sequence[str] = ("lambda_max", "epsilon"),
+                     epsilons: Sequence[float] = (1e-3,), epsilon_iters: int = 10, tol: float = 1e-3,
+                     check_every: int = 50, sharpness_batch: int = 4096, keep_states: bool = False,
+                     progress: Progress | None = None) -> SweepResult:
+    """Train ``problem.model`` from the same initialization per seed at every batch size.
+
+    Args:
+        problem: a :class:`lossdoctor.Problem` (its train data's samples are re-batched; its
+            test data, if any, is evaluated too). The problem's model is not changed: every run
+            trains a copy, re-initialized from its seed.
+        batch_sizes, seeds: the grid; every (batch size, seed) pair is one run.
+        epochs, updates, stop_at_loss: the milestones (at least one): after ``epochs`` passes,
+            after ``updates`` steps, and when the full training loss first reaches each
+            threshold (checked every ``check_every`` updates and at each epoch's end; at most
+            ``max_epochs``). Each run trains until all are reached and is measured at each.
+        lr, lr_rule: ``"constant"`` uses ``lr`` at every batch size; ``"linear"`` uses
+            ``lr * batch / base_batch`` (Goyal et al.). optimizer: ``"adam"`` (Keskar et al.) or
+            ``"sgd"`` (with ``momentum``).
+        store: directory for resumable results (see the module docstring).
+        sharpness: what to measure at each milestone (``"lambda_max"``, ``"epsilon"``,
+            ``"trace"``; empty for none), with ``epsilons`` (first one is the headline) in the
+            full space, ``epsilon_iters`` L-BFGS-B iterations and ``tol`` for lambda_max.
+        keep_states: keep each milestone's ``state_dict`` in memory (``run.states``); not stored.
+        progress: ``progress(done, total)`` with ``total = 1000 * number of runs``.
+    """
+    sizes = [int(b) for b in batch_sizes]
+    seeds = [int(s) for s in seeds]
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a lossdoctor.Problem (see load_problem), got {type(problem).__name__}.")
+    if not sizes or any(b < 1 for b in sizes) or len(set(sizes)) != len(sizes):
+        raise ValueError(f"batch_sizes must be distinct positive integers, got {list(batch_sizes)!r}.")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, got {list(seeds)!r}.")
+    thresholds = [float(stop_at_loss)] if isinstance(stop_at_loss, (int, float)) else [float(t) for t in stop_at_loss]
+    if any(not (t > 0 and math.isfinite(t)) for t in thresholds):
+        raise ValueError(f"stop_at_loss thresholds must be positive, got {stop_at_loss!r}.")
+    if epochs is None and updates is None and not thresholds:
+        raise ValueError("give epochs=, updates= or stop_at_loss= (or several): when to stop and measure.")
+    if (epochs is not None and not epochs > 0) or (updates is not None and int(updates) < 1):
+        raise ValueError(f"epochs and updates must be positive, got epochs={epochs}, updates={updates}.")
+    if lr_rule not in LR_RULES:
+        raise ValueError(f"lr_rule must be one of {LR_RULES}, got {lr_rule!r}.")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr}.")
+    bad = [m for m in sharpness if m not in ("lambda_max", "trace", "epsilon")]
+    if bad:
+        raise ValueError(f"unknown sharpness methods {bad}: use 'lambda_max', 'trace' and/or 'epsilon'.")
+    train = as_tensors(problem.train_data)
+    test = as_tensors(problem.test_data) if problem.test_data is not None else None
+    num_train = len(train[1])
+    cfg = {"problem": problem.name, "num_train": num_train, "num_test": len(test[1]) if test else 0,
+           "num_params": sum(p.numel() for p in problem.model.parameters() if p.requires_grad),
+           "data_sum": float(train[0].double().sum()), "epochs": epochs, "updates": updates,
+           "stop_at_loss": thresholds, "max_epochs": int(max_epochs), "lr": float(lr), "lr_rule": lr_rule,
+           "base_batch": int(base_batch), "optimizer": optimizer, "momentum": float(momentum),
+           "sharpness": list(sharpness), "epsilons": [float(e) for e in epsilons],
+           "epsilon_iters": int(epsilon_iters), "tol": float(tol), "check_every": int(check_every),
+           "sharpness_batch": int(sharpness_batch)}
+    fingerprint = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    rank, world = _rank_world()
+    if world > 1 and store is None:
+        raise ValueError("a sweep under torch.distributed needs store= a directory every rank can read and "
+                         "write: the ranks share their runs through it.")
+    root = Path(store) if store is not None else None
+    if root is not None:
+        _open_store(root, cfg, fingerprint)
+    grid = [(b, s) for b in sizes for s in seeds]
+    runs: dict[tuple[int, int], SweepRun] = {}
+    trained, loaded = [], []
+    total = UNITS * len(grid)
+    for i, (b, s) in enumerate(grid):
+        path = root / "runs" / f"b{b}-s{s}.json" if root is not None else None
+        found = _load_run(path, fingerprint) if path is not None else None
+        if found is not None:
+            runs[(b, s)] = found
+            loaded.append(found.key)
+        elif i % world == rank:
+            def sub(units: int, i: int = i) -> None:
+                if progress:
+                    progress(i * UNITS + units, total)
+            run = _train_run(problem, train, test, b, s, cfg, fingerprint, keep_states, sub)
+            if path is not None:
+                _atomic_write(path, json.dumps(run.to_dict()))
+            runs[(b, s)] = run
+            trained.append(run.key)
+        if progress:
+            progress((i + 1) * UNITS, total)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        for b, s in grid:
+            if (b, s) not in runs:
+                found = _load_run(root / "runs" / f"b{b}-s{s}.json", fingerprint)
+                if found is None:
+                    raise RuntimeError(f"run b{b}-s{s} is missing from store {root} after every rank finished.")
+                runs[(b, s)] = found
+                loaded.append(found.key)
+    return SweepResult(problem=problem.name, batch_sizes=sizes, seeds=seeds, num_train=num_train,
+                       settings=cfg, runs=[runs[k] for k in grid], trained=trained, loaded=loaded,
+                       store=str(root) if root is not None else None)

@@ -1,0 +1,69 @@
+"""The gradient noise scale on linear regression, where the per-sample gradients and hence
+tr(Sigma) and |G|^2 are known in closed form."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import lossdoctor as ld
+from cases import ModelSnapshot
+from test_model_unchanged import model_in_a_mixed_state
+
+
+def regression(n: int = 200, d: int = 5):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    y = x @ torch.ones(d, 1, dtype=torch.float64) + 0.5 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.linspace(0.0, 1.5, d, dtype=torch.float64))
+    return model, x, y
+
+
+def exact_noise_scale(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+    residual = x @ model.weight.detach().T - y  # (n, 1)
+    per_sample = 2 * residual * x  # gradient of (x^T w - y)^2 per sample
+    g = per_sample.mean(0)
+    trace_sigma = float(((per_sample - g) ** 2).sum(1).mean())
+    g2 = float(g @ g)
+    return trace_sigma / g2, trace_sigma, g2
+
+
+def test_linear_regression_matches_closed_form():
+    model, x, y = regression()
+    b_exact, s_exact, g2_exact = exact_noise_scale(model, x, y)
+    before = ModelSnapshot.take(model)
+    ns = ld.gradient_noise_scale(model, F.mse_loss, [(x[:100], y[:100]), (x[100:], y[100:])],
+                                 small_batch=4, big_batch=100, pairs=3000, seed=1)
+    before.assert_same(model, "gradient_noise_scale")
+    assert ns.trace_sigma == pytest.approx(s_exact, rel=0.1)
+    assert ns.grad_norm_sq == pytest.approx(g2_exact, rel=0.1)
+    assert abs(ns.b_simple - b_exact) < 4 * ns.standard_error + 0.05 * b_exact
+    assert ns.interval[0] < ns.b_simple < ns.interval[1]
+    assert ns.suggested_batch_size == round(ns.b_simple) and ns.num_samples == 200
+    assert "B_simple" in str(ns) and ns.to_dict()["pairs"] == 3000
+
+
+def test_chunked_big_batch_equals_whole_and_model_unchanged():
+    model, x, y = regression()
+    whole = ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=8, big_batch=64, pairs=20)
+    chunked = ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=8, big_batch=64, pairs=20,
+                                      max_batch=16)
+    assert chunked.b_simple == pytest.approx(whole.b_simple, rel=1e-9)
+    bn, loss_fn, data = model_in_a_mixed_state(dropout=0.0)
+    before = ModelSnapshot.take(bn)
+    ld.gradient_noise_scale(bn, loss_fn, data, small_batch=2, big_batch=8, pairs=3, mode="train")
+    before.assert_same(bn, "gradient_noise_scale in train mode")
+
+
+def test_bad_input():
+    model, x, y = regression()
+    with pytest.raises(ValueError, match="small_batch < big_batch"):
+        ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=64, big_batch=64)
+    with pytest.raises(ValueError, match="pairs"):
+        ld.gradient_noise_scale(model, F.mse_loss, (x, y), pairs=1)
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        ld.gradient_noise_scale(model, F.mse_loss, ((x, y) for _ in range(2)))
