@@ -48,7 +48,9 @@ def check_data(data: Any) -> None:
     if not isinstance(data, Iterable):
         raise TypeError(f"data of type {type(data).__name__} is not iterable: pass a DataLoader, "
                         "a list of (inputs, targets) batches, or one (inputs, targets) pair.")
-    if iter(data) is data:
+    # not iter(data) is data: that would start a DataLoader's iteration (worker processes, and a
+    # draw from the global RNG for its base seed) just to look at it
+    if isinstance(data, Iterator):
         raise TypeError("data is a one-shot iterator (e.g. a generator), but curvature needs to pass "
                         "over the data many times: pass a list of batches or a DataLoader instead.")
 
