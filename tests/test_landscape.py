@@ -71,7 +71,7 @@ def test_filter_normalization_property():
     with_bias = random_direction(model, seed=3, ignore_bias_bn=False)
     assert torch.equal(with_bias[1], model[0].bias.detach())
     layer = random_direction(model, seed=3, normalization="layer")
-    assert layer[0].norm() == pytest.approx(float(model[0].weight.norm()), rel=1e-5)
+    assert layer[0].norm() == pytest.approx(float(model[0].weight.detach().norm()), rel=1e-5)
 
 
 def test_landscape_1d_quadratic_and_2d_grid():

@@ -371,5 +371,11 @@ def tour(out_dir: str, full: bool, only: tuple[str, ...]) -> None:
     out.print(f"report written to {page}")
 
 
+# The batch-size lab's commands live in their own module, which uses the helpers above.
+from .cli_batch import batch  # noqa: E402
+
+main.add_command(batch)
+
+
 if __name__ == "__main__":  # python -m lossdoctor.cli
     main()

@@ -14,18 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from .progress import Progress
+from .report import batch_sweep as batch_sweep_report
+from .report import batch_time as batch_time_report
 from .report import critical_regression as critical_regression_report
 from .report import critical_toy as critical_toy_report
+from .report import flat_sharp as flat_sharp_report
 from .report import l2_smoothing as l2_report
 from .report import lr_range as lr_range_report
+from .report import noise_scale as noise_scale_report
 from .report import rare_minima as rare_minima_report
 from .report import spectrum as spectrum_report
 from .report import warmup as warmup_report
 from .report.html import Section, write_page
+from .studies import batch_sweep as batch_sweep_study
+from .studies import batch_time as batch_time_study
 from .studies import critical_regression as critical_regression_study
 from .studies import critical_toy as critical_toy_study
+from .studies import flat_sharp as flat_sharp_study
 from .studies import l2_smoothing as l2_study
 from .studies import lr_range as lr_range_study
+from .studies import noise_scale as noise_scale_study
 from .studies import rare_minima as rare_minima_study
 from .studies import spectrum as spectrum_study
 from .studies import warmup as warmup_study
@@ -47,6 +55,11 @@ SECTIONS: list[TourSection] = [
                 critical_regression_report.render),
     TourSection("rare-minima", "Critical points: local minima are rare", rare_minima_study.run,
                 rare_minima_report.render),
+    TourSection("batch-time", "Batch size: time", batch_time_study.run, batch_time_report.render),
+    TourSection("batch-sweep", "Batch size: training, testing, sharpness", batch_sweep_study.run,
+                batch_sweep_report.render),
+    TourSection("flat-sharp", "Batch size: flat vs. sharp minima", flat_sharp_study.run, flat_sharp_report.render),
+    TourSection("noise-scale", "Batch size: gradient noise scale", noise_scale_study.run, noise_scale_report.render),
     TourSection("l2", "L2 regularization without biases", l2_study.run, l2_report.render),
     TourSection("warmup", "Learning-rate warm-up", warmup_study.run, warmup_report.render),
     TourSection("lr-range", "Learning-rate range test", lr_range_study.run, lr_range_report.render),

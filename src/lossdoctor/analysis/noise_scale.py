@@ -57,7 +57,7 @@ def _grad_sq(model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: torc
              y: torch.Tensor) -> tuple[float, float]:
     loss = loss_fn(call_model(model, x), y)
     grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
-    return float(sum((g.double() ** 2).sum() for g in grads)), float(loss)
+    return float(sum((g.double() ** 2).sum() for g in grads)), float(loss.detach())
 
 
 def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_batch: int = 32,
@@ -107,7 +107,7 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
                     for t, g in zip(total, torch.autograd.grad(out, params, allow_unused=True,
                                                                materialize_grads=True)):
                         t += g
-                    loss += float(out)
+                    loss += float(out.detach())
                 big_sq[i] = float(sum((t.double() ** 2).sum() for t in total))
             losses.append(loss)
             if progress:
