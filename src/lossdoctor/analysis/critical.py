@@ -147,8 +147,9 @@ def _dense_spectrum(model: nn.Module, loss_fn: LossFn, data: Any, mode: str, k: 
                      all_eigenvalues=values.cpu().numpy(), matvecs=n)
 
 
-def _lanczos_spectrum(op, k: int, tol: float, seed: int, progress: Progress | None) -> _Spectrum:
-    eig = eigenpairs(op, k=k, which="both", tol=tol, seed=seed, progress=progress)
+def _lanczos_spectrum(op, k: int, tol: float, seed: int, progress: Progress | None,
+                      max_matvecs: int | None = None) -> _Spectrum:
+    eig = eigenpairs(op, k=k, which="both", tol=tol, seed=seed, progress=progress, max_matvecs=max_matvecs)
     return _Spectrum(eigenvalues=np.asarray(eig.eigenvalues), vectors=eig.eigenvectors,
                      residual_norms=np.asarray(eig.residual_norms), error_bounds=np.asarray(eig.error_bounds),
                      converged=np.asarray(eig.converged), all_eigenvalues=None, matvecs=eig.matvecs)
@@ -221,7 +222,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
                             eig_tol: float | None = None, k: int = 5, dense: bool | None = None,
                             dense_max_params: int = DENSE_MAX_PARAMS, mode: str = "eval", tol: float = 1e-6,
                             seed: int = 0, num_probes: int = 8, lanczos_steps: int = 80,
-                            progress: Progress | None = None) -> CriticalPoint:
+                            max_matvecs: int | None = None, progress: Progress | None = None) -> CriticalPoint:
     """Classify the model's current parameters as a local minimum, local maximum, saddle point,
     degenerate critical point, or not a critical point at all.
 
@@ -246,6 +247,8 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
         seed: seed of the Lanczos start vector and the density probes.
         num_probes, lanczos_steps: the stochastic Lanczos quadrature estimating the minimum
             ratio on the matrix-free path.
+        max_matvecs: budget of Hessian-vector products for the extreme eigenpairs (matrix-free
+            path; default that of :func:`eigenpairs`). Unconverged pairs are flagged.
         progress: called as ``progress(done, total)``.
     """
     _check_tolerance("grad_tol", grad_tol)
@@ -268,7 +271,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
     if use_dense:
         spec = _dense_spectrum(model, loss_fn, data, mode, k, dense_max_params)
     else:
-        spec = _lanczos_spectrum(op, k, tol, seed, scaled(progress, 1, total))
+        spec = _lanczos_spectrum(op, k, tol, seed, scaled(progress, 1, total), max_matvecs)
     lo, hi = float(spec.eigenvalues[-1]), float(spec.eigenvalues[0])
     if eig_tol is None:
         ref = spec.all_eigenvalues if spec.all_eigenvalues is not None else spec.eigenvalues

@@ -1,0 +1,324 @@
+"""A one-line training monitor: cheap signals every step, sharpness now and then, and the stall
+doctor when the loss stops going down.
+
+    monitor = lossdoctor.Monitor(model, loss_fn, train_data)
+    for inputs, targets in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss, optimizer)
+
+Every step records the loss, the gradient norm, the size of the update and the cosine between
+this step's gradient and the last one (one flat copy of the gradient and of the parameters, no
+extra forward or backward pass). Every ``sharpness_every`` steps a few warm-started power
+iterations of Hessian-vector products on a small fixed subset estimate λ_max. Every
+``check_every`` steps the last ``window`` losses are checked for a stall (the loss stopped falling,
+grew, went NaN/Inf, or successive gradients point against each other); a stall runs
+:func:`lossdoctor.diagnose`, logs its verdict (logger ``lossdoctor.monitor``) and passes it to
+``callback``. Nothing the monitor does changes training: parameters, gradients, modes and every
+RNG are as the training loop left them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._results import ResultMixin, fmt
+from ..analysis.stall import COS_OSC, DIVERGE_GROWTH, STALL_REL, WINDOW, Diagnosis, _trend, diagnose
+from ..curvature import hessian
+from ..curvature.operator import LossFn
+from ..data import batch_size, is_single_batch, iter_batches
+from ..model_state import preserved_rng, trainable_parameters
+
+logger = logging.getLogger("lossdoctor.monitor")
+
+SHARPNESS_EVERY = 250
+SHARPNESS_ITERS = 6
+SHARPNESS_SAMPLES = 256
+DIAGNOSE_SAMPLES = 2048
+
+
+@dataclass(frozen=True)
+class MonitorRecord(ResultMixin):
+    """What the monitor saw, one entry per ``monitor.step`` (``update_norms[0]`` and
+    ``grad_cosines[0]`` are NaN: there is no previous step); ``sharpness`` holds
+    ``(step, λ_max estimate)`` pairs."""
+
+    steps: list[int]
+    losses: list[float]
+    grad_norms: list[float]
+    update_norms: list[float]
+    grad_cosines: list[float]
+    lrs: list[float | None]
+    sharpness: list[tuple[int, float]]
+
+    def window(self, n: int) -> dict[str, list[float]]:
+        return {"losses": self.losses[-n:], "grad_norms": self.grad_norms[-n:],
+                "grad_cosines": self.grad_cosines[-n:]}
+
+    def __str__(self) -> str:
+        if not self.steps:
+            return "monitor: no steps recorded"
+        last = f"loss {fmt(self.losses[-1], 5)}, gradient norm {fmt(self.grad_norms[-1])}"
+        sharp = f", last sharpness {fmt(self.sharpness[-1][1], 4)}" if self.sharpness else ""
+        return f"monitor: {len(self.steps)} steps, {last}{sharp}"
+
+
+def _subset(data: Any, samples: int) -> Any:
+    """The first ``samples`` samples of ``data`` as one ``(inputs, targets)`` pair (one batch is
+    cheaper per Hessian-vector product than many small ones), or a short list of batches when
+    inputs are not plain tensors."""
+    if is_single_batch(data):
+        x, y = data
+        if isinstance(x, torch.Tensor) and batch_size(y) > samples:
+            return (x[:samples], y[:samples])
+        return data
+    picked, count = [], 0
+    for x, y in iter_batches(data):
+        if isinstance(x, torch.Tensor) and count + batch_size(y) > samples:
+            keep = samples - count
+            picked.append((x[:keep], y[:keep]))
+            break
+        picked.append((x, y))
+        count += batch_size(y)
+        if count >= samples:
+            break
+    if picked and all(isinstance(x, torch.Tensor) for x, _ in picked):
+        return (torch.cat([x for x, _ in picked]), torch.cat([y for _, y in picked]))
+    return picked
+
+
+class Monitor:
+    """Watches a training loop; see the module docstring.
+
+    Args:
+        model, loss_fn, data: the model being trained, its loss, and the data the doctor measures
+            the full-data loss, gradient and curvature on (the training set or a fixed part of it).
+        sharpness_every: estimate λ_max every this many steps (0: never).
+        sharpness_samples: how many samples of ``data`` the sharpness estimate uses.
+        window: how many recent steps a stall is judged on.
+        check_every: look for a stall every this many steps (default ``window // 2``).
+        diagnose_samples: the doctor measures on the first this many samples of ``data`` (None: all).
+        callback: called as ``callback(diagnosis)`` for every diagnosis that is not "progressing".
+        diagnose_kwargs: passed on to :func:`lossdoctor.diagnose`.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, sharpness_every: int = SHARPNESS_EVERY,
+                 sharpness_samples: int = SHARPNESS_SAMPLES, sharpness_iters: int = SHARPNESS_ITERS,
+                 window: int = WINDOW, check_every: int | None = None,
+                 callback: Callable[[Diagnosis], None] | None = None, lr: float | None = None,
+                 diagnose_samples: int | None = DIAGNOSE_SAMPLES,
+                 diagnose_kwargs: dict[str, Any] | None = None) -> None:
+        self.params = [p for _, p in trainable_parameters(model)]
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+        for name, value, low in (("sharpness_every", sharpness_every, 0), ("sharpness_samples", sharpness_samples, 1),
+                                 ("sharpness_iters", sharpness_iters, 1), ("window", window, 4)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)
+                                        or check_every < 1):
+            raise ValueError(f"check_every must be a positive integer, got {check_every!r}.")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable (it receives a Diagnosis), got {type(callback).__name__}.")
+        self.model, self.loss_fn, self.data = model, loss_fn, data
+        self._sharp_data = _subset(data, sharpness_samples) if sharpness_every else None
+        self._doctor_data = data if diagnose_samples is None else _subset(data, diagnose_samples)
+        self.sharpness_every, self.sharpness_iters = sharpness_every, sharpness_iters
+        self.window = window
+        self.check_every = check_every or max(1, window // 2)
+        self.callback = callback
+        self.lr = lr
+        self.diagnose_kwargs = dict(diagnose_kwargs or {})
+        self.diagnoses: list[Diagnosis] = []
+        self._steps: list[int] = []
+        self._losses: list[float] = []
+        self._grad_norms: list[float] = []
+        self._update_norms: list[float] = []
+        self._cosines: list[float] = []
+        self._lrs: list[float | None] = []
+        self._sharpness: list[tuple[int, float]] = []
+        self._prev_grad: torch.Tensor | None = None
+        self._prev_theta: torch.Tensor | None = None
+        self._power_vector: torch.Tensor | None = None
+        self._count = 0
+        self._next_check = window
+        self._backoff = 1
+        self._last_cause: str | None = None
+        self._nonfinite_reported = False
+
+    # -- the record ----------------------------------------------------------------------------
+    @property
+    def record(self) -> MonitorRecord:
+        return MonitorRecord(steps=list(self._steps), losses=list(self._losses), grad_norms=list(self._grad_norms),
+                             update_norms=list(self._update_norms), grad_cosines=list(self._cosines),
+                             lrs=list(self._lrs), sharpness=list(self._sharpness))
+
+    @property
+    def last_diagnosis(self) -> Diagnosis | None:
+        return self.diagnoses[-1] if self.diagnoses else None
+
+    # -- one training step ---------------------------------------------------------------------
+    def step(self, loss: Any, optimizer: torch.optim.Optimizer | None = None) -> Diagnosis | None:
+        """Record one step (call it after ``optimizer.step()``); returns a new diagnosis if this
+        step triggered one, else None."""
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"monitor.step expects the scalar training loss, got shape {tuple(loss.shape)}.")
+            loss_t = loss.detach().reshape(()).to(torch.float64)
+        elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            loss_t = None
+        else:
+            raise TypeError(f"monitor.step expects the loss (a tensor or a float), got {type(loss).__name__}.")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        self._count += 1
+        with torch.no_grad():
+            grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                              for p in self.params])
+            theta = torch.cat([p.detach().reshape(-1) for p in self.params])
+            nan = torch.tensor(math.nan, dtype=torch.float64, device=grad.device)
+            gnorm = torch.linalg.vector_norm(grad).to(torch.float64)
+            if self._prev_grad is not None:
+                denom = gnorm * torch.linalg.vector_norm(self._prev_grad).to(torch.float64)
+                cos = (grad @ self._prev_grad).to(torch.float64) / denom
+                update = torch.linalg.vector_norm(theta - self._prev_theta).to(torch.float64)
+            else:
+                cos = update = nan
+            parts = [gnorm, cos, update] + ([loss_t.to(grad.device)] if loss_t is not None else [])
+            values = torch.stack(parts).tolist()  # one device sync for all scalars
+        self._prev_grad, self._prev_theta = grad, theta
+        loss_value = values[3] if loss_t is not None else float(loss)
+        lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else self.lr
+        self._steps.append(self._count)
+        self._losses.append(loss_value)
+        self._grad_norms.append(values[0])
+        self._cosines.append(values[1])
+        self._update_norms.append(values[2])
+        self._lrs.append(lr)
+        if self.sharpness_every and self._count % self.sharpness_every == 0:
+            self._sharpness.append((self._count, self._estimate_sharpness()))
+        nonfinite = not math.isfinite(loss_value) and not self._nonfinite_reported
+        if nonfinite or (self._count >= self._next_check and len(self._losses) >= self.window):
+            return self._check(optimizer, force=nonfinite)
+        return None
+
+    # -- sharpness -----------------------------------------------------------------------------
+    def _estimate_sharpness(self) -> float:
+        """λ_max by a few power iterations on a fixed subset, warm-started from the last vector."""
+        try:
+            op = hessian(self.model, self.loss_fn, self._sharp_data)
+        except ValueError:  # non-finite loss: no curvature to measure
+            return math.nan
+        v = self._power_vector
+        if v is None or v.shape[0] != op.num_params:
+            gen = torch.Generator(device="cpu").manual_seed(0)  # never the global RNG
+            v = torch.randn(op.num_params, generator=gen, dtype=torch.float64).to(op.device)
+        v = v / torch.linalg.vector_norm(v)
+        lam = math.nan
+        with preserved_rng():
+            for _ in range(self.sharpness_iters):
+                hv = (op @ v.to(op.dtype)).to(torch.float64)
+                lam = float(v @ hv)
+                norm = torch.linalg.vector_norm(hv)
+                if not torch.isfinite(norm) or norm == 0:
+                    break
+                v = hv / norm
+        self._power_vector = v
+        return lam
+
+    # -- stalls --------------------------------------------------------------------------------
+    def _stalled(self) -> bool:
+        losses = np.asarray(self._losses[-self.window:], dtype=np.float64)
+        if not np.all(np.isfinite(losses)):
+            return True
+        drop, growth, _, _ = _trend(losses, self.window)
+        cos = np.asarray(self._cosines[-self.window:], dtype=np.float64)
+        cos_mean = float(np.nanmean(cos)) if np.isfinite(cos).any() else 0.0
+        return drop < STALL_REL or growth > DIVERGE_GROWTH or cos_mean < COS_OSC
+
+    def _check(self, optimizer: torch.optim.Optimizer | None, force: bool = False) -> Diagnosis | None:
+        self._next_check = self._count + self.check_every
+        if not force and not self._stalled():
+            self._backoff, self._last_cause = 1, None
+            return None
+        history = self.record.window(self.window)
+        kwargs = dict(self.diagnose_kwargs)
+        if optimizer is None and self.lr is not None:
+            kwargs.setdefault("lr", self.lr)
+        result = diagnose(self.model, self.loss_fn, self._doctor_data, history=history, optimizer=optimizer, **kwargs)
+        result = dataclasses.replace(result, step=self._count)
+        if not math.isfinite(self._losses[-1]):
+            self._nonfinite_reported = True
+        if result.cause == "progressing":
+            self._backoff, self._last_cause = 1, None
+            return None
+        # The same verdict again and again: look less often (doubling), so a long stall stays cheap.
+        self._backoff = self._backoff * 2 if result.cause == self._last_cause else 1
+        self._last_cause = result.cause
+        self._next_check = self._count + self.check_every * self._backoff
+        self.diagnoses.append(result)
+        logger.warning("step %d: %s", self._count, result)
+        if self.callback is not None:
+            self.callback(result)
+        return result
+
+
+@dataclass(frozen=True)
+class MonitoredRun(ResultMixin):
+    """A training run with the Monitor attached: what it recorded and every diagnosis it made."""
+
+    steps: int
+    final_loss: float
+    record: MonitorRecord
+    diagnoses: list[Diagnosis]
+
+    _skip_in_dict = ("record",)
+
+    def __str__(self) -> str:
+        lines = [f"trained {self.steps} steps, last training loss {fmt(self.final_loss, 5)}; "
+                 f"{len(self.diagnoses)} diagnoses"]
+        lines += [str(d) for d in self.diagnoses]
+        return "\n".join(lines)
+
+
+def train_monitored(model: nn.Module, loss_fn: LossFn, data: Any, optimizer: torch.optim.Optimizer, *,
+                    steps: int, monitor: Monitor | None = None, progress: Any = None) -> MonitoredRun:
+    """Train ``model`` in place for ``steps`` optimizer steps, cycling over the batches of
+    ``data``, with ``monitor`` (default: a new :class:`Monitor` on ``data``) attached. Stops early
+    when the loss is NaN/Inf (after the monitor has diagnosed it)."""
+    from ..data import call_model, place
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    monitor = monitor or Monitor(model, loss_fn, data)
+    device = next(model.parameters()).device
+    done, last = 0, math.nan
+    model.train()
+    while done < steps:
+        for inputs, targets in iter_batches(data):
+            inputs, targets = place(inputs, targets, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(call_model(model, inputs), targets)
+            loss.backward()
+            optimizer.step()
+            monitor.step(loss, optimizer)
+            done += 1
+            last = monitor._losses[-1]  # already synced by the monitor
+            if progress is not None:
+                progress(done, steps)
+            if done >= steps or not math.isfinite(last):
+                break
+        if not math.isfinite(last):
+            break
+    return MonitoredRun(steps=done, final_loss=last, record=monitor.record, diagnoses=list(monitor.diagnoses))
