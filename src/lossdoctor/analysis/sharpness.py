@@ -108,7 +108,7 @@ def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, s
 
     def f(y: np.ndarray) -> tuple[float, np.ndarray]:
         z = torch.from_numpy(y)
-        step = z if basis is None else basis @ z
+        step = z if basis is None else basis @ z.to(basis.device)
         point = (theta + step.to(theta.device)).to(op.dtype)
         with torch.no_grad():
             for p, part in zip(op.params, torch.split(point, op.numels)):

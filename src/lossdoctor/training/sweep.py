@@ -189,14 +189,17 @@ def _load_run(path: Path, fingerprint: str) -> SweepRun | None:
 # -- one run -----------------------------------------------------------------------------------
 def initialize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     """A copy of ``model`` re-initialized from ``seed`` (every submodule's ``reset_parameters``);
-    the same seed gives the same initial weights at every batch size."""
+    the same seed gives the same initial weights at every batch size. The draws are made on the
+    CPU (CUDA's generator gives other numbers for the same seed), then the copy moves back to
+    the model's device: the same initialization on any hardware."""
+    device = next(iter(model.parameters()), torch.empty(0)).device
     with preserved_rng():
-        work = copy.deepcopy(model)
+        work = copy.deepcopy(model).to("cpu")
         torch.manual_seed(seed)
         for m in work.modules():
             if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
                 m.reset_parameters()
-    return work
+    return work.to(device)
 
 
 def _optimizer(name: str, params, lr: float, momentum: float):
