@@ -145,3 +145,29 @@ def test_two_ranks_share_the_runs(tmp_path):
         for run, want in zip(got[rank]["runs"], single.runs):
             assert run["curve"]["train_loss"] == pytest.approx(want.curve["train_loss"], rel=1e-5)
     assert got[0]["runs"] == got[1]["runs"]  # both ranks assemble the same result from the store
+
+
+def test_evaluation_halves_the_batch_on_out_of_memory(monkeypatch):
+    from lossdoctor.training import evaluation, loop
+
+    real = loop.evaluate
+    sizes: list[int] = []
+
+    def small_memory(model, loss_fn, batches):
+        sizes.append(max(len(y) for _, y in batches))
+        if sizes[-1] > 16:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, loss_fn, batches)
+
+    problem = tiny_problem()
+    monkeypatch.setattr(loop, "evaluate", small_memory)
+    monkeypatch.setattr(evaluation, "_FITS", {})
+    got = evaluation.evaluate_largest(problem.model, problem.loss_fn, problem.train_data)
+    assert sizes == [64, 32, 16]  # the whole set first, then halved until it fits
+    assert got == pytest.approx(real(problem.model, problem.loss_fn, problem.train_data))
+    sizes.clear()
+    evaluation.evaluate_largest(problem.model, problem.loss_fn, problem.train_data)
+    assert sizes == [16]  # remembered: no second search
+    monkeypatch.setattr(loop, "evaluate", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
+        evaluation.evaluate_largest(problem.model, problem.loss_fn, problem.train_data)

@@ -12,8 +12,8 @@ from torch import nn
 
 from ..data import batch_size, iter_batches
 
-# Largest batch found to fit, per (device, model class): the search runs once per session.
-_FITS: dict[tuple[str, str], int] = {}
+# Largest batch found to fit, per (device, model class, parameter count): the search runs once.
+_FITS: dict[tuple[str, str, int], int] = {}
 
 
 def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +51,7 @@ def evaluate_largest(model: nn.Module, loss_fn: Callable, data: Any, *,
     x, y = data if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor) \
         and data[1].dim() > 0 else as_tensors(data)
     device = next(model.parameters()).device
-    key = (str(device), type(model).__name__)
+    key = (str(device), type(model).__name__, sum(p.numel() for p in model.parameters()))
     size = min(max_batch or len(y), _FITS.get(key, len(y)), len(y))
     while True:
         try:
