@@ -38,7 +38,8 @@ def _draw(ax_u, ax_e, t: BatchTiming, color: str, name: str) -> None:
 
 def render(study: BatchTimeStudy, out_dir: Path) -> Section:
     fig, (ax_u, ax_e) = new_figure(2, width=5.6, height=4.0)
-    _draw(ax_u, ax_e, study.cpu, "C0", f"CPU ({study.threads} threads)")
+    threads = f"{study.threads} thread{'s' if study.threads != 1 else ''}"
+    _draw(ax_u, ax_e, study.cpu, "C0", f"CPU ({threads})")
     if study.cuda is not None:
         _draw(ax_u, ax_e, study.cuda, "C3", "GPU")
     for ax, title in ((ax_u, "seconds per update (forward + backward + step)"),
@@ -54,7 +55,7 @@ def render(study: BatchTimeStudy, out_dir: Path) -> Section:
         t.batch_sizes, t.seconds_per_update, t.seconds_per_update_min, t.seconds_per_update_max,
         t.updates_per_epoch, t.seconds_per_epoch, t.samples_per_second)]
     i1, il = 0, len(t.batch_sizes) - 1
-    text = (f"{study.model} on this machine's CPU ({study.threads} threads), {t.repeats} timed updates per batch "
+    text = (f"{study.model} on this machine's CPU ({threads}), {t.repeats} timed updates per batch "
             f"size after {t.warmup} warm-up updates (median shown, bars: min-max). One update with batch "
             f"{t.batch_sizes[il]} costs {fmt(t.seconds_per_update[il] / t.seconds_per_update[i1])}x one with batch "
             f"{t.batch_sizes[i1]}, not {t.batch_sizes[il] // t.batch_sizes[i1]}x: an epoch takes "

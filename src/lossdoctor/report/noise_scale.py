@@ -42,11 +42,13 @@ def render(study: NoiseScaleStudy, out_dir: Path) -> Section:
                   for x, r, s, sd, u, n in zip(b, study.reached, study.seconds_to_target, study.seconds_to_target_std,
                                                study.updates_to_target, study.samples_to_target)]
     ns0 = study.points[0][2]
+    first, last = study.points[0][2], study.points[-1][2]
     text = (f"McCandlish et al.'s two-batch estimator: squared gradient norms of batches of {ns0.small_batch} and "
             f"{ns0.big_batch} samples (drawn with replacement), {ns0.pairs} pairs per point, give unbiased tr(Sigma) "
             "and |G|^2; their ratio B_simple is the batch size at which the gradient's noise and signal are equal. "
-            "It grows as training proceeds (the gradient shrinks faster than its noise). Measured along the sweep's "
-            f"smallest-batch run (seed 0). At the target training loss {study.target_loss:g} it recommends batch "
+            "Measured along the sweep's smallest-batch run (seed 0): from "
+            f"{fmt(first.b_simple)} at initialization to {fmt(last.b_simple)} at training loss {last.loss:.3g} "
+            f"({'it grows as the gradient shrinks faster than its noise' if last.b_simple > first.b_simple else 'it did not grow here'}). At the target training loss {study.target_loss:g} it recommends batch "
             f"{study.recommended_batch}. The sweep itself: time to reach that loss stops improving (by more than 10% "
             f"per step up in batch size) at batch "
             f"{study.time_stops_improving_at or 'none of those tried: it still improves at the largest'}, and the samples needed reach twice "
