@@ -11,6 +11,7 @@ from .analysis.saddle import (
     gradient_descent_path,
 )
 from .analysis.sharpness import EpsilonSharpness, Sharpness, sharpness
+from .analysis.stall import Diagnosis, diagnose
 from .curvature import (
     EigenResult,
     HessianOperator,
@@ -24,6 +25,7 @@ from .curvature import (
 )
 from .problem import Problem, load_problem
 from .training.lr_finder import LRRangeResult, lr_range_test
+from .training.monitor import Monitor, MonitoredRun, MonitorRecord, train_monitored
 from .training.regularization import l2_penalty, weight_decay_groups
 from .training.schedules import WarmupScheduler, gradual_warmup, linear_scaling_factor, warmup
 from .training.sweep import SweepResult, SweepRun, batch_size_sweep
@@ -41,4 +43,5 @@ __all__ = [
     "WarmupScheduler", "gradual_warmup", "linear_scaling_factor", "warmup",
     "CriticalPoint", "classify_critical_point", "EscapeResult", "SaddleEscapeComparison",
     "compare_saddle_escapes", "escape_saddle", "gradient_descent_path",
+    "Diagnosis", "diagnose", "Monitor", "MonitorRecord", "MonitoredRun", "train_monitored",
 ]

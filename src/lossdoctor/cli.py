@@ -376,6 +376,12 @@ from .cli_batch import batch  # noqa: E402
 
 main.add_command(batch)
 
+# The stall doctor's commands (diagnose, train) likewise.
+from .cli_doctor import diagnose_command, train_command  # noqa: E402
+
+main.add_command(diagnose_command)
+main.add_command(train_command)
+
 
 if __name__ == "__main__":  # python -m lossdoctor.cli
     main()

@@ -18,24 +18,30 @@ from .report import batch_sweep as batch_sweep_report
 from .report import batch_time as batch_time_report
 from .report import critical_regression as critical_regression_report
 from .report import critical_toy as critical_toy_report
+from .report import doctor_validation as doctor_validation_report
 from .report import flat_sharp as flat_sharp_report
+from .report import flat_surface as flat_surface_report
 from .report import l2_smoothing as l2_report
 from .report import lr_range as lr_range_report
 from .report import noise_scale as noise_scale_report
 from .report import rare_minima as rare_minima_report
 from .report import spectrum as spectrum_report
+from .report import valley as valley_report
 from .report import warmup as warmup_report
 from .report.html import Section, write_page
 from .studies import batch_sweep as batch_sweep_study
 from .studies import batch_time as batch_time_study
 from .studies import critical_regression as critical_regression_study
 from .studies import critical_toy as critical_toy_study
+from .studies import doctor_validation as doctor_validation_study
 from .studies import flat_sharp as flat_sharp_study
+from .studies import flat_surface as flat_surface_study
 from .studies import l2_smoothing as l2_study
 from .studies import lr_range as lr_range_study
 from .studies import noise_scale as noise_scale_study
 from .studies import rare_minima as rare_minima_study
 from .studies import spectrum as spectrum_study
+from .studies import valley as valley_study
 from .studies import warmup as warmup_study
 
 
@@ -55,6 +61,12 @@ SECTIONS: list[TourSection] = [
                 critical_regression_report.render),
     TourSection("rare-minima", "Critical points: local minima are rare", rare_minima_study.run,
                 rare_minima_report.render),
+    TourSection("valley", "The loss stalls: oscillating in an elongated valley", valley_study.run,
+                valley_report.render),
+    TourSection("flat-surface", "The flat surface: MSE vs cross-entropy", flat_surface_study.run,
+                flat_surface_report.render),
+    TourSection("doctor-validation", "The stall doctor on runs it was not tuned on", doctor_validation_study.run,
+                doctor_validation_report.render),
     TourSection("batch-time", "Batch size: time", batch_time_study.run, batch_time_report.render),
     TourSection("batch-sweep", "Batch size: training, testing, sharpness", batch_sweep_study.run,
                 batch_sweep_report.render),

@@ -55,7 +55,8 @@ EFFICIENCY_OSC = 0.5  # realised loss drop / first-order prediction below this
 OSC_MAX_DROP = 0.3  # ... and the loss fell less than this over the window (it "barely moves")
 FLAT_RATIO = 1.0  # Newton step (or sqrt(2L/λ_max)) longer than FLAT_RATIO·max(||θ||, 1): a plateau
 SHARPNESS_TOL = 1e-5
-ZERO_LOSS = 1e-10  # a loss this small (relative to the history's largest) is zero
+ZERO_LOSS = 1e-10
+SADDLE_GAIN = 0.05  # a saddle whose escape gains less than this fraction of the loss is a plateau  # a loss this small (relative to the history's largest) is zero
 CLASSIFY_MATVECS = 80  # budget of the critical-point test's Lanczos (a negative Ritz value certifies a saddle)
 NEWTON_STEPS = 20  # Lanczos steps from the gradient for the Newton-step length
 NEWTON_FLOOR = 1e-6  # curvatures below this fraction of λ_max are taken as flat (left out)
@@ -519,6 +520,16 @@ def diagnose(model: nn.Module, loss_fn: LossFn, data: Any, *, history: Any, opti
                         f"{fmt(critical.grad_norm)} vs tolerance {fmt(critical.grad_tol)}; eigenvalues "
                         f"{fmt(critical.min_eigenvalue, 4)} .. {fmt(critical.max_eigenvalue, 4)})")
     negative = critical is not None and critical.escape_direction is not None and critical.is_critical
+    if negative:
+        # A saddle is only a meaningful stall if going down its negative curvature gains something:
+        # along a step as long as the parameters themselves, ½|λ_min| r² against the loss. On a
+        # saturated plateau the curvature is as tiny as the gradient and the "saddle" is just flat.
+        r = max(pnorm or 0.0, 1.0)
+        gain = 0.5 * abs(critical.min_eigenvalue) * r * r
+        evidence.append(f"stepping {fmt(r)} along the negative-curvature direction would lower the loss by about "
+                        f"{fmt(gain)} (quadratic model), against the loss {fmt(loss, 4)}")
+        if gain < SADDLE_GAIN * abs(loss):
+            negative, flat = False, True
     lr_raise = []
     if max_lr is not None and S is not None and OVERSHOOT * steps.threshold > S:
         lr_raise.append(f"the step is small for this curvature (S = {fmt(S, 3)}): the learning rate can be "

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .._results import ResultMixin, fmt
-from ..analysis.stall import COS_OSC, DIVERGE_GROWTH, STALL_REL, WINDOW, Diagnosis, _trend, diagnose
+from ..analysis.stall import DIVERGE_GROWTH, STALL_REL, WINDOW, Diagnosis, _trend, diagnose
 from ..curvature import hessian
 from ..curvature.operator import LossFn
 from ..data import batch_size, is_single_batch, iter_batches
@@ -42,9 +42,13 @@ from ..model_state import preserved_rng, trainable_parameters
 
 logger = logging.getLogger("lossdoctor.monitor")
 
-SHARPNESS_EVERY = 250
-SHARPNESS_ITERS = 6
-SHARPNESS_SAMPLES = 256
+SHARPNESS_EVERY = 500
+SHARPNESS_ITERS = 4
+SHARPNESS_SAMPLES = 128
+# Successive minibatch gradients of momentum SGD often point mildly apart; only a strong flip
+# (mean cosine below this) calls the doctor on its own, so noise does not trigger costly checks.
+COS_TRIGGER = -0.5
+MAX_BACKOFF = 16
 DIAGNOSE_SAMPLES = 2048
 
 
@@ -245,7 +249,7 @@ class Monitor:
         drop, growth, _, _ = _trend(losses, self.window)
         cos = np.asarray(self._cosines[-self.window:], dtype=np.float64)
         cos_mean = float(np.nanmean(cos)) if np.isfinite(cos).any() else 0.0
-        return drop < STALL_REL or growth > DIVERGE_GROWTH or cos_mean < COS_OSC
+        return drop < STALL_REL or growth > DIVERGE_GROWTH or cos_mean < COS_TRIGGER
 
     def _check(self, optimizer: torch.optim.Optimizer | None, force: bool = False) -> Diagnosis | None:
         self._next_check = self._count + self.check_every
@@ -260,13 +264,13 @@ class Monitor:
         result = dataclasses.replace(result, step=self._count)
         if not math.isfinite(self._losses[-1]):
             self._nonfinite_reported = True
-        if result.cause == "progressing":
-            self._backoff, self._last_cause = 1, None
-            return None
-        # The same verdict again and again: look less often (doubling), so a long stall stays cheap.
-        self._backoff = self._backoff * 2 if result.cause == self._last_cause else 1
+        # The same verdict again and again (or a false alarm): look less often (doubling, up to
+        # MAX_BACKOFF), so a long stall or a noisy run stays cheap.
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF) if result.cause == self._last_cause else 1
         self._last_cause = result.cause
         self._next_check = self._count + self.check_every * self._backoff
+        if result.cause == "progressing":
+            return None
         self.diagnoses.append(result)
         logger.warning("step %d: %s", self._count, result)
         if self.callback is not None:
