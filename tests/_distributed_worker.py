@@ -10,7 +10,7 @@ from torch.nn import functional as F
 import lossdoctor as ld
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from test_distributed import SHARDS, _data, _model, _results  # noqa: E402
+from test_distributed import SHARDS, _classification, _data, _model, _results  # noqa: E402
 
 
 def main(out_dir: str) -> None:
@@ -23,6 +23,7 @@ def main(out_dir: str) -> None:
         results = _results(ld.hessian(_model(), F.cross_entropy, shard))
         ddp = torch.nn.parallel.DistributedDataParallel(_model())
         results["ddp"] = _results(ld.hessian(ddp, F.cross_entropy, shard))
+        results["critical"] = _classification(_model(), shard)
         torch.save(results, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
