@@ -50,9 +50,9 @@ class BatchSweepStudy(ResultMixin):
 def settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {"num_train": 2000, "batch_sizes": [16, 64, 256, 1024], "seeds": [0, 1, 2],
-                "epochs": 20, "updates": 1000, "stop_at_loss": [0.1], "max_epochs": 1000}
+                "epochs": 20, "updates": 1000, "stop_at_loss": [0.1], "max_epochs": 400}
     return {"num_train": 4000, "batch_sizes": [16, 32, 64, 128, 256, 512, 1024], "seeds": [0, 1, 2, 3, 4],
-            "epochs": 40, "updates": 3000, "stop_at_loss": [0.1, 0.01], "max_epochs": 2000}
+            "epochs": 40, "updates": 3000, "stop_at_loss": [0.1, 0.01], "max_epochs": 500}
 
 
 def compare(sweep: SweepResult, label: str) -> Comparison:
