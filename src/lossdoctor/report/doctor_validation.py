@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .._results import fmt
-from ..studies.doctor_validation import ValidationStudy
+from ..studies.doctor_validation import EARLIER_ROUNDS, ValidationStudy
 from .figures import new_figure, save
 from .html import Section, figure, paragraph, table
 
@@ -49,7 +49,8 @@ def render(study: ValidationStudy, out_dir: Path) -> Section:
             f"converged runs, runs still progressing, and diverging runs, on MNIST-1D subsets and toys. The "
             f"doctor sees each run's last 60 losses, its optimizer, the model and the training data. Its "
             f"thresholds were tuned on seeds {list(study.tune_seeds)} only; these seeds were not used for "
-            f"tuning.{tune}")
+            f"tuning.{tune} Earlier validation rounds, each followed by a change and then retired into the "
+            f"tuning set: {EARLIER_ROUNDS}.")
     verdict = (f"{study.accuracy:.1%} of verdicts correct; stalled runs called \"progressing\": "
                f"{study.stalled_called_progressing}.")
     body = (paragraph(text) + paragraph(verdict, "verdict" if study.accuracy >= 0.9 else "warn")

@@ -49,10 +49,18 @@ from .flat_surface import blobs, softmax_mse
 # one logistic run still recovering from its catapult); they led to the saddle-gain rule
 # (SADDLE_GAIN), 400 instead of 200 steps for the logistic runs, and softmax-MSE init scales
 # 5 + seed % 3 (they grew with the seed number, a construction bug). All of those count as tuning
-# seeds now; the reported validation is on seeds 8-10, unseen by any change.
-TUNE_SEEDS = (0, 1, 2, 3, 4, 5, 6, 7)
-VALIDATION_SEEDS = (8, 9, 10)
+# seeds now. Seeds 8-10 were a third validation (43/45): both misses were logistic runs on 256
+# samples, which are linearly separable, so the "optimum" is at infinity and at 1.2·2/λ_max the
+# weights could run off (||θ|| = 2.5e8): a broken ground truth. The logistic runs now use 1,024
+# samples (a finite optimum) and the data are drawn from the 4,000-sample set; the reported
+# validation is on seeds 11-13, unseen by any change.
+TUNE_SEEDS = tuple(range(11))
+VALIDATION_SEEDS = (11, 12, 13)
 HISTORY = 60
+EARLIER_ROUNDS = ("seeds 2-4: 43/45 (then the OSC_MAX_DROP rule, bounce-dominated least-squares runs); "
+                  "seeds 5-7: 41/45 (then the saddle-gain rule, longer logistic runs, bounded softmax-MSE "
+                  "init scales); seeds 8-10: 43/45 (then non-separable logistic-regression data); each round's "
+                  "seeds joined the tuning set")
 SUBSET = 256
 
 
@@ -111,7 +119,7 @@ class ValidationStudy(ResultMixin):
 
 # -- the pieces of each run --------------------------------------------------------------------
 def _mnist(seed: int, n: int = SUBSET) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y, _, _ = mnist1d_arrays(1024, 0, 42)
+    x, y, _, _ = mnist1d_arrays(4000, 1000, 42)
     idx = np.random.default_rng(1000 + seed).choice(len(x), n, replace=False)
     return torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
 
@@ -179,7 +187,7 @@ def osc_least_squares(seed: int, dim: int) -> Setup:
 
 
 def osc_logistic(seed: int) -> Setup:
-    data = _mnist(seed)
+    data = _mnist(seed, 1024)  # more samples than parameters: not separable, a finite optimum
     torch.manual_seed(seed)
     model = nn.Linear(40, 10)
     minimize_full_batch(model, F.cross_entropy, data, max_iters=200)

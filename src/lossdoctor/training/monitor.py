@@ -154,6 +154,7 @@ class Monitor:
         self._sharpness: list[tuple[int, float]] = []
         self._prev_grad: torch.Tensor | None = None
         self._prev_theta: torch.Tensor | None = None
+        self._prev_gnorm = math.nan
         self._power_vector: torch.Tensor | None = None
         self._count = 0
         self._next_check = window
@@ -191,16 +192,27 @@ class Monitor:
             grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
                               for p in self.params])
             theta = torch.cat([p.detach().reshape(-1) for p in self.params])
-            nan = torch.tensor(math.nan, dtype=torch.float64, device=grad.device)
-            gnorm = torch.linalg.vector_norm(grad).to(torch.float64)
+            # As few small tensor ops as possible (each costs a dispatch), one device sync.
             if self._prev_grad is not None:
-                denom = gnorm * torch.linalg.vector_norm(self._prev_grad).to(torch.float64)
-                cos = (grad @ self._prev_grad).to(torch.float64) / denom
-                update = torch.linalg.vector_norm(theta - self._prev_theta).to(torch.float64)
+                diff = theta - self._prev_theta
+                parts = torch.stack([grad @ grad, grad @ self._prev_grad, diff @ diff])
             else:
-                cos = update = nan
-            parts = [gnorm, cos, update] + ([loss_t.to(grad.device)] if loss_t is not None else [])
-            values = torch.stack(parts).tolist()  # one device sync for all scalars
+                parts = (grad @ grad).reshape(1)
+            if loss_t is not None:
+                parts = torch.cat([parts.to(torch.float64), loss_t.reshape(1).to(parts.device)])
+            raw = parts.tolist()
+        g2 = raw[0]
+        gnorm = math.sqrt(g2)
+        if self._prev_grad is not None:
+            denom = gnorm * self._prev_gnorm
+            cos = raw[1] / denom if denom > 0 else math.nan
+            update = math.sqrt(max(raw[2], 0.0))
+            rest = raw[3:]
+        else:
+            cos = update = math.nan
+            rest = raw[1:]
+        values = [gnorm, cos, update] + rest
+        self._prev_gnorm = gnorm
         self._prev_grad, self._prev_theta = grad, theta
         loss_value = values[3] if loss_t is not None else float(loss)
         lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else self.lr
