@@ -648,8 +648,28 @@ def load_reference(case: Case, weights: Path, workdir: Path, trace_matvecs: int,
     return ref
 
 
+def saved_result_path(name: str, case: Case, args: argparse.Namespace, workdir: Path) -> Path:
+    return workdir / f"result-{case.key()}-{name}-{'quick' if args.quick else 'full'}.json"
+
+
 def run_child(name: str, python: str, args: argparse.Namespace, workdir: Path,
-              log: Callable[[str], None]) -> dict[str, Any]:
+              log: Callable[[str], None], case: Case) -> dict[str, Any]:
+    """One library in its own process. Its numbers are saved in ``workdir`` as soon as it ends,
+    so an interrupted benchmark keeps them and ``--reuse`` picks them up."""
+    saved = saved_result_path(name, case, args, workdir)
+    if args.reuse and saved.is_file():
+        log(f"--- {name}: reusing {saved}")
+        return json.loads(saved.read_text())
+    result = _run_child(name, python, args, workdir, log)
+    if "error" not in result:
+        tmp = saved.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, default=float))
+        os.replace(tmp, saved)
+    return result
+
+
+def _run_child(name: str, python: str, args: argparse.Namespace, workdir: Path,
+               log: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{name}.json"
         cmd = [python, os.path.abspath(__file__), "--library", name, "--json", str(out),
@@ -827,7 +847,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cnn1d: the issue's case; tiny: a 10-second MLP for smoke tests")
     p.add_argument("--reference-trace-matvecs", type=int, default=600,
                    help="float64 Hutch++ matvecs of the reference trace (default 600)")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per library")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per library")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse each library's saved numbers from an earlier run with the same case")
     p.add_argument("--library", choices=LIBRARIES, help=argparse.SUPPRESS)  # child mode
     return p.parse_args(argv)
 
@@ -863,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     weights = prepare_weights(case, workdir, log)
     reference = load_reference(case, weights, workdir, args.reference_trace_matvecs, log)
-    results = [run_child(name, args.python, args, workdir, log) for name in names]
+    results = [run_child(name, args.python, args, workdir, log, case) for name in names]
     n = num_params(load_model(case, weights))
     stats_path = weights.with_suffix(".json")
     trained = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
