@@ -27,6 +27,7 @@ Adam's moving average with β1 for S < (2 + 2β1)/(1 - β1) (38 at β1 = 0.9; Co
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -186,9 +187,10 @@ def read_history(history: Any) -> StepHistory:
 def _trend(losses: np.ndarray, window: int) -> tuple[float, float, float, float]:
     """Over the last ``window`` losses: (relative drop, growth, start level, drop per step), from
     the medians of the first and last thirds (robust to minibatch noise)."""
-    w = losses[-window:]
+    w = [float(v) for v in losses[-window:]]
     third = max(1, len(w) // 3)
-    start, end = float(np.median(w[:third])), float(np.median(w[-third:]))
+    # statistics.median on a short list: the Monitor calls this often, numpy's would cost more.
+    start, end = statistics.median(w[:third]), statistics.median(w[-third:])
     scale = max(abs(start), 1e-12)
     steps_between = max(len(w) - third, 1)
     return (start - end) / scale, end / start if start > 0 else (math.inf if end > start else 1.0), \
