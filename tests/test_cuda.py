@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from torch.nn import functional as F
 
 import lossdoctor as ld
 from cases import BY_ID, CASE_IDS, ModelSnapshot, case_reference, mlp_tanh_mse
@@ -130,3 +131,50 @@ def test_cli_spectrum_runs_on_the_gpu(tmp_path):
     payload = json.loads(result.stdout)
     assert payload["device"].startswith("cuda")
     assert sorted(payload["eigenpairs"]["eigenvalues"]) == pytest.approx([-2.0, 2.0], abs=1e-5)
+
+
+def test_stall_doctor_on_cuda_gives_the_cpu_verdict_and_bound():
+    from test_stall import gd, least_squares, start_on_top_eigenvector
+
+    model, data, lam, _ = least_squares()
+    start_on_top_eigenvector(model, data)
+    model = model.to(CUDA)
+    data = on_cuda(data)
+    losses, opt = gd(model, F.mse_loss, data, 1.998 / lam, 120)
+    before = ModelSnapshot.take(model)
+    d = ld.diagnose(model, F.mse_loss, data, history=losses, optimizer=opt)
+    before.assert_same(model, "diagnose on CUDA")
+    assert d.cause == "oscillation"
+    assert d.sharpness == pytest.approx(lam, rel=1e-5)
+    assert d.max_stable_lr == pytest.approx(2 / lam, rel=1e-5)
+    json.dumps(d.to_dict())
+
+
+def test_monitor_on_cuda_does_not_change_training_and_diagnoses_the_bounce():
+    def run(with_monitor: bool):
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(96, 6, generator=gen), torch.randint(0, 3, (96,), generator=gen)
+        batches = [(x[i:i + 32].to(CUDA), y[i:i + 32].to(CUDA)) for i in range(0, 96, 32)]
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(),
+                                    torch.nn.Linear(16, 3)).to(CUDA)
+        opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+        monitor = ld.Monitor(model, F.cross_entropy, batches, sharpness_every=5, window=8) if with_monitor else None
+        torch.manual_seed(123)
+        torch.cuda.manual_seed(123)  # dropout on the GPU draws from the CUDA generator: the monitor must not
+        for step in range(40):
+            xb, yb = batches[step % 3]
+            opt.zero_grad()
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            if monitor is not None:
+                monitor.step(loss, opt)
+        return model, monitor, torch.cuda.get_rng_state()
+
+    plain, _, plain_rng = run(False)
+    watched, monitor, rng = run(True)
+    for a, b in zip(plain.parameters(), watched.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(plain_rng, rng)
+    assert len(monitor.record.sharpness) == 8 and all(s > 0 for _, s in monitor.record.sharpness)
