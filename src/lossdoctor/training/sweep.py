@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -172,11 +173,18 @@ def _open_store(store: Path, settings: dict[str, Any], fingerprint: str) -> None
             raise ValueError(f"store {store} holds a sweep with other settings (differs in {diff}); its runs "
                              "cannot be reused. Use another --store directory, or remove this one.")
     else:
+        # First writer wins (several ranks), and nobody ever sees a half-written file: the complete
+        # file is linked into place, which fails if another rank's is already there.
+        handle, name = tempfile.mkstemp(prefix=".sweep.json.", suffix=".tmp", dir=store)
+        os.close(handle)
+        tmp = Path(name)
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=1), encoding="utf-8")
         try:
-            with open(meta, "x", encoding="utf-8") as handle:  # first writer wins (several ranks)
-                json.dump({"fingerprint": fingerprint, "settings": settings}, handle, indent=1)
+            os.link(tmp, meta)
         except FileExistsError:
             _open_store(store, settings, fingerprint)
+        finally:
+            tmp.unlink()
 
 
 def _load_run(path: Path, fingerprint: str) -> SweepRun | None:
