@@ -357,7 +357,10 @@ class PyHessianOneBatch(PyHessian):
     name = "pyhessian-1batch"
 
     def setup(self):
-        import pyhessian.hessian as ph
+        import importlib
+
+        # the package re-exports the class under the submodule's name: fetch the module itself
+        ph = importlib.import_module("pyhessian.hessian")
 
         x = torch.cat([b[0] for b in self.data])
         y = torch.cat([b[1] for b in self.data])
