@@ -74,3 +74,14 @@ def test_unknown_problem_and_bad_checkpoint(tmp_path, user_file):
     stderr = " ".join(result.stderr.split())
     assert "missing keys" in stderr and "unexpected keys ['nothing']" in stderr
     assert result.stdout == ""
+
+
+def test_device_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for args in (["spectrum", "--problem", "lecture-saddle"], ["critical", "--problem", "lecture-saddle"],
+                 ["batch", "noise", "--problem", "lecture-saddle"]):
+        result = CliRunner().invoke(main, [*args, "--device", "cuda"])
+        assert result.exit_code == 2 and "sees no GPU" in result.output, result.output
+    result = CliRunner().invoke(main, ["spectrum", "--problem", "lecture-saddle", "--device", "gpu0"])
+    assert result.exit_code == 2 and "not a device name" in result.output

@@ -14,6 +14,7 @@ from .cli import (
     _is_rank_zero,
     checkpoint_option,
     console,
+    device_option,
     json_option,
     out,
     problem_option,
@@ -33,15 +34,19 @@ def _ints(text: str | None, what: str) -> list[int] | None:
     return values
 
 
-def _problem(problem: str, checkpoint: str | None):
+def _problem(problem: str, checkpoint: str | None, device: str | None = None):
     """The whole problem on every rank: the batch lab needs all the data (a sweep deals out runs,
-    not samples)."""
+    not samples). ``device``: move the model there (data follow batch by batch)."""
+    from .cli import _device
     from .problem import load_problem
 
     try:
-        return load_problem(problem, checkpoint=checkpoint)
+        prob = load_problem(problem, checkpoint=checkpoint)
     except (ValueError, TypeError, FileNotFoundError) as err:
         _fail(str(err))
+    if device is not None:
+        prob.model.to(_device(device))
+    return prob
 
 
 def _emit(payload: dict[str, Any], text: str, as_json: bool) -> None:
@@ -143,13 +148,14 @@ def sweep_command(problem: str, sizes: str, seeds: str, epochs: float | None, up
 @click.option("--max-iter", default=10, show_default=True, help="L-BFGS-B iterations (Keskar: 10).")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@device_option
 @json_option
 def sharpness_command(problem: str, checkpoint: str | None, methods: tuple[str, ...], epsilons: tuple[float, ...],
-                      subspace_dim: int, max_iter: int, mode: str, seed: int, as_json: bool) -> None:
+                      subspace_dim: int, max_iter: int, mode: str, seed: int, as_json: bool, device: str = "auto") -> None:
     """lambda_max, Hessian trace and Keskar's epsilon-sharpness of the (checkpointed) model."""
     from .analysis.sharpness import sharpness
 
-    prob = _problem(problem, checkpoint)
+    prob = _problem(problem, checkpoint, device)
     with progress_bars(not as_json) as task:
         try:
             result = sharpness(prob.model, prob.loss_fn, prob.train_data,
@@ -172,18 +178,19 @@ def sharpness_command(problem: str, checkpoint: str | None, methods: tuple[str, 
 @click.option("--normalization", type=click.Choice(["filter", "layer", "none"]), default="filter", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default="landscape.png", show_default=True)
+@device_option
 @json_option
 def landscape_command(problem: str, checkpoint: str | None, compare: str | None, dims: str, steps: int, span: float,
-                      normalization: str, seed: int, plot: str, as_json: bool) -> None:
+                      normalization: str, seed: int, plot: str, as_json: bool, device: str = "auto") -> None:
     """Filter-normalized 1-D/2-D loss landscape (train and test), or the interpolation to --compare."""
     from .analysis.landscape import interpolate, landscape
     from .report.flat_sharp import curve_figure, landscape_figure
 
-    prob = _problem(problem, checkpoint)
+    prob = _problem(problem, checkpoint, device)
     with progress_bars(not as_json) as task:
         try:
             if compare is not None:
-                other = _problem(problem, compare)
+                other = _problem(problem, compare, device)
                 result = interpolate(prob.model, other.model, prob.loss_fn, prob.train_data,
                                      test_data=prob.test_data, progress=task("interpolation"))
             else:
@@ -207,13 +214,14 @@ def landscape_command(problem: str, checkpoint: str | None, compare: str | None,
 @click.option("--pairs", default=100, show_default=True, help="(small, big) batch pairs to average.")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@device_option
 @json_option
 def noise_command(problem: str, checkpoint: str | None, small_batch: int, big_batch: int | None, pairs: int,
-                  mode: str, seed: int, as_json: bool) -> None:
+                  mode: str, seed: int, as_json: bool, device: str = "auto") -> None:
     """McCandlish's gradient noise scale B_simple and the batch size it suggests."""
     from .analysis.noise_scale import gradient_noise_scale
 
-    prob = _problem(problem, checkpoint)
+    prob = _problem(problem, checkpoint, device)
     with progress_bars(not as_json) as task:
         try:
             result = gradient_noise_scale(prob.model, prob.loss_fn, prob.train_data, small_batch=small_batch,

@@ -19,6 +19,7 @@ from .cli import (
     _fail,
     _load,
     checkpoint_option,
+    device_option,
     json_option,
     out,
     problem_option,
@@ -78,13 +79,14 @@ def read_history_file(path: str) -> dict[str, list[float]]:
 @click.option("--lr", type=float, default=None, help="The learning rate the history was trained with.")
 @click.option("--window", default=60, show_default=True, help="Recent steps the trend is read from.")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
+@device_option
 @json_option
 def diagnose_command(problem: str, checkpoint: str | None, history_file: str, lr: float | None, window: int,
-                     mode: str, as_json: bool) -> None:
+                     mode: str, as_json: bool, device: str = "auto") -> None:
     """Why did the loss stop going down? The cause, the numbers, and what to change."""
     from . import diagnose
 
-    prob = _load(problem, checkpoint)
+    prob = _load(problem, checkpoint, device)
     try:
         history = read_history_file(history_file)
         result = diagnose(prob.model, prob.loss_fn, prob.train_data, history=history, lr=lr, window=window,
@@ -122,9 +124,10 @@ def _make_optimizer(name: str, params: Any, lr: float, momentum: float):
 @click.option("--window", default=60, show_default=True, help="Steps a stall is judged on.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the trained state_dict to this new file (never overwritten).")
+@device_option
 @json_option
 def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float, momentum: float, steps: int,
-                  sharpness_every: int, window: int, out_file: str | None, as_json: bool) -> None:
+                  sharpness_every: int, window: int, out_file: str | None, as_json: bool, device: str = "auto") -> None:
     """Train with the Monitor attached; prints the doctor's diagnosis when the loss stalls."""
     from .training.monitor import Monitor, train_monitored
 
@@ -132,7 +135,7 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
         _fail(f"{out_file} already exists; lossdoctor never overwrites a file: choose another --out.")
     if not (math.isfinite(lr) and lr > 0):
         _fail(f"--lr must be a finite number > 0, got {lr}.")
-    prob = _load(problem, checkpoint)
+    prob = _load(problem, checkpoint, device)
 
     def report(diagnosis) -> None:
         if not as_json:
