@@ -31,6 +31,17 @@ class TrainHistory(ResultMixin):
         return f"trained {self.epochs} epochs / {self.steps} steps, final train loss {last:.4g}"
 
 
+def training_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, inputs: Any,
+                  targets: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """One update on one batch; returns the batch loss (a tensor, not synced to the host)."""
+    inputs, targets = place(inputs, targets, device)
+    optimizer.zero_grad(set_to_none=True)
+    loss = loss_fn(call_model(model, inputs), targets)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, float | None]:
     """Mean loss over all samples of ``data`` and, for class-index targets, accuracy.
@@ -71,11 +82,7 @@ def train(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim
     for _ in range(epochs):
         model.train()
         for inputs, targets in iter_batches(data):
-            inputs, targets = place(inputs, targets, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(call_model(model, inputs), targets)
-            loss.backward()
-            optimizer.step()
+            loss = training_step(model, loss_fn, optimizer, inputs, targets, device)
             if scheduler is not None:
                 scheduler.step()
             step_loss.append(float(loss))

@@ -39,6 +39,7 @@ from ..curvature import hessian
 from ..curvature.operator import LossFn
 from ..data import batch_size, is_single_batch, iter_batches
 from ..model_state import preserved_rng, trainable_parameters
+from .loop import training_step
 
 logger = logging.getLogger("lossdoctor.monitor")
 
@@ -313,7 +314,6 @@ def train_monitored(model: nn.Module, loss_fn: LossFn, data: Any, optimizer: tor
     """Train ``model`` in place for ``steps`` optimizer steps, cycling over the batches of
     ``data``, with ``monitor`` (default: a new :class:`Monitor` on ``data``) attached. Stops early
     when the loss is NaN/Inf (after the monitor has diagnosed it)."""
-    from ..data import call_model, place
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}.")
@@ -323,11 +323,7 @@ def train_monitored(model: nn.Module, loss_fn: LossFn, data: Any, optimizer: tor
     model.train()
     while done < steps:
         for inputs, targets in iter_batches(data):
-            inputs, targets = place(inputs, targets, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(call_model(model, inputs), targets)
-            loss.backward()
-            optimizer.step()
+            loss = training_step(model, loss_fn, optimizer, inputs, targets, device)
             monitor.step(loss, optimizer)
             done += 1
             last = monitor._losses[-1]  # already synced by the monitor
