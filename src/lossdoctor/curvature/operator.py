@@ -28,12 +28,9 @@ def _loss_reduction(loss_fn: Any) -> str:
 
 
 @contextlib.contextmanager
-def _full_fp32_matmul(device: torch.device) -> Iterator[None]:
+def _full_fp32_matmul() -> Iterator[None]:
     """TF32 products (cuDNN convolutions use them by default on Ampere and later) carry ~1e-3
     relative error, enough to stall Lanczos at tol=1e-6; Hessian products use full float32."""
-    if device.type != "cuda":
-        yield
-        return
     matmul = torch.backends.cuda.matmul
     try:
         saved = matmul.allow_tf32
@@ -61,7 +58,7 @@ def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[No
             except RuntimeError:  # newer fp32_precision API in use: only switch cuDNN off for RNNs
                 if rnn:
                     stack.enter_context(cudnn.flags(enabled=False))
-            stack.enter_context(_full_fp32_matmul(device))
+            stack.enter_context(_full_fp32_matmul())
         try:  # on every device: the CPU flash-attention kernel has no double backward either
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
