@@ -40,6 +40,7 @@ from ..curvature.operator import LossFn
 from ..data import batch_size, is_single_batch, iter_batches
 from ..model_state import preserved_rng, trainable_parameters
 from .loop import training_step
+from .step_signals import StepSignals
 
 logger = logging.getLogger("lossdoctor.monitor")
 
@@ -153,9 +154,7 @@ class Monitor:
         self._cosines: list[float] = []
         self._lrs: list[float | None] = []
         self._sharpness: list[tuple[int, float]] = []
-        self._prev_grad: torch.Tensor | None = None
-        self._prev_theta: torch.Tensor | None = None
-        self._prev_gnorm = math.nan
+        self._signals = StepSignals(self.params)
         self._power_vector: torch.Tensor | None = None
         self._count = 0
         self._next_check = window
@@ -181,47 +180,19 @@ class Monitor:
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 raise ValueError(f"monitor.step expects the scalar training loss, got shape {tuple(loss.shape)}.")
-            loss_t = loss.detach().reshape(()).to(torch.float64)
-        elif isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            loss_t = None
-        else:
+        elif not isinstance(loss, (int, float)) or isinstance(loss, bool):
             raise TypeError(f"monitor.step expects the loss (a tensor or a float), got {type(loss).__name__}.")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
         self._count += 1
-        with torch.no_grad():
-            grad = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                              for p in self.params])
-            theta = torch.cat([p.detach().reshape(-1) for p in self.params])
-            # As few small tensor ops as possible (each costs a dispatch), one device sync.
-            if self._prev_grad is not None:
-                diff = theta - self._prev_theta
-                parts = torch.stack([grad @ grad, grad @ self._prev_grad, diff @ diff])
-            else:
-                parts = (grad @ grad).reshape(1)
-            if loss_t is not None:
-                parts = torch.cat([parts.to(torch.float64), loss_t.reshape(1).to(parts.device)])
-            raw = parts.tolist()
-        g2 = raw[0]
-        gnorm = math.sqrt(g2)
-        if self._prev_grad is not None:
-            denom = gnorm * self._prev_gnorm
-            cos = raw[1] / denom if denom > 0 else math.nan
-            update = math.sqrt(max(raw[2], 0.0))
-            rest = raw[3:]
-        else:
-            cos = update = math.nan
-            rest = raw[1:]
-        values = [gnorm, cos, update] + rest
-        self._prev_gnorm = gnorm
-        self._prev_grad, self._prev_theta = grad, theta
-        loss_value = values[3] if loss_t is not None else float(loss)
+        gnorm, cos, update = self._signals.update()
+        loss_value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else self.lr
         self._steps.append(self._count)
         self._losses.append(loss_value)
-        self._grad_norms.append(values[0])
-        self._cosines.append(values[1])
-        self._update_norms.append(values[2])
+        self._grad_norms.append(gnorm)
+        self._cosines.append(cos)
+        self._update_norms.append(update)
         self._lrs.append(lr)
         if self.sharpness_every and self._count % self.sharpness_every == 0:
             self._sharpness.append((self._count, self._estimate_sharpness()))
