@@ -84,20 +84,25 @@ def _device(name: str):
     return device
 
 
-def _load(problem: str, checkpoint: str | None, device: str = "cpu"):
+def _load(problem: str, checkpoint: str | None, device: str | None = "cpu", *, shard: bool = True):
+    """Load ``problem`` and move its model to ``device`` (None: leave it where the problem put it).
+    ``shard``: under torchrun, give each rank its share of a built-in problem's batches; the batch
+    lab passes False, because it needs all the data on every rank (a sweep deals out runs, not
+    samples)."""
     from .problem import load_problem
     from .zoo import BUILTIN
 
-    target = _device(device)
+    target = _device(device) if device is not None else None
     try:
         prob = load_problem(problem, checkpoint=checkpoint)
     except (ValueError, TypeError, FileNotFoundError) as err:
         _fail(str(err))
     # data stays where the problem put it: CPU batches are moved to the model's device batch by batch
-    prob.model.to(target)
+    if target is not None:
+        prob.model.to(target)
     import torch.distributed as dist
 
-    if problem in BUILTIN and dist.is_available() and dist.is_initialized():
+    if shard and problem in BUILTIN and dist.is_available() and dist.is_initialized():
         # Built-in data are lists of batches: each rank takes every world_size-th batch. A user's
         # problem function returns its own rank's shard.
         rank, world = dist.get_rank(), dist.get_world_size()

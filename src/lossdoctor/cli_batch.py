@@ -12,6 +12,7 @@ import click
 from .cli import (
     _fail,
     _is_rank_zero,
+    _load,
     checkpoint_option,
     console,
     device_option,
@@ -32,21 +33,6 @@ def _ints(text: str | None, what: str) -> list[int] | None:
     if not values:
         _fail(f"{what} is empty.")
     return values
-
-
-def _problem(problem: str, checkpoint: str | None, device: str | None = None):
-    """The whole problem on every rank: the batch lab needs all the data (a sweep deals out runs,
-    not samples). ``device``: move the model there (data follow batch by batch)."""
-    from .cli import _device
-    from .problem import load_problem
-
-    try:
-        prob = load_problem(problem, checkpoint=checkpoint)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(str(err))
-    if device is not None:
-        prob.model.to(_device(device))
-    return prob
 
 
 def _emit(payload: dict[str, Any], text: str, as_json: bool) -> None:
@@ -75,7 +61,7 @@ def time_command(problem: str, sizes: str | None, repeats: int, warmup: int, dev
     """Time per update and per epoch against batch size, and where the hardware saturates."""
     from .training.timing import time_batch_sizes
 
-    prob = _problem(problem, None)
+    prob = _load(problem, None, None, shard=False)
     with progress_bars(not as_json) as task:
         try:
             timing = time_batch_sizes(prob.model, prob.loss_fn, prob.train_data, _ints(sizes, "--sizes"),
@@ -116,7 +102,7 @@ def sweep_command(problem: str, sizes: str, seeds: str, epochs: float | None, up
     equal updates and matched training loss. Resumable with --store (Ctrl-C loses at most one run)."""
     from .training.sweep import batch_size_sweep
 
-    prob = _problem(problem, None)
+    prob = _load(problem, None, None, shard=False)
     chosen = () if methods.strip() == "none" else tuple(m for m in methods.replace(" ", "").split(",") if m)
     with progress_bars(not as_json) as task:
         try:
@@ -155,7 +141,7 @@ def sharpness_command(problem: str, checkpoint: str | None, methods: tuple[str, 
     """lambda_max, Hessian trace and Keskar's epsilon-sharpness of the (checkpointed) model."""
     from .analysis.sharpness import sharpness
 
-    prob = _problem(problem, checkpoint, device)
+    prob = _load(problem, checkpoint, device, shard=False)
     with progress_bars(not as_json) as task:
         try:
             result = sharpness(prob.model, prob.loss_fn, prob.train_data,
@@ -186,11 +172,11 @@ def landscape_command(problem: str, checkpoint: str | None, compare: str | None,
     from .analysis.landscape import interpolate, landscape
     from .report.flat_sharp import curve_figure, landscape_figure
 
-    prob = _problem(problem, checkpoint, device)
+    prob = _load(problem, checkpoint, device, shard=False)
     with progress_bars(not as_json) as task:
         try:
             if compare is not None:
-                other = _problem(problem, compare, device)
+                other = _load(problem, compare, device, shard=False)
                 result = interpolate(prob.model, other.model, prob.loss_fn, prob.train_data,
                                      test_data=prob.test_data, progress=task("interpolation"))
             else:
@@ -221,7 +207,7 @@ def noise_command(problem: str, checkpoint: str | None, small_batch: int, big_ba
     """McCandlish's gradient noise scale B_simple and the batch size it suggests."""
     from .analysis.noise_scale import gradient_noise_scale
 
-    prob = _problem(problem, checkpoint, device)
+    prob = _load(problem, checkpoint, device, shard=False)
     with progress_bars(not as_json) as task:
         try:
             result = gradient_noise_scale(prob.model, prob.loss_fn, prob.train_data, small_batch=small_batch,
