@@ -484,9 +484,10 @@ class Options:
     block: int = 16           # vectors per block product, where a library has one
     budget: int = 600         # matvecs one accurate eigen attempt may use
     ladder_budget: int = 1500  # matvecs all accurate attempts for one k may use together
+    eigen_repeats: int = 3    # timed runs of the setting that reached 1e-6 (the fastest is reported)
 
 
-QUICK = Options(repeats=3, block=8, budget=200, ladder_budget=400)
+QUICK = Options(repeats=3, block=8, budget=200, ladder_budget=400, eigen_repeats=2)
 
 
 def measure_hvp_ratio(runner: Runner, opts: Options) -> dict[str, Any]:
@@ -518,7 +519,7 @@ def eigen_attempt(runner: Runner, k: int, label: str, settings: dict[str, Any],
                   reference: np.ndarray) -> dict[str, Any]:
     seconds, (values, matvecs) = timed(runner.top_k, k, **settings)
     errs = rel_errors(values, reference)
-    return {"setting": label, "seconds": seconds, "matvecs": matvecs,
+    return {"setting": label, "settings": dict(settings), "seconds": seconds, "matvecs": matvecs,
             "eigenvalues": [float(x) for x in values], "rel_errors": [float(e) for e in errs],
             "max_rel_error": float(np.max(errs)), "reached_target": bool(np.max(errs) <= TARGET)}
 
@@ -537,6 +538,13 @@ def eigen_block(runner: Runner, k: int, reference: np.ndarray, opts: Options) ->
                 break
     reached = [a for a in attempts if a["reached_target"]]
     best = min(reached, key=lambda a: a["seconds"]) if reached else None
+    if best is not None:
+        # A shared VM stalls for whole tenths of a second at random: time the winning setting
+        # again and keep the fastest run (the least disturbed one); every run is kept.
+        runs = [best["seconds"]]
+        for _ in range(opts.eigen_repeats - 1):
+            runs.append(eigen_attempt(runner, k, best["setting"], best["settings"], reference)["seconds"])
+        best = dict(best, seconds=min(runs), seconds_runs=runs, seconds_median=statistics.median(runs))
     return {"typical": typical, "attempts": attempts, "at_target": best}
 
 
@@ -713,6 +721,19 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def stall_share(seconds: float = 3.0) -> float:
+    """Share of wall time a busy Python loop on this machine loses to stalls of over 5 ms (a
+    shared VM's host preempting it): the noise every timing in the table carries."""
+    start = last = time.perf_counter()
+    lost = 0.0
+    while last - start < seconds:
+        now = time.perf_counter()
+        if now - last > 0.005:
+            lost += now - last
+        last = now
+    return lost / (last - start)
+
+
 def at_target(res: dict[str, Any], k: int) -> dict[str, Any] | None:
     return res.get(f"top{k}", {}).get("at_target")
 
@@ -739,7 +760,8 @@ def summary_ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
             "ours_s": ours5["seconds"] + ours["setup_s"], "fastest": fastest_ws,
             "fastest_s": with_setup[fastest_ws],
             "ratio": (ours5["seconds"] + ours["setup_s"]) / with_setup[fastest_ws], "floor": 0.5}
-    ratios["hvp_over_gradient"] = {"ours": ours["hvp"]["hvp_over_gradient"], "floor": 2.5}
+    ratios["hvp_over_gradient"] = {"ours": ours["hvp"]["hvp_over_gradient"],
+                                   "ours_min": ours["hvp"]["hvp_over_gradient_min"], "floor": 2.5}
     if "lossdoctor-cache" in ok:
         ratios["hvp_over_gradient_cached"] = {"ours": ok["lossdoctor-cache"]["hvp"]["hvp_over_gradient"],
                                               "floor": 2.5}
@@ -772,7 +794,8 @@ def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[
                      fmt_s(r["trace"]["seconds"]), f"{r['hvp']['hvp_over_gradient']:.2f}",
                      f"{r['peak_rss_mb']:.0f}", f"{r['rss_increase_mb']:.0f}"])
     parts.append("Summary (times in seconds, memory in MB; 'typ' = the library's typical settings, "
-                 "'@1e-6' = cheapest setting reaching relative error <= 1e-6)")
+                 "'@1e-6' = cheapest setting reaching relative error <= 1e-6, fastest of its "
+                 f"{meta['options']['eigen_repeats']} timed runs)")
     parts.append(table(["library", "setup", "top1 typ", "top5 typ", "err typ", "top5 @1e-6",
                         "matvecs", "err", "trace99", "HVP/grad", "peak RSS", "+RSS"], rows))
     for r in results:
@@ -821,7 +844,9 @@ def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[
         parts.append("  top-5 time ratio: not available (a library missing or no run reached 1e-6)")
     if "hvp_over_gradient" in ratios:
         h = ratios["hvp_over_gradient"]["ours"]
-        parts.append(f"  HVP / gradient, ours: {h:.2f}  (floor <= 2.5: {'met' if h <= 2.5 else 'NOT met'})")
+        hm = ratios["hvp_over_gradient"]["ours_min"]
+        parts.append(f"  HVP / gradient, ours: {h:.2f} median, {hm:.2f} fastest runs  "
+                     f"(floor <= 2.5: {'met' if h <= 2.5 else 'NOT met'})")
     if "hvp_over_gradient_cached" in ratios:
         h = ratios["hvp_over_gradient_cached"]["ours"]
         parts.append(f"  HVP / gradient, ours with cache=True: {h:.2f}  "
@@ -886,6 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown libraries {unknown}; choose from {', '.join(LIBRARIES)}")
     start = time.perf_counter()
+    stalled_before = stall_share()
     weights = prepare_weights(case, workdir, log)
     reference = load_reference(case, weights, workdir, args.reference_trace_matvecs, log)
     results = [run_child(name, args.python, args, workdir, log, case) for name in names]
@@ -898,7 +924,9 @@ def main(argv: list[str] | None = None) -> int:
                          f"(train loss {trained.get('train_loss', float('nan')):.3f})",
             "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
                        f"{torch.get_num_threads()} torch threads, python {sys.version.split()[0]}, "
-                       f"total wall {time.perf_counter() - start:.0f} s",
+                       f"total wall {time.perf_counter() - start:.0f} s; a busy loop lost "
+                       f"{100 * stalled_before:.0f}% (before) and {100 * stall_share():.0f}% (after) of its "
+                       "wall time to stalls > 5 ms (host contention: times carry that noise)",
             "weights": str(weights)}
     meta["ratios"] = summary_ratios(results)
     print(report(results, reference, meta))
