@@ -60,6 +60,72 @@ def test_products_match_reference_hessian(case_id):
     assert close(torch.from_numpy(HV_np), H @ V, tol)
 
 
+@pytest.mark.parametrize("cache", [True, False, "auto"])
+@pytest.mark.parametrize("case_id", CASE_IDS)
+def test_products_from_kept_graphs_match_reference(case_id, cache):
+    # The first product builds (or not) the kept graphs, the second and third use them.
+    case = BY_ID[case_id]
+    model, loss_fn, data = case.make()
+    op = ld.hessian(model, loss_fn, data, mode=case.mode, cache=cache)
+    H = case_reference(case_id)
+    V = torch.randn(H.shape[0], 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    if cache is True and case.mode == "train" and "batchnorm" in case_id:
+        with pytest.raises(ValueError, match="changes its buffers in place"):
+            op @ V[:, 0]
+        return
+    first = op @ V[:, 0]
+    # These graphs are far below the "auto" budget; BatchNorm in train mode updates its running
+    # statistics in every forward, so its graphs cannot be kept.
+    keeps = cache is not False and not (case.mode == "train" and "batchnorm" in case_id)
+    assert op.cached == keeps
+    assert close(first, H @ V[:, 0], tolerance(op))
+    assert close(op @ V[:, 1:], H @ V[:, 1:], tolerance(op))
+    assert torch.equal(op @ V[:, 0], first)
+
+
+def test_kept_graphs_follow_parameter_changes_and_clear():
+    model, loss_fn, data = mlp_tanh_mse("batches")
+    op = ld.hessian(model, loss_fn, data)
+    v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(2))
+    before = op @ v
+    assert op.cached
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    assert not op.cached  # the graphs are of the old parameters
+    after = op @ v
+    fresh = ld.hessian(model, loss_fn, data, cache=False) @ v
+    assert torch.allclose(after, fresh, rtol=1e-6, atol=1e-7) and not torch.allclose(after, before)
+    op.clear_cache()
+    assert not op.cached
+
+
+def test_auto_cache_gives_up_above_its_budget(monkeypatch):
+    import lossdoctor.curvature.operator as operator
+
+    monkeypatch.setattr(operator, "cache_budget_bytes", lambda device: 1000)
+    model, loss_fn, data = mlp_tanh_mse("batches")
+    op = ld.hessian(model, loss_fn, data)
+    v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(3))
+    H = reference_hessian(model, loss_fn, data)
+    for _ in range(2):
+        assert close(op @ v, H.double() @ v.double(), tolerance(op))
+        assert not op.cached and op._graph_cache is None
+
+
+def test_auto_cache_budget_is_a_share_of_available_memory():
+    from lossdoctor.curvature.operator import CACHE_MAX_BYTES, cache_budget_bytes
+
+    budget = cache_budget_bytes(torch.device("cpu"))
+    assert 0 < budget <= CACHE_MAX_BYTES
+
+
+def test_bad_cache_argument():
+    model, loss_fn, data = mlp_tanh_mse("batches")
+    with pytest.raises(ValueError, match="cache must be True, False or 'auto'"):
+        ld.hessian(model, loss_fn, data, cache="yes")
+
+
 @pytest.mark.parametrize("case_id", [c.id for c in CASES if c.data_kind != "loader"])
 def test_matvec_matches_finite_differences(case_id):
     case = BY_ID[case_id]

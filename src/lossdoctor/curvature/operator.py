@@ -77,7 +77,7 @@ class HessianOperator:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
-                 max_block: int = 16, distributed: bool | None = None, cache: bool = False) -> None:
+                 max_block: int = 16, distributed: bool | None = None, cache: bool | str = "auto") -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if not callable(loss_fn):
@@ -119,8 +119,12 @@ class HessianOperator:
             raise TypeError(f"trainable parameters must share one floating dtype, got {sorted(map(str, dtypes))}.")
         self.dtype = next(iter(dtypes))
         self.num_matvecs = 0
-        self.cache = bool(cache)
+        if cache not in (True, False, "auto"):
+            raise ValueError(f"cache must be True, False or 'auto', got {cache!r}.")
+        self.cache = cache
         self._graph_cache: tuple[list[int], list] | None = None
+        self._cache_budget = cache_budget_bytes(self.device) if cache == "auto" else None
+        self._cache_gave_up = False  # "auto": the graphs did not fit the budget
         self.distributed = _process_group_active() if distributed is None else bool(distributed)
         if self.distributed and not _process_group_active():
             raise ValueError("distributed=True but no torch.distributed process group is initialized: "
@@ -204,21 +208,48 @@ class HessianOperator:
     def _versions(self) -> list[int]:
         return [p._version for p in self.params]
 
+    def _buffer_versions(self) -> list[int]:
+        return [b._version for b in self.model.buffers()]
+
     def _gradient_graphs(self):
-        """Yield ``(live, g_live, n)`` per batch, from the cache when ``cache=True`` (rebuilt if
-        any parameter changed since) or freshly computed."""
-        if self.cache:
-            if self._graph_cache is None or self._graph_cache[0] != self._versions():
-                self._graph_cache = None  # free the old graphs before building new ones
-                with evaluation_mode(self.model, self.mode), _double_backward_safe(self.model, self.device):
-                    graphs = [(*self._first_backward(x, y, n, i), n)
-                              for i, (x, y, n) in enumerate(self._batches())]
-                self._graph_cache = (self._versions(), graphs)
-            yield from self._graph_cache[1]
+        """Yield ``(live, g_live, n, kept)`` per batch: from the cache when there is a valid one,
+        else freshly computed; ``kept`` says the graph must survive this product. ``cache=True``
+        keeps every graph; ``"auto"`` keeps them while the tensors they save fit the budget, and
+        gives up (for good) the first time they do not."""
+        valid = self._graph_cache is not None and self._graph_cache[0] == self._versions()
+        if valid:
+            yield from ((*g, True) for g in self._graph_cache[1])
             return
+        self._graph_cache = None  # free old graphs (parameters changed) before building new ones
+        keep = self.cache is True or (self.cache == "auto" and not self._cache_gave_up)
+        kept, saved = [], _SavedBytes()
+        saved.exclude(self.params)
         with evaluation_mode(self.model, self.mode), _double_backward_safe(self.model, self.device):
             for i, (inputs, targets, n) in enumerate(self._batches()):
-                yield (*self._first_backward(inputs, targets, n, i), n)
+                if keep:
+                    buffers = self._buffer_versions()
+                    with saved:
+                        live, g_live = self._first_backward(inputs, targets, n, i)
+                    if self._buffer_versions() != buffers:
+                        # The forward changes buffers in place (BatchNorm in train mode): the next
+                        # batch's forward would invalidate this graph.
+                        if self.cache is True:
+                            raise ValueError(
+                                "cache=True cannot keep the gradient graphs of a model whose forward "
+                                "changes its buffers in place (BatchNorm running statistics in "
+                                "mode='train'); use cache='auto' or cache=False.")
+                        keep, kept = False, []
+                        self._cache_gave_up = True
+                    elif self.cache == "auto" and saved.total > self._cache_budget:
+                        keep, kept = False, []
+                        self._cache_gave_up = True
+                else:
+                    live, g_live = self._first_backward(inputs, targets, n, i)
+                if keep:
+                    kept.append((live, g_live, n))
+                yield live, g_live, n, keep
+        if keep:
+            self._graph_cache = (self._versions(), kept)
 
     def _hvp_block(self, block: torch.Tensor) -> torch.Tensor:
         """``block`` is (k, num_params) in the parameters' dtype; returns H @ block.T as (k, n)."""
@@ -226,14 +257,14 @@ class HessianOperator:
         pieces = [piece.reshape(k, *s) for piece, s in zip(torch.split(block, self.numels, dim=1), self.shapes)]
         out = torch.zeros(k, self.num_params, device=self.device, dtype=self.dtype)
         count = 0
-        for live, g_live, n in self._gradient_graphs():
+        for live, g_live, n, kept in self._gradient_graphs():
             count += n
             if not live:  # loss is at most linear in every parameter: zero curvature
                 continue
             # One forward and first backward serve every column of the block.
             for c in range(k):
                 hv = torch.autograd.grad(g_live, self.params, [pieces[j][c] for j in live],
-                                         retain_graph=self.cache or c < k - 1, allow_unused=True,
+                                         retain_graph=kept or c < k - 1, allow_unused=True,
                                          materialize_grads=True)
                 out[c] += torch.cat([h.reshape(-1) for h in hv])
         if count != self._local_samples:
@@ -269,8 +300,13 @@ class HessianOperator:
         result = result.reshape(x.shape)
         return result.numpy() if as_numpy else result
 
+    @property
+    def cached(self) -> bool:
+        """Whether the gradient graphs of the current parameters are held (see ``cache``)."""
+        return self._graph_cache is not None and self._graph_cache[0] == self._versions()
+
     def clear_cache(self) -> None:
-        """Free the gradient graphs kept with ``cache=True``."""
+        """Free the gradient graphs kept by ``cache``."""
         self._graph_cache = None
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -311,12 +347,72 @@ class HessianOperator:
                 f"batches={self.num_batches}, mode={self.mode!r}, dtype={self.dtype}, device={self.device})")
 
 
+CACHE_MAX_BYTES = 4 * 2**30
+CACHE_SHARE = 0.25
+
+
+def cache_budget_bytes(device: torch.device) -> int:
+    """How much ``cache="auto"`` may hold: a quarter of the memory available now on ``device``
+    (free GPU memory; the host's MemAvailable), at most 4 GiB."""
+    available = None
+    if device.type == "cuda":
+        try:
+            available = torch.cuda.mem_get_info(device)[0]
+        except RuntimeError:
+            available = None
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        available = int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            available = None
+    if available is None:  # not Linux: stay modest
+        available = 2**30
+    return int(min(CACHE_MAX_BYTES, CACHE_SHARE * available))
+
+
+class _SavedBytes:
+    """Counts the bytes of the distinct tensors autograd saves while active (the memory a kept
+    gradient graph holds), leaving out the parameters' own storage."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[int] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def exclude(self, tensors: list[torch.Tensor]) -> None:
+        self._seen.update(t.untyped_storage().data_ptr() for t in tensors)
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.total += storage.nbytes()
+        # detach(): the packed tensor must not hold its own grad_fn (a cycle autograd cannot free);
+        # autograd re-attaches the graph on unpacking.
+        return t.detach()
+
+    @staticmethod
+    def _unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def __enter__(self) -> _SavedBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+
+
 def _process_group_active() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
-            max_block: int = 16, distributed: bool | None = None, cache: bool = False) -> HessianOperator:
+            max_block: int = 16, distributed: bool | None = None, cache: bool | str = "auto") -> HessianOperator:
     """The exact Hessian of the mean of ``loss_fn`` over every sample in ``data``.
 
     Args:
@@ -330,11 +426,15 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
             initialized), each rank's ``data`` is its shard and the operator is the Hessian of
             the mean loss over all shards, weighted by their sample counts; every rank gets the
             same products.
-        cache: keep every batch's gradient graph between products, so each product costs one
-            second backward pass instead of a forward and two backward passes (about 40% less
-            time) at the price of holding the double-backward graph of all the data in memory.
-            The cache is rebuilt when any parameter is modified in place; ``clear_cache()``
-            frees it. Data must then be the same batches on every pass.
+        cache: keep every batch's gradient graph between products, so each product after the
+            first costs one second backward pass instead of a forward and two backward passes
+            (about 40% less time), at the price of holding the double-backward graph of all the
+            data in memory. ``"auto"`` (default) keeps the graphs while the tensors they save fit
+            in a quarter of the memory available (at most 4 GiB), and otherwise recomputes them
+            for every product; ``True`` always keeps them, ``False`` never. ``op.cached`` says
+            whether they are held. The cache is rebuilt when any parameter is modified in place;
+            ``clear_cache()`` frees it. Kept graphs fix the batches: a DataLoader that augments
+            at random is measured on its first pass.
     """
     return HessianOperator(model, loss_fn, data, mode=mode, max_block=max_block, distributed=distributed,
                            cache=cache)
