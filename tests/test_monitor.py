@@ -43,7 +43,7 @@ def train(with_monitor: bool, steps: int = 60, **monitor_kwargs):
 def test_training_is_bit_for_bit_the_same_with_the_monitor(monkeypatch):
     # Sharpness every 5 steps, and every stall check (every 4 steps) forced to find a stall so the
     # doctor runs (Hessian, probe step, critical-point test) in the middle of training.
-    monkeypatch.setattr(Monitor, "_stalled", lambda self: True)
+    monkeypatch.setattr(Monitor, "_stall_window", lambda self: self.window)
     plain_model, plain_opt, _, plain_rng = train(False)
     model, opt, monitor, rng = train(True, sharpness_every=5, window=8, check_every=4)
     assert len(monitor.record.sharpness) == 12
@@ -147,3 +147,35 @@ def test_bad_input():
         monitor.step(0.1, optimizer="sgd")
     with pytest.raises(ValueError, match="steps"):
         train_monitored(model, F.mse_loss, data, torch.optim.SGD(model.parameters(), lr=0.1), steps=0)
+
+
+def feed(monitor: Monitor, losses) -> None:
+    for value in losses:
+        monitor.step(float(value))
+
+
+def test_noisy_falling_run_is_not_sent_to_the_doctor_and_a_noisy_stall_is(monkeypatch):
+    # Minibatch losses with 20% noise: falling 5% per 60 steps, a point estimate on 60 steps
+    # would call a stall at random; the monitor widens the window instead and stays quiet. A flat
+    # run under the same noise is caught, on a widened window that is passed to the doctor.
+    import numpy as np
+
+    import lossdoctor.training.monitor as monitor_module
+
+    windows = []
+
+    def spy(*args, window, **kwargs):
+        windows.append(window)
+        return real(*args, window=window, **kwargs)
+
+    real = monitor_module.diagnose
+    monkeypatch.setattr(monitor_module, "diagnose", spy)
+    model, data = quadratic(top=50.0)
+    rng = np.random.default_rng(0)
+    t = np.arange(960)
+    falling = Monitor(model, F.mse_loss, data, sharpness_every=0, lr=1e-3)
+    feed(falling, 0.95 ** (t / 60) * (1 + 0.2 * rng.standard_normal(t.size)))
+    assert windows == []
+    flat = Monitor(model, F.mse_loss, data, sharpness_every=0, lr=1e-3)
+    feed(flat, 1 + 0.2 * rng.standard_normal(t.size))
+    assert windows and max(windows) > flat.window

@@ -12,7 +12,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lossdoctor.analysis.stall import CAUSES, Diagnosis, diagnose, newton_step_length, read_history
+from lossdoctor.analysis.stall import (
+    CAUSES,
+    STALL_REL,
+    Diagnosis,
+    _trend,
+    diagnose,
+    newton_step_length,
+    read_history,
+    stall_test,
+    stall_threshold,
+)
 from lossdoctor.curvature import hessian
 from lossdoctor.studies.flat_surface import blobs, confidently_wrong, softmax_mse
 from lossdoctor.zoo.lecture import lecture_saddle
@@ -231,3 +241,56 @@ def test_result_is_json_and_names_a_known_cause():
     assert isinstance(d, Diagnosis) and d.cause == "oscillation" and d.cause in CAUSES
     payload = json.loads(json.dumps(d.to_dict()))
     assert payload["cause"] == d.cause and payload["max_stable_lr"] == pytest.approx(2 / lam, rel=1e-6)
+
+
+def noisy_losses(rng, steps: int, rate: float, sigma: float) -> np.ndarray:
+    """Losses falling by ``rate`` per 60 steps, each multiplied by 1 + sigma·N(0, 1) (minibatch noise)."""
+    t = np.arange(steps)
+    return (1 - rate) ** (t / 60) * (1 + sigma * rng.standard_normal(steps))
+
+
+def test_stall_test_is_calibrated_against_minibatch_noise():
+    rng = np.random.default_rng(0)
+    draws = 400
+    # Exact losses: the verdict is certain either way.
+    assert stall_test(np.ones(60)) is True
+    assert stall_test(noisy_losses(rng, 60, 0.05, 0.0)) is False
+    # A run still falling 5% per 60 steps under 20% noise: the point estimate calls a stall at
+    # random (about 40% of windows), the test almost never, and a long window says "falling".
+    falling = [noisy_losses(rng, 60, 0.05, 0.2) for _ in range(draws)]
+    point = np.mean([_trend(w, 60)[0] < STALL_REL for w in falling])
+    tested = [stall_test(w) for w in falling]
+    assert point > 0.25
+    assert np.mean([t is True for t in tested]) < 0.02
+    assert np.mean([t is None for t in tested]) > 0.9
+    assert np.mean([stall_test(noisy_losses(rng, 480, 0.05, 0.2)) is False for _ in range(draws)]) > 0.9
+    # A flat run under the same noise: open on 60 steps, caught on 480.
+    assert np.mean([stall_test(noisy_losses(rng, 480, 0.0, 0.2)) is True for _ in range(draws)]) > 0.95
+    # The threshold is a rate: 2% per 60 steps, compounding.
+    assert stall_threshold(30) == stall_threshold(60) == STALL_REL
+    assert stall_threshold(240) == pytest.approx(1 - (1 - STALL_REL) ** 4)
+
+
+def test_sgd_noise_floor_is_oscillation_on_noise_not_a_plateau():
+    # Near the optimum, stable steps (lr·λ_max = 0.2), the loss flat under noise and the
+    # minibatch gradients 4x the full-data one: SGD bounces on its own noise. The cure is a
+    # smaller (decaying) lr or a larger batch, not the larger lr a flat surface would want.
+    model, data, lam, _ = least_squares(seed=5)
+    x, y = data
+    with torch.no_grad():
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.reshape(1, -1) + 0.3)
+    loss = F.mse_loss(model(x), y)
+    g = float(torch.linalg.vector_norm(torch.autograd.grad(loss, model.weight)[0]))
+    rng = np.random.default_rng(0)
+    history = {"losses": loss.item() * (1 + 0.2 * rng.standard_normal(60)),
+               "grad_norms": 4 * g * (1 + 0.1 * rng.standard_normal(60)),
+               "grad_cosines": 0.2 + 0.05 * rng.standard_normal(60)}
+    opt = torch.optim.SGD(model.parameters(), lr=0.2 / lam, momentum=0.9)
+    d = diagnose(model, F.mse_loss, data, history=history, optimizer=opt)
+    assert d.cause == "oscillation" and d.stalled
+    assert any("noise makes up" in e for e in d.evidence)
+    assert any("decay the learning rate" in p for p in d.prescriptions)
+    assert not any("raised" in p for p in d.prescriptions)
+    # The same flat loss with minibatch gradients as long as the full one: no noise to blame.
+    history["grad_norms"] = g * (1 + 0.1 * rng.standard_normal(60))
+    assert diagnose(model, F.mse_loss, data, history=history, optimizer=opt).cause == "flat_plateau"

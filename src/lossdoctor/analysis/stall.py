@@ -49,7 +49,7 @@ WINDOW = 60
 # Thresholds, tuned on the validation study's tuning seeds only (studies/doctor_validation.py),
 # then checked on seeds the tuning never saw.
 DIVERGE_GROWTH = 1.5  # loss at the window's end / its start above this: diverging
-STALL_REL = 0.02  # relative loss drop over the window below this: stalled
+STALL_REL = 0.02  # relative loss drop over WINDOW steps (or fewer) below this: stalled
 OVERSHOOT = 0.5  # S / threshold above this: each step crosses the valley floor (lr·λ > 1 for GD)
 COS_OSC = -0.2  # successive gradients point against each other
 EFFICIENCY_OSC = 0.5  # realised loss drop / first-order prediction below this
@@ -61,6 +61,10 @@ SADDLE_GAIN = 0.05  # a saddle whose escape gains less than this fraction of the
 CLASSIFY_MATVECS = 80  # budget of the critical-point test's Lanczos (a negative Ritz value certifies a saddle)
 NEWTON_STEPS = 20  # Lanczos steps from the gradient for the Newton-step length
 NEWTON_FLOOR = 1e-6  # curvatures below this fraction of λ_max are taken as flat (left out)
+STALL_Z = 2.0  # standard errors the minibatch-noise-aware stall test wants before it decides
+# Gradient noise dominates the step when the minibatch gradient's mean squared norm exceeds the
+# full-data gradient's by this factor (E||g_B||² = ||g||² + tr Σ / B: noise variance > signal).
+NOISE_DOMINATES = 2.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,45 @@ def _trend(losses: np.ndarray, window: int) -> tuple[float, float, float, float]
     steps_between = max(len(w) - third, 1)
     return (start - end) / scale, end / start if start > 0 else (math.inf if end > start else 1.0), \
         start, (start - end) / steps_between
+
+
+
+def stall_threshold(steps: int) -> float:
+    """The relative loss drop below which ``steps`` steps count as stalled: ``STALL_REL`` per
+    ``WINDOW`` steps, compounding over longer windows (a drop rate, not a total)."""
+    return STALL_REL if steps <= WINDOW else 1 - (1 - STALL_REL) ** (steps / WINDOW)
+
+
+def stall_test(losses: Sequence[float], *, threshold: float | None = None, z: float = STALL_Z) -> bool | None:
+    """Has the loss stopped falling over these steps, beyond doubt from minibatch noise?
+
+    The relative drop is read as in :func:`diagnose` (medians of the first and last thirds).
+    Its standard error comes from the noise of the losses themselves: for iid noise of size σ
+    around a smooth trend, the second differences have median absolute value 1.652·σ (a linear
+    trend cancels in them), and the median of n values has standard error √(π/2)·σ/√n.
+
+    Returns True when the drop is below ``threshold`` (default :func:`stall_threshold` of the
+    number of losses) by ``z`` standard errors (stalled), False
+    when above it by ``z`` (progressing), and None when the noise leaves it open: a longer window
+    will tell. A run at SGD's noise floor that still falls slowly reads as None on a short window
+    where a point estimate would call a stall at random.
+    """
+    w = np.asarray(losses, dtype=np.float64)
+    if w.size < 2 * MIN_STEPS:
+        return None
+    if threshold is None:
+        threshold = stall_threshold(w.size)
+    third = w.size // 3
+    start, end = float(np.median(w[:third])), float(np.median(w[-third:]))
+    scale = max(abs(start), 1e-12)
+    sigma = float(np.median(np.abs(np.diff(w, n=2)))) / 1.652
+    se = math.sqrt(math.pi / 2) * sigma * math.sqrt(2 / third) / scale
+    drop = (start - end) / scale
+    if drop + z * se < threshold:
+        return True
+    if drop - z * se > threshold:
+        return False
+    return None
 
 
 # -- the optimizer's step size per coordinate -------------------------------------------------
@@ -384,6 +427,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn, data: Any, *, history: Any, opti
         drop, growth, start_level, per_step = _trend(finite, w)
     else:
         drop, growth, start_level, per_step = -math.inf, math.inf, math.nan, math.nan
+    threshold = stall_threshold(w)
     evidence.append(f"over the last {w} steps the loss went from {fmt(start_level, 5)} to "
                     f"{fmt(float(np.median(finite[-max(1, len(finite) // 3):])) if finite.size else math.nan, 5)} "
                     f"(median of first and last thirds): relative drop {drop:+.2%}")
@@ -480,7 +524,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn, data: Any, *, history: Any, opti
     # 2. Oscillation: steps overshoot the sharpest direction, gradients flip, the loss barely moves.
     overshoot = S is not None and OVERSHOOT * steps.threshold < S
     flipping = cos is not None and cos < COS_OSC
-    wasted = drop < OSC_MAX_DROP and ((eff is not None and eff < EFFICIENCY_OSC) or (eff is None and drop < STALL_REL))
+    wasted = drop < OSC_MAX_DROP and ((eff is not None and eff < EFFICIENCY_OSC) or (eff is None and drop < threshold))
     if overshoot and flipping and wasted:
         rx = []
         if bound:
@@ -494,9 +538,9 @@ def diagnose(model: nn.Module, loss_fn: LossFn, data: Any, *, history: Any, opti
         summary = (f"the gradient is not small (norm {fmt(grad_norm)}) but the loss barely moves "
                    f"(efficiency {eff:.3f}): the parameters bounce across a valley"
                    if eff is not None else "the parameters bounce across a valley")
-        return verdict("oscillation", summary, rx, drop < STALL_REL)
+        return verdict("oscillation", summary, rx, drop < threshold)
 
-    stalled = drop < STALL_REL
+    stalled = drop < threshold
     if not stalled:
         return verdict("progressing", f"the loss fell {drop:.1%} over the last {w} steps: keep training",
                        ["no change needed; diagnose again if the loss stops falling"], False)
@@ -552,9 +596,18 @@ def diagnose(model: nn.Module, loss_fn: LossFn, data: Any, *, history: Any, opti
         return verdict("critical_point", f"the loss is zero ({fmt(loss)}): a global minimum of a nonnegative "
                        "loss; training has converged", ["stop: there is nothing left to fit (check the test loss "
                                                        "for overfitting)"], True, critical)
-    if not flat and not is_critical and flipping and eff is not None and eff < EFFICIENCY_OSC:
+    # Gradient noise: the minibatch gradients of the history are much longer than the full-data one.
+    mb_grad = float(np.nanmedian(hist.grad_norms[-w:])) if hist.grad_norms is not None and \
+        np.isfinite(hist.grad_norms[-w:]).any() else None
+    noisy = mb_grad is not None and bool(grad_norm) and mb_grad ** 2 > NOISE_DOMINATES * grad_norm ** 2
+    if noisy:
+        evidence.append(f"the minibatch gradients (median norm {fmt(mb_grad)}) are {mb_grad / grad_norm:.2g}x as long as "
+                        f"the full-data gradient ({fmt(grad_norm)}): noise makes up "
+                        f"{1 - (grad_norm / mb_grad) ** 2:.0%} of their squared norm")
+    if not flat and not is_critical and (flipping or noisy) and eff is not None and eff < EFFICIENCY_OSC:
         # The gradient is not zero and the steps are stable along the sharpest direction, yet the
-        # loss does not follow the gradient: minibatch noise throws the parameters back and forth.
+        # loss does not follow the gradient: minibatch noise throws the parameters back and forth
+        # (SGD's noise floor). Raising the lr, as a flat surface would want, makes it worse.
         rx = ["decay the learning rate (cosine or step schedule): smaller late steps average the gradient "
               "noise out instead of bouncing on it",
               "or a larger batch (less gradient noise per step)"]

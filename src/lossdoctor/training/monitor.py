@@ -13,8 +13,9 @@ Every step records the loss, the gradient norm, the size of the update and the c
 this step's gradient and the last one (one flat copy of the gradient and of the parameters, no
 extra forward or backward pass). Every ``sharpness_every`` steps a few warm-started power
 iterations of Hessian-vector products on a small fixed subset estimate λ_max. Every
-``check_every`` steps the last ``window`` losses are checked for a stall (the loss stopped falling,
-grew, went NaN/Inf, or successive gradients point against each other); a stall runs
+``check_every`` steps the recent losses are checked for a stall (the loss stopped falling beyond
+doubt from minibatch noise, grew, went NaN/Inf, or successive gradients point against each
+other; a window the noise leaves open is widened, up to 8x ``window``); a stall runs
 :func:`lossdoctor.diagnose`, logs its verdict (logger ``lossdoctor.monitor``) and passes it to
 ``callback``. Nothing the monitor does changes training: parameters, gradients, modes and every
 RNG are as the training loop left them.
@@ -34,7 +35,7 @@ import torch
 from torch import nn
 
 from .._results import ResultMixin, fmt
-from ..analysis.stall import DIVERGE_GROWTH, STALL_REL, WINDOW, Diagnosis, _trend, diagnose
+from ..analysis.stall import DIVERGE_GROWTH, WINDOW, Diagnosis, _trend, diagnose, stall_test
 from ..curvature import hessian
 from ..curvature.operator import LossFn
 from ..data import batch_size, is_single_batch, iter_batches
@@ -52,6 +53,9 @@ SHARPNESS_SAMPLES = 128
 COS_TRIGGER = -0.5
 MAX_BACKOFF = 16
 DIAGNOSE_SAMPLES = 2048
+# A stall test the minibatch noise leaves open is retried on windows 2x, 4x, ... this many times
+# the base window before the monitor waits for more steps.
+MAX_STALL_WINDOWS = 8
 
 
 @dataclass(frozen=True)
@@ -226,25 +230,44 @@ class Monitor:
         return lam
 
     # -- stalls --------------------------------------------------------------------------------
-    def _stalled(self) -> bool:
-        losses = np.asarray(self._losses[-self.window:], dtype=np.float64)
-        if not np.all(np.isfinite(losses)):
-            return True
-        drop, growth, _, _ = _trend(losses, self.window)
+    def _stall_window(self) -> int | None:
+        """The number of recent steps over which the loss has stalled, or None when it has not.
+
+        NaN/Inf, a growing loss or flipping gradients are read off the base window. A flat loss
+        must be beyond doubt from the minibatch noise (:func:`stall_test`): a noisy window that
+        leaves it open is widened (2x, 4x, ... up to ``MAX_STALL_WINDOWS`` times; the threshold
+        is a drop rate, :func:`stall_threshold`), so a run that still falls under noise is not sent to the (costly)
+        doctor on a random dip, and a noisy run that has stopped falling is still caught.
+        """
+        losses = self._losses
+        recent = np.asarray(losses[-self.window:], dtype=np.float64)
+        if not np.all(np.isfinite(recent)):
+            return self.window
+        _, growth, _, _ = _trend(recent, self.window)
         cos = np.asarray(self._cosines[-self.window:], dtype=np.float64)
         cos_mean = float(np.nanmean(cos)) if np.isfinite(cos).any() else 0.0
-        return drop < STALL_REL or growth > DIVERGE_GROWTH or cos_mean < COS_TRIGGER
+        if growth > DIVERGE_GROWTH or cos_mean < COS_TRIGGER:
+            return self.window
+        k = 1
+        while k <= MAX_STALL_WINDOWS and k * self.window <= len(losses):
+            stalled = stall_test(losses[-k * self.window:])
+            if stalled is not None:
+                return k * self.window if stalled else None
+            k *= 2
+        return None
 
     def _check(self, optimizer: torch.optim.Optimizer | None, force: bool = False) -> Diagnosis | None:
         self._next_check = self._count + self.check_every
-        if not force and not self._stalled():
+        window = self.window if force else self._stall_window()
+        if window is None:
             self._backoff, self._last_cause = 1, None
             return None
-        history = self.record.window(self.window)
         kwargs = dict(self.diagnose_kwargs)
         if optimizer is None and self.lr is not None:
             kwargs.setdefault("lr", self.lr)
-        result = diagnose(self.model, self.loss_fn, self._doctor_data, history=history, optimizer=optimizer, **kwargs)
+        kwargs.setdefault("window", window)
+        result = diagnose(self.model, self.loss_fn, self._doctor_data, history=self.record.window(window),
+                          optimizer=optimizer, **kwargs)
         result = dataclasses.replace(result, step=self._count)
         if not math.isfinite(self._losses[-1]):
             self._nonfinite_reported = True
