@@ -8,6 +8,11 @@ over MNIST-1D (4,000 samples), once without and once with a Monitor at its defau
 (cheap signals every step, sharpness every 500 steps on 128 samples, a stall check every 30
 steps, the doctor when a stall is seen). Runs alternate (plain, monitored, plain, ...).
 
+The doctor runs only at a stall, where training has stopped paying anyway, and costs seconds
+(Lanczos on up to 2,048 samples). The table therefore splits the monitored time: the overhead of
+monitoring itself (signals, sharpness, stall checks), and the doctor's calls, their count,
+seconds each and verdicts, with the overhead they add on top.
+
 A shared VM can lose most of its wall time to the host's stalls (tenths of a second at random),
 far more than the few percent measured here. So every run is timed in chunks of ``--chunk``
 steps; since every repeat does the same work chunk for chunk (same seed, same batches, the same
@@ -19,24 +24,38 @@ the plain median steps/s for reference); the overhead is the ratio of the two su
 from __future__ import annotations
 
 import argparse
+import logging
 import statistics
 import time
+from collections import Counter
 
 import torch
 
+import lossdoctor.training.monitor as monitor_module
 from lossdoctor.training.monitor import Monitor
 from lossdoctor.zoo import build
 
+_real_diagnose = monitor_module.diagnose
+_doctor = {"seconds": 0.0, "causes": Counter()}
 
-def train(name: str, steps: int, batch_size: int, monitored: bool, chunk: int) -> tuple[list[float], int]:
-    """Seconds per chunk of ``chunk`` steps, and how many diagnoses the monitor made."""
+
+def timed_diagnose(*args, **kwargs):
+    start = time.perf_counter()
+    result = _real_diagnose(*args, **kwargs)
+    _doctor["seconds"] += time.perf_counter() - start
+    _doctor["causes"][result.cause] += 1
+    return result
+
+
+def train(name: str, steps: int, batch_size: int, monitored: bool, chunk: int) -> tuple[list[float], list[float]]:
+    """Seconds per chunk of ``chunk`` steps, and the doctor's seconds within each chunk."""
     problem = build(name, batch_size=batch_size, seed=0)
     model, loss_fn, data = problem.model, problem.loss_fn, problem.train_data
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     monitor = Monitor(model, loss_fn, data) if monitored else None
     done = 0
-    chunks = []
-    start = time.perf_counter()
+    chunks, doctor = [], []
+    start, doctor_start = time.perf_counter(), _doctor["seconds"]
     while done < steps:
         for x, y in data:
             opt.zero_grad(set_to_none=True)
@@ -51,10 +70,11 @@ def train(name: str, steps: int, batch_size: int, monitored: bool, chunk: int) -
             if done % chunk == 0 or done >= steps:
                 now = time.perf_counter()
                 chunks.append(now - start)
-                start = now
+                doctor.append(_doctor["seconds"] - doctor_start)
+                start, doctor_start = now, _doctor["seconds"]
             if done >= steps:
                 break
-    return chunks, len(monitor.diagnoses) if monitor else 0
+    return chunks, doctor
 
 
 def main() -> None:
@@ -69,22 +89,30 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, batch {args.batch_size}, "
           f"{args.repeats} repeats, chunks of {args.chunk} steps")
-    print(f"{'problem':14s} {'plain ms/step':>14s} {'monitored ms/step':>18s} {'overhead':>9s} "
-          f"{'(medians)':>10s} {'diagnoses':>9s}")
+    print(f"{'problem':14s} {'plain ms/step':>13s} {'monitored':>10s} {'overhead':>9s} {'(medians)':>10s} "
+          f"{'doctor calls/run':>16s} {'s/call':>7s} {'with doctor':>12s}  verdicts")
+    monitor_module.diagnose = timed_diagnose
+    logging.getLogger("lossdoctor.monitor").setLevel(logging.ERROR)  # the verdicts are counted below
     for name in args.problems.split(","):
         train(name, 20, args.batch_size, True, args.chunk)  # warm-up: imports, caches, first allocations
-        plain, monitored, diagnoses = [], [], 0
+        _doctor["seconds"], _doctor["causes"] = 0.0, Counter()
+        plain, monitored, doctor = [], [], []
         for _ in range(args.repeats):
             plain.append(train(name, args.steps, args.batch_size, False, args.chunk)[0])
-            chunks, diagnoses = train(name, args.steps, args.batch_size, True, args.chunk)
-            monitored.append(chunks)
+            chunks, in_doctor = train(name, args.steps, args.batch_size, True, args.chunk)
+            monitored.append([c - d for c, d in zip(chunks, in_doctor)])
+            doctor.append(sum(in_doctor))
         # The undisturbed time of each chunk is its fastest repeat.
         p = sum(min(c) for c in zip(*plain))
         m = sum(min(c) for c in zip(*monitored))
         pm = statistics.median(sum(r) for r in plain)
         mm = statistics.median(sum(r) for r in monitored)
-        print(f"{name:14s} {1e3 * p / args.steps:14.3f} {1e3 * m / args.steps:18.3f} {100 * (m / p - 1):8.1f}% "
-              f"{100 * (mm / pm - 1):9.1f}% {diagnoses:9d}")
+        calls = sum(_doctor["causes"].values()) / args.repeats
+        per_call = min(doctor) / calls if calls else 0.0
+        verdicts = ", ".join(f"{k} {v // args.repeats}" for k, v in sorted(_doctor["causes"].items())) or "-"
+        print(f"{name:14s} {1e3 * p / args.steps:13.3f} {1e3 * m / args.steps:10.3f} {100 * (m / p - 1):8.1f}% "
+              f"{100 * (mm / pm - 1):9.1f}% {calls:16.1f} {per_call:7.2f} {100 * ((m + min(doctor)) / p - 1):11.1f}%  "
+              f"{verdicts}")
 
 
 if __name__ == "__main__":
