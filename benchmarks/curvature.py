@@ -486,9 +486,10 @@ class Options:
     budget: int = 600         # matvecs one accurate eigen attempt may use
     ladder_budget: int = 1500  # matvecs all accurate attempts for one k may use together
     eigen_repeats: int = 3    # timed runs of the setting that reached 1e-6 (the fastest is reported)
+    batch_repeats: int = 30   # one-batch gradient / HVP pairs (the ratio of their minima is reported)
 
 
-QUICK = Options(repeats=3, block=8, budget=200, ladder_budget=400, eigen_repeats=2)
+QUICK = Options(repeats=3, block=8, budget=200, ladder_budget=400, eigen_repeats=2, batch_repeats=15)
 
 
 def measure_hvp_ratio(runner: Runner, opts: Options) -> dict[str, Any]:
@@ -514,6 +515,30 @@ def measure_hvp_ratio(runner: Runner, opts: Options) -> dict[str, Any]:
         out["block_hvp_per_vector_s"] = blocks
         out["block_hvp_over_gradient"] = statistics.median(blocks) / out["gradient_median_s"]
     return out
+
+
+def measure_batch_hvp_ratio(name: str, model: nn.Module, data: list, opts: Options) -> dict[str, Any]:
+    """HVP / gradient on one batch, from the fastest of many interleaved repeats.
+
+    A full-data product takes tenths of a second, long enough that most runs on a shared VM
+    catch a stall (a busy loop here loses about half its wall time to them), so full-data
+    medians swing 0.5x-20x. One batch takes tens of milliseconds: among many repeats some run
+    undisturbed, and the ratio of the two minima is the cost ratio itself. The library's
+    operator is built on that one batch the way it is built on the whole data.
+    """
+    batch = data[:1]
+    runner = RUNNERS[name](model, batch, opts.budget)
+    runner.setup()
+    gen = torch.Generator().manual_seed(2)
+    v = torch.randn(runner.n, generator=gen)
+    full_gradient(model, batch, runner.params)
+    runner.hvp(v)
+    grads, hvps = [], []
+    for _ in range(opts.batch_repeats):
+        grads.append(timed(full_gradient, model, batch, runner.params)[0])
+        hvps.append(timed(runner.hvp, v)[0])
+    return {"batch_size": len(batch[0][1]), "gradient_s": grads, "hvp_s": hvps,
+            "gradient_min_s": min(grads), "hvp_min_s": min(hvps), "hvp_over_gradient": min(hvps) / min(grads)}
 
 
 def eigen_attempt(runner: Runner, k: int, label: str, settings: dict[str, Any],
@@ -574,6 +599,7 @@ def run_library(name: str, case: Case, weights: Path, reference: dict[str, Any],
 
     result["setup_s"] = step("setup", lambda: timed(runner.setup)[0])
     result["hvp"] = step("hvp_ratio", lambda: measure_hvp_ratio(runner, opts))
+    result["hvp_batch"] = step("hvp_batch_ratio", lambda: measure_batch_hvp_ratio(name, model, data, opts))
     for k in (1, 5):
         result[f"top{k}"] = step(f"top{k}", lambda k=k: eigen_block(runner, k, ref_values[:k], opts))
     if hasattr(runner, "search_matvecs"):
@@ -739,6 +765,14 @@ def at_target(res: dict[str, Any], k: int) -> dict[str, Any] | None:
     return res.get(f"top{k}", {}).get("at_target")
 
 
+def hvp_ratio(result: dict[str, Any]) -> float:
+    """HVP / gradient: the one-batch ratio of minima where measured (stall-proof), else the
+    full-data median (results saved before the one-batch measurement existed)."""
+    if "hvp_batch" in result:
+        return result["hvp_batch"]["hvp_over_gradient"]
+    return result["hvp"]["hvp_over_gradient"]
+
+
 def summary_ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
     """The ratios issue 2 states its floors in."""
     ok = {r["library"]: r for r in results if "error" not in r}
@@ -761,11 +795,10 @@ def summary_ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
             "ours_s": ours5["seconds"] + ours["setup_s"], "fastest": fastest_ws,
             "fastest_s": with_setup[fastest_ws],
             "ratio": (ours5["seconds"] + ours["setup_s"]) / with_setup[fastest_ws], "floor": 0.5}
-    ratios["hvp_over_gradient"] = {"ours": ours["hvp"]["hvp_over_gradient"],
-                                   "ours_min": ours["hvp"]["hvp_over_gradient_min"], "floor": 2.5}
+    ratios["hvp_over_gradient"] = {"ours": hvp_ratio(ours), "ours_full_data_median": ours["hvp"]["hvp_over_gradient"],
+                                   "theirs": {n: hvp_ratio(r) for n, r in theirs.items()}, "floor": 2.5}
     if "lossdoctor-nocache" in ok:
-        ratios["hvp_over_gradient_nocache"] = {"ours": ok["lossdoctor-nocache"]["hvp"]["hvp_over_gradient"],
-                                               "floor": 2.5}
+        ratios["hvp_over_gradient_nocache"] = {"ours": hvp_ratio(ok["lossdoctor-nocache"]), "floor": 2.5}
     if theirs:
         ratios["peak_rss_vs_theirs"] = {
             "ours_mb": ours["peak_rss_mb"], "ours_increase_mb": ours["rss_increase_mb"],
@@ -792,11 +825,12 @@ def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[
                      fmt_e(r["top5"]["typical"]["max_rel_error"]),
                      fmt_s(t5["seconds"]) if t5 else "not reached",
                      str(t5["matvecs"]) if t5 else "-", fmt_e(t5["max_rel_error"]) if t5 else "-",
-                     fmt_s(r["trace"]["seconds"]), f"{r['hvp']['hvp_over_gradient']:.2f}",
+                     fmt_s(r["trace"]["seconds"]), f"{hvp_ratio(r):.2f}",
                      f"{r['peak_rss_mb']:.0f}", f"{r['rss_increase_mb']:.0f}"])
     parts.append("Summary (times in seconds, memory in MB; 'typ' = the library's typical settings, "
                  "'@1e-6' = cheapest setting reaching relative error <= 1e-6, fastest of its "
-                 f"{meta['options']['eigen_repeats']} timed runs)")
+                 f"{meta['options']['eigen_repeats']} timed runs; HVP/grad on one batch, "
+                 "fastest of many interleaved repeats)")
     parts.append(table(["library", "setup", "top1 typ", "top5 typ", "err typ", "top5 @1e-6",
                         "matvecs", "err", "trace99", "HVP/grad", "peak RSS", "+RSS"], rows))
     for r in results:
@@ -818,17 +852,21 @@ def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[
 
     rows = []
     for r in ok:
-        h, t = r["hvp"], r["trace"]
-        rows.append([r["library"], f"{1e3 * h['gradient_median_s']:.0f}", f"{1e3 * h['hvp_median_s']:.0f}",
-                     f"{h['hvp_over_gradient']:.2f}", f"{h['hvp_over_gradient_min']:.2f}",
+        h, t, b = r["hvp"], r["trace"], r.get("hvp_batch")
+        rows.append([r["library"],
+                     f"{1e3 * b['gradient_min_s']:.1f}" if b else "-", f"{1e3 * b['hvp_min_s']:.1f}" if b else "-",
+                     f"{b['hvp_over_gradient']:.2f}" if b else "-",
+                     f"{1e3 * h['gradient_median_s']:.0f}", f"{1e3 * h['hvp_median_s']:.0f}",
+                     f"{h['hvp_over_gradient']:.2f}",
                      f"{h['block_hvp_over_gradient']:.2f}" if "block_hvp_over_gradient" in h else "-",
                      t["method"], fmt_s(t["seconds"]), str(t["matvecs"]),
                      f"{t['estimate']:.5g}" + (f" +/- {t['standard_error']:.2g}" if t["standard_error"] else ""),
                      f"{100 * t['rel_distance']:.2f}%", f"{t['z']:.1f}" if t["z"] is not None else "-",
                      f"{r['rss_after_load_mb']:.0f}"])
-    parts += ["", "HVP cost, trace and memory (medians of interleaved repeats; grad = plain PyTorch "
-              "full-data gradient)",
-              table(["library", "grad ms", "HVP ms", "HVP/grad", "(min)", "block/grad", "trace",
+    parts += ["", "HVP cost, trace and memory (grad = plain PyTorch gradient; 1-batch: minima of many "
+              "interleaved repeats on one batch; full: medians over all the data, stall-prone)",
+              table(["library", "1-batch grad ms", "HVP ms", "HVP/grad", "full grad ms", "HVP ms", "HVP/grad",
+                     "block/grad", "trace",
                      "s", "matvecs", "estimate", "|est-ref|", "z", "RSS loaded"], rows)]
 
     ratios = meta.get("ratios", {})
@@ -844,10 +882,11 @@ def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[
     else:
         parts.append("  top-5 time ratio: not available (a library missing or no run reached 1e-6)")
     if "hvp_over_gradient" in ratios:
-        h = ratios["hvp_over_gradient"]["ours"]
-        hm = ratios["hvp_over_gradient"]["ours_min"]
-        parts.append(f"  HVP / gradient, ours: {h:.2f} median, {hm:.2f} fastest runs  "
-                     f"(floor <= 2.5: {'met' if h <= 2.5 else 'NOT met'})")
+        hr = ratios["hvp_over_gradient"]
+        h = hr["ours"]
+        theirs = ", ".join(f"{n} {v:.2f}" for n, v in hr["theirs"].items())
+        parts.append(f"  HVP / gradient, ours: {h:.2f} (full-data median {hr['ours_full_data_median']:.2f}); "
+                     f"theirs: {theirs}  (floor <= 2.5: {'met' if h <= 2.5 else 'NOT met'})")
     if "hvp_over_gradient_nocache" in ratios:
         h = ratios["hvp_over_gradient_nocache"]["ours"]
         parts.append(f"  HVP / gradient, ours with cache=False: {h:.2f}  "
