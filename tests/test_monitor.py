@@ -58,7 +58,7 @@ def test_training_is_bit_for_bit_the_same_with_the_monitor(monkeypatch):
 def test_record_signals_match_a_hand_computation():
     model, batches = problem(1)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    monitor = Monitor(model, F.cross_entropy, batches, sharpness_every=0)
+    monitor = Monitor(model, F.cross_entropy, batches, sharpness_every=0, signals_every=1)
     model.eval()  # no dropout: the hand computation below repeats the same gradients
     grads, thetas, losses = [], [], []
     for x, y in batches * 2:
@@ -134,6 +134,8 @@ def test_bad_input():
     model, data = quadratic()
     with pytest.raises(ValueError, match="window"):
         Monitor(model, F.mse_loss, data, window=2)
+    with pytest.raises(ValueError, match="signals_every"):
+        Monitor(model, F.mse_loss, data, signals_every=0)
     with pytest.raises(ValueError, match="sharpness_every"):
         Monitor(model, F.mse_loss, data, sharpness_every=-1)
     with pytest.raises(TypeError, match="callback"):
@@ -179,3 +181,43 @@ def test_noisy_falling_run_is_not_sent_to_the_doctor_and_a_noisy_stall_is(monkey
     flat = Monitor(model, F.mse_loss, data, sharpness_every=0, lr=1e-3)
     feed(flat, 1 + 0.2 * rng.standard_normal(t.size))
     assert windows and max(windows) > flat.window
+
+
+def test_signals_are_spaced_to_fit_the_budget_and_exact_where_taken(monkeypatch):
+    # A tiny model trains in microseconds: the signals are taken on pairs of steps (NaN between)
+    # and are exact on those pairs. A slow training step (here made slow by sleeping) gets them
+    # every step.
+    import time
+
+    import lossdoctor.training.monitor as monitor_module
+
+    def run(pause: float):
+        model, batches = problem(1)
+        model.eval()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor = Monitor(model, F.cross_entropy, batches, sharpness_every=0)
+        grads, thetas = [], []
+        for x, y in batches * 40:
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            time.sleep(pause)
+            monitor.step(0.5, opt)
+            grads.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]).clone())
+            thetas.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone())
+        return monitor.record, grads, thetas
+
+    monkeypatch.setattr(monitor_module, "SIGNAL_BUDGET", 0.01)
+    rec, grads, thetas = run(0.0)
+    taken = [i for i, g in enumerate(rec.grad_norms) if math.isfinite(g)]
+    assert 2 < len(taken) < 60 and taken[:2] == [0, 1]
+    for i in taken:
+        assert rec.grad_norms[i] == pytest.approx(float(grads[i].norm()), rel=1e-5)
+        if i > 0:
+            cos = float(grads[i] @ grads[i - 1] / (grads[i].norm() * grads[i - 1].norm()))
+            assert rec.grad_cosines[i] == pytest.approx(cos, abs=1e-5)
+            assert rec.update_norms[i] == pytest.approx(float((thetas[i] - thetas[i - 1]).norm()), rel=1e-4)
+    assert sum(math.isfinite(c) for c in rec.grad_cosines) == len(taken) - 1
+    monkeypatch.setattr(monitor_module, "SIGNAL_BUDGET", 0.5)
+    rec, _, _ = run(0.005)
+    assert all(math.isfinite(g) for g in rec.grad_norms)

@@ -431,7 +431,7 @@ def diagnose(model: nn.Module, loss_fn: LossFn, data: Any, *, history: Any, opti
     evidence.append(f"over the last {w} steps the loss went from {fmt(start_level, 5)} to "
                     f"{fmt(float(np.median(finite[-max(1, len(finite) // 3):])) if finite.size else math.nan, 5)} "
                     f"(median of first and last thirds): relative drop {drop:+.2%}")
-    if hist.grad_norms is not None:
+    if hist.grad_norms is not None and np.isfinite(hist.grad_norms[-w:]).any():
         g_recent = hist.grad_norms[-w:]
         evidence.append(f"minibatch gradient norm over the window: median {fmt(float(np.nanmedian(g_recent)))}")
 
@@ -516,7 +516,8 @@ def diagnose(model: nn.Module, loss_fn: LossFn, data: Any, *, history: Any, opti
             rx.append("lower the learning rate at least 10x")
         rx.append("warm the learning rate up from a small value (lossdoctor.warmup) so early, sharp "
                   "regions are crossed with small steps")
-        gclip = float(np.nanmedian(hist.grad_norms[-w:])) if hist.grad_norms is not None else None
+        gclip = float(np.nanmedian(hist.grad_norms[-w:])) if hist.grad_norms is not None and \
+            np.isfinite(hist.grad_norms[-w:]).any() else None
         rx.append("clip gradients: torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm="
                   f"{fmt(gclip) if gclip and math.isfinite(gclip) else '1.0'})")
         return verdict("diverging", what, rx, True)

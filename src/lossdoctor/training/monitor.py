@@ -1,5 +1,5 @@
-"""A one-line training monitor: cheap signals every step, sharpness now and then, and the stall
-doctor when the loss stops going down.
+"""A one-line training monitor: cheap signals as it trains, sharpness now and then, and the
+stall doctor when the loss stops going down.
 
     monitor = lossdoctor.Monitor(model, loss_fn, train_data)
     for inputs, targets in loader:
@@ -9,9 +9,11 @@ doctor when the loss stops going down.
         optimizer.step()
         monitor.step(loss, optimizer)
 
-Every step records the loss, the gradient norm, the size of the update and the cosine between
-this step's gradient and the last one (one flat copy of the gradient and of the parameters, no
-extra forward or backward pass). Every ``sharpness_every`` steps a few warm-started power
+Every step records the loss. The gradient norm, the size of the update and the cosine between a
+step's gradient and the one before (one flat copy of the gradient and of the parameters, no
+extra forward or backward pass) are taken every step when that costs under 1.5% of the training
+step, else on pairs of steps spaced to stay under it (``signals_every=1`` forces every step;
+the steps in between hold NaN). Every ``sharpness_every`` steps a few warm-started power
 iterations of Hessian-vector products on a small fixed subset estimate λ_max. Every
 ``check_every`` steps the recent losses are checked for a stall (the loss stopped falling beyond
 doubt from minibatch noise, grew, went NaN/Inf, or successive gradients point against each
@@ -26,6 +28,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +49,12 @@ from .step_signals import StepSignals
 
 logger = logging.getLogger("lossdoctor.monitor")
 
-SHARPNESS_EVERY = 500
+SHARPNESS_EVERY = 1000
+# With signals_every=None the gradient norm, cosine and update size are taken on pairs of steps
+# spaced so that they cost at most this share of the training step (every step on a model large
+# enough; every few steps on a tiny MLP whose whole step is a few hundred microseconds).
+SIGNAL_BUDGET = 0.015
+MAX_SIGNAL_STRIDE = 64
 SHARPNESS_ITERS = 4
 SHARPNESS_SAMPLES = 128
 # Successive minibatch gradients of momentum SGD often point mildly apart; only a strong flip
@@ -60,9 +69,9 @@ MAX_STALL_WINDOWS = 8
 
 @dataclass(frozen=True)
 class MonitorRecord(ResultMixin):
-    """What the monitor saw, one entry per ``monitor.step`` (``update_norms[0]`` and
-    ``grad_cosines[0]`` are NaN: there is no previous step); ``sharpness`` holds
-    ``(step, λ_max estimate)`` pairs."""
+    """What the monitor saw, one entry per ``monitor.step``; ``sharpness`` holds ``(step, λ_max
+    estimate)`` pairs. ``grad_norms``, ``update_norms`` and ``grad_cosines`` are NaN on steps the
+    signals were not taken (see ``Monitor(signals_every=...)``) and the last two on the first."""
 
     steps: list[int]
     losses: list[float]
@@ -79,7 +88,8 @@ class MonitorRecord(ResultMixin):
     def __str__(self) -> str:
         if not self.steps:
             return "monitor: no steps recorded"
-        last = f"loss {fmt(self.losses[-1], 5)}, gradient norm {fmt(self.grad_norms[-1])}"
+        norms = [g for g in self.grad_norms if math.isfinite(g)]
+        last = f"loss {fmt(self.losses[-1], 5)}, gradient norm {fmt(norms[-1] if norms else math.nan)}"
         sharp = f", last sharpness {fmt(self.sharpness[-1][1], 4)}" if self.sharpness else ""
         return f"monitor: {len(self.steps)} steps, {last}{sharp}"
 
@@ -128,7 +138,7 @@ class Monitor:
                  window: int = WINDOW, check_every: int | None = None,
                  callback: Callable[[Diagnosis], None] | None = None, lr: float | None = None,
                  diagnose_samples: int | None = DIAGNOSE_SAMPLES,
-                 diagnose_kwargs: dict[str, Any] | None = None) -> None:
+                 diagnose_kwargs: dict[str, Any] | None = None, signals_every: int | None = None) -> None:
         self.params = [p for _, p in trainable_parameters(model)]
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
@@ -136,9 +146,9 @@ class Monitor:
                                  ("sharpness_iters", sharpness_iters, 1), ("window", window, 4)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-        if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)
-                                        or check_every < 1):
-            raise ValueError(f"check_every must be a positive integer, got {check_every!r}.")
+        for name, value in (("check_every", check_every), ("signals_every", signals_every)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer (or None), got {value!r}.")
         if callback is not None and not callable(callback):
             raise TypeError(f"callback must be callable (it receives a Diagnosis), got {type(callback).__name__}.")
         self.model, self.loss_fn, self.data = model, loss_fn, data
@@ -159,6 +169,13 @@ class Monitor:
         self._lrs: list[float | None] = []
         self._sharpness: list[tuple[int, float]] = []
         self._signals = StepSignals(self.params)
+        self.signals_every = signals_every
+        self._stride = signals_every or 1
+        self._next_signal = 1  # the step whose signals are taken next (its predecessor is recorded)
+        self._train_times: deque[float] = deque(maxlen=32)  # the user's step, between our calls
+        self._update_costs: deque[float] = deque(maxlen=32)
+        self._record_costs: deque[float] = deque(maxlen=32)
+        self._left_at: float | None = None
         self._power_vector: torch.Tensor | None = None
         self._count = 0
         self._next_check = window
@@ -188,8 +205,20 @@ class Monitor:
             raise TypeError(f"monitor.step expects the loss (a tensor or a float), got {type(loss).__name__}.")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        entered = time.perf_counter()
+        if self._left_at is not None:
+            self._train_times.append(entered - self._left_at)
         self._count += 1
-        gnorm, cos, update = self._signals.update()
+        gnorm = cos = update = math.nan
+        if self._count == self._next_signal:
+            gnorm, cos, update = self._signals.update()
+            self._update_costs.append(time.perf_counter() - entered)
+            self._next_signal = self._count + self._signal_stride()
+        elif self._count == self._next_signal - 1:
+            self._signals.record()
+            self._record_costs.append(time.perf_counter() - entered)
+        else:
+            self._signals.skip()
         loss_value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else self.lr
         self._steps.append(self._count)
@@ -201,9 +230,27 @@ class Monitor:
         if self.sharpness_every and self._count % self.sharpness_every == 0:
             self._sharpness.append((self._count, self._estimate_sharpness()))
         nonfinite = not math.isfinite(loss_value) and not self._nonfinite_reported
+        result = None
         if nonfinite or (self._count >= self._next_check and len(self._losses) >= self.window):
-            return self._check(optimizer, force=nonfinite)
-        return None
+            result = self._check(optimizer, force=nonfinite)
+        self._left_at = time.perf_counter()
+        return result
+
+    def _signal_stride(self) -> int:
+        """Steps until the next signals: ``signals_every`` if given, else the fewest that keep
+        their cost (fastest of the recent ones, so a stall of the machine does not count) under
+        ``SIGNAL_BUDGET`` of the user's training step."""
+        if self.signals_every is not None:
+            return self.signals_every
+        if not self._train_times or not self._update_costs:
+            return 1
+        allowed = SIGNAL_BUDGET * min(self._train_times)
+        update = min(self._update_costs)
+        if update <= allowed:
+            return 1
+        # A pair (copies at the step before, then the update) every `stride` steps.
+        pair = update + (min(self._record_costs) if self._record_costs else update)
+        return max(2, min(MAX_SIGNAL_STRIDE, math.ceil(pair / allowed)))
 
     # -- sharpness -----------------------------------------------------------------------------
     def _estimate_sharpness(self) -> float:
