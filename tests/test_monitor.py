@@ -175,10 +175,10 @@ def test_noisy_falling_run_is_not_sent_to_the_doctor_and_a_noisy_stall_is(monkey
     model, data = quadratic(top=50.0)
     rng = np.random.default_rng(0)
     t = np.arange(960)
-    falling = Monitor(model, F.mse_loss, data, sharpness_every=0, lr=1e-3)
+    falling = Monitor(model, F.mse_loss, data, sharpness_every=0, lr=1e-3, check_every=30)
     feed(falling, 0.95 ** (t / 60) * (1 + 0.2 * rng.standard_normal(t.size)))
     assert windows == []
-    flat = Monitor(model, F.mse_loss, data, sharpness_every=0, lr=1e-3)
+    flat = Monitor(model, F.mse_loss, data, sharpness_every=0, lr=1e-3, check_every=30)
     feed(flat, 1 + 0.2 * rng.standard_normal(t.size))
     assert windows and max(windows) > flat.window
 

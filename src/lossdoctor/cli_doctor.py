@@ -120,14 +120,16 @@ def _make_optimizer(name: str, params: Any, lr: float, momentum: float):
 @click.option("--lr", type=float, required=True, help="Learning rate.")
 @click.option("--momentum", default=0.0, show_default=True, help="Momentum (sgd, rmsprop).")
 @click.option("--steps", type=int, required=True, help="Optimizer steps (cycling over the training batches).")
-@click.option("--sharpness-every", default=500, show_default=True, help="Estimate λ_max every N steps (0: never).")
+@click.option("--sharpness-every", type=int, default=None,
+              help="Estimate λ_max every N steps (0: never; default: every 1000 steps, less often where "
+                   "that would cost over 1% of training time).")
 @click.option("--window", default=60, show_default=True, help="Steps a stall is judged on.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the trained state_dict to this new file (never overwritten).")
 @device_option
 @json_option
 def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float, momentum: float, steps: int,
-                  sharpness_every: int, window: int, out_file: str | None, as_json: bool, device: str = "auto") -> None:
+                  sharpness_every: int | None, window: int, out_file: str | None, as_json: bool, device: str = "auto") -> None:
     """Train with the Monitor attached; prints the doctor's diagnosis when the loss stalls."""
     from .training.monitor import Monitor, train_monitored
 

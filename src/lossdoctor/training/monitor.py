@@ -13,9 +13,11 @@ Every step records the loss. The gradient norm, the size of the update and the c
 step's gradient and the one before (one flat copy of the gradient and of the parameters, no
 extra forward or backward pass) are taken every step when that costs under 1.5% of the training
 step, else on pairs of steps spaced to stay under it (``signals_every=1`` forces every step;
-the steps in between hold NaN). Every ``sharpness_every`` steps a few warm-started power
+the steps in between hold NaN). Every ``sharpness_every`` steps (default 1000, spread further
+where an estimate would cost over 1% of training time) a few warm-started power
 iterations of Hessian-vector products on a small fixed subset estimate λ_max. Every
-``check_every`` steps the recent losses are checked for a stall (the loss stopped falling beyond
+``check_every`` steps (default ``window // 2``, spread further where a check would cost over
+0.5% of training time) the recent losses are checked for a stall (the loss stopped falling beyond
 doubt from minibatch noise, grew, went NaN/Inf, or successive gradients point against each
 other; a window the noise leaves open is widened, up to 8x ``window``); a stall runs
 :func:`lossdoctor.diagnose`, logs its verdict (logger ``lossdoctor.monitor``) and passes it to
@@ -55,6 +57,10 @@ SHARPNESS_EVERY = 1000
 # enough; every few steps on a tiny MLP whose whole step is a few hundred microseconds).
 SIGNAL_BUDGET = 0.015
 MAX_SIGNAL_STRIDE = 64
+# With the default cadences, sharpness estimates and stall checks are spread further apart when
+# their measured cost would exceed these shares of training time.
+SHARPNESS_BUDGET = 0.01
+CHECK_BUDGET = 0.005
 SHARPNESS_ITERS = 4
 SHARPNESS_SAMPLES = 128
 # Successive minibatch gradients of momentum SGD often point mildly apart; only a strong flip
@@ -124,16 +130,21 @@ class Monitor:
     Args:
         model, loss_fn, data: the model being trained, its loss, and the data the doctor measures
             the full-data loss, gradient and curvature on (the training set or a fixed part of it).
-        sharpness_every: estimate λ_max every this many steps (0: never).
+        sharpness_every: estimate λ_max every this many steps (0: never; None: every 1000 steps,
+            or less often where that would cost over 1% of training time).
         sharpness_samples: how many samples of ``data`` the sharpness estimate uses.
         window: how many recent steps a stall is judged on.
-        check_every: look for a stall every this many steps (default ``window // 2``).
+        check_every: look for a stall every this many steps (None: every ``window // 2`` steps, or
+            less often where that would cost over 0.5% of training time).
+        signals_every: take the gradient norm, cosine and update size on a pair of steps every
+            this many steps (1: every step; None: every step where that costs under 1.5% of the
+            training step, else spaced to stay under it).
         diagnose_samples: the doctor measures on the first this many samples of ``data`` (None: all).
         callback: called as ``callback(diagnosis)`` for every diagnosis that is not "progressing".
         diagnose_kwargs: passed on to :func:`lossdoctor.diagnose`.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, sharpness_every: int = SHARPNESS_EVERY,
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, sharpness_every: int | None = None,
                  sharpness_samples: int = SHARPNESS_SAMPLES, sharpness_iters: int = SHARPNESS_ITERS,
                  window: int = WINDOW, check_every: int | None = None,
                  callback: Callable[[Diagnosis], None] | None = None, lr: float | None = None,
@@ -142,6 +153,8 @@ class Monitor:
         self.params = [p for _, p in trainable_parameters(model)]
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+        self._auto_sharpness = sharpness_every is None
+        sharpness_every = SHARPNESS_EVERY if sharpness_every is None else sharpness_every
         for name, value, low in (("sharpness_every", sharpness_every, 0), ("sharpness_samples", sharpness_samples, 1),
                                  ("sharpness_iters", sharpness_iters, 1), ("window", window, 4)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -156,7 +169,11 @@ class Monitor:
         self._doctor_data = data if diagnose_samples is None else _subset(data, diagnose_samples)
         self.sharpness_every, self.sharpness_iters = sharpness_every, sharpness_iters
         self.window = window
+        self._auto_check = check_every is None
         self.check_every = check_every or max(1, window // 2)
+        self._next_sharpness = sharpness_every
+        self._sharpness_costs: deque[float] = deque(maxlen=8)
+        self._check_costs: deque[float] = deque(maxlen=32)
         self.callback = callback
         self.lr = lr
         self.diagnose_kwargs = dict(diagnose_kwargs or {})
@@ -227,14 +244,25 @@ class Monitor:
         self._cosines.append(cos)
         self._update_norms.append(update)
         self._lrs.append(lr)
-        if self.sharpness_every and self._count % self.sharpness_every == 0:
+        if self.sharpness_every and self._count >= self._next_sharpness:
+            started = time.perf_counter()
             self._sharpness.append((self._count, self._estimate_sharpness()))
+            self._sharpness_costs.append(time.perf_counter() - started)
+            self._next_sharpness = self._count + self._spaced(self.sharpness_every, self._auto_sharpness,
+                                                              self._sharpness_costs, SHARPNESS_BUDGET)
         nonfinite = not math.isfinite(loss_value) and not self._nonfinite_reported
         result = None
         if nonfinite or (self._count >= self._next_check and len(self._losses) >= self.window):
             result = self._check(optimizer, force=nonfinite)
         self._left_at = time.perf_counter()
         return result
+
+    def _spaced(self, every: int, auto: bool, costs: deque[float], budget: float) -> int:
+        """``every``, stretched (when ``auto``) so the task's cost (its fastest recent run) stays
+        under ``budget`` of the training time of the steps in between."""
+        if not auto or not costs or not self._train_times:
+            return every
+        return max(every, math.ceil(min(costs) / (budget * min(self._train_times))))
 
     def _signal_stride(self) -> int:
         """Steps until the next signals: ``signals_every`` if given, else the fewest that keep
@@ -304,8 +332,11 @@ class Monitor:
         return None
 
     def _check(self, optimizer: torch.optim.Optimizer | None, force: bool = False) -> Diagnosis | None:
-        self._next_check = self._count + self.check_every
+        started = time.perf_counter()
         window = self.window if force else self._stall_window()
+        self._check_costs.append(time.perf_counter() - started)
+        every = self._spaced(self.check_every, self._auto_check, self._check_costs, CHECK_BUDGET)
+        self._next_check = self._count + every
         if window is None:
             self._backoff, self._last_cause = 1, None
             return None
@@ -322,7 +353,7 @@ class Monitor:
         # MAX_BACKOFF), so a long stall or a noisy run stays cheap.
         self._backoff = min(self._backoff * 2, MAX_BACKOFF) if result.cause == self._last_cause else 1
         self._last_cause = result.cause
-        self._next_check = self._count + self.check_every * self._backoff
+        self._next_check = self._count + every * self._backoff
         if result.cause == "progressing":
             return None
         self.diagnoses.append(result)
