@@ -5,20 +5,22 @@
 
 Each configuration trains the same model from the same weights with plain SGD (momentum 0.9)
 over MNIST-1D (4,000 samples), once without and once with a Monitor at its default cadence
-(cheap signals every step, sharpness every 500 steps on 128 samples, a stall check every 30
-steps, the doctor when a stall is seen). Runs alternate (plain, monitored, plain, ...).
+(cheap signals within 1.5% of the step, sharpness every 1000 steps on 128 samples, a stall
+check every 30 steps, both spread out where they would cost over 1% / 0.5%, the doctor when a
+stall is seen). Runs alternate (plain, monitored, plain, ...).
 
 The doctor runs only at a stall, where training has stopped paying anyway, and costs seconds
 (Lanczos on up to 2,048 samples). The table therefore splits the monitored time: the overhead of
 monitoring itself (signals, sharpness, stall checks), and the doctor's calls, their count,
 seconds each and verdicts, with the overhead they add on top.
 
-A shared VM can lose most of its wall time to the host's stalls (tenths of a second at random),
-far more than the few percent measured here. So every run is timed in chunks of ``--chunk``
-steps; since every repeat does the same work chunk for chunk (same seed, same batches, the same
-sharpness estimates and stall checks at the same steps), the fastest repeat of each chunk is
-that chunk's undisturbed time, and their sum is the run's. The table shows that estimate (and
-the plain median steps/s for reference); the overhead is the ratio of the two sums.
+A shared VM can lose most of its wall time to the host's stalls (a busy loop on this project's
+VM loses about half: gaps of 2-300 ms, often less than 10 ms apart), far more than the few
+percent measured here. So every step is timed on its own (``--chunk 1``); since every repeat
+does the same work step for step (same seed, same batches, the same sharpness estimates and
+stall checks at the same steps), the fastest repeat of each step is that step's undisturbed
+time, and their sum is the run's. The table shows that estimate (and the medians of whole runs,
+which carry the stalls); the overhead is the ratio of the two sums.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ def main() -> None:
     parser.add_argument("--problems", default="mnist1d-mlp,mnist1d-cnn")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--chunk", type=int, default=25, help="steps per timed chunk")
+    parser.add_argument("--chunk", type=int, default=1, help="steps per timed chunk")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
