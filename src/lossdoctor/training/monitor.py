@@ -222,6 +222,9 @@ class Monitor:
             raise TypeError(f"monitor.step expects the loss (a tensor or a float), got {type(loss).__name__}.")
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        # The loss first: on a GPU it waits for the training step, whose time then counts as the
+        # user's (below), not as the signals' cost.
+        loss_value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         entered = time.perf_counter()
         if self._left_at is not None:
             self._train_times.append(entered - self._left_at)
@@ -236,7 +239,6 @@ class Monitor:
             self._record_costs.append(time.perf_counter() - entered)
         else:
             self._signals.skip()
-        loss_value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else self.lr
         self._steps.append(self._count)
         self._losses.append(loss_value)
