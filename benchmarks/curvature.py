@@ -825,7 +825,7 @@ def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[
                      fmt_e(r["top5"]["typical"]["max_rel_error"]),
                      fmt_s(t5["seconds"]) if t5 else "not reached",
                      str(t5["matvecs"]) if t5 else "-", fmt_e(t5["max_rel_error"]) if t5 else "-",
-                     fmt_s(r["trace"]["seconds"]), f"{hvp_ratio(r):.2f}",
+                     fmt_s(r["trace"]["seconds"]), f"{hvp_ratio(r):.2f}" + ("" if "hvp_batch" in r else "*"),
                      f"{r['peak_rss_mb']:.0f}", f"{r['rss_increase_mb']:.0f}"])
     parts.append("Summary (times in seconds, memory in MB; 'typ' = the library's typical settings, "
                  "'@1e-6' = cheapest setting reaching relative error <= 1e-6, fastest of its "
@@ -833,6 +833,8 @@ def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[
                  "fastest of many interleaved repeats)")
     parts.append(table(["library", "setup", "top1 typ", "top5 typ", "err typ", "top5 @1e-6",
                         "matvecs", "err", "trace99", "HVP/grad", "peak RSS", "+RSS"], rows))
+    if any("hvp_batch" not in r for r in ok):
+        parts.append("* full-data median (a result saved by an older version of this script, reused)")
     for r in results:
         if "error" in r:
             parts.append(f"{r['library']}: FAILED ({r['error']})")
