@@ -264,7 +264,7 @@ class Monitor:
         under ``budget`` of the training time of the steps in between."""
         if not auto or not costs or not self._train_times:
             return every
-        return max(every, math.ceil(min(costs) / (budget * min(self._train_times))))
+        return max(every, math.ceil(min(costs) / (budget * max(min(self._train_times), 1e-9))))
 
     def _signal_stride(self) -> int:
         """Steps until the next signals: ``signals_every`` if given, else the fewest that keep
@@ -274,7 +274,7 @@ class Monitor:
             return self.signals_every
         if not self._train_times or not self._update_costs:
             return 1
-        allowed = SIGNAL_BUDGET * min(self._train_times)
+        allowed = SIGNAL_BUDGET * max(min(self._train_times), 1e-9)
         update = min(self._update_costs)
         if update <= allowed:
             return 1
