@@ -69,3 +69,44 @@ def test_bad_arguments():
         ld.trace(A, method="exact")
     with pytest.raises(ValueError, match="at least 3 matvecs"):
         ld.trace(A, matvecs=2, method="hutch++")
+
+
+class _ColumnsSeen:
+    """A dense symmetric operator that records how many columns each product is given."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        self.A, self.shape, self.widths = A, A.shape, []
+
+    def __matmul__(self, X: torch.Tensor) -> torch.Tensor:
+        self.widths.append(X.shape[1])
+        return self.A @ X
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_probes_do_not_depend_on_the_block_size_and_blocks_bound_the_products(method):
+    """Probes are drawn a block at a time (memory), yet probe j is the same for every block size,
+    so the estimate is too."""
+    A = known_spectrum([float(x) for x in np.linspace(-2.0, 7.0, 70)])
+    wide = ld.trace(A, matvecs=45, method=method, seed=4, block=45)
+    op = _ColumnsSeen(A)
+    narrow = ld.trace(op, matvecs=45, method=method, seed=4, block=4)
+    assert narrow.estimate == pytest.approx(wide.estimate, rel=1e-12)
+    assert narrow.standard_error == pytest.approx(wide.standard_error, rel=1e-9)
+    assert max(op.widths) == 4 and sum(op.widths) == 45 == narrow.matvecs
+
+
+def test_rademacher_stream_is_the_same_however_it_is_cut():
+    from lossdoctor.curvature.lanczos import RademacherStream
+
+    whole = RademacherStream(1001, seed=9).take(7)
+    stream = RademacherStream(1001, seed=9)
+    pieces = torch.cat([stream.take(2), stream.take(1), stream.take(4)], dim=1)
+    assert torch.equal(whole, pieces)
+    assert set(whole.unique().tolist()) == {-1.0, 1.0} and whole.dtype == torch.float64
+
+
+def test_hutch_plus_plus_with_more_products_than_dimensions_is_exact():
+    """A sketch wider than the space cannot be orthonormal: it is capped at n columns."""
+    A = known_spectrum([4.0, -1.0, 2.5, 0.5, 3.0, -2.0])
+    result = ld.trace(A, matvecs=30, method="hutch++", block=4)
+    assert result.estimate == pytest.approx(7.0, abs=1e-10)

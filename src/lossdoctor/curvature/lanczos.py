@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 MatMul = Callable[[torch.Tensor], torch.Tensor]
@@ -27,12 +28,25 @@ def operator_mode(op) -> str | None:
     return mode if isinstance(mode, str) else None
 
 
+class RademacherStream:
+    """±1 probe vectors drawn in order from one seeded CPU generator. ``take(k)`` returns the
+    next ``k`` probes as the columns of an ``(n, k)`` float64 matrix. Probe ``j`` is the same
+    however the stream is cut into takes, on every device and in every process, so callers can
+    draw probes a block at a time (bounded memory) and ranks agree by construction."""
+
+    def __init__(self, n: int, seed: int, device: torch.device | str = "cpu") -> None:
+        self.n, self.device = int(n), device
+        self._gen = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    def take(self, k: int) -> torch.Tensor:
+        # One probe per row of the draw: the generator's stream fills whole probes in order.
+        signs = torch.randint(0, 2, (int(k), self.n), generator=self._gen, dtype=torch.int8)
+        return signs.to(torch.float64).mul_(2).sub_(1).T.to(self.device)
+
+
 def rademacher(n: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``(n, k)`` matrix of ±1 entries from a CPU generator, so the same seed gives the same
-    probes on every device and every process."""
-    gen = torch.Generator(device="cpu").manual_seed(int(seed))
-    signs = torch.randint(0, 2, (n, k), generator=gen, dtype=torch.int8)
-    return (signs.to(torch.float64) * 2 - 1).to(device)
+    """``(n, k)`` matrix of ±1 entries: the first ``k`` probes of ``RademacherStream(n, seed)``."""
+    return RademacherStream(n, seed, device).take(k)
 
 
 def gaussian(n: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -48,6 +62,33 @@ def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Te
     for _ in range(2):
         vectors = vectors - basis.T @ (basis @ vectors)
     return vectors
+
+
+def project_out(w: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
+    """``w`` (a vector) minus its components along ``rows`` (orthonormal vectors), by classical
+    Gram-Schmidt twice, one row at a time: stacking the rows into a matrix would hold a second
+    copy of the whole basis."""
+    if not rows:
+        return w
+    w = w.clone()
+    for _ in range(2):
+        coefficients = [q @ w for q in rows]  # 0-d tensors: no device synchronization
+        for q, c in zip(rows, coefficients):
+            w.addcmul_(q, c, value=-1.0)
+    return w
+
+
+def combine(rows: list[torch.Tensor], coefficients: np.ndarray) -> list[torch.Tensor]:
+    """``coefficients.T @ stack(rows)`` as a list of vectors (column ``j`` of ``coefficients``
+    weights the rows into output ``j``), without stacking ``rows``."""
+    out = []
+    for j in range(coefficients.shape[1]):
+        v = torch.zeros_like(rows[0])
+        for q, c in zip(rows, coefficients[:, j]):
+            if c != 0.0:
+                v.add_(q, alpha=float(c))
+        out.append(v)
+    return out
 
 
 def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int

@@ -273,7 +273,7 @@ class HessianOperator:
         if self.distributed:
             torch.distributed.all_reduce(out)  # each rank holds its shard's sum over samples
         self.num_matvecs += k
-        return out / self.num_samples
+        return out.div_(self.num_samples)
 
     def _apply(self, matrix: torch.Tensor) -> torch.Tensor:
         """``matrix`` is (n, k) of any dtype/device; returns H @ matrix with the same dtype/device."""
@@ -283,7 +283,9 @@ class HessianOperator:
             for start in range(0, rows.shape[0], self.max_block):
                 chunk = self._to_param_dtype(rows[start:start + self.max_block])
                 outs.append(self._hvp_block(chunk))
-        return torch.cat(outs).T.to(device=matrix.device, dtype=matrix.dtype)
+                del chunk  # not alive during the next block's products
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out.T.to(device=matrix.device, dtype=matrix.dtype)
 
     # -- the linear-operator protocol -------------------------------------------------------
     def __matmul__(self, other: Any) -> Any:

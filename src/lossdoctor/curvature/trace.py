@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .._results import ResultMixin, fmt
-from .lanczos import apply64, operator_mode, rademacher
+from .lanczos import RademacherStream, apply64, operator_mode
 
 Progress = Callable[[int, int], None]
 METHODS = ("hutch++", "hutchinson")
@@ -41,28 +41,29 @@ def _blocks(total: int, block: int):
         start += block
 
 
-def _apply(op, X: torch.Tensor, block: int, done: list[int], budget: int,
-           progress: Progress | None) -> torch.Tensor:
-    """``op @ X`` in column chunks of ``block`` (memory bound), counting products."""
-    outs = []
-    for a, c in _blocks(X.shape[1], block):
-        outs.append(apply64(op, X[:, a:c]))
-        done[0] += c - a
-        if progress is not None:
-            progress(done[0], budget)
-    return torch.cat(outs, dim=1)
+class _Counter:
+    """Products done so far, reported to ``progress`` after each block."""
+
+    def __init__(self, budget: int, progress: Progress | None) -> None:
+        self.done, self.budget, self.progress = 0, budget, progress
+
+    def apply(self, op, X: torch.Tensor) -> torch.Tensor:
+        out = apply64(op, X)
+        self.done += X.shape[1]
+        if self.progress is not None:
+            self.progress(self.done, self.budget)
+        return out
 
 
-def _hutchinson_terms(op, probes: torch.Tensor, block: int, done: list[int], budget: int,
-                      progress: Progress | None, project: torch.Tensor | None = None) -> list[float]:
-    terms: list[float] = []
-    for a, c in _blocks(probes.shape[1], block):
-        G = probes[:, a:c]
+def _hutchinson_terms(op, probes: RademacherStream, count: int, block: int, counter: _Counter,
+                      terms: list[float], project: torch.Tensor | None = None) -> None:
+    """Append ``g^T H g`` for ``count`` probes to ``terms``, drawing and multiplying ``block``
+    probes at a time (with ``project``: probes projected off its orthonormal columns)."""
+    for a, c in _blocks(count, block):
+        G = probes.take(c - a)
         if project is not None:
-            G = G - project @ (project.T @ G)
-        HG = _apply(op, G, block, done, budget, progress)
-        terms.extend((G * HG).sum(dim=0).tolist())
-    return terms
+            G -= project @ (project.T @ G)
+        terms.extend(torch.linalg.vecdot(G, counter.apply(op, G), dim=0).tolist())
 
 
 def _mean_and_error(terms: list[float]) -> tuple[float, float]:
@@ -91,26 +92,38 @@ def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, blo
         raise ValueError(f"{method} needs at least {3 if method == 'hutch++' else 1} matvecs, got {matvecs}.")
     device = getattr(op, "device", "cpu")
     block = int(block or getattr(op, "max_block", 16))
-    done = [0]
+    counter = _Counter(matvecs, progress)
     interrupted = False
     exact = 0.0
     terms: list[float] = []
     try:
         if method == "hutchinson":
-            probes = rademacher(n, matvecs, seed, device)
-            terms = _hutchinson_terms(op, probes, block, done, matvecs, progress)
+            _hutchinson_terms(op, RademacherStream(n, seed, device), matvecs, block, counter, terms)
         else:
-            sketch = matvecs // 3
-            S = rademacher(n, sketch, seed, device)
-            Q, _ = torch.linalg.qr(_apply(op, S, block, done, matvecs, progress))
-            exact = float((Q * _apply(op, Q, block, done, matvecs, progress)).sum())
-            G = rademacher(n, matvecs - 2 * sketch, seed + 1, device)
-            terms = _hutchinson_terms(op, G, block, done, matvecs, progress, project=Q)
+            # Memory: Q, an orthonormal basis of the sketch H S, is the one n-by-(matvecs/3)
+            # matrix alive; it is built a block at a time (block Gram-Schmidt, projection and
+            # QR twice, which keeps Q orthonormal even where H S is rank deficient), so H S
+            # itself never exists whole, and probes and products exist a block at a time.
+            sketch = min(matvecs // 3, n)  # an orthonormal Q has at most n columns
+            probes = RademacherStream(n, seed, device)
+            Q = torch.empty(n, sketch, dtype=torch.float64, device=device)
+            for a, c in _blocks(sketch, block):
+                B = counter.apply(op, probes.take(c - a))
+                for _ in range(2):
+                    if a:
+                        B -= Q[:, :a] @ (Q[:, :a].T @ B)
+                    B = torch.linalg.qr(B)[0]
+                Q[:, a:c] = B
+                del B
+            for a, c in _blocks(sketch, block):
+                exact += float(torch.linalg.vecdot(Q[:, a:c], counter.apply(op, Q[:, a:c]), dim=0).sum())
+            _hutchinson_terms(op, RademacherStream(n, seed + 1, device), matvecs - 2 * sketch, block,
+                              counter, terms, project=Q)
     except KeyboardInterrupt:
         interrupted = True
         if not terms:
             raise
     mean, err = _mean_and_error(terms)
     return TraceResult(estimate=exact + mean, standard_error=err,
-                       matvecs=done[0], method=method, seed=seed, num_params=n, interrupted=interrupted,
+                       matvecs=counter.done, method=method, seed=seed, num_params=n, interrupted=interrupted,
                        mode=operator_mode(op))
