@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._results import ResultMixin, fmt
-from .lanczos import apply64, combine, gaussian, operator_mode, project_out
+from .lanczos import apply64, gaussian, operator_mode, orthogonalize
 
 Progress = Callable[[int, int], None]
 WHICH = ("largest", "smallest", "both")
@@ -126,9 +126,7 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     gen_seed = seed
     q = gaussian(n, 1, gen_seed, device).squeeze(1)
     q = q / q.norm()
-    # The orthonormal Lanczos vectors, kept as a list: growing a stacked matrix would copy it
-    # at every step, and memory is the basis.
-    basis = [q]
+    basis = q.unsqueeze(0)  # rows are the orthonormal Lanczos vectors
     T = np.zeros((0, 0))
     b = np.zeros(0)  # H Q^T = Q^T T + r b^T
     r = None
@@ -153,9 +151,9 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
             coupling = beta * b
             alpha = float(q @ w)
             w = w - alpha * q
-            for q_i, c_i in zip(basis[:-1], coupling):
-                w.add_(q_i, alpha=-float(c_i))
-            w = project_out(w, basis)
+            if j > 0:
+                w = w - basis[:-1].T @ torch.as_tensor(coupling, dtype=w.dtype, device=w.device)
+            w = orthogonalize(w.unsqueeze(1), basis).squeeze(1)
             T_new = np.zeros((j + 1, j + 1))
             T_new[:j, :j] = T
             T_new[:j, j] = coupling
@@ -182,10 +180,10 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
             if beta <= 1e-12 * max(hnorm, 1e-300):
                 # Invariant subspace: continue from a fresh direction orthogonal to the basis.
                 gen_seed += 1
-                fresh = project_out(gaussian(n, 1, gen_seed, device).squeeze(1), basis)
+                fresh = orthogonalize(gaussian(n, 1, gen_seed, device), basis).squeeze(1)
                 r = fresh / fresh.norm()
                 beta = 0.0
-                basis.append(r)
+                basis = torch.cat([basis, r.unsqueeze(0)])
                 b = np.zeros(T.shape[0])
                 continue
 
@@ -194,16 +192,16 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                 keep = min(T.shape[0] - 1, n_wanted + max(2, (ncv - n_wanted) // 2))
                 idx_keep = _wanted(theta, which, (keep + 1) // 2 if which == "both" else keep)
                 Sk = S[:, idx_keep]
-                basis = combine(basis, Sk)
+                basis = torch.as_tensor(Sk.T, dtype=basis.dtype, device=basis.device) @ basis
                 T = np.diag(theta[idx_keep])
                 b = Sk.T @ b
-            basis.append(r / beta)
+            basis = torch.cat([basis, (r / beta).unsqueeze(0)])
     except KeyboardInterrupt:
         interrupted = True
         if T.shape[0] == 0:
             raise
 
-    if len(basis) > T.shape[0]:
+    if basis.shape[0] > T.shape[0]:
         basis = basis[: T.shape[0]]
     theta, S = ritz()
     residuals = beta * np.abs(b @ S)
@@ -218,7 +216,7 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     bounds[idx] = np.where(converged, bounds[idx], residuals[idx])
     order = np.argsort(-theta[idx], kind="stable")
     idx = idx[order]
-    vectors = torch.stack(combine(basis, S[:, idx]), dim=1)
+    vectors = (torch.as_tensor(S[:, idx], dtype=basis.dtype, device=basis.device).T @ basis).T
     result = EigenResult(
         eigenvalues=theta[idx].copy(), eigenvectors=vectors.contiguous(),
         residual_norms=residuals[idx].copy(), error_bounds=bounds[idx].copy(),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 MatMul = Callable[[torch.Tensor], torch.Tensor]
@@ -62,33 +61,6 @@ def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Te
     for _ in range(2):
         vectors = vectors - basis.T @ (basis @ vectors)
     return vectors
-
-
-def project_out(w: torch.Tensor, rows: list[torch.Tensor]) -> torch.Tensor:
-    """``w`` (a vector) minus its components along ``rows`` (orthonormal vectors), by classical
-    Gram-Schmidt twice, one row at a time: stacking the rows into a matrix would hold a second
-    copy of the whole basis."""
-    if not rows:
-        return w
-    w = w.clone()
-    for _ in range(2):
-        coefficients = [q @ w for q in rows]  # 0-d tensors: no device synchronization
-        for q, c in zip(rows, coefficients):
-            w.addcmul_(q, c, value=-1.0)
-    return w
-
-
-def combine(rows: list[torch.Tensor], coefficients: np.ndarray) -> list[torch.Tensor]:
-    """``coefficients.T @ stack(rows)`` as a list of vectors (column ``j`` of ``coefficients``
-    weights the rows into output ``j``), without stacking ``rows``."""
-    out = []
-    for j in range(coefficients.shape[1]):
-        v = torch.zeros_like(rows[0])
-        for q, c in zip(rows, coefficients[:, j]):
-            if c != 0.0:
-                v.add_(q, alpha=float(c))
-        out.append(v)
-    return out
 
 
 def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int
