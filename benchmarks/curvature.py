@@ -151,28 +151,30 @@ def file_digest(path: Path) -> str:
 # Measurement helpers
 # ---------------------------------------------------------------------------------------------
 
-def rss_mb() -> float:
-    """Current resident set size (Linux /proc; falls back to the peak elsewhere)."""
+def _proc_status_mb(field: str) -> float | None:
+    """A ``kB`` field of /proc/self/status in MB (Linux), None elsewhere."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return peak_rss_mb()
+    return None
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc; falls back to the peak elsewhere)."""
+    current = _proc_status_mb("VmRSS")
+    return peak_rss_mb() if current is None else current
 
 
 def peak_rss_mb() -> float:
     """This process's peak resident set size. On Linux, VmHWM: getrusage's ru_maxrss also counts
     the parent's RSS at the fork (it survives exec), which would charge a child for its parent."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
