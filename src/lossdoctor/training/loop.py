@@ -85,7 +85,7 @@ def train(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim
             loss = training_step(model, loss_fn, optimizer, inputs, targets, device)
             if scheduler is not None:
                 scheduler.step()
-            step_loss.append(float(loss))
+            step_loss.append(float(loss.detach()))
             if progress is not None:
                 progress(len(step_loss), total)
         loss_value, acc = evaluate(model, loss_fn, data)
