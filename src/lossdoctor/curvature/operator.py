@@ -283,7 +283,6 @@ class HessianOperator:
             for start in range(0, rows.shape[0], self.max_block):
                 chunk = self._to_param_dtype(rows[start:start + self.max_block])
                 outs.append(self._hvp_block(chunk))
-                del chunk  # not alive during the next block's products
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.T.to(device=matrix.device, dtype=matrix.dtype)
 

@@ -82,8 +82,9 @@ def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, blo
     Hutch++ spends a third of the products finding the dominant subspace, whose trace it takes
     exactly, and estimates the rest stochastically: far smaller error when a few eigenvalues
     dominate, as they do for trained networks. The standard error is that of the stochastic part.
-    Probes are multiplied ``block`` at a time (default: the operator's ``max_block``), so memory
-    stays bounded whatever ``matvecs`` is. Ctrl-C returns the estimate from the probes finished.
+    Probes are drawn and multiplied ``block`` at a time (default: the operator's ``max_block``):
+    Hutchinson holds one block whatever ``matvecs`` is; Hutch++ also holds its sketch basis, an
+    ``n`` by ``matvecs // 3`` float64 matrix. Ctrl-C returns the estimate from the probes finished.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
