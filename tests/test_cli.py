@@ -56,6 +56,21 @@ def test_user_problem_with_checkpoint(user_file, tmp_path):
     assert "trace" not in out and "density" not in out
 
 
+def test_micro_batches_and_no_cache(user_file, tmp_path):
+    import lossdoctor as ld
+
+    spec = f"{user_file}:as_triple"
+    p = ld.load_problem(spec)
+    expected = torch.linalg.eigvalsh(ld.dense_hessian(p.model, p.loss_fn, p.train_data).double())
+    out = spectrum_json(["--problem", spec, "--k", "1", "--which", "both", "--micro-batch-size", "5",
+                         "--cache", "off", "--no-density", "--trace-matvecs", "0"], tmp_path)
+    assert out["micro_batch_size"] == 5 and out["cache"] == "off" and out["num_samples"] == 12
+    assert out["eigenpairs"]["eigenvalues"] == pytest.approx([float(expected[-1]), float(expected[0])],
+                                                             abs=1e-5 * float(expected.abs().max()))
+    result = run(["spectrum", "--problem", spec, "--micro-batch-size", "0", "--json"])
+    assert result.exit_code == 2 and "micro-batch-size" in result.stderr
+
+
 def test_human_output(tmp_path):
     result = run(["spectrum", "--problem", "lecture-saddle", "--k", "1", "--plot", str(tmp_path / "d.png")])
     assert result.exit_code == 0

@@ -46,3 +46,17 @@ def test_batch_size_and_place():
         place(X.to("meta"), Y, torch.device("cpu"))
     with pytest.raises(ValueError, match="targets are on meta"):
         place({"a": X}, Y.to("meta"), torch.device("cpu"))
+
+
+def test_split_batch_cuts_batch_tensors_and_shares_the_rest():
+    from lossdoctor.data import split_batch
+
+    x, mask, y = torch.arange(10.0).reshape(5, 2), torch.ones(3, 3), torch.arange(5)
+    parts = list(split_batch({"x": x, "mask": mask}, y, 2))
+    assert [m for _, _, m in parts] == [2, 2, 1]
+    assert torch.equal(torch.cat([p["x"] for p, _, _ in parts]), x)
+    assert torch.equal(torch.cat([t for _, t, _ in parts]), y)
+    assert all(p["mask"] is mask for p, _, _ in parts)  # not the batch: whole, every time
+    (whole,) = list(split_batch((x, mask), y, 5))  # no cut needed: the batch as it is
+    assert whole[0][0] is x and whole[2] == 5
+    assert [tuple(p[0].shape) for p, _, _ in split_batch((x, mask), y, 4)] == [(4, 2), (1, 2)]

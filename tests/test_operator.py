@@ -14,6 +14,7 @@ from cases import (
     BY_ID,
     CASE_IDS,
     CASES,
+    ModelSnapshot,
     case_reference,
     concatenated,
     finite_difference_hvp,
@@ -265,3 +266,70 @@ def test_inputs_as_tuples_and_dicts():
 
     H = torch.autograd.functional.hessian(f, flat_parameters(model))
     assert close(H_tuple, H, 1e-5) and close(H_dict, H, 1e-5)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("case_id", [c.id for c in CASES if c.mode == "eval"])
+def test_micro_batches_give_the_same_hessian(case_id, cache):
+    # Batches of 5, 3 and 8 (6, 6 and 4 from a loader, or one of 16) cut into micro-batches of 4.
+    case = BY_ID[case_id]
+    model, loss_fn, data = case.make()
+    op = ld.hessian(model, loss_fn, data, micro_batch_size=4, cache=cache)
+    H = case_reference(case_id)
+    V = torch.randn(H.shape[0], 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert op.num_samples == 16 and op.micro_batch_size == 4
+    assert close(op @ V, H @ V, tolerance(op))
+    assert close(op @ V, H @ V, tolerance(op))  # from the kept graphs, where kept
+    assert op.cached == cache
+    loss, grad = op.gradient()
+    ref_loss, ref_grad = reference_gradient(model, loss_fn, data)
+    assert close(grad, ref_grad, tolerance(op))
+    assert abs(loss - float(ref_loss)) <= 1e-5 * abs(float(ref_loss)) and abs(op.loss - loss) <= 1e-5 * abs(loss)
+
+
+def test_micro_batches_are_refused_where_they_change_the_loss():
+    # BatchNorm in train mode normalizes with the statistics of the batch it is given.
+    model, loss_fn, data = BY_ID["batchnorm-cnn-batches-train"].make()
+    before = ModelSnapshot.take(model)
+    with pytest.raises(ValueError, match="changes the loss of batch 0.*couples the samples"):
+        ld.hessian(model, loss_fn, data, mode="train", micro_batch_size=4)
+    before.assert_same(model, "refused micro-batches")  # running statistics restored
+    assert ld.hessian(model, loss_fn, data, mode="train", micro_batch_size=8).num_samples == 16  # no cut
+
+    # A loss that is not a per-sample mean: each batch's errors scaled by their own spread.
+    model, _, data = mlp_tanh_mse("batches")
+
+    def standardized_mse(out, y):
+        err = out - y
+        return (err**2).mean() / err.std().detach()
+
+    with pytest.raises(ValueError, match="changes the loss"):
+        ld.hessian(model, standardized_mse, data, micro_batch_size=3)
+
+
+@pytest.mark.parametrize("size", [0, -2, 2.5, True, "4"])
+def test_bad_micro_batch_size(size):
+    model, loss_fn, data = mlp_tanh_mse("batches")
+    with pytest.raises(ValueError, match="micro_batch_size must be a positive integer"):
+        ld.hessian(model, loss_fn, data, micro_batch_size=size)
+
+
+def test_micro_batches_of_tuple_and_dict_inputs_with_a_shared_tensor():
+    """Inputs whose first dimension is the batch are cut; a tensor shared by the whole batch
+    (here a (2, 2) mixing matrix) goes whole to every micro-batch."""
+
+    class Mixer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 2)
+
+        def forward(self, x, mix):
+            return torch.tanh(self.a(x)) @ mix
+
+    torch.manual_seed(0)
+    model = Mixer()
+    x, y, mix = torch.randn(10, 3), torch.randn(10, 2), torch.randn(2, 2)
+    H = ld.dense_hessian(model, F.mse_loss, ((x, mix), y))
+    for data in [((x, mix), y), ({"x": x, "mix": mix}, y)]:
+        op = ld.hessian(model, F.mse_loss, data, micro_batch_size=3, max_block=64)
+        assert close(op @ torch.eye(op.num_params), H, 1e-5)

@@ -137,23 +137,32 @@ def main() -> None:
 @click.option("--trace-matvecs", default=99, show_default=True, help="Products for the Hutch++ trace (0: skip).")
 @click.option("--density/--no-density", default=True, show_default=True, help="Spectral density (SLQ).")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
+@click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
+              help="Cut larger batches into micro-batches of this many samples: the memory of one "
+                   "Hessian-vector product no longer grows with the batch size (checked to give the same Hessian).")
+@click.option("--cache", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Keep the gradient graphs between products: faster, but holds them in memory "
+                   "(auto: when they fit in a quarter of the free memory).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default="spectrum-density.png", show_default=True,
               help="Where to write the density plot.")
 @device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
-             density: bool, mode: str, seed: int, plot: str, device: str, as_json: bool) -> None:
+             density: bool, mode: str, micro_batch_size: int | None, cache: str, seed: int, plot: str,
+             device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from . import eigenpairs, hessian, spectral_density, trace
 
     prob = _load(problem, checkpoint, device)
     results: dict[str, Any] = {"problem": prob.name, "device": str(next(prob.model.parameters()).device)}
     try:
-        op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode)
+        op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode, micro_batch_size=micro_batch_size,
+                     cache={"auto": "auto", "on": True, "off": False}[cache])
     except (ValueError, TypeError) as err:
         _fail(str(err))
-    results.update(num_params=op.num_params, num_samples=op.num_samples, mode=op.mode, loss=op.loss)
+    results.update(num_params=op.num_params, num_samples=op.num_samples, mode=op.mode, loss=op.loss,
+                   micro_batch_size=micro_batch_size, cache=cache)
     with progress_bars(not as_json) as task:
         eig = eigenpairs(op, k=k, which=which, tol=tol, seed=seed, progress=task("eigenpairs"))
         results["eigenpairs"] = eig.to_dict()

@@ -76,6 +76,29 @@ def batch_size(targets: torch.Tensor) -> int:
     return int(targets.shape[0]) if targets.dim() > 0 else 1
 
 
+def split_batch(inputs: Any, targets: torch.Tensor, size: int) -> Iterator[tuple[Any, torch.Tensor, int]]:
+    """Cut one batch into consecutive micro-batches of at most ``size`` samples, yielding
+    ``(inputs, targets, samples)``. Every input tensor whose first dimension is the batch's size
+    is cut; any other input (a mask shared by the whole batch) goes whole to every part."""
+    n = batch_size(targets)
+    if n <= size or targets.dim() == 0:
+        yield inputs, targets, n
+        return
+
+    def cut(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        return x[a:b] if x.dim() > 0 and x.shape[0] == n else x
+
+    for a in range(0, n, size):
+        b = min(n, a + size)
+        if isinstance(inputs, torch.Tensor):
+            part = cut(inputs, a, b)
+        elif isinstance(inputs, Mapping):
+            part = {k: cut(v, a, b) for k, v in inputs.items()}
+        else:
+            part = tuple(cut(v, a, b) for v in inputs)
+        yield part, targets[a:b], b - a
+
+
 def to_device(inputs: Any, device: torch.device) -> Any:
     if isinstance(inputs, torch.Tensor):
         return inputs.to(device, non_blocking=True)
