@@ -121,6 +121,31 @@ def test_zero_matrix_and_rank_one():
     assert abs(float(one.eigenvectors[:, 0] @ u)) == pytest.approx(1.0, abs=1e-8)
 
 
+@pytest.mark.parametrize("which", ["largest", "both"])
+def test_small_basis_restarts_many_times_to_the_same_answer(which):
+    # ncv barely above the wanted pairs: many thick restarts, each rewriting the kept basis.
+    # (Distinct extreme eigenvalues: one start vector cannot see a repeated one's multiplicity
+    # once its basis is this small, a limit single-vector Lanczos shares with ARPACK.)
+    A = known_spectrum([6.0, 5.5, 5.0, 2.5] + [0.0] * 10 + list(np.linspace(-1.0, 2.0, 140)) + [-3.0, -2.9])
+    result = ld.eigenpairs(A, k=2, which=which, tol=1e-8, ncv=8, max_matvecs=3000)
+    assert result.all_converged and result.matvecs > 8  # more products than the basis holds
+    check_pairs(result, A, expected_ends(A, which, 2), 1e-7)
+
+
+def test_invariant_subspaces_at_the_restart_size():
+    # Rank 2: the Krylov space is invariant after two products, again and again; with the
+    # smallest ncv the fresh directions arrive when the basis is full.
+    n = 30
+    U, _ = torch.linalg.qr(torch.randn(n, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    A = U @ torch.diag(torch.tensor([4.0, -1.5], dtype=torch.float64)) @ U.T
+    result = ld.eigenpairs(A, k=3, which="largest", tol=1e-10, ncv=5)
+    assert result.all_converged and result.eigenvalues[0] == pytest.approx(4.0, abs=1e-9)
+    # Every pair is an exact eigenpair (the multiplicity of 0 is invisible to one start vector).
+    V, lam = result.eigenvectors, torch.as_tensor(result.eigenvalues)
+    assert float((A @ V - V * lam).norm()) < 1e-9
+    assert all(min(abs(x - e) for e in (4.0, 0.0, -1.5)) < 1e-9 for x in result.eigenvalues)
+
+
 def test_unconverged_pairs_are_flagged_and_warned():
     # clustered eigenvalues at the top of a large spectrum: 6 products cannot resolve them
     lam = list(np.linspace(0.0, 1.0, 300))

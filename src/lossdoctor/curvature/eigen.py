@@ -125,8 +125,12 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
 
     gen_seed = seed
     q = gaussian(n, 1, gen_seed, device).squeeze(1)
-    q = q / q.norm()
-    basis = q.unsqueeze(0)  # rows are the orthonormal Lanczos vectors
+    # Rows 0..m-1 of ``store`` are the orthonormal Lanczos vectors. Allocated once for the
+    # largest basis a restart allows: its pages are touched only as rows are written, and no
+    # step copies the basis (growing it by concatenation held two copies at each step).
+    store = torch.empty(ncv + 1, n, dtype=q.dtype, device=q.device)
+    store[0] = q / q.norm()
+    m = 1
     T = np.zeros((0, 0))
     b = np.zeros(0)  # H Q^T = Q^T T + r b^T
     r = None
@@ -144,16 +148,15 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
         while True:
             # Extend the basis by one Lanczos vector.
             j = T.shape[0]
-            if j > 0:
-                q = basis[-1]
+            q = store[m - 1]
             w = matmul(q.unsqueeze(1)).squeeze(1)
             matvecs += 1
             coupling = beta * b
             alpha = float(q @ w)
             w = w - alpha * q
             if j > 0:
-                w = w - basis[:-1].T @ torch.as_tensor(coupling, dtype=w.dtype, device=w.device)
-            w = orthogonalize(w.unsqueeze(1), basis).squeeze(1)
+                w = w - store[:m - 1].T @ torch.as_tensor(coupling, dtype=w.dtype, device=w.device)
+            w = orthogonalize(w.unsqueeze(1), store[:m]).squeeze(1)
             T_new = np.zeros((j + 1, j + 1))
             T_new[:j, :j] = T
             T_new[:j, j] = coupling
@@ -180,10 +183,13 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
             if beta <= 1e-12 * max(hnorm, 1e-300):
                 # Invariant subspace: continue from a fresh direction orthogonal to the basis.
                 gen_seed += 1
-                fresh = orthogonalize(gaussian(n, 1, gen_seed, device), basis).squeeze(1)
+                fresh = orthogonalize(gaussian(n, 1, gen_seed, device), store[:m]).squeeze(1)
                 r = fresh / fresh.norm()
                 beta = 0.0
-                basis = torch.cat([basis, r.unsqueeze(0)])
+                if m == store.shape[0]:  # invariant subspaces in a row at the restart size: rare
+                    store = torch.cat([store, torch.empty_like(store[:1])])
+                store[m] = r
+                m += 1
                 b = np.zeros(T.shape[0])
                 continue
 
@@ -192,17 +198,18 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                 keep = min(T.shape[0] - 1, n_wanted + max(2, (ncv - n_wanted) // 2))
                 idx_keep = _wanted(theta, which, (keep + 1) // 2 if which == "both" else keep)
                 Sk = S[:, idx_keep]
-                basis = torch.as_tensor(Sk.T, dtype=basis.dtype, device=basis.device) @ basis
+                store[:len(idx_keep)] = torch.as_tensor(Sk.T, dtype=store.dtype, device=store.device) @ store[:m]
+                m = len(idx_keep)
                 T = np.diag(theta[idx_keep])
                 b = Sk.T @ b
-            basis = torch.cat([basis, (r / beta).unsqueeze(0)])
+            store[m] = r / beta
+            m += 1
     except KeyboardInterrupt:
         interrupted = True
         if T.shape[0] == 0:
             raise
 
-    if basis.shape[0] > T.shape[0]:
-        basis = basis[: T.shape[0]]
+    basis = store[:min(m, T.shape[0])]
     theta, S = ritz()
     residuals = beta * np.abs(b @ S)
     idx = _wanted(theta, which, k)
