@@ -62,8 +62,14 @@ def _hutchinson_terms(op, probes: RademacherStream, count: int, block: int, coun
     for a, c in _blocks(count, block):
         G = probes.take(c - a)
         if project is not None:
-            G -= project @ (project.T @ G)
+            G -= (project @ (project.T @ G.to(project.dtype))).to(G.dtype)
         terms.extend(torch.linalg.vecdot(G, counter.apply(op, G), dim=0).tolist())
+
+
+def _basis_dtype(op) -> torch.dtype:
+    """float32 for operators that compute in float32 or less, float64 otherwise."""
+    dtype = getattr(op, "dtype", torch.float64)
+    return torch.float32 if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
 
 
 def _mean_and_error(terms: list[float]) -> tuple[float, float]:
@@ -84,7 +90,7 @@ def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, blo
     dominate, as they do for trained networks. The standard error is that of the stochastic part.
     Probes are drawn and multiplied ``block`` at a time (default: the operator's ``max_block``):
     Hutchinson holds one block whatever ``matvecs`` is; Hutch++ also holds its sketch basis, an
-    ``n`` by ``matvecs // 3`` float64 matrix. Ctrl-C returns the estimate from the probes finished.
+    ``n`` by ``matvecs // 3`` matrix in the operator's precision (float32 for a float32 model). Ctrl-C returns the estimate from the probes finished.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -105,11 +111,14 @@ def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, blo
             # matrix alive; it is built a block at a time (block Gram-Schmidt, projection and
             # QR twice, which keeps Q orthonormal even where H S is rank deficient), so H S
             # itself never exists whole, and probes and products exist a block at a time.
+            # Q is kept in the precision the operator computes in (float32 for a float32
+            # model): the products it feeds are no more exact than that, and it halves the
+            # largest allocation of the estimate. Everything else stays float64.
             sketch = min(matvecs // 3, n)  # an orthonormal Q has at most n columns
             probes = RademacherStream(n, seed, device)
-            Q = torch.empty(n, sketch, dtype=torch.float64, device=device)
+            Q = torch.empty(n, sketch, dtype=_basis_dtype(op), device=device)
             for a, c in _blocks(sketch, block):
-                B = counter.apply(op, probes.take(c - a))
+                B = counter.apply(op, probes.take(c - a)).to(Q.dtype)
                 for _ in range(2):
                     if a:
                         B -= Q[:, :a] @ (Q[:, :a].T @ B)
@@ -117,7 +126,8 @@ def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, blo
                 Q[:, a:c] = B
                 del B
             for a, c in _blocks(sketch, block):
-                exact += float(torch.linalg.vecdot(Q[:, a:c], counter.apply(op, Q[:, a:c]), dim=0).sum())
+                Qb = Q[:, a:c].to(torch.float64)
+                exact += float(torch.linalg.vecdot(Qb, counter.apply(op, Qb), dim=0).sum())
             _hutchinson_terms(op, RademacherStream(n, seed + 1, device), matvecs - 2 * sketch, block,
                               counter, terms, project=Q)
     except KeyboardInterrupt:
