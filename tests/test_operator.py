@@ -277,7 +277,7 @@ def test_micro_batches_give_the_same_hessian(case_id, cache):
     op = ld.hessian(model, loss_fn, data, micro_batch_size=4, cache=cache)
     H = case_reference(case_id)
     V = torch.randn(H.shape[0], 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    assert op.num_samples == 16 and op.micro_batch_size == 4
+    assert op.num_samples == 16 and op.micro_batch_size == 4 and "micro_batch_size=4" in repr(op)
     assert close(op @ V, H @ V, tolerance(op))
     assert close(op @ V, H @ V, tolerance(op))  # from the kept graphs, where kept
     assert op.cached == cache

@@ -380,8 +380,9 @@ class HessianOperator:
         return LinearOperator(self.shape, matvec=mv, matmat=mv, rmatvec=mv, dtype=np.float64)
 
     def __repr__(self) -> str:
+        micro = "" if self.micro_batch_size is None else f", micro_batch_size={self.micro_batch_size}"
         return (f"HessianOperator(num_params={self.num_params}, num_samples={self.num_samples}, "
-                f"batches={self.num_batches}, mode={self.mode!r}, dtype={self.dtype}, device={self.device})")
+                f"batches={self.num_batches}{micro}, mode={self.mode!r}, dtype={self.dtype}, device={self.device})")
 
 
 CACHE_MAX_BYTES = 4 * 2**30
