@@ -3,7 +3,8 @@ or a single ``(inputs, targets)`` pair. Everything in lossdoctor reads data thro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -76,35 +77,34 @@ def batch_size(targets: torch.Tensor) -> int:
     return int(targets.shape[0]) if targets.dim() > 0 else 1
 
 
+def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Any) -> Any:
+    """Apply ``fn`` to every tensor of ``inputs`` (a tensor, a tuple/list or a dict of tensors),
+    keeping the structure ``call_model`` expects."""
+    if isinstance(inputs, torch.Tensor):
+        return fn(inputs)
+    if isinstance(inputs, Mapping):
+        return {k: fn(v) for k, v in inputs.items()}
+    return tuple(fn(v) for v in inputs)
+
+
 def split_batch(inputs: Any, targets: torch.Tensor, size: int) -> Iterator[tuple[Any, torch.Tensor, int]]:
     """Cut one batch into consecutive micro-batches of at most ``size`` samples, yielding
     ``(inputs, targets, samples)``. Every input tensor whose first dimension is the batch's size
     is cut; any other input (a mask shared by the whole batch) goes whole to every part."""
     n = batch_size(targets)
-    if n <= size or targets.dim() == 0:
+    if n <= size:
         yield inputs, targets, n
         return
-
     def cut(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
         return x[a:b] if x.dim() > 0 and x.shape[0] == n else x
 
     for a in range(0, n, size):
         b = min(n, a + size)
-        if isinstance(inputs, torch.Tensor):
-            part = cut(inputs, a, b)
-        elif isinstance(inputs, Mapping):
-            part = {k: cut(v, a, b) for k, v in inputs.items()}
-        else:
-            part = tuple(cut(v, a, b) for v in inputs)
-        yield part, targets[a:b], b - a
+        yield map_inputs(functools.partial(cut, a=a, b=b), inputs), targets[a:b], b - a
 
 
 def to_device(inputs: Any, device: torch.device) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device, non_blocking=True)
-    if isinstance(inputs, Mapping):
-        return {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
-    return tuple(v.to(device, non_blocking=True) for v in inputs)
+    return map_inputs(lambda x: x.to(device, non_blocking=True), inputs)
 
 
 def input_device(inputs: Any) -> torch.device:

@@ -8,6 +8,7 @@ the Hessian of the mean loss over *all* samples.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -211,14 +212,14 @@ class HessianOperator:
         total, count, batches = 0.0, 0, 0
         with evaluation_mode(self.model, self.mode), torch.no_grad():
             for i, (inputs, targets, n) in enumerate(self._user_batches()):
-                loss = self._batch_loss(inputs, targets, i)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"the loss is {loss.item()} on batch {i}: the Hessian of a "
+                loss = self._batch_loss(inputs, targets, i).item()
+                if not math.isfinite(loss):
+                    raise ValueError(f"the loss is {loss} on batch {i}: the Hessian of a "
                                      "non-finite loss is meaningless. Check the data and the model's "
                                      "parameters for NaN/Inf.")
                 if self.micro_batch_size is not None and n > self.micro_batch_size:
-                    self._check_split(inputs, targets, n, i, loss.item())
-                total += loss.item() * self._weight(n)
+                    self._check_split(inputs, targets, n, i, loss)
+                total += loss * self._weight(n)
                 count += n
                 batches += 1
         self._local_samples = count
