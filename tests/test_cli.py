@@ -64,11 +64,26 @@ def test_micro_batches_and_no_cache(user_file, tmp_path):
     expected = torch.linalg.eigvalsh(ld.dense_hessian(p.model, p.loss_fn, p.train_data).double())
     out = spectrum_json(["--problem", spec, "--k", "1", "--which", "both", "--micro-batch-size", "5",
                          "--cache", "off", "--no-density", "--trace-matvecs", "0"], tmp_path)
-    assert out["micro_batch_size"] == 5 and out["cache"] == "off" and out["num_samples"] == 12
+    assert out["micro_batch_size"] == 5 and out["cache"] is False and out["num_samples"] == 12
+    assert out["cached_batches"] == 0
     assert out["eigenpairs"]["eigenvalues"] == pytest.approx([float(expected[-1]), float(expected[0])],
                                                              abs=1e-5 * float(expected.abs().max()))
     result = run(["spectrum", "--problem", spec, "--micro-batch-size", "0", "--json"])
     assert result.exit_code == 2 and "micro-batch-size" in result.stderr
+
+
+def test_cache_sizes(user_file, tmp_path):
+    spec = f"{user_file}:as_triple"
+    common = ["--problem", spec, "--k", "1", "--which", "largest", "--no-density", "--trace-matvecs", "0",
+              "--micro-batch-size", "4"]
+    everything = spectrum_json([*common, "--cache", "on"], tmp_path)
+    assert everything["cache"] is True and everything["cached_batches"] == 3
+    nothing = spectrum_json([*common, "--cache", "0.001KB"], tmp_path)
+    assert nothing["cache"] == 1 and nothing["cached_batches"] == 0
+    assert nothing["eigenpairs"]["eigenvalues"] == pytest.approx(everything["eigenpairs"]["eigenvalues"], rel=1e-5)
+    assert spectrum_json([*common, "--cache", "2GB"], tmp_path)["cache"] == 2 * 2**30
+    result = run(["spectrum", "--problem", spec, "--cache", "lots", "--json"])
+    assert result.exit_code == 2 and "'lots' is not auto, on, off or a size" in result.stderr
 
 
 def test_human_output(tmp_path):

@@ -101,17 +101,45 @@ def test_kept_graphs_follow_parameter_changes_and_clear():
     assert not op.cached
 
 
-def test_auto_cache_gives_up_above_its_budget(monkeypatch):
+def test_auto_cache_keeps_nothing_below_one_batch(monkeypatch):
     import lossdoctor.curvature.operator as operator
 
-    monkeypatch.setattr(operator, "cache_budget_bytes", lambda device: 1000)
+    monkeypatch.setattr(operator, "cache_budget_bytes", lambda device: 1)
     model, loss_fn, data = mlp_tanh_mse("batches")
     op = ld.hessian(model, loss_fn, data)
     v = torch.randn(op.num_params, generator=torch.Generator().manual_seed(3))
     H = reference_hessian(model, loss_fn, data)
     for _ in range(2):
         assert close(op @ v, H.double() @ v.double(), tolerance(op))
-        assert not op.cached and op._graph_cache is None
+        assert not op.cached and op.cached_batches == 0 and op.cached_bytes == 0
+
+
+@pytest.mark.parametrize(("case_id", "micro_batch_size"),
+                         [(c.id, m) for c in CASES if c.data_kind == "batches"
+                          for m in ([None, 2] if c.mode == "eval" else [None])])
+def test_a_byte_budget_keeps_the_first_batches_that_fit(case_id, micro_batch_size):
+    case = BY_ID[case_id]
+    model, loss_fn, data = case.make()
+    whole = ld.hessian(model, loss_fn, data, mode=case.mode, micro_batch_size=micro_batch_size, cache="auto")
+    v = torch.randn(whole.num_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    whole @ v
+    if case.mode == "train" and "batchnorm" in case_id:
+        assert whole.cached_batches == 0  # running statistics change in every forward
+        return
+    assert whole.cached and whole.cached_batches >= 3 and whole.cached_bytes > 0
+    budget = whole.cached_bytes - 1  # everything but the last batch's graph
+    op = ld.hessian(model, loss_fn, data, mode=case.mode, micro_batch_size=micro_batch_size, cache=budget)
+    H = case_reference(case_id)
+    first = op @ v
+    kept = op.cached_batches
+    assert 0 < kept == whole.cached_batches - 1 and not op.cached and 0 < op.cached_bytes <= budget
+    assert close(first, H @ v, tolerance(op))
+    V = torch.randn(H.shape[0], 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    assert close(op @ V, H @ V, tolerance(op))  # kept graphs and recomputed ones together
+    assert torch.equal(op @ v, first) and op.cached_batches == kept
+    with torch.no_grad():
+        next(model.parameters()).mul_(1.1)
+    assert op.cached_batches == 0 and op.cached_bytes == 0  # the graphs are of the old parameters
 
 
 def test_auto_cache_budget_is_a_share_of_available_memory():
@@ -123,8 +151,9 @@ def test_auto_cache_budget_is_a_share_of_available_memory():
 
 def test_bad_cache_argument():
     model, loss_fn, data = mlp_tanh_mse("batches")
-    with pytest.raises(ValueError, match="cache must be True, False or 'auto'"):
-        ld.hessian(model, loss_fn, data, cache="yes")
+    for bad in ("yes", -1, 1.5):
+        with pytest.raises(ValueError, match="cache must be True, False, 'auto' or a number of bytes"):
+            ld.hessian(model, loss_fn, data, cache=bad)
 
 
 @pytest.mark.parametrize("case_id", [c.id for c in CASES if c.data_kind != "loader"])

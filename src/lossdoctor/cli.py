@@ -41,6 +41,24 @@ def _fail(message: str) -> None:
     sys.exit(2)
 
 
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
+
+
+def _cache_setting(value: str) -> bool | str | int:
+    """``--cache``: auto, on, off, or a size (bytes, or with KB/MB/GB) for ``hessian(cache=...)``."""
+    word = value.strip().upper()
+    if word in ("AUTO", "ON", "OFF"):
+        return {"AUTO": "auto", "ON": True, "OFF": False}[word]
+    number = word.rstrip("KMGB")
+    try:
+        size = float(number) * _SIZE_UNITS[word[len(number):]]
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"{value!r} is not auto, on, off or a size such as 200MB.") from None
+    if size < 0:
+        raise click.BadParameter(f"{value!r}: the size must not be negative.")
+    return int(size)
+
+
 def _init_distributed() -> None:
     """Under ``torchrun`` (WORLD_SIZE > 1) join the process group; only rank 0 prints or writes."""
     import os
@@ -140,16 +158,17 @@ def main() -> None:
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
               help="Cut larger batches into micro-batches of this many samples: the memory of one "
                    "Hessian-vector product no longer grows with the batch size (checked to give the same Hessian).")
-@click.option("--cache", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-              help="Keep the gradient graphs between products: faster, but holds them in memory "
-                   "(auto: when they fit in a quarter of the free memory).")
+@click.option("--cache", default="auto", show_default=True, callback=lambda ctx, param, value: _cache_setting(value),
+              help="Keep the gradient graphs between products: faster, but holds them in memory. "
+                   "auto: within a quarter of the free memory; on; off; or a size such as 200MB "
+                   "(the graphs of the first batches that fit are kept, the rest recomputed).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--plot", type=click.Path(dir_okay=False), default="spectrum-density.png", show_default=True,
               help="Where to write the density plot.")
 @device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
-             density: bool, mode: str, micro_batch_size: int | None, cache: str, seed: int, plot: str,
+             density: bool, mode: str, micro_batch_size: int | None, cache: bool | str | int, seed: int, plot: str,
              device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from . import eigenpairs, hessian, spectral_density, trace
@@ -158,7 +177,7 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
     results: dict[str, Any] = {"problem": prob.name, "device": str(next(prob.model.parameters()).device)}
     try:
         op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode, micro_batch_size=micro_batch_size,
-                     cache={"auto": "auto", "on": True, "off": False}[cache])
+                     cache=cache)
     except (ValueError, TypeError) as err:
         _fail(str(err))
     results.update(num_params=op.num_params, num_samples=op.num_samples, mode=op.mode, loss=op.loss,
@@ -174,6 +193,7 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
             dens = spectral_density(op, seed=seed, progress=task("spectral density (SLQ)"))
             results["density"] = {key: value for key, value in dens.to_dict().items()
                                   if key not in ("grid", "density", "nodes", "weights")}
+    results["cached_batches"] = op.cached_batches
     if dens is not None and plot and _is_rank_zero():
         from .report.spectrum import density_figure
 
@@ -181,7 +201,8 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
     if as_json:
         out.print_json(json.dumps(results))
         return
-    out.print(f"{op!r}\nmean loss {op.loss:.6g}")
+    unit = "micro-batches" if micro_batch_size else "batches"
+    out.print(f"{op!r}\nmean loss {op.loss:.6g}; gradient graphs of {op.cached_batches} {unit} kept between products")
     out.print(str(eig))
     if tr is not None:
         out.print(str(tr))
