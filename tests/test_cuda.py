@@ -60,17 +60,23 @@ def test_data_already_on_cuda(data_kind):
     assert relative_error(op @ v, H @ v) <= 2e-5
 
 
-@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("cache", [False, True, "all but one"])
 @pytest.mark.parametrize("case_id", ["cnn2d-loader-eval", "transformer-tied-batches-eval", "lstm-pair-eval"])
 def test_micro_batches_on_cuda(case_id, cache):
     case = BY_ID[case_id]
     model, loss_fn, data = case.make()
     H = case_reference(case_id)
     model = model.to(CUDA)
-    op = ld.hessian(model, loss_fn, data, micro_batch_size=3, cache=cache)
     V = torch.randn(H.shape[0], 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    if cache == "all but one":  # a byte budget one batch short: kept and recomputed graphs mix
+        whole = ld.hessian(model, loss_fn, data, micro_batch_size=3, cache=True)
+        whole @ V[:, 0]
+        cache = whole.cached_bytes - 1
+    op = ld.hessian(model, loss_fn, data, micro_batch_size=3, cache=cache)
     assert relative_error(op @ V, H @ V) <= 2e-5
     assert relative_error(op @ V, H @ V) <= 2e-5  # again: from the kept graphs, where kept
+    if not isinstance(cache, bool):
+        assert op.cached_batches > 0 and not op.cached
 
 
 def test_eigenpairs_trace_density_and_cache_on_cuda():
