@@ -151,7 +151,7 @@ def test_auto_cache_budget_is_a_share_of_available_memory():
 
 def test_bad_cache_argument():
     model, loss_fn, data = mlp_tanh_mse("batches")
-    for bad in ("yes", -1, 1.5):
+    for bad in ("yes", -1, 1.5, np.array([1, 2])):
         with pytest.raises(ValueError, match="cache must be True, False, 'auto' or a number of bytes"):
             ld.hessian(model, loss_fn, data, cache=bad)
 

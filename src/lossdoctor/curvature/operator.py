@@ -422,7 +422,7 @@ def _cache_budget(cache: Any, device: torch.device) -> float:
         return math.inf
     if cache is False:
         return 0
-    if cache == "auto":
+    if isinstance(cache, str) and cache == "auto":
         return cache_budget_bytes(device)
     if isinstance(cache, (int, np.integer)) and not isinstance(cache, bool) and cache >= 0:
         return int(cache)
