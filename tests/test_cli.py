@@ -90,6 +90,7 @@ def test_human_output(tmp_path):
     result = run(["spectrum", "--problem", "lecture-saddle", "--k", "1", "--plot", str(tmp_path / "d.png")])
     assert result.exit_code == 0
     assert "Hessian eigenpairs" in result.stdout and "trace" in result.stdout
+    assert "gradient graphs of 1 batch kept between products" in " ".join(result.stdout.split())
 
 
 def test_unknown_problem_and_bad_checkpoint(tmp_path, user_file):

@@ -201,7 +201,7 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
     if as_json:
         out.print_json(json.dumps(results))
         return
-    unit = "micro-batches" if micro_batch_size else "batches"
+    unit = ("micro-batch" if micro_batch_size else "batch") + ("" if op.cached_batches == 1 else "es")
     out.print(f"{op!r}\nmean loss {op.loss:.6g}; gradient graphs of {op.cached_batches} {unit} kept between products")
     out.print(str(eig))
     if tr is not None:
