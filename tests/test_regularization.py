@@ -129,7 +129,7 @@ def test_penalty_value_and_gradient_by_hand():
     penalty = ld.l2_penalty(model, gamma)
     w1, w2 = model[0].weight, model[2].weight
     by_hand = 0.5 * gamma * (w1.detach().pow(2).sum() + w2.detach().pow(2).sum())
-    assert float(penalty) == pytest.approx(float(by_hand), rel=1e-6)
+    assert float(penalty.detach()) == pytest.approx(float(by_hand), rel=1e-6)
     penalty.backward()
     assert torch.allclose(w1.grad, gamma * w1.detach())
     assert torch.allclose(w2.grad, gamma * w2.detach())
