@@ -145,7 +145,7 @@ def test_penalty_counts_tied_weights_once_and_matches_sgd_weight_decay():
     model = TinyLM()
     p = ld.l2_penalty(model, 1.0, exclude=("bias", "norm"))
     decayed = ld.weight_decay_groups(model, 1.0)[0]["params"]
-    assert float(p) == pytest.approx(0.5 * sum(float(w.detach().pow(2).sum()) for w in decayed), rel=1e-6)
+    assert float(p.detach()) == pytest.approx(0.5 * sum(float(w.detach().pow(2).sum()) for w in decayed), rel=1e-6)
     # an SGD step on loss + penalty equals an SGD step with weight_decay=gamma on the same groups
     torch.manual_seed(1)
     a = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
@@ -167,7 +167,7 @@ def test_penalty_dtype_and_no_weights():
     assert ld.l2_penalty(model, 0.1).dtype == torch.float64
     only_norm = nn.LayerNorm(3)
     zero = ld.l2_penalty(only_norm, 0.1)
-    assert float(zero) == 0.0 and zero.dim() == 0
+    assert float(zero.detach()) == 0.0 and zero.dim() == 0
 
 
 @pytest.mark.parametrize("call,error,match", [
