@@ -11,7 +11,7 @@ import contextlib
 import math
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +68,15 @@ def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[No
         except ImportError:  # older torch
             pass
         yield
+
+
+class _KeptGraphs(NamedTuple):
+    """The gradient graphs kept between products (see ``hessian(cache=...)``)."""
+
+    versions: list[int]  # the parameters' versions they were built at
+    graphs: list  # (live, g_live, n) of the first batches
+    complete: bool  # whether those are all the batches
+    nbytes: int  # what their saved tensors hold
 
 
 class HessianOperator:
@@ -129,9 +138,7 @@ class HessianOperator:
         self.num_matvecs = 0
         self.cache = cache
         self._cache_budget = _cache_budget(cache, self.device)
-        # (parameter versions, graphs of the first batches, whether those are all the batches,
-        # the bytes their saved tensors hold)
-        self._graph_cache: tuple[list[int], list, bool, int] | None = None
+        self._graph_cache: _KeptGraphs | None = None
         self._cache_gave_up = False  # the forward changes buffers in place: graphs cannot be kept
         self.distributed = _process_group_active() if distributed is None else bool(distributed)
         if self.distributed and not _process_group_active():
@@ -255,11 +262,11 @@ class HessianOperator:
         the cache; the others are computed afresh. The cache holds the graphs of the first
         batches, as many as fit the budget (all with ``cache=True``), and is rebuilt when the
         parameters change."""
-        if self._graph_cache is not None and self._graph_cache[0] == self._versions():
-            _, kept, complete, _ = self._graph_cache
-            yield from ((*g, True) for g in kept)
-            if not complete:
-                yield from self._fresh_graphs(skip=len(kept))
+        held = self._held_graphs()
+        if held is not None:
+            yield from ((*g, True) for g in held.graphs)
+            if not held.complete:
+                yield from self._fresh_graphs(skip=len(held.graphs))
             return
         self._graph_cache = None  # free old graphs (parameters changed) before building new ones
         if self._cache_budget == 0 or self._cache_gave_up:
@@ -291,7 +298,7 @@ class HessianOperator:
                     kept.append((live, g_live, n))
                 yield live, g_live, n, keep
         if not self._cache_gave_up:
-            self._graph_cache = (self._versions(), kept, keep, saved.total if keep else kept_bytes)
+            self._graph_cache = _KeptGraphs(self._versions(), kept, keep, saved.total if keep else kept_bytes)
 
     def _fresh_graphs(self, skip: int = 0):
         """The gradient graphs of the batches after the first ``skip``, computed for this product."""
@@ -353,21 +360,27 @@ class HessianOperator:
     @property
     def cached(self) -> bool:
         """Whether the gradient graphs of every batch are held for the current parameters."""
-        return self.cached_batches > 0 and self._graph_cache[2]
+        held = self._held_graphs()
+        return held is not None and held.complete
 
     @property
     def cached_batches(self) -> int:
         """How many batches (micro-batches) have their gradient graphs held for the current
         parameters: products recompute only the others (see ``cache``)."""
-        if self._graph_cache is None or self._graph_cache[0] != self._versions():
-            return 0
-        return len(self._graph_cache[1])
+        held = self._held_graphs()
+        return 0 if held is None else len(held.graphs)
 
     @property
     def cached_bytes(self) -> int:
         """The bytes of the tensors the held gradient graphs save (the cache's memory, not
         counting the parameters themselves)."""
-        return self._graph_cache[3] if self.cached_batches else 0
+        held = self._held_graphs()
+        return 0 if held is None else held.nbytes
+
+    def _held_graphs(self) -> _KeptGraphs | None:
+        """The cache, if it was built for the current parameters."""
+        held = self._graph_cache
+        return held if held is not None and held.versions == self._versions() else None
 
     def clear_cache(self) -> None:
         """Free the gradient graphs kept by ``cache``."""
