@@ -1,0 +1,365 @@
+"""The stall doctor's decision rules: pure functions from :class:`Measurements` to a cause.
+
+Each rule reads a few measured numbers and compares them with documented thresholds; the first
+rule that holds, in the order of :data:`RULES`, names the cause. Every comparison that decided is
+returned as :class:`Evidence` (name, value, relation, threshold), so a verdict can always be traced
+to its numbers, and every rule can be tested on constructed measurements without a model.
+
+The causes (``Diagnosis.cause``):
+
+========================  ====================================================================
+``diverging``             the loss or the parameters are NaN/Inf, or the loss grows
+``oscillation``           the step overshoots the valley floor: the lr-scaled sharpness S is past
+                          its stability limit, or the optimizer's own step goes uphill, or the
+                          iterates bounce between the walls (gradient flips, no progress)
+``progressing``           the loss is still falling beyond doubt from its noise
+``momentum_too_high``     heavy-ball momentum >= 0.98: steps 50x the lr ring around the valley
+``dead_units``            a large share of ReLU-family units never fire on the data
+``weight_decay``          the weight-decay part of the step undoes the gradient part
+``vanishing_gradients``   hidden layers' gradients are orders of magnitude smaller, relative
+                          to their weights, than the output layer's
+``saddle_point``          the gradient is ~0 and the Hessian has a clearly negative eigenvalue
+``degenerate``            the gradient and the Hessian both vanish (a higher-order critical point)
+``converged``             the gradient is ~0 and no direction curves down: a minimum
+``gradient_noise``        stable steps, but the minibatch gradient is mostly noise: the loss
+                          hovers at SGD's noise floor
+``flat_plateau``          the surface is flat: the gradient is small for the loss and the
+                          curvature (saturated outputs), the lr well inside its limit
+``lr_too_small``          stable steps far below the stability limit, the gradient not small
+``ill_conditioned``       the lr is held down by the sharpest direction (S near its limit) while
+                          the loss sits along flat directions that need many steps
+========================  ====================================================================
+
+Thresholds were set on the tuning seeds of ``studies/stall_cases.py`` only (see
+``studies/doctor_validation.py``); the held-out seeds measure them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .._results import ResultMixin, fmt
+from .measure import Measurements
+
+CAUSES = ("diverging", "oscillation", "progressing", "momentum_too_high", "dead_units", "weight_decay",
+          "vanishing_gradients", "saddle_point", "degenerate", "converged", "gradient_noise", "flat_plateau",
+          "lr_too_small", "ill_conditioned")
+STALLED_CAUSES = tuple(c for c in CAUSES if c != "progressing")
+
+# -- thresholds (each used by one rule; see the rule's docstring) ----------------------------------
+DIVERGE_GROWTH = 1.5
+UNSTABLE = 1.0  # S / limit above this: past the stability limit
+BOUNCE_STABILITY = 0.9
+BOUNCE_COSINE = -0.5
+BOUNCE_EFFICIENCY = 0.1
+BOUNCE_MAX_DROP = 0.3
+TRUST = 0.25  # the probe step's realized / predicted decrease below this: too long a step
+HIGH_MOMENTUM = 0.98
+DEAD_SHARE = 0.3
+DEAD_LAYER_SHARE = 0.5
+DECAY_SHARE = 0.3
+DECAY_ALIGNMENT = -0.3
+VANISHING = 1e-2
+CRITICAL_GRADIENT = 1e-2  # ||g|| / sqrt(2 |L| λ_max) below this: a critical point
+CRITICAL_REDUCIBLE = 1e-3  # ½ gᵀH⁺g / |L| below this: the quadratic model has nothing left
+NEGATIVE_CURVATURE = 1e-3  # |λ_min| / λ_max above this: a direction that clearly curves down
+NOISE_RATIO = 3.0
+NOISE_EFFICIENCY = 0.3
+FLAT_REACH = 1.0  # sqrt(2 L / λ_max) over max(||θ||, 1) above this: the surface is flat
+FLAT_GRADIENT = 0.1  # ||g|| / sqrt(2 |L| λ_max) below this, with lr headroom: flat
+SMALL_STEP = 0.02  # S / limit below this: the step is far from the stability limit
+LR_HEADROOM = 0.25  # S / limit below this: the lr can grow 4x and more
+SLOW = 50.0  # half-life in steps above this: slow
+
+
+@dataclass(frozen=True)
+class Evidence(ResultMixin):
+    """One comparison that decided: ``value relation threshold`` (e.g. S/limit 1.3 > 1)."""
+
+    name: str
+    value: float | None
+    relation: str
+    threshold: float | None
+
+    def __str__(self) -> str:
+        return f"{self.name} = {fmt(self.value)} {self.relation} {fmt(self.threshold)}"
+
+
+@dataclass(frozen=True)
+class Decision(ResultMixin):
+    """The cause, whether training is stalled, and the comparisons that decided."""
+
+    cause: str
+    stalled: bool
+    evidence: tuple[Evidence, ...]
+    kept_previous: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.cause}: " + "; ".join(str(e) for e in self.evidence)
+
+
+Check = Callable[[Measurements, float], "tuple[Evidence, ...] | None"]
+
+
+def _ev(name: str, value: float | None, relation: str, threshold: float | None) -> Evidence:
+    return Evidence(name, None if value is None else float(value), relation, threshold)
+
+
+def _holds(value: float | None, relation: str, threshold: float) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return value > threshold if relation == ">" else value < threshold if relation == "<" else \
+        value >= threshold if relation == ">=" else value <= threshold
+
+
+# -- the rules: each returns the deciding evidence, or None ---------------------------------------
+def diverging(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """NaN/Inf parameters or losses, or the loss grew by more than ``DIVERGE_GROWTH`` over the
+    window."""
+    if m.nonfinite_params:
+        return (_ev("non-finite parameters", 1.0, "=", 1.0),)
+    if m.trend.nonfinite or (m.loss is not None and not math.isfinite(m.loss)):
+        return (_ev("non-finite losses in the window", float(m.trend.nonfinite), ">", 0.0),)
+    # Growth beyond the noise, heavy-tailed noise included: the last third's lower quartile
+    # above the first third's upper quartile.
+    if _holds(m.trend.growth, ">", DIVERGE_GROWTH / slack ** 0.5) and _holds(m.trend.separated_growth, ">", 1.0):
+        return (_ev("loss growth over the window", m.trend.growth, ">", DIVERGE_GROWTH),
+                _ev("last third's 25th percentile / first third's 75th", m.trend.separated_growth, ">", 1.0))
+    return None
+
+
+def bouncing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The iterates bounce between the valley walls: S within 10% of its limit, the gradient
+    flips after one step (cosine < -0.5), and the loss follows less than a tenth of the
+    first-order prediction; called even while the loss still falls (up to 30% per window), as
+    the lecture's valley does."""
+    stab, cos, eff = m.stability, m.probe_cosine, m.efficiency
+    if (_holds(stab, ">=", BOUNCE_STABILITY / slack) and _holds(cos, "<", BOUNCE_COSINE / slack)
+            and _holds(eff, "<", BOUNCE_EFFICIENCY * slack)
+            and _holds(m.trend.relative_drop, "<", BOUNCE_MAX_DROP)):
+        return (_ev("S / stability limit", stab, ">=", BOUNCE_STABILITY),
+                _ev("gradient cosine after one step", cos, "<", BOUNCE_COSINE),
+                _ev("efficiency (realized / predicted drop)", eff, "<", BOUNCE_EFFICIENCY))
+    return None
+
+
+def progressing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The loss falls faster than the stall threshold beyond doubt from its own noise."""
+    if m.trend.stalled is False:
+        return (_ev("relative loss drop over the window", m.trend.relative_drop, ">", m.trend.threshold),)
+    return None
+
+
+def momentum_too_high(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """Heavy-ball momentum (SGD, RMSprop) of at least ``HIGH_MOMENTUM``: steps of lr/(1-μ) on
+    slow directions, 50x the lr and more, ring around the valley instead of settling."""
+    if m.optimizer in ("sgd", "rmsprop") and _holds(m.momentum, ">=", HIGH_MOMENTUM):
+        return (_ev("momentum", m.momentum, ">=", HIGH_MOMENTUM),)
+    return None
+
+
+def unstable(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The step is too large for the curvature: S past its stability limit, or the optimizer's
+    own step from here (full-data gradient) realizes less than ``TRUST`` of the decrease its
+    first-order prediction promises (the trust-region ratio: the step is longer than the region
+    where the local model holds; below 0 it goes uphill)."""
+    if _holds(m.stability, ">", UNSTABLE / slack):
+        return (_ev("S / stability limit", m.stability, ">", UNSTABLE),)
+    rho = m.trust_ratio
+    if rho is not None and _holds(rho, "<", TRUST * slack):
+        return (_ev("probe step: realized / predicted decrease", rho, "<", TRUST),)
+    return None
+
+
+def adaptive_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """With an adaptive optimizer, gradient noise at least ``NOISE_RATIO`` times the signal and
+    the loss following less than ``NOISE_EFFICIENCY`` of the prediction: the steps, normalized
+    per coordinate, keep their size (about lr) as the gradient sinks into the noise, so the loss
+    hovers at a level set by the lr: the lr is too high."""
+    if not m.adaptive:
+        return None
+    if _holds(m.noise_ratio, ">=", NOISE_RATIO / slack) and (
+            m.efficiency is None or _holds(m.efficiency, "<", NOISE_EFFICIENCY * slack)):
+        return (_ev("gradient noise / signal at the training batch size", m.noise_ratio, ">=", NOISE_RATIO),
+                _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY))
+    return None
+
+
+def dead_units(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """At least ``DEAD_SHARE`` of the hidden units, or ``DEAD_LAYER_SHARE`` of one layer's,
+    have an exactly zero gradient on every sample (ReLUs that never fire)."""
+    share, worst = m.dead_fraction, m.worst_dead_layer
+    if _holds(share, ">=", DEAD_SHARE / slack):
+        return (_ev("share of dead hidden units", share, ">=", DEAD_SHARE),)
+    if worst is not None and _holds(worst.dead_units / worst.units, ">=", DEAD_LAYER_SHARE / slack):
+        return (_ev(f"dead units in layer {worst.name}", worst.dead_units / worst.units, ">=", DEAD_LAYER_SHARE),)
+    return None
+
+
+def weight_decay(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The weight-decay part of the optimizer's step is at least ``DECAY_SHARE`` of the gradient
+    part and points against it (cosine <= ``DECAY_ALIGNMENT``): decay pulls back what the
+    gradient gains."""
+    if _holds(m.decay_share, ">=", DECAY_SHARE / slack) and _holds(m.decay_alignment, "<=", DECAY_ALIGNMENT / slack):
+        return (_ev("weight-decay step / gradient step", m.decay_share, ">=", DECAY_SHARE),
+                _ev("cosine between them", m.decay_alignment, "<=", DECAY_ALIGNMENT))
+    return None
+
+
+def vanishing_gradients(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """Some hidden layer's gradient/weight ratio is below ``VANISHING`` of the output layer's,
+    with a non-adaptive optimizer (an adaptive one rescales each coordinate's step)."""
+    if m.adaptive:
+        return None
+    ratio = m.depth_gradient_ratio
+    if _holds(ratio, "<", VANISHING * slack) and ratio > 0:
+        return (_ev("smallest hidden-layer gradient/weight ratio over the output layer's", ratio, "<", VANISHING),)
+    return None
+
+
+def _critical(m: Measurements, slack: float) -> Evidence | None:
+    """The gradient is ~0 on the problem's own scale and the local quadratic model has (next to)
+    nothing left to lose: ½ gᵀH⁺g below ``CRITICAL_REDUCIBLE`` of the loss (an ill-conditioned
+    valley has a small gradient too, but much loss left along its floor)."""
+    rel = m.relative_grad
+    reducible = None if m.reducible is None or m.loss is None else m.reducible / max(abs(m.loss), 1e-12)
+    if rel is not None and _holds(rel, "<", CRITICAL_GRADIENT * slack) and (
+            reducible is None or _holds(reducible, "<", CRITICAL_REDUCIBLE * slack)):
+        return _ev("gradient norm / sqrt(2 |L| λ_max)", rel, "<", CRITICAL_GRADIENT)
+    if m.grad_norm is not None and m.grad_norm == 0:
+        return _ev("gradient norm", 0.0, "=", 0.0)
+    return None
+
+
+def saddle_point(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """A critical point (gradient below ``CRITICAL_GRADIENT`` of its scale) where the smallest
+    Hessian eigenvalue is negative beyond ``NEGATIVE_CURVATURE`` of λ_max."""
+    crit = _critical(m, slack)
+    if crit is None or m.lambda_min is None or m.lambda_max is None:
+        return None
+    ref = max(abs(m.lambda_max), abs(m.lambda_min))
+    if m.lambda_min < 0 and ref > 0 and -m.lambda_min / ref > NEGATIVE_CURVATURE / slack:
+        return (crit, _ev("λ_min / max |λ|", m.lambda_min / ref, "<", -NEGATIVE_CURVATURE))
+    return None
+
+
+def degenerate(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """Gradient and Hessian both zero (λ_max <= 0 and |λ_min| <= 0 up to rounding) at a loss
+    above zero: a higher-order critical point."""
+    if m.grad_norm is None or m.lambda_max is None or m.loss is None:
+        return None
+    scale = max(abs(m.loss), 1e-12)
+    if m.grad_norm <= 1e-7 * scale and m.lambda_max <= 1e-7 * scale and (m.lambda_min is None or abs(m.lambda_min) <= 1e-7 * scale):
+        return (_ev("gradient norm", m.grad_norm, "<=", 1e-7 * scale), _ev("λ_max", m.lambda_max, "<=", 1e-7 * scale))
+    return None
+
+
+def converged(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """A critical point without clearly negative curvature: a (local) minimum."""
+    crit = _critical(m, slack)
+    if crit is None:
+        return None
+    return (crit, _ev("λ_min", m.lambda_min, ">=", None))
+
+
+def gradient_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """Minibatch gradient noise at least ``NOISE_RATIO`` times the full gradient's squared norm
+    (tr Σ / B over ||g||²) and the loss follows less than ``NOISE_EFFICIENCY`` of the first-order
+    prediction, with a step that is not tiny: stable steps bouncing on the noise (SGD's noise
+    floor)."""
+    if m.adaptive:
+        return None
+    if _holds(m.stability, ">=", SMALL_STEP) and _holds(m.noise_ratio, ">=", NOISE_RATIO / slack) and (
+            m.efficiency is None or _holds(m.efficiency, "<", NOISE_EFFICIENCY * slack)):
+        return (_ev("gradient noise / signal at the training batch size", m.noise_ratio, ">=", NOISE_RATIO),
+                _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY))
+    return None
+
+
+def flat_plateau(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The surface is flat here: a bowl of curvature λ_max holding L would reach its floor
+    sqrt(2L/λ_max) away, farther than the parameters' own norm; or, with the lr well inside its
+    limit (S below ``LR_HEADROOM`` of it), the gradient is small for the loss and the curvature
+    (||g|| / sqrt(2 |L| λ_max) below ``FLAT_GRADIENT``): saturated outputs."""
+    if m.loss is None or m.lambda_max is None or not (m.lambda_max > 0 and m.loss > 0):
+        return None
+    reach = math.sqrt(2 * m.loss / m.lambda_max) / max(m.param_norm or 0.0, 1.0)
+    if reach > FLAT_REACH / slack:
+        return (_ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FLAT_REACH),)
+    if _holds(m.stability, "<", LR_HEADROOM * slack) and _holds(m.relative_grad, "<", FLAT_GRADIENT * slack):
+        return (_ev("S / stability limit", m.stability, "<", LR_HEADROOM),
+                _ev("gradient norm / sqrt(2 |L| λ_max)", m.relative_grad, "<", FLAT_GRADIENT))
+    return None
+
+
+def lr_too_small(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """S below ``LR_HEADROOM`` of its limit with a gradient that is not small: the lr could grow
+    several-fold before the sharpest direction objects, and the loss would follow."""
+    if _holds(m.stability, "<", LR_HEADROOM * slack):
+        return (_ev("S / stability limit", m.stability, "<", LR_HEADROOM),)
+    return None
+
+
+def ill_conditioned(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """S is within reach of its limit (so the lr cannot simply grow) and the quadratic model
+    needs more than ``SLOW`` steps to lose half of what it can: the loss crawls along flat
+    directions while the steep ones cap the lr."""
+    if _holds(m.stability, ">=", LR_HEADROOM / slack) and _holds(m.half_life, ">", SLOW / slack):
+        return (_ev("S / stability limit", m.stability, ">=", LR_HEADROOM),
+                _ev("steps to halve the reducible loss", m.half_life, ">", SLOW))
+    return None
+
+
+# Order matters: the first rule that holds names the cause.
+RULES: tuple[tuple[str, Check], ...] = (
+    ("diverging", diverging),
+    ("oscillation", bouncing),
+    ("progressing", progressing),
+    ("momentum_too_high", momentum_too_high),
+    ("dead_units", dead_units),
+    ("weight_decay", weight_decay),
+    ("vanishing_gradients", vanishing_gradients),
+    ("degenerate", degenerate),
+    ("saddle_point", saddle_point),
+    ("converged", converged),
+    ("oscillation", unstable),
+    ("oscillation", adaptive_noise),
+    ("gradient_noise", gradient_noise),
+    ("flat_plateau", flat_plateau),
+    ("lr_too_small", lr_too_small),
+    ("ill_conditioned", ill_conditioned),
+)
+RELAXED = 1.5  # a previous verdict is kept while its rule holds with thresholds relaxed this much
+
+
+def decide(m: Measurements, previous: str | None = None) -> Decision:
+    """The cause for these measurements: the first rule of :data:`RULES` that holds.
+
+    With ``previous`` (the last verdict on the same run, as the Monitor passes it), that verdict
+    is kept while its own rule still holds with thresholds relaxed by ``RELAXED`` and nothing
+    earlier in the order (diverging, progressing) now holds: a verdict changes only on new
+    evidence, not on a measurement wobbling around a threshold.
+
+    Example:
+        >>> from lossdoctor.doctor.rules import CAUSES
+        >>> "oscillation" in CAUSES and "progressing" in CAUSES
+        True
+    """
+    first = None
+    for cause, rule in RULES:
+        found = rule(m, 1.0)
+        if found is not None:
+            first = (cause, found)
+            break
+    if first is None:
+        # No rule holds: the loss stalled without a measured reason; the slowest plausible one.
+        first = ("ill_conditioned", (_ev("steps to halve the reducible loss", m.half_life, ">", None),))
+    if previous is not None and previous != first[0] and first[0] not in ("diverging", "progressing"):
+        for cause, rule in RULES:
+            if cause == previous:
+                kept = rule(m, RELAXED)
+                if kept is not None:
+                    return Decision(previous, True, kept, kept_previous=True)
+    return Decision(first[0], first[0] != "progressing", first[1])

@@ -1,0 +1,252 @@
+"""Loss-trend statistics: is the loss still falling, beyond doubt from minibatch noise?
+
+Everything here reads a sequence of per-step training losses; nothing touches a model. The
+doctor (:func:`lossdoctor.diagnose`) and the :class:`lossdoctor.Monitor` share these rules.
+
+Example:
+    >>> import numpy as np
+    >>> from lossdoctor.doctor.trend import loss_trend
+    >>> t = loss_trend(np.linspace(2.0, 1.0, 60))
+    >>> t.stalled, round(t.relative_drop, 2)
+    (False, 0.49)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._results import ResultMixin, fmt
+
+MIN_STEPS = 4
+WINDOW = 60
+# The relative loss drop over WINDOW steps below which the loss counts as stalled (a rate: over
+# longer windows it compounds, see stall_threshold).
+STALL_REL = 0.02
+# Standard errors the noise-aware stall test wants before it decides either way.
+STALL_Z = 2.0
+# Loss at the window's end over its start above this: the loss is growing.
+DIVERGE_GROWTH = 1.5
+
+
+@dataclass(frozen=True)
+class StepHistory(ResultMixin):
+    """Recent per-step signals, however they were given (list, dict, TrainHistory, Monitor record).
+
+    ``grad_norms`` and ``grad_cosines`` may hold NaN on steps where they were not taken.
+    """
+
+    losses: np.ndarray
+    grad_norms: np.ndarray | None = None
+    grad_cosines: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class LossTrend(ResultMixin):
+    """The trend of the last ``window`` losses.
+
+    ``start``/``end`` are the medians of the window's first and last thirds (robust to minibatch
+    noise); ``relative_drop`` = (start - end)/|start|; ``growth`` = end/start. ``noise`` is the
+    standard deviation of one loss around the smooth trend (from second differences) and
+    ``drop_se`` the standard error of ``relative_drop``. ``stalled`` is the verdict of
+    :func:`stall_test`: True (stopped falling beyond doubt), False (still falling beyond doubt)
+    or None (the noise leaves it open). ``lag1`` is the lag-1 autocorrelation of the losses
+    around their trend: near -1 the loss bounces up and down every other step (a period-2
+    oscillation). ``nonfinite`` counts NaN/Inf losses in the window. ``separated_growth`` is the
+    25th percentile of the last third over the 75th percentile of the first: above 1 only when
+    the loss grew by more than its (possibly heavy-tailed) noise.
+    """
+
+    window: int
+    start: float
+    end: float
+    relative_drop: float
+    growth: float
+    drop_per_step: float
+    noise: float
+    drop_se: float
+    threshold: float
+    stalled: bool | None
+    lag1: float
+    nonfinite: int
+    separated_growth: float = math.nan  # 25th percentile of the last third / 75th of the first
+
+    @property
+    def falling(self) -> bool:
+        return self.stalled is False
+
+    def __str__(self) -> str:
+        verdict = {True: "stalled", False: "still falling", None: "open (noise)"}[self.stalled]
+        return (f"last {self.window} steps: {fmt(self.start, 5)} -> {fmt(self.end, 5)} "
+                f"(relative drop {self.relative_drop:+.2%} ± {self.drop_se:.2%}, threshold "
+                f"{self.threshold:.2%}): {verdict}")
+
+
+# -- reading a history ---------------------------------------------------------------------------
+def _as_array(values: Any, what: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        if values.dtype == torch.bool or values.is_complex():
+            raise TypeError(f"{what} must be real numbers, got a {values.dtype} tensor.")
+        if values.dim() > 1 and sum(s > 1 for s in values.shape) > 1:
+            raise ValueError(f"{what} must be one-dimensional (one value per step), got shape {tuple(values.shape)}.")
+        values = values.detach().cpu().double().numpy()
+    if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+        raise TypeError(f"{what} must be a sequence of numbers (list, numpy array or tensor), "
+                        f"got {type(values).__name__}.")
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what} must contain numbers only: {err}") from None
+    if arr.dtype == bool or arr.dtype.kind not in "iuf":
+        raise TypeError(f"{what} must contain real numbers (one per step), got dtype {arr.dtype}.")
+    if arr.ndim > 1 and sum(s > 1 for s in arr.shape) > 1:
+        raise ValueError(f"{what} must be one-dimensional (one value per step), got shape {arr.shape}.")
+    return arr.astype(np.float64).reshape(-1)
+
+
+def _pick(source: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        if isinstance(source, Mapping):
+            if name in source and source[name] is not None:
+                return source[name]
+        elif getattr(source, name, None) is not None:
+            return getattr(source, name)
+    return None
+
+
+LOSS_KEYS = ("losses", "loss", "step_loss")
+GRAD_KEYS = ("grad_norms", "grad_norm")
+COS_KEYS = ("grad_cosines", "grad_cosine")
+
+
+def read_history(history: Any) -> StepHistory:
+    """Per-step losses (and optional gradient norms and successive-gradient cosines) from a list,
+    array or tensor of losses, a dict with keys ``losses``/``grad_norms``/``grad_cosines``, or an
+    object with those attributes (``monitor.record``, a ``TrainHistory``'s ``step_loss``).
+
+    Example:
+        >>> read_history({"losses": [3.0, 2.0, 1.5, 1.4]}).losses.tolist()
+        [3.0, 2.0, 1.5, 1.4]
+    """
+    if history is None:
+        raise ValueError("history is None: pass the recent per-step training losses (a list), a dict "
+                         "{'losses': [...], 'grad_norms': [...]}, or monitor.record.")
+    if isinstance(history, StepHistory):
+        return history
+    if isinstance(history, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(history, (str, bytes)):
+        losses, grads, cosines = history, None, None
+    else:
+        losses = _pick(history, LOSS_KEYS)
+        if losses is None:
+            raise TypeError(f"history of type {type(history).__name__} has no losses: pass a list of "
+                            f"per-step losses, or a dict/object with one of {LOSS_KEYS}.")
+        grads, cosines = _pick(history, GRAD_KEYS), _pick(history, COS_KEYS)
+    loss_arr = _as_array(losses, "history losses")
+    if loss_arr.size < MIN_STEPS:
+        raise ValueError(f"history has {loss_arr.size} losses; the doctor needs at least {MIN_STEPS} "
+                         "consecutive training steps to see a trend (pass more of the recent history).")
+    grad_arr = None if grads is None else _as_array(grads, "history grad_norms")
+    if grad_arr is not None and grad_arr.size != loss_arr.size:
+        raise ValueError(f"history has {loss_arr.size} losses but {grad_arr.size} gradient norms; "
+                         "give one gradient norm per step (or none).")
+    cos_arr = None if cosines is None else _as_array(cosines, "history grad_cosines")
+    if cos_arr is not None and cos_arr.size > loss_arr.size:
+        raise ValueError(f"history has {cos_arr.size} gradient cosines for {loss_arr.size} steps; "
+                         "give at most one per step.")
+    return StepHistory(losses=loss_arr, grad_norms=grad_arr, grad_cosines=cos_arr)
+
+
+# -- the trend -----------------------------------------------------------------------------------
+def stall_threshold(steps: int) -> float:
+    """The relative loss drop below which ``steps`` steps count as stalled: ``STALL_REL`` per
+    ``WINDOW`` steps, compounding over longer windows (a drop rate, not a total)."""
+    return STALL_REL if steps <= WINDOW else 1 - (1 - STALL_REL) ** (steps / WINDOW)
+
+
+def _noise(w: np.ndarray) -> float:
+    """The standard deviation of iid noise around a smooth trend: second differences cancel a
+    linear trend and have median absolute value 1.652 sigma for Gaussian noise."""
+    if w.size < 3:
+        return 0.0
+    return float(np.median(np.abs(np.diff(w, n=2)))) / 1.652
+
+
+def _lag1(w: np.ndarray) -> float:
+    """Lag-1 autocorrelation of the losses around a straight-line fit (0 when undefined)."""
+    if w.size < 6:
+        return 0.0
+    t = np.arange(w.size, dtype=np.float64)
+    resid = w - np.polyval(np.polyfit(t, w, 1), t)
+    denom = float(resid @ resid)
+    return float(resid[1:] @ resid[:-1]) / denom if denom > 0 else 0.0
+
+
+def loss_trend(losses: Sequence[float] | np.ndarray, window: int = WINDOW, *, z: float = STALL_Z) -> LossTrend:
+    """The trend of the last ``window`` losses (see :class:`LossTrend`).
+
+    The stall test: the relative drop (medians of the first and last thirds) has standard error
+    sqrt(pi/2)·sigma·sqrt(2/n_third)/|start| for iid noise of size sigma; the loss is stalled when
+    the drop is below :func:`stall_threshold` by ``z`` standard errors, falling when above it by
+    ``z``, and open otherwise (a longer window will tell).
+
+    Example:
+        >>> loss_trend([1.0] * 60).stalled
+        True
+    """
+    arr = np.asarray(losses, dtype=np.float64).reshape(-1)
+    w = arr[-window:]
+    finite = w[np.isfinite(w)]
+    nonfinite = int(w.size - finite.size)
+    threshold = stall_threshold(w.size)
+    if finite.size < MIN_STEPS:
+        return LossTrend(window=int(w.size), start=math.nan, end=math.nan, relative_drop=-math.inf,
+                         growth=math.inf, drop_per_step=math.nan, noise=math.nan, drop_se=math.nan,
+                         threshold=threshold, stalled=None, lag1=0.0, nonfinite=nonfinite)
+    third = max(1, finite.size // 3)
+    start, end = float(np.median(finite[:third])), float(np.median(finite[-third:]))
+    scale = max(abs(start), 1e-12)
+    drop = (start - end) / scale
+    growth = end / start if start > 0 else (math.inf if end > start else 1.0)
+    sigma = _noise(finite)
+    se = math.sqrt(math.pi / 2) * sigma * math.sqrt(2 / third) / scale
+    stalled: bool | None = None
+    if finite.size >= 2 * MIN_STEPS:
+        if drop + z * se < threshold:
+            stalled = True
+        elif drop - z * se > threshold:
+            stalled = False
+    q_first = float(np.quantile(finite[:third], 0.75))
+    q_last = float(np.quantile(finite[-third:], 0.25))
+    separated = q_last / q_first if q_first > 0 else (math.inf if q_last > q_first else 1.0)
+    return LossTrend(window=int(w.size), start=start, end=end, relative_drop=float(drop), growth=float(growth),
+                     drop_per_step=(start - end) / max(finite.size - third, 1), noise=sigma, drop_se=float(se),
+                     threshold=threshold, stalled=stalled, lag1=_lag1(finite), nonfinite=nonfinite,
+                     separated_growth=float(separated))
+
+
+def stall_test(losses: Sequence[float], *, threshold: float | None = None, z: float = STALL_Z) -> bool | None:
+    """Has the loss stopped falling over these steps, beyond doubt from minibatch noise?
+
+    True (stalled), False (still falling) or None (the noise leaves it open); see
+    :func:`loss_trend`. ``threshold`` overrides :func:`stall_threshold`.
+
+    Example:
+        >>> stall_test([2.0 - 0.01 * i for i in range(60)])
+        False
+    """
+    arr = np.asarray(losses, dtype=np.float64).reshape(-1)
+    trend = loss_trend(arr, window=max(arr.size, 1), z=z)
+    if threshold is None or trend.stalled is None and arr.size < 2 * MIN_STEPS:
+        return trend.stalled
+    if trend.drop_se != trend.drop_se:  # NaN: too few finite losses
+        return None
+    if trend.relative_drop + z * trend.drop_se < threshold:
+        return True
+    if trend.relative_drop - z * trend.drop_se > threshold:
+        return False
+    return None
