@@ -2,6 +2,7 @@
 
 from .analysis.critical import CriticalPoint, classify_critical_point
 from .analysis.landscape import Curve, Landscape, interpolate, landscape
+from .analysis.layers import LayerCurvature, LayerRow, layer_curvature
 from .analysis.noise_scale import NoiseScale, gradient_noise_scale
 from .analysis.saddle import (
     EscapeResult,
@@ -11,7 +12,20 @@ from .analysis.saddle import (
     gradient_descent_path,
 )
 from .analysis.sharpness import EpsilonSharpness, Sharpness, sharpness
-from .analysis.stall import Diagnosis, diagnose
+from .doctor import (
+    CAUSES,
+    Diagnosis,
+    Monitor,
+    MonitorAction,
+    MonitoredRun,
+    MonitorRecord,
+    NeedsCodeChange,
+    Prescription,
+    Trial,
+    attached_scheduler,
+    diagnose,
+    train_monitored,
+)
 from .curvature import (
     EigenResult,
     HessianOperator,
@@ -25,7 +39,6 @@ from .curvature import (
 )
 from .problem import Problem, load_problem
 from .training.lr_finder import LRRangeResult, lr_range_test
-from .training.monitor import Monitor, MonitoredRun, MonitorRecord, train_monitored
 from .training.regularization import l2_penalty, weight_decay_groups
 from .training.schedules import WarmupScheduler, gradual_warmup, linear_scaling_factor, warmup
 from .training.sweep import SweepResult, SweepRun, batch_size_sweep
@@ -43,5 +56,7 @@ __all__ = [
     "WarmupScheduler", "gradual_warmup", "linear_scaling_factor", "warmup",
     "CriticalPoint", "classify_critical_point", "EscapeResult", "SaddleEscapeComparison",
     "compare_saddle_escapes", "escape_saddle", "gradient_descent_path",
-    "Diagnosis", "diagnose", "Monitor", "MonitorRecord", "MonitoredRun", "train_monitored",
+    "CAUSES", "Diagnosis", "diagnose", "Prescription", "Trial", "NeedsCodeChange", "attached_scheduler",
+    "Monitor", "MonitorAction", "MonitorRecord", "MonitoredRun", "train_monitored",
+    "LayerCurvature", "LayerRow", "layer_curvature",
 ]

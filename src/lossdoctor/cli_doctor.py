@@ -131,7 +131,7 @@ def _make_optimizer(name: str, params: Any, lr: float, momentum: float):
 def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float, momentum: float, steps: int,
                   sharpness_every: int | None, window: int, out_file: str | None, as_json: bool, device: str = "auto") -> None:
     """Train with the Monitor attached; prints the doctor's diagnosis when the loss stalls."""
-    from .training.monitor import Monitor, train_monitored
+    from .doctor.monitor import Monitor, train_monitored
 
     if out_file is not None and Path(out_file).exists():
         _fail(f"{out_file} already exists; lossdoctor never overwrites a file: choose another --out.")

@@ -77,7 +77,7 @@ def parameter_blocks(model: nn.Module, names: Sequence[str] | None = None) -> li
     owner: dict[str, tuple[str, str]] = {}
     by_id = {id(params[n]): n for n in names}
     for mod_name, module in model.named_modules():
-        for p_name, p in module.named_parameters(recurse=False):
+        for _, p in module.named_parameters(recurse=False):
             flat = by_id.get(id(p))
             if flat is not None and flat not in owner:
                 owner[flat] = (mod_name or "(model)", type(module).__name__)

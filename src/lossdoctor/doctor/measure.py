@@ -23,7 +23,6 @@ The model, its optimizer, its gradients, modes and every RNG are left exactly as
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 import warnings
@@ -43,9 +42,11 @@ from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, tridiagonal
 from ..data import batch_size, call_model, is_single_batch, iter_batches, map_inputs, place
 from ..model_state import evaluation_mode, preserved_model, preserved_rng
 from ..progress import Progress
+from ..training.lr_finder import preserved_optimizer
 from .trend import LossTrend, StepHistory, loss_trend
 
 SAMPLES = 512
+CURVATURE_SAMPLES = 128
 BUDGET = 100
 GRADIENT_STEPS = 10  # Lanczos steps from the gradient (its spectral measure)
 SHARPNESS_TOL = 1e-2
@@ -130,11 +131,12 @@ class Measurements(ResultMixin):
     seconds: float
     interrupted: bool = False
     loss_eps: float = 1.2e-7  # the machine epsilon of the loss's dtype
+    dead_rows: dict[str, list[int]] = field(default_factory=dict, repr=False)
     escape_direction: torch.Tensor | None = field(default=None, repr=False)
     top_direction: torch.Tensor | None = field(default=None, repr=False)
     parameter_names: tuple[str, ...] = ()
 
-    _skip_in_dict = ("escape_direction", "top_direction")
+    _skip_in_dict = ("escape_direction", "top_direction", "dead_rows")
 
     # -- derived numbers the rules use ---------------------------------------------------------
     @property
@@ -349,19 +351,6 @@ def _flat_set(params: list[torch.Tensor], vector: torch.Tensor) -> None:
             p.copy_(piece.view_as(p).to(p.dtype))
 
 
-@contextlib.contextmanager
-def optimizer_restored(optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Put ``optimizer``'s state and param groups back exactly as they were on exit."""
-    saved = copy.deepcopy(optimizer.state_dict())
-    flags = {k: v for k, v in vars(optimizer).items() if k in ("_opt_called", "_step_count")}
-    try:
-        yield
-    finally:
-        optimizer.load_state_dict(saved)
-        for k, v in flags.items():
-            setattr(optimizer, k, v)
-
-
 def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, grad: torch.Tensor,
                 batches: list) -> dict[str, float | torch.Tensor | None]:
     """One step of the optimizer itself with the full-data gradient, then undone: the step Δ, the
@@ -370,7 +359,7 @@ def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, gra
     pieces = torch.split(grad, op.numels)
     known = {id(p) for g in optimizer.param_groups for p in g["params"]}
     out: dict[str, Any] = {}
-    with preserved_model(model), optimizer_restored(optimizer):
+    with preserved_model(model), preserved_optimizer(optimizer):
         def step(decay: bool) -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             for p, piece in zip(op.params, pieces):
@@ -389,11 +378,10 @@ def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, gra
                     g["weight_decay"] = wd
             return op.parameter_vector().to(torch.float64) - theta
 
-        state = copy.deepcopy(optimizer.state_dict())
         has_decay = any(float(g.get("weight_decay", 0.0) or 0.0) > 0 for g in optimizer.param_groups)
         if has_decay:
-            delta_plain = step(decay=False)
-            optimizer.load_state_dict(state)
+            with preserved_optimizer(optimizer):
+                delta_plain = step(decay=False)
             _flat_set(op.params, theta)
         delta = step(decay=True)
         loss_after, grad_after, _, _ = _batch_gradients(op, batches)
@@ -450,28 +438,29 @@ def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: floa
     return s_g, reducible, half, negative
 
 
-def _dead_units(op: Any, grad: torch.Tensor, blocks: list) -> dict[str, tuple[int, int]]:
+def _dead_units(op: Any, grad: torch.Tensor, blocks: list) -> tuple[dict[str, tuple[int, int]], dict[str, list[int]]]:
     """Per weight layer: (output units, units whose every incoming weight and bias has an exactly
-    zero full-data gradient although the weights are not all zero): ReLUs that never fire."""
+    zero full-data gradient although the weights are not all zero): ReLUs that never fire. Also
+    the dead rows by weight name (normalization layers' channels included, for re-initializing)."""
     params = dict(zip(op.names, op.params))
     offsets, pos = {}, 0
     for name, numel in zip(op.names, op.numels):
         offsets[name] = (pos, pos + numel)
         pos += numel
-    out = {}
+    counts: dict[str, tuple[int, int]] = {}
+    rows_of: dict[str, list[int]] = {}
     for b in blocks:
-        weight = next((n for n in b.parameter_names if n.endswith("weight") and params[n].dim() >= 2), None)
-        if weight is None:
+        weight = next((n for n in b.parameter_names if n.endswith("weight")), None)
+        if weight is None or b.module_type in ("Embedding", "EmbeddingBag"):
             continue
         p = params[weight]
-        if b.module_type in ("Embedding", "EmbeddingBag"):
-            continue
-        rows = p.shape[1] if b.module_type.startswith("ConvTranspose") else p.shape[0]
         a, z = offsets[weight]
         g = grad[a:z].reshape(p.shape)
         w = p.detach().to(torch.float64)
-        if b.module_type.startswith("ConvTranspose"):
+        transposed = b.module_type.startswith("ConvTranspose")
+        if transposed:
             g, w = g.transpose(0, 1), w.transpose(0, 1)
+        rows = g.shape[0]
         g_rows = g.reshape(rows, -1).abs().amax(1)
         w_rows = w.reshape(rows, -1).abs().amax(1)
         dead = (g_rows == 0) & (w_rows > 0)
@@ -479,8 +468,52 @@ def _dead_units(op: Any, grad: torch.Tensor, blocks: list) -> dict[str, tuple[in
         if bias is not None and params[bias].numel() == rows:
             a, z = offsets[bias]
             dead &= grad[a:z] == 0
-        out[b.name] = (rows, int(dead.sum()))
-    return out
+        idx = [int(i) for i in torch.nonzero(dead).reshape(-1)]
+        if idx and not transposed:
+            rows_of[weight] = idx
+        if p.dim() >= 2:
+            counts[b.name] = (rows, len(idx))
+    return counts, rows_of
+
+
+@torch.no_grad()
+def batches_loss(model: nn.Module, loss_fn: Any, batches: list, mode: str) -> float:
+    """The mean loss over ``batches`` in ``mode`` (dropout off), the model's modes, buffers and
+    the RNG restored."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    with preserved_model(model), dropout_off(model):
+        model.train(mode == "train")
+        for x, y in batches:
+            x, y = place(x, y, device)
+            n = batch_size(y)
+            total += float(loss_fn(call_model(model, x), y)) * n
+            count += n
+    return total / count if count else math.nan
+
+
+def escape_step(model: nn.Module, loss_fn: Any, batches: list, mode: str, names: tuple[str, ...],
+                direction: torch.Tensor, eigenvalue: float, loss: float) -> tuple[dict[str, torch.Tensor], float]:
+    """A line search along ±``direction`` (flat over ``names``): the step (signed) that lowers the
+    loss on ``batches`` most among geometric trial lengths around the quadratic model's scale
+    sqrt(2 |L| / |λ|). Returns the direction by parameter name and the step."""
+    params = dict(model.named_parameters())
+    sizes = [params[n].numel() for n in names]
+    pieces = {n: piece.reshape(params[n].shape) for n, piece in zip(names, torch.split(direction, sizes))}
+    theta = {n: params[n].detach().clone() for n in names}
+    scale = math.sqrt(2 * max(abs(loss), 1e-12) / max(abs(eigenvalue), 1e-12))
+    best_t, best = 0.0, loss
+    with preserved_model(model):
+        for k in range(-12, 4):
+            for sign in (1.0, -1.0):
+                t = sign * scale * 2.0 ** k
+                with torch.no_grad():
+                    for n in names:
+                        params[n].copy_(theta[n] + t * pieces[n].to(params[n].dtype))
+                value = batches_loss(model, loss_fn, batches, mode)
+                if math.isfinite(value) and value < best:
+                    best_t, best = t, value
+    return pieces, best_t
 
 
 # -- the measurement ------------------------------------------------------------------------------
@@ -501,7 +534,8 @@ def widened_trend(losses: np.ndarray, window: int) -> LossTrend:
 
 def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, optimizer: Any = None,
             lr: float | None = None, window: int, mode: str = "auto", samples: int | None = SAMPLES,
-            batch: int | None = None, budget: int = BUDGET, seed: int = 0,
+            curvature_samples: int | None = CURVATURE_SAMPLES, batch: int | None = None, budget: int = BUDGET,
+            seed: int = 0,
             progress: Progress | None = None) -> Measurements:
     """Measure everything the decision rules read (see the module docstring).
 
@@ -512,7 +546,10 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
         window: steps of history the trend is read from.
         mode: ``"auto"`` (the model's own: train mode if ``model.training``; BatchNorm on batch
             statistics, dropout switched off so the loss is deterministic), ``"train"`` or ``"eval"``.
-        samples: measure on the first this many samples of ``data`` (None: all).
+        samples: measure the loss, gradient and noise on the first this many samples of ``data``
+            (None: all).
+        curvature_samples: measure curvature (Hessian-vector products) on the first this many of
+            those (None: all of them).
         batch: the training batch size, for the gradient noise when ``data`` is one pair.
         budget: Hessian-vector products the curvature measurements may use.
         progress: called as ``progress(products done, budget)``.
@@ -548,6 +585,11 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
         base["seconds"] = time.perf_counter() - started
         return Measurements(**base)
 
+    steps0 = step_size(optimizer, [p for p in model.parameters() if p.requires_grad], lr)
+    if steps0 is not None:
+        base.update(optimizer=steps0.kind, lr=steps0.lr, momentum=steps0.momentum, threshold=steps0.threshold,
+                    weight_decay=steps0.weight_decay, decoupled=steps0.decoupled, adaptive=steps0.adaptive,
+                    effective_lr=steps0.effective_lr, optimizer_note=steps0.note)
     if nonfinite_params:
         return done()
     batches = first_samples(data, samples, batch)
@@ -573,6 +615,10 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
                              f"where it is {other.loss:.4g}")
                 op, want = other, "train"
         base.update(mode=want, mode_note=mode_note)
+        # Curvature on the first curvature_samples samples (a Hessian-vector product costs several
+        # training steps per batch); loss, gradient and noise on all of them.
+        curvature_batches = first_samples(batches, curvature_samples) if curvature_samples else batches
+        cop = op if len(curvature_batches) == len(batches) else hessian(model, loss_fn, curvature_batches, mode=want)
         loss, grad, sq, sizes = _batch_gradients(op, batches)
         gradients = 1
         if not math.isfinite(loss) or not bool(torch.isfinite(grad).all()):
@@ -586,11 +632,11 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
         base.update(loss=loss, loss_agrees=agrees, grad_norm=grad_norm, param_norm=float(theta.norm()),
                     minibatch_grad_norm=mb, noise_ratio=noise, gradients=gradients)
         blocks = parameter_blocks(model, op.names)
-        dead = _dead_units(op, grad, blocks)
+        dead, dead_rows = _dead_units(op, grad, blocks)
         steps = step_size(optimizer, op.params, lr)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # unconverged pairs are flagged, not warned
-            top = eigenpairs(op, k=1, which="largest", tol=SHARPNESS_TOL, seed=seed,
+            top = eigenpairs(cop, k=1, which="largest", tol=SHARPNESS_TOL, seed=seed,
                              max_matvecs=max(min(30, budget_left.left()), 2))
         budget_left.spend(top.matvecs)
         lam = float(top.eigenvalues[0])
@@ -609,12 +655,12 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    pre = eigenpairs(Preconditioned(op, steps.scale), k=1, which="largest", tol=SHARPNESS_TOL,
+                    pre = eigenpairs(Preconditioned(cop, steps.scale), k=1, which="largest", tol=SHARPNESS_TOL,
                                      seed=seed, max_matvecs=max(min(30, budget_left.left()), 2))
                 budget_left.spend(pre.matvecs)
                 s_top = float(pre.eigenvalues[0])
             n_steps = max(min(GRADIENT_STEPS, budget_left.left(), op.num_params), 1)
-            s_g, reducible, half, negative = _gradient_spectrum(op, steps, grad, s_top, n_steps)
+            s_g, reducible, half, negative = _gradient_spectrum(cop, steps, grad, s_top, n_steps)
             budget_left.spend(n_steps)
             base.update(lr_sharpness=s_top, gradient_curvature=s_g, reducible=reducible, half_life=half,
                         negative_mass=negative)
@@ -642,14 +688,14 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
             units, n_dead = dead.get(b.name, (0, 0))
             layers.append(LayerStat(b.name, b.module_type, b.numel, float(theta[sl].norm()), float(grad[sl].norm()),
                                     None if delta is None else float(delta[sl].norm()), units, n_dead))
-        base.update(layers=tuple(layers))
+        base.update(layers=tuple(layers), dead_rows=dead_rows)
         # Near a critical point: the other end of the spectrum (a negative eigenvalue: a saddle).
         rel = grad_norm / math.sqrt(2 * abs(loss) * lam) if lam > 0 and loss != 0 else (0.0 if grad_norm == 0 else math.inf)
         near_critical = rel < 0.1 or (base["reducible"] is not None and base["reducible"] < 1e-3 * max(abs(loss), 1e-12))
         if near_critical and budget_left.left() >= 2:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                low = eigenpairs(op, k=1, which="smallest", tol=SMALLEST_TOL, seed=seed + 1,
+                low = eigenpairs(cop, k=1, which="smallest", tol=SMALLEST_TOL, seed=seed + 1,
                                  max_matvecs=max(min(40, budget_left.left()), 2))
             budget_left.spend(low.matvecs)
             lo = float(low.eigenvalues[-1])
@@ -657,5 +703,5 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
             if escape is not None and escape[torch.argmax(escape.abs())] < 0:
                 escape = -escape
             base.update(lambda_min=lo, lambda_min_converged=bool(low.converged[-1]), escape_direction=escape)
-        base.update(hvps=op.num_matvecs, loss_eps=float(torch.finfo(op.dtype).eps))
+        base.update(hvps=cop.num_matvecs, loss_eps=float(torch.finfo(op.dtype).eps))
     return done()

@@ -57,7 +57,7 @@ def render(study: FlatSurfaceStudy, out_dir: Path) -> Section:
                f"{fmt(d.sharpness)}, lr·λ_max {fmt(d.lr_sharpness)}. On the cross-entropy run it says: "
                f"{study.ce_diagnosis.cause}.")
     body = (paragraph(text) + paragraph(verdict, "verdict")
-            + "<ul>" + "".join(f"<li>{esc(p)}</li>" for p in d.prescriptions) + "</ul>"
+            + "<ul>" + "".join(f"<li>{esc(str(p))}</li>" for p in d.prescriptions) + "</ul>"
             + table(["loss", "initial loss", "final loss", "initial accuracy", "final accuracy",
                      "initial gradient norm", "final gradient norm"], rows)
             + figure(name, "Left two: the error surface of one sample over the logits (z1, z2) of a 3-class "

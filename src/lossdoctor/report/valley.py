@@ -110,7 +110,7 @@ def render(study: ValleyStudy, out_dir: Path) -> Section:
                f"{fmt(d.lr_sharpness, 5)}, stability bound lr <= 2/λ_max = {d.max_stable_lr:.6f}, mean cosine "
                f"between successive gradients {d.grad_cosine:+.3f}, efficiency {d.efficiency:.4f}.")
     body = (paragraph(text) + paragraph(verdict, "verdict")
-            + "<ul>" + "".join(f"<li>{esc(p)}</li>" for p in d.prescriptions) + "</ul>"
+            + "<ul>" + "".join(f"<li>{esc(str(p))}</li>" for p in d.prescriptions) + "</ul>"
             + table(header, rows)
             + figure(contours, "Loss contours (grey, log-spaced) with every trajectory. Left: GD with lr 1e-2 "
                      "zig-zags across the steep direction (first updates shown); GD with lr 1e-7 slides "

@@ -1,0 +1,316 @@
+"""Why did the loss stop going down? :func:`diagnose`: measure, decide, explain, try.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> from torch.nn import functional as F
+    >>> import lossdoctor as ld
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <...>
+    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [2.0], [3.0]])
+    >>> model = nn.Linear(3, 1); opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    >>> losses = []
+    >>> for _ in range(80):
+    ...     opt.zero_grad(); loss = F.mse_loss(model(x), y); loss.backward(); opt.step()
+    ...     losses.append(loss.item())
+    >>> d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt)
+    >>> d.cause
+    'lr_too_small'
+    >>> d.prescriptions[0].action["lr"] > 1e-4
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._results import ResultMixin, fmt
+from ..data import call_model, place
+from ..progress import Progress, scaled
+from .candidates import Candidate, candidates
+from .explain import CAUSE_TITLES, describe_action, evidence, summary
+from .measure import BUDGET, SAMPLES, Measurements, escape_step, first_samples, measure
+from .prescriptions import Prescription
+from .rules import Decision, Evidence, decide
+from .trend import WINDOW, LossTrend, read_history
+from .trials import TrainStep, TrialReport, run_trials
+
+CAUSES = ("diverging", "oscillation", "progressing", "momentum_too_high", "dead_units", "weight_decay",
+          "vanishing_gradients", "saddle_point", "degenerate", "converged", "gradient_noise", "flat_plateau",
+          "lr_too_small", "ill_conditioned", "undetermined")
+TRIAL_BUDGET = 5.0
+MAX_TRIAL_STEPS = 240
+
+
+@dataclass(frozen=True)
+class Diagnosis(ResultMixin):
+    """The doctor's verdict: the cause, the numbers behind it, and what to change, best first.
+
+    ``cause`` is one of :data:`CAUSES` (``"undetermined"`` when interrupted before the
+    measurements were complete). ``prescriptions`` are :class:`Prescription` objects, ranked by
+    their measured trial when ``verified``; each has ``.text``, ``.action``, ``.trial`` and
+    ``.apply(model, optimizer)``. ``measurements`` holds every number; ``decision`` the
+    comparisons that decided. ``cost`` counts Hessian-vector products, full-data gradients,
+    trial steps and seconds.
+    """
+
+    cause: str
+    summary: str
+    stalled: bool
+    evidence: tuple[str, ...]
+    prescriptions: tuple[Prescription, ...]
+    decision: Decision | None
+    measurements: Measurements | None
+    verified: bool
+    trials: TrialReport | None
+    cost: dict[str, float]
+    interrupted: bool = False
+    step: int | None = None  # the training step it was made at (set by the Monitor)
+
+    _skip_in_dict = ()
+
+    # -- the numbers users reach for most ----------------------------------------------------
+    @property
+    def top(self) -> Prescription | None:
+        return self.prescriptions[0] if self.prescriptions else None
+
+    def _m(self, name: str) -> Any:
+        return None if self.measurements is None else getattr(self.measurements, name)
+
+    @property
+    def loss(self) -> float | None:
+        return self._m("loss")
+
+    @property
+    def grad_norm(self) -> float | None:
+        return self._m("grad_norm")
+
+    @property
+    def sharpness(self) -> float | None:
+        """λ_max, the Hessian's largest eigenvalue."""
+        return self._m("lambda_max")
+
+    @property
+    def lr(self) -> float | None:
+        return self._m("lr")
+
+    @property
+    def lr_sharpness(self) -> float | None:
+        return self._m("lr_sharpness")
+
+    @property
+    def stability_threshold(self) -> float | None:
+        return self._m("threshold")
+
+    @property
+    def max_stable_lr(self) -> float | None:
+        """The lr at which S would reach its stability limit: an edge, never the value to use."""
+        m = self.measurements
+        if m is None or m.lr is None or not m.lr_sharpness or m.lr_sharpness <= 0 or m.threshold is None:
+            return None
+        return m.lr * m.threshold / m.lr_sharpness
+
+    @property
+    def grad_cosine(self) -> float | None:
+        """Cosine between the gradient here and after one step of the optimizer (the probe)."""
+        return self._m("probe_cosine")
+
+    @property
+    def efficiency(self) -> float | None:
+        """Realized loss drop per step over the window / the first-order prediction."""
+        return self._m("efficiency")
+
+    @property
+    def window(self) -> int | None:
+        return None if self.measurements is None else self.measurements.trend.window
+
+    @property
+    def relative_drop(self) -> float | None:
+        return None if self.measurements is None else self.measurements.trend.relative_drop
+
+    def __str__(self) -> str:
+        at = f" (step {self.step})" if self.step is not None else ""
+        lines = [f"diagnosis{at}: {self.cause.replace('_', ' ')}: {self.summary}"]
+        if self.interrupted:
+            lines.append("INTERRUPTED: the measurements or trials did not finish; see evidence")
+        lines.append("evidence:")
+        lines += [f"  - {e}" for e in self.evidence]
+        tried = " (ranked by their trials against continuing unchanged)" if self.verified else ""
+        lines.append(f"prescriptions{tried}:")
+        lines += [f"  {i + 1}. {p}" for i, p in enumerate(self.prescriptions)]
+        if self.trials is not None:
+            t = self.trials
+            lines.append(f"trials: {t.candidates} candidates x {t.steps} steps ({t.trained} training steps, "
+                         f"{t.seconds:.2f} s); unchanged: {fmt(t.loss_before, 5)} -> {fmt(t.control_loss, 5)}")
+        return "\n".join(lines)
+
+
+def _has_normalization(model: nn.Module) -> bool:
+    norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+    return any(isinstance(m, norms) for m in model.modules()) or any(
+        "RMSNorm" in type(m).__name__ for m in model.modules())
+
+
+@torch.no_grad()
+def _probability_outputs(model: nn.Module, loss_fn: Any, batch: tuple) -> bool:
+    """Outputs in [0, 1] (probabilities), or a squared-error loss on integer class targets."""
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__).lower()
+    x, y = batch
+    if ("mse" in name or isinstance(loss_fn, nn.MSELoss)) and not y.is_floating_point():
+        return True
+    try:
+        from ..model_state import preserved_model
+
+        with preserved_model(model):
+            model.eval()
+            out = call_model(model, place(x, y, next(model.parameters()).device)[0])
+    except Exception:  # noqa: BLE001 - a model that cannot run here simply gets no loss advice
+        return False
+    return isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() > 0 and bool(
+        (out.min() >= 0) & (out.max() <= 1))
+
+
+def _rank(items: list[tuple[Candidate, Prescription]], verified: bool) -> list[Prescription]:
+    """Verified improvements first (lowest trial loss first), then what could not be tried
+    (code changes; or everything, unverified, in the rules' order), then tried ones with no
+    measurable gain; tried ones that did worse than continuing unchanged are dropped."""
+    if not verified:
+        return [p for _, p in items]
+    better = sorted((p for _, p in items if p.trial is not None and p.trial.better), key=lambda p: p.trial.loss)
+    untried = [p for _, p in items if p.trial is None]
+    flat = [p for _, p in items if p.trial is not None and not p.trial.better and p.trial.finite and p.trial.gain >= 0]
+    return better + untried + flat
+
+
+def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimizer: Any = None,
+             lr: float | None = None, window: int = WINDOW, mode: str = "auto", verify: bool | str = "auto",
+             trial_steps: int | str = "auto", train_step: TrainStep | None = None, eval_data: Any = None,
+             checkpoint: dict[str, torch.Tensor] | None = None, samples: int | None = SAMPLES,
+             batch: int | None = None, budget: int = BUDGET, trial_budget: float = TRIAL_BUDGET, seed: int = 0,
+             previous: str | None = None, progress: Progress | None = None) -> Diagnosis:
+    """Why did the loss stop going down? The cause, the evidence, and what to change, tried.
+
+    Args:
+        model, loss_fn, data: the model where training stands now, its loss
+            (``loss_fn(model(inputs), targets)``), and its training data (a DataLoader, a list of
+            ``(inputs, targets)`` batches, or one pair). Left exactly as they were.
+        history: the recent per-step training losses, oldest first (a list/array/tensor, a dict
+            with ``losses`` and optionally ``grad_norms``/``grad_cosines``, ``monitor.record``).
+        optimizer: the optimizer that produced the history; its lr, momentum, weight decay and
+            (Adam, RMSprop, Adagrad) per-coordinate steps are measured, and trials continue it.
+        lr: the learning rate when no optimizer is given (plain SGD is assumed), or an override.
+        window: the recent steps the trend is read from (widened up to 8x while noise leaves
+            the stall test open).
+        mode: ``"auto"`` measures in the mode the model is in (train mode: BatchNorm on batch
+            statistics; dropout switched off so the loss is deterministic), ``"train"``, ``"eval"``.
+        verify: try every applicable prescription for ``trial_steps`` steps from an exact snapshot
+            against continuing unchanged, and rank them by the loss they reach. ``"auto"``: when
+            the run has stalled and an optimizer or lr is known.
+        trial_steps: steps per trial (``"auto"``: the window, at least 20 and at most 200).
+        train_step: ``train_step(model, optimizer, batch) -> loss`` for custom loops (AMP,
+            gradient accumulation, HF models); default ``loss_fn(model(x), y).backward();
+            optimizer.step()``.
+        eval_data: batches the trials are ranked on (default: the measured subset of ``data``).
+        checkpoint: a ``state_dict`` from before the loss went bad, for the restore prescription.
+        samples: measure on the first this many samples of ``data`` (None: all).
+        batch: the training batch size when ``data`` is one pair (for the gradient noise).
+        budget: Hessian-vector products the measurements may use.
+        trial_budget: the trials' cost cap in multiples of ``trial_steps`` training steps.
+        previous: the last verdict on this run (the Monitor passes it): kept while its rule
+            still holds with relaxed thresholds.
+        progress: called as ``progress(done, total)``.
+
+    Returns:
+        A :class:`Diagnosis`.
+    """
+    started = time.perf_counter()
+    hist = read_history(history)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 4:
+        raise ValueError(f"window must be an integer >= 4, got {window!r}.")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    if mode not in ("auto", "train", "eval"):
+        raise ValueError(f"mode must be 'auto', 'train' or 'eval', got {mode!r}.")
+    if verify not in (True, False, "auto"):
+        raise ValueError(f"verify must be True, False or 'auto', got {verify!r}.")
+    if train_step is not None and not callable(train_step):
+        raise TypeError(f"train_step must be callable as train_step(model, optimizer, batch), got "
+                        f"{type(train_step).__name__}.")
+    if trial_steps != "auto" and (isinstance(trial_steps, bool) or not isinstance(trial_steps, int) or trial_steps < 2):
+        raise ValueError(f"trial_steps must be 'auto' or an integer >= 2, got {trial_steps!r}.")
+    try:
+        m = measure(model, loss_fn, data, hist, optimizer=optimizer, lr=lr, window=window, mode=mode, samples=samples,
+                    batch=batch, budget=budget, seed=seed, progress=scaled(progress, 0, 2 * budget))
+    except KeyboardInterrupt:
+        return _undetermined(started, "interrupted while measuring: no verdict is drawn from an unfinished "
+                                      "measurement")
+    decision = decide(m, previous=previous)
+    batches = first_samples(data, samples, batch)
+    extra: dict[str, Any] = {"window": window, "checkpoint": checkpoint, "dead_rows": m.dead_rows,
+                             "has_normalization": _has_normalization(model)}
+    if batches:
+        extra["probability_outputs"] = _probability_outputs(model, loss_fn, batches[0])
+    if decision.cause == "saddle_point" and m.escape_direction is not None and m.loss is not None:
+        extra["escape"] = escape_step(model, loss_fn, batches, m.mode, m.parameter_names, m.escape_direction,
+                                      m.lambda_min or -1.0, m.loss)
+        if extra["escape"][1] == 0.0:
+            extra["escape"] = None
+    cands = candidates(m, decision, **extra)
+    items = [(c, Prescription(text=describe_action(c.action, lr=m.lr, momentum=m.momentum,
+                                                   weight_decay=m.weight_decay),
+                              action=c.action, applicable=c.applicable, reason=c.why, payload=c.payload))
+             for c in cands]
+    trial_optimizer = optimizer
+    if trial_optimizer is None and lr is not None:
+        trial_optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    run = verify is True or (verify == "auto" and decision.stalled and trial_optimizer is not None)
+    run = run and trial_optimizer is not None and any(c.applicable and c.action and not c.action.get("stop")
+                                                      for c in cands)
+    report, interrupted = None, False
+    if run:
+        steps = min(max(window, 20), MAX_TRIAL_STEPS) if trial_steps == "auto" else int(trial_steps)
+        tryable = [c if c.applicable and c.action else replace(c, applicable=False) for c in cands]
+        evals = first_samples(eval_data, samples) if eval_data is not None else batches
+        try:
+            for attempt in range(2):
+                trials, report = run_trials(model, loss_fn, data, trial_optimizer, tryable, steps=steps,
+                                            eval_batches=evals, mode=m.mode, train_step=train_step,
+                                            budget=trial_budget, progress=scaled(progress, budget, 2 * budget))
+                # Adaptive length: when nothing separated from the control, try once more twice as long.
+                if report.interrupted or attempt == 1 or any(t is not None and t.better for t in trials) \
+                        or trial_steps != "auto" or 2 * steps > MAX_TRIAL_STEPS:
+                    break
+                steps *= 2
+        except KeyboardInterrupt:
+            trials, interrupted = [None] * len(cands), True
+        interrupted = interrupted or (report is not None and report.interrupted)
+        items = [(c, replace(p, trial=t)) for (c, p), t in zip(items, trials)]
+    ranked = _rank(items, run and not interrupted)
+    if run and not interrupted and decision.stalled and not any(p.trial is not None and p.trial.better for p in ranked):
+        ranked.append(Prescription(text=f"no change: nothing tried beat continuing unchanged over {report.steps} steps",
+                                   action={}))
+    if not ranked:
+        ranked = [Prescription(text=describe_action({}), action={})]
+    cost = {"hvps": m.hvps, "gradients": m.gradients, "trial_steps": 0 if report is None else report.trained,
+            "seconds": time.perf_counter() - started}
+    if progress is not None:
+        progress(2 * budget, 2 * budget)
+    return Diagnosis(cause=decision.cause, summary=summary(decision, m), stalled=decision.stalled,
+                     evidence=evidence(decision, m), prescriptions=tuple(ranked), decision=decision, measurements=m,
+                     verified=bool(run and not interrupted), trials=report, cost=cost, interrupted=interrupted)
+
+
+def _undetermined(started: float, why: str) -> Diagnosis:
+    return Diagnosis(cause="undetermined", summary=why, stalled=False, evidence=(why,),
+                     prescriptions=(Prescription(text="run the diagnosis again to completion", action={}),),
+                     decision=None, measurements=None, verified=False, trials=None,
+                     cost={"seconds": time.perf_counter() - started}, interrupted=True)
+
+
+__all__ = ["CAUSES", "CAUSE_TITLES", "Diagnosis", "Evidence", "LossTrend", "diagnose"]

@@ -1,0 +1,471 @@
+"""A one-line training monitor: cheap signals as it trains, the stall doctor when the loss stops
+going down, and (opt-in) the doctor's verified prescription applied.
+
+    monitor = lossdoctor.Monitor(model, loss_fn, train_data)
+    for inputs, targets in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss, optimizer)
+
+Everything runs on a step-count cadence, so two identical runs get identical checks, verdicts and
+actions:
+
+* every step records the loss; on pairs of steps every ``signals_every`` steps (default 8) the
+  gradient norm, the cosine between successive gradients and the update size are taken (one flat
+  copy each, no extra forward or backward pass; NaN in between);
+* every ``sharpness_every`` steps (default 1000; 0: never) a few warm-started power iterations on
+  a small fixed subset estimate λ_max;
+* every ``check_every`` steps (default ``window // 2``) the recent losses are tested for a stall
+  (stopped falling beyond doubt from minibatch noise, growing, NaN/Inf, or gradients flipping;
+  a window the noise leaves open is widened up to 8x);
+* on a stall, :func:`lossdoctor.diagnose` runs within a cost budget counted in training-step
+  equivalents (default ``doctor_share=0.05``: the doctor may spend 5% of the steps trained so
+  far, where a gradient over k batches costs k steps and a Hessian-vector product 2.5 k); a
+  stall the budget cannot yet pay for waits for the next check. The verdict is logged (logger
+  ``lossdoctor.monitor``) and passed to ``callback``; the same verdict again backs the doctor off
+  (doubling the wait, up to 16x), and a verdict only changes on new evidence (the previous one is
+  kept while its rule holds with relaxed thresholds).
+
+With ``treat=False`` (default) nothing the monitor does changes training: parameters, gradients,
+modes, the optimizer and every RNG are as the training loop left them, so a monitored run is bit
+for bit the run without it. With ``treat=True`` each diagnosis runs its trials
+(``verify=True``), and the best verified prescription that applies in place (lr, momentum, weight
+decay, schedule, clipping, saddle escape, restore, re-initialization) is applied and logged; one
+window later the monitor compares the loss with the window before, and undoes the change if it
+made things worse. ``monitor.actions`` lists what it did.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._results import ResultMixin, fmt
+from ..curvature import hessian
+from ..data import batch_size, iter_batches
+from ..model_state import preserved_rng, trainable_parameters
+from ..training.loop import training_step
+from ..training.step_signals import StepSignals
+from .diagnose import Diagnosis, diagnose
+from .measure import first_samples
+from .prescriptions import Prescription, detach_hooks
+from .trend import DIVERGE_GROWTH, WINDOW, loss_trend, stall_test
+from .trials import TrainStep
+
+logger = logging.getLogger("lossdoctor.monitor")
+
+SHARPNESS_EVERY = 1000
+SHARPNESS_ITERS = 4
+SHARPNESS_SAMPLES = 128
+SIGNALS_EVERY = 8
+DOCTOR_SHARE = 0.05
+DIAGNOSE_SAMPLES = 256
+MIN_HVPS = 8  # a diagnosis with fewer affordable Hessian-vector products waits
+MAX_HVPS = 60
+HVP_COST = 2.5  # one Hessian-vector product over a batch, in training steps
+COS_TRIGGER = -0.5
+MAX_BACKOFF = 16
+MAX_STALL_WINDOWS = 8
+
+
+@dataclass(frozen=True)
+class MonitorRecord(ResultMixin):
+    """What the monitor saw, one entry per ``monitor.step``; ``sharpness`` holds ``(step, λ_max
+    estimate)`` pairs. ``grad_norms``, ``update_norms`` and ``grad_cosines`` are NaN on steps the
+    signals were not taken (see ``Monitor(signals_every=...)``)."""
+
+    steps: list[int]
+    losses: list[float]
+    grad_norms: list[float]
+    update_norms: list[float]
+    grad_cosines: list[float]
+    lrs: list[float | None]
+    sharpness: list[tuple[int, float]]
+
+    def window(self, n: int) -> dict[str, list[float]]:
+        return {"losses": self.losses[-n:], "grad_norms": self.grad_norms[-n:],
+                "grad_cosines": self.grad_cosines[-n:]}
+
+    def __str__(self) -> str:
+        if not self.steps:
+            return "monitor: no steps recorded"
+        norms = [g for g in self.grad_norms if math.isfinite(g)]
+        last = f"loss {fmt(self.losses[-1], 5)}, gradient norm {fmt(norms[-1] if norms else math.nan)}"
+        sharp = f", last sharpness {fmt(self.sharpness[-1][1], 4)}" if self.sharpness else ""
+        return f"monitor: {len(self.steps)} steps, {last}{sharp}"
+
+
+@dataclass(frozen=True)
+class MonitorAction(ResultMixin):
+    """What ``treat=True`` did at a step: the prescription applied, or an undo."""
+
+    step: int
+    kind: str  # "applied" | "undone" | "kept"
+    prescription: Prescription
+    loss_before: float
+    loss_after: float | None = None
+
+    def __str__(self) -> str:
+        after = "" if self.loss_after is None else f" -> {fmt(self.loss_after, 5)}"
+        return f"step {self.step}: {self.kind}: {self.prescription.text} (loss {fmt(self.loss_before, 5)}{after})"
+
+
+class Monitor:
+    """Watches a training loop; see the module docstring.
+
+    Args:
+        model, loss_fn, data: the model being trained, its loss, and the training data (or a fixed
+            part of it) the doctor measures and runs its trials on.
+        window: recent steps a stall is judged on.
+        check_every: look for a stall every this many steps (default ``window // 2``).
+        signals_every: take the gradient norm, cosine and update size on a pair of steps every
+            this many steps (1: every step).
+        sharpness_every, sharpness_samples, sharpness_iters: the running λ_max estimate.
+        doctor_share: the doctor's cost cap, a share of the training steps so far (in
+            training-step equivalents; deterministic). ``None``: no cap.
+        diagnose_samples: the doctor measures on the first this many samples of ``data``.
+        callback: called as ``callback(diagnosis)`` for every diagnosis that is not "progressing".
+        lr: the learning rate, when ``step`` is called without the optimizer.
+        treat: apply the best verified in-place prescription of each diagnosis (trials run), and
+            undo it one window later if the loss got worse.
+        train_step: ``train_step(model, optimizer, batch) -> loss`` for the trials (custom loops).
+        checkpoint_every: keep a copy of the parameters every this many steps while the loss is
+            finite, for the doctor's "restore" prescription (default: ``window`` with ``treat``,
+            else never).
+        diagnose_kwargs: passed on to :func:`lossdoctor.diagnose`.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable, data: Any, *, window: int = WINDOW,
+                 check_every: int | None = None, signals_every: int = SIGNALS_EVERY,
+                 sharpness_every: int = SHARPNESS_EVERY, sharpness_samples: int = SHARPNESS_SAMPLES,
+                 sharpness_iters: int = SHARPNESS_ITERS, doctor_share: float | None = DOCTOR_SHARE,
+                 diagnose_samples: int | None = DIAGNOSE_SAMPLES,
+                 callback: Callable[[Diagnosis], None] | None = None, lr: float | None = None,
+                 treat: bool = False, train_step: TrainStep | None = None, checkpoint_every: int | None = None,
+                 diagnose_kwargs: dict[str, Any] | None = None) -> None:
+        self.params = [p for _, p in trainable_parameters(model)]
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
+        for name, value, low in (("window", window, 4), ("signals_every", signals_every, 1),
+                                 ("sharpness_every", sharpness_every, 0), ("sharpness_samples", sharpness_samples, 1),
+                                 ("sharpness_iters", sharpness_iters, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+        for name, value in (("check_every", check_every), ("checkpoint_every", checkpoint_every),
+                            ("diagnose_samples", diagnose_samples)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer (or None), got {value!r}.")
+        if doctor_share is not None and (isinstance(doctor_share, bool) or not isinstance(doctor_share, (int, float))
+                                         or not 0 < doctor_share <= 1):
+            raise ValueError(f"doctor_share must be a number in (0, 1] (or None: no cap), got {doctor_share!r}.")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable (it receives a Diagnosis), got {type(callback).__name__}.")
+        if not isinstance(treat, bool):
+            raise TypeError(f"treat must be True or False, got {treat!r}.")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
+                               or lr <= 0):
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}.")
+        self.model, self.loss_fn, self.data = model, loss_fn, data
+        # Drawn once, inside a saved RNG state: a shuffling DataLoader leaves the run as it was.
+        self._doctor_data = first_samples(data, diagnose_samples)
+        if not self._doctor_data:
+            raise ValueError("data yielded no batches: the monitor needs training data to diagnose on.")
+        self._batch = batch_size(self._doctor_data[0][1])
+        self._sharp_data = first_samples(data, sharpness_samples) if sharpness_every else None
+        self.window = window
+        self.check_every = check_every or max(1, window // 2)
+        self.signals_every = signals_every
+        self.sharpness_every, self.sharpness_iters = sharpness_every, sharpness_iters
+        self.doctor_share = doctor_share
+        self.diagnose_samples = diagnose_samples
+        self.callback = callback
+        self.lr = lr
+        self.treat = treat
+        self.train_step = train_step
+        self.checkpoint_every = checkpoint_every or (window if treat else None)
+        self.diagnose_kwargs = dict(diagnose_kwargs or {})
+        self.diagnoses: list[Diagnosis] = []
+        self.actions: list[MonitorAction] = []
+        self.doctor_cost = 0.0  # training-step equivalents spent by the doctor
+        self.deferred = 0  # stalls the budget could not yet pay for
+        self._steps: list[int] = []
+        self._losses: list[float] = []
+        self._grad_norms: list[float] = []
+        self._update_norms: list[float] = []
+        self._cosines: list[float] = []
+        self._lrs: list[float | None] = []
+        self._sharpness: list[tuple[int, float]] = []
+        self._signals = StepSignals(self.params)
+        self._power_vector: torch.Tensor | None = None
+        self._count = 0
+        self._next_check = window
+        self._next_doctor = 0
+        self._backoff = 1
+        self._last_cause: str | None = None
+        self._nonfinite_reported = False
+        self._checkpoint: dict[str, torch.Tensor] | None = None
+        self._probation: tuple[int, dict[str, Any], Any, MonitorAction] | None = None
+
+    # -- the record ----------------------------------------------------------------------------
+    @property
+    def record(self) -> MonitorRecord:
+        return MonitorRecord(steps=list(self._steps), losses=list(self._losses), grad_norms=list(self._grad_norms),
+                             update_norms=list(self._update_norms), grad_cosines=list(self._cosines),
+                             lrs=list(self._lrs), sharpness=list(self._sharpness))
+
+    @property
+    def last_diagnosis(self) -> Diagnosis | None:
+        return self.diagnoses[-1] if self.diagnoses else None
+
+    @property
+    def steps(self) -> int:
+        return self._count
+
+    @property
+    def last_loss(self) -> float:
+        return self._losses[-1] if self._losses else math.nan
+
+    # -- one training step ---------------------------------------------------------------------
+    def step(self, loss: Any, optimizer: torch.optim.Optimizer | None = None) -> Diagnosis | None:
+        """Record one step (call it after ``optimizer.step()``); returns a new diagnosis if this
+        step triggered one, else None."""
+        if isinstance(loss, torch.Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"monitor.step expects the scalar training loss, got shape {tuple(loss.shape)}.")
+        elif not isinstance(loss, (int, float)) or isinstance(loss, bool):
+            raise TypeError(f"monitor.step expects the loss (a tensor or a float), got {type(loss).__name__}.")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        loss_value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
+        self._count += 1
+        gnorm = cos = update = math.nan
+        phase = self._count % self.signals_every
+        if self.signals_every == 1 or phase == 0:
+            gnorm, cos, update = self._signals.update()
+        elif phase == self.signals_every - 1:
+            self._signals.record()
+        else:
+            self._signals.skip()
+        lr = float(optimizer.param_groups[0]["lr"]) if optimizer is not None else self.lr
+        self._steps.append(self._count)
+        self._losses.append(loss_value)
+        self._grad_norms.append(gnorm)
+        self._cosines.append(cos)
+        self._update_norms.append(update)
+        self._lrs.append(lr)
+        if self.sharpness_every and self._count % self.sharpness_every == 0:
+            self._sharpness.append((self._count, self._estimate_sharpness()))
+        if self.checkpoint_every and self._count % self.checkpoint_every == 0 and math.isfinite(loss_value):
+            self._keep_checkpoint()
+        if self._probation is not None and self._count >= self._probation[0]:
+            self._review(optimizer)
+        nonfinite = not math.isfinite(loss_value) and not self._nonfinite_reported
+        if nonfinite or (self._count >= self._next_check and len(self._losses) >= self.window):
+            return self._check(optimizer, force=nonfinite)
+        return None
+
+    # -- sharpness -----------------------------------------------------------------------------
+    def _estimate_sharpness(self) -> float:
+        """λ_max by a few power iterations on a fixed subset, warm-started from the last vector."""
+        try:
+            op = hessian(self.model, self.loss_fn, self._sharp_data)
+        except ValueError:  # non-finite loss: no curvature to measure
+            return math.nan
+        v = self._power_vector
+        if v is None or v.shape[0] != op.num_params:
+            gen = torch.Generator(device="cpu").manual_seed(0)  # never the global RNG
+            v = torch.randn(op.num_params, generator=gen, dtype=torch.float64).to(op.device)
+        v = v / torch.linalg.vector_norm(v)
+        lam = math.nan
+        with preserved_rng():
+            for _ in range(self.sharpness_iters):
+                hv = (op @ v.to(op.dtype)).to(torch.float64)
+                lam = float(v @ hv)
+                norm = torch.linalg.vector_norm(hv)
+                if not torch.isfinite(norm) or norm == 0:
+                    break
+                v = hv / norm
+        self._power_vector = v
+        return lam
+
+    def _keep_checkpoint(self) -> None:
+        trend = loss_trend(self._losses, self.window)
+        if trend.growth > DIVERGE_GROWTH or not all(bool(torch.isfinite(p).all()) for p in self.params):
+            return
+        self._checkpoint = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    # -- stalls --------------------------------------------------------------------------------
+    def _stall_window(self) -> int | None:
+        """The number of recent steps over which the loss has stalled, or None when it has not
+        (NaN/Inf, a growing loss or flipping gradients on the base window; a flat loss beyond
+        doubt from the noise, widening a window the noise leaves open up to 8x)."""
+        losses = self._losses
+        recent = np.asarray(losses[-self.window:], dtype=np.float64)
+        if not np.all(np.isfinite(recent)):
+            return self.window
+        trend = loss_trend(recent, self.window)
+        cos = np.asarray(self._cosines[-self.window:], dtype=np.float64)
+        cos_mean = float(np.nanmean(cos)) if np.isfinite(cos).any() else 0.0
+        if (trend.growth > DIVERGE_GROWTH and trend.separated_growth > 1) or cos_mean < COS_TRIGGER:
+            return self.window
+        k = 1
+        while k <= MAX_STALL_WINDOWS and k * self.window <= len(losses):
+            stalled = stall_test(losses[-k * self.window:])
+            if stalled is not None:
+                return k * self.window if stalled else None
+            k *= 2
+        return None
+
+    def _affordable_hvps(self) -> int | None:
+        """Hessian-vector products the doctor's budget can pay for now (None: no cap)."""
+        if self.doctor_share is None:
+            return None
+        batches = len(self._doctor_data)
+        bank = self.doctor_share * self._count - self.doctor_cost
+        fixed = batches * 3.0  # the operator's validation pass, the gradient pass, the probe
+        return int(max(0.0, bank - fixed) // (HVP_COST * batches))
+
+    def _charge(self, d: Diagnosis) -> None:
+        batches = len(self._doctor_data)
+        self.doctor_cost += batches * (1 + d.cost.get("gradients", 0) + HVP_COST * d.cost.get("hvps", 0))
+        self.doctor_cost += d.cost.get("trial_steps", 0)
+
+    def _check(self, optimizer: torch.optim.Optimizer | None, force: bool = False) -> Diagnosis | None:
+        window = self.window if force else self._stall_window()
+        self._next_check = self._count + self.check_every
+        if window is None:
+            self._backoff, self._last_cause, self._next_doctor = 1, None, 0
+            return None
+        if self._count < self._next_doctor and not force:
+            return None
+        hvps = None if force else self._affordable_hvps()
+        if hvps is not None and hvps < MIN_HVPS and not self.treat:
+            self.deferred += 1
+            return None
+        kwargs = dict(self.diagnose_kwargs)
+        if optimizer is None and self.lr is not None:
+            kwargs.setdefault("lr", self.lr)
+        kwargs.setdefault("window", window)
+        kwargs.setdefault("verify", self.treat)
+        kwargs.setdefault("samples", self.diagnose_samples)
+        if hvps is not None:
+            kwargs.setdefault("budget", max(2, min(MAX_HVPS, hvps)))
+        if self.train_step is not None:
+            kwargs.setdefault("train_step", self.train_step)
+        if self._checkpoint is not None:
+            kwargs.setdefault("checkpoint", self._checkpoint)
+        result = diagnose(self.model, self.loss_fn, self.data, history=self.record.window(window),
+                          optimizer=optimizer, previous=self._last_cause, **kwargs)
+        result = dataclasses.replace(result, step=self._count)
+        self._charge(result)
+        if not math.isfinite(self._losses[-1]):
+            self._nonfinite_reported = True
+        # The same verdict again: wait longer before the next diagnosis (doubling, up to 16x).
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF) if result.cause == self._last_cause else 1
+        self._last_cause = result.cause
+        self._next_doctor = self._count + self.window * self._backoff
+        if result.cause == "progressing":
+            return None
+        self.diagnoses.append(result)
+        logger.warning("step %d: %s", self._count, result)
+        if self.callback is not None:
+            self.callback(result)
+        if self.treat and optimizer is not None:
+            self._treat(result, optimizer)
+        return result
+
+    # -- treatment -------------------------------------------------------------------------------
+    def _treat(self, d: Diagnosis, optimizer: torch.optim.Optimizer) -> None:
+        """Apply the best verified prescription that changes things in place (an optimizer switch
+        needs your loop to use the new optimizer: it is logged as advice, not applied)."""
+        if self._probation is not None:
+            return
+        chosen = next((p for p in d.prescriptions if p.trial is not None and p.trial.better and p.applicable
+                       and "optimizer" not in p.action), None)
+        if chosen is None:
+            return
+        saved = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                 "optimizer": copy.deepcopy(optimizer.state_dict())}
+        before = float(np.median(self._losses[-max(3, self.window // 3):]))
+        returned = chosen.apply(self.model, optimizer)
+        if returned is not optimizer:  # pragma: no cover - switches are excluded above
+            return
+        action = MonitorAction(self._count, "applied", chosen, before)
+        self.actions.append(action)
+        logger.warning("step %d: applied %s", self._count, chosen.text)
+        self._probation = (self._count + self.window, saved, optimizer, action)
+
+    def _review(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """One window after a treatment: undo it if the loss is worse than before beyond noise."""
+        _, saved, treated, action = self._probation
+        self._probation = None
+        after = float(np.median(self._losses[-max(3, self.window // 3):]))
+        noise = loss_trend(self._losses, self.window).noise
+        worse = not math.isfinite(after) or after > action.loss_before + max(2 * noise, 0.01 * abs(action.loss_before))
+        if worse and treated is optimizer:
+            detach_hooks(treated)
+            self.model.load_state_dict(saved["model"])
+            treated.load_state_dict(saved["optimizer"])
+            self.actions.append(MonitorAction(self._count, "undone", action.prescription, action.loss_before, after))
+            logger.warning("step %d: undid %s (loss %s -> %s)", self._count, action.prescription.text,
+                           fmt(action.loss_before, 5), fmt(after, 5))
+        else:
+            self.actions.append(MonitorAction(self._count, "kept", action.prescription, action.loss_before, after))
+
+
+@dataclass(frozen=True)
+class MonitoredRun(ResultMixin):
+    """A training run with the Monitor attached: what it recorded, every diagnosis, every action."""
+
+    steps: int
+    final_loss: float
+    record: MonitorRecord
+    diagnoses: list[Diagnosis]
+    actions: list[MonitorAction]
+
+    _skip_in_dict = ("record",)
+
+    def __str__(self) -> str:
+        lines = [f"trained {self.steps} steps, last training loss {fmt(self.final_loss, 5)}; "
+                 f"{len(self.diagnoses)} diagnoses, {len(self.actions)} actions"]
+        lines += [str(d) for d in self.diagnoses]
+        lines += [str(a) for a in self.actions]
+        return "\n".join(lines)
+
+
+def train_monitored(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer, *,
+                    steps: int, monitor: Monitor | None = None, progress: Any = None) -> MonitoredRun:
+    """Train ``model`` in place for ``steps`` optimizer steps, cycling over the batches of
+    ``data``, with ``monitor`` (default: a new :class:`Monitor` on ``data``) attached. Stops early
+    when the loss is NaN/Inf (after the monitor has diagnosed it)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    monitor = monitor or Monitor(model, loss_fn, data)
+    device = next(model.parameters()).device
+    done, last = 0, math.nan
+    model.train()
+    while done < steps:
+        for inputs, targets in iter_batches(data):
+            loss = training_step(model, loss_fn, optimizer, inputs, targets, device)
+            monitor.step(loss, optimizer)
+            done += 1
+            last = monitor.last_loss
+            if progress is not None:
+                progress(done, steps)
+            if done >= steps or not math.isfinite(last):
+                break
+        if not math.isfinite(last):
+            break
+    return MonitoredRun(steps=done, final_loss=last, record=monitor.record, diagnoses=list(monitor.diagnoses),
+                        actions=list(monitor.actions))
