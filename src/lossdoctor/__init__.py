@@ -12,6 +12,17 @@ from .analysis.saddle import (
     gradient_descent_path,
 )
 from .analysis.sharpness import EpsilonSharpness, Sharpness, sharpness
+from .curvature import (
+    EigenResult,
+    HessianOperator,
+    SpectralDensity,
+    TraceResult,
+    dense_hessian,
+    eigenpairs,
+    hessian,
+    spectral_density,
+    trace,
+)
 from .doctor import (
     CAUSES,
     Diagnosis,
@@ -25,17 +36,6 @@ from .doctor import (
     attached_scheduler,
     diagnose,
     train_monitored,
-)
-from .curvature import (
-    EigenResult,
-    HessianOperator,
-    SpectralDensity,
-    TraceResult,
-    dense_hessian,
-    eigenpairs,
-    hessian,
-    spectral_density,
-    trace,
 )
 from .problem import Problem, load_problem
 from .training.lr_finder import LRRangeResult, lr_range_test
