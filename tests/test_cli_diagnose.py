@@ -42,10 +42,14 @@ def test_diagnose_saddle_from_json_history(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     d = data["diagnosis"]
-    assert d["cause"] == "critical_point" and d["critical"]["kind"] == "saddle_point"
-    assert d["max_stable_lr"] == pytest.approx(1.0, rel=1e-5)  # λ_max = 2 at the saddle
-    text = CliRunner().invoke(main, ["diagnose", "--problem", "lecture-saddle", "--history", str(history)])
-    assert text.exit_code == 0 and "diagnosis: critical point" in text.output and "prescriptions:" in text.output
+    assert d["cause"] == "saddle_point"
+    assert d["measurements"]["lambda_min"] == pytest.approx(-2.0, abs=1e-3)  # the lecture's saddle
+    assert d["measurements"]["lambda_max"] == pytest.approx(2.0, abs=1e-3)
+    top = d["prescriptions"][0]
+    assert "escape_saddle" in top["action"] and top["trial"]["better"]
+    text = CliRunner().invoke(main, ["diagnose", "--problem", "lecture-saddle", "--history", str(history),
+                                     "--lr", "0.05"])
+    assert text.exit_code == 0 and "diagnosis: saddle point" in text.output and "prescriptions" in text.output
 
 
 def test_diagnose_csv_history_with_columns_and_plain(tmp_path, quadratic):
@@ -58,14 +62,19 @@ def test_diagnose_csv_history_with_columns_and_plain(tmp_path, quadratic):
     result = CliRunner().invoke(main, ["diagnose", "--problem", quadratic, "--history", str(plain), "--lr", "1e-3",
                                        "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["diagnosis"]["cause"] == "progressing"
+    d = json.loads(result.output)["diagnosis"]
+    assert d["cause"] == "progressing" and d["prescriptions"][0]["action"] == {}
 
 
 @pytest.mark.parametrize("content, message", [("", "empty"), ("a\nb\nc\nd\n", "not a number"),
-                                              ("[1, 2]", "at least 4"), ('{"x": 1}', "no losses")])
+                                              ("[1, 2]", "at least 4"), ('{"x": 1}', "no losses"),
+                                              (b"\x80\x81\xfe", "not a text file")])
 def test_diagnose_bad_history_files(tmp_path, content, message):
     bad = tmp_path / "bad.csv"
-    bad.write_text(content)
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        bad.write_text(content)
     result = CliRunner().invoke(main, ["diagnose", "--problem", "lecture-saddle", "--history", str(bad)])
     assert result.exit_code != 0 and message in result.output
 
@@ -73,20 +82,61 @@ def test_diagnose_bad_history_files(tmp_path, content, message):
 def test_train_diagnoses_the_bounce_and_writes_a_new_checkpoint(tmp_path, quadratic):
     out = tmp_path / "trained.pt"
     args = ["train", "--problem", quadratic, "--optimizer", "sgd", "--lr", str(1.998 / 25), "--steps", "60",
-            "--window", "30", "--out", str(out)]
+            "--window", "30", "--doctor-share", "1", "--out", str(out)]
     result = CliRunner().invoke(main, [*args, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["steps"] == 60 and len(data["losses"]) == 60
     assert data["diagnoses"][0]["cause"] == "oscillation"
-    assert data["diagnoses"][0]["max_stable_lr"] == pytest.approx(0.08, rel=1e-5)
+    assert data["diagnoses"][0]["measurements"]["lambda_max"] == pytest.approx(25.0, rel=1e-2)
     assert set(torch.load(out, weights_only=True)) == {"weight"}
     again = CliRunner().invoke(main, args)
     assert again.exit_code != 0 and "already exists" in again.output
     text = CliRunner().invoke(main, args[:-2])
-    assert text.exit_code == 0 and "diagnosis (step 30): oscillation" in text.output
+    assert text.exit_code == 0 and text.output.count("diagnosis (step 30): oscillation") == 1
 
 
 def test_train_bad_lr(quadratic):
     result = CliRunner().invoke(main, ["train", "--problem", quadratic, "--lr", "nan", "--steps", "5"])
     assert result.exit_code != 0 and "--lr" in result.output
+
+
+def test_diagnose_with_the_optimizer_and_its_state(tmp_path, quadratic):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quad", quadratic.split(":")[0])
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model, loss_fn, data = mod.make_problem()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(80):
+        opt.zero_grad()
+        loss = loss_fn(model(data[0]), data[1])
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    ckpt, state, history = tmp_path / "m.pt", tmp_path / "opt.pt", tmp_path / "h.json"
+    torch.save(model.state_dict(), ckpt)
+    torch.save(opt.state_dict(), state)
+    history.write_text(json.dumps(losses))
+    result = CliRunner().invoke(main, ["diagnose", "--problem", quadratic, "--checkpoint", str(ckpt), "--history",
+                                       str(history), "--optimizer", "adam", "--lr", "1e-4", "--optimizer-state",
+                                       str(state), "--json"])
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.output)["diagnosis"]
+    assert d["measurements"]["optimizer"] == "adam" and d["measurements"]["adaptive"]
+    assert d["cause"] == "lr_too_small" and d["prescriptions"][0]["action"]["lr"] > 1e-4
+    bad = CliRunner().invoke(main, ["diagnose", "--problem", quadratic, "--history", str(history), "--optimizer",
+                                    "adam"])
+    assert bad.exit_code == 2 and "--lr" in bad.output
+
+
+def test_spectrum_per_layer(tmp_path):
+    result = CliRunner().invoke(main, ["spectrum", "--problem", "mnist1d-mlp", "--k", "1", "--which", "largest",
+                                       "--tol", "1e-3", "--trace-matvecs", "0", "--no-density", "--per-layer",
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["per_layer"]["rows"]
+    assert [r["name"] for r in rows] == ["0", "2", "4"]
+    assert all(r["lambda_max"] > 0 for r in rows)

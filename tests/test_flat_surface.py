@@ -30,7 +30,8 @@ def test_training_and_verdicts(study):
     assert mse.final_loss > 0.9 * mse.losses[0] and mse.final_accuracy < 0.5
     assert ce.final_loss < 0.05 * ce.losses[0] and ce.final_accuracy > 0.9
     assert study.diagnosis.cause == "flat_plateau"
-    assert any("cross-entropy" in p for p in study.diagnosis.prescriptions)
+    assert any("cross-entropy" in p.text for p in study.diagnosis.prescriptions)
+    assert study.diagnosis.prescriptions[0].trial.better
     assert study.ce_diagnosis.cause != "flat_plateau"
 
 

@@ -1,5 +1,7 @@
 """lossdoctor: why did my training loss stop going down, and what should I change?"""
 
+import logging as _logging
+
 from .analysis.critical import CriticalPoint, classify_critical_point
 from .analysis.landscape import Curve, Landscape, interpolate, landscape
 from .analysis.layers import LayerCurvature, LayerRow, layer_curvature
@@ -45,6 +47,9 @@ from .training.sweep import SweepResult, SweepRun, batch_size_sweep
 from .training.timing import BatchTiming, time_batch_sizes
 
 __version__ = "0.1.0"
+
+# A library logs; the application decides where it goes (no stderr fallback printing twice).
+_logging.getLogger("lossdoctor").addHandler(_logging.NullHandler())
 
 __all__ = [
     "Curve", "Landscape", "interpolate", "landscape", "NoiseScale", "gradient_noise_scale",

@@ -163,13 +163,16 @@ def main() -> None:
                    "auto: within a quarter of the free memory; on; off; or a size such as 200MB "
                    "(the graphs of the first batches that fit are kept, the rest recomputed).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--per-layer", is_flag=True,
+              help="Also the per-layer table: each module's Hessian block (λ_max, trace), gradient norm, and the "
+                   "block heterogeneity (mean Jensen-Shannon distance of the blockwise spectra).")
 @click.option("--plot", type=click.Path(dir_okay=False), default="spectrum-density.png", show_default=True,
               help="Where to write the density plot.")
 @device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
-             density: bool, mode: str, micro_batch_size: int | None, cache: bool | str | int, seed: int, plot: str,
-             device: str, as_json: bool) -> None:
+             density: bool, mode: str, micro_batch_size: int | None, cache: bool | str | int, seed: int,
+             per_layer: bool, plot: str, device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from . import eigenpairs, hessian, spectral_density, trace
 
@@ -193,6 +196,13 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
             dens = spectral_density(op, seed=seed, progress=task("spectral density (SLQ)"))
             results["density"] = {key: value for key, value in dens.to_dict().items()
                                   if key not in ("grid", "density", "nodes", "weights")}
+        layers = None
+        if per_layer:
+            from . import layer_curvature
+
+            layers = layer_curvature(prob.model, prob.loss_fn, prob.train_data, mode=mode, seed=seed, op=op,
+                                     progress=task("per-layer curvature"))
+            results["per_layer"] = layers.to_dict()
     results["cached_batches"] = op.cached_batches
     if dens is not None and plot and _is_rank_zero():
         from .report.spectrum import density_figure
@@ -209,6 +219,8 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
     if dens is not None:
         out.print(str(dens))
         out.print(f"density plot: {results['density_plot']}")
+    if layers is not None:
+        out.print(str(layers), markup=False)
 
 
 def _escaped_path(out_file: str | None, checkpoint: str | None, problem_name: str) -> Path:

@@ -26,14 +26,15 @@ from .cli import (
     progress_bars,
 )
 
-TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-
-
 def read_history_file(path: str) -> dict[str, list[float]]:
     """Per-step history from a file: JSON (a list of losses, or an object with ``losses`` and
     optionally ``grad_norms``/``grad_cosines``) or CSV (a header with a ``loss`` column and
     optionally ``grad_norm``/``grad_cosine``, or one loss per line without a header)."""
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file: the history must be JSON or CSV text (one loss per line, "
+                         "or a CSV with a 'loss' column).") from None
     if Path(path).suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
         try:
             data = json.loads(text)
@@ -70,47 +71,96 @@ def read_history_file(path: str) -> dict[str, list[float]]:
     return {"losses": [number(r[-1], i + 1) for i, r in enumerate(rows)]}
 
 
+TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+optimizer_option = click.option("--optimizer", "opt_name", type=click.Choice(TRAIN_OPTIMIZERS), default=None,
+                                help="The optimizer the history was trained with (default: plain SGD at --lr).")
+momentum_option = click.option("--momentum", type=float, default=0.0, show_default=True,
+                               help="SGD/RMSprop momentum (Adam's beta1 is 0.9).")
+weight_decay_option = click.option("--weight-decay", type=float, default=0.0, show_default=True,
+                                   help="The optimizer's weight decay.")
+
+
+def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    """The torch optimizer ``name`` (sgd, adam, adamw, rmsprop, adagrad) over ``params``."""
+    import torch
+
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
+    return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=weight_decay)
+
+
+def _check_rate(name: str, value: float | None, *, positive: bool = True) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or (value <= 0 if positive else value < 0):
+        _fail(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}.")
+
+
 @click.command("diagnose")
 @problem_option
 @checkpoint_option
 @click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False), required=True,
               help="Recent per-step training losses: a JSON list / object with 'losses' (and optionally "
                    "'grad_norms', 'grad_cosines'), or a CSV with a 'loss' column or one loss per line.")
+@optimizer_option
 @click.option("--lr", type=float, default=None, help="The learning rate the history was trained with.")
+@momentum_option
+@weight_decay_option
+@click.option("--optimizer-state", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The optimizer's state_dict (torch.save(optimizer.state_dict(), path)): Adam's moments, "
+                   "momentum buffers (loaded with weights_only=True).")
 @click.option("--window", default=60, show_default=True, help="Recent steps the trend is read from.")
-@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
+@click.option("--mode", type=click.Choice(["auto", "eval", "train"]), default="auto", show_default=True,
+              help="auto: train mode (BatchNorm on batch statistics, dropout off), checked against the history.")
+@click.option("--verify/--no-verify", default=True, show_default=True,
+              help="Try each prescription for a short trial against continuing unchanged, and rank by the result.")
+@click.option("--trial-steps", type=click.IntRange(min=2), default=None,
+              help="Steps per trial (default: the window, doubled once when nothing separates).")
 @device_option
 @json_option
-def diagnose_command(problem: str, checkpoint: str | None, history_file: str, lr: float | None, window: int,
-                     mode: str, as_json: bool, device: str = "auto") -> None:
-    """Why did the loss stop going down? The cause, the numbers, and what to change."""
+def diagnose_command(problem: str, checkpoint: str | None, history_file: str, opt_name: str | None,
+                     lr: float | None, momentum: float, weight_decay: float, optimizer_state: str | None, window: int,
+                     mode: str, verify: bool, trial_steps: int | None, as_json: bool, device: str = "auto") -> None:
+    """Why did the loss stop going down? The cause, the numbers, and what to change, tried."""
     from . import diagnose
 
+    _check_rate("--lr", lr)
+    _check_rate("--momentum", momentum, positive=False)
+    _check_rate("--weight-decay", weight_decay, positive=False)
+    if opt_name is not None and lr is None:
+        _fail("--optimizer needs --lr (the learning rate the history was trained with).")
+    if optimizer_state is not None and opt_name is None:
+        _fail("--optimizer-state needs --optimizer (its type) and --lr.")
     prob = _load(problem, checkpoint, device)
     try:
         history = read_history_file(history_file)
-        result = diagnose(prob.model, prob.loss_fn, prob.train_data, history=history, lr=lr, window=window,
-                          mode=mode)
-    except (ValueError, TypeError) as err:
+        optimizer = None
+        if opt_name is not None:
+            optimizer = make_optimizer(opt_name, prob.model.parameters(), lr, momentum, weight_decay)
+            if optimizer_state is not None:
+                import torch
+
+                optimizer.load_state_dict(torch.load(optimizer_state, weights_only=True))
+        prob.model.train()
+        with progress_bars(not as_json) as task:
+            result = diagnose(prob.model, prob.loss_fn, prob.train_data, history=history, optimizer=optimizer,
+                              lr=None if optimizer is not None else lr, window=window, mode=mode,
+                              verify=verify if verify is False else "auto",
+                              trial_steps=trial_steps or "auto", progress=task("diagnosis (measurements, trials)"))
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
         _fail(str(err))
     if as_json:
         out.print_json(json.dumps({"problem": prob.name, "checkpoint": checkpoint, "history": history_file,
                                    "diagnosis": result.to_dict()}))
         return
-    out.print(f"{prob.name}: {result.num_params} parameters, {result.num_samples} samples")
+    m = result.measurements
+    if m is not None:
+        out.print(f"{prob.name}: {m.samples} samples measured ({m.mode} mode)")
     out.print(str(result), markup=False)
-
-
-def _make_optimizer(name: str, params: Any, lr: float, momentum: float):
-    import torch
-
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=momentum)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr)
-    return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, lr=lr)
 
 
 @click.command("train")
@@ -118,25 +168,33 @@ def _make_optimizer(name: str, params: Any, lr: float, momentum: float):
 @checkpoint_option
 @click.option("--optimizer", "opt_name", type=click.Choice(TRAIN_OPTIMIZERS), default="sgd", show_default=True)
 @click.option("--lr", type=float, required=True, help="Learning rate.")
-@click.option("--momentum", default=0.0, show_default=True, help="Momentum (sgd, rmsprop).")
-@click.option("--steps", type=int, required=True, help="Optimizer steps (cycling over the training batches).")
-@click.option("--sharpness-every", type=int, default=None,
-              help="Estimate λ_max every N steps (0: never; default: every 1000 steps, less often where "
-                   "that would cost over 1% of training time).")
-@click.option("--window", default=60, show_default=True, help="Steps a stall is judged on.")
+@momentum_option
+@weight_decay_option
+@click.option("--steps", type=click.IntRange(min=1), required=True, help="Optimizer steps (cycling over the training batches).")
+@click.option("--sharpness-every", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Estimate λ_max every N steps (0: never).")
+@click.option("--window", type=click.IntRange(min=4), default=60, show_default=True, help="Steps a stall is judged on.")
+@click.option("--treat", is_flag=True,
+              help="Apply the doctor's best verified prescription when the loss stalls (undone if it hurt).")
+@click.option("--doctor-share", type=float, default=0.05, show_default=True,
+              help="The doctor's cost cap, a share of the training steps so far.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
               help="Write the trained state_dict to this new file (never overwritten).")
 @device_option
 @json_option
-def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float, momentum: float, steps: int,
-                  sharpness_every: int | None, window: int, out_file: str | None, as_json: bool, device: str = "auto") -> None:
+def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float, momentum: float, weight_decay: float,
+                  steps: int, sharpness_every: int, window: int, treat: bool, doctor_share: float,
+                  out_file: str | None, as_json: bool, device: str = "auto") -> None:
     """Train with the Monitor attached; prints the doctor's diagnosis when the loss stalls."""
     from .doctor.monitor import Monitor, train_monitored
 
     if out_file is not None and Path(out_file).exists():
         _fail(f"{out_file} already exists; lossdoctor never overwrites a file: choose another --out.")
-    if not (math.isfinite(lr) and lr > 0):
-        _fail(f"--lr must be a finite number > 0, got {lr}.")
+    _check_rate("--lr", lr)
+    _check_rate("--momentum", momentum, positive=False)
+    _check_rate("--weight-decay", weight_decay, positive=False)
+    if not 0 < doctor_share <= 1:
+        _fail(f"--doctor-share must be in (0, 1], got {doctor_share}.")
     prob = _load(problem, checkpoint, device)
 
     def report(diagnosis) -> None:
@@ -144,9 +202,9 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
             out.print(str(diagnosis), markup=False)
 
     try:
-        optimizer = _make_optimizer(opt_name, prob.model.parameters(), lr, momentum)
+        optimizer = make_optimizer(opt_name, prob.model.parameters(), lr, momentum, weight_decay)
         monitor = Monitor(prob.model, prob.loss_fn, prob.train_data, sharpness_every=sharpness_every,
-                          window=window, callback=report)
+                          window=window, callback=report, treat=treat, doctor_share=doctor_share)
         with progress_bars(not as_json) as task:
             run = train_monitored(prob.model, prob.loss_fn, prob.train_data, optimizer, steps=steps,
                                   monitor=monitor, progress=task(f"training ({opt_name}, lr {lr:g})"))
@@ -162,13 +220,18 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
     if as_json:
         rec = run.record
         out.print_json(json.dumps({"problem": prob.name, "optimizer": opt_name, "lr": lr, **run.to_dict(),
-                                   "losses": to_jsonable(rec.losses), "sharpness": to_jsonable(rec.sharpness), "checkpoint": written},
+                                   "losses": to_jsonable(rec.losses), "sharpness": to_jsonable(rec.sharpness),
+                                   "doctor_cost": monitor.doctor_cost, "checkpoint": written},
                                   default=lambda v: None))
         return
     out.print(f"{prob.name}: trained {run.steps} steps with {opt_name} (lr {lr:g}); last training loss "
-              f"{run.final_loss:.5g}; {len(run.diagnoses)} diagnoses"
-              + (f"; last sharpness {run.record.sharpness[-1][1]:.4g}" if run.record.sharpness else ""))
+              f"{run.final_loss:.5g}; {len(run.diagnoses)} diagnoses, doctor cost {monitor.doctor_cost:.1f} "
+              f"step-equivalents" + (f"; last sharpness {run.record.sharpness[-1][1]:.4g}" if run.record.sharpness else ""))
+    for action in run.actions:
+        out.print(str(action), markup=False)
     if not run.diagnoses:
-        out.print("no stall: the loss kept going down.")
+        out.print("no stall: the loss kept going down." if not monitor.deferred else
+                  f"a stall was seen {monitor.deferred} times but the doctor's budget (--doctor-share) did not "
+                  "yet allow a diagnosis.")
     if written:
         out.print(f"trained parameters written to {written}")

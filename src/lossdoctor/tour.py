@@ -22,6 +22,7 @@ from .report import doctor_validation as doctor_validation_report
 from .report import flat_sharp as flat_sharp_report
 from .report import flat_surface as flat_surface_report
 from .report import l2_smoothing as l2_report
+from .report import layers as layers_report
 from .report import lr_range as lr_range_report
 from .report import noise_scale as noise_scale_report
 from .report import rare_minima as rare_minima_report
@@ -37,6 +38,7 @@ from .studies import doctor_validation as doctor_validation_study
 from .studies import flat_sharp as flat_sharp_study
 from .studies import flat_surface as flat_surface_study
 from .studies import l2_smoothing as l2_study
+from .studies import layers as layers_study
 from .studies import lr_range as lr_range_study
 from .studies import noise_scale as noise_scale_study
 from .studies import rare_minima as rare_minima_study
@@ -65,7 +67,8 @@ SECTIONS: list[TourSection] = [
                 valley_report.render),
     TourSection("flat-surface", "The flat surface: MSE vs cross-entropy", flat_surface_study.run,
                 flat_surface_report.render),
-    TourSection("doctor-validation", "The stall doctor on runs it was not tuned on", doctor_validation_study.run,
+    TourSection("layers", "Curvature layer by layer", layers_study.run, layers_report.render),
+    TourSection("doctor-validation", "The stall doctor on held-out runs: causes and fixes", doctor_validation_study.run,
                 doctor_validation_report.render),
     TourSection("batch-time", "Batch size: time", batch_time_study.run, batch_time_report.render),
     TourSection("batch-sweep", "Batch size: training, testing, sharpness", batch_sweep_study.run,

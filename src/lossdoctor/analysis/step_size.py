@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 ADAM_FAMILY = ("adam", "adamw", "nadam", "radam", "adamax")
+ADAPTIVE_FLOOR = 1e-3
 
 
 @dataclass(frozen=True)
@@ -91,34 +92,47 @@ def step_size(optimizer: Any, params: list[torch.Tensor], lr: float | None = Non
     wd = float(groups[0].get("weight_decay", 0.0) or 0.0)
     decoupled = kind == "adamw" or bool(groups[0].get("decoupled_weight_decay", False))
     adaptive = kind in ADAM_FAMILY or kind in ("rmsprop", "adagrad")
-    pieces = []
+    lrs, roots = [], []  # per coordinate: the lr, and the denominator of an adaptive step (None: plain lr)
     for p in params:
         g = group_of.get(id(p))
         if g is None:  # not optimized: it does not move
-            pieces.append(torch.zeros(p.numel(), dtype=torch.float64, device=p.device))
+            lrs.append(torch.zeros(p.numel(), dtype=torch.float64, device=p.device))
+            roots.append(torch.ones(p.numel(), dtype=torch.float64, device=p.device))
             continue
         glr = float(g["lr"]) * factor
         state = optimizer.state.get(p, {})
-        d = None
+        root = None
         if kind in ADAM_FAMILY and "exp_avg_sq" in state:
             step = float(state["step"])
             v = state["exp_avg_sq"].detach().double().reshape(-1)
             v_hat = v / (1 - float(g["betas"][1]) ** step) if step > 0 else v
-            d = glr / (v_hat.sqrt() + float(g["eps"]))
+            root = v_hat.sqrt() + float(g["eps"])
         elif kind == "rmsprop" and "square_avg" in state:
             sq = state["square_avg"].detach().double().reshape(-1)
             if g.get("centered") and "grad_avg" in state:
                 sq = sq - state["grad_avg"].detach().double().reshape(-1) ** 2
-            d = glr / (sq.clamp_min(0).sqrt() + float(g["eps"]))
+            root = sq.clamp_min(0).sqrt() + float(g["eps"])
         elif kind == "adagrad" and "sum" in state:
             step = float(state["step"])
-            clr = glr / (1 + max(step - 1, 0) * float(g.get("lr_decay", 0.0)))
-            d = clr / (state["sum"].detach().double().reshape(-1).sqrt() + float(g["eps"]))
-        if d is None:
+            glr = glr / (1 + max(step - 1, 0) * float(g.get("lr_decay", 0.0)))
+            root = state["sum"].detach().double().reshape(-1).sqrt() + float(g["eps"])
+        if root is None:
             if adaptive and note is None:
                 note = f"{type(optimizer).__name__} has no state yet: its first steps are taken as plain lr steps"
-            d = torch.full((p.numel(),), glr, dtype=torch.float64, device=p.device)
-        pieces.append(d)
+            root = torch.ones(p.numel(), dtype=torch.float64, device=p.device)
+        lrs.append(torch.full((p.numel(),), glr, dtype=torch.float64, device=p.device))
+        roots.append(root)
+    pieces = []
+    if lrs:
+        lr_vec, root_vec = torch.cat(lrs), torch.cat(roots)
+        if adaptive:
+            # A coordinate whose second moment is (near) zero has had no gradient: its linearized
+            # step lr/eps is not what the optimizer does (a new gradient raises v at once, and the
+            # step stays ~lr). Floor the denominator at 1e-3 of the mean one.
+            live = root_vec[lr_vec > 0]
+            if live.numel():
+                root_vec = root_vec.clamp_min(ADAPTIVE_FLOOR * float(live.mean()))
+        pieces = [lr_vec / root_vec]
     scale = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
     uniform = scale.numel() > 0 and bool(torch.all(scale == scale[0]))
     return StepSize(kind, base * factor, None if uniform and not adaptive else scale, momentum, threshold, wd,

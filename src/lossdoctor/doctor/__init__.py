@@ -5,7 +5,7 @@
 :class:`Monitor` runs it inside a training loop.
 """
 
-from .diagnose import CAUSES, Diagnosis, diagnose
+from .diagnosis import CAUSES, Diagnosis, diagnose
 from .monitor import Monitor, MonitorAction, MonitoredRun, MonitorRecord, train_monitored
 from .prescriptions import NeedsCodeChange, Prescription, Trial, attached_scheduler
 

@@ -112,17 +112,20 @@ def summary(decision: Decision, m: Measurements) -> str:
             return f"{title}: the loss is NaN/Inf"
         return f"{title}: it grew {t.growth:.2f}x over the last {t.window} steps"
     if cause == "oscillation":
-        if m.stability is not None and m.stability > 1:
+        decided = " ".join(e.name for e in decision.evidence)
+        if "gradient cosine after one step" in decided:
+            return (f"{title}: each step crosses the valley floor along the sharpest direction (S = "
+                    f"{fmt(m.lr_sharpness, 4)}, limit {fmt(m.threshold, 3)}): the gradient flips (cosine "
+                    f"{fmt(m.probe_cosine, 3)}) and the loss follows {fmt(m.efficiency, 2)} of what it predicts")
+        if "S / stability limit" in decided:
             return (f"{title}: the lr-scaled sharpness S = {fmt(m.lr_sharpness, 4)} is past its stability limit "
                     f"{fmt(m.threshold, 3)}" + (f"; the sharpest direction lies {m.sharpest_block_share:.0%} in "
                                                 f"`{m.sharpest_block}`" if m.sharpest_block else ""))
-        if m.trust_ratio is not None and m.trust_ratio < 0.25:
-            return (f"{title}: one step of your optimizer from here realizes {m.trust_ratio:.2f} of the decrease its "
-                    "gradient promises: the step is longer than the region where the slope holds")
-        if m.noise_ratio is not None and m.adaptive:
-            return (f"{title}: the gradient is {m.noise_ratio:.3g}x more noise than signal, and {m.optimizer}'s "
-                    "normalized steps keep their size, so the loss hovers at a level set by the lr")
-        return f"{title}: the gradient flips after each step and the loss barely follows it"
+        if "realized / predicted decrease" in decided:
+            return (f"{title}: one step of your optimizer from here realizes {fmt(m.trust_ratio, 2)} of the decrease "
+                    "its gradient promises: the step is longer than the region where the slope holds")
+        return (f"{title}: the gradient is {fmt(m.noise_ratio, 3)}x more noise than signal, and {m.optimizer}'s "
+                "normalized steps keep their size, so the loss hovers at a level set by the lr")
     if cause == "momentum_too_high":
         return (f"{title}: μ = {m.momentum:g} makes each step on slow directions {1 / (1 - m.momentum):.0f}x the lr, "
                 "so the parameters ring around the valley instead of settling")
@@ -184,9 +187,11 @@ def evidence(decision: Decision, m: Measurements) -> tuple[str, ...]:
         lines.append(f"sharpness λ_max = {fmt(m.lambda_max, 5)}" + ("" if m.lambda_max_converged else " (not converged: a lower bound)"))
     if m.lr_sharpness is not None:
         what = "lr·λ_max" if not m.adaptive else "preconditioned sharpness S (top eigenvalue of D^½HD^½)"
+        edge = m.lr * m.threshold / m.lr_sharpness if m.lr and m.lr_sharpness and m.lr_sharpness > 0 else None
+        bound = (f": the stability edge is lr = {edge:.5g} (never the value to use); half of it, {edge / 2:.3g}, "
+                 "is safe") if edge else ""
         lines.append(f"{what} = {fmt(m.lr_sharpness, 4)} against the stability limit {fmt(m.threshold, 3)} "
-                     f"({m.optimizer}, momentum {m.momentum:g}); the lr at half the limit is "
-                     f"{_lr(m.lr * 0.5 * m.threshold / m.lr_sharpness) if m.lr and m.lr_sharpness and m.lr_sharpness > 0 else '?'}")
+                     f"({m.optimizer}, momentum {m.momentum:g}){bound}")
     if m.sharpest_block:
         lines.append(f"the sharpest direction lies {m.sharpest_block_share:.0%} in `{m.sharpest_block}`")
     if m.half_life is not None and m.reducible is not None:

@@ -109,6 +109,7 @@ class Measurements(ResultMixin):
     optimizer_note: str | None
     lambda_max: float | None
     lambda_max_converged: bool
+    lambda_max_error: float | None  # the Lanczos residual: some eigenvalue lies within it
     lr_sharpness: float | None
     gradient_curvature: float | None  # S_g: step-scaled curvature along the gradient's step
     reducible: float | None  # ½ gᵀH⁺g: what the local quadratic model can still lose
@@ -126,6 +127,7 @@ class Measurements(ResultMixin):
     sharpest_block_share: float | None
     lambda_min: float | None
     lambda_min_converged: bool
+    lambda_min_error: float | None
     hvps: int
     gradients: int
     seconds: float
@@ -503,16 +505,39 @@ def escape_step(model: nn.Module, loss_fn: Any, batches: list, mode: str, names:
     theta = {n: params[n].detach().clone() for n in names}
     scale = math.sqrt(2 * max(abs(loss), 1e-12) / max(abs(eigenvalue), 1e-12))
     best_t, best = 0.0, loss
+
+    def loss_at(t: float) -> float:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(theta[n] + t * pieces[n].to(params[n].dtype))
+        value = batches_loss(model, loss_fn, batches, mode)
+        return value if math.isfinite(value) else math.inf
+
     with preserved_model(model):
         for k in range(-12, 4):
             for sign in (1.0, -1.0):
                 t = sign * scale * 2.0 ** k
-                with torch.no_grad():
-                    for n in names:
-                        params[n].copy_(theta[n] + t * pieces[n].to(params[n].dtype))
-                value = batches_loss(model, loss_fn, batches, mode)
-                if math.isfinite(value) and value < best:
+                value = loss_at(t)
+                if value < best:
                     best_t, best = t, value
+        if best_t != 0.0:
+            # Golden-section refinement between half and twice the best grid step.
+            a, b = best_t / 2, best_t * 2
+            ratio = (math.sqrt(5) - 1) / 2
+            c, d = b - ratio * (b - a), a + ratio * (b - a)
+            fc, fd = loss_at(c), loss_at(d)
+            for _ in range(24):
+                if fc < fd:
+                    b, d, fd = d, c, fc
+                    c = b - ratio * (b - a)
+                    fc = loss_at(c)
+                else:
+                    a, c, fc = c, d, fd
+                    d = a + ratio * (b - a)
+                    fd = loss_at(d)
+            t, value = (c, fc) if fc < fd else (d, fd)
+            if value < best:
+                best_t, best = t, value
     return pieces, best_t
 
 
@@ -574,7 +599,7 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
                                 param_norm=None, minibatch_grad_norm=None, noise_ratio=None, optimizer=None, lr=lr,
                                 momentum=0.0, threshold=None, weight_decay=0.0, decoupled=False, adaptive=False,
                                 effective_lr=None, optimizer_note=None, lambda_max=None, lambda_max_converged=False,
-                                lr_sharpness=None, gradient_curvature=None, reducible=None, half_life=None,
+                                lambda_max_error=None, lambda_min_error=None, lr_sharpness=None, gradient_curvature=None, reducible=None, half_life=None,
                                 negative_mass=None, probe_loss_change=None, probe_predicted=None, probe_cosine=None,
                                 update_norm=None, decay_share=None, decay_alignment=None, efficiency=None, layers=(),
                                 sharpest_block=None, sharpest_block_share=None, lambda_min=None,
@@ -637,13 +662,14 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # unconverged pairs are flagged, not warned
             top = eigenpairs(cop, k=1, which="largest", tol=SHARPNESS_TOL, seed=seed,
-                             max_matvecs=max(min(30, budget_left.left()), 2))
+                             max_matvecs=max(min(30, int(0.4 * budget)), 2))
         budget_left.spend(top.matvecs)
         lam = float(top.eigenvalues[0])
         v = top.eigenvectors[:, 0]
         shares = [(b.name, float((v[b.start:b.stop] ** 2).sum())) for b in blocks]
         sharpest = max(shares, key=lambda s: s[1]) if shares else (None, None)
-        base.update(lambda_max=lam, lambda_max_converged=bool(top.converged[0]), sharpest_block=sharpest[0],
+        base.update(lambda_max=lam, lambda_max_converged=bool(top.converged[0]),
+                    lambda_max_error=float(top.residual_norms[0]), sharpest_block=sharpest[0],
                     sharpest_block_share=sharpest[1], top_direction=v, parameter_names=tuple(op.names))
         probe: dict[str, Any] = {}
         if steps is not None:
@@ -656,31 +682,27 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
                     pre = eigenpairs(Preconditioned(cop, steps.scale), k=1, which="largest", tol=SHARPNESS_TOL,
-                                     seed=seed, max_matvecs=max(min(30, budget_left.left()), 2))
+                                     seed=seed, max_matvecs=max(min(30, int(0.3 * budget), budget_left.left()), 2))
                 budget_left.spend(pre.matvecs)
                 s_top = float(pre.eigenvalues[0])
-            n_steps = max(min(GRADIENT_STEPS, budget_left.left(), op.num_params), 1)
+            n_steps = max(min(GRADIENT_STEPS, budget_left.left(), op.num_params), min(3, op.num_params))
             s_g, reducible, half, negative = _gradient_spectrum(cop, steps, grad, s_top, n_steps)
             budget_left.spend(n_steps)
             base.update(lr_sharpness=s_top, gradient_curvature=s_g, reducible=reducible, half_life=half,
                         negative_mass=negative)
-            if optimizer is not None:
-                probe = _probe_step(model, optimizer, op, grad, batches)
-                gradients += 1
-                delta = probe["delta"]
-                predicted = float(grad @ delta)
-                eff = None
-                if predicted < 0 and math.isfinite(trend.drop_per_step):
-                    eff = trend.drop_per_step / -predicted
-                base.update(probe_loss_change=probe["loss_after"] - loss, probe_predicted=predicted,
-                            probe_cosine=probe["cosine"], update_norm=float(delta.norm()),
-                            decay_share=probe.get("decay_share"), decay_alignment=probe.get("decay_alignment"),
-                            efficiency=eff, gradients=gradients)
-            else:
-                # Plain SGD at lr: the step is -lr·g.
-                predicted = -steps.lr * grad_norm ** 2
-                eff = trend.drop_per_step / -predicted if predicted < 0 and math.isfinite(trend.drop_per_step) else None
-                base.update(probe_predicted=predicted, update_norm=steps.lr * grad_norm, efficiency=eff)
+            # The probe: one step of the optimizer itself (plain SGD at lr when only an lr is given).
+            prober = optimizer if optimizer is not None else torch.optim.SGD(op.params, lr=steps.lr)
+            probe = _probe_step(model, prober, op, grad, batches)
+            gradients += 1
+            delta = probe["delta"]
+            predicted = float(grad @ delta)
+            eff = None
+            if predicted < 0 and math.isfinite(trend.drop_per_step):
+                eff = trend.drop_per_step / -predicted
+            base.update(probe_loss_change=probe["loss_after"] - loss, probe_predicted=predicted,
+                        probe_cosine=probe["cosine"], update_norm=float(delta.norm()),
+                        decay_share=probe.get("decay_share"), decay_alignment=probe.get("decay_alignment"),
+                        efficiency=eff, gradients=gradients)
         layers = []
         delta = probe.get("delta")
         for b in blocks:
@@ -702,6 +724,7 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
             escape = low.eigenvectors[:, -1].clone() if lo < 0 else None
             if escape is not None and escape[torch.argmax(escape.abs())] < 0:
                 escape = -escape
-            base.update(lambda_min=lo, lambda_min_converged=bool(low.converged[-1]), escape_direction=escape)
+            base.update(lambda_min=lo, lambda_min_converged=bool(low.converged[-1]),
+                        lambda_min_error=float(low.residual_norms[-1]), escape_direction=escape)
         base.update(hvps=cop.num_matvecs, loss_eps=float(torch.finfo(op.dtype).eps))
     return done()

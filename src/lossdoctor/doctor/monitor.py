@@ -57,7 +57,7 @@ from ..data import batch_size, iter_batches
 from ..model_state import preserved_rng, trainable_parameters
 from ..training.loop import training_step
 from ..training.step_signals import StepSignals
-from .diagnose import Diagnosis, diagnose
+from .diagnosis import Diagnosis, diagnose
 from .measure import first_samples
 from .prescriptions import Prescription, detach_hooks
 from .trend import DIVERGE_GROWTH, WINDOW, loss_trend, stall_test
@@ -70,7 +70,8 @@ SHARPNESS_ITERS = 4
 SHARPNESS_SAMPLES = 128
 SIGNALS_EVERY = 8
 DOCTOR_SHARE = 0.05
-DIAGNOSE_SAMPLES = 256
+DIAGNOSE_SAMPLES = 128
+CURVATURE_SAMPLES = 64
 MIN_HVPS = 8  # a diagnosis with fewer affordable Hessian-vector products waits
 MAX_HVPS = 60
 HVP_COST = 2.5  # one Hessian-vector product over a batch, in training steps
@@ -181,6 +182,7 @@ class Monitor:
         self._doctor_data = first_samples(data, diagnose_samples)
         if not self._doctor_data:
             raise ValueError("data yielded no batches: the monitor needs training data to diagnose on.")
+        self._curvature_batches = len(first_samples(self._doctor_data, CURVATURE_SAMPLES))
         self._batch = batch_size(self._doctor_data[0][1])
         self._sharp_data = first_samples(data, sharpness_samples) if sharpness_every else None
         self.window = window
@@ -216,6 +218,7 @@ class Monitor:
         self._nonfinite_reported = False
         self._checkpoint: dict[str, torch.Tensor] | None = None
         self._probation: tuple[int, dict[str, Any], Any, MonitorAction] | None = None
+        self._rejected: set[str] = set()  # actions undone once are not applied again
 
     # -- the record ----------------------------------------------------------------------------
     @property
@@ -331,14 +334,15 @@ class Monitor:
         """Hessian-vector products the doctor's budget can pay for now (None: no cap)."""
         if self.doctor_share is None:
             return None
-        batches = len(self._doctor_data)
         bank = self.doctor_share * self._count - self.doctor_cost
-        fixed = batches * 3.0  # the operator's validation pass, the gradient pass, the probe
-        return int(max(0.0, bank - fixed) // (HVP_COST * batches))
+        fixed = len(self._doctor_data) * 3.0  # the operator's validation pass, the gradient pass, the probe
+        return int(max(0.0, bank - fixed) // (HVP_COST * self._curvature_batches))
 
     def _charge(self, d: Diagnosis) -> None:
-        batches = len(self._doctor_data)
-        self.doctor_cost += batches * (1 + d.cost.get("gradients", 0) + HVP_COST * d.cost.get("hvps", 0))
+        """What a diagnosis cost, in training-step equivalents: a pass over a batch is a step, a
+        Hessian-vector product over a batch 2.5 steps, each trial step a step."""
+        self.doctor_cost += len(self._doctor_data) * (1 + d.cost.get("gradients", 0))
+        self.doctor_cost += HVP_COST * self._curvature_batches * d.cost.get("hvps", 0)
         self.doctor_cost += d.cost.get("trial_steps", 0)
 
     def _check(self, optimizer: torch.optim.Optimizer | None, force: bool = False) -> Diagnosis | None:
@@ -349,8 +353,8 @@ class Monitor:
             return None
         if self._count < self._next_doctor and not force:
             return None
-        hvps = None if force else self._affordable_hvps()
-        if hvps is not None and hvps < MIN_HVPS and not self.treat:
+        hvps = None if force or self.treat else self._affordable_hvps()
+        if hvps is not None and hvps < MIN_HVPS:
             self.deferred += 1
             return None
         kwargs = dict(self.diagnose_kwargs)
@@ -359,6 +363,7 @@ class Monitor:
         kwargs.setdefault("window", window)
         kwargs.setdefault("verify", self.treat)
         kwargs.setdefault("samples", self.diagnose_samples)
+        kwargs.setdefault("curvature_samples", CURVATURE_SAMPLES)
         if hvps is not None:
             kwargs.setdefault("budget", max(2, min(MAX_HVPS, hvps)))
         if self.train_step is not None:
@@ -392,7 +397,7 @@ class Monitor:
         if self._probation is not None:
             return
         chosen = next((p for p in d.prescriptions if p.trial is not None and p.trial.better and p.applicable
-                       and "optimizer" not in p.action), None)
+                       and "optimizer" not in p.action and repr(p.action) not in self._rejected), None)
         if chosen is None:
             return
         saved = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
@@ -418,6 +423,7 @@ class Monitor:
             self.model.load_state_dict(saved["model"])
             treated.load_state_dict(saved["optimizer"])
             self.actions.append(MonitorAction(self._count, "undone", action.prescription, action.loss_before, after))
+            self._rejected.add(repr(action.prescription.action))
             logger.warning("step %d: undid %s (loss %s -> %s)", self._count, action.prescription.text,
                            fmt(action.loss_before, 5), fmt(after, 5))
         else:

@@ -138,6 +138,9 @@ def read_history(history: Any) -> StepHistory:
                          "{'losses': [...], 'grad_norms': [...]}, or monitor.record.")
     if isinstance(history, StepHistory):
         return history
+    if isinstance(history, (str, bytes)):
+        raise TypeError("history is a string: pass the per-step losses as a sequence of numbers (a list, "
+                        "array or tensor), a dict {'losses': [...]}, or monitor.record; the CLI reads files.")
     if isinstance(history, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(history, (str, bytes)):
         losses, grads, cosines = history, None, None
     else:
@@ -147,7 +150,7 @@ def read_history(history: Any) -> StepHistory:
                             f"per-step losses, or a dict/object with one of {LOSS_KEYS}.")
         grads, cosines = _pick(history, GRAD_KEYS), _pick(history, COS_KEYS)
     loss_arr = _as_array(losses, "history losses")
-    if loss_arr.size < MIN_STEPS:
+    if loss_arr.size < MIN_STEPS and (loss_arr.size == 0 or np.all(np.isfinite(loss_arr))):
         raise ValueError(f"history has {loss_arr.size} losses; the doctor needs at least {MIN_STEPS} "
                          "consecutive training steps to see a trend (pass more of the recent history).")
     grad_arr = None if grads is None else _as_array(grads, "history grad_norms")
@@ -180,6 +183,10 @@ def _lag1(w: np.ndarray) -> float:
     """Lag-1 autocorrelation of the losses around a straight-line fit (0 when undefined)."""
     if w.size < 6:
         return 0.0
+    scale = float(np.max(np.abs(w)))
+    if not scale > 0 or not math.isfinite(scale):
+        return 0.0
+    w = w / scale  # diverging losses of 1e300 would overflow the products
     t = np.arange(w.size, dtype=np.float64)
     resid = w - np.polyval(np.polyfit(t, w, 1), t)
     denom = float(resid @ resid)

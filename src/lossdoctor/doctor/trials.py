@@ -137,7 +137,7 @@ def _run_branch(branch: _Branch, model: nn.Module, step_fn: TrainStep, batches: 
         if not branch.finite:
             return
         loss = step_fn(model, branch.optimizer, batches[k])
-        value = float(loss) if loss is not None else math.nan
+        value = math.nan if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
         branch.curve.append(value)
         if not math.isfinite(value) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             branch.finite = False
@@ -216,7 +216,8 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
                 branches[i] = trial_of(i, steps)
     except KeyboardInterrupt:
         interrupted = True
-    control_loss = float(np.mean(control.evals)) if control.evals else math.nan
+    # A control that went NaN/Inf (or never reached a checkpoint) ends at an infinite loss.
+    control_loss = float(np.mean(control.evals)) if control.evals and control.finite else math.inf
     spread = float(np.std(control.evals)) if len(control.evals) > 1 else 0.0
     # The control's fluctuation over its last checkpoints sets the margin, but a trend (a diverging
     # control) must not: half the control's loss is always a measurable gain.

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .._results import ResultMixin
-from ..doctor.diagnose import CAUSES, diagnose
+from ..doctor.diagnosis import CAUSES, diagnose
 from ..doctor.prescriptions import NeedsCodeChange, detach_hooks
 from ..progress import Progress
 from ._threads import one_thread

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._results import ResultMixin, fmt
-from ..doctor.diagnose import Diagnosis, diagnose
+from ..doctor.diagnosis import Diagnosis, diagnose
 from ..progress import Progress
 from ._threads import one_thread
 

@@ -31,18 +31,19 @@ from torch import nn
 
 from .._results import ResultMixin, fmt
 from ..data import call_model, place
+from ..analysis.step_size import check_lr
 from ..progress import Progress, scaled
 from .candidates import Candidate, candidates
 from .explain import CAUSE_TITLES, describe_action, evidence, summary
-from .measure import BUDGET, SAMPLES, Measurements, escape_step, first_samples, measure
+from .measure import BUDGET, CURVATURE_SAMPLES, SAMPLES, Measurements, escape_step, first_samples, measure
 from .prescriptions import Prescription
+from .rules import CAUSES as RULE_CAUSES
 from .rules import Decision, Evidence, decide
 from .trend import WINDOW, LossTrend, read_history
 from .trials import TrainStep, TrialReport, run_trials
 
-CAUSES = ("diverging", "oscillation", "progressing", "momentum_too_high", "dead_units", "weight_decay",
-          "vanishing_gradients", "saddle_point", "degenerate", "converged", "gradient_noise", "flat_plateau",
-          "lr_too_small", "ill_conditioned", "undetermined")
+# Every value Diagnosis.cause takes: the rules' causes, and "undetermined" for an interrupted run.
+CAUSES = (*RULE_CAUSES, "undetermined")
 TRIAL_BUDGET = 5.0
 MAX_TRIAL_STEPS = 240
 
@@ -191,6 +192,7 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
              lr: float | None = None, window: int = WINDOW, mode: str = "auto", verify: bool | str = "auto",
              trial_steps: int | str = "auto", train_step: TrainStep | None = None, eval_data: Any = None,
              checkpoint: dict[str, torch.Tensor] | None = None, samples: int | None = SAMPLES,
+             curvature_samples: int | None = CURVATURE_SAMPLES,
              batch: int | None = None, budget: int = BUDGET, trial_budget: float = TRIAL_BUDGET, seed: int = 0,
              previous: str | None = None, progress: Progress | None = None) -> Diagnosis:
     """Why did the loss stop going down? The cause, the evidence, and what to change, tried.
@@ -217,7 +219,9 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
             optimizer.step()``.
         eval_data: batches the trials are ranked on (default: the measured subset of ``data``).
         checkpoint: a ``state_dict`` from before the loss went bad, for the restore prescription.
-        samples: measure on the first this many samples of ``data`` (None: all).
+        samples: measure the loss, gradient and noise on the first this many samples of ``data``
+            (None: all).
+        curvature_samples: Hessian-vector products on the first this many of those.
         batch: the training batch size when ``data`` is one pair (for the gradient noise).
         budget: Hessian-vector products the measurements may use.
         trial_budget: the trials' cost cap in multiples of ``trial_steps`` training steps.
@@ -230,6 +234,7 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
     """
     started = time.perf_counter()
     hist = read_history(history)
+    lr = check_lr(lr)
     if isinstance(window, bool) or not isinstance(window, int) or window < 4:
         raise ValueError(f"window must be an integer >= 4, got {window!r}.")
     if not isinstance(model, nn.Module):
@@ -245,7 +250,8 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
         raise ValueError(f"trial_steps must be 'auto' or an integer >= 2, got {trial_steps!r}.")
     try:
         m = measure(model, loss_fn, data, hist, optimizer=optimizer, lr=lr, window=window, mode=mode, samples=samples,
-                    batch=batch, budget=budget, seed=seed, progress=scaled(progress, 0, 2 * budget))
+                    curvature_samples=curvature_samples, batch=batch, budget=budget, seed=seed,
+                    progress=scaled(progress, 0, 2 * budget))
     except KeyboardInterrupt:
         return _undetermined(started, "interrupted while measuring: no verdict is drawn from an unfinished "
                                       "measurement")

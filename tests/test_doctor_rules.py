@@ -1,0 +1,155 @@
+"""The doctor's decision rules on constructed measurements: each cause from the numbers that
+define it, the rules' order, hysteresis, and the evidence that decided. No model is built."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lossdoctor.doctor import rules
+from lossdoctor.doctor.measure import LayerStat, Measurements
+from lossdoctor.doctor.rules import CAUSES, decide
+from lossdoctor.doctor.trend import LossTrend
+
+
+def trend(**kw) -> LossTrend:
+    base = dict(window=60, start=1.0, end=1.0, relative_drop=0.0, growth=1.0, drop_per_step=0.0, noise=0.001,
+                drop_se=0.001, threshold=0.02, stalled=True, lag1=0.0, nonfinite=0, separated_growth=0.99)
+    base.update(kw)
+    return LossTrend(**base)
+
+
+def layers(ratios, dead=None) -> tuple[LayerStat, ...]:
+    dead = dead or [0] * len(ratios)
+    return tuple(LayerStat(str(i), "Linear", 100, 1.0, r, r, 10, d) for i, (r, d) in enumerate(zip(ratios, dead)))
+
+
+def measurements(**kw) -> Measurements:
+    """A stalled SGD run at a moderate point: no rule but the slowest (ill-conditioned) holds."""
+    base = dict(trend=trend(), history_grad_norm=None, history_cosine=None, recent_loss=1.0, mode="train",
+                mode_note=None, samples=512, batch_size=64, batches=8, nonfinite_params=False, loss=1.0,
+                loss_agrees=True, grad_norm=0.5, param_norm=10.0, minibatch_grad_norm=0.6, noise_ratio=0.5,
+                optimizer="sgd", lr=0.1, momentum=0.0, threshold=2.0, weight_decay=0.0, decoupled=False,
+                lambda_max_error=0.0, lambda_min_error=None,
+                adaptive=False, effective_lr=0.1, optimizer_note=None, lambda_max=5.0, lambda_max_converged=True,
+                lr_sharpness=0.5, gradient_curvature=0.2, reducible=0.3, half_life=500.0, negative_mass=0.0,
+                probe_loss_change=-0.02, probe_predicted=-0.025, probe_cosine=0.9, update_norm=0.05,
+                decay_share=None, decay_alignment=None, efficiency=0.9, layers=layers([1.0, 1.0, 1.0]),
+                sharpest_block="0", sharpest_block_share=0.5, lambda_min=None, lambda_min_converged=False,
+                hvps=40, gradients=2, seconds=0.1)
+    base.update(kw)
+    return Measurements(**base)
+
+
+CASES = {
+    "diverging": dict(trend=trend(growth=3.0, separated_growth=2.5, relative_drop=-2.0, stalled=True)),
+    "oscillation": dict(lr_sharpness=1.998, probe_cosine=-0.99, efficiency=0.001,
+                        trend=trend(relative_drop=0.1, stalled=False)),
+    "progressing": dict(trend=trend(relative_drop=0.2, stalled=False)),
+    "momentum_too_high": dict(momentum=0.99, threshold=3.98),
+    "dead_units": dict(layers=layers([1.0, 1.0, 1.0], dead=[8, 0, 0])),
+    "weight_decay": dict(weight_decay=0.5, decay_share=0.9, decay_alignment=-0.8),
+    "vanishing_gradients": dict(layers=layers([1e-5, 1e-3, 1.0])),
+    "saddle_point": dict(grad_norm=1e-6, reducible=0.0, lambda_min=-2.0, lambda_max=2.0),
+    "degenerate": dict(grad_norm=0.0, lambda_max=0.0, lambda_min=0.0, lr_sharpness=0.0, reducible=0.0),
+    "converged": dict(grad_norm=1e-7, reducible=1e-12, lambda_min=0.1),
+    "gradient_noise": dict(noise_ratio=20.0, efficiency=0.01),
+    "flat_plateau": dict(lambda_max=1e-5, lr_sharpness=1e-6, param_norm=2.0),
+    "lr_too_small": dict(lr_sharpness=0.001, grad_norm=2.0),
+    "ill_conditioned": dict(lr_sharpness=1.8, half_life=2000.0),
+}
+
+
+@pytest.mark.parametrize("cause", sorted(CASES))
+def test_each_cause_from_its_own_numbers(cause):
+    d = decide(measurements(**CASES[cause]))
+    assert d.cause == cause, str(d)
+    assert d.stalled == (cause != "progressing")
+    assert d.evidence and all(isinstance(e, rules.Evidence) for e in d.evidence)
+
+
+def test_every_cause_is_reachable_and_named():
+    reachable = {cause for cause, _ in rules.RULES}
+    assert reachable == set(CAUSES) == set(CASES)
+
+
+def test_nan_parameters_are_diverging_before_anything_else():
+    m = measurements(nonfinite_params=True, loss=None, lambda_max=None, lr_sharpness=None,
+                     trend=trend(relative_drop=0.5, stalled=False))
+    assert decide(m).cause == "diverging"
+
+
+def test_growth_inside_heavy_tailed_noise_is_not_divergence():
+    # The medians grew 3x but the quartiles overlap: noise, not divergence.
+    m = measurements(trend=trend(growth=3.0, separated_growth=0.7, relative_drop=-2.0), noise_ratio=20.0,
+                     efficiency=0.01)
+    assert decide(m).cause == "gradient_noise"
+
+
+def test_bounce_is_called_while_the_loss_still_falls_but_a_fast_fall_is_progress():
+    bounce = CASES["oscillation"]
+    assert decide(measurements(**bounce)).cause == "oscillation"
+    assert decide(measurements(**{**bounce, "trend": trend(relative_drop=0.5, stalled=False)})).cause == "progressing"
+
+
+def test_uphill_probe_step_is_oscillation_even_within_the_stability_limit():
+    m = measurements(lr_sharpness=0.5, probe_loss_change=0.01, probe_predicted=-0.02)
+    d = decide(m)
+    assert d.cause == "oscillation" and "realized / predicted" in str(d)
+    # a change below ~100 rounding units of the loss is not evidence
+    m = measurements(probe_loss_change=1e-9, probe_predicted=-1e-8)
+    assert decide(m).cause != "oscillation"
+
+
+def test_adaptive_optimizers_hovering_on_noise_have_an_lr_too_high():
+    m = measurements(optimizer="adam", adaptive=True, threshold=38.0, lr_sharpness=5.0, noise_ratio=10.0,
+                     efficiency=0.0)
+    assert decide(m).cause == "oscillation"
+    assert decide(measurements(noise_ratio=10.0, efficiency=0.0)).cause == "gradient_noise"
+
+
+def test_vanishing_gradients_are_not_called_for_adaptive_optimizers():
+    m = measurements(layers=layers([1e-5, 1e-3, 1.0]), optimizer="adam", adaptive=True, threshold=38.0,
+                     lr_sharpness=10.0)
+    assert decide(m).cause != "vanishing_gradients"
+
+
+def test_a_small_gradient_with_loss_left_along_the_floor_is_not_a_critical_point():
+    valley = measurements(grad_norm=0.01, lambda_max=200.0, loss=0.4, reducible=0.3, lr_sharpness=1.99,
+                          half_life=1700.0)
+    assert valley.relative_grad < rules.CRITICAL_GRADIENT
+    assert decide(valley).cause == "ill_conditioned"
+
+
+def test_negligible_negative_curvature_is_converged_not_a_saddle():
+    m = measurements(grad_norm=1e-7, reducible=1e-12, lambda_min=-1e-6, lambda_max=5.0)
+    assert decide(m).cause == "converged"
+
+
+def test_flat_plateau_needs_a_small_gradient_for_the_loss_and_lr_headroom():
+    flat = measurements(lr_sharpness=0.1, grad_norm=0.05, lambda_max=1.0, loss=1.0)  # ||g|| / sqrt(2Lλ) = 0.035
+    assert decide(flat).cause == "flat_plateau"
+    steep = measurements(lr_sharpness=0.1, grad_norm=1.0, lambda_max=1.0, loss=1.0)
+    assert decide(steep).cause == "lr_too_small"
+
+
+def test_previous_verdict_is_kept_while_its_rule_holds_with_slack():
+    # lr_too_small at S/limit 0.2, just inside its 0.25 threshold; a wobble to 0.3 keeps the verdict
+    # (0.3 < 0.25 x 1.5) instead of flipping to ill_conditioned.
+    wobble = measurements(lr_sharpness=0.6, half_life=500.0)
+    assert decide(wobble).cause == "ill_conditioned"
+    kept = decide(wobble, previous="lr_too_small")
+    assert kept.cause == "lr_too_small" and kept.kept_previous
+    # New evidence beyond the slack changes it.
+    assert decide(measurements(lr_sharpness=1.8), previous="lr_too_small").cause == "ill_conditioned"
+    # Progress and divergence always win.
+    assert decide(measurements(**CASES["progressing"]), previous="lr_too_small").cause == "progressing"
+
+
+def test_rules_read_missing_measurements_as_not_holding():
+    m = measurements(lambda_max=None, lr_sharpness=None, threshold=None, reducible=None, half_life=None,
+                     probe_loss_change=None, probe_predicted=None, noise_ratio=None, efficiency=None, optimizer=None)
+    d = decide(m)
+    assert d.cause in CAUSES and d.stalled
+    assert not math.isnan(len(d.evidence))
