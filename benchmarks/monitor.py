@@ -5,14 +5,13 @@
 
 Each configuration trains the same model from the same weights with plain SGD (momentum 0.9)
 over MNIST-1D (4,000 samples), once without and once with a Monitor at its default cadence
-(cheap signals within 1.5% of the step, sharpness every 1000 steps on 128 samples, a stall
-check every 30 steps, both spread out where they would cost over 1% / 0.5%, the doctor when a
-stall is seen). Runs alternate (plain, monitored, plain, ...).
+(signals on pairs of steps every 8, sharpness every 1000 steps on 128 samples, a stall check
+every 30 steps, the doctor when a stall is seen and its 5% budget allows). Runs alternate
+(plain, monitored, plain, ...).
 
-The doctor runs only at a stall, where training has stopped paying anyway, and costs seconds
-(Lanczos on up to 2,048 samples). The table therefore splits the monitored time: the overhead of
-monitoring itself (signals, sharpness, stall checks), and the doctor's calls, their count,
-seconds each and verdicts, with the overhead they add on top.
+The table splits the monitored time: the overhead of monitoring itself (signals, sharpness,
+stall checks), and the doctor's calls, their count, seconds each and verdicts, with the overhead
+they add on top (``benchmarks/doctor.py`` measures it all in on stalling runs).
 
 A shared VM can lose most of its wall time to the host's stalls (a busy loop on this project's
 VM loses about half: gaps of 2-300 ms, often less than 10 ms apart), far more than the few
@@ -33,8 +32,8 @@ from collections import Counter
 
 import torch
 
-import lossdoctor.training.monitor as monitor_module
-from lossdoctor.training.monitor import Monitor
+import lossdoctor.doctor.monitor as monitor_module
+from lossdoctor.doctor.monitor import Monitor
 from lossdoctor.zoo import build
 
 _real_diagnose = monitor_module.diagnose

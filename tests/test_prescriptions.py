@@ -15,7 +15,12 @@ from torch.nn import functional as F
 
 import lossdoctor as ld
 from lossdoctor.doctor.candidates import Candidate, safe_lr
-from lossdoctor.doctor.prescriptions import Prescription, apply_action, attached_scheduler, detach_hooks
+from lossdoctor.doctor.prescriptions import (
+    Prescription,
+    apply_action,
+    attached_scheduler,
+    detach_hooks,
+)
 from lossdoctor.doctor.trials import run_trials
 
 

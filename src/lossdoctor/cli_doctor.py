@@ -26,6 +26,7 @@ from .cli import (
     progress_bars,
 )
 
+
 def read_history_file(path: str) -> dict[str, list[float]]:
     """Per-step history from a file: JSON (a list of losses, or an object with ``losses`` and
     optionally ``grad_norms``/``grad_cosines``) or CSV (a header with a ``loss`` column and

@@ -110,6 +110,12 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
             out.append(Candidate({"lr": lr * 0.3, "clip_grad_norm": _clip_norm(m)}, "growth"))
         out.append(Candidate({"warmup": True}, "growth", applicable=False))
         return out
+    if cause in ("diverging", "oscillation") and checkpoint is not None and not (
+            m.nonfinite_params or (m.loss is not None and not math.isfinite(m.loss))):
+        # The loss went bad with the lr: back to before it did, at a lower lr.
+        for f in (0.1, 0.03):
+            out.append(Candidate({"restore_checkpoint": True, **({"lr": lr * f} if lr else {})}, "restore",
+                                 payload=checkpoint))
     if cause == "oscillation":
         for v in _lowered(m, 0.3, 0.1):
             out.append(Candidate({"lr": v}, "oscillation"))
@@ -153,6 +159,8 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
         return out
     if cause == "flat_plateau":
         out += _adam(m)
+        if lr:
+            out.append(Candidate({"reinitialize": {"seed": 0}, "lr": lr}, "flat"))
         v = _capped_raise(m, 10.0)
         if v is not None:
             out.append(Candidate({"lr": v}, "flat"))
@@ -188,6 +196,8 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
             out.append(Candidate({"momentum": 0.9}, "saddle"))
         return out
     if cause == "degenerate":
+        if lr:
+            out.append(Candidate({"reinitialize": {"seed": 0}, "lr": lr}, "degenerate"))
         for scale in (0.1, 0.01):
             out.append(Candidate({"perturb": {"scale": scale, "seed": 0}}, "degenerate"))
         return out

@@ -30,12 +30,20 @@ import torch
 from torch import nn
 
 from .._results import ResultMixin, fmt
-from ..data import call_model, place
 from ..analysis.step_size import check_lr
+from ..data import call_model, place
 from ..progress import Progress, scaled
 from .candidates import Candidate, candidates
 from .explain import CAUSE_TITLES, describe_action, evidence, summary
-from .measure import BUDGET, CURVATURE_SAMPLES, SAMPLES, Measurements, escape_step, first_samples, measure
+from .measure import (
+    BUDGET,
+    CURVATURE_SAMPLES,
+    SAMPLES,
+    Measurements,
+    escape_step,
+    first_samples,
+    measure,
+)
 from .prescriptions import Prescription
 from .rules import CAUSES as RULE_CAUSES
 from .rules import Decision, Evidence, decide
@@ -176,16 +184,18 @@ def _probability_outputs(model: nn.Module, loss_fn: Any, batch: tuple) -> bool:
         (out.min() >= 0) & (out.max() <= 1))
 
 
-def _rank(items: list[tuple[Candidate, Prescription]], verified: bool) -> list[Prescription]:
-    """Verified improvements first (lowest trial loss first), then what could not be tried
-    (code changes; or everything, unverified, in the rules' order), then tried ones with no
-    measurable gain; tried ones that did worse than continuing unchanged are dropped."""
+def _rank(items: list[tuple[Candidate, Prescription]], verified: bool, no_change: Prescription | None
+          ) -> list[Prescription]:
+    """Verified improvements first (lowest trial loss first); then what could not be tried (code
+    changes; without trials, everything in the rules' order); then, when nothing beat continuing
+    unchanged, ``no_change``; then tried ones with no measurable gain. Tried ones that did worse
+    than continuing unchanged are dropped."""
     if not verified:
         return [p for _, p in items]
     better = sorted((p for _, p in items if p.trial is not None and p.trial.better), key=lambda p: p.trial.loss)
     untried = [p for _, p in items if p.trial is None]
     flat = [p for _, p in items if p.trial is not None and not p.trial.better and p.trial.finite and p.trial.gain >= 0]
-    return better + untried + flat
+    return better + untried + ([] if better or no_change is None else [no_change]) + flat
 
 
 def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimizer: Any = None,
@@ -296,10 +306,11 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
             trials, interrupted = [None] * len(cands), True
         interrupted = interrupted or (report is not None and report.interrupted)
         items = [(c, replace(p, trial=t)) for (c, p), t in zip(items, trials)]
-    ranked = _rank(items, run and not interrupted)
-    if run and not interrupted and decision.stalled and not any(p.trial is not None and p.trial.better for p in ranked):
-        ranked.append(Prescription(text=f"no change: nothing tried beat continuing unchanged over {report.steps} steps",
-                                   action={}))
+    no_change = None
+    if run and not interrupted and decision.stalled:
+        no_change = Prescription(text=f"no change: nothing tried beat continuing unchanged over {report.steps} steps",
+                                 action={})
+    ranked = _rank(items, run and not interrupted, no_change)
     if not ranked:
         ranked = [Prescription(text=describe_action({}), action={})]
     cost = {"hvps": m.hvps, "gradients": m.gradients, "trial_steps": 0 if report is None else report.trained,

@@ -195,9 +195,10 @@ def evidence(decision: Decision, m: Measurements) -> tuple[str, ...]:
     if m.sharpest_block:
         lines.append(f"the sharpest direction lies {m.sharpest_block_share:.0%} in `{m.sharpest_block}`")
     if m.half_life is not None and m.reducible is not None:
-        lines.append(f"the local quadratic model can still lose {fmt(m.reducible)} and needs ~{fmt(m.half_life, 3)} steps "
-                     f"at this step size to lose half of it; curvature along the gradient step S_g = "
-                     f"{fmt(m.gradient_curvature)} (S/S_g = {fmt(m.condition, 3)})")
+        pace = (f"needs ~{fmt(m.half_life, 3)} steps at this step size to lose half of it" if math.isfinite(m.half_life)
+                else "does not lose half of it at this step size (the step overshoots the directions that hold it)")
+        lines.append(f"the local quadratic model can still lose {fmt(m.reducible)} and {pace}; curvature along the "
+                     f"gradient step S_g = {fmt(m.gradient_curvature)} (S/S_g = {fmt(m.condition, 3)})")
     if m.trust_ratio is not None:
         lines.append(f"one step of the optimizer from here (full-data gradient) changed the loss by "
                      f"{fmt(m.probe_loss_change)} against {fmt(m.probe_predicted)} predicted (ratio {m.trust_ratio:.3g}); "

@@ -420,22 +420,26 @@ def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: floa
     reducible = float(parts.sum())
     # Momentum (heavy ball) lengthens the slow directions' steps by 1/(1 - μ).
     gain = 1.0 / (1 - steps.momentum) if steps.kind in ("sgd", "rmsprop") and steps.momentum < 1 else 1.0
-    rates = np.clip(a[pos] * gain, 0.0, 1.0)
-    half = MAX_HALF_LIFE
-    if reducible > 0:
-        # Smallest t with Σ parts (1 - rate)^(2t) <= ½ Σ parts, by bisection on log-time.
+    # Per step, each component of the quadratic model keeps (1 - a)² of its loss (a: its step-scaled
+    # curvature); a component with a >= 2 does not shrink at all (the step overshoots it).
+    keep = np.minimum((1 - a[pos] * gain) ** 2, 1.0)
+    half = math.inf
+    if reducible > 0 and np.any(keep < 1):
+        # Smallest t with Σ parts keep^t <= ½ Σ parts (inf when the shrinking part is under half).
         def left(t: float) -> float:
-            return float((parts * (1 - rates) ** (2 * t)).sum())
-        lo, hi = 0.0, 1.0
-        while left(hi) > 0.5 * reducible and hi < MAX_HALF_LIFE:
-            lo, hi = hi, hi * 4
-        for _ in range(60):
-            mid = math.sqrt(max(lo, 1e-3) * hi) if lo > 0 else hi / 2
-            if left(mid) > 0.5 * reducible:
-                lo = mid
-            else:
-                hi = mid
-        half = hi
+            return float((parts * keep ** t).sum())
+
+        if left(MAX_HALF_LIFE) <= 0.5 * reducible:
+            lo, hi = 0.0, 1.0
+            while left(hi) > 0.5 * reducible:
+                lo, hi = hi, hi * 4
+            for _ in range(60):
+                mid = 0.5 * (lo + hi) if hi - lo < 1 else math.sqrt(max(lo, 1e-3) * hi)
+                if left(mid) > 0.5 * reducible:
+                    lo = mid
+                else:
+                    hi = mid
+            half = hi
     negative = float(w[a < -floor].sum())
     return s_g, reducible, half, negative
 

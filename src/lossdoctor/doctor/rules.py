@@ -68,6 +68,17 @@ NEGATIVE_CURVATURE = 1e-3  # |λ_min| / λ_max above this: a direction that clea
 NOISE_RATIO = 3.0
 NOISE_EFFICIENCY = 0.3
 FLAT_REACH = 1.0  # sqrt(2 L / λ_max) over max(||θ||, 1) above this: the surface is flat
+FAR_REACH = 10.0  # ... above this: flat to rounding, before any critical-point test
+NONZERO_WEIGHTS = 1e-3  # a parameter norm above this: not an all-zero (degenerate) point
+WORSE = 1.5  # near the limit, the loss now this many times the recent losses: diverging
+NEAR_UNSTABLE = 0.8
+JUMP = 3.0  # the loss now this many times the recent losses: it just jumped
+DEAD_STRONG = 0.75
+DEAD_LAYER_STRONG = 0.9
+ADAPTIVE_EFFICIENCY = 0.05
+VALLEY_CONDITION = 10.0
+VALLEY_STEPS = 300.0
+VALLEY_DROP = 0.1
 FLAT_GRADIENT = 0.1  # ||g|| / sqrt(2 |L| λ_max) below this, with lr headroom: flat
 SMALL_STEP = 0.02  # S / limit below this: the step is far from the stability limit
 LR_HEADROOM = 0.25  # S / limit below this: the lr can grow 4x and more
@@ -115,15 +126,54 @@ def _holds(value: float | None, relation: str, threshold: float) -> bool:
 
 
 # -- the rules: each returns the deciding evidence, or None ---------------------------------------
-def diverging(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """NaN/Inf parameters or losses, or the loss grew by more than ``DIVERGE_GROWTH`` over the
-    window."""
+def nonfinite(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """NaN/Inf parameters or losses."""
     if m.nonfinite_params:
         return (_ev("non-finite parameters", 1.0, "=", 1.0),)
     if m.trend.nonfinite or (m.loss is not None and not math.isfinite(m.loss)):
         return (_ev("non-finite losses in the window", float(m.trend.nonfinite), ">", 0.0),)
-    # Growth beyond the noise, heavy-tailed noise included: the last third's lower quartile
-    # above the first third's upper quartile.
+    return None
+
+
+def worsening(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """Getting worse: the full-data loss now ``JUMP`` times the recent training losses (beyond
+    their noise); or S at ``NEAR_UNSTABLE`` of its limit or more while the loss stands ``WORSE``
+    times the recent losses or the window's trend grows. The last few steps can blow up while the
+    medians of thirds still read a fall."""
+    jump = m.loss / max(abs(m.recent_loss), 1e-30) if m.loss is not None and m.loss_agrees is False else None
+    if _holds(jump, ">", JUMP / slack):  # the loss just jumped, whatever the curvature says
+        return (_ev("full-data loss / recent training losses", jump, ">", JUMP),)
+    if not _holds(m.stability, ">", NEAR_UNSTABLE / slack):
+        return None
+    if _holds(jump, ">", WORSE):
+        return (_ev("S / stability limit", m.stability, ">", NEAR_UNSTABLE),
+                _ev("full-data loss / recent training losses", jump, ">", WORSE))
+    if _holds(m.trend.growth, ">", WORSE) and _holds(m.trend.separated_growth, ">", 1.0):
+        return (_ev("S / stability limit", m.stability, ">", NEAR_UNSTABLE),
+                _ev("loss growth over the window", m.trend.growth, ">", WORSE))
+    return None
+
+
+def _growing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    return worsening(m, slack) or growing(m, slack)
+
+
+def adaptive_growth(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """With an adaptive optimizer a finite, growing loss is a bounce, not a divergence: its
+    normalized steps (about lr per coordinate) cannot run off the way SGD's do."""
+    return _growing(m, slack) if m.adaptive else None
+
+
+def sgd_growth(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """A growing loss without an adaptive optimizer: diverging (past the stability limit and
+    worsening, or growing beyond the noise)."""
+    return None if m.adaptive else _growing(m, slack)
+
+
+def growing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The loss grew by more than ``DIVERGE_GROWTH`` over the window, beyond its noise
+    (heavy-tailed noise included: the last third's lower quartile above the first third's upper
+    quartile)."""
     if _holds(m.trend.growth, ">", DIVERGE_GROWTH / slack ** 0.5) and _holds(m.trend.separated_growth, ">", 1.0):
         return (_ev("loss growth over the window", m.trend.growth, ">", DIVERGE_GROWTH),
                 _ev("last third's 25th percentile / first third's 75th", m.trend.separated_growth, ">", 1.0))
@@ -195,6 +245,63 @@ def dead_units(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | No
         return (_ev("share of dead hidden units", share, ">=", DEAD_SHARE),)
     if worst is not None and _holds(worst.dead_units / worst.units, ">=", DEAD_LAYER_SHARE / slack):
         return (_ev(f"dead units in layer {worst.name}", worst.dead_units / worst.units, ">=", DEAD_LAYER_SHARE),)
+    return None
+
+
+def dead_units_strong(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """So many dead units (``DEAD_STRONG`` of the hidden units, or ``DEAD_LAYER_STRONG`` of one
+    layer) that the network is broken even while its loss still falls."""
+    share, worst = m.dead_fraction, m.worst_dead_layer
+    if _holds(share, ">=", DEAD_STRONG / slack):
+        return (_ev("share of dead hidden units", share, ">=", DEAD_STRONG),)
+    if worst is not None and _holds(worst.dead_units / worst.units, ">=", DEAD_LAYER_STRONG / slack ** 0.25):
+        return (_ev(f"dead units in layer {worst.name}", worst.dead_units / worst.units, ">=", DEAD_LAYER_STRONG),)
+    return None
+
+
+def adaptive_bounce(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """An adaptive optimizer at S beyond half its limit whose steps the loss follows less than
+    ``ADAPTIVE_EFFICIENCY`` of the way, falling less than ``BOUNCE_MAX_DROP`` per window: the lr is
+    too high even while the loss still inches down."""
+    if not m.adaptive:
+        return None
+    if (_holds(m.stability, ">=", 0.5 / slack) and _holds(m.efficiency, "<", ADAPTIVE_EFFICIENCY * slack)
+            and _holds(m.trend.relative_drop, "<", BOUNCE_MAX_DROP)):
+        return (_ev("S / stability limit", m.stability, ">=", 0.5),
+                _ev("efficiency (realized / predicted drop)", m.efficiency, "<", ADAPTIVE_EFFICIENCY))
+    return None
+
+
+def slow_valley(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The lecture's valley while the loss still falls: S at least half its limit (the lr cannot
+    grow), the gradient's direction ``VALLEY_CONDITION`` times flatter than the sharpest one, the
+    quadratic model needing over ``VALLEY_STEPS`` steps to halve, and the loss falling less than
+    ``VALLEY_DROP`` per window."""
+    if (_holds(m.stability, ">=", 0.5 / slack) and _holds(m.condition, ">=", VALLEY_CONDITION / slack)
+            and _holds(m.half_life, ">=", VALLEY_STEPS / slack) and _holds(m.trend.relative_drop, "<", VALLEY_DROP)):
+        return (_ev("S / stability limit", m.stability, ">=", 0.5),
+                _ev("S / S_g (sharpest over the gradient's curvature)", m.condition, ">=", VALLEY_CONDITION),
+                _ev("steps to halve the reducible loss", m.half_life, ">=", VALLEY_STEPS))
+    return None
+
+
+def _reach(m: Measurements) -> float | None:
+    """sqrt(2 L / λ_max) / max(||θ||, 1): how far a bowl of the top curvature holding the loss
+    reaches, against the parameters' scale (infinite where the curvature is zero)."""
+    if m.loss is None or m.lambda_max is None or not m.loss > 0:
+        return None
+    if m.lambda_max <= 0:
+        return math.inf
+    return math.sqrt(2 * m.loss / m.lambda_max) / max(m.param_norm or 0.0, 1.0)
+
+
+def far_flat(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The curvature is orders of magnitude too small for the loss (reach above ``FAR_REACH``) at
+    a point whose weights are not all zero: saturated units or outputs, flat to rounding, where a
+    tiny negative Ritz value is no saddle."""
+    reach = _reach(m)
+    if reach is not None and _holds(reach, ">", FAR_REACH / slack) and (m.param_norm or 0.0) > NONZERO_WEIGHTS:
+        return (_ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FAR_REACH),)
     return None
 
 
@@ -280,15 +387,14 @@ def gradient_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] 
 
 def flat_plateau(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """The surface is flat here: a bowl of curvature λ_max holding L would reach its floor
-    sqrt(2L/λ_max) away, farther than the parameters' own norm; or, with the lr well inside its
-    limit (S below ``LR_HEADROOM`` of it), the gradient is small for the loss and the curvature
-    (||g|| / sqrt(2 |L| λ_max) below ``FLAT_GRADIENT``): saturated outputs."""
-    if m.loss is None or m.lambda_max is None or not (m.lambda_max > 0 and m.loss > 0):
-        return None
-    reach = math.sqrt(2 * m.loss / m.lambda_max) / max(m.param_norm or 0.0, 1.0)
-    if reach > FLAT_REACH / slack:
+    sqrt(2L/λ_max) away, farther than the parameters' own norm; or, with a step that is neither
+    tiny nor near the limit (S between ``SMALL_STEP`` and ``LR_HEADROOM`` of it), the gradient is
+    small for the loss and the curvature (||g|| / sqrt(2 |L| λ_max) below ``FLAT_GRADIENT``)."""
+    reach = _reach(m)
+    if reach is not None and _holds(reach, ">", FLAT_REACH / slack):
         return (_ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FLAT_REACH),)
-    if _holds(m.stability, "<", LR_HEADROOM * slack) and _holds(m.relative_grad, "<", FLAT_GRADIENT * slack):
+    if (_holds(m.stability, ">=", SMALL_STEP / slack) and _holds(m.stability, "<", LR_HEADROOM * slack)
+            and _holds(m.relative_grad, "<", FLAT_GRADIENT * slack)):
         return (_ev("S / stability limit", m.stability, "<", LR_HEADROOM),
                 _ev("gradient norm / sqrt(2 |L| λ_max)", m.relative_grad, "<", FLAT_GRADIENT))
     return None
@@ -314,13 +420,19 @@ def ill_conditioned(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...]
 
 # Order matters: the first rule that holds names the cause.
 RULES: tuple[tuple[str, Check], ...] = (
-    ("diverging", diverging),
-    ("oscillation", bouncing),
-    ("progressing", progressing),
+    ("diverging", nonfinite),
     ("momentum_too_high", momentum_too_high),
+    ("oscillation", adaptive_growth),
+    ("diverging", sgd_growth),
+    ("dead_units", dead_units_strong),
+    ("oscillation", bouncing),
+    ("oscillation", adaptive_bounce),
+    ("ill_conditioned", slow_valley),
+    ("progressing", progressing),
     ("dead_units", dead_units),
     ("weight_decay", weight_decay),
     ("vanishing_gradients", vanishing_gradients),
+    ("flat_plateau", far_flat),
     ("degenerate", degenerate),
     ("saddle_point", saddle_point),
     ("converged", converged),

@@ -35,7 +35,8 @@ from .measure import dropout_off
 from .prescriptions import Trial, apply_action, detach_hooks
 
 TrainStep = Callable[[nn.Module, torch.optim.Optimizer, Any], Any]
-CHECKPOINTS = 3
+CHECKPOINTS = 5  # evaluations over the trial's second half
+CONSISTENT = 0.8  # a better candidate is lower than the control at this share of the checkpoints
 MARGIN = 0.005  # a candidate must beat the control by this fraction of its loss, and its fluctuation
 
 
@@ -160,7 +161,7 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
     step_fn = train_step or default_train_step(loss_fn)
     tryable = [i for i, c in enumerate(candidates) if c.applicable]
     batches = next_batches(data, steps)
-    spacing = max(1, steps // 10)
+    spacing = max(1, steps // (2 * CHECKPOINTS))
     checkpoints = {steps - j * spacing for j in range(CHECKPOINTS) if steps - j * spacing > 0}
     first_round = max(1, steps // 3)
     full = (len(tryable) + 1) * steps <= budget * steps
@@ -232,7 +233,11 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
         gain = reference - loss if finite else -math.inf
         rel = gain / abs(reference) if finite and math.isfinite(reference) and reference != 0 else (
             math.inf if finite else -math.inf)
-        better = finite and (not math.isfinite(reference) or gain > margin)
+        # Paired over the checkpoints (the same batches): lower at most of them, not one lucky point
+        # against a spiking control.
+        paired = [b < c for b, c in zip(branch.evals, control.evals)] if control.finite else []
+        consistent = not paired or sum(paired) >= CONSISTENT * len(paired)
+        better = finite and (not math.isfinite(reference) or (gain > margin and consistent))
         trials[i] = Trial(steps=steps, loss_before=loss_before, loss=loss, control_loss=control_loss, gain=gain,
                           relative_gain=rel, better=better, finite=finite, curve=tuple(branch.curve),
                           control_curve=tuple(control.curve))

@@ -1,0 +1,189 @@
+"""The stall doctor's validation: causes, fixes, the Monitor's treatment and its overhead.
+
+    python benchmarks/doctor.py                      # everything, tuning and held-out seeds
+    python benchmarks/doctor.py --only validation --set held-out
+    python benchmarks/doctor.py --only monitor       # treat=True against unmonitored; overhead
+
+Four tables, each labelled with the seeds it comes from:
+
+1. **Causes and fixes** (``studies/doctor_validation.py``): every family of ``studies/stall_cases.py``
+   on the tuning seeds (0-2: they shaped the rules) and the held-out seeds (3-5: they only
+   measure). Right cause, healthy false alarms, and the first prescription applied through its
+   own ``apply`` and trained on for the family's horizon against continuing unchanged and the
+   known remedy (fixed: at least half the gap closed; harmful: worse than unchanged).
+2. **Diagnosis cost** per architecture: seconds, Hessian-vector products, trial steps.
+3. **Monitor(treat=True)**: from each stalled state, ``--treat-steps`` more training steps with the
+   Monitor treating, against the same steps unmonitored (same batches): ends lower? On healthy
+   runs: did it change anything?
+4. **Monitor overhead, all in** (treat=False, default budget): time per step with and without
+   the Monitor on a stalling and a healthy run of the MLP and the transformer, one thread, the
+   fastest of interleaved repeats; the doctor's calls included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from lossdoctor.doctor.monitor import Monitor
+from lossdoctor.studies import doctor_validation as dv
+from lossdoctor.studies import stall_cases as sc
+
+
+def load() -> str:
+    try:
+        return f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores"
+    except OSError:  # pragma: no cover
+        return "load unknown"
+
+
+def validation(seeds: tuple[int, ...], label: str, families: list[sc.StallFamily]) -> dv.ValidationStudy:
+    print(f"\n## Causes and fixes, {label} seeds {list(seeds)} ({load()})", flush=True)
+    study = dv.run(seeds=seeds, families=families,
+                   progress=lambda done, total: print(f"  {done}/{total}", end="\r", flush=True))
+    print(study)
+    return study
+
+
+def costs(studies: list[dv.ValidationStudy]) -> None:
+    print("\n## Diagnosis cost per architecture (all runs above)")
+    by = defaultdict(list)
+    for s in studies:
+        for r in s.runs:
+            by[r.architecture].append(r)
+    print(f"{'architecture':28s} {'runs':>5s} {'seconds (median / max)':>24s} {'HVPs (median)':>14s} "
+          f"{'trial steps (median)':>21s}")
+    for arch, runs in sorted(by.items()):
+        secs = [r.seconds for r in runs]
+        print(f"{arch:28s} {len(runs):5d} {statistics.median(secs):11.2f} / {max(secs):9.2f} "
+              f"{statistics.median(r.hvps for r in runs):14.0f} {statistics.median(r.trial_steps for r in runs):21.0f}")
+
+
+def _continue(stall: sc.Stall, steps: int, monitor: Monitor | None) -> float:
+    model, opt = stall.model, stall.optimizer
+    model.train()
+    for k in range(stall.steps, stall.steps + steps):
+        x, y = stall.data[k % len(stall.data)]
+        opt.zero_grad(set_to_none=True)
+        loss = stall.loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step(loss, opt)
+        if not math.isfinite(float(loss.detach())):
+            return math.inf
+    value = sc.full_loss(model, stall.loss_fn, stall.full_data)
+    return value if math.isfinite(value) else math.inf
+
+
+def treatment(seeds: tuple[int, ...], label: str, families: list[sc.StallFamily], steps: int) -> None:
+    print(f"\n## Monitor(treat=True), {label} seeds {list(seeds)}: {steps} more steps from each stalled state "
+          f"({load()})", flush=True)
+    lower = stalled = unchanged_healthy = healthy = 0
+    for seed in seeds:
+        for family in families:
+            stall = family.build(seed)
+            saved_model, saved_opt = copy.deepcopy(stall.model.state_dict()), copy.deepcopy(stall.optimizer.state_dict())
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                plain = _continue(stall, steps, None)
+            stall.model.load_state_dict(saved_model)
+            stall.optimizer.load_state_dict(saved_opt)
+            monitor = Monitor(stall.model, stall.loss_fn, stall.data, treat=True,
+                              checkpoint_every=None if stall.checkpoint is None else 10**9)
+            if stall.checkpoint is not None:
+                monitor._checkpoint = stall.checkpoint  # what a Monitor watching from the start would hold
+            with torch.random.fork_rng():
+                torch.manual_seed(seed)
+                treated = _continue(stall, steps, monitor)
+            acts = "; ".join(f"{a.kind} {a.prescription.action}" for a in monitor.actions) or "none"
+            if family.cause == "progressing":
+                healthy += 1
+                unchanged_healthy += not any(a.kind == "applied" for a in monitor.actions)
+                print(f"  {family.key:32s} s{seed} healthy: plain {plain:.4g} monitored {treated:.4g}; actions: {acts}")
+            elif family.cause != "converged":
+                stalled += 1
+                lower += treated < plain
+                print(f"  {family.key:32s} s{seed} plain {plain:.4g} treated {treated:.4g} "
+                      f"{'LOWER' if treated < plain else 'not lower'}; actions: {acts}", flush=True)
+    print(f"treat=True ended below the unmonitored run on {lower}/{stalled} stalled runs "
+          f"({lower / max(stalled, 1):.1%}); changed nothing on {unchanged_healthy}/{healthy} healthy runs")
+
+
+def _timed_run(family: sc.StallFamily, seed: int, steps: int, monitored: bool) -> tuple[float, Monitor | None]:
+    stall = family.build(seed)
+    monitor = Monitor(stall.model, stall.loss_fn, stall.data) if monitored else None
+    model, opt = stall.model, stall.optimizer
+    start = time.perf_counter()
+    for k in range(stall.steps, stall.steps + steps):
+        x, y = stall.data[k % len(stall.data)]
+        opt.zero_grad(set_to_none=True)
+        loss = stall.loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if monitor is not None:
+            monitor.step(loss, opt)
+    return time.perf_counter() - start, monitor
+
+
+def overhead(steps: int, repeats: int) -> None:
+    print(f"\n## Monitor overhead, all in (treat=False, default budget), {steps} steps, fastest of {repeats} "
+          f"interleaved repeats, 1 thread ({load()})", flush=True)
+    torch.set_num_threads(1)
+    cases = ["lr-too-small/mlp", "healthy/mlp-adam", "lr-too-small/lm-adamw", "healthy/lm-adamw"]
+    print(f"{'run':28s} {'plain s':>9s} {'monitored s':>12s} {'overhead':>9s} {'diagnoses':>10s} "
+          f"{'doctor cost (step-eq.)':>23s} {'deferred':>9s}")
+    for key in cases:
+        family = next(f for f in sc.FAMILIES if f.key == key)
+        plain, watched, monitor = [], [], None
+        for _ in range(repeats):
+            plain.append(_timed_run(family, 0, steps, False)[0])
+            t, monitor = _timed_run(family, 0, steps, True)
+            watched.append(t)
+        p, w = min(plain), min(watched)
+        print(f"{key:28s} {p:9.3f} {w:12.3f} {w / p - 1:+9.1%} {len(monitor.diagnoses):10d} "
+              f"{monitor.doctor_cost:23.1f} {monitor.deferred:9d}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", choices=["validation", "monitor", "overhead"], default=None)
+    parser.add_argument("--set", choices=["tuning", "held-out", "both"], default="both")
+    parser.add_argument("--families", default=None, help="Comma-separated substrings of family keys.")
+    parser.add_argument("--treat-steps", type=int, default=300)
+    parser.add_argument("--overhead-steps", type=int, default=600)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None, help="Write the validation studies here.")
+    args = parser.parse_args()
+    families = sc.FAMILIES if not args.families else [
+        f for f in sc.FAMILIES if any(s in f.key for s in args.families.split(","))]
+    sets = {"tuning": [("tuning", dv.TUNE_SEEDS)], "held-out": [("held-out", dv.HELD_OUT_SEEDS)],
+            "both": [("tuning", dv.TUNE_SEEDS), ("held-out", dv.HELD_OUT_SEEDS)]}[args.set]
+    print(f"lossdoctor doctor benchmark, torch {torch.__version__}, {load()}")
+    studies = []
+    if args.only in (None, "validation"):
+        for label, seeds in sets:
+            studies.append(validation(seeds, label, families))
+        costs(studies)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump([s.to_dict() for s in studies], f)
+    if args.only in (None, "monitor"):
+        for label, seeds in sets:
+            treatment(seeds, label, families, args.treat_steps)
+    if args.only in (None, "overhead"):
+        overhead(args.overhead_steps, args.repeats)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
