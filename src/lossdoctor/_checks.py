@@ -322,3 +322,88 @@ def check_series(value: Any, name: str, *, min_length: int = 0, finite: bool = F
         bad = int(np.flatnonzero(~np.isfinite(array))[0])
         raise ValueError(f"{name}[{bad}] is {array[bad]}: every value must be finite.")
     return array
+
+
+# -- one meaning per argument name ---------------------------------------------------------------
+def check_operator(value: Any, name: str = "op") -> Any:
+    """A symmetric linear operator: a :class:`lossdoctor.HessianOperator` (or anything with a
+    square ``.shape`` and ``@``), or a square, finite, symmetric floating matrix (tensor or numpy
+    array)."""
+    requirement = "a symmetric operator (lossdoctor.hessian(...) or a square symmetric matrix)"
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(value)
+    if isinstance(value, torch.Tensor):
+        if value.dim() != 2 or value.shape[0] != value.shape[1]:
+            raise _fail(ValueError, name, requirement, value, "The matrix must be square (n, n).")
+        if not value.is_floating_point():
+            raise _fail(TypeError, name, requirement, value, "Convert the matrix to floats (A.double()).")
+        if value.device.type != "meta":
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} holds NaN or Inf entries: eigenvalues of a non-finite matrix mean nothing.")
+            scale = float(value.abs().max()) if value.numel() else 0.0
+            tol = (1e-5 if value.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10) * max(scale, 1e-30)
+            asym = float((value - value.T).abs().max()) if value.numel() else 0.0
+            if asym > tol:
+                raise ValueError(f"{name} is not symmetric (max |A - A.T| = {asym:.3g}): the symmetric eigensolvers "
+                                 "would return meaningless pairs. Pass (A + A.T) / 2 if the asymmetry is rounding.")
+        return value
+    if isinstance(value, torch.nn.Module):
+        raise _fail(TypeError, name, requirement, value,
+                    "Build the operator first: lossdoctor.hessian(model, loss_fn, data).")
+    shape = getattr(value, "shape", None)
+    if not (hasattr(value, "__matmul__") and isinstance(shape, tuple) and len(shape) == 2
+            and all(is_integer(s) for s in shape) and shape[0] == shape[1]):
+        raise _fail(TypeError, name, requirement, value, None)
+    return value
+
+
+def _check_cache(value: Any, name: str) -> Any:
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and value == "auto"):
+        return value
+    if is_integer(value) and value >= 0:
+        return value
+    raise _fail(TypeError if not is_integer(value) else ValueError, name,
+                "True, False, 'auto' or a number of bytes (an integer >= 0)", value, None)
+
+
+# What each shared argument name means, everywhere it appears.
+_RULES: dict[str, Callable[[Any, str], Any]] = {
+    "model": lambda v, n: check_module(v, n),
+    "loss_fn": lambda v, n: check_loss_fn(v, n),
+    "op": lambda v, n: check_operator(v, n),
+    "mode": lambda v, n: check_choice(v, n, ("eval", "train")),
+    "seed": lambda v, n: check_seed(v, n),
+    "progress": lambda v, n: check_progress(v, n),
+    "k": lambda v, n: check_int(v, n, minimum=1),
+    "tol": lambda v, n: check_float(v, n, above=0.0),
+    "max_block": lambda v, n: check_int(v, n, minimum=1),
+    "micro_batch_size": lambda v, n: check_int(v, n, minimum=1, optional=True),
+    "distributed": lambda v, n: check_bool(v, n, optional=True),
+    "cache": _check_cache,
+    "max_params": lambda v, n: check_int(v, n, minimum=1),
+    "dense_max_params": lambda v, n: check_int(v, n, minimum=0),
+    "dtype": lambda v, n: check_dtype(v, n),
+    "max_matvecs": lambda v, n: check_int(v, n, minimum=1, optional=True),
+    "ncv": lambda v, n: check_int(v, n, minimum=1, optional=True),
+    "matvecs": lambda v, n: check_int(v, n, minimum=1),
+    "block": lambda v, n: check_int(v, n, minimum=1, optional=True),
+    "num_probes": lambda v, n: check_int(v, n, minimum=1),
+    "lanczos_steps": lambda v, n: check_int(v, n, minimum=1),
+    "grid_points": lambda v, n: check_int(v, n, minimum=2),
+    "sigma": lambda v, n: check_float(v, n, above=0.0, optional=True),
+    "zero_tol": lambda v, n: check_float(v, n, minimum=0.0, optional=True),
+    "grad_tol": lambda v, n: check_float(v, n, minimum=0.0, optional=True),
+    "eig_tol": lambda v, n: check_float(v, n, minimum=0.0, optional=True),
+    "dense": lambda v, n: check_bool(v, n, optional=True),
+}
+
+
+def check_arguments(**named: Any) -> None:
+    """Check arguments by their name, with the one meaning each shared name has across
+    lossdoctor (``k``: eigenpairs per end, an integer >= 1; ``tol``: a positive finite number;
+    ``seed``; ``progress``; ``mode``; ``op``; ...). One line at the top of an entry point::
+
+        check_arguments(op=op, k=k, tol=tol, seed=seed, progress=progress)
+    """
+    for name, value in named.items():
+        _RULES[name](value, name)
