@@ -1,30 +1,86 @@
 """Leave the user's model exactly as it was: snapshots and restores of parameters, buffers,
-train/eval modes, ``requires_grad``, ``.grad`` and the global RNG state."""
+train/eval modes, ``requires_grad``, ``.grad`` and the global RNG state (torch's CPU and CUDA
+generators, numpy's and Python's)."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 
 @dataclass
 class RNGState:
+    """Every global random state a computation could draw from: torch's CPU generator, every
+    initialized CUDA generator, numpy's legacy global state and Python's ``random``."""
+
     cpu: torch.Tensor
     cuda: list[torch.Tensor] | None
+    numpy: Any = None
+    python: Any = None
 
     @classmethod
     def capture(cls) -> RNGState:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-        return cls(torch.get_rng_state(), cuda)
+        return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
 
     def restore(self) -> None:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
+        if self.numpy is not None:
+            np.random.set_state(self.numpy)
+        if self.python is not None:
+            random.setstate(self.python)
+
+
+class RNGStream:
+    """A private copy of the global RNG for code we run but do not own (a DataLoader drawing its
+    shuffle order and worker seeds, a dataset's random augmentation): inside :meth:`active` the
+    global generators hold this stream's state, and on leaving they are back to the caller's,
+    untouched, while the stream keeps where it got to. A stream made once and used for several
+    passes gives each pass the next draws (a new shuffle per epoch); a stream per pass gives every
+    pass the same draws. It starts from the global state at creation, so the first pass sees
+    what the caller's own loop would have seen."""
+
+    def __init__(self) -> None:
+        self.state = RNGState.capture()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        caller = RNGState.capture()
+        self.state.restore()
+        try:
+            yield
+        finally:
+            self.state = RNGState.capture()
+            caller.restore()
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Run with the global RNG seeded from ``seed`` (dropout, random augmentation inside a
+    training run), then put the caller's state back: the result depends on ``seed`` only, and
+    the caller's RNG does not move."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.init()  # so its generator is captured and restored too
+    state = RNGState.capture()
+    try:
+        torch.default_generator.manual_seed(seed)
+        if device is not None and device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+        yield
+    finally:
+        state.restore()
 
 
 def capture_modes(model: nn.Module) -> list[bool]:
