@@ -1,0 +1,96 @@
+"""Ctrl-C: long calls return what they finished, flagged, and nothing downstream mistakes it for
+a finished result.
+
+A long library call (a sweep, a landscape, a range test, ...) that is interrupted returns a
+partial result with ``interrupted=True`` and no verdict drawn from it, so a user in a notebook
+keeps what was computed. Two rules keep that safe when calls nest:
+
+- :func:`propagating` marks code that cannot use a partial result (a study building a report, an
+  analysis calling another): inside it, :func:`partial_allowed` is False and the inner calls let
+  the ``KeyboardInterrupt`` through, to be handled by whoever opened the block.
+- Every Ctrl-C turned into a partial result is counted (:func:`note`), and so is every SIGINT
+  while :func:`recording` is active (the CLI); :func:`count` lets a caller ask whether one
+  arrived during a stretch of work, even if some inner call swallowed it.
+
+A library call follows this pattern::
+
+    try:
+        ...  # the loop
+    except KeyboardInterrupt:
+        if not partial_allowed() or nothing_finished:
+            raise
+        note()
+        interrupted = True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+_state = threading.local()
+_count = [0]
+
+
+def partial_allowed() -> bool:
+    """Whether an interrupted call may return a partial result (False inside :func:`propagating`)."""
+    return getattr(_state, "propagating", 0) == 0
+
+
+@contextlib.contextmanager
+def propagating() -> Iterator[None]:
+    """Inside this block a Ctrl-C propagates out of every lossdoctor call as ``KeyboardInterrupt``."""
+    _state.propagating = getattr(_state, "propagating", 0) + 1
+    try:
+        yield
+    finally:
+        _state.propagating -= 1
+
+
+def note() -> None:
+    """Record that a Ctrl-C was turned into a partial result."""
+    _count[0] += 1
+
+
+def count() -> int:
+    """How many interrupts were noted or received so far (compare two readings)."""
+    return _count[0]
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[None]:
+    """Count every SIGINT (and still raise ``KeyboardInterrupt`` as Python does), so the caller
+    learns of a Ctrl-C that an inner call turned into a partial result. Main thread only; a
+    no-op elsewhere."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        _count[0] += 1
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def was_interrupted(result: Any) -> bool:
+    """True when ``result`` (or any result nested in its ``to_dict()``) is flagged interrupted."""
+    def scan(value: Any) -> bool:
+        if isinstance(value, dict):
+            return value.get("interrupted") is True or any(scan(v) for v in value.values())
+        if isinstance(value, list):
+            return any(scan(v) for v in value)
+        return False
+
+    if getattr(result, "interrupted", False) is True:
+        return True
+    to_dict = getattr(result, "to_dict", None)
+    return scan(to_dict()) if callable(to_dict) else False
