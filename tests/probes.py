@@ -309,9 +309,17 @@ def optimizer_kind() -> list[Bad]:
             Bad("LBFGS", F_(lambda e: torch.optim.LBFGS(e.model.parameters())), names=("LBFGS", "optimizer"))]
 
 
+_ROOT: list[Path] = []
+
+
+def use_folder(path: Path) -> None:
+    """Put the probes' scratch files (problem files, checkpoints, plots) in ``path``."""
+    _ROOT[:] = [Path(path)]
+
+
 def _probe_dir() -> Path:
-    root = Path(tempfile.gettempdir()) / f"lossdoctor-probes-{os.getpid()}"
-    root.mkdir(exist_ok=True)
+    root = _ROOT[0] if _ROOT else Path(tempfile.gettempdir()) / f"lossdoctor-probes-{os.getpid()}"
+    root.mkdir(parents=True, exist_ok=True)
     return root
 
 

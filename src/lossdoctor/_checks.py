@@ -241,8 +241,12 @@ def check_progress(value: Any, name: str = "progress") -> Callable[[int, int], N
 def check_module(value: Any, name: str = "model") -> torch.nn.Module:
     """A ``torch.nn.Module``."""
     if not isinstance(value, torch.nn.Module):
-        hint = ("Wrap a plain function in an nn.Module (its parameters must be nn.Parameters the "
-                "module owns)." if callable(value) else None)
+        if isinstance(value, type) and issubclass(value, torch.nn.Module):
+            hint = f"Pass a model, not its class: {value.__name__}(...)."
+        elif callable(value) and not isinstance(value, type):
+            hint = "Wrap a plain function in an nn.Module (its parameters must be nn.Parameters the module owns)."
+        else:
+            hint = None
         raise _fail(TypeError, name, "a torch.nn.Module", value, hint)
     return value
 
@@ -362,8 +366,8 @@ def _check_cache(value: Any, name: str) -> Any:
         return value
     if is_integer(value) and value >= 0:
         return value
-    raise _fail(TypeError if not is_integer(value) else ValueError, name,
-                "True, False, 'auto' or a number of bytes (an integer >= 0)", value, None)
+    # a ValueError for every bad value, as the operator has always raised
+    raise _fail(ValueError, name, "True, False, 'auto' or a number of bytes (an integer >= 0)", value, None)
 
 
 # What each shared argument name means, everywhere it appears.

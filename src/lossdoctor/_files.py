@@ -127,27 +127,33 @@ def save_new(path: Path, write: Writer) -> tuple[Path, str | None]:
     written, ``(the fallback path, a note saying why)``. Raises only when no place at all could
     be written."""
     path = Path(path)
-    places = [path] + [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in range(1, 100)]
-    places += [Path.cwd() / path.name, Path(tempfile.gettempdir()) / path.name]
+    folders: list[Path] = []
+    for folder in (path.parent, Path.cwd(), Path(tempfile.gettempdir())):
+        if folder.resolve() not in [f.resolve() for f in folders]:
+            folders.append(folder)
     first_error: BaseException | None = None
-    tried_folders: set[Path] = set()
-    for place in places:
-        if place.parent in tried_folders:
-            continue
-        try:
-            _create(place, write)
-        except FileExistsError:
-            first_error = first_error or FileExistsError(f"{path} appeared while computing")
-            continue
-        except OSError as err:
-            first_error = first_error or err
-            tried_folders.add(place.parent)  # this folder cannot be written: go on to the next one
-            continue
-        if place == path:
-            return place, None
-        reason = getattr(first_error, "strerror", None) or str(first_error)
-        return place, f"could not write {path} ({reason}); saved to {place} instead."
+    for folder in folders:
+        for k in range(100):
+            place = folder / (path.name if k == 0 else f"{path.stem}-{k}{path.suffix}")
+            try:
+                _create(place, write)
+            except FileExistsError:
+                first_error = first_error or FileExistsError(f"{path} appeared while computing")
+                continue
+            except OSError as err:
+                first_error = first_error or err
+                break  # this folder cannot be written: go on to the next one
+            if place == path:
+                return place, None
+            reason = getattr(first_error, "strerror", None) or str(first_error)
+            return place, f"could not write {path} ({reason}); saved to {place} instead."
     raise OSError(f"could not write {path} nor any fallback place ({first_error}).")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(folder: Path, name: str, write: Writer) -> Path:
@@ -158,6 +164,7 @@ def atomic_write(folder: Path, name: str, write: Writer) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a report is a normal file
         with os.fdopen(handle, "wb") as stream:
             write(stream)
         os.replace(tmp, folder / name)  # renames over a symlink itself, never through it

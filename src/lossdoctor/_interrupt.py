@@ -94,3 +94,25 @@ def was_interrupted(result: Any) -> bool:
         return True
     to_dict = getattr(result, "to_dict", None)
     return scan(to_dict()) if callable(to_dict) else False
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then raise it
+    as usual: restoring the user's model, optimizer or RNG must never be cut in half. Main thread
+    only; a no-op elsewhere or when SIGINT is not handled by Python."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+    held: list[tuple[int, Any]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held:
+            previous(*held[0])  # raises KeyboardInterrupt (and is counted by recording())

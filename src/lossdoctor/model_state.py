@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._interrupt import deferred
+
 
 @dataclass
 class RNGState:
@@ -31,6 +33,10 @@ class RNGState:
         return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
 
     def restore(self) -> None:
+        with deferred():
+            self._restore()
+
+    def _restore(self) -> None:
         torch.set_rng_state(self.cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
@@ -49,8 +55,17 @@ class RNGStream:
     pass the same draws. It starts from the global state at creation, so the first pass sees
     what the caller's own loop would have seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
+        """``seed=None``: start from the global state now; a seed: start from that seed (a pass
+        whose order must not depend on the caller's RNG at all)."""
         self.state = RNGState.capture()
+        if seed is not None:
+            with deferred():
+                torch.default_generator.manual_seed(seed)
+                np.random.seed(seed % 2**32)
+                random.seed(seed)
+                self.state, caller = RNGState.capture(), self.state
+                caller.restore()
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
@@ -59,8 +74,9 @@ class RNGStream:
         try:
             yield
         finally:
-            self.state = RNGState.capture()
-            caller.restore()
+            with deferred():
+                self.state = RNGState.capture()
+                caller.restore()
 
 
 @contextlib.contextmanager
@@ -119,12 +135,13 @@ def evaluation_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
             model.eval()
         yield
     finally:
-        restore_modes(model, modes)
-        if buffers is not None:
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
-        rng.restore()
+        with deferred():
+            restore_modes(model, modes)
+            if buffers is not None:
+                with torch.no_grad():
+                    for b, saved in buffers:
+                        b.copy_(saved)
+            rng.restore()
 
 
 @contextlib.contextmanager
@@ -143,15 +160,15 @@ def preserved_model(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
+        with deferred(), torch.no_grad():
             for p, v, flag, g in zip(params, saved_params, saved_flags, saved_grads):
                 p.copy_(v)
                 p.requires_grad_(flag)
                 p.grad = g
             for b, v in zip(buffers, saved_buffers):
                 b.copy_(v)
-        restore_modes(model, modes)
-        rng.restore()
+            restore_modes(model, modes)
+            rng.restore()
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,9 +139,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         raise MissingFileError(f"checkpoint {path} does not exist.")
     device = next(iter(model.parameters()), torch.empty(0)).device
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"cannot read checkpoint {path} as a weights-only PyTorch file: {err}") from err
+        text = str(err)
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+        reason = found.group(1).strip() if found else (text.strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {path} as a state_dict of tensors ({reason}). It is either not a "
+                         "file written by torch.save, or it holds Python objects besides tensors, which lossdoctor "
+                         "does not load because unpickling them could run code: save "
+                         "torch.save(model.state_dict(), path).") from err
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in state and isinstance(state[key], dict):

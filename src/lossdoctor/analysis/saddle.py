@@ -265,7 +265,13 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
         raise ValueError(f"critical was computed for {critical.num_params} parameters but the model has "
                          f"{op.num_params}: classify this model's current parameters first.")
     theta0 = op.parameter_vector().to(torch.float64)
-    loss0, grad = op.gradient()
+    try:
+        loss0, grad = op.gradient()
+    except KeyboardInterrupt:
+        if not _interrupt.partial_allowed():
+            raise
+        _interrupt.note()
+        return unfinished(critical, "interrupted before the line search: no step taken, the model is unchanged.")
     if critical.escape_direction is None:
         return EscapeResult(escaped=False, applied=False, loss_before=loss0, loss_after=loss0, actual_change=0.0,
                             predicted_change=0.0, first_order_change=0.0, eigenvalue=critical.min_eigenvalue,
@@ -440,30 +446,50 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
     runs = [("gradient descent", 0.0, 0.0, start), ("momentum", momentum, 0.0, start),
             ("perturbed GD", 0.0, kick_radius, start), ("momentum + kicks", momentum, kick_radius, start),
             ("eigenvector step + GD", 0.0, 0.0, after_step)]
-    methods = []
+    methods: list[MethodTrace] = []
+    cut = False
     with preserved_model(model):
-        for i, (name, beta, radius, origin) in enumerate(runs):
-            eigen = origin is after_step
-            n_steps = steps - 1 if eigen else steps
-            losses, grads, kicks, path, cut = _descend(op, origin, steps=n_steps, lr=lr, momentum=beta,
-                                                       kick_radius=radius, kick_threshold=kick_threshold,
-                                                       kick_interval=kick_interval, seed=seed,
-                                                       record_path=record_paths)
-            if eigen:
-                losses = [loss_start] + losses
-                if record_paths:
-                    path = [start.cpu().tolist()] + path
-            methods.append(MethodTrace(
-                name=name, losses=losses, gradients=grads + (1 if eigen else 0),
-                matvecs=escape.matvecs if eigen else 0, loss_evaluations=escape.loss_evaluations if eigen else 0,
-                kicks=kicks, escaped_at=_first_escape(losses, loss_start, escape_drop), path=path, interrupted=cut))
-            if cut:
-                break
-            if progress is not None:
-                progress(i + 2, total)
+        try:
+            _run_methods(op, runs, methods, after_step, start, escape, steps=steps, lr=lr,
+                         kick_threshold=kick_threshold, kick_interval=kick_interval, seed=seed,
+                         record_paths=record_paths, loss_start=loss_start, escape_drop=escape_drop,
+                         progress=progress, total=total)
+        except KeyboardInterrupt:
+            if not _interrupt.partial_allowed():
+                raise
+            _interrupt.note()
+            cut = True
+        cut = cut or any(m.interrupted for m in methods)
     return SaddleEscapeComparison(loss_start=loss_start, steps=steps, lr=lr, momentum=momentum,
                                   kick_radius=kick_radius, kick_threshold=kick_threshold, escape_drop=escape_drop,
-                                  seed=seed, methods=methods, escape=escape, interrupted=bool(methods and cut))
+                                  seed=seed, methods=methods, escape=escape, interrupted=cut)
+
+
+def _run_methods(op: HessianOperator, runs: list, methods: list[MethodTrace], after_step: torch.Tensor,
+                 start: torch.Tensor, escape: EscapeResult, *, steps: int, lr: float, kick_threshold: float,
+                 kick_interval: int, seed: int, record_paths: bool, loss_start: float, escape_drop: float,
+                 progress: Progress | None, total: int) -> None:
+    """Run each method in turn, appending its trace to ``methods`` (so a Ctrl-C keeps the finished
+    ones); an interrupted method is appended flagged, and ends the loop."""
+    for i, (name, beta, radius, origin) in enumerate(runs):
+        eigen = origin is after_step
+        n_steps = steps - 1 if eigen else steps
+        losses, grads, kicks, path, cut = _descend(op, origin, steps=n_steps, lr=lr, momentum=beta,
+                                                   kick_radius=radius, kick_threshold=kick_threshold,
+                                                   kick_interval=kick_interval, seed=seed,
+                                                   record_path=record_paths)
+        if eigen:
+            losses = [loss_start] + losses
+            if record_paths:
+                path = [start.cpu().tolist()] + path
+        methods.append(MethodTrace(
+            name=name, losses=losses, gradients=grads + (1 if eigen else 0),
+            matvecs=escape.matvecs if eigen else 0, loss_evaluations=escape.loss_evaluations if eigen else 0,
+            kicks=kicks, escaped_at=_first_escape(losses, loss_start, escape_drop), path=path, interrupted=cut))
+        if cut:
+            break
+        if progress is not None:
+            progress(i + 2, total)
 
 
 def gradient_descent_path(model: nn.Module, loss_fn: LossFn, data: Any, *, steps: int, lr: float,

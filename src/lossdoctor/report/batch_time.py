@@ -8,7 +8,7 @@ from pathlib import Path
 from .._results import fmt
 from ..studies.batch_time import BatchTimeStudy
 from ..training.timing import BatchTiming
-from .figures import new_figure, save
+from .figures import new_figure, save, save_new
 from .html import Section, figure, paragraph, table
 
 
@@ -89,5 +89,4 @@ def timing_figure(timing: BatchTiming, path: Path) -> Path:
         ax.set_xlabel("batch size")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    save(fig, path.parent, path.name)
-    return path
+    return save_new(fig, path)

@@ -10,7 +10,7 @@ import numpy as np
 from .._results import fmt
 from ..studies.lr_range import MULTIPLIERS, LRRangeStudy
 from ..training.lr_finder import LRRangeResult
-from .figures import new_figure, save
+from .figures import new_figure, save, save_new
 from .html import Section, figure, paragraph, table
 
 
@@ -35,8 +35,7 @@ def range_test_figure(result: LRRangeResult, path: Path) -> Path:
     """The loss-vs-lr curve alone, saved to ``path`` (for the CLI)."""
     fig, (ax,) = new_figure(1)
     draw_range_test(ax, result)
-    save(fig, path.parent, path.name)
-    return path
+    return save_new(fig, path)
 
 
 def render(study: LRRangeStudy, out_dir: Path) -> Section:

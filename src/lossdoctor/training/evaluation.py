@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..data import batch_size, is_out_of_memory, iter_batches
+from ..model_state import RNGStream
 
 # Largest batch found to fit, per (device, model class, parameter count): the search runs once.
 _FITS: dict[tuple[str, str, int], int] = {}
@@ -19,9 +20,11 @@ _FITS: dict[tuple[str, str, int], int] = {}
 def as_tensors(data: Any, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
     """All of ``data``'s samples as one ``(inputs, targets)`` pair of tensors (CPU or wherever
     they are). Inputs must be plain tensors (not tuples or dicts) to be merged, and every value
-    finite (a NaN sample would turn every merged loss into NaN)."""
+    finite (a NaN sample would turn every merged loss into NaN). A shuffling loader is read on a
+    fixed seed: the merged order, and every result drawn from it, is the same whatever the
+    caller's RNG."""
     xs, ys = [], []
-    for i, (inputs, targets) in enumerate(iter_batches(data, name)):
+    for i, (inputs, targets) in enumerate(iter_batches(data, name, rng=RNGStream(seed=0))):
         if not isinstance(inputs, torch.Tensor):
             raise TypeError(f"{name}: batch {i}: inputs are a {type(inputs).__name__}; merging batches (for the "
                             "batch-size lab) needs inputs that are one tensor.")

@@ -121,17 +121,18 @@ def preserved_optimizer(optimizer: torch.optim.Optimizer) -> Iterator[None]:
     try:
         yield
     finally:
-        for g, saved in zip(optimizer.param_groups, groups, strict=True):
-            params = g["params"]
-            g.clear()
-            g.update(saved)
-            g["params"] = params
-        optimizer.state.clear()
-        optimizer.state.update(state)
-        if flag is _MISSING:
-            optimizer.__dict__.pop("_opt_called", None)
-        else:
-            optimizer.__dict__["_opt_called"] = flag
+        with _interrupt.deferred():
+            for g, saved in zip(optimizer.param_groups, groups, strict=True):
+                params = g["params"]
+                g.clear()
+                g.update(saved)
+                g["params"] = params
+            optimizer.state.clear()
+            optimizer.state.update(state)
+            if flag is _MISSING:
+                optimizer.__dict__.pop("_opt_called", None)
+            else:
+                optimizer.__dict__["_opt_called"] = flag
 
 
 _MISSING = object()

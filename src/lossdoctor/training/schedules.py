@@ -179,9 +179,44 @@ def gradual_warmup(optimizer: Optimizer, *, batch_size: int, warmup_steps: int,
                   scale=k, **kwargs)
 
 
+LISTED_STEPS = 10_000  # `lossdoctor schedule --json` lists every step's lr up to this many steps
+
+
+def schedule_at(lr: float, steps: list[int], **warmup_kwargs: Any) -> list[float]:
+    """The lr at each of ``steps`` (0-based updates) under ``warmup(..., **warmup_kwargs)`` for a
+    base lr ``lr``: the scheduler's own closed form, so the cost is one evaluation per step asked
+    for, whatever the length of the schedule."""
+    check_float(lr, "lr", above=0.0)
+    _check_defaults(warmup_kwargs)
+    return [lr * warmup_factor(int(s), **warmup_kwargs) for s in steps]
+
+
+def schedule_peak(lr: float, steps: int, **warmup_kwargs: Any) -> tuple[int, float]:
+    """``(step, lr)`` of the largest lr over the first ``steps`` updates (the first step reaching
+    it). Each phase is monotone (the ramp; then constant, a decay, gamma**k or the Transformer's
+    rise to the end of the warm-up and fall), so the largest value sits at an end of a phase (or
+    the first step of gamma**k's top stair): a handful of evaluations instead of ``steps``."""
+    check_int(steps, "steps", minimum=1)
+    warmup_steps = int(warmup_kwargs.get("warmup_steps", 0))
+    ends = [0, warmup_steps - 1, warmup_steps, steps - 1]
+    if warmup_kwargs.get("after") == "step" and warmup_kwargs.get("step_size") and steps - 1 >= warmup_steps:
+        size = int(warmup_kwargs["step_size"])  # gamma > 1 climbs in stairs: the first step of the top one
+        ends.append(warmup_steps + size * ((steps - 1 - warmup_steps) // size))
+    candidates = sorted({s for s in ends if 0 <= s < steps})
+    values = schedule_at(lr, candidates, **warmup_kwargs)
+    best = max(values)
+    return candidates[values.index(best)], best
+
+
+def _check_defaults(warmup_kwargs: dict[str, Any]) -> None:
+    check_schedule(**{"total_steps": None, "start_factor": None, "after": "constant", "min_factor": 0.0,
+                      "step_size": None, "gamma": 0.1, "d_model": None, "scale": 1.0, **warmup_kwargs})
+
+
 def schedule_lrs(lr: float, steps: int, **warmup_kwargs: Any) -> list[float]:
     """The lr of each of ``steps`` updates under ``warmup(..., **warmup_kwargs)`` for a base lr ``lr``,
-    read from a real scheduler on a throw-away optimizer (for previews and plots)."""
+    read from a real scheduler on a throw-away optimizer (cost: one scheduler step per update; see
+    :func:`schedule_at` for a few steps of a long schedule)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     if not lr > 0:
