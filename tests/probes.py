@@ -398,7 +398,7 @@ def specs() -> list[Spec]:
         "sigma": floats(above=0.0, optional=True), "zero_tol": floats(minimum=0.0, optional=True),
         "seed": seed(), "progress": progress_kind()}))
     s.append(Spec("classify_critical_point", ld.classify_critical_point,
-                  lambda e: {**_model_args(e), "k": 1}, {
+                  lambda e: {**_model_args(e), "k": 1, "max_matvecs": 60, "num_probes": 2, "lanczos_steps": 8}, {
         **MODEL_LOSS_DATA, "grad_tol": floats(minimum=0.0, optional=True), "eig_tol": floats(minimum=0.0, optional=True),
         "k": ints(1), "dense": flag(optional=True), "dense_max_params": ints(0), "mode": _mode(),
         "tol": floats(above=0.0), "seed": seed(), "num_probes": ints(1), "lanczos_steps": ints(1),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 
 import pytest
+import torch
 
 import probes
 
@@ -17,20 +18,36 @@ PROBES = probes.all_probes()
 @pytest.fixture(scope="module", autouse=True)
 def scratch(tmp_path_factory):
     probes.use_folder(tmp_path_factory.mktemp("probes"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronisation
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+    torch.set_num_threads(threads)
 
 
-def _param(probe: probes.Probe):
-    marks = [pytest.mark.xfail(strict=False, reason="doctor rewrite: lead")] if probe.owner == probes.DOCTOR else []
-    return pytest.param(probe, id=probe.id, marks=marks)
+def _groups() -> list:
+    """One test per (function or command, argument): its bad values run together (pytest's
+    per-test overhead would otherwise cost more than the probes)."""
+    grouped: dict[tuple[str, str], list[probes.Probe]] = {}
+    for p in PROBES:
+        grouped.setdefault((p.target, p.arg), []).append(p)
+    params = []
+    for (target, arg), group in grouped.items():
+        marks = ([pytest.mark.xfail(strict=False, reason="doctor rewrite: lead")]
+                 if group[0].owner == probes.DOCTOR else [])
+        params.append(pytest.param(group, id=f"{target}-{arg}".replace(" ", "_"), marks=marks))
+    return params
 
 
-@pytest.mark.parametrize("probe", [_param(p) for p in PROBES])
-def test_probe(probe):
-    outcome = probes.run_probe(probe)
-    assert outcome.category in ("clear", "documented"), f"{outcome.category}: {outcome.detail}"
+@pytest.mark.parametrize("group", _groups())
+def test_probes(group):
+    failed = []
+    for probe in group:
+        outcome = probes.run_probe(probe)
+        if outcome.category not in ("clear", "documented"):
+            failed.append(f"{probe.bad.label!r}: {outcome.category}: {outcome.detail}")
+    assert not failed, f"{len(failed)} of {len(group)} probes:\n" + "\n".join(failed)
 
 
 def test_the_suite_is_big_and_covers_every_public_name():

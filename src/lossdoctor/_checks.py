@@ -361,6 +361,13 @@ def check_operator(value: Any, name: str = "op") -> Any:
     return value
 
 
+def _check_micro_batch_size(value: Any, name: str) -> Any:
+    # a ValueError for every bad value, as the operator has always raised
+    if value is None or (is_integer(value) and value >= 1):
+        return value
+    raise _fail(ValueError, name, "a positive integer or None", value, None)
+
+
 def _check_cache(value: Any, name: str) -> Any:
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, str) and value == "auto"):
         return value
@@ -381,7 +388,7 @@ _RULES: dict[str, Callable[[Any, str], Any]] = {
     "k": lambda v, n: check_int(v, n, minimum=1),
     "tol": lambda v, n: check_float(v, n, above=0.0),
     "max_block": lambda v, n: check_int(v, n, minimum=1),
-    "micro_batch_size": lambda v, n: check_int(v, n, minimum=1, optional=True),
+    "micro_batch_size": _check_micro_batch_size,
     "distributed": lambda v, n: check_bool(v, n, optional=True),
     "cache": _check_cache,
     "max_params": lambda v, n: check_int(v, n, minimum=1),
