@@ -46,7 +46,7 @@ from .._checks import (
     describe,
     is_integer,
 )
-from .._files import check_output_dir
+from .._files import atomic_write_text, check_output_dir, read_text_inside
 from .._results import ResultMixin, fmt, to_jsonable
 from ..data import batch_loss
 from ..model_state import preserved_rng, seeded_rng
@@ -173,17 +173,17 @@ class SweepResult(ResultMixin):
 
 
 # -- the store ---------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _open_store(store: Path, settings: dict[str, Any], fingerprint: str) -> None:
     (store / "runs").mkdir(parents=True, exist_ok=True)
     meta = store / "sweep.json"
     if meta.is_file():
-        saved = json.loads(meta.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(read_text_inside(store, "sweep.json") or "")
+        except json.JSONDecodeError:
+            saved = None
+        if not isinstance(saved, dict):
+            raise ValueError(f"store {store}: sweep.json is damaged or not lossdoctor's; remove it (the runs in "
+                             f"{store / 'runs'} are kept and reused when the settings match) or use another --store.")
         if saved.get("fingerprint") != fingerprint:
             diff = sorted(k for k in set(saved.get("settings", {})) | set(settings)
                           if saved.get("settings", {}).get(k) != settings.get(k))
@@ -205,9 +205,15 @@ def _open_store(store: Path, settings: dict[str, Any], fingerprint: str) -> None
 
 
 def _load_run(path: Path, fingerprint: str) -> SweepRun | None:
-    if not path.is_file():
+    """A finished run from the store; ``None`` when it is missing, damaged (it is trained again)
+    or from other settings."""
+    text = read_text_inside(path.parent, path.name)
+    if text is None:
         return None
-    run = SweepRun.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        run = SweepRun.from_dict(json.loads(text))
+    except (ValueError, TypeError, KeyError):
+        return None
     return run if run.fingerprint == fingerprint else None
 
 
@@ -447,7 +453,7 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
                             progress(i * UNITS + units, total)
                     run = _train_run(problem, train, test, b, s, cfg, fingerprint, keep_states, sub)
                     if path is not None:
-                        _atomic_write(path, json.dumps(run.to_dict()))
+                        atomic_write_text(path.parent, path.name, json.dumps(run.to_dict()))
                     runs[(b, s)] = run
                     trained.append(run.key)
                 if progress:
