@@ -28,6 +28,7 @@ Only the public API and the CLI are used, so the same file measures any version 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -346,7 +347,7 @@ class Spec:
     kinds: dict[str, list[Bad]]
     after: Callable[[Any], Any] | None = None  # use the result (e.g. one product of an operator)
     owner: str = "lossdoctor"
-    watch: Callable[[Env], list[nn.Module]] = field(default=lambda env: [env.model, env.other])
+    watch: Callable[[Env], list[nn.Module] | None] = field(default=lambda env: [env.model, env.other])
 
 
 def _model_args(env: Env) -> dict[str, Any]:
@@ -525,7 +526,8 @@ def specs() -> list[Spec]:
         owner=DOCTOR))
     s.append(Spec("train_monitored", ld.train_monitored,
                   lambda e: {**_model_args(e), "optimizer": e.optimizer, "steps": 2}, {
-        "steps": ints(1), "optimizer": optimizer_kind()[:3], "data": data_kind()}, owner=DOCTOR))
+        "steps": ints(1), "optimizer": optimizer_kind()[:3], "data": data_kind()}, owner=DOCTOR,
+        watch=lambda e: None))  # train_monitored trains the model in place: only the RNG is watched
     return s
 
 
@@ -686,7 +688,8 @@ def run_api_probe(probe: Probe) -> Outcome:
     kwargs = dict(spec.base(env))
     value = bad.make(env)
     kwargs[probe.arg] = value
-    watched = [m for m in spec.watch(env)] + [v for v in kwargs.values() if isinstance(v, nn.Module)]
+    chosen = spec.watch(env)  # None: the call changes the model by design
+    watched = [] if chosen is None else list(chosen) + [v for v in kwargs.values() if isinstance(v, nn.Module)]
     snapshots = [_snapshot(m) for m in watched]
     rng = _rng_state()
     names = (probe.arg, *bad.names)
@@ -890,7 +893,7 @@ def _fresh_path(suffix: str) -> Path:
 
 def _history_good() -> str:
     path = _probe_dir() / "history-good.json"
-    path.write_text(str(list(np.linspace(2.0, 1.0, 40))))
+    path.write_text(json.dumps([float(v) for v in np.linspace(2.0, 1.0, 40)]))
     return str(path)
 
 
@@ -984,6 +987,12 @@ def main(argv: list[str]) -> None:
         totals.update(row)
         print(f"{key:<34}" + "".join(f"{row[c]:>11}" for c in columns) + f"{sum(row.values()):>8}")
     print(f"{'ALL':<34}" + "".join(f"{totals[c]:>11}" for c in columns) + f"{sum(totals.values()):>8}")
+    for owner in ("lossdoctor", "doctor"):
+        part: Counter = Counter()
+        for key, row in table.items():
+            if (key.endswith("(doctor)")) == (owner == "doctor"):
+                part.update(row)
+        print(f"{'  of which ' + owner:<34}" + "".join(f"{part[c]:>11}" for c in columns) + f"{sum(part.values()):>8}")
     mine = Counter()
     for p, _ in failures:
         mine["doctor" if p.owner == DOCTOR else "lossdoctor"] += 1
