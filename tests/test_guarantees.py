@@ -58,13 +58,7 @@ def run(args, **env):
     return CliRunner(env={k: str(v) for k, v in env.items()}).invoke(main, args, catch_exceptions=False)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronisation
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # -- exit codes and Ctrl-C in the CLI ----------------------------------------------------------
 def test_exit_codes_are_documented_and_used(problem, tmp_path):

@@ -30,13 +30,7 @@ from cases import ModelSnapshot
 TRIALS = 6  # random moments per call
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronisation
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 class CountingLoss:
     """``loss_fn`` that counts its calls and raises KeyboardInterrupt on call number ``stop``."""

@@ -8,22 +8,21 @@ from __future__ import annotations
 import warnings
 
 import pytest
-import torch
 
 import probes
 
 PROBES = probes.all_probes()
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def scratch(tmp_path_factory):
     probes.use_folder(tmp_path_factory.mktemp("probes"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only adds synchronisation
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-    torch.set_num_threads(threads)
 
 
 def _groups() -> list:

@@ -17,10 +17,7 @@ A library call follows this pattern::
     try:
         ...  # the loop
     except KeyboardInterrupt:
-        if not partial_allowed() or nothing_finished:
-            raise
-        note()
-        interrupted = True
+        interrupted = keep_partial(finished=bool(done))  # re-raises when it may not return a part
 """
 
 from __future__ import annotations
@@ -48,6 +45,16 @@ def propagating() -> Iterator[None]:
         yield
     finally:
         _state.propagating -= 1
+
+
+def keep_partial(finished: bool = True) -> bool:
+    """Inside ``except KeyboardInterrupt``: re-raise it when a partial result may not be returned
+    (inside :func:`propagating`) or there is none (nothing ``finished``); otherwise note the
+    interrupt and return True (the caller returns its partial result, flagged)."""
+    if not partial_allowed() or not finished:
+        raise  # called from an except block: re-raises the KeyboardInterrupt in flight
+    note()
+    return True
 
 
 def note() -> None:

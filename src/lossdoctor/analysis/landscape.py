@@ -138,6 +138,23 @@ def _check_start(loss: float, what: str) -> None:
                          "means nothing. Check the model's parameters and the data for NaN/Inf.")
 
 
+def _evaluate_points(count: int, move: Any, model: nn.Module, loss_fn: Any, train: Any, test: Any,
+                     progress: Progress | None) -> tuple[list[list], bool]:
+    """Train/test loss and accuracy at ``count`` points (``move(i)`` puts the model at point i):
+    four columns, and whether a Ctrl-C cut them short (the points finished are kept)."""
+    cols: list[list] = [[], [], [], []]
+    try:
+        for i in range(count):
+            move(i)
+            for col, value in zip(cols, _eval_pair(model, loss_fn, train, test)):
+                col.append(value)
+            if progress:
+                progress(i + 1, count)
+    except KeyboardInterrupt:
+        return cols, _interrupt.keep_partial(finished=bool(cols[0]))
+    return cols, False
+
+
 def _pad(values: list, total: int) -> list:
     """A column of per-point values, NaN where an interrupted run did not get to."""
     return values + [math.nan] * (total - len(values))
@@ -173,24 +190,14 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
             _check_start(evaluate_largest(model, loss_fn, train)[0], what)
         work = copy.deepcopy(model_a)
     distance = float(torch.sqrt(sum(((sb[n].double() - sa[n].double()) ** 2).sum() for n in names)))
-    cols: list[list] = [[], [], [], []]
-    interrupted = False
+
+    def move(i: int) -> None:
+        a = alphas[i]
+        work.load_state_dict({k: ((1 - a) * v + a * sb[k].to(v.device)) if v.is_floating_point() else v
+                              for k, v in sa.items()})
+
     with torch.no_grad(), preserved_rng():
-        try:
-            for i, a in enumerate(alphas):
-                state = {k: ((1 - a) * v + a * sb[k].to(v.device)) if v.is_floating_point() else v
-                         for k, v in sa.items()}
-                work.load_state_dict(state)
-                values = _eval_pair(work, loss_fn, train, test)
-                for col, value in zip(cols, values):
-                    col.append(value)
-                if progress:
-                    progress(i + 1, len(alphas))
-        except KeyboardInterrupt:
-            if not _interrupt.partial_allowed() or not cols[0]:
-                raise
-            _interrupt.note()
-            interrupted = True
+        cols, interrupted = _evaluate_points(len(alphas), move, work, loss_fn, train, test, progress)
     done, total = len(cols[0]), len(alphas)
     return Curve(alphas=alphas, train_loss=_pad(cols[0], total), train_accuracy=_pad(cols[1], total),
                  test_loss=_pad(cols[2], total) if test is not None else None,
@@ -233,28 +240,18 @@ def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, norma
     train = as_tensors(data, "data")
     test = as_tensors(test_data, "test_data") if test_data is not None else None
     grid = [(a,) for a in coords] if dims == 1 else [(a, b) for a in coords for b in coords]
-    cols: list[list] = [[], [], [], []]
-    interrupted = False
     with preserved_model(model), torch.no_grad():
         base = [p.detach().clone() for p in params]
         centre = _eval_pair(model, loss_fn, train, test)[0]
         _check_start(centre, "the model's parameters")
-        try:
-            for i, point in enumerate(grid):
-                for j, p in enumerate(params):
-                    p.copy_(base[j])
-                    for c, d in zip(point, directions):
-                        p.add_(d[j].to(p.device, p.dtype), alpha=c)
-                values = _eval_pair(model, loss_fn, train, test)
-                for col, value in zip(cols, values):
-                    col.append(value)
-                if progress:
-                    progress(i + 1, len(grid))
-        except KeyboardInterrupt:
-            if not _interrupt.partial_allowed() or not cols[0]:
-                raise
-            _interrupt.note()
-            interrupted = True
+
+        def move(i: int) -> None:
+            for j, p in enumerate(params):
+                p.copy_(base[j])
+                for c, d in zip(grid[i], directions):
+                    p.add_(d[j].to(p.device, p.dtype), alpha=c)
+
+        cols, interrupted = _evaluate_points(len(grid), move, model, loss_fn, train, test, progress)
 
     done = len(cols[0])
 

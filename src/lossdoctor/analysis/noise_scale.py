@@ -147,10 +147,7 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
                 if progress:
                     progress(i + 1, pairs)
         except KeyboardInterrupt:
-            if not _interrupt.partial_allowed() or done < 2:
-                raise
-            _interrupt.note()
-            interrupted = True
+            interrupted = _interrupt.keep_partial(finished=done >= 2)
     small_sq, big_sq = small_sq[:done], big_sq[:done]
     g2 = (big * big_sq - small * small_sq) / (big - small)
     s = (small_sq - big_sq) / (1.0 / small - 1.0 / big)

@@ -252,9 +252,7 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
                 critical = classify_critical_point(model, loss_fn, data, mode=mode,
                                                    progress=scaled(progress, 0, 2), **classify_options)
         except KeyboardInterrupt:
-            if not _interrupt.partial_allowed():
-                raise
-            _interrupt.note()
+            _interrupt.keep_partial()
             return unfinished(None, "interrupted while classifying the point: no step taken, the model is "
                                     "unchanged.")
         if _interrupt.was_interrupted(critical):
@@ -268,9 +266,7 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
     try:
         loss0, grad = op.gradient()
     except KeyboardInterrupt:
-        if not _interrupt.partial_allowed():
-            raise
-        _interrupt.note()
+        _interrupt.keep_partial()
         return unfinished(critical, "interrupted before the line search: no step taken, the model is unchanged.")
     if critical.escape_direction is None:
         return EscapeResult(escaped=False, applied=False, loss_before=loss0, loss_after=loss0, actual_change=0.0,
@@ -293,9 +289,7 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
         with preserved_model(model):
             best_t, best_loss, tried = _line_search(loss_at, _reference_step(loss0, lam), loss0)
     except KeyboardInterrupt:
-        if not _interrupt.partial_allowed():
-            raise
-        _interrupt.note()
+        _interrupt.keep_partial()
         return unfinished(critical, "interrupted during the line search: no step taken, the model is unchanged.")
     tried.sort()
     steps = np.array([t for t, _ in tried])
@@ -340,9 +334,7 @@ def _descend(op: HessianOperator, start: torch.Tensor, *, steps: int, lr: float,
                       kick_radius=kick_radius, kick_threshold=kick_threshold, kick_interval=kick_interval,
                       seed=seed, record_path=record_path)
     except KeyboardInterrupt:
-        if not _interrupt.partial_allowed() or not losses:
-            raise
-        _interrupt.note()
+        _interrupt.keep_partial(finished=bool(losses))
         return losses, counts[0], counts[1], path, True
     losses += [losses[-1]] * (steps + 1 - len(losses))  # a diverged run keeps its last value
     return losses, counts[0], counts[1], path, False
@@ -455,10 +447,7 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
                          record_paths=record_paths, loss_start=loss_start, escape_drop=escape_drop,
                          progress=progress, total=total)
         except KeyboardInterrupt:
-            if not _interrupt.partial_allowed():
-                raise
-            _interrupt.note()
-            cut = True
+            cut = _interrupt.keep_partial()
         cut = cut or any(m.interrupted for m in methods)
     return SaddleEscapeComparison(loss_start=loss_start, steps=steps, lr=lr, momentum=momentum,
                                   kick_radius=kick_radius, kick_threshold=kick_threshold, escape_drop=escape_drop,

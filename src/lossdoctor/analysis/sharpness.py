@@ -231,9 +231,6 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
                             if progress:
                                 progress(done, total)
         except KeyboardInterrupt:
-            if not _interrupt.partial_allowed():
-                raise
-            _interrupt.note()
-            interrupted = True
+            interrupted = _interrupt.keep_partial()
         return Sharpness(loss=op.loss, num_params=op.num_params, num_samples=op.num_samples, mode=mode,
                          epsilon=eps_results, interrupted=interrupted, **values)

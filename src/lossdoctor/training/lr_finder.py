@@ -230,10 +230,7 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
                 loss.backward()
                 optimizer.step()
         except KeyboardInterrupt:
-            if not _interrupt.partial_allowed() or not losses:
-                raise
-            _interrupt.note()
-            interrupted = True
+            interrupted = _interrupt.keep_partial(finished=bool(losses))
     if interrupted:
         smoothed = zero_phase_ema(np.asarray(losses), smoothing)
         return LRRangeResult(

@@ -459,10 +459,7 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
                 if progress:
                     progress((i + 1) * UNITS, total)
     except KeyboardInterrupt:
-        if not _interrupt.partial_allowed() or world > 1 or not runs:
-            raise
-        _interrupt.note()
-        interrupted = True
+        interrupted = _interrupt.keep_partial(finished=world == 1 and bool(runs))
     if world > 1:
         import torch.distributed as dist
 

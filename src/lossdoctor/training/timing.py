@@ -150,10 +150,7 @@ def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: 
                 if progress:
                     progress(i + 1, len(sizes))
         except KeyboardInterrupt:
-            if not _interrupt.partial_allowed() or not med:
-                raise
-            _interrupt.note()
-            interrupted = True
+            interrupted = _interrupt.keep_partial(finished=bool(med))
     done = sizes[:len(med)]
     upe = [math.ceil(epoch / b) for b in done]
     throughput = [b / t for b, t in zip(done, med)]
