@@ -49,15 +49,20 @@ def test_probes(group):
     assert not failed, f"{len(failed)} of {len(group)} probes:\n" + "\n".join(failed)
 
 
+# the stall doctor's modules (the lead's rewrite): their new names get probes when it lands
+DOCTOR_MODULES = ("lossdoctor.doctor", "lossdoctor.analysis.layers", "lossdoctor.analysis.step_size")
+
+
 def test_the_suite_is_big_and_covers_every_public_name():
     import lossdoctor as ld
 
     assert len(PROBES) >= 1000
     targets = {p.target for p in PROBES}
-    functions = {name for name in ld.__all__ if callable(getattr(ld, name)) and not name[0].isupper()
-                 or name in ("Problem", "Monitor")}
-    # helpers that take no user input beyond what the probed functions already check
-    assert functions - targets <= {"hessian_vector_product"}, sorted(functions - targets)
+    functions = {name for name in ld.__all__ if callable(getattr(ld, name)) and (
+        not name[0].isupper() or name in ("Problem", "Monitor"))}
+    unprobed = {name for name in functions - targets
+                if not getattr(ld, name).__module__.startswith(DOCTOR_MODULES)}
+    assert not unprobed, sorted(unprobed)
     assert {"spectrum", "critical", "lr-find", "schedule", "tour", "batch time", "batch sweep", "batch sharpness",
             "batch landscape", "batch noise", "diagnose", "train"} <= targets
 

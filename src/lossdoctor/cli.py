@@ -325,8 +325,12 @@ def main() -> None:
 
 
 def interrupted(*results: Any) -> bool:
-    """Whether any of ``results`` is a partial result of a Ctrl-C."""
-    return any(r is not None and _interrupt.was_interrupted(r) for r in results)
+    """Whether any of ``results`` is a partial result of a Ctrl-C (then the command's exit status
+    is 130 once it has printed and saved them)."""
+    cut = any(r is not None and _interrupt.was_interrupted(r) for r in results)
+    if cut:
+        _interrupt.note()
+    return cut
 
 
 @main.command()
@@ -390,6 +394,7 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
             _interrupt.note()
             results["interrupted"] = True
     results["cached_batches"] = op.cached_batches
+    interrupted(eig, tr, dens)
     if dens is not None and plot is not None and _is_rank_zero() and not interrupted(dens):
         from .report.spectrum import density_figure
 
@@ -464,6 +469,7 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
             escape = escape_saddle(prob.model, prob.loss_fn, prob.train_data, critical=point, apply=True,
                                    mode=mode, progress=task("escape line search"))
             results["escape"] = {key: value for key, value in escape.to_dict().items() if key != "critical"}
+    interrupted(point, escape)
     saved = None
     if escape is not None and escape.applied and target is not None:
         import torch

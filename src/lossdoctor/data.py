@@ -70,7 +70,16 @@ def is_dataset(data: Any) -> bool:
 
 
 def check_data(data: Any, name: str = "data") -> None:
-    """Raise a clear error for data we cannot read (more than once)."""
+    """Raise a clear error for data we cannot read (more than once); batches held in a list are
+    checked too (it costs nothing: no loader runs)."""
+    _check_container(data, name)
+    if isinstance(data, (list, tuple)) and not is_single_batch(data):
+        for i, batch in enumerate(data):
+            if isinstance(batch, (tuple, list)) and len(batch) == 2:
+                _check_batch(batch[0], batch[1], i, name)
+
+
+def _check_container(data: Any, name: str) -> None:
     if data is None:
         raise ValueError(f"{name} is None: {DATA_FORMS}.")
     if is_single_batch(data):
@@ -97,10 +106,6 @@ def check_data(data: Any, name: str = "data") -> None:
     if isinstance(data, Iterator):
         raise TypeError(f"{name} is a one-shot iterator (e.g. a generator), but lossdoctor passes over the "
                         "data several times: pass a list of batches or a DataLoader instead.")
-    if isinstance(data, (list, tuple)):  # batches in memory: check them now, it costs nothing
-        for i, batch in enumerate(data):
-            if isinstance(batch, (tuple, list)) and len(batch) == 2:
-                _check_batch(batch[0], batch[1], i, name)
 
 
 def _shape(x: Any) -> str:
@@ -148,7 +153,7 @@ def iter_batches(data: Any, name: str = "data", rng: RNGStream | None = None) ->
     ``rng`` (a fresh :class:`RNGStream` by default, so every pass draws the same), never on the
     caller's global RNG. Lists and tuples of batches are read as they are.
     """
-    check_data(data, name)
+    _check_container(data, name)
     if is_single_batch(data):
         yield data[0], data[1]
         return
