@@ -70,4 +70,4 @@ def test_bad_arguments():
     result = invoke("--problem", "no-such-problem")
     assert result.exit_code != 0 and "unknown problem" in result.output
     result = invoke("--problem", "lecture-saddle", "--grad-tol", "-1")
-    assert result.exit_code != 0 and "grad_tol" in result.output
+    assert result.exit_code == 2 and "--grad-tol" in result.output and "got -1.0" in result.output

@@ -52,7 +52,7 @@ def test_lr_find_text_prints_the_suggestion(user_problem):
 
 def test_lr_find_bad_input(user_problem):
     res = CliRunner().invoke(main, ["lr-find", "--problem", "userprob:make", "--start-lr", "1", "--end-lr", "0.1"])
-    assert res.exit_code == 2 and "end_lr" in res.output
+    assert res.exit_code == 2 and "--end-lr (0.1) must be larger than --start-lr (1)" in res.output
     res = CliRunner().invoke(main, ["lr-find", "--problem", "nosuch"])
     assert res.exit_code == 2 and "unknown problem" in res.output
 

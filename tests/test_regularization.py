@@ -173,7 +173,8 @@ def test_penalty_dtype_and_no_weights():
 @pytest.mark.parametrize("call,error,match", [
     (lambda m: ld.weight_decay_groups(m, -0.1), ValueError, "weight_decay"),
     (lambda m: ld.l2_penalty(m, -1.0), ValueError, "gamma"),
-    (lambda m: ld.l2_penalty(m, "0.1"), ValueError, "gamma"),
+    (lambda m: ld.l2_penalty(m, "0.1"), TypeError, "gamma must be a finite number >= 0, got '0.1'"),
+    (lambda m: ld.l2_penalty(m, float("nan")), ValueError, "gamma must be a finite number >= 0, got nan"),
     (lambda m: ld.weight_decay_groups(m, 0.1, exclude=("0.wieght",)), ValueError, "match no"),
     (lambda m: ld.weight_decay_groups(m, 0.1, exclude=(3,)), TypeError, "sequence of strings"),
     (lambda m: ld.weight_decay_groups("model", 0.1), TypeError, "torch.nn.Module"),

@@ -77,7 +77,7 @@ def test_sharpness_leaves_model_unchanged():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"method": "hessian"}, "method must be one of"),
-    ({"method": "epsilon", "epsilons": (0.0,)}, "epsilons must be positive"),
+    ({"method": "epsilon", "epsilons": (0.0,)}, r"epsilons\[0\] must be a finite number > 0"),
     ({"method": "epsilon", "subspace_dim": 0}, "subspace_dim"),
     ({"method": "epsilon", "subspace_dim": None, "full_space": False}, "no space"),
     ({"max_iter": 0}, "max_iter"),

@@ -43,7 +43,7 @@ def test_default_sizes_span_one_to_dataset():
 def test_bad_input():
     model = nn.Linear(2, 2)
     data = (torch.randn(5, 2), torch.randint(0, 2, (5,)))
-    with pytest.raises(ValueError, match="positive integers"):
+    with pytest.raises(ValueError, match=r"batch_sizes\[0\] must be an integer >= 1, got 0"):
         ld.time_batch_sizes(model, F.cross_entropy, data, [0, 4])
     with pytest.raises(ValueError, match="repeats"):
         ld.time_batch_sizes(model, F.cross_entropy, data, [2], repeats=0)

@@ -1,20 +1,39 @@
-"""Command line: parses arguments, shows progress, calls the library, prints results."""
+"""Command line: parses arguments, shows progress, calls the library, prints results.
+
+Exit status (``lossdoctor --help`` says the same): 0 done; 1 a failure that is not bad input (the
+disk, the machine, a bug in lossdoctor); 2 bad input (an option, the problem file, a checkpoint,
+the data); 130 interrupted (Ctrl-C: what finished is printed and saved first). A user's mistake
+never prints a traceback: options are checked before any computing (output paths included), and
+an error in the user's own problem code shows the user's file and line. ``LOSSDOCTOR_DEBUG=1``
+re-raises instead, for the full traceback.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console(stderr=True)
+from . import _interrupt
+from ._checks import check_float
+
+console = Console(stderr=True, soft_wrap=True)  # messages are not cut into lines: they stay greppable
 out = Console()
+
+EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_CODES = ("Exit status: 0 done; 1 failed (disk, machine, or a lossdoctor bug); 2 bad input (an option, "
+              "the problem file, a checkpoint, the data); 130 interrupted (what finished is printed and "
+              "saved first).")
 
 
 @contextlib.contextmanager
@@ -37,8 +56,164 @@ def progress_bars(enabled: bool = True) -> Iterator[Any]:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
-    sys.exit(2)
+    console.print(f"[red]error:[/red] {escape(message)}")
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def note(message: str) -> None:
+    """A line for the user on stderr (never markup-interpreted)."""
+    console.print(escape(message))
+
+
+class CheckedGroup(click.Group):
+    """Runs a command so that no user mistake ends in a traceback: bad input exits 2 with the
+    message, Ctrl-C exits 130 after the command printed and saved what finished (a partial
+    result, flagged), other failures exit 1 with the message."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        mark = _interrupt.count()
+        try:
+            with _interrupt.recording():
+                result = super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            if os.environ.get("LOSSDOCTOR_DEBUG"):
+                raise
+            console.print("[yellow]interrupted[/yellow] before anything finished: nothing to show.")
+            sys.exit(EXIT_INTERRUPTED)
+        except (ValueError, TypeError) as err:  # bad input: options, the problem, the data (wrapped)
+            if os.environ.get("LOSSDOCTOR_DEBUG"):
+                raise
+            _fail(str(err))
+        except OSError as err:
+            if os.environ.get("LOSSDOCTOR_DEBUG"):
+                raise
+            console.print(f"[red]error:[/red] {escape(str(err))}")
+            sys.exit(EXIT_FAILURE)
+        except Exception:  # a bug in lossdoctor: say so, with the traceback to report
+            if os.environ.get("LOSSDOCTOR_DEBUG"):
+                raise
+            console.print(escape(traceback.format_exc()))
+            console.print("[red]internal error[/red]: this is a bug in lossdoctor; please report it with the "
+                          "traceback above.")
+            sys.exit(EXIT_FAILURE)
+        if _interrupt.count() != mark:
+            console.print("[yellow]interrupted[/yellow]: the results above are what finished.")
+            sys.exit(EXIT_INTERRUPTED)
+        return result
+
+
+# -- option types: every value checked while parsing, the message naming the option --------------
+class Number(click.ParamType):
+    """A finite float within bounds (click's FloatRange lets NaN and Inf through)."""
+
+    name = "number"
+
+    def __init__(self, *, minimum: float | None = None, maximum: float | None = None, above: float | None = None,
+                 below: float | None = None) -> None:
+        self.bounds = {"minimum": minimum, "maximum": maximum, "above": above, "below": below}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number.", param, ctx)
+        try:
+            return check_float(number, "the value", **self.bounds)  # type: ignore[return-value]
+        except (TypeError, ValueError) as err:
+            self.fail(str(err).replace("the value must be", "must be"), param, ctx)
+
+
+class IntList(click.ParamType):
+    """Comma-separated integers (``16,64,256``)."""
+
+    name = "integers"
+
+    def __init__(self, minimum: int = 1, distinct: bool = True) -> None:
+        self.minimum, self.distinct = minimum, distinct
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        parts = [v for v in str(value).replace(" ", "").split(",") if v]
+        try:
+            values = [int(v) for v in parts]
+        except ValueError:
+            self.fail(f"must be comma-separated integers, e.g. 16,64,256; got {value!r}.", param, ctx)
+        if not values:
+            self.fail("is empty: give comma-separated integers, e.g. 16,64,256.", param, ctx)
+        low = [v for v in values if v < self.minimum]
+        if low:
+            self.fail(f"every value must be >= {self.minimum}, got {low[0]}.", param, ctx)
+        if self.distinct and len(set(values)) != len(values):
+            self.fail(f"values must not repeat, got {value!r}.", param, ctx)
+        return values
+
+
+POSITIVE = Number(above=0.0)
+NON_NEGATIVE = Number(minimum=0.0)
+UNIT_INTERVAL = Number(minimum=0.0, below=1.0)  # momentum, smoothing
+SEED = click.IntRange(0, 2**63 - 1)
+
+
+def _option_name(param: click.Parameter) -> str:
+    return param.opts[0] if getattr(param, "opts", None) else f"--{param.name}"
+
+
+def new_file(formats: str | None = None) -> Callable[[click.Context, click.Parameter, Any], Path | None]:
+    """A click callback for an output file: checked while parsing, before any computing (its
+    folder exists and is writable, the format is known with ``formats="image"``, the file does
+    not exist). A default name that is taken moves on to the next free one (name-2.png)."""
+    from ._files import check_new_file, image_formats
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Path | None:
+        if value is None or value == "":
+            return None
+        default = ctx.get_parameter_source(param.name) in (click.core.ParameterSource.DEFAULT,
+                                                            click.core.ParameterSource.DEFAULT_MAP)
+        try:
+            return check_new_file(value, _option_name(param), default=default,
+                                  formats=image_formats() if formats == "image" else None)
+        except (TypeError, ValueError) as err:
+            raise click.BadParameter(str(err).replace(f"{_option_name(param)} ", "", 1)) from None
+
+    return callback
+
+
+def output_dir(ctx: click.Context, param: click.Parameter, value: Any) -> Path | None:
+    """A click callback for an output folder: it exists (or can be made) and is writable."""
+    from ._files import check_output_dir
+
+    if value is None:
+        return None
+    try:
+        return check_output_dir(value, _option_name(param))
+    except (TypeError, ValueError) as err:
+        raise click.BadParameter(str(err).replace(f"{_option_name(param)} ", "", 1)) from None
+
+
+def save_file(path: Path, write: Callable[[Any], None], what: str) -> str:
+    """Write a new file at ``path`` (checked before computing); if that fails now, the result goes
+    beside it (or to the working or temporary folder) and the user is told where. Returns the
+    path written."""
+    from ._files import save_new
+
+    written, why = save_new(path, write)
+    if why:
+        console.print(f"[yellow]note[/yellow]: {escape(what)}: {escape(why)}")
+    return str(written)
+
+
+def written(path: Path, requested: Path | None, what: str = "plot") -> str:
+    """The path a figure went to; says so when it is not the one asked for (the write failed)."""
+    if requested is not None and Path(path) != Path(requested):
+        console.print(f"[yellow]note[/yellow]: could not write the {escape(what)} to {escape(str(requested))}; "
+                      f"saved it to {escape(str(path))} instead.")
+    return str(path)
 
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
@@ -99,6 +274,9 @@ def _device(name: str):
         _fail(f"--device {name!r} is not a device name: use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         _fail(f"--device {name} asks for CUDA, but this PyTorch sees no GPU: use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        _fail(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+              f"cuda:{torch.cuda.device_count() - 1}.")
     return device
 
 
@@ -113,8 +291,8 @@ def _load(problem: str, checkpoint: str | None, device: str | None = "cpu", *, s
     target = _device(device) if device is not None else None
     try:
         prob = load_problem(problem, checkpoint=checkpoint)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        _fail(str(err))
+    except (ValueError, TypeError, FileNotFoundError) as err:  # UserCodeError shows the user's own line
+        _fail(str(err).replace("problem ", "--problem ", 1) if str(err).startswith("problem ") else str(err))
     # data stays where the problem put it: CPU batches are moved to the model's device batch by batch
     if target is not None:
         prob.model.to(target)
@@ -139,20 +317,30 @@ device_option = click.option("--device", default="auto", show_default=True,
                              help="Where the model runs: auto (a GPU when there is one), cpu, cuda, cuda:N.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CheckedGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(package_name="lossdoctor")
 def main() -> None:
     """lossdoctor: why did my training loss stop going down, and what should I change?"""
     _init_distributed()
 
 
+def interrupted(*results: Any) -> bool:
+    """Whether any of ``results`` is a partial result of a Ctrl-C (then the command's exit status
+    is 130 once it has printed and saved them)."""
+    cut = any(r is not None and _interrupt.was_interrupted(r) for r in results)
+    if cut:
+        _interrupt.note()
+    return cut
+
+
 @main.command()
 @problem_option
 @checkpoint_option
-@click.option("--k", default=5, show_default=True, help="Eigenpairs per end of the spectrum.")
+@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="Eigenpairs per end of the spectrum.")
 @click.option("--which", type=click.Choice(["largest", "smallest", "both"]), default="both", show_default=True)
-@click.option("--tol", default=1e-6, show_default=True, help="Relative accuracy of the eigenvalues.")
-@click.option("--trace-matvecs", default=99, show_default=True, help="Products for the Hutch++ trace (0: skip).")
+@click.option("--tol", type=POSITIVE, default=1e-6, show_default=True, help="Relative accuracy of the eigenvalues.")
+@click.option("--trace-matvecs", type=click.IntRange(min=0), default=99, show_default=True,
+              help="Products for the Hutch++ trace (0: skip; otherwise at least 3).")
 @click.option("--density/--no-density", default=True, show_default=True, help="Spectral density (SLQ).")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
@@ -162,81 +350,84 @@ def main() -> None:
               help="Keep the gradient graphs between products: faster, but holds them in memory. "
                    "auto: within a quarter of the free memory; on; off; or a size such as 200MB "
                    "(the graphs of the first batches that fit are kept, the rest recomputed).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--per-layer", is_flag=True,
               help="Also the per-layer table: each module's Hessian block (λ_max, trace), gradient norm, and the "
                    "block heterogeneity (mean Jensen-Shannon distance of the blockwise spectra).")
-@click.option("--plot", type=click.Path(dir_okay=False), default="spectrum-density.png", show_default=True,
-              help="Where to write the density plot.")
+@click.option("--plot", default="spectrum-density.png", show_default=True, callback=new_file("image"),
+              help="Where to write the density plot (a new file; a default name that is taken becomes name-2.png).")
 @device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
              density: bool, mode: str, micro_batch_size: int | None, cache: bool | str | int, seed: int,
-             per_layer: bool, plot: str, device: str, as_json: bool) -> None:
+             per_layer: bool, plot: Path | None, device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from . import eigenpairs, hessian, spectral_density, trace
 
+    if trace_matvecs in (1, 2):
+        _fail(f"--trace-matvecs {trace_matvecs}: Hutch++ needs at least 3 products (or 0 to skip the trace).")
     prob = _load(problem, checkpoint, device)
     results: dict[str, Any] = {"problem": prob.name, "device": str(next(prob.model.parameters()).device)}
-    try:
-        op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode, micro_batch_size=micro_batch_size,
-                     cache=cache)
-    except (ValueError, TypeError) as err:
-        _fail(str(err))
+    op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode, micro_batch_size=micro_batch_size,
+                 cache=cache)
     results.update(num_params=op.num_params, num_samples=op.num_samples, mode=op.mode, loss=op.loss,
                    micro_batch_size=micro_batch_size, cache=cache)
+    eig = tr = dens = layers = None
     with progress_bars(not as_json) as task:
-        eig = eigenpairs(op, k=k, which=which, tol=tol, seed=seed, progress=task("eigenpairs"))
-        results["eigenpairs"] = eig.to_dict()
-        tr = dens = None
-        if trace_matvecs > 0:
-            tr = trace(op, matvecs=trace_matvecs, seed=seed, progress=task("trace (Hutch++)"))
-            results["trace"] = tr.to_dict()
-        if density:
-            dens = spectral_density(op, seed=seed, progress=task("spectral density (SLQ)"))
-            results["density"] = {key: value for key, value in dens.to_dict().items()
-                                  if key not in ("grid", "density", "nodes", "weights")}
-        layers = None
-        if per_layer:
-            from . import layer_curvature
+        try:  # each part returns its partial result on Ctrl-C (flagged); the later parts are skipped
+            eig = eigenpairs(op, k=k, which=which, tol=tol, seed=seed, progress=task("eigenpairs"))
+            results["eigenpairs"] = eig.to_dict()
+            if trace_matvecs > 0 and not interrupted(eig):
+                tr = trace(op, matvecs=trace_matvecs, seed=seed, progress=task("trace (Hutch++)"))
+                results["trace"] = tr.to_dict()
+            if density and not interrupted(eig, tr):
+                dens = spectral_density(op, seed=seed, progress=task("spectral density (SLQ)"))
+                results["density"] = {key: value for key, value in dens.to_dict().items()
+                                      if key not in ("grid", "density", "nodes", "weights")}
+            if per_layer and not interrupted(eig, tr, dens):
+                from . import layer_curvature
 
-            layers = layer_curvature(prob.model, prob.loss_fn, prob.train_data, mode=mode, seed=seed, op=op,
-                                     progress=task("per-layer curvature"))
-            results["per_layer"] = layers.to_dict()
+                layers = layer_curvature(prob.model, prob.loss_fn, prob.train_data, mode=mode, seed=seed, op=op,
+                                         progress=task("per-layer curvature"))
+                results["per_layer"] = layers.to_dict()
+        except KeyboardInterrupt:
+            _interrupt.note()
+            results["interrupted"] = True
     results["cached_batches"] = op.cached_batches
-    if dens is not None and plot and _is_rank_zero():
+    interrupted(eig, tr, dens)
+    if dens is not None and plot is not None and _is_rank_zero() and not interrupted(dens):
         from .report.spectrum import density_figure
 
-        results["density_plot"] = str(density_figure(dens, Path(plot)))
+        results["density_plot"] = written(density_figure(dens, plot), plot, "density plot")
     if as_json:
         out.print_json(json.dumps(results))
         return
     unit = ("micro-batch" if micro_batch_size else "batch") + ("" if op.cached_batches == 1 else "es")
     out.print(f"{op!r}\nmean loss {op.loss:.6g}; gradient graphs of {op.cached_batches} {unit} kept between products")
-    out.print(str(eig))
-    if tr is not None:
-        out.print(str(tr))
-    if dens is not None:
-        out.print(str(dens))
+    for part in (eig, tr, dens):
+        if part is not None:
+            out.print(str(part))
+    if results.get("density_plot"):
         out.print(f"density plot: {results['density_plot']}")
     if layers is not None:
         out.print(str(layers), markup=False)
 
 
-def _escaped_path(out_file: str | None, checkpoint: str | None, problem_name: str) -> Path:
-    """Where ``critical --escape`` writes: ``--out``, or ``<checkpoint>-escaped.pt`` beside the
-    input checkpoint, or ``<problem>-escaped.pt``. Never an existing file, never the input."""
+def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) -> Path:
+    """Where ``critical --escape`` writes, checked before any computing: ``--out``, or
+    ``<checkpoint>-escaped.pt`` beside the input checkpoint, or ``<problem>-escaped.pt`` (for a
+    default name, the next free one if taken). Never an existing file, never the input."""
+    from ._files import check_new_file
+
     if out_file is not None:
-        path = Path(out_file)
-    elif checkpoint is not None:
+        if checkpoint is not None and Path(out_file).resolve() == Path(checkpoint).resolve():
+            _fail(f"--out {out_file} is the input checkpoint; the escaped parameters go to a new file.")
+        return check_new_file(out_file, "--out")
+    if checkpoint is not None:
         path = Path(checkpoint).with_name(Path(checkpoint).stem + "-escaped.pt")
     else:
-        path = Path(problem_name.replace(":", "-").replace("/", "-") + "-escaped.pt")
-    if checkpoint is not None and path.resolve() == Path(checkpoint).resolve():
-        _fail(f"--out {path} is the input checkpoint; the escaped parameters go to a new file.")
-    if path.exists():
-        _fail(f"{path} already exists; lossdoctor never overwrites a file: choose another --out.")
-    return path
+        path = Path(Path(problem.replace(":", "-")).name + "-escaped.pt")
+    return check_new_file(path, "the escaped checkpoint", default=True)
 
 
 @main.command()
@@ -245,15 +436,16 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem_name: st
 @click.option("--escape", "do_escape", is_flag=True,
               help="Step along the negative-curvature eigenvector (line search) and write the escaped "
                    "parameters to a new checkpoint.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
+@click.option("--out", "out_file", default=None,
               help="New checkpoint file for --escape (default: <checkpoint>-escaped.pt); never overwritten.")
-@click.option("--k", default=5, show_default=True, help="Extreme eigenpairs per end of the spectrum.")
+@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Extreme eigenpairs per end of the spectrum.")
 @click.option("--dense/--no-dense", default=None,
               help="Dense Hessian (exact minimum ratio). Default: for models up to 1000 parameters.")
-@click.option("--grad-tol", type=float, default=None, help="Gradient-norm threshold (default: scale-relative).")
-@click.option("--eig-tol", type=float, default=None, help="Zero threshold for eigenvalues (default: scale-relative).")
+@click.option("--grad-tol", type=NON_NEGATIVE, default=None, help="Gradient-norm threshold (default: scale-relative).")
+@click.option("--eig-tol", type=NON_NEGATIVE, default=None, help="Zero threshold for eigenvalues (default: scale-relative).")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @device_option
 @json_option
 def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: str | None, k: int,
@@ -264,30 +456,27 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
 
     if out_file is not None and not do_escape:
         _fail("--out names the checkpoint written by --escape; add --escape (or drop --out).")
+    target = _escaped_path(out_file, checkpoint, problem) if do_escape else None
     prob = _load(problem, checkpoint, device)
-    target = _escaped_path(out_file, checkpoint, prob.name) if do_escape else None
     results: dict[str, Any] = {"problem": prob.name, "checkpoint": checkpoint}
     with progress_bars(not as_json) as task:
-        try:
-            point = classify_critical_point(prob.model, prob.loss_fn, prob.train_data, grad_tol=grad_tol,
-                                            eig_tol=eig_tol, k=k, dense=dense, mode=mode, seed=seed,
-                                            progress=task("Hessian (both ends, minimum ratio)"))
-        except (ValueError, TypeError) as err:
-            _fail(str(err))
+        point = classify_critical_point(prob.model, prob.loss_fn, prob.train_data, grad_tol=grad_tol,
+                                        eig_tol=eig_tol, k=k, dense=dense, mode=mode, seed=seed,
+                                        progress=task("Hessian (both ends, minimum ratio)"))
         results["critical"] = point.to_dict()
         escape = None
-        if do_escape:
+        if do_escape and not interrupted(point):
             escape = escape_saddle(prob.model, prob.loss_fn, prob.train_data, critical=point, apply=True,
                                    mode=mode, progress=task("escape line search"))
             results["escape"] = {key: value for key, value in escape.to_dict().items() if key != "critical"}
-    written = None
-    if escape is not None and escape.applied:
+    interrupted(point, escape)
+    saved = None
+    if escape is not None and escape.applied and target is not None:
         import torch
 
-        with open(target, "xb") as handle:  # exclusive create: never overwrite
-            torch.save({key: value.cpu() for key, value in prob.model.state_dict().items()}, handle)
-        written = str(target)
-    results["escaped_checkpoint"] = written
+        state = {key: value.cpu() for key, value in prob.model.state_dict().items()}
+        saved = save_file(target, lambda handle: torch.save(state, handle), "escaped checkpoint")
+    results["escaped_checkpoint"] = saved
     if as_json:
         out.print_json(json.dumps(results))
         return
@@ -295,7 +484,7 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
     out.print(str(point))
     if escape is not None:
         out.print(str(escape))
-        out.print(f"escaped parameters written to {written}" if written else "nothing written: no escape step.")
+        out.print(f"escaped parameters written to {saved}" if saved else "nothing written: no escape step.")
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -314,108 +503,118 @@ def _optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay:
 @problem_option
 @checkpoint_option
 @click.option("--optimizer", "opt_name", type=click.Choice(OPTIMIZERS), default="adam", show_default=True)
-@click.option("--momentum", default=0.9, show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", default=0.0, show_default=True,
+@click.option("--momentum", type=UNIT_INTERVAL, default=0.9, show_default=True, help="SGD momentum, in [0, 1).")
+@click.option("--weight-decay", type=NON_NEGATIVE, default=0.0, show_default=True,
               help="Weight decay on the weights only (biases and norm layers excluded).")
-@click.option("--start-lr", default=1e-7, show_default=True)
-@click.option("--end-lr", default=10.0, show_default=True)
-@click.option("--steps", default=100, show_default=True, help="Range-test updates (stops early on divergence).")
+@click.option("--start-lr", type=POSITIVE, default=1e-7, show_default=True)
+@click.option("--end-lr", type=POSITIVE, default=10.0, show_default=True)
+@click.option("--steps", type=click.IntRange(min=5), default=100, show_default=True,
+              help="Range-test updates (stops early on divergence).")
 @click.option("--suggestion", type=click.Choice(["steepest", "minimum"]), default="steepest", show_default=True)
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the loss-vs-lr plot here.")
+@click.option("--plot", default=None, callback=new_file("image"), help="Write the loss-vs-lr plot here (a new file).")
 @device_option
 @json_option
 def lr_find(problem: str, checkpoint: str | None, opt_name: str, momentum: float, weight_decay: float,
-            start_lr: float, end_lr: float, steps: int, suggestion: str, plot: str | None, device: str,
+            start_lr: float, end_lr: float, steps: int, suggestion: str, plot: Path | None, device: str,
             as_json: bool) -> None:
     """Smith's learning-rate range test: prints the suggested lr (the model is left unchanged)."""
     from . import lr_range_test, weight_decay_groups
 
+    if not end_lr > start_lr:
+        _fail(f"--end-lr ({end_lr:g}) must be larger than --start-lr ({start_lr:g}).")
     prob = _load(problem, checkpoint, device)
-    try:
-        optimizer = _optimizer(opt_name, weight_decay_groups(prob.model, weight_decay), start_lr, momentum,
-                               weight_decay)
-        with progress_bars(not as_json) as task:
-            result = lr_range_test(prob.model, prob.loss_fn, prob.train_data, optimizer, start_lr=start_lr,
-                                   end_lr=end_lr, steps=steps, suggestion=suggestion,
-                                   progress=task("LR range test"))
-    except (ValueError, TypeError) as err:
-        _fail(str(err))
+    optimizer = _optimizer(opt_name, weight_decay_groups(prob.model, weight_decay), start_lr, momentum, weight_decay)
+    with progress_bars(not as_json) as task:
+        result = lr_range_test(prob.model, prob.loss_fn, prob.train_data, optimizer, start_lr=start_lr,
+                               end_lr=end_lr, steps=steps, suggestion=suggestion, progress=task("LR range test"))
     payload: dict[str, Any] = {"problem": prob.name, "optimizer": opt_name, **result.to_dict()}
-    if plot:
+    if plot is not None:
         from .report.lr_range import range_test_figure
 
-        payload["plot"] = str(range_test_figure(result, Path(plot)))
+        payload["plot"] = written(range_test_figure(result, plot), plot)
     if as_json:
         out.print_json(json.dumps(payload))
         return
     out.print(str(result))
-    if plot:
+    if plot is not None:
         out.print(f"plot: {payload['plot']}")
-    out.print(f"suggested lr: {result.suggested_lr:.4g}")
+    if result.suggested_lr is not None:
+        out.print(f"suggested lr: {result.suggested_lr:.4g}")
 
 
 @main.command()
-@click.option("--warmup", "warmup_steps", type=int, required=True, help="Warm-up steps (linear ramp).")
+@click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), required=True, help="Warm-up steps (linear ramp).")
 @click.option("--after", type=click.Choice(["constant", "cosine", "linear", "step", "inverse_sqrt"]),
               default="constant", show_default=True, help="Shape after the warm-up.")
-@click.option("--steps", type=int, required=True, help="Total training steps to show.")
-@click.option("--lr", default=1e-3, show_default=True, help="Peak (base) learning rate.")
-@click.option("--start-factor", type=float, default=None, help="lr multiplier at step 0 (default 1/warmup).")
-@click.option("--min-factor", default=0.0, show_default=True, help="Final multiplier for cosine/linear.")
-@click.option("--step-size", type=int, default=None, help="For --after step: decay every N steps.")
-@click.option("--gamma", default=0.1, show_default=True, help="For --after step: decay factor.")
-@click.option("--d-model", type=int, default=None, help="Transformer schedule (with --after inverse_sqrt).")
-@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write the schedule plot here.")
+@click.option("--steps", type=click.IntRange(min=1), required=True, help="Total training steps to show.")
+@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True, help="Peak (base) learning rate.")
+@click.option("--start-factor", type=NON_NEGATIVE, default=None, help="lr multiplier at step 0 (default 1/warmup).")
+@click.option("--min-factor", type=Number(minimum=0.0, maximum=1.0), default=0.0, show_default=True,
+              help="Final multiplier for cosine/linear.")
+@click.option("--step-size", type=click.IntRange(min=1), default=None, help="For --after step: decay every N steps.")
+@click.option("--gamma", type=POSITIVE, default=0.1, show_default=True, help="For --after step: decay factor.")
+@click.option("--d-model", type=click.IntRange(min=1), default=None, help="Transformer schedule (with --after inverse_sqrt).")
+@click.option("--plot", default=None, callback=new_file("image"), help="Write the schedule plot here (a new file).")
 @json_option
 def schedule(warmup_steps: int, after: str, steps: int, lr: float, start_factor: float | None,
-             min_factor: float, step_size: int | None, gamma: float, d_model: int | None, plot: str | None,
+             min_factor: float, step_size: int | None, gamma: float, d_model: int | None, plot: Path | None,
              as_json: bool) -> None:
-    """Show a warm-up schedule: the lr at every step (lossdoctor.warmup)."""
-    from .training.schedules import schedule_lrs
+    """Show a warm-up schedule: the lr at a few steps, its peak and its end (lossdoctor.warmup).
+    Computed in closed form at the steps shown, so any --steps is instant."""
+    from .training.schedules import LISTED_STEPS, schedule_at, schedule_peak
 
     settings = {"warmup_steps": warmup_steps, "after": after, "start_factor": start_factor,
                 "min_factor": min_factor, "step_size": step_size, "gamma": gamma, "d_model": d_model,
                 "total_steps": steps if after in ("cosine", "linear") else None}
-    try:
-        lrs = schedule_lrs(lr, steps, **settings)
-    except (ValueError, TypeError) as err:
-        _fail(str(err))
-    payload: dict[str, Any] = {"lr": lr, "steps": steps, **settings, "lrs": lrs,
-                               "peak_lr": max(lrs), "peak_step": lrs.index(max(lrs)), "final_lr": lrs[-1]}
-    if plot:
+    shown = sorted({s for s in (0, 1, warmup_steps // 2, max(warmup_steps - 1, 0), warmup_steps, steps // 2,
+                                steps - 1) if 0 <= s < steps})
+    at = dict(zip(shown, schedule_at(lr, shown, **settings)))
+    peak_step, peak_lr = schedule_peak(lr, steps, **settings)
+    final_lr = schedule_at(lr, [steps - 1], **settings)[0]
+    payload: dict[str, Any] = {"lr": lr, "steps": steps, **settings, "shown": {str(k): v for k, v in at.items()},
+                               "peak_lr": peak_lr, "peak_step": peak_step, "final_lr": final_lr,
+                               "lrs": schedule_at(lr, list(range(steps)), **settings) if steps <= LISTED_STEPS
+                               else None}
+    if plot is not None:
         from .report.schedules import schedule_figure
 
-        payload["plot"] = str(schedule_figure(lrs, Path(plot), title=f"warm-up {warmup_steps}, then {after}"))
+        payload["plot"] = written(schedule_figure(lambda xs: schedule_at(lr, xs, **settings), steps, plot,
+                                                  title=f"warm-up {warmup_steps}, then {after}",
+                                                  marks=(warmup_steps - 1, warmup_steps)), plot)
     if as_json:
         out.print_json(json.dumps(payload))
         return
-    shown = sorted({0, 1, warmup_steps // 2, max(warmup_steps - 1, 0), warmup_steps, steps // 2, steps - 1}
-                   & set(range(steps)))
     out.print(f"warm-up {warmup_steps} steps, then {after}, {steps} steps, base lr {lr:g}")
     for s in shown:
-        out.print(f"  step {s:>7d}: lr {lrs[s]:.6g}")
-    out.print(f"peak lr {payload['peak_lr']:.6g} at step {payload['peak_step']}; final lr {lrs[-1]:.6g}")
-    if plot:
+        out.print(f"  step {s:>7d}: lr {at[s]:.6g}")
+    out.print(f"peak lr {peak_lr:.6g} at step {peak_step}; final lr {final_lr:.6g}")
+    if plot is not None:
         out.print(f"plot: {payload['plot']}")
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="report", show_default=True)
+@click.option("--out", "out_dir", default="report", show_default=True, callback=output_dir,
+              help="Folder of the report; a rerun keeps and skips the sections already finished there.")
 @click.option("--full", is_flag=True, help="Larger runs (slower) instead of the quick defaults.")
 @click.option("--only", multiple=True, help="Run only these sections (repeatable).")
-def tour(out_dir: str, full: bool, only: tuple[str, ...]) -> None:
-    """Run every study on the embedded default and write an HTML report."""
-    from .tour import run_tour
+@click.option("--force", is_flag=True, help="Redo finished sections instead of keeping them.")
+def tour(out_dir: Path, full: bool, only: tuple[str, ...], force: bool) -> None:
+    """Run every study on the embedded default and write an HTML report (resumable)."""
+    from .tour import SECTIONS, run_tour
 
+    unknown = sorted(set(only) - {s.key for s in SECTIONS})
+    if unknown:
+        _fail(f"--only {', '.join(unknown)}: no such section; the sections are "
+              f"{', '.join(s.key for s in SECTIONS)}.")
     with progress_bars() as task:
         try:
-            page = run_tour(out_dir, quick=not full, only=list(only) or None, progress_for=task)
+            report = run_tour(out_dir, quick=not full, only=list(only) or None, progress_for=task, force=force,
+                              log=note)
         except KeyboardInterrupt:
-            console.print(f"[yellow]interrupted[/yellow]: finished sections are in {out_dir}/")
-            sys.exit(130)
-        except ValueError as err:
-            _fail(str(err))
-    out.print(f"report written to {page}")
+            console.print(f"[yellow]interrupted[/yellow]: the finished sections are kept in {escape(str(out_dir))}/; "
+                          "rerun the same command to continue.")
+            sys.exit(EXIT_INTERRUPTED)
+    out.print(f"report written to {report}")
 
 
 # The batch-size lab's commands live in their own module, which uses the helpers above.

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import re
 import sys
+import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +18,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_loss_fn, check_module, describe
 from .data import check_data
+from .model_state import preserved_rng
+
+
+class MissingFileError(FileNotFoundError, ValueError):
+    """A file named by the user (a problem file, a checkpoint) is not there. Both a
+    ``FileNotFoundError`` and a ``ValueError``: a bad argument."""
+
+
+class UserCodeError(ValueError):
+    """The user's own problem code failed (a syntax error, an exception while importing the file
+    or calling the function). The message shows the user's file, line and error; the original
+    exception is chained (``__cause__``)."""
 
 
 @dataclass
@@ -30,13 +47,16 @@ class Problem:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, nn.Module):
-            raise TypeError(f"Problem.model must be a torch.nn.Module, got {type(self.model).__name__}.")
-        if not callable(self.loss_fn):
-            raise TypeError(f"Problem.loss_fn must be callable, got {type(self.loss_fn).__name__}.")
-        check_data(self.train_data)
+        check_module(self.model, "Problem.model")
+        check_loss_fn(self.loss_fn, "Problem.loss_fn")
+        check_data(self.train_data, "train_data")
         if self.test_data is not None:
-            check_data(self.test_data)
+            check_data(self.test_data, "test_data")
+        for name in ("name", "description"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"Problem.{name} must be a string, got {describe(getattr(self, name))}.")
+        if not isinstance(self.info, dict):
+            raise TypeError(f"Problem.info must be a dict, got {describe(self.info)}.")
 
 
 def _as_problem(obj: Any, name: str) -> Problem:
@@ -48,26 +68,55 @@ def _as_problem(obj: Any, name: str) -> Problem:
                     "tuple (model, loss_fn, train_data[, test_data]).")
 
 
+def _user_error(spec: str, what: str, err: BaseException) -> UserCodeError:
+    """A UserCodeError pointing at the user's own frame: the innermost one in their file (or, for
+    a syntax error, the offending line), not lossdoctor's."""
+    if isinstance(err, SyntaxError):
+        where = f"{err.filename}, line {err.lineno}"
+        line = (err.text or "").rstrip()
+        detail = f"SyntaxError: {err.msg}"
+    else:
+        frames = traceback.extract_tb(err.__traceback__)
+        ours = str(Path(__file__).resolve().parent)
+        user = [f for f in frames if not str(Path(f.filename).resolve()).startswith(ours)
+                and not f.filename.startswith("<frozen")]
+        frame = user[-1] if user else (frames[-1] if frames else None)
+        where = f"{frame.filename}, line {frame.lineno}, in {frame.name}" if frame else "?"
+        line = (frame.line or "") if frame else ""
+        detail = f"{type(err).__name__}: {err}"
+    shown = f"\n    {line.strip()}" if line.strip() else ""
+    return UserCodeError(f"problem {spec!r}: {what} failed at {where}:{shown}\n  {detail}")
+
+
 def _import_function(spec: str) -> Callable[..., Any]:
     module_name, _, func_name = spec.rpartition(":")
     if not module_name or not func_name:
         raise ValueError(f"problem {spec!r} is neither a built-in name nor 'package.module:function'.")
-    if module_name.endswith(".py") or "/" in module_name:
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
         path = Path(module_name)
         if not path.is_file():
-            raise FileNotFoundError(f"problem file {path} does not exist.")
+            raise MissingFileError(f"problem file {path} does not exist.")
         mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+        if mod_spec is None or mod_spec.loader is None:
+            raise ValueError(f"problem file {path} cannot be imported as Python (name it *.py).")
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as err:
+            raise _user_error(spec, f"importing {path}", err) from err
         sys.modules.setdefault(path.stem, module)
-        mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
     else:
         if "" not in sys.path and str(Path.cwd()) not in sys.path:
             sys.path.insert(0, str(Path.cwd()))  # so `mymodule:fn` finds the user's own files
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
+            if err.name and module_name.split(".")[0] != err.name.split(".")[0] and err.name not in module_name:
+                raise _user_error(spec, f"importing {module_name}", err) from err
             raise ValueError(f"cannot import module {module_name!r} for problem {spec!r}: {err}. "
                              "Run from the directory that contains it or install it.") from err
+        except Exception as err:
+            raise _user_error(spec, f"importing {module_name}", err) from err
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ValueError(f"module {module_name!r} has no function {func_name!r}.")
@@ -81,14 +130,26 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     one stored under ``state_dict`` / ``model_state_dict`` / ``model``. Mismatched keys or
     shapes raise a ``ValueError`` naming them, before anything is copied into the model.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"checkpoint must be a path (a string or pathlib.Path), got {describe(path)}.")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint {path} is a folder: name the state_dict file saved with torch.save.")
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
+        raise MissingFileError(f"checkpoint {path} does not exist.")
     device = next(iter(model.parameters()), torch.empty(0)).device
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise ValueError(f"cannot read checkpoint {path} as a weights-only PyTorch file: {err}") from err
+        text = str(err)
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+        reason = found.group(1).strip() if found else (text.strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read checkpoint {path} as a state_dict of tensors ({reason}). It is either not a "
+                         "file written by torch.save, or it holds Python objects besides tensors, which lossdoctor "
+                         "does not load because unpickling them could run code: save "
+                         "torch.save(model.state_dict(), path).") from err
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in state and isinstance(state[key], dict):
@@ -118,13 +179,30 @@ def load_problem(spec: str, *, checkpoint: str | Path | None = None, **kwargs: A
     ``package.module:function`` (or ``path/to/file.py:function``), called with ``kwargs``."""
     from .zoo import BUILTIN, build
 
-    if spec in BUILTIN:
-        problem = build(spec, **kwargs)
-    else:
-        if ":" not in spec:
-            raise ValueError(f"unknown problem {spec!r}: built-in problems are {sorted(BUILTIN)}; "
-                             "your own is named 'package.module:function'.")
-        problem = _as_problem(_import_function(spec)(**kwargs), spec)
+    if not isinstance(spec, str):
+        raise TypeError(f"problem must be a built-in name ({', '.join(sorted(BUILTIN))}) or "
+                        f"'package.module:function', got {describe(spec)}.")
+    # Building a problem seeds and draws (initial weights, generated data): on a copy of the RNG,
+    # so loading a problem leaves the caller's RNG where it was.
+    with preserved_rng():
+        if spec in BUILTIN:
+            problem = build(spec, **kwargs)
+        else:
+            if ":" not in spec:
+                raise ValueError(f"unknown problem {spec!r}: built-in problems are {sorted(BUILTIN)}; "
+                                 "your own is named 'package.module:function' or 'path/to/file.py:function'.")
+            func = _import_function(spec)
+            try:
+                made = func(**kwargs)
+            except TypeError as err:
+                if err.__traceback__ is not None and err.__traceback__.tb_next is None:
+                    # raised by the call itself: the function's signature does not fit
+                    raise ValueError(f"problem {spec!r} cannot be called with {kwargs or 'no arguments'}: "
+                                     f"{err}.") from err
+                raise _user_error(spec, "calling the function", err) from err
+            except Exception as err:
+                raise _user_error(spec, "calling the function", err) from err
+            problem = _as_problem(made, spec)
     if checkpoint is not None:
         load_checkpoint(problem.model, checkpoint)
         problem.info["checkpoint"] = str(checkpoint)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_arguments
 from .._results import ResultMixin, fmt
 from ..curvature import dense_hessian, eigenpairs, hessian, spectral_density
 from ..curvature.operator import LossFn
@@ -251,10 +252,12 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
             path; default that of :func:`eigenpairs`). Unconverged pairs are flagged.
         progress: called as ``progress(done, total)``.
     """
+    check_arguments(model=model, loss_fn=loss_fn, grad_tol=grad_tol, eig_tol=eig_tol, k=k, dense=dense,
+                    dense_max_params=dense_max_params, mode=mode, tol=tol, seed=seed, num_probes=num_probes,
+                    lanczos_steps=lanczos_steps, max_matvecs=max_matvecs, progress=progress)
     _check_tolerance("grad_tol", grad_tol)
     _check_tolerance("eig_tol", eig_tol)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (eigenpairs per end of the spectrum) must be a positive integer, got {k!r}.")
+    k = int(k)
     op = hessian(model, loss_fn, data, mode=mode)
     n = op.num_params
     use_dense = n <= dense_max_params if dense is None else bool(dense)

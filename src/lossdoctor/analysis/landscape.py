@@ -11,6 +11,7 @@ plots of networks with different weight scales are comparable. Biases and BatchN
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _interrupt
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_floats,
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_progress,
+    check_seed,
+)
 from .._results import ResultMixin, fmt
 from ..model_state import preserved_model, preserved_rng, trainable_parameters
 from ..progress import Progress
@@ -37,13 +50,18 @@ class Curve(ResultMixin):
     test_loss: list[float] | None = None
     test_accuracy: list[float | None] | None = None
     distance: float = 0.0  # ||theta_b - theta_a||
+    interrupted: bool = False  # Ctrl-C: the points not reached hold NaN (None in JSON)
+    points_done: int | None = None
 
     def __str__(self) -> str:
-        i = int(np.argmax(self.train_loss))
-        return (f"Interpolation over {len(self.alphas)} points (||theta_b - theta_a|| = {fmt(self.distance)}): "
-                f"train loss {fmt(self.train_loss[0])} at alpha={self.alphas[0]:g}, "
+        done = self.points_done if self.points_done is not None else len(self.alphas)
+        losses = np.asarray(self.train_loss[:done], dtype=float)
+        i = int(np.nanargmax(losses)) if np.isfinite(losses).any() else 0
+        head = (f"Interpolation over {len(self.alphas)} points (||theta_b - theta_a|| = {fmt(self.distance)})"
+                + (f", INTERRUPTED after {done}" if self.interrupted else ""))
+        return (f"{head}: train loss {fmt(self.train_loss[0])} at alpha={self.alphas[0]:g}, "
                 f"highest {fmt(self.train_loss[i])} at alpha={self.alphas[i]:g}, "
-                f"{fmt(self.train_loss[-1])} at alpha={self.alphas[-1]:g}")
+                f"{fmt(self.train_loss[done - 1])} at alpha={self.alphas[done - 1]:g}")
 
 
 @dataclass(frozen=True)
@@ -65,12 +83,17 @@ class Landscape(ResultMixin):
     seed: int
     center_loss: float
     direction_norms: list[float]
+    interrupted: bool = False  # Ctrl-C: the points not reached hold NaN (None in JSON)
+    points_done: int | None = None  # in row-major order over the grid
 
     def __str__(self) -> str:
         flat = np.asarray(self.train_loss, dtype=float)
+        top = float(np.nanmax(flat)) if np.isfinite(flat).any() else math.nan
+        total = len(self.coords) ** self.dims
+        cut = f" (INTERRUPTED: {self.points_done} of {total} points)" if self.interrupted else ""
         return (f"{self.dims}-D {self.normalization}-normalized landscape, {len(self.coords)} steps per axis "
-                f"over [{self.coords[0]:g}, {self.coords[-1]:g}]: train loss {fmt(self.center_loss)} at the "
-                f"centre, up to {fmt(float(np.nanmax(flat)))} at the edge")
+                f"over [{self.coords[0]:g}, {self.coords[-1]:g}]{cut}: train loss {fmt(self.center_loss)} at the "
+                f"centre, up to {fmt(top)} where measured")
 
 
 def _filter_units(p: torch.Tensor) -> torch.Tensor:
@@ -82,9 +105,9 @@ def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_
                      seed: int = 0) -> list[torch.Tensor]:
     """A random Gaussian direction over the trainable parameters (one tensor per parameter),
     normalized per filter (Li et al.), per layer, or not at all. Seeded on the CPU."""
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
-    gen = torch.Generator().manual_seed(int(seed))
+    check_choice(normalization, "normalization", NORMALIZATIONS)
+    check_bool(ignore_bias_bn, "ignore_bias_bn")
+    gen = torch.Generator().manual_seed(check_seed(seed))
     out = []
     for _, p in trainable_parameters(model):
         d = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device=p.device, dtype=p.dtype)
@@ -101,13 +124,6 @@ def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_
     return out
 
 
-def _check_alphas(alphas: Sequence[float], what: str) -> list[float]:
-    values = [float(a) for a in alphas]
-    if len(values) < 2 or not all(np.isfinite(values)):
-        raise ValueError(f"{what} must be at least 2 finite numbers, got {list(alphas)!r}.")
-    return values
-
-
 def _eval_pair(model, loss_fn, train, test) -> tuple[float, float | None, float | None, float | None]:
     tl, ta = evaluate_largest(model, loss_fn, train)
     if test is None:
@@ -116,35 +132,77 @@ def _eval_pair(model, loss_fn, train, test) -> tuple[float, float | None, float 
     return tl, ta, vl, va
 
 
+def _check_start(loss: float, what: str) -> None:
+    if not math.isfinite(loss):
+        raise ValueError(f"the training loss is {loss} at {what}: a landscape around a non-finite loss "
+                         "means nothing. Check the model's parameters and the data for NaN/Inf.")
+
+
+def _evaluate_points(count: int, move: Any, model: nn.Module, loss_fn: Any, train: Any, test: Any,
+                     progress: Progress | None) -> tuple[list[list], bool]:
+    """Train/test loss and accuracy at ``count`` points (``move(i)`` puts the model at point i):
+    four columns, and whether a Ctrl-C cut them short (the points finished are kept)."""
+    cols: list[list] = [[], [], [], []]
+    try:
+        for i in range(count):
+            move(i)
+            for col, value in zip(cols, _eval_pair(model, loss_fn, train, test)):
+                col.append(value)
+            if progress:
+                progress(i + 1, count)
+    except KeyboardInterrupt:
+        return cols, _interrupt.keep_partial(finished=bool(cols[0]))
+    return cols, False
+
+
+def _pad(values: list, total: int) -> list:
+    """A column of per-point values, NaN where an interrupted run did not get to."""
+    return values + [math.nan] * (total - len(values))
+
+
 def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
                 alphas: Sequence[float] | None = None, *, test_data: Any = None,
                 progress: Progress | None = None) -> Curve:
     """Train (and test) loss and accuracy along theta(alpha) = (1 - alpha) theta_a + alpha theta_b,
     alpha from -0.5 to 1.5 by default (Keskar et al.'s figure). Floating-point buffers (BatchNorm
-    statistics) are interpolated too. Neither model is changed."""
-    alphas = _check_alphas(np.linspace(-0.5, 1.5, 41) if alphas is None else alphas, "alphas")
+    statistics) are interpolated too. Neither model is changed. Evaluation only: ``loss_fn`` need
+    not be differentiable here. Ctrl-C returns the points finished (``interrupted=True``, NaN
+    beyond).
+
+    Example::
+
+        curve = ld.interpolate(small_batch_model, large_batch_model, F.cross_entropy, train_data)
+    """
+    check_module(model_a, "model_a")
+    check_module(model_b, "model_b")
+    check_loss_fn(loss_fn)
+    check_progress(progress)
+    alphas = check_floats(np.linspace(-0.5, 1.5, 41) if alphas is None else alphas, "alphas", min_length=2)
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if list(sa) != list(sb) or any(sa[k].shape != sb[k].shape for k in sa):
         raise ValueError("model_a and model_b must have the same architecture (same state_dict keys and "
                          "shapes) to interpolate between them.")
-    train, test = as_tensors(data), (as_tensors(test_data) if test_data is not None else None)
-    with preserved_rng():
-        work = copy.deepcopy(model_a)
     names = [n for n, _ in trainable_parameters(model_a)]
+    train = as_tensors(data, "data")
+    test = as_tensors(test_data, "test_data") if test_data is not None else None
+    with preserved_rng():
+        for model, what in ((model_a, "model_a"), (model_b, "model_b")):
+            _check_start(evaluate_largest(model, loss_fn, train)[0], what)
+        work = copy.deepcopy(model_a)
     distance = float(torch.sqrt(sum(((sb[n].double() - sa[n].double()) ** 2).sum() for n in names)))
-    cols: list[list] = [[], [], [], []]
+
+    def move(i: int) -> None:
+        a = alphas[i]
+        work.load_state_dict({k: ((1 - a) * v + a * sb[k].to(v.device)) if v.is_floating_point() else v
+                              for k, v in sa.items()})
+
     with torch.no_grad(), preserved_rng():
-        for i, a in enumerate(alphas):
-            state = {k: ((1 - a) * v + a * sb[k].to(v.device)) if v.is_floating_point() else v
-                     for k, v in sa.items()}
-            work.load_state_dict(state)
-            for col, value in zip(cols, _eval_pair(work, loss_fn, train, test)):
-                col.append(value)
-            if progress:
-                progress(i + 1, len(alphas))
-    return Curve(alphas=alphas, train_loss=cols[0], train_accuracy=cols[1],
-                 test_loss=cols[2] if test is not None else None,
-                 test_accuracy=cols[3] if test is not None else None, distance=distance)
+        cols, interrupted = _evaluate_points(len(alphas), move, work, loss_fn, train, test, progress)
+    done, total = len(cols[0]), len(alphas)
+    return Curve(alphas=alphas, train_loss=_pad(cols[0], total), train_accuracy=_pad(cols[1], total),
+                 test_loss=_pad(cols[2], total) if test is not None else None,
+                 test_accuracy=_pad(cols[3], total) if test is not None else None, distance=distance,
+                 interrupted=interrupted, points_done=done)
 
 
 def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, normalization: str = "filter",
@@ -154,38 +212,51 @@ def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, norma
     """Loss at theta + a d1 (dims=1) or theta + a d1 + b d2 (dims=2) for a, b in [-span, span]
     (``steps`` points per axis), with d1, d2 random filter-normalized directions (Li et al.)
     unless ``directions`` are given. Train and test loss are taken at the same points. The model
-    is left exactly as it was."""
-    if dims not in (1, 2):
+    is left exactly as it was. Evaluation only: ``loss_fn`` need not be differentiable here.
+    Ctrl-C returns the points finished, row by row (``interrupted=True``, NaN beyond).
+
+    Example::
+
+        land = ld.landscape(model, F.cross_entropy, train_data, dims=2, steps=21, test_data=test_data)
+    """
+    check_module(model)
+    check_loss_fn(loss_fn)
+    if check_int(dims, "dims") not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {dims!r}.")
-    if steps < 2:
-        raise ValueError(f"steps must be >= 2, got {steps}.")
-    if not span > 0:
-        raise ValueError(f"span must be positive, got {span}.")
+    check_choice(normalization, "normalization", NORMALIZATIONS)
+    steps = check_int(steps, "steps", minimum=2)
+    span = check_float(span, "span", above=0.0)
+    check_bool(ignore_bias_bn, "ignore_bias_bn")
+    seed = check_seed(seed)
+    check_progress(progress)
     params = [p for _, p in trainable_parameters(model)]
     if directions is None:
         directions = [random_direction(model, normalization=normalization, ignore_bias_bn=ignore_bias_bn,
                                        seed=seed + k) for k in range(dims)]
-    if len(directions) != dims or any(len(d) != len(params) or any(t.shape != p.shape for t, p in zip(d, params))
-                                      for d in directions):
-        raise ValueError(f"directions must be {dims} lists of tensors shaped like the trainable parameters.")
+    elif not _fits(directions, params, dims):
+        raise ValueError(f"directions must be {dims} list(s) of tensors shaped like the trainable parameters "
+                         f"({[tuple(p.shape) for p in params][:6]}...), got {type(directions).__name__}.")
     coords = [float(c) for c in np.linspace(-span, span, steps)]
-    train, test = as_tensors(data), (as_tensors(test_data) if test_data is not None else None)
+    train = as_tensors(data, "data")
+    test = as_tensors(test_data, "test_data") if test_data is not None else None
     grid = [(a,) for a in coords] if dims == 1 else [(a, b) for a in coords for b in coords]
-    cols: list[list] = [[], [], [], []]
     with preserved_model(model), torch.no_grad():
         base = [p.detach().clone() for p in params]
         centre = _eval_pair(model, loss_fn, train, test)[0]
-        for i, point in enumerate(grid):
+        _check_start(centre, "the model's parameters")
+
+        def move(i: int) -> None:
             for j, p in enumerate(params):
                 p.copy_(base[j])
-                for c, d in zip(point, directions):
+                for c, d in zip(grid[i], directions):
                     p.add_(d[j].to(p.device, p.dtype), alpha=c)
-            for col, value in zip(cols, _eval_pair(model, loss_fn, train, test)):
-                col.append(value)
-            if progress:
-                progress(i + 1, len(grid))
+
+        cols, interrupted = _evaluate_points(len(grid), move, model, loss_fn, train, test, progress)
+
+    done = len(cols[0])
 
     def shape(values: list) -> list:
+        values = _pad(values, len(grid))
         return values if dims == 1 else [values[i * steps:(i + 1) * steps] for i in range(steps)]
 
     norms = [float(torch.sqrt(sum((t.double() ** 2).sum() for t in d))) for d in directions]
@@ -193,4 +264,17 @@ def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, norma
                      test_loss=shape(cols[2]) if test is not None else None,
                      test_accuracy=shape(cols[3]) if test is not None else None,
                      normalization=normalization, ignore_bias_bn=ignore_bias_bn, seed=seed,
-                     center_loss=centre, direction_norms=norms)
+                     center_loss=centre, direction_norms=norms, interrupted=interrupted, points_done=done)
+
+
+def _fits(directions: Any, params: list[torch.Tensor], dims: int) -> bool:
+    if isinstance(directions, (str, bytes, torch.Tensor)) or not isinstance(directions, Sequence):
+        return False
+    if len(directions) != dims:
+        return False
+    for d in directions:
+        if isinstance(d, (str, bytes, torch.Tensor)) or not isinstance(d, Sequence) or len(d) != len(params):
+            return False
+        if not all(isinstance(t, torch.Tensor) and t.shape == p.shape for t, p in zip(d, params)):
+            return False
+    return True

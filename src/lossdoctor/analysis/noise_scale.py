@@ -22,11 +22,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _interrupt
+from .._checks import (
+    check_choice,
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_progress,
+    check_seed,
+)
 from .._results import ResultMixin, fmt
-from ..data import call_model
+from ..data import batch_loss
 from ..model_state import evaluation_mode, preserved_model, trainable_parameters
 from ..progress import Progress
 from ..training.evaluation import as_tensors
+
+MODES = ("eval", "train")
 
 
 @dataclass(frozen=True)
@@ -42,20 +53,26 @@ class NoiseScale(ResultMixin):
     big_batch: int
     pairs: int
     num_samples: int
-    suggested_batch_size: int
+    suggested_batch_size: int | None  # None when interrupted: no advice from a cut-short estimate
     loss: float
+    interrupted: bool = False  # Ctrl-C: the estimate uses the pairs finished (``pairs`` of them)
+    pairs_requested: int | None = None
 
     def __str__(self) -> str:
-        return (f"gradient noise scale B_simple = {fmt(self.b_simple)} +- {fmt(self.standard_error)} "
-                f"(68% interval {fmt(self.interval[0])}..{fmt(self.interval[1])}; tr(Sigma) = "
-                f"{fmt(self.trace_sigma)}, |G|^2 = {fmt(self.grad_norm_sq)}; {self.pairs} pairs of batches "
-                f"{self.small_batch} and {self.big_batch}); suggested batch size {self.suggested_batch_size}: "
-                "smaller batches need proportionally more steps, larger ones proportionally more samples")
+        estimate = (f"gradient noise scale B_simple = {fmt(self.b_simple)} +- {fmt(self.standard_error)} "
+                    f"(68% interval {fmt(self.interval[0])}..{fmt(self.interval[1])}; tr(Sigma) = "
+                    f"{fmt(self.trace_sigma)}, |G|^2 = {fmt(self.grad_norm_sq)}; {self.pairs} pairs of batches "
+                    f"{self.small_batch} and {self.big_batch})")
+        if self.interrupted:
+            return (f"{estimate}; INTERRUPTED after {self.pairs} of {self.pairs_requested} pairs: no batch size "
+                    "suggested")
+        return (f"{estimate}; suggested batch size {self.suggested_batch_size}: smaller batches need "
+                "proportionally more steps, larger ones proportionally more samples")
 
 
 def _grad_sq(model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: torch.Tensor,
-             y: torch.Tensor) -> tuple[float, float]:
-    loss = loss_fn(call_model(model, x), y)
+             y: torch.Tensor, index: int) -> tuple[float, float]:
+    loss = batch_loss(model, loss_fn, x, y, index)
     grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
     return float(sum((g.double() ** 2).sum() for g in grads)), float(loss.detach())
 
@@ -77,53 +94,74 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
     size: there steps and samples are both within a factor 2 of their minimum (McCandlish's
     B_crit ~ B_noise). The model is left exactly as it was.
     """
-    x, y = as_tensors(dataset)
+    check_module(model)
+    check_loss_fn(loss_fn)
+    small = check_int(small_batch, "small_batch", minimum=1)
+    big_batch = check_int(big_batch, "big_batch", minimum=2, optional=True)
+    pairs = check_int(pairs, "pairs", minimum=2, hint="Two pairs at least give an uncertainty.")
+    check_choice(mode, "mode", MODES)
+    seed = check_seed(seed)
+    bootstrap = check_int(bootstrap, "bootstrap", minimum=1)
+    max_batch = check_int(max_batch, "max_batch", minimum=1, optional=True)
+    check_progress(progress)
+    x, y = as_tensors(dataset, "dataset")
     n = len(y)
-    big = min(n, 4096) if big_batch is None else int(big_batch)
-    small = int(small_batch)
-    if not 1 <= small < big:
-        raise ValueError(f"need 1 <= small_batch < big_batch, got small_batch={small}, big_batch={big}.")
-    if pairs < 2:
-        raise ValueError(f"pairs must be >= 2 to give an uncertainty, got {pairs}.")
+    big = min(n, 4096) if big_batch is None else big_batch
+    if not small < big:
+        raise ValueError(f"need small_batch < big_batch, got small_batch={small}, big_batch={big}"
+                         + (f" (the default big_batch is the data size, {n})" if big_batch is None else "")
+                         + ": the estimator compares gradients of two batch sizes.")
     params = [p for _, p in trainable_parameters(model)]
     device = params[0].device
     chunk = max_batch or big
     gen = torch.Generator().manual_seed(seed)
     small_sq, big_sq, losses = np.empty(pairs), np.empty(pairs), []
+    done, interrupted = 0, False
     with preserved_model(model), evaluation_mode(model, mode):
-        for i in range(pairs):
-            idx_s = torch.randint(0, n, (small,), generator=gen)
-            small_sq[i], _ = _grad_sq(model, params, loss_fn, x[idx_s].to(device), y[idx_s].to(device))
-            idx_b = torch.randint(0, n, (big,), generator=gen)
-            if chunk >= big:
-                big_sq[i], loss = _grad_sq(model, params, loss_fn, x[idx_b].to(device), y[idx_b].to(device))
-            else:  # mean gradient over the big batch, accumulated chunk by chunk
-                total = [torch.zeros_like(p) for p in params]
-                loss = 0.0
-                for s in range(0, big, chunk):
-                    part = idx_b[s:s + chunk]
-                    xb, yb = x[part].to(device), y[part].to(device)
-                    out = loss_fn(call_model(model, xb), yb) * (len(part) / big)
-                    for t, g in zip(total, torch.autograd.grad(out, params, allow_unused=True,
-                                                               materialize_grads=True)):
-                        t += g
-                    loss += float(out.detach())
-                big_sq[i] = float(sum((t.double() ** 2).sum() for t in total))
-            losses.append(loss)
-            if progress:
-                progress(i + 1, pairs)
+        try:
+            for i in range(pairs):
+                idx_s = torch.randint(0, n, (small,), generator=gen)
+                s_sq, _ = _grad_sq(model, params, loss_fn, x[idx_s].to(device), y[idx_s].to(device), 2 * i)
+                idx_b = torch.randint(0, n, (big,), generator=gen)
+                if chunk >= big:
+                    b_sq, loss = _grad_sq(model, params, loss_fn, x[idx_b].to(device), y[idx_b].to(device),
+                                          2 * i + 1)
+                else:  # mean gradient over the big batch, accumulated chunk by chunk
+                    total = [torch.zeros_like(p) for p in params]
+                    loss = 0.0
+                    for s in range(0, big, chunk):
+                        part = idx_b[s:s + chunk]
+                        xb, yb = x[part].to(device), y[part].to(device)
+                        out = batch_loss(model, loss_fn, xb, yb, 2 * i + 1) * (len(part) / big)
+                        for t, g in zip(total, torch.autograd.grad(out, params, allow_unused=True,
+                                                                   materialize_grads=True)):
+                            t += g
+                        loss += float(out.detach())
+                    b_sq = float(sum((t.double() ** 2).sum() for t in total))
+                if not (np.isfinite(s_sq) and np.isfinite(b_sq)):
+                    raise ValueError(f"the gradient is not finite on pair {i} (loss {loss:.4g}): check the model's "
+                                     "parameters and the data for NaN/Inf.")
+                small_sq[i], big_sq[i] = s_sq, b_sq
+                losses.append(loss)
+                done = i + 1
+                if progress:
+                    progress(i + 1, pairs)
+        except KeyboardInterrupt:
+            interrupted = _interrupt.keep_partial(finished=done >= 2)
+    small_sq, big_sq = small_sq[:done], big_sq[:done]
     g2 = (big * big_sq - small * small_sq) / (big - small)
     s = (small_sq - big_sq) / (1.0 / small - 1.0 / big)
     estimate = float(s.mean() / g2.mean())
     rng = np.random.default_rng(seed)
     boot = []
     for _ in range(bootstrap):
-        k = rng.integers(0, pairs, pairs)
+        k = rng.integers(0, done, done)
         boot.append(s[k].mean() / g2[k].mean())
     boot_arr = np.asarray(boot)
     lo, hi = np.percentile(boot_arr, [16, 84])
     suggested = int(min(max(round(estimate), 1), n)) if np.isfinite(estimate) and estimate > 0 else n
     return NoiseScale(b_simple=estimate, standard_error=float(np.std(boot_arr)), interval=(float(lo), float(hi)),
                       trace_sigma=float(s.mean()), grad_norm_sq=float(g2.mean()), small_batch=small,
-                      big_batch=big, pairs=pairs, num_samples=n, suggested_batch_size=suggested,
-                      loss=float(np.mean(losses)))
+                      big_batch=big, pairs=done, num_samples=n,
+                      suggested_batch_size=None if interrupted else suggested, loss=float(np.mean(losses)),
+                      interrupted=interrupted, pairs_requested=pairs)

@@ -17,10 +17,22 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _interrupt
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_progress,
+    check_seed,
+    describe,
+)
 from .._results import ResultMixin, fmt
 from ..curvature import hessian
 from ..curvature.operator import HessianOperator, LossFn, _loss_reduction
-from ..data import batch_size, call_model, iter_batches, place
+from ..data import batch_loss, batch_size, iter_batches, place
 from ..model_state import evaluation_mode, preserved_model, preserved_rng
 from ..progress import Progress, scaled
 from .critical import CriticalPoint, classify_critical_point
@@ -56,9 +68,10 @@ class EscapeResult(ResultMixin):
     line_search_losses: np.ndarray
     loss_evaluations: int
     matvecs: int
-    critical: CriticalPoint
+    critical: CriticalPoint | None  # None only when interrupted before the classification finished
     message: str
     direction: torch.Tensor | None = None
+    interrupted: bool = False  # Ctrl-C: no step taken, the model untouched
 
     _skip_in_dict = ("direction",)
 
@@ -85,6 +98,7 @@ class MethodTrace(ResultMixin):
     kicks: int
     escaped_at: int | None
     path: list[list[float]] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: the steps taken so far
 
     @property
     def final_loss(self) -> float:
@@ -106,6 +120,7 @@ class SaddleEscapeComparison(ResultMixin):
     seed: int
     methods: list[MethodTrace]
     escape: EscapeResult
+    interrupted: bool = False  # Ctrl-C: the methods finished (the one in progress is flagged)
 
     def __str__(self) -> str:
         lines = [f"saddle escape from loss {fmt(self.loss_start, 6)}: {self.steps} steps, lr {fmt(self.lr)}, "
@@ -116,7 +131,10 @@ class SaddleEscapeComparison(ResultMixin):
         for m in self.methods:
             lines.append(f"{m.name:<26} {fmt(m.final_loss, 6):>12} "
                          f"{'never' if m.escaped_at is None else m.escaped_at:>10} {m.gradients:>9} "
-                         f"{m.matvecs:>6} {m.loss_evaluations:>10} {m.kicks:>5}")
+                         f"{m.matvecs:>6} {m.loss_evaluations:>10} {m.kicks:>5}"
+                         + ("  (interrupted)" if m.interrupted else ""))
+        if self.interrupted:
+            lines.append(f"INTERRUPTED: {len(self.methods)} methods run")
         return "\n".join(lines)
 
 
@@ -132,10 +150,10 @@ def _mean_loss(op: HessianOperator) -> float:
     weighted_sum = _loss_reduction(op.loss_fn) == "sum"
     total, count = 0.0, 0
     with preserved_rng(), evaluation_mode(op.model, op.mode), torch.no_grad():
-        for inputs, targets in iter_batches(op.data):
+        for i, (inputs, targets) in enumerate(iter_batches(op.data)):
             inputs, targets = place(inputs, targets, op.device)
             n = batch_size(targets)
-            loss = float(op.loss_fn(call_model(op.model, inputs), targets))
+            loss = float(batch_loss(op.model, op.loss_fn, inputs, targets, i))
             total += loss if weighted_sum else loss * n
             count += n
     return total / count
@@ -210,21 +228,46 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
     Returns an :class:`EscapeResult` with ``escaped=False`` (and the model untouched) when there
     is no direction of negative curvature or no step lowers the loss.
     """
-    if not isinstance(apply, bool):
-        raise TypeError(f"apply must be True or False, got {apply!r}.")
+    check_module(model)
+    check_loss_fn(loss_fn)
+    apply = check_bool(apply, "apply")
     if critical is not None and not isinstance(critical, CriticalPoint):
-        raise TypeError(f"critical must be a CriticalPoint from classify_critical_point, got "
-                        f"{type(critical).__name__}.")
+        raise TypeError(f"critical must be a CriticalPoint from classify_critical_point, got {describe(critical)}.")
+    check_choice(mode, "mode", ("eval", "train"))
+    check_progress(progress)
     op = hessian(model, loss_fn, data, mode=mode)
+    empty = np.zeros(0)
+
+    def unfinished(point: CriticalPoint | None, message: str) -> EscapeResult:
+        return EscapeResult(escaped=False, applied=False, loss_before=op.loss, loss_after=op.loss, actual_change=0.0,
+                            predicted_change=0.0, first_order_change=0.0,
+                            eigenvalue=point.min_eigenvalue if point is not None else math.nan, step=0.0, sign=0,
+                            line_search_steps=empty, line_search_losses=empty, loss_evaluations=0,
+                            matvecs=point.matvecs if point is not None else 0, critical=point, message=message,
+                            interrupted=True)
+
     if critical is None:
-        critical = classify_critical_point(model, loss_fn, data, mode=mode, progress=scaled(progress, 0, 2),
-                                           **classify_options)
+        try:
+            with _interrupt.propagating():
+                critical = classify_critical_point(model, loss_fn, data, mode=mode,
+                                                   progress=scaled(progress, 0, 2), **classify_options)
+        except KeyboardInterrupt:
+            _interrupt.keep_partial()
+            return unfinished(None, "interrupted while classifying the point: no step taken, the model is "
+                                    "unchanged.")
+        if _interrupt.was_interrupted(critical):
+            _interrupt.note()
+            return unfinished(critical, "the classification was interrupted, so there is no trustworthy "
+                                        "escape direction: no step taken, the model is unchanged.")
     elif critical.num_params != op.num_params:
         raise ValueError(f"critical was computed for {critical.num_params} parameters but the model has "
                          f"{op.num_params}: classify this model's current parameters first.")
     theta0 = op.parameter_vector().to(torch.float64)
-    loss0, grad = op.gradient()
-    empty = np.zeros(0)
+    try:
+        loss0, grad = op.gradient()
+    except KeyboardInterrupt:
+        _interrupt.keep_partial()
+        return unfinished(critical, "interrupted before the line search: no step taken, the model is unchanged.")
     if critical.escape_direction is None:
         return EscapeResult(escaped=False, applied=False, loss_before=loss0, loss_after=loss0, actual_change=0.0,
                             predicted_change=0.0, first_order_change=0.0, eigenvalue=critical.min_eigenvalue,
@@ -242,8 +285,12 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
         value = _mean_loss(op)
         return value if math.isfinite(value) else math.inf
 
-    with preserved_model(model):
-        best_t, best_loss, tried = _line_search(loss_at, _reference_step(loss0, lam), loss0)
+    try:
+        with preserved_model(model):
+            best_t, best_loss, tried = _line_search(loss_at, _reference_step(loss0, lam), loss0)
+    except KeyboardInterrupt:
+        _interrupt.keep_partial()
+        return unfinished(critical, "interrupted during the line search: no step taken, the model is unchanged.")
     tried.sort()
     steps = np.array([t for t, _ in tried])
     losses = np.array([v for _, v in tried])
@@ -275,13 +322,30 @@ def _ball_kick(n: int, radius: float, generator: torch.Generator, dtype: torch.d
 
 def _descend(op: HessianOperator, start: torch.Tensor, *, steps: int, lr: float, momentum: float,
              kick_radius: float, kick_threshold: float, kick_interval: int, seed: int,
-             record_path: bool) -> tuple[list[float], int, int, list[list[float]]]:
+             record_path: bool) -> tuple[list[float], int, int, list[list[float]], bool]:
     """Gradient descent (heavy-ball momentum if ``momentum`` > 0, random kicks if ``kick_radius``
-    > 0) from ``start``: the loss at every step, gradients spent, kicks given, the path."""
+    > 0) from ``start``: the loss at every step, gradients spent, kicks given, the path, and
+    whether a Ctrl-C cut it short (then the lists hold the steps taken, unpadded)."""
+    losses: list[float] = []
+    path: list[list[float]] = []
+    counts = [0, 0]  # gradients, kicks
+    try:
+        _descend_into(op, start, losses, path, counts, steps=steps, lr=lr, momentum=momentum,
+                      kick_radius=kick_radius, kick_threshold=kick_threshold, kick_interval=kick_interval,
+                      seed=seed, record_path=record_path)
+    except KeyboardInterrupt:
+        _interrupt.keep_partial(finished=bool(losses))
+        return losses, counts[0], counts[1], path, True
+    losses += [losses[-1]] * (steps + 1 - len(losses))  # a diverged run keeps its last value
+    return losses, counts[0], counts[1], path, False
+
+
+def _descend_into(op: HessianOperator, start: torch.Tensor, losses: list[float], path: list[list[float]],
+                  counts: list[int], *, steps: int, lr: float, momentum: float, kick_radius: float,
+                  kick_threshold: float, kick_interval: int, seed: int, record_path: bool) -> None:
     generator = torch.Generator().manual_seed(seed)
     theta = start.clone()
     velocity = torch.zeros_like(theta)
-    losses, path = [], []
     kicks, last_kick, gradients = 0, -kick_interval, 0
     for step in range(steps + 1):
         _set_parameters(op, theta)
@@ -289,6 +353,7 @@ def _descend(op: HessianOperator, start: torch.Tensor, *, steps: int, lr: float,
             path.append(theta.cpu().tolist())
         loss, grad = op.gradient()
         gradients += 1
+        counts[0] = gradients
         losses.append(loss if math.isfinite(loss) else math.inf)
         if step == steps or not math.isfinite(loss):
             break
@@ -297,15 +362,15 @@ def _descend(op: HessianOperator, start: torch.Tensor, *, steps: int, lr: float,
                 and step - last_kick >= kick_interval:
             theta = theta + _ball_kick(theta.numel(), kick_radius, generator, theta.dtype).to(theta.device)
             kicks += 1
+            counts[1] = kicks
             last_kick = step
             _set_parameters(op, theta)
             loss, grad = op.gradient()
             gradients += 1
+            counts[0] = gradients
             grad = grad.to(theta.dtype)
         velocity = momentum * velocity - lr * grad
         theta = theta + velocity
-    losses += [losses[-1]] * (steps + 1 - len(losses))  # a diverged run keeps its last value
-    return losses, gradients, kicks, path
 
 
 def _first_escape(losses: list[float], start: float, drop: float) -> int | None:
@@ -334,20 +399,32 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
     classification's ``grad_tol``, ``kick_radius`` = 1e-3 of the eigenvector step's length,
     ``escape_drop`` = half the loss drop of the eigenvector step. The model is left as it was.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}.")
-    for name, value in (("lr", lr), ("kick_radius", kick_radius), ("kick_threshold", kick_threshold),
-                        ("escape_drop", escape_drop)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    check_module(model)
+    check_loss_fn(loss_fn)
+    steps = check_int(steps, "steps", minimum=1)
+    momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
+    lr, kick_radius, kick_threshold, escape_drop = (
+        check_float(value, name, above=0.0, optional=True)
+        for name, value in (("lr", lr), ("kick_radius", kick_radius), ("kick_threshold", kick_threshold),
+                            ("escape_drop", escape_drop)))
+    kick_interval = check_int(kick_interval, "kick_interval", minimum=1)
+    seed = check_seed(seed)
+    record_paths = check_bool(record_paths, "record_paths")
+    check_choice(mode, "mode", ("eval", "train"))
+    check_progress(progress)
+    if critical is not None and not isinstance(critical, CriticalPoint):
+        raise TypeError(f"critical must be a CriticalPoint from classify_critical_point, got {describe(critical)}.")
     op = hessian(model, loss_fn, data, mode=mode)
     total = 6
     with preserved_model(model):
         escape = escape_saddle(model, loss_fn, data, critical=critical, mode=mode, apply=True,
                                progress=scaled(progress, 0, total), **classify_options)
         critical = escape.critical
+        if escape.interrupted:
+            return SaddleEscapeComparison(loss_start=escape.loss_before, steps=steps, lr=math.nan if lr is None else lr,
+                                          momentum=momentum, kick_radius=math.nan, kick_threshold=math.nan,
+                                          escape_drop=math.nan, seed=seed, methods=[], escape=escape,
+                                          interrupted=True)
         if not escape.escaped:
             raise ValueError(f"nothing to compare: {escape.message} compare_saddle_escapes needs a saddle "
                              "(a direction of negative curvature).")
@@ -361,27 +438,47 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
     runs = [("gradient descent", 0.0, 0.0, start), ("momentum", momentum, 0.0, start),
             ("perturbed GD", 0.0, kick_radius, start), ("momentum + kicks", momentum, kick_radius, start),
             ("eigenvector step + GD", 0.0, 0.0, after_step)]
-    methods = []
+    methods: list[MethodTrace] = []
+    cut = False
     with preserved_model(model):
-        for i, (name, beta, radius, origin) in enumerate(runs):
-            eigen = origin is after_step
-            n_steps = steps - 1 if eigen else steps
-            losses, grads, kicks, path = _descend(op, origin, steps=n_steps, lr=lr, momentum=beta,
-                                                  kick_radius=radius, kick_threshold=kick_threshold,
-                                                  kick_interval=kick_interval, seed=seed, record_path=record_paths)
-            if eigen:
-                losses = [loss_start] + losses
-                if record_paths:
-                    path = [start.cpu().tolist()] + path
-            methods.append(MethodTrace(
-                name=name, losses=losses, gradients=grads + (1 if eigen else 0),
-                matvecs=escape.matvecs if eigen else 0, loss_evaluations=escape.loss_evaluations if eigen else 0,
-                kicks=kicks, escaped_at=_first_escape(losses, loss_start, escape_drop), path=path))
-            if progress is not None:
-                progress(i + 2, total)
+        try:
+            _run_methods(op, runs, methods, after_step, start, escape, steps=steps, lr=lr,
+                         kick_threshold=kick_threshold, kick_interval=kick_interval, seed=seed,
+                         record_paths=record_paths, loss_start=loss_start, escape_drop=escape_drop,
+                         progress=progress, total=total)
+        except KeyboardInterrupt:
+            cut = _interrupt.keep_partial()
+        cut = cut or any(m.interrupted for m in methods)
     return SaddleEscapeComparison(loss_start=loss_start, steps=steps, lr=lr, momentum=momentum,
                                   kick_radius=kick_radius, kick_threshold=kick_threshold, escape_drop=escape_drop,
-                                  seed=seed, methods=methods, escape=escape)
+                                  seed=seed, methods=methods, escape=escape, interrupted=cut)
+
+
+def _run_methods(op: HessianOperator, runs: list, methods: list[MethodTrace], after_step: torch.Tensor,
+                 start: torch.Tensor, escape: EscapeResult, *, steps: int, lr: float, kick_threshold: float,
+                 kick_interval: int, seed: int, record_paths: bool, loss_start: float, escape_drop: float,
+                 progress: Progress | None, total: int) -> None:
+    """Run each method in turn, appending its trace to ``methods`` (so a Ctrl-C keeps the finished
+    ones); an interrupted method is appended flagged, and ends the loop."""
+    for i, (name, beta, radius, origin) in enumerate(runs):
+        eigen = origin is after_step
+        n_steps = steps - 1 if eigen else steps
+        losses, grads, kicks, path, cut = _descend(op, origin, steps=n_steps, lr=lr, momentum=beta,
+                                                   kick_radius=radius, kick_threshold=kick_threshold,
+                                                   kick_interval=kick_interval, seed=seed,
+                                                   record_path=record_paths)
+        if eigen:
+            losses = [loss_start] + losses
+            if record_paths:
+                path = [start.cpu().tolist()] + path
+        methods.append(MethodTrace(
+            name=name, losses=losses, gradients=grads + (1 if eigen else 0),
+            matvecs=escape.matvecs if eigen else 0, loss_evaluations=escape.loss_evaluations if eigen else 0,
+            kicks=kicks, escaped_at=_first_escape(losses, loss_start, escape_drop), path=path, interrupted=cut))
+        if cut:
+            break
+        if progress is not None:
+            progress(i + 2, total)
 
 
 def gradient_descent_path(model: nn.Module, loss_fn: LossFn, data: Any, *, steps: int, lr: float,
@@ -389,14 +486,16 @@ def gradient_descent_path(model: nn.Module, loss_fn: LossFn, data: Any, *, steps
     """Full-batch gradient descent (heavy-ball if ``momentum`` > 0) from the model's current
     parameters, recording the loss and the flat parameter vector at every step; the model is
     left as it was. For drawing paths on small models (the lecture's 2-D toy)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}.")
+    check_module(model)
+    check_loss_fn(loss_fn)
+    steps = check_int(steps, "steps", minimum=1)
+    lr = check_float(lr, "lr", above=0.0)
+    momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
+    check_choice(mode, "mode", ("eval", "train"))
     op = hessian(model, loss_fn, data, mode=mode)
     with preserved_model(model):
-        losses, grads, _, path = _descend(op, op.parameter_vector().to(torch.float64), steps=steps, lr=lr,
-                                          momentum=momentum, kick_radius=0.0, kick_threshold=0.0,
-                                          kick_interval=1, seed=0, record_path=True)
+        losses, grads, _, path, cut = _descend(op, op.parameter_vector().to(torch.float64), steps=steps, lr=lr,
+                                               momentum=momentum, kick_radius=0.0, kick_threshold=0.0,
+                                               kick_interval=1, seed=0, record_path=True)
     return MethodTrace(name="gradient descent" if momentum == 0 else "momentum", losses=losses, gradients=grads,
-                       matvecs=0, loss_evaluations=0, kicks=0, escaped_at=None, path=path)
+                       matvecs=0, loss_evaluations=0, kicks=0, escaped_at=None, path=path, interrupted=cut)

@@ -22,6 +22,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _interrupt
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_floats,
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_progress,
+    check_seed,
+    describe,
+)
 from .._results import ResultMixin, fmt
 from ..curvature import eigenpairs, hessian, trace
 from ..model_state import preserved_model
@@ -63,6 +76,7 @@ class Sharpness(ResultMixin):
     trace: float | None = None
     trace_standard_error: float | None = None
     epsilon: list[EpsilonSharpness] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: only the measurements finished are filled in
 
     def eps(self, epsilon: float, space: str = "full") -> float | None:
         """The epsilon-sharpness value for ``epsilon`` in ``space`` ("full" or "random")."""
@@ -80,15 +94,17 @@ class Sharpness(ResultMixin):
         if self.trace is not None:
             lines.append(f"  trace      = {fmt(self.trace)} +- {fmt(self.trace_standard_error)}")
         lines += [f"  {e}" for e in self.epsilon]
+        if self.interrupted:
+            lines.append("  INTERRUPTED: the measurements not shown were not finished")
         return "\n".join(lines)
 
 
 def _methods(method: str | Iterable[str]) -> list[str]:
-    chosen = [method] if isinstance(method, str) else list(method)
-    bad = [m for m in chosen if m not in METHODS]
-    if bad or not chosen:
-        raise ValueError(f"method must be one of {METHODS} (or a list of them), got {method!r}.")
-    return chosen
+    if isinstance(method, str):
+        return [check_choice(method, "method", METHODS)]
+    if not isinstance(method, (list, tuple)) or not method:
+        raise TypeError(f"method must be one of {METHODS} or a non-empty list of them, got {describe(method)}.")
+    return [check_choice(m, f"method[{i}]", METHODS) for i, m in enumerate(method)]
 
 
 def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, seed: int
@@ -146,17 +162,21 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
         mode, distributed: as for :func:`lossdoctor.hessian`.
     The model is left exactly as it was.
     """
+    check_module(model)
+    check_loss_fn(loss_fn)
     methods = _methods(method)
-    epsilons = [float(e) for e in epsilons]
-    if "epsilon" in methods:
-        if not epsilons or any(not (e > 0 and math.isfinite(e)) for e in epsilons):
-            raise ValueError(f"epsilons must be positive numbers (Keskar: 1e-3, 5e-4), got {epsilons}.")
-        if subspace_dim is not None and subspace_dim < 1:
-            raise ValueError(f"subspace_dim must be >= 1 or None, got {subspace_dim}.")
-        if not full_space and subspace_dim is None:
-            raise ValueError("full_space=False and subspace_dim=None leave no space to measure in.")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
+    epsilons = check_floats(epsilons, "epsilons", above=0.0, hint="Keskar et al. use 1e-3 and 5e-4.")
+    subspace_dim = check_int(subspace_dim, "subspace_dim", minimum=1, optional=True)
+    full_space = check_bool(full_space, "full_space")
+    max_iter = check_int(max_iter, "max_iter", minimum=1)
+    tol = check_float(tol, "tol", above=0.0)
+    trace_matvecs = check_int(trace_matvecs, "trace_matvecs", minimum=3)
+    check_choice(mode, "mode", ("eval", "train"))
+    seed = check_seed(seed)
+    check_bool(distributed, "distributed", optional=True)
+    check_progress(progress)
+    if "epsilon" in methods and not full_space and subspace_dim is None:
+        raise ValueError("full_space=False and subspace_dim=None leave no space to measure in.")
     with preserved_model(model):
         op = hessian(model, loss_fn, data, mode=mode, distributed=distributed)
         spaces: list[int | None] = ([None] if full_space else []) + ([subspace_dim] if subspace_dim else [])
@@ -164,42 +184,53 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
                  + ("epsilon" in methods) * len(epsilons) * len(spaces))
         done = 0
         values: dict[str, Any] = {}
-        if "lambda_max" in methods:
-            eig = eigenpairs(op, k=1, which="largest", tol=tol, seed=seed)
-            values.update(lambda_max=float(eig.eigenvalues[0]), lambda_max_error=float(eig.error_bounds[0]),
-                          lambda_max_converged=bool(eig.converged[0]))
-            done += 1
-            if progress:
-                progress(done, total)
-        if "trace" in methods:
-            tr = trace(op, matvecs=trace_matvecs, seed=seed)
-            values.update(trace=tr.estimate, trace_standard_error=tr.standard_error)
-            done += 1
-            if progress:
-                progress(done, total)
         eps_results: list[EpsilonSharpness] = []
-        if "epsilon" in methods:
-            theta = op.parameter_vector().clone()
-            for dim in spaces:
-                basis = None
-                if dim is not None:
-                    # Seeded on the CPU: every rank draws the same subspace.
-                    gen = torch.Generator().manual_seed(seed + 1)
-                    basis = torch.linalg.qr(torch.randn(op.num_params, min(dim, op.num_params),
-                                                        generator=gen, dtype=torch.float64))[0]
-                    basis = basis.to(op.device)
-                for eps in epsilons:
-                    best, iters, evals = _box_max(op, eps, basis, max_iter=max_iter, seed=seed)
-                    with torch.no_grad():
-                        for p, part in zip(op.params, torch.split(theta, op.numels)):
-                            p.copy_(part.reshape(p.shape))
-                    best = max(best, op.loss)  # the centre is in the box
-                    eps_results.append(EpsilonSharpness(
-                        epsilon=eps, space="full" if dim is None else f"random-{basis.shape[1]}",
-                        value=100.0 * (best - op.loss) / (1.0 + op.loss), max_loss=best, loss=op.loss,
-                        iterations=iters, evaluations=evals))
+        interrupted = False
+        theta = op.parameter_vector().clone()
+        try:
+            with _interrupt.propagating():
+                if "lambda_max" in methods:
+                    eig = eigenpairs(op, k=1, which="largest", tol=tol, seed=seed)
+                    if _interrupt.was_interrupted(eig):
+                        raise KeyboardInterrupt
+                    values.update(lambda_max=float(eig.eigenvalues[0]), lambda_max_error=float(eig.error_bounds[0]),
+                                  lambda_max_converged=bool(eig.converged[0]))
                     done += 1
                     if progress:
                         progress(done, total)
+                if "trace" in methods:
+                    tr = trace(op, matvecs=trace_matvecs, seed=seed)
+                    if _interrupt.was_interrupted(tr):
+                        raise KeyboardInterrupt
+                    values.update(trace=tr.estimate, trace_standard_error=tr.standard_error)
+                    done += 1
+                    if progress:
+                        progress(done, total)
+                if "epsilon" in methods:
+                    for dim in spaces:
+                        basis = None
+                        if dim is not None:
+                            # Seeded on the CPU: every rank draws the same subspace.
+                            gen = torch.Generator().manual_seed(seed + 1)
+                            basis = torch.linalg.qr(torch.randn(op.num_params, min(dim, op.num_params),
+                                                                generator=gen, dtype=torch.float64))[0]
+                            basis = basis.to(op.device)
+                        for eps in epsilons:
+                            try:
+                                best, iters, evals = _box_max(op, eps, basis, max_iter=max_iter, seed=seed)
+                            finally:
+                                with torch.no_grad():
+                                    for p, part in zip(op.params, torch.split(theta, op.numels)):
+                                        p.copy_(part.reshape(p.shape))
+                            best = max(best, op.loss)  # the centre is in the box
+                            eps_results.append(EpsilonSharpness(
+                                epsilon=eps, space="full" if dim is None else f"random-{basis.shape[1]}",
+                                value=100.0 * (best - op.loss) / (1.0 + op.loss), max_loss=best, loss=op.loss,
+                                iterations=iters, evaluations=evals))
+                            done += 1
+                            if progress:
+                                progress(done, total)
+        except KeyboardInterrupt:
+            interrupted = _interrupt.keep_partial()
         return Sharpness(loss=op.loss, num_params=op.num_params, num_samples=op.num_samples, mode=mode,
-                         epsilon=eps_results, **values)
+                         epsilon=eps_results, interrupted=interrupted, **values)

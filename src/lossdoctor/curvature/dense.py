@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_arguments
 from .operator import LossFn, hessian
 
 DEFAULT_MAX_PARAMS = 5000
@@ -21,6 +22,7 @@ def dense_hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "
     Refuses models with more than ``max_params`` trainable parameters: use
     :func:`lossdoctor.hessian` with :func:`lossdoctor.eigenpairs` there instead.
     """
+    check_arguments(model=model, loss_fn=loss_fn, mode=mode, max_params=max_params, dtype=dtype)
     op = hessian(model, loss_fn, data, mode=mode, max_block=64)
     n = op.num_params
     if n > max_params:

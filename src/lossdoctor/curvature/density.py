@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import check_arguments
 from .._results import ResultMixin, fmt
 from .lanczos import apply64, block_lanczos_tridiagonals, operator_mode, rademacher, tridiagonal
 
@@ -64,6 +65,8 @@ def spectral_density(op, *, num_probes: int = 4, lanczos_steps: int = 60, grid_p
     1e-3 of the largest |eigenvalue|) is the magnitude below which an eigenvalue counts as zero
     in ``negative_fraction``.
     """
+    check_arguments(op=op, num_probes=num_probes, lanczos_steps=lanczos_steps, grid_points=grid_points,
+                    sigma=sigma, zero_tol=zero_tol, seed=seed, progress=progress)
     if num_probes < 1 or lanczos_steps < 1:
         raise ValueError("num_probes and lanczos_steps must be at least 1.")
     n = int(op.shape[0])

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import check_arguments
 from .._results import ResultMixin, fmt
 from .lanczos import apply64, gaussian, operator_mode, orthogonalize
 
@@ -256,6 +257,7 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
         ncv: largest Krylov basis kept before a thick restart (memory: ``ncv`` float64 vectors).
         progress: called as ``progress(matvecs_done, max_matvecs)`` after each product.
     """
+    check_arguments(op=op, k=k, tol=tol, seed=seed, max_matvecs=max_matvecs, ncv=ncv, progress=progress)
     n = int(op.shape[0])
     device = getattr(op, "device", None) or (op.device if isinstance(op, torch.Tensor) else "cpu")
     if max_matvecs is None:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import batch_size, call_model, check_data, iter_batches, place, split_batch
+from .._checks import check_arguments
+from ..data import batch_loss, batch_size, check_data, iter_batches, place, split_batch
 from ..model_state import evaluation_mode, model_device, preserved_rng, trainable_parameters
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
@@ -181,17 +182,7 @@ class HessianOperator:
                 yield from split_batch(inputs, targets, self.micro_batch_size)
 
     def _batch_loss(self, inputs: Any, targets: torch.Tensor, index: int) -> torch.Tensor:
-        try:
-            outputs = call_model(self.model, inputs)
-        except RuntimeError as err:
-            raise ValueError(f"the model failed on batch {index}: {err}") from err
-        loss = self.loss_fn(outputs, targets)
-        if not isinstance(loss, torch.Tensor):
-            raise TypeError(f"loss_fn returned {type(loss).__name__}, expected a scalar tensor.")
-        if loss.numel() != 1:
-            raise ValueError(f"loss_fn returned a tensor of shape {tuple(loss.shape)} on batch {index}; "
-                             "it must return a scalar (use reduction='mean').")
-        return loss.reshape(())
+        return batch_loss(self.model, self.loss_fn, inputs, targets, index)
 
     def _weight(self, n: int) -> float:
         return 1.0 if self._sum_reduction else float(n)
@@ -550,5 +541,7 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
             in place; ``clear_cache()`` frees it. Kept graphs fix their batches: a DataLoader
             that augments at random is measured on its first pass for those batches.
     """
+    check_arguments(model=model, loss_fn=loss_fn, mode=mode, max_block=max_block, micro_batch_size=micro_batch_size,
+                    distributed=distributed, cache=cache)
     return HessianOperator(model, loss_fn, data, mode=mode, max_block=max_block,
                            micro_batch_size=micro_batch_size, distributed=distributed, cache=cache)

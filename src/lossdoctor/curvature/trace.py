@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._checks import check_arguments
 from .._results import ResultMixin, fmt
 from .lanczos import RademacherStream, apply64, operator_mode
 
@@ -92,6 +93,7 @@ def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, blo
     Hutchinson holds one block whatever ``matvecs`` is; Hutch++ also holds its sketch basis, an
     ``n`` by ``matvecs // 3`` matrix in the operator's precision (float32 for a float32 model). Ctrl-C returns the estimate from the probes finished.
     """
+    check_arguments(op=op, matvecs=matvecs, seed=seed, block=block, progress=progress)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     n = int(op.shape[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 from .._results import fmt
 from ..studies.batch_time import BatchTimeStudy
 from ..training.timing import BatchTiming
-from .figures import new_figure, save
+from .figures import new_figure, save, save_new
 from .html import Section, figure, paragraph, table
 
 
@@ -29,7 +29,8 @@ def _draw(ax_u, ax_e, t: BatchTiming, color: str, name: str) -> None:
                   marker="o", color=color, label=f"{name}: time per update", capsize=2)
     ax_u.plot(b, [t.seconds_per_update[0] * x / b[0] for x in b], color=color, ls=":", lw=0.8,
               label=f"{name}: proportional to batch (no parallelism)")
-    ax_u.axvline(t.saturation_batch_size, color=color, ls="--", lw=0.8)
+    if t.saturation_batch_size is not None:  # None: an interrupted timing names no saturation point
+        ax_u.axvline(t.saturation_batch_size, color=color, ls="--", lw=0.8)
     ax_e.plot(b, t.seconds_per_epoch, marker="o", color=color, label=f"{name}: time per epoch")
     for x, y, u in zip(b, t.seconds_per_epoch, t.updates_per_epoch):
         ax_e.annotate(str(u), (x, y), textcoords="offset points", xytext=(0, 6), fontsize=7, ha="center",
@@ -88,5 +89,4 @@ def timing_figure(timing: BatchTiming, path: Path) -> Path:
         ax.set_xlabel("batch size")
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7)
-    save(fig, path.parent, path.name)
-    return path
+    return save_new(fig, path)

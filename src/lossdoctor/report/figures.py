@@ -18,10 +18,33 @@ def new_figure(ncols: int = 1, width: float = 5.5, height: float = 3.8):
     return fig, list(axes[0])
 
 
+def _writer(fig, path: Path):
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return lambda stream: fig.savefig(stream, format=fmt)
+
+
 def save(fig, out_dir: Path, name: str) -> str:
-    """Save ``fig`` as ``out_dir/name`` (PNG) and close it; returns the relative file name."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out_dir / name)
-    plt.close(fig)
+    """Save ``fig`` as ``out_dir/name`` and close it; returns the relative file name. The write is
+    atomic inside ``out_dir`` (a report folder): a temporary file, then a rename that replaces a
+    planted symlink instead of writing through it."""
+    from .._files import atomic_write
+
+    try:
+        fig.tight_layout()
+        atomic_write(out_dir, name, _writer(fig, Path(name)))
+    finally:
+        plt.close(fig)
     return name
+
+
+def save_new(fig, path: Path) -> Path:
+    """Save ``fig`` to a new file at ``path`` (never over an existing file) and close it; returns
+    where it was written: ``path``, or a place beside it when ``path`` could not be written."""
+    from .._files import save_new as write_new
+
+    try:
+        fig.tight_layout()
+        written, _ = write_new(Path(path), _writer(fig, Path(path)))
+    finally:
+        plt.close(fig)
+    return written

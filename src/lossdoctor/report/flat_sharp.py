@@ -10,7 +10,7 @@ import numpy as np
 from .._results import fmt
 from ..analysis.landscape import Landscape
 from ..studies.flat_sharp import FlatSharpStudy, wall_rise
-from .figures import new_figure, save
+from .figures import new_figure, save, save_new
 from .html import Section, figure, paragraph
 
 
@@ -102,8 +102,7 @@ def landscape_figure(land: Landscape, path: Path, title: str = "") -> Path:
         loss = np.log10(np.asarray(land.train_loss, dtype=float))
         _plane(ax, land, title or "train (solid), test (red dashed)",
                np.linspace(loss.min(), np.percentile(loss, 95), 10))
-    save(fig, path.parent, path.name)
-    return path
+    return save_new(fig, path)
 
 
 def curve_figure(curve, path: Path) -> Path:
@@ -115,5 +114,4 @@ def curve_figure(curve, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("alpha: 0 = model A, 1 = model B")
     ax.legend(fontsize=8)
-    save(fig, path.parent, path.name)
-    return path
+    return save_new(fig, path)

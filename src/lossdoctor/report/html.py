@@ -58,9 +58,6 @@ def write_page(out_dir: Path, sections: Sequence[Section], *, title: str, intro:
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
             f"<link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head><body><h1>{esc(title)}</h1>"
             f"{paragraph(intro) if intro else ''}<nav>{nav}</nav>{body}</body></html>")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    from .._files import atomic_write_text
+
+    return atomic_write_text(out_dir, "index.html", page)  # atomic; never through a planted symlink

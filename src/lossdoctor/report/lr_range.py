@@ -10,22 +10,24 @@ import numpy as np
 from .._results import fmt
 from ..studies.lr_range import MULTIPLIERS, LRRangeStudy
 from ..training.lr_finder import LRRangeResult
-from .figures import new_figure, save
+from .figures import new_figure, save, save_new
 from .html import Section, figure, paragraph, table
 
 
 def draw_range_test(ax, result: LRRangeResult) -> None:
     ax.plot(result.lrs, result.losses, color="0.7", lw=0.8, label="batch loss")
     ax.plot(result.lrs, result.smoothed_losses, color="C0", lw=1.8, label="smoothed")
-    ax.axvline(result.suggested_lr, color="C2", ls="--",
-               label=f"suggested lr {fmt(result.suggested_lr, 3)} ({result.suggestion})")
-    ax.axvline(result.minimum_lr, color="C3", ls=":", label=f"lowest loss at {fmt(result.minimum_lr, 3)}")
+    if result.suggested_lr is not None:  # an interrupted test suggests nothing
+        ax.axvline(result.suggested_lr, color="C2", ls="--",
+                   label=f"suggested lr {fmt(result.suggested_lr, 3)} ({result.suggestion})")
+        ax.axvline(result.minimum_lr, color="C3", ls=":", label=f"lowest loss at {fmt(result.minimum_lr, 3)}")
     ax.set_xscale("log")
     top = float(np.percentile(result.losses, 95))
     ax.set_ylim(min(result.losses) * 0.9, top * 1.15)
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
-    ax.set_title("LR range test" + (" (stopped: diverged)" if result.diverged else ""), fontsize=10)
+    ax.set_title("LR range test" + (" (stopped: diverged)" if result.diverged else
+                                    " (INTERRUPTED)" if result.interrupted else ""), fontsize=10)
     ax.legend(fontsize=8)
 
 
@@ -33,8 +35,7 @@ def range_test_figure(result: LRRangeResult, path: Path) -> Path:
     """The loss-vs-lr curve alone, saved to ``path`` (for the CLI)."""
     fig, (ax,) = new_figure(1)
     draw_range_test(ax, result)
-    save(fig, path.parent, path.name)
-    return path
+    return save_new(fig, path)
 
 
 def render(study: LRRangeStudy, out_dir: Path) -> Section:

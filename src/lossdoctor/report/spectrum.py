@@ -9,7 +9,7 @@ import numpy as np
 from .._results import fmt
 from ..curvature import SpectralDensity
 from ..studies.spectrum import SpectrumStudy
-from .figures import new_figure, save
+from .figures import new_figure, save, save_new
 from .html import Section, figure, paragraph, table
 
 
@@ -26,8 +26,7 @@ def density_figure(dens: SpectralDensity, path: Path) -> Path:
     """The density plot alone, saved to ``path``."""
     fig, (ax,) = new_figure(1)
     _draw_density(ax, dens)
-    save(fig, path.parent, path.name)
-    return path
+    return save_new(fig, path)
 
 
 def render(study: SpectrumStudy, out_dir: Path) -> Section:

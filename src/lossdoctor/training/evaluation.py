@@ -10,31 +10,44 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import batch_size, iter_batches
+from ..data import batch_size, is_out_of_memory, iter_batches
+from ..model_state import RNGStream
 
 # Largest batch found to fit, per (device, model class, parameter count): the search runs once.
 _FITS: dict[tuple[str, str, int], int] = {}
 
 
-def as_tensors(data: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def as_tensors(data: Any, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
     """All of ``data``'s samples as one ``(inputs, targets)`` pair of tensors (CPU or wherever
-    they are). Inputs must be plain tensors (not tuples or dicts) to be merged."""
+    they are). Inputs must be plain tensors (not tuples or dicts) to be merged, and every value
+    finite (a NaN sample would turn every merged loss into NaN). A shuffling loader is read on a
+    fixed seed: the merged order, and every result drawn from it, is the same whatever the
+    caller's RNG."""
     xs, ys = [], []
-    for i, (inputs, targets) in enumerate(iter_batches(data)):
+    for i, (inputs, targets) in enumerate(iter_batches(data, name, rng=RNGStream(seed=0))):
         if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"batch {i}: inputs are a {type(inputs).__name__}; merging batches (for the "
+            raise TypeError(f"{name}: batch {i}: inputs are a {type(inputs).__name__}; merging batches (for the "
                             "batch-size lab) needs inputs that are one tensor.")
         if targets.dim() == 0:
             inputs, targets = inputs.unsqueeze(0), targets.unsqueeze(0)
         xs.append(inputs)
         ys.append(targets)
     if not xs:
-        raise ValueError("data is empty: it yielded no samples.")
-    return torch.cat(xs), torch.cat(ys)
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+        raise ValueError(f"{name} is empty: it yielded no samples.")
+    try:
+        x, y = torch.cat(xs), torch.cat(ys)
+    except RuntimeError as err:
+        raise ValueError(f"{name}: the batches cannot be merged into one tensor (inputs "
+                         f"{[tuple(t.shape) for t in xs[:4]]}, targets {[tuple(t.shape) for t in ys[:4]]}): "
+                         f"every batch needs the same shape apart from the batch dimension ({err}).") from None
+    if x.device.type == "meta" or y.device.type == "meta":
+        raise ValueError(f"{name} is on the meta device: it has shapes but no values. Pass real tensors.")
+    for what, t in (("inputs", x), ("targets", y)):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            row = int((~torch.isfinite(t.reshape(len(t), -1))).any(1).nonzero()[0])
+            raise ValueError(f"{name}: the {what} of sample {row} hold NaN or Inf: every loss over the data "
+                             "would be NaN. Clean the data (torch.nan_to_num, or drop those samples).")
+    return x, y
 
 
 def rebatch(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -57,7 +70,7 @@ def evaluate_largest(model: nn.Module, loss_fn: Callable, data: Any, *,
         try:
             return evaluate(model, loss_fn, rebatch(x, y, size))
         except RuntimeError as err:
-            if not _is_oom(err) or size == 1:
+            if not is_out_of_memory(err) or size == 1:
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -65,5 +78,5 @@ def evaluate_largest(model: nn.Module, loss_fn: Callable, data: Any, *,
             _FITS[key] = size
 
 
-def num_samples(data: Any) -> int:
-    return sum(batch_size(t) for _, t in iter_batches(data))
+def num_samples(data: Any, name: str = "data") -> int:
+    return sum(batch_size(t) for _, t in iter_batches(data, name))

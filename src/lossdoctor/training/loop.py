@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .._results import ResultMixin
-from ..data import batch_size, call_model, iter_batches, place
+from ..data import batch_loss, batch_size, forward, iter_batches, place
 from ..progress import Progress
 
 
@@ -32,11 +32,11 @@ class TrainHistory(ResultMixin):
 
 
 def training_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, inputs: Any,
-                  targets: torch.Tensor, device: torch.device) -> torch.Tensor:
+                  targets: torch.Tensor, device: torch.device, index: int = 0) -> torch.Tensor:
     """One update on one batch; returns the batch loss (a tensor, not synced to the host)."""
     inputs, targets = place(inputs, targets, device)
     optimizer.zero_grad(set_to_none=True)
-    loss = loss_fn(call_model(model, inputs), targets)
+    loss = batch_loss(model, loss_fn, inputs, targets, index)
     loss.backward()
     optimizer.step()
     return loss
@@ -51,11 +51,11 @@ def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, flo
     device = next(model.parameters()).device
     total, correct, count, classified = 0.0, 0, 0, True
     try:
-        for inputs, targets in iter_batches(data):
+        for i, (inputs, targets) in enumerate(iter_batches(data)):
             inputs, targets = place(inputs, targets, device)
-            outputs = call_model(model, inputs)
+            outputs, loss = forward(model, loss_fn, inputs, targets, i)
             n = batch_size(targets)
-            total += float(loss_fn(outputs, targets)) * n
+            total += float(loss) * n
             count += n
             if classified and isinstance(outputs, torch.Tensor) and outputs.dim() == 2 \
                     and targets.dtype in (torch.int64, torch.int32) and targets.dim() == 1:
@@ -81,8 +81,8 @@ def train(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim
     total = epochs * num_batches
     for _ in range(epochs):
         model.train()
-        for inputs, targets in iter_batches(data):
-            loss = training_step(model, loss_fn, optimizer, inputs, targets, device)
+        for i, (inputs, targets) in enumerate(iter_batches(data)):
+            loss = training_step(model, loss_fn, optimizer, inputs, targets, device, i)
             if scheduler is not None:
                 scheduler.step()
             step_loss.append(float(loss.detach()))

@@ -19,9 +19,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _interrupt
+from .._checks import (
+    check_choice,
+    check_float,
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_optimizer,
+    check_progress,
+)
 from .._results import ResultMixin, fmt
-from ..data import call_model, check_data, iter_batches, place
-from ..model_state import model_device, preserved_model, trainable_parameters
+from ..data import batch_loss, check_data, iter_batches, place
+from ..model_state import RNGStream, model_device, preserved_model, trainable_parameters
 from ..progress import Progress
 
 SUGGESTIONS = ("steepest", "minimum")
@@ -42,7 +52,7 @@ class LRRangeResult(ResultMixin):
     lrs: list[float]
     losses: list[float]
     smoothed_losses: list[float]
-    suggested_lr: float
+    suggested_lr: float | None  # None when interrupted: no suggestion from a cut-short curve
     suggestion: str
     steepest_lr: float
     minimum_lr: float
@@ -54,20 +64,25 @@ class LRRangeResult(ResultMixin):
     end_lr: float
     smoothing: float
     diverge_factor: float
+    interrupted: bool = False  # Ctrl-C: the curve up to where it stopped, and no suggestion
 
     def __str__(self) -> str:
         stop = (f"stopped at step {self.steps_run} of {self.steps_requested}: the loss diverged"
-                if self.diverged else f"{self.steps_run} steps")
+                if self.diverged else f"INTERRUPTED at step {self.steps_run} of {self.steps_requested}"
+                if self.interrupted else f"{self.steps_run} steps")
+        advice = ("no lr suggested from an interrupted test" if self.suggested_lr is None
+                  else f"suggested lr {fmt(self.suggested_lr)} ({self.suggestion})")
         return (f"LR range test {fmt(self.start_lr)} -> {fmt(self.end_lr)} ({stop})\n"
-                f"  suggested lr {fmt(self.suggested_lr)} ({self.suggestion})\n"
+                f"  {advice}\n"
                 f"  steepest descent at lr {fmt(self.steepest_lr)}; lowest smoothed loss "
                 f"{fmt(self.minimum_loss)} at lr {fmt(self.minimum_lr)}")
 
 
 def _cycle(data: Any) -> Iterator[tuple[Any, torch.Tensor]]:
+    rng = RNGStream()  # one stream over the epochs: a shuffling loader gives a new order each epoch
     while True:
         empty = True
-        for batch in iter_batches(data):
+        for batch in iter_batches(data, rng=rng):
             empty = False
             yield batch
         if empty:
@@ -75,9 +90,7 @@ def _cycle(data: Any) -> Iterator[tuple[Any, torch.Tensor]]:
 
 
 def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer built on the model's parameters, "
-                        f"got {type(optimizer).__name__}.")
+    check_optimizer(optimizer)
     owned = {id(p) for p in model.parameters()}
     foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owned)
     if foreign:
@@ -87,18 +100,14 @@ def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
 
 def _check_range(start_lr: float, end_lr: float, steps: int, smoothing: float, diverge_factor: float,
                  suggestion: str) -> None:
-    if not (isinstance(start_lr, (int, float)) and start_lr > 0 and math.isfinite(start_lr)):
-        raise ValueError(f"start_lr must be a finite number > 0, got {start_lr!r}.")
-    if not (isinstance(end_lr, (int, float)) and end_lr > start_lr and math.isfinite(end_lr)):
-        raise ValueError(f"end_lr must be finite and larger than start_lr ({start_lr}), got {end_lr!r}.")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 5:
-        raise ValueError(f"steps must be an integer >= 5 (a curve needs points), got {steps!r}.")
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"smoothing must lie in [0, 1) (0: no smoothing), got {smoothing}.")
-    if not diverge_factor > 1.0:
-        raise ValueError(f"diverge_factor must be > 1, got {diverge_factor}.")
-    if suggestion not in SUGGESTIONS:
-        raise ValueError(f"suggestion must be one of {SUGGESTIONS}, got {suggestion!r}.")
+    start_lr = check_float(start_lr, "start_lr", above=0.0)
+    check_float(end_lr, "end_lr", above=0.0)
+    if not end_lr > start_lr:
+        raise ValueError(f"end_lr must be larger than start_lr ({start_lr:g}), got {end_lr!r}.")
+    check_int(steps, "steps", minimum=5, hint="A curve needs points.")
+    check_float(smoothing, "smoothing", minimum=0.0, below=1.0, hint="0 means no smoothing.")
+    check_float(diverge_factor, "diverge_factor", above=1.0)
+    check_choice(suggestion, "suggestion", SUGGESTIONS)
 
 
 @contextlib.contextmanager
@@ -112,17 +121,18 @@ def preserved_optimizer(optimizer: torch.optim.Optimizer) -> Iterator[None]:
     try:
         yield
     finally:
-        for g, saved in zip(optimizer.param_groups, groups, strict=True):
-            params = g["params"]
-            g.clear()
-            g.update(saved)
-            g["params"] = params
-        optimizer.state.clear()
-        optimizer.state.update(state)
-        if flag is _MISSING:
-            optimizer.__dict__.pop("_opt_called", None)
-        else:
-            optimizer.__dict__["_opt_called"] = flag
+        with _interrupt.deferred():
+            for g, saved in zip(optimizer.param_groups, groups, strict=True):
+                params = g["params"]
+                g.clear()
+                g.update(saved)
+                g["params"] = params
+            optimizer.state.clear()
+            optimizer.state.update(state)
+            if flag is _MISSING:
+                optimizer.__dict__.pop("_opt_called", None)
+            else:
+                optimizer.__dict__["_opt_called"] = flag
 
 
 _MISSING = object()
@@ -168,10 +178,11 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
     schedule. ``suggestion="steepest"`` (default) or ``"minimum"`` picks ``suggested_lr``.
     The model and the optimizer are left exactly as they were.
     """
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable (a loss module or function such as "
-                        f"F.cross_entropy), got {type(loss_fn).__name__}.")
+    check_module(model)
+    check_loss_fn(loss_fn)
     _check_range(start_lr, end_lr, steps, smoothing, diverge_factor, suggestion)
+    check_progress(progress)
+    steps = int(steps)
     params = [p for _, p in trainable_parameters(model)]
     device = model_device(params)
     _check_optimizer(model, optimizer)
@@ -184,38 +195,49 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
     ratios = [float(g["lr"]) / top if top > 0 else 1.0 for g in optimizer.param_groups]
     lrs: list[float] = []
     losses: list[float] = []
-    diverged = False
+    diverged = interrupted = False
     with preserved_model(model), preserved_optimizer(optimizer):
         model.train()
         batches = _cycle(data)
         avg, best = 0.0, math.inf
-        for i, lr in enumerate(plan):
-            for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                if isinstance(group["lr"], torch.Tensor):
-                    group["lr"].fill_(float(lr) * ratio)
-                else:
-                    group["lr"] = float(lr) * ratio
-            inputs, targets = place(*next(batches), device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(call_model(model, inputs), targets)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                raise TypeError("loss_fn must return a scalar tensor (the batch-mean loss).")
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                diverged = True
-                break
-            lrs.append(float(lr))
-            losses.append(value)
-            avg = smoothing * avg + (1.0 - smoothing) * value
-            running = avg / (1.0 - smoothing ** (i + 1))
-            best = min(best, running)
-            if progress is not None:
-                progress(i + 1, steps)
-            if running > diverge_factor * best:
-                diverged = True
-                break
-            loss.backward()
-            optimizer.step()
+        try:
+            for i, lr in enumerate(plan):
+                for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+                    if isinstance(group["lr"], torch.Tensor):
+                        group["lr"].fill_(float(lr) * ratio)
+                    else:
+                        group["lr"] = float(lr) * ratio
+                inputs, targets = place(*next(batches), device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(model, loss_fn, inputs, targets, i)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    if i == 0:
+                        raise ValueError(f"the loss is {value} on the first batch, before any update: check the "
+                                         "model's parameters and the data for NaN/Inf.")
+                    diverged = True
+                    break
+                lrs.append(float(lr))
+                losses.append(value)
+                avg = smoothing * avg + (1.0 - smoothing) * value
+                running = avg / (1.0 - smoothing ** (i + 1))
+                best = min(best, running)
+                if progress is not None:
+                    progress(i + 1, steps)
+                if running > diverge_factor * best:
+                    diverged = True
+                    break
+                loss.backward()
+                optimizer.step()
+        except KeyboardInterrupt:
+            interrupted = _interrupt.keep_partial(finished=bool(losses))
+    if interrupted:
+        smoothed = zero_phase_ema(np.asarray(losses), smoothing)
+        return LRRangeResult(
+            lrs=lrs, losses=losses, smoothed_losses=smoothed.tolist(), suggested_lr=None, suggestion=suggestion,
+            steepest_lr=math.nan, minimum_lr=math.nan, minimum_loss=float(smoothed.min()), diverged=False,
+            steps_run=len(losses), steps_requested=steps, start_lr=float(start_lr), end_lr=float(end_lr),
+            smoothing=float(smoothing), diverge_factor=float(diverge_factor), interrupted=True)
     if len(losses) < 3:
         raise ValueError(f"the loss diverged after {len(losses)} step(s) already at lr {fmt(plan[len(losses)])}: "
                          f"lower start_lr (now {start_lr}).")

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_bool, check_float, check_module
+
 DEFAULT_EXCLUDE: tuple[str, ...] = ("bias", "norm")
 # Keywords of ``exclude``; anything else is a parameter name or glob.
 KEYWORDS = {
@@ -89,8 +91,8 @@ def split_parameters(model: nn.Module, *, exclude: Sequence[str] = DEFAULT_EXCLU
     ``"1d"``) and parameter names (a full name, a dotted suffix such as ``"pos_embed"`` or
     ``"head.weight"``, or a glob such as ``"*.scale"``); a tied parameter is excluded when any of
     its names is. A name that matches no parameter is an error (a typo would silently decay)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    check_module(model)
+    check_bool(trainable_only, "trainable_only")
     entries = _check_exclude(exclude)
     keywords = {e for e in entries if e in KEYWORDS}
     names = [e for e in entries if e not in KEYWORDS]
@@ -133,8 +135,7 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *,
     left out unless ``trainable_only=False`` (then they follow the same rules). Empty groups are
     dropped. See :func:`split_parameters` for what ``exclude`` accepts.
     """
-    if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or weight_decay < 0:
-        raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}.")
+    weight_decay = check_float(weight_decay, "weight_decay", minimum=0.0)
     decayed, kept = split_parameters(model, exclude=exclude, trainable_only=trainable_only)
     if not decayed and not kept:
         raise ValueError("the model has no trainable parameters (none with requires_grad=True) to put "
@@ -154,8 +155,7 @@ def l2_penalty(model: nn.Module, gamma: float, *, exclude: Sequence[str] = DEFAU
 
     Its gradient is ``gamma * w``: with SGD the same as ``weight_decay=gamma``, with Adam not the
     same as AdamW's decoupled decay (see the module docstring)."""
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or gamma < 0:
-        raise ValueError(f"gamma must be a number >= 0, got {gamma!r}.")
+    gamma = check_float(gamma, "gamma", minimum=0.0)
     decayed, kept = split_parameters(model, exclude=exclude)
     if not decayed:
         device = next((p.device for _, p in kept), torch.device("cpu"))

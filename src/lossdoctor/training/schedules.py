@@ -16,6 +16,8 @@ import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from .._checks import check_choice, check_float, check_int, check_optimizer
+
 AFTER_SHAPES = ("constant", "cosine", "linear", "step", "inverse_sqrt")
 
 
@@ -62,34 +64,29 @@ def warmup_factor(step: int, *, warmup_steps: int, total_steps: int | None = Non
 def check_schedule(*, warmup_steps: int, total_steps: int | None, start_factor: float | None, after: str,
                    min_factor: float, step_size: int | None, gamma: float, d_model: int | None,
                    scale: float) -> None:
-    """Raise a ValueError naming the first inconsistent setting."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be an integer >= 0, got {warmup_steps!r}.")
-    if after not in AFTER_SHAPES:
-        raise ValueError(f"after must be one of {AFTER_SHAPES}, got {after!r}.")
-    if start_factor is not None and not start_factor >= 0.0:
-        raise ValueError(f"start_factor must be >= 0 (the multiplier of the lr at step 0), got {start_factor}.")
+    """Raise a ValueError (TypeError for a wrong type) naming the first bad or inconsistent setting."""
+    check_int(warmup_steps, "warmup_steps", minimum=0)
+    check_int(total_steps, "total_steps", minimum=1, optional=True)
+    check_float(start_factor, "start_factor", minimum=0.0, optional=True,
+                hint="It is the multiplier of the lr at step 0.")
+    check_choice(after, "after", AFTER_SHAPES)
+    check_float(min_factor, "min_factor", minimum=0.0, maximum=1.0)
+    check_int(step_size, "step_size", minimum=1, optional=True)
+    check_float(gamma, "gamma", above=0.0)
+    check_int(d_model, "d_model", minimum=1, optional=True)
+    check_float(scale, "scale", above=0.0)
     if after in ("linear", "cosine"):
         if total_steps is None:
             raise ValueError(f"after={after!r} decays to min_factor at total_steps: pass total_steps.")
         if total_steps <= warmup_steps:
             raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps}).")
-    if not 0.0 <= min_factor <= 1.0:
-        raise ValueError(f"min_factor must lie in [0, 1], got {min_factor}.")
-    if after == "step" and (step_size is None or step_size < 1):
+    if after == "step" and step_size is None:
         raise ValueError("after='step' multiplies the lr by gamma every step_size steps: pass step_size >= 1.")
-    if gamma <= 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}.")
     if after == "inverse_sqrt" and warmup_steps < 1:
         raise ValueError("after='inverse_sqrt' decays as sqrt(warmup_steps / step): warmup_steps must be >= 1.")
-    if d_model is not None:
-        if after != "inverse_sqrt":
-            raise ValueError("d_model selects the Transformer schedule, which decays as 1/sqrt(step): "
-                             "use after='inverse_sqrt'.")
-        if d_model < 1:
-            raise ValueError(f"d_model must be >= 1, got {d_model}.")
-    if not scale > 0:
-        raise ValueError(f"scale must be > 0, got {scale}.")
+    if d_model is not None and after != "inverse_sqrt":
+        raise ValueError("d_model selects the Transformer schedule, which decays as 1/sqrt(step): "
+                         "use after='inverse_sqrt'.")
 
 
 class WarmupScheduler(LRScheduler):
@@ -100,8 +97,12 @@ class WarmupScheduler(LRScheduler):
                  start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
                  step_size: int | None = None, gamma: float = 0.1, d_model: int | None = None,
                  scale: float = 1.0, last_epoch: int = -1) -> None:
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        check_optimizer(optimizer)
+        check_int(last_epoch, "last_epoch", minimum=-1)
+        if last_epoch >= 0 and any("initial_lr" not in g for g in optimizer.param_groups):
+            raise ValueError(f"last_epoch={last_epoch} resumes a schedule, but the optimizer's param groups have "
+                             "no 'initial_lr': load the optimizer's state_dict (saved with the scheduler's) "
+                             "first, or start with last_epoch=-1.")
         check_schedule(warmup_steps=warmup_steps, total_steps=total_steps, start_factor=start_factor,
                        after=after, min_factor=min_factor, step_size=step_size, gamma=gamma,
                        d_model=d_model, scale=scale)
@@ -161,8 +162,8 @@ def warmup(optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None =
 
 def linear_scaling_factor(batch_size: int, reference_batch_size: int = 256) -> float:
     """Goyal et al.'s linear scaling rule: multiply the lr by ``batch_size / reference_batch_size``."""
-    if batch_size < 1 or reference_batch_size < 1:
-        raise ValueError(f"batch sizes must be >= 1, got {batch_size} and {reference_batch_size}.")
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    reference_batch_size = check_int(reference_batch_size, "reference_batch_size", minimum=1)
     return batch_size / reference_batch_size
 
 
@@ -178,9 +179,44 @@ def gradual_warmup(optimizer: Optimizer, *, batch_size: int, warmup_steps: int,
                   scale=k, **kwargs)
 
 
+LISTED_STEPS = 10_000  # `lossdoctor schedule --json` lists every step's lr up to this many steps
+
+
+def schedule_at(lr: float, steps: list[int], **warmup_kwargs: Any) -> list[float]:
+    """The lr at each of ``steps`` (0-based updates) under ``warmup(..., **warmup_kwargs)`` for a
+    base lr ``lr``: the scheduler's own closed form, so the cost is one evaluation per step asked
+    for, whatever the length of the schedule."""
+    check_float(lr, "lr", above=0.0)
+    _check_defaults(warmup_kwargs)
+    return [lr * warmup_factor(int(s), **warmup_kwargs) for s in steps]
+
+
+def schedule_peak(lr: float, steps: int, **warmup_kwargs: Any) -> tuple[int, float]:
+    """``(step, lr)`` of the largest lr over the first ``steps`` updates (the first step reaching
+    it). Each phase is monotone (the ramp; then constant, a decay, gamma**k or the Transformer's
+    rise to the end of the warm-up and fall), so the largest value sits at an end of a phase (or
+    the first step of gamma**k's top stair): a handful of evaluations instead of ``steps``."""
+    check_int(steps, "steps", minimum=1)
+    warmup_steps = int(warmup_kwargs.get("warmup_steps", 0))
+    ends = [0, warmup_steps - 1, warmup_steps, steps - 1]
+    if warmup_kwargs.get("after") == "step" and warmup_kwargs.get("step_size") and steps - 1 >= warmup_steps:
+        size = int(warmup_kwargs["step_size"])  # gamma > 1 climbs in stairs: the first step of the top one
+        ends.append(warmup_steps + size * ((steps - 1 - warmup_steps) // size))
+    candidates = sorted({s for s in ends if 0 <= s < steps})
+    values = schedule_at(lr, candidates, **warmup_kwargs)
+    best = max(values)
+    return candidates[values.index(best)], best
+
+
+def _check_defaults(warmup_kwargs: dict[str, Any]) -> None:
+    check_schedule(**{"total_steps": None, "start_factor": None, "after": "constant", "min_factor": 0.0,
+                      "step_size": None, "gamma": 0.1, "d_model": None, "scale": 1.0, **warmup_kwargs})
+
+
 def schedule_lrs(lr: float, steps: int, **warmup_kwargs: Any) -> list[float]:
     """The lr of each of ``steps`` updates under ``warmup(..., **warmup_kwargs)`` for a base lr ``lr``,
-    read from a real scheduler on a throw-away optimizer (for previews and plots)."""
+    read from a real scheduler on a throw-away optimizer (cost: one scheduler step per update; see
+    :func:`schedule_at` for a few steps of a long schedule)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     if not lr > 0:

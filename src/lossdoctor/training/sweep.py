@@ -34,9 +34,22 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _interrupt
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_floats,
+    check_int,
+    check_ints,
+    check_progress,
+    describe,
+    is_integer,
+)
+from .._files import atomic_write_text, check_output_dir, read_text_inside
 from .._results import ResultMixin, fmt, to_jsonable
-from ..data import call_model
-from ..model_state import preserved_rng
+from ..data import batch_loss
+from ..model_state import preserved_rng, seeded_rng
 from ..problem import Problem
 from ..progress import Progress
 from .evaluation import as_tensors, evaluate_largest, rebatch
@@ -115,6 +128,7 @@ class SweepResult(ResultMixin):
     trained: list[str]  # run keys trained by this call (on this rank)
     loaded: list[str]  # run keys read back from the store
     store: str | None = None
+    interrupted: bool = False  # Ctrl-C: ``runs`` holds the runs finished; the one in progress is lost
 
     @property
     def labels(self) -> list[str]:
@@ -140,6 +154,9 @@ class SweepResult(ResultMixin):
     def __str__(self) -> str:
         lines = [f"Batch-size sweep on {self.problem}: batch sizes {self.batch_sizes}, seeds {self.seeds}, "
                  f"{len(self.runs)} runs ({len(self.trained)} trained now, {len(self.loaded)} from the store)"]
+        if self.interrupted:
+            lines.append(f"  INTERRUPTED: {len(self.runs)} of {len(self.batch_sizes) * len(self.seeds)} runs "
+                         "finished" + (f"; rerun with store={self.store!r} to train the rest" if self.store else ""))
         for label in self.labels:
             lines.append(f"  at {label}:")
             lines.append(f"    {'batch':>6} {'updates':>8} {'train loss':>11} {'train acc':>10} {'test acc':>9} "
@@ -156,17 +173,17 @@ class SweepResult(ResultMixin):
 
 
 # -- the store ---------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _open_store(store: Path, settings: dict[str, Any], fingerprint: str) -> None:
     (store / "runs").mkdir(parents=True, exist_ok=True)
     meta = store / "sweep.json"
     if meta.is_file():
-        saved = json.loads(meta.read_text(encoding="utf-8"))
+        try:
+            saved = json.loads(read_text_inside(store, "sweep.json") or "")
+        except json.JSONDecodeError:
+            saved = None
+        if not isinstance(saved, dict):
+            raise ValueError(f"store {store}: sweep.json is damaged or not lossdoctor's; remove it (the runs in "
+                             f"{store / 'runs'} are kept and reused when the settings match) or use another --store.")
         if saved.get("fingerprint") != fingerprint:
             diff = sorted(k for k in set(saved.get("settings", {})) | set(settings)
                           if saved.get("settings", {}).get(k) != settings.get(k))
@@ -188,9 +205,15 @@ def _open_store(store: Path, settings: dict[str, Any], fingerprint: str) -> None
 
 
 def _load_run(path: Path, fingerprint: str) -> SweepRun | None:
-    if not path.is_file():
+    """A finished run from the store; ``None`` when it is missing, damaged (it is trained again)
+    or from other settings."""
+    text = read_text_inside(path.parent, path.name)
+    if text is None:
         return None
-    run = SweepRun.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    try:
+        run = SweepRun.from_dict(json.loads(text))
+    except (ValueError, TypeError, KeyError):
+        return None
     return run if run.fingerprint == fingerprint else None
 
 
@@ -218,6 +241,15 @@ def _optimizer(name: str, params, lr: float, momentum: float):
 
 def _train_run(problem: Problem, train: tuple, test: tuple | None, b: int, seed: int, cfg: dict[str, Any],
                fingerprint: str, keep_states: bool, progress) -> SweepRun:
+    """One run, with the global RNG (dropout, random layers) seeded from the run's seed and put
+    back afterwards: the run depends on its seed alone, and the caller's RNG does not move."""
+    device = next(iter(problem.model.parameters()), torch.empty(0)).device
+    with seeded_rng(20_000 + seed, device):
+        return _train_seeded_run(problem, train, test, b, seed, cfg, fingerprint, keep_states, progress)
+
+
+def _train_seeded_run(problem: Problem, train: tuple, test: tuple | None, b: int, seed: int, cfg: dict[str, Any],
+                      fingerprint: str, keep_states: bool, progress) -> SweepRun:
     from ..analysis.sharpness import sharpness
 
     x, y = train
@@ -288,7 +320,7 @@ def _train_run(problem: Problem, train: tuple, test: tuple | None, b: int, seed:
             xb, yb = x[idx].to(device), y[idx].to(device)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss = problem.loss_fn(call_model(model, xb), yb)
+            loss = batch_loss(model, problem.loss_fn, xb, yb, step)
             loss.backward()
             opt.step()
             if device.type == "cuda":
@@ -351,70 +383,83 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
         keep_states: keep each milestone's ``state_dict`` in memory (``run.states``); not stored.
         progress: ``progress(done, total)`` with ``total = 1000 * number of runs``.
     """
-    sizes = [int(b) for b in batch_sizes]
-    seeds = [int(s) for s in seeds]
     if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a lossdoctor.Problem (see load_problem), got {type(problem).__name__}.")
-    if not sizes or any(b < 1 for b in sizes) or len(set(sizes)) != len(sizes):
-        raise ValueError(f"batch_sizes must be distinct positive integers, got {list(batch_sizes)!r}.")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds must be distinct integers, got {list(seeds)!r}.")
-    thresholds = [float(stop_at_loss)] if isinstance(stop_at_loss, (int, float)) else [float(t) for t in stop_at_loss]
-    if any(not (t > 0 and math.isfinite(t)) for t in thresholds):
-        raise ValueError(f"stop_at_loss thresholds must be positive, got {stop_at_loss!r}.")
+        raise TypeError(f"problem must be a lossdoctor.Problem, got {describe(problem)}. Build one with "
+                        "lossdoctor.Problem(model, loss_fn, train_data, test_data) or "
+                        "lossdoctor.load_problem('mnist1d-mlp').")
+    sizes = check_ints(batch_sizes, "batch_sizes", minimum=1, distinct=True)
+    seeds = check_ints(seeds, "seeds", minimum=0, maximum=2**63 - 20_001, distinct=True)
+    # an integer number of epochs stays an int: its label ("epochs=3") and the store's fingerprint
+    epochs = int(epochs) if is_integer(epochs) and epochs > 0 else check_float(epochs, "epochs", above=0.0,
+                                                                               optional=True)
+    updates = check_int(updates, "updates", minimum=1, optional=True)
+    thresholds = ([check_float(stop_at_loss, "stop_at_loss", above=0.0)]
+                  if not isinstance(stop_at_loss, (list, tuple, np.ndarray, torch.Tensor, range))
+                  else check_floats(stop_at_loss, "stop_at_loss", above=0.0, nonempty=False))
     if epochs is None and updates is None and not thresholds:
         raise ValueError("give epochs=, updates= or stop_at_loss= (or several): when to stop and measure.")
-    if (epochs is not None and not epochs > 0) or (updates is not None and int(updates) < 1):
-        raise ValueError(f"epochs and updates must be positive, got epochs={epochs}, updates={updates}.")
-    if lr_rule not in LR_RULES:
-        raise ValueError(f"lr_rule must be one of {LR_RULES}, got {lr_rule!r}.")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}.")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}.")
-    bad = [m for m in sharpness if m not in ("lambda_max", "trace", "epsilon")]
-    if bad:
-        raise ValueError(f"unknown sharpness methods {bad}: use 'lambda_max', 'trace' and/or 'epsilon'.")
-    train = as_tensors(problem.train_data)
-    test = as_tensors(problem.test_data) if problem.test_data is not None else None
+    max_epochs = check_int(max_epochs, "max_epochs", minimum=1)
+    lr = check_float(lr, "lr", above=0.0)
+    check_choice(lr_rule, "lr_rule", LR_RULES)
+    base_batch = check_int(base_batch, "base_batch", minimum=1)
+    check_choice(optimizer, "optimizer", OPTIMIZERS)
+    momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
+    methods = [sharpness] if isinstance(sharpness, str) else sharpness
+    if isinstance(methods, (bytes, dict)) or not isinstance(methods, (list, tuple)):
+        raise TypeError(f"sharpness must be a list of methods ('lambda_max', 'trace', 'epsilon') or one of them, "
+                        f"got {describe(sharpness)}.")
+    methods = [check_choice(m, f"sharpness[{i}]", ("lambda_max", "trace", "epsilon")) for i, m in enumerate(methods)]
+    epsilons = check_floats(epsilons, "epsilons", above=0.0)
+    epsilon_iters = check_int(epsilon_iters, "epsilon_iters", minimum=1)
+    tol = check_float(tol, "tol", above=0.0)
+    check_every = check_int(check_every, "check_every", minimum=1)
+    sharpness_batch = check_int(sharpness_batch, "sharpness_batch", minimum=1)
+    check_bool(keep_states, "keep_states")
+    check_progress(progress)
+    root = check_output_dir(store, "store") if store is not None else None
+    train = as_tensors(problem.train_data, "problem.train_data")
+    test = as_tensors(problem.test_data, "problem.test_data") if problem.test_data is not None else None
     num_train = len(train[1])
     cfg = {"problem": problem.name, "num_train": num_train, "num_test": len(test[1]) if test else 0,
            "num_params": sum(p.numel() for p in problem.model.parameters() if p.requires_grad),
            "data_sum": float(train[0].double().sum()), "epochs": epochs, "updates": updates,
            "stop_at_loss": thresholds, "max_epochs": int(max_epochs), "lr": float(lr), "lr_rule": lr_rule,
            "base_batch": int(base_batch), "optimizer": optimizer, "momentum": float(momentum),
-           "sharpness": list(sharpness), "epsilons": [float(e) for e in epsilons],
-           "epsilon_iters": int(epsilon_iters), "tol": float(tol), "check_every": int(check_every),
-           "sharpness_batch": int(sharpness_batch)}
+           "sharpness": methods, "epsilons": epsilons, "epsilon_iters": epsilon_iters, "tol": tol,
+           "check_every": check_every, "sharpness_batch": sharpness_batch}
     fingerprint = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
     rank, world = _rank_world()
     if world > 1 and store is None:
         raise ValueError("a sweep under torch.distributed needs store= a directory every rank can read and "
                          "write: the ranks share their runs through it.")
-    root = Path(store) if store is not None else None
     if root is not None:
         _open_store(root, cfg, fingerprint)
     grid = [(b, s) for b in sizes for s in seeds]
     runs: dict[tuple[int, int], SweepRun] = {}
     trained, loaded = [], []
     total = UNITS * len(grid)
-    for i, (b, s) in enumerate(grid):
-        path = root / "runs" / f"b{b}-s{s}.json" if root is not None else None
-        found = _load_run(path, fingerprint) if path is not None else None
-        if found is not None:
-            runs[(b, s)] = found
-            loaded.append(found.key)
-        elif i % world == rank:
-            def sub(units: int, i: int = i) -> None:
+    interrupted = False
+    try:
+        with _interrupt.propagating():
+            for i, (b, s) in enumerate(grid):
+                path = root / "runs" / f"b{b}-s{s}.json" if root is not None else None
+                found = _load_run(path, fingerprint) if path is not None else None
+                if found is not None:
+                    runs[(b, s)] = found
+                    loaded.append(found.key)
+                elif i % world == rank:
+                    def sub(units: int, i: int = i) -> None:
+                        if progress:
+                            progress(i * UNITS + units, total)
+                    run = _train_run(problem, train, test, b, s, cfg, fingerprint, keep_states, sub)
+                    if path is not None:
+                        atomic_write_text(path.parent, path.name, json.dumps(run.to_dict()))
+                    runs[(b, s)] = run
+                    trained.append(run.key)
                 if progress:
-                    progress(i * UNITS + units, total)
-            run = _train_run(problem, train, test, b, s, cfg, fingerprint, keep_states, sub)
-            if path is not None:
-                _atomic_write(path, json.dumps(run.to_dict()))
-            runs[(b, s)] = run
-            trained.append(run.key)
-        if progress:
-            progress((i + 1) * UNITS, total)
+                    progress((i + 1) * UNITS, total)
+    except KeyboardInterrupt:
+        interrupted = _interrupt.keep_partial(finished=world == 1 and bool(runs))
     if world > 1:
         import torch.distributed as dist
 
@@ -427,5 +472,5 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
                 runs[(b, s)] = found
                 loaded.append(found.key)
     return SweepResult(problem=problem.name, batch_sizes=sizes, seeds=seeds, num_train=num_train,
-                       settings=cfg, runs=[runs[k] for k in grid], trained=trained, loaded=loaded,
-                       store=str(root) if root is not None else None)
+                       settings=cfg, runs=[runs[k] for k in grid if k in runs], trained=trained, loaded=loaded,
+                       store=str(root) if root is not None else None, interrupted=interrupted)

@@ -19,8 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _interrupt
+from .._checks import (
+    check_device,
+    check_float,
+    check_int,
+    check_ints,
+    check_loss_fn,
+    check_module,
+    check_progress,
+)
 from .._results import ResultMixin, fmt
-from ..data import call_model
+from ..data import batch_loss, call_model
 from ..model_state import preserved_rng, trainable_parameters
 from ..progress import Progress
 from .evaluation import as_tensors
@@ -41,10 +51,12 @@ class BatchTiming(ResultMixin):
     seconds_per_epoch: list[float]
     samples_per_second: list[float]
     dataset_size: int
-    saturation_batch_size: int
+    saturation_batch_size: int | None  # None when interrupted: no verdict from a partial sweep
     device: str
     repeats: int
     warmup: int
+    interrupted: bool = False  # Ctrl-C: the rows are the batch sizes finished (smallest first)
+    batch_sizes_requested: list[int] | None = None
 
     def __str__(self) -> str:
         lines = [f"Time per update on {self.device} ({self.repeats} repeats after {self.warmup} warm-up; "
@@ -53,8 +65,12 @@ class BatchTiming(ResultMixin):
         for i, b in enumerate(self.batch_sizes):
             lines.append(f"  {b:>7d} {fmt(self.seconds_per_update[i]):>10} {self.updates_per_epoch[i]:>14d} "
                          f"{fmt(self.seconds_per_epoch[i]):>10} {fmt(self.samples_per_second[i]):>11}")
-        lines.append(f"  the hardware saturates near batch {self.saturation_batch_size}: beyond it time per "
-                     "update grows about in proportion to the batch")
+        if self.interrupted:
+            lines.append(f"  INTERRUPTED after {len(self.batch_sizes)} of {len(self.batch_sizes_requested or [])} "
+                         "batch sizes: no saturation point named")
+        else:
+            lines.append(f"  the hardware saturates near batch {self.saturation_batch_size}: beyond it time per "
+                         "update grows about in proportion to the batch")
         return "\n".join(lines)
 
 
@@ -84,47 +100,64 @@ def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: 
         epoch_size: samples per epoch for updates/epoch (default: the dataset size; e.g. 60000
             for the lecture's MNIST example).
     """
-    x, y = as_tensors(dataset)
-    n = len(y)
-    sizes = default_batch_sizes(n) if batch_sizes is None else [int(b) for b in batch_sizes]
-    if not sizes or any(b < 1 for b in sizes):
-        raise ValueError(f"batch_sizes must be positive integers, got {batch_sizes!r}.")
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
+    check_module(model)
+    check_loss_fn(loss_fn)
+    if batch_sizes is not None:
+        batch_sizes = check_ints(batch_sizes, "batch_sizes", minimum=1, distinct=True)
+    dev = check_device(device)
+    repeats = check_int(repeats, "repeats", minimum=1)
+    warmup = check_int(warmup, "warmup", minimum=0)
+    lr = check_float(lr, "lr", above=0.0)
+    epoch_size = check_int(epoch_size, "epoch_size", minimum=1, optional=True)
+    check_progress(progress)
     trainable_parameters(model)  # a clear error for a model with nothing to train
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
-    epoch = int(epoch_size or n)
+    x, y = as_tensors(dataset, "dataset")
+    n = len(y)
+    sizes = sorted(default_batch_sizes(n) if batch_sizes is None else batch_sizes)
+    dev = dev if dev is not None else next(model.parameters()).device
+    epoch = epoch_size or n
+    med: list[float] = []
+    lo: list[float] = []
+    hi: list[float] = []
+    interrupted = False
     with preserved_rng():
         work = copy.deepcopy(model).to(dev)
         work.train()
         opt = torch.optim.SGD([p for p in work.parameters() if p.requires_grad], lr=lr)
         gen = torch.Generator().manual_seed(0)
-        med, lo, hi = [], [], []
-        for i, b in enumerate(sorted(sizes)):
-            idx = torch.randint(0, n, (b,), generator=gen) if b > n else torch.randperm(n, generator=gen)[:b]
-            xb, yb = x[idx].to(dev), y[idx].to(dev)
-            times = []
-            for r in range(warmup + repeats):
-                _sync(dev)
-                start = time.perf_counter()
-                opt.zero_grad(set_to_none=True)
-                loss_fn(call_model(work, xb), yb).backward()
-                opt.step()
-                _sync(dev)
-                if r >= warmup:
-                    times.append(time.perf_counter() - start)
-            med.append(float(np.median(times)))
-            lo.append(float(np.min(times)))
-            hi.append(float(np.max(times)))
-            if progress:
-                progress(i + 1, len(sizes))
-    sizes = sorted(sizes)
-    upe = [math.ceil(epoch / b) for b in sizes]
-    throughput = [b / t for b, t in zip(sizes, med)]
+        # one checked update first: a model or loss that fails does so with a clear error
+        # (two samples at least: a per-sample loss of a 1-sample batch looks like a scalar)
+        first = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:min(n, max(2, sizes[0]))]
+        batch_loss(work, loss_fn, x[first].to(dev), y[first].to(dev), 0).backward()
+        opt.zero_grad(set_to_none=True)
+        try:
+            for i, b in enumerate(sizes):
+                idx = torch.randint(0, n, (b,), generator=gen) if b > n else torch.randperm(n, generator=gen)[:b]
+                xb, yb = x[idx].to(dev), y[idx].to(dev)
+                times = []
+                for r in range(warmup + repeats):
+                    _sync(dev)
+                    start = time.perf_counter()
+                    opt.zero_grad(set_to_none=True)
+                    loss_fn(call_model(work, xb), yb).backward()
+                    opt.step()
+                    _sync(dev)
+                    if r >= warmup:
+                        times.append(time.perf_counter() - start)
+                med.append(float(np.median(times)))
+                lo.append(float(np.min(times)))
+                hi.append(float(np.max(times)))
+                if progress:
+                    progress(i + 1, len(sizes))
+        except KeyboardInterrupt:
+            interrupted = _interrupt.keep_partial(finished=bool(med))
+    done = sizes[:len(med)]
+    upe = [math.ceil(epoch / b) for b in done]
+    throughput = [b / t for b, t in zip(done, med)]
     best = max(throughput)
-    saturation = next(b for b, t in zip(sizes, throughput) if t >= SATURATION * best)
-    return BatchTiming(batch_sizes=sizes, seconds_per_update=med, seconds_per_update_min=lo,
+    saturation = None if interrupted else next(b for b, t in zip(done, throughput) if t >= SATURATION * best)
+    return BatchTiming(batch_sizes=done, seconds_per_update=med, seconds_per_update_min=lo,
                        seconds_per_update_max=hi, updates_per_epoch=upe,
                        seconds_per_epoch=[u * t for u, t in zip(upe, med)], samples_per_second=throughput,
                        dataset_size=epoch, saturation_batch_size=saturation, device=str(dev),
-                       repeats=repeats, warmup=warmup)
+                       repeats=repeats, warmup=warmup, interrupted=interrupted, batch_sizes_requested=sizes)
