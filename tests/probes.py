@@ -524,6 +524,13 @@ def specs() -> list[Spec]:
                                                             "loss": 1.0}, {
         "loss": [Bad("nan first", NAN, "ok"), Bad("string", "1.0"), Bad("None", None), Bad("list", [1.0])]},
         owner=DOCTOR))
+    s.append(Spec("layer_curvature", ld.layer_curvature, lambda e: _model_args(e), {
+        **MODEL_LOSS_DATA, "optimizer": [b for b in optimizer_kind() if b.label != "None"],
+        "lr": floats(above=0.0, optional=True), "mode": _mode(),
+        "probes": ints(1), "lanczos_steps": ints(1), "seed": seed()}, owner=DOCTOR))
+    s.append(Spec("attached_scheduler", ld.attached_scheduler, lambda e: {"optimizer": e.optimizer}, {
+        "optimizer": [b for b in optimizer_kind() if b.label in ("string", "None", "class")]}, owner=DOCTOR,
+        watch=lambda e: []))
     s.append(Spec("train_monitored", ld.train_monitored,
                   lambda e: {**_model_args(e), "optimizer": e.optimizer, "steps": 2}, {
         "steps": ints(1), "optimizer": optimizer_kind()[:3], "data": data_kind()}, owner=DOCTOR,

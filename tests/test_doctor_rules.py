@@ -52,7 +52,8 @@ CASES = {
     "weight_decay": dict(weight_decay=0.5, decay_share=0.9, decay_alignment=-0.8),
     "vanishing_gradients": dict(layers=layers([1e-5, 1e-3, 1.0])),
     "saddle_point": dict(grad_norm=1e-6, reducible=0.0, lambda_min=-2.0, lambda_max=2.0),
-    "degenerate": dict(grad_norm=0.0, lambda_max=0.0, lambda_min=0.0, lr_sharpness=0.0, reducible=0.0),
+    "degenerate": dict(grad_norm=0.0, lambda_max=0.0, lambda_min=0.0, lr_sharpness=0.0, reducible=0.0,
+                       param_norm=0.0),
     "converged": dict(grad_norm=1e-7, reducible=1e-12, lambda_min=0.1),
     "gradient_noise": dict(noise_ratio=20.0, efficiency=0.01),
     "flat_plateau": dict(lambda_max=1e-5, lr_sharpness=1e-6, param_norm=2.0),
@@ -120,6 +121,41 @@ def test_a_small_gradient_with_loss_left_along_the_floor_is_not_a_critical_point
                           half_life=1700.0)
     assert valley.relative_grad < rules.CRITICAL_GRADIENT
     assert decide(valley).cause == "ill_conditioned"
+
+
+def test_saturated_outputs_are_a_flat_plateau_not_a_saddle_or_a_degenerate_point():
+    # Softmax/sigmoid saturated to rounding: gradient and curvature ~0 at weights far from zero,
+    # with a tiny negative Ritz value. An all-zero point with the same numbers is degenerate.
+    saturated = measurements(grad_norm=1e-9, lambda_max=3e-9, lambda_min=-7e-9, reducible=1e-12, loss=0.18,
+                             lr_sharpness=1.5e-9, param_norm=20.0)
+    assert decide(saturated).cause == "flat_plateau"
+    zero = measurements(grad_norm=0.0, lambda_max=0.0, lambda_min=0.0, reducible=0.0, lr_sharpness=0.0, param_norm=0.0)
+    assert decide(zero).cause == "degenerate"
+
+
+def test_a_jump_at_the_end_of_the_history_is_divergence():
+    jumped = measurements(loss=4.5, recent_loss=1.2, loss_agrees=False, lr_sharpness=2.56,
+                          trend=trend(relative_drop=0.07, stalled=False, tail_ratio=6.0))
+    assert decide(jumped).cause == "diverging"
+    # A full-data loss far from a history whose end shows no rise: not enough to call it.
+    unrelated = measurements(loss=4.5, recent_loss=1.2, loss_agrees=False,
+                             trend=trend(relative_drop=0.07, stalled=False, tail_ratio=1.0))
+    assert decide(unrelated).cause == "progressing"
+
+
+def test_adaptive_growth_is_a_bounce_and_sgd_growth_divergence():
+    grown = dict(trend=trend(growth=2.5, separated_growth=1.6, relative_drop=-1.5))
+    assert decide(measurements(**grown)).cause == "diverging"
+    assert decide(measurements(**grown, optimizer="adam", adaptive=True, threshold=38.0)).cause == "oscillation"
+
+
+def test_the_valley_is_called_while_the_loss_still_crawls_down():
+    m = measurements(lr_sharpness=1.99, gradient_curvature=0.05, half_life=700.0,
+                     trend=trend(relative_drop=0.05, stalled=False))
+    assert decide(m).cause == "ill_conditioned"
+    fast = measurements(lr_sharpness=1.99, gradient_curvature=0.05, half_life=700.0,
+                        trend=trend(relative_drop=0.3, stalled=False))
+    assert decide(fast).cause == "progressing"
 
 
 def test_negligible_negative_curvature_is_converged_not_a_saddle():

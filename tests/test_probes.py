@@ -33,9 +33,7 @@ def _groups() -> list:
         grouped.setdefault((p.target, p.arg), []).append(p)
     params = []
     for (target, arg), group in grouped.items():
-        marks = ([pytest.mark.xfail(strict=False, reason="doctor rewrite: lead")]
-                 if group[0].owner == probes.DOCTOR else [])
-        params.append(pytest.param(group, id=f"{target}-{arg}".replace(" ", "_"), marks=marks))
+        params.append(pytest.param(group, id=f"{target}-{arg}".replace(" ", "_")))
     return params
 
 
@@ -49,10 +47,6 @@ def test_probes(group):
     assert not failed, f"{len(failed)} of {len(group)} probes:\n" + "\n".join(failed)
 
 
-# the stall doctor's modules (the lead's rewrite): their new names get probes when it lands
-DOCTOR_MODULES = ("lossdoctor.doctor", "lossdoctor.analysis.layers", "lossdoctor.analysis.step_size")
-
-
 def test_the_suite_is_big_and_covers_every_public_name():
     import lossdoctor as ld
 
@@ -60,8 +54,7 @@ def test_the_suite_is_big_and_covers_every_public_name():
     targets = {p.target for p in PROBES}
     functions = {name for name in ld.__all__ if callable(getattr(ld, name)) and (
         not name[0].isupper() or name in ("Problem", "Monitor"))}
-    unprobed = {name for name in functions - targets
-                if not getattr(ld, name).__module__.startswith(DOCTOR_MODULES)}
+    unprobed = functions - targets
     assert not unprobed, sorted(unprobed)
     assert {"spectrum", "critical", "lr-find", "schedule", "tour", "batch time", "batch sweep", "batch sharpness",
             "batch landscape", "batch noise", "diagnose", "train"} <= targets

@@ -16,14 +16,17 @@ import click
 
 from ._results import to_jsonable
 from .cli import (
+    Number,
     _fail,
     _load,
     checkpoint_option,
     device_option,
     json_option,
+    new_file,
     out,
     problem_option,
     progress_bars,
+    save_file,
 )
 
 
@@ -75,9 +78,9 @@ def read_history_file(path: str) -> dict[str, list[float]]:
 TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 optimizer_option = click.option("--optimizer", "opt_name", type=click.Choice(TRAIN_OPTIMIZERS), default=None,
                                 help="The optimizer the history was trained with (default: plain SGD at --lr).")
-momentum_option = click.option("--momentum", type=float, default=0.0, show_default=True,
-                               help="SGD/RMSprop momentum (Adam's beta1 is 0.9).")
-weight_decay_option = click.option("--weight-decay", type=float, default=0.0, show_default=True,
+momentum_option = click.option("--momentum", type=Number(minimum=0.0, below=1.0), default=0.0, show_default=True,
+                               help="SGD/RMSprop momentum in [0, 1) (Adam's beta1 is 0.9).")
+weight_decay_option = click.option("--weight-decay", type=Number(minimum=0.0), default=0.0, show_default=True,
                                    help="The optimizer's weight decay.")
 
 
@@ -114,7 +117,8 @@ def _check_rate(name: str, value: float | None, *, positive: bool = True) -> Non
 @click.option("--optimizer-state", type=click.Path(exists=True, dir_okay=False), default=None,
               help="The optimizer's state_dict (torch.save(optimizer.state_dict(), path)): Adam's moments, "
                    "momentum buffers (loaded with weights_only=True).")
-@click.option("--window", default=60, show_default=True, help="Recent steps the trend is read from.")
+@click.option("--window", type=click.IntRange(min=4), default=60, show_default=True,
+              help="Recent steps the trend is read from.")
 @click.option("--mode", type=click.Choice(["auto", "eval", "train"]), default="auto", show_default=True,
               help="auto: train mode (BatchNorm on batch statistics, dropout off), checked against the history.")
 @click.option("--verify/--no-verify", default=True, show_default=True,
@@ -179,8 +183,8 @@ def diagnose_command(problem: str, checkpoint: str | None, history_file: str, op
               help="Apply the doctor's best verified prescription when the loss stalls (undone if it hurt).")
 @click.option("--doctor-share", type=float, default=0.05, show_default=True,
               help="The doctor's cost cap, a share of the training steps so far.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), default=None,
-              help="Write the trained state_dict to this new file (never overwritten).")
+@click.option("--out", "out_file", default=None, callback=new_file(),
+              help="Write the trained state_dict to this new .pt file (checked before training; never overwritten).")
 @device_option
 @json_option
 def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float, momentum: float, weight_decay: float,
@@ -189,8 +193,6 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
     """Train with the Monitor attached; prints the doctor's diagnosis when the loss stalls."""
     from .doctor.monitor import Monitor, train_monitored
 
-    if out_file is not None and Path(out_file).exists():
-        _fail(f"{out_file} already exists; lossdoctor never overwrites a file: choose another --out.")
     _check_rate("--lr", lr)
     _check_rate("--momentum", momentum, positive=False)
     _check_rate("--weight-decay", weight_decay, positive=False)
@@ -215,9 +217,8 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
     if out_file is not None:
         import torch
 
-        with open(out_file, "xb") as handle:  # exclusive create: never overwrite
-            torch.save(prob.model.state_dict(), handle)
-        written = out_file
+        written = save_file(Path(out_file), lambda handle: torch.save(prob.model.state_dict(), handle),
+                            "trained parameters")
     if as_json:
         rec = run.record
         out.print_json(json.dumps({"problem": prob.name, "optimizer": opt_name, "lr": lr, **run.to_dict(),

@@ -40,6 +40,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import (
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_optimizer,
+    check_progress,
+    check_seed,
+)
 from .._results import ResultMixin, fmt
 from ..curvature import hessian
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, rademacher, tridiagonal
@@ -244,7 +252,8 @@ def heterogeneity(nodes: list[list[np.ndarray]], weights: list[list[np.ndarray]]
 
 def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: torch.optim.Optimizer | None = None,
                     lr: float | None = None, mode: str = "eval", probes: int = 2, lanczos_steps: int = 12,
-                    seed: int = 0, op: Any = None, progress: Progress | None = None) -> LayerCurvature:
+                    seed: int = 0, op: Any = None, max_blocks: int | None = None,
+                    progress: Progress | None = None) -> LayerCurvature:
     """The per-block curvature table of ``model`` on ``data`` (see the module docstring).
 
     Args:
@@ -256,6 +265,7 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
         probes, lanczos_steps: Rademacher probes per block and Lanczos steps per probe; the cost
             is ``blocks x probes x lanczos_steps`` Hessian-vector products (each a full product).
         op: an existing operator of the same model, loss and data (reused instead of built).
+        max_blocks: measure only the this many largest blocks (None: all), to bound the cost.
         progress: called as ``progress(done, total)``.
 
     Returns:
@@ -263,12 +273,21 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
     """
 
 
-    for name, value in (("probes", probes), ("lanczos_steps", lanczos_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    check_module(model)
+    check_loss_fn(loss_fn)
+    if optimizer is not None:
+        check_optimizer(optimizer)
+    probes = check_int(probes, "probes", minimum=1)
+    lanczos_steps = check_int(lanczos_steps, "lanczos_steps", minimum=1)
+    seed = check_seed(seed)
+    check_progress(progress)
     lr = check_lr(lr)
     op = op if op is not None else hessian(model, loss_fn, data, mode=mode)
     blocks = parameter_blocks(model, op.names)
+    max_blocks = check_int(max_blocks, "max_blocks", minimum=1, optional=True)
+    if max_blocks is not None and len(blocks) > max_blocks:
+        largest = set(sorted(range(len(blocks)), key=lambda i: -blocks[i].numel)[:max_blocks])
+        blocks = [b for i, b in enumerate(blocks) if i in largest]
     steps = step_size(optimizer, op.params, lr)
     _, grad = op.gradient()
     grad = grad.to(torch.float64)

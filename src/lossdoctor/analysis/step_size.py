@@ -74,7 +74,14 @@ def step_size(optimizer: Any, params: list[torch.Tensor], lr: float | None = Non
         return None if lr is None else StepSize("sgd", lr, None, 0.0, 2.0, 0.0, False, False)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ValueError("optimizer is LBFGS, which takes its own line-searched steps: the stability analysis needs "
+                         "a step-size optimizer (SGD, Adam, RMSprop, Adagrad...); pass lr= instead to model plain SGD.")
     groups = optimizer.param_groups
+    trained = {id(p) for g in groups for p in g["params"]}
+    if params and not any(id(p) in trained for p in params):
+        raise ValueError("optimizer does not train any of this model's trainable parameters: pass the optimizer "
+                         "built over this model's parameters (torch.optim.X(model.parameters(), ...)).")
     base = float(groups[0]["lr"])
     factor = 1.0 if lr is None or base == 0 else lr / base
     kind = type(optimizer).__name__.lower()

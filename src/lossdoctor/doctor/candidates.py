@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .explain import one_lr_cannot_fit
 from .measure import Measurements
 from .rules import Decision
 
@@ -77,7 +78,7 @@ def _adam(m: Measurements, lrs: tuple[float, ...] = ADAM_LRS) -> list[Candidate]
 
 def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, dead_rows: Any = None,
                escape: Any = None, window: int = 60, has_normalization: bool = True,
-               probability_outputs: bool = False) -> list[Candidate]:
+               probability_outputs: bool = False, layers: Any = None) -> list[Candidate]:
     """The candidate actions for ``decision.cause`` (see the module docstring).
 
     ``checkpoint`` (a state dict from before the loss went bad), ``dead_rows`` (weight name ->
@@ -95,6 +96,8 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
         return [Candidate({"stop": True}, "converged"),
                 Candidate({"capacity": "more"}, "converged", applicable=False)]
     if cause == "diverging":
+        if sgd and one_lr_cannot_fit(layers):
+            out += _adam(m, (1e-3,))
         if m.nonfinite_params or (m.loss is not None and not math.isfinite(m.loss)):
             if checkpoint is not None:
                 for f in (0.1, 0.3):

@@ -29,17 +29,30 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import (
+    check_callable,
+    check_choice,
+    check_float,
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_optimizer,
+    check_progress,
+    check_seed,
+)
 from .._results import ResultMixin, fmt
+from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
 from ..data import call_model, place
 from ..progress import Progress, scaled
 from .candidates import Candidate, candidates
-from .explain import CAUSE_TITLES, describe_action, evidence, summary
+from .explain import CAUSE_TITLES, describe_action, evidence, layer_evidence, summary
 from .measure import (
     BUDGET,
     CURVATURE_SAMPLES,
     SAMPLES,
     Measurements,
+    dropout_off,
     escape_step,
     first_samples,
     measure,
@@ -53,6 +66,8 @@ from .trials import TrainStep, TrialReport, run_trials
 # Every value Diagnosis.cause takes: the rules' causes, and "undetermined" for an interrupted run.
 CAUSES = (*RULE_CAUSES, "undetermined")
 TRIAL_BUDGET = 5.0
+PER_LAYER_CAUSES = ("oscillation", "diverging", "ill_conditioned")
+LAYER_STEPS = 5
 MAX_TRIAL_STEPS = 240
 
 
@@ -80,6 +95,7 @@ class Diagnosis(ResultMixin):
     cost: dict[str, float]
     interrupted: bool = False
     step: int | None = None  # the training step it was made at (set by the Monitor)
+    layers: LayerCurvature | None = None  # per-block curvature, for causes where the lr's fit matters
 
     _skip_in_dict = ()
 
@@ -245,19 +261,27 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
     started = time.perf_counter()
     hist = read_history(history)
     lr = check_lr(lr)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 4:
-        raise ValueError(f"window must be an integer >= 4, got {window!r}.")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    if mode not in ("auto", "train", "eval"):
-        raise ValueError(f"mode must be 'auto', 'train' or 'eval', got {mode!r}.")
+    check_module(model)
+    check_loss_fn(loss_fn)
+    if optimizer is not None:
+        check_optimizer(optimizer)
+    window = check_int(window, "window", minimum=4)
+    mode = check_choice(mode, "mode", ("auto", "train", "eval"))
     if verify not in (True, False, "auto"):
         raise ValueError(f"verify must be True, False or 'auto', got {verify!r}.")
-    if train_step is not None and not callable(train_step):
-        raise TypeError(f"train_step must be callable as train_step(model, optimizer, batch), got "
-                        f"{type(train_step).__name__}.")
-    if trial_steps != "auto" and (isinstance(trial_steps, bool) or not isinstance(trial_steps, int) or trial_steps < 2):
-        raise ValueError(f"trial_steps must be 'auto' or an integer >= 2, got {trial_steps!r}.")
+    check_callable(train_step, "train_step", optional=True,
+                   hint="Pass a function called as train_step(model, optimizer, batch) returning the loss.")
+    if trial_steps != "auto":
+        trial_steps = check_int(trial_steps, "trial_steps", minimum=2, hint="Or 'auto'.")
+    samples = check_int(samples, "samples", minimum=1, optional=True)
+    curvature_samples = check_int(curvature_samples, "curvature_samples", minimum=1, optional=True)
+    batch = check_int(batch, "batch", minimum=1, optional=True)
+    budget = check_int(budget, "budget", minimum=2)
+    trial_budget = check_float(trial_budget, "trial_budget", minimum=1.0)
+    seed = check_seed(seed)
+    check_progress(progress)
+    if previous is not None:
+        check_choice(previous, "previous", CAUSES)
     try:
         m = measure(model, loss_fn, data, hist, optimizer=optimizer, lr=lr, window=window, mode=mode, samples=samples,
                     curvature_samples=curvature_samples, batch=batch, budget=budget, seed=seed,
@@ -267,8 +291,22 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
                                       "measurement")
     decision = decide(m, previous=previous)
     batches = first_samples(data, samples, batch)
+    layers = None
+    if decision.cause in PER_LAYER_CAUSES and m.lambda_max is not None and m.lr is not None:
+        # Which block breaks stability, and can one lr fit them all? Within what is left of the budget.
+        left = max(budget - m.hvps, 0)
+        blocks = left // (LAYER_STEPS + 1)
+        if blocks >= 2:
+            try:
+                with dropout_off(model):
+                    layers = layer_curvature(model, loss_fn, first_samples(batches, curvature_samples),
+                                             optimizer=optimizer, lr=None if optimizer is not None else m.lr,
+                                             mode=m.mode, probes=1, lanczos_steps=LAYER_STEPS, seed=seed,
+                                             max_blocks=blocks)
+            except KeyboardInterrupt:
+                layers = None
     extra: dict[str, Any] = {"window": window, "checkpoint": checkpoint, "dead_rows": m.dead_rows,
-                             "has_normalization": _has_normalization(model)}
+                             "has_normalization": _has_normalization(model), "layers": layers}
     if batches:
         extra["probability_outputs"] = _probability_outputs(model, loss_fn, batches[0])
     if decision.cause == "saddle_point" and m.escape_direction is not None and m.loss is not None:
@@ -318,8 +356,9 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
     if progress is not None:
         progress(2 * budget, 2 * budget)
     return Diagnosis(cause=decision.cause, summary=summary(decision, m), stalled=decision.stalled,
-                     evidence=evidence(decision, m), prescriptions=tuple(ranked), decision=decision, measurements=m,
-                     verified=bool(run and not interrupted), trials=report, cost=cost, interrupted=interrupted)
+                     evidence=evidence(decision, m) + layer_evidence(layers), prescriptions=tuple(ranked),
+                     decision=decision, measurements=m, verified=bool(run and not interrupted), trials=report,
+                     cost=cost, interrupted=interrupted, layers=layers)
 
 
 def _undetermined(started: float, why: str) -> Diagnosis:

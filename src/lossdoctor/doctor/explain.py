@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from .._results import fmt
+from ..analysis.layers import LayerCurvature
 from .measure import Measurements
 from .rules import Decision
 
@@ -219,4 +220,34 @@ def evidence(decision: Decision, m: Measurements) -> tuple[str, ...]:
         lines.append(m.optimizer_note)
     lines.append(f"cost: {m.hvps} Hessian-vector products, {m.gradients} full-data gradients on {m.samples} samples, "
                  f"{m.seconds:.2f} s")
+    return tuple(lines)
+
+
+HETEROGENEOUS = 0.3  # block heterogeneity above this, or a λ_max spread above SPREAD: one lr cannot fit all
+SPREAD = 100.0
+
+
+def one_lr_cannot_fit(layers: LayerCurvature | None) -> bool:
+    """Whether the blocks' curvatures differ so much that one learning rate cannot suit them all
+    (block heterogeneity above ``HETEROGENEOUS`` or a λ_max spread above ``SPREAD``)."""
+    return layers is not None and (layers.heterogeneity > HETEROGENEOUS or layers.spread > SPREAD)
+
+
+def layer_evidence(layers: LayerCurvature | None) -> tuple[str, ...]:
+    """The per-block lines: the block that breaks stability, and whether one lr fits every block."""
+    if layers is None or not layers.rows:
+        return ()
+    lines = []
+    sharpest = layers.sharpest()
+    if layers.threshold is not None and sharpest.lr_sharpness is not None:
+        state = "above" if sharpest.lr_sharpness > layers.threshold else "within"
+        lines.append(f"layer `{sharpest.name}` ({sharpest.module_type}) is the sharpest block: S_b = "
+                     f"{fmt(sharpest.lr_sharpness, 3)} {state} the limit {fmt(layers.threshold, 3)} (its λ_max "
+                     f"{fmt(sharpest.lambda_max, 4)}, {layers.lanczos_steps}-step Lanczos lower bound)")
+    if len(layers.rows) < 2:
+        return tuple(lines)
+    fit = ("one lr cannot fit every block: an adaptive method (Adam) gives each its own step"
+           if one_lr_cannot_fit(layers) else "the blocks' spectra are alike: one lr can fit them")
+    lines.append(f"block heterogeneity {layers.heterogeneity:.3f} (mean Jensen-Shannon distance of {len(layers.rows)} "
+                 f"blockwise spectra), λ_max spread over blocks {fmt(layers.spread, 3)}x: {fit}")
     return tuple(lines)

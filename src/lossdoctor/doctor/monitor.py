@@ -51,10 +51,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import (
+    check_bool,
+    check_callable,
+    check_float,
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_optimizer,
+)
 from .._results import ResultMixin, fmt
 from ..curvature import hessian
-from ..data import batch_size, iter_batches
-from ..model_state import preserved_rng, trainable_parameters
+from ..data import batch_size, forward, iter_batches, place
+from ..model_state import model_device, preserved_model, preserved_rng, trainable_parameters
 from ..training.loop import training_step
 from ..training.step_signals import StepSignals
 from .diagnosis import Diagnosis, diagnose
@@ -78,6 +87,22 @@ HVP_COST = 2.5  # one Hessian-vector product over a batch, in training steps
 COS_TRIGGER = -0.5
 MAX_BACKOFF = 16
 MAX_STALL_WINDOWS = 8
+
+
+def _check_first_batch(model: nn.Module, loss_fn: Callable, batch: tuple) -> None:
+    """The loss on the first batch, computed once when the monitor is built, so a wrong loss or
+    wrong data fail now with a clear message, not thousands of steps later in the doctor."""
+    with preserved_model(model):
+        x, y = place(batch[0], batch[1], model_device(list(model.parameters())))
+        _, loss = forward(model, loss_fn, x, y, 0)
+        try:
+            value = float(loss.detach())
+        except (RuntimeError, NotImplementedError) as err:
+            raise ValueError(f"the loss on the first batch cannot be read as a number ({err}); put the model and "
+                             "data on a real device (cpu or cuda).") from None
+    if not math.isfinite(value) and all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise ValueError(f"the loss on the first batch of data is {value} although the parameters are finite: "
+                         "check the data for NaN/Inf inputs or targets.")
 
 
 @dataclass(frozen=True)
@@ -155,33 +180,30 @@ class Monitor:
                  callback: Callable[[Diagnosis], None] | None = None, lr: float | None = None,
                  treat: bool = False, train_step: TrainStep | None = None, checkpoint_every: int | None = None,
                  diagnose_kwargs: dict[str, Any] | None = None) -> None:
+        check_module(model)
+        check_loss_fn(loss_fn)
         self.params = [p for _, p in trainable_parameters(model)]
-        if not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}.")
-        for name, value, low in (("window", window, 4), ("signals_every", signals_every, 1),
-                                 ("sharpness_every", sharpness_every, 0), ("sharpness_samples", sharpness_samples, 1),
-                                 ("sharpness_iters", sharpness_iters, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-        for name, value in (("check_every", check_every), ("checkpoint_every", checkpoint_every),
-                            ("diagnose_samples", diagnose_samples)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer (or None), got {value!r}.")
-        if doctor_share is not None and (isinstance(doctor_share, bool) or not isinstance(doctor_share, (int, float))
-                                         or not 0 < doctor_share <= 1):
-            raise ValueError(f"doctor_share must be a number in (0, 1] (or None: no cap), got {doctor_share!r}.")
-        if callback is not None and not callable(callback):
-            raise TypeError(f"callback must be callable (it receives a Diagnosis), got {type(callback).__name__}.")
-        if not isinstance(treat, bool):
-            raise TypeError(f"treat must be True or False, got {treat!r}.")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
-                               or lr <= 0):
-            raise ValueError(f"lr must be a finite number > 0, got {lr!r}.")
+        window = check_int(window, "window", minimum=4)
+        signals_every = check_int(signals_every, "signals_every", minimum=1)
+        sharpness_every = check_int(sharpness_every, "sharpness_every", minimum=0)
+        sharpness_samples = check_int(sharpness_samples, "sharpness_samples", minimum=1)
+        sharpness_iters = check_int(sharpness_iters, "sharpness_iters", minimum=1)
+        check_every = check_int(check_every, "check_every", minimum=1, optional=True)
+        checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1, optional=True)
+        diagnose_samples = check_int(diagnose_samples, "diagnose_samples", minimum=1, optional=True)
+        doctor_share = check_float(doctor_share, "doctor_share", above=0.0, maximum=1.0, optional=True,
+                                   hint="The doctor's cost cap is a share of training time in (0, 1]; None: no cap.")
+        check_callable(callback, "callback", optional=True, hint="Pass a function called as callback(diagnosis).")
+        check_callable(train_step, "train_step", optional=True,
+                       hint="Pass a function called as train_step(model, optimizer, batch) returning the loss.")
+        treat = check_bool(treat, "treat")
+        lr = check_float(lr, "lr", above=0.0, optional=True)
         self.model, self.loss_fn, self.data = model, loss_fn, data
         # Drawn once, inside a saved RNG state: a shuffling DataLoader leaves the run as it was.
         self._doctor_data = first_samples(data, diagnose_samples)
         if not self._doctor_data:
             raise ValueError("data yielded no batches: the monitor needs training data to diagnose on.")
+        _check_first_batch(model, loss_fn, self._doctor_data[0])
         self._curvature_batches = len(first_samples(self._doctor_data, CURVATURE_SAMPLES))
         self._batch = batch_size(self._doctor_data[0][1])
         self._sharp_data = first_samples(data, sharpness_samples) if sharpness_every else None
@@ -455,8 +477,10 @@ def train_monitored(model: nn.Module, loss_fn: Callable, data: Any, optimizer: t
     """Train ``model`` in place for ``steps`` optimizer steps, cycling over the batches of
     ``data``, with ``monitor`` (default: a new :class:`Monitor` on ``data``) attached. Stops early
     when the loss is NaN/Inf (after the monitor has diagnosed it)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}.")
+    steps = check_int(steps, "steps", minimum=1)
+    check_optimizer(optimizer)
+    if monitor is not None and not isinstance(monitor, Monitor):
+        raise TypeError(f"monitor must be a lossdoctor.Monitor (or None), got {type(monitor).__name__}.")
     monitor = monitor or Monitor(model, loss_fn, data)
     device = next(model.parameters()).device
     done, last = 0, math.nan

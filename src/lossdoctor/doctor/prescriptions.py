@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._checks import check_optimizer
 from .._results import ResultMixin, fmt
 
 HOOKS_ATTR = "_lossdoctor_hooks"
@@ -160,6 +161,7 @@ def detach_hooks(optimizer: torch.optim.Optimizer) -> None:
 
 def attached_scheduler(optimizer: torch.optim.Optimizer) -> Any:
     """The lr scheduler a ``{"schedule": ...}`` prescription attached to ``optimizer`` (None if none)."""
+    check_optimizer(optimizer)
     return getattr(optimizer, SCHEDULER_ATTR, None)
 
 

@@ -141,8 +141,11 @@ def worsening(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | Non
     times the recent losses or the window's trend grows. The last few steps can blow up while the
     medians of thirds still read a fall."""
     jump = m.loss / max(abs(m.recent_loss), 1e-30) if m.loss is not None and m.loss_agrees is False else None
-    if _holds(jump, ">", JUMP / slack):  # the loss just jumped, whatever the curvature says
-        return (_ev("full-data loss / recent training losses", jump, ">", JUMP),)
+    if _holds(jump, ">", JUMP / slack) and _holds(m.trend.tail_ratio, ">", WORSE):
+        # The loss just jumped, whatever the curvature says: the full-data loss is far above the
+        # recent losses and the history's last steps already show the rise.
+        return (_ev("full-data loss / recent training losses", jump, ">", JUMP),
+                _ev("largest of the last 3 losses / the window's median", m.trend.tail_ratio, ">", WORSE))
     if not _holds(m.stability, ">", NEAR_UNSTABLE / slack):
         return None
     if _holds(jump, ">", WORSE):

@@ -75,6 +75,7 @@ class LossTrend(ResultMixin):
     lag1: float
     nonfinite: int
     separated_growth: float = math.nan  # 25th percentile of the last third / 75th of the first
+    tail_ratio: float = math.nan  # the largest of the last 3 losses / the window's median
 
     @property
     def falling(self) -> bool:
@@ -230,10 +231,12 @@ def loss_trend(losses: Sequence[float] | np.ndarray, window: int = WINDOW, *, z:
     q_first = float(np.quantile(finite[:third], 0.75))
     q_last = float(np.quantile(finite[-third:], 0.25))
     separated = q_last / q_first if q_first > 0 else (math.inf if q_last > q_first else 1.0)
+    middle = float(np.median(finite))
+    tail = float(np.max(finite[-3:])) / middle if middle > 0 else math.nan
     return LossTrend(window=int(w.size), start=start, end=end, relative_drop=float(drop), growth=float(growth),
                      drop_per_step=(start - end) / max(finite.size - third, 1), noise=sigma, drop_se=float(se),
                      threshold=threshold, stalled=stalled, lag1=_lag1(finite), nonfinite=nonfinite,
-                     separated_growth=float(separated))
+                     separated_growth=float(separated), tail_ratio=tail)
 
 
 def stall_test(losses: Sequence[float], *, threshold: float | None = None, z: float = STALL_Z) -> bool | None:
