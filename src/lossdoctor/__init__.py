@@ -14,6 +14,7 @@ from .analysis.saddle import (
     gradient_descent_path,
 )
 from .analysis.sharpness import EpsilonSharpness, Sharpness, sharpness
+from .checkup import Checkup, CheckupSection, checkup
 from .curvature import (
     EigenResult,
     HessianOperator,
@@ -63,5 +64,5 @@ __all__ = [
     "compare_saddle_escapes", "escape_saddle", "gradient_descent_path",
     "CAUSES", "Diagnosis", "diagnose", "Prescription", "Trial", "NeedsCodeChange", "attached_scheduler",
     "Monitor", "MonitorAction", "MonitorRecord", "MonitoredRun", "train_monitored",
-    "LayerCurvature", "LayerRow", "layer_curvature",
+    "LayerCurvature", "LayerRow", "layer_curvature", "Checkup", "CheckupSection", "checkup",
 ]

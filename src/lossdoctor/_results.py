@@ -46,6 +46,13 @@ class ResultMixin:
 
     _skip_in_dict: tuple[str, ...] = ()
 
+    def _repr_html_(self) -> str:
+        """Notebook display: drawing is the report's job, so the HTML comes from there (imported
+        only when a notebook asks)."""
+        from .report.notebook import render_html
+
+        return render_html(self)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]

@@ -623,9 +623,10 @@ from .cli_batch import batch  # noqa: E402
 main.add_command(batch)
 
 # The stall doctor's commands (diagnose, train) likewise.
-from .cli_doctor import diagnose_command, train_command  # noqa: E402
+from .cli_doctor import checkup_command, diagnose_command, train_command  # noqa: E402
 
 main.add_command(diagnose_command)
+main.add_command(checkup_command)
 main.add_command(train_command)
 
 

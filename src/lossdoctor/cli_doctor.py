@@ -24,6 +24,7 @@ from .cli import (
     json_option,
     new_file,
     out,
+    output_dir,
     problem_option,
     progress_bars,
     save_file,
@@ -237,3 +238,69 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
                   "yet allow a diagnosis.")
     if written:
         out.print(f"trained parameters written to {written}")
+
+
+@click.command("checkup")
+@problem_option
+@checkpoint_option
+@click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Recent per-step training losses (JSON or CSV, as for diagnose). Without one, your optimizer "
+                   "trains two windows from an exact snapshot to produce one (then everything is put back).")
+@optimizer_option
+@click.option("--lr", type=float, default=None, help="The learning rate you train with.")
+@momentum_option
+@weight_decay_option
+@click.option("--optimizer-state", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The optimizer's state_dict (loaded with weights_only=True).")
+@click.option("--budget", default="90s", show_default=True,
+              help="Time for the whole checkup, e.g. 90s, 5m: the sections after the doctor run while time is left.")
+@click.option("--out", "out_dir", required=True, callback=output_dir,
+              help="Folder for index.html, results.json and the figures.")
+@device_option
+@json_option
+def checkup_command(problem: str, checkpoint: str | None, history_file: str | None, opt_name: str | None,
+                    lr: float | None, momentum: float, weight_decay: float, optimizer_state: str | None, budget: str,
+                    out_dir: Path, as_json: bool, device: str = "auto") -> None:
+    """One report on your model: the verdict, tested prescriptions, and the curvature behind them."""
+    from . import checkup
+    from .report.checkup import write
+
+    _check_rate("--lr", lr)
+    seconds = _duration(budget)
+    if lr is None:
+        _fail("checkup needs --lr (and --optimizer when you do not train with plain SGD).")
+    prob = _load(problem, checkpoint, device)
+    try:
+        optimizer = make_optimizer(opt_name or "sgd", prob.model.parameters(), lr, momentum, weight_decay)
+        if optimizer_state is not None:
+            import torch
+
+            optimizer.load_state_dict(torch.load(optimizer_state, weights_only=True))
+        history = read_history_file(history_file) if history_file else None
+        prob.model.train()
+        with progress_bars(not as_json) as task:
+            result = checkup(prob.model, prob.loss_fn, prob.train_data, history=history, optimizer=optimizer,
+                             budget=seconds, progress=task("checkup"))
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:
+        _fail(str(err))
+    page = write(result, out_dir, title=f"lossdoctor checkup: {prob.name}")
+    if as_json:
+        out.print_json(json.dumps({"problem": prob.name, "page": str(page), "checkup": result.to_dict()},
+                                  default=lambda v: None))
+        return
+    out.print(str(result), markup=False)
+    out.print(f"page: {page}")
+
+
+def _duration(text: str) -> float:
+    """'90', '90s', '5m', '1h' -> seconds."""
+    value = text.strip().lower()
+    unit = {"s": 1, "m": 60, "h": 3600}.get(value[-1:])
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        _fail(f"--budget {text!r} is not a duration: use e.g. 90s, 5m or 1h.")
+    if not math.isfinite(seconds) or seconds <= 0:
+        _fail(f"--budget must be a positive duration, got {text!r}.")
+    return seconds

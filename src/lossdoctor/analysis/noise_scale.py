@@ -151,12 +151,14 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
     small_sq, big_sq = small_sq[:done], big_sq[:done]
     g2 = (big * big_sq - small * small_sq) / (big - small)
     s = (small_sq - big_sq) / (1.0 / small - 1.0 / big)
-    estimate = float(s.mean() / g2.mean())
     rng = np.random.default_rng(seed)
     boot = []
-    for _ in range(bootstrap):
-        k = rng.integers(0, done, done)
-        boot.append(s[k].mean() / g2[k].mean())
+    # |G|² estimates of exactly zero (a critical point) make B_simple infinite or undefined: no warning.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = float(s.mean() / g2.mean())
+        for _ in range(bootstrap):
+            k = rng.integers(0, done, done)
+            boot.append(s[k].mean() / g2[k].mean())
     boot_arr = np.asarray(boot)
     lo, hi = np.percentile(boot_arr, [16, 84])
     suggested = int(min(max(round(estimate), 1), n)) if np.isfinite(estimate) and estimate > 0 else n

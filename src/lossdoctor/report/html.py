@@ -19,6 +19,10 @@ figcaption{font-size:.9em;color:#555}
 .verdict{background:#eef6ee;border-left:4px solid #3a3;padding:.5em 1em}
 .warn{background:#fff6e5;border-left:4px solid #e90;padding:.5em 1em}
 nav a{margin-right:1em}
+.scroll{overflow-x:auto;max-width:100%}
+@media (max-width:700px){body{margin:.5em auto;font-size:15px}table{font-size:.85em}}
+@media print{nav{display:none}body{max-width:none;margin:0}section{page-break-inside:avoid}
+figure img{max-width:100%;border:none}}
 """
 
 
@@ -41,7 +45,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def figure(src: str, caption: str) -> str:
@@ -55,7 +59,8 @@ def paragraph(text: str, cls: str | None = None) -> str:
 def write_page(out_dir: Path, sections: Sequence[Section], *, title: str, intro: str = "") -> Path:
     nav = "".join(f'<a href="#{esc(s.key)}">{esc(s.title)}</a>' for s in sections)
     body = "".join(f'<section id="{esc(s.key)}"><h2>{esc(s.title)}</h2>{s.body}</section>' for s in sections)
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
             f"<link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head><body><h1>{esc(title)}</h1>"
             f"{paragraph(intro) if intro else ''}<nav>{nav}</nav>{body}</body></html>")
     from .._files import atomic_write_text

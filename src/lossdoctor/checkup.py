@@ -1,0 +1,296 @@
+"""A checkup of the user's own model: why did the loss stop, what to change, and the pictures
+behind it, in one result (and one page, see ``report.checkup``).
+
+:func:`checkup` runs, cheapest and most decisive first, each under what is left of a time budget:
+
+1. the doctor (:func:`lossdoctor.diagnose`, trials included): the verdict, the tested
+   prescriptions with their trial curves against continuing unchanged;
+2. the loss history with the window the verdict read (when no history is given, the optimizer
+   trains ``window`` steps from an exact snapshot to produce one, and everything is put back);
+3. curvature: both ends of the Hessian's spectrum with error bounds, its density, the per-layer
+   table;
+4. the critical-point test (gradient against its tolerance, the minimum ratio) and, at a saddle,
+   the loss along the escape direction;
+5. the landscape around the current point (along the top eigenvector and a random
+   filter-normalized direction), the gradient noise scale with its batch-size advice, and the
+   learning-rate range test around the current lr.
+
+Each section records its cost (seconds, Hessian-vector products) and whether it was cut short
+(interrupted, or out of budget: then it is skipped, never guessed). The model, the optimizer and
+every RNG are left exactly as they were.
+
+Example:
+    >>> import torch, lossdoctor as ld
+    >>> from torch.nn import functional as F
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <...>
+    >>> model = torch.nn.Linear(3, 1)
+    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [2.0], [3.0]])
+    >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
+    >>> c.diagnosis.cause
+    'lr_too_small'
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._checks import check_float, check_int, check_loss_fn, check_module, check_optimizer
+from ._results import ResultMixin, fmt
+from .analysis.critical import CriticalPoint, classify_critical_point
+from .analysis.landscape import Landscape, landscape
+from .analysis.layers import LayerCurvature, layer_curvature
+from .analysis.noise_scale import NoiseScale, gradient_noise_scale
+from .curvature import EigenResult, SpectralDensity, eigenpairs, hessian, spectral_density
+from .data import is_single_batch
+from .doctor.diagnosis import Diagnosis, diagnose
+from .doctor.measure import first_samples
+from .doctor.trend import WINDOW
+from .doctor.trials import default_train_step, next_batches, snapshot
+from .model_state import trainable_parameters
+from .progress import Progress
+from .training.lr_finder import LRRangeResult, lr_range_test
+
+BUDGET = 90.0  # seconds
+CURVATURE_SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class CheckupSection(ResultMixin):
+    """What one part of the checkup cost, and whether it ran to the end."""
+
+    key: str
+    title: str
+    seconds: float
+    hvps: int
+    status: str  # "done" | "interrupted" | "skipped: ..." | "failed: ..."
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+
+@dataclass(frozen=True)
+class Checkup(ResultMixin):
+    """Everything the checkup measured (see the module docstring); a part is None when it was
+    skipped (budget), failed, or does not apply (``sections`` says which and why)."""
+
+    diagnosis: Diagnosis
+    history: list[float]
+    history_source: str
+    spectrum: EigenResult | None
+    density: SpectralDensity | None
+    layers: LayerCurvature | None
+    critical: CriticalPoint | None
+    escape_profile: Landscape | None
+    landscape_top: Landscape | None
+    landscape_random: Landscape | None
+    noise: NoiseScale | None
+    lr_range: LRRangeResult | None
+    sections: tuple[CheckupSection, ...]
+    budget: float
+    seconds: float
+    num_params: int
+    num_samples: int
+    mode: str
+    interrupted: bool = False
+    top_direction: torch.Tensor | None = field(default=None, repr=False)
+
+    _skip_in_dict = ("top_direction",)
+
+    def __str__(self) -> str:
+        lines = [f"checkup ({self.num_params} parameters, {self.num_samples} samples measured, {self.mode} mode, "
+                 f"{self.seconds:.1f} s of a {self.budget:.0f} s budget)" + (" INTERRUPTED" if self.interrupted else ""),
+                 str(self.diagnosis), "sections:"]
+        lines += [f"  {s.title}: {s.status} ({s.seconds:.1f} s, {s.hvps} products)" for s in self.sections]
+        if self.spectrum is not None:
+            lines.append(f"spectrum ends: {fmt(self.spectrum.smallest, 4)} .. {fmt(self.spectrum.largest, 4)}")
+        if self.noise is not None:
+            lines.append(str(self.noise))
+        if self.lr_range is not None:
+            lines.append(f"lr range test: suggested lr {fmt(self.lr_range.suggested_lr)}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from .report.checkup import notebook_html
+
+        return notebook_html(self)
+
+
+def _probe_history(model: nn.Module, loss_fn: Any, data: Any, optimizer: Any, steps: int,
+                   train_step: Callable | None) -> list[float]:
+    """``steps`` training steps of the user's optimizer from an exact snapshot (then put back):
+    a loss history for a model that comes without one."""
+    step = train_step or default_train_step(loss_fn)
+    losses = []
+    with snapshot(model, optimizer):
+        model.train()
+        for batch in next_batches(data, steps):
+            loss = step(model, optimizer, batch)
+            value = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+            losses.append(value)
+            if not math.isfinite(value):
+                break
+    return losses
+
+
+def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, optimizer: Any = None,
+            lr: float | None = None, budget: float = BUDGET, window: int = WINDOW, checkpoint: Any = None,
+            train_step: Callable | None = None, seed: int = 0, progress: Progress | None = None) -> Checkup:
+    """One report on the user's model: the doctor's verdict and tested prescriptions, then the
+    curvature, critical point, landscape, noise scale and lr range behind them.
+
+    Args:
+        model, loss_fn, data: the model as it stands, its loss and its training data.
+        history: recent per-step training losses; without one, the optimizer trains ``window``
+            steps from an exact snapshot to produce one (then everything is put back).
+        optimizer, lr: the optimizer training the model (or the plain-SGD lr).
+        budget: seconds for the whole checkup; sections after the doctor run while time is left
+            (cheapest and most decisive first) and say so when skipped.
+        window, checkpoint, train_step, seed: as for :func:`lossdoctor.diagnose`.
+        progress: called as ``progress(section done, sections)``.
+    """
+    started = time.perf_counter()
+    check_module(model)
+    check_loss_fn(loss_fn)
+    if optimizer is not None:
+        check_optimizer(optimizer)
+    budget = check_float(budget, "budget", above=0.0, hint="The checkup's time budget in seconds, e.g. 120.")
+    window = check_int(window, "window", minimum=4)
+    if optimizer is None and lr is None:
+        raise ValueError("checkup needs the optimizer you train with (or lr= for plain SGD): the doctor models its "
+                         "steps and tries its prescriptions with it.")
+    trial_optimizer = optimizer if optimizer is not None else torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=lr)
+    sections: list[CheckupSection] = []
+    interrupted = False
+    total = 8
+
+    def tick() -> None:
+        if progress is not None:
+            progress(len(sections), total)
+
+    def left() -> float:
+        return budget - (time.perf_counter() - started)
+
+    # 1-2. The history (given, or probed) and the doctor.
+    t0 = time.perf_counter()
+    source = "given"
+    if history is None:
+        history = _probe_history(model, loss_fn, data, trial_optimizer, 2 * window, train_step)
+        source = f"a probe run of {len(history)} steps of your optimizer from an exact snapshot (then undone)"
+    d = diagnose(model, loss_fn, data, history=history, optimizer=optimizer, lr=None if optimizer is not None else lr,
+                 window=window, checkpoint=checkpoint, train_step=train_step, seed=seed)
+    sections.append(CheckupSection("doctor", "verdict and tested prescriptions", time.perf_counter() - t0,
+                                   int(d.cost.get("hvps", 0)), "interrupted" if d.interrupted else "done"))
+    interrupted |= d.interrupted
+    tick()
+    hist_values = [float(v) for v in (history if not hasattr(history, "losses") and not isinstance(history, dict)
+                                      else (history["losses"] if isinstance(history, dict) else history.losses))]
+    mode = d.measurements.mode if d.measurements is not None else "eval"
+    curv = first_samples(data, CURVATURE_SAMPLES)
+    results: dict[str, Any] = {}
+
+    def run(key: str, title: str, need: float, fn: Callable[[], Any]) -> Any:
+        """Run one section if at least ``need`` seconds of the budget are left."""
+        nonlocal interrupted
+        if interrupted:
+            sections.append(CheckupSection(key, title, 0.0, 0, "skipped: the checkup was interrupted"))
+            return None
+        if left() < need:
+            sections.append(CheckupSection(key, title, 0.0, 0, f"skipped: {left():.0f} s of the budget left"))
+            return None
+        t = time.perf_counter()
+        try:
+            value = fn()
+            status = "interrupted" if getattr(value, "interrupted", False) else "done"
+        except KeyboardInterrupt:
+            value, status = None, "interrupted"
+            interrupted = True
+        except (ValueError, TypeError, RuntimeError) as err:
+            value, status = None, f"failed: {err}"
+        hvps = getattr(value, "matvecs", 0) or 0
+        sections.append(CheckupSection(key, title, time.perf_counter() - t, int(hvps), status))
+        tick()
+        return value
+
+    op_holder: dict[str, Any] = {}
+
+    def op() -> Any:
+        if "op" not in op_holder:
+            op_holder["op"] = hessian(model, loss_fn, curv, mode=mode)
+        return op_holder["op"]
+
+    spectrum = run("spectrum", "both ends of the spectrum", 2.0,
+                   lambda: eigenpairs(op(), k=3, which="both", tol=1e-3, seed=seed, max_matvecs=120))
+    density = run("density", "spectral density", 2.0,
+                  lambda: spectral_density(op(), num_probes=2, lanczos_steps=30, seed=seed))
+    layers = d.layers or run("layers", "per-layer curvature", 2.0,
+                             lambda: layer_curvature(model, loss_fn, curv, optimizer=optimizer,
+                                                     lr=None if optimizer is not None else lr, mode=mode, probes=1,
+                                                     lanczos_steps=8, seed=seed, op=op(), max_blocks=24))
+    if d.layers is not None:
+        sections.append(CheckupSection("layers", "per-layer curvature", 0.0, 0, "done (from the diagnosis)"))
+    critical = run("critical", "critical point", 2.0,
+                   lambda: classify_critical_point(model, loss_fn, curv, mode=mode, k=1, tol=1e-2, seed=seed,
+                                                   dense_max_params=300, max_matvecs=80, num_probes=2,
+                                                   lanczos_steps=30))
+    m = d.measurements
+    escape = None
+    if m is not None and m.escape_direction is not None and m.loss is not None:
+        names = m.parameter_names
+        params = dict(model.named_parameters())
+        pieces = torch.split(m.escape_direction, [params[n].numel() for n in names])
+        direction = [[piece.reshape(params[n].shape).to(params[n].dtype) for n, piece in zip(names, pieces)]]
+        reach = math.sqrt(2 * abs(m.loss) / max(abs(m.lambda_min or 1.0), 1e-12))
+        escape = run("escape", "loss along the escape direction", 1.0,
+                     lambda: _along(model, loss_fn, curv, direction, names, 2 * reach, seed))
+    top = None
+    if m is not None and m.top_direction is not None and m.lambda_max and m.lambda_max > 0 and m.loss is not None:
+        names = m.parameter_names
+        params = dict(model.named_parameters())
+        pieces = torch.split(m.top_direction, [params[n].numel() for n in names])
+        direction = [[piece.reshape(params[n].shape).to(params[n].dtype) for n, piece in zip(names, pieces)]]
+        span = math.sqrt(2 * max(abs(m.loss), 1e-12) / m.lambda_max)
+        top = run("landscape-top", "landscape along the top eigenvector", 1.0,
+                  lambda: _along(model, loss_fn, curv, direction, names, span, seed))
+    rand = run("landscape-random", "landscape along a random filter-normalized direction", 1.0,
+               lambda: landscape(model, loss_fn, curv, dims=1, steps=21, span=1.0, seed=seed))
+    noise = None
+    if not is_single_batch(data) or (m is not None and m.batch_size):
+        noise = run("noise", "gradient noise scale", 2.0,
+                    lambda: gradient_noise_scale(model, loss_fn, data, small_batch=max(2, min(32, m.batch_size or 32)),
+                                                 pairs=20, seed=seed))
+    lr_range = run("lr-range", "learning-rate range test around the current lr", 2.0,
+                   lambda: _range_around(model, loss_fn, data, trial_optimizer))
+    results.update(spectrum=spectrum, density=density, layers=layers, critical=critical, escape_profile=escape,
+                   landscape_top=top, landscape_random=rand, noise=noise, lr_range=lr_range)
+    return Checkup(diagnosis=d, history=hist_values, history_source=source, sections=tuple(sections), budget=budget,
+                   seconds=time.perf_counter() - started, num_params=sum(p.numel() for p in model.parameters()
+                                                                        if p.requires_grad),
+                   num_samples=m.samples if m is not None else 0, mode=mode, interrupted=interrupted,
+                   top_direction=None if m is None else m.top_direction, **results)
+
+
+def _along(model: nn.Module, loss_fn: Any, data: Any, direction: list, names: tuple[str, ...], span: float,
+           seed: int) -> Landscape:
+    """The loss along ``direction`` (given per parameter name, in ``names`` order) through the
+    current point; trainable parameters outside ``names`` get a zero direction."""
+    by_name = dict(zip(names, direction[0]))
+    full = [[by_name.get(n, torch.zeros_like(p)) for n, p in trainable_parameters(model)]]
+    return landscape(model, loss_fn, data, dims=1, steps=25, span=span, seed=seed, directions=full,
+                     ignore_bias_bn=False)
+
+
+def _range_around(model: nn.Module, loss_fn: Any, data: Any, optimizer: torch.optim.Optimizer) -> LRRangeResult:
+    """The lr range test over three decades around the current lr (the model and optimizer are put back)."""
+    lr = float(optimizer.param_groups[0]["lr"])
+    return lr_range_test(model, loss_fn, data, optimizer, start_lr=lr / 100, end_lr=lr * 100, steps=60)

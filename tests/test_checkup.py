@@ -1,0 +1,100 @@
+"""The checkup: the same verdict and prescriptions as diagnose(verify=True), the model left as it
+was, every section's cost and status, the budget, the page and its JSON, notebook display, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import lossdoctor as ld
+from lossdoctor.cli import main
+from lossdoctor.report.checkup import write
+from lossdoctor.studies import stall_cases as sc
+
+FAMILIES = {f.key: f for f in sc.FAMILIES}
+
+
+def stall(key="lr-too-small/mlp", seed=0):
+    return FAMILIES[key].build(seed)
+
+
+def test_verdict_and_prescriptions_match_diagnose_and_the_model_is_untouched(tmp_path):
+    s = stall("saddle/deep-linear")
+    before = [p.detach().clone() for p in s.model.parameters()]
+    state = {k: v.clone() for k, v in s.optimizer.state_dict()["state"].items()} if s.optimizer.state else {}
+    rng = torch.get_rng_state()
+    c = ld.checkup(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, budget=120)
+    d = ld.diagnose(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, verify=True)
+    assert c.diagnosis.cause == d.cause == "saddle_point"
+    assert [p.text for p in c.diagnosis.prescriptions] == [p.text for p in d.prescriptions]
+    assert [p.action for p in c.diagnosis.prescriptions] == [p.action for p in d.prescriptions]
+    assert all(torch.equal(a, p) for a, p in zip(before, s.model.parameters()))
+    assert torch.equal(rng, torch.get_rng_state()) and (not state or s.optimizer.state)
+    keys = [sec.key for sec in c.sections]
+    assert keys[0] == "doctor" and {"spectrum", "density", "critical", "escape", "landscape-top"} <= set(keys)
+    assert all(sec.status.startswith(("done", "skipped", "failed")) for sec in c.sections)
+    # At the saddle the critical-point test agrees and the escape profile goes down on one side.
+    assert c.critical.kind == "saddle_point"
+    assert min(c.escape_profile.train_loss) < c.escape_profile.center_loss
+    page = write(c, tmp_path)
+    html = page.read_text()
+    assert html.index("Verdict and tested prescriptions") < html.index("Curvature") < html.index("Critical point")
+    assert 'name="viewport"' in html and "@media print" in html and "http" not in html.split("<body>")[1][:200]
+    for img in ("checkup-trials.png", "checkup-history.png", "checkup-density.png", "checkup-landscape.png"):
+        assert (tmp_path / img).stat().st_size > 5_000
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["diagnosis"]["cause"] == "saddle_point"
+
+
+def test_without_a_history_a_probe_run_makes_one_and_is_undone():
+    s = stall()
+    before = [p.detach().clone() for p in s.model.parameters()]
+    c = ld.checkup(s.model, s.loss_fn, s.data, optimizer=s.optimizer, budget=30)
+    assert "probe run" in c.history_source and len(c.history) == 2 * 60
+    assert c.diagnosis.cause == "lr_too_small"
+    assert all(torch.equal(a, p) for a, p in zip(before, s.model.parameters()))
+
+
+def test_a_tight_budget_skips_sections_and_says_so():
+    s = stall()
+    c = ld.checkup(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, budget=1e-3)
+    assert c.sections[0].key == "doctor" and c.sections[0].done  # the verdict always comes
+    skipped = [sec for sec in c.sections[1:] if sec.status.startswith("skipped")]
+    assert skipped and all("budget" in sec.status for sec in skipped)
+    assert c.spectrum is None and c.lr_range is None
+    json.dumps(c.to_dict())
+
+
+def test_notebook_display():
+    s = stall()
+    d = ld.diagnose(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer)
+    html = d._repr_html_()
+    assert "lr too small" in html and "data:image/png;base64," in html and "apply(model, opt)" in html
+    eig = ld.eigenpairs(ld.hessian(s.model, s.loss_fn, s.data[:2]), k=1, tol=1e-2)
+    assert "EigenResult" in eig._repr_html_() and "<table>" in eig._repr_html_()
+
+
+def test_bad_input():
+    s = stall()
+    with pytest.raises(ValueError, match="optimizer"):
+        ld.checkup(s.model, s.loss_fn, s.data, history=s.losses)
+    with pytest.raises(ValueError, match="budget"):
+        ld.checkup(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, budget=0)
+    with pytest.raises(TypeError, match="model"):
+        ld.checkup("model", s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer)
+
+
+def test_cli_writes_the_page(tmp_path):
+    out = tmp_path / "checkup"
+    result = CliRunner().invoke(main, ["checkup", "--problem", "lecture-saddle", "--lr", "0.05", "--budget", "30s",
+                                       "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["checkup"]["diagnosis"]["cause"] == "saddle_point"
+    assert (out / "index.html").exists() and (out / "results.json").exists()
+    bad = CliRunner().invoke(main, ["checkup", "--problem", "lecture-saddle", "--lr", "0.05", "--budget", "soon",
+                                    "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--budget" in bad.output
