@@ -78,8 +78,8 @@ def _continue(stall: sc.Stall, steps: int, monitor: Monitor | None) -> float:
         loss.backward()
         opt.step()
         if monitor is not None:
-            monitor.step(loss, opt)
-        if not math.isfinite(float(loss.detach())):
+            monitor.step(loss, opt)  # a monitored run goes on: the monitor sees the NaN and may restore
+        elif not math.isfinite(float(loss.detach())):
             return math.inf
     value = sc.full_loss(model, stall.loss_fn, stall.full_data)
     return value if math.isfinite(value) else math.inf

@@ -83,6 +83,21 @@ momentum_option = click.option("--momentum", type=Number(minimum=0.0, below=1.0)
                                help="SGD/RMSprop momentum in [0, 1) (Adam's beta1 is 0.9).")
 weight_decay_option = click.option("--weight-decay", type=Number(minimum=0.0), default=0.0, show_default=True,
                                    help="The optimizer's weight decay.")
+optimizer_state_option = click.option(
+    "--optimizer-state", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="The optimizer's state_dict (torch.save(optimizer.state_dict(), path)): Adam's moments, momentum buffers "
+         "(loaded with weights_only=True).")
+
+
+def optimizer_from_options(name: str, params: Any, lr: float, momentum: float, weight_decay: float,
+                           state: str | None) -> Any:
+    """The optimizer the options describe, with its saved state loaded when given."""
+    optimizer = make_optimizer(name, params, lr, momentum, weight_decay)
+    if state is not None:
+        import torch
+
+        optimizer.load_state_dict(torch.load(state, weights_only=True))
+    return optimizer
 
 
 def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
@@ -115,9 +130,7 @@ def _check_rate(name: str, value: float | None, *, positive: bool = True) -> Non
 @click.option("--lr", type=float, default=None, help="The learning rate the history was trained with.")
 @momentum_option
 @weight_decay_option
-@click.option("--optimizer-state", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The optimizer's state_dict (torch.save(optimizer.state_dict(), path)): Adam's moments, "
-                   "momentum buffers (loaded with weights_only=True).")
+@optimizer_state_option
 @click.option("--window", type=click.IntRange(min=4), default=60, show_default=True,
               help="Recent steps the trend is read from.")
 @click.option("--mode", type=click.Choice(["auto", "eval", "train"]), default="auto", show_default=True,
@@ -146,11 +159,8 @@ def diagnose_command(problem: str, checkpoint: str | None, history_file: str, op
         history = read_history_file(history_file)
         optimizer = None
         if opt_name is not None:
-            optimizer = make_optimizer(opt_name, prob.model.parameters(), lr, momentum, weight_decay)
-            if optimizer_state is not None:
-                import torch
-
-                optimizer.load_state_dict(torch.load(optimizer_state, weights_only=True))
+            optimizer = optimizer_from_options(opt_name, prob.model.parameters(), lr, momentum, weight_decay,
+                                               optimizer_state)
         prob.model.train()
         with progress_bars(not as_json) as task:
             result = diagnose(prob.model, prob.loss_fn, prob.train_data, history=history, optimizer=optimizer,
@@ -250,8 +260,7 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
 @click.option("--lr", type=float, default=None, help="The learning rate you train with.")
 @momentum_option
 @weight_decay_option
-@click.option("--optimizer-state", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The optimizer's state_dict (loaded with weights_only=True).")
+@optimizer_state_option
 @click.option("--budget", default="90s", show_default=True,
               help="Time for the whole checkup, e.g. 90s, 5m: the sections after the doctor run while time is left.")
 @click.option("--out", "out_dir", required=True, callback=output_dir,
@@ -271,11 +280,8 @@ def checkup_command(problem: str, checkpoint: str | None, history_file: str | No
         _fail("checkup needs --lr (and --optimizer when you do not train with plain SGD).")
     prob = _load(problem, checkpoint, device)
     try:
-        optimizer = make_optimizer(opt_name or "sgd", prob.model.parameters(), lr, momentum, weight_decay)
-        if optimizer_state is not None:
-            import torch
-
-            optimizer.load_state_dict(torch.load(optimizer_state, weights_only=True))
+        optimizer = optimizer_from_options(opt_name or "sgd", prob.model.parameters(), lr, momentum, weight_decay,
+                                           optimizer_state)
         history = read_history_file(history_file) if history_file else None
         prob.model.train()
         with progress_bars(not as_json) as task:

@@ -100,7 +100,7 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
             out += _adam(m, (1e-3,))
         if m.nonfinite_params or (m.loss is not None and not math.isfinite(m.loss)):
             if checkpoint is not None:
-                for f in (0.1, 0.3):
+                for f in (0.1, 0.03, 0.01):
                     out.append(Candidate({"restore_checkpoint": True, **({"lr": lr * f} if lr else {})},
                                          "nonfinite", payload=checkpoint))
             else:

@@ -210,26 +210,25 @@ class Measurements(ResultMixin):
             return None
         return min(hidden) / last
 
+    def _depth_ratios(self) -> list[float] | None:
+        """Each weight layer's gradient/weight ratio over the output layer's (None: fewer than 3)."""
+        weighted = [s for s in self.layers if s.units and s.weight_norm > 0]
+        if len(weighted) < 3:
+            return None
+        ratios = [s.grad_norm / s.weight_norm for s in weighted]
+        return None if ratios[-1] <= 0 else [r / ratios[-1] for r in ratios[:-1]]
+
     @property
     def depth_gradient_ratio(self) -> float | None:
         """Smallest gradient/weight ratio among hidden weight layers over the output layer's."""
-        weighted = [s for s in self.layers if s.units and s.weight_norm > 0]
-        if len(weighted) < 3:
-            return None
-        ratios = [s.grad_norm / s.weight_norm for s in weighted]
-        if ratios[-1] <= 0:
-            return None
-        return min(ratios[:-1]) / ratios[-1]
+        ratios = self._depth_ratios()
+        return None if ratios is None else min(ratios)
 
     @property
     def max_depth_gradient_ratio(self) -> float | None:
-        weighted = [s for s in self.layers if s.units and s.weight_norm > 0]
-        if len(weighted) < 3:
-            return None
-        ratios = [s.grad_norm / s.weight_norm for s in weighted]
-        if ratios[-1] <= 0:
-            return None
-        return max(ratios[:-1]) / ratios[-1]
+        """Largest gradient/weight ratio among hidden weight layers over the output layer's."""
+        ratios = self._depth_ratios()
+        return None if ratios is None else max(ratios)
 
     def __str__(self) -> str:
         from .._results import fmt

@@ -31,7 +31,7 @@ from ..data import call_model, iter_batches, place
 from ..model_state import preserved_model, preserved_rng
 from ..training.lr_finder import preserved_optimizer
 from .candidates import Candidate
-from .measure import dropout_off
+from .measure import batches_loss
 from .prescriptions import Trial, apply_action, detach_hooks
 
 TrainStep = Callable[[nn.Module, torch.optim.Optimizer, Any], Any]
@@ -103,22 +103,6 @@ def default_train_step(loss_fn: Callable) -> TrainStep:
     return step
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: Callable, batches: list, mode: str) -> float:
-    """Mean loss over ``batches`` in ``mode`` (dropout off), weighted by batch size; the model's
-    modes and buffers are restored."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    with preserved_model(model), dropout_off(model):
-        model.train(mode == "train")
-        for x, y in batches:
-            x, y = place(x, y, device)
-            n = int(y.shape[0]) if y.dim() else 1
-            total += float(loss_fn(call_model(model, x), y)) * n
-            count += n
-    return total / count if count else math.nan
-
-
 class _Branch:
     """One branch of the trial: an action applied from the snapshot, trained step by step."""
 
@@ -171,14 +155,14 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
     interrupted = False
 
     def eval_fn() -> float:
-        return evaluate(model, loss_fn, eval_batches, mode)
+        return batches_loss(model, loss_fn, eval_batches, mode)
 
     def tick(n: int) -> None:
         done[0] += n
         if progress is not None:
             progress(min(done[0], total), total)
 
-    loss_before = evaluate(model, loss_fn, eval_batches, mode)
+    loss_before = batches_loss(model, loss_fn, eval_batches, mode)
     control = _Branch(None, model, optimizer)
     branches: dict[int, _Branch] = {}
 
