@@ -94,7 +94,7 @@ def prescriptions_table(diagnosis: Any) -> str:
             if p.trial.finite and math.isfinite(p.trial.relative_gain) else str(p.trial))
         how = code_for(p.action, i) if p.applicable else "change your code (see the text)"
         rows.append((i + 1, p.text, trial, how))
-    return table(["#", "prescription", "trial: loss vs unchanged", "apply"], rows, left=2)
+    return table(["#", "prescription", "trial: loss vs unchanged", "apply"], rows, left=4)
 
 
 def diagnosis_html(d: Any) -> str:
