@@ -234,3 +234,21 @@ def test_successive_halving_keeps_the_cost_within_the_budget():
     assert report.trained <= 5 * 30
     finished = [t for t in trials if t is not None]
     assert 1 <= len(finished) < len(cands)
+
+
+def test_ranking_puts_cut_candidates_after_no_change_and_drops_worse_ones():
+    from lossdoctor.doctor.diagnosis import _rank
+    from lossdoctor.doctor.prescriptions import Trial
+
+    def rx(text, trial=None, applicable=True):
+        return Candidate({"lr": 0.1} if applicable else {"loss": "ce"}, "t", applicable=applicable), \
+            Prescription(text, {"lr": 0.1} if applicable else {"loss": "ce"}, trial=trial, applicable=applicable)
+
+    flat = Trial(10, 1.0, 1.0, 1.0, 0.0, 0.0, False, True)
+    worse = Trial(10, 1.0, 1.2, 1.0, -0.2, -0.2, False, True)
+    good = Trial(10, 1.0, 0.5, 1.0, 0.5, 0.5, True, True)
+    items = [rx("cut"), rx("flat", flat), rx("code", applicable=False), rx("worse", worse)]
+    nothing = Prescription("no change", {})
+    assert [p.text for p in _rank(items, True, nothing)] == ["code", "no change", "flat", "cut"]
+    assert [p.text for p in _rank(items + [rx("good", good)], True, nothing)] == ["good", "code", "flat", "cut"]
+    assert [p.text for p in _rank(items, False, None)] == ["cut", "flat", "code", "worse"]

@@ -204,14 +204,16 @@ def _rank(items: list[tuple[Candidate, Prescription]], verified: bool, no_change
           ) -> list[Prescription]:
     """Verified improvements first (lowest trial loss first); then what could not be tried (code
     changes; without trials, everything in the rules' order); then, when nothing beat continuing
-    unchanged, ``no_change``; then tried ones with no measurable gain. Tried ones that did worse
-    than continuing unchanged are dropped."""
+    unchanged, ``no_change``; then tried ones with no measurable gain, and last the ones cut in
+    the first round of the trials (measured, and behind). Tried ones that did worse than
+    continuing unchanged are dropped."""
     if not verified:
         return [p for _, p in items]
     better = sorted((p for _, p in items if p.trial is not None and p.trial.better), key=lambda p: p.trial.loss)
-    untried = [p for _, p in items if p.trial is None]
+    code = [p for _, p in items if p.trial is None and not p.applicable]
+    cut = [p for _, p in items if p.trial is None and p.applicable]
     flat = [p for _, p in items if p.trial is not None and not p.trial.better and p.trial.finite and p.trial.gain >= 0]
-    return better + untried + ([] if better or no_change is None else [no_change]) + flat
+    return better + code + ([] if better or no_change is None else [no_change]) + flat + cut
 
 
 def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimizer: Any = None,

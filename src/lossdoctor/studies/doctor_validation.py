@@ -35,8 +35,11 @@ from ..progress import Progress
 from ._threads import one_thread
 from .stall_cases import FAMILIES, Stall, StallFamily, full_loss, train_steps
 
-TUNE_SEEDS = (0, 1, 2)
-HELD_OUT_SEEDS = (3, 4, 5)
+# Seeds 3-5 were the first held-out run (94/102 causes, 77/84 fixed, 1 harmful); its harmful case
+# exposed a ranking bug (a candidate cut in the first round of the trials ranked as if it could not
+# be tried), which was fixed, so those seeds count as tuning now. 6-8 are held out.
+TUNE_SEEDS = (0, 1, 2, 3, 4, 5)
+HELD_OUT_SEEDS = (6, 7, 8)
 HISTORY = 240
 HARM_TOLERANCE = 1e-3  # relative: a prescription ending this much above unchanged is harmful
 
