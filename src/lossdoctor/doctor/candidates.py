@@ -78,7 +78,8 @@ def _adam(m: Measurements, lrs: tuple[float, ...] = ADAM_LRS) -> list[Candidate]
 
 def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, dead_rows: Any = None,
                escape: Any = None, window: int = 60, has_normalization: bool = True,
-               probability_outputs: bool = False, layers: Any = None) -> list[Candidate]:
+               probability_outputs: bool = False, layers: Any = None,
+               total_samples: int | None = None) -> list[Candidate]:
     """The candidate actions for ``decision.cause`` (see the module docstring).
 
     ``checkpoint`` (a state dict from before the loss went bad), ``dead_rows`` (weight name ->
@@ -157,8 +158,11 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
             out.append(Candidate({"lr": v}, "noise"))
         if lr:
             out.append(Candidate({"schedule": "cosine", "steps": 10 * window}, "noise"))
-        if m.batch_size:
-            out.append(Candidate({"batch_size": 4 * m.batch_size}, "noise", applicable=False))
+        larger = 4 * m.batch_size if m.batch_size else None
+        if larger and total_samples:
+            larger = min(larger, total_samples)
+        if larger and larger > (m.batch_size or 0):
+            out.append(Candidate({"batch_size": larger}, "noise", applicable=False))
         return out
     if cause == "flat_plateau":
         out += _adam(m)
@@ -203,6 +207,17 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
             out.append(Candidate({"reinitialize": {"seed": 0}, "lr": lr}, "degenerate"))
         for scale in (0.1, 0.01):
             out.append(Candidate({"perturb": {"scale": scale, "seed": 0}}, "degenerate"))
+        return out
+    if cause == "undetermined":
+        # Stalled, and no measured cause stands out: the usual suspects, each tried.
+        out += [Candidate({"lr": v}, "unclear") for v in _lowered(m, 0.3)]
+        v = _capped_raise(m, 3.0)
+        if v is not None:
+            out.append(Candidate({"lr": v}, "unclear"))
+        if sgd:
+            out += _adam(m, (1e-3,))
+        if lr:
+            out.append(Candidate({"schedule": "cosine", "steps": 10 * window}, "unclear"))
         return out
     raise ValueError(f"no candidates for cause {cause!r}")  # pragma: no cover - every cause is covered
 

@@ -63,7 +63,8 @@ from .rules import Decision, Evidence, decide
 from .trend import WINDOW, LossTrend, read_history
 from .trials import TrainStep, TrialReport, run_trials
 
-# Every value Diagnosis.cause takes: the rules' causes, and "undetermined" for an interrupted run.
+# Every value Diagnosis.cause takes: the rules' causes, and "undetermined" (interrupted before the
+# measurements finished, or stalled with no measured cause standing out).
 CAUSES = (*RULE_CAUSES, "undetermined")
 TRIAL_BUDGET = 5.0
 PER_LAYER_CAUSES = ("oscillation", "diverging", "ill_conditioned")
@@ -76,7 +77,7 @@ class Diagnosis(ResultMixin):
     """The doctor's verdict: the cause, the numbers behind it, and what to change, best first.
 
     ``cause`` is one of :data:`CAUSES` (``"undetermined"`` when interrupted before the
-    measurements were complete). ``prescriptions`` are :class:`Prescription` objects, ranked by
+    measurements were complete, or when the loss stalled and no measured cause stands out). ``prescriptions`` are :class:`Prescription` objects, ranked by
     their measured trial when ``verified``; each has ``.text``, ``.action``, ``.trial`` and
     ``.apply(model, optimizer)``. ``measurements`` holds every number; ``decision`` the
     comparisons that decided. ``cost`` counts Hessian-vector products, full-data gradients,
@@ -173,6 +174,29 @@ class Diagnosis(ResultMixin):
             lines.append(f"trials: {t.candidates} candidates x {t.steps} steps ({t.trained} training steps, "
                          f"{t.seconds:.2f} s); unchanged: {fmt(t.loss_before, 5)} -> {fmt(t.control_loss, 5)}")
         return "\n".join(lines)
+
+
+def _noise_cause(decision: Decision) -> bool:
+    """A stall that sits on gradient noise (SGD's noise floor, or an adaptive optimizer's steps
+    hovering on it)."""
+    return decision.cause == "gradient_noise" or any("gradient noise" in e.name for e in decision.evidence)
+
+
+def _total_samples(data: Any) -> int | None:
+    """How many samples ``data`` holds, where that is cheap to know (a list of batches, one pair,
+    a DataLoader over a sized dataset); None otherwise."""
+    from ..data import batch_size, is_single_batch
+
+    try:
+        if is_single_batch(data):
+            return batch_size(data[1])
+        if isinstance(data, (list, tuple)):
+            return sum(batch_size(b[1]) for b in data if isinstance(b, (list, tuple)) and len(b) >= 2
+                       and isinstance(b[1], torch.Tensor))
+        dataset = getattr(data, "dataset", None)
+        return len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
+    except (TypeError, IndexError):
+        return None
 
 
 def _has_normalization(model: nn.Module) -> bool:
@@ -308,7 +332,8 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
             except KeyboardInterrupt:
                 layers = None
     extra: dict[str, Any] = {"window": window, "checkpoint": checkpoint, "dead_rows": m.dead_rows,
-                             "has_normalization": _has_normalization(model), "layers": layers}
+                             "has_normalization": _has_normalization(model), "layers": layers,
+                             "total_samples": _total_samples(data)}
     if batches:
         extra["probability_outputs"] = _probability_outputs(model, loss_fn, batches[0])
     if decision.cause == "saddle_point" and m.escape_direction is not None and m.loss is not None:
@@ -329,7 +354,9 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
                                                       for c in cands)
     report, interrupted = None, False
     if run:
-        steps = min(max(window, 20), MAX_TRIAL_STEPS) if trial_steps == "auto" else int(trial_steps)
+        # A lower lr pays off slowly at a noise floor (the loss relaxes to a lower level): longer trials.
+        shortest = 2 * window if _noise_cause(decision) else window
+        steps = min(max(shortest, 20), MAX_TRIAL_STEPS) if trial_steps == "auto" else int(trial_steps)
         tryable = [c if c.applicable and c.action else replace(c, applicable=False) for c in cands]
         evals = first_samples(eval_data, samples) if eval_data is not None else batches
         try:

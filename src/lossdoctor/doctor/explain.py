@@ -31,6 +31,7 @@ CAUSE_TITLES = {
     "flat_plateau": "the loss sits on a flat plateau",
     "lr_too_small": "the learning rate is too small",
     "ill_conditioned": "the loss crawls along an ill-conditioned valley",
+    "undetermined": "the loss stalled, but no measured cause stands out",
 }
 
 
@@ -163,6 +164,9 @@ def summary(decision: Decision, m: Measurements) -> str:
         return (f"{title}: the sharpest direction holds the lr at S = {fmt(m.lr_sharpness, 3)} of the limit "
                 f"{fmt(m.threshold, 3)}, while the loss sits along directions {fmt(m.condition, 3)}x flatter that "
                 f"need ~{fmt(m.half_life, 3)} steps to halve")
+    if cause == "undetermined":
+        return (f"{title}: every rule's numbers fall short of its thresholds, even relaxed 3x; the "
+                "prescriptions below are the usual suspects, each tried")
     return title  # pragma: no cover
 
 
@@ -199,7 +203,8 @@ def evidence(decision: Decision, m: Measurements) -> tuple[str, ...]:
         pace = (f"needs ~{fmt(m.half_life, 3)} steps at this step size to lose half of it" if math.isfinite(m.half_life)
                 else "does not lose half of it at this step size (the step overshoots the directions that hold it)")
         lines.append(f"the local quadratic model can still lose {fmt(m.reducible)} and {pace}; curvature along the "
-                     f"gradient step S_g = {fmt(m.gradient_curvature)} (S/S_g = {fmt(m.condition, 3)})")
+                     f"gradient step S_g = {fmt(m.gradient_curvature)}" + (f" (S/S_g = {fmt(m.condition, 3)})" if m.condition
+                                                                          else " (negative curvature along the gradient)"))
     if m.trust_ratio is not None:
         lines.append(f"one step of the optimizer from here (full-data gradient) changed the loss by "
                      f"{fmt(m.probe_loss_change)} against {fmt(m.probe_predicted)} predicted (ratio {m.trust_ratio:.3g}); "

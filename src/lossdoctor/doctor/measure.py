@@ -398,6 +398,24 @@ def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, gra
     return out
 
 
+def contraction(a: np.ndarray, momentum: float = 0.0) -> np.ndarray:
+    """Per step, the factor by which gradient descent with step-scaled curvature ``a`` (lr·λ) and
+    heavy-ball momentum shrinks the error along an eigenvector of the quadratic model: the larger
+    root modulus of z² - (1 + μ - a) z + μ (|1 - a| without momentum). Below 1 while
+    0 < a < 2 + 2μ; slow directions get ~1 - a/(1 - μ) (momentum's gain), stiff ones sqrt(μ).
+
+    Example:
+        >>> float(contraction(np.array([0.5]))[0]), float(contraction(np.array([3.0]), 0.9)[0]) < 1
+        (0.5, True)
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = 1 + momentum - a
+    disc = b * b - 4 * momentum
+    root = np.sqrt(np.abs(disc))
+    real = np.maximum(np.abs((b + root) / 2), np.abs((b - root) / 2))
+    return np.where(disc >= 0, real, math.sqrt(momentum))
+
+
 def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: float, n_steps: int
                        ) -> tuple[float, float, float, float]:
     """Lanczos from the preconditioned gradient g̃ = D^½ g on Ã = D^½ H D^½ (unit step):
@@ -418,10 +436,8 @@ def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: floa
     parts = c2[pos] / (2 * a[pos])
     reducible = float(parts.sum())
     # Momentum (heavy ball) lengthens the slow directions' steps by 1/(1 - μ).
-    gain = 1.0 / (1 - steps.momentum) if steps.kind in ("sgd", "rmsprop") and steps.momentum < 1 else 1.0
-    # Per step, each component of the quadratic model keeps (1 - a)² of its loss (a: its step-scaled
-    # curvature); a component with a >= 2 does not shrink at all (the step overshoots it).
-    keep = np.minimum((1 - a[pos] * gain) ** 2, 1.0)
+    heavy_ball = steps.momentum if steps.kind in ("sgd", "rmsprop") and 0 < steps.momentum < 1 else 0.0
+    keep = np.minimum(contraction(a[pos], heavy_ball) ** 2, 1.0)
     half = math.inf
     if reducible > 0 and np.any(keep < 1):
         # Smallest t with Σ parts keep^t <= ½ Σ parts (inf when the shrinking part is under half).

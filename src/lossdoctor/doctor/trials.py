@@ -37,7 +37,8 @@ from .prescriptions import Trial, apply_action, detach_hooks
 TrainStep = Callable[[nn.Module, torch.optim.Optimizer, Any], Any]
 CHECKPOINTS = 5  # evaluations over the trial's second half
 CONSISTENT = 0.8  # a better candidate is lower than the control at this share of the checkpoints
-MARGIN = 0.005  # a candidate must beat the control by this fraction of its loss, and its fluctuation
+MARGIN = 0.005  # a candidate must beat the control by this fraction of its loss, and by the
+# fluctuation of its paired differences from the control
 
 
 @dataclass(frozen=True)
@@ -204,10 +205,19 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
     # A control that went NaN/Inf (or never reached a checkpoint) ends at an infinite loss.
     control_loss = float(np.mean(control.evals)) if control.evals and control.finite else math.inf
     spread = float(np.std(control.evals)) if len(control.evals) > 1 else 0.0
-    # The control's fluctuation over its last checkpoints sets the margin, but a trend (a diverging
-    # control) must not: half the control's loss is always a measurable gain.
-    margin = min(max(MARGIN * abs(control_loss), 2 * spread), 0.5 * abs(control_loss)) \
-        if math.isfinite(control_loss) else 0.0
+    floor = MARGIN * abs(control_loss) if math.isfinite(control_loss) else 0.0
+
+    def margin_of(evals: list[float]) -> float:
+        # The fluctuation of the paired differences (same batches, same checkpoints) sets the
+        # margin: what both branches share (a spike of the control's bouncing iterate that the
+        # candidate also sees) cancels there. Without pairs, twice the control's own spread. A
+        # trend (a diverging control) must not set it: half the control's loss is always a gain.
+        if not math.isfinite(control_loss):
+            return 0.0
+        pairs = [c - b for b, c in zip(evals, control.evals)]
+        noise = float(np.std(pairs)) if len(pairs) > 1 and all(map(math.isfinite, pairs)) else 2 * spread
+        return min(max(floor, noise), 0.5 * abs(control_loss))
+
     for i, branch in branches.items():
         if len(branch.curve) < steps and branch.finite:
             continue  # cut in the first round, or interrupted: not a full trial
@@ -221,11 +231,12 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
         # against a spiking control.
         paired = [b < c for b, c in zip(branch.evals, control.evals)] if control.finite else []
         consistent = not paired or sum(paired) >= CONSISTENT * len(paired)
+        margin = margin_of(branch.evals)
         better = finite and (not math.isfinite(reference) or (gain > margin and consistent))
         trials[i] = Trial(steps=steps, loss_before=loss_before, loss=loss, control_loss=control_loss, gain=gain,
                           relative_gain=rel, better=better, finite=finite, curve=tuple(branch.curve),
                           control_curve=tuple(control.curve))
     report = TrialReport(steps=steps, candidates=len(tryable), trained=done[0], seconds=time.perf_counter() - started,
                          control_loss=control_loss, loss_before=loss_before, control_curve=tuple(control.curve),
-                         margin=margin, interrupted=interrupted)
+                         margin=floor, interrupted=interrupted)
     return trials, report
