@@ -535,6 +535,11 @@ def specs() -> list[Spec]:
                   lambda e: {**_model_args(e), "optimizer": e.optimizer, "steps": 2}, {
         "steps": ints(1), "optimizer": optimizer_kind()[:3], "data": data_kind()}, owner=DOCTOR,
         watch=lambda e: None))  # train_monitored trains the model in place: only the RNG is watched
+    s.append(Spec("checkup", ld.checkup, lambda e: {**_model_args(e), "lr": 0.05, "budget": 2.0}, {
+        **MODEL_LOSS_DATA, "lr": floats(above=0.0), "budget": floats(above=0.0, inf_ok=True), "window": ints(4),
+        "seed": seed(), "progress": progress_kind(),
+        "history": [Bad("2-d", np.ones((40, 2))), Bad("string", "1,2,3"), Bad("too short", [1.0])]},
+        owner=DOCTOR))
     return s
 
 

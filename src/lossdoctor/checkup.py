@@ -43,14 +43,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._checks import check_float, check_int, check_loss_fn, check_module, check_optimizer
+from ._checks import (
+    check_float,
+    check_int,
+    check_loss_fn,
+    check_module,
+    check_optimizer,
+    check_progress,
+    check_seed,
+)
 from ._results import ResultMixin, fmt
 from .analysis.critical import CriticalPoint, classify_critical_point
 from .analysis.landscape import Landscape, landscape
 from .analysis.layers import LayerCurvature, layer_curvature
 from .analysis.noise_scale import NoiseScale, gradient_noise_scale
+from .analysis.step_size import check_lr
 from .curvature import EigenResult, SpectralDensity, eigenpairs, hessian, spectral_density
-from .data import is_single_batch
+from .data import check_data, is_single_batch
 from .doctor.diagnosis import Diagnosis, diagnose
 from .doctor.measure import first_samples
 from .doctor.trend import WINDOW
@@ -165,11 +174,15 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
         check_optimizer(optimizer)
     budget = check_float(budget, "budget", above=0.0, hint="The checkup's time budget in seconds, e.g. 120.")
     window = check_int(window, "window", minimum=4)
+    lr = check_lr(lr)
+    seed = check_seed(seed)
+    check_progress(progress)
+    check_data(data)
     if optimizer is None and lr is None:
         raise ValueError("checkup needs the optimizer you train with (or lr= for plain SGD): the doctor models its "
                          "steps and tries its prescriptions with it.")
     trial_optimizer = optimizer if optimizer is not None else torch.optim.SGD(
-        [p for p in model.parameters() if p.requires_grad], lr=lr)
+        [p for _, p in trainable_parameters(model)], lr=lr)
     sections: list[CheckupSection] = []
     interrupted = False
     total = 8

@@ -368,4 +368,12 @@ def forward(model: torch.nn.Module, loss_fn: Callable, inputs: Any, targets: tor
                        "the model's forward detached its outputs (torch.no_grad() or .detach() inside forward)")
             raise ValueError(f"the loss on batch {index} does not depend on the model's parameters: {culprit}. "
                              "lossdoctor differentiates the loss: return it as computed from the outputs.")
+    if not bool(torch.isfinite(loss.detach()).all()):
+        bad = [t for t in _input_tensors(inputs) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad or (targets.is_floating_point() and not bool(torch.isfinite(targets).all())):
+            # A NaN in the data is no training failure: say so before any verdict is drawn from it.
+            raise ValueError(f"the loss is {float(loss.detach().reshape(-1)[0])} on batch {index}: its "
+                             f"{'inputs' if bad else 'targets'} hold NaN/Inf values, so the loss is not finite "
+                             "whatever the model does. Clean or drop those samples "
+                             "(torch.isfinite(x).all(dim=1) finds them).")
     return outputs, loss.reshape(())

@@ -44,6 +44,7 @@ from .._results import ResultMixin, fmt
 from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
 from ..data import call_model, place
+from ..model_state import trainable_parameters
 from ..progress import Progress, scaled
 from .candidates import Candidate, candidates
 from .explain import CAUSE_TITLES, describe_action, evidence, layer_evidence, summary
@@ -348,7 +349,7 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
              for c in cands]
     trial_optimizer = optimizer
     if trial_optimizer is None and lr is not None:
-        trial_optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+        trial_optimizer = torch.optim.SGD([p for _, p in trainable_parameters(model)], lr=lr)
     run = verify is True or (verify == "auto" and decision.stalled and trial_optimizer is not None)
     run = run and trial_optimizer is not None and any(c.applicable and c.action and not c.action.get("stop")
                                                       for c in cands)

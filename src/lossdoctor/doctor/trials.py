@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .._results import ResultMixin
-from ..data import call_model, iter_batches, place
+from ..data import forward, iter_batches, place
 from ..model_state import preserved_model, preserved_rng
 from ..training.lr_finder import preserved_optimizer
 from .candidates import Candidate
@@ -92,12 +92,16 @@ def next_batches(data: Any, count: int) -> list[tuple[Any, torch.Tensor]]:
 
 def default_train_step(loss_fn: Callable) -> TrainStep:
     """``loss_fn(model(x), y).backward(); optimizer.step()``: the standard step."""
+    taken = [0]
+
     def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Any) -> torch.Tensor:
         x, y = batch
         device = next(model.parameters()).device
         x, y = place(x, y, device)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(call_model(model, x), y)
+        # data.forward turns a failing model or loss into an error that names the batch and the fix.
+        loss = forward(model, loss_fn, x, y, index=taken[0])[1]
+        taken[0] += 1
         loss.backward()
         optimizer.step()
         return loss.detach()
