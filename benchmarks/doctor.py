@@ -7,8 +7,8 @@
 Four tables, each labelled with the seeds it comes from:
 
 1. **Causes and fixes** (``studies/doctor_validation.py``): every family of ``studies/stall_cases.py``
-   on the tuning seeds (0-2: they shaped the rules) and the held-out seeds (3-5: they only
-   measure). Right cause, healthy false alarms, and the first prescription applied through its
+   on the tuning seeds (0-5: they shaped the rules) and the held-out seeds (6-8: they only
+   measure; run once, results in ``benchmarks/results/doctor_heldout_seeds_6-8.txt``). Right cause, healthy false alarms, and the first prescription applied through its
    own ``apply`` and trained on for the family's horizon against continuing unchanged and the
    known remedy (fixed: at least half the gap closed; harmful: worse than unchanged).
 2. **Diagnosis cost** per architecture: seconds, Hessian-vector products, trial steps.

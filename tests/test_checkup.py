@@ -10,6 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import lossdoctor as ld
+from browser import open_page
 from lossdoctor.cli import main
 from lossdoctor.report.checkup import write
 from lossdoctor.studies import stall_cases as sc
@@ -87,14 +88,32 @@ def test_bad_input():
         ld.checkup("model", s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer)
 
 
-def test_cli_writes_the_page(tmp_path):
-    out = tmp_path / "checkup"
+@pytest.fixture(scope="module")
+def cli_page(tmp_path_factory):
+    out = tmp_path_factory.mktemp("checkup")
     result = CliRunner().invoke(main, ["checkup", "--problem", "lecture-saddle", "--lr", "0.05", "--budget", "30s",
                                        "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    return out, json.loads(result.output)
+
+
+def test_cli_writes_the_page(cli_page, tmp_path):
+    out, data = cli_page
     assert data["checkup"]["diagnosis"]["cause"] == "saddle_point"
     assert (out / "index.html").exists() and (out / "results.json").exists()
     bad = CliRunner().invoke(main, ["checkup", "--problem", "lecture-saddle", "--lr", "0.05", "--budget", "soon",
                                     "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--budget" in bad.output
+
+
+@pytest.mark.browser
+def test_the_page_opens_in_chromium_verdict_first(cli_page, tmp_path):
+    out, data = cli_page
+    page = open_page(out / "index.html", tmp_path / "profile")
+    assert page.title.startswith("lossdoctor checkup")
+    assert page.images and not page.broken_images, page.broken_images
+    assert not page.errors, page.errors
+    # What a reader meets first: the verdict, before any curvature.
+    verdict = page.text.index("Verdict and tested prescriptions")
+    assert verdict < page.text.index("Curvature")
+    assert "saddle" in page.text[verdict:verdict + 600].lower()
