@@ -75,7 +75,14 @@ class Trial(ResultMixin):
         if not self.finite:
             return f"trial ({self.steps} steps): the loss went to NaN/Inf"
         return (f"trial ({self.steps} steps): loss {fmt(self.loss, 5)} vs {fmt(self.control_loss, 5)} unchanged "
-                f"({self.relative_gain:+.1%})")
+                f"({self.change})")
+
+    @property
+    def change(self) -> str:
+        """The trial's loss against the control in words, e.g. ``"5.6% lower"``."""
+        if not math.isfinite(self.relative_gain):
+            return "not comparable"
+        return f"{abs(self.relative_gain):.1%} " + ("lower" if self.relative_gain >= 0 else "higher")
 
 
 @dataclass(frozen=True)

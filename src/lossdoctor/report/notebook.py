@@ -76,13 +76,13 @@ def code_for(action: dict[str, Any], index: int) -> str:
     if not a or a.get("stop"):
         return "# nothing to change"
     if "optimizer" in a:
-        return f"{line}  # = torch.optim.{a['optimizer']}(model.parameters(), lr={a['lr']:.3g})"
+        return f"{line}  # same as: torch.optim.{a['optimizer']}(model.parameters(), lr={a['lr']:.3g})"
     if set(a) == {"lr"}:
-        return f"{line}  # = for g in opt.param_groups: g['lr'] = {a['lr']:.3g}"
+        return f"{line}  # same as: for g in opt.param_groups: g['lr'] = {a['lr']:.3g}"
     if set(a) == {"momentum"}:
-        return f"{line}  # = for g in opt.param_groups: g['momentum'] = {a['momentum']:g}"
+        return f"{line}  # same as: for g in opt.param_groups: g['momentum'] = {a['momentum']:g}"
     if set(a) == {"weight_decay"}:
-        return f"{line}  # = for g in opt.param_groups: g['weight_decay'] = {a['weight_decay']:.3g}"
+        return f"{line}  # same as: for g in opt.param_groups: g['weight_decay'] = {a['weight_decay']:.3g}"
     return line
 
 
@@ -90,7 +90,7 @@ def prescriptions_table(diagnosis: Any) -> str:
     rows = []
     for i, p in enumerate(diagnosis.prescriptions):
         trial = "-" if p.trial is None else (
-            f"{fmt(p.trial.loss, 4)} vs {fmt(p.trial.control_loss, 4)} ({p.trial.relative_gain:+.1%})"
+            f"{fmt(p.trial.loss, 4)} vs {fmt(p.trial.control_loss, 4)} ({p.trial.change})"
             if p.trial.finite and math.isfinite(p.trial.relative_gain) else str(p.trial))
         how = code_for(p.action, i) if p.applicable else "change your code (see the text)"
         rows.append((i + 1, p.text, trial, how))
