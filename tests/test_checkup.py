@@ -117,3 +117,31 @@ def test_the_page_opens_in_chromium_verdict_first(cli_page, tmp_path):
     verdict = page.text.index("Verdict and tested prescriptions")
     assert verdict < page.text.index("Curvature")
     assert "saddle" in page.text[verdict:verdict + 600].lower()
+
+
+def test_a_monitor_writes_the_page_at_the_first_stall(tmp_path):
+    from lossdoctor.report.checkup import attach_checkup
+
+    s = stall("lr-too-small/mlp")
+    seen = []
+    monitor = ld.Monitor(s.model, s.loss_fn, s.data, window=30, doctor_share=None, callback=seen.append)
+    attach_checkup(monitor, s.optimizer, tmp_path / "report", budget=20)
+    ld.train_monitored(s.model, s.loss_fn, s.data, s.optimizer, steps=90, monitor=monitor)
+    stalled = [d for d in seen if d.stalled]
+    assert stalled, "the user's own callback still runs"
+    assert monitor.checkup_pages == [tmp_path / "report" / "index.html"]
+    data = json.loads((tmp_path / "report" / "results.json").read_text())
+    assert data["diagnosis"]["stalled"] and data["diagnosis"]["cause"] == stalled[0].cause
+    with pytest.raises(TypeError, match="monitor"):
+        attach_checkup("monitor", s.optimizer, tmp_path)
+
+
+def test_cli_train_writes_the_page(tmp_path):
+    result = CliRunner().invoke(main, ["train", "--problem", "lecture-saddle", "--lr", "0.05", "--steps", "40",
+                                       "--report", str(tmp_path / "r"), "--report-budget", "20s", "--json"])
+    assert result.exit_code == 0, result.output
+    page = json.loads(result.output)["checkup_page"]
+    assert page == str(tmp_path / "r" / "index.html") and (tmp_path / "r" / "results.json").exists()
+    bad = CliRunner().invoke(main, ["train", "--problem", "lecture-saddle", "--lr", "0.05", "--steps", "4",
+                                    "--report", str(tmp_path / "q"), "--report-budget", "soon"])
+    assert bad.exit_code == 2 and "--report-budget" in bad.output

@@ -196,15 +196,20 @@ def diagnose_command(problem: str, checkpoint: str | None, history_file: str, op
               help="The doctor's cost cap, a share of the training steps so far.")
 @click.option("--out", "out_file", default=None, callback=new_file(),
               help="Write the trained state_dict to this new .pt file (checked before training; never overwritten).")
+@click.option("--report", "report_dir", default=None, callback=output_dir,
+              help="Write the checkup page (index.html) here: at the first stall, or at the end of training.")
+@click.option("--report-budget", default="90s", show_default=True, help="Time for that checkup, e.g. 90s, 5m.")
 @device_option
 @json_option
 def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float, momentum: float, weight_decay: float,
                   steps: int, sharpness_every: int, window: int, treat: bool, doctor_share: float,
-                  out_file: str | None, as_json: bool, device: str = "auto") -> None:
+                  out_file: str | None, report_dir: Path | None, report_budget: str, as_json: bool,
+                  device: str = "auto") -> None:
     """Train with the Monitor attached; prints the doctor's diagnosis when the loss stalls."""
     from .doctor.monitor import Monitor, train_monitored
 
     _check_rate("--lr", lr)
+    report_seconds = _duration(report_budget, "--report-budget")
     _check_rate("--momentum", momentum, positive=False)
     _check_rate("--weight-decay", weight_decay, positive=False)
     if not 0 < doctor_share <= 1:
@@ -219,9 +224,17 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
         optimizer = make_optimizer(opt_name, prob.model.parameters(), lr, momentum, weight_decay)
         monitor = Monitor(prob.model, prob.loss_fn, prob.train_data, sharpness_every=sharpness_every,
                           window=window, callback=report, treat=treat, doctor_share=doctor_share)
+        if report_dir is not None:
+            from .report.checkup import attach_checkup
+
+            attach_checkup(monitor, optimizer, report_dir, budget=report_seconds)
         with progress_bars(not as_json) as task:
             run = train_monitored(prob.model, prob.loss_fn, prob.train_data, optimizer, steps=steps,
                                   monitor=monitor, progress=task(f"training ({opt_name}, lr {lr:g})"))
+        page = None
+        if report_dir is not None:
+            page = monitor.checkup_pages[0] if monitor.checkup_pages else _final_checkup(
+                prob, optimizer, monitor, report_dir, report_seconds)
     except (ValueError, TypeError) as err:
         _fail(str(err))
     written = None
@@ -234,7 +247,8 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
         rec = run.record
         out.print_json(json.dumps({"problem": prob.name, "optimizer": opt_name, "lr": lr, **run.to_dict(),
                                    "losses": to_jsonable(rec.losses), "sharpness": to_jsonable(rec.sharpness),
-                                   "doctor_cost": monitor.doctor_cost, "checkpoint": written},
+                                   "doctor_cost": monitor.doctor_cost, "checkpoint": written,
+                                   "checkup_page": None if page is None else str(page)},
                                   default=lambda v: None))
         return
     out.print(f"{prob.name}: trained {run.steps} steps with {opt_name} (lr {lr:g}); last training loss "
@@ -248,6 +262,18 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
                   "yet allow a diagnosis.")
     if written:
         out.print(f"trained parameters written to {written}")
+    if page is not None:
+        out.print(f"checkup page: {page}")
+
+
+def _final_checkup(prob: Any, optimizer: Any, monitor: Any, report_dir: Path, budget: float) -> Path:
+    """No stall was diagnosed: the checkup page of the model where training ended."""
+    from . import checkup
+    from .report.checkup import write
+
+    result = checkup(prob.model, prob.loss_fn, prob.train_data, history=list(monitor.record.losses),
+                     optimizer=optimizer, budget=budget, window=monitor.window)
+    return write(result, report_dir, title=f"lossdoctor checkup: {prob.name}")
 
 
 @click.command("checkup")
@@ -298,7 +324,7 @@ def checkup_command(problem: str, checkpoint: str | None, history_file: str | No
     out.print(f"page: {page}")
 
 
-def _duration(text: str) -> float:
+def _duration(text: str, option: str = "--budget") -> float:
     """'90', '90s', '5m', '1h' -> seconds."""
     value = text.strip().lower()
     unit = {"s": 1, "m": 60, "h": 3600}.get(value[-1:])
@@ -306,7 +332,7 @@ def _duration(text: str) -> float:
     try:
         seconds = float(number) * (unit or 1)
     except ValueError:
-        _fail(f"--budget {text!r} is not a duration: use e.g. 90s, 5m or 1h.")
+        _fail(f"{option} {text!r} is not a duration: use e.g. 90s, 5m or 1h.")
     if not math.isfinite(seconds) or seconds <= 0:
-        _fail(f"--budget must be a positive duration, got {text!r}.")
+        _fail(f"{option} must be a positive duration, got {text!r}.")
     return seconds

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .._checks import check_float, check_optimizer
 from .._files import atomic_write_text
 from .._results import fmt
-from ..checkup import Checkup, CheckupSection
+from ..checkup import BUDGET, Checkup, CheckupSection, checkup
 from .figures import new_figure, save
 from .html import Section, esc, figure, paragraph, table, write_page
 from .notebook import CSS, inline_png, prescriptions_table, trial_figure
@@ -203,3 +205,40 @@ def notebook_html(c: Checkup) -> str:
             + prescriptions_table(d) + img + table(["section", "status", "seconds", "products"], rows, left=2)
             + "</div>")
 
+
+
+def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget: float = BUDGET,
+                   every_stall: bool = False) -> Any:
+    """Make a :class:`~lossdoctor.Monitor` write the checkup page when it diagnoses a stall.
+
+    The page goes to ``out_dir`` at the first stalled diagnosis (with ``every_stall``, to
+    ``out_dir/step-N`` at each one). The Monitor's own callback still runs first. The checkup
+    costs up to ``budget`` seconds of the training run, each time it writes.
+
+    Example:
+        >>> monitor = ld.Monitor(model, loss_fn, data)                       # doctest: +SKIP
+        >>> ld.attach_checkup(monitor, optimizer, "checkup-report")          # doctest: +SKIP
+
+    Returns:
+        The monitor, so the call can wrap its construction.
+    """
+    budget = check_float(budget, "budget", above=0.0, hint="The checkup's time budget in seconds, e.g. 90.")
+    check_optimizer(optimizer)
+    if not hasattr(monitor, "record") or not hasattr(monitor, "callback"):
+        raise TypeError(f"monitor must be a lossdoctor.Monitor, got {type(monitor).__name__}.")
+    out = Path(out_dir)
+    previous = monitor.callback
+    written: list[Path] = []
+
+    def on_diagnosis(diagnosis: Any) -> None:
+        if previous is not None:
+            previous(diagnosis)
+        if not diagnosis.stalled or (written and not every_stall):
+            return
+        c = checkup(monitor.model, monitor.loss_fn, monitor.data, history=list(monitor.record.losses),
+                    optimizer=optimizer, budget=budget, window=monitor.window, train_step=monitor.train_step)
+        written.append(write(c, out / f"step-{diagnosis.step}" if every_stall else out))
+
+    monitor.callback = on_diagnosis
+    monitor.checkup_pages = written
+    return monitor
