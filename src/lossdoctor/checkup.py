@@ -185,11 +185,11 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
         [p for _, p in trainable_parameters(model)], lr=lr)
     sections: list[CheckupSection] = []
     interrupted = False
-    total = 8
+    total = 10  # the doctor and at most nine sections after it (some apply only to some models)
 
     def tick() -> None:
         if progress is not None:
-            progress(len(sections), total)
+            progress(min(len(sections), total), total)
 
     def left() -> float:
         return budget - (time.perf_counter() - started)
@@ -286,6 +286,8 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
                    lambda: _range_around(model, loss_fn, data, trial_optimizer))
     results.update(spectrum=spectrum, density=density, layers=layers, critical=critical, escape_profile=escape,
                    landscape_top=top, landscape_random=rand, noise=noise, lr_range=lr_range)
+    if progress is not None:
+        progress(total, total)  # sections that did not apply still count as done: the bar ends at 100%
     return Checkup(diagnosis=d, history=hist_values, history_source=source, sections=tuple(sections), budget=budget,
                    seconds=time.perf_counter() - started, num_params=sum(p.numel() for p in model.parameters()
                                                                         if p.requires_grad),

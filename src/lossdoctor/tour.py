@@ -24,6 +24,7 @@ from ._files import atomic_write_text, read_text_inside
 from .progress import Progress
 from .report import batch_sweep as batch_sweep_report
 from .report import batch_time as batch_time_report
+from .report import checkup as checkup_report
 from .report import critical_regression as critical_regression_report
 from .report import critical_toy as critical_toy_report
 from .report import doctor_validation as doctor_validation_report
@@ -40,6 +41,7 @@ from .report import warmup as warmup_report
 from .report.html import Section, write_page
 from .studies import batch_sweep as batch_sweep_study
 from .studies import batch_time as batch_time_study
+from .studies import checkup_example as checkup_study
 from .studies import critical_regression as critical_regression_study
 from .studies import critical_toy as critical_toy_study
 from .studies import doctor_validation as doctor_validation_study
@@ -78,6 +80,7 @@ SECTIONS: list[TourSection] = [
     TourSection("layers", "Curvature layer by layer", layers_study.run, layers_report.render),
     TourSection("doctor-validation", "The stall doctor on held-out runs: causes and fixes", doctor_validation_study.run,
                 doctor_validation_report.render),
+    TourSection("checkup", "The checkup page on a stalled model", checkup_study.run, checkup_report.render_example),
     TourSection("batch-time", "Batch size: time", batch_time_study.run, batch_time_report.render),
     TourSection("batch-sweep", "Batch size: training, testing, sharpness", batch_sweep_study.run,
                 batch_sweep_report.render),

@@ -242,3 +242,17 @@ def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget:
     monitor.callback = on_diagnosis
     monitor.checkup_pages = written
     return monitor
+
+
+def render_example(c: Checkup, out_dir: Path) -> Section:
+    """The tour's section: the example checkup page written beside the tour, and a link to it."""
+    write(c, Path(out_dir) / "checkup", title="lossdoctor checkup: an MNIST-1D MLP at a saddle")
+    top = c.diagnosis.top
+    body = (paragraph(f"An MNIST-1D tanh MLP whose weights all start at zero, stalled at a saddle, run through "
+                      f"ld.checkup(model, loss_fn, data, history=losses, optimizer=opt) as a user would run it "
+                      f"on their own model ({c.seconds:.1f} s). The doctor says: {c.diagnosis.summary.rstrip('.')}."
+                      + (f" First prescription: {top.text}." if top is not None else ""))
+            + '<p><a href="checkup/index.html">Open the checkup page</a>: the verdict and the tested '
+              "prescriptions with their trial curves first, then the loss history, the curvature, the critical "
+              "point, the landscape, the noise scale and the lr range.</p>")
+    return Section("checkup", "The checkup page on a stalled model", body)
