@@ -225,3 +225,29 @@ def test_a_gradient_at_the_critical_scale_is_not_blamed_on_the_step_size():
 def test_a_negative_top_ritz_value_is_not_read_as_a_flat_surface():
     m = measurements(lambda_max=-0.01, lr_sharpness=0.5, optimizer="adam", adaptive=True, threshold=38.0)
     assert decide(m).cause != "flat_plateau"
+
+
+def test_a_flat_critical_point_of_small_weights_is_degenerate_not_a_minimum():
+    # The tiny-initialization saddle: a stalled critical point, weights of norm 0.01, a direction
+    # with no curvature at all. A minimum of small weights curves up everywhere (converged).
+    tiny = dict(grad_norm=1e-8, reducible=1e-12, lambda_max=0.5, lambda_min=2e-9, param_norm=0.0135)
+    d = decide(measurements(**tiny))
+    assert d.cause == "degenerate" and d.stalled
+    assert "|λ_min| / λ_max" in str(d)
+    assert decide(measurements(**{**tiny, "lambda_min": 0.01})).cause == "converged"
+    assert decide(measurements(**{**tiny, "param_norm": 5.0})).cause == "converged"
+
+
+def test_slow_progress_names_a_hypothesis_only_when_slow_and_a_rule_holds():
+    slow = measurements(trend=trend(relative_drop=0.04, stalled=False), lr_sharpness=0.001, grad_norm=2.0)
+    d = decide(slow)
+    assert d.cause == "progressing"
+    hypothesis = rules.slow_progress(slow, d)
+    assert hypothesis is not None and hypothesis.cause == "lr_too_small" and hypothesis.stalled
+    assert "still falling, slowly" in str(hypothesis)
+    fast = measurements(trend=trend(relative_drop=0.3, stalled=False), lr_sharpness=0.001, grad_norm=2.0)
+    assert rules.slow_progress(fast, decide(fast)) is None
+    stalled = measurements(lr_sharpness=0.001, grad_norm=2.0)
+    assert rules.slow_progress(stalled, decide(stalled)) is None  # only 'progressing' is second-guessed
+    # Evidence without a threshold reads as a value, never '>= None'.
+    assert "None" not in str(rules.Evidence("λ_min", 0.5, ">=", None))

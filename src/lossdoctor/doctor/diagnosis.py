@@ -60,7 +60,7 @@ from .measure import (
 )
 from .prescriptions import Prescription
 from .rules import CAUSES as RULE_CAUSES
-from .rules import Decision, Evidence, decide
+from .rules import Decision, Evidence, decide, slow_progress
 from .trend import WINDOW, LossTrend, read_history
 from .trials import TrainStep, TrialReport, run_trials
 
@@ -229,16 +229,15 @@ def _rank(items: list[tuple[Candidate, Prescription]], verified: bool, no_change
           ) -> list[Prescription]:
     """Verified improvements first (lowest trial loss first); then what could not be tried (code
     changes; without trials, everything in the rules' order); then, when nothing beat continuing
-    unchanged, ``no_change``; then tried ones with no measurable gain, and last the ones cut in
-    the first round of the trials (measured, and behind). Tried ones that did worse than
-    continuing unchanged are dropped."""
+    unchanged, ``no_change``; then tried ones with no measurable gain. Tried ones that did worse
+    than continuing unchanged, and the ones cut in the first round of the trials (measured, and
+    behind), are dropped: a change that lost its trial is no advice."""
     if not verified:
         return [p for _, p in items]
     better = sorted((p for _, p in items if p.trial is not None and p.trial.better), key=lambda p: p.trial.loss)
     code = [p for _, p in items if p.trial is None and not p.applicable]
-    cut = [p for _, p in items if p.trial is None and p.applicable]
     flat = [p for _, p in items if p.trial is not None and not p.trial.better and p.trial.finite and p.trial.gain >= 0]
-    return better + code + ([] if better or no_change is None else [no_change]) + flat + cut
+    return better + code + ([] if better or no_change is None else [no_change]) + flat
 
 
 def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimizer: Any = None,
@@ -318,76 +317,94 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
                                       "measurement")
     decision = decide(m, previous=previous)
     batches = first_samples(data, samples, batch)
-    layers = None
-    if decision.cause in PER_LAYER_CAUSES and m.lambda_max is not None and m.lr is not None:
-        # Which block breaks stability, and can one lr fit them all? Within what is left of the budget.
-        left = max(budget - m.hvps, 0)
-        blocks = left // (LAYER_STEPS + 1)
-        if blocks >= 2:
-            try:
-                with dropout_off(model):
-                    layers = layer_curvature(model, loss_fn, first_samples(batches, curvature_samples),
-                                             optimizer=optimizer, lr=None if optimizer is not None else m.lr,
-                                             mode=m.mode, probes=1, lanczos_steps=LAYER_STEPS, seed=seed,
-                                             max_blocks=blocks)
-            except KeyboardInterrupt:
-                layers = None
-    extra: dict[str, Any] = {"window": window, "checkpoint": checkpoint, "dead_rows": m.dead_rows,
-                             "has_normalization": _has_normalization(model), "layers": layers,
-                             "total_samples": _total_samples(data)}
-    if batches:
-        extra["probability_outputs"] = _probability_outputs(model, loss_fn, batches[0])
-    if decision.cause == "saddle_point" and m.escape_direction is not None and m.loss is not None:
-        extra["escape"] = escape_step(model, loss_fn, batches, m.mode, m.parameter_names, m.escape_direction,
-                                      m.lambda_min or -1.0, m.loss)
-        if extra["escape"][1] == 0.0:
-            extra["escape"] = None
-    cands = candidates(m, decision, **extra)
-    items = [(c, Prescription(text=describe_action(c.action, lr=m.lr, momentum=m.momentum,
-                                                   weight_decay=m.weight_decay),
-                              action=c.action, applicable=c.applicable, reason=c.why, payload=c.payload))
-             for c in cands]
     trial_optimizer = optimizer
     if trial_optimizer is None and lr is not None:
         trial_optimizer = torch.optim.SGD([p for _, p in trainable_parameters(model)], lr=lr)
-    run = verify is True or (verify == "auto" and decision.stalled and trial_optimizer is not None)
-    run = run and trial_optimizer is not None and any(c.applicable and c.action and not c.action.get("stop")
-                                                      for c in cands)
-    report, interrupted = None, False
-    if run:
-        # A lower lr pays off slowly at a noise floor (the loss relaxes to a lower level): longer trials.
-        shortest = 2 * window if _noise_cause(decision) else window
-        steps = min(max(shortest, 20), MAX_TRIAL_STEPS) if trial_steps == "auto" else int(trial_steps)
-        tryable = [c if c.applicable and c.action else replace(c, applicable=False) for c in cands]
-        evals = first_samples(eval_data, samples) if eval_data is not None else batches
-        try:
-            for attempt in range(2):
-                trials, report = run_trials(model, loss_fn, data, trial_optimizer, tryable, steps=steps,
-                                            eval_batches=evals, mode=m.mode, train_step=train_step,
-                                            budget=trial_budget, progress=scaled(progress, budget, 2 * budget))
-                # Adaptive length: when nothing separated from the control, try once more twice as long.
-                if report.interrupted or attempt == 1 or any(t is not None and t.better for t in trials) \
-                        or trial_steps != "auto" or 2 * steps > MAX_TRIAL_STEPS:
-                    break
-                steps *= 2
-        except KeyboardInterrupt:
-            trials, interrupted = [None] * len(cands), True
-        interrupted = interrupted or (report is not None and report.interrupted)
-        items = [(c, replace(p, trial=t)) for (c, p), t in zip(items, trials)]
-    no_change = None
-    if run and not interrupted and decision.stalled:
-        no_change = Prescription(text=f"no change: nothing tried beat continuing unchanged over {report.steps} steps",
-                                 action={})
-    ranked = _rank(items, run and not interrupted, no_change)
-    if not ranked:
-        ranked = [Prescription(text=describe_action({}), action={})]
+
+    def prescribe(decision: Decision, force: bool = False
+                  ) -> tuple[list[Prescription], TrialReport | None, bool, bool, LayerCurvature | None]:
+        """Candidates for ``decision``, tried when asked (or stalled): (ranked, trials report,
+        verified, interrupted, per-layer table)."""
+        layers = None
+        if decision.cause in PER_LAYER_CAUSES and m.lambda_max is not None and m.lr is not None:
+            # Which block breaks stability, and can one lr fit them all? Within what is left of the budget.
+            left = max(budget - m.hvps, 0)
+            blocks = left // (LAYER_STEPS + 1)
+            if blocks >= 2:
+                try:
+                    with dropout_off(model):
+                        layers = layer_curvature(model, loss_fn, first_samples(batches, curvature_samples),
+                                                 optimizer=optimizer, lr=None if optimizer is not None else m.lr,
+                                                 mode=m.mode, probes=1, lanczos_steps=LAYER_STEPS, seed=seed,
+                                                 max_blocks=blocks)
+                except KeyboardInterrupt:
+                    layers = None
+        extra: dict[str, Any] = {"window": window, "checkpoint": checkpoint, "dead_rows": m.dead_rows,
+                                 "has_normalization": _has_normalization(model), "layers": layers,
+                                 "total_samples": _total_samples(data)}
+        if batches:
+            extra["probability_outputs"] = _probability_outputs(model, loss_fn, batches[0])
+        if decision.cause == "saddle_point" and m.escape_direction is not None and m.loss is not None:
+            extra["escape"] = escape_step(model, loss_fn, batches, m.mode, m.parameter_names, m.escape_direction,
+                                          m.lambda_min or -1.0, m.loss)
+            if extra["escape"][1] == 0.0:
+                extra["escape"] = None
+        cands = candidates(m, decision, **extra)
+        items = [(c, Prescription(text=describe_action(c.action, lr=m.lr, momentum=m.momentum,
+                                                       weight_decay=m.weight_decay),
+                                  action=c.action, applicable=c.applicable, reason=c.why, payload=c.payload))
+                 for c in cands]
+        run = verify is True or (verify == "auto" and (decision.stalled or force) and trial_optimizer is not None)
+        run = run and trial_optimizer is not None and any(c.applicable and c.action and not c.action.get("stop")
+                                                          for c in cands)
+        report, interrupted = None, False
+        if run:
+            # A lower lr pays off slowly at a noise floor (the loss relaxes to a lower level): longer trials.
+            shortest = 2 * window if _noise_cause(decision) else window
+            steps = min(max(shortest, 20), MAX_TRIAL_STEPS) if trial_steps == "auto" else int(trial_steps)
+            tryable = [c if c.applicable and c.action else replace(c, applicable=False) for c in cands]
+            evals = first_samples(eval_data, samples) if eval_data is not None else batches
+            try:
+                for attempt in range(2):
+                    trials, report = run_trials(model, loss_fn, data, trial_optimizer, tryable, steps=steps,
+                                                eval_batches=evals, mode=m.mode, train_step=train_step,
+                                                budget=trial_budget, progress=scaled(progress, budget, 2 * budget))
+                    # Adaptive length: when nothing separated from the control, try once more twice as long.
+                    if report.interrupted or attempt == 1 or any(t is not None and t.better for t in trials) \
+                            or trial_steps != "auto" or 2 * steps > MAX_TRIAL_STEPS:
+                        break
+                    steps *= 2
+            except KeyboardInterrupt:
+                trials, interrupted = [None] * len(cands), True
+            interrupted = interrupted or (report is not None and report.interrupted)
+            items = [(c, replace(p, trial=t)) for (c, p), t in zip(items, trials)]
+        no_change = None
+        if run and not interrupted and decision.stalled:
+            no_change = Prescription(text=f"no change: nothing tried beat continuing unchanged over {report.steps} "
+                                          "steps", action={})
+        ranked = _rank(items, run and not interrupted, no_change)
+        if not ranked:
+            ranked = [Prescription(text=describe_action({}), action={})]
+        return ranked, report, bool(run and not interrupted), interrupted, layers
+
+    ranked, report, verified, interrupted, layers = prescribe(decision)
+    slow = slow_progress(m, decision)
+    if slow is not None and verify is not False and trial_optimizer is not None and not interrupted:
+        # Still falling, but slowly, and a measured cause holds: its remedies are tried; the verdict
+        # changes only if one of them beats continuing unchanged beyond the control's own noise.
+        tried = prescribe(slow, force=True)
+        if tried[2] and any(p.trial is not None and p.trial.better for p in tried[0]):
+            decision = slow
+            ranked, report, verified, interrupted, layers = tried
+        else:
+            interrupted = tried[3]
     cost = {"hvps": m.hvps, "gradients": m.gradients, "trial_steps": 0 if report is None else report.trained,
             "seconds": time.perf_counter() - started}
     if progress is not None:
         progress(2 * budget, 2 * budget)
     return Diagnosis(cause=decision.cause, summary=summary(decision, m), stalled=decision.stalled,
                      evidence=evidence(decision, m) + layer_evidence(layers), prescriptions=tuple(ranked),
-                     decision=decision, measurements=m, verified=bool(run and not interrupted), trials=report,
+                     decision=decision, measurements=m, verified=verified, trials=report,
                      cost=cost, interrupted=interrupted, layers=layers)
 
 

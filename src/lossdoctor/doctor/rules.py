@@ -112,6 +112,8 @@ class Evidence(ResultMixin):
     threshold: float | None
 
     def __str__(self) -> str:
+        if self.threshold is None:  # a value reported beside the comparisons, not compared itself
+            return f"{self.name} = {fmt(self.value)}"
         return f"{self.name} = {fmt(self.value)} {self.relation} {fmt(self.threshold)}"
 
 
@@ -357,6 +359,26 @@ def settled(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     return None
 
 
+FLAT_DIRECTION = 1e-5  # |λ_min| / λ_max below this: a direction with no curvature at all
+
+
+def flat_small_weights(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """Stalled at a critical point of small weights (norm below ``NEAR_SADDLE_WEIGHTS``) where
+    some direction has no curvature at all (|λ_min| below ``FLAT_DIRECTION`` of λ_max): the
+    higher-order saddle around a tiny initialization, whose way down is cubic or higher, not a
+    minimum (a minimum of small weights curves up in every direction)."""
+    if m.trend.stalled is not True or m.lambda_min is None or m.lambda_max is None or not m.lambda_max > 0:
+        return None
+    if not _holds(m.param_norm, "<", NEAR_SADDLE_WEIGHTS) or (m.param_norm or 0.0) <= NONZERO_WEIGHTS:
+        return None  # all-zero weights: the degenerate rule's own case
+    crit = _critical(m, slack)
+    flat = abs(m.lambda_min) / m.lambda_max
+    if crit is not None and _holds(flat, "<", FLAT_DIRECTION * slack):
+        return (crit, _ev("|λ_min| / λ_max", flat, "<", FLAT_DIRECTION),
+                _ev("parameter norm", m.param_norm, "<", NEAR_SADDLE_WEIGHTS))
+    return None
+
+
 def far_flat(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """The curvature is orders of magnitude too small for the loss (reach above ``FAR_REACH``) at
     a point whose weights are not all zero: saturated units or outputs, flat to rounding, where a
@@ -501,6 +523,7 @@ RULES: tuple[tuple[str, Check], ...] = (
     ("diverging", sgd_growth),
     ("dead_units", dead_units_strong),
     ("flat_plateau", far_flat),
+    ("degenerate", flat_small_weights),
     ("converged", settled),
     ("oscillation", bouncing),
     ("oscillation", adaptive_bounce),
@@ -561,3 +584,29 @@ def decide(m: Measurements, previous: str | None = None) -> Decision:
                 if kept is not None:
                     return Decision(previous, True, kept, kept_previous=True)
     return Decision(first[0], first[0] != "progressing", first[1])
+
+
+SLOW_DROP = 0.1  # still falling, by less than this per window: slow enough to try a measured cause
+
+
+def slow_progress(m: Measurements, decision: Decision) -> Decision | None:
+    """A hypothesis for a loss that still falls, but slowly (less than ``SLOW_DROP`` per window):
+    the cause the rules after ``progressing`` name at their own thresholds, or None.
+
+    It is only a hypothesis: :func:`lossdoctor.diagnose` tries its remedies and changes the verdict
+    only when one beats continuing unchanged beyond the control's noise (a run that is merely slow
+    to converge keeps "progressing").
+
+    Example:
+        >>> slow_progress.__name__
+        'slow_progress'
+    """
+    if decision.cause != "progressing" or not _holds(m.trend.relative_drop, "<", SLOW_DROP):
+        return None
+    after = RULES[[cause for cause, _ in RULES].index("progressing") + 1:]
+    for cause, rule in after:
+        found = rule(m, 1.0)
+        if found is not None:
+            return Decision(cause, True, (*found, _ev("still falling, slowly: relative drop over the window",
+                                                      m.trend.relative_drop, "<", SLOW_DROP)))
+    return None
