@@ -60,7 +60,7 @@ from .measure import (
 )
 from .prescriptions import Prescription
 from .rules import CAUSES as RULE_CAUSES
-from .rules import Decision, Evidence, decide, slow_progress
+from .rules import Decision, Evidence, decide, overturns_progress, slow_progress
 from .trend import WINDOW, LossTrend, read_history
 from .trials import TrainStep, TrialReport, run_trials
 
@@ -393,7 +393,8 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
         # Still falling, but slowly, and a measured cause holds: its remedies are tried; the verdict
         # changes only if one of them beats continuing unchanged beyond the control's own noise.
         tried = prescribe(slow, force=True)
-        if tried[2] and any(p.trial is not None and p.trial.better for p in tried[0]):
+        gains = [p.trial.relative_gain for p in tried[0] if p.trial is not None and p.trial.better]
+        if tried[2] and overturns_progress(gains):
             decision = slow
             ranked, report, verified, interrupted, layers = tried
         else:

@@ -587,6 +587,19 @@ def decide(m: Measurements, previous: str | None = None) -> Decision:
 
 
 SLOW_DROP = 0.1  # still falling, by less than this per window: slow enough to try a measured cause
+SLOW_GAIN = 0.5  # ... and a remedy overturns "progressing" only if its trial halves the loss against continuing
+
+
+def overturns_progress(relative_gains: list[float]) -> bool:
+    """Whether trials of a slow run's hypothesis justify changing a run that still falls: one
+    remedy ended at least ``SLOW_GAIN`` below continuing unchanged (a healthy run a higher lr would
+    merely speed up a little keeps "progressing").
+
+    Example:
+        >>> overturns_progress([0.1, 0.6]), overturns_progress([0.2])
+        (True, False)
+    """
+    return any(g >= SLOW_GAIN for g in relative_gains)
 
 
 def slow_progress(m: Measurements, decision: Decision) -> Decision | None:
@@ -594,8 +607,8 @@ def slow_progress(m: Measurements, decision: Decision) -> Decision | None:
     the cause the rules after ``progressing`` name at their own thresholds, or None.
 
     It is only a hypothesis: :func:`lossdoctor.diagnose` tries its remedies and changes the verdict
-    only when one beats continuing unchanged beyond the control's noise (a run that is merely slow
-    to converge keeps "progressing").
+    only when one beats continuing unchanged beyond the control's noise and by
+    :func:`overturns_progress`'s margin (a run that is merely slow to converge keeps "progressing").
 
     Example:
         >>> slow_progress.__name__
