@@ -505,8 +505,12 @@ def specs() -> list[Spec]:
         "batch_size": ints(1), "reference_batch_size": ints(1)}))
     s.append(Spec("load_problem", ld.load_problem, lambda e: {"spec": "lecture-saddle"}, {
         "spec": problem_specs(), "checkpoint": checkpoint_kind()}, watch=lambda e: []))
+    s.append(Spec("loss_on_batch", ld.loss_on_batch, lambda e: {"fn": lambda out, batch: out.sum()}, {
+        "fn": [Bad("None", None, names=("loss",)), Bad("string", "cross_entropy", names=("loss",)),
+               Bad("int", 3, names=("loss",))]}, watch=lambda e: []))
     s.append(Spec("Problem", ld.Problem, lambda e: {"model": e.model, "loss_fn": e.loss_fn, "train_data": e.data}, {
-        "model": model_kind()[:4] + model_kind()[6:], "loss_fn": loss_kind()[:3] + [loss_kind()[8]],
+        # None is a valid loss (the model's own outputs.loss); a Problem runs nothing when built
+        "model": model_kind()[:4] + model_kind()[6:], "loss_fn": [loss_kind()[0], loss_kind()[2], loss_kind()[8]],
         "train_data": [b for b in data_kind() if b.label in STRUCTURAL],
         "test_data": [b for b in data_kind(optional=True) if b.label in STRUCTURAL],
         "name": [Bad("int", 3), Bad("list", ["x"])], "info": [Bad("list", [1]), Bad("string", "x")]}))

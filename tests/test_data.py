@@ -34,8 +34,12 @@ def test_one_shot_and_malformed_data():
         check_data(X)
     with pytest.raises(ValueError, match="None"):
         check_data(None)
-    with pytest.raises(TypeError, match="batch 0 is a dict"):
-        list(iter_batches([{"x": X, "y": Y}]))
+    with pytest.raises(TypeError, match="batch 0 is a str"):
+        list(iter_batches(["xy"]))
+    with pytest.raises(TypeError, match="batch 0 is a dict without tensors"):
+        list(iter_batches([{"text": "a"}]))
+    (inputs, targets), = iter_batches([{"x": X, "y": Y}])  # a dict without labels: no targets
+    assert inputs["y"] is Y and targets.shape == (len(X), 0)
 
 
 def test_batch_size_and_place():

@@ -26,6 +26,7 @@ from .curvature import (
     spectral_density,
     trace,
 )
+from .data import Batches, loss_on_batch
 from .doctor import (
     CAUSES,
     Diagnosis,
@@ -65,4 +66,5 @@ __all__ = [
     "CAUSES", "Diagnosis", "diagnose", "Prescription", "Trial", "NeedsCodeChange", "attached_scheduler",
     "Monitor", "MonitorAction", "MonitorRecord", "MonitoredRun", "train_monitored",
     "LayerCurvature", "LayerRow", "layer_curvature", "Checkup", "CheckupSection", "checkup",
+    "Batches", "loss_on_batch",
 ]

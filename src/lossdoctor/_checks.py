@@ -253,9 +253,11 @@ def check_module(value: Any, name: str = "model") -> torch.nn.Module:
 
 def check_loss_fn(value: Any, name: str = "loss_fn") -> Any:
     """A loss: ``loss_fn(outputs, targets)`` returning the batch-mean loss (a module such as
-    ``nn.CrossEntropyLoss()`` or a function such as ``F.cross_entropy``)."""
-    return check_callable(value, name, hint="Pass a loss module such as nn.CrossEntropyLoss() or a function "
-                                            "such as torch.nn.functional.cross_entropy.")
+    ``nn.CrossEntropyLoss()`` or a function such as ``F.cross_entropy``), or ``None``: the loss the
+    model computes itself (``outputs.loss``, e.g. a Hugging Face model given labels)."""
+    return check_callable(value, name, optional=True,
+                          hint="Pass a loss module such as nn.CrossEntropyLoss(), a function such as "
+                               "torch.nn.functional.cross_entropy, or None for the model's own outputs.loss.")
 
 
 def check_optimizer(value: Any, name: str = "optimizer") -> torch.optim.Optimizer:

@@ -1,11 +1,28 @@
 """What counts as data, and how a batch meets the user's model and loss. Everything in lossdoctor
 reads data through here.
 
-Data is a ``DataLoader``, any re-iterable of ``(inputs, targets)`` batches, one
-``(inputs, targets)`` pair, or a map-style ``Dataset`` (a ``TensorDataset``, your own) whose
-samples are read in batches of :data:`DATASET_BATCH_SIZE` (256) in order; wrap a dataset in
-your own ``DataLoader`` to choose the batch size. Inputs are a tensor, a tuple/list of tensors
-(``model(*inputs)``) or a dict of tensors (``model(**inputs)``); targets are a tensor.
+Data is a ``DataLoader``, any re-iterable of batches, one batch, or a map-style ``Dataset`` (a
+``TensorDataset``, your own) whose samples are read in batches of :data:`DATASET_BATCH_SIZE`
+(256) in order; wrap a dataset in your own ``DataLoader`` to choose the batch size. A batch is
+what frameworks make:
+
+* an ``(inputs, targets)`` pair: inputs a tensor (``model(x)``), a tuple/list of tensors
+  (``model(*inputs)``) or a dict of tensors; targets a tensor;
+* a longer tuple ``(x1, ..., xk, targets)``: the last item is the targets, the rest the inputs
+  (``model(x1, ..., xk)``), as a ``TensorDataset(x1, x2, y)`` yields;
+* a dict that carries its labels, as Hugging Face collators make it (``{"input_ids": ...,
+  "attention_mask": ..., "labels": ...}``): the whole dict is the inputs (the model computes its
+  own loss from the labels) and ``dict["labels"]`` (or ``"label"``, ``"label_ids"``) the targets;
+  a dict without labels has no targets (use ``loss_fn=None`` or a ``loss_fn(outputs, batch)``).
+
+A dict of inputs is passed as keywords (``model(**inputs)``) when ``forward`` takes those names
+(or ``**kwargs``), else as one argument (``model(inputs)``); label keys ``forward`` does not take
+are left out. :class:`Batches` chooses explicitly (``Batches(loader, call="positional")``).
+
+The loss is ``loss_fn(outputs, targets)``; ``loss_fn=None`` takes the loss the model computed
+itself (``outputs.loss`` or ``outputs["loss"]``, as Hugging Face models return it when given
+labels); a ``loss_fn`` whose second parameter is named ``batch`` (or one wrapped in
+:func:`loss_on_batch`) is called as ``loss_fn(outputs, batch)`` with the whole batch.
 
 Every batch is checked as it is read: a pair, tensors, and as many inputs as targets (the first
 dimension is the batch: a plain tensor input must have as many rows as the targets; of a
@@ -22,6 +39,7 @@ dtypes, the user's own line, and the likely fix.
 from __future__ import annotations
 
 import functools
+import inspect
 import sysconfig
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -36,15 +54,114 @@ from .model_state import RNGStream
 
 Batch = tuple[Any, torch.Tensor]
 DATASET_BATCH_SIZE = 256  # a map-style Dataset is read in batches of this many samples
-DATA_FORMS = ("pass a DataLoader, a Dataset, a list of (inputs, targets) batches, or one (inputs, targets) "
-              "pair")
+DATA_FORMS = ("pass a DataLoader, a Dataset, a list of (inputs, targets) batches (or dict batches with "
+              "'labels'), or one such batch")
+LABEL_KEYS = ("labels", "label", "label_ids")  # where a dict batch carries its targets (HF's names)
+CALLS = ("auto", "keywords", "positional")
+
+
+class KeywordInputs(dict):
+    """A dict of inputs passed as keywords, ``model(**inputs)`` (chosen with :class:`Batches`)."""
+
+
+class PositionalInputs(dict):
+    """A dict of inputs passed as one argument, ``model(inputs)`` (chosen with :class:`Batches`)."""
+
+
+class FlatInputs(tuple):
+    """The inputs of a flat batch ``(x1, ..., xk, targets)``: ``model(x1, ..., xk)``; the batch a
+    ``loss_fn(outputs, batch)`` sees is the flat tuple again."""
+
+
+def no_targets(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The targets of a batch that has none (a dict without labels): an empty ``(n, 0)`` tensor,
+    so the batch's size still travels with it through cutting, merging and moving."""
+    return torch.empty((n, 0), dtype=torch.long, device=device)
+
+
+def has_targets(targets: torch.Tensor) -> bool:
+    return not (targets.dim() == 2 and targets.shape[1] == 0)
+
+
+class Batches:
+    """Data whose dict batches are read as chosen here rather than detected.
+
+    Args:
+        data: any lossdoctor data.
+        call: ``"keywords"`` (``model(**inputs)``), ``"positional"`` (``model(inputs)``, a
+            ``forward(self, batch)`` that indexes the dict itself) or ``"auto"`` (default: from
+            ``forward``'s signature).
+        labels: the key of a dict batch that holds the targets (``"auto"``: the first of
+            ``labels``, ``label``, ``label_ids``; ``None``: the batch has no targets).
+
+    Example:
+        >>> ld.hessian(model, None, ld.Batches(loader, call="positional"))  # doctest: +SKIP
+    """
+
+    def __init__(self, data: Any, *, call: str = "auto", labels: str | None = "auto") -> None:
+        if call not in CALLS:
+            raise ValueError(f"call must be one of {CALLS}, got {call!r}.")
+        if labels is not None and not isinstance(labels, str):
+            raise TypeError(f"labels must be the name of the labels' key (a str), 'auto' or None, got "
+                            f"{type(labels).__name__}.")
+        if isinstance(data, Batches):
+            data = data.data
+        _check_container(data, "data")
+        self.data, self.call, self.labels = data, call, labels
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter_batches(self)
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"Batches({type(self.data).__name__}, call={self.call!r}, labels={self.labels!r})"
+
+
+class _BatchLoss:
+    """A loss called as ``loss_fn(outputs, batch)``; see :func:`loss_on_batch`."""
+
+    takes_batch = True
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        functools.update_wrapper(self, fn, updated=())
+
+    def __call__(self, outputs: Any, batch: Any) -> Any:
+        return self.fn(outputs, batch)
+
+
+def loss_on_batch(fn: Callable) -> Callable:
+    """Mark ``fn`` as a loss on the whole batch: lossdoctor calls ``fn(outputs, batch)`` where
+    ``batch`` is the batch as the data gave it (the dict, the flat tuple, or ``(inputs,
+    targets)``). A ``loss_fn`` whose second parameter is named ``batch`` needs no mark.
+
+    Example:
+        >>> loss = ld.loss_on_batch(lambda out, b: F.cross_entropy(out, b["y"]))  # doctest: +SKIP
+    """
+    if not callable(fn):
+        raise TypeError(f"loss_on_batch wants a function loss(outputs, batch), got {type(fn).__name__}.")
+    return _BatchLoss(fn)
+
+
+def takes_batch(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` is called as ``loss_fn(outputs, batch)``."""
+    if getattr(loss_fn, "takes_batch", False) is True:
+        return True
+    try:
+        params = [p for p in inspect.signature(loss_fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return False
+    return len(params) >= 2 and params[1].name == "batch"
 
 
 def _is_tensorish(x: Any) -> bool:
     if isinstance(x, torch.Tensor):
         return True
     if isinstance(x, Mapping):
-        return len(x) > 0 and all(isinstance(v, torch.Tensor) for v in x.values())
+        return any(isinstance(v, torch.Tensor) for v in x.values())
     if isinstance(x, (tuple, list)):
         return len(x) > 0 and all(isinstance(v, torch.Tensor) for v in x)
     return False
@@ -64,6 +181,16 @@ def is_single_batch(data: Any) -> bool:
     )
 
 
+def _is_flat_batch(data: Any) -> bool:
+    """``(x1, ..., xk, y)``: three or more tensors."""
+    return isinstance(data, (tuple, list)) and len(data) >= 3 and all(isinstance(v, torch.Tensor) for v in data)
+
+
+def _is_one_batch(data: Any) -> bool:
+    """One batch of any form: a pair, a flat tuple of tensors or a dict of tensors."""
+    return is_single_batch(data) or _is_flat_batch(data) or (isinstance(data, Mapping) and _is_tensorish(data))
+
+
 def is_dataset(data: Any) -> bool:
     """A torch ``Dataset`` of samples (map-style or iterable), not yet batched."""
     return isinstance(data, Dataset) and not isinstance(data, DataLoader)
@@ -73,17 +200,21 @@ def check_data(data: Any, name: str = "data") -> None:
     """Raise a clear error for data we cannot read (more than once); batches held in a list are
     checked too (it costs nothing: no loader runs)."""
     _check_container(data, name)
-    if isinstance(data, (list, tuple)) and not is_single_batch(data):
+    if isinstance(data, Batches):
+        data = data.data
+    if isinstance(data, (list, tuple)) and not _is_one_batch(data):
         for i, batch in enumerate(data):
-            if isinstance(batch, (tuple, list)) and len(batch) == 2:
-                _check_batch(batch[0], batch[1], i, name)
+            if isinstance(batch, (tuple, list, Mapping)):
+                _split(batch, i, name)
 
 
 def _check_container(data: Any, name: str) -> None:
     if data is None:
         raise ValueError(f"{name} is None: {DATA_FORMS}.")
-    if is_single_batch(data):
-        _check_batch(data[0], data[1], 0, name, single=True)
+    if isinstance(data, Batches):
+        return
+    if _is_one_batch(data):
+        _split(data, 0, name, single=True)
         return
     if is_dataset(data):
         if not isinstance(data, torch.utils.data.IterableDataset) and not hasattr(data, "__len__"):
@@ -97,8 +228,8 @@ def _check_container(data: Any, name: str) -> None:
         raise TypeError(f"{name} is a string ({data[:40]!r}): {DATA_FORMS}. Built-in problems are loaded "
                         "with lossdoctor.load_problem.")
     if isinstance(data, Mapping):
-        raise TypeError(f"{name} is a {type(data).__name__}: {DATA_FORMS} (a dict of tensors is the inputs "
-                        "of one batch: pass (inputs, targets)).")
+        raise TypeError(f"{name} is a {type(data).__name__} without tensors: {DATA_FORMS} (a dict batch holds "
+                        "tensors, e.g. {'input_ids': ..., 'labels': ...}).")
     if not isinstance(data, Iterable):
         raise TypeError(f"{name} of type {type(data).__name__} is not iterable: {DATA_FORMS}.")
     # not iter(data) is data: that would start a DataLoader's iteration (worker processes, and a
@@ -121,7 +252,53 @@ def _shape(x: Any) -> str:
 def _input_tensors(inputs: Any) -> list[torch.Tensor]:
     if isinstance(inputs, torch.Tensor):
         return [inputs]
-    return list(inputs.values()) if isinstance(inputs, Mapping) else list(inputs)
+    values = inputs.values() if isinstance(inputs, Mapping) else inputs
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
+def _label_key(batch: Mapping, labels: str | None, where: str) -> str | None:
+    if labels is None:
+        return None
+    if labels != "auto":
+        if labels not in batch:
+            raise ValueError(f"{where}: the dict batch has no key {labels!r} (its keys: {sorted(map(str, batch))}); "
+                             "pass Batches(..., labels=<the key of the targets>) or labels=None.")
+        return labels
+    return next((k for k in LABEL_KEYS if isinstance(batch.get(k), torch.Tensor)), None)
+
+
+def _split(batch: Any, index: int, name: str, single: bool = False, call: str = "auto",
+           labels: str | None = "auto") -> Batch:
+    """A batch as frameworks make it, as ``(inputs, targets)``, checked (see the module docstring)."""
+    where = f"{name}" if single else f"{name}: batch {index}"
+    marker = {"keywords": KeywordInputs, "positional": PositionalInputs}.get(call)
+    if isinstance(batch, Mapping):
+        if not _is_tensorish(batch):
+            raise TypeError(f"{where} is a dict without tensors (keys {sorted(map(str, batch))[:8]}): a dict batch "
+                            "holds tensors, e.g. {'input_ids': ..., 'attention_mask': ..., 'labels': ...}.")
+        key = _label_key(batch, labels, where)
+        inputs = (marker or dict)(batch)
+        if key is not None:
+            targets = batch[key]
+        else:
+            firsts = [t.shape[0] for t in _input_tensors(inputs) if t.dim() > 0]
+            if not firsts:
+                raise ValueError(f"{where}: no tensor of the dict batch has a batch dimension ({_shape(batch)}).")
+            targets = no_targets(firsts[0], _input_tensors(inputs)[0].device)
+    elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+        inputs, targets = batch
+        if marker is not None and isinstance(inputs, Mapping):
+            inputs = marker(inputs)
+    elif _is_flat_batch(batch):
+        inputs, targets = FlatInputs(batch[:-1]), batch[-1]
+    else:
+        raise TypeError(f"{where} is a {type(batch).__name__}"
+                        + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+                        + ", expected an (inputs, targets) pair, a tuple of tensors (x1, ..., targets) or a dict "
+                        "of tensors (with 'labels' for the targets). A dataset yielding other things needs a "
+                        "collate_fn returning one of these.")
+    _check_batch(inputs, targets, index, name, single=single)
+    return inputs, targets
 
 
 def _check_batch(inputs: Any, targets: Any, index: int, name: str, single: bool = False) -> None:
@@ -154,8 +331,11 @@ def iter_batches(data: Any, name: str = "data", rng: RNGStream | None = None) ->
     caller's global RNG. Lists and tuples of batches are read as they are.
     """
     _check_container(data, name)
-    if is_single_batch(data):
-        yield data[0], data[1]
+    call, labels = "auto", "auto"
+    if isinstance(data, Batches):
+        data, call, labels = data.data, data.call, data.labels
+    if _is_one_batch(data):
+        yield _split(data, 0, name, single=True, call=call, labels=labels)
         return
     source = _loader(data)
     if isinstance(source, (list, tuple)):
@@ -163,12 +343,7 @@ def iter_batches(data: Any, name: str = "data", rng: RNGStream | None = None) ->
     else:
         batches = _guarded(source, rng if rng is not None else RNGStream())
     for i, batch in enumerate(batches):
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise TypeError(f"{name}: batch {i} is a {type(batch).__name__}, expected an (inputs, targets) "
-                            "pair. A dataset yielding dicts needs a collate_fn returning (inputs, targets).")
-        inputs, targets = batch
-        _check_batch(inputs, targets, i, name)
-        yield inputs, targets
+        yield _split(batch, i, name, call=call, labels=labels)
 
 
 def _guarded(source: Iterable[Any], rng: RNGStream) -> Iterator[Any]:
@@ -194,8 +369,10 @@ def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Any) -> Any:
     if isinstance(inputs, torch.Tensor):
         return fn(inputs)
     if isinstance(inputs, Mapping):
-        return {k: fn(v) for k, v in inputs.items()}
-    return tuple(fn(v) for v in inputs)
+        out = {k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return type(inputs)(out) if isinstance(inputs, (KeywordInputs, PositionalInputs)) else out
+    mapped = (fn(v) if isinstance(v, torch.Tensor) else v for v in inputs)
+    return FlatInputs(mapped) if isinstance(inputs, FlatInputs) else tuple(mapped)
 
 
 def split_batch(inputs: Any, targets: torch.Tensor, size: int) -> Iterator[tuple[Any, torch.Tensor, int]]:
@@ -219,11 +396,7 @@ def to_device(inputs: Any, device: torch.device) -> Any:
 
 
 def input_device(inputs: Any) -> torch.device:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.device
-    if isinstance(inputs, Mapping):
-        return next(iter(inputs.values())).device
-    return inputs[0].device
+    return _input_tensors(inputs)[0].device
 
 
 def place(inputs: Any, targets: torch.Tensor, device: torch.device) -> Batch:
@@ -236,12 +409,82 @@ def place(inputs: Any, targets: torch.Tensor, device: torch.device) -> Batch:
     return to_device(inputs, device), targets.to(device, non_blocking=True)
 
 
+def _forward_signature(model: torch.nn.Module) -> tuple[set[str], bool, int] | None:
+    """``forward``'s keyword names, whether it takes ``**kwargs``, and how many positional
+    parameters it has; None when it cannot be read."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    return names, any(p.kind == p.VAR_KEYWORD for p in params), positional
+
+
+def dict_call(model: torch.nn.Module, inputs: Mapping) -> str:
+    """How a dict of inputs meets ``model``: ``"keywords"`` when ``forward`` takes its (non-label)
+    keys by name or takes ``**kwargs``; ``"positional"`` when it takes none of them but has a
+    positional parameter (``forward(self, batch)``). Chosen explicitly by the dict's type
+    (:class:`Batches`)."""
+    if isinstance(inputs, PositionalInputs):
+        return "positional"
+    if isinstance(inputs, KeywordInputs):
+        return "keywords"
+    sig = _forward_signature(model)
+    if sig is None:
+        return "keywords"
+    names, var_keyword, positional = sig
+    keys = [k for k in inputs if k not in LABEL_KEYS] or list(inputs)
+    if var_keyword or all(k in names for k in keys):
+        return "keywords"
+    return "positional" if positional and not any(k in names for k in keys) else "keywords"
+
+
 def call_model(model: torch.nn.Module, inputs: Any) -> Any:
     if isinstance(inputs, torch.Tensor):
         return model(inputs)
     if isinstance(inputs, Mapping):
+        if dict_call(model, inputs) == "positional":
+            return model(dict(inputs))
+        sig = _forward_signature(model)
+        if sig is not None and not sig[1]:  # label keys forward does not take stay out (HF Trainer's way)
+            inputs = {k: v for k, v in inputs.items() if k not in LABEL_KEYS or k in sig[0]}
         return model(**inputs)
     return model(*inputs)
+
+
+def as_batch(inputs: Any, targets: torch.Tensor) -> Any:
+    """The batch as the data gave it, for a ``loss_fn(outputs, batch)``."""
+    if isinstance(inputs, Mapping):
+        return dict(inputs)
+    if isinstance(inputs, FlatInputs):
+        return (*inputs, targets)
+    return (inputs, targets) if has_targets(targets) else inputs
+
+
+def _own_loss(outputs: Any, index: int) -> Any:
+    """``outputs.loss`` / ``outputs["loss"]`` for ``loss_fn=None``, or a clear error."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+    if loss is None:
+        has = isinstance(outputs, Mapping) and "loss" in outputs or hasattr(outputs, "loss")
+        what = (f"a {type(outputs).__name__} whose loss is None" if has else
+                f"a {type(outputs).__name__} without a loss" + (" (a tuple: return_dict=False?)"
+                                                                if isinstance(outputs, tuple) else ""))
+        raise ValueError(f"loss_fn=None takes the loss the model computes itself (outputs.loss), but on batch "
+                         f"{index} the model returned {what}. Give the model its labels (a dict batch with a "
+                         "'labels' key, e.g. {'input_ids': ids, 'labels': ids} for a causal LM), or pass a "
+                         "loss_fn(outputs, targets).")
+    return loss
+
+
+def compute_loss(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor) -> Any:
+    """The model's outputs and the loss, unchecked (hot loops such as timing; see :func:`forward`)."""
+    outputs = call_model(model, inputs)
+    if loss_fn is None:
+        return outputs, _own_loss(outputs, 0)
+    if takes_batch(loss_fn):
+        return outputs, loss_fn(outputs, as_batch(inputs, targets))
+    return outputs, loss_fn(outputs, targets)
 
 
 # -- the user's model and loss on one batch ------------------------------------------------------
@@ -257,11 +500,13 @@ _NOT_USER = tuple(str(Path(p).resolve()) for p in (
 def user_frame(err: BaseException) -> str:
     """``" (raised at file.py:12 in forward: <line>)"``: the innermost frame of the traceback
     that is the user's code (not torch's, lossdoctor's or the standard library's), or ``""``."""
-    for frame in reversed(traceback.extract_tb(err.__traceback__)):
-        path = str(Path(frame.filename).resolve())
-        if not path.startswith(_NOT_USER) and not frame.filename.startswith("<"):
-            line = f": {frame.line.strip()}" if frame.line else ""
-            return f" (at {frame.filename}:{frame.lineno} in {frame.name}{line})"
+    frames = [f for f in reversed(traceback.extract_tb(err.__traceback__))
+              if not str(Path(f.filename).resolve()).startswith(_NOT_USER) and not f.filename.startswith("<")]
+    # the user's own file before an installed library's (transformers, lightning, timm)
+    own = [f for f in frames if "site-packages" not in f.filename and "dist-packages" not in f.filename]
+    for frame in own[:1] or frames[:1]:
+        line = f": {frame.line.strip()}" if frame.line else ""
+        return f" (at {frame.filename}:{frame.lineno} in {frame.name}{line})"
     return ""
 
 
@@ -274,9 +519,18 @@ def _class_count(outputs: Any) -> int | None:
     return int(outputs.shape[1]) if isinstance(outputs, torch.Tensor) and outputs.dim() >= 2 else None
 
 
+def _name(fn: Any) -> str:
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
 def _loss_hint(err: BaseException, outputs: Any, targets: torch.Tensor) -> str:
     """The likely fix for an error the loss function raised, read from the error and the data."""
     text = str(err).lower()
+    if not isinstance(outputs, torch.Tensor) and (hasattr(outputs, "logits") or hasattr(outputs, "loss")
+                                                  or isinstance(outputs, Mapping)):
+        return (f"the model returns a {type(outputs).__name__}, not a tensor: pass loss_fn=None to use the loss "
+                "the model computes itself (outputs.loss, from the batch's 'labels'), or a loss that reads "
+                "outputs.logits, e.g. lambda out, y: F.cross_entropy(out.logits, y).")
     classes = _class_count(outputs)
     if targets.is_floating_point() and ("long" in text or "expected scalar type" in text
                                         or "class probabilities" in text or "target dtype" in text):
@@ -305,6 +559,11 @@ def _loss_hint(err: BaseException, outputs: Any, targets: torch.Tensor) -> str:
 
 def _model_hint(err: BaseException, inputs: Any, model: torch.nn.Module) -> str:
     text = str(err).lower()
+    if isinstance(inputs, Mapping) and ("unexpected keyword" in text or "positional argument" in text):
+        how = "as one argument" if dict_call(model, inputs) == "positional" else "as keywords"
+        other = "keywords" if how == "as one argument" else "positional"
+        return (f"the dict of inputs was passed {how} (read from forward's signature); choose with "
+                f"lossdoctor.Batches(data, call={other!r}), or give the dict the names forward takes.")
     param = next(iter(model.parameters()), None)
     dtypes = {t.dtype for t in _input_tensors(inputs) if t.is_floating_point()}
     if param is not None and dtypes and param.dtype not in dtypes and ("dtype" in text or "scalar type" in text
@@ -320,16 +579,18 @@ def _model_hint(err: BaseException, inputs: Any, model: torch.nn.Module) -> str:
     return "check the model on this batch."
 
 
-def batch_loss(model: torch.nn.Module, loss_fn: Callable, inputs: Any, targets: torch.Tensor,
+def batch_loss(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor,
                index: int) -> torch.Tensor:
     """``loss_fn(model(inputs), targets)`` on batch ``index``, as a 0-d tensor (see
     :func:`forward`)."""
     return forward(model, loss_fn, inputs, targets, index)[1]
 
 
-def forward(model: torch.nn.Module, loss_fn: Callable, inputs: Any, targets: torch.Tensor,
+def forward(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor,
             index: int) -> tuple[Any, torch.Tensor]:
-    """The model's outputs and ``loss_fn(outputs, targets)`` (a 0-d tensor) on batch ``index``.
+    """The model's outputs and ``loss_fn(outputs, targets)`` (a 0-d tensor) on batch ``index``;
+    ``loss_fn=None``: the model's own ``outputs.loss``; a loss on the batch:
+    ``loss_fn(outputs, batch)`` (see the module docstring).
 
     An error raised by the model or the loss comes back as a ``ValueError`` naming the batch,
     the shapes and dtypes, the user's own line and the likely fix (out-of-memory errors pass
@@ -343,14 +604,31 @@ def forward(model: torch.nn.Module, loss_fn: Callable, inputs: Any, targets: tor
             raise
         raise ValueError(f"the model failed on batch {index} (inputs {_shape(inputs)}){user_frame(err)}: "
                          f"{_first_line(err)}. Likely fix: {_model_hint(err, inputs, model)}") from err
-    try:
-        loss = loss_fn(outputs, targets)
-    except Exception as err:
-        if is_out_of_memory(err):
-            raise
-        raise ValueError(f"the loss function failed on batch {index} (outputs {_shape(outputs)}, targets "
-                         f"{_shape(targets)}){user_frame(err)}: {_first_line(err)}. Likely fix: "
-                         f"{_loss_hint(err, outputs, targets)}") from err
+    if loss_fn is None:
+        loss = _own_loss(outputs, index)
+    elif takes_batch(loss_fn):
+        try:
+            loss = loss_fn(outputs, as_batch(inputs, targets))
+        except Exception as err:
+            if is_out_of_memory(err):
+                raise
+            raise ValueError(f"the loss function failed on batch {index} (outputs {_shape(outputs)}, batch "
+                             f"{_shape(as_batch(inputs, targets))}){user_frame(err)}: {_first_line(err)}. "
+                             "Likely fix: check the loss function on this batch.") from err
+    else:
+        if not has_targets(targets):
+            raise ValueError(f"batch {index} has no targets (a dict batch without a 'labels' key: "
+                             f"{_shape(inputs)}), but loss_fn={_name(loss_fn)} is called as loss_fn(outputs, "
+                             "targets). Put the targets under 'labels', pass loss_fn=None to use the model's own "
+                             "loss, or a loss_fn(outputs, batch) that reads them from the batch.")
+        try:
+            loss = loss_fn(outputs, targets)
+        except Exception as err:
+            if is_out_of_memory(err):
+                raise
+            raise ValueError(f"the loss function failed on batch {index} (outputs {_shape(outputs)}, targets "
+                             f"{_shape(targets)}){user_frame(err)}: {_first_line(err)}. Likely fix: "
+                             f"{_loss_hint(err, outputs, targets)}") from err
     if not isinstance(loss, torch.Tensor):
         raise TypeError(f"loss_fn returned {type(loss).__name__} on batch {index}, expected a scalar tensor "
                         "(return the loss tensor itself, not .item()).")
@@ -377,3 +655,74 @@ def forward(model: torch.nn.Module, loss_fn: Callable, inputs: Any, targets: tor
                              "whatever the model does. Clean or drop those samples "
                              "(torch.isfinite(x).all(dim=1) finds them).")
     return outputs, loss.reshape(())
+
+
+# -- all samples as one batch (the batch-size lab, noise scale, landscape) -------------------------
+PAD_VALUES = {"attention_mask": 0, **{k: -100 for k in LABEL_KEYS}}  # -100: HF's ignored label
+
+
+def _pad_cat(parts: list[torch.Tensor], key: Any, name: str, masked: bool) -> torch.Tensor:
+    """Concatenate along the batch; sequences of unequal length (dimension 1) are right-padded
+    when an attention mask marks the padding (0 in the mask, -100 in labels, 0 elsewhere)."""
+    lengths = {t.shape[1] for t in parts if t.dim() >= 2}
+    if len(lengths) > 1:
+        if not masked:
+            raise ValueError(f"{name}: {key!r} has sequences of different lengths in different batches "
+                             f"({sorted(lengths)[:6]}) and no attention_mask marks padding, so the batches cannot be "
+                             "merged into one: pad every batch to one length (e.g. a collator with "
+                             "padding='max_length'), or add an 'attention_mask'.")
+        width = max(lengths)
+        fill = PAD_VALUES.get(key, 0)
+        parts = [torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=fill)
+                 if t.dim() >= 2 and t.shape[1] < width else t for t in parts]
+    try:
+        return torch.cat(parts)
+    except RuntimeError as err:
+        raise ValueError(f"{name}: the batches cannot be merged into one tensor ({key!r}: "
+                         f"{[tuple(t.shape) for t in parts[:4]]}): every batch needs the same shape apart from the "
+                         f"batch dimension ({err}).") from None
+
+
+def merge_batches(batches: list[Batch], name: str = "data") -> Batch:
+    """All ``batches`` as one ``(inputs, targets)`` batch: tensors concatenated, dicts key by key
+    (sequences right-padded where an ``attention_mask`` marks padding), tuples item by item. Every
+    input tensor must have the batch as its first dimension."""
+    first = batches[0][0]
+    for i, (inputs, targets) in enumerate(batches):
+        n = batch_size(targets)
+        if type(inputs) is not type(first) and not (isinstance(inputs, Mapping) and isinstance(first, Mapping)):
+            raise ValueError(f"{name}: batch {i} has inputs of another form ({type(inputs).__name__}) than batch 0 "
+                             f"({type(first).__name__}): the batches cannot be merged.")
+        if isinstance(inputs, Mapping) and set(inputs) != set(first):
+            raise ValueError(f"{name}: batch {i} has keys {sorted(map(str, inputs))}, batch 0 {sorted(map(str, first))}: "
+                             "dict batches are merged key by key and need the same keys.")
+        for t in _input_tensors(inputs):
+            if t.dim() == 0 or t.shape[0] != n:
+                raise ValueError(f"{name}: batch {i}: an input of shape {tuple(t.shape)} has no batch dimension of "
+                                 f"{n}; merging batches (for the batch-size lab) needs every input tensor to have the "
+                                 "batch first.")
+    masked = isinstance(first, Mapping) and "attention_mask" in first
+    if isinstance(first, torch.Tensor):
+        inputs = _pad_cat([b[0] for b in batches], "inputs", name, False)
+    elif isinstance(first, Mapping):
+        merged = {k: _pad_cat([b[0][k] for b in batches], k, name, masked) if isinstance(first[k], torch.Tensor)
+                  else first[k] for k in first}
+        inputs = type(first)(merged) if isinstance(first, (KeywordInputs, PositionalInputs)) else merged
+    else:
+        items = [_pad_cat([b[0][j] for b in batches], f"inputs[{j}]", name, False) for j in range(len(first))]
+        inputs = FlatInputs(items) if isinstance(first, FlatInputs) else tuple(items)
+    key = next((k for k in LABEL_KEYS if isinstance(first, Mapping) and batches[0][1] is first.get(k)), None)
+    if key is not None and all(b[1] is b[0].get(key) for b in batches):
+        targets = inputs[key]  # the labels inside the dict are the targets: one tensor, padded alike
+    else:
+        targets = _pad_cat([b[1] for b in batches], "targets", name, masked)
+    return inputs, targets
+
+
+def take(inputs: Any, targets: torch.Tensor, index: torch.Tensor | slice,
+         device: torch.device | None = None) -> Batch:
+    """The samples ``index`` of a merged batch (optionally moved to ``device``)."""
+    def pick(t: torch.Tensor) -> torch.Tensor:
+        t = t[index]
+        return t if device is None else t.to(device, non_blocking=True)
+    return map_inputs(pick, inputs), pick(targets)

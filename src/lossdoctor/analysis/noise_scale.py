@@ -32,7 +32,7 @@ from .._checks import (
     check_seed,
 )
 from .._results import ResultMixin, fmt
-from ..data import batch_loss
+from ..data import batch_loss, take
 from ..model_state import evaluation_mode, preserved_model, trainable_parameters
 from ..progress import Progress
 from ..training.evaluation import as_tensors
@@ -70,7 +70,7 @@ class NoiseScale(ResultMixin):
                 "proportionally more steps, larger ones proportionally more samples")
 
 
-def _grad_sq(model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: torch.Tensor,
+def _grad_sq(model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: Any,
              y: torch.Tensor, index: int) -> tuple[float, float]:
     loss = batch_loss(model, loss_fn, x, y, index)
     grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
@@ -121,17 +121,16 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
         try:
             for i in range(pairs):
                 idx_s = torch.randint(0, n, (small,), generator=gen)
-                s_sq, _ = _grad_sq(model, params, loss_fn, x[idx_s].to(device), y[idx_s].to(device), 2 * i)
+                s_sq, _ = _grad_sq(model, params, loss_fn, *take(x, y, idx_s, device), 2 * i)
                 idx_b = torch.randint(0, n, (big,), generator=gen)
                 if chunk >= big:
-                    b_sq, loss = _grad_sq(model, params, loss_fn, x[idx_b].to(device), y[idx_b].to(device),
-                                          2 * i + 1)
+                    b_sq, loss = _grad_sq(model, params, loss_fn, *take(x, y, idx_b, device), 2 * i + 1)
                 else:  # mean gradient over the big batch, accumulated chunk by chunk
                     total = [torch.zeros_like(p) for p in params]
                     loss = 0.0
                     for s in range(0, big, chunk):
                         part = idx_b[s:s + chunk]
-                        xb, yb = x[part].to(device), y[part].to(device)
+                        xb, yb = take(x, y, part, device)
                         out = batch_loss(model, loss_fn, xb, yb, 2 * i + 1) * (len(part) / big)
                         for t, g in zip(total, torch.autograd.grad(out, params, allow_unused=True,
                                                                    materialize_grads=True)):

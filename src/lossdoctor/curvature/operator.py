@@ -21,7 +21,7 @@ from .._checks import check_arguments
 from ..data import batch_loss, batch_size, check_data, iter_batches, place, split_batch
 from ..model_state import evaluation_mode, model_device, preserved_rng, trainable_parameters
 
-LossFn = Callable[[Any, torch.Tensor], torch.Tensor]
+LossFn = Callable[[Any, torch.Tensor], torch.Tensor] | None  # None: the model's own outputs.loss
 MODES = ("eval", "train")
 
 
@@ -93,9 +93,10 @@ class HessianOperator:
                  cache: bool | str | int = "auto") -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-        if not callable(loss_fn):
+        if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable (a loss module or a function such as "
-                            f"torch.nn.functional.cross_entropy), got {type(loss_fn).__name__}.")
+                            f"torch.nn.functional.cross_entropy) or None (the model's own outputs.loss), "
+                            f"got {type(loss_fn).__name__}.")
         check_data(data)
         if isinstance(model, nn.parallel.DistributedDataParallel):
             # DDP's forward may broadcast buffers (a collective per batch, which would hang with
@@ -514,8 +515,11 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
     Args:
         model: any ``nn.Module``; its trainable parameters (``requires_grad=True``) span the space.
         loss_fn: ``loss_fn(model(inputs), targets)`` returning the batch-mean loss (a module or a
-            function such as ``torch.nn.functional.cross_entropy``).
-        data: a DataLoader, a list of ``(inputs, targets)`` batches, or one such pair.
+            function such as ``torch.nn.functional.cross_entropy``); ``None``: the loss the model
+            computes itself (``outputs.loss``: a Hugging Face model given ``labels``); a
+            ``loss_fn(outputs, batch)`` (second parameter named ``batch``) gets the whole batch.
+        data: a DataLoader, a list of batches (``(inputs, targets)`` pairs, tuples
+            ``(x1, ..., targets)`` or dicts with ``labels``), or one such batch.
         mode: ``"eval"`` (default: dropout off, BatchNorm running statistics) or ``"train"``.
         max_block: how many vectors one pass over the data multiplies at once (memory bound).
         micro_batch_size: cut every batch larger than this into micro-batches for the products

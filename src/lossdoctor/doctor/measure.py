@@ -39,7 +39,7 @@ from ..analysis.layers import parameter_blocks
 from ..analysis.step_size import Preconditioned, StepSize, step_size
 from ..curvature import eigenpairs, hessian
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, tridiagonal
-from ..data import batch_size, call_model, is_single_batch, iter_batches, map_inputs, place
+from ..data import batch_loss, batch_size, is_single_batch, iter_batches, map_inputs, place
 from ..model_state import evaluation_mode, preserved_model, preserved_rng
 from ..progress import Progress
 from ..training.lr_finder import preserved_optimizer
@@ -312,10 +312,10 @@ def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[
     grad = torch.zeros(op.num_params, dtype=torch.float64, device=op.device)
     sq, sizes, total, count = [], [], 0.0, 0
     with preserved_rng(), evaluation_mode(op.model, op.mode):
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches):
             x, y = place(x, y, op.device)
             n = batch_size(y)
-            loss = op.loss_fn(call_model(op.model, x), y)
+            loss = batch_loss(op.model, op.loss_fn, x, y, i)
             if getattr(op, "_sum_reduction", False):
                 loss = loss / n
             gs = torch.autograd.grad(loss, op.params, allow_unused=True, materialize_grads=True)
@@ -505,10 +505,10 @@ def batches_loss(model: nn.Module, loss_fn: Any, batches: list, mode: str) -> fl
     total, count = 0.0, 0
     with preserved_model(model), dropout_off(model):
         model.train(mode == "train")
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches):
             x, y = place(x, y, device)
             n = batch_size(y)
-            total += float(loss_fn(call_model(model, x), y)) * n
+            total += float(batch_loss(model, loss_fn, x, y, i)) * n
             count += n
     return total / count if count else math.nan
 

@@ -10,39 +10,40 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data import batch_size, is_out_of_memory, iter_batches
+from ..data import (
+    _input_tensors,
+    batch_size,
+    is_out_of_memory,
+    iter_batches,
+    map_inputs,
+    merge_batches,
+    take,
+)
 from ..model_state import RNGStream
 
 # Largest batch found to fit, per (device, model class, parameter count): the search runs once.
 _FITS: dict[tuple[str, str, int], int] = {}
 
 
-def as_tensors(data: Any, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
-    """All of ``data``'s samples as one ``(inputs, targets)`` pair of tensors (CPU or wherever
-    they are). Inputs must be plain tensors (not tuples or dicts) to be merged, and every value
-    finite (a NaN sample would turn every merged loss into NaN). A shuffling loader is read on a
-    fixed seed: the merged order, and every result drawn from it, is the same whatever the
-    caller's RNG."""
-    xs, ys = [], []
-    for i, (inputs, targets) in enumerate(iter_batches(data, name, rng=RNGStream(seed=0))):
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"{name}: batch {i}: inputs are a {type(inputs).__name__}; merging batches (for the "
-                            "batch-size lab) needs inputs that are one tensor.")
+def as_tensors(data: Any, name: str = "data") -> tuple[Any, torch.Tensor]:
+    """All of ``data``'s samples as one ``(inputs, targets)`` batch (CPU or wherever they are):
+    tensors concatenated, dict inputs key by key (sequences right-padded where an
+    ``attention_mask`` marks padding), tuples item by item (:func:`lossdoctor.data.merge_batches`);
+    index it with :func:`lossdoctor.data.take`. Every value must be finite (a NaN sample would turn
+    every merged loss into NaN). A shuffling loader is read on a fixed seed: the merged order, and
+    every result drawn from it, is the same whatever the caller's RNG."""
+    batches = []
+    for inputs, targets in iter_batches(data, name, rng=RNGStream(seed=0)):
         if targets.dim() == 0:
-            inputs, targets = inputs.unsqueeze(0), targets.unsqueeze(0)
-        xs.append(inputs)
-        ys.append(targets)
-    if not xs:
+            inputs, targets = map_inputs(lambda t: t.unsqueeze(0), inputs), targets.unsqueeze(0)
+        batches.append((inputs, targets))
+    if not batches:
         raise ValueError(f"{name} is empty: it yielded no samples.")
-    try:
-        x, y = torch.cat(xs), torch.cat(ys)
-    except RuntimeError as err:
-        raise ValueError(f"{name}: the batches cannot be merged into one tensor (inputs "
-                         f"{[tuple(t.shape) for t in xs[:4]]}, targets {[tuple(t.shape) for t in ys[:4]]}): "
-                         f"every batch needs the same shape apart from the batch dimension ({err}).") from None
-    if x.device.type == "meta" or y.device.type == "meta":
+    x, y = merge_batches(batches, name)
+    tensors = [*_input_tensors(x), y]
+    if any(t.device.type == "meta" for t in tensors):
         raise ValueError(f"{name} is on the meta device: it has shapes but no values. Pass real tensors.")
-    for what, t in (("inputs", x), ("targets", y)):
+    for what, t in [*(("inputs", t) for t in _input_tensors(x)), ("targets", y)]:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             row = int((~torch.isfinite(t.reshape(len(t), -1))).any(1).nonzero()[0])
             raise ValueError(f"{name}: the {what} of sample {row} hold NaN or Inf: every loss over the data "
@@ -50,8 +51,8 @@ def as_tensors(data: Any, name: str = "data") -> tuple[torch.Tensor, torch.Tenso
     return x, y
 
 
-def rebatch(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+def rebatch(x: Any, y: torch.Tensor, size: int) -> list[tuple[Any, torch.Tensor]]:
+    return [take(x, y, slice(i, i + size)) for i in range(0, len(y), size)]
 
 
 @torch.no_grad()
@@ -61,7 +62,7 @@ def evaluate_largest(model: nn.Module, loss_fn: Callable, data: Any, *,
     mode, with the largest batch that fits in memory. The model's modes are restored."""
     from .loop import evaluate
 
-    x, y = data if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor) \
+    x, y = data if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], torch.Tensor) \
         and data[1].dim() > 0 else as_tensors(data)
     device = next(model.parameters()).device
     key = (str(device), type(model).__name__, sum(p.numel() for p in model.parameters()))

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .._results import ResultMixin, fmt
-from ..data import batch_size, call_model, iter_batches, place
+from ..data import batch_loss, batch_size, iter_batches, place
 from ..model_state import trainable_parameters
 from ..progress import Progress
 
@@ -52,10 +52,10 @@ def loss_and_gradient(model: nn.Module, loss_fn: Callable, data: Any, *, create_
     params = [p for _, p in trainable_parameters(model)]
     device = params[0].device
     total, count = None, 0
-    for inputs, targets in iter_batches(data):
+    for i, (inputs, targets) in enumerate(iter_batches(data)):
         inputs, targets = place(inputs, targets, device)
         n = batch_size(targets)
-        term = loss_fn(call_model(model, inputs), targets) * n
+        term = batch_loss(model, loss_fn, inputs, targets, i) * n
         total = term if total is None else total + term
         count += n
     if total is None:

@@ -30,7 +30,7 @@ from .._checks import (
     check_progress,
 )
 from .._results import ResultMixin, fmt
-from ..data import batch_loss, call_model
+from ..data import batch_loss, compute_loss, take
 from ..model_state import preserved_rng, trainable_parameters
 from ..progress import Progress
 from .evaluation import as_tensors
@@ -128,18 +128,18 @@ def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: 
         # one checked update first: a model or loss that fails does so with a clear error
         # (two samples at least: a per-sample loss of a 1-sample batch looks like a scalar)
         first = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:min(n, max(2, sizes[0]))]
-        batch_loss(work, loss_fn, x[first].to(dev), y[first].to(dev), 0).backward()
+        batch_loss(work, loss_fn, *take(x, y, first, dev), 0).backward()
         opt.zero_grad(set_to_none=True)
         try:
             for i, b in enumerate(sizes):
                 idx = torch.randint(0, n, (b,), generator=gen) if b > n else torch.randperm(n, generator=gen)[:b]
-                xb, yb = x[idx].to(dev), y[idx].to(dev)
+                xb, yb = take(x, y, idx, dev)
                 times = []
                 for r in range(warmup + repeats):
                     _sync(dev)
                     start = time.perf_counter()
                     opt.zero_grad(set_to_none=True)
-                    loss_fn(call_model(work, xb), yb).backward()
+                    compute_loss(work, loss_fn, xb, yb)[1].backward()
                     opt.step()
                     _sync(dev)
                     if r >= warmup:
