@@ -1,0 +1,92 @@
+"""A Lightning ``Callback`` that runs the :class:`lossdoctor.Monitor` inside ``Trainer.fit``::
+
+    from lossdoctor.integrations.lightning import LossDoctorCallback
+
+    trainer = lightning.Trainer(max_steps=1000, callbacks=[LossDoctorCallback(F.cross_entropy)])
+    trainer.fit(module, train_loader)
+
+After every optimizer step the monitor records the loss ``training_step`` returned, and its
+signals (loss, gradient norm, λ_max, counts of diagnoses and treatments) go to the trainer's
+logger(s) under ``lossdoctor/`` through ``LightningModule.log_dict``; each diagnosis and what
+``treat`` did are logged as text (``logging`` logger ``lossdoctor``, and ``add_text`` on loggers
+that have it, such as TensorBoard's). ``callback.monitor`` is the Monitor.
+
+The doctor computes the loss as ``loss_fn(module(inputs), targets)`` on the training data's
+first batches (or ``data``), so ``loss_fn`` must be the loss ``training_step`` computes;
+``None`` when the module's outputs carry their own ``.loss``. Needs ``lightning``
+(``pip install lossdoctor[lightning]``); ``pytorch_lightning`` works too.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from .._checks import check_loss_fn
+from ..doctor.monitor import Monitor
+from .signals import PREFIX, EventCursor, step_signals
+
+try:
+    from lightning.pytorch import Callback
+except ImportError:  # pragma: no cover - the older package name
+    try:
+        from pytorch_lightning import Callback
+    except ImportError as err:
+        raise ImportError("lossdoctor.integrations.lightning needs lightning: pip install 'lossdoctor[lightning]'"
+                          ) from err
+
+logger = logging.getLogger("lossdoctor")
+
+
+class LossDoctorCallback(Callback):
+    """Run a :class:`lossdoctor.Monitor` inside ``Trainer.fit``.
+
+    Args:
+        loss_fn: the loss ``training_step`` computes from ``module(inputs)`` and the targets
+            (``None``: the outputs' own ``.loss``).
+        data: what the doctor measures on (default: the trainer's training dataloader; the
+            monitor reads its first ``diagnose_samples`` samples once, on a saved RNG).
+        log: send the signals to the trainer's logger(s).
+        **monitor_kwargs: passed to :class:`lossdoctor.Monitor` (``window``, ``treat``,
+            ``sharpness_every``, ...).
+    """
+
+    def __init__(self, loss_fn: Callable | None, data: Any = None, *, log: bool = True,
+                 **monitor_kwargs: Any) -> None:
+        super().__init__()
+        self.loss_fn = check_loss_fn(loss_fn)
+        self.data = data
+        self.log_signals = log
+        self.monitor_kwargs = monitor_kwargs
+        self.monitor: Monitor | None = None
+        self._events = EventCursor()
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        data = self.data if self.data is not None else trainer.train_dataloader
+        if data is None:
+            raise ValueError("LossDoctorCallback found no training dataloader: pass data=... (the batches the "
+                             "doctor measures on).")
+        self.monitor = Monitor(pl_module, self.loss_fn, data, **self.monitor_kwargs)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.monitor is None:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return  # training_step returned no loss (manual optimization, skipped batch)
+        optimizers = trainer.optimizers
+        optimizer = getattr(optimizers[0], "optimizer", optimizers[0]) if optimizers else None
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            optimizer = None
+        self.monitor.step(loss.detach(), optimizer)
+        if self.log_signals:
+            pl_module.log_dict(step_signals(self.monitor), on_step=True, on_epoch=False)
+        for kind, text in self._events.new(self.monitor):
+            logger.warning("%s", text)
+            for lg in trainer.loggers if self.log_signals else []:
+                add_text = getattr(getattr(lg, "experiment", None), "add_text", None)
+                if callable(add_text):
+                    add_text(PREFIX + kind, text, trainer.global_step)
