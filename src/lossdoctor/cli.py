@@ -44,8 +44,11 @@ def progress_bars(enabled: bool = True) -> Iterator[Any]:
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bars:
+        started: list[int] = []
+
         def task(description: str):
             task_id = bars.add_task(description, total=None)
+            started.append(task_id)
 
             def update(done: int, total: int) -> None:
                 bars.update(task_id, completed=done, total=total)
@@ -53,6 +56,12 @@ def progress_bars(enabled: bool = True) -> Iterator[Any]:
             return update
 
         yield task
+        # A call that converged before its product budget did all it needed: its bar ends at
+        # 100% (139/139, not 139/300). Only on a normal exit: an interrupted bar stays where it was.
+        for task_id in started:
+            done = bars.tasks[bars.task_ids.index(task_id)].completed
+            if done:
+                bars.update(task_id, total=done, completed=done)
 
 
 def _fail(message: str) -> None:

@@ -26,7 +26,7 @@ from .._checks import check_arguments
 from .._results import ResultMixin, fmt
 from ..curvature import dense_hessian, eigenpairs, hessian, spectral_density
 from ..curvature.operator import LossFn
-from ..progress import Progress, scaled
+from ..progress import Progress, scaled, with_progress
 
 KINDS = ("local_minimum", "local_maximum", "saddle_point", "degenerate", "not_critical")
 # Default gradient tolerance: this fraction of the gradient scale sqrt(2 |L| Λ).
@@ -219,11 +219,12 @@ def _evidence(kind: str, grad_norm: float, grad_tol: float, lo: float, hi: float
     return "; ".join(parts) + "."
 
 
+@with_progress("critical point")
 def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, grad_tol: float | None = None,
                             eig_tol: float | None = None, k: int = 5, dense: bool | None = None,
                             dense_max_params: int = DENSE_MAX_PARAMS, mode: str = "eval", tol: float = 1e-6,
                             seed: int = 0, num_probes: int = 8, lanczos_steps: int = 80,
-                            max_matvecs: int | None = None, progress: Progress | None = None) -> CriticalPoint:
+                            max_matvecs: int | None = None, progress: Progress | bool | str | None = "auto") -> CriticalPoint:
     """Classify the model's current parameters as a local minimum, local maximum, saddle point,
     degenerate critical point, or not a critical point at all.
 

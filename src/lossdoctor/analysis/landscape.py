@@ -34,7 +34,7 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..model_state import preserved_model, preserved_rng, trainable_parameters
-from ..progress import Progress
+from ..progress import Progress, with_progress
 from ..training.evaluation import as_tensors, evaluate_largest
 
 NORMALIZATIONS = ("filter", "layer", "none")
@@ -160,9 +160,10 @@ def _pad(values: list, total: int) -> list:
     return values + [math.nan] * (total - len(values))
 
 
+@with_progress("interpolation")
 def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
                 alphas: Sequence[float] | None = None, *, test_data: Any = None,
-                progress: Progress | None = None) -> Curve:
+                progress: Progress | bool | str | None = "auto") -> Curve:
     """Train (and test) loss and accuracy along theta(alpha) = (1 - alpha) theta_a + alpha theta_b,
     alpha from -0.5 to 1.5 by default (Keskar et al.'s figure). Floating-point buffers (BatchNorm
     statistics) are interpolated too. Neither model is changed. Evaluation only: ``loss_fn`` need
@@ -205,10 +206,11 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
                  interrupted=interrupted, points_done=done)
 
 
+@with_progress("landscape")
 def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, normalization: str = "filter",
               steps: int = 25, span: float = 1.0, test_data: Any = None, ignore_bias_bn: bool = True,
               seed: int = 0, directions: Sequence[Sequence[torch.Tensor]] | None = None,
-              progress: Progress | None = None) -> Landscape:
+              progress: Progress | bool | str | None = "auto") -> Landscape:
     """Loss at theta + a d1 (dims=1) or theta + a d1 + b d2 (dims=2) for a, b in [-span, span]
     (``steps`` points per axis), with d1, d2 random filter-normalized directions (Li et al.)
     unless ``directions`` are given. Train and test loss are taken at the same points. The model

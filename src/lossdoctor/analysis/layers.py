@@ -52,7 +52,7 @@ from .._results import ResultMixin, fmt
 from ..curvature import hessian
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, rademacher, tridiagonal
 from ..model_state import trainable_parameters
-from ..progress import Progress
+from ..progress import Progress, with_progress
 from .step_size import check_lr, step_size
 
 
@@ -250,10 +250,11 @@ def heterogeneity(nodes: list[list[np.ndarray]], weights: list[list[np.ndarray]]
     return float(js[np.triu_indices(k, 1)].mean()), js
 
 
+@with_progress("layer curvature")
 def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: torch.optim.Optimizer | None = None,
                     lr: float | None = None, mode: str = "eval", probes: int = 2, lanczos_steps: int = 12,
                     seed: int = 0, op: Any = None, max_blocks: int | None = None,
-                    progress: Progress | None = None) -> LayerCurvature:
+                    progress: Progress | bool | str | None = "auto") -> LayerCurvature:
     """The per-block curvature table of ``model`` on ``data`` (see the module docstring).
 
     Args:

@@ -34,7 +34,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..data import batch_loss, take
 from ..model_state import evaluation_mode, preserved_model, trainable_parameters
-from ..progress import Progress
+from ..progress import Progress, with_progress
 from ..training.evaluation import as_tensors
 
 MODES = ("eval", "train")
@@ -77,10 +77,11 @@ def _grad_sq(model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: Any,
     return float(sum((g.double() ** 2).sum() for g in grads)), float(loss.detach())
 
 
+@with_progress("noise scale")
 def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_batch: int = 32,
                          big_batch: int | None = None, pairs: int = 100, mode: str = "eval",
                          seed: int = 0, bootstrap: int = 1000, max_batch: int | None = None,
-                         progress: Progress | None = None) -> NoiseScale:
+                         progress: Progress | bool | str | None = "auto") -> NoiseScale:
     """Estimate B_simple at the model's current parameters.
 
     Args:

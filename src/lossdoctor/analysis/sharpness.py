@@ -38,7 +38,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..curvature import eigenpairs, hessian, trace
 from ..model_state import preserved_model
-from ..progress import Progress
+from ..progress import Progress, with_progress
 
 METHODS = ("lambda_max", "trace", "epsilon")
 
@@ -144,11 +144,12 @@ def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, s
     return best, int(res.nit), count[0]
 
 
+@with_progress("sharpness")
 def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterable[str] = "lambda_max",
               epsilons: Iterable[float] = (1e-3, 5e-4), subspace_dim: int | None = 100,
               full_space: bool = True, max_iter: int = 10, tol: float = 1e-3, trace_matvecs: int = 60,
               mode: str = "eval", seed: int = 0, distributed: bool | None = None,
-              progress: Progress | None = None) -> Sharpness:
+              progress: Progress | bool | str | None = "auto") -> Sharpness:
     """How sharp is the minimum the model sits in?
 
     Args:

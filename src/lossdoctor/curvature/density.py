@@ -12,6 +12,7 @@ import torch
 
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
+from ..progress import with_progress
 from .lanczos import apply64, block_lanczos_tridiagonals, operator_mode, rademacher, tridiagonal
 
 Progress = Callable[[int, int], None]
@@ -55,9 +56,10 @@ class SpectralDensity(ResultMixin):
                 f"negative fraction {self.negative_fraction:.3f} +/- {self.negative_fraction_error:.3f}")
 
 
+@with_progress("spectral density")
 def spectral_density(op, *, num_probes: int = 4, lanczos_steps: int = 60, grid_points: int = 512,
                      sigma: float | None = None, zero_tol: float | None = None, seed: int = 0,
-                     progress: Progress | None = None) -> SpectralDensity:
+                     progress: Progress | bool | str | None = "auto") -> SpectralDensity:
     """Stochastic Lanczos quadrature with ``num_probes`` Rademacher probes of ``lanczos_steps`` each.
 
     All probes advance together, one batched operator product per Lanczos step.

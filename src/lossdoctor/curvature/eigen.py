@@ -19,6 +19,7 @@ import torch
 
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
+from ..progress import with_progress
 from .lanczos import apply64, gaussian, operator_mode, orthogonalize
 
 Progress = Callable[[int, int], None]
@@ -240,9 +241,10 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     return result
 
 
+@with_progress("eigenpairs")
 def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, seed: int = 0,
                max_matvecs: int | None = None, ncv: int | None = None,
-               progress: Progress | None = None) -> EigenResult:
+               progress: Progress | bool | str | None = "auto") -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator such as :func:`lossdoctor.hessian`.
 
     Args:

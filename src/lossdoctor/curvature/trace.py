@@ -10,6 +10,7 @@ import torch
 
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
+from ..progress import with_progress
 from .lanczos import RademacherStream, apply64, operator_mode
 
 Progress = Callable[[int, int], None]
@@ -82,8 +83,9 @@ def _mean_and_error(terms: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(var / m)
 
 
+@with_progress("trace")
 def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, block: int | None = None,
-          progress: Progress | None = None) -> TraceResult:
+          progress: Progress | bool | str | None = "auto") -> TraceResult:
     """Estimate tr(H) from ``matvecs`` products with Rademacher probes.
 
     Hutch++ spends a third of the products finding the dominant subspace, whose trace it takes

@@ -45,7 +45,7 @@ from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
 from ..data import call_model, place
 from ..model_state import trainable_parameters
-from ..progress import Progress, scaled
+from ..progress import Progress, scaled, with_progress
 from .candidates import Candidate, candidates
 from .explain import CAUSE_TITLES, describe_action, evidence, layer_evidence, summary
 from .measure import (
@@ -240,13 +240,14 @@ def _rank(items: list[tuple[Candidate, Prescription]], verified: bool, no_change
     return better + code + ([] if better or no_change is None else [no_change]) + flat
 
 
+@with_progress("diagnosis")
 def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimizer: Any = None,
              lr: float | None = None, window: int = WINDOW, mode: str = "auto", verify: bool | str = "auto",
              trial_steps: int | str = "auto", train_step: TrainStep | None = None, eval_data: Any = None,
              checkpoint: dict[str, torch.Tensor] | None = None, samples: int | None = SAMPLES,
              curvature_samples: int | None = CURVATURE_SAMPLES,
              batch: int | None = None, budget: int = BUDGET, trial_budget: float = TRIAL_BUDGET, seed: int = 0,
-             previous: str | None = None, progress: Progress | None = None) -> Diagnosis:
+             previous: str | None = None, progress: Progress | bool | str | None = "auto") -> Diagnosis:
     """Why did the loss stop going down? The cause, the evidence, and what to change, tried.
 
     Args:

@@ -384,6 +384,7 @@ class Monitor:
             kwargs.setdefault("lr", self.lr)
         kwargs.setdefault("window", window)
         kwargs.setdefault("verify", self.treat)
+        kwargs.setdefault("progress", None)  # inside a training loop: no bar, the verdict is logged
         kwargs.setdefault("samples", self.diagnose_samples)
         kwargs.setdefault("curvature_samples", CURVATURE_SAMPLES)
         if hvps is not None:

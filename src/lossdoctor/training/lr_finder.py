@@ -32,7 +32,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..data import batch_loss, check_data, iter_batches, place
 from ..model_state import RNGStream, model_device, preserved_model, trainable_parameters
-from ..progress import Progress
+from ..progress import Progress, with_progress
 
 SUGGESTIONS = ("steepest", "minimum")
 
@@ -165,10 +165,11 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float, float]
     return float(lrs[int(np.argmin(slope))]), float(lrs[m]), float(smoothed[m])
 
 
+@with_progress("LR range test")
 def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer, *,
                   start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smoothing: float = 0.9,
                   diverge_factor: float = 4.0, suggestion: str = "steepest",
-                  progress: Progress | None = None) -> LRRangeResult:
+                  progress: Progress | bool | str | None = "auto") -> LRRangeResult:
     """Smith's LR range test on the user's model, loss, data and optimizer.
 
     Runs up to ``steps`` training updates (cycling through ``data``) in train mode with the lr

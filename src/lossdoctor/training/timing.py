@@ -32,7 +32,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..data import batch_loss, compute_loss, take
 from ..model_state import preserved_rng, trainable_parameters
-from ..progress import Progress
+from ..progress import Progress, with_progress
 from .evaluation import as_tensors
 
 SATURATION = 0.8  # saturated once throughput is within this fraction of the best measured
@@ -85,10 +85,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@with_progress("batch timing")
 def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: Sequence[int] | None = None,
                      *, device: str | torch.device | None = None, repeats: int = 5, warmup: int = 2,
                      lr: float = 1e-3, epoch_size: int | None = None,
-                     progress: Progress | None = None) -> BatchTiming:
+                     progress: Progress | bool | str | None = "auto") -> BatchTiming:
     """Seconds per update for each batch size (default: powers of two from 1 to the dataset size).
 
     Args:
