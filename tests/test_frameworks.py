@@ -269,3 +269,76 @@ def test_every_analysis_takes_hf_models_and_batches(build):
         opt.step()
         monitor.step(out.loss, opt)
     assert len(monitor.record.losses) == 8 and monitor.record.sharpness
+
+
+PROBLEM_FILE = '''
+import torch, transformers
+
+def make():
+    cfg = transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=4, n_layer=1, n_head=2, n_inner=8,
+                                  bos_token_id=0, eos_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(cfg)
+    ids = torch.randint(1, 16, (6, 6), generator=torch.Generator().manual_seed(0))
+    return model, None, [{"input_ids": ids[:3], "labels": ids[:3]}, {"input_ids": ids[3:], "labels": ids[3:]}]
+'''
+
+
+def test_cli_takes_a_hf_problem_file_with_loss_fn_none(tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from lossdoctor.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the density plot is written here
+    path = tmp_path / "gpt2_problem.py"
+    path.write_text(PROBLEM_FILE)
+    result = CliRunner().invoke(main, ["spectrum", "--problem", f"{path}:make", "--k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    eig = json.loads(result.output)
+    model, _, batches = __import__("runpy").run_path(str(path))["make"]()
+    op = ld.hessian(model, None, batches)
+    top = torch.linalg.eigvalsh(dense(op).double())[-2:]
+    assert eig["num_params"] == op.num_params and eig["loss"] == pytest.approx(op.loss)
+    assert sorted(eig["eigenpairs"]["eigenvalues"])[-2:] == pytest.approx(top.tolist(), rel=1e-3, abs=1e-5)
+
+
+def import_or_skip(name: str):
+    """``pytest.importorskip`` for packages that fail with other errors than ImportError (PyPI
+    torchvision beside torch 2.13: 'operator torchvision::nms does not exist')."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except Exception as err:  # noqa: BLE001 - any failure to import means: not available here
+        pytest.skip(f"{name} does not import here: {type(err).__name__}: {str(err)[:80]}")
+
+
+def symmetric_products(op: ld.HessianOperator) -> None:
+    gen = torch.Generator().manual_seed(0)
+    u, v = torch.randn(op.num_params, generator=gen), torch.randn(op.num_params, generator=gen)
+    hu, hv = op @ u, op @ v
+    assert abs(float(u @ hv) - float(v @ hu)) <= 1e-3 * (float(u.norm() * hv.norm()) + 1e-12)
+
+
+def test_torchvision_net_batchnorm_in_train_mode():
+    models = import_or_skip("torchvision.models")
+    net = models.mobilenet_v3_small(num_classes=3, dropout=0.0)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    before = state(net)
+    op = ld.hessian(net, F.cross_entropy, (x, y), mode="train")  # batch statistics, as trained
+    symmetric_products(op)
+    assert_untouched(net, before, True)
+
+
+def test_timm_vit():
+    timm = import_or_skip("timm")
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=16,
+                            depth=1, num_heads=2, num_classes=3)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 1])
+    before = state(net)
+    op = ld.hessian(net, F.cross_entropy, (x, y))
+    symmetric_products(op)
+    assert ld.trace(op, matvecs=6).matvecs == 6
+    assert_untouched(net, before, net.training)
