@@ -130,6 +130,13 @@ def test_lightning_callback_monitors_fit_and_logs(tmp_path):
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
     assert callback.monitor.record.losses == pytest.approx(module.losses)
     assert len(callback.monitor.record.sharpness) == 3
+    # gradient accumulation: one monitor step per optimizer step, on the mean batch loss
+    module2, callback2 = Module(), LossDoctorCallback(F.cross_entropy, window=8, sharpness_every=0)
+    L.Trainer(max_steps=3, accelerator="cpu", logger=False, callbacks=[callback2], accumulate_grad_batches=2,
+              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False).fit(
+        module2, DataLoader(TensorDataset(x, y), batch_size=8))
+    pairs = [sum(module2.losses[i:i + 2]) / 2 for i in range(0, 6, 2)]
+    assert callback2.monitor.record.losses == pytest.approx(pairs)
     import csv
 
     with open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv") as f:

@@ -65,7 +65,7 @@ from .doctor.measure import first_samples
 from .doctor.trend import WINDOW
 from .doctor.trials import default_train_step, next_batches, snapshot
 from .model_state import trainable_parameters
-from .progress import Progress
+from .progress import Progress, with_progress
 from .training.lr_finder import LRRangeResult, lr_range_test
 
 BUDGET = 90.0  # seconds
@@ -151,9 +151,10 @@ def _probe_history(model: nn.Module, loss_fn: Any, data: Any, optimizer: Any, st
     return losses
 
 
+@with_progress("checkup")
 def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, optimizer: Any = None,
             lr: float | None = None, budget: float = BUDGET, window: int = WINDOW, checkpoint: Any = None,
-            train_step: Callable | None = None, seed: int = 0, progress: Progress | None = None) -> Checkup:
+            train_step: Callable | None = None, seed: int = 0, progress: Progress | bool | str | None = "auto") -> Checkup:
     """One report on the user's model: the doctor's verdict and tested prescriptions, then the
     curvature, critical point, landscape, noise scale and lr range behind them.
 

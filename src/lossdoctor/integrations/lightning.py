@@ -5,7 +5,8 @@
     trainer = lightning.Trainer(max_steps=1000, callbacks=[LossDoctorCallback(F.cross_entropy)])
     trainer.fit(module, train_loader)
 
-After every optimizer step the monitor records the loss ``training_step`` returned, and its
+After every optimizer step the monitor records the loss ``training_step`` returned (the mean over
+the batches of a gradient accumulation), and its
 signals (loss, gradient norm, λ_max, counts of diagnoses and treatments) go to the trainer's
 logger(s) under ``lossdoctor/`` through ``LightningModule.log_dict``; each diagnosis and what
 ``treat`` did are logged as text (``logging`` logger ``lossdoctor``, and ``add_text`` on loggers
@@ -63,6 +64,13 @@ class LossDoctorCallback(Callback):
         self.monitor_kwargs = monitor_kwargs
         self.monitor: Monitor | None = None
         self._events = EventCursor()
+        self._pending: list[float] = []
+
+    @staticmethod
+    def _epoch_end(trainer: Any, batch_idx: int) -> bool:
+        """The last batch of an epoch, where Lightning steps on a partial accumulation."""
+        total = getattr(trainer, "num_training_batches", None)
+        return isinstance(total, int) and batch_idx + 1 >= total
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         data = self.data if self.data is not None else trainer.train_dataloader
@@ -77,11 +85,19 @@ class LossDoctorCallback(Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, torch.Tensor):
             return  # training_step returned no loss (manual optimization, skipped batch)
+        # Lightning hands back the loss divided by accumulate_grad_batches; the monitor wants the
+        # batch loss, one entry per optimizer step (the mean over the accumulated batches).
+        accumulate = max(1, int(getattr(trainer, "accumulate_grad_batches", 1) or 1))
+        self._pending.append(float(loss.detach()) * accumulate)
+        if len(self._pending) < accumulate and not self._epoch_end(trainer, batch_idx):
+            return
+        loss_value = sum(self._pending) / len(self._pending)
+        self._pending.clear()
         optimizers = trainer.optimizers
         optimizer = getattr(optimizers[0], "optimizer", optimizers[0]) if optimizers else None
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             optimizer = None
-        self.monitor.step(loss.detach(), optimizer)
+        self.monitor.step(loss_value, optimizer)
         if self.log_signals:
             pl_module.log_dict(step_signals(self.monitor), on_step=True, on_epoch=False)
         for kind, text in self._events.new(self.monitor):

@@ -51,7 +51,7 @@ from .._results import ResultMixin, fmt, to_jsonable
 from ..data import _input_tensors, batch_loss, take
 from ..model_state import preserved_rng, seeded_rng
 from ..problem import Problem
-from ..progress import Progress
+from ..progress import Progress, with_progress
 from .evaluation import as_tensors, evaluate_largest, rebatch
 
 LR_RULES = ("constant", "linear")
@@ -354,6 +354,7 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+@with_progress("batch-size sweep")
 def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: float | None = None,
                      updates: int | None = None, stop_at_loss: float | Sequence[float] = (),
                      max_epochs: int = 200, lr: float = 1e-3, lr_rule: str = "constant", base_batch: int = 32,
@@ -361,7 +362,7 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
                      store: str | Path | None = None, sharpness: Sequence[str] = ("lambda_max", "epsilon"),
                      epsilons: Sequence[float] = (1e-3,), epsilon_iters: int = 10, tol: float = 1e-3,
                      check_every: int = 50, sharpness_batch: int = 4096, keep_states: bool = False,
-                     progress: Progress | None = None) -> SweepResult:
+                     progress: Progress | bool | str | None = "auto") -> SweepResult:
     """Train ``problem.model`` from the same initialization per seed at every batch size.
 
     Args:
