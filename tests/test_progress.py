@@ -76,3 +76,16 @@ def test_a_bar_that_never_appeared_writes_nothing_and_bad_values_are_refused():
     for bad in ("bar", 3, int):
         with pytest.raises(TypeError, match="progress must be"):
             resolve(bad, "x")
+
+
+def test_cli_bars_end_at_100_percent_on_a_normal_exit(capsys):
+    from lossdoctor.cli import progress_bars
+
+    with progress_bars() as task:
+        update = task("eigenpairs")
+        update(139, 300)  # converged before the product budget
+    assert "139/139" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt), progress_bars() as task:
+        task("trace")(7, 30)
+        raise KeyboardInterrupt
+    assert "7/30" in capsys.readouterr().err  # an interrupted bar stays where it was
