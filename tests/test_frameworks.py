@@ -158,11 +158,16 @@ def test_merged_dict_batches_pad_under_the_mask():
 
 
 # -- tiny Hugging Face models from configs ------------------------------------------------------
-transformers = pytest.importorskip("transformers")
 VOCAB = 16
 
 
+def hf():
+    """transformers, or a skip of the test asking for it (the MLP tests above run without it)."""
+    return pytest.importorskip("transformers")
+
+
 def tiny_gpt2() -> nn.Module:
+    transformers = hf()
     cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=8, n_embd=4, n_layer=1, n_head=2, n_inner=8,
                                   resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
                                   eos_token_id=0)
@@ -171,6 +176,7 @@ def tiny_gpt2() -> nn.Module:
 
 
 def tiny_bert() -> nn.Module:
+    transformers = hf()
     cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=4, num_hidden_layers=1, num_attention_heads=2,
                                   intermediate_size=8, max_position_embeddings=8, num_labels=3,
                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0)
@@ -235,6 +241,13 @@ def test_bert_with_padding_matches_the_dense_hessian_and_merged_batches():
     assert_untouched(model, before, model.training)
 
 
+def test_a_plain_loss_on_hf_outputs_says_to_use_loss_fn_none():
+    model = tiny_gpt2()
+    ids, _ = lm_batches()
+    with pytest.raises(ValueError, match="pass loss_fn=None.*outputs.logits"):
+        ld.hessian(model, F.cross_entropy, [(ids, ids)])
+
+
 @pytest.mark.parametrize("build", [tiny_gpt2, tiny_bert], ids=["gpt2", "bert"])
 def test_every_analysis_takes_hf_models_and_batches(build):
     model = build()
@@ -287,6 +300,7 @@ def make():
 def test_cli_takes_a_hf_problem_file_with_loss_fn_none(tmp_path, monkeypatch):
     import json
 
+    hf()
     from click.testing import CliRunner
 
     from lossdoctor.cli import main
