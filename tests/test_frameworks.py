@@ -356,3 +356,12 @@ def test_timm_vit():
     symmetric_products(op)
     assert ld.trace(op, matvecs=6).matvecs == 6
     assert_untouched(net, before, net.training)
+
+
+def test_checkup_on_padded_bert_runs_every_section():
+    model = tiny_bert()
+    before = state(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    page = ld.checkup(model, None, bert_batches(), history=[2.0] * 60, optimizer=opt, budget=30)
+    assert len(page.sections) >= 8 and all(s.status == "done" for s in page.sections)
+    assert_untouched(model, before, model.training)
