@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .._results import ResultMixin, fmt
 from .measure import Measurements
@@ -616,9 +616,11 @@ def slow_progress(m: Measurements, decision: Decision) -> Decision | None:
     """
     if decision.cause != "progressing" or not _holds(m.trend.relative_drop, "<", SLOW_DROP):
         return None
+    # The rules read as if the loss had stalled (several need a flat trend): what would they blame?
+    as_stalled = replace(m, trend=replace(m.trend, stalled=True))
     after = RULES[[cause for cause, _ in RULES].index("progressing") + 1:]
     for cause, rule in after:
-        found = rule(m, 1.0)
+        found = rule(as_stalled, 1.0)
         if found is not None:
             return Decision(cause, True, (*found, _ev("still falling, slowly: relative drop over the window",
                                                       m.trend.relative_drop, "<", SLOW_DROP)))
