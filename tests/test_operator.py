@@ -362,3 +362,53 @@ def test_micro_batches_of_tuple_and_dict_inputs_with_a_shared_tensor():
     for data in [((x, mix), y), ({"x": x, "mix": mix}, y)]:
         op = ld.hessian(model, F.mse_loss, data, micro_batch_size=3, max_block=64)
         assert close(op @ torch.eye(op.num_params), H, 1e-5)
+
+
+# --- issue 18: a loss function that sums, without a .reduction to read ------------------------
+
+def test_summing_loss_function_is_refused_unless_reduction_sum_is_given():
+    """``lambda o, t: F.mse_loss(o, t, reduction="sum")`` was taken for a mean: a Hessian the
+    batch size times too large, without a word. Now the first batch's halves tell."""
+    from peer_cases import mse
+
+    model, _, data = mse()
+    summing = lambda o, t: F.mse_loss(o, t, reduction="sum")  # noqa: E731
+    with pytest.raises(ValueError, match="returns the sum of its samples' losses.*reduction='sum'"):
+        ld.hessian(model, summing, data)
+    op = ld.hessian(model, summing, data, reduction="sum")
+    assert op.reduction == "sum" and op.reduction_verified
+    H = op @ torch.eye(op.num_params, dtype=torch.float64)
+    H_module = reference_hessian(model, nn.MSELoss(reduction="sum"), data).double()
+    assert torch.allclose(H, H_module, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(ld.dense_hessian(model, summing, data, reduction="sum"), H_module, atol=1e-12)
+    # a mean declared as a sum, and contradicting the module's own attribute, are refused too
+    with pytest.raises(ValueError, match="returns the mean of its samples' losses"):
+        ld.hessian(model, F.mse_loss, data, reduction="sum")
+    with pytest.raises(ValueError, match="contradicts loss_fn.reduction='mean'"):
+        ld.hessian(model, nn.MSELoss(), data, reduction="sum")
+    with pytest.raises(ValueError, match="reduction must be 'mean'"):
+        ld.hessian(model, F.mse_loss, data, reduction="batchmean")
+
+
+def test_reduction_check_in_train_mode_and_for_unverifiable_losses():
+    """BatchNorm in train mode couples a batch's samples: the check runs in eval mode. A token
+    mean over unmasked positions is neither a mean nor a sum of per-sample losses: used as
+    declared, not refused."""
+    from peer_cases import batchnorm
+
+    model, loss_fn, loader = batchnorm()
+    summing = lambda o, t: F.cross_entropy(o, t, reduction="sum")  # noqa: E731
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        ld.hessian(model, summing, loader, mode="train")
+    op = ld.hessian(model, summing, loader, mode="train", reduction="sum")
+    ref = ld.hessian(model, nn.CrossEntropyLoss(reduction="sum"), loader, mode="train")
+    v = torch.randn(op.num_params, dtype=torch.float64)
+    assert torch.allclose(op @ v, ref @ v, atol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 3, (6, 4), generator=g)
+    tokens[0, :3] = -100  # sample 0 has one counted token, the others four
+    seq_model = nn.Linear(5, 3).double()
+    x = torch.randn(6, 4, 5, generator=g, dtype=torch.float64)
+    masked = lambda o, t: F.cross_entropy(o.flatten(0, 1), t.flatten(), ignore_index=-100)  # noqa: E731
+    op = ld.hessian(seq_model, masked, (x, tokens))
+    assert op.reduction == "mean" and not op.reduction_verified

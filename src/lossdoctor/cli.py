@@ -359,6 +359,10 @@ def interrupted(*results: Any) -> bool:
               help="Keep the gradient graphs between products: faster, but holds them in memory. "
                    "auto: within a quarter of the free memory; on; off; or a size such as 200MB "
                    "(the graphs of the first batches that fit are kept, the rest recomputed).")
+@click.option("--reduction", type=click.Choice(["auto", "mean", "sum"]), default="auto", show_default=True,
+              help="How the problem's loss combines a batch's samples: mean or sum (the Hessian is of the mean "
+                   "per-sample loss either way). auto: the loss module's .reduction, else mean; a loss function "
+                   "that sums is detected and refused without --reduction sum.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--per-layer", is_flag=True,
               help="Also the per-layer table: each module's Hessian block (λ_max, trace), gradient norm, and the "
@@ -368,7 +372,7 @@ def interrupted(*results: Any) -> bool:
 @device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
-             density: bool, mode: str, micro_batch_size: int | None, cache: bool | str | int, seed: int,
+             density: bool, mode: str, micro_batch_size: int | None, cache: bool | str | int, reduction: str, seed: int,
              per_layer: bool, plot: Path | None, device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from . import eigenpairs, hessian, spectral_density, trace
@@ -378,7 +382,7 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
     prob = _load(problem, checkpoint, device)
     results: dict[str, Any] = {"problem": prob.name, "device": str(next(prob.model.parameters()).device)}
     op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode, micro_batch_size=micro_batch_size,
-                 cache=cache)
+                 cache=cache, reduction=None if reduction == "auto" else reduction)
     results.update(num_params=op.num_params, num_samples=op.num_samples, mode=op.mode, loss=op.loss,
                    micro_batch_size=micro_batch_size, cache=cache)
     eig = tr = dens = layers = None
@@ -454,12 +458,14 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
 @click.option("--grad-tol", type=NON_NEGATIVE, default=None, help="Gradient-norm threshold (default: scale-relative).")
 @click.option("--eig-tol", type=NON_NEGATIVE, default=None, help="Zero threshold for eigenvalues (default: scale-relative).")
 @click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
+@click.option("--reduction", type=click.Choice(["auto", "mean", "sum"]), default="auto", show_default=True,
+              help="How the problem's loss combines a batch's samples (see `lossdoctor spectrum --help`).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @device_option
 @json_option
 def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: str | None, k: int,
-             dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: str, seed: int,
-             device: str, as_json: bool) -> None:
+             dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: str, reduction: str,
+             seed: int, device: str, as_json: bool) -> None:
     """Local minimum, saddle point, or neither? The verdict, the numbers and the evidence."""
     from . import classify_critical_point, escape_saddle
 
@@ -471,6 +477,7 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
     with progress_bars(not as_json) as task:
         point = classify_critical_point(prob.model, prob.loss_fn, prob.train_data, grad_tol=grad_tol,
                                         eig_tol=eig_tol, k=k, dense=dense, mode=mode, seed=seed,
+                                        reduction=None if reduction == "auto" else reduction,
                                         progress=task("Hessian (both ends, minimum ratio)"))
         results["critical"] = point.to_dict()
         escape = None

@@ -134,8 +134,9 @@ def _check_tolerance(name: str, value: float | None) -> None:
 
 
 def _dense_spectrum(model: nn.Module, loss_fn: LossFn, data: Any, mode: str, k: int,
-                    max_params: int) -> _Spectrum:
-    H = dense_hessian(model, loss_fn, data, mode=mode, max_params=max_params).to(torch.float64)
+                    max_params: int, reduction: str | None = None) -> _Spectrum:
+    H = dense_hessian(model, loss_fn, data, mode=mode, max_params=max_params,
+                      reduction=reduction).to(torch.float64)
     values, vectors = torch.linalg.eigh(H)  # ascending
     n = values.shape[0]
     ends = sorted(set(range(min(k, n))) | set(range(max(n - k, 0), n)), reverse=True)
@@ -224,7 +225,8 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
                             eig_tol: float | None = None, k: int = 5, dense: bool | None = None,
                             dense_max_params: int = DENSE_MAX_PARAMS, mode: str = "eval", tol: float = 1e-6,
                             seed: int = 0, num_probes: int = 8, lanczos_steps: int = 80,
-                            max_matvecs: int | None = None, progress: Progress | bool | str | None = "auto") -> CriticalPoint:
+                            max_matvecs: int | None = None, progress: Progress | bool | str | None = "auto",
+                            reduction: str | None = None) -> CriticalPoint:
     """Classify the model's current parameters as a local minimum, local maximum, saddle point,
     degenerate critical point, or not a critical point at all.
 
@@ -252,6 +254,8 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
         max_matvecs: budget of Hessian-vector products for the extreme eigenpairs (matrix-free
             path; default that of :func:`eigenpairs`). Unconverged pairs are flagged.
         progress: called as ``progress(done, total)``.
+        reduction: ``"mean"`` or ``"sum"``: how ``loss_fn`` combines a batch's samples, for
+            loss functions without a ``.reduction`` attribute (see :func:`lossdoctor.hessian`).
     """
     check_arguments(model=model, loss_fn=loss_fn, grad_tol=grad_tol, eig_tol=eig_tol, k=k, dense=dense,
                     dense_max_params=dense_max_params, mode=mode, tol=tol, seed=seed, num_probes=num_probes,
@@ -259,7 +263,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
     _check_tolerance("grad_tol", grad_tol)
     _check_tolerance("eig_tol", eig_tol)
     k = int(k)
-    op = hessian(model, loss_fn, data, mode=mode)
+    op = hessian(model, loss_fn, data, mode=mode, reduction=reduction)
     n = op.num_params
     use_dense = n <= dense_max_params if dense is None else bool(dense)
     if use_dense and n > dense_max_params:
@@ -273,7 +277,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, gra
     if progress is not None:
         progress(1, total)
     if use_dense:
-        spec = _dense_spectrum(model, loss_fn, data, mode, k, dense_max_params)
+        spec = _dense_spectrum(model, loss_fn, data, mode, k, dense_max_params, op.reduction)
     else:
         spec = _lanczos_spectrum(op, k, tol, seed, scaled(progress, 1, total), max_matvecs)
     lo, hi = float(spec.eigenvalues[-1]), float(spec.eigenvalues[0])

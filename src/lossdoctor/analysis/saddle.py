@@ -147,7 +147,7 @@ def _set_parameters(op: HessianOperator, vector: torch.Tensor) -> None:
 
 def _mean_loss(op: HessianOperator) -> float:
     """The mean loss over all of the operator's data at the model's current parameters (forward only)."""
-    weighted_sum = _loss_reduction(op.loss_fn) == "sum"
+    weighted_sum = getattr(op, "reduction", _loss_reduction(op.loss_fn)) == "sum"
     total, count = 0.0, 0
     with preserved_rng(), evaluation_mode(op.model, op.mode), torch.no_grad():
         for i, (inputs, targets) in enumerate(iter_batches(op.data)):

@@ -23,11 +23,31 @@ from ..model_state import evaluation_mode, model_device, preserved_rng, trainabl
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor] | None  # None: the model's own outputs.loss
 MODES = ("eval", "train")
+REDUCTIONS = ("mean", "sum")
 
 
 def _loss_reduction(loss_fn: Any) -> str:
     reduction = getattr(loss_fn, "reduction", "mean")
     return reduction if isinstance(reduction, str) else "mean"
+
+
+def _declared_reduction(loss_fn: Any, reduction: str | None) -> str:
+    """The per-sample contract the caller states: ``reduction`` if given, else the loss
+    module's ``.reduction`` attribute, else "mean"."""
+    attribute = getattr(loss_fn, "reduction", None)
+    if reduction is None:
+        reduction = _loss_reduction(loss_fn)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"loss_fn has reduction={reduction!r}; the Hessian needs a scalar loss. "
+                             "Use reduction='mean'.")
+        return reduction
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be 'mean' (the loss of a batch is the mean of its samples' losses) "
+                         f"or 'sum' (their sum), or None to read it from loss_fn; got {reduction!r}.")
+    if isinstance(attribute, str) and attribute in REDUCTIONS and attribute != reduction:
+        raise ValueError(f"reduction={reduction!r} contradicts loss_fn.reduction={attribute!r}; drop the "
+                         "reduction argument (the loss module's own reduction is used) or change the module's.")
+    return reduction
 
 
 @contextlib.contextmanager
@@ -90,7 +110,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
                  max_block: int = 16, micro_batch_size: int | None = None, distributed: bool | None = None,
-                 cache: bool | str | int = "auto") -> None:
+                 cache: bool | str | int = "auto", reduction: str | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if loss_fn is not None and not callable(loss_fn):
@@ -112,10 +132,7 @@ class HessianOperator:
                     f"mode='train' makes the loss random ({', '.join(sorted(set(stochastic)))} "
                     "active), so it has no well-defined Hessian. Use mode='eval' (the default), "
                     "or set the dropout probability to 0.")
-        reduction = _loss_reduction(loss_fn)
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"loss_fn has reduction={reduction!r}; the Hessian needs a scalar loss. "
-                             "Use reduction='mean'.")
+        reduction = _declared_reduction(loss_fn, reduction)
         self.model = model
         self.loss_fn = loss_fn
         self.data = data
@@ -126,7 +143,9 @@ class HessianOperator:
                                              or micro_batch_size < 1):
             raise ValueError(f"micro_batch_size must be a positive integer or None, got {micro_batch_size!r}.")
         self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
+        self.reduction = reduction
         self._sum_reduction = reduction == "sum"
+        self.reduction_verified = False  # set by _check_reduction when a batch could tell
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.shapes = [tuple(p.shape) for p in self.params]
@@ -208,6 +227,47 @@ class HessianOperator:
                 "(BatchNorm in mode='train', a loss that is not a per-sample mean or sum, inputs whose "
                 "first dimension is not the batch). Use micro_batch_size=None.")
 
+    def _check_reduction(self, inputs: Any, targets: torch.Tensor, n: int, index: int, loss: float) -> None:
+        """Check the per-sample contract (the batch loss is the mean, or with reduction="sum"
+        the sum, of its samples' losses) on the first batch of two samples or more: its loss
+        against the losses of its two halves, in eval mode (so BatchNorm in mode="train" does not
+        couple the halves). A function ``lambda o, t: F.mse_loss(o, t, reduction="sum")`` has no
+        ``.reduction`` to read; taken for a mean, its Hessian would be the batch size times too
+        large. A loss that is neither (a mean over unmasked tokens, a model that couples its
+        samples even in eval mode) cannot be told apart here: it is used as declared."""
+        half = (n + 1) // 2
+        try:
+            with evaluation_mode(self.model, "eval"):
+                whole = self._batch_loss(inputs, targets, index).item() if self.mode == "train" else loss
+                parts = [(self._batch_loss(x, y, index).item(), m) for x, y, m in split_batch(inputs, targets, half)]
+        except (ValueError, TypeError, RuntimeError, IndexError):
+            return  # the batch cannot be cut (inputs whose first dimension is not the batch)
+        if len(parts) != 2 or not all(math.isfinite(v) for v, _ in parts):
+            return
+        as_mean = sum(v * m for v, m in parts) / n
+        as_sum = sum(v for v, _ in parts)
+        rtol = 1e-4 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
+        scale = max(abs(whole), abs(as_mean), abs(as_sum), 1e-30)
+        mean_fits, sum_fits = abs(whole - as_mean) <= rtol * scale, abs(whole - as_sum) <= rtol * scale
+        if mean_fits == sum_fits:  # neither (another normalization), or both (a loss of zero)
+            return
+        observed = "mean" if mean_fits else "sum"
+        self.reduction_verified = True
+        if observed == self.reduction:
+            return
+        name = getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__)
+        if observed == "sum":
+            raise ValueError(
+                f"loss_fn ({name}) returns the sum of its samples' losses, not their mean: on batch {index} "
+                f"({n} samples) it gives {whole:.8g}, and its two halves {parts[0][0]:.8g} + {parts[1][0]:.8g}. "
+                "Taken for a mean, the Hessian would be the batch size times too large. Pass "
+                "reduction='sum' (the Hessian is then that of the mean per-sample loss, as for "
+                "nn.MSELoss(reduction='sum')), or make loss_fn return the batch mean.")
+        raise ValueError(
+            f"reduction='sum' was given but loss_fn ({name}) returns the mean of its samples' losses: on "
+            f"batch {index} ({n} samples) it gives {whole:.8g}, the size-weighted mean of its halves' "
+            f"{parts[0][0]:.8g} and {parts[1][0]:.8g}. Drop reduction='sum' (or pass reduction='mean').")
+
     def _validate(self) -> tuple[float, int, int]:
         total, count, batches = 0.0, 0, 0
         with evaluation_mode(self.model, self.mode), torch.no_grad():
@@ -217,6 +277,8 @@ class HessianOperator:
                     raise ValueError(f"the loss is {loss} on batch {i}: the Hessian of a "
                                      "non-finite loss is meaningless. Check the data and the model's "
                                      "parameters for NaN/Inf.")
+                if not self.reduction_verified and n >= 2:
+                    self._check_reduction(inputs, targets, n, i, loss)
                 if self.micro_batch_size is not None and n > self.micro_batch_size:
                     self._check_split(inputs, targets, n, i, loss)
                 total += loss * self._weight(n)
@@ -509,7 +571,7 @@ def _process_group_active() -> bool:
 
 def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval", max_block: int = 16,
             micro_batch_size: int | None = None, distributed: bool | None = None,
-            cache: bool | str | int = "auto") -> HessianOperator:
+            cache: bool | str | int = "auto", reduction: str | None = None) -> HessianOperator:
     """The exact Hessian of the mean of ``loss_fn`` over every sample in ``data``.
 
     Args:
@@ -544,8 +606,26 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
             ``op.cached`` whether all are). The cache is rebuilt when any parameter is modified
             in place; ``clear_cache()`` frees it. Kept graphs fix their batches: a DataLoader
             that augments at random is measured on its first pass for those batches.
+        reduction: how ``loss_fn`` combines a batch's per-sample losses: ``"mean"`` or
+            ``"sum"`` (the Hessian is always that of the mean per-sample loss, so a sum is
+            divided by the number of samples). ``None`` (default) reads ``loss_fn.reduction``
+            (loss modules) and otherwise assumes a mean. Checked on the first batch of two
+            samples or more (the batch's loss against its halves'): a function that sums, such
+            as ``lambda o, t: F.mse_loss(o, t, reduction="sum")``, is refused with a
+            ``ValueError`` unless ``reduction="sum"`` is given. A loss normalized otherwise (a
+            token cross-entropy with ``ignore_index``, a mean over the unmasked tokens of each
+            batch) is neither and is used as declared: its Hessian is of the size-weighted mean
+            of batch losses, which weights a token by 1 / (its batch's unmasked tokens).
+
+    Example:
+        >>> model = nn.Linear(3, 1)
+        >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+        >>> H = hessian(model, lambda o, t: ((o - t) ** 2).sum(), (x, y), reduction="sum")
+        >>> H.reduction
+        'sum'
     """
     check_arguments(model=model, loss_fn=loss_fn, mode=mode, max_block=max_block, micro_batch_size=micro_batch_size,
                     distributed=distributed, cache=cache)
     return HessianOperator(model, loss_fn, data, mode=mode, max_block=max_block,
-                           micro_batch_size=micro_batch_size, distributed=distributed, cache=cache)
+                           micro_batch_size=micro_batch_size, distributed=distributed, cache=cache,
+                           reduction=reduction)
