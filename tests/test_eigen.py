@@ -153,7 +153,7 @@ def test_unconverged_pairs_are_flagged_and_warned():
     with pytest.warns(RuntimeWarning, match="max_matvecs"):
         result = ld.eigenpairs(A, k=3, which="largest", tol=1e-10, max_matvecs=6)
     assert not result.all_converged and not result.converged.any()
-    assert result.matvecs == 6
+    assert result.matvecs == 6 + 3  # the budget, plus one product per pair for its true residual
     assert "NO" in str(result)
     # residual norms are true residuals, and each Ritz value is within its residual of some
     # eigenvalue (Krylov-Weinstein), converged or not
@@ -172,3 +172,117 @@ def test_seed_reproducible_and_result_serializable():
     d = a.to_dict()
     assert "eigenvectors" not in d and d["which"] == "both" and len(d["eigenvalues"]) == 4
     assert "eigenvalue" in str(a)
+
+
+# --- issue 18: repeated eigenvalues, true residuals, Ctrl-C in a restart -----------------------
+
+REPEATED = [5.0, 5.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.25]
+
+
+@pytest.mark.parametrize("n_bulk", [0, 200])
+def test_repeated_eigenvalue_found_with_its_multiplicity(n_bulk):
+    """eigenpairs(k=3) on {5, 5, 5, 3, 2, ...} was [5, 3, 2], all flagged converged."""
+    spectrum = REPEATED + list(np.linspace(-1.0, 0.2, n_bulk))
+    A = known_spectrum(spectrum)
+    exact = np.sort(np.array(spectrum))[::-1]
+    for which, expected in [("largest", exact[:3]), ("largest_magnitude", exact[:3]),
+                            ("both", np.concatenate([exact[:3], exact[-3:]]))]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = ld.eigenpairs(A, k=3, which=which, tol=1e-8)
+        assert result.all_converged
+        np.testing.assert_allclose(result.eigenvalues, expected, atol=1e-7)
+        assert np.all(np.abs(result.eigenvalues - expected) <= 3 * result.error_bounds + 1e-15)
+        V = result.eigenvectors
+        assert torch.allclose(V.T @ V, torch.eye(V.shape[1], dtype=torch.float64), atol=1e-8)
+
+
+def test_repeated_smallest_and_magnitude_ends():
+    spectrum = [4.0, 1.0] + list(np.linspace(-0.5, 0.5, 100)) + [-6.0, -6.0]
+    A = known_spectrum(spectrum)
+    r = ld.eigenpairs(A, k=2, which="smallest", tol=1e-8)
+    np.testing.assert_allclose(r.eigenvalues, [-6.0, -6.0], atol=1e-7)
+    r = ld.eigenpairs(A, k=3, which="largest_magnitude", tol=1e-8)
+    np.testing.assert_allclose(r.eigenvalues, [4.0, -6.0, -6.0], atol=1e-7)  # sorted by value
+    assert r.which == "largest_magnitude" and r.all_converged
+
+
+def test_last_layer_only_model_has_exactly_repeated_eigenvalues():
+    """hessian-eigenthings-style: only the last layer of an MLP trainable under MSE; the Hessian
+    is I_3 (x) (A^T A / n): every eigenvalue three times. Was [2.285, 1.183, 0.561] converged."""
+    from peer_cases import last_layer
+
+    model, loss_fn, data = last_layer()
+    lam = torch.linalg.eigvalsh(ld.dense_hessian(model, loss_fn, data).double()).numpy()[::-1]
+    assert lam[0] - lam[2] < 1e-12 * lam[0] and lam[2] - lam[3] > 0.1 * lam[0]  # the test can tell
+    op = ld.hessian(model, loss_fn, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = ld.eigenpairs(op, k=4, tol=1e-8)
+    assert result.all_converged
+    err = np.abs(result.eigenvalues - lam[:4])
+    assert np.all(err <= 3 * result.error_bounds), (err, result.error_bounds)
+
+
+def test_pairs_are_not_flagged_converged_while_the_search_for_copies_is_unfinished():
+    A = known_spectrum(REPEATED + list(np.linspace(-1.0, 0.2, 200)))
+    full = ld.eigenpairs(A, k=3, tol=1e-8)
+    assert full.all_converged
+    cut_at = None
+    for budget in range(8, full.matvecs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = ld.eigenpairs(A, k=3, tol=1e-8, max_matvecs=budget)
+        if not np.allclose(r.eigenvalues, [5.0, 5.0, 5.0], atol=1e-6):
+            assert not r.converged.all(), (budget, r.eigenvalues, r.converged)
+            cut_at = budget
+    assert cut_at is not None  # some budgets stop the search before all copies are in
+
+
+def test_residuals_are_true_residuals_in_float32():
+    """Converged pairs of a float32 model: the Lanczos estimate of the residual is ~0, the true
+    ||Hv - lambda v|| is the float32 rounding (it was printed as 0.0e+00)."""
+    from cases import BY_ID, case_reference
+
+    case_id = "mlp-tanh-mse-batches-eval"
+    model, loss_fn, data = BY_ID[case_id].make()
+    op = ld.hessian(model, loss_fn, data)
+    result = ld.eigenpairs(op, k=3, tol=1e-6)
+    H = case_reference(case_id)
+    V = result.eigenvectors
+    true = (H @ V - V * torch.as_tensor(result.eigenvalues)).norm(dim=0).numpy()
+    assert np.all(result.residual_norms > 0)
+    np.testing.assert_allclose(result.residual_norms, true, rtol=0.5, atol=1e-6 * float(H.norm()))
+    lam = torch.linalg.eigvalsh(H).numpy()[::-1][:3]
+    assert np.all(np.abs(result.eigenvalues - lam) <= 3 * result.error_bounds)
+
+
+class _InterruptAt:
+    """A dense operator raising KeyboardInterrupt at product ``stop`` (column count)."""
+
+    def __init__(self, A: torch.Tensor, stop: int) -> None:
+        self.A, self.shape, self.stop, self.done = A, A.shape, stop, 0
+
+    def __matmul__(self, X: torch.Tensor) -> torch.Tensor:
+        self.done += X.shape[1]
+        if self.done >= self.stop:
+            raise KeyboardInterrupt
+        return self.A @ X
+
+
+def test_ctrl_c_anywhere_returns_a_consistent_flagged_result():
+    """Small ncv: many thick restarts, then the search for copies. A Ctrl-C at any product gives
+    a flagged partial result, never a crash, and never a pair flagged converged whose cluster
+    was not checked."""
+    A = known_spectrum(REPEATED + list(np.linspace(-1.0, 0.2, 60)))
+    full = ld.eigenpairs(A, k=3, tol=1e-10, ncv=8)
+    for stop in range(2, full.matvecs + 1, 3):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = ld.eigenpairs(_InterruptAt(A, stop), k=3, tol=1e-10, ncv=8)
+        assert r.interrupted
+        assert r.eigenvectors.shape == (A.shape[0], len(r.eigenvalues))
+        # flagged converged only once the search for copies finished (a Ctrl-C during the
+        # residual products comes after it)
+        assert not r.converged.any() or np.allclose(r.eigenvalues, [5.0, 5.0, 5.0], atol=1e-8)
+        assert np.all(r.eigenvalues <= 5.0 + 1e-9)  # Rayleigh quotients
