@@ -234,3 +234,4 @@ PEER_CASES = [
     PeerCase("resnet8", resnet8, "PyHessian"),
 ]
 PEER_IDS = [c.name for c in PEER_CASES]
+BY_NAME = {c.name: c for c in PEER_CASES}

@@ -317,3 +317,71 @@ def test_cuda_saddle_and_escape():
     assert point.kind == "saddle_point" and point.min_eigenvalue == pytest.approx(-2.0, abs=1e-5)
     result = ld.escape_saddle(model, p.loss_fn, data, critical=point, apply=True)
     assert result.applied and float((model.w1 * model.w2).detach().cpu()) == pytest.approx(1.0, abs=1e-3)
+
+
+# -- issue 18: the gradient decides early, a zero tolerance from rounding, Ctrl-C -----------------
+def test_gradient_alone_decides_not_critical_matrix_free():
+    """~941 products were spent (249 s on a GPT-2) when the gradient alone said "not critical"."""
+    model = Quadratic([4.0, 2.0, 1.0, -0.5, 0.25] * 20, at=[0.3] * 100)
+    point = classify(model, dense=False)
+    assert point.kind == "not_critical" and point.ratio_method == "none"
+    assert 0 < point.matvecs <= 60
+    assert math.isnan(point.min_eigenvalue) and "skipped" in point.evidence
+    assert point.grad_tol == pytest.approx(1e-2 * math.sqrt(2 * point.loss * 4.0), rel=2e-2)
+    absolute = classify(model, dense=False, grad_tol=1e-3)
+    assert absolute.kind == "not_critical" and absolute.matvecs == 0
+    d = absolute.to_dict()
+    assert d["min_eigenvalue"] is None and d["kind"] == "not_critical"
+    # a point the gradient does not decide still gets the whole test
+    near = classify(Quadratic([4.0, 2.0, 1.0, -0.5, 0.25] * 20), dense=False, k=2)
+    assert near.kind == "saddle_point" and near.ratio_method == "slq"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dense", [True, False])
+def test_ill_conditioned_positive_definite_minimum_is_a_minimum(dtype, dense):
+    """Condition number 9,000: the smallest eigenvalue is 1.1e-4 of ||H||, far above rounding.
+    The old zero tolerance (1e-4 of the spread) called it "degenerate"."""
+    spectrum = [9.0, 5.0, 2.0, 1.0, 0.1, 0.01, 0.001]
+    point = classify(Quadratic(spectrum, seed=2, dtype=dtype), dense=dense, k=2)
+    assert point.kind == "local_minimum", point
+    assert point.eig_tol < 0.001 and "eps" in point.eig_tol_basis
+    assert point.min_eigenvalue == pytest.approx(0.001, rel=1e-3)
+
+
+def test_ctrl_c_at_a_strict_saddle_is_undetermined_never_a_verdict():
+    """A Ctrl-C during the spectrum at a strict saddle returned "local minimum", unflagged. Here
+    the Ctrl-C arrives in the progress callback, i.e. between two Hessian-vector products, at
+    moments spread over the whole run (the rough norm, the Lanczos runs, the quadrature)."""
+
+    class Interrupting:
+        def __init__(self, stop):
+            self.stop, self.calls = stop, 0
+
+        def __call__(self, done, total):
+            self.calls += 1
+            if self.calls == self.stop:
+                raise KeyboardInterrupt
+
+    spectrum = [3.0, 2.0, 1.0, 0.5, 0.2] * 8 + [-0.05]  # the negative one is found last
+    counter = Interrupting(None)
+    reference = ld.classify_critical_point(Quadratic(spectrum, seed=4), mean_output, ONE, dense=False, k=1,
+                                           progress=counter)
+    assert reference.kind == "saddle_point"
+    kinds = set()
+    for stop in list(range(2, counter.calls, max(1, counter.calls // 15))):
+        model = Quadratic(spectrum, seed=4)
+        before = model.theta.detach().clone()
+        try:
+            point = ld.classify_critical_point(model, mean_output, ONE, dense=False, k=1, progress=Interrupting(stop))
+        except KeyboardInterrupt:  # before the gradient finished: nothing to return
+            assert torch.equal(model.theta.detach(), before)
+            continue
+        assert torch.equal(model.theta.detach(), before)
+        if point.interrupted:
+            assert point.kind == "undetermined" and "INTERRUPTED" in str(point)
+            assert point.to_dict()["interrupted"] is True
+        else:
+            assert point.kind == "saddle_point"
+        kinds.add(point.kind)
+    assert "undetermined" in kinds

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import lossdoctor as ld
@@ -48,3 +49,35 @@ def test_exhausted_krylov_space_gives_exact_eigenvalues():
         assert abs(weights.sum() - 1.0) < 1e-12
     assert d.negative_fraction > 0 and "negative fraction" in str(d)
     assert set(d.to_dict()) >= {"grid", "density", "negative_fraction", "seed"}
+
+
+# --- issue 18: the quadrature's bias in the error bar --------------------------------------------
+
+def test_negative_fraction_error_covers_the_quadrature_bias():
+    """A continuum through zero plus a zero cluster (rank deficiency): with few Lanczos steps the
+    probes agree with each other (small spread) on a biased count; the bracket of each probe's
+    quadrature puts the truth back inside +/- 3 errors, with no slack added by the test."""
+    lam = list(np.linspace(-1.0, 3.0, 400)) + [0.0] * 150
+    A = known_spectrum(lam)
+    truth_cache = {}
+    for seed in range(4):
+        d = ld.spectral_density(A, num_probes=8, lanczos_steps=30, seed=seed)
+        if d.zero_tol not in truth_cache:
+            truth_cache[d.zero_tol] = float((np.array(lam) < -d.zero_tol).mean())
+        truth = truth_cache[d.zero_tol]
+        assert abs(d.negative_fraction - truth) <= 3 * d.negative_fraction_error, (seed, d, truth)
+        assert d.negative_fraction_bias > 0 and d.residuals is not None
+        assert "bias" in str(d)
+
+
+def test_fraction_bracket_is_exact_when_the_nodes_are_eigenvalues():
+    from lossdoctor.curvature.density import fraction_below
+
+    nodes = [np.array([-1.0, 0.5, 2.0])] * 3
+    weights = [np.array([0.2, 0.3, 0.5])] * 3
+    exact = [np.zeros(3)] * 3
+    est, err, bias = fraction_below(nodes, weights, exact, -0.1)
+    assert est == pytest.approx(0.2) and bias == 0.0 and err == pytest.approx(0.0, abs=1e-15)
+    loose = [np.array([1.0, 1.0, 1.0])] * 3  # residuals reach across the threshold
+    est, err, bias = fraction_below(nodes, weights, loose, -0.1)
+    assert est == pytest.approx(0.25) and bias == pytest.approx(0.25) and err == pytest.approx(0.25 / 3)

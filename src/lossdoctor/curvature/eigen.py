@@ -450,7 +450,7 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
         residual_norms=residuals[order].copy(), error_bounds=bounds[order].copy(),
         converged=converged[order].copy(), matvecs=count.done, which=which, tol=tol, seed=seed,
         num_params=n, interrupted=interrupted, mode=operator_mode(op))
-    if not result.all_converged:
+    if not result.all_converged and not interrupted:  # an interrupted result is flagged as such
         bad = int((~result.converged).sum())
         why = ("" if certified else " (or the search for missed copies of repeated eigenvalues did not finish)")
         warnings.warn(

@@ -63,13 +63,15 @@ def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Te
     return vectors
 
 
-def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int
+def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, *, last_beta: bool = False
                                ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Run ``steps`` Lanczos iterations from each column of ``start`` independently, with full
     reorthogonalization, multiplying all columns in one ``matmul`` per step.
 
     Returns, per column, the diagonal ``alpha`` and off-diagonal ``beta`` of its tridiagonal.
-    A column whose Krylov space is exhausted early stops there (shorter tridiagonal).
+    A column whose Krylov space is exhausted early stops there (shorter tridiagonal). With
+    ``last_beta``, a third element: the norm of the last residual (0 where the Krylov space was
+    exhausted), which gives each Ritz value its residual ``last_beta * |last row of S|``.
     """
     n, k = start.shape
     steps = min(steps, n)
@@ -78,6 +80,7 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int
     alphas: list[list[float]] = [[] for _ in range(k)]
     betas: list[list[float]] = [[] for _ in range(k)]
     active = list(range(k))
+    final = [0.0] * k
     for step in range(steps):
         cols = torch.stack([bases[c][-1] for c in active], dim=1)
         w = matmul(cols)
@@ -87,10 +90,13 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int
             wc = w[:, j]
             alpha = float(bases[c][-1] @ wc)
             alphas[c].append(alpha)
-            if step == steps - 1:
+            if step == steps - 1 and not last_beta:
                 continue
             wc = orthogonalize(wc.unsqueeze(1), basis).squeeze(1)
             beta = float(wc.norm())
+            if step == steps - 1:
+                final[c] = beta
+                continue
             scale = max(abs(a) for a in alphas[c]) + (max(betas[c]) if betas[c] else 0.0)
             if beta <= 1e-12 * max(scale, 1e-300):
                 continue
@@ -100,8 +106,11 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int
         active = still
         if not active:
             break
-    return [(torch.tensor(alphas[c], dtype=torch.float64), torch.tensor(betas[c][: len(alphas[c]) - 1],
-             dtype=torch.float64)) for c in range(k)]
+    out = [(torch.tensor(alphas[c], dtype=torch.float64), torch.tensor(betas[c][: len(alphas[c]) - 1],
+            dtype=torch.float64)) for c in range(k)]
+    if last_beta:
+        return [(a, b, final[c]) for c, (a, b) in enumerate(out)]
+    return out
 
 
 def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
