@@ -346,7 +346,8 @@ def interrupted(*results: Any) -> bool:
 @problem_option
 @checkpoint_option
 @click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="Eigenpairs per end of the spectrum.")
-@click.option("--which", type=click.Choice(["largest", "smallest", "both"]), default="both", show_default=True)
+@click.option("--which", type=click.Choice(["largest", "smallest", "both", "largest_magnitude"]), default="both",
+              show_default=True)
 @click.option("--tol", type=POSITIVE, default=1e-6, show_default=True, help="Relative accuracy of the eigenvalues.")
 @click.option("--trace-matvecs", type=click.IntRange(min=0), default=99, show_default=True,
               help="Products for the Hutch++ trace (0: skip; otherwise at least 3).")
