@@ -122,13 +122,18 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                     device: torch.device | str = "cpu",
                     progress: Progress | None = None, start: torch.Tensor | None = None,
                     decided: Callable[[np.ndarray, np.ndarray], bool] | None = None,
-                    deflate: torch.Tensor | None = None, min_steps: int = 1) -> EigenResult:
+                    deflate: torch.Tensor | None = None, min_steps: int = 1,
+                    keep_products: bool = False) -> EigenResult:
     """Thick-restart Lanczos on ``matmul`` (float64 ``(n, 1)`` -> ``(n, 1)``), from ``start``
     (default: a Gaussian vector drawn from ``seed``). ``decided(values, residuals)`` of the wanted
     Ritz values may end the run before they converge (the search for missed eigenvalues).
     ``deflate``: orthonormal columns ``matmul`` projects out; the run stays orthogonal to them
     (fresh directions included) and its space has ``n - deflate.shape[1]`` dimensions.
-    ``min_steps``: no convergence or decision is accepted before this many products."""
+    ``min_steps``: no convergence or decision is accepted before this many products.
+    ``keep_products``: also keep ``matmul`` of every basis vector (rotated with the basis at each
+    restart), so the returned pairs' products ``H Y`` cost nothing more (``result._products``):
+    their true residuals without a product per pair. Doubles the basis memory; skipped where
+    that would pass ~1 GiB."""
     dim = n - (0 if deflate is None else int(deflate.shape[1]))
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
@@ -153,6 +158,8 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     # step copies the basis (growing it by concatenation held two copies at each step).
     store = torch.empty(ncv + 1, n, dtype=q.dtype, device=q.device)
     store[0] = q / q.norm()
+    keep_products = keep_products and 2 * (ncv + 1) * n * 8 <= 2**30
+    hstore = torch.empty(ncv + 1, n, dtype=q.dtype, device=q.device) if keep_products else None
     m = 1
     T = np.zeros((0, 0))
     b = np.zeros(0)  # H Q^T = Q^T T + r b^T
@@ -174,6 +181,8 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
             q = store[m - 1]
             w = matmul(q.unsqueeze(1)).squeeze(1)
             matvecs += 1
+            if hstore is not None:
+                hstore[m - 1] = w
             coupling = beta * b
             alpha = float(q @ w)
             w = w - alpha * q
@@ -220,6 +229,8 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                 beta = 0.0
                 if m == store.shape[0]:  # invariant subspaces in a row at the restart size: rare
                     store = torch.cat([store, torch.empty_like(store[:1])])
+                    if hstore is not None:
+                        hstore = torch.cat([hstore, torch.empty_like(hstore[:1])])
                 store[m] = r
                 m += 1
                 b = np.zeros(T.shape[0])
@@ -234,7 +245,10 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                     keep = min(T.shape[0] - 1, n_wanted + max(2, (ncv - n_wanted) // 2))
                     idx_keep = _wanted(theta, which, (keep + 1) // 2 if which == "both" else keep)
                     Sk = S[:, idx_keep]
-                    store[:len(idx_keep)] = torch.as_tensor(Sk.T, dtype=store.dtype, device=store.device) @ store[:m]
+                    rotate = torch.as_tensor(Sk.T, dtype=store.dtype, device=store.device)
+                    store[:len(idx_keep)] = rotate @ store[:m]
+                    if hstore is not None:
+                        hstore[:len(idx_keep)] = rotate @ hstore[:m]
                     m = len(idx_keep)
                     T = np.diag(theta[idx_keep])
                     b = Sk.T @ b
@@ -268,6 +282,10 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
         num_params=n, interrupted=interrupted)
     object.__setattr__(result, "_exhaustive", exhaustive and not interrupted)  # private: no field
     object.__setattr__(result, "_gaps", _ritz_gaps(theta)[idx])  # to the nearest other Ritz value
+    if hstore is not None and not interrupted:
+        rows = hstore[:basis.shape[0]]
+        object.__setattr__(result, "_products",
+                           (torch.as_tensor(S[:, idx], dtype=rows.dtype, device=rows.device).T @ rows).T)
     if not result.all_converged:
         bad = int((~result.converged).sum())
         warnings.warn(
@@ -329,7 +347,8 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
     the pairs and the search repeats until a run finds nothing that belongs. A pair is flagged
     converged only when its own error bound is below ``tol`` *and* that search finished (a
     cluster cannot be incomplete). ``residual_norms`` are the true ``||H v - lambda v||``, from
-    one extra product per pair (``matvecs`` counts them).
+    the operator's own products (the run keeps ``H q`` of its basis vectors, so ``H v`` is a
+    combination of them; a pair the search added costs one product; ``matvecs`` counts all).
 
     Args:
         op: anything with ``.shape`` and ``op @ matrix`` (a :class:`HessianOperator`, a dense
@@ -341,7 +360,7 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
             ``tol * max(|lambda|, 1e-3 * ||H||)``.
         seed: seed of the random start vectors.
         max_matvecs: budget of operator products (default ``max(300, 40 k)``), the search for
-            missed copies included; the true residuals add one product per pair returned.
+            missed copies included (at least 8 products); a pair the search adds costs one more.
         ncv: largest Krylov basis kept before a thick restart (memory: ``ncv`` float64 vectors).
         progress: called as ``progress(matvecs_done, max_matvecs)`` after each product.
 
@@ -363,11 +382,12 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # warned once below, on the final pairs
         first = lanczos_extreme(count, n, k=k, which=inner, tol=tol, seed=seed, max_matvecs=max_matvecs,
-                                ncv=ncv, device=device)
+                                ncv=ncv, device=device, keep_products=True)
     values = np.asarray(first.eigenvalues, dtype=np.float64)
     vectors = first.eigenvectors.to(torch.float64)
     bounds = np.asarray(first.error_bounds, dtype=np.float64)
     ritz_gaps = np.asarray(getattr(first, "_gaps", np.full(len(values), np.inf)), dtype=np.float64)
+    products = getattr(first, "_products", None)  # H @ vectors from the run's own products
     converged = np.asarray(first.converged, dtype=bool)
     interrupted = first.interrupted
     certified = getattr(first, "_exhaustive", False) or len(values) >= n  # the Krylov space was everything
@@ -377,12 +397,17 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
         beyond = [float(x) for i, x in enumerate(values) if i not in set(keep.tolist())]
         values, vectors, bounds, converged = values[keep], vectors[:, keep], bounds[keep], converged[keep]
         ritz_gaps = ritz_gaps[keep]
+        products = None if products is None else products[:, keep]
     hnorm = float(np.abs(values).max()) if len(values) else 0.0
     if not interrupted and not certified and bool(np.all(converged)):
         try:
-            values, vectors, bounds, converged, ritz_gaps, certified, beyond = _find_missed(
+            m0 = len(values)
+            values, vectors, bounds, converged, ritz_gaps, kept, certified, beyond = _find_missed(
                 count, n, k, which, tol, seed, ncv, device, max_matvecs, values, vectors, bounds, converged,
                 ritz_gaps, beyond)
+            if products is not None:  # pairs the search added have no product yet
+                cols = [products[:, i] if i < m0 else torch.full_like(products[:, 0], math.nan) for i in kept]
+                products = torch.stack(cols, dim=1)
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
             certified = False
@@ -391,7 +416,15 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
     true_residuals = False
     if not interrupted and len(values):
         try:
-            HV = count(vectors)
+            if products is None:
+                HV = count(vectors)
+            else:
+                # The run's own products (float64 combinations of what the operator returned)
+                # give H V without a product per pair; only pairs the search added need one.
+                HV = products.to(vectors.dtype).clone()
+                missing = [i for i in range(HV.shape[1]) if bool(torch.isnan(HV[:, i]).any())]
+                if missing:
+                    HV[:, missing] = count(vectors[:, missing])
             # Rayleigh-Ritz on the pairs' span (free: H V is needed for the residuals anyway):
             # pairs found by different runs couple through the residuals of the ones deflated
             # (a copy found to an eigenvalue accuracy of r^2/gap has residual r); rotating by the
@@ -503,7 +536,7 @@ def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: 
         keep = np.sort(_select(found_values, which, k))
         out = np.setdiff1d(np.arange(len(found_values)), keep)
         return (found_values[keep], found_vectors[:, keep], found_bounds[keep], found_conv[keep], found_gaps[keep],
-                finished,
+                keep, finished,
                 beyond + [float(x) for x in found_values[out]])
 
     sides = _sides(which)
