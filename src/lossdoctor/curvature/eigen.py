@@ -9,7 +9,6 @@ residual test alone and none is reported silently when it is not.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from collections.abc import Callable

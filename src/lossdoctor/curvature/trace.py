@@ -109,9 +109,9 @@ def _extend_basis(Q: torch.Tensor, rank: int, B: torch.Tensor, reference: float)
             B = B - Q[:, :rank] @ (Q[:, :rank].T @ B)
     if B.shape[1] == 0 or not torch.isfinite(B).all():
         return rank
-    U, S, _ = torch.linalg.svd(B, full_matrices=False)
+    U, sing, _ = torch.linalg.svd(B, full_matrices=False)
     cut = max(1e3 * eps * math.sqrt(Q.shape[0]) * reference, torch.finfo(Q.dtype).tiny)
-    U = U[:, S > cut]
+    U = U[:, sing > cut]
     if U.shape[1] == 0:
         return rank
     for _ in range(2):  # the SVD's vectors are orthonormal among themselves; re-project once more
