@@ -114,7 +114,9 @@ def test_problem_validates_its_parts():
     with pytest.raises(TypeError, match="Problem.model must be a torch.nn.Module"):
         ld.Problem("model", torch.nn.functional.mse_loss, (torch.zeros(1, 2), torch.zeros(1, 1)))
     with pytest.raises(TypeError, match="loss_fn must be callable"):
-        ld.Problem(model, None, (torch.zeros(1, 2), torch.zeros(1, 1)))
+        ld.Problem(model, 3, (torch.zeros(1, 2), torch.zeros(1, 1)))
+    # None is a loss too: the model's own outputs.loss (Hugging Face style).
+    assert ld.Problem(model, None, (torch.zeros(1, 2), torch.zeros(1, 1))).loss_fn is None
     with pytest.raises(TypeError, match="one-shot"):
         ld.Problem(model, torch.nn.functional.mse_loss, iter([]))
 
