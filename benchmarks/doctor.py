@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--only", choices=["validation", "monitor", "overhead"], default=None)
     parser.add_argument("--set", choices=["tuning", "held-out", "both"], default="both")
     parser.add_argument("--families", default=None, help="Comma-separated substrings of family keys.")
+    parser.add_argument("--first-seeds", type=int, default=None,
+                        help="Only the first N seeds of each set (the Monitor's treatment is slow).")
     parser.add_argument("--treat-steps", type=int, default=300)
     parser.add_argument("--overhead-steps", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
@@ -168,6 +170,8 @@ def main() -> None:
         f for f in sc.FAMILIES if any(s in f.key for s in args.families.split(","))]
     sets = {"tuning": [("tuning", dv.TUNE_SEEDS)], "held-out": [("held-out", dv.HELD_OUT_SEEDS)],
             "both": [("tuning", dv.TUNE_SEEDS), ("held-out", dv.HELD_OUT_SEEDS)]}[args.set]
+    if args.first_seeds is not None:
+        sets = [(label, seeds[:args.first_seeds]) for label, seeds in sets]
     print(f"lossdoctor doctor benchmark, torch {torch.__version__}, {load()}")
     studies = []
     if args.only in (None, "validation"):

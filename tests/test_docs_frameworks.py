@@ -1,4 +1,5 @@
-"""The README's framework examples run as written (each skips when its framework is missing)."""
+"""The framework page's examples (docs/frameworks.md, linked from the README) run as written (each
+skips when its framework is missing)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,11 @@ import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-SECTION = "## Your framework's models and batches"
+PAGE = Path(__file__).resolve().parent.parent / "docs" / "frameworks.md"
 
 
 def examples() -> list[str]:
-    text = README.read_text()
-    start = text.index(SECTION)
-    end = text.index("\n## ", start + len(SECTION))
-    return re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
+    return re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.S)
 
 
 def test_there_is_one_example_per_framework():
@@ -36,4 +33,4 @@ def test_readme_example_runs(index, needs, tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     code = examples()[index]
-    exec(compile(code, f"README.md example {index}", "exec"), {"__name__": f"readme_example_{index}"})
+    exec(compile(code, f"docs/frameworks.md example {index}", "exec"), {"__name__": f"readme_example_{index}"})
