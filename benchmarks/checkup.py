@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import lossdoctor as ld
+from lossdoctor.checkup import BUDGET
 from lossdoctor.report.checkup import write
 from lossdoctor.studies import stall_cases as sc
 
@@ -113,7 +114,7 @@ def main() -> None:
     args = parser.parse_args()
     families = {f.key: f for f in sc.FAMILIES}
     out_root = Path(args.out)
-    print(f"# checkup at its default budget ({ld.checkup.__kwdefaults__['budget']:.0f} s), seed {args.seed}, "
+    print(f"# checkup at its default budget ({BUDGET:.0f} s), seed {args.seed}, "
           f"{load()}, torch threads {torch.get_num_threads()}\n")
     rows = []
     cases = [(name, lambda key=key: families[key].build(args.seed)) for name, key in CASES.items()]
