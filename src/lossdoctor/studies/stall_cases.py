@@ -257,6 +257,17 @@ def _lam_ls(x: torch.Tensor) -> float:
 
 
 # -- families: progressing -----------------------------------------------------------------------------
+def _top_eigenvalue(model: nn.Module, data: tuple) -> float:
+    """λ_max of the cross-entropy Hessian to 1e-3, to set a scenario's lr (a loose pair is fine here)."""
+    import warnings
+
+    from ..curvature import eigenpairs, hessian
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(eigenpairs(hessian(model, F.cross_entropy, data), k=1, which="largest", tol=1e-3).eigenvalues[0])
+
+
 def healthy_mlp_adam(seed: int) -> Stall:
     x, y = mnist(seed)
     model = mlp(seed, 64)
@@ -396,9 +407,7 @@ def valley_logistic(seed: int) -> Stall:
     xs = x * scales[perm]
     torch.manual_seed(seed)
     model = nn.Linear(40, 10)
-    from ..curvature import eigenpairs, hessian
-
-    lam = float(eigenpairs(hessian(model, F.cross_entropy, (xs, y)), k=1, which="largest", tol=1e-3).eigenvalues[0])
+    lam = _top_eigenvalue(model, (xs, y))
     opt = torch.optim.SGD(model.parameters(), lr=1.0 / lam)
     return _run(model, F.cross_entropy, opt, [(xs, y)], (xs, y), 400, switch_to_adam(1e-2), 300)
 
@@ -637,9 +646,7 @@ def converged_mlp(seed: int) -> Stall:
     x, y = mnist(seed, 128)
     model = mlp(seed, 8, act=nn.Tanh)
     minimize_full_batch(model, F.cross_entropy, (x, y), max_iters=400, target=1e-6)
-    from ..curvature import eigenpairs, hessian
-
-    lam = float(eigenpairs(hessian(model, F.cross_entropy, (x, y)), k=1, which="largest", tol=1e-3).eigenvalues[0])
+    lam = _top_eigenvalue(model, (x, y))
     opt = torch.optim.SGD(model.parameters(), lr=0.5 / lam)
     return _run(model, F.cross_entropy, opt, [(x, y)], (x, y), 100, set_lr(0.5 / lam), 100)
 
