@@ -50,7 +50,6 @@ from ._checks import (
     check_loss_fn,
     check_module,
     check_optimizer,
-    check_progress,
     check_seed,
 )
 from ._results import ResultMixin, fmt
@@ -64,7 +63,7 @@ from .data import check_data, is_single_batch
 from .doctor.diagnosis import Diagnosis, diagnose
 from .doctor.measure import first_samples
 from .doctor.trend import WINDOW
-from .doctor.trials import default_train_step, next_batches, snapshot
+from .doctor.trials import default_train_step, next_batches, snapshot, trial_optimizer
 from .model_state import trainable_parameters
 from .progress import Progress, with_progress
 from .training.lr_finder import LRRangeResult, lr_range_test
@@ -178,13 +177,11 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
     window = check_int(window, "window", minimum=4)
     lr = check_lr(lr)
     seed = check_seed(seed)
-    check_progress(progress)
     check_data(data)
     if optimizer is None and lr is None:
         raise ValueError("checkup needs the optimizer you train with (or lr= for plain SGD): the doctor models its "
                          "steps and tries its prescriptions with it.")
-    trial_optimizer = optimizer if optimizer is not None else torch.optim.SGD(
-        [p for _, p in trainable_parameters(model)], lr=lr)
+    trial_opt = trial_optimizer(model, optimizer, lr)
     sections: list[CheckupSection] = []
     interrupted = False
     total = 10  # the doctor and at most nine sections after it (some apply only to some models)
@@ -200,7 +197,7 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
     t0 = time.perf_counter()
     source = "given"
     if history is None:
-        history = _probe_history(model, loss_fn, data, trial_optimizer, 2 * window, train_step)
+        history = _probe_history(model, loss_fn, data, trial_opt, 2 * window, train_step)
         source = f"a probe run of {len(history)} steps of your optimizer from an exact snapshot (then undone)"
     d = diagnose(model, loss_fn, data, history=history, optimizer=optimizer, lr=None if optimizer is not None else lr,
                  window=window, checkpoint=checkpoint, train_step=train_step, seed=seed)
@@ -290,7 +287,7 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
                     lambda: gradient_noise_scale(model, loss_fn, data, small_batch=max(2, min(32, m.batch_size or 32)),
                                                  pairs=20, seed=seed))
     lr_range = run("lr-range", "learning-rate range test around the current lr", 2.0,
-                   lambda: _range_around(model, loss_fn, data, trial_optimizer))
+                   lambda: _range_around(model, loss_fn, data, trial_opt))
     results.update(spectrum=spectrum, density=density, layers=layers, critical=critical, escape_profile=escape,
                    landscape_top=top, landscape_random=rand, noise=noise, lr_range=lr_range)
     if progress is not None:

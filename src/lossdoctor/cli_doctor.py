@@ -268,12 +268,10 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
 
 def _final_checkup(prob: Any, optimizer: Any, monitor: Any, report_dir: Path, budget: float) -> Path:
     """No stall was diagnosed: the checkup page of the model where training ended."""
-    from . import checkup
-    from .report.checkup import write
+    from .report.checkup import monitor_checkup, write
 
-    result = checkup(prob.model, prob.loss_fn, prob.train_data, history=list(monitor.record.losses),
-                     optimizer=optimizer, budget=budget, window=monitor.window)
-    return write(result, report_dir, title=f"lossdoctor checkup: {prob.name}")
+    return write(monitor_checkup(monitor, optimizer, budget=budget), report_dir,
+                 title=f"lossdoctor checkup: {prob.name}")
 
 
 @click.command("checkup")

@@ -44,7 +44,6 @@ from .._results import ResultMixin, fmt
 from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
 from ..data import call_model, place
-from ..model_state import trainable_parameters
 from ..progress import Progress, scaled, with_progress
 from .candidates import Candidate, candidates
 from .explain import CAUSE_TITLES, describe_action, evidence, layer_evidence, summary
@@ -62,7 +61,7 @@ from .prescriptions import Prescription
 from .rules import CAUSES as RULE_CAUSES
 from .rules import Decision, Evidence, decide, overturns_progress, slow_progress
 from .trend import WINDOW, LossTrend, read_history
-from .trials import TrainStep, TrialReport, run_trials
+from .trials import TrainStep, TrialReport, run_trials, trial_optimizer
 
 # Every value Diagnosis.cause takes: the rules' causes, and "undetermined" (interrupted before the
 # measurements finished, or stalled with no measured cause standing out).
@@ -318,11 +317,9 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
                                       "measurement")
     decision = decide(m, previous=previous)
     batches = first_samples(data, samples, batch)
-    trial_optimizer = optimizer
-    if trial_optimizer is None and lr is not None:
-        trial_optimizer = torch.optim.SGD([p for _, p in trainable_parameters(model)], lr=lr)
+    trial_opt = trial_optimizer(model, optimizer, lr)
 
-    def prescribe(decision: Decision, force: bool = False
+    def prescribe(decision: Decision
                   ) -> tuple[list[Prescription], TrialReport | None, bool, bool, LayerCurvature | None]:
         """Candidates for ``decision``, tried when asked (or stalled): (ranked, trials report,
         verified, interrupted, per-layer table)."""
@@ -355,8 +352,8 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
                                                        weight_decay=m.weight_decay),
                                   action=c.action, applicable=c.applicable, reason=c.why, payload=c.payload))
                  for c in cands]
-        run = verify is True or (verify == "auto" and (decision.stalled or force) and trial_optimizer is not None)
-        run = run and trial_optimizer is not None and any(c.applicable and c.action and not c.action.get("stop")
+        run = verify is True or (verify == "auto" and decision.stalled)
+        run = run and trial_opt is not None and any(c.applicable and c.action and not c.action.get("stop")
                                                           for c in cands)
         report, interrupted = None, False
         if run:
@@ -367,7 +364,7 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
             evals = first_samples(eval_data, samples) if eval_data is not None else batches
             try:
                 for attempt in range(2):
-                    trials, report = run_trials(model, loss_fn, data, trial_optimizer, tryable, steps=steps,
+                    trials, report = run_trials(model, loss_fn, data, trial_opt, tryable, steps=steps,
                                                 eval_batches=evals, mode=m.mode, train_step=train_step,
                                                 budget=trial_budget, progress=scaled(progress, budget, 2 * budget))
                     # Adaptive length: when nothing separated from the control, try once more twice as long.
@@ -390,10 +387,10 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimiz
 
     ranked, report, verified, interrupted, layers = prescribe(decision)
     slow = slow_progress(m, decision)
-    if slow is not None and verify is not False and trial_optimizer is not None and not interrupted:
+    if slow is not None and verify is not False and trial_opt is not None and not interrupted:
         # Still falling, but slowly, and a measured cause holds: its remedies are tried; the verdict
         # changes only if one of them beats continuing unchanged beyond the control's own noise.
-        tried = prescribe(slow, force=True)
+        tried = prescribe(slow)  # a hypothesis is a stalled decision: its remedies are tried
         gains = [p.trial.relative_gain for p in tried[0] if p.trial is not None and p.trial.better]
         if tried[2] and overturns_progress(gains):
             decision = slow

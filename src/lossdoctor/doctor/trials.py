@@ -28,7 +28,7 @@ from torch import nn
 
 from .._results import ResultMixin
 from ..data import forward, iter_batches, place
-from ..model_state import preserved_model, preserved_rng
+from ..model_state import preserved_model, preserved_rng, trainable_parameters
 from ..training.lr_finder import preserved_optimizer
 from .candidates import Candidate
 from .measure import batches_loss
@@ -88,6 +88,15 @@ def next_batches(data: Any, count: int) -> list[tuple[Any, torch.Tensor]]:
             if len(out) == before:
                 raise ValueError("data yielded no batches to train the trials on.")
     return out
+
+
+def trial_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    lr: float | None) -> torch.optim.Optimizer | None:
+    """What the trials train with: the user's optimizer, else plain SGD at ``lr`` over the
+    trainable parameters, else None (nothing to try with)."""
+    if optimizer is not None:
+        return optimizer
+    return None if lr is None else torch.optim.SGD([p for _, p in trainable_parameters(model)], lr=lr)
 
 
 def default_train_step(loss_fn: Callable) -> TrainStep:

@@ -207,6 +207,12 @@ def notebook_html(c: Checkup) -> str:
 
 
 
+def monitor_checkup(monitor: Any, optimizer: Any, *, budget: float = BUDGET) -> Checkup:
+    """The checkup of the model a Monitor watches, on the losses it has recorded so far."""
+    return checkup(monitor.model, monitor.loss_fn, monitor.data, history=list(monitor.record.losses),
+                   optimizer=optimizer, budget=budget, window=monitor.window, train_step=monitor.train_step)
+
+
 def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget: float = BUDGET,
                    every_stall: bool = False) -> Any:
     """Make a :class:`~lossdoctor.Monitor` write the checkup page when it diagnoses a stall.
@@ -216,8 +222,8 @@ def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget:
     costs up to ``budget`` seconds of the training run, each time it writes.
 
     Example:
-        >>> monitor = ld.Monitor(model, loss_fn, data)                       # doctest: +SKIP
-        >>> ld.attach_checkup(monitor, optimizer, "checkup-report")          # doctest: +SKIP
+        >>> from lossdoctor.report.checkup import attach_checkup             # doctest: +SKIP
+        >>> monitor = attach_checkup(ld.Monitor(model, loss_fn, data), optimizer, "checkup-report")  # doctest: +SKIP
 
     Returns:
         The monitor, so the call can wrap its construction.
@@ -235,9 +241,8 @@ def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget:
             previous(diagnosis)
         if not diagnosis.stalled or (written and not every_stall):
             return
-        c = checkup(monitor.model, monitor.loss_fn, monitor.data, history=list(monitor.record.losses),
-                    optimizer=optimizer, budget=budget, window=monitor.window, train_step=monitor.train_step)
-        written.append(write(c, out / f"step-{diagnosis.step}" if every_stall else out))
+        written.append(write(monitor_checkup(monitor, optimizer, budget=budget),
+                             out / f"step-{diagnosis.step}" if every_stall else out))
 
     monitor.callback = on_diagnosis
     monitor.checkup_pages = written
