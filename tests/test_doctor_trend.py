@@ -71,3 +71,23 @@ def test_bad_history(history, error, match):
 def test_nonfinite_losses_are_counted_not_averaged():
     t = loss_trend([1.0] * 50 + [math.nan] * 10)
     assert t.nonfinite == 10
+
+
+def test_the_monitors_cheap_statistics_agree_with_the_full_trend():
+    """The Monitor checks with trend.growth/separated_growth/stall_test (no LossTrend built):
+    they must give what loss_trend gives, on falling, flat, growing and heavy-tailed windows."""
+    import numpy as np
+
+    from lossdoctor.doctor import trend as T
+
+    rng = np.random.default_rng(0)
+    for n in (8, 9, 30, 60, 61, 120):
+        for slope, scale in ((-0.01, 0.01), (0.0, 0.05), (0.02, 0.01), (-0.001, 0.3)):
+            noise = rng.standard_t(2, n) if scale > 0.1 else rng.standard_normal(n)
+            w = 2.0 + slope * np.arange(n) + scale * noise
+            full = T.loss_trend(w, n)
+            assert abs(T.growth(w) - full.growth) <= 1e-12 * abs(full.growth)
+            assert abs(T.separated_growth(w) - full.separated_growth) <= 1e-12 * abs(full.separated_growth)
+            assert T.stall_test(w) == full.stalled
+            for q in (0.25, 0.5, 0.75):
+                assert abs(T._quantile_sorted(np.sort(w), q) - np.quantile(w, q)) <= 1e-12 * abs(np.quantile(w, q))

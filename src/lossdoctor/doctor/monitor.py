@@ -69,7 +69,7 @@ from ..training.step_signals import StepSignals
 from .diagnosis import Diagnosis, diagnose
 from .measure import first_samples
 from .prescriptions import Prescription, detach_hooks
-from .trend import DIVERGE_GROWTH, WINDOW, loss_trend, stall_test
+from .trend import DIVERGE_GROWTH, MIN_STEPS, WINDOW, growth, loss_trend, separated_growth, stall_test
 from .trials import TrainStep
 
 logger = logging.getLogger("lossdoctor.monitor")
@@ -325,8 +325,10 @@ class Monitor:
         return lam
 
     def _keep_checkpoint(self) -> None:
-        trend = loss_trend(self._losses, self.window)
-        if trend.growth > DIVERGE_GROWTH or not all(bool(torch.isfinite(p).all()) for p in self.params):
+        recent = np.asarray(self._losses[-self.window:], dtype=np.float64)
+        finite = recent[np.isfinite(recent)]
+        if (finite.size < MIN_STEPS or growth(finite) > DIVERGE_GROWTH
+                or not all(bool(torch.isfinite(p).all()) for p in self.params)):
             return
         self._checkpoint = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
@@ -339,10 +341,11 @@ class Monitor:
         recent = np.asarray(losses[-self.window:], dtype=np.float64)
         if not np.all(np.isfinite(recent)):
             return self.window
-        trend = loss_trend(recent, self.window)
+        # The cheap statistics only (no LossTrend): this runs every check inside the training loop.
         cos = np.asarray(self._cosines[-self.window:], dtype=np.float64)
-        cos_mean = float(np.nanmean(cos)) if np.isfinite(cos).any() else 0.0
-        if (trend.growth > DIVERGE_GROWTH and trend.separated_growth > 1) or cos_mean < COS_TRIGGER:
+        cos = cos[np.isfinite(cos)]
+        cos_mean = float(cos.mean()) if cos.size else 0.0
+        if (growth(recent) > DIVERGE_GROWTH and separated_growth(recent) > 1) or cos_mean < COS_TRIGGER:
             return self.window
         k = 1
         while k <= MAX_STALL_WINDOWS and k * self.window <= len(losses):

@@ -172,12 +172,67 @@ def stall_threshold(steps: int) -> float:
     return STALL_REL if steps <= WINDOW else 1 - (1 - STALL_REL) ** (steps / WINDOW)
 
 
+def _quantile_sorted(s: np.ndarray, q: float) -> float:
+    """``np.quantile(s, q)`` (linear interpolation) of an already sorted array, without numpy's
+    per-call overhead: the Monitor runs these on every check inside a training loop."""
+    pos = q * (s.size - 1)
+    lo = int(pos)
+    frac = pos - lo
+    if frac == 0.0 or lo + 1 >= s.size:
+        return float(s[lo])
+    return float(s[lo] + frac * (s[lo + 1] - s[lo]))
+
+
+def _median(w: np.ndarray) -> float:
+    return _quantile_sorted(np.sort(w), 0.5)
+
+
 def _noise(w: np.ndarray) -> float:
     """The standard deviation of iid noise around a smooth trend: second differences cancel a
     linear trend and have median absolute value 1.652 sigma for Gaussian noise."""
     if w.size < 3:
         return 0.0
-    return float(np.median(np.abs(np.diff(w, n=2)))) / 1.652
+    return _median(np.abs(w[2:] - 2 * w[1:-1] + w[:-2])) / 1.652
+
+
+def _drop(finite: np.ndarray, z: float, threshold: float) -> tuple[float, float, float, float, float, bool | None]:
+    """The stall test's core on finite losses (at least ``MIN_STEPS``): start and end (medians of
+    the first and last thirds), relative drop, noise, the drop's standard error and the verdict."""
+    third = max(1, finite.size // 3)
+    start, end = _median(finite[:third]), _median(finite[-third:])
+    scale = max(abs(start), 1e-12)
+    drop = (start - end) / scale
+    sigma = _noise(finite)
+    se = math.sqrt(math.pi / 2) * sigma * math.sqrt(2 / third) / scale
+    stalled: bool | None = None
+    if finite.size >= 2 * MIN_STEPS:
+        if drop + z * se < threshold:
+            stalled = True
+        elif drop - z * se > threshold:
+            stalled = False
+    return start, end, drop, sigma, se, stalled
+
+
+def separated_growth(finite: np.ndarray) -> float:
+    """The 25th percentile of the last third of these losses over the 75th percentile of the
+    first third: above 1 only when the loss grew by more than its (possibly heavy-tailed) noise.
+
+    Example:
+        >>> separated_growth(np.array([1.0, 1.1, 0.9, 3.0, 3.2, 2.9]))
+        3.0
+    """
+    third = max(1, finite.size // 3)
+    q_first = _quantile_sorted(np.sort(finite[:third]), 0.75)
+    q_last = _quantile_sorted(np.sort(finite[-third:]), 0.25)
+    return q_last / q_first if q_first > 0 else (math.inf if q_last > q_first else 1.0)
+
+
+def growth(finite: np.ndarray) -> float:
+    """The median of the last third of these losses over the median of the first (see
+    :class:`LossTrend`'s ``growth``)."""
+    third = max(1, finite.size // 3)
+    start, end = _median(finite[:third]), _median(finite[-third:])
+    return end / start if start > 0 else (math.inf if end > start else 1.0)
 
 
 def _lag1(w: np.ndarray) -> float:
@@ -215,25 +270,13 @@ def loss_trend(losses: Sequence[float] | np.ndarray, window: int = WINDOW, *, z:
         return LossTrend(window=int(w.size), start=math.nan, end=math.nan, relative_drop=-math.inf,
                          growth=math.inf, drop_per_step=math.nan, noise=math.nan, drop_se=math.nan,
                          threshold=threshold, stalled=None, lag1=0.0, nonfinite=nonfinite)
+    start, end, drop, sigma, se, stalled = _drop(finite, z, threshold)
     third = max(1, finite.size // 3)
-    start, end = float(np.median(finite[:third])), float(np.median(finite[-third:]))
-    scale = max(abs(start), 1e-12)
-    drop = (start - end) / scale
-    growth = end / start if start > 0 else (math.inf if end > start else 1.0)
-    sigma = _noise(finite)
-    se = math.sqrt(math.pi / 2) * sigma * math.sqrt(2 / third) / scale
-    stalled: bool | None = None
-    if finite.size >= 2 * MIN_STEPS:
-        if drop + z * se < threshold:
-            stalled = True
-        elif drop - z * se > threshold:
-            stalled = False
-    q_first = float(np.quantile(finite[:third], 0.75))
-    q_last = float(np.quantile(finite[-third:], 0.25))
-    separated = q_last / q_first if q_first > 0 else (math.inf if q_last > q_first else 1.0)
-    middle = float(np.median(finite))
+    growth_ = end / start if start > 0 else (math.inf if end > start else 1.0)
+    separated = separated_growth(finite)
+    middle = _median(finite)
     tail = float(np.max(finite[-3:])) / middle if middle > 0 else math.nan
-    return LossTrend(window=int(w.size), start=start, end=end, relative_drop=float(drop), growth=float(growth),
+    return LossTrend(window=int(w.size), start=start, end=end, relative_drop=float(drop), growth=float(growth_),
                      drop_per_step=(start - end) / max(finite.size - third, 1), noise=sigma, drop_se=float(se),
                      threshold=threshold, stalled=stalled, lag1=_lag1(finite), nonfinite=nonfinite,
                      separated_growth=float(separated), tail_ratio=tail)
@@ -250,13 +293,14 @@ def stall_test(losses: Sequence[float], *, threshold: float | None = None, z: fl
         False
     """
     arr = np.asarray(losses, dtype=np.float64).reshape(-1)
-    trend = loss_trend(arr, window=max(arr.size, 1), z=z)
-    if threshold is None or trend.stalled is None and arr.size < 2 * MIN_STEPS:
-        return trend.stalled
-    if trend.drop_se != trend.drop_se:  # NaN: too few finite losses
+    finite = arr[np.isfinite(arr)]
+    if finite.size < MIN_STEPS:
         return None
-    if trend.relative_drop + z * trend.drop_se < threshold:
+    _, _, drop, _, se, stalled = _drop(finite, z, stall_threshold(arr.size))
+    if threshold is None or stalled is None and arr.size < 2 * MIN_STEPS:
+        return stalled
+    if drop + z * se < threshold:
         return True
-    if trend.relative_drop - z * trend.drop_se > threshold:
+    if drop - z * se > threshold:
         return False
     return None
