@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--families", default=None, help="Comma-separated substrings of family keys.")
     parser.add_argument("--first-seeds", type=int, default=None,
                         help="Only the first N seeds of each set (the Monitor's treatment is slow).")
+    parser.add_argument("--seeds", default=None,
+                        help="Comma-separated seeds of the chosen set to run (e.g. 7,8), instead of all of them.")
     parser.add_argument("--treat-steps", type=int, default=300)
     parser.add_argument("--overhead-steps", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
@@ -172,6 +174,10 @@ def main() -> None:
             "both": [("tuning", dv.TUNE_SEEDS), ("held-out", dv.HELD_OUT_SEEDS)]}[args.set]
     if args.first_seeds is not None:
         sets = [(label, seeds[:args.first_seeds]) for label, seeds in sets]
+    if args.seeds is not None:
+        chosen = {int(s) for s in args.seeds.split(",")}
+        sets = [(label, tuple(s for s in seeds if s in chosen)) for label, seeds in sets]
+        sets = [(label, seeds) for label, seeds in sets if seeds]
     print(f"lossdoctor doctor benchmark, torch {torch.__version__}, {load()}")
     studies = []
     if args.only in (None, "validation"):
