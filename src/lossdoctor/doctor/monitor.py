@@ -69,7 +69,15 @@ from ..training.step_signals import StepSignals
 from .diagnosis import Diagnosis, diagnose
 from .measure import first_samples
 from .prescriptions import Prescription, detach_hooks
-from .trend import DIVERGE_GROWTH, MIN_STEPS, WINDOW, growth, loss_trend, separated_growth, stall_test
+from .trend import (
+    DIVERGE_GROWTH,
+    MIN_STEPS,
+    WINDOW,
+    growth,
+    loss_trend,
+    separated_growth,
+    stall_test,
+)
 from .trials import TrainStep
 
 logger = logging.getLogger("lossdoctor.monitor")
