@@ -31,7 +31,7 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..curvature import hessian
-from ..curvature.operator import HessianOperator, LossFn, _loss_reduction
+from ..curvature.operator import HessianOperator, LossFn, loss_reduction
 from ..data import batch_loss, batch_size, iter_batches, place
 from ..model_state import evaluation_mode, preserved_model, preserved_rng
 from ..progress import Progress, scaled
@@ -147,7 +147,7 @@ def _set_parameters(op: HessianOperator, vector: torch.Tensor) -> None:
 
 def _mean_loss(op: HessianOperator) -> float:
     """The mean loss over all of the operator's data at the model's current parameters (forward only)."""
-    weighted_sum = getattr(op, "reduction", _loss_reduction(op.loss_fn)) == "sum"
+    weighted_sum = getattr(op, "reduction", loss_reduction(op.loss_fn)) == "sum"
     total, count = 0.0, 0
     with preserved_rng(), evaluation_mode(op.model, op.mode), torch.no_grad():
         for i, (inputs, targets) in enumerate(iter_batches(op.data)):

@@ -26,7 +26,8 @@ MODES = ("eval", "train")
 REDUCTIONS = ("mean", "sum")
 
 
-def _loss_reduction(loss_fn: Any) -> str:
+def loss_reduction(loss_fn: Any) -> str:
+    """The loss module's ``.reduction`` attribute where it is a string, else "mean"."""
     reduction = getattr(loss_fn, "reduction", "mean")
     return reduction if isinstance(reduction, str) else "mean"
 
@@ -36,7 +37,7 @@ def _declared_reduction(loss_fn: Any, reduction: str | None) -> str:
     module's ``.reduction`` attribute, else "mean"."""
     attribute = getattr(loss_fn, "reduction", None)
     if reduction is None:
-        reduction = _loss_reduction(loss_fn)
+        reduction = loss_reduction(loss_fn)
         if reduction not in REDUCTIONS:
             raise ValueError(f"loss_fn has reduction={reduction!r}; the Hessian needs a scalar loss. "
                              "Use reduction='mean'.")

@@ -48,11 +48,11 @@ from .._checks import (
 )
 from .._files import atomic_write_text, check_output_dir, read_text_inside
 from .._results import ResultMixin, fmt, to_jsonable
-from ..data import _input_tensors, batch_loss, take
+from ..data import batch_loss, input_tensors, take
+from ..evaluation import as_tensors, evaluate_largest, rebatch
 from ..model_state import preserved_rng, seeded_rng
 from ..problem import Problem
 from ..progress import Progress, with_progress
-from .evaluation import as_tensors, evaluate_largest, rebatch
 
 LR_RULES = ("constant", "linear")
 OPTIMIZERS = ("sgd", "adam")
@@ -423,7 +423,7 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
     num_train = len(train[1])
     cfg = {"problem": problem.name, "num_train": num_train, "num_test": len(test[1]) if test else 0,
            "num_params": sum(p.numel() for p in problem.model.parameters() if p.requires_grad),
-           "data_sum": float(sum(t.double().sum() for t in _input_tensors(train[0]))), "epochs": epochs, "updates": updates,
+           "data_sum": float(sum(t.double().sum() for t in input_tensors(train[0]))), "epochs": epochs, "updates": updates,
            "stop_at_loss": thresholds, "max_epochs": int(max_epochs), "lr": float(lr), "lr_rule": lr_rule,
            "base_batch": int(base_batch), "optimizer": optimizer, "momentum": float(momentum),
            "sharpness": methods, "epsilons": epsilons, "epsilon_iters": epsilon_iters, "tol": tol,

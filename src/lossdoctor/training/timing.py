@@ -31,9 +31,9 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..data import batch_loss, compute_loss, take
+from ..evaluation import as_tensors
 from ..model_state import preserved_rng, trainable_parameters
 from ..progress import Progress, with_progress
-from .evaluation import as_tensors
 
 SATURATION = 0.8  # saturated once throughput is within this fraction of the best measured
 

@@ -1,6 +1,6 @@
 """Command line for the stall doctor: ``lossdoctor diagnose`` and ``lossdoctor train``.
 
-Added to :data:`lossdoctor.cli.main` by ``cli``; argument parsing,
+Added to :data:`lossdoctor.cli.main` by :mod:`lossdoctor.cli.commands`; argument parsing,
 progress and output only.
 """
 
@@ -14,14 +14,14 @@ from typing import Any
 
 import click
 
-from ._results import to_jsonable
-from .cli import (
+from .._results import to_jsonable
+from ._common import (
     Number,
-    _fail,
-    _load,
     checkpoint_option,
     device_option,
+    fail,
     json_option,
+    load,
     new_file,
     out,
     output_dir,
@@ -117,7 +117,7 @@ def _check_rate(name: str, value: float | None, *, positive: bool = True) -> Non
     if value is None:
         return
     if not math.isfinite(value) or (value <= 0 if positive else value < 0):
-        _fail(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}.")
+        fail(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}.")
 
 
 @click.command("diagnose")
@@ -145,16 +145,16 @@ def diagnose_command(problem: str, checkpoint: str | None, history_file: str, op
                      lr: float | None, momentum: float, weight_decay: float, optimizer_state: str | None, window: int,
                      mode: str, verify: bool, trial_steps: int | None, as_json: bool, device: str = "auto") -> None:
     """Why did the loss stop going down? The cause, the numbers, and what to change, tried."""
-    from . import diagnose
+    from .. import diagnose
 
     _check_rate("--lr", lr)
     _check_rate("--momentum", momentum, positive=False)
     _check_rate("--weight-decay", weight_decay, positive=False)
     if opt_name is not None and lr is None:
-        _fail("--optimizer needs --lr (the learning rate the history was trained with).")
+        fail("--optimizer needs --lr (the learning rate the history was trained with).")
     if optimizer_state is not None and opt_name is None:
-        _fail("--optimizer-state needs --optimizer (its type) and --lr.")
-    prob = _load(problem, checkpoint, device)
+        fail("--optimizer-state needs --optimizer (its type) and --lr.")
+    prob = load(problem, checkpoint, device)
     try:
         history = read_history_file(history_file)
         optimizer = None
@@ -168,7 +168,7 @@ def diagnose_command(problem: str, checkpoint: str | None, history_file: str, op
                               verify=verify if verify is False else "auto",
                               trial_steps=trial_steps or "auto", progress=task("diagnosis (measurements, trials)"))
     except (ValueError, TypeError, KeyError, RuntimeError) as err:
-        _fail(str(err))
+        fail(str(err))
     if as_json:
         out.print_json(json.dumps({"problem": prob.name, "checkpoint": checkpoint, "history": history_file,
                                    "diagnosis": result.to_dict()}))
@@ -206,15 +206,15 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
                   out_file: str | None, report_dir: Path | None, report_budget: str, as_json: bool,
                   device: str = "auto") -> None:
     """Train with the Monitor attached; prints the doctor's diagnosis when the loss stalls."""
-    from .doctor.monitor import Monitor, train_monitored
+    from ..doctor.monitor import Monitor, train_monitored
 
     _check_rate("--lr", lr)
     report_seconds = _duration(report_budget, "--report-budget")
     _check_rate("--momentum", momentum, positive=False)
     _check_rate("--weight-decay", weight_decay, positive=False)
     if not 0 < doctor_share <= 1:
-        _fail(f"--doctor-share must be in (0, 1], got {doctor_share}.")
-    prob = _load(problem, checkpoint, device)
+        fail(f"--doctor-share must be in (0, 1], got {doctor_share}.")
+    prob = load(problem, checkpoint, device)
 
     def report(diagnosis) -> None:
         if not as_json:
@@ -225,7 +225,7 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
         monitor = Monitor(prob.model, prob.loss_fn, prob.train_data, sharpness_every=sharpness_every,
                           window=window, callback=report, treat=treat, doctor_share=doctor_share)
         if report_dir is not None:
-            from .report.checkup import attach_checkup
+            from ..report.checkup import attach_checkup
 
             attach_checkup(monitor, optimizer, report_dir, budget=report_seconds)
         with progress_bars(not as_json) as task:
@@ -236,7 +236,7 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
             page = monitor.checkup_pages[0] if monitor.checkup_pages else _final_checkup(
                 prob, optimizer, monitor, report_dir, report_seconds)
     except (ValueError, TypeError) as err:
-        _fail(str(err))
+        fail(str(err))
     written = None
     if out_file is not None:
         import torch
@@ -268,7 +268,7 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
 
 def _final_checkup(prob: Any, optimizer: Any, monitor: Any, report_dir: Path, budget: float) -> Path:
     """No stall was diagnosed: the checkup page of the model where training ended."""
-    from .report.checkup import monitor_checkup, write
+    from ..report.checkup import monitor_checkup, write
 
     return write(monitor_checkup(monitor, optimizer, budget=budget), report_dir,
                  title=f"lossdoctor checkup: {prob.name}")
@@ -295,14 +295,14 @@ def checkup_command(problem: str, checkpoint: str | None, history_file: str | No
                     lr: float | None, momentum: float, weight_decay: float, optimizer_state: str | None, budget: str,
                     out_dir: Path, as_json: bool, device: str = "auto") -> None:
     """One report on your model: the verdict, tested prescriptions, and the curvature behind them."""
-    from . import checkup
-    from .report.checkup import write
+    from .. import checkup
+    from ..report.checkup import write
 
     _check_rate("--lr", lr)
     seconds = _duration(budget)
     if lr is None:
-        _fail("checkup needs --lr (and --optimizer when you do not train with plain SGD).")
-    prob = _load(problem, checkpoint, device)
+        fail("checkup needs --lr (and --optimizer when you do not train with plain SGD).")
+    prob = load(problem, checkpoint, device)
     try:
         optimizer = optimizer_from_options(opt_name or "sgd", prob.model.parameters(), lr, momentum, weight_decay,
                                            optimizer_state)
@@ -312,7 +312,7 @@ def checkup_command(problem: str, checkpoint: str | None, history_file: str | No
             result = checkup(prob.model, prob.loss_fn, prob.train_data, history=history, optimizer=optimizer,
                              budget=seconds, progress=task("checkup"))
     except (ValueError, TypeError, KeyError, RuntimeError) as err:
-        _fail(str(err))
+        fail(str(err))
     page = write(result, out_dir, title=f"lossdoctor checkup: {prob.name}")
     if as_json:
         out.print_json(json.dumps({"problem": prob.name, "page": str(page), "checkup": result.to_dict()},
@@ -330,7 +330,7 @@ def _duration(text: str, option: str = "--budget") -> float:
     try:
         seconds = float(number) * (unit or 1)
     except ValueError:
-        _fail(f"{option} {text!r} is not a duration: use e.g. 90s, 5m or 1h.")
+        fail(f"{option} {text!r} is not a duration: use e.g. 90s, 5m or 1h.")
     if not math.isfinite(seconds) or seconds <= 0:
-        _fail(f"{option} must be a positive duration, got {text!r}.")
+        fail(f"{option} must be a positive duration, got {text!r}.")
     return seconds
