@@ -7,13 +7,15 @@ evaluation needs no gradients and one big batch is far faster than many small on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from .data import (
+    batch_loss,
     batch_size,
     forward,
     input_tensors,
@@ -82,6 +84,23 @@ def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, flo
     if count == 0:
         raise ValueError("data is empty: it yielded no samples.")
     return total / count, (correct / count if classified else None)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[tuple[Any, torch.Tensor]],
+              device: torch.device, *, summed: bool = False) -> float:
+    """The sample-weighted mean loss over ``batches`` (``(inputs, targets)`` pairs, as
+    :func:`lossdoctor.data.iter_batches` yields them) at the model's current parameters and modes:
+    forward passes only, the caller sets the mode. ``summed``: each batch loss is already the sum
+    over its samples. NaN when there are no samples."""
+    total, count = 0.0, 0
+    for i, (inputs, targets) in enumerate(batches):
+        inputs, targets = place(inputs, targets, device)
+        n = batch_size(targets)
+        loss = float(batch_loss(model, loss_fn, inputs, targets, i))
+        total += loss if summed else loss * n
+        count += n
+    return total / count if count else math.nan
 
 
 def rebatch(x: Any, y: torch.Tensor, size: int) -> list[tuple[Any, torch.Tensor]]:

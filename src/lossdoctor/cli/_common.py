@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import _interrupt
 from .._checks import check_float
+from .._distributed import process_group_active, rank_and_world
 
 console = Console(stderr=True, soft_wrap=True)  # messages are not cut into lines: they stay greppable
 out = Console()
@@ -255,9 +256,7 @@ def init_distributed() -> None:
 
 
 def is_rank_zero() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return rank_and_world()[0] == 0
 
 
 def resolve_device(name: str):
@@ -298,12 +297,10 @@ def load(problem: str, checkpoint: str | None, device: str | None = "cpu", *, sh
     # data stays where the problem put it: CPU batches are moved to the model's device batch by batch
     if target is not None:
         prob.model.to(target)
-    import torch.distributed as dist
-
-    if shard and problem in BUILTIN and dist.is_available() and dist.is_initialized():
+    if shard and problem in BUILTIN and process_group_active():
         # Built-in data are lists of batches: each rank takes every world_size-th batch. A user's
         # problem function returns its own rank's shard.
-        rank, world = dist.get_rank(), dist.get_world_size()
+        rank, world = rank_and_world()
         if isinstance(prob.train_data, list):
             prob.train_data = prob.train_data[rank::world]
     return prob

@@ -223,15 +223,6 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
-def _optimizer(name: str, params: Any, lr: float, momentum: float, weight_decay: float):
-    import torch
-
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    cls = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return cls(params, lr=lr, weight_decay=weight_decay)
-
-
 @main.command("lr-find")
 @problem_option
 @checkpoint_option
@@ -252,11 +243,12 @@ def lr_find(problem: str, checkpoint: str | None, opt_name: str, momentum: float
             as_json: bool) -> None:
     """Smith's learning-rate range test: prints the suggested lr (the model is left unchanged)."""
     from .. import lr_range_test, weight_decay_groups
+    from ..training.optimizers import make_optimizer
 
     if not end_lr > start_lr:
         fail(f"--end-lr ({end_lr:g}) must be larger than --start-lr ({start_lr:g}).")
     prob = load(problem, checkpoint, device)
-    optimizer = _optimizer(opt_name, weight_decay_groups(prob.model, weight_decay), start_lr, momentum, weight_decay)
+    optimizer = make_optimizer(opt_name, weight_decay_groups(prob.model, weight_decay), start_lr, momentum, weight_decay)
     with progress_bars(not as_json) as task:
         result = lr_range_test(prob.model, prob.loss_fn, prob.train_data, optimizer, start_lr=start_lr,
                                end_lr=end_lr, steps=steps, suggestion=suggestion, progress=task("LR range test"))

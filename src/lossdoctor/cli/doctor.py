@@ -9,12 +9,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from .._results import to_jsonable
+from ..training.optimizers import OPTIMIZERS, make_optimizer
 from ._common import (
     Number,
     checkpoint_option,
@@ -76,7 +78,7 @@ def read_history_file(path: str) -> dict[str, list[float]]:
     return {"losses": [number(r[-1], i + 1) for i, r in enumerate(rows)]}
 
 
-TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+TRAIN_OPTIMIZERS = OPTIMIZERS
 optimizer_option = click.option("--optimizer", "opt_name", type=click.Choice(TRAIN_OPTIMIZERS), default=None,
                                 help="The optimizer the history was trained with (default: plain SGD at --lr).")
 momentum_option = click.option("--momentum", type=Number(minimum=0.0, below=1.0), default=0.0, show_default=True,
@@ -89,6 +91,17 @@ optimizer_state_option = click.option(
          "(loaded with weights_only=True).")
 
 
+def optimizer_options(lr_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--optimizer, --lr (helped by ``lr_help``), --momentum, --weight-decay, --optimizer-state: how
+    the user trains, as diagnose and checkup both ask."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed([optimizer_option, click.option("--lr", type=float, default=None, help=lr_help),
+                                momentum_option, weight_decay_option, optimizer_state_option]):
+            command = option(command)
+        return command
+    return decorate
+
+
 def optimizer_from_options(name: str, params: Any, lr: float, momentum: float, weight_decay: float,
                            state: str | None) -> Any:
     """The optimizer the options describe, with its saved state loaded when given."""
@@ -98,19 +111,6 @@ def optimizer_from_options(name: str, params: Any, lr: float, momentum: float, w
 
         optimizer.load_state_dict(torch.load(state, weights_only=True))
     return optimizer
-
-
-def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-    """The torch optimizer ``name`` (sgd, adam, adamw, rmsprop, adagrad) over ``params``."""
-    import torch
-
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
-    return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=weight_decay)
 
 
 def _check_rate(name: str, value: float | None, *, positive: bool = True) -> None:
@@ -126,11 +126,7 @@ def _check_rate(name: str, value: float | None, *, positive: bool = True) -> Non
 @click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False), required=True,
               help="Recent per-step training losses: a JSON list / object with 'losses' (and optionally "
                    "'grad_norms', 'grad_cosines'), or a CSV with a 'loss' column or one loss per line.")
-@optimizer_option
-@click.option("--lr", type=float, default=None, help="The learning rate the history was trained with.")
-@momentum_option
-@weight_decay_option
-@optimizer_state_option
+@optimizer_options("The learning rate the history was trained with.")
 @click.option("--window", type=click.IntRange(min=4), default=60, show_default=True,
               help="Recent steps the trend is read from.")
 @click.option("--mode", type=click.Choice(["auto", "eval", "train"]), default="auto", show_default=True,
@@ -280,11 +276,7 @@ def _final_checkup(prob: Any, optimizer: Any, monitor: Any, report_dir: Path, bu
 @click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Recent per-step training losses (JSON or CSV, as for diagnose). Without one, your optimizer "
                    "trains two windows from an exact snapshot to produce one (then everything is put back).")
-@optimizer_option
-@click.option("--lr", type=float, default=None, help="The learning rate you train with.")
-@momentum_option
-@weight_decay_option
-@optimizer_state_option
+@optimizer_options("The learning rate you train with.")
 @click.option("--budget", default="90s", show_default=True,
               help="Time for the whole checkup, e.g. 90s, 5m: the sections after the doctor run while time is left.")
 @click.option("--out", "out_dir", required=True, callback=output_dir,

@@ -4,7 +4,6 @@ used for neural networks by Ghorbani, Krishnan & Xiao, 2019)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +11,8 @@ import torch
 
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
-from ..progress import with_progress
+from ..progress import Progress, with_progress
 from .lanczos import apply64, block_lanczos_tridiagonals, operator_mode, rademacher, tridiagonal
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,9 @@ import torch
 from .. import _interrupt
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
-from ..progress import with_progress
+from ..progress import Progress, with_progress
 from .lanczos import apply64, gaussian, operator_mode, orthogonalize
 
-Progress = Callable[[int, int], None]
 WHICH = ("largest", "smallest", "both", "largest_magnitude")
 # Eigenvalues smaller than this fraction of ||H|| are judged on absolute accuracy
 # tol * FLOOR * ||H||: relative accuracy of near-zero eigenvalues is not attainable in float32.

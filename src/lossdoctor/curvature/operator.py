@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .._checks import check_arguments
+from .._distributed import process_group_active
 from ..data import batch_loss, batch_size, check_data, iter_batches, place, split_batch
 from ..model_state import evaluation_mode, model_device, preserved_rng, trainable_parameters
 
@@ -162,8 +163,8 @@ class HessianOperator:
         self._cache_budget = _cache_budget(cache, self.device)
         self._graph_cache: _KeptGraphs | None = None
         self._cache_gave_up = False  # the forward changes buffers in place: graphs cannot be kept
-        self.distributed = _process_group_active() if distributed is None else bool(distributed)
-        if self.distributed and not _process_group_active():
+        self.distributed = process_group_active() if distributed is None else bool(distributed)
+        if self.distributed and not process_group_active():
             raise ValueError("distributed=True but no torch.distributed process group is initialized: "
                              "call torch.distributed.init_process_group first (e.g. under torchrun).")
         self.loss, self.num_samples, self.num_batches = self._validate()
@@ -564,10 +565,6 @@ class _SavedBytes:
 
     def __exit__(self, *exc: Any) -> None:
         self._hooks.__exit__(*exc)
-
-
-def _process_group_active() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval", max_block: int = 16,

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
-from ..progress import with_progress
+from ..progress import Progress, with_progress
 from .lanczos import RademacherStream, apply64, operator_mode
 
-Progress = Callable[[int, int], None]
 METHODS = ("hutch++", "hutchinson")
 
 

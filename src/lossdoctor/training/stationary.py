@@ -21,7 +21,7 @@ from torch import nn
 
 from .._results import ResultMixin, fmt
 from ..data import batch_loss, batch_size, iter_batches, place
-from ..model_state import trainable_parameters
+from ..model_state import load_flat, trainable_parameters
 from ..progress import Progress
 
 OBJECTIVES = ("loss", "grad_norm")
@@ -67,13 +67,7 @@ def loss_and_gradient(model: nn.Module, loss_fn: Callable, data: Any, *, create_
 
 
 def _set_flat(params: list[torch.Tensor], x: np.ndarray) -> None:
-    flat = torch.from_numpy(x)
-    with torch.no_grad():
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.copy_(flat[offset:offset + n].view_as(p).to(device=p.device, dtype=p.dtype))
-            offset += n
+    load_flat(params, torch.from_numpy(x))
 
 
 def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
