@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch must be installed before the project, or pip pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: tour test lint bench clean
+.PHONY: tour test lint check bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
+
+# Static checks CI runs before the tests: lint, and mypy over src/ (configured in pyproject.toml).
+check: lint
+	$(BIN)/mypy
 
 # The competitors go into their own venv so .venv stays clean. curvlinops pulls torchvision (via
 # backpack-for-pytorch), whose newest release wants a newer torch: pinning the torchvision that

@@ -26,7 +26,7 @@ from typing import IO, Any
 
 from ._checks import describe
 
-Writer = Callable[[IO[bytes]], None]
+Writer = Callable[[IO[bytes]], object]
 
 
 def _as_path(value: Any, option: str) -> Path:

@@ -70,7 +70,7 @@ class ResultMixin:
         return out
 
 
-def fmt(x: float, digits: int = 4) -> str:
+def fmt(x: float | None, digits: int = 4) -> str:
     """Compact scientific-ish formatting for human-readable summaries."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return str(x)

@@ -98,6 +98,8 @@ class Batches:
         >>> ld.hessian(model, None, ld.Batches(loader, call="positional"))  # doctest: +SKIP
     """
 
+    data: Any
+
     def __init__(self, data: Any, *, call: str = "auto", labels: str | None = "auto") -> None:
         if call not in CALLS:
             raise ValueError(f"call must be one of {CALLS}, got {call!r}.")

@@ -194,7 +194,7 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return named
 
 
-def model_device(params: list[torch.Tensor]) -> torch.device:
+def model_device(params: Sequence[torch.Tensor]) -> torch.device:
     devices = {p.device for p in params}
     if len(devices) > 1:
         raise ValueError(f"the model's trainable parameters are spread over several devices "

@@ -10,12 +10,19 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from .. import _interrupt
 from .._checks import check_float
@@ -38,7 +45,7 @@ def progress_bars(enabled: bool = True) -> Iterator[Any]:
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bars:
-        started: list[int] = []
+        started: list[TaskID] = []
 
         def task(description: str):
             task_id = bars.add_task(description, total=None)
@@ -58,7 +65,7 @@ def progress_bars(enabled: bool = True) -> Iterator[Any]:
                 bars.update(task_id, total=done, completed=done)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {escape(message)}")
     sys.exit(EXIT_BAD_INPUT)
 
@@ -115,7 +122,7 @@ class Number(click.ParamType):
 
     def __init__(self, *, minimum: float | None = None, maximum: float | None = None, above: float | None = None,
                  below: float | None = None) -> None:
-        self.bounds = {"minimum": minimum, "maximum": maximum, "above": above, "below": below}
+        self.bounds: dict[str, Any] = {"minimum": minimum, "maximum": maximum, "above": above, "below": below}
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
         if isinstance(value, float):
@@ -126,7 +133,7 @@ class Number(click.ParamType):
             except (TypeError, ValueError):
                 self.fail(f"{value!r} is not a number.", param, ctx)
         try:
-            return check_float(number, "the value", **self.bounds)  # type: ignore[return-value]
+            return check_float(number, "the value", **self.bounds)
         except (TypeError, ValueError) as err:
             self.fail(str(err).replace("the value must be", "must be"), param, ctx)
 
@@ -226,7 +233,8 @@ def cache_setting(value: str) -> bool | str | int:
     """``--cache``: auto, on, off, or a size (bytes, or with KB/MB/GB) for ``hessian(cache=...)``."""
     word = value.strip().upper()
     if word in ("AUTO", "ON", "OFF"):
-        return {"AUTO": "auto", "ON": True, "OFF": False}[word]
+        settings: dict[str, bool | str] = {"AUTO": "auto", "ON": True, "OFF": False}
+        return settings[word]
     number = word.rstrip("KMGB")
     try:
         size = float(number) * _SIZE_UNITS[word[len(number):]]

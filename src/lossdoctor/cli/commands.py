@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from rich.markup import escape
 
 from .. import _interrupt
+from ..types import Mode, Reduction
 from ._common import (
     EXIT_CODES,
     EXIT_INTERRUPTED,
@@ -89,7 +90,7 @@ def interrupted(*results: Any) -> bool:
 @device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
-             density: bool, mode: str, micro_batch_size: int | None, cache: bool | str | int, reduction: str, seed: int,
+             density: bool, mode: Mode, micro_batch_size: int | None, cache: bool | str | int, reduction: Reduction | Literal["auto"], seed: int,
              per_layer: bool, plot: Path | None, device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from .. import eigenpairs, hessian, spectral_density, trace
@@ -181,7 +182,7 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
 @device_option
 @json_option
 def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: str | None, k: int,
-             dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: str, reduction: str,
+             dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: Mode, reduction: Reduction | Literal["auto"],
              seed: int, device: str, as_json: bool) -> None:
     """Local minimum, saddle point, or neither? The verdict, the numbers and the evidence."""
     from .. import classify_critical_point, escape_saddle

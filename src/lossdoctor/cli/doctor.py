@@ -102,9 +102,11 @@ def optimizer_options(lr_help: str) -> Callable[[Callable[..., Any]], Callable[.
     return decorate
 
 
-def optimizer_from_options(name: str, params: Any, lr: float, momentum: float, weight_decay: float,
+def optimizer_from_options(name: str, params: Any, lr: float | None, momentum: float, weight_decay: float,
                            state: str | None) -> Any:
     """The optimizer the options describe, with its saved state loaded when given."""
+    if lr is None:
+        fail("--optimizer needs --lr (the learning rate you train with).")
     optimizer = make_optimizer(name, params, lr, momentum, weight_decay)
     if state is not None:
         import torch
@@ -229,7 +231,8 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
                                   monitor=monitor, progress=task(f"training ({opt_name}, lr {lr:g})"))
         page = None
         if report_dir is not None:
-            page = monitor.checkup_pages[0] if monitor.checkup_pages else _final_checkup(
+            pages = getattr(monitor, "checkup_pages", None)  # attach_checkup's pages
+            page = pages[0] if pages else _final_checkup(
                 prob, optimizer, monitor, report_dir, report_seconds)
     except (ValueError, TypeError) as err:
         fail(str(err))

@@ -49,7 +49,10 @@ def train(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim
     """Train ``model`` in place for ``epochs`` passes over ``data``; returns its history."""
     device = next(model.parameters()).device
     step_loss: list[float] = []
-    tl, ta, vl, va = [], [], [], []
+    tl: list[float] = []
+    ta: list[float | None] = []
+    vl: list[float | None] = []
+    va: list[float | None] = []
     num_batches = sum(1 for _ in iter_batches(data))
     total = epochs * num_batches
     for _ in range(epochs):

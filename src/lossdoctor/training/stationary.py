@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -66,11 +66,11 @@ def loss_and_gradient(model: nn.Module, loss_fn: Callable, data: Any, *, create_
     return loss, list(grads)
 
 
-def _set_flat(params: list[torch.Tensor], x: np.ndarray) -> None:
+def _set_flat(params: Sequence[torch.Tensor], x: np.ndarray) -> None:
     load_flat(params, torch.from_numpy(x))
 
 
-def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
+def _flat(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     return torch.cat([t.detach().reshape(-1) for t in tensors]).to("cpu", torch.float64).numpy()
 
 
@@ -98,7 +98,7 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
             last.update(x=np.array(x, copy=True), loss=value, norm=float(np.linalg.norm(flat)))
             return value, flat
         loss, grads = loss_and_gradient(model, loss_fn, data, create_graph=True)
-        grad_sq = sum((g * g).sum() for g in grads)
+        grad_sq = cast(torch.Tensor, sum((g * g).sum() for g in grads))
         outer = torch.autograd.grad(grad_sq, params, allow_unused=True, materialize_grads=True)
         last.update(x=np.array(x, copy=True), loss=float(loss.detach()), norm=math.sqrt(float(grad_sq.detach())))
         return float(grad_sq.detach()), _flat(list(outer))

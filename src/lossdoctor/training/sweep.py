@@ -438,14 +438,14 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
                     loaded.append(found.key)
                 elif i % world == rank:
                     def sub(units: int, i: int = i) -> None:
-                        if progress:
+                        if callable(progress):
                             progress(i * UNITS + units, total)
                     run = _train_run(problem, train, test, b, s, cfg, fingerprint, keep_states, sub)
                     if path is not None:
                         atomic_write_text(path.parent, path.name, json.dumps(run.to_dict()))
                     runs[(b, s)] = run
                     trained.append(run.key)
-                if progress:
+                if callable(progress):
                     progress((i + 1) * UNITS, total)
     except KeyboardInterrupt:
         interrupted = _interrupt.keep_partial(finished=world == 1 and bool(runs))

@@ -148,7 +148,7 @@ def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: 
                 med.append(float(np.median(times)))
                 lo.append(float(np.min(times)))
                 hi.append(float(np.max(times)))
-                if progress:
+                if callable(progress):
                     progress(i + 1, len(sizes))
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial(finished=bool(med))
