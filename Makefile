@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make tour   -> creates .venv, installs, runs `lossdoctor tour` (writes report/index.html)
-#   make test   -> creates .venv, installs (with the integrations' extras, so their tests run), runs the tests
+#   make test   -> creates .venv, installs (every extra, the integrations' too, so their tests run), runs the tests
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +13,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,hf,lightning,tensorboard]"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev,hf,lightning,tensorboard]"
 	touch $@
 
 tour: $(BIN)/.installed
@@ -40,7 +40,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" -e ".[bench]"
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" -e ".[all,bench]"
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

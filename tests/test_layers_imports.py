@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and the layers below, never above)::
 
-    base          _checks _distributed _files _interrupt _results _version types progress model_state data evaluation
+    base          _checks _distributed _extras _files _interrupt _results _version types progress model_state data evaluation
     problem       problem zoo          (the Problem type and the problems that ship with it)
     curvature     curvature/
     analysis      analysis/
@@ -32,7 +32,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "lossdoctor"
 
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"_checks", "_distributed", "_files", "_interrupt", "_results", "_version", "types", "progress", "model_state", "data",
+    ("base", {"_checks", "_distributed", "_extras", "_files", "_interrupt", "_results", "_version", "types", "progress", "model_state", "data",
               "evaluation"}),
     ("problem", {"problem", "zoo"}),
     ("curvature", {"curvature"}),

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._extras import MissingExtraError
+
 
 def to_jsonable(value: Any) -> Any:
     """Turn tensors, arrays, dataclasses and containers into plain JSON types.
@@ -59,7 +61,12 @@ class ResultMixin:
 
     def _repr_html_(self) -> str | None:
         """Notebook display, by the renderer the façade installed (None: Jupyter shows ``str``)."""
-        return None if _html_renderer is None else _html_renderer(self)
+        if _html_renderer is None:
+            return None
+        try:
+            return _html_renderer(self)
+        except MissingExtraError:  # the report extra (matplotlib) is not installed: Jupyter shows str()
+            return None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

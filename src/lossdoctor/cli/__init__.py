@@ -12,6 +12,19 @@ training and tour commands), :mod:`.batch` (the batch-size lab), :mod:`.doctor` 
 train).
 """
 
-from .commands import main
+import sys
+
+try:
+    from .commands import main
+except ModuleNotFoundError as _err:  # the command line needs the 'cli' extra (click, rich)
+    if _err.name not in ("click", "rich"):
+        raise
+    from .._extras import missing
+
+    _message = str(missing(_err.name, "the lossdoctor command line"))
+
+    def main() -> None:  # type: ignore[misc]
+        """Say which extra the command line needs, and exit with status 1."""
+        sys.exit(f"error: {_message}")
 
 __all__ = ["main"]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._extras import require
 from .._files import atomic_write
 from ..problem import Problem
 
@@ -31,8 +32,8 @@ def mnist1d_arrays(num_train: int = 4000, num_test: int = 1000, seed: int = 42
     if path.is_file():
         with np.load(path) as f:
             return f["x"], f["y"], f["x_test"], f["y_test"]
-    from mnist1d.data import get_dataset_args, make_dataset
-
+    mnist1d_data = require("mnist1d.data", "generating MNIST-1D (the built-in mnist1d problems)")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
     args = get_dataset_args()
     args.num_samples = num_train + num_test
     args.train_split = num_train / (num_train + num_test)
