@@ -1,19 +1,19 @@
 # Two commands set everything up on a fresh machine:
 #   make tour   -> creates .venv, installs, runs `lossdoctor tour` (writes report/index.html)
-#   make test   -> creates .venv, installs (with the integrations' extras, so their tests run), runs the tests
+#   make test   -> creates .venv, installs (every extra, the integrations' too, so their tests run), runs the tests
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch must be installed before the project, or pip pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: tour test lint bench clean
+.PHONY: tour test lint check bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,hf,lightning,tensorboard]"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev,hf,lightning,tensorboard]"
 	touch $@
 
 tour: $(BIN)/.installed
@@ -24,6 +24,10 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests benchmarks
+
+# Static checks CI runs before the tests: lint, and mypy over src/ (configured in pyproject.toml).
+check: lint
+	$(BIN)/mypy
 
 # The competitors go into their own venv so .venv stays clean. curvlinops pulls torchvision (via
 # backpack-for-pytorch), whose newest release wants a newer torch: pinning the torchvision that
@@ -36,7 +40,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" -e ".[bench]"
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" -e ".[all,bench]"
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

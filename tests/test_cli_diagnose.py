@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from lossdoctor.cli import main
-from lossdoctor.cli_doctor import read_history_file
+from lossdoctor.cli.doctor import read_history_file
 
 QUADRATIC = '''
 import math, torch

@@ -168,7 +168,7 @@ def test_a_failed_write_is_saved_beside_it(tmp_path, monkeypatch):
 
 
 def test_escape_checkpoint_goes_beside_when_the_file_appears_meanwhile(tmp_path, monkeypatch):
-    import lossdoctor.cli as cli
+    import lossdoctor.cli.commands as cli
 
     target = tmp_path / "escaped.pt"
     original = cli.save_file

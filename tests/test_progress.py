@@ -79,7 +79,7 @@ def test_a_bar_that_never_appeared_writes_nothing_and_bad_values_are_refused():
 
 
 def test_cli_bars_end_at_100_percent_on_a_normal_exit(capsys):
-    from lossdoctor.cli import progress_bars
+    from lossdoctor.cli._common import progress_bars
 
     with progress_bars() as task:
         update = task("eigenpairs")

@@ -150,9 +150,9 @@ def test_two_ranks_share_the_runs(tmp_path):
 
 
 def test_evaluation_halves_the_batch_on_out_of_memory(monkeypatch):
-    from lossdoctor.training import evaluation, loop
+    from lossdoctor import evaluation
 
-    real = loop.evaluate
+    real = evaluation.evaluate
     sizes: list[int] = []
 
     def small_memory(model, loss_fn, batches):
@@ -162,7 +162,7 @@ def test_evaluation_halves_the_batch_on_out_of_memory(monkeypatch):
         return real(model, loss_fn, batches)
 
     problem = tiny_problem()
-    monkeypatch.setattr(loop, "evaluate", small_memory)
+    monkeypatch.setattr(evaluation, "evaluate", small_memory)
     monkeypatch.setattr(evaluation, "_FITS", {})
     got = evaluation.evaluate_largest(problem.model, problem.loss_fn, problem.train_data)
     assert sizes == [64, 32, 16]  # the whole set first, then halved until it fits
@@ -170,6 +170,6 @@ def test_evaluation_halves_the_batch_on_out_of_memory(monkeypatch):
     sizes.clear()
     evaluation.evaluate_largest(problem.model, problem.loss_fn, problem.train_data)
     assert sizes == [16]  # remembered: no second search
-    monkeypatch.setattr(loop, "evaluate", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
         evaluation.evaluate_largest(problem.model, problem.loss_fn, problem.train_data)

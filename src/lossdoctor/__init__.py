@@ -2,6 +2,8 @@
 
 import logging as _logging
 
+from ._results import set_html_renderer
+from ._version import __version__
 from .analysis.critical import CriticalPoint, classify_critical_point
 from .analysis.landscape import Curve, Landscape, interpolate, landscape
 from .analysis.layers import LayerCurvature, LayerRow, layer_curvature
@@ -48,7 +50,16 @@ from .training.schedules import WarmupScheduler, gradual_warmup, linear_scaling_
 from .training.sweep import SweepResult, SweepRun, batch_size_sweep
 from .training.timing import BatchTiming, time_batch_sizes
 
-__version__ = "0.1.0"
+
+def _notebook_html(result: object) -> str:
+    """A result's notebook HTML: drawing is the report's job, and the report sits above every result's
+    layer, so the façade wires it in (imported only when a notebook shows a result)."""
+    from .report.notebook import render_html
+
+    return render_html(result)
+
+
+set_html_renderer(_notebook_html)
 
 # A library logs; the application decides where it goes (no stderr fallback printing twice).
 _logging.getLogger("lossdoctor").addHandler(_logging.NullHandler())
@@ -66,5 +77,5 @@ __all__ = [
     "CAUSES", "Diagnosis", "diagnose", "Prescription", "Trial", "NeedsCodeChange", "attached_scheduler",
     "Monitor", "MonitorAction", "MonitorRecord", "MonitoredRun", "train_monitored",
     "LayerCurvature", "LayerRow", "layer_curvature", "Checkup", "CheckupSection", "checkup",
-    "Batches", "loss_on_batch",
+    "Batches", "loss_on_batch", "__version__",
 ]

@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -105,6 +105,12 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real)
 
 
+@overload
+def check_int(value: Any, name: str, *, minimum: int | None = ..., maximum: int | None = ...,
+              optional: Literal[False] = ..., hint: str | None = ...) -> int: ...
+@overload
+def check_int(value: Any, name: str, *, minimum: int | None = ..., maximum: int | None = ...,
+              optional: bool, hint: str | None = ...) -> int | None: ...
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
               optional: bool = False, hint: str | None = None) -> int | None:
     """A whole number (``int`` or numpy integer, not ``bool``, not ``2.0``) within the bounds;
@@ -124,6 +130,14 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     return int(value)
 
 
+@overload
+def check_float(value: Any, name: str, *, minimum: float | None = ..., maximum: float | None = ...,
+                above: float | None = ..., below: float | None = ..., optional: Literal[False] = ...,
+                finite: bool = ..., hint: str | None = ...) -> float: ...
+@overload
+def check_float(value: Any, name: str, *, minimum: float | None = ..., maximum: float | None = ...,
+                above: float | None = ..., below: float | None = ..., optional: bool,
+                finite: bool = ..., hint: str | None = ...) -> float | None: ...
 def check_float(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None,
                 above: float | None = None, below: float | None = None, optional: bool = False,
                 finite: bool = True, hint: str | None = None) -> float | None:
@@ -143,6 +157,10 @@ def check_float(value: Any, name: str, *, minimum: float | None = None, maximum:
     return x
 
 
+@overload
+def check_bool(value: Any, name: str, *, optional: Literal[False] = ..., hint: str | None = ...) -> bool: ...
+@overload
+def check_bool(value: Any, name: str, *, optional: bool, hint: str | None = ...) -> bool | None: ...
 def check_bool(value: Any, name: str, *, optional: bool = False, hint: str | None = None) -> bool | None:
     """``True`` or ``False`` (numpy's too); not ``1``, not ``"yes"``; ``None`` too when ``optional``."""
     if value is None and optional:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._checks import describe
+from ._extras import require
 
-Writer = Callable[[IO[bytes]], None]
+Writer = Callable[[IO[bytes]], object]
 
 
 def _as_path(value: Any, option: str) -> Path:
@@ -49,7 +50,7 @@ def _check_writable(folder: Path, option: str, shown: Path) -> None:
 
 def image_formats() -> list[str]:
     """The file extensions matplotlib can write (png, pdf, svg, ...)."""
-    from matplotlib.figure import Figure
+    Figure = require("matplotlib.figure", "writing figures").Figure
 
     return sorted(Figure().canvas.get_supported_filetypes())
 

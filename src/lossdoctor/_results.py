@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
+
+from ._extras import MissingExtraError
 
 
 def to_jsonable(value: Any) -> Any:
@@ -37,6 +39,17 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+# Notebook display is the report's job, and the report sits above every layer that makes results:
+# the package's façade (lossdoctor/__init__.py) installs the renderer, so nothing here imports it.
+_html_renderer: Callable[[Any], str] | None = None
+
+
+def set_html_renderer(render: Callable[[Any], str] | None) -> None:
+    """Install the function that turns a result into notebook HTML (None: plain text only)."""
+    global _html_renderer
+    _html_renderer = render
+
+
 class ResultMixin:
     """Mixin for frozen result dataclasses.
 
@@ -46,12 +59,14 @@ class ResultMixin:
 
     _skip_in_dict: tuple[str, ...] = ()
 
-    def _repr_html_(self) -> str:
-        """Notebook display: drawing is the report's job, so the HTML comes from there (imported
-        only when a notebook asks)."""
-        from .report.notebook import render_html
-
-        return render_html(self)
+    def _repr_html_(self) -> str | None:
+        """Notebook display, by the renderer the façade installed (None: Jupyter shows ``str``)."""
+        if _html_renderer is None:
+            return None
+        try:
+            return _html_renderer(self)
+        except MissingExtraError:  # the report extra (matplotlib) is not installed: Jupyter shows str()
+            return None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -62,7 +77,7 @@ class ResultMixin:
         return out
 
 
-def fmt(x: float, digits: int = 4) -> str:
+def fmt(x: float | None, digits: int = 4) -> str:
     """Compact scientific-ish formatting for human-readable summaries."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return str(x)

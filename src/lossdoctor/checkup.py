@@ -128,11 +128,6 @@ class Checkup(ResultMixin):
             lines.append(f"lr range test: suggested lr {fmt(self.lr_range.suggested_lr)}")
         return "\n".join(lines)
 
-    def _repr_html_(self) -> str:
-        from .report.checkup import notebook_html
-
-        return notebook_html(self)
-
 
 def _probe_history(model: nn.Module, loss_fn: Any, data: Any, optimizer: Any, steps: int,
                    train_step: Callable | None) -> list[float]:

@@ -98,6 +98,8 @@ class Batches:
         >>> ld.hessian(model, None, ld.Batches(loader, call="positional"))  # doctest: +SKIP
     """
 
+    data: Any
+
     def __init__(self, data: Any, *, call: str = "auto", labels: str | None = "auto") -> None:
         if call not in CALLS:
             raise ValueError(f"call must be one of {CALLS}, got {call!r}.")
@@ -249,7 +251,8 @@ def _shape(x: Any) -> str:
     return type(x).__name__
 
 
-def _input_tensors(inputs: Any) -> list[torch.Tensor]:
+def input_tensors(inputs: Any) -> list[torch.Tensor]:
+    """The tensors of a batch's inputs: the tensor itself, or a dict's or tuple's tensor values."""
     if isinstance(inputs, torch.Tensor):
         return [inputs]
     values = inputs.values() if isinstance(inputs, Mapping) else inputs
@@ -281,10 +284,10 @@ def _split(batch: Any, index: int, name: str, single: bool = False, call: str = 
         if key is not None:
             targets = batch[key]
         else:
-            firsts = [t.shape[0] for t in _input_tensors(inputs) if t.dim() > 0]
+            firsts = [t.shape[0] for t in input_tensors(inputs) if t.dim() > 0]
             if not firsts:
                 raise ValueError(f"{where}: no tensor of the dict batch has a batch dimension ({_shape(batch)}).")
-            targets = no_targets(firsts[0], _input_tensors(inputs)[0].device)
+            targets = no_targets(firsts[0], input_tensors(inputs)[0].device)
     elif isinstance(batch, (tuple, list)) and len(batch) == 2:
         inputs, targets = batch
         if marker is not None and isinstance(inputs, Mapping):
@@ -309,7 +312,7 @@ def _check_batch(inputs: Any, targets: Any, index: int, name: str, single: bool 
     if targets.dim() == 0:
         return  # one unbatched sample
     n = targets.shape[0]
-    firsts = [t.shape[0] if t.dim() > 0 else None for t in _input_tensors(inputs)]
+    firsts = [t.shape[0] if t.dim() > 0 else None for t in input_tensors(inputs)]
     matched = firsts[0] == n if isinstance(inputs, torch.Tensor) else n in firsts
     if not matched:
         shown = firsts[0] if isinstance(inputs, torch.Tensor) else firsts
@@ -396,7 +399,7 @@ def to_device(inputs: Any, device: torch.device) -> Any:
 
 
 def input_device(inputs: Any) -> torch.device:
-    return _input_tensors(inputs)[0].device
+    return input_tensors(inputs)[0].device
 
 
 def place(inputs: Any, targets: torch.Tensor, device: torch.device) -> Batch:
@@ -565,7 +568,7 @@ def _model_hint(err: BaseException, inputs: Any, model: torch.nn.Module) -> str:
         return (f"the dict of inputs was passed {how} (read from forward's signature); choose with "
                 f"lossdoctor.Batches(data, call={other!r}), or give the dict the names forward takes.")
     param = next(iter(model.parameters()), None)
-    dtypes = {t.dtype for t in _input_tensors(inputs) if t.is_floating_point()}
+    dtypes = {t.dtype for t in input_tensors(inputs) if t.is_floating_point()}
     if param is not None and dtypes and param.dtype not in dtypes and ("dtype" in text or "scalar type" in text
                                                                         or "double" in text or "float" in text):
         got = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
@@ -647,7 +650,7 @@ def forward(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targe
             raise ValueError(f"the loss on batch {index} does not depend on the model's parameters: {culprit}. "
                              "lossdoctor differentiates the loss: return it as computed from the outputs.")
     if not bool(torch.isfinite(loss.detach()).all()):
-        bad = [t for t in _input_tensors(inputs) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [t for t in input_tensors(inputs) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
         if bad or (targets.is_floating_point() and not bool(torch.isfinite(targets).all())):
             # A NaN in the data is no training failure: say so before any verdict is drawn from it.
             raise ValueError(f"the loss is {float(loss.detach().reshape(-1)[0])} on batch {index}: its "
@@ -696,7 +699,7 @@ def merge_batches(batches: list[Batch], name: str = "data") -> Batch:
         if isinstance(inputs, Mapping) and set(inputs) != set(first):
             raise ValueError(f"{name}: batch {i} has keys {sorted(map(str, inputs))}, batch 0 {sorted(map(str, first))}: "
                              "dict batches are merged key by key and need the same keys.")
-        for t in _input_tensors(inputs):
+        for t in input_tensors(inputs):
             if t.dim() == 0 or t.shape[0] != n:
                 raise ValueError(f"{name}: batch {i}: an input of shape {tuple(t.shape)} has no batch dimension of "
                                  f"{n}; merging batches (for the batch-size lab) needs every input tensor to have the "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +117,18 @@ def preserved_rng() -> Iterator[None]:
         state.restore()
 
 
+
+@torch.no_grad()
+def load_flat(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
+    """Write the flat ``vector`` into ``params`` in order, each piece cast to its parameter's device
+    and dtype (the inverse of concatenating the flattened parameters)."""
+    sizes = [p.numel() for p in params]
+    if vector.numel() != sum(sizes):
+        raise ValueError(f"the vector has {vector.numel()} entries; the parameters hold {sum(sizes)}.")
+    for p, piece in zip(params, torch.split(vector.reshape(-1), sizes), strict=True):
+        p.copy_(piece.view_as(p))
+
+
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     """Put ``model`` in eval (or train) mode and restore every module's flag afterwards.
@@ -182,7 +194,7 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return named
 
 
-def model_device(params: list[torch.Tensor]) -> torch.device:
+def model_device(params: Sequence[torch.Tensor]) -> torch.device:
     devices = {p.device for p in params}
     if len(devices) > 1:
         raise ValueError(f"the model's trainable parameters are spread over several devices "

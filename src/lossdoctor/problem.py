@@ -63,7 +63,7 @@ def _as_problem(obj: Any, name: str) -> Problem:
     if isinstance(obj, Problem):
         return obj
     if isinstance(obj, (tuple, list)) and len(obj) in (3, 4):
-        return Problem(*obj, name=name)
+        return Problem(obj[0], obj[1], obj[2], obj[3] if len(obj) == 4 else None, name=name)
     raise TypeError(f"{name} returned {type(obj).__name__}; it must return a lossdoctor.Problem or a "
                     "tuple (model, loss_fn, train_data[, test_data]).")
 

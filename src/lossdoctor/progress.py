@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 Progress = Callable[[int, int], None]
 
@@ -109,6 +109,12 @@ def resolve(progress: Any, description: str) -> tuple[Progress | None, TextBar |
                         f"a function called as progress(done, total); got {type(progress).__name__} "
                         f"{progress!r:.40}.")
     return progress, None
+
+
+def as_callback(progress: object) -> Progress | None:
+    """Inside a :func:`with_progress` function: the callback (or None) the decorator passed in place
+    of ``True``/``"auto"``/``False``, typed as such."""
+    return cast(Progress, progress) if callable(progress) else None
 
 
 def with_progress(description: str) -> Callable:

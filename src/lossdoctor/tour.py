@@ -21,6 +21,7 @@ from typing import Any
 
 from . import _interrupt
 from ._files import atomic_write_text, read_text_inside
+from ._version import __version__
 from .progress import Progress
 from .report import batch_sweep as batch_sweep_report
 from .report import batch_time as batch_time_report
@@ -99,8 +100,6 @@ STATE = ".tour-sections.json"  # per finished section: settings, version, render
 
 
 def _version() -> str:
-    from . import __version__
-
     return __version__
 
 

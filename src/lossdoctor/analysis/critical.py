@@ -30,6 +30,7 @@ from ..curvature import dense_hessian, eigenpairs, hessian, spectral_density
 from ..curvature.density import fraction_below
 from ..curvature.operator import LossFn
 from ..progress import Progress, scaled, with_progress
+from ..types import Data, Kind, Mode, Reduction
 
 KINDS = ("local_minimum", "local_maximum", "saddle_point", "degenerate", "not_critical", "undetermined")
 # Default gradient tolerance: this fraction of the gradient scale sqrt(2 |L| Λ).
@@ -58,7 +59,7 @@ class CriticalPoint(ResultMixin):
     eigenvalue when that eigenvalue is below ``-eig_tol``, else ``None``.
     """
 
-    kind: str
+    kind: Kind
     loss: float
     grad_norm: float
     grad_tol: float
@@ -202,7 +203,7 @@ def gradient_scale(loss: float, eigenvalues: np.ndarray) -> float:
     return math.sqrt(2.0 * abs(loss) * big)
 
 
-def _kind(grad_norm: float, grad_tol: float, lo: float, hi: float, eig_tol: float) -> str:
+def _kind(grad_norm: float, grad_tol: float, lo: float, hi: float, eig_tol: float) -> Kind:
     if grad_norm > grad_tol:
         return "not_critical"
     if lo > eig_tol:
@@ -250,12 +251,12 @@ def _evidence(kind: str, grad_norm: float, grad_tol: float, lo: float, hi: float
 
 
 @with_progress("critical point")
-def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Any, *, grad_tol: float | None = None,
+def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, grad_tol: float | None = None,
                             eig_tol: float | None = None, k: int = 5, dense: bool | None = None,
-                            dense_max_params: int = DENSE_MAX_PARAMS, mode: str = "eval", tol: float = 1e-6,
+                            dense_max_params: int = DENSE_MAX_PARAMS, mode: Mode = "eval", tol: float = 1e-6,
                             seed: int = 0, num_probes: int = 8, lanczos_steps: int = 80,
                             max_matvecs: int | None = None, progress: Progress | bool | str | None = "auto",
-                            reduction: str | None = None) -> CriticalPoint:
+                            reduction: Reduction | None = None) -> CriticalPoint:
     """Classify the model's current parameters as a local minimum, local maximum, saddle point,
     degenerate critical point, or not a critical point at all.
 

@@ -33,9 +33,9 @@ from .._checks import (
     check_seed,
 )
 from .._results import ResultMixin, fmt
+from ..evaluation import as_tensors, evaluate_largest
 from ..model_state import preserved_model, preserved_rng, trainable_parameters
 from ..progress import Progress, with_progress
-from ..training.evaluation import as_tensors, evaluate_largest
 
 NORMALIZATIONS = ("filter", "layer", "none")
 

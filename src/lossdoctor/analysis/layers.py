@@ -308,7 +308,7 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
         def matmul(X: torch.Tensor, view: BlockView = view) -> torch.Tensor:
             out = view @ X
             done[0] += X.shape[1]
-            if progress is not None:
+            if callable(progress):
                 progress(done[0], total)
             return out
 

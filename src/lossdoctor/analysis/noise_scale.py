@@ -33,9 +33,9 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..data import batch_loss, take
+from ..evaluation import as_tensors
 from ..model_state import evaluation_mode, preserved_model, trainable_parameters
 from ..progress import Progress, with_progress
-from ..training.evaluation import as_tensors
 
 MODES = ("eval", "train")
 

@@ -31,9 +31,10 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..curvature import hessian
-from ..curvature.operator import HessianOperator, LossFn, _loss_reduction
-from ..data import batch_loss, batch_size, iter_batches, place
-from ..model_state import evaluation_mode, preserved_model, preserved_rng
+from ..curvature.operator import HessianOperator, LossFn, loss_reduction
+from ..data import iter_batches
+from ..evaluation import mean_loss
+from ..model_state import evaluation_mode, load_flat, preserved_model, preserved_rng
 from ..progress import Progress, scaled
 from .critical import CriticalPoint, classify_critical_point
 
@@ -140,23 +141,14 @@ class SaddleEscapeComparison(ResultMixin):
 
 # -- moving the parameters -------------------------------------------------------------------
 def _set_parameters(op: HessianOperator, vector: torch.Tensor) -> None:
-    with torch.no_grad():
-        for p, piece in zip(op.params, torch.split(vector.to(device=op.device, dtype=op.dtype), op.numels), strict=True):
-            p.copy_(piece.view_as(p))
+    load_flat(op.params, vector)
 
 
 def _mean_loss(op: HessianOperator) -> float:
     """The mean loss over all of the operator's data at the model's current parameters (forward only)."""
-    weighted_sum = getattr(op, "reduction", _loss_reduction(op.loss_fn)) == "sum"
-    total, count = 0.0, 0
-    with preserved_rng(), evaluation_mode(op.model, op.mode), torch.no_grad():
-        for i, (inputs, targets) in enumerate(iter_batches(op.data)):
-            inputs, targets = place(inputs, targets, op.device)
-            n = batch_size(targets)
-            loss = float(batch_loss(op.model, op.loss_fn, inputs, targets, i))
-            total += loss if weighted_sum else loss * n
-            count += n
-    return total / count
+    weighted_sum = getattr(op, "reduction", loss_reduction(op.loss_fn)) == "sum"
+    with preserved_rng(), evaluation_mode(op.model, op.mode):
+        return mean_loss(op.model, op.loss_fn, iter_batches(op.data), op.device, summed=weighted_sum)
 
 
 def _line_search(loss_at: Callable[[float], float], eta0: float, loss0: float

@@ -37,7 +37,7 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..curvature import eigenpairs, hessian, trace
-from ..model_state import preserved_model
+from ..model_state import load_flat, preserved_model
 from ..progress import Progress, with_progress
 
 METHODS = ("lambda_max", "trace", "epsilon")
@@ -126,9 +126,7 @@ def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, s
         z = torch.from_numpy(y)
         step = z if basis is None else basis @ z.to(basis.device)
         point = (theta + step.to(theta.device)).to(op.dtype)
-        with torch.no_grad():
-            for p, part in zip(op.params, torch.split(point, op.numels)):
-                p.copy_(part.reshape(p.shape))
+        load_flat(op.params, point)
         loss, grad = op.gradient()
         count[0] += 1
         g = grad.to(torch.float64)
@@ -220,9 +218,7 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
                             try:
                                 best, iters, evals = _box_max(op, eps, basis, max_iter=max_iter, seed=seed)
                             finally:
-                                with torch.no_grad():
-                                    for p, part in zip(op.params, torch.split(theta, op.numels)):
-                                        p.copy_(part.reshape(p.shape))
+                                load_flat(op.params, theta)
                             best = max(best, op.loss)  # the centre is in the box
                             eps_results.append(EpsilonSharpness(
                                 epsilon=eps, space="full" if dim is None else f"random-{basis.shape[1]}",

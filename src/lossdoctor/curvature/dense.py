@@ -3,20 +3,19 @@ tests and exact answers (every eigenvalue, the exact fraction of positive ones).
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from .._checks import check_arguments
+from ..types import Data, Mode, Reduction
 from .operator import LossFn, hessian
 
 DEFAULT_MAX_PARAMS = 5000
 
 
-def dense_hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
+def dense_hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval",
                   max_params: int = DEFAULT_MAX_PARAMS, dtype: torch.dtype | None = None,
-                  reduction: str | None = None) -> torch.Tensor:
+                  reduction: Reduction | None = None) -> torch.Tensor:
     """The exact ``(n, n)`` Hessian of the mean loss over ``data`` (symmetrized).
 
     Built column block by column block from Hessian-vector products, so it costs ``n`` products.

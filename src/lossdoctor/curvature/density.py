@@ -4,7 +4,6 @@ used for neural networks by Ghorbani, Krishnan & Xiao, 2019)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +11,9 @@ import torch
 
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
-from ..progress import with_progress
+from ..progress import Progress, as_callback, with_progress
+from ..types import OperatorLike
 from .lanczos import apply64, block_lanczos_tridiagonals, operator_mode, rademacher, tridiagonal
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ class SpectralDensity(ResultMixin):
 
 
 @with_progress("spectral density")
-def spectral_density(op, *, num_probes: int = 4, lanczos_steps: int = 60, grid_points: int = 512,
+def spectral_density(op: OperatorLike, *, num_probes: int = 4, lanczos_steps: int = 60, grid_points: int = 512,
                      sigma: float | None = None, zero_tol: float | None = None, seed: int = 0,
                      progress: Progress | bool | str | None = "auto") -> SpectralDensity:
     """Stochastic Lanczos quadrature with ``num_probes`` Rademacher probes of ``lanczos_steps`` each.
@@ -80,6 +78,7 @@ def spectral_density(op, *, num_probes: int = 4, lanczos_steps: int = 60, grid_p
         raise ValueError("num_probes and lanczos_steps must be at least 1.")
     n = int(op.shape[0])
     device = getattr(op, "device", "cpu")
+    callback = as_callback(progress)
     done = [0]
     steps = min(lanczos_steps, n)
     total = steps * num_probes
@@ -87,8 +86,8 @@ def spectral_density(op, *, num_probes: int = 4, lanczos_steps: int = 60, grid_p
     def matmul(X: torch.Tensor) -> torch.Tensor:
         out = apply64(op, X)
         done[0] += X.shape[1]
-        if progress is not None:
-            progress(done[0], total)
+        if callback is not None:
+            callback(done[0], total)
         return out
 
     start = rademacher(n, num_probes, seed, device)

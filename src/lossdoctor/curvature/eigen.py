@@ -20,10 +20,10 @@ import torch
 from .. import _interrupt
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
-from ..progress import with_progress
+from ..progress import Progress, as_callback, with_progress
+from ..types import OperatorLike, Which
 from .lanczos import apply64, gaussian, operator_mode, orthogonalize
 
-Progress = Callable[[int, int], None]
 WHICH = ("largest", "smallest", "both", "largest_magnitude")
 # Eigenvalues smaller than this fraction of ||H|| are judged on absolute accuracy
 # tol * FLOOR * ||H||: relative accuracy of near-zero eigenvalues is not attainable in float32.
@@ -333,7 +333,7 @@ class _Counted:
 
 
 @with_progress("eigenpairs")
-def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, seed: int = 0,
+def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: float = 1e-6, seed: int = 0,
                max_matvecs: int | None = None, ncv: int | None = None,
                progress: Progress | bool | str | None = "auto") -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator such as :func:`lossdoctor.hessian`.
@@ -376,7 +376,7 @@ def eigenpairs(op, k: int = 5, which: str = "largest", *, tol: float = 1e-6, see
     if max_matvecs is None:
         max_matvecs = max(300, 40 * k)
     max_matvecs = max(int(max_matvecs), 1)
-    count = _Counted(op, max_matvecs, progress)
+    count = _Counted(op, max_matvecs, as_callback(progress))
     inner = "both" if which == "largest_magnitude" else which
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # warned once below, on the final pairs

@@ -7,6 +7,7 @@ here are float64 so that rounding in the recurrence does not pollute the results
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -64,7 +65,7 @@ def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Te
 
 
 def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, *, last_beta: bool = False
-                               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                               ) -> list[Any]:
     """Run ``steps`` Lanczos iterations from each column of ``start`` independently, with full
     reorthogonalization, multiplying all columns in one ``matmul`` per step.
 

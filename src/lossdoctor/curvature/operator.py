@@ -18,15 +18,18 @@ import torch
 from torch import nn
 
 from .._checks import check_arguments
+from .._distributed import process_group_active
 from ..data import batch_loss, batch_size, check_data, iter_batches, place, split_batch
 from ..model_state import evaluation_mode, model_device, preserved_rng, trainable_parameters
+from ..types import Data, Mode, Reduction
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor] | None  # None: the model's own outputs.loss
 MODES = ("eval", "train")
 REDUCTIONS = ("mean", "sum")
 
 
-def _loss_reduction(loss_fn: Any) -> str:
+def loss_reduction(loss_fn: Any) -> str:
+    """The loss module's ``.reduction`` attribute where it is a string, else "mean"."""
     reduction = getattr(loss_fn, "reduction", "mean")
     return reduction if isinstance(reduction, str) else "mean"
 
@@ -36,7 +39,7 @@ def _declared_reduction(loss_fn: Any, reduction: str | None) -> str:
     module's ``.reduction`` attribute, else "mean"."""
     attribute = getattr(loss_fn, "reduction", None)
     if reduction is None:
-        reduction = _loss_reduction(loss_fn)
+        reduction = loss_reduction(loss_fn)
         if reduction not in REDUCTIONS:
             raise ValueError(f"loss_fn has reduction={reduction!r}; the Hessian needs a scalar loss. "
                              "Use reduction='mean'.")
@@ -161,8 +164,8 @@ class HessianOperator:
         self._cache_budget = _cache_budget(cache, self.device)
         self._graph_cache: _KeptGraphs | None = None
         self._cache_gave_up = False  # the forward changes buffers in place: graphs cannot be kept
-        self.distributed = _process_group_active() if distributed is None else bool(distributed)
-        if self.distributed and not _process_group_active():
+        self.distributed = process_group_active() if distributed is None else bool(distributed)
+        if self.distributed and not process_group_active():
             raise ValueError("distributed=True but no torch.distributed process group is initialized: "
                              "call torch.distributed.init_process_group first (e.g. under torchrun).")
         self.loss, self.num_samples, self.num_batches = self._validate()
@@ -210,6 +213,7 @@ class HessianOperator:
     def _check_split(self, inputs: Any, targets: torch.Tensor, n: int, index: int, loss: float) -> None:
         """Micro-batching is exact only when the batch loss is the mean (or sum) of per-sample
         losses of samples the model treats independently; compare the two losses on this batch."""
+        assert self.micro_batch_size is not None  # called only when micro-batching
         parts = 0.0
         for j, (x, y, m) in enumerate(split_batch(inputs, targets, self.micro_batch_size)):
             try:
@@ -286,8 +290,8 @@ class HessianOperator:
                 batches += 1
         self._local_samples = count
         if self.distributed:
-            total, count, batches = self._all_reduce_scalars(total, count, batches)
-            count, batches = int(count), int(batches)
+            total, samples, reduced = self._all_reduce_scalars(total, count, batches)
+            count, batches = int(samples), int(reduced)
         if count == 0:
             raise ValueError("data is empty: it yielded no samples" + (" on any rank." if self.distributed else "."))
         return total / count, count, batches
@@ -456,7 +460,8 @@ class HessianOperator:
                 count += n
         if self.distributed:
             torch.distributed.all_reduce(grad)
-            total, count = self._all_reduce_scalars(total, count)
+            total, samples = self._all_reduce_scalars(total, count)
+            return total / samples, grad / samples
         return total / count, grad / count
 
     def _all_reduce_scalars(self, *values: float) -> list[float]:
@@ -565,13 +570,9 @@ class _SavedBytes:
         self._hooks.__exit__(*exc)
 
 
-def _process_group_active() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def hessian(model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval", max_block: int = 16,
+def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval", max_block: int = 16,
             micro_batch_size: int | None = None, distributed: bool | None = None,
-            cache: bool | str | int = "auto", reduction: str | None = None) -> HessianOperator:
+            cache: bool | str | int = "auto", reduction: Reduction | None = None) -> HessianOperator:
     """The exact Hessian of the mean of ``loss_fn`` over every sample in ``data``.
 
     Args:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from .._checks import check_arguments
 from .._results import ResultMixin, fmt
-from ..progress import with_progress
+from ..progress import Progress, as_callback, with_progress
+from ..types import OperatorLike, TraceMethod
 from .lanczos import RademacherStream, apply64, operator_mode
 
-Progress = Callable[[int, int], None]
 METHODS = ("hutch++", "hutchinson")
 
 
@@ -138,7 +137,7 @@ def _exact_trace(op, n: int, block: int, counter: _Counter, device) -> float:
 
 
 @with_progress("trace")
-def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, block: int | None = None,
+def trace(op: OperatorLike, matvecs: int = 100, method: TraceMethod = "hutch++", *, seed: int = 0, block: int | None = None,
           progress: Progress | bool | str | None = "auto") -> TraceResult:
     """Estimate tr(H) from ``matvecs`` products with Rademacher probes.
 
@@ -167,20 +166,20 @@ def trace(op, matvecs: int = 100, method: str = "hutch++", *, seed: int = 0, blo
     if matvecs < (3 if method == "hutch++" else 1):
         raise ValueError(f"{method} needs at least {3 if method == 'hutch++' else 1} matvecs, got {matvecs}.")
     device = getattr(op, "device", "cpu")
-    block = int(block or getattr(op, "max_block", 16))
+    block = int(block or getattr(op, "max_block", None) or 16)
     if matvecs >= n:
         # n products give the exact trace: no estimator can beat that, and a sketch wider than
         # the space would be rank deficient by construction.
-        counter = _Counter(n, progress)
+        counter = _Counter(n, as_callback(progress))
         value = _exact_trace(op, n, block, counter, device)
         return TraceResult(estimate=value, standard_error=0.0, matvecs=counter.done, method="exact",
                            seed=seed, num_params=n, mode=operator_mode(op))
-    counter = _Counter(matvecs, progress)
+    counter = _Counter(matvecs, as_callback(progress))
     interrupted = False
     exact = 0.0
     sizes = 0.0  # sum of ||H q|| over the basis: the scale of the exact part's rounding error
     terms: list[float] = []
-    label = method
+    label: str = method
     try:
         if method == "hutchinson":
             _hutchinson_terms(op, RademacherStream(n, seed, device), matvecs, block, counter, terms)

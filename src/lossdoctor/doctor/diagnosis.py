@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
 from ..data import call_model, place
 from ..progress import Progress, scaled, with_progress
+from ..types import Cause, Data, History, Mode
 from .candidates import Candidate, candidates
 from .explain import CAUSE_TITLES, describe_action, evidence, layer_evidence, summary
 from .measure import (
@@ -84,7 +85,7 @@ class Diagnosis(ResultMixin):
     trial steps and seconds.
     """
 
-    cause: str
+    cause: Cause
     summary: str
     stalled: bool
     evidence: tuple[str, ...]
@@ -240,8 +241,8 @@ def _rank(items: list[tuple[Candidate, Prescription]], verified: bool, no_change
 
 
 @with_progress("diagnosis")
-def diagnose(model: nn.Module, loss_fn: Any, data: Any, *, history: Any, optimizer: Any = None,
-             lr: float | None = None, window: int = WINDOW, mode: str = "auto", verify: bool | str = "auto",
+def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, optimizer: torch.optim.Optimizer | None = None,
+             lr: float | None = None, window: int = WINDOW, mode: Mode | Literal["auto"] = "auto", verify: bool | str = "auto",
              trial_steps: int | str = "auto", train_step: TrainStep | None = None, eval_data: Any = None,
              checkpoint: dict[str, torch.Tensor] | None = None, samples: int | None = SAMPLES,
              curvature_samples: int | None = CURVATURE_SAMPLES,

@@ -40,7 +40,8 @@ from ..analysis.step_size import Preconditioned, StepSize, step_size
 from ..curvature import eigenpairs, hessian
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, tridiagonal
 from ..data import batch_loss, batch_size, is_single_batch, iter_batches, map_inputs, place
-from ..model_state import evaluation_mode, preserved_model, preserved_rng
+from ..evaluation import mean_loss
+from ..model_state import evaluation_mode, load_flat, preserved_model, preserved_rng
 from ..progress import Progress
 from ..training.lr_finder import preserved_optimizer
 from .trend import LossTrend, StepHistory, loss_trend
@@ -347,9 +348,7 @@ def _noise(mean_grad: torch.Tensor, sq: list[float], sizes: list[int]) -> tuple[
 
 
 def _flat_set(params: list[torch.Tensor], vector: torch.Tensor) -> None:
-    with torch.no_grad():
-        for p, piece in zip(params, torch.split(vector, [p.numel() for p in params])):
-            p.copy_(piece.view_as(p).to(p.dtype))
+    load_flat(params, vector)
 
 
 def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, grad: torch.Tensor,
@@ -502,15 +501,9 @@ def batches_loss(model: nn.Module, loss_fn: Any, batches: list, mode: str) -> fl
     """The mean loss over ``batches`` in ``mode`` (dropout off), the model's modes, buffers and
     the RNG restored."""
     device = next(model.parameters()).device
-    total, count = 0.0, 0
     with preserved_model(model), dropout_off(model):
         model.train(mode == "train")
-        for i, (x, y) in enumerate(batches):
-            x, y = place(x, y, device)
-            n = batch_size(y)
-            total += float(batch_loss(model, loss_fn, x, y, i)) * n
-            count += n
-    return total / count if count else math.nan
+        return mean_loss(model, loss_fn, batches, device)
 
 
 def escape_step(model: nn.Module, loss_fn: Any, batches: list, mode: str, names: tuple[str, ...],

@@ -53,6 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from .._results import ResultMixin, fmt
+from ..types import Cause
 from .measure import Measurements
 
 CAUSES = ("diverging", "oscillation", "progressing", "momentum_too_high", "dead_units", "weight_decay",
@@ -121,7 +122,7 @@ class Evidence(ResultMixin):
 class Decision(ResultMixin):
     """The cause, whether training is stalled, and the comparisons that decided."""
 
-    cause: str
+    cause: Cause
     stalled: bool
     evidence: tuple[Evidence, ...]
     kept_previous: bool = False

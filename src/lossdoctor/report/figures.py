@@ -1,26 +1,47 @@
-"""Matplotlib set-up shared by every figure: a headless backend and one way to save."""
+"""Matplotlib set-up shared by every figure: one style, a headless backend unless the user chose
+one, and one way to save.
+
+Matplotlib (the ``report`` extra) is imported when a figure is drawn, not when this module is, and
+the backend is chosen then: Agg (files only, no window) unless a backend was already chosen
+(``MPLBACKEND``, a matplotlibrc, ``matplotlib.use`` or an imported pyplot). The style applies to
+lossdoctor's own figures only (``rc_context``), never to the user's.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
-import matplotlib
+from .._extras import require
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 110, "axes.grid": True, "grid.alpha": 0.3,
-                     "axes.spines.top": False, "axes.spines.right": False})
+STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+         "axes.spines.right": False}
+SAVE_DPI = 110
 
 
-def new_figure(ncols: int = 1, width: float = 5.5, height: float = 3.8):
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+def pyplot() -> ModuleType:
+    """``matplotlib.pyplot``, with the Agg backend when nothing else was chosen."""
+    matplotlib = require("matplotlib", "drawing figures")
+    chosen = getattr(matplotlib.rcParams, "_get_backend_or_none", lambda: None)()
+    if chosen is None and "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def new_figure(ncols: int = 1, width: float = 5.5, height: float = 3.8) -> tuple[Any, list[Any]]:
+    plt = pyplot()
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
     return fig, list(axes[0])
 
 
 def _writer(fig, path: Path):
     fmt = path.suffix.lstrip(".").lower() or "png"
-    return lambda stream: fig.savefig(stream, format=fmt)
+    return lambda stream: fig.savefig(stream, format=fmt, dpi=SAVE_DPI)
 
 
 def save(fig, out_dir: Path, name: str) -> str:
@@ -33,7 +54,7 @@ def save(fig, out_dir: Path, name: str) -> str:
         fig.tight_layout()
         atomic_write(out_dir, name, _writer(fig, Path(name)))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
     return name
 
 
@@ -46,5 +67,5 @@ def save_new(fig, path: Path) -> Path:
         fig.tight_layout()
         written, _ = write_new(Path(path), _writer(fig, Path(path)))
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
     return written

@@ -20,8 +20,9 @@ CSS = ("<style>.ld{font-family:system-ui,sans-serif;font-size:13px;max-width:980
 
 def inline_png(fig: Any) -> str:
     """A matplotlib figure as an inline <img> (base64 PNG); the figure is closed."""
-    import matplotlib.pyplot as plt
+    from .figures import pyplot
 
+    plt = pyplot()
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=90)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ def _one_run(seed: int, x: torch.Tensor, y: torch.Tensor, curve_x: torch.Tensor,
     gn = np.linalg.eigvalsh(gauss_newton(model, x).detach().numpy())
     tol = critical.eig_tol
     with torch.no_grad():
-        active = (model[0](x) > 0).any(dim=0)
+        active = (cast(nn.Sequential, model)[0](x) > 0).any(dim=0)
         prediction = model(curve_x).numpy().ravel()
     return RegressionRun(seed=seed, loss_phase=loss_phase, grad_phase=grad_phase, critical=critical,
                          exact_eigenvalues=exact, gauss_newton_eigenvalues=gn,

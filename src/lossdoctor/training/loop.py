@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from .._results import ResultMixin
-from ..data import batch_loss, batch_size, forward, iter_batches, place
+from ..data import batch_loss, iter_batches, place
+from ..evaluation import evaluate
 from ..progress import Progress
 
 
@@ -42,41 +43,16 @@ def training_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Op
     return loss
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, float | None]:
-    """Mean loss over all samples of ``data`` and, for class-index targets, accuracy.
-    Runs in eval mode and restores the model's mode."""
-    was_training = [m.training for m in model.modules()]
-    model.eval()
-    device = next(model.parameters()).device
-    total, correct, count, classified = 0.0, 0, 0, True
-    try:
-        for i, (inputs, targets) in enumerate(iter_batches(data)):
-            inputs, targets = place(inputs, targets, device)
-            outputs, loss = forward(model, loss_fn, inputs, targets, i)
-            n = batch_size(targets)
-            total += float(loss) * n
-            count += n
-            if classified and isinstance(outputs, torch.Tensor) and outputs.dim() == 2 \
-                    and targets.dtype in (torch.int64, torch.int32) and targets.dim() == 1:
-                correct += int((outputs.argmax(1) == targets).sum())
-            else:
-                classified = False
-    finally:
-        for m, t in zip(model.modules(), was_training):
-            m.training = t
-    if count == 0:
-        raise ValueError("data is empty: it yielded no samples.")
-    return total / count, (correct / count if classified else None)
-
-
 def train(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer, *,
           epochs: int = 1, test_data: Any = None, scheduler: Any = None,
           progress: Progress | None = None) -> TrainHistory:
     """Train ``model`` in place for ``epochs`` passes over ``data``; returns its history."""
     device = next(model.parameters()).device
     step_loss: list[float] = []
-    tl, ta, vl, va = [], [], [], []
+    tl: list[float] = []
+    ta: list[float | None] = []
+    vl: list[float | None] = []
+    va: list[float | None] = []
     num_batches = sum(1 for _ in iter_batches(data))
     total = epochs * num_batches
     for _ in range(epochs):

@@ -223,7 +223,7 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
                 avg = smoothing * avg + (1.0 - smoothing) * value
                 running = avg / (1.0 - smoothing ** (i + 1))
                 best = min(best, running)
-                if progress is not None:
+                if callable(progress):
                     progress(i + 1, steps)
                 if running > diverge_factor * best:
                     diverged = True

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -98,7 +98,8 @@ def split_parameters(model: nn.Module, *, exclude: Sequence[str] = DEFAULT_EXCLU
     names = [e for e in entries if e not in KEYWORDS]
     owners = _owners(model)
     used: set[str] = set()
-    decayed, kept = [], []
+    decayed: list[tuple[str, nn.Parameter]] = []
+    kept: list[tuple[str, nn.Parameter]] = []
     for name, p in model.named_parameters():  # tied parameters once
         if trainable_only and not p.requires_grad:
             continue
@@ -161,4 +162,4 @@ def l2_penalty(model: nn.Module, gamma: float, *, exclude: Sequence[str] = DEFAU
         device = next((p.device for _, p in kept), torch.device("cpu"))
         return torch.zeros((), device=device)
     total = sum(p.pow(2).sum() for _, p in decayed)  # not stack: groups may differ in dtype
-    return 0.5 * gamma * total
+    return cast(torch.Tensor, 0.5 * gamma * total)

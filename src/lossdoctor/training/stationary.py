@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 
 from .._results import ResultMixin, fmt
 from ..data import batch_loss, batch_size, iter_batches, place
-from ..model_state import trainable_parameters
+from ..model_state import load_flat, trainable_parameters
 from ..progress import Progress
 
 OBJECTIVES = ("loss", "grad_norm")
@@ -66,17 +66,11 @@ def loss_and_gradient(model: nn.Module, loss_fn: Callable, data: Any, *, create_
     return loss, list(grads)
 
 
-def _set_flat(params: list[torch.Tensor], x: np.ndarray) -> None:
-    flat = torch.from_numpy(x)
-    with torch.no_grad():
-        offset = 0
-        for p in params:
-            n = p.numel()
-            p.copy_(flat[offset:offset + n].view_as(p).to(device=p.device, dtype=p.dtype))
-            offset += n
+def _set_flat(params: Sequence[torch.Tensor], x: np.ndarray) -> None:
+    load_flat(params, torch.from_numpy(x))
 
 
-def _flat(tensors: list[torch.Tensor]) -> np.ndarray:
+def _flat(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     return torch.cat([t.detach().reshape(-1) for t in tensors]).to("cpu", torch.float64).numpy()
 
 
@@ -104,7 +98,7 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
             last.update(x=np.array(x, copy=True), loss=value, norm=float(np.linalg.norm(flat)))
             return value, flat
         loss, grads = loss_and_gradient(model, loss_fn, data, create_graph=True)
-        grad_sq = sum((g * g).sum() for g in grads)
+        grad_sq = cast(torch.Tensor, sum((g * g).sum() for g in grads))
         outer = torch.autograd.grad(grad_sq, params, allow_unused=True, materialize_grads=True)
         last.update(x=np.array(x, copy=True), loss=float(loss.detach()), norm=math.sqrt(float(grad_sq.detach())))
         return float(grad_sq.detach()), _flat(list(outer))

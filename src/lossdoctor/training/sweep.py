@@ -46,13 +46,15 @@ from .._checks import (
     describe,
     is_integer,
 )
+from .._distributed import rank_and_world
 from .._files import atomic_write_text, check_output_dir, read_text_inside
 from .._results import ResultMixin, fmt, to_jsonable
-from ..data import _input_tensors, batch_loss, take
+from ..data import batch_loss, input_tensors, take
+from ..evaluation import as_tensors, evaluate_largest, rebatch
 from ..model_state import preserved_rng, seeded_rng
 from ..problem import Problem
 from ..progress import Progress, with_progress
-from .evaluation import as_tensors, evaluate_largest, rebatch
+from .optimizers import make_optimizer
 
 LR_RULES = ("constant", "linear")
 OPTIMIZERS = ("sgd", "adam")
@@ -233,12 +235,6 @@ def initialize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return work.to(device)
 
 
-def _optimizer(name: str, params, lr: float, momentum: float):
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum)
-
-
 def _train_run(problem: Problem, train: tuple, test: tuple | None, b: int, seed: int, cfg: dict[str, Any],
                fingerprint: str, keep_states: bool, progress) -> SweepRun:
     """One run, with the global RNG (dropout, random layers) seeded from the run's seed and put
@@ -269,7 +265,7 @@ def _train_seeded_run(problem: Problem, train: tuple, test: tuple | None, b: int
     check = max(1, min(upe, cfg["check_every"]))
     model = initialize(problem.model, seed)
     device = next(model.parameters()).device
-    opt = _optimizer(cfg["optimizer"], [p for p in model.parameters() if p.requires_grad], lr, cfg["momentum"])
+    opt = make_optimizer(cfg["optimizer"], [p for p in model.parameters() if p.requires_grad], lr, cfg["momentum"])
     gen = torch.Generator().manual_seed(10_000 + seed)  # data order: the same for every batch size
     curve: dict[str, list] = {k: [] for k in ("step", "epoch", "seconds", "train_loss", "train_accuracy",
                                               "test_loss", "test_accuracy")}
@@ -346,14 +342,6 @@ def _train_seeded_run(problem: Problem, train: tuple, test: tuple | None, b: int
 
 
 # -- the sweep ---------------------------------------------------------------------------------
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @with_progress("batch-size sweep")
 def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: float | None = None,
                      updates: int | None = None, stop_at_loss: float | Sequence[float] = (),
@@ -423,13 +411,13 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
     num_train = len(train[1])
     cfg = {"problem": problem.name, "num_train": num_train, "num_test": len(test[1]) if test else 0,
            "num_params": sum(p.numel() for p in problem.model.parameters() if p.requires_grad),
-           "data_sum": float(sum(t.double().sum() for t in _input_tensors(train[0]))), "epochs": epochs, "updates": updates,
+           "data_sum": float(sum(t.double().sum() for t in input_tensors(train[0]))), "epochs": epochs, "updates": updates,
            "stop_at_loss": thresholds, "max_epochs": int(max_epochs), "lr": float(lr), "lr_rule": lr_rule,
            "base_batch": int(base_batch), "optimizer": optimizer, "momentum": float(momentum),
            "sharpness": methods, "epsilons": epsilons, "epsilon_iters": epsilon_iters, "tol": tol,
            "check_every": check_every, "sharpness_batch": sharpness_batch}
     fingerprint = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-    rank, world = _rank_world()
+    rank, world = rank_and_world()
     if world > 1 and store is None:
         raise ValueError("a sweep under torch.distributed needs store= a directory every rank can read and "
                          "write: the ranks share their runs through it.")
@@ -450,14 +438,14 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
                     loaded.append(found.key)
                 elif i % world == rank:
                     def sub(units: int, i: int = i) -> None:
-                        if progress:
+                        if callable(progress):
                             progress(i * UNITS + units, total)
                     run = _train_run(problem, train, test, b, s, cfg, fingerprint, keep_states, sub)
                     if path is not None:
                         atomic_write_text(path.parent, path.name, json.dumps(run.to_dict()))
                     runs[(b, s)] = run
                     trained.append(run.key)
-                if progress:
+                if callable(progress):
                     progress((i + 1) * UNITS, total)
     except KeyboardInterrupt:
         interrupted = _interrupt.keep_partial(finished=world == 1 and bool(runs))

@@ -31,9 +31,9 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..data import batch_loss, compute_loss, take
+from ..evaluation import as_tensors
 from ..model_state import preserved_rng, trainable_parameters
 from ..progress import Progress, with_progress
-from .evaluation import as_tensors
 
 SATURATION = 0.8  # saturated once throughput is within this fraction of the best measured
 
@@ -148,7 +148,7 @@ def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: 
                 med.append(float(np.median(times)))
                 lo.append(float(np.min(times)))
                 hi.append(float(np.max(times)))
-                if progress:
+                if callable(progress):
                     progress(i + 1, len(sizes))
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial(finished=bool(med))

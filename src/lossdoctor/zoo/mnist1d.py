@@ -3,6 +3,7 @@ Generated sets are cached as ``.npz`` files so repeated runs start at once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._extras import require
+from .._files import atomic_write
 from ..problem import Problem
 
 
@@ -29,8 +32,8 @@ def mnist1d_arrays(num_train: int = 4000, num_test: int = 1000, seed: int = 42
     if path.is_file():
         with np.load(path) as f:
             return f["x"], f["y"], f["x_test"], f["y_test"]
-    from mnist1d.data import get_dataset_args, make_dataset
-
+    mnist1d_data = require("mnist1d.data", "generating MNIST-1D (the built-in mnist1d problems)")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
     args = get_dataset_args()
     args.num_samples = num_train + num_test
     args.train_split = num_train / (num_train + num_test)
@@ -40,13 +43,8 @@ def mnist1d_arrays(num_train: int = 4000, num_test: int = 1000, seed: int = 42
     x_test, y_test = d["x_test"].astype(np.float32), d["y_test"].astype(np.int64)
     # make_dataset rounds the split; trim to exactly what was asked.
     x, y, x_test, y_test = x[:num_train], y[:num_train], x_test[:num_test], y_test[:num_test]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, x=x, y=y, x_test=x_test, y_test=y_test)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache only costs regeneration time
+    with contextlib.suppress(OSError):  # a read-only cache only costs regeneration time
+        atomic_write(path.parent, path.name, lambda stream: np.savez(stream, x=x, y=y, x_test=x_test, y_test=y_test))
     return x, y, x_test, y_test
 
 

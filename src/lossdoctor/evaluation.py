@@ -1,25 +1,32 @@
-"""Evaluation at the largest batch that fits: the data's samples are merged into as few batches
-as memory allows (the whole set first, halving on out-of-memory), because evaluation needs no
-gradients and one big batch is far faster than many small ones."""
+"""Full-data evaluation: the mean loss (and accuracy) over all of a data set, in eval mode.
+
+:func:`evaluate` goes batch by batch as the data comes; :func:`evaluate_largest` merges the samples
+into as few batches as memory allows (the whole set first, halving on out-of-memory), because
+evaluation needs no gradients and one big batch is far faster than many small ones. Both sit beside
+:mod:`lossdoctor.data` so that analyses and training alike use them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..data import (
-    _input_tensors,
+from .data import (
+    batch_loss,
     batch_size,
+    forward,
+    input_tensors,
     is_out_of_memory,
     iter_batches,
     map_inputs,
     merge_batches,
+    place,
     take,
 )
-from ..model_state import RNGStream
+from .model_state import RNGStream
 
 # Largest batch found to fit, per (device, model class, parameter count): the search runs once.
 _FITS: dict[tuple[str, str, int], int] = {}
@@ -40,15 +47,60 @@ def as_tensors(data: Any, name: str = "data") -> tuple[Any, torch.Tensor]:
     if not batches:
         raise ValueError(f"{name} is empty: it yielded no samples.")
     x, y = merge_batches(batches, name)
-    tensors = [*_input_tensors(x), y]
+    tensors = [*input_tensors(x), y]
     if any(t.device.type == "meta" for t in tensors):
         raise ValueError(f"{name} is on the meta device: it has shapes but no values. Pass real tensors.")
-    for what, t in [*(("inputs", t) for t in _input_tensors(x)), ("targets", y)]:
+    for what, t in [*(("inputs", t) for t in input_tensors(x)), ("targets", y)]:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             row = int((~torch.isfinite(t.reshape(len(t), -1))).any(1).nonzero()[0])
             raise ValueError(f"{name}: the {what} of sample {row} hold NaN or Inf: every loss over the data "
                              "would be NaN. Clean the data (torch.nan_to_num, or drop those samples).")
     return x, y
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, float | None]:
+    """Mean loss over all samples of ``data`` and, for class-index targets, accuracy.
+    Runs in eval mode and restores the model's mode."""
+    was_training = [m.training for m in model.modules()]
+    model.eval()
+    device = next(model.parameters()).device
+    total, correct, count, classified = 0.0, 0, 0, True
+    try:
+        for i, (inputs, targets) in enumerate(iter_batches(data)):
+            inputs, targets = place(inputs, targets, device)
+            outputs, loss = forward(model, loss_fn, inputs, targets, i)
+            n = batch_size(targets)
+            total += float(loss) * n
+            count += n
+            if classified and isinstance(outputs, torch.Tensor) and outputs.dim() == 2 \
+                    and targets.dtype in (torch.int64, torch.int32) and targets.dim() == 1:
+                correct += int((outputs.argmax(1) == targets).sum())
+            else:
+                classified = False
+    finally:
+        for m, t in zip(model.modules(), was_training):
+            m.training = t
+    if count == 0:
+        raise ValueError("data is empty: it yielded no samples.")
+    return total / count, (correct / count if classified else None)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[tuple[Any, torch.Tensor]],
+              device: torch.device, *, summed: bool = False) -> float:
+    """The sample-weighted mean loss over ``batches`` (``(inputs, targets)`` pairs, as
+    :func:`lossdoctor.data.iter_batches` yields them) at the model's current parameters and modes:
+    forward passes only, the caller sets the mode. ``summed``: each batch loss is already the sum
+    over its samples. NaN when there are no samples."""
+    total, count = 0.0, 0
+    for i, (inputs, targets) in enumerate(batches):
+        inputs, targets = place(inputs, targets, device)
+        n = batch_size(targets)
+        loss = float(batch_loss(model, loss_fn, inputs, targets, i))
+        total += loss if summed else loss * n
+        count += n
+    return total / count if count else math.nan
 
 
 def rebatch(x: Any, y: torch.Tensor, size: int) -> list[tuple[Any, torch.Tensor]]:
@@ -60,8 +112,6 @@ def evaluate_largest(model: nn.Module, loss_fn: Callable, data: Any, *,
                      max_batch: int | None = None) -> tuple[float, float | None]:
     """Mean loss and accuracy (``None`` unless class-index targets) over all of ``data``, in eval
     mode, with the largest batch that fits in memory. The model's modes are restored."""
-    from .loop import evaluate
-
     x, y = data if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], torch.Tensor) \
         and data[1].dim() > 0 else as_tensors(data)
     device = next(model.parameters()).device

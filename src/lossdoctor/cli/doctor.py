@@ -1,6 +1,6 @@
 """Command line for the stall doctor: ``lossdoctor diagnose`` and ``lossdoctor train``.
 
-Added to :data:`lossdoctor.cli.main` by ``cli``; argument parsing,
+Added to :data:`lossdoctor.cli.main` by :mod:`lossdoctor.cli.commands`; argument parsing,
 progress and output only.
 """
 
@@ -9,19 +9,21 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ._results import to_jsonable
-from .cli import (
+from .._results import to_jsonable
+from ..training.optimizers import OPTIMIZERS, make_optimizer
+from ._common import (
     Number,
-    _fail,
-    _load,
     checkpoint_option,
     device_option,
+    fail,
     json_option,
+    load,
     new_file,
     out,
     output_dir,
@@ -76,7 +78,7 @@ def read_history_file(path: str) -> dict[str, list[float]]:
     return {"losses": [number(r[-1], i + 1) for i, r in enumerate(rows)]}
 
 
-TRAIN_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+TRAIN_OPTIMIZERS = OPTIMIZERS
 optimizer_option = click.option("--optimizer", "opt_name", type=click.Choice(TRAIN_OPTIMIZERS), default=None,
                                 help="The optimizer the history was trained with (default: plain SGD at --lr).")
 momentum_option = click.option("--momentum", type=Number(minimum=0.0, below=1.0), default=0.0, show_default=True,
@@ -89,9 +91,22 @@ optimizer_state_option = click.option(
          "(loaded with weights_only=True).")
 
 
-def optimizer_from_options(name: str, params: Any, lr: float, momentum: float, weight_decay: float,
+def optimizer_options(lr_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--optimizer, --lr (helped by ``lr_help``), --momentum, --weight-decay, --optimizer-state: how
+    the user trains, as diagnose and checkup both ask."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed([optimizer_option, click.option("--lr", type=float, default=None, help=lr_help),
+                                momentum_option, weight_decay_option, optimizer_state_option]):
+            command = option(command)
+        return command
+    return decorate
+
+
+def optimizer_from_options(name: str, params: Any, lr: float | None, momentum: float, weight_decay: float,
                            state: str | None) -> Any:
     """The optimizer the options describe, with its saved state loaded when given."""
+    if lr is None:
+        fail("--optimizer needs --lr (the learning rate you train with).")
     optimizer = make_optimizer(name, params, lr, momentum, weight_decay)
     if state is not None:
         import torch
@@ -100,24 +115,11 @@ def optimizer_from_options(name: str, params: Any, lr: float, momentum: float, w
     return optimizer
 
 
-def make_optimizer(name: str, params: Any, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-    """The torch optimizer ``name`` (sgd, adam, adamw, rmsprop, adagrad) over ``params``."""
-    import torch
-
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    if name == "adagrad":
-        return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
-    return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=weight_decay)
-
-
 def _check_rate(name: str, value: float | None, *, positive: bool = True) -> None:
     if value is None:
         return
     if not math.isfinite(value) or (value <= 0 if positive else value < 0):
-        _fail(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}.")
+        fail(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}.")
 
 
 @click.command("diagnose")
@@ -126,11 +128,7 @@ def _check_rate(name: str, value: float | None, *, positive: bool = True) -> Non
 @click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False), required=True,
               help="Recent per-step training losses: a JSON list / object with 'losses' (and optionally "
                    "'grad_norms', 'grad_cosines'), or a CSV with a 'loss' column or one loss per line.")
-@optimizer_option
-@click.option("--lr", type=float, default=None, help="The learning rate the history was trained with.")
-@momentum_option
-@weight_decay_option
-@optimizer_state_option
+@optimizer_options("The learning rate the history was trained with.")
 @click.option("--window", type=click.IntRange(min=4), default=60, show_default=True,
               help="Recent steps the trend is read from.")
 @click.option("--mode", type=click.Choice(["auto", "eval", "train"]), default="auto", show_default=True,
@@ -145,16 +143,16 @@ def diagnose_command(problem: str, checkpoint: str | None, history_file: str, op
                      lr: float | None, momentum: float, weight_decay: float, optimizer_state: str | None, window: int,
                      mode: str, verify: bool, trial_steps: int | None, as_json: bool, device: str = "auto") -> None:
     """Why did the loss stop going down? The cause, the numbers, and what to change, tried."""
-    from . import diagnose
+    from .. import diagnose
 
     _check_rate("--lr", lr)
     _check_rate("--momentum", momentum, positive=False)
     _check_rate("--weight-decay", weight_decay, positive=False)
     if opt_name is not None and lr is None:
-        _fail("--optimizer needs --lr (the learning rate the history was trained with).")
+        fail("--optimizer needs --lr (the learning rate the history was trained with).")
     if optimizer_state is not None and opt_name is None:
-        _fail("--optimizer-state needs --optimizer (its type) and --lr.")
-    prob = _load(problem, checkpoint, device)
+        fail("--optimizer-state needs --optimizer (its type) and --lr.")
+    prob = load(problem, checkpoint, device)
     try:
         history = read_history_file(history_file)
         optimizer = None
@@ -168,7 +166,7 @@ def diagnose_command(problem: str, checkpoint: str | None, history_file: str, op
                               verify=verify if verify is False else "auto",
                               trial_steps=trial_steps or "auto", progress=task("diagnosis (measurements, trials)"))
     except (ValueError, TypeError, KeyError, RuntimeError) as err:
-        _fail(str(err))
+        fail(str(err))
     if as_json:
         out.print_json(json.dumps({"problem": prob.name, "checkpoint": checkpoint, "history": history_file,
                                    "diagnosis": result.to_dict()}))
@@ -206,15 +204,15 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
                   out_file: str | None, report_dir: Path | None, report_budget: str, as_json: bool,
                   device: str = "auto") -> None:
     """Train with the Monitor attached; prints the doctor's diagnosis when the loss stalls."""
-    from .doctor.monitor import Monitor, train_monitored
+    from ..doctor.monitor import Monitor, train_monitored
 
     _check_rate("--lr", lr)
     report_seconds = _duration(report_budget, "--report-budget")
     _check_rate("--momentum", momentum, positive=False)
     _check_rate("--weight-decay", weight_decay, positive=False)
     if not 0 < doctor_share <= 1:
-        _fail(f"--doctor-share must be in (0, 1], got {doctor_share}.")
-    prob = _load(problem, checkpoint, device)
+        fail(f"--doctor-share must be in (0, 1], got {doctor_share}.")
+    prob = load(problem, checkpoint, device)
 
     def report(diagnosis) -> None:
         if not as_json:
@@ -225,7 +223,7 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
         monitor = Monitor(prob.model, prob.loss_fn, prob.train_data, sharpness_every=sharpness_every,
                           window=window, callback=report, treat=treat, doctor_share=doctor_share)
         if report_dir is not None:
-            from .report.checkup import attach_checkup
+            from ..report.checkup import attach_checkup
 
             attach_checkup(monitor, optimizer, report_dir, budget=report_seconds)
         with progress_bars(not as_json) as task:
@@ -233,10 +231,11 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
                                   monitor=monitor, progress=task(f"training ({opt_name}, lr {lr:g})"))
         page = None
         if report_dir is not None:
-            page = monitor.checkup_pages[0] if monitor.checkup_pages else _final_checkup(
+            pages = getattr(monitor, "checkup_pages", None)  # attach_checkup's pages
+            page = pages[0] if pages else _final_checkup(
                 prob, optimizer, monitor, report_dir, report_seconds)
     except (ValueError, TypeError) as err:
-        _fail(str(err))
+        fail(str(err))
     written = None
     if out_file is not None:
         import torch
@@ -268,7 +267,7 @@ def train_command(problem: str, checkpoint: str | None, opt_name: str, lr: float
 
 def _final_checkup(prob: Any, optimizer: Any, monitor: Any, report_dir: Path, budget: float) -> Path:
     """No stall was diagnosed: the checkup page of the model where training ended."""
-    from .report.checkup import monitor_checkup, write
+    from ..report.checkup import monitor_checkup, write
 
     return write(monitor_checkup(monitor, optimizer, budget=budget), report_dir,
                  title=f"lossdoctor checkup: {prob.name}")
@@ -280,11 +279,7 @@ def _final_checkup(prob: Any, optimizer: Any, monitor: Any, report_dir: Path, bu
 @click.option("--history", "history_file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Recent per-step training losses (JSON or CSV, as for diagnose). Without one, your optimizer "
                    "trains two windows from an exact snapshot to produce one (then everything is put back).")
-@optimizer_option
-@click.option("--lr", type=float, default=None, help="The learning rate you train with.")
-@momentum_option
-@weight_decay_option
-@optimizer_state_option
+@optimizer_options("The learning rate you train with.")
 @click.option("--budget", default="90s", show_default=True,
               help="Time for the whole checkup, e.g. 90s, 5m: the sections after the doctor run while time is left.")
 @click.option("--out", "out_dir", required=True, callback=output_dir,
@@ -295,14 +290,14 @@ def checkup_command(problem: str, checkpoint: str | None, history_file: str | No
                     lr: float | None, momentum: float, weight_decay: float, optimizer_state: str | None, budget: str,
                     out_dir: Path, as_json: bool, device: str = "auto") -> None:
     """One report on your model: the verdict, tested prescriptions, and the curvature behind them."""
-    from . import checkup
-    from .report.checkup import write
+    from .. import checkup
+    from ..report.checkup import write
 
     _check_rate("--lr", lr)
     seconds = _duration(budget)
     if lr is None:
-        _fail("checkup needs --lr (and --optimizer when you do not train with plain SGD).")
-    prob = _load(problem, checkpoint, device)
+        fail("checkup needs --lr (and --optimizer when you do not train with plain SGD).")
+    prob = load(problem, checkpoint, device)
     try:
         optimizer = optimizer_from_options(opt_name or "sgd", prob.model.parameters(), lr, momentum, weight_decay,
                                            optimizer_state)
@@ -312,7 +307,7 @@ def checkup_command(problem: str, checkpoint: str | None, history_file: str | No
             result = checkup(prob.model, prob.loss_fn, prob.train_data, history=history, optimizer=optimizer,
                              budget=seconds, progress=task("checkup"))
     except (ValueError, TypeError, KeyError, RuntimeError) as err:
-        _fail(str(err))
+        fail(str(err))
     page = write(result, out_dir, title=f"lossdoctor checkup: {prob.name}")
     if as_json:
         out.print_json(json.dumps({"problem": prob.name, "page": str(page), "checkup": result.to_dict()},
@@ -330,7 +325,7 @@ def _duration(text: str, option: str = "--budget") -> float:
     try:
         seconds = float(number) * (unit or 1)
     except ValueError:
-        _fail(f"{option} {text!r} is not a duration: use e.g. 90s, 5m or 1h.")
+        fail(f"{option} {text!r} is not a duration: use e.g. 90s, 5m or 1h.")
     if not math.isfinite(seconds) or seconds <= 0:
-        _fail(f"{option} must be a positive duration, got {text!r}.")
+        fail(f"{option} must be a positive duration, got {text!r}.")
     return seconds

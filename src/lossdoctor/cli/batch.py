@@ -1,7 +1,7 @@
 """``lossdoctor batch ...``: the batch-size lab on the command line (parsing, progress, output).
 
 Every option is checked while parsing, before any computing (output paths included); errors of the
-library and of the user's problem are handled by :class:`lossdoctor.cli.CheckedGroup` (exit 2),
+library and of the user's problem are handled by :class:`lossdoctor.cli._common.CheckedGroup` (exit 2),
 and a Ctrl-C prints the partial result the library returns, then exits 130.
 """
 
@@ -13,16 +13,16 @@ from typing import Any
 
 import click
 
-from .cli import (
+from ._common import (
     POSITIVE,
     SEED,
     IntList,
-    _is_rank_zero,
-    _load,
     checkpoint_option,
     console,
     device_option,
+    is_rank_zero,
     json_option,
+    load,
     new_file,
     out,
     output_dir,
@@ -59,19 +59,19 @@ def batch() -> None:
 def time_command(problem: str, sizes: list[int] | None, repeats: int, warmup: int, device: str | None,
                  epoch_size: int | None, plot: Path | None, as_json: bool) -> None:
     """Time per update and per epoch against batch size, and where the hardware saturates."""
-    from .training.timing import time_batch_sizes
+    from ..training.timing import time_batch_sizes
 
     if device is not None:
-        from .cli import _device
+        from ._common import resolve_device
 
-        device = str(_device(device))
-    prob = _load(problem, None, None, shard=False)
+        device = str(resolve_device(device))
+    prob = load(problem, None, None, shard=False)
     with progress_bars(not as_json) as task:
         timing = time_batch_sizes(prob.model, prob.loss_fn, prob.train_data, sizes, device=device, repeats=repeats,
                                   warmup=warmup, epoch_size=epoch_size, progress=task("timing batch sizes"))
     payload = {"problem": prob.name, **timing.to_dict()}
-    if plot is not None and _is_rank_zero():
-        from .report.batch_time import timing_figure
+    if plot is not None and is_rank_zero():
+        from ..report.batch_time import timing_figure
 
         payload["plot"] = written(timing_figure(timing, plot), plot)
     _emit(payload, str(timing) + (f"\nplot: {payload['plot']}" if payload.get("plot") else ""), as_json)
@@ -103,7 +103,7 @@ def sweep_command(problem: str, sizes: list[int], seeds: list[int], epochs: floa
                   optimizer: str, methods: str, store: Path | None, as_json: bool) -> None:
     """Train at each batch size from the same initializations; accuracy and sharpness at equal epochs,
     equal updates and matched training loss. Resumable with --store (Ctrl-C loses at most one run)."""
-    from .training.sweep import batch_size_sweep
+    from ..training.sweep import batch_size_sweep
 
     chosen = () if methods.strip() == "none" else tuple(m for m in methods.replace(" ", "").split(",") if m)
     unknown = [m for m in chosen if m not in ("lambda_max", "trace", "epsilon")]
@@ -113,7 +113,7 @@ def sweep_command(problem: str, sizes: list[int], seeds: list[int], epochs: floa
     if epochs is None and updates is None and not stop_at_loss:
         raise click.UsageError("give --epochs, --updates or --stop-at-loss (or several): when to stop and "
                                "measure (give epochs=, updates= or stop_at_loss=).")
-    prob = _load(problem, None, None, shard=False)
+    prob = load(problem, None, None, shard=False)
     with progress_bars(not as_json) as task:
         result = batch_size_sweep(prob, sizes, epochs=epochs, updates=updates, stop_at_loss=stop_at_loss,
                                   max_epochs=max_epochs, lr=lr, lr_rule=lr_rule, base_batch=base_batch,
@@ -147,9 +147,9 @@ def sweep_command(problem: str, sizes: list[int], seeds: list[int], epochs: floa
 def sharpness_command(problem: str, checkpoint: str | None, methods: tuple[str, ...], epsilons: tuple[float, ...],
                       subspace_dim: int, max_iter: int, mode: str, seed: int, as_json: bool, device: str = "auto") -> None:
     """lambda_max, Hessian trace and Keskar's epsilon-sharpness of the (checkpointed) model."""
-    from .analysis.sharpness import sharpness
+    from ..analysis.sharpness import sharpness
 
-    prob = _load(problem, checkpoint, device, shard=False)
+    prob = load(problem, checkpoint, device, shard=False)
     with progress_bars(not as_json) as task:
         result = sharpness(prob.model, prob.loss_fn, prob.train_data,
                            method=list(methods) or ["lambda_max", "trace", "epsilon"],
@@ -175,11 +175,11 @@ def sharpness_command(problem: str, checkpoint: str | None, methods: tuple[str, 
 def landscape_command(problem: str, checkpoint: str | None, compare: str | None, dims: str, steps: int, span: float,
                       normalization: str, seed: int, plot: Path | None, as_json: bool, device: str = "auto") -> None:
     """Filter-normalized 1-D/2-D loss landscape (train and test), or the interpolation to --compare."""
-    from .analysis.landscape import interpolate, landscape
-    from .report.flat_sharp import curve_figure, landscape_figure
+    from ..analysis.landscape import interpolate, landscape
+    from ..report.flat_sharp import curve_figure, landscape_figure
 
-    prob = _load(problem, checkpoint, device, shard=False)
-    other = _load(problem, compare, device, shard=False) if compare is not None else None
+    prob = load(problem, checkpoint, device, shard=False)
+    other = load(problem, compare, device, shard=False) if compare is not None else None
     with progress_bars(not as_json) as task:
         if other is not None:
             result = interpolate(prob.model, other.model, prob.loss_fn, prob.train_data,
@@ -189,7 +189,7 @@ def landscape_command(problem: str, checkpoint: str | None, compare: str | None,
                                normalization=normalization, test_data=prob.test_data, seed=seed,
                                progress=task(f"{dims}-D landscape"))
     payload = {"problem": prob.name, "checkpoint": checkpoint, "compare": compare, **result.to_dict()}
-    if plot is not None and _is_rank_zero():
+    if plot is not None and is_rank_zero():
         path = curve_figure(result, plot) if other is not None else landscape_figure(result, plot)
         payload["plot"] = written(path, plot)
     _emit(payload, f"{result}" + (f"\nplot: {payload['plot']}" if payload.get("plot") else ""), as_json)
@@ -209,12 +209,12 @@ def landscape_command(problem: str, checkpoint: str | None, compare: str | None,
 def noise_command(problem: str, checkpoint: str | None, small_batch: int, big_batch: int | None, pairs: int,
                   mode: str, seed: int, as_json: bool, device: str = "auto") -> None:
     """McCandlish's gradient noise scale B_simple and the batch size it suggests."""
-    from .analysis.noise_scale import gradient_noise_scale
+    from ..analysis.noise_scale import gradient_noise_scale
 
     if big_batch is not None and not small_batch < big_batch:
         raise click.BadParameter(f"need --small-batch < --big-batch (small_batch < big_batch), got {small_batch} "
                                  f"and {big_batch}.", param_hint="'--big-batch'")
-    prob = _load(problem, checkpoint, device, shard=False)
+    prob = load(problem, checkpoint, device, shard=False)
     with progress_bars(not as_json) as task:
         result = gradient_noise_scale(prob.model, prob.loss_fn, prob.train_data, small_batch=small_batch,
                                       big_batch=big_batch, pairs=pairs, mode=mode, seed=seed,
