@@ -5,8 +5,9 @@ generators, numpy's and Python's)."""
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +192,126 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     if not named:
         raise ValueError("the model has no trainable parameters (none with requires_grad=True): "
                          "there is no Hessian to compute. Unfreeze the parameters to analyse.")
+    return named
+
+
+def _available_names(model: nn.Module, limit: int = 8) -> str:
+    names = [n for n, _ in model.named_parameters()]
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _describe_item(item: Any) -> str:
+    if isinstance(item, torch.Tensor):
+        return f"a tensor of shape {tuple(item.shape)}"
+    if isinstance(item, nn.Module):
+        return f"a {type(item).__name__} module"
+    return repr(item)
+
+
+def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str, nn.Parameter]]:
+    """The parameters an analysis differentiates with respect to, as ``(name, parameter)`` in
+    the model's own order (``named_parameters()``), each shared (tied) parameter once.
+
+    ``params=None``: every trainable parameter (:func:`trainable_parameters`). Otherwise one of,
+    or a list (any iterable, ``module.parameters()`` included) of:
+
+    - a parameter tensor of ``model`` (``model.fc.weight``);
+    - a name: a parameter's name as ``model.named_parameters()`` gives it (``"fc.weight"``), a
+      submodule's name (``"layer2"``: its parameters), or a glob pattern over parameter names
+      (``"layer2.*"``, ``"*.bias"``);
+    - a submodule of ``model`` (its parameters);
+    - a ``(name, tensor)`` pair as ``named_parameters()`` yields it (the tensor counts).
+
+    ``requires_grad`` is never changed: a parameter named explicitly (a tensor, an exact name)
+    that is frozen is refused, because autograd cannot differentiate with respect to it without
+    changing its flag; frozen parameters that a module or a pattern covers are left out (as the
+    whole-model default leaves them out), and a selection of nothing trainable is refused.
+
+    Raises:
+        TypeError: ``params`` (or one of its items) is none of the above.
+        ValueError: a name or pattern matches nothing, a tensor or module is not part of
+            ``model``, an explicitly named parameter is frozen, or nothing trainable is selected.
+    """
+    if params is None:
+        return trainable_parameters(model)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    single = isinstance(params, (str, torch.Tensor, nn.Module)) or (
+            isinstance(params, tuple) and len(params) == 2 and isinstance(params[0], str)
+            and isinstance(params[1], torch.Tensor))
+    if single:
+        items = [params]
+    elif isinstance(params, Mapping):
+        items = list(params.values())  # a dict of {name: tensor}, such as dict(named_parameters())
+    elif isinstance(params, Iterable) and not isinstance(params, bytes):
+        items = list(params)
+    else:
+        raise TypeError(f"params must be parameter tensors, names (glob patterns allowed) or modules of the "
+                        f"model, or a list of them; got {_describe_item(params)} ({type(params).__name__}).")
+    if not items:
+        raise ValueError("params is empty: it selects no parameters. Pass parameter tensors, names such as "
+                         f"{_available_names(model, 3)}, or modules of the model; or params=None for all.")
+    # Every alias of a tied parameter, so that any of its names selects it.
+    aliases: dict[str, nn.Parameter] = dict(model.named_parameters(remove_duplicate=False))
+    modules = dict(model.named_modules(remove_duplicate=False))
+    module_ids = {id(m) for m in modules.values()}
+    known = {id(p) for p in aliases.values()}
+    chosen: set[int] = set()
+
+    def take(p: torch.Tensor, what: str, explicit: bool) -> None:
+        if id(p) not in known:
+            raise ValueError(f"{what} is not a parameter of this model (not among its "
+                             "named_parameters()); pass the model's own tensors, names or modules.")
+        if not p.requires_grad:
+            if explicit:
+                raise ValueError(f"{what} is frozen (requires_grad=False). lossdoctor never changes "
+                                 "requires_grad, and autograd cannot differentiate with respect to a frozen "
+                                 "tensor: leave it out of params, or unfreeze it yourself first.")
+            return
+        chosen.add(id(p))
+
+    for i, item in enumerate(items):
+        where = "params" if single else f"params[{i}]"
+        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) \
+                and isinstance(item[1], torch.Tensor):
+            item = item[1]
+        if isinstance(item, torch.Tensor):
+            take(item, f"{where} ({_describe_item(item)})", explicit=True)
+        elif isinstance(item, nn.Module):
+            if id(item) not in module_ids:
+                raise ValueError(f"{where} ({_describe_item(item)}) is not a submodule of this model; "
+                                 "pass one of model.modules(), or its name.")
+            owned = list(item.parameters())
+            if not owned:
+                raise ValueError(f"{where} ({_describe_item(item)}) has no parameters.")
+            for p in owned:
+                take(p, f"{where} ({_describe_item(item)})", explicit=False)
+        elif isinstance(item, str):
+            if item in aliases:
+                take(aliases[item], f"{where} = {item!r}", explicit=True)
+            elif item in modules and item:
+                owned = list(modules[item].parameters())
+                if not owned:
+                    raise ValueError(f"{where} = {item!r} names a module without parameters.")
+                for p in owned:
+                    take(p, f"{where} = {item!r}", explicit=False)
+            else:
+                matched = [p for name, p in aliases.items() if fnmatch.fnmatchcase(name, item)]
+                if not matched:
+                    raise ValueError(f"{where} = {item!r} matches no parameter or module name of the "
+                                     f"model; its parameters are {_available_names(model)} (glob patterns "
+                                     "such as 'layer2.*' are allowed).")
+                for p in matched:
+                    take(p, f"{where} = {item!r}", explicit=False)
+        else:
+            raise TypeError(f"{where} must be a parameter tensor, a name (glob patterns allowed) or a "
+                            f"module of the model, got {_describe_item(item)} ({type(item).__name__}).")
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in chosen]
+    if not named:
+        raise ValueError("params selects no trainable parameter: every parameter it covers is frozen "
+                         "(requires_grad=False), and lossdoctor never changes requires_grad. Select "
+                         "trainable parameters, or unfreeze them yourself first.")
     return named
 
 

@@ -153,9 +153,9 @@ def _check_tolerance(name: str, value: float | None) -> None:
 
 
 def _dense_spectrum(model: nn.Module, loss_fn: LossFn, data: Any, mode: str, k: int,
-                    max_params: int, reduction: str | None = None) -> _Spectrum:
+                    max_params: int, reduction: str | None = None, params: Any = None) -> _Spectrum:
     H = dense_hessian(model, loss_fn, data, mode=mode, max_params=max_params,
-                      reduction=reduction).to(torch.float64)
+                      reduction=reduction, params=params).to(torch.float64)
     values, vectors = torch.linalg.eigh(H)  # ascending
     n = values.shape[0]
     ends = sorted(set(range(min(k, n))) | set(range(max(n - k, 0), n)), reverse=True)
@@ -256,7 +256,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
                             dense_max_params: int = DENSE_MAX_PARAMS, mode: Mode = "eval", tol: float = 1e-6,
                             seed: int = 0, num_probes: int = 8, lanczos_steps: int = 80,
                             max_matvecs: int | None = None, progress: Progress | bool | str | None = "auto",
-                            reduction: Reduction | None = None) -> CriticalPoint:
+                            reduction: Reduction | None = None, params: Any = None) -> CriticalPoint:
     """Classify the model's current parameters as a local minimum, local maximum, saddle point,
     degenerate critical point, or not a critical point at all.
 
@@ -287,6 +287,10 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
         progress: called as ``progress(done, total)``.
         reduction: ``"mean"`` or ``"sum"``: how ``loss_fn`` combines a batch's samples, for
             loss functions without a ``.reduction`` attribute (see :func:`lossdoctor.hessian`).
+        params: classify with respect to these parameters only (tensors, names or glob
+            patterns, modules; see :func:`lossdoctor.hessian`), the others held fixed: the
+            gradient, the eigenvalues and the escape direction are those of that subspace
+            (``parameter_names`` lists them). ``requires_grad`` is not touched.
     """
     check_arguments(model=model, loss_fn=loss_fn, grad_tol=grad_tol, eig_tol=eig_tol, k=k, dense=dense,
                     dense_max_params=dense_max_params, mode=mode, tol=tol, seed=seed, num_probes=num_probes,
@@ -294,7 +298,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
     _check_tolerance("grad_tol", grad_tol)
     _check_tolerance("eig_tol", eig_tol)
     k = int(k)
-    op = hessian(model, loss_fn, data, mode=mode, reduction=reduction)
+    op = hessian(model, loss_fn, data, mode=mode, reduction=reduction, params=params)
     n = op.num_params
     use_dense = n <= dense_max_params if dense is None else bool(dense)
     if use_dense and n > dense_max_params:
@@ -332,7 +336,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
             if grad_norm > upper_tol:
                 return _gradient_decides(common, grad_norm, float(upper_tol), norm_est, spent, grad_tol is None)
         if use_dense:
-            spec = _dense_spectrum(model, loss_fn, data, mode, k, dense_max_params, op.reduction)
+            spec = _dense_spectrum(model, loss_fn, data, mode, k, dense_max_params, op.reduction, op.params)
         else:
             spec = _lanczos_spectrum(op, k, tol, seed, scaled(progress, 1 + spent, total), max_matvecs)
             if spec.interrupted:

@@ -34,7 +34,7 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..evaluation import as_tensors, evaluate_largest
-from ..model_state import preserved_model, preserved_rng, trainable_parameters
+from ..model_state import preserved_model, preserved_rng, selected_parameters
 from ..progress import Progress, with_progress
 
 NORMALIZATIONS = ("filter", "layer", "none")
@@ -102,14 +102,16 @@ def _filter_units(p: torch.Tensor) -> torch.Tensor:
 
 
 def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_bias_bn: bool = True,
-                     seed: int = 0) -> list[torch.Tensor]:
+                     seed: int = 0, params: Any = None) -> list[torch.Tensor]:
     """A random Gaussian direction over the trainable parameters (one tensor per parameter),
-    normalized per filter (Li et al.), per layer, or not at all. Seeded on the CPU."""
+    normalized per filter (Li et al.), per layer, or not at all. Seeded on the CPU. ``params``:
+    over these parameters only (tensors, names or glob patterns, modules; see
+    :func:`lossdoctor.hessian`), one tensor each in the model's order."""
     check_choice(normalization, "normalization", NORMALIZATIONS)
     check_bool(ignore_bias_bn, "ignore_bias_bn")
     gen = torch.Generator().manual_seed(check_seed(seed))
     out = []
-    for _, p in trainable_parameters(model):
+    for _, p in selected_parameters(model, params):
         d = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device=p.device, dtype=p.dtype)
         w = p.detach()
         if p.dim() <= 1:
@@ -163,12 +165,14 @@ def _pad(values: list, total: int) -> list:
 @with_progress("interpolation")
 def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
                 alphas: Sequence[float] | None = None, *, test_data: Any = None,
-                progress: Progress | bool | str | None = "auto") -> Curve:
+                progress: Progress | bool | str | None = "auto", params: Any = None) -> Curve:
     """Train (and test) loss and accuracy along theta(alpha) = (1 - alpha) theta_a + alpha theta_b,
     alpha from -0.5 to 1.5 by default (Keskar et al.'s figure). Floating-point buffers (BatchNorm
     statistics) are interpolated too. Neither model is changed. Evaluation only: ``loss_fn`` need
     not be differentiable here. Ctrl-C returns the points finished (``interrupted=True``, NaN
-    beyond).
+    beyond). ``params``: interpolate only these parameters of ``model_a`` (tensors, names or glob
+    patterns, modules; see :func:`lossdoctor.hessian`); every other parameter and every buffer
+    stays at ``model_a``'s value, and ``distance`` is over the selected ones.
 
     Example::
 
@@ -183,7 +187,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
     if list(sa) != list(sb) or any(sa[k].shape != sb[k].shape for k in sa):
         raise ValueError("model_a and model_b must have the same architecture (same state_dict keys and "
                          "shapes) to interpolate between them.")
-    names = [n for n, _ in trainable_parameters(model_a)]
+    names = [n for n, _ in selected_parameters(model_a, params)]
     train = as_tensors(data, "data")
     test = as_tensors(test_data, "test_data") if test_data is not None else None
     with preserved_rng():
@@ -192,10 +196,17 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
         work = copy.deepcopy(model_a)
     distance = float(torch.sqrt(sum(((sb[n].double() - sa[n].double()) ** 2).sum() for n in names)))
 
+    moving = dict(work.named_parameters())
+
     def move(i: int) -> None:
         a = alphas[i]
-        work.load_state_dict({k: ((1 - a) * v + a * sb[k].to(v.device)) if v.is_floating_point() else v
-                              for k, v in sa.items()})
+        if params is None:
+            work.load_state_dict({k: ((1 - a) * v + a * sb[k].to(v.device)) if v.is_floating_point() else v
+                                  for k, v in sa.items()})
+            return
+        work.load_state_dict(sa)
+        for n in names:
+            moving[n].copy_((1 - a) * sa[n] + a * sb[n].to(sa[n].device))
 
     with torch.no_grad(), preserved_rng():
         cols, interrupted = _evaluate_points(len(alphas), move, work, loss_fn, train, test, progress)
@@ -210,12 +221,15 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
 def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, normalization: str = "filter",
               steps: int = 25, span: float = 1.0, test_data: Any = None, ignore_bias_bn: bool = True,
               seed: int = 0, directions: Sequence[Sequence[torch.Tensor]] | None = None,
-              progress: Progress | bool | str | None = "auto") -> Landscape:
+              progress: Progress | bool | str | None = "auto", params: Any = None) -> Landscape:
     """Loss at theta + a d1 (dims=1) or theta + a d1 + b d2 (dims=2) for a, b in [-span, span]
     (``steps`` points per axis), with d1, d2 random filter-normalized directions (Li et al.)
     unless ``directions`` are given. Train and test loss are taken at the same points. The model
     is left exactly as it was. Evaluation only: ``loss_fn`` need not be differentiable here.
     Ctrl-C returns the points finished, row by row (``interrupted=True``, NaN beyond).
+    ``params``: move only these parameters (tensors, names or glob patterns, modules; see
+    :func:`lossdoctor.hessian`): the random directions, or the given ``directions`` (one tensor
+    per selected parameter, in the model's order), span them alone.
 
     Example::
 
@@ -231,10 +245,11 @@ def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, norma
     check_bool(ignore_bias_bn, "ignore_bias_bn")
     seed = check_seed(seed)
     check_progress(progress)
-    params = [p for _, p in trainable_parameters(model)]
+    selection = params
+    params = [p for _, p in selected_parameters(model, selection)]
     if directions is None:
         directions = [random_direction(model, normalization=normalization, ignore_bias_bn=ignore_bias_bn,
-                                       seed=seed + k) for k in range(dims)]
+                                       seed=seed + k, params=selection) for k in range(dims)]
     elif not _fits(directions, params, dims):
         raise ValueError(f"directions must be {dims} list(s) of tensors shaped like the trainable parameters "
                          f"({[tuple(p.shape) for p in params][:6]}...), got {type(directions).__name__}.")

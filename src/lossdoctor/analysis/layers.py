@@ -51,7 +51,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..curvature import hessian
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, rademacher, tridiagonal
-from ..model_state import trainable_parameters
+from ..model_state import selected_parameters
 from ..progress import Progress, with_progress
 from .step_size import check_lr, step_size
 
@@ -73,10 +73,10 @@ class Block:
 
 def parameter_blocks(model: nn.Module, names: Sequence[str] | None = None) -> list[Block]:
     """The model's blocks in module registration order, over the flat vector of ``names`` (the
-    trainable parameters in the order the Hessian operator lists them; default: every trainable
-    parameter, each shared one once)."""
+    parameters in the order the Hessian operator lists them, ``op.names``; default: every
+    trainable parameter, each shared one once)."""
     if names is None:
-        names = [n for n, _ in trainable_parameters(model)]
+        names = [n for n, _ in selected_parameters(model)]
     params = dict(model.named_parameters())
     offsets, pos = {}, 0
     for n in names:
@@ -104,23 +104,28 @@ def parameter_blocks(model: nn.Module, names: Sequence[str] | None = None) -> li
     return out
 
 
-class BlockView:
-    """The diagonal block ``H_bb`` of an operator over the flat parameters, as an operator on the
-    block's coordinates (a product embeds, multiplies, and slices)."""
+def block_operator(op: Any, block: Block) -> Any:
+    """The diagonal block ``H_bb`` as an operator of its own: ``op`` restricted to the block's
+    parameters (``op.restrict``, the one place that selects parameters), so a product
+    differentiates with respect to those parameters only."""
+    return op.restrict(list(block.parameter_names))
 
-    def __init__(self, op: Any, block: Block, scale: torch.Tensor | None = None):
-        self.op, self.block = op, block
+
+class BlockView:
+    """``D^½ H_bb D^½`` (``scale`` = D over the flat parameters, sliced to the block; none:
+    ``H_bb`` itself), in float64, on the block's coordinates."""
+
+    def __init__(self, block_op: Any, block: Block, scale: torch.Tensor | None = None):
+        self.op, self.block = block_op, block
         self.shape = (block.numel, block.numel)
-        self.device = op.device
+        self.device = block_op.device
         self.root = None if scale is None else scale[block.start:block.stop].sqrt().to(torch.float64)
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float64)
         if self.root is not None:
             x = self.root.to(x.device).reshape(-1, *([1] * (x.dim() - 1))) * x
-        full = torch.zeros((self.op.shape[0], *x.shape[1:]), dtype=torch.float64, device=x.device)
-        full[self.block.start:self.block.stop] = x
-        out = apply64(self.op, full)[self.block.start:self.block.stop]
+        out = apply64(self.op, x)
         if self.root is not None:
             out = self.root.to(out.device).reshape(-1, *([1] * (out.dim() - 1))) * out
         return out
@@ -254,7 +259,7 @@ def heterogeneity(nodes: list[list[np.ndarray]], weights: list[list[np.ndarray]]
 def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: torch.optim.Optimizer | None = None,
                     lr: float | None = None, mode: str = "eval", probes: int = 2, lanczos_steps: int = 12,
                     seed: int = 0, op: Any = None, max_blocks: int | None = None,
-                    progress: Progress | bool | str | None = "auto") -> LayerCurvature:
+                    progress: Progress | bool | str | None = "auto", params: Any = None) -> LayerCurvature:
     """The per-block curvature table of ``model`` on ``data`` (see the module docstring).
 
     Args:
@@ -268,6 +273,10 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
         op: an existing operator of the same model, loss and data (reused instead of built).
         max_blocks: measure only the this many largest blocks (None: all), to bound the cost.
         progress: called as ``progress(done, total)``.
+        params: the table over these parameters only (tensors, names or glob patterns, modules;
+            see :func:`lossdoctor.hessian`): the blocks of the modules owning them. Each block's
+            ``H_bb`` is the operator restricted to that block (``op.restrict``), so it equals the
+            diagonal block of the dense Hessian. ``requires_grad`` is not touched.
 
     Returns:
         A :class:`LayerCurvature`.
@@ -283,7 +292,10 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
     seed = check_seed(seed)
     check_progress(progress)
     lr = check_lr(lr)
-    op = op if op is not None else hessian(model, loss_fn, data, mode=mode)
+    if op is None:
+        op = hessian(model, loss_fn, data, mode=mode, params=params)
+    elif params is not None:
+        op = op.restrict(params)
     blocks = parameter_blocks(model, op.names)
     max_blocks = check_int(max_blocks, "max_blocks", minimum=1, optional=True)
     if max_blocks is not None and len(blocks) > max_blocks:
@@ -300,8 +312,10 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
     done = [0]
     rows, all_nodes, all_weights = [], [], []
     start_matvecs = op.num_matvecs
+    block_matvecs = 0
     for i, block in enumerate(blocks):
-        view = BlockView(op, block)
+        block_op = block_operator(op, block)
+        view = BlockView(block_op, block)
         k = min(lanczos_steps, block.numel)
         start = rademacher(block.numel, probes, seed + 7919 * i, op.device)
 
@@ -338,16 +352,18 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
             if uniform:
                 s_b = float(d[0]) * lam if d.numel() else 0.0
             else:
-                pre = BlockView(op, block, scale.to(torch.float64))
+                pre = BlockView(block_op, block, scale.to(torch.float64))
                 s_b = _top_eigenvalue(pre, block.numel, min(lanczos_steps, block.numel), seed + i, op.device)
             ratio = float((d * grad[sl].to(d.device)).norm()) / w_norm if w_norm > 0 else math.inf
         rows.append(LayerRow(block.name, block.module_type, block.numel, w_norm, g_norm, lam, res, tr, tr_se,
                              s_b, ratio))
+        block_matvecs += block_op.num_matvecs
     het, js = heterogeneity(all_nodes, all_weights)
     return LayerCurvature(rows=tuple(rows), heterogeneity=het, js_matrix=js,
                           threshold=None if steps is None else steps.threshold,
                           optimizer=None if steps is None else steps.kind, lr=None if steps is None else steps.lr,
-                          probes=probes, lanczos_steps=lanczos_steps, matvecs=op.num_matvecs - start_matvecs,
+                          probes=probes, lanczos_steps=lanczos_steps,
+                          matvecs=op.num_matvecs - start_matvecs + block_matvecs,
                           mode=op.mode, num_params=op.num_params)
 
 

@@ -144,6 +144,11 @@ def _set_parameters(op: HessianOperator, vector: torch.Tensor) -> None:
     load_flat(op.params, vector)
 
 
+def _names(names: Any, limit: int = 4) -> str:
+    names = list(names)
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 def _mean_loss(op: HessianOperator) -> float:
     """The mean loss over all of the operator's data at the model's current parameters (forward only)."""
     weighted_sum = getattr(op, "reduction", loss_reduction(op.loss_fn)) == "sum"
@@ -206,7 +211,8 @@ def _reference_step(loss: float, eigenvalue: float) -> float:
 
 def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool = False,
                   critical: CriticalPoint | None = None, mode: str = "eval",
-                  progress: Progress | None = None, **classify_options: Any) -> EscapeResult:
+                  progress: Progress | None = None, reduction: str | None = None, params: Any = None,
+                  **classify_options: Any) -> EscapeResult:
     """Step along the eigenvector of the Hessian's most negative eigenvalue, both signs, with a
     line search on the step length, and report the loss before/after with the second-order
     prediction ½·λ·η² beside the actual change.
@@ -216,6 +222,12 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
             as it was (the search runs inside :func:`lossdoctor.model_state.preserved_model`).
         critical: a :class:`CriticalPoint` from :func:`classify_critical_point` at the model's
             current parameters, to reuse instead of recomputing it.
+        reduction: ``"mean"`` or ``"sum"``: how ``loss_fn`` combines a batch's samples, for a
+            loss function without a ``.reduction`` attribute (see :func:`lossdoctor.hessian`);
+            the line search measures the same mean per-sample loss.
+        params: escape in the subspace of these parameters only (tensors, names or glob
+            patterns, modules; see :func:`lossdoctor.hessian`), the others held fixed;
+            ``requires_grad`` is not touched. A given ``critical`` must be of the same subset.
         classify_options: passed to :func:`classify_critical_point` (``k``, ``dense``, ``eig_tol``...).
     Returns an :class:`EscapeResult` with ``escaped=False`` (and the model untouched) when there
     is no direction of negative curvature or no step lowers the loss.
@@ -227,7 +239,7 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
         raise TypeError(f"critical must be a CriticalPoint from classify_critical_point, got {describe(critical)}.")
     check_choice(mode, "mode", ("eval", "train"))
     check_progress(progress)
-    op = hessian(model, loss_fn, data, mode=mode)
+    op = hessian(model, loss_fn, data, mode=mode, reduction=reduction, params=params)
     empty = np.zeros(0)
 
     def unfinished(point: CriticalPoint | None, message: str) -> EscapeResult:
@@ -241,8 +253,9 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
     if critical is None:
         try:
             with _interrupt.propagating():
-                critical = classify_critical_point(model, loss_fn, data, mode=mode,
-                                                   progress=scaled(progress, 0, 2), **classify_options)
+                critical = classify_critical_point(model, loss_fn, data, mode=mode, reduction=op.reduction,
+                                                   params=op.params, progress=scaled(progress, 0, 2),
+                                                   **classify_options)
         except KeyboardInterrupt:
             _interrupt.keep_partial()
             return unfinished(None, "interrupted while classifying the point: no step taken, the model is "
@@ -251,9 +264,12 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
             _interrupt.note()
             return unfinished(critical, "the classification was interrupted, so there is no trustworthy "
                                         "escape direction: no step taken, the model is unchanged.")
-    elif critical.num_params != op.num_params:
-        raise ValueError(f"critical was computed for {critical.num_params} parameters but the model has "
-                         f"{op.num_params}: classify this model's current parameters first.")
+    elif critical.num_params != op.num_params or (critical.parameter_names
+                                                  and tuple(critical.parameter_names) != tuple(op.names)):
+        raise ValueError(f"critical was computed for {critical.num_params} parameters "
+                         f"({_names(critical.parameter_names)}) but this escape is over {op.num_params} "
+                         f"({_names(op.names)}): classify this model's current parameters first, with the "
+                         "same params=.")
     theta0 = op.parameter_vector().to(torch.float64)
     try:
         loss0, grad = op.gradient()
@@ -377,6 +393,7 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
                            kick_threshold: float | None = None, kick_interval: int = 10,
                            escape_drop: float | None = None, seed: int = 0, critical: CriticalPoint | None = None,
                            record_paths: bool = False, mode: str = "eval", progress: Progress | None = None,
+                           reduction: str | None = None, params: Any = None,
                            **classify_options: Any) -> SaddleEscapeComparison:
     """Run the escape methods from the model's current parameters (a saddle) and compare them.
 
@@ -390,6 +407,8 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
     Defaults: ``lr`` = 0.5 / λ_max (curvature grows away from a saddle), ``kick_threshold`` = the
     classification's ``grad_tol``, ``kick_radius`` = 1e-3 of the eigenvector step's length,
     ``escape_drop`` = half the loss drop of the eigenvector step. The model is left as it was.
+    ``reduction`` and ``params`` (a subset of the parameters: every method moves only those) are
+    as for :func:`escape_saddle`.
     """
     check_module(model)
     check_loss_fn(loss_fn)
@@ -406,11 +425,12 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
     check_progress(progress)
     if critical is not None and not isinstance(critical, CriticalPoint):
         raise TypeError(f"critical must be a CriticalPoint from classify_critical_point, got {describe(critical)}.")
-    op = hessian(model, loss_fn, data, mode=mode)
+    op = hessian(model, loss_fn, data, mode=mode, reduction=reduction, params=params)
     total = 6
     with preserved_model(model):
         escape = escape_saddle(model, loss_fn, data, critical=critical, mode=mode, apply=True,
-                               progress=scaled(progress, 0, total), **classify_options)
+                               progress=scaled(progress, 0, total), reduction=op.reduction, params=op.params,
+                               **classify_options)
         critical = escape.critical
         if escape.interrupted:
             return SaddleEscapeComparison(loss_start=escape.loss_before, steps=steps, lr=math.nan if lr is None else lr,
@@ -474,17 +494,19 @@ def _run_methods(op: HessianOperator, runs: list, methods: list[MethodTrace], af
 
 
 def gradient_descent_path(model: nn.Module, loss_fn: LossFn, data: Any, *, steps: int, lr: float,
-                          momentum: float = 0.0, mode: str = "eval") -> MethodTrace:
+                          momentum: float = 0.0, mode: str = "eval", reduction: str | None = None,
+                          params: Any = None) -> MethodTrace:
     """Full-batch gradient descent (heavy-ball if ``momentum`` > 0) from the model's current
     parameters, recording the loss and the flat parameter vector at every step; the model is
-    left as it was. For drawing paths on small models (the lecture's 2-D toy)."""
+    left as it was. For drawing paths on small models (the lecture's 2-D toy). ``reduction``
+    and ``params`` (only these parameters move) as for :func:`escape_saddle`."""
     check_module(model)
     check_loss_fn(loss_fn)
     steps = check_int(steps, "steps", minimum=1)
     lr = check_float(lr, "lr", above=0.0)
     momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
     check_choice(mode, "mode", ("eval", "train"))
-    op = hessian(model, loss_fn, data, mode=mode)
+    op = hessian(model, loss_fn, data, mode=mode, reduction=reduction, params=params)
     with preserved_model(model):
         losses, grads, _, path, cut = _descend(op, op.parameter_vector().to(torch.float64), steps=steps, lr=lr,
                                                momentum=momentum, kick_radius=0.0, kick_threshold=0.0,

@@ -147,7 +147,8 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
               epsilons: Iterable[float] = (1e-3, 5e-4), subspace_dim: int | None = 100,
               full_space: bool = True, max_iter: int = 10, tol: float = 1e-3, trace_matvecs: int = 60,
               mode: str = "eval", seed: int = 0, distributed: bool | None = None,
-              progress: Progress | bool | str | None = "auto", reduction: str | None = None) -> Sharpness:
+              progress: Progress | bool | str | None = "auto", reduction: str | None = None,
+              params: Any = None) -> Sharpness:
     """How sharp is the minimum the model sits in?
 
     Args:
@@ -159,6 +160,10 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
         max_iter: L-BFGS-B iterations of the inner maximization (Keskar: 10).
         tol: relative accuracy of lambda_max.
         mode, distributed, reduction: as for :func:`lossdoctor.hessian`.
+        params: measure with respect to these parameters only (tensors, names or glob patterns,
+            modules; see :func:`lossdoctor.hessian`): λ_max and the trace of that block of the
+            Hessian, epsilon-sharpness in a box that moves only them. ``requires_grad`` is not
+            touched.
     The model is left exactly as it was.
     """
     check_module(model)
@@ -177,7 +182,8 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
     if "epsilon" in methods and not full_space and subspace_dim is None:
         raise ValueError("full_space=False and subspace_dim=None leave no space to measure in.")
     with preserved_model(model):
-        op = hessian(model, loss_fn, data, mode=mode, distributed=distributed, reduction=reduction)
+        op = hessian(model, loss_fn, data, mode=mode, distributed=distributed, reduction=reduction,
+                     params=params)
         spaces: list[int | None] = ([None] if full_space else []) + ([subspace_dim] if subspace_dim else [])
         total = (("lambda_max" in methods) + ("trace" in methods)
                  + ("epsilon" in methods) * len(epsilons) * len(spaces))

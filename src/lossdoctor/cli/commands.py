@@ -59,6 +59,27 @@ def interrupted(*results: Any) -> bool:
     return cut
 
 
+params_option = click.option(
+    "--params", "param_patterns", multiple=True, metavar="PATTERN",
+    help="Only these parameters (repeatable): a name as named_parameters() gives it (fc.weight), a module's "
+         "name (layer2), or a glob pattern (\"layer2.*\", \"*.bias\"). The Hessian is then the block of those "
+         "parameters, the others held fixed; requires_grad is not changed. Default: every trainable parameter.")
+
+
+def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
+    """``--params``: the patterns as ``params=`` takes them (None: all), checked against the
+    model before any computing so that a typo exits 2 naming the option."""
+    if not patterns:
+        return None
+    from ..model_state import selected_parameters
+
+    try:
+        selected_parameters(model, list(patterns))
+    except (ValueError, TypeError) as err:
+        fail(f"--params {' '.join(patterns)}: {err}")
+    return list(patterns)
+
+
 @main.command()
 @problem_option
 @checkpoint_option
@@ -87,11 +108,12 @@ def interrupted(*results: Any) -> bool:
                    "block heterogeneity (mean Jensen-Shannon distance of the blockwise spectra).")
 @click.option("--plot", default="spectrum-density.png", show_default=True, callback=new_file("image"),
               help="Where to write the density plot (a new file; a default name that is taken becomes name-2.png).")
+@params_option
 @device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
              density: bool, mode: Mode, micro_batch_size: int | None, cache: bool | str | int, reduction: Reduction | Literal["auto"], seed: int,
-             per_layer: bool, plot: Path | None, device: str, as_json: bool) -> None:
+             per_layer: bool, plot: Path | None, param_patterns: tuple[str, ...], device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from .. import eigenpairs, hessian, spectral_density, trace
 
@@ -99,10 +121,12 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
         fail(f"--trace-matvecs {trace_matvecs}: Hutch++ needs at least 3 products (or 0 to skip the trace).")
     prob = load(problem, checkpoint, device)
     results: dict[str, Any] = {"problem": prob.name, "device": str(next(prob.model.parameters()).device)}
+    params = _selection(prob.model, param_patterns)
     op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode, micro_batch_size=micro_batch_size,
-                 cache=cache, reduction=None if reduction == "auto" else reduction)
+                 cache=cache, reduction=None if reduction == "auto" else reduction, params=params)
     results.update(num_params=op.num_params, num_samples=op.num_samples, mode=op.mode, loss=op.loss,
-                   micro_batch_size=micro_batch_size, cache=cache)
+                   micro_batch_size=micro_batch_size, cache=cache,
+                   parameters=None if params is None else list(op.names))
     eig = tr = dens = layers = None
     with progress_bars(not as_json) as task:
         try:  # each part returns its partial result on Ctrl-C (flagged); the later parts are skipped
@@ -179,11 +203,12 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
 @click.option("--reduction", type=click.Choice(["auto", "mean", "sum"]), default="auto", show_default=True,
               help="How the problem's loss combines a batch's samples (see `lossdoctor spectrum --help`).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
+@params_option
 @device_option
 @json_option
 def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: str | None, k: int,
              dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: Mode, reduction: Reduction | Literal["auto"],
-             seed: int, device: str, as_json: bool) -> None:
+             seed: int, param_patterns: tuple[str, ...], device: str, as_json: bool) -> None:
     """Local minimum, saddle point, or neither? The verdict, the numbers and the evidence."""
     from .. import classify_critical_point, escape_saddle
 
@@ -192,16 +217,18 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
     target = _escaped_path(out_file, checkpoint, problem) if do_escape else None
     prob = load(problem, checkpoint, device)
     results: dict[str, Any] = {"problem": prob.name, "checkpoint": checkpoint}
+    params = _selection(prob.model, param_patterns)
     with progress_bars(not as_json) as task:
         point = classify_critical_point(prob.model, prob.loss_fn, prob.train_data, grad_tol=grad_tol,
                                         eig_tol=eig_tol, k=k, dense=dense, mode=mode, seed=seed,
-                                        reduction=None if reduction == "auto" else reduction,
+                                        reduction=None if reduction == "auto" else reduction, params=params,
                                         progress=task("Hessian (both ends, minimum ratio)"))
         results["critical"] = point.to_dict()
         escape = None
         if do_escape and not interrupted(point):
             escape = escape_saddle(prob.model, prob.loss_fn, prob.train_data, critical=point, apply=True,
-                                   mode=mode, progress=task("escape line search"))
+                                   mode=mode, reduction=None if reduction == "auto" else reduction,
+                                   params=params, progress=task("escape line search"))
             results["escape"] = {key: value for key, value in escape.to_dict().items() if key != "critical"}
     interrupted(point, escape)
     saved = None
@@ -214,7 +241,8 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
     if as_json:
         out.print_json(json.dumps(results))
         return
-    out.print(f"{prob.name}: {point.num_params} parameters, {point.num_samples} samples, {mode} mode")
+    subset = "" if params is None else f" (of {', '.join(point.parameter_names)})"
+    out.print(f"{prob.name}: {point.num_params} parameters{subset}, {point.num_samples} samples, {mode} mode")
     out.print(str(point))
     if escape is not None:
         out.print(str(escape))

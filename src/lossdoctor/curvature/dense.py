@@ -15,17 +15,19 @@ DEFAULT_MAX_PARAMS = 5000
 
 def dense_hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval",
                   max_params: int = DEFAULT_MAX_PARAMS, dtype: torch.dtype | None = None,
-                  reduction: Reduction | None = None) -> torch.Tensor:
+                  reduction: Reduction | None = None, params: Any = None) -> torch.Tensor:
     """The exact ``(n, n)`` Hessian of the mean loss over ``data`` (symmetrized).
 
     Built column block by column block from Hessian-vector products, so it costs ``n`` products.
     Refuses models with more than ``max_params`` trainable parameters: use
     :func:`lossdoctor.hessian` with :func:`lossdoctor.eigenpairs` there instead.
     ``reduction``: ``"mean"``/``"sum"`` for a loss function without a ``.reduction``
-    attribute, as for :func:`lossdoctor.hessian`.
+    attribute, as for :func:`lossdoctor.hessian`. ``params``: a subset of the parameters
+    (tensors, names or glob patterns, modules; see :func:`lossdoctor.hessian`): the principal
+    submatrix on them, in the model's parameter order.
     """
     check_arguments(model=model, loss_fn=loss_fn, mode=mode, max_params=max_params, dtype=dtype)
-    op = hessian(model, loss_fn, data, mode=mode, max_block=64, reduction=reduction)
+    op = hessian(model, loss_fn, data, mode=mode, max_block=64, reduction=reduction, params=params)
     n = op.num_params
     if n > max_params:
         raise ValueError(f"the model has {n} trainable parameters; a dense Hessian would need "

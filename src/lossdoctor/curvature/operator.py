@@ -8,6 +8,7 @@ the Hessian of the mean loss over *all* samples.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import weakref
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from torch import nn
 from .._checks import check_arguments
 from .._distributed import process_group_active
 from ..data import batch_loss, batch_size, check_data, iter_batches, place, split_batch
-from ..model_state import evaluation_mode, model_device, preserved_rng, trainable_parameters
+from ..model_state import evaluation_mode, model_device, preserved_rng, selected_parameters
 from ..types import Data, Mode, Reduction
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor] | None  # None: the model's own outputs.loss
@@ -113,7 +114,7 @@ class HessianOperator:
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
                  max_block: int = 16, micro_batch_size: int | None = None, distributed: bool | None = None,
-                 cache: bool | str | int = "auto", reduction: str | None = None) -> None:
+                 cache: bool | str | int = "auto", reduction: str | None = None, params: Any = None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if loss_fn is not None and not callable(loss_fn):
@@ -126,7 +127,7 @@ class HessianOperator:
             # unequal shards) and its hooks do not see autograd.grad: use the wrapped module,
             # whose parameters are the very same tensors.
             model = model.module
-        named = trainable_parameters(model)
+        named = selected_parameters(model, params)
         if mode == "train":
             stochastic = [type(m).__name__ for m in model.modules()
                           if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
@@ -151,6 +152,10 @@ class HessianOperator:
         self.reduction_verified = False  # set by _check_reduction when a batch could tell
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        # Every parameter of the model, selected or not: the kept gradient graphs hold all of
+        # their values, so an in-place change to any of them invalidates the cache.
+        self._all_params = list(model.parameters())
+        self.subset = len(self.params) < sum(1 for p in self._all_params if p.requires_grad)
         self.shapes = [tuple(p.shape) for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.num_params = int(sum(self.numels))
@@ -189,6 +194,29 @@ class HessianOperator:
 
     def parameter_vector(self) -> torch.Tensor:
         return self.flatten([p.detach() for p in self.params])
+
+    def restrict(self, params: Any) -> HessianOperator:
+        """The principal submatrix of this Hessian on a subset of its parameters (``params`` as
+        for :func:`hessian`), as an operator of its own: the same model, loss, data and settings,
+        without another pass to validate them. Products cost what this operator's do, less the
+        backward passes into parameters outside the subset (the per-module blocks of
+        :func:`lossdoctor.layer_curvature` are built this way)."""
+        named = selected_parameters(self.model, params)
+        mine = {id(p) for p in self.params}
+        outside = [n for n, p in named if id(p) not in mine]
+        if outside:
+            raise ValueError(f"params: {outside[:4]} are not among this operator's parameters; a restriction "
+                             "can only select from them.")
+        sub = copy.copy(self)
+        sub.names = [n for n, _ in named]
+        sub.params = [p for _, p in named]
+        sub.shapes = [tuple(p.shape) for p in sub.params]
+        sub.numels = [p.numel() for p in sub.params]
+        sub.num_params = int(sum(sub.numels))
+        sub.subset = sub.num_params < self.num_params or self.subset
+        sub.num_matvecs = 0
+        sub._graph_cache = None  # graphs differentiate with respect to the parameters selected
+        return sub
 
     # -- passes over the data ------------------------------------------------------------
     def _user_batches(self) -> Iterator[tuple[Any, torch.Tensor, int]]:
@@ -309,7 +337,7 @@ class HessianOperator:
         return live, [grads[j] for j in live]
 
     def _versions(self) -> list[int]:
-        return [p._version for p in self.params]
+        return [p._version for p in self._all_params]
 
     def _buffer_versions(self) -> list[int]:
         return [b._version for b in self.model.buffers()]
@@ -331,7 +359,7 @@ class HessianOperator:
             yield from self._fresh_graphs()
             return
         keep, kept, saved = True, [], _SavedBytes()
-        saved.exclude(self.params)
+        saved.exclude(self._all_params)
         with evaluation_mode(self.model, self.mode), _double_backward_safe(self.model, self.device):
             for i, (inputs, targets, n) in enumerate(self._batches()):
                 if keep:
@@ -572,11 +600,13 @@ class _SavedBytes:
 
 def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval", max_block: int = 16,
             micro_batch_size: int | None = None, distributed: bool | None = None,
-            cache: bool | str | int = "auto", reduction: Reduction | None = None) -> HessianOperator:
+            cache: bool | str | int = "auto", reduction: Reduction | None = None, params: Any = None
+            ) -> HessianOperator:
     """The exact Hessian of the mean of ``loss_fn`` over every sample in ``data``.
 
     Args:
-        model: any ``nn.Module``; its trainable parameters (``requires_grad=True``) span the space.
+        model: any ``nn.Module``; its trainable parameters (``requires_grad=True``) span the
+            space, or those of them that ``params`` selects.
         loss_fn: ``loss_fn(model(inputs), targets)`` returning the batch-mean loss (a module or a
             function such as ``torch.nn.functional.cross_entropy``); ``None``: the loss the model
             computes itself (``outputs.loss``: a Hugging Face model given ``labels``); a
@@ -617,6 +647,16 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval
             token cross-entropy with ``ignore_index``, a mean over the unmasked tokens of each
             batch) is neither and is used as declared: its Hessian is of the size-weighted mean
             of batch losses, which weights a token by 1 / (its batch's unmasked tokens).
+            ``op.reduction_verified`` says whether the first batch confirmed the contract
+            (False for such a loss).
+        params: the parameters to differentiate with respect to (default ``None``: every
+            trainable one). Parameter tensors, names (``"fc.weight"``, a module's name such as
+            ``"layer2"``, or glob patterns such as ``"layer2.*"``), submodules, or a list of
+            them. The operator is the principal submatrix of the full Hessian on those
+            coordinates, in the model's parameter order (``op.names``). ``requires_grad`` is
+            never touched, before, during or after: a frozen parameter named explicitly is
+            refused with a ``ValueError``, as are unknown names, tensors or modules of another
+            model, and a selection of nothing.
 
     Example:
         >>> model = nn.Linear(3, 1)
@@ -624,9 +664,11 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval
         >>> H = hessian(model, lambda o, t: ((o - t) ** 2).sum(), (x, y), reduction="sum")
         >>> H.reduction
         'sum'
+        >>> hessian(model, nn.MSELoss(), (x, y), params="bias").shape
+        (1, 1)
     """
     check_arguments(model=model, loss_fn=loss_fn, mode=mode, max_block=max_block, micro_batch_size=micro_batch_size,
                     distributed=distributed, cache=cache)
     return HessianOperator(model, loss_fn, data, mode=mode, max_block=max_block,
                            micro_batch_size=micro_batch_size, distributed=distributed, cache=cache,
-                           reduction=reduction)
+                           reduction=reduction, params=params)
