@@ -29,9 +29,15 @@ lint: $(BIN)/.installed
 check: lint
 	$(BIN)/mypy
 
-# The competitors go into their own venv so .venv stays clean. curvlinops pulls torchvision (via
-# backpack-for-pytorch), whose newest release wants a newer torch: pinning the torchvision that
-# matches TORCH_SPEC in the same pip call keeps the CPU torch in place.
+# The competitors go into their own venv so .venv stays clean. curvlinops depends on
+# backpack-for-pytorch, which declares torchvision; the newest torchvision would replace the CPU
+# torch with a multi-GB CUDA build of a newer one, so the torchvision released with TORCH_SPEC is
+# pinned in the same pip call. That PyPI torchvision does not import beside the CPU torch 2.13.0
+# ('operator torchvision::nms does not exist'), and nothing here needs it to: backpack imports it
+# only in backpack.utils.examples (dataset loaders), and curvlinops, PyHessian and
+# hessian-eigenthings not at all. The last step imports every competitor, so a combination that
+# does not work fails here, not halfway through a benchmark. (A torchvision that imports needs
+# torch==2.14.1 torchvision==0.29.1: a 5.5 GB CUDA build, and a torch other than the project's.)
 BENCH_VENV := .bench-venv
 TORCHVISION_SPEC ?= torchvision==0.28.0
 BENCH_ARGS ?=
@@ -41,6 +47,8 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)" -e ".[all,bench]"
+	$(BENCH_VENV)/bin/python -c "import torch, curvlinops, backpack, pyhessian, hessian_eigenthings, lossdoctor; \
+	print('bench venv: torch', torch.__version__, '+ curvlinops, backpack, pyhessian, hessian-eigenthings import')"
 	touch $@
 
 bench: $(BENCH_VENV)/.installed

@@ -303,6 +303,26 @@ def op_kind() -> list[Bad]:
             Bad("a model", F_(lambda e: e.model), names=names)]
 
 
+def _frozen_parameter(model: nn.Module) -> torch.Tensor:
+    p = next(iter(model.parameters()))
+    p.requires_grad_(False)
+    return p
+
+
+def params_kind(model_of: Callable[[Env], nn.Module] = lambda e: e.model, ok_name: str = "2.weight",
+                other: Callable[[Env], nn.Module] = lambda e: e.other) -> list[Bad]:
+    """``params=``: a subset of the parameters (tensors, names or glob patterns, modules)."""
+    names = ("params",)
+    return [Bad("unknown name", "9.weight", names=names), Bad("glob matching nothing", "layer9.*", names=names),
+            Bad("empty list", [], names=names), Bad("int", 3, names=names), Bad("list with an int", [ok_name, 3], names=names),
+            Bad("tensor of no model", torch.zeros(3), names=names),
+            Bad("another model's tensor", F_(lambda e: next(iter(other(e).parameters()))), names=names),
+            Bad("another model's module", F_(other), names=names),
+            Bad("frozen tensor", F_(lambda e: _frozen_parameter(model_of(e))), names=names + ("frozen",)),
+            Bad("ok: a name", ok_name, "ok"), Bad("ok: a glob", "*", "ok"),
+            Bad("ok: a tensor", F_(lambda e: next(iter(model_of(e).parameters()))), "ok")]
+
+
 def optimizer_kind() -> list[Bad]:
     return [Bad("string", "adam"), Bad("None", None), Bad("class", torch.optim.SGD),
             Bad("another model's", F_(lambda e: torch.optim.SGD(e.other.parameters(), lr=0.1)),
@@ -379,11 +399,14 @@ def specs() -> list[Spec]:
     s: list[Spec] = []
     s.append(Spec("hessian", ld.hessian, lambda e: _model_args(e), {
         **MODEL_LOSS_DATA, "mode": _mode(), "max_block": ints(1), "micro_batch_size": ints(1, optional=True),
-        "distributed": flag(optional=True), "cache": _cache_kind()}, after=_first_product))
+        "distributed": flag(optional=True), "cache": _cache_kind(),
+        "params": params_kind() + [Bad("ok: a module", F_(lambda e: e.model[2]), "ok",
+                                       check=lambda e, r: r.num_params == 15)]}, after=_first_product))
     s.append(Spec("dense_hessian", ld.dense_hessian, lambda e: _model_args(e), {
         **MODEL_LOSS_DATA, "mode": _mode(), "max_params": ints(1, ok=False) + [Bad("ok: numpy int", np.int64(100), "ok")],
         "dtype": [Bad("int64", torch.int64), Bad("string", "float64"), Bad("numpy dtype", np.float64),
-                  Bad("bool", torch.bool), Bad("ok: float64", torch.float64, "ok")]}))
+                  Bad("bool", torch.bool), Bad("ok: float64", torch.float64, "ok")],
+        "params": params_kind()}))
     s.append(Spec("eigenpairs", ld.eigenpairs, lambda e: {"op": e.matrix, "k": 1, "tol": 1e-4}, {
         "op": op_kind(), "k": ints(1) + [Bad("ok: more than the dimension (the whole spectrum)", 7, "ok",
                                  check=lambda e, r: len(r.eigenvalues) == 6)],
@@ -403,11 +426,13 @@ def specs() -> list[Spec]:
         **MODEL_LOSS_DATA, "grad_tol": floats(minimum=0.0, optional=True), "eig_tol": floats(minimum=0.0, optional=True),
         "k": ints(1), "dense": flag(optional=True), "dense_max_params": ints(0), "mode": _mode(),
         "tol": floats(above=0.0), "seed": seed(), "num_probes": ints(1), "lanczos_steps": ints(1),
-        "max_matvecs": ints(1, optional=True), "progress": progress_kind()}))
+        "max_matvecs": ints(1, optional=True), "progress": progress_kind(), "params": params_kind()}))
     s.append(Spec("escape_saddle", ld.escape_saddle, lambda e: _saddle_args(e), {
         "apply": flag(), "critical": [Bad("string", "saddle"), Bad("dict", {"kind": "saddle"}), Bad("int", 1)],
         "mode": _mode(), "progress": progress_kind(),
-        "k": ints(1), "seed": seed()}, watch=lambda e: [e.saddle.model]))
+        "k": ints(1), "seed": seed(), "reduction": [b for b in choice("mean", "sum") if b.label != "None"] + [
+            Bad("ok: sum (one sample: a sum is its mean)", "sum", "ok")],
+        "params": params_kind(lambda e: e.saddle.model, "w1", lambda e: e.model)}, watch=lambda e: [e.saddle.model]))
     s.append(Spec("compare_saddle_escapes", ld.compare_saddle_escapes, lambda e: {**_saddle_args(e), "steps": 3}, {
         "steps": ints(1), "lr": floats(above=0.0, optional=True), "momentum": floats(minimum=0.0, below=1.0),
         "kick_radius": floats(above=0.0, optional=True), "kick_threshold": floats(above=0.0, optional=True),
@@ -424,7 +449,7 @@ def specs() -> list[Spec]:
             Bad("ok: a list", ["lambda_max"], "ok")],
         "epsilons": float_list(), "subspace_dim": ints(1, optional=True), "full_space": flag(),
         "max_iter": ints(1), "tol": floats(above=0.0), "trace_matvecs": ints(3), "mode": _mode(), "seed": seed(),
-        "distributed": flag(optional=True), "progress": progress_kind()}))
+        "distributed": flag(optional=True), "progress": progress_kind(), "params": params_kind()}))
     s.append(Spec("landscape", ld.landscape, lambda e: {**_model_args(e), "steps": 3}, {
         **MODEL_LOSS_DATA, "loss_fn": loss_kind(evaluation_only=True), "dims": [Bad("three", 3), Bad("zero", 0), Bad("string", "1"), Bad("float", 1.0),
                                     Bad("bool", True), Bad("None", None)],
@@ -432,7 +457,7 @@ def specs() -> list[Spec]:
         "test_data": data_kind(optional=True), "ignore_bias_bn": flag(), "seed": seed(),
         "directions": [Bad("empty", []), Bad("string", "random"), Bad("wrong shapes", [[torch.zeros(2)]]),
                        Bad("int", 3)],
-        "progress": progress_kind()}))
+        "progress": progress_kind(), "params": params_kind()}))
     s.append(Spec("interpolate", ld.interpolate,
                   lambda e: {"model_a": e.model, "model_b": e.other, "loss_fn": e.loss_fn, "data": e.data,
                              "alphas": [0.0, 1.0]}, {
@@ -442,7 +467,7 @@ def specs() -> list[Spec]:
         "loss_fn": loss_kind(evaluation_only=True), "data": data_kind(),
         "alphas": [b for b in float_list(above=None, min_length=2) if b.label != "None"] + [
             Bad("ok: None (the default grid)", None, "ok")], "test_data": data_kind(optional=True),
-        "progress": progress_kind()}))
+        "progress": progress_kind(), "params": params_kind()}))
     s.append(Spec("gradient_noise_scale", ld.gradient_noise_scale,
                   lambda e: {"model": e.model, "loss_fn": e.loss_fn, "dataset": e.data, "small_batch": 2,
                              "big_batch": 6, "pairs": 3, "bootstrap": 20}, {
@@ -531,7 +556,7 @@ def specs() -> list[Spec]:
     s.append(Spec("layer_curvature", ld.layer_curvature, lambda e: _model_args(e), {
         **MODEL_LOSS_DATA, "optimizer": [b for b in optimizer_kind() if b.label != "None"],
         "lr": floats(above=0.0, optional=True), "mode": _mode(),
-        "probes": ints(1), "lanczos_steps": ints(1), "seed": seed()}, owner=DOCTOR))
+        "probes": ints(1), "lanczos_steps": ints(1), "seed": seed(), "params": params_kind()}, owner=DOCTOR))
     s.append(Spec("attached_scheduler", ld.attached_scheduler, lambda e: {"optimizer": e.optimizer}, {
         "optimizer": [b for b in optimizer_kind() if b.label in ("string", "None", "class")]}, owner=DOCTOR,
         watch=lambda e: []))
@@ -777,12 +802,15 @@ def cli_specs() -> list[tuple[str, list[str], dict[str, list[tuple[str, str]] | 
         ("spectrum", ["--k", "1", "--tol", "1e-3", "--trace-matvecs", "6", "--no-density"], {
             "--k": num + [("float", "1.5")], "--tol": pos_float, "--trace-matvecs": [("one", "1"), ("negative", "-1")],
             "--which": [("unknown", "top")], "--mode": mode, "--micro-batch-size": [("zero", "0")],
-            "--cache": [("negative", "-1"), ("word", "lots")], "--seed": seed_, **dev, **prob}, "lossdoctor"),
+            "--cache": [("negative", "-1"), ("word", "lots")], "--seed": seed_,
+            "--params": [("unknown name", "9.weight"), ("glob matching nothing", "layer9.*")], **dev, **prob},
+         "lossdoctor"),
         ("spectrum-density", ["--k", "1", "--tol", "1e-3", "--trace-matvecs", "0"], {"--plot": _plot_kinds("--plot")},
          "lossdoctor"),
         ("critical", ["--k", "1", "--dense"], {
             "--k": num, "--grad-tol": [("negative", "-1"), ("nan", "nan")], "--eig-tol": [("negative", "-1"), ("nan", "nan")],
-            "--mode": mode, "--seed": seed_, **dev, **prob}, "lossdoctor"),
+            "--mode": mode, "--seed": seed_, "--params": [("unknown name", "9.weight"), ("empty", "")], **dev, **prob},
+         "lossdoctor"),
         ("critical-escape", ["--k", "1", "--dense", "--escape"], {"--out": _plot_kinds("--out")[1:]}, "lossdoctor"),
         ("lr-find", ["--steps", "5"], {
             "--momentum": unit, "--weight-decay": [("negative", "-1"), ("nan", "nan")], "--start-lr": pos_float,
