@@ -371,3 +371,51 @@ def test_cli_params_on_spectrum_and_critical(spec, tmp_path):
     bad = runner.invoke(main, ["critical", "--problem", spec, "--params", "layer9.*"])
     assert bad.exit_code == 2 and "--params" in bad.output and "Traceback" not in bad.output
     assert flags(p.model) == before
+
+
+SADDLE_SUM = '''
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Product(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.zeros((), dtype=torch.float64))
+        self.w2 = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x):
+        return self.w1 * self.w2 * x
+
+
+def summing_saddle():
+    x = torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64)
+    return Product(), (lambda o, t: F.mse_loss(o, t, reduction="sum")), (x, torch.ones(3, 1, dtype=torch.float64))
+'''
+
+
+def test_cli_critical_escape_with_reduction_sum_and_params(tmp_path):
+    """``critical --escape --reduction sum`` reaches the escape step with the same reduction (it
+    used to fail there), and ``--params`` restricts the escape to the parameters named."""
+    path = tmp_path / "saddle_sum.py"
+    path.write_text(SADDLE_SUM)
+    spec = f"{path}:summing_saddle"
+    runner = CliRunner()
+    args = ["critical", "--problem", spec, "--escape", "--reduction", "sum", "--dense", "--json"]
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "escaped.pt")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    # L = mean over samples of (1 - w1 w2 x)^2: at 0 the Hessian is [[0, -c], [-c, 0]], c = 2 mean(x).
+    c = 2 * (1.0 + 2.0 + 0.5) / 3
+    assert out["critical"]["kind"] == "saddle_point"
+    assert out["critical"]["min_eigenvalue"] == pytest.approx(-c, rel=1e-12)
+    assert out["escape"]["escaped"] and out["escaped_checkpoint"]
+    state = torch.load(tmp_path / "escaped.pt", weights_only=True)
+    assert float(state["w1"]) != 0.0 and float(state["w2"]) != 0.0
+    # Over w2 alone the loss is convex (w1 = 0: L is constant in w2): no negative curvature.
+    result = runner.invoke(main, [*args, "--params", "w2", "--out", str(tmp_path / "escaped-w2.pt")])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["critical"]["num_params"] == 1 and out["critical"]["parameter_names"] == ["w2"]
+    assert not out["escape"]["escaped"] and out["escaped_checkpoint"] is None
