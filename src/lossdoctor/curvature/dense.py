@@ -3,6 +3,8 @@ tests and exact answers (every eigenvalue, the exact fraction of positive ones).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
