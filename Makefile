@@ -7,13 +7,13 @@ BIN := $(VENV)/bin
 # The CPU build of torch must be installed before the project, or pip pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: tour test lint check bench clean
+.PHONY: tour test lint check docs bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[all,dev,hf,lightning,tensorboard]"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev,hf,lightning,tensorboard,docs]"
 	touch $@
 
 tour: $(BIN)/.installed
@@ -28,6 +28,10 @@ lint: $(BIN)/.installed
 # Static checks CI runs before the tests: lint, and mypy over src/ (configured in pyproject.toml).
 check: lint
 	$(BIN)/mypy
+
+# The docs site (mkdocs.yml): API reference from the docstrings, warnings are errors, no network.
+docs: $(BIN)/.installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 # The competitors go into their own venv so .venv stays clean. curvlinops depends on
 # backpack-for-pytorch, which declares torchvision; the newest torchvision would replace the CPU

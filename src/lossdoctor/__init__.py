@@ -52,8 +52,10 @@ from .training.timing import BatchTiming, time_batch_sizes
 
 
 def _notebook_html(result: object) -> str:
-    """A result's notebook HTML: drawing is the report's job, and the report sits above every result's
-    layer, so the façade wires it in (imported only when a notebook shows a result)."""
+    """A result's notebook HTML.
+
+    Drawing is the report's job, and the report sits above every result's layer, so the façade wires
+    it in (imported only when a notebook shows a result)."""
     from .report.notebook import render_html
 
     return render_html(result)

@@ -1,3 +1,5 @@
+"""``python -m lossdoctor``: the command line."""
+
 from .cli import main
 
 main()

@@ -1,5 +1,6 @@
-"""Argument checks shared by every public function and CLI option: one place that says what a
-valid argument is and, for an invalid one, what was given and what to do.
+"""Argument checks shared by every public function and CLI option.
+
+One place that says what a valid argument is and, for an invalid one, what was given and what to do.
 
 Each ``check_*`` returns the value in its canonical type (``int``, ``float``, ``list[int]``, ...)
 or raises: ``TypeError`` when the value has the wrong type (a string where a number goes, ``True``
@@ -12,7 +13,7 @@ says what would be accepted::
     ValueError: k must be an integer >= 1, got 0.
     >>> check_ints("16", "batch_sizes", minimum=1)
     Traceback (most recent call last):
-    TypeError: batch_sizes must be a list of integers such as [16, 64], got '16' (a string).
+    TypeError: batch_sizes must be a list of integers >= 1 such as [16, 64], got '16' (a string).
 
 Rules that hold for every check:
 
@@ -37,8 +38,9 @@ import torch
 
 
 def describe(value: Any, limit: int = 60) -> str:
-    """A short description of ``value`` for an error message: its repr (cut to ``limit``
-    characters) and, where the repr hides it, its type."""
+    """A short description of ``value`` for an error message.
+
+    Its repr (cut to ``limit`` characters) and, where the repr hides it, its type."""
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     if isinstance(value, np.ndarray):
@@ -113,7 +115,8 @@ def check_int(value: Any, name: str, *, minimum: int | None = ..., maximum: int 
               optional: bool, hint: str | None = ...) -> int | None: ...
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
               optional: bool = False, hint: str | None = None) -> int | None:
-    """A whole number (``int`` or numpy integer, not ``bool``, not ``2.0``) within the bounds;
+    """A whole number (``int`` or numpy integer, not ``bool``, not ``2.0``) within the bounds.
+
     ``None`` too when ``optional``."""
     if value is None and optional:
         return None
@@ -141,8 +144,7 @@ def check_float(value: Any, name: str, *, minimum: float | None = ..., maximum: 
 def check_float(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None,
                 above: float | None = None, below: float | None = None, optional: bool = False,
                 finite: bool = True, hint: str | None = None) -> float | None:
-    """A real number within the bounds (``minimum``/``maximum`` inclusive, ``above``/``below``
-    exclusive), finite unless ``finite=False``; ``None`` too when ``optional``."""
+    """A real number within the bounds (``minimum``/``maximum`` inclusive, ``above``/``below`` exclusive), finite unless ``finite=False``; ``None`` too when ``optional``."""
     if value is None and optional:
         return None
     bounds = _bounds_text(minimum, maximum, above, below)
@@ -181,8 +183,9 @@ def check_choice(value: Any, name: str, choices: Sequence[str], *, hint: str | N
 
 
 def check_seed(value: Any, name: str = "seed") -> int:
-    """A seed for ``torch.Generator.manual_seed`` and ``numpy.random.default_rng``: an integer in
-    [0, 2**63)."""
+    """A seed for ``torch.Generator.manual_seed`` and ``numpy.random.default_rng``.
+
+    An integer in [0, 2**63)."""
     if not is_integer(value):
         raise _fail(TypeError, name, "an integer >= 0", value, None)
     if not 0 <= int(value) < 2**63:
@@ -270,9 +273,7 @@ def check_module(value: Any, name: str = "model") -> torch.nn.Module:
 
 
 def check_loss_fn(value: Any, name: str = "loss_fn") -> Any:
-    """A loss: ``loss_fn(outputs, targets)`` returning the batch-mean loss (a module such as
-    ``nn.CrossEntropyLoss()`` or a function such as ``F.cross_entropy``), or ``None``: the loss the
-    model computes itself (``outputs.loss``, e.g. a Hugging Face model given labels)."""
+    """A loss: ``loss_fn(outputs, targets)`` returning the batch-mean loss (a module such as ``nn.CrossEntropyLoss()`` or a function such as ``F.cross_entropy``), or ``None``: the loss the model computes itself (``outputs.loss``, e.g. a Hugging Face model given labels)."""
     return check_callable(value, name, optional=True,
                           hint="Pass a loss module such as nn.CrossEntropyLoss(), a function such as "
                                "torch.nn.functional.cross_entropy, or None for the model's own outputs.loss.")
@@ -318,8 +319,9 @@ def check_device(value: Any, name: str = "device", *, optional: bool = True) -> 
 
 
 def check_series(value: Any, name: str, *, min_length: int = 0, finite: bool = False) -> np.ndarray:
-    """A one-dimensional series of real numbers (a list, a 1-d array or tensor) as float64;
-    booleans, strings, nested lists and 2-d arrays are refused. NaN/Inf are allowed unless
+    """A one-dimensional series of real numbers (a list, a 1-d array or tensor) as float64.
+
+    Booleans, strings, nested lists and 2-d arrays are refused. NaN/Inf are allowed unless
     ``finite``."""
     if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Iterable, np.ndarray, torch.Tensor)):
         raise _fail(TypeError, name, "a one-dimensional list of numbers", value, None)
@@ -350,9 +352,10 @@ def check_series(value: Any, name: str, *, min_length: int = 0, finite: bool = F
 
 # -- one meaning per argument name ---------------------------------------------------------------
 def check_operator(value: Any, name: str = "op") -> Any:
-    """A symmetric linear operator: a :class:`lossdoctor.HessianOperator` (or anything with a
-    square ``.shape`` and ``@``), or a square, finite, symmetric floating matrix (tensor or numpy
-    array)."""
+    """A symmetric linear operator.
+
+    a :class:`lossdoctor.HessianOperator` (or anything with a square ``.shape`` and ``@``), or a
+    square, finite, symmetric floating matrix (tensor or numpy array)."""
     requirement = "a symmetric operator (lossdoctor.hessian(...) or a square symmetric matrix)"
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
@@ -430,9 +433,9 @@ _RULES: dict[str, Callable[[Any, str], Any]] = {
 
 
 def check_arguments(**named: Any) -> None:
-    """Check arguments by their name, with the one meaning each shared name has across
-    lossdoctor (``k``: eigenpairs per end, an integer >= 1; ``tol``: a positive finite number;
-    ``seed``; ``progress``; ``mode``; ``op``; ...). One line at the top of an entry point::
+    """Check arguments by their name, with the one meaning each shared name has across lossdoctor (``k``: eigenpairs per end, an integer >= 1; ``tol``: a positive finite number; ``seed``; ``progress``; ``mode``; ``op``; ...).
+
+    One line at the top of an entry point::
 
         check_arguments(op=op, k=k, tol=tol, seed=seed, progress=progress)
     """

@@ -1,5 +1,6 @@
-"""Whether a torch.distributed process group is running, and this process's place in it: the one
-check the curvature engine, the sweep and the command line share."""
+"""Whether a torch.distributed process group is running, and this process's place in it.
+
+The one check the curvature engine, the sweep and the command line share."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Optional dependencies: the core needs torch, numpy and scipy only; drawing (matplotlib), the
-command line (click, rich) and the built-in MNIST-1D data (mnist1d) come with extras. A missing one
-is named with the command that installs it."""
+"""Optional dependencies.
+
+The core needs torch, numpy and scipy only; drawing (matplotlib), the command line (click, rich) and
+the built-in MNIST-1D data (mnist1d) come with extras. A missing one is named with the command that
+installs it."""
 
 from __future__ import annotations
 

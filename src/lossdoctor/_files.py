@@ -1,6 +1,8 @@
-"""The files lossdoctor writes: output paths checked before any computing starts, new files that
-never replace an existing one, atomic writes that never follow a symlink out of their folder,
-and a fallback place when the final write fails anyway, so a finished result is never lost.
+"""The files lossdoctor writes.
+
+Output paths checked before any computing starts, new files that never replace an existing one,
+atomic writes that never follow a symlink out of their folder, and a fallback place when the final
+write fails anyway, so a finished result is never lost.
 
 - :func:`check_new_file` (``--plot``, ``--out``): the folder exists and is writable, the format
   is known, the file does not exist yet. Called before the computation.
@@ -56,10 +58,11 @@ def image_formats() -> list[str]:
 
 
 def check_new_file(value: Any, option: str, *, formats: list[str] | None = None, default: bool = False) -> Path:
-    """The path of a file to create, checked before any work: its folder exists and is writable,
-    its extension is one of ``formats`` (when given) and no file is there yet. With
-    ``default=True`` (the user did not choose the name) an existing file is kept and the next
-    free name (``name-2.png``) is returned instead of an error."""
+    """The path of a file to create, checked before any work.
+
+    Its folder exists and is writable, its extension is one of ``formats`` (when given) and no file
+    is there yet. With ``default=True`` (the user did not choose the name) an existing file is kept
+    and the next free name (``name-2.png``) is returned instead of an error."""
     path = _as_path(value, option)
     if path.is_dir():
         raise ValueError(f"{option} {path} is a folder: name a file inside it, e.g. {path / 'plot.png'}.")
@@ -85,8 +88,10 @@ def check_new_file(value: Any, option: str, *, formats: list[str] | None = None,
 
 
 def check_output_dir(value: Any, option: str) -> Path:
-    """A folder to write into: it exists (or its nearest existing parent does, and the folder is
-    made when written) and is writable; an existing file there is an error."""
+    """A folder to write into.
+
+    It exists (or its nearest existing parent does, and the folder is made when written) and is
+    writable; an existing file there is an error."""
     path = _as_path(value, option)
     if path.exists() and not path.is_dir():
         raise ValueError(f"{option} {path} is a file, not a folder: choose a folder (it is created if missing).")
@@ -110,8 +115,9 @@ def _free_name(path: Path) -> Path:
 
 
 def _create(path: Path, write: Writer) -> None:
-    """Create ``path`` exclusively (never through a symlink) and write it; nothing is left behind
-    if writing fails."""
+    """Create ``path`` exclusively (never through a symlink) and write it.
+
+    Nothing is left behind if writing fails."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     handle = os.open(path, flags, 0o644)
     try:
@@ -124,9 +130,10 @@ def _create(path: Path, write: Writer) -> None:
 
 
 def save_new(path: Path, write: Writer) -> tuple[Path, str | None]:
-    """Write a new file at ``path``; ``(where it went, None)``, or, when ``path`` could not be
-    written, ``(the fallback path, a note saying why)``. Raises only when no place at all could
-    be written."""
+    """Write a new file at ``path``.
+
+    ``(where it went, None)``, or, when ``path`` could not be written, ``(the fallback path, a note
+    saying why)``. Raises only when no place at all could be written."""
     path = Path(path)
     folders: list[Path] = []
     for folder in (path.parent, Path.cwd(), Path(tempfile.gettempdir())):
@@ -181,8 +188,9 @@ def atomic_write_text(folder: Path, name: str, text: str) -> Path:
 
 
 def read_text_inside(folder: Path, name: str) -> str | None:
-    """``folder/name`` as text, or ``None`` when it is missing, a symlink or unreadable: files in
-    an output folder are trusted only when they are what lossdoctor wrote there."""
+    """``folder/name`` as text, or ``None`` when it is missing, a symlink or unreadable.
+
+    Files in an output folder are trusted only when they are what lossdoctor wrote there."""
     path = Path(folder) / name
     if path.is_symlink() or not path.is_file():
         return None

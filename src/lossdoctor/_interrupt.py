@@ -1,5 +1,4 @@
-"""Ctrl-C: long calls return what they finished, flagged, and nothing downstream mistakes it for
-a finished result.
+"""Ctrl-C: long calls return what they finished, flagged, and nothing downstream mistakes it for a finished result.
 
 A long library call (a sweep, a landscape, a range test, ...) that is interrupted returns a
 partial result with ``interrupted=True`` and no verdict drawn from it, so a user in a notebook
@@ -48,9 +47,11 @@ def propagating() -> Iterator[None]:
 
 
 def keep_partial(finished: bool = True) -> bool:
-    """Inside ``except KeyboardInterrupt``: re-raise it when a partial result may not be returned
-    (inside :func:`propagating`) or there is none (nothing ``finished``); otherwise note the
-    interrupt and return True (the caller returns its partial result, flagged)."""
+    """Inside ``except KeyboardInterrupt``.
+
+    Re-raise it when a partial result may not be returned (inside :func:`propagating`) or there is
+    none (nothing ``finished``); otherwise note the interrupt and return True (the caller returns
+    its partial result, flagged)."""
     if not partial_allowed() or not finished:
         raise  # called from an except block: re-raises the KeyboardInterrupt in flight
     note()
@@ -69,9 +70,9 @@ def count() -> int:
 
 @contextlib.contextmanager
 def recording() -> Iterator[None]:
-    """Count every SIGINT (and still raise ``KeyboardInterrupt`` as Python does), so the caller
-    learns of a Ctrl-C that an inner call turned into a partial result. Main thread only; a
-    no-op elsewhere."""
+    """Count every SIGINT (and still raise ``KeyboardInterrupt`` as Python does), so the caller learns of a Ctrl-C that an inner call turned into a partial result.
+
+    Main thread only; a no-op elsewhere."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -105,9 +106,9 @@ def was_interrupted(result: Any) -> bool:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then raise it
-    as usual: restoring the user's model, optimizer or RNG must never be cut in half. Main thread
-    only; a no-op elsewhere or when SIGINT is not handled by Python."""
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then raise it as usual: restoring the user's model, optimizer or RNG must never be cut in half.
+
+    Main thread only; a no-op elsewhere or when SIGINT is not handled by Python."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -69,6 +69,11 @@ class ResultMixin:
             return None
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON types (tensors and arrays as lists, NaN/Inf as ``None``).
+
+        Returns:
+            A dict from field name to value, without the fields in ``_skip_in_dict``.
+        """
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
             if f.name in self._skip_in_dict:

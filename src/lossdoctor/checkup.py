@@ -1,5 +1,7 @@
-"""A checkup of the user's own model: why did the loss stop, what to change, and the pictures
-behind it, in one result (and one page, see ``report.checkup``).
+"""A checkup of the user's own model.
+
+Why did the loss stop, what to change, and the pictures behind it, in one result (and one page, see
+``report.checkup``).
 
 :func:`checkup` runs, cheapest and most decisive first, each under what is left of a time budget:
 
@@ -19,13 +21,13 @@ Each section records its cost (seconds, Hessian-vector products) and whether it 
 (interrupted, or out of budget: then it is skipped, never guessed). The model, the optimizer and
 every RNG are left exactly as they were.
 
-Example:
+Examples:
     >>> import torch, lossdoctor as ld
     >>> from torch.nn import functional as F
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <...>
     >>> model = torch.nn.Linear(3, 1)
-    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [2.0], [3.0]])
+    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[0.1], [0.2], [0.3]])
     >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
     >>> c.diagnosis.cause
@@ -74,7 +76,27 @@ CURVATURE_SAMPLES = 256
 
 @dataclass(frozen=True)
 class CheckupSection(ResultMixin):
-    """What one part of the checkup cost, and whether it ran to the end."""
+    """What one part of the checkup cost, and whether it ran to the end.
+
+    Attributes:
+        key: the section's short name (``"doctor"``, ``"spectrum"``, ``"density"``, ...).
+        title: its title on the page.
+        seconds: the time it took.
+        hvps: Hessian-vector products it spent.
+        status: ``"done"``, ``"interrupted"``, ``"skipped: <why>"`` or ``"failed: <why>"``.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
+        >>> [(s.key, s.done) for s in c.sections][:3]
+        [('doctor', True), ('spectrum', True), ('density', True)]
+    """
 
     key: str
     title: str
@@ -84,13 +106,51 @@ class CheckupSection(ResultMixin):
 
     @property
     def done(self) -> bool:
+        """Whether the section ran to the end."""
         return self.status == "done"
 
 
 @dataclass(frozen=True)
 class Checkup(ResultMixin):
-    """Everything the checkup measured (see the module docstring); a part is None when it was
-    skipped (budget), failed, or does not apply (``sections`` says which and why)."""
+    """Everything the checkup measured (see :func:`checkup` and the module docstring).
+
+    A part is ``None`` when it was skipped (budget), failed, or does not apply (``sections``
+    says which and why).
+
+    Attributes:
+        diagnosis: the doctor's verdict with its tried prescriptions.
+        history: the loss history the verdict read.
+        history_source: where it came from (given, or trained from a snapshot).
+        spectrum: both ends of the Hessian's spectrum.
+        density: the Hessian's spectral density.
+        layers: the per-layer curvature table.
+        critical: the critical-point test.
+        escape_profile: the loss along the escape direction (at a saddle).
+        landscape_top: the loss along the top eigenvector.
+        landscape_random: the loss along a random filter-normalized direction.
+        noise: the gradient noise scale and its batch-size advice.
+        lr_range: the lr range test around the current lr.
+        sections: what each part cost and whether it ran to the end.
+        budget: the time budget in seconds.
+        seconds: the time taken.
+        num_params: trainable parameters.
+        num_samples: samples measured.
+        mode: ``"train"`` or ``"eval"``.
+        interrupted: Ctrl-C: the parts finished, flagged.
+        top_direction: the top Hessian eigenvector (flat), for drawing.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
+        >>> c.diagnosis.cause, c.critical.kind, all(s.done for s in c.sections)
+        ('lr_too_small', 'not_critical', True)
+    """
 
     diagnosis: Diagnosis
     history: list[float]
@@ -131,7 +191,8 @@ class Checkup(ResultMixin):
 
 def _probe_history(model: nn.Module, loss_fn: Any, data: Any, optimizer: Any, steps: int,
                    train_step: Callable | None) -> list[float]:
-    """``steps`` training steps of the user's optimizer from an exact snapshot (then put back):
+    """``steps`` training steps of the user's optimizer from an exact snapshot (then put back).
+
     a loss history for a model that comes without one."""
     step = train_step or default_train_step(loss_fn)
     losses = []
@@ -150,18 +211,46 @@ def _probe_history(model: nn.Module, loss_fn: Any, data: Any, optimizer: Any, st
 def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, optimizer: Any = None,
             lr: float | None = None, budget: float = BUDGET, window: int = WINDOW, checkpoint: Any = None,
             train_step: Callable | None = None, seed: int = 0, progress: Progress | bool | str | None = "auto") -> Checkup:
-    """One report on the user's model: the doctor's verdict and tested prescriptions, then the
-    curvature, critical point, landscape, noise scale and lr range behind them.
+    """One report on the user's model: the verdict, tested prescriptions, and the pictures behind them.
+
+    The doctor's verdict and tested prescriptions first, then the curvature, critical point,
+    landscape, noise scale and lr range behind them, each while the time budget lasts. The
+    model, the optimizer and every RNG are left exactly as they were; draw it as a page with
+    ``lossdoctor.report.checkup``.
 
     Args:
-        model, loss_fn, data: the model as it stands, its loss and its training data.
+        model: the model as it stands.
+        loss_fn: its loss, ``loss_fn(model(inputs), targets)``.
+        data: its training data.
         history: recent per-step training losses; without one, the optimizer trains ``window``
             steps from an exact snapshot to produce one (then everything is put back).
-        optimizer, lr: the optimizer training the model (or the plain-SGD lr).
+        optimizer: the optimizer training the model.
+        lr: the plain-SGD learning rate, when no optimizer is given.
         budget: seconds for the whole checkup; sections after the doctor run while time is left
             (cheapest and most decisive first) and say so when skipped.
-        window, checkpoint, train_step, seed: as for :func:`lossdoctor.diagnose`.
+        window: as for :func:`lossdoctor.diagnose`.
+        checkpoint: as for :func:`lossdoctor.diagnose`.
+        train_step: as for :func:`lossdoctor.diagnose`.
+        seed: as for :func:`lossdoctor.diagnose`.
         progress: called as ``progress(section done, sections)``.
+
+    Returns:
+        A :class:`Checkup`: every part measured, with what each cost.
+
+    Raises:
+        ValueError: neither ``optimizer`` nor ``lr`` given, or a bad option.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
+        >>> c.diagnosis.cause, c.noise.suggested_batch_size is not None
+        ('lr_too_small', True)
     """
     started = time.perf_counter()
     check_module(model)
@@ -296,8 +385,7 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
 
 def _along(model: nn.Module, loss_fn: Any, data: Any, direction: list, names: tuple[str, ...], span: float,
            seed: int) -> Landscape:
-    """The loss along ``direction`` (given per parameter name, in ``names`` order) through the
-    current point; trainable parameters outside ``names`` get a zero direction."""
+    """The loss along ``direction`` (given per parameter name, in ``names`` order) through the current point; trainable parameters outside ``names`` get a zero direction."""
     by_name = dict(zip(names, direction[0]))
     full = [[by_name.get(n, torch.zeros_like(p)) for n, p in trainable_parameters(model)]]
     return landscape(model, loss_fn, data, dims=1, steps=25, span=span, seed=seed, directions=full,

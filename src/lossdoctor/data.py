@@ -1,5 +1,6 @@
-"""What counts as data, and how a batch meets the user's model and loss. Everything in lossdoctor
-reads data through here.
+"""What counts as data, and how a batch meets the user's model and loss.
+
+Everything in lossdoctor reads data through here.
 
 Data is a ``DataLoader``, any re-iterable of batches, one batch, or a map-style ``Dataset`` (a
 ``TensorDataset``, your own) whose samples are read in batches of :data:`DATASET_BATCH_SIZE`
@@ -69,17 +70,21 @@ class PositionalInputs(dict):
 
 
 class FlatInputs(tuple):
-    """The inputs of a flat batch ``(x1, ..., xk, targets)``: ``model(x1, ..., xk)``; the batch a
-    ``loss_fn(outputs, batch)`` sees is the flat tuple again."""
+    """The inputs of a flat batch ``(x1, ..., xk, targets)``.
+
+    ``model(x1, ..., xk)``; the batch a ``loss_fn(outputs, batch)`` sees is the flat tuple again."""
 
 
 def no_targets(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """The targets of a batch that has none (a dict without labels): an empty ``(n, 0)`` tensor,
-    so the batch's size still travels with it through cutting, merging and moving."""
+    """The targets of a batch that has none (a dict without labels).
+
+    An empty ``(n, 0)`` tensor, so the batch's size still travels with it through cutting, merging
+    and moving."""
     return torch.empty((n, 0), dtype=torch.long, device=device)
 
 
 def has_targets(targets: torch.Tensor) -> bool:
+    """Whether a batch has targets (a batch without them carries an empty ``(n, 0)`` placeholder)."""
     return not (targets.dim() == 2 and targets.shape[1] == 0)
 
 
@@ -94,8 +99,26 @@ class Batches:
         labels: the key of a dict batch that holds the targets (``"auto"``: the first of
             ``labels``, ``label``, ``label_ids``; ``None``: the batch has no targets).
 
-    Example:
-        >>> ld.hessian(model, None, ld.Batches(loader, call="positional"))  # doctest: +SKIP
+    Raises:
+        ValueError: an unknown ``call``.
+        TypeError: ``labels`` is not a string or ``None``, or ``data`` is not a container of
+            batches.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> class Net(torch.nn.Module):  # forward takes the whole dict batch
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lin = torch.nn.Linear(3, 2)
+        ...     def forward(self, batch):
+        ...         return self.lin(batch["x"])
+        >>> _ = torch.manual_seed(0)
+        >>> data = [{"x": torch.randn(8, 3), "y": torch.randint(0, 2, (8,))}]
+        >>> loss = ld.loss_on_batch(lambda out, batch: F.cross_entropy(out, batch["y"]))
+        >>> H = ld.hessian(Net(), loss, ld.Batches(data, call="positional", labels="y"))
+        >>> H.num_params, H.num_samples
+        (8, 8)
     """
 
     data: Any
@@ -135,12 +158,34 @@ class _BatchLoss:
 
 
 def loss_on_batch(fn: Callable) -> Callable:
-    """Mark ``fn`` as a loss on the whole batch: lossdoctor calls ``fn(outputs, batch)`` where
+    """Mark ``fn`` as a loss on the whole batch: lossdoctor calls ``fn(outputs, batch)``.
+
     ``batch`` is the batch as the data gave it (the dict, the flat tuple, or ``(inputs,
     targets)``). A ``loss_fn`` whose second parameter is named ``batch`` needs no mark.
 
-    Example:
-        >>> loss = ld.loss_on_batch(lambda out, b: F.cross_entropy(out, b["y"]))  # doctest: +SKIP
+    Args:
+        fn: ``fn(outputs, batch)`` returning the batch-mean loss.
+
+    Returns:
+        The marked loss function.
+
+    Raises:
+        TypeError: ``fn`` is not callable.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> class Net(torch.nn.Module):  # forward takes the whole dict batch
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.lin = torch.nn.Linear(3, 2)
+        ...     def forward(self, batch):
+        ...         return self.lin(batch["x"])
+        >>> _ = torch.manual_seed(0)
+        >>> data = [{"x": torch.randn(8, 3), "y": torch.randint(0, 2, (8,))}]
+        >>> loss = ld.loss_on_batch(lambda out, batch: F.cross_entropy(out, batch["y"]))
+        >>> ld.hessian(Net(), loss, ld.Batches(data, call="positional", labels="y")).num_params
+        8
     """
     if not callable(fn):
         raise TypeError(f"loss_on_batch wants a function loss(outputs, batch), got {type(fn).__name__}.")
@@ -199,8 +244,9 @@ def is_dataset(data: Any) -> bool:
 
 
 def check_data(data: Any, name: str = "data") -> None:
-    """Raise a clear error for data we cannot read (more than once); batches held in a list are
-    checked too (it costs nothing: no loader runs)."""
+    """Raise a clear error for data we cannot read (more than once).
+
+    Batches held in a list are checked too (it costs nothing: no loader runs)."""
     _check_container(data, name)
     if isinstance(data, Batches):
         data = data.data
@@ -363,12 +409,12 @@ def _guarded(source: Iterable[Any], rng: RNGStream) -> Iterator[Any]:
 
 
 def batch_size(targets: torch.Tensor) -> int:
+    """The number of samples in a batch: the targets' first dimension (1 for a 0-d target)."""
     return int(targets.shape[0]) if targets.dim() > 0 else 1
 
 
 def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Any) -> Any:
-    """Apply ``fn`` to every tensor of ``inputs`` (a tensor, a tuple/list or a dict of tensors),
-    keeping the structure ``call_model`` expects."""
+    """Apply ``fn`` to every tensor of ``inputs`` (a tensor, a tuple/list or a dict of tensors), keeping the structure ``call_model`` expects."""
     if isinstance(inputs, torch.Tensor):
         return fn(inputs)
     if isinstance(inputs, Mapping):
@@ -379,9 +425,10 @@ def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Any) -> Any:
 
 
 def split_batch(inputs: Any, targets: torch.Tensor, size: int) -> Iterator[tuple[Any, torch.Tensor, int]]:
-    """Cut one batch into consecutive micro-batches of at most ``size`` samples, yielding
-    ``(inputs, targets, samples)``. Every input tensor whose first dimension is the batch's size
-    is cut; any other input (a mask shared by the whole batch) goes whole to every part."""
+    """Cut one batch into consecutive micro-batches of at most ``size`` samples, yielding ``(inputs, targets, samples)``.
+
+    Every input tensor whose first dimension is the batch's size is cut; any other input (a mask
+    shared by the whole batch) goes whole to every part."""
     n = batch_size(targets)
     if n <= size:
         yield inputs, targets, n
@@ -395,16 +442,20 @@ def split_batch(inputs: Any, targets: torch.Tensor, size: int) -> Iterator[tuple
 
 
 def to_device(inputs: Any, device: torch.device) -> Any:
+    """The inputs (a tensor, tuple or dict of tensors) moved to ``device``."""
     return map_inputs(lambda x: x.to(device, non_blocking=True), inputs)
 
 
 def input_device(inputs: Any) -> torch.device:
+    """The device of the inputs' first tensor."""
     return input_tensors(inputs)[0].device
 
 
 def place(inputs: Any, targets: torch.Tensor, device: torch.device) -> Batch:
-    """Move a batch to ``device``. CPU data (what DataLoaders yield) moves to the model's device;
-    data already on another accelerator is a mistake we report rather than silently copy."""
+    """Move a batch to ``device``.
+
+    CPU data (what DataLoaders yield) moves to the model's device; data already on another
+    accelerator is a mistake we report rather than silently copy."""
     for what, dev in (("inputs", input_device(inputs)), ("targets", targets.device)):
         if dev != device and dev.type != "cpu":
             raise ValueError(f"{what} are on {dev} but the model is on {device}: move the data "
@@ -413,8 +464,7 @@ def place(inputs: Any, targets: torch.Tensor, device: torch.device) -> Batch:
 
 
 def _forward_signature(model: torch.nn.Module) -> tuple[set[str], bool, int] | None:
-    """``forward``'s keyword names, whether it takes ``**kwargs``, and how many positional
-    parameters it has; None when it cannot be read."""
+    """``forward``'s keyword names, whether it takes ``**kwargs``, and how many positional parameters it has; None when it cannot be read."""
     try:
         params = inspect.signature(model.forward).parameters.values()
     except (TypeError, ValueError):
@@ -425,10 +475,11 @@ def _forward_signature(model: torch.nn.Module) -> tuple[set[str], bool, int] | N
 
 
 def dict_call(model: torch.nn.Module, inputs: Mapping) -> str:
-    """How a dict of inputs meets ``model``: ``"keywords"`` when ``forward`` takes its (non-label)
-    keys by name or takes ``**kwargs``; ``"positional"`` when it takes none of them but has a
-    positional parameter (``forward(self, batch)``). Chosen explicitly by the dict's type
-    (:class:`Batches`)."""
+    """How a dict of inputs meets ``model``.
+
+    ``"keywords"`` when ``forward`` takes its (non-label) keys by name or takes ``**kwargs``;
+    ``"positional"`` when it takes none of them but has a positional parameter (``forward(self,
+    batch)``). Chosen explicitly by the dict's type (:class:`Batches`)."""
     if isinstance(inputs, PositionalInputs):
         return "positional"
     if isinstance(inputs, KeywordInputs):
@@ -444,6 +495,7 @@ def dict_call(model: torch.nn.Module, inputs: Mapping) -> str:
 
 
 def call_model(model: torch.nn.Module, inputs: Any) -> Any:
+    """Call ``model`` on inputs as a batch gave them: a tensor, positional tuple or keyword dict."""
     if isinstance(inputs, torch.Tensor):
         return model(inputs)
     if isinstance(inputs, Mapping):
@@ -492,6 +544,7 @@ def compute_loss(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, 
 
 # -- the user's model and loss on one batch ------------------------------------------------------
 def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a CUDA (or other) out-of-memory error."""
     return isinstance(err, torch.cuda.OutOfMemoryError) or (
         isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
 
@@ -501,8 +554,10 @@ _NOT_USER = tuple(str(Path(p).resolve()) for p in (
 
 
 def user_frame(err: BaseException) -> str:
-    """``" (raised at file.py:12 in forward: <line>)"``: the innermost frame of the traceback
-    that is the user's code (not torch's, lossdoctor's or the standard library's), or ``""``."""
+    """``" (raised at file.py:12 in forward: <line>)"``.
+
+    The innermost frame of the traceback that is the user's code (not torch's, lossdoctor's or the
+    standard library's), or ``""``."""
     frames = [f for f in reversed(traceback.extract_tb(err.__traceback__))
               if not str(Path(f.filename).resolve()).startswith(_NOT_USER) and not f.filename.startswith("<")]
     # the user's own file before an installed library's (transformers, lightning, timm)
@@ -584,16 +639,16 @@ def _model_hint(err: BaseException, inputs: Any, model: torch.nn.Module) -> str:
 
 def batch_loss(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor,
                index: int) -> torch.Tensor:
-    """``loss_fn(model(inputs), targets)`` on batch ``index``, as a 0-d tensor (see
-    :func:`forward`)."""
+    """``loss_fn(model(inputs), targets)`` on batch ``index``, as a 0-d tensor (see :func:`forward`)."""
     return forward(model, loss_fn, inputs, targets, index)[1]
 
 
 def forward(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor,
             index: int) -> tuple[Any, torch.Tensor]:
-    """The model's outputs and ``loss_fn(outputs, targets)`` (a 0-d tensor) on batch ``index``;
-    ``loss_fn=None``: the model's own ``outputs.loss``; a loss on the batch:
-    ``loss_fn(outputs, batch)`` (see the module docstring).
+    """The model's outputs and ``loss_fn(outputs, targets)`` (a 0-d tensor) on batch ``index``.
+
+    ``loss_fn=None``: the model's own ``outputs.loss``; a loss on the batch: ``loss_fn(outputs,
+    batch)`` (see the module docstring).
 
     An error raised by the model or the loss comes back as a ``ValueError`` naming the batch,
     the shapes and dtypes, the user's own line and the likely fix (out-of-memory errors pass
@@ -665,8 +720,10 @@ PAD_VALUES = {"attention_mask": 0, **{k: -100 for k in LABEL_KEYS}}  # -100: HF'
 
 
 def _pad_cat(parts: list[torch.Tensor], key: Any, name: str, masked: bool) -> torch.Tensor:
-    """Concatenate along the batch; sequences of unequal length (dimension 1) are right-padded
-    when an attention mask marks the padding (0 in the mask, -100 in labels, 0 elsewhere)."""
+    """Concatenate along the batch.
+
+    Sequences of unequal length (dimension 1) are right-padded when an attention mask marks the
+    padding (0 in the mask, -100 in labels, 0 elsewhere)."""
     lengths = {t.shape[1] for t in parts if t.dim() >= 2}
     if len(lengths) > 1:
         if not masked:
@@ -687,9 +744,10 @@ def _pad_cat(parts: list[torch.Tensor], key: Any, name: str, masked: bool) -> to
 
 
 def merge_batches(batches: list[Batch], name: str = "data") -> Batch:
-    """All ``batches`` as one ``(inputs, targets)`` batch: tensors concatenated, dicts key by key
-    (sequences right-padded where an ``attention_mask`` marks padding), tuples item by item. Every
-    input tensor must have the batch as its first dimension."""
+    """All ``batches`` as one ``(inputs, targets)`` batch.
+
+    Tensors concatenated, dicts key by key (sequences right-padded where an ``attention_mask`` marks
+    padding), tuples item by item. Every input tensor must have the batch as its first dimension."""
     first = batches[0][0]
     for i, (inputs, targets) in enumerate(batches):
         n = batch_size(targets)

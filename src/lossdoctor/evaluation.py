@@ -33,12 +33,13 @@ _FITS: dict[tuple[str, str, int], int] = {}
 
 
 def as_tensors(data: Any, name: str = "data") -> tuple[Any, torch.Tensor]:
-    """All of ``data``'s samples as one ``(inputs, targets)`` batch (CPU or wherever they are):
-    tensors concatenated, dict inputs key by key (sequences right-padded where an
-    ``attention_mask`` marks padding), tuples item by item (:func:`lossdoctor.data.merge_batches`);
-    index it with :func:`lossdoctor.data.take`. Every value must be finite (a NaN sample would turn
-    every merged loss into NaN). A shuffling loader is read on a fixed seed: the merged order, and
-    every result drawn from it, is the same whatever the caller's RNG."""
+    """All of ``data``'s samples as one ``(inputs, targets)`` batch (CPU or wherever they are).
+
+    Tensors concatenated, dict inputs key by key (sequences right-padded where an ``attention_mask``
+    marks padding), tuples item by item (:func:`lossdoctor.data.merge_batches`); index it with
+    :func:`lossdoctor.data.take`. Every value must be finite (a NaN sample would turn every merged
+    loss into NaN). A shuffling loader is read on a fixed seed: the merged order, and every result
+    drawn from it, is the same whatever the caller's RNG."""
     batches = []
     for inputs, targets in iter_batches(data, name, rng=RNGStream(seed=0)):
         if targets.dim() == 0:
@@ -61,6 +62,7 @@ def as_tensors(data: Any, name: str = "data") -> tuple[Any, torch.Tensor]:
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, float | None]:
     """Mean loss over all samples of ``data`` and, for class-index targets, accuracy.
+
     Runs in eval mode and restores the model's mode."""
     was_training = [m.training for m in model.modules()]
     model.eval()
@@ -89,10 +91,9 @@ def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, flo
 @torch.no_grad()
 def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[tuple[Any, torch.Tensor]],
               device: torch.device, *, summed: bool = False) -> float:
-    """The sample-weighted mean loss over ``batches`` (``(inputs, targets)`` pairs, as
-    :func:`lossdoctor.data.iter_batches` yields them) at the model's current parameters and modes:
-    forward passes only, the caller sets the mode. ``summed``: each batch loss is already the sum
-    over its samples. NaN when there are no samples."""
+    """The sample-weighted mean loss over ``batches`` (``(inputs, targets)`` pairs, as :func:`lossdoctor.data.iter_batches` yields them) at the model's current parameters and modes: forward passes only, the caller sets the mode.
+
+    ``summed``: each batch loss is already the sum over its samples. NaN when there are no samples."""
     total, count = 0.0, 0
     for i, (inputs, targets) in enumerate(batches):
         inputs, targets = place(inputs, targets, device)
@@ -104,14 +105,16 @@ def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[tuple[Any, 
 
 
 def rebatch(x: Any, y: torch.Tensor, size: int) -> list[tuple[Any, torch.Tensor]]:
+    """Cut ``(x, y)`` into consecutive batches of ``size`` samples (the last may be smaller)."""
     return [take(x, y, slice(i, i + size)) for i in range(0, len(y), size)]
 
 
 @torch.no_grad()
 def evaluate_largest(model: nn.Module, loss_fn: Callable, data: Any, *,
                      max_batch: int | None = None) -> tuple[float, float | None]:
-    """Mean loss and accuracy (``None`` unless class-index targets) over all of ``data``, in eval
-    mode, with the largest batch that fits in memory. The model's modes are restored."""
+    """Mean loss and accuracy (``None`` unless class-index targets) over all of ``data``, in eval mode, with the largest batch that fits in memory.
+
+    The model's modes are restored."""
     x, y = data if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], torch.Tensor) \
         and data[1].dim() > 0 else as_tensors(data)
     device = next(model.parameters()).device
@@ -130,4 +133,5 @@ def evaluate_largest(model: nn.Module, loss_fn: Callable, data: Any, *,
 
 
 def num_samples(data: Any, name: str = "data") -> int:
+    """The number of samples in ``data``, over all its batches."""
     return sum(batch_size(t) for _, t in iter_batches(data, name))

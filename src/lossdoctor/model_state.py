@@ -1,6 +1,7 @@
-"""Leave the user's model exactly as it was: snapshots and restores of parameters, buffers,
-train/eval modes, ``requires_grad``, ``.grad`` and the global RNG state (torch's CPU and CUDA
-generators, numpy's and Python's)."""
+"""Leave the user's model exactly as it was.
+
+Snapshots and restores of parameters, buffers, train/eval modes, ``requires_grad``, ``.grad`` and
+the global RNG state (torch's CPU and CUDA generators, numpy's and Python's)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from ._interrupt import deferred
 
 @dataclass
 class RNGState:
-    """Every global random state a computation could draw from: torch's CPU generator, every
-    initialized CUDA generator, numpy's legacy global state and Python's ``random``."""
+    """Every global random state a computation could draw from.
+
+    Torch's CPU generator, every initialized CUDA generator, numpy's legacy global state and
+    Python's ``random``."""
 
     cpu: torch.Tensor
     cuda: list[torch.Tensor] | None
@@ -30,10 +33,12 @@ class RNGState:
 
     @classmethod
     def capture(cls) -> RNGState:
+        """The state of every RNG torch, numpy and Python keep (CUDA's too, once initialized)."""
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
         return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
 
     def restore(self) -> None:
+        """Put every RNG back to this state (not interruptible by Ctrl-C halfway)."""
         with deferred():
             self._restore()
 
@@ -48,17 +53,14 @@ class RNGState:
 
 
 class RNGStream:
-    """A private copy of the global RNG for code we run but do not own (a DataLoader drawing its
-    shuffle order and worker seeds, a dataset's random augmentation): inside :meth:`active` the
-    global generators hold this stream's state, and on leaving they are back to the caller's,
-    untouched, while the stream keeps where it got to. A stream made once and used for several
-    passes gives each pass the next draws (a new shuffle per epoch); a stream per pass gives every
-    pass the same draws. It starts from the global state at creation, so the first pass sees
-    what the caller's own loop would have seen."""
+    """A private copy of the global RNG for code we run but do not own (a DataLoader drawing its shuffle order and worker seeds, a dataset's random augmentation): inside :meth:`active` the global generators hold this stream's state, and on leaving they are back to the caller's, untouched, while the stream keeps where it got to.
+
+    A stream made once and used for several passes gives each pass the next draws (a new shuffle per
+    epoch); a stream per pass gives every pass the same draws. It starts from the global state at
+    creation, so the first pass sees what the caller's own loop would have seen."""
 
     def __init__(self, seed: int | None = None) -> None:
-        """``seed=None``: start from the global state now; a seed: start from that seed (a pass
-        whose order must not depend on the caller's RNG at all)."""
+        """``seed=None``: start from the global state now; a seed: start from that seed (a pass whose order must not depend on the caller's RNG at all)."""
         self.state = RNGState.capture()
         if seed is not None:
             with deferred():
@@ -70,6 +72,7 @@ class RNGStream:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
+        """A context manager running its body on this stream of random numbers, the caller's put back after."""
         caller = RNGState.capture()
         self.state.restore()
         try:
@@ -82,9 +85,7 @@ class RNGStream:
 
 @contextlib.contextmanager
 def seeded_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
-    """Run with the global RNG seeded from ``seed`` (dropout, random augmentation inside a
-    training run), then put the caller's state back: the result depends on ``seed`` only, and
-    the caller's RNG does not move."""
+    """Run with the global RNG seeded from ``seed`` (dropout, random augmentation inside a training run), then put the caller's state back: the result depends on ``seed`` only, and the caller's RNG does not move."""
     if device is not None and device.type == "cuda":
         torch.cuda.init()  # so its generator is captured and restored too
     state = RNGState.capture()
@@ -101,16 +102,32 @@ def seeded_rng(seed: int, device: torch.device | None = None) -> Iterator[None]:
 
 
 def capture_modes(model: nn.Module) -> list[bool]:
+    """Every module's ``training`` flag, in ``model.modules()`` order."""
     return [m.training for m in model.modules()]
 
 
 def restore_modes(model: nn.Module, modes: list[bool]) -> None:
+    """Set every module's ``training`` flag back from :func:`capture_modes`."""
     for m, training in zip(model.modules(), modes):
         m.training = training
 
 
 @contextlib.contextmanager
 def preserved_rng() -> Iterator[None]:
+    """A context manager that puts every RNG (torch, CUDA, numpy, Python) back as it was on exit.
+
+    Yields:
+        Nothing: the body may draw random numbers freely.
+
+    Examples:
+        >>> import torch
+        >>> from lossdoctor.model_state import preserved_rng
+        >>> _ = torch.manual_seed(0)
+        >>> with preserved_rng():
+        ...     _ = torch.rand(3)
+        >>> torch.rand(1)  # the same number as right after manual_seed(0)
+        tensor([0.4963])
+    """
     state = RNGState.capture()
     try:
         yield
@@ -121,8 +138,7 @@ def preserved_rng() -> Iterator[None]:
 
 @torch.no_grad()
 def load_flat(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
-    """Write the flat ``vector`` into ``params`` in order, each piece cast to its parameter's device
-    and dtype (the inverse of concatenating the flattened parameters)."""
+    """Write the flat ``vector`` into ``params`` in order, each piece cast to its parameter's device and dtype (the inverse of concatenating the flattened parameters)."""
     sizes = [p.numel() for p in params]
     if vector.numel() != sum(sizes):
         raise ValueError(f"the vector has {vector.numel()} entries; the parameters hold {sum(sizes)}.")
@@ -136,6 +152,23 @@ def evaluation_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
 
     In train mode, buffers such as BatchNorm running statistics would be updated by each
     forward pass; they are restored too, and so is the RNG.
+
+    Args:
+        model: any ``nn.Module``.
+        mode: ``"eval"`` or ``"train"``.
+
+    Yields:
+        Nothing: the body runs with the model in ``mode``.
+
+    Examples:
+        >>> import torch
+        >>> from lossdoctor.model_state import evaluation_mode
+        >>> model = torch.nn.Linear(2, 1).train()
+        >>> with evaluation_mode(model):
+        ...     print(model.training)
+        False
+        >>> model.training
+        True
     """
     modes = capture_modes(model)
     buffers = None
@@ -159,9 +192,27 @@ def evaluation_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
 
 @contextlib.contextmanager
 def preserved_model(model: nn.Module) -> Iterator[None]:
-    """Snapshot everything about ``model`` and put it back on exit, even after an error
-    or a KeyboardInterrupt. For analyses that move the parameters (line searches,
-    landscapes, training on a copy)."""
+    """Snapshot everything about ``model`` and put it back on exit, even after an error or Ctrl-C.
+
+    Parameters, buffers, ``requires_grad`` flags, gradients, train/eval modes and the RNG. For
+    analyses that move the parameters (line searches, landscapes, training on a copy).
+
+    Args:
+        model: any ``nn.Module``.
+
+    Yields:
+        Nothing: the body may change the model freely.
+
+    Examples:
+        >>> import torch
+        >>> from lossdoctor.model_state import preserved_model
+        >>> model = torch.nn.Linear(2, 1)
+        >>> before = model.weight.detach().clone()
+        >>> with preserved_model(model), torch.no_grad():
+        ...     _ = model.weight.zero_()
+        >>> torch.equal(model.weight, before)
+        True
+    """
     modes = capture_modes(model)
     rng = RNGState.capture()
     params = list(model.parameters())
@@ -185,7 +236,24 @@ def preserved_model(model: nn.Module) -> Iterator[None]:
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """Named trainable parameters, each shared (tied) parameter once, in module order."""
+    """Named trainable parameters, each shared (tied) parameter once, in module order.
+
+    Args:
+        model: any ``nn.Module``.
+
+    Returns:
+        ``(name, parameter)`` pairs of the parameters with ``requires_grad=True``.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: the model has no trainable parameter.
+
+    Examples:
+        >>> import torch
+        >>> from lossdoctor.model_state import trainable_parameters
+        >>> [name for name, _ in trainable_parameters(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)))]
+        ['0.weight', '0.bias', '1.weight', '1.bias']
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -210,8 +278,7 @@ def _describe_item(item: Any) -> str:
 
 
 def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str, nn.Parameter]]:
-    """The parameters an analysis differentiates with respect to, as ``(name, parameter)`` in
-    the model's own order (``named_parameters()``), each shared (tied) parameter once.
+    """The parameters an analysis differentiates with respect to, as ``(name, parameter)`` in the model's own order (``named_parameters()``), each shared (tied) parameter once.
 
     ``params=None``: every trainable parameter (:func:`trainable_parameters`). Otherwise one of,
     or a list (any iterable, ``module.parameters()`` included) of:
@@ -316,6 +383,7 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
 
 
 def model_device(params: Sequence[torch.Tensor]) -> torch.device:
+    """The one device holding every trainable parameter; several devices are an error."""
     devices = {p.device for p in params}
     if len(devices) > 1:
         raise ValueError(f"the model's trainable parameters are spread over several devices "

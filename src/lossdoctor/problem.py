@@ -1,5 +1,7 @@
-"""What the user analyses: a model, a loss, training data and optional test data, loaded from
-a built-in name or the user's own ``package.module:function``, optionally with a checkpoint."""
+"""What the user analyses.
+
+a model, a loss, training data and optional test data, loaded from a built-in name or the user's own
+``package.module:function``, optionally with a checkpoint."""
 
 from __future__ import annotations
 
@@ -24,19 +26,42 @@ from .model_state import preserved_rng
 
 
 class MissingFileError(FileNotFoundError, ValueError):
-    """A file named by the user (a problem file, a checkpoint) is not there. Both a
-    ``FileNotFoundError`` and a ``ValueError``: a bad argument."""
+    """A file named by the user (a problem file, a checkpoint) is not there.
+
+    Both a ``FileNotFoundError`` and a ``ValueError``: a bad argument."""
 
 
 class UserCodeError(ValueError):
-    """The user's own problem code failed (a syntax error, an exception while importing the file
-    or calling the function). The message shows the user's file, line and error; the original
-    exception is chained (``__cause__``)."""
+    """The user's own problem code failed (a syntax error, an exception while importing the file or calling the function).
+
+    The message shows the user's file, line and error; the original exception is chained
+    (``__cause__``)."""
 
 
 @dataclass
 class Problem:
-    """A model with its loss and data. ``loss_fn(model(inputs), targets)`` is the batch-mean loss."""
+    """A model with its loss and data: what the CLI and the studies analyse.
+
+    Attributes:
+        model: the ``nn.Module``.
+        loss_fn: ``loss_fn(model(inputs), targets)``, the batch-mean loss.
+        train_data: any lossdoctor data (a DataLoader, a list of batches, one batch).
+        test_data: optional held-out data, in the same forms.
+        name: a short name (shown in reports).
+        description: one line on what it is.
+        info: anything else worth keeping (JSON-safe values).
+
+    Raises:
+        TypeError: a field of the wrong type (checked when built).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> ld.hessian(problem.model, problem.loss_fn, problem.train_data).num_params
+        10
+    """
 
     model: nn.Module
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
@@ -69,8 +94,9 @@ def _as_problem(obj: Any, name: str) -> Problem:
 
 
 def _user_error(spec: str, what: str, err: BaseException) -> UserCodeError:
-    """A UserCodeError pointing at the user's own frame: the innermost one in their file (or, for
-    a syntax error, the offending line), not lossdoctor's."""
+    """A UserCodeError pointing at the user's own frame.
+
+    The innermost one in their file (or, for a syntax error, the offending line), not lossdoctor's."""
     if isinstance(err, SyntaxError):
         where = f"{err.filename}, line {err.lineno}"
         line = (err.text or "").rstrip()
@@ -175,8 +201,32 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
 
 
 def load_problem(spec: str, *, checkpoint: str | Path | None = None, **kwargs: Any) -> Problem:
-    """A built-in problem by name (see ``lossdoctor.zoo.BUILTIN``) or the user's own
-    ``package.module:function`` (or ``path/to/file.py:function``), called with ``kwargs``."""
+    """Load a built-in problem by name, or the user's own ``package.module:function``.
+
+    The user's function (or ``path/to/file.py:function``) is called with ``kwargs`` and returns
+    a :class:`Problem` or a tuple ``(model, loss_fn, train_data[, test_data])``. Building a
+    problem leaves the caller's RNG where it was.
+
+    Args:
+        spec: a built-in name (see ``lossdoctor.zoo.BUILTIN``: ``"mnist1d-mlp"``,
+            ``"mnist1d-cnn"``, ``"lecture-saddle"``) or ``"package.module:function"``.
+        checkpoint: a ``state_dict`` file to load into the model.
+        **kwargs: passed to the problem's function.
+
+    Returns:
+        The problem.
+
+    Raises:
+        ValueError: an unknown name, bad options for it, or a checkpoint that does not fit.
+        MissingFileError: the file named is not there.
+        UserCodeError: the user's code failed; the message shows their file and line.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> p = ld.load_problem("lecture-saddle", w1=0.5, w2=0.5)
+        >>> p.name, p.description
+        ('lecture-saddle', 'y = w1*w2*x, x = 1, target 1, MSE: L = (1 - w1*w2)^2')
+    """
     from .zoo import BUILTIN, build
 
     if not isinstance(spec, str):

@@ -50,9 +50,10 @@ _inside = contextvars.ContextVar("lossdoctor_progress_inside", default=False)
 
 
 class TextBar:
-    """``progress(done, total)`` drawn as one line on stderr, redrawn in place; :meth:`close`
-    finishes it at 100% (a call that converged early did all the work it needed) or marks it
-    interrupted."""
+    """``progress(done, total)`` drawn as one line on stderr, redrawn in place.
+
+    :meth:`close` finishes it at 100% (a call that converged early did all the work it needed) or
+    marks it interrupted."""
 
     def __init__(self, description: str, *, delay: float = 0.0, stream: TextIO | None = None,
                  width: int = 30) -> None:
@@ -64,6 +65,7 @@ class TextBar:
         self._last = -math.inf
 
     def __call__(self, done: int, total: int) -> None:
+        """Record progress and redraw the bar (at most every ``REDRAW`` seconds, after ``delay``)."""
         self.done, self.total = int(done), int(total)
         now = time.perf_counter()
         if now - self.start >= self.delay and now - self._last >= REDRAW:
@@ -78,8 +80,9 @@ class TextBar:
         self.drawn, self._last = True, now
 
     def close(self, finished: bool = True) -> None:
-        """End the line: at 100% when ``finished`` (the total becomes what was done), else
-        flagged as interrupted. Nothing is written for a bar that never appeared."""
+        """End the line: at 100% when ``finished`` (the total becomes what was done), else flagged as interrupted.
+
+        Nothing is written for a bar that never appeared."""
         if not self.drawn and (self.delay > 0 or self.total == 0):
             return
         if finished:
@@ -90,9 +93,10 @@ class TextBar:
 
 
 def resolve(progress: Any, description: str) -> tuple[Progress | None, TextBar | None]:
-    """``progress`` as a callback: ``True`` a :class:`TextBar`; ``"auto"`` a bar that appears
-    after :data:`AUTO_DELAY` seconds on a terminal, outside other lossdoctor calls' bars;
-    ``None``/``False`` none; a callable itself."""
+    """``progress`` as a callback.
+
+    ``True`` a :class:`TextBar`; ``"auto"`` a bar that appears after :data:`AUTO_DELAY` seconds on a
+    terminal, outside other lossdoctor calls' bars; ``None``/``False`` none; a callable itself."""
     if progress is None or progress is False:
         return None, None
     if progress is True:
@@ -112,16 +116,15 @@ def resolve(progress: Any, description: str) -> tuple[Progress | None, TextBar |
 
 
 def as_callback(progress: object) -> Progress | None:
-    """Inside a :func:`with_progress` function: the callback (or None) the decorator passed in place
-    of ``True``/``"auto"``/``False``, typed as such."""
+    """Inside a :func:`with_progress` function.
+
+    The callback (or None) the decorator passed in place of ``True``/``"auto"``/``False``, typed as
+    such."""
     return cast(Progress, progress) if callable(progress) else None
 
 
 def with_progress(description: str) -> Callable:
-    """Decorate a public long call whose ``progress`` argument may be ``True``, ``False``,
-    ``None``, ``"auto"`` or a callback: the body always gets a callback or ``None``; a bar the
-    library draws is finished at 100% when the call returns (flagged when its result says
-    ``interrupted``), and calls made inside it draw no bars of their own."""
+    """Decorate a public long call whose ``progress`` argument may be ``True``, ``False``, ``None``, ``"auto"`` or a callback: the body always gets a callback or ``None``; a bar the library draws is finished at 100% when the call returns (flagged when its result says ``interrupted``), and calls made inside it draw no bars of their own."""
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 

@@ -60,6 +60,7 @@ from .studies import warmup as warmup_study
 
 @dataclass(frozen=True)
 class TourSection:
+    """One section of the tour report: its key, title, the study it runs and how it is drawn."""
     key: str
     title: str
     run: Callable[..., Any]  # run(quick=..., progress=...) -> result with to_dict()
@@ -120,8 +121,9 @@ def _figures_present(out: Path, body: str) -> bool:
 
 
 def _finished(out: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Section]]:
-    """The sections an earlier run finished in ``out`` with the same settings and version:
-    their results and their rendered HTML."""
+    """The sections an earlier run finished in ``out`` with the same settings and version.
+
+    Their results and their rendered HTML."""
     state, results = _read_json(out, STATE), _read_json(out, "results.json")
     kept_results: dict[str, Any] = {}
     kept: dict[str, Section] = {}
@@ -140,8 +142,9 @@ def _finished(out: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Section
 def run_tour(out_dir: str | Path, *, quick: bool = True, only: list[str] | None = None,
              progress_for: Callable[[str], Progress | None] | None = None, force: bool = False,
              log: Callable[[str], None] | None = None) -> Path:
-    """Run the sections (all, or those named in ``only``) and write ``out_dir/index.html`` and
-    ``out_dir/results.json``. ``progress_for(title)`` gives each section a progress callback.
+    """Run the sections (all, or those named in ``only``) and write ``out_dir/index.html`` and ``out_dir/results.json``.
+
+    ``progress_for(title)`` gives each section a progress callback.
 
     Sections finished by an earlier run into ``out_dir`` (same ``quick``, same version) are kept
     and skipped unless ``force``; the page shows every finished section of the folder. A Ctrl-C

@@ -1,5 +1,7 @@
-"""The types of lossdoctor's contracts: what the curvature routines accept, what data is, and the
-closed sets of words (causes, kinds, ``which``, ``mode``) the API takes and returns.
+"""The types of lossdoctor's contracts.
+
+What the curvature routines accept, what data is, and the closed sets of words (causes, kinds,
+``which``, ``mode``) the API takes and returns.
 
 Example:
     >>> import torch
@@ -18,13 +20,14 @@ import torch
 
 @runtime_checkable
 class SymmetricOperator(Protocol):
-    """A symmetric linear map on flat vectors, as :func:`lossdoctor.eigenpairs`,
-    :func:`lossdoctor.trace` and :func:`lossdoctor.spectral_density` use it: a square ``shape``
-    ``(n, n)`` and ``op @ X`` for a vector ``(n,)`` or a block ``(n, k)``. A
-    :class:`lossdoctor.HessianOperator` is one, and so is a square symmetric tensor."""
+    """A symmetric linear map on flat vectors, as :func:`lossdoctor.eigenpairs`, :func:`lossdoctor.trace` and :func:`lossdoctor.spectral_density` use it: a square ``shape`` ``(n, n)`` and ``op @ X`` for a vector ``(n,)`` or a block ``(n, k)``.
+
+    A :class:`lossdoctor.HessianOperator` is one, and so is a square symmetric tensor."""
 
     @property
-    def shape(self) -> tuple[int, ...]: ...
+    def shape(self) -> tuple[int, ...]:
+        """``(n, n)``."""
+        ...
 
     def __matmul__(self, other: torch.Tensor) -> torch.Tensor: ...
 

@@ -48,15 +48,51 @@ SCALE_TOL = 1e-2
 class CriticalPoint(ResultMixin):
     """The verdict on one point of the loss surface, with the numbers behind it.
 
-    ``kind`` is one of ``"local_minimum"``, ``"local_maximum"``, ``"saddle_point"``,
-    ``"degenerate"`` (a gradient of zero but flat directions where the second-order test says
-    nothing, and no direction curving the other way) or ``"not_critical"`` (the gradient is not
-    small: follow it). ``eigenvalues`` are the extreme eigenvalues found (both ends, sorted
-    descending) with their ``residual_norms``, ``error_bounds`` and ``converged`` flags.
-    ``minimum_ratio`` is the fraction of eigenvalues above ``eig_tol`` (exact when
-    ``ratio_method == "dense"``, else a stochastic estimate with ``minimum_ratio_error``).
-    ``escape_direction`` is the unit eigenvector (flat, float64) of the most negative
-    eigenvalue when that eigenvalue is below ``-eig_tol``, else ``None``.
+    Returned by :func:`classify_critical_point`.
+
+    Attributes:
+        kind: ``"local_minimum"``, ``"local_maximum"``, ``"saddle_point"``, ``"degenerate"`` (a
+            gradient of zero but flat directions where the second-order test says nothing, and
+            no direction curving the other way), ``"not_critical"`` (the gradient is not small:
+            follow it) or ``"undetermined"`` (interrupted or unconverged: no verdict).
+        loss: the mean loss over the data.
+        grad_norm: the full-data gradient norm.
+        grad_tol: the gradient norm at or below which the point counts as critical.
+        grad_scale: the problem's gradient scale (see :func:`gradient_scale`).
+        min_eigenvalue: the smallest Hessian eigenvalue found.
+        max_eigenvalue: the largest Hessian eigenvalue found.
+        eig_tol: eigenvalues with ``|λ| <= eig_tol`` count as zero (flat).
+        eigenvalues: the extreme eigenvalues found (both ends, sorted descending).
+        residual_norms: their residual norms.
+        error_bounds: their error bounds (see :class:`lossdoctor.EigenResult`).
+        converged: their convergence flags.
+        minimum_ratio: the fraction of eigenvalues above ``eig_tol``.
+        minimum_ratio_error: its error bar (0 when exact).
+        ratio_method: ``"dense"`` (exact), ``"slq"`` (estimated) or ``"none"``.
+        num_positive: eigenvalues above ``eig_tol`` (dense path only, else ``None``).
+        num_negative: eigenvalues below ``-eig_tol`` (dense path only).
+        num_zero: eigenvalues within ``eig_tol`` of zero (dense path only).
+        escape_direction: the unit eigenvector (flat, float64) of the most negative eigenvalue
+            when it is below ``-eig_tol``, else ``None``.
+        evidence: the verdict's reasoning in words.
+        num_params: trainable parameters.
+        num_samples: samples in the data.
+        matvecs: Hessian-vector products spent.
+        mode: ``"eval"`` or ``"train"``.
+        seed: the seed of the random start vectors and probes.
+        parameter_names: the trainable parameters' names (to split ``escape_direction``).
+        parameter_shapes: their shapes.
+        eig_tol_basis: how the zero tolerance was derived.
+        minimum_ratio_bias: bound on the quadrature's bias in ``minimum_ratio`` (``"slq"``).
+        interrupted: Ctrl-C stopped the run: a partial result, no verdict.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()  # L = (1 - w1*w2)^2 at (0, 0)
+        >>> c = ld.classify_critical_point(p.model, p.loss_fn, p.train_data)
+        >>> c.kind, c.min_eigenvalue, c.max_eigenvalue, c.minimum_ratio
+        ('saddle_point', -2.0, 2.0, 0.5)
     """
 
     kind: Kind
@@ -94,14 +130,29 @@ class CriticalPoint(ResultMixin):
 
     @property
     def is_critical(self) -> bool:
+        """Whether the gradient is small enough for the second-order test (``kind`` is not ``"not_critical"``)."""
         return self.kind != "not_critical"
 
     @property
     def has_negative_curvature(self) -> bool:
+        """Whether a direction of negative curvature was found (``escape_direction`` is set)."""
         return self.escape_direction is not None
 
     def escape_direction_by_parameter(self) -> dict[str, torch.Tensor] | None:
-        """The escape direction split into ``{parameter name: tensor of its shape}``."""
+        """The escape direction split into ``{parameter name: tensor of its shape}``.
+
+        Returns:
+            A dict from each trainable parameter's name to its part of ``escape_direction``, or
+            ``None`` when there is no direction of negative curvature.
+
+        Examples:
+            >>> import lossdoctor as ld
+            >>> from lossdoctor.zoo.lecture import lecture_saddle
+            >>> p = lecture_saddle()
+            >>> c = ld.classify_critical_point(p.model, p.loss_fn, p.train_data)
+            >>> {name: round(abs(v.item()), 4) for name, v in c.escape_direction_by_parameter().items()}
+            {'w1': 0.7071, 'w2': 0.7071}
+        """
         if self.escape_direction is None:
             return None
         sizes = [math.prod(s) for s in self.parameter_shapes]
@@ -179,12 +230,29 @@ def _lanczos_spectrum(op, k: int, tol: float, seed: int, progress: Progress | No
 
 def default_eig_tol(eigenvalues: np.ndarray, dtype: torch.dtype, error_bounds: np.ndarray | None = None
                     ) -> tuple[float, str]:
-    """The zero tolerance and how it was derived: ``EIG_EPS`` (100) machine epsilons of the
-    parameters' dtype times ||H|| = max |λ| (what rounding in the products can move an
-    eigenvalue by, with a 20x margin), or three times the largest error bound of the extreme
-    eigenvalues if that is larger (an eigenvalue within its error of zero has no known sign).
-    A positive definite but ill-conditioned minimum (condition 9,000) is a minimum: its smallest
-    eigenvalue is far above rounding."""
+    """The tolerance below which a Hessian eigenvalue counts as zero, and how it was derived.
+
+    ``EIG_EPS`` (100) machine epsilons of the parameters' dtype times ||H|| = max |λ| (what
+    rounding in the products can move an eigenvalue by, with a 20x margin), or three times the
+    largest error bound of the extreme eigenvalues if that is larger (an eigenvalue within its
+    error of zero has no known sign). A positive definite but ill-conditioned minimum (condition
+    9,000) is a minimum: its smallest eigenvalue is far above rounding.
+
+    Args:
+        eigenvalues: the extreme eigenvalues found.
+        dtype: the parameters' dtype.
+        error_bounds: the eigenvalues' error bounds, if known.
+
+    Returns:
+        ``(eig_tol, basis)``: the tolerance and a sentence saying how it was derived.
+
+    Examples:
+        >>> import numpy as np, torch
+        >>> from lossdoctor.analysis.critical import default_eig_tol
+        >>> tol, basis = default_eig_tol(np.array([2.0, -2.0]), torch.float32)
+        >>> f"{tol:.3g}", basis
+        ('2.38e-05', '100 x torch.float32 eps (1.2e-07) x ||H|| (2)')
+    """
     norm = float(np.max(np.abs(eigenvalues)))
     eps = torch.finfo(dtype).eps
     rounding = EIG_EPS * eps * norm
@@ -196,9 +264,25 @@ def default_eig_tol(eigenvalues: np.ndarray, dtype: torch.dtype, error_bounds: n
 
 
 def gradient_scale(loss: float, eigenvalues: np.ndarray) -> float:
-    """sqrt(2 |L| Λ) with Λ the largest |eigenvalue|: the gradient norm a quadratic bowl of the
-    Hessian's largest curvature has at height |L| above its floor. It has the units of a gradient
-    and scales like one when the loss is multiplied by a constant."""
+    """The problem's gradient scale sqrt(2 |L| Λ), Λ the largest |eigenvalue|.
+
+    The gradient norm a quadratic bowl of the Hessian's largest curvature has at height |L|
+    above its floor. It has the units of a gradient and scales like one when the loss is
+    multiplied by a constant.
+
+    Args:
+        loss: the loss L.
+        eigenvalues: the Hessian's extreme eigenvalues.
+
+    Returns:
+        sqrt(2 |L| max |eigenvalues|).
+
+    Examples:
+        >>> import numpy as np
+        >>> from lossdoctor.analysis.critical import gradient_scale
+        >>> gradient_scale(0.5, np.array([4.0, -1.0]))
+        2.0
+    """
     big = float(np.max(np.abs(eigenvalues)))
     return math.sqrt(2.0 * abs(loss) * big)
 
@@ -257,13 +341,19 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
                             seed: int = 0, num_probes: int = 8, lanczos_steps: int = 80,
                             max_matvecs: int | None = None, progress: Progress | bool | str | None = "auto",
                             reduction: Reduction | None = None, params: Any = None) -> CriticalPoint:
-    """Classify the model's current parameters as a local minimum, local maximum, saddle point,
-    degenerate critical point, or not a critical point at all.
+    """Classify the model's current parameters: local minimum, maximum, saddle, or neither.
 
-    The loss is the mean of ``loss_fn(model(inputs), targets)`` over every sample of ``data``;
-    its Hessian is exact (not Gauss-Newton). The model is left exactly as it was.
+    The lecture's second-order test: at a point where the gradient is (nearly) zero, the signs
+    of the Hessian's eigenvalues decide. The verdict is a local minimum, a local maximum, a
+    saddle point, a degenerate critical point, or not a critical point at all. The loss is the
+    mean of ``loss_fn(model(inputs), targets)`` over every sample of ``data``; its Hessian is
+    exact (not Gauss-Newton). The model is left exactly as it was.
 
     Args:
+        model: any ``nn.Module``; its trainable parameters are the point classified.
+        loss_fn: the loss, as for :func:`lossdoctor.hessian` (``None``: the model's own
+            ``outputs.loss``).
+        data: a DataLoader, a list of batches or one batch, as for :func:`lossdoctor.hessian`.
         grad_tol: the point is critical when the full-data gradient norm is at most this.
             Default ``GRAD_RTOL`` (1e-2) times the gradient scale sqrt(2 |L| Λ), Λ the largest
             |eigenvalue| (see :func:`gradient_scale`). The scale measures the loss from 0, so
@@ -280,8 +370,11 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
             the model has at most ``dense_max_params`` trainable parameters.
         tol: relative accuracy of the Lanczos eigenvalues (matrix-free path).
         seed: seed of the Lanczos start vector and the density probes.
-        num_probes, lanczos_steps: the stochastic Lanczos quadrature estimating the minimum
-            ratio on the matrix-free path.
+        dense_max_params: the largest model ``dense=None`` builds the dense Hessian for.
+        mode: ``"eval"`` (default) or ``"train"``.
+        num_probes: probes of the stochastic Lanczos quadrature estimating the minimum ratio on
+            the matrix-free path.
+        lanczos_steps: Lanczos steps per probe of that quadrature.
         max_matvecs: budget of Hessian-vector products for the extreme eigenpairs (matrix-free
             path; default that of :func:`eigenpairs`). Unconverged pairs are flagged.
         progress: called as ``progress(done, total)``.
@@ -291,6 +384,28 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
             patterns, modules; see :func:`lossdoctor.hessian`), the others held fixed: the
             gradient, the eigenvalues and the escape direction are those of that subspace
             (``parameter_names`` lists them). ``requires_grad`` is not touched.
+
+    Returns:
+        The verdict (``kind``) with the gradient norm, the extreme eigenvalues, the minimum
+        ratio and the escape direction behind it. Ctrl-C returns a partial result flagged
+        ``interrupted``, never a verdict.
+
+    Raises:
+        ValueError: a bad tolerance or option, or ``dense=True`` for a model above
+            ``dense_max_params``.
+
+    Examples:
+        The lecture's toy L = (1 - w1*w2)^2: a saddle at the origin, and a degenerate minimum
+        (a whole valley w1*w2 = 1 of minima, one flat direction) at (1, 1):
+
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle(0.0, 0.0)
+        >>> ld.classify_critical_point(p.model, p.loss_fn, p.train_data).kind
+        'saddle_point'
+        >>> q = lecture_saddle(1.0, 1.0)
+        >>> ld.classify_critical_point(q.model, q.loss_fn, q.train_data).kind
+        'degenerate'
     """
     check_arguments(model=model, loss_fn=loss_fn, grad_tol=grad_tol, eig_tol=eig_tol, k=k, dense=dense,
                     dense_max_params=dense_max_params, mode=mode, tol=tol, seed=seed, num_probes=num_probes,

@@ -1,6 +1,7 @@
-"""The loss along lines and planes in parameter space: the linear interpolation between two
-solutions (Goodfellow et al. 2015; Keskar et al. 2017, small- vs. large-batch) and loss
-landscapes along random filter-normalized directions (Li et al. 2018).
+"""The loss along lines and planes in parameter space.
+
+The linear interpolation between two solutions (Goodfellow et al. 2015; Keskar et al. 2017, small-
+vs. large-batch) and loss landscapes along random filter-normalized directions (Li et al. 2018).
 
 Filter normalization rescales each filter of a random direction (a row of a linear layer's
 weight, an output channel of a convolution) to the norm of the same filter of the weights, so
@@ -42,7 +43,29 @@ NORMALIZATIONS = ("filter", "layer", "none")
 
 @dataclass(frozen=True)
 class Curve(ResultMixin):
-    """Loss and accuracy at theta(alpha) = (1 - alpha) theta_a + alpha theta_b."""
+    """Loss and accuracy at theta(alpha) = (1 - alpha) theta_a + alpha theta_b (:func:`interpolate`).
+
+    Attributes:
+        alphas: the interpolation coefficients.
+        train_loss: the training loss at each alpha.
+        train_accuracy: the training accuracy at each (``None`` where not a classifier).
+        test_loss: the test loss at each (with ``test_data``), else ``None``.
+        test_accuracy: the test accuracy at each, else ``None``.
+        distance: ``||theta_b - theta_a||``.
+        interrupted: Ctrl-C: the points not reached hold NaN (``None`` in JSON).
+        points_done: how many points were measured.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> a, b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+        >>> curve = ld.interpolate(a, b, F.cross_entropy, (x, y), alphas=[0.0, 0.5, 1.0])
+        >>> [round(v, 3) for v in curve.train_loss]
+        [0.705, 0.687, 0.81]
+    """
 
     alphas: list[float]
     train_loss: list[float]
@@ -66,10 +89,33 @@ class Curve(ResultMixin):
 
 @dataclass(frozen=True)
 class Landscape(ResultMixin):
-    """Loss around the model's parameters along ``dims`` random directions.
+    """Loss around the model's parameters along ``dims`` random directions (:func:`landscape`).
 
-    ``train_loss`` is a list over ``coords`` (dims=1) or a grid ``[i][j]`` with ``coords[i]``
-    along the first direction and ``coords[j]`` along the second (dims=2).
+    Attributes:
+        dims: 1 (a line) or 2 (a plane).
+        coords: the step along each direction, from ``-span`` to ``span``.
+        train_loss: a list over ``coords`` (dims=1) or a grid ``[i][j]`` with ``coords[i]``
+            along the first direction and ``coords[j]`` along the second (dims=2).
+        train_accuracy: the training accuracy at the same points (``None`` where not a classifier).
+        test_loss: the test loss at the same points (with ``test_data``), else ``None``.
+        test_accuracy: the test accuracy at the same points, else ``None``.
+        normalization: ``"filter"``, ``"layer"`` or ``"none"``.
+        ignore_bias_bn: whether one-dimensional parameters got a zero direction.
+        seed: the seed of the first direction (the second uses ``seed + 1``).
+        center_loss: the training loss at the model's parameters.
+        direction_norms: the norm of each direction.
+        interrupted: Ctrl-C: the points not reached hold NaN (``None`` in JSON).
+        points_done: points measured, in row-major order over the grid.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> land = ld.landscape(torch.nn.Linear(4, 2), F.cross_entropy, (x, y), steps=5)
+        >>> land.coords, [round(v, 3) for v in land.train_loss]
+        ([-1.0, -0.5, 0.0, 0.5, 1.0], [0.498, 0.577, 0.705, 0.885, 1.108])
     """
 
     dims: int
@@ -103,10 +149,33 @@ def _filter_units(p: torch.Tensor) -> torch.Tensor:
 
 def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_bias_bn: bool = True,
                      seed: int = 0, params: Any = None) -> list[torch.Tensor]:
-    """A random Gaussian direction over the trainable parameters (one tensor per parameter),
-    normalized per filter (Li et al.), per layer, or not at all. Seeded on the CPU. ``params``:
-    over these parameters only (tensors, names or glob patterns, modules; see
-    :func:`lossdoctor.hessian`), one tensor each in the model's order."""
+    """A random Gaussian direction over the trainable parameters, one tensor per parameter.
+
+    Normalized per filter (Li et al.), per layer, or not at all. Seeded on the CPU, so the
+    same seed gives the same direction on every device.
+
+    Args:
+        model: the model whose trainable parameters the direction spans.
+        normalization: ``"filter"`` (each filter scaled to the norm of the weights' filter),
+            ``"layer"`` (each parameter to the weight's norm) or ``"none"``.
+        ignore_bias_bn: give one-dimensional parameters (biases, norm layers) a zero direction;
+            otherwise a copy of the weights, as in Li et al.'s code.
+        seed: the seed of the Gaussian draw.
+        params: over these parameters only (tensors, names or glob patterns, modules; see
+            :func:`lossdoctor.hessian`), one tensor each in the model's order.
+
+    Returns:
+        One tensor per trainable parameter, shaped, typed and placed like it.
+
+    Examples:
+        >>> import torch
+        >>> from lossdoctor.analysis.landscape import random_direction
+        >>> _ = torch.manual_seed(0)
+        >>> layer = torch.nn.Linear(4, 2)
+        >>> weight, bias = random_direction(layer)
+        >>> torch.allclose(weight.norm(dim=1), layer.weight.detach().norm(dim=1)), bias.tolist()
+        (True, [0.0, 0.0])
+    """
     check_choice(normalization, "normalization", NORMALIZATIONS)
     check_bool(ignore_bias_bn, "ignore_bias_bn")
     gen = torch.Generator().manual_seed(check_seed(seed))
@@ -142,8 +211,9 @@ def _check_start(loss: float, what: str) -> None:
 
 def _evaluate_points(count: int, move: Any, model: nn.Module, loss_fn: Any, train: Any, test: Any,
                      progress: Progress | None) -> tuple[list[list], bool]:
-    """Train/test loss and accuracy at ``count`` points (``move(i)`` puts the model at point i):
-    four columns, and whether a Ctrl-C cut them short (the points finished are kept)."""
+    """Train/test loss and accuracy at ``count`` points (``move(i)`` puts the model at point i).
+
+    Four columns, and whether a Ctrl-C cut them short (the points finished are kept)."""
     cols: list[list] = [[], [], [], []]
     try:
         for i in range(count):
@@ -166,17 +236,45 @@ def _pad(values: list, total: int) -> list:
 def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
                 alphas: Sequence[float] | None = None, *, test_data: Any = None,
                 progress: Progress | bool | str | None = "auto", params: Any = None) -> Curve:
-    """Train (and test) loss and accuracy along theta(alpha) = (1 - alpha) theta_a + alpha theta_b,
-    alpha from -0.5 to 1.5 by default (Keskar et al.'s figure). Floating-point buffers (BatchNorm
-    statistics) are interpolated too. Neither model is changed. Evaluation only: ``loss_fn`` need
-    not be differentiable here. Ctrl-C returns the points finished (``interrupted=True``, NaN
-    beyond). ``params``: interpolate only these parameters of ``model_a`` (tensors, names or glob
+    """The loss along the line between two solutions (Keskar et al.'s small- vs large-batch figure).
+
+    ``params``: interpolate only these parameters of ``model_a`` (tensors, names or glob
     patterns, modules; see :func:`lossdoctor.hessian`); every other parameter and every buffer
     stays at ``model_a``'s value, and ``distance`` is over the selected ones.
 
-    Example::
+    Train (and test) loss and accuracy along theta(alpha) = (1 - alpha) theta_a + alpha theta_b,
+    alpha from -0.5 to 1.5 by default. Floating-point buffers (BatchNorm statistics) are
+    interpolated too. Neither model is changed. Evaluation only: ``loss_fn`` need not be
+    differentiable here.
 
-        curve = ld.interpolate(small_batch_model, large_batch_model, F.cross_entropy, train_data)
+    Args:
+        model_a: the solution at alpha = 0.
+        model_b: the solution at alpha = 1 (same architecture).
+        loss_fn: ``loss_fn(model(inputs), targets)``, the batch-mean loss.
+        data: the training data (any lossdoctor data; its samples are merged).
+        alphas: the interpolation coefficients (default 41 points from -0.5 to 1.5).
+        test_data: also measure the test loss and accuracy on these.
+        progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
+            terminal for long runs.
+        params: interpolate only these parameters (see below).
+
+    Returns:
+        The losses and accuracies at each alpha. Ctrl-C returns the points finished
+        (``interrupted=True``, NaN beyond).
+
+    Raises:
+        ValueError: the models differ in architecture, or a loss at either end is not finite.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> a, b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+        >>> curve = ld.interpolate(a, b, F.cross_entropy, (x, y), alphas=[0.0, 0.5, 1.0])
+        >>> round(curve.distance, 3), curve.train_accuracy
+        (1.401, [0.59375, 0.484375, 0.40625])
     """
     check_module(model_a, "model_a")
     check_module(model_b, "model_b")
@@ -222,18 +320,52 @@ def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, norma
               steps: int = 25, span: float = 1.0, test_data: Any = None, ignore_bias_bn: bool = True,
               seed: int = 0, directions: Sequence[Sequence[torch.Tensor]] | None = None,
               progress: Progress | bool | str | None = "auto", params: Any = None) -> Landscape:
-    """Loss at theta + a d1 (dims=1) or theta + a d1 + b d2 (dims=2) for a, b in [-span, span]
-    (``steps`` points per axis), with d1, d2 random filter-normalized directions (Li et al.)
-    unless ``directions`` are given. Train and test loss are taken at the same points. The model
-    is left exactly as it was. Evaluation only: ``loss_fn`` need not be differentiable here.
-    Ctrl-C returns the points finished, row by row (``interrupted=True``, NaN beyond).
+    """The loss around the model's parameters along one or two random directions (Li et al.).
+
     ``params``: move only these parameters (tensors, names or glob patterns, modules; see
     :func:`lossdoctor.hessian`): the random directions, or the given ``directions`` (one tensor
     per selected parameter, in the model's order), span them alone.
 
-    Example::
+    Loss at theta + a d1 (dims=1) or theta + a d1 + b d2 (dims=2) for a, b in [-span, span]
+    (``steps`` points per axis), with d1, d2 random filter-normalized directions unless
+    ``directions`` are given. Train and test loss are taken at the same points. The model is
+    left exactly as it was. Evaluation only: ``loss_fn`` need not be differentiable here.
 
-        land = ld.landscape(model, F.cross_entropy, train_data, dims=2, steps=21, test_data=test_data)
+    Args:
+        model: the model at the centre.
+        loss_fn: ``loss_fn(model(inputs), targets)``, the batch-mean loss.
+        data: the training data (any lossdoctor data; its samples are merged).
+        dims: 1 (a line) or 2 (a plane).
+        normalization: ``"filter"`` (default), ``"layer"`` or ``"none"`` (see
+            :func:`random_direction`).
+        steps: points per axis.
+        span: the largest step along each direction.
+        test_data: also measure the test loss and accuracy at the same points.
+        ignore_bias_bn: give biases and norm layers a zero direction.
+        seed: the seed of the first direction (the second uses ``seed + 1``).
+        directions: ``dims`` directions of your own, each a list of tensors shaped like the
+            trainable parameters.
+        progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
+            terminal for long runs.
+        params: move only these parameters (see below).
+
+    Returns:
+        The losses on the line or grid. Ctrl-C returns the points finished, row by row
+        (``interrupted=True``, NaN beyond).
+
+    Raises:
+        ValueError: bad ``dims``, ``steps``, ``span`` or ``directions``, or a non-finite loss at
+            the centre.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> import torch.nn.functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> land = ld.landscape(torch.nn.Linear(4, 2), F.cross_entropy, (x, y), dims=2, steps=3)
+        >>> len(land.train_loss), len(land.train_loss[0]), round(land.center_loss, 4)
+        (3, 3, 0.7052)
     """
     check_module(model)
     check_loss_fn(loss_fn)

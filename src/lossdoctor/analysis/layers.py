@@ -16,7 +16,7 @@ differ (transformers: one lr cannot fit every block, an adaptive method can). Th
 compared on a common grid in asinh(λ/τ), τ = 1e-3 of the largest |λ| over all blocks, so blocks
 whose curvatures differ by orders of magnitude are told apart.
 
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> from torch.nn import functional as F
@@ -58,7 +58,21 @@ from .step_size import check_lr, step_size
 
 @dataclass(frozen=True)
 class Block:
-    """One module's directly owned trainable parameters, as a slice of the flat vector."""
+    """One module's directly owned trainable parameters, as a slice of the flat vector.
+
+    Attributes:
+        name: the module's name (``"(model)"`` for the root).
+        module_type: the module's class name.
+        parameter_names: the parameters it owns, as the operator names them.
+        start: the block's first coordinate in the flat vector.
+        stop: one past its last coordinate.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lossdoctor.analysis.layers import parameter_blocks
+        >>> parameter_blocks(nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)))[1]
+        Block(name='2', module_type='Linear', parameter_names=('2.weight', '2.bias'), start=40, stop=67)
+    """
 
     name: str
     module_type: str
@@ -68,13 +82,28 @@ class Block:
 
     @property
     def numel(self) -> int:
+        """The block's number of coordinates."""
         return self.stop - self.start
 
 
 def parameter_blocks(model: nn.Module, names: Sequence[str] | None = None) -> list[Block]:
-    """The model's blocks in module registration order, over the flat vector of ``names`` (the
-    parameters in the order the Hessian operator lists them, ``op.names``; default: every
-    trainable parameter, each shared one once)."""
+    """The model's blocks (each module's own parameters) in module registration order.
+
+    Args:
+        model: any ``nn.Module``.
+        names: the flat vector's parameters, in the order the Hessian operator lists them
+            (default: every trainable parameter, each shared one once).
+
+    Returns:
+        One :class:`Block` per module owning parameters; a shared parameter belongs to the
+        first module that owns it.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lossdoctor.analysis.layers import parameter_blocks
+        >>> [(b.name, b.numel) for b in parameter_blocks(nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 3)))]
+        [('0', 40), ('1', 27)]
+    """
     if names is None:
         names = [n for n, _ in selected_parameters(model)]
     params = dict(model.named_parameters())
@@ -105,15 +134,15 @@ def parameter_blocks(model: nn.Module, names: Sequence[str] | None = None) -> li
 
 
 def block_operator(op: Any, block: Block) -> Any:
-    """The diagonal block ``H_bb`` as an operator of its own: ``op`` restricted to the block's
-    parameters (``op.restrict``, the one place that selects parameters), so a product
-    differentiates with respect to those parameters only."""
+    """The diagonal block ``H_bb`` as an operator of its own.
+
+    ``op`` restricted to the block's parameters (``op.restrict``, the one place that selects
+    parameters), so a product differentiates with respect to those parameters only."""
     return op.restrict(list(block.parameter_names))
 
 
 class BlockView:
-    """``D^½ H_bb D^½`` (``scale`` = D over the flat parameters, sliced to the block; none:
-    ``H_bb`` itself), in float64, on the block's coordinates."""
+    """``D^½ H_bb D^½`` (``scale`` = D over the flat parameters, sliced to the block; none: ``H_bb`` itself), in float64, on the block's coordinates."""
 
     def __init__(self, block_op: Any, block: Block, scale: torch.Tensor | None = None):
         self.op, self.block = block_op, block
@@ -133,12 +162,33 @@ class BlockView:
 
 @dataclass(frozen=True)
 class LayerRow(ResultMixin):
-    """One block's numbers (see :func:`layer_curvature`).
+    """One block's row of the curvature table (see :func:`layer_curvature`).
 
-    ``lambda_max`` is the largest Ritz value of ``H_bb`` over the probes (a lower bound on the
-    block's largest eigenvalue) with ``lambda_residual`` its Lanczos residual (the distance to
-    the nearest eigenvalue is at most that); ``trace`` ± ``trace_se`` is Hutchinson's estimate
-    (NaN s.e. with one probe). ``lr_sharpness`` is S_b, None without an optimizer.
+    Attributes:
+        name: the module's name.
+        module_type: the module's class name.
+        numel: the block's number of parameters.
+        weight_norm: the norm of its parameters.
+        grad_norm: the norm of its part of the full-data gradient.
+        lambda_max: the largest Ritz value of ``H_bb`` over the probes (a lower bound on the
+            block's largest eigenvalue).
+        lambda_residual: its Lanczos residual (the distance to the nearest eigenvalue is at most
+            that).
+        trace: Hutchinson's estimate of tr(H_bb).
+        trace_se: its standard error (NaN with one probe).
+        lr_sharpness: S_b, the lr-scaled sharpness (``None`` without an optimizer or lr).
+        update_ratio: ||D_b g_b|| / ||θ_b||: the relative size of one step (no momentum).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch import nn
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> row = ld.layer_curvature(model, F.cross_entropy, data, lr=0.1).rows[1]
+        >>> row.name, row.module_type, row.numel, round(row.lr_sharpness, 3)
+        ('2', 'Linear', 27, 0.072)
     """
 
     name: str
@@ -158,9 +208,33 @@ class LayerRow(ResultMixin):
 class LayerCurvature(ResultMixin):
     """The per-block table, the block heterogeneity, and the stability limit it is read against.
 
-    ``heterogeneity`` is the mean pairwise Jensen-Shannon distance (base 2, in [0, 1]) between
-    the blocks' spectral densities; ``js_matrix`` holds every pair. ``threshold`` is the limit
-    of the lr-scaled sharpness (2 for SGD), None without an optimizer.
+    Returned by :func:`layer_curvature`.
+
+    Attributes:
+        rows: one :class:`LayerRow` per block.
+        heterogeneity: the mean pairwise Jensen-Shannon distance (base 2, in [0, 1]) between
+            the blocks' spectral densities.
+        js_matrix: every pair's distance.
+        threshold: the limit of the lr-scaled sharpness (2 for SGD), ``None`` without an
+            optimizer or lr.
+        optimizer: the optimizer's kind (``"sgd"``, ``"adam"``, ...), or ``None``.
+        lr: the learning rate, or ``None``.
+        probes: Rademacher probes per block.
+        lanczos_steps: Lanczos steps per probe.
+        matvecs: Hessian-vector products spent.
+        mode: ``"eval"`` or ``"train"``.
+        num_params: trainable parameters.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch import nn
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> table = ld.layer_curvature(model, F.cross_entropy, data, lr=50.0)
+        >>> table.threshold, [row.name for row in table.unstable()]  # lr 50: both blocks too sharp
+        (2.0, ['2', '0'])
     """
 
     rows: tuple[LayerRow, ...]
@@ -178,19 +252,28 @@ class LayerCurvature(ResultMixin):
     _skip_in_dict = ("js_matrix",)
 
     def unstable(self) -> list[LayerRow]:
-        """Blocks whose lr-scaled sharpness exceeds the stability limit, sharpest first."""
+        """Blocks whose lr-scaled sharpness exceeds the stability limit, sharpest first.
+
+        Returns:
+            The rows above ``threshold`` (none without an optimizer or lr).
+        """
         if self.threshold is None:
             return []
         bad = [r for r in self.rows if r.lr_sharpness is not None and r.lr_sharpness > self.threshold]
         return sorted(bad, key=lambda r: -(r.lr_sharpness or 0.0))
 
     def sharpest(self) -> LayerRow:
+        """The block with the largest lr-scaled sharpness (with an optimizer or lr), else λ_max.
+
+        Returns:
+            That block's row.
+        """
         key = (lambda r: r.lr_sharpness) if self.threshold is not None else (lambda r: r.lambda_max)
         return max(self.rows, key=key)
 
     @property
     def spread(self) -> float:
-        """max/min over blocks of λ_max (positive ones): how far one lr is from fitting all."""
+        """The ratio max/min over blocks of λ_max (positive ones): how far one lr is from fitting all."""
         lams = [r.lambda_max for r in self.rows if r.lambda_max > 0]
         return max(lams) / min(lams) if lams else math.nan
 
@@ -226,7 +309,21 @@ def _density_on(grid: np.ndarray, nodes: list[np.ndarray], weights: list[np.ndar
 
 
 def js_distance(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon distance (square root of the divergence, base 2) of two discrete densities."""
+    """Jensen-Shannon distance (square root of the divergence, base 2) of two discrete densities.
+
+    Args:
+        p: a discrete density (non-negative, summing to 1).
+        q: another, on the same points.
+
+    Returns:
+        The distance, in [0, 1].
+
+    Examples:
+        >>> import numpy as np
+        >>> from lossdoctor.analysis.layers import js_distance
+        >>> js_distance(np.array([1.0, 0.0]), np.array([0.0, 1.0])), js_distance(np.array([0.5, 0.5]), np.array([0.5, 0.5]))
+        (1.0, 0.0)
+    """
     m = 0.5 * (p + q)
     with np.errstate(divide="ignore", invalid="ignore"):
         kl_p = np.where(p > 0, p * np.log2(p / m), 0.0).sum()
@@ -236,8 +333,26 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
 
 def heterogeneity(nodes: list[list[np.ndarray]], weights: list[list[np.ndarray]], grid_points: int = 400
                   ) -> tuple[float, np.ndarray]:
-    """Mean pairwise JS distance between blocks' densities (each block: per-probe Ritz nodes and
-    weights), and the matrix of pairs."""
+    """Mean pairwise Jensen-Shannon distance between blocks' spectral densities, and every pair.
+
+    The densities are compared on a common grid in asinh(λ/τ), τ = 1e-3 of the largest |λ|.
+
+    Args:
+        nodes: per block, per probe, the Ritz values.
+        weights: per block, per probe, their quadrature weights.
+        grid_points: points of the common grid.
+
+    Returns:
+        ``(mean, matrix)``: the mean distance over pairs of blocks and the ``(k, k)`` matrix.
+
+    Examples:
+        >>> import numpy as np
+        >>> from lossdoctor.analysis.layers import heterogeneity
+        >>> one = [[np.array([1.0])], [np.array([1.0])]]
+        >>> w = [[np.array([1.0])], [np.array([1.0])]]
+        >>> heterogeneity(one, w)[0]  # identical blocks
+        0.0
+    """
     every = np.concatenate([np.abs(t) for block in nodes for t in block]) if nodes else np.zeros(1)
     top = float(every.max()) if every.size else 0.0
     k = len(nodes)
@@ -263,13 +378,17 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
     """The per-block curvature table of ``model`` on ``data`` (see the module docstring).
 
     Args:
-        model, loss_fn, data: as for :func:`lossdoctor.hessian`; the model is left as it was.
+        model: as for :func:`lossdoctor.hessian`; the model is left as it was.
+        loss_fn: as for :func:`lossdoctor.hessian`.
+        data: as for :func:`lossdoctor.hessian`.
         optimizer: the optimizer training the model (for the per-block lr-scaled sharpness and
             step size; Adam's, RMSprop's and Adagrad's per-coordinate steps come from their state).
         lr: the learning rate, when no optimizer is given.
         mode: ``"eval"`` or ``"train"`` (BatchNorm on batch statistics).
-        probes, lanczos_steps: Rademacher probes per block and Lanczos steps per probe; the cost
-            is ``blocks x probes x lanczos_steps`` Hessian-vector products (each a full product).
+        probes: Rademacher probes per block; the cost is ``blocks x probes x lanczos_steps``
+            Hessian-vector products (each a full product).
+        lanczos_steps: Lanczos steps per probe.
+        seed: the seed of the probes.
         op: an existing operator of the same model, loss and data (reused instead of built).
         max_blocks: measure only the this many largest blocks (None: all), to bound the cost.
         progress: called as ``progress(done, total)``.
@@ -279,10 +398,22 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
             diagonal block of the dense Hessian. ``requires_grad`` is not touched.
 
     Returns:
-        A :class:`LayerCurvature`.
+        A :class:`LayerCurvature`: one row per block, the heterogeneity and the stability limit.
+
+    Raises:
+        ValueError: a bad option or learning rate.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch import nn
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+        >>> table = ld.layer_curvature(model, F.cross_entropy, data, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+        >>> table.sharpest().name, table.unstable(), round(table.spread, 1)
+        ('2', [], 4.1)
     """
-
-
     check_module(model)
     check_loss_fn(loss_fn)
     if optimizer is not None:

@@ -1,7 +1,8 @@
-"""The gradient noise scale (McCandlish et al. 2018, "An Empirical Model of Large-Batch
-Training"): B_simple = tr(Sigma) / |G|^2, with G the full-data gradient and Sigma the covariance
-of per-sample gradients. Batches much smaller than B_simple are dominated by noise (doubling the
-batch nearly halves the steps needed); much larger ones waste samples.
+"""The gradient noise scale (McCandlish et al. 2018, "An Empirical Model of Large-Batch Training").
+
+B_simple = tr(Sigma) / |G|^2, with G the full-data gradient and Sigma the covariance of per-sample
+gradients. Batches much smaller than B_simple are dominated by noise (doubling the batch nearly
+halves the steps needed); much larger ones waste samples.
 
 Two-batch-size estimator (their Appendix A): for a batch of B samples drawn with replacement,
 E|G_B|^2 = |G|^2 + tr(Sigma)/B. With a small and a big batch size,
@@ -42,7 +43,36 @@ MODES = ("eval", "train")
 
 @dataclass(frozen=True)
 class NoiseScale(ResultMixin):
-    """B_simple with its bootstrap standard error and interval, and what it suggests."""
+    """The gradient noise scale B_simple with its uncertainty, and the batch size it suggests.
+
+    Returned by :func:`gradient_noise_scale`.
+
+    Attributes:
+        b_simple: tr(Sigma) / |G|^2.
+        standard_error: its bootstrap standard error over the pairs.
+        interval: the 16th-84th bootstrap percentiles (about +-1 sigma).
+        trace_sigma: the estimated trace of the per-sample gradient covariance.
+        grad_norm_sq: the estimated squared norm of the full-data gradient.
+        small_batch: the small batch size.
+        big_batch: the big batch size.
+        pairs: pairs of batches averaged.
+        num_samples: samples in the data.
+        suggested_batch_size: B_simple rounded, within [1, data size]; ``None`` when interrupted.
+        loss: the mean loss over the big batches.
+        interrupted: Ctrl-C: the estimate uses the pairs finished.
+        pairs_requested: the pairs asked for.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(256, 4)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
+        >>> model = torch.nn.Linear(4, 1)
+        >>> ns = ld.gradient_noise_scale(model, torch.nn.functional.mse_loss, (x, y), small_batch=8,
+        ...                              pairs=20, bootstrap=100)
+        >>> ns.suggested_batch_size, ns.big_batch
+        (6, 256)
+    """
 
     b_simple: float
     standard_error: float
@@ -82,18 +112,46 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
                          big_batch: int | None = None, pairs: int = 100, mode: str = "eval",
                          seed: int = 0, bootstrap: int = 1000, max_batch: int | None = None,
                          progress: Progress | bool | str | None = "auto") -> NoiseScale:
-    """Estimate B_simple at the model's current parameters.
+    """The gradient noise scale B_simple at the model's current parameters, and a batch size.
+
+    B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018): batches much smaller than it are
+    dominated by gradient noise, much larger ones waste samples. The suggested batch size is
+    B_simple rounded to an integer, at least 1 and at most the data size: there steps and
+    samples are both within a factor 2 of their minimum (McCandlish's B_crit ~ B_noise). The
+    model is left exactly as it was.
 
     Args:
+        model: any ``nn.Module``.
+        loss_fn: ``loss_fn(model(inputs), targets)``, the batch-mean loss.
         dataset: the training data (any lossdoctor data; its samples are merged).
-        small_batch, big_batch: the two batch sizes (default big: the dataset size, capped at 4096).
-            Batches are drawn with replacement, as the estimator assumes.
+        small_batch: the small batch size. Batches are drawn with replacement, as the
+            estimator assumes.
+        big_batch: the big batch size (default: the dataset size, capped at 4096).
         pairs: how many (small, big) pairs to average.
         mode: ``"eval"`` (deterministic) or ``"train"`` (dropout and BatchNorm batch statistics).
+        seed: the seed of the batch draws.
+        bootstrap: bootstrap resamples of the pairs for the error bar.
         max_batch: compute big-batch gradients in chunks of at most this many samples (memory).
-    The suggested batch size is B_simple rounded to an integer, at least 1 and at most the data
-    size: there steps and samples are both within a factor 2 of their minimum (McCandlish's
-    B_crit ~ B_noise). The model is left exactly as it was.
+        progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
+            terminal for long runs.
+
+    Returns:
+        B_simple with its standard error, the two terms it is made of, and the suggested batch
+        size. Ctrl-C returns the estimate from the pairs finished, with no suggestion.
+
+    Raises:
+        ValueError: batch sizes out of order or larger than the data, or another bad option.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(256, 4)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
+        >>> model = torch.nn.Linear(4, 1)
+        >>> ns = ld.gradient_noise_scale(model, torch.nn.functional.mse_loss, (x, y), small_batch=8,
+        ...                              pairs=20, bootstrap=100)
+        >>> round(ns.b_simple, 1), ns.suggested_batch_size
+        (6.0, 6)
     """
     check_module(model)
     check_loss_fn(loss_fn)

@@ -1,5 +1,7 @@
-"""Escaping a saddle point: along the Hessian's negative-curvature eigenvector, and the cheap
-alternatives (perturbed gradient descent, momentum) compared on the same saddle.
+"""Escaping a saddle point.
+
+Along the Hessian's negative-curvature eigenvector, and the cheap alternatives (perturbed gradient
+descent, momentum) compared on the same saddle.
 
 For an eigenvector u with eigenvalue λ < 0, L(θ' + ηu) ≈ L(θ') + η gᵀu + ½λη², so a step along
 ±u lowers the loss even where the gradient g is zero; the lecture's point is that the update
@@ -46,13 +48,36 @@ REFINE_ITERS = 30  # golden-section iterations around the best point
 
 @dataclass(frozen=True)
 class EscapeResult(ResultMixin):
-    """One step θ' + sign·step·u along the most negative-curvature eigenvector u.
+    """One step θ' + sign·step·u along the most negative-curvature eigenvector u (:func:`escape_saddle`).
 
-    ``predicted_change`` is the second-order prediction ½·λ·step² (the gradient term
-    ``first_order_change`` = sign·step·gᵀu is zero at an exact critical point);
-    ``actual_change`` = ``loss_after - loss_before``. ``line_search_steps`` (signed) and
-    ``line_search_losses`` are every point the search evaluated. ``applied`` says whether the
-    model now holds the escaped parameters (only with ``apply=True``).
+    Attributes:
+        escaped: whether a step lowered the loss.
+        applied: whether the model now holds the escaped parameters (only with ``apply=True``).
+        loss_before: the loss at the saddle.
+        loss_after: the loss after the step.
+        actual_change: ``loss_after - loss_before``.
+        predicted_change: the second-order prediction ½·λ·step².
+        first_order_change: the gradient term sign·step·gᵀu (zero at an exact critical point).
+        eigenvalue: λ, the most negative eigenvalue.
+        step: the step length chosen by the line search.
+        sign: +1 or -1: which way along u.
+        line_search_steps: every (signed) step the search evaluated.
+        line_search_losses: the loss at each.
+        loss_evaluations: full-data loss evaluations spent.
+        matvecs: Hessian-vector products spent.
+        critical: the classification of the starting point (``None`` only when interrupted
+            before it finished).
+        message: why there was no escape, or what was done.
+        direction: the unit eigenvector u (flat).
+        interrupted: Ctrl-C: no step taken, the model untouched.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()  # L = 1 at the saddle (0, 0), 0 on the valley w1*w2 = 1
+        >>> e = ld.escape_saddle(p.model, p.loss_fn, p.train_data)
+        >>> e.escaped, e.eigenvalue, round(e.loss_after, 6), round(e.step, 4)
+        (True, -2.0, 0.0, 1.4142)
     """
 
     escaped: bool
@@ -89,7 +114,28 @@ class EscapeResult(ResultMixin):
 
 @dataclass(frozen=True)
 class MethodTrace(ResultMixin):
-    """One escape method run from the same saddle: the loss after every step and its cost."""
+    """One escape method run from the same saddle: the loss after every step and its cost.
+
+    Attributes:
+        name: the method (``"gradient descent"``, ``"momentum"``, ``"perturbed GD"``, ...).
+        losses: the loss before the first step and after every step.
+        gradients: full-data gradients spent.
+        matvecs: Hessian-vector products spent.
+        loss_evaluations: full-data loss evaluations spent (the eigenvector step's line search).
+        kicks: random kicks taken (perturbed methods).
+        escaped_at: the first step whose loss dropped by the comparison's ``escape_drop``, or
+            ``None``.
+        path: the flat parameters at every step (when recorded).
+        interrupted: Ctrl-C: the steps taken so far.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle(0.1, 0.2)
+        >>> run = ld.gradient_descent_path(p.model, p.loss_fn, p.train_data, steps=5, lr=0.1)
+        >>> run.name, round(run.final_loss, 4), run.gradients
+        ('gradient descent', 0.7608, 6)
+    """
 
     name: str
     losses: list[float]
@@ -103,13 +149,38 @@ class MethodTrace(ResultMixin):
 
     @property
     def final_loss(self) -> float:
+        """The loss after the last step."""
         return self.losses[-1]
 
 
 @dataclass(frozen=True)
 class SaddleEscapeComparison(ResultMixin):
-    """Every method gets ``steps`` updates at learning rate ``lr`` from the same point;
-    ``escaped_at`` is the first step whose loss is at least ``escape_drop`` below the start."""
+    """Escape methods compared from the same saddle (:func:`compare_saddle_escapes`).
+
+    Every method gets ``steps`` updates at learning rate ``lr`` from the same point; a method's
+    ``escaped_at`` is the first step whose loss is at least ``escape_drop`` below the start.
+
+    Attributes:
+        loss_start: the loss at the saddle.
+        steps: updates per method.
+        lr: the learning rate.
+        momentum: the heavy-ball coefficient of the momentum methods.
+        kick_radius: the radius of the perturbed methods' random kicks.
+        kick_threshold: the gradient norm at or below which a kick may come.
+        escape_drop: the loss drop that counts as an escape.
+        seed: the seed of the kicks.
+        methods: one :class:`MethodTrace` per method.
+        escape: the eigenvector step (:class:`EscapeResult`) the last method started with.
+        interrupted: Ctrl-C: the methods finished (the one in progress is flagged).
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()
+        >>> cmp = ld.compare_saddle_escapes(p.model, p.loss_fn, p.train_data, steps=20)
+        >>> {m.name: m.escaped_at for m in cmp.methods}
+        {'gradient descent': None, 'momentum': None, 'perturbed GD': 19, 'momentum + kicks': 12, 'eigenvector step + GD': 1}
+    """
 
     loss_start: float
     steps: int
@@ -158,10 +229,12 @@ def _mean_loss(op: HessianOperator) -> float:
 
 def _line_search(loss_at: Callable[[float], float], eta0: float, loss0: float
                  ) -> tuple[float, float, list[tuple[float, float]]]:
-    """Minimise ``loss_at(t)`` over signed steps t. On each sign: halve from ``eta0`` until the
-    loss is below ``loss0``, then double while it keeps falling (so the scale of ``eta0`` need
-    not be right); then golden-section refinement in the bracket around the best point. A few
-    short probe steps record how well the quadratic model predicts small steps."""
+    """Minimise ``loss_at(t)`` over signed steps t.
+
+    On each sign: halve from ``eta0`` until the loss is below ``loss0``, then double while it keeps
+    falling (so the scale of ``eta0`` need not be right); then golden-section refinement in the
+    bracket around the best point. A few short probe steps record how well the quadratic model
+    predicts small steps."""
     tried = [(s * eta0 * 2.0**-j, loss_at(s * eta0 * 2.0**-j)) for s in (1, -1) for j in PROBE_OCTAVES]
     for sign in (1, -1):
         t, f = eta0, loss_at(sign * eta0)
@@ -204,8 +277,7 @@ def _line_search(loss_at: Callable[[float], float], eta0: float, loss0: float
 
 
 def _reference_step(loss: float, eigenvalue: float) -> float:
-    """The step at which the quadratic model ½λη² would have removed the whole loss (at least
-    a tiny positive length): where the line search starts."""
+    """The step at which the quadratic model ½λη² would have removed the whole loss (at least a tiny positive length): where the line search starts."""
     return math.sqrt(2.0 * max(abs(loss), 1e-12) / abs(eigenvalue))
 
 
@@ -213,11 +285,15 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
                   critical: CriticalPoint | None = None, mode: str = "eval",
                   progress: Progress | None = None, reduction: str | None = None, params: Any = None,
                   **classify_options: Any) -> EscapeResult:
-    """Step along the eigenvector of the Hessian's most negative eigenvalue, both signs, with a
-    line search on the step length, and report the loss before/after with the second-order
-    prediction ½·λ·η² beside the actual change.
+    """Step out of a saddle along the eigenvector of the Hessian's most negative eigenvalue.
+
+    Both signs are tried, with a line search on the step length; the loss before and after is
+    reported with the second-order prediction ½·λ·η² beside the actual change.
 
     Args:
+        model: any ``nn.Module``, at (or near) a saddle point.
+        loss_fn: the loss, as for :func:`lossdoctor.hessian`.
+        data: a DataLoader, a list of batches or one batch, as for :func:`lossdoctor.hessian`.
         apply: write the escaped parameters into ``model``; otherwise the model is left exactly
             as it was (the search runs inside :func:`lossdoctor.model_state.preserved_model`).
         critical: a :class:`CriticalPoint` from :func:`classify_critical_point` at the model's
@@ -228,9 +304,28 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
         params: escape in the subspace of these parameters only (tensors, names or glob
             patterns, modules; see :func:`lossdoctor.hessian`), the others held fixed;
             ``requires_grad`` is not touched. A given ``critical`` must be of the same subset.
-        classify_options: passed to :func:`classify_critical_point` (``k``, ``dense``, ``eig_tol``...).
-    Returns an :class:`EscapeResult` with ``escaped=False`` (and the model untouched) when there
-    is no direction of negative curvature or no step lowers the loss.
+        mode: ``"eval"`` (default) or ``"train"``.
+        progress: called as ``progress(done, total)``, or ``None``.
+        **classify_options: passed to :func:`classify_critical_point` (``k``, ``dense``,
+            ``eig_tol``...).
+
+    Returns:
+        The step taken, with the loss before and after and the prediction; ``escaped=False``
+        (and the model untouched) when there is no direction of negative curvature or no step
+        lowers the loss.
+
+    Raises:
+        ValueError: a bad option, or ``critical`` from another model.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()  # gradient zero at (0, 0): gradient descent cannot move
+        >>> e = ld.escape_saddle(p.model, p.loss_fn, p.train_data, apply=True)
+        >>> e.loss_before, round(e.loss_after, 6), e.applied
+        (1.0, 0.0, True)
+        >>> round(abs(p.model.w1.item() * p.model.w2.item()), 4)  # now on the valley w1*w2 = 1
+        1.0
     """
     check_module(model)
     check_loss_fn(loss_fn)
@@ -331,9 +426,7 @@ def _ball_kick(n: int, radius: float, generator: torch.Generator, dtype: torch.d
 def _descend(op: HessianOperator, start: torch.Tensor, *, steps: int, lr: float, momentum: float,
              kick_radius: float, kick_threshold: float, kick_interval: int, seed: int,
              record_path: bool) -> tuple[list[float], int, int, list[list[float]], bool]:
-    """Gradient descent (heavy-ball momentum if ``momentum`` > 0, random kicks if ``kick_radius``
-    > 0) from ``start``: the loss at every step, gradients spent, kicks given, the path, and
-    whether a Ctrl-C cut it short (then the lists hold the steps taken, unpadded)."""
+    """Gradient descent (heavy-ball momentum if ``momentum`` > 0, random kicks if ``kick_radius`` > 0) from ``start``: the loss at every step, gradients spent, kicks given, the path, and whether a Ctrl-C cut it short (then the lists hold the steps taken, unpadded)."""
     losses: list[float] = []
     path: list[list[float]] = []
     counts = [0, 0]  # gradients, kicks
@@ -407,8 +500,46 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
     Defaults: ``lr`` = 0.5 / λ_max (curvature grows away from a saddle), ``kick_threshold`` = the
     classification's ``grad_tol``, ``kick_radius`` = 1e-3 of the eigenvector step's length,
     ``escape_drop`` = half the loss drop of the eigenvector step. The model is left as it was.
+
     ``reduction`` and ``params`` (a subset of the parameters: every method moves only those) are
     as for :func:`escape_saddle`.
+
+    Args:
+        model: any ``nn.Module``, at (or near) a saddle point.
+        loss_fn: the loss, as for :func:`lossdoctor.hessian`.
+        data: a DataLoader, a list of batches or one batch, as for :func:`lossdoctor.hessian`.
+        steps: updates per method.
+        lr: the learning rate (default 0.5 / λ_max).
+        momentum: the heavy-ball coefficient of the momentum methods.
+        kick_radius: the radius of the random kicks (default 1e-3 of the eigenvector step).
+        kick_threshold: kicks come only at gradient norms at most this (default ``grad_tol``).
+        kick_interval: the fewest steps between two kicks.
+        escape_drop: the loss drop that counts as an escape (default half the eigenvector
+            step's drop).
+        seed: the seed of the kicks.
+        critical: a :class:`CriticalPoint` at the model's current parameters, to reuse.
+        record_paths: keep every method's flat parameters at every step (small models).
+        mode: ``"eval"`` (default) or ``"train"``.
+        progress: called as ``progress(done, total)``, or ``None``.
+        reduction: as for :func:`escape_saddle`.
+        params: every method moves only these parameters (as for :func:`escape_saddle`).
+        **classify_options: passed to :func:`classify_critical_point`.
+
+    Returns:
+        Each method's loss after every step, when it escaped, and what it spent.
+
+    Raises:
+        ValueError: a bad option.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()
+        >>> cmp = ld.compare_saddle_escapes(p.model, p.loss_fn, p.train_data, steps=20)
+        >>> [(m.name, round(m.final_loss, 3)) for m in cmp.methods][:2]  # the gradient is zero
+        [('gradient descent', 1.0), ('momentum', 1.0)]
+        >>> cmp.methods[-1].escaped_at  # the eigenvector step leaves at once
+        1
     """
     check_module(model)
     check_loss_fn(loss_fn)
@@ -470,8 +601,7 @@ def _run_methods(op: HessianOperator, runs: list, methods: list[MethodTrace], af
                  start: torch.Tensor, escape: EscapeResult, *, steps: int, lr: float, kick_threshold: float,
                  kick_interval: int, seed: int, record_paths: bool, loss_start: float, escape_drop: float,
                  progress: Progress | None, total: int) -> None:
-    """Run each method in turn, appending its trace to ``methods`` (so a Ctrl-C keeps the finished
-    ones); an interrupted method is appended flagged, and ends the loop."""
+    """Run each method in turn, appending its trace to ``methods`` (so a Ctrl-C keeps the finished ones); an interrupted method is appended flagged, and ends the loop."""
     for i, (name, beta, radius, origin) in enumerate(runs):
         eigen = origin is after_step
         n_steps = steps - 1 if eigen else steps
@@ -496,10 +626,36 @@ def _run_methods(op: HessianOperator, runs: list, methods: list[MethodTrace], af
 def gradient_descent_path(model: nn.Module, loss_fn: LossFn, data: Any, *, steps: int, lr: float,
                           momentum: float = 0.0, mode: str = "eval", reduction: str | None = None,
                           params: Any = None) -> MethodTrace:
-    """Full-batch gradient descent (heavy-ball if ``momentum`` > 0) from the model's current
-    parameters, recording the loss and the flat parameter vector at every step; the model is
-    left as it was. For drawing paths on small models (the lecture's 2-D toy). ``reduction``
-    and ``params`` (only these parameters move) as for :func:`escape_saddle`."""
+    """Full-batch gradient descent from the model's current parameters, recording its path.
+
+    Heavy-ball if ``momentum`` > 0. The loss and the flat parameter vector are recorded at
+    every step; the model is left as it was. For drawing paths on small models (the lecture's
+    2-D toy).
+
+    Args:
+        model: any ``nn.Module``.
+        loss_fn: the loss, as for :func:`lossdoctor.hessian`.
+        data: a DataLoader, a list of batches or one batch, as for :func:`lossdoctor.hessian`.
+        steps: the number of updates.
+        lr: the learning rate.
+        momentum: the heavy-ball coefficient (0: plain gradient descent).
+        mode: ``"eval"`` (default) or ``"train"``.
+        reduction: as for :func:`escape_saddle`.
+        params: only these parameters move (as for :func:`escape_saddle`).
+
+    Returns:
+        The losses and parameters along the path, with the gradients spent.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle(0.1, 0.2)
+        >>> run = ld.gradient_descent_path(p.model, p.loss_fn, p.train_data, steps=3, lr=0.1)
+        >>> [round(x, 4) for x in run.losses]
+        [0.9604, 0.9398, 0.9124, 0.8754]
+        >>> [round(w, 4) for w in run.path[1]]
+        [0.1392, 0.2196]
+    """
     check_module(model)
     check_loss_fn(loss_fn)
     steps = check_int(steps, "steps", minimum=1)

@@ -1,5 +1,7 @@
-"""Sharpness of a minimum: the top Hessian eigenvalue, the Hessian trace, and Keskar et al.'s
-(2017) epsilon-sharpness, the largest loss increase within a box around the parameters.
+"""Sharpness of a minimum.
+
+The top Hessian eigenvalue, the Hessian trace, and Keskar et al.'s (2017) epsilon-sharpness, the
+largest loss increase within a box around the parameters.
 
 Keskar's metric: with the box C = {z : |z_i| <= eps (|(A^+ theta)_i| + 1)},
 
@@ -45,7 +47,28 @@ METHODS = ("lambda_max", "trace", "epsilon")
 
 @dataclass(frozen=True)
 class EpsilonSharpness(ResultMixin):
-    """One epsilon-sharpness value: ``value`` = 100 (max_loss - loss) / (1 + loss)."""
+    """One epsilon-sharpness value (Keskar et al.): ``value`` = 100 (max_loss - loss) / (1 + loss).
+
+    Attributes:
+        epsilon: the box size.
+        space: ``"full"`` or ``"random-<p>"`` (a random p-dimensional subspace).
+        value: the epsilon-sharpness.
+        max_loss: the largest loss found in the box (a lower bound on the true maximum).
+        loss: the loss at the centre.
+        iterations: L-BFGS-B iterations run.
+        evaluations: loss evaluations spent.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(256, 4)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
+        >>> model = torch.nn.Linear(4, 1)
+        >>> s = ld.sharpness(model, torch.nn.functional.mse_loss, (x, y), method="epsilon",
+        ...                  subspace_dim=None)
+        >>> [(e.epsilon, e.space, round(e.value, 3)) for e in s.epsilon]
+        [(0.001, 'full', 0.15), (0.0005, 'full', 0.075)]
+    """
 
     epsilon: float
     space: str  # "full" or "random-<p>"
@@ -61,9 +84,32 @@ class EpsilonSharpness(ResultMixin):
 
 @dataclass(frozen=True)
 class Sharpness(ResultMixin):
-    """Sharpness of ``model`` at its current parameters over the given data.
+    """Sharpness of a model at its current parameters over the given data (:func:`sharpness`).
 
     Only the methods asked for are filled in; the others are ``None`` / empty.
+
+    Attributes:
+        loss: the mean loss over the data.
+        num_params: trainable parameters.
+        num_samples: samples in the data.
+        mode: ``"eval"`` or ``"train"``.
+        lambda_max: the top Hessian eigenvalue (``"lambda_max"``).
+        lambda_max_error: the Lanczos error bound of the top eigenvalue.
+        lambda_max_converged: whether it met ``tol``.
+        trace: the Hessian trace (``"trace"``).
+        trace_standard_error: its standard error.
+        epsilon: the epsilon-sharpness values (``"epsilon"``), one per box size and space.
+        interrupted: Ctrl-C: only the measurements finished are filled in.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(256, 4)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
+        >>> model = torch.nn.Linear(4, 1)
+        >>> s = ld.sharpness(model, torch.nn.functional.mse_loss, (x, y))
+        >>> round(s.lambda_max, 2), s.trace is None
+        (2.69, True)
     """
 
     loss: float
@@ -79,7 +125,15 @@ class Sharpness(ResultMixin):
     interrupted: bool = False  # Ctrl-C: only the measurements finished are filled in
 
     def eps(self, epsilon: float, space: str = "full") -> float | None:
-        """The epsilon-sharpness value for ``epsilon`` in ``space`` ("full" or "random")."""
+        """The epsilon-sharpness value for ``epsilon`` in ``space``.
+
+        Args:
+            epsilon: the box size.
+            space: ``"full"`` or ``"random"`` (any random subspace).
+
+        Returns:
+            The value, or ``None`` when it was not measured.
+        """
         for e in self.epsilon:
             if math.isclose(e.epsilon, epsilon) and e.space.startswith(space):
                 return e.value
@@ -110,6 +164,7 @@ def _methods(method: str | Iterable[str]) -> list[str]:
 def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, seed: int
              ) -> tuple[float, int, int]:
     """Maximize the mean loss over the box around the current parameters with L-BFGS-B.
+
     Returns (max loss, iterations, loss evaluations). Parameters are moved; the caller restores."""
     from scipy.optimize import minimize
 
@@ -149,22 +204,49 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
               mode: str = "eval", seed: int = 0, distributed: bool | None = None,
               progress: Progress | bool | str | None = "auto", reduction: str | None = None,
               params: Any = None) -> Sharpness:
-    """How sharp is the minimum the model sits in?
+    """How sharp is the minimum the model sits in? Flat minima generalize better.
+
+    The model is left exactly as it was.
 
     Args:
+        model: any ``nn.Module``.
+        loss_fn: the loss, as for :func:`lossdoctor.hessian`.
+        data: a DataLoader, a list of batches or one batch, as for :func:`lossdoctor.hessian`.
         method: ``"lambda_max"`` (top Hessian eigenvalue, Lanczos), ``"trace"`` (Hutch++), or
             ``"epsilon"`` (Keskar's epsilon-sharpness), or a list of them.
         epsilons: box sizes for epsilon-sharpness (Keskar: 1e-3 and 5e-4).
         subspace_dim: also measure in a random subspace of this dimension (Keskar: 100; ``None``
-            to skip); ``full_space=False`` skips the full space.
+            to skip).
+        full_space: measure epsilon-sharpness in the full space (``False`` skips it).
         max_iter: L-BFGS-B iterations of the inner maximization (Keskar: 10).
         tol: relative accuracy of lambda_max.
-        mode, distributed, reduction: as for :func:`lossdoctor.hessian`.
+        trace_matvecs: Hessian-vector products for the trace.
+        mode: as for :func:`lossdoctor.hessian`.
+        seed: seed of the Lanczos start, the trace probes and the random subspace.
+        distributed: as for :func:`lossdoctor.hessian`.
+        progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
+            terminal for long runs.
+        reduction: as for :func:`lossdoctor.hessian`.
         params: measure with respect to these parameters only (tensors, names or glob patterns,
             modules; see :func:`lossdoctor.hessian`): λ_max and the trace of that block of the
             Hessian, epsilon-sharpness in a box that moves only them. ``requires_grad`` is not
             touched.
-    The model is left exactly as it was.
+
+    Returns:
+        The measurements asked for. Ctrl-C returns those finished, flagged ``interrupted``.
+
+    Raises:
+        ValueError: an unknown method, or no space left to measure epsilon-sharpness in.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(256, 4)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
+        >>> model = torch.nn.Linear(4, 1)
+        >>> s = ld.sharpness(model, torch.nn.functional.mse_loss, (x, y), method=["lambda_max", "epsilon"])
+        >>> round(s.lambda_max, 2), round(s.eps(1e-3), 3)
+        (2.69, 0.15)
     """
     check_module(model)
     check_loss_fn(loss_fn)

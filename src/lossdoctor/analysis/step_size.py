@@ -1,5 +1,6 @@
-"""What one optimizer step does along each coordinate: the per-coordinate step size ``D`` and the
-stability limit of the lr-scaled sharpness.
+"""What one optimizer step does along each coordinate.
+
+The per-coordinate step size ``D`` and the stability limit of the lr-scaled sharpness.
 
 For SGD the step is ``lr`` everywhere; for Adam, RMSprop and Adagrad it is read from their state
 (``lr / (sqrt(v_hat) + eps)`` for Adam). The update is stable along the sharpest direction while
@@ -7,7 +8,7 @@ the top eigenvalue ``S`` of ``D^½ H D^½`` stays below a limit: 2 for plain gra
 2 + 2μ for heavy-ball momentum μ, (2 + 2β1)/(1 - β1) for Adam's moving average (38 at β1 = 0.9;
 Cohen et al., 2022).
 
-Example:
+Examples:
     >>> import torch
     >>> w = torch.nn.Parameter(torch.zeros(3))
     >>> s = step_size(torch.optim.SGD([w], lr=0.1, momentum=0.9), [w])
@@ -49,14 +50,17 @@ class StepSize:
 
     @property
     def effective_lr(self) -> float:
-        """The step on slowly varying directions: heavy-ball momentum multiplies SGD's lr by
-        1/(1 - μ); Adam's momentum averages instead (no gain)."""
+        """The step on slowly varying directions.
+
+        Heavy-ball momentum multiplies SGD's lr by 1/(1 - μ); Adam's momentum averages instead (no
+        gain)."""
         if self.kind in ("sgd", "rmsprop") and self.momentum < 1:
             return self.lr / (1 - self.momentum)
         return self.lr
 
 
 def check_lr(lr: Any) -> float | None:
+    """The learning rate as a float, or ``None``; anything but a finite positive number is an error."""
     if lr is None:
         return None
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
@@ -147,8 +151,10 @@ def step_size(optimizer: Any, params: list[torch.Tensor], lr: float | None = Non
 
 
 class Preconditioned:
-    """``D^½ H D^½`` as an operator (``@`` on vectors or matrices): the Hessian in the metric of
-    the optimizer's step, whose top eigenvalue is the lr-scaled sharpness ``S``."""
+    """``D^½ H D^½`` as an operator (``@`` on vectors or matrices).
+
+    The Hessian in the metric of the optimizer's step, whose top eigenvalue is the lr-scaled
+    sharpness ``S``."""
 
     def __init__(self, op: Any, d: torch.Tensor):
         self.op = op

@@ -1,6 +1,8 @@
-"""What every command shares: the consoles, progress bars, option types and their checks, output
-files, the problem loader, the device and the torchrun set-up (exit statuses: :mod:`lossdoctor.cli`).
-Parsing and output only, like every module of the command line."""
+"""What every command shares.
+
+The consoles, progress bars, option types and their checks, output files, the problem loader, the
+device and the torchrun set-up (exit statuses: :mod:`lossdoctor.cli`). Parsing and output only, like
+every module of the command line."""
 
 from __future__ import annotations
 
@@ -76,9 +78,10 @@ def note(message: str) -> None:
 
 
 class CheckedGroup(click.Group):
-    """Runs a command so that no user mistake ends in a traceback: bad input exits 2 with the
-    message, Ctrl-C exits 130 after the command printed and saved what finished (a partial
-    result, flagged), other failures exit 1 with the message."""
+    """Runs a command so that no user mistake ends in a traceback.
+
+    Bad input exits 2 with the message, Ctrl-C exits 130 after the command printed and saved what
+    finished (a partial result, flagged), other failures exit 1 with the message."""
 
     def invoke(self, ctx: click.Context) -> Any:
         mark = _interrupt.count()
@@ -175,9 +178,11 @@ def option_name(param: click.Parameter) -> str:
 
 
 def new_file(formats: str | None = None) -> Callable[[click.Context, click.Parameter, Any], Path | None]:
-    """A click callback for an output file: checked while parsing, before any computing (its
-    folder exists and is writable, the format is known with ``formats="image"``, the file does
-    not exist). A default name that is taken moves on to the next free one (name-2.png)."""
+    """A click callback for an output file.
+
+    Checked while parsing, before any computing (its folder exists and is writable, the format is
+    known with ``formats="image"``, the file does not exist). A default name that is taken moves on
+    to the next free one (name-2.png)."""
     from .._files import check_new_file, image_formats
 
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Path | None:
@@ -207,9 +212,10 @@ def output_dir(ctx: click.Context, param: click.Parameter, value: Any) -> Path |
 
 
 def save_file(path: Path, write: Callable[[Any], None], what: str) -> str:
-    """Write a new file at ``path`` (checked before computing); if that fails now, the result goes
-    beside it (or to the working or temporary folder) and the user is told where. Returns the
-    path written."""
+    """Write a new file at ``path`` (checked before computing).
+
+    If that fails now, the result goes beside it (or to the working or temporary folder) and the
+    user is told where. Returns the path written."""
     from .._files import save_new
 
     written, why = save_new(path, write)
@@ -291,6 +297,7 @@ def resolve_device(name: str):
 
 def load(problem: str, checkpoint: str | None, device: str | None = "cpu", *, shard: bool = True):
     """Load ``problem`` and move its model to ``device`` (None: leave it where the problem put it).
+
     ``shard``: under torchrun, give each rank its share of a built-in problem's batches; the batch
     lab passes False, because it needs all the data on every rank (a sweep deals out runs, not
     samples)."""

@@ -101,8 +101,10 @@ def time_command(problem: str, sizes: list[int] | None, repeats: int, warmup: in
 def sweep_command(problem: str, sizes: list[int], seeds: list[int], epochs: float | None, updates: int | None,
                   stop_at_loss: tuple[float, ...], max_epochs: int, lr: float, lr_rule: str, base_batch: int,
                   optimizer: str, methods: str, store: Path | None, as_json: bool) -> None:
-    """Train at each batch size from the same initializations; accuracy and sharpness at equal epochs,
-    equal updates and matched training loss. Resumable with --store (Ctrl-C loses at most one run)."""
+    """Train at each batch size from the same initializations.
+
+    Accuracy and sharpness at equal epochs, equal updates and matched training loss. Resumable with
+    --store (Ctrl-C loses at most one run)."""
     from ..training.sweep import batch_size_sweep
 
     chosen = () if methods.strip() == "none" else tuple(m for m in methods.replace(" ", "").split(",") if m)

@@ -1,6 +1,8 @@
-"""The ``lossdoctor`` command group and its curvature, training and tour commands; the batch lab's
-and the doctor's commands live in :mod:`lossdoctor.cli.batch` and :mod:`lossdoctor.cli.doctor`.
-Parsing, progress and output only: every number comes from the library."""
+"""The ``lossdoctor`` command group and its curvature, training and tour commands.
+
+The batch lab's and the doctor's commands live in :mod:`lossdoctor.cli.batch` and
+:mod:`lossdoctor.cli.doctor`. Parsing, progress and output only: every number comes from the
+library."""
 
 from __future__ import annotations
 
@@ -51,8 +53,7 @@ def main() -> None:
 
 
 def interrupted(*results: Any) -> bool:
-    """Whether any of ``results`` is a partial result of a Ctrl-C (then the command's exit status
-    is 130 once it has printed and saved them)."""
+    """Whether any of ``results`` is a partial result of a Ctrl-C (then the command's exit status is 130 once it has printed and saved them)."""
     cut = any(r is not None and _interrupt.was_interrupted(r) for r in results)
     if cut:
         _interrupt.note()
@@ -67,8 +68,7 @@ params_option = click.option(
 
 
 def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
-    """``--params``: the patterns as ``params=`` takes them (None: all), checked against the
-    model before any computing so that a typo exits 2 naming the option."""
+    """``--params``: the patterns as ``params=`` takes them (None: all), checked against the model before any computing so that a typo exits 2 naming the option."""
     if not patterns:
         return None
     from ..model_state import selected_parameters
@@ -169,9 +169,11 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
 
 
 def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) -> Path:
-    """Where ``critical --escape`` writes, checked before any computing: ``--out``, or
-    ``<checkpoint>-escaped.pt`` beside the input checkpoint, or ``<problem>-escaped.pt`` (for a
-    default name, the next free one if taken). Never an existing file, never the input."""
+    """Where ``critical --escape`` writes, checked before any computing.
+
+    ``--out``, or ``<checkpoint>-escaped.pt`` beside the input checkpoint, or
+    ``<problem>-escaped.pt`` (for a default name, the next free one if taken). Never an existing
+    file, never the input."""
     from .._files import check_new_file
 
     if out_file is not None:
@@ -314,6 +316,7 @@ def schedule(warmup_steps: int, after: str, steps: int, lr: float, start_factor:
              min_factor: float, step_size: int | None, gamma: float, d_model: int | None, plot: Path | None,
              as_json: bool) -> None:
     """Show a warm-up schedule: the lr at a few steps, its peak and its end (lossdoctor.warmup).
+
     Computed in closed form at the steps shown, so any --steps is instant."""
     from ..training.schedules import LISTED_STEPS, schedule_at, schedule_peak
 

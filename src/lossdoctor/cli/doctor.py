@@ -34,9 +34,11 @@ from ._common import (
 
 
 def read_history_file(path: str) -> dict[str, list[float]]:
-    """Per-step history from a file: JSON (a list of losses, or an object with ``losses`` and
-    optionally ``grad_norms``/``grad_cosines``) or CSV (a header with a ``loss`` column and
-    optionally ``grad_norm``/``grad_cosine``, or one loss per line without a header)."""
+    """Per-step history from a file.
+
+    JSON (a list of losses, or an object with ``losses`` and optionally
+    ``grad_norms``/``grad_cosines``) or CSV (a header with a ``loss`` column and optionally
+    ``grad_norm``/``grad_cosine``, or one loss per line without a header)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError:
@@ -92,8 +94,9 @@ optimizer_state_option = click.option(
 
 
 def optimizer_options(lr_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """--optimizer, --lr (helped by ``lr_help``), --momentum, --weight-decay, --optimizer-state: how
-    the user trains, as diagnose and checkup both ask."""
+    """--optimizer, --lr (helped by ``lr_help``), --momentum, --weight-decay, --optimizer-state.
+
+    How the user trains, as diagnose and checkup both ask."""
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         for option in reversed([optimizer_option, click.option("--lr", type=float, default=None, help=lr_help),
                                 momentum_option, weight_decay_option, optimizer_state_option]):

@@ -1,5 +1,4 @@
-"""Spectral density of the Hessian by stochastic Lanczos quadrature (Lin, Saad & Yang, 2016;
-used for neural networks by Ghorbani, Krishnan & Xiao, 2019)."""
+"""Spectral density of the Hessian by stochastic Lanczos quadrature (Lin, Saad & Yang, 2016; used for neural networks by Ghorbani, Krishnan & Xiao, 2019)."""
 
 from __future__ import annotations
 
@@ -18,16 +17,36 @@ from .lanczos import apply64, block_lanczos_tridiagonals, operator_mode, rademac
 
 @dataclass(frozen=True)
 class SpectralDensity(ResultMixin):
-    """A smoothed eigenvalue density and the quadrature it was built from.
+    """A smoothed eigenvalue density and the quadrature it was built from (:func:`spectral_density`).
 
-    ``nodes[p]`` and ``weights[p]`` are probe ``p``'s Ritz values and their weights (each
-    probe's weights sum to 1): the density is their average, each node broadened by a Gaussian
-    of width ``sigma``. ``negative_fraction`` estimates the fraction of eigenvalues below
-    ``-zero_tol``; ``negative_fraction_error`` is its error bar *including the quadrature's bias*
-    (see :func:`fraction_below`): the probes' spread (Student-t widened) plus a third of
-    ``negative_fraction_bias``, the half-width of the bracket the Gauss quadrature puts on each
-    probe's count, so +/- 3 errors covers the bracket and three standard errors of noise.
-    ``residuals[p]`` are the Ritz values' residual norms (0: an exact eigenvalue).
+    Attributes:
+        grid: the eigenvalues at which ``density`` is given.
+        density: the smoothed density on ``grid`` (integrates to about 1).
+        nodes: ``nodes[p]`` are probe ``p``'s Ritz values.
+        weights: ``weights[p]`` are their quadrature weights (each probe's sum to 1); the
+            density is the probes' average, each node broadened by a Gaussian of width ``sigma``.
+        sigma: the Gaussian broadening.
+        negative_fraction: the estimated fraction of eigenvalues below ``-zero_tol``.
+        negative_fraction_error: its error bar *including the quadrature's bias* (see
+            :func:`fraction_below`): the probes' spread (Student-t widened) plus a third of
+            ``negative_fraction_bias``, so +/- 3 errors covers the bracket and three standard
+            errors of noise.
+        zero_tol: the magnitude below which an eigenvalue counts as zero.
+        num_probes: Rademacher probes used.
+        lanczos_steps: Lanczos steps per probe.
+        matvecs: operator products spent.
+        seed: the seed of the probes.
+        num_params: the operator's size.
+        mode: ``"eval"``/``"train"`` for a :class:`HessianOperator`, else ``None``.
+        negative_fraction_bias: the half-width of the bracket the Gauss quadrature puts on each
+            probe's count.
+        residuals: ``residuals[p]`` are the Ritz values' residual norms (0: an exact eigenvalue).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> d = ld.spectral_density(torch.diag(torch.arange(1.0, 9.0)), num_probes=2, lanczos_steps=8)
+        >>> [round(x, 3) for x in d.eigenvalue_range], d.negative_fraction
+        ([1.0, 8.0], 0.0)
     """
 
     grid: np.ndarray
@@ -49,6 +68,7 @@ class SpectralDensity(ResultMixin):
 
     @property
     def eigenvalue_range(self) -> tuple[float, float]:
+        """The smallest and the largest Ritz value over all probes."""
         lo = min(float(x.min()) for x in self.nodes)
         hi = max(float(x.max()) for x in self.nodes)
         return lo, hi
@@ -65,12 +85,40 @@ class SpectralDensity(ResultMixin):
 def spectral_density(op: OperatorLike, *, num_probes: int = 4, lanczos_steps: int = 60, grid_points: int = 512,
                      sigma: float | None = None, zero_tol: float | None = None, seed: int = 0,
                      progress: Progress | bool | str | None = "auto") -> SpectralDensity:
-    """Stochastic Lanczos quadrature with ``num_probes`` Rademacher probes of ``lanczos_steps`` each.
+    """The Hessian's eigenvalue density by stochastic Lanczos quadrature.
 
-    All probes advance together, one batched operator product per Lanczos step.
-    ``sigma`` (default: 1% of the spectrum's width) broadens the nodes; ``zero_tol`` (default:
-    1e-3 of the largest |eigenvalue|) is the magnitude below which an eigenvalue counts as zero
-    in ``negative_fraction``.
+    ``num_probes`` Rademacher probes of ``lanczos_steps`` Lanczos steps each; all probes advance
+    together, one batched operator product per Lanczos step.
+
+    Args:
+        op: anything with ``.shape`` and ``op @ matrix`` (a :class:`HessianOperator`, a dense
+            symmetric tensor).
+        num_probes: random probes: more probes, less noise in the density and the fractions.
+        lanczos_steps: Lanczos steps per probe: more steps resolve more of the spectrum.
+        grid_points: points of the density's grid.
+        sigma: Gaussian broadening of the nodes (default: 1% of the spectrum's width).
+        zero_tol: the magnitude below which an eigenvalue counts as zero in
+            ``negative_fraction`` (default: 1e-3 of the largest |eigenvalue|).
+        seed: seed of the probes.
+        progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
+            terminal for long runs, ``True`` always, ``False``/``None`` never.
+
+    Returns:
+        The density on a grid, the quadrature nodes and weights, and the fraction of negative
+        eigenvalues with its error bar.
+
+    Raises:
+        ValueError: ``num_probes`` or ``lanczos_steps`` below 1, or another bad argument.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
+        >>> H = ld.hessian(model, torch.nn.functional.mse_loss, (x, y))
+        >>> d = ld.spectral_density(H, num_probes=2, lanczos_steps=4)
+        >>> d.grid.shape, d.negative_fraction  # MSE of a linear model: no negative curvature
+        ((512,), 0.0)
     """
     check_arguments(op=op, num_probes=num_probes, lanczos_steps=lanczos_steps, grid_points=grid_points,
                     sigma=sigma, zero_tol=zero_tol, seed=seed, progress=progress)
@@ -144,7 +192,8 @@ def _probe_bracket(theta: np.ndarray, w: np.ndarray, res: np.ndarray, t: float) 
 
 def fraction_below(nodes: list[np.ndarray], weights: list[np.ndarray], residuals: list[np.ndarray],
                    t: float) -> tuple[float, float, float]:
-    """The fraction of eigenvalues below ``t`` from stochastic Lanczos quadrature:
+    """The fraction of eigenvalues below ``t`` from stochastic Lanczos quadrature.
+
     ``(estimate, error, bias)``.
 
     Each probe's count is bracketed (:func:`_probe_bracket`); ``estimate`` is the middle of the

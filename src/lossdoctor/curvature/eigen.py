@@ -35,14 +35,37 @@ MIN_CHECK_STEPS = 8
 
 @dataclass(frozen=True)
 class EigenResult(ResultMixin):
-    """Extreme eigenpairs, sorted by decreasing eigenvalue.
+    """Extreme eigenpairs of a symmetric operator, sorted by decreasing eigenvalue (:func:`eigenpairs`).
 
-    ``eigenvectors[:, i]`` (float64, unit norm) belongs to ``eigenvalues[i]``.
-    ``error_bounds[i]``: for a converged pair, min(r, r**2 / gap) estimates |lambda_i - eigenvalues[i]|
-    (the gap estimated from the other Ritz values); for an unconverged pair it is the residual
-    norm r, which only bounds the distance to the *nearest* eigenvalue, not necessarily the i-th.
     Each eigenvalue is a Rayleigh quotient, so the largest is <= lambda_max and the smallest
     >= lambda_min whatever the convergence.
+
+    Attributes:
+        eigenvalues: the eigenvalues found (float64), largest first.
+        eigenvectors: ``eigenvectors[:, i]`` (float64, unit norm) belongs to ``eigenvalues[i]``.
+        residual_norms: ``||H v - lambda v||`` of each pair, from the operator's own products.
+        error_bounds: for a converged pair, min(r, r**2 / gap) estimates |lambda_i - eigenvalues[i]|
+            (the gap estimated from the other Ritz values); for an unconverged pair it is the
+            residual norm r, which only bounds the distance to the *nearest* eigenvalue.
+        converged: per pair, whether its error bound met ``tol`` and the search for missed
+            copies finished.
+        matvecs: operator products spent.
+        which: the end(s) of the spectrum asked for.
+        tol: the relative accuracy asked for.
+        seed: the seed of the random start vectors.
+        num_params: the operator's size.
+        interrupted: Ctrl-C stopped the run: the pairs are the best found so far.
+        mode: ``"eval"``/``"train"`` for a :class:`HessianOperator`, else ``None``.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()
+        >>> r = ld.eigenpairs(ld.hessian(p.model, p.loss_fn, p.train_data), k=1, which="both")
+        >>> round(r.largest, 6), round(r.smallest, 6), r.all_converged
+        (2.0, -2.0, True)
+        >>> r.eigenvectors[:, 1].abs().tolist()  # the escape direction (1, -1)/sqrt(2), up to sign
+        [0.707..., 0.707...]
     """
 
     eigenvalues: np.ndarray
@@ -62,14 +85,17 @@ class EigenResult(ResultMixin):
 
     @property
     def all_converged(self) -> bool:
+        """Whether every pair converged (see ``converged``)."""
         return bool(np.all(self.converged))
 
     @property
     def largest(self) -> float:
+        """The largest eigenvalue found."""
         return float(self.eigenvalues[0])
 
     @property
     def smallest(self) -> float:
+        """The smallest eigenvalue found."""
         return float(self.eigenvalues[-1])
 
     def __str__(self) -> str:
@@ -123,16 +149,16 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                     decided: Callable[[np.ndarray, np.ndarray], bool] | None = None,
                     deflate: torch.Tensor | None = None, min_steps: int = 1,
                     keep_products: bool = False) -> EigenResult:
-    """Thick-restart Lanczos on ``matmul`` (float64 ``(n, 1)`` -> ``(n, 1)``), from ``start``
-    (default: a Gaussian vector drawn from ``seed``). ``decided(values, residuals)`` of the wanted
-    Ritz values may end the run before they converge (the search for missed eigenvalues).
-    ``deflate``: orthonormal columns ``matmul`` projects out; the run stays orthogonal to them
-    (fresh directions included) and its space has ``n - deflate.shape[1]`` dimensions.
-    ``min_steps``: no convergence or decision is accepted before this many products.
-    ``keep_products``: also keep ``matmul`` of every basis vector (rotated with the basis at each
-    restart), so the returned pairs' products ``H Y`` cost nothing more (``result._products``):
-    their true residuals without a product per pair. Doubles the basis memory; skipped where
-    that would pass ~1 GiB."""
+    """Thick-restart Lanczos on ``matmul`` (float64 ``(n, 1)`` -> ``(n, 1)``), from ``start`` (default: a Gaussian vector drawn from ``seed``).
+
+    ``decided(values, residuals)`` of the wanted Ritz values may end the run before they converge
+    (the search for missed eigenvalues). ``deflate``: orthonormal columns ``matmul`` projects out;
+    the run stays orthogonal to them (fresh directions included) and its space has ``n -
+    deflate.shape[1]`` dimensions. ``min_steps``: no convergence or decision is accepted before this
+    many products. ``keep_products``: also keep ``matmul`` of every basis vector (rotated with the
+    basis at each restart), so the returned pairs' products ``H Y`` cost nothing more
+    (``result._products``): their true residuals without a product per pair. Doubles the basis
+    memory; skipped where that would pass ~1 GiB."""
     dim = n - (0 if deflate is None else int(deflate.shape[1]))
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
@@ -361,11 +387,32 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
         max_matvecs: budget of operator products (default ``max(300, 40 k)``), the search for
             missed copies included (at least 8 products); a pair the search adds costs one more.
         ncv: largest Krylov basis kept before a thick restart (memory: ``ncv`` float64 vectors).
-        progress: called as ``progress(matvecs_done, max_matvecs)`` after each product.
+        progress: called as ``progress(matvecs_done, max_matvecs)`` after each product;
+            ``"auto"`` (default) shows a bar on a terminal for long runs, ``True`` always,
+            ``False``/``None`` never.
 
-    Example:
+    Returns:
+        The pairs with their error bounds and convergence flags. Ctrl-C returns the pairs
+        found so far with ``interrupted=True``.
+
+    Raises:
+        ValueError: an unknown ``which``, or a bad ``k``, ``tol``, ``seed`` or budget.
+
+    Examples:
+        The lecture's saddle: one eigenvalue of each sign.
+
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()
+        >>> H = ld.hessian(p.model, p.loss_fn, p.train_data)
+        >>> ld.eigenpairs(H, k=1, which="both").eigenvalues.round(6).tolist()
+        [2.0, -2.0]
+
+        A repeated eigenvalue is found with its multiplicity:
+
+        >>> import torch
         >>> A = torch.diag(torch.tensor([5.0, 5.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.25], dtype=torch.float64))
-        >>> eigenpairs(A, k=3).eigenvalues.round(6).tolist()
+        >>> ld.eigenpairs(A, k=3).eigenvalues.round(6).tolist()
         [5.0, 5.0, 5.0]
     """
     check_arguments(op=op, k=k, tol=tol, seed=seed, max_matvecs=max_matvecs, ncv=ncv, progress=progress)
@@ -494,8 +541,10 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
 
 
 def _side_keys(theta: np.ndarray, inner: str) -> list[float]:
-    """The check run's Ritz values as "larger is more wanted" keys: [top] for "largest",
-    [-bottom] for "smallest", [top, -bottom] for "both" (one value: taken as the top)."""
+    """The check run's Ritz values as "larger is more wanted" keys.
+
+    [top] for "largest", [-bottom] for "smallest", [top, -bottom] for "both" (one value: taken as
+    the top)."""
     if inner == "largest":
         return [float(theta[0])]
     if inner == "smallest":
@@ -504,8 +553,7 @@ def _side_keys(theta: np.ndarray, inner: str) -> list[float]:
 
 
 def _thresholds(values: np.ndarray, bounds: np.ndarray, which: str, k: int, inner: str) -> list[float]:
-    """Per end of the check run, the key a missed eigenvalue must reach to belong among the
-    wanted pairs: the k-th wanted key, less that pair's error bound."""
+    """Per end of the check run, the key a missed eigenvalue must reach to belong among the wanted pairs: the k-th wanted key, less that pair's error bound."""
     out = []
     ends = ["largest"] if inner == "largest" else ["smallest"] if inner == "smallest" else ["largest", "smallest"]
     for end in ends:
@@ -522,10 +570,9 @@ def _thresholds(values: np.ndarray, bounds: np.ndarray, which: str, k: int, inne
 def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: int, ncv: int | None, device,
                  max_matvecs: int, values: np.ndarray, vectors: torch.Tensor, bounds: np.ndarray,
                  converged: np.ndarray, ritz_gaps: np.ndarray, beyond: list[float]):
-    """Search the complement of the pairs found for eigenvalues that belong among the wanted
-    ones (hidden copies of repeated eigenvalues, or values a restart lost), adding each and
-    searching again. Returns the pairs, whether the search finished, and the values it saw
-    outside the wanted set."""
+    """Search the complement of the pairs found for eigenvalues that belong among the wanted ones (hidden copies of repeated eigenvalues, or values a restart lost), adding each and searching again.
+
+    Returns the pairs, whether the search finished, and the values it saw outside the wanted set."""
     found_values, found_vectors = values.copy(), vectors
     found_bounds, found_conv, found_gaps = bounds.copy(), converged.copy(), ritz_gaps.copy()
 

@@ -15,8 +15,10 @@ MatMul = Callable[[torch.Tensor], torch.Tensor]
 
 
 def apply64(op, X: torch.Tensor) -> torch.Tensor:
-    """``op @ X`` as float64; a dense tensor operator of another dtype (float32) gets ``X`` in its
-    own dtype, since torch does not multiply mixed dtypes."""
+    """``op @ X`` as float64.
+
+    a dense tensor operator of another dtype (float32) gets ``X`` in its own dtype, since torch does
+    not multiply mixed dtypes."""
     if isinstance(op, torch.Tensor):
         X = X.to(op.dtype)
     return (op @ X).to(torch.float64)
@@ -29,10 +31,11 @@ def operator_mode(op) -> str | None:
 
 
 class RademacherStream:
-    """±1 probe vectors drawn in order from one seeded CPU generator. ``take(k)`` returns the
-    next ``k`` probes as the columns of an ``(n, k)`` float64 matrix. Probe ``j`` is the same
-    however the stream is cut into takes, on every device and in every process, so callers can
-    draw probes a block at a time (bounded memory) and ranks agree by construction."""
+    """±1 probe vectors drawn in order from one seeded CPU generator.
+
+    ``take(k)`` returns the next ``k`` probes as the columns of an ``(n, k)`` float64 matrix. Probe
+    ``j`` is the same however the stream is cut into takes, on every device and in every process, so
+    callers can draw probes a block at a time (bounded memory) and ranks agree by construction."""
 
     def __init__(self, n: int, seed: int, device: torch.device | str = "cpu") -> None:
         self.n, self.device = int(n), device
@@ -40,6 +43,7 @@ class RademacherStream:
 
     def take(self, k: int) -> torch.Tensor:
         # One probe per row of the draw: the generator's stream fills whole probes in order.
+        """The next ``k`` probes, as the columns of an ``(n, k)`` float64 matrix of ±1."""
         signs = torch.randint(0, 2, (int(k), self.n), generator=self._gen, dtype=torch.int8)
         return signs.to(torch.float64).mul_(2).sub_(1).T.to(self.device)
 
@@ -50,12 +54,14 @@ def rademacher(n: int, k: int, seed: int, device: torch.device | str = "cpu") ->
 
 
 def gaussian(n: int, k: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """An ``(n, k)`` float64 standard normal matrix drawn on the CPU from ``seed`` (the same on any device)."""
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     return torch.randn(n, k, generator=gen, dtype=torch.float64).to(device)
 
 
 def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
     """Remove from the columns of ``vectors`` their components in ``basis`` (rows orthonormal).
+
     Two passes of classical Gram-Schmidt ("twice is enough") keep full orthogonality."""
     if basis is None or basis.shape[0] == 0:
         return vectors
@@ -66,8 +72,7 @@ def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Te
 
 def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, *, last_beta: bool = False
                                ) -> list[Any]:
-    """Run ``steps`` Lanczos iterations from each column of ``start`` independently, with full
-    reorthogonalization, multiplying all columns in one ``matmul`` per step.
+    """Run ``steps`` Lanczos iterations from each column of ``start`` independently, with full reorthogonalization, multiplying all columns in one ``matmul`` per step.
 
     Returns, per column, the diagonal ``alpha`` and off-diagonal ``beta`` of its tridiagonal.
     A column whose Krylov space is exhausted early stops there (shorter tridiagonal). With
@@ -115,4 +120,5 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
 
 
 def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """The symmetric tridiagonal matrix with diagonal ``alpha`` and off-diagonal ``beta``."""
     return torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)

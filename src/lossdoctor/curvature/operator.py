@@ -36,8 +36,9 @@ def loss_reduction(loss_fn: Any) -> str:
 
 
 def _declared_reduction(loss_fn: Any, reduction: str | None) -> str:
-    """The per-sample contract the caller states: ``reduction`` if given, else the loss
-    module's ``.reduction`` attribute, else "mean"."""
+    """The per-sample contract the caller states.
+
+    ``reduction`` if given, else the loss module's ``.reduction`` attribute, else "mean"."""
     attribute = getattr(loss_fn, "reduction", None)
     if reduction is None:
         reduction = loss_reduction(loss_fn)
@@ -56,8 +57,7 @@ def _declared_reduction(loss_fn: Any, reduction: str | None) -> str:
 
 @contextlib.contextmanager
 def _full_fp32_matmul() -> Iterator[None]:
-    """TF32 products (cuDNN convolutions use them by default on Ampere and later) carry ~1e-3
-    relative error, enough to stall Lanczos at tol=1e-6; Hessian products use full float32."""
+    """TF32 products (cuDNN convolutions use them by default on Ampere and later) carry ~1e-3 relative error, enough to stall Lanczos at tol=1e-6; Hessian products use full float32."""
     matmul = torch.backends.cuda.matmul
     try:
         saved = matmul.allow_tf32
@@ -73,8 +73,9 @@ def _full_fp32_matmul() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """cuDNN RNN kernels and fused attention kernels have no double backward; fall back to
-    implementations that do, only where they are needed. On CUDA, no TF32."""
+    """Some kernels (cuDNN's RNNs, fused attention) have no double backward.
+
+    Fall back to implementations that do, only where they are needed. On CUDA, no TF32."""
     with contextlib.ExitStack() as stack:
         if device.type == "cuda":
             rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
@@ -109,7 +110,30 @@ class HessianOperator:
 
     Supports ``H @ v`` (a flat vector of length ``num_params``) and ``H @ V`` (a matrix whose
     columns are such vectors), for torch tensors and numpy arrays. Products use the model's
-    current parameters; the model is left exactly as it was after every product.
+    current parameters; the model is left exactly as it was after every product. Build it with
+    :func:`hessian`, which checks the arguments first; the arguments are documented there.
+
+    Attributes:
+        names: the trainable parameters' names, in the order of the flat vectors.
+        num_params: the length of a flat vector (the Hessian is ``num_params`` square).
+        num_samples: the samples in ``data`` (over all ranks when distributed).
+        num_batches: the batches in ``data``.
+        loss: the mean loss over ``data`` at the current parameters, measured when built.
+        num_matvecs: Hessian-vector products done so far (a block of ``k`` vectors counts ``k``).
+        mode: ``"eval"`` or ``"train"``: how the model is evaluated.
+        reduction: ``"mean"`` or ``"sum"``: how ``loss_fn`` combines a batch's samples.
+        dtype: the parameters' dtype, which products compute in.
+        device: the parameters' device.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()  # L = (1 - w1*w2)^2 at (0, 0)
+        >>> H = ld.hessian(p.model, p.loss_fn, p.train_data)
+        >>> H.shape, H.names
+        ((2, 2), ['w1', 'w2'])
+        >>> H @ torch.tensor([1.0, 1.0])
+        tensor([-2., -2.])
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
@@ -178,29 +202,87 @@ class HessianOperator:
     # -- shape and layout ---------------------------------------------------------------
     @property
     def shape(self) -> tuple[int, int]:
+        """``(num_params, num_params)``, as for a matrix."""
         return (self.num_params, self.num_params)
 
     def flatten(self, tensors: list[torch.Tensor] | dict[str, torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-parameter tensors into one flat vector in the operator's order.
+
+        Args:
+            tensors: one tensor per trainable parameter, as a list in the order of ``names``
+                or a dict keyed by parameter name (extra keys are ignored).
+
+        Returns:
+            The flat vector of length ``num_params``.
+
+        Examples:
+            >>> import torch, lossdoctor as ld
+            >>> from lossdoctor.zoo.lecture import lecture_saddle
+            >>> p = lecture_saddle()
+            >>> H = ld.hessian(p.model, p.loss_fn, p.train_data)
+            >>> H.flatten({"w1": torch.tensor(1.0), "w2": torch.tensor(2.0)})
+            tensor([1., 2.])
+        """
         if isinstance(tensors, dict):
             tensors = [tensors[n] for n in self.names]
         return torch.cat([t.reshape(-1) for t in tensors])
 
     def unflatten(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Map a flat vector back to ``{parameter name: tensor of that parameter's shape}``."""
+        """Map a flat vector back to ``{parameter name: tensor of that parameter's shape}``.
+
+        Args:
+            vector: a flat vector of length ``num_params`` (an eigenvector, a gradient).
+
+        Returns:
+            A dict from each trainable parameter's name to its part of ``vector``, shaped like it.
+
+        Raises:
+            ValueError: ``vector`` does not have ``num_params`` entries.
+
+        Examples:
+            >>> import torch, lossdoctor as ld
+            >>> from lossdoctor.zoo.lecture import lecture_saddle
+            >>> p = lecture_saddle()
+            >>> H = ld.hessian(p.model, p.loss_fn, p.train_data)
+            >>> H.unflatten(torch.tensor([1.0, 2.0]))
+            {'w1': tensor(1.), 'w2': tensor(2.)}
+        """
         if vector.shape[0] != self.num_params:
             raise ValueError(f"vector has length {vector.shape[0]}, expected {self.num_params}.")
         parts = torch.split(vector, self.numels)
         return {n: part.reshape(s) for n, part, s in zip(self.names, parts, self.shapes)}
 
     def parameter_vector(self) -> torch.Tensor:
+        """The model's current trainable parameters as one flat vector.
+
+        Returns:
+            A detached flat vector of length ``num_params``, in the order of ``names``.
+        """
         return self.flatten([p.detach() for p in self.params])
 
     def restrict(self, params: Any) -> HessianOperator:
-        """The principal submatrix of this Hessian on a subset of its parameters (``params`` as
-        for :func:`hessian`), as an operator of its own: the same model, loss, data and settings,
-        without another pass to validate them. Products cost what this operator's do, less the
-        backward passes into parameters outside the subset (the per-module blocks of
-        :func:`lossdoctor.layer_curvature` are built this way)."""
+        """The principal submatrix of this Hessian on a subset of its parameters, as an operator of its own.
+
+        The same model, loss, data and settings, without another pass to validate them. Products
+        cost what this operator's do, less the backward passes into parameters outside the subset
+        (the per-module blocks of :func:`lossdoctor.layer_curvature` are built this way).
+
+        Args:
+            params: the subset, as for :func:`hessian` (tensors, names or glob patterns, modules).
+
+        Returns:
+            The sub-operator, of size the subset's number of entries.
+
+        Raises:
+            ValueError: ``params`` selects parameters outside this operator's.
+
+        Examples:
+            >>> import torch, lossdoctor as ld
+            >>> from lossdoctor.zoo.lecture import lecture_saddle
+            >>> p = lecture_saddle()
+            >>> ld.hessian(p.model, p.loss_fn, p.train_data).restrict("w1") @ torch.ones(1)
+            tensor([0.])
+        """
         named = selected_parameters(self.model, params)
         mine = {id(p) for p in self.params}
         outside = [n for n, p in named if id(p) not in mine]
@@ -239,8 +321,7 @@ class HessianOperator:
         return 1.0 if self._sum_reduction else float(n)
 
     def _check_split(self, inputs: Any, targets: torch.Tensor, n: int, index: int, loss: float) -> None:
-        """Micro-batching is exact only when the batch loss is the mean (or sum) of per-sample
-        losses of samples the model treats independently; compare the two losses on this batch."""
+        """Micro-batching is exact only when the batch loss is the mean (or sum) of per-sample losses of samples the model treats independently; compare the two losses on this batch."""
         assert self.micro_batch_size is not None  # called only when micro-batching
         parts = 0.0
         for j, (x, y, m) in enumerate(split_batch(inputs, targets, self.micro_batch_size)):
@@ -260,13 +341,12 @@ class HessianOperator:
                 "first dimension is not the batch). Use micro_batch_size=None.")
 
     def _check_reduction(self, inputs: Any, targets: torch.Tensor, n: int, index: int, loss: float) -> None:
-        """Check the per-sample contract (the batch loss is the mean, or with reduction="sum"
-        the sum, of its samples' losses) on the first batch of two samples or more: its loss
-        against the losses of its two halves, in eval mode (so BatchNorm in mode="train" does not
-        couple the halves). A function ``lambda o, t: F.mse_loss(o, t, reduction="sum")`` has no
-        ``.reduction`` to read; taken for a mean, its Hessian would be the batch size times too
-        large. A loss that is neither (a mean over unmasked tokens, a model that couples its
-        samples even in eval mode) cannot be told apart here: it is used as declared."""
+        """Check the per-sample contract (the batch loss is the mean, or with reduction="sum" the sum, of its samples' losses) on the first batch of two samples or more: its loss against the losses of its two halves, in eval mode (so BatchNorm in mode="train" does not couple the halves).
+
+        A function ``lambda o, t: F.mse_loss(o, t, reduction="sum")`` has no ``.reduction`` to read;
+        taken for a mean, its Hessian would be the batch size times too large. A loss that is
+        neither (a mean over unmasked tokens, a model that couples its samples even in eval mode)
+        cannot be told apart here: it is used as declared."""
         half = (n + 1) // 2
         try:
             with evaluation_mode(self.model, "eval"):
@@ -343,11 +423,12 @@ class HessianOperator:
         return [b._version for b in self.model.buffers()]
 
     def _gradient_graphs(self):
-        """Yield ``(live, g_live, n, kept)`` per batch; ``kept`` says the graph is held between
-        products (so it must survive this one). Graphs of the current parameters are taken from
-        the cache; the others are computed afresh. The cache holds the graphs of the first
-        batches, as many as fit the budget (all with ``cache=True``), and is rebuilt when the
-        parameters change."""
+        """Yield ``(live, g_live, n, kept)`` per batch.
+
+        ``kept`` says the graph is held between products (so it must survive this one). Graphs of
+        the current parameters are taken from the cache; the others are computed afresh. The cache
+        holds the graphs of the first batches, as many as fit the budget (all with ``cache=True``),
+        and is rebuilt when the parameters change."""
         held = self._held_graphs()
         if held is not None:
             yield from ((*g, True) for g in held.graphs)
@@ -451,15 +532,13 @@ class HessianOperator:
 
     @property
     def cached_batches(self) -> int:
-        """How many batches (micro-batches) have their gradient graphs held for the current
-        parameters: products recompute only the others (see ``cache``)."""
+        """How many batches (micro-batches) have their gradient graphs held for the current parameters: products recompute only the others (see ``cache``)."""
         held = self._held_graphs()
         return 0 if held is None else len(held.graphs)
 
     @property
     def cached_bytes(self) -> int:
-        """The bytes of the tensors the held gradient graphs save (the cache's memory, not
-        counting the parameters themselves)."""
+        """The bytes of the tensors the held gradient graphs save (the cache's memory, not counting the parameters themselves)."""
         held = self._held_graphs()
         return 0 if held is None else held.nbytes
 
@@ -473,10 +552,30 @@ class HessianOperator:
         self._graph_cache = None
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """``H @ v``, for code that expects a ``matvec`` method (as scipy's operators have).
+
+        Args:
+            v: a flat vector of length ``num_params``, or a ``(num_params, k)`` matrix.
+
+        Returns:
+            The product, with ``v``'s type, dtype and device.
+        """
         return self @ v
 
     def gradient(self) -> tuple[float, torch.Tensor]:
-        """The mean loss and its flat gradient over all of ``data`` (one pass, no curvature)."""
+        """The mean loss and its flat gradient over all of ``data`` (one pass, no curvature).
+
+        Returns:
+            ``(loss, gradient)``: the mean loss over every sample (a float) and its gradient as a
+            flat vector of length ``num_params``.
+
+        Examples:
+            >>> import lossdoctor as ld
+            >>> from lossdoctor.zoo.lecture import lecture_saddle
+            >>> p = lecture_saddle()  # the saddle point: gradient zero
+            >>> ld.hessian(p.model, p.loss_fn, p.train_data).gradient()
+            (1.0, tensor([0., 0.]))
+        """
         grad = torch.zeros(self.num_params, device=self.device, dtype=self.dtype)
         total, count = 0.0, 0
         with preserved_rng(), evaluation_mode(self.model, self.mode):
@@ -498,7 +597,19 @@ class HessianOperator:
         return t.tolist()
 
     def to_scipy(self):
-        """This operator as a ``scipy.sparse.linalg.LinearOperator`` (float64)."""
+        """This operator as a ``scipy.sparse.linalg.LinearOperator`` (float64).
+
+        Returns:
+            A ``LinearOperator`` of shape ``(num_params, num_params)`` whose products are this
+            operator's, for scipy's solvers (``eigsh``, ``cg``, ...).
+
+        Examples:
+            >>> import numpy as np, lossdoctor as ld
+            >>> from lossdoctor.zoo.lecture import lecture_saddle
+            >>> p = lecture_saddle()
+            >>> ld.hessian(p.model, p.loss_fn, p.train_data).to_scipy() @ np.ones(2)
+            array([-2., -2.])
+        """
         from scipy.sparse.linalg import LinearOperator
 
         def mv(x: np.ndarray) -> np.ndarray:
@@ -530,8 +641,10 @@ def _cache_budget(cache: Any, device: torch.device) -> float:
 
 
 def cache_budget_bytes(device: torch.device) -> int:
-    """How much ``cache="auto"`` may hold: a quarter of the memory available now on ``device``
-    (free GPU memory; the host's MemAvailable), at most 4 GiB."""
+    """How much ``cache="auto"`` may hold.
+
+    a quarter of the memory available now on ``device`` (free GPU memory; the host's MemAvailable),
+    at most 4 GiB."""
     available = None
     if device.type == "cuda":
         try:
@@ -553,8 +666,7 @@ def cache_budget_bytes(device: torch.device) -> int:
 
 
 class _SavedBytes:
-    """Counts the bytes of the distinct storages autograd saves while active (the memory a kept
-    gradient graph holds), leaving out the parameters' own storage."""
+    """Counts the bytes of the distinct storages autograd saves while active (the memory a kept gradient graph holds), leaving out the parameters' own storage."""
 
     def __init__(self) -> None:
         self.total = 0
@@ -658,14 +770,35 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval
             refused with a ``ValueError``, as are unknown names, tensors or modules of another
             model, and a selection of nothing.
 
-    Example:
-        >>> model = nn.Linear(3, 1)
+    Returns:
+        The operator ``H``: ``H @ v`` for a flat vector or a matrix of them (torch or numpy),
+        ready for :func:`lossdoctor.eigenpairs`, :func:`lossdoctor.trace` and
+        :func:`lossdoctor.spectral_density`.
+
+    Raises:
+        ValueError: bad arguments (a mode, a reduction, ``mode="train"`` with active dropout,
+            ``distributed=True`` without a process group), or a loss that is not the declared
+            mean or sum of per-sample losses.
+        TypeError: ``loss_fn`` is not callable, or the parameters do not share one floating dtype.
+
+    Examples:
+        The lecture's saddle, L = (1 - w1*w2)^2 at (0, 0), has the Hessian [[0, -2], [-2, 0]]:
+
+        >>> import torch, lossdoctor as ld
+        >>> from lossdoctor.zoo.lecture import lecture_saddle
+        >>> p = lecture_saddle()
+        >>> H = ld.hessian(p.model, p.loss_fn, p.train_data)
+        >>> H @ torch.tensor([1.0, 0.0])
+        tensor([ 0., -2.])
+
+        A loss that sums over the batch says so:
+
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
         >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
-        >>> H = hessian(model, lambda o, t: ((o - t) ** 2).sum(), (x, y), reduction="sum")
-        >>> H.reduction
-        'sum'
-        >>> hessian(model, nn.MSELoss(), (x, y), params="bias").shape
-        (1, 1)
+        >>> H = ld.hessian(model, lambda o, t: ((o - t) ** 2).sum(), (x, y), reduction="sum")
+        >>> H.num_params, H.reduction
+        (4, 'sum')
     """
     check_arguments(model=model, loss_fn=loss_fn, mode=mode, max_block=max_block, micro_batch_size=micro_batch_size,
                     distributed=distributed, cache=cache)

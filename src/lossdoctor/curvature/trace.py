@@ -18,7 +18,25 @@ METHODS = ("hutch++", "hutchinson")
 
 @dataclass(frozen=True)
 class TraceResult(ResultMixin):
-    """``estimate`` of tr(H) with its ``standard_error`` from ``matvecs`` operator products."""
+    """An estimate of tr(H) with its standard error (:func:`trace`).
+
+    Attributes:
+        estimate: the estimated trace.
+        standard_error: the standard error of the stochastic part (0 when computed exactly).
+        matvecs: operator products spent.
+        method: ``"hutch++"``, ``"hutchinson"``, ``"exact"`` (``matvecs >= n``), or
+            ``"hutch++ (sketch rank r)"`` when the sketch found a rank below its size.
+        seed: the seed of the Rademacher probes.
+        num_params: the operator's size.
+        interrupted: Ctrl-C stopped the run: the estimate is from the probes finished.
+        mode: ``"eval"``/``"train"`` for a :class:`HessianOperator`, else ``None``.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> r = ld.trace(torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64)), matvecs=6)
+        >>> r.estimate, r.standard_error, r.method
+        (21.0, 0.0, 'exact')
+    """
 
     estimate: float
     standard_error: float
@@ -58,8 +76,7 @@ class _Counter:
 
 def _hutchinson_terms(op, probes: RademacherStream, count: int, block: int, counter: _Counter,
                       terms: list[float], project: torch.Tensor | None = None) -> None:
-    """Append ``g^T H g`` for ``count`` probes to ``terms``, drawing and multiplying ``block``
-    probes at a time (with ``project``: probes projected off its orthonormal columns)."""
+    """Append ``g^T H g`` for ``count`` probes to ``terms``, drawing and multiplying ``block`` probes at a time (with ``project``: probes projected off its orthonormal columns)."""
     for a, c in _blocks(count, block):
         G = probes.take(c - a)
         if project is not None:
@@ -74,10 +91,10 @@ def _basis_dtype(op) -> torch.dtype:
 
 
 def _mean_and_error(terms: list[float]) -> tuple[float, float]:
-    """The mean of ``terms`` and its standard error, widened by the Student-t factor of
-    ``len(terms) - 1`` degrees of freedom so that +/- 3 standard errors is a 99.7% interval
-    also for a handful of probes (3 probes: x3.2; 10: x1.4; 100: x1.02). Otherwise a sample
-    standard deviation from few probes understates the error often enough to matter."""
+    """The mean of ``terms`` and its standard error, widened by the Student-t factor of ``len(terms) - 1`` degrees of freedom so that +/- 3 standard errors is a 99.7% interval also for a handful of probes (3 probes: x3.2; 10: x1.4; 100: x1.02).
+
+    Otherwise a sample standard deviation from few probes understates the error often enough to
+    matter."""
     m = len(terms)
     mean = sum(terms) / m
     if m < 2:
@@ -90,8 +107,9 @@ def _mean_and_error(terms: list[float]) -> tuple[float, float]:
 
 
 def _extend_basis(Q: torch.Tensor, rank: int, B: torch.Tensor, reference: float) -> int:
-    """Append to ``Q[:, :rank]`` an orthonormal basis of the part of ``B``'s range orthogonal to
-    it; return the new rank.
+    """Append to ``Q[:, :rank]`` an orthonormal basis of the part of ``B``'s range orthogonal to it.
+
+    Return the new rank.
 
     Rank-aware: a sketch of a rank-deficient operator has columns that are (numerically) inside
     the basis already. Orthonormalizing what is left of them would normalize rounding noise into
@@ -154,10 +172,30 @@ def trace(op: OperatorLike, matvecs: int = 100, method: TraceMethod = "hutch++",
     ``n`` by ``matvecs // 3`` matrix in the operator's precision (float32 for a float32 model).
     Ctrl-C returns the estimate from the probes finished.
 
-    Example:
+    Args:
+        op: anything with ``.shape`` and ``op @ matrix`` (a :class:`HessianOperator`, a dense
+            symmetric tensor).
+        matvecs: the budget of operator products (at least 3 for Hutch++, 1 for Hutchinson).
+        method: ``"hutch++"`` (default) or ``"hutchinson"``.
+        seed: seed of the Rademacher probes.
+        block: probes multiplied at once (default: the operator's ``max_block``).
+        progress: called as ``progress(matvecs_done, matvecs)``; ``"auto"`` (default) shows a
+            bar on a terminal for long runs, ``True`` always, ``False``/``None`` never.
+
+    Returns:
+        The estimate with its standard error and the products spent.
+
+    Raises:
+        ValueError: an unknown ``method``, or too few ``matvecs`` for it.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
         >>> A = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))
-        >>> trace(A, matvecs=6).estimate  # matvecs >= n: exact
+        >>> ld.trace(A, matvecs=6).estimate  # matvecs >= n: exact
         21.0
+        >>> r = ld.trace(torch.diag(torch.arange(1.0, 101.0)), matvecs=30, seed=0)
+        >>> abs(r.estimate - 5050) < 3 * r.standard_error + 1e-6 * 5050
+        True
     """
     check_arguments(op=op, matvecs=matvecs, seed=seed, block=block, progress=progress)
     if method not in METHODS:

@@ -5,7 +5,7 @@ from the measured stability limit with a margin (``S`` at half its limit: ``1/λ
 gradient descent), never the stability edge itself, or are simple multiples of the current lr
 that the trials then measure. Actions that need the user's code are marked not applicable.
 
-Example:
+Examples:
     >>> safe_lr(0.1, 4.0, 2.0, 0.5)  # lr 0.1 at S = 4 with limit 2: S at half the limit
     0.025
 """
@@ -26,8 +26,10 @@ LR_MARGIN = 0.5  # a prescribed lr puts S at this fraction of its stability limi
 
 @dataclass(frozen=True)
 class Candidate:
-    """An action to propose (and try, when ``applicable``); ``why`` names the measurement it
-    answers; ``payload`` carries tensors the action needs (not JSON)."""
+    """An action to propose (and try, when ``applicable``).
+
+    ``why`` names the measurement it answers; ``payload`` carries tensors the action needs (not
+    JSON)."""
 
     action: dict[str, Any]
     why: str
@@ -36,15 +38,14 @@ class Candidate:
 
 
 def safe_lr(lr: float, s: float | None, limit: float | None, fraction: float = LR_MARGIN) -> float | None:
-    """The lr at which the lr-scaled sharpness S sits at ``fraction`` of its limit (S scales
-    with the lr)."""
+    """The lr at which the lr-scaled sharpness S sits at ``fraction`` of its limit (S scales with the lr)."""
     if s is None or limit is None or not s > 0 or not lr > 0:
         return None
     return lr * fraction * limit / s
 
 
 def _capped_raise(m: Measurements, factor: float) -> float | None:
-    """lr × factor, but never past ``LR_MARGIN`` of the stability limit."""
+    """The lr × factor, but never past ``LR_MARGIN`` of the stability limit."""
     if m.lr is None:
         return None
     cap = safe_lr(m.lr, m.lr_sharpness, m.threshold)
@@ -55,8 +56,7 @@ def _capped_raise(m: Measurements, factor: float) -> float | None:
 
 
 def _lowered(m: Measurements, *factors: float) -> list[float]:
-    """Lower lrs: the stability bound with a margin (when S is above it) and the given fractions
-    of the current lr, distinct and decreasing."""
+    """Lower lrs: the stability bound with a margin (when S is above it) and the given fractions of the current lr, distinct and decreasing."""
     if m.lr is None:
         return []
     out = []

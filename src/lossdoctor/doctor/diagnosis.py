@@ -1,13 +1,13 @@
 """Why did the loss stop going down? :func:`diagnose`: measure, decide, explain, try.
 
-Example:
+Examples:
     >>> import torch
     >>> from torch import nn
     >>> from torch.nn import functional as F
     >>> import lossdoctor as ld
     >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
     <...>
-    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [2.0], [3.0]])
+    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[0.1], [0.2], [0.3]])
     >>> model = nn.Linear(3, 1); opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     >>> losses = []
     >>> for _ in range(80):
@@ -67,6 +67,7 @@ from .trials import TrainStep, TrialReport, run_trials, trial_optimizer
 # Every value Diagnosis.cause takes: the rules' causes, and "undetermined" (interrupted before the
 # measurements finished, or stalled with no measured cause standing out).
 CAUSES = (*RULE_CAUSES, "undetermined")
+"""Every value :attr:`Diagnosis.cause` takes: the rules' causes and ``"undetermined"``."""
 TRIAL_BUDGET = 5.0
 PER_LAYER_CAUSES = ("oscillation", "diverging", "ill_conditioned")
 LAYER_STEPS = 5
@@ -77,12 +78,50 @@ MAX_TRIAL_STEPS = 240
 class Diagnosis(ResultMixin):
     """The doctor's verdict: the cause, the numbers behind it, and what to change, best first.
 
-    ``cause`` is one of :data:`CAUSES` (``"undetermined"`` when interrupted before the
-    measurements were complete, or when the loss stalled and no measured cause stands out). ``prescriptions`` are :class:`Prescription` objects, ranked by
-    their measured trial when ``verified``; each has ``.text``, ``.action``, ``.trial`` and
-    ``.apply(model, optimizer)``. ``measurements`` holds every number; ``decision`` the
-    comparisons that decided. ``cost`` counts Hessian-vector products, full-data gradients,
-    trial steps and seconds.
+    Returned by :func:`diagnose`; the properties below read the measurements users reach for
+    most (``None`` when they were not measured).
+
+    Attributes:
+        cause: one of :data:`CAUSES` (``"undetermined"`` when interrupted before the
+            measurements were complete, or when the loss stalled and no measured cause stands
+            out).
+        summary: the verdict in one sentence.
+        stalled: whether the loss has stopped going down (the trend's test).
+        evidence: the comparisons and numbers behind the verdict, in words.
+        prescriptions: what to change, as :class:`Prescription` objects, ranked by their
+            measured trial when ``verified``; each has ``.text``, ``.action``, ``.trial`` and
+            ``.apply(model, optimizer)``.
+        decision: the comparisons that decided (the rules' output).
+        measurements: every number measured.
+        verified: whether the prescriptions were tried against continuing unchanged.
+        trials: the trials' report (``None`` when not verified).
+        cost: Hessian-vector products, full-data gradients, trial steps and seconds.
+        interrupted: Ctrl-C: the measurements or trials did not finish; no confident verdict.
+        step: the training step it was made at (set by the :class:`Monitor`).
+        layers: per-block curvature, for causes where the lr's fit to each layer matters.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        >>> losses = []
+        >>> for _ in range(80):  # a run whose loss crawls
+        ...     opt.zero_grad()
+        ...     loss = F.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     opt.step()
+        ...     losses.append(loss.item())
+        >>> d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt)
+        >>> d.cause, d.verified
+        ('lr_too_small', True)
+        >>> d.lr, d.stability_threshold, round(d.max_stable_lr, 1)  # the stability edge: lr 0.7
+        (0.0001, 2.0, 0.7)
+        >>> d.top.action["lr"] > 1e-4
+        True
     """
 
     cause: Cause
@@ -104,6 +143,7 @@ class Diagnosis(ResultMixin):
     # -- the numbers users reach for most ----------------------------------------------------
     @property
     def top(self) -> Prescription | None:
+        """The best prescription (``None`` when there is none)."""
         return self.prescriptions[0] if self.prescriptions else None
 
     def _m(self, name: str) -> Any:
@@ -111,10 +151,12 @@ class Diagnosis(ResultMixin):
 
     @property
     def loss(self) -> float | None:
+        """The loss measured (on the samples measured), or ``None``."""
         return self._m("loss")
 
     @property
     def grad_norm(self) -> float | None:
+        """The full gradient's norm on the samples measured, or ``None``."""
         return self._m("grad_norm")
 
     @property
@@ -124,14 +166,17 @@ class Diagnosis(ResultMixin):
 
     @property
     def lr(self) -> float | None:
+        """The learning rate read from the optimizer (or given), or ``None``."""
         return self._m("lr")
 
     @property
     def lr_sharpness(self) -> float | None:
+        """S, the lr-scaled sharpness (``lr·λ_max`` for SGD), read against ``stability_threshold``."""
         return self._m("lr_sharpness")
 
     @property
     def stability_threshold(self) -> float | None:
+        """The limit of S beyond which the optimizer's steps are unstable (2 for plain SGD)."""
         return self._m("threshold")
 
     @property
@@ -154,10 +199,12 @@ class Diagnosis(ResultMixin):
 
     @property
     def window(self) -> int | None:
+        """The recent steps the trend was read from."""
         return None if self.measurements is None else self.measurements.trend.window
 
     @property
     def relative_drop(self) -> float | None:
+        """The loss's relative drop over the window (medians of its first and last thirds)."""
         return None if self.measurements is None else self.measurements.trend.relative_drop
 
     def __str__(self) -> str:
@@ -178,14 +225,12 @@ class Diagnosis(ResultMixin):
 
 
 def _noise_cause(decision: Decision) -> bool:
-    """A stall that sits on gradient noise (SGD's noise floor, or an adaptive optimizer's steps
-    hovering on it)."""
+    """A stall that sits on gradient noise (SGD's noise floor, or an adaptive optimizer's steps hovering on it)."""
     return decision.cause == "gradient_noise" or any("gradient noise" in e.name for e in decision.evidence)
 
 
 def _total_samples(data: Any) -> int | None:
-    """How many samples ``data`` holds, where that is cheap to know (a list of batches, one pair,
-    a DataLoader over a sized dataset); None otherwise."""
+    """How many samples ``data`` holds, where that is cheap to know (a list of batches, one pair, a DataLoader over a sized dataset); None otherwise."""
     from ..data import batch_size, is_single_batch
 
     try:
@@ -227,11 +272,12 @@ def _probability_outputs(model: nn.Module, loss_fn: Any, batch: tuple) -> bool:
 
 def _rank(items: list[tuple[Candidate, Prescription]], verified: bool, no_change: Prescription | None
           ) -> list[Prescription]:
-    """Verified improvements first (lowest trial loss first); then what could not be tried (code
-    changes; without trials, everything in the rules' order); then, when nothing beat continuing
-    unchanged, ``no_change``; then tried ones with no measurable gain. Tried ones that did worse
-    than continuing unchanged, and the ones cut in the first round of the trials (measured, and
-    behind), are dropped: a change that lost its trial is no advice."""
+    """Verified improvements first (lowest trial loss first).
+
+    Then what could not be tried (code changes; without trials, everything in the rules' order);
+    then, when nothing beat continuing unchanged, ``no_change``; then tried ones with no measurable
+    gain. Tried ones that did worse than continuing unchanged, and the ones cut in the first round
+    of the trials (measured, and behind), are dropped: a change that lost its trial is no advice."""
     if not verified:
         return [p for _, p in items]
     better = sorted((p for _, p in items if p.trial is not None and p.trial.better), key=lambda p: p.trial.loss)
@@ -250,10 +296,15 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, op
              previous: str | None = None, progress: Progress | bool | str | None = "auto") -> Diagnosis:
     """Why did the loss stop going down? The cause, the evidence, and what to change, tried.
 
+    Measures the loss, gradient, curvature and gradient noise where training stands; pure rules
+    decide the cause; each applicable prescription is then tried for a few steps from an exact
+    snapshot against continuing unchanged, and ranked by the loss it reaches.
+
     Args:
-        model, loss_fn, data: the model where training stands now, its loss
-            (``loss_fn(model(inputs), targets)``), and its training data (a DataLoader, a list of
-            ``(inputs, targets)`` batches, or one pair). Left exactly as they were.
+        model: the model where training stands now. Left exactly as it was.
+        loss_fn: its loss, ``loss_fn(model(inputs), targets)``.
+        data: its training data (a DataLoader, a list of ``(inputs, targets)`` batches, or one
+            pair).
         history: the recent per-step training losses, oldest first (a list/array/tensor, a dict
             with ``losses`` and optionally ``grad_norms``/``grad_cosines``, ``monitor.record``).
         optimizer: the optimizer that produced the history; its lr, momentum, weight decay and
@@ -278,12 +329,40 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, op
         batch: the training batch size when ``data`` is one pair (for the gradient noise).
         budget: Hessian-vector products the measurements may use.
         trial_budget: the trials' cost cap in multiples of ``trial_steps`` training steps.
+        seed: the seed of the measurements' random vectors and of the trials.
         previous: the last verdict on this run (the Monitor passes it): kept while its rule
             still holds with relaxed thresholds.
-        progress: called as ``progress(done, total)``.
+        progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
+            terminal for long runs.
 
     Returns:
-        A :class:`Diagnosis`.
+        A :class:`Diagnosis`: the cause, the evidence, and the prescriptions, best first. Ctrl-C
+        returns what was finished, flagged ``interrupted``, never a confident verdict.
+
+    Raises:
+        ValueError: a bad history, option or learning rate.
+        TypeError: an argument of the wrong type (a model that is not an ``nn.Module``...).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        >>> losses = []
+        >>> for _ in range(80):  # a run whose loss crawls
+        ...                opt.zero_grad()
+        ...                loss = F.mse_loss(model(x), y)
+        ...                loss.backward()
+        ...                opt.step()
+        ...                losses.append(loss.item())
+        >>> d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt)
+        >>> d.cause
+        'lr_too_small'
+        >>> print(d.top.text)  # doctest: +ELLIPSIS
+        set the learning rate to ...
     """
     started = time.perf_counter()
     hist = read_history(history)
@@ -322,8 +401,9 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, op
 
     def prescribe(decision: Decision
                   ) -> tuple[list[Prescription], TrialReport | None, bool, bool, LayerCurvature | None]:
-        """Candidates for ``decision``, tried when asked (or stalled): (ranked, trials report,
-        verified, interrupted, per-layer table)."""
+        """Candidates for ``decision``, tried when asked (or stalled).
+
+        (ranked, trials report, verified, interrupted, per-layer table)."""
         layers = None
         if decision.cause in PER_LAYER_CAUSES and m.lambda_max is not None and m.lr is not None:
             # Which block breaks stability, and can one lr fit them all? Within what is left of the budget.

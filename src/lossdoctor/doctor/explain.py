@@ -1,7 +1,8 @@
-"""The doctor's words: a summary per cause, the evidence as sentences, and the text of each
-prescription. Nothing here decides; every number comes from the measurements.
+"""The doctor's words: a summary per cause, the evidence as sentences, and the text of each prescription.
 
-Example:
+Nothing here decides; every number comes from the measurements.
+
+Examples:
     >>> describe_action({"lr": 0.003}, lr=0.03)
     'set the learning rate to 0.003 (10x lower than now)'
 """
@@ -233,8 +234,7 @@ SPREAD = 100.0
 
 
 def one_lr_cannot_fit(layers: LayerCurvature | None) -> bool:
-    """Whether the blocks' curvatures differ so much that one learning rate cannot suit them all
-    (block heterogeneity above ``HETEROGENEOUS`` or a λ_max spread above ``SPREAD``)."""
+    """Whether the blocks' curvatures differ so much that one learning rate cannot suit them all (block heterogeneity above ``HETEROGENEOUS`` or a λ_max spread above ``SPREAD``)."""
     return layers is not None and (layers.heterogeneity > HETEROGENEOUS or layers.spread > SPREAD)
 
 

@@ -73,6 +73,7 @@ class LayerStat(ResultMixin):
 
     @property
     def update_ratio(self) -> float | None:
+        """The size of one update relative to the weights, ``update_norm / weight_norm`` (``None`` if unknown)."""
         if self.update_norm is None or self.weight_norm == 0:
             return None
         return self.update_norm / self.weight_norm
@@ -80,8 +81,10 @@ class LayerStat(ResultMixin):
 
 @dataclass(frozen=True)
 class Measurements(ResultMixin):
-    """Everything the decision rules read. Fields are None where a measurement was not taken
-    (no optimizer, a non-finite loss, out of budget); see the module docstring for each."""
+    """Everything the decision rules read.
+
+    Fields are None where a measurement was not taken (no optimizer, a non-finite loss, out of
+    budget); see the module docstring for each."""
 
     trend: LossTrend
     history_grad_norm: float | None
@@ -151,9 +154,10 @@ class Measurements(ResultMixin):
 
     @property
     def trust_ratio(self) -> float | None:
-        """Realized over predicted decrease of the probe step (the trust-region ratio): ~1 where
-        the local linear model holds, < 0 when the step goes uphill. None when the prediction is
-        not a decrease or the change is below rounding."""
+        """Realized over predicted decrease of the probe step (the trust-region ratio).
+
+        ~1 where the local linear model holds, < 0 when the step goes uphill. None when the
+        prediction is not a decrease or the change is below rounding."""
         if self.probe_predicted is None or self.probe_loss_change is None or self.loss is None:
             return None
         # A predicted change below ~100 rounding units of the loss cannot be measured.
@@ -185,11 +189,13 @@ class Measurements(ResultMixin):
 
     @property
     def dead_fraction(self) -> float | None:
+        """The fraction of hidden units that are dead (never active on the samples measured), or ``None``."""
         units = sum(s.units for s in self.hidden_layers)
         return None if units == 0 else sum(s.dead_units for s in self.hidden_layers) / units
 
     @property
     def worst_dead_layer(self) -> LayerStat | None:
+        """The hidden layer with the largest fraction of dead units, or ``None``."""
         hidden = [s for s in self.hidden_layers if s.units]
         return max(hidden, key=lambda s: s.dead_units / s.units) if hidden else None
 
@@ -245,8 +251,7 @@ class Measurements(ResultMixin):
 
 # -- data ------------------------------------------------------------------------------------------
 def first_samples(data: Any, samples: int | None, batch: int | None = None) -> list[tuple[Any, torch.Tensor]]:
-    """The first ``samples`` samples of ``data`` as a list of batches (a single pair is cut into
-    batches of ``batch``); iterating a shuffling DataLoader leaves the global RNG as it was."""
+    """The first ``samples`` samples of ``data`` as a list of batches (a single pair is cut into batches of ``batch``); iterating a shuffling DataLoader leaves the global RNG as it was."""
     out: list[tuple[Any, torch.Tensor]] = []
     count = 0
     with preserved_rng():
@@ -273,8 +278,7 @@ def first_samples(data: Any, samples: int | None, batch: int | None = None) -> l
 
 @contextlib.contextmanager
 def dropout_off(model: nn.Module) -> Iterator[list[str]]:
-    """Dropout modules' probability set to 0 (restored on exit), so a train-mode loss is
-    deterministic; yields the names of the modules switched off."""
+    """Dropout modules' probability set to 0 (restored on exit), so a train-mode loss is deterministic; yields the names of the modules switched off."""
     saved = []
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
@@ -288,6 +292,7 @@ def dropout_off(model: nn.Module) -> Iterator[list[str]]:
 
 
 def has_batchnorm(model: nn.Module) -> bool:
+    """Whether the model has a BatchNorm layer."""
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
@@ -308,8 +313,7 @@ class _Budget:
 
 
 def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[float], list[int]]:
-    """One pass: the mean loss, the mean gradient (float64) and each batch's squared gradient
-    norm and size, in the operator's mode."""
+    """One pass: the mean loss, the mean gradient (float64) and each batch's squared gradient norm and size, in the operator's mode."""
     grad = torch.zeros(op.num_params, dtype=torch.float64, device=op.device)
     sq, sizes, total, count = [], [], 0.0, 0
     with preserved_rng(), evaluation_mode(op.model, op.mode):
@@ -330,8 +334,7 @@ def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[
 
 
 def _noise(mean_grad: torch.Tensor, sq: list[float], sizes: list[int]) -> tuple[float | None, float | None, float]:
-    """(minibatch gradient norm, noise ratio tr(Σ)/B / ||G||², ||G||² estimate) from per-batch
-    squared norms: E||g_B||² = ||G||² + tr(Σ)/B and ||ḡ_N||² = ||G||² + tr(Σ)/N."""
+    """(minibatch gradient norm, noise ratio tr(Σ)/B / ||G||², ||G||² estimate) from per-batch squared norms: E||g_B||² = ||G||² + tr(Σ)/B and ||ḡ_N||² = ||G||² + tr(Σ)/N."""
     gbar = float(mean_grad @ mean_grad)
     if len(sq) < 2:
         return None, None, gbar
@@ -353,8 +356,10 @@ def _flat_set(params: list[torch.Tensor], vector: torch.Tensor) -> None:
 
 def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, grad: torch.Tensor,
                 batches: list) -> dict[str, float | torch.Tensor | None]:
-    """One step of the optimizer itself with the full-data gradient, then undone: the step Δ, the
-    loss change against gᵀΔ, the gradient's cosine before/after, and the weight-decay part."""
+    """One step of the optimizer itself with the full-data gradient, then undone.
+
+    The step Δ, the loss change against gᵀΔ, the gradient's cosine before/after, and the
+    weight-decay part."""
     theta = op.parameter_vector().to(torch.float64)
     pieces = torch.split(grad, op.numels)
     known = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -398,12 +403,12 @@ def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, gra
 
 
 def contraction(a: np.ndarray, momentum: float = 0.0) -> np.ndarray:
-    """Per step, the factor by which gradient descent with step-scaled curvature ``a`` (lr·λ) and
-    heavy-ball momentum shrinks the error along an eigenvector of the quadratic model: the larger
-    root modulus of z² - (1 + μ - a) z + μ (|1 - a| without momentum). Below 1 while
-    0 < a < 2 + 2μ; slow directions get ~1 - a/(1 - μ) (momentum's gain), stiff ones sqrt(μ).
+    """Per step, the factor by which gradient descent with step-scaled curvature ``a`` (lr·λ) and heavy-ball momentum shrinks the error along an eigenvector of the quadratic model: the larger root modulus of z² - (1 + μ - a) z + μ (|1 - a| without momentum).
 
-    Example:
+    Below 1 while 0 < a < 2 + 2μ; slow directions get ~1 - a/(1 - μ) (momentum's gain), stiff ones
+    sqrt(μ).
+
+    Examples:
         >>> float(contraction(np.array([0.5]))[0]), float(contraction(np.array([3.0]), 0.9)[0]) < 1
         (0.5, True)
     """
@@ -417,7 +422,8 @@ def contraction(a: np.ndarray, momentum: float = 0.0) -> np.ndarray:
 
 def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: float, n_steps: int
                        ) -> tuple[float, float, float, float]:
-    """Lanczos from the preconditioned gradient g̃ = D^½ g on Ã = D^½ H D^½ (unit step):
+    """Lanczos from the preconditioned gradient g̃ = D^½ g on Ã = D^½ H D^½ (unit step).
+
     (S_g = g̃ᵀÃg̃/|g̃|², reducible ½ Σ c_j²/a_j over a_j > 0, half-life in steps, negative mass)."""
     d = steps.scale if steps.scale is not None else torch.full_like(grad, steps.lr)
     pre = Preconditioned(op, d.to(grad.device))
@@ -459,9 +465,10 @@ def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: floa
 
 
 def _dead_units(op: Any, grad: torch.Tensor, blocks: list) -> tuple[dict[str, tuple[int, int]], dict[str, list[int]]]:
-    """Per weight layer: (output units, units whose every incoming weight and bias has an exactly
-    zero full-data gradient although the weights are not all zero): ReLUs that never fire. Also
-    the dead rows by weight name (normalization layers' channels included, for re-initializing)."""
+    """Per weight layer: (output units, units whose every incoming weight and bias has an exactly zero full-data gradient although the weights are not all zero): ReLUs that never fire.
+
+    Also the dead rows by weight name (normalization layers' channels included, for
+    re-initializing)."""
     params = dict(zip(op.names, op.params))
     offsets, pos = {}, 0
     for name, numel in zip(op.names, op.numels):
@@ -498,8 +505,7 @@ def _dead_units(op: Any, grad: torch.Tensor, blocks: list) -> tuple[dict[str, tu
 
 @torch.no_grad()
 def batches_loss(model: nn.Module, loss_fn: Any, batches: list, mode: str) -> float:
-    """The mean loss over ``batches`` in ``mode`` (dropout off), the model's modes, buffers and
-    the RNG restored."""
+    """The mean loss over ``batches`` in ``mode`` (dropout off), the model's modes, buffers and the RNG restored."""
     device = next(model.parameters()).device
     with preserved_model(model), dropout_off(model):
         model.train(mode == "train")
@@ -508,9 +514,11 @@ def batches_loss(model: nn.Module, loss_fn: Any, batches: list, mode: str) -> fl
 
 def escape_step(model: nn.Module, loss_fn: Any, batches: list, mode: str, names: tuple[str, ...],
                 direction: torch.Tensor, eigenvalue: float, loss: float) -> tuple[dict[str, torch.Tensor], float]:
-    """A line search along ±``direction`` (flat over ``names``): the step (signed) that lowers the
-    loss on ``batches`` most among geometric trial lengths around the quadratic model's scale
-    sqrt(2 |L| / |λ|). Returns the direction by parameter name and the step."""
+    """A line search along ±``direction`` (flat over ``names``).
+
+    The step (signed) that lowers the loss on ``batches`` most among geometric trial lengths around
+    the quadratic model's scale sqrt(2 |L| / |λ|). Returns the direction by parameter name and the
+    step."""
     params = dict(model.named_parameters())
     sizes = [params[n].numel() for n in names]
     pieces = {n: piece.reshape(params[n].shape) for n, piece in zip(names, torch.split(direction, sizes))}
@@ -558,8 +566,10 @@ MAX_WIDENING = 8
 
 
 def widened_trend(losses: np.ndarray, window: int) -> LossTrend:
-    """The trend over ``window`` steps, or over 2x, 4x, ... (up to ``MAX_WIDENING`` x, as far as
-    the history reaches) while minibatch noise leaves the stall test open."""
+    """The trend over ``window`` steps, or over 2x, 4x, ...
+
+    (up to ``MAX_WIDENING`` x, as far as the history reaches) while minibatch noise leaves the stall
+    test open."""
     trend = loss_trend(losses, window)
     k = 2
     while trend.stalled is None and trend.nonfinite == 0 and k <= MAX_WIDENING and k * window <= losses.size:
@@ -577,9 +587,12 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
     """Measure everything the decision rules read (see the module docstring).
 
     Args:
-        model, loss_fn, data: the model where training stands, its loss and its training data.
+        model: the model where training stands.
+        loss_fn: its loss.
+        data: its training data.
         history: the recent per-step signals (:func:`lossdoctor.doctor.trend.read_history`).
-        optimizer, lr: the optimizer that produced the history (or the plain-SGD lr).
+        optimizer: the optimizer that produced the history.
+        lr: the plain-SGD lr, when no optimizer is given (or an override).
         window: steps of history the trend is read from.
         mode: ``"auto"`` (the model's own: train mode if ``model.training``; BatchNorm on batch
             statistics, dropout switched off so the loss is deterministic), ``"train"`` or ``"eval"``.
@@ -589,6 +602,7 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
             those (None: all of them).
         batch: the training batch size, for the gradient noise when ``data`` is one pair.
         budget: Hessian-vector products the curvature measurements may use.
+        seed: the seed of the random vectors (Lanczos starts, probes).
         progress: called as ``progress(products done, budget)``.
     """
     started = time.perf_counter()

@@ -1,5 +1,7 @@
-"""A one-line training monitor: cheap signals as it trains, the stall doctor when the loss stops
-going down, and (opt-in) the doctor's verified prescription applied.
+"""A one-line training monitor.
+
+Cheap signals as it trains, the stall doctor when the loss stops going down, and (opt-in) the
+doctor's verified prescription applied.
 
     monitor = lossdoctor.Monitor(model, loss_fn, train_data)
     for inputs, targets in loader:
@@ -98,8 +100,7 @@ MAX_STALL_WINDOWS = 8
 
 
 def _check_first_batch(model: nn.Module, loss_fn: Callable, batch: tuple) -> None:
-    """The loss on the first batch, computed once when the monitor is built, so a wrong loss or
-    wrong data fail now with a clear message, not thousands of steps later in the doctor."""
+    """The loss on the first batch, computed once when the monitor is built, so a wrong loss or wrong data fail now with a clear message, not thousands of steps later in the doctor."""
     with preserved_model(model):
         x, y = place(batch[0], batch[1], model_device(list(model.parameters())))
         _, loss = forward(model, loss_fn, x, y, 0)
@@ -115,9 +116,37 @@ def _check_first_batch(model: nn.Module, loss_fn: Callable, batch: tuple) -> Non
 
 @dataclass(frozen=True)
 class MonitorRecord(ResultMixin):
-    """What the monitor saw, one entry per ``monitor.step``; ``sharpness`` holds ``(step, λ_max
-    estimate)`` pairs. ``grad_norms``, ``update_norms`` and ``grad_cosines`` are NaN on steps the
-    signals were not taken (see ``Monitor(signals_every=...)``)."""
+    """What the monitor saw, one entry per ``monitor.step`` (:attr:`Monitor.record`).
+
+    Attributes:
+        steps: the step numbers (1-based).
+        losses: the training loss of each step.
+        grad_norms: the gradient norm (NaN on steps the signals were not taken, see
+            ``Monitor(signals_every=...)``).
+        update_norms: the size of the update (NaN likewise).
+        grad_cosines: the cosine between successive gradients (NaN likewise).
+        lrs: the optimizer's lr at each step (``None`` without an optimizer or lr).
+        sharpness: ``(step, λ_max estimate)`` pairs.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
+        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, doctor_share=None)
+        >>> for _ in range(60):
+        ...     opt.zero_grad()
+        ...     loss = F.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     opt.step()
+        ...     _ = monitor.step(loss, opt)
+        >>> record = monitor.record
+        >>> len(record.losses), round(record.losses[-1], 4)
+        (60, 1.0146)
+    """
 
     steps: list[int]
     losses: list[float]
@@ -128,6 +157,14 @@ class MonitorRecord(ResultMixin):
     sharpness: list[tuple[int, float]]
 
     def window(self, n: int) -> dict[str, list[float]]:
+        """The last ``n`` steps, as :func:`lossdoctor.diagnose` reads a history.
+
+        Args:
+            n: how many steps.
+
+        Returns:
+            ``{"losses": ..., "grad_norms": ..., "grad_cosines": ...}`` over the last ``n`` steps.
+        """
         return {"losses": self.losses[-n:], "grad_norms": self.grad_norms[-n:],
                 "grad_cosines": self.grad_cosines[-n:]}
 
@@ -142,7 +179,29 @@ class MonitorRecord(ResultMixin):
 
 @dataclass(frozen=True)
 class MonitorAction(ResultMixin):
-    """What ``treat=True`` did at a step: the prescription applied, or an undo."""
+    """What ``Monitor(treat=True)`` did at a step: the prescription applied, kept, or undone.
+
+    Attributes:
+        step: the training step.
+        kind: ``"applied"``, ``"kept"`` (one window later the loss was better) or ``"undone"``
+            (it was worse).
+        prescription: the prescription.
+        loss_before: the loss (median of the window) before it was applied.
+        loss_after: the loss one window later (``"kept"`` and ``"undone"``).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
+        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
+        >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
+        >>> [(a.step, a.kind) for a in run.actions]
+        [(40, 'applied'), (80, 'kept')]
+    """
 
     step: int
     kind: str  # "applied" | "undone" | "kept"
@@ -156,16 +215,23 @@ class MonitorAction(ResultMixin):
 
 
 class Monitor:
-    """Watches a training loop; see the module docstring.
+    """Watches a training loop: cheap signals every step, the doctor when the loss stalls.
+
+    Call :meth:`step` after every ``optimizer.step()``; see the module docstring for the
+    cadence, the doctor's cost cap and what ``treat=True`` does.
 
     Args:
-        model, loss_fn, data: the model being trained, its loss, and the training data (or a fixed
-            part of it) the doctor measures and runs its trials on.
+        model: the model being trained.
+        loss_fn: its loss, ``loss_fn(model(inputs), targets)``.
+        data: the training data (or a fixed part of it) the doctor measures and runs its trials
+            on.
         window: recent steps a stall is judged on.
         check_every: look for a stall every this many steps (default ``window // 2``).
         signals_every: take the gradient norm, cosine and update size on a pair of steps every
             this many steps (1: every step).
-        sharpness_every, sharpness_samples, sharpness_iters: the running λ_max estimate.
+        sharpness_every: steps between running λ_max estimates (0: never).
+        sharpness_samples: samples the λ_max estimate uses.
+        sharpness_iters: warm-started power iterations per estimate.
         doctor_share: the doctor's cost cap, a share of the training steps so far (in
             training-step equivalents; deterministic). ``None``: no cap.
         diagnose_samples: the doctor measures on the first this many samples of ``data``.
@@ -178,6 +244,34 @@ class Monitor:
             finite, for the doctor's "restore" prescription (default: ``window`` with ``treat``,
             else never).
         diagnose_kwargs: passed on to :func:`lossdoctor.diagnose`.
+
+    Attributes:
+        diagnoses: every diagnosis made, oldest first.
+        actions: what ``treat=True`` did (:class:`MonitorAction`).
+
+    Raises:
+        ValueError: a bad option.
+        TypeError: an argument of the wrong type.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
+        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, doctor_share=None)
+        >>> for _ in range(60):
+        ...     opt.zero_grad()
+        ...     loss = F.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     opt.step()
+        ...     _ = monitor.step(loss, opt)
+        >>> monitor.steps, monitor.last_diagnosis.step, monitor.last_diagnosis.cause
+        (60, 40, 'lr_too_small')
+        >>> opt.param_groups[0]["lr"]  # treat=False: training is left exactly as it was
+        0.0001
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable, data: Any, *, window: int = WINDOW,
@@ -253,26 +347,62 @@ class Monitor:
     # -- the record ----------------------------------------------------------------------------
     @property
     def record(self) -> MonitorRecord:
+        """A copy of what was recorded so far."""
         return MonitorRecord(steps=list(self._steps), losses=list(self._losses), grad_norms=list(self._grad_norms),
                              update_norms=list(self._update_norms), grad_cosines=list(self._cosines),
                              lrs=list(self._lrs), sharpness=list(self._sharpness))
 
     @property
     def last_diagnosis(self) -> Diagnosis | None:
+        """The latest diagnosis, or ``None``."""
         return self.diagnoses[-1] if self.diagnoses else None
 
     @property
     def steps(self) -> int:
+        """Steps recorded so far."""
         return self._count
 
     @property
     def last_loss(self) -> float:
+        """The latest step's loss (NaN before the first step)."""
         return self._losses[-1] if self._losses else math.nan
 
     # -- one training step ---------------------------------------------------------------------
     def step(self, loss: Any, optimizer: torch.optim.Optimizer | None = None) -> Diagnosis | None:
-        """Record one step (call it after ``optimizer.step()``); returns a new diagnosis if this
-        step triggered one, else None."""
+        """Record one step: call it after ``optimizer.step()``.
+
+        Args:
+            loss: the step's training loss (a scalar tensor or a float).
+            optimizer: the optimizer (for the lr, the signals, the doctor and ``treat``).
+
+        Returns:
+            A new :class:`Diagnosis` if this step triggered one, else ``None``.
+
+        Raises:
+            ValueError: ``loss`` is not a scalar.
+            TypeError: ``loss`` or ``optimizer`` of the wrong type.
+
+        Examples:
+            >>> import torch, lossdoctor as ld
+            >>> from torch.nn import functional as F
+            >>> _ = torch.manual_seed(0)
+            >>> x = torch.randn(64, 3)
+            >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+            >>> model = torch.nn.Linear(3, 1)
+            >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
+            >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, doctor_share=None)
+            >>> found = []
+            >>> for _ in range(60):
+            ...     opt.zero_grad()
+            ...     loss = F.mse_loss(model(x), y)
+            ...     loss.backward()
+            ...     opt.step()
+            ...     diagnosis = monitor.step(loss, opt)
+            ...     if diagnosis is not None:
+            ...         found.append((monitor.steps, diagnosis.cause))
+            >>> found
+            [(40, 'lr_too_small')]
+        """
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 raise ValueError(f"monitor.step expects the scalar training loss, got shape {tuple(loss.shape)}.")
@@ -342,9 +472,7 @@ class Monitor:
 
     # -- stalls --------------------------------------------------------------------------------
     def _stall_window(self) -> int | None:
-        """The number of recent steps over which the loss has stalled, or None when it has not
-        (NaN/Inf, a growing loss or flipping gradients on the base window; a flat loss beyond
-        doubt from the noise, widening a window the noise leaves open up to 8x)."""
+        """The number of recent steps over which the loss has stalled, or None when it has not (NaN/Inf, a growing loss or flipping gradients on the base window; a flat loss beyond doubt from the noise, widening a window the noise leaves open up to 8x)."""
         losses = self._losses
         recent = np.asarray(losses[-self.window:], dtype=np.float64)
         if not np.all(np.isfinite(recent)):
@@ -372,8 +500,10 @@ class Monitor:
         return int(max(0.0, bank - fixed) // (HVP_COST * self._curvature_batches))
 
     def _charge(self, d: Diagnosis) -> None:
-        """What a diagnosis cost, in training-step equivalents: a pass over a batch is a step, a
-        Hessian-vector product over a batch 2.5 steps, each trial step a step."""
+        """What a diagnosis cost, in training-step equivalents.
+
+        a pass over a batch is a step, a Hessian-vector product over a batch 2.5 steps, each trial
+        step a step."""
         self.doctor_cost += len(self._doctor_data) * (1 + d.cost.get("gradients", 0))
         self.doctor_cost += HVP_COST * self._curvature_batches * d.cost.get("hvps", 0)
         self.doctor_cost += d.cost.get("trial_steps", 0)
@@ -426,8 +556,7 @@ class Monitor:
 
     # -- treatment -------------------------------------------------------------------------------
     def _treat(self, d: Diagnosis, optimizer: torch.optim.Optimizer) -> None:
-        """Apply the best verified prescription that changes things in place (an optimizer switch
-        needs your loop to use the new optimizer: it is logged as advice, not applied)."""
+        """Apply the best verified prescription that changes things in place (an optimizer switch needs your loop to use the new optimizer: it is logged as advice, not applied)."""
         if self._probation is not None:
             return
         chosen = next((p for p in d.prescriptions if p.trial is not None and p.trial.better and p.applicable
@@ -466,7 +595,30 @@ class Monitor:
 
 @dataclass(frozen=True)
 class MonitoredRun(ResultMixin):
-    """A training run with the Monitor attached: what it recorded, every diagnosis, every action."""
+    """A training run with the Monitor attached: what it recorded, every diagnosis, every action.
+
+    Returned by :func:`train_monitored`.
+
+    Attributes:
+        steps: optimizer steps trained.
+        final_loss: the last step's training loss.
+        record: what the monitor recorded (not in ``to_dict``).
+        diagnoses: every diagnosis.
+        actions: what ``treat=True`` did.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
+        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
+        >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
+        >>> run.steps, [(d.step, d.cause) for d in run.diagnoses], run.final_loss < 1e-6
+        (80, [(40, 'lr_too_small')], True)
+    """
 
     steps: int
     final_loss: float
@@ -486,9 +638,40 @@ class MonitoredRun(ResultMixin):
 
 def train_monitored(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer, *,
                     steps: int, monitor: Monitor | None = None, progress: Any = None) -> MonitoredRun:
-    """Train ``model`` in place for ``steps`` optimizer steps, cycling over the batches of
-    ``data``, with ``monitor`` (default: a new :class:`Monitor` on ``data``) attached. Stops early
-    when the loss is NaN/Inf (after the monitor has diagnosed it)."""
+    """Train ``model`` in place for ``steps`` optimizer steps with a :class:`Monitor` attached.
+
+    Cycles over the batches of ``data``; stops early when the loss is NaN/Inf (after the
+    monitor has diagnosed it).
+
+    Args:
+        model: the model to train (in place, in train mode).
+        loss_fn: its loss, ``loss_fn(model(inputs), targets)``.
+        data: a DataLoader or a list of batches.
+        optimizer: the optimizer.
+        steps: optimizer steps to train.
+        monitor: the monitor (default: a new :class:`Monitor` on ``data``).
+        progress: called as ``progress(done, steps)``, or ``None``.
+
+    Returns:
+        What the monitor recorded, every diagnosis and every action.
+
+    Raises:
+        TypeError: ``monitor`` is not a :class:`Monitor`, or a bad optimizer.
+        ValueError: ``steps`` below 1.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 3)
+        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        >>> model = torch.nn.Linear(3, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
+        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
+        >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
+        >>> [str(a) for a in run.actions][0]  # the doctor's verified prescription, applied
+        'step 40: applied: set the learning rate to 0.374 (3.74e+03x the current lr) (loss 1.0277)'
+    """
     steps = check_int(steps, "steps", minimum=1)
     check_optimizer(optimizer)
     if monitor is not None and not isinstance(monitor, Monitor):

@@ -17,7 +17,7 @@ needs no change (``attached_scheduler(optimizer)`` returns it). Actions that nee
 (another loss, another batch size, a normalization layer) have ``applicable=False``, say exactly
 what to change, and ``apply`` raises :class:`NeedsCodeChange`.
 
-Example:
+Examples:
     >>> import torch
     >>> w = torch.nn.Parameter(torch.ones(2))
     >>> opt = torch.optim.SGD([w], lr=1.0)
@@ -45,19 +45,48 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch
 
 
 class NeedsCodeChange(ValueError):
-    """Raised by :meth:`Prescription.apply` for a prescription that changes the user's code
-    (the loss, the batch size, the architecture): its text says what to change."""
+    """Raised by :meth:`Prescription.apply` for a prescription that changes the user's code.
+
+    Such a prescription changes the loss, the batch size or the architecture: its text says
+    what to change. A ``ValueError``.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> model = torch.nn.Linear(2, 1)
+        >>> rx = ld.Prescription(text="use cross-entropy", action={"loss": "cross_entropy"}, applicable=False)
+        >>> try:
+        ...     rx.apply(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        ... except ld.NeedsCodeChange as err:
+        ...     print(err)
+        this prescription changes your code, not the model or optimizer: use cross-entropy
+    """
 
 
 @dataclass(frozen=True)
 class Trial(ResultMixin):
-    """What a prescription did in its trial: ``steps`` training steps from an exact snapshot, on
-    the same batches as the control branch that continued unchanged.
+    """What a prescription did in its trial, against continuing unchanged.
 
-    ``loss`` and ``control_loss`` are the losses after the trial on the evaluation data (mean of
-    the last checkpoints); ``gain`` = control_loss - loss (positive: better than unchanged) and
-    ``relative_gain`` = gain / control_loss. ``curve`` and ``control_curve`` are the per-step
-    training losses. ``better`` says the gain exceeded the control's own fluctuation.
+    ``steps`` training steps from an exact snapshot, on the same batches as the control branch
+    that continued unchanged.
+
+    Attributes:
+        steps: training steps of the trial.
+        loss_before: the loss at the snapshot.
+        loss: the loss after the trial on the evaluation data (mean of the last checkpoints).
+        control_loss: the same for the control branch.
+        gain: ``control_loss - loss`` (positive: better than unchanged).
+        relative_gain: ``gain / control_loss``.
+        better: the gain exceeded the control's own fluctuation.
+        finite: the trial's loss stayed finite.
+        curve: the trial's per-step training losses.
+        control_curve: the control's.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> t = ld.Trial(steps=60, loss_before=1.0, loss=0.5, control_loss=0.8, gain=0.3,
+        ...              relative_gain=0.375, better=True, finite=True)
+        >>> print(t)
+        trial (60 steps): loss 0.5 vs 0.8 unchanged (37.5% lower)
     """
 
     steps: int
@@ -87,7 +116,29 @@ class Trial(ResultMixin):
 
 @dataclass(frozen=True)
 class Prescription(ResultMixin):
-    """One change to make: the text, the action, and (when tried) the measured trial."""
+    """One change to make: the text, the action, and (when tried) the measured trial.
+
+    The ``action`` keys are listed in the module docstring (``{"lr": 0.003}``,
+    ``{"optimizer": "Adam", "lr": 0.001}``, ``{"schedule": "cosine", "steps": 600}``, ...).
+
+    Attributes:
+        text: what a person reads.
+        action: machine-readable and JSON-safe; ``{}`` for no change.
+        trial: the measured :class:`Trial`, when it was tried.
+        applicable: ``False`` for a change to the user's code (:meth:`apply` raises
+            :class:`NeedsCodeChange`).
+        reason: which measurement it answers.
+        payload: tensors the action needs (an escape direction, a checkpoint); not in ``to_dict``.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> rx = ld.Prescription(text="switch to Adam with lr 0.001", action={"optimizer": "Adam", "lr": 1e-3})
+        >>> new = rx.apply(model, opt)
+        >>> type(new).__name__, new.param_groups[0]["lr"]
+        ('Adam', 0.001)
+    """
 
     text: str
     action: dict[str, Any]
@@ -100,6 +151,7 @@ class Prescription(ResultMixin):
 
     @property
     def no_change(self) -> bool:
+        """Whether the prescription is to change nothing (continue, or stop)."""
         return not self.action or self.action == {"stop": True}
 
     def __str__(self) -> str:
@@ -108,14 +160,35 @@ class Prescription(ResultMixin):
 
     def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
               scheduler: Any = None) -> torch.optim.Optimizer | None:
-        """Apply the action to ``model`` and ``optimizer`` in place; returns the optimizer to
-        continue training with (a new one for an optimizer switch).
+        """Apply the action to ``model`` and ``optimizer`` in place.
 
-        ``scheduler``: your own lr scheduler, if any; an lr change then rescales its base lrs
-        too, so its next step does not undo the change.
+        A schedule or gradient clipping is attached to the optimizer as a step hook, so the
+        training loop needs no change (:func:`attached_scheduler` returns the schedule).
+
+        Args:
+            model: the model being trained.
+            optimizer: its optimizer (``None`` only for actions on the model alone).
+            scheduler: your own lr scheduler, if any; an lr change then rescales its base lrs
+                too, so its next step does not undo the change.
+
+        Returns:
+            The optimizer to continue training with: the same one, or a new one for an
+            optimizer switch (over the same parameter groups with their lr ratios and weight
+            decay).
 
         Raises:
             NeedsCodeChange: the action changes your code (see ``text``).
+            ValueError: the action needs an optimizer (or a checkpoint) that was not given.
+            TypeError: ``model`` or ``optimizer`` of the wrong type.
+
+        Examples:
+            >>> import torch, lossdoctor as ld
+            >>> model = torch.nn.Linear(2, 1)
+            >>> opt = torch.optim.SGD(model.parameters(), lr=1.0)
+            >>> ld.Prescription(text="lower the lr to 0.1", action={"lr": 0.1}).apply(model, opt) is opt
+            True
+            >>> opt.param_groups[0]["lr"]
+            0.1
         """
         return apply_action(self.action, model, optimizer, payload=self.payload, scheduler=scheduler,
                             applicable=self.applicable, text=self.text)
@@ -157,7 +230,21 @@ def _hooks(optimizer: torch.optim.Optimizer) -> list:
 
 
 def detach_hooks(optimizer: torch.optim.Optimizer) -> None:
-    """Remove every step hook a prescription attached (schedules, clipping) from ``optimizer``."""
+    """Remove every step hook a prescription attached (schedules, clipping) from ``optimizer``.
+
+    Args:
+        optimizer: an optimizer a prescription was applied to.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from lossdoctor.doctor.prescriptions import detach_hooks
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> _ = ld.Prescription(text="cosine", action={"schedule": "cosine", "steps": 100}).apply(model, opt)
+        >>> detach_hooks(opt)
+        >>> ld.attached_scheduler(opt) is None
+        True
+    """
     for handle in getattr(optimizer, HOOKS_ATTR, []):
         handle.remove()
     if hasattr(optimizer, HOOKS_ATTR):
@@ -167,7 +254,23 @@ def detach_hooks(optimizer: torch.optim.Optimizer) -> None:
 
 
 def attached_scheduler(optimizer: torch.optim.Optimizer) -> Any:
-    """The lr scheduler a ``{"schedule": ...}`` prescription attached to ``optimizer`` (None if none)."""
+    """The lr scheduler a ``{"schedule": ...}`` prescription attached to ``optimizer``.
+
+    Args:
+        optimizer: the optimizer the prescription was applied to.
+
+    Returns:
+        The scheduler (stepped by a hook after every ``optimizer.step()``), or ``None``.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> model = torch.nn.Linear(2, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> rx = ld.Prescription(text="cosine decay over 100 steps", action={"schedule": "cosine", "steps": 100})
+        >>> _ = rx.apply(model, opt)
+        >>> type(ld.attached_scheduler(opt)).__name__
+        'CosineAnnealingLR'
+    """
     check_optimizer(optimizer)
     return getattr(optimizer, SCHEDULER_ATTR, None)
 
@@ -214,7 +317,32 @@ def _switch(optimizer: torch.optim.Optimizer | None, model: nn.Module, name: str
 def apply_action(action: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer | None, *,
                  payload: Any = None, scheduler: Any = None, applicable: bool = True,
                  text: str = "") -> torch.optim.Optimizer | None:
-    """Apply one action dict (see the module docstring); returns the optimizer to continue with."""
+    """Apply one action dict (see the module docstring): what :meth:`Prescription.apply` does.
+
+    Args:
+        action: the action (``{"lr": 0.01}``, ...).
+        model: the model being trained.
+        optimizer: its optimizer, or ``None``.
+        payload: tensors the action needs.
+        scheduler: the user's own lr scheduler, if any.
+        applicable: ``False`` raises :class:`NeedsCodeChange`.
+        text: the prescription's text, for that error.
+
+    Returns:
+        The optimizer to continue with.
+
+    Raises:
+        NeedsCodeChange: ``applicable`` is ``False``.
+        ValueError: the action needs an optimizer or checkpoint that was not given.
+        TypeError: ``model`` or ``optimizer`` of the wrong type.
+
+    Examples:
+        >>> import torch
+        >>> from lossdoctor.doctor.prescriptions import apply_action
+        >>> model = torch.nn.Linear(2, 1)
+        >>> apply_action({"lr": 0.01}, model, torch.optim.SGD(model.parameters(), lr=0.1)).param_groups[0]["lr"]
+        0.01
+    """
     if not applicable:
         raise NeedsCodeChange(f"this prescription changes your code, not the model or optimizer: {text}")
     if not isinstance(model, nn.Module):
@@ -286,8 +414,7 @@ def _shift(model: nn.Module, direction: dict[str, torch.Tensor], step: float) ->
 
 
 def _perturb(model: nn.Module, scale: float, seed: int) -> None:
-    """Add Gaussian noise of std ``scale`` (relative to each parameter's RMS, or absolute for an
-    all-zero parameter) to every trainable parameter, from a local generator."""
+    """Add Gaussian noise of std ``scale`` (relative to each parameter's RMS, or absolute for an all-zero parameter) to every trainable parameter, from a local generator."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -301,8 +428,7 @@ def _perturb(model: nn.Module, scale: float, seed: int) -> None:
 
 
 def _reinitialize(model: nn.Module, seed: int) -> None:
-    """Every module's own ``reset_parameters()`` (torch's default initialization), drawn from a
-    seeded generator inside a saved-and-restored RNG state (the global RNG is left as it was)."""
+    """Every module's own ``reset_parameters()`` (torch's default initialization), drawn from a seeded generator inside a saved-and-restored RNG state (the global RNG is left as it was)."""
     devices = [p.device for p in model.parameters() if p.device.type == "cuda"]
     with torch.random.fork_rng(devices=sorted({d.index or 0 for d in devices})):
         torch.manual_seed(seed)
@@ -313,8 +439,7 @@ def _reinitialize(model: nn.Module, seed: int) -> None:
 
 
 def _reinit_units(model: nn.Module, units: dict[str, list[int]], seed: int) -> None:
-    """Re-draw the incoming weights (uniform, ±1/sqrt(fan_in), as torch's Linear/Conv default) and
-    zero the bias of each dead unit; ``units`` maps a weight's name to its dead rows."""
+    """Re-draw the incoming weights (uniform, ±1/sqrt(fan_in), as torch's Linear/Conv default) and zero the bias of each dead unit; ``units`` maps a weight's name to its dead rows."""
     if not units:
         return
     params = dict(model.named_parameters())

@@ -156,10 +156,9 @@ def nonfinite(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | Non
 
 
 def worsening(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """Getting worse: the full-data loss now ``JUMP`` times the recent training losses (beyond
-    their noise); or S at ``NEAR_UNSTABLE`` of its limit or more while the loss stands ``WORSE``
-    times the recent losses or the window's trend grows. The last few steps can blow up while the
-    medians of thirds still read a fall."""
+    """Getting worse: the full-data loss now ``JUMP`` times the recent training losses (beyond their noise); or S at ``NEAR_UNSTABLE`` of its limit or more while the loss stands ``WORSE`` times the recent losses or the window's trend grows.
+
+    The last few steps can blow up while the medians of thirds still read a fall."""
     jump = m.loss / max(abs(m.recent_loss), 1e-30) if m.loss is not None and m.loss_agrees is False else None
     if _holds(jump, ">", JUMP / slack) and _holds(m.trend.tail_ratio, ">", WORSE):
         # The loss just jumped, whatever the curvature says: the full-data loss is far above the
@@ -182,21 +181,21 @@ def _growing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None
 
 
 def adaptive_growth(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """With an adaptive optimizer a finite, growing loss is a bounce, not a divergence: its
-    normalized steps (about lr per coordinate) cannot run off the way SGD's do."""
+    """With an adaptive optimizer a finite, growing loss is a bounce, not a divergence.
+
+    Its normalized steps (about lr per coordinate) cannot run off the way SGD's do."""
     return _growing(m, slack) if m.adaptive else None
 
 
 def sgd_growth(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """A growing loss without an adaptive optimizer: diverging (past the stability limit and
-    worsening, or growing beyond the noise)."""
+    """A growing loss without an adaptive optimizer.
+
+    Diverging (past the stability limit and worsening, or growing beyond the noise)."""
     return None if m.adaptive else _growing(m, slack)
 
 
 def growing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """The loss grew by more than ``DIVERGE_GROWTH`` over the window, beyond its noise
-    (heavy-tailed noise included: the last third's lower quartile above the first third's upper
-    quartile)."""
+    """The loss grew by more than ``DIVERGE_GROWTH`` over the window, beyond its noise (heavy-tailed noise included: the last third's lower quartile above the first third's upper quartile)."""
     if _holds(m.trend.growth, ">", DIVERGE_GROWTH / slack ** 0.5) and _holds(m.trend.separated_growth, ">", 1.0):
         return (_ev("loss growth over the window", m.trend.growth, ">", DIVERGE_GROWTH),
                 _ev("last third's 25th percentile / first third's 75th", m.trend.separated_growth, ">", 1.0))
@@ -204,10 +203,11 @@ def growing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
 
 
 def bouncing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """The iterates bounce between the valley walls: S within 10% of its limit, the gradient
-    flips after one step (cosine < -0.5), and the loss follows less than a tenth of the
-    first-order prediction; called even while the loss still falls (up to 30% per window), as
-    the lecture's valley does."""
+    """The iterates bounce between the valley walls.
+
+    S within 10% of its limit, the gradient flips after one step (cosine < -0.5), and the loss
+    follows less than a tenth of the first-order prediction; called even while the loss still falls
+    (up to 30% per window), as the lecture's valley does."""
     stab, cos, eff = m.stability, m.probe_cosine, m.efficiency
     if (_holds(stab, ">=", BOUNCE_STABILITY / slack) and _holds(cos, "<", BOUNCE_COSINE / slack)
             and _holds(eff, "<", BOUNCE_EFFICIENCY * slack)
@@ -226,18 +226,21 @@ def progressing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | N
 
 
 def momentum_too_high(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """Heavy-ball momentum (SGD, RMSprop) of at least ``HIGH_MOMENTUM``: steps of lr/(1-μ) on
-    slow directions, 50x the lr and more, ring around the valley instead of settling."""
+    """Heavy-ball momentum (SGD, RMSprop) of at least ``HIGH_MOMENTUM``.
+
+    Steps of lr/(1-μ) on slow directions, 50x the lr and more, ring around the valley instead of
+    settling."""
     if m.optimizer in ("sgd", "rmsprop") and _holds(m.momentum, ">=", HIGH_MOMENTUM):
         return (_ev("momentum", m.momentum, ">=", HIGH_MOMENTUM),)
     return None
 
 
 def unstable(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """The step is too large for the curvature: S past its stability limit, or the optimizer's
-    own step from here (full-data gradient) realizes less than ``TRUST`` of the decrease its
-    first-order prediction promises (the trust-region ratio: the step is longer than the region
-    where the local model holds; below 0 it goes uphill)."""
+    """The step is too large for the curvature.
+
+    S past its stability limit, or the optimizer's own step from here (full-data gradient) realizes
+    less than ``TRUST`` of the decrease its first-order prediction promises (the trust-region ratio:
+    the step is longer than the region where the local model holds; below 0 it goes uphill)."""
     if _holds(m.stability, ">", UNSTABLE / slack):
         return (_ev("S / stability limit", m.stability, ">", UNSTABLE),)
     rho = m.trust_ratio
@@ -247,18 +250,17 @@ def unstable(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None
 
 
 def far_unstable(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """S at ``FAR_UNSTABLE`` times its limit or more: the sharpest direction's error grows every
-    step, so a loss that still falls does so along the other directions, on borrowed time."""
+    """S at ``FAR_UNSTABLE`` times its limit or more.
+
+    The sharpest direction's error grows every step, so a loss that still falls does so along the
+    other directions, on borrowed time."""
     if _holds(m.stability, ">", FAR_UNSTABLE / slack):
         return (_ev("S / stability limit", m.stability, ">", FAR_UNSTABLE),)
     return None
 
 
 def adaptive_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """With an adaptive optimizer, gradient noise at least ``NOISE_RATIO`` times the signal and
-    the loss following less than ``NOISE_EFFICIENCY`` of the prediction: the steps, normalized
-    per coordinate, keep their size (about lr) as the gradient sinks into the noise, so the loss
-    hovers at a level set by the lr: the lr is too high."""
+    """With an adaptive optimizer, gradient noise at least ``NOISE_RATIO`` times the signal and the loss following less than ``NOISE_EFFICIENCY`` of the prediction: the steps, normalized per coordinate, keep their size (about lr) as the gradient sinks into the noise, so the loss hovers at a level set by the lr: the lr is too high."""
     if not m.adaptive or not _flat_trend(m) or not _holds(m.stability, ">=", SMALL_STEP / slack):
         return None
     if _holds(m.noise_ratio, ">=", NOISE_RATIO / slack) and (
@@ -270,14 +272,12 @@ def adaptive_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] 
 
 
 def _flat_trend(m: Measurements) -> bool:
-    """The window's point estimate shows no fall beyond the stall threshold (a noise rule does
-    not fire on a trend the noise merely leaves open while it still points down)."""
+    """The window's point estimate shows no fall beyond the stall threshold (a noise rule does not fire on a trend the noise merely leaves open while it still points down)."""
     return m.trend.relative_drop < m.trend.threshold
 
 
 def dead_units(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """At least ``DEAD_SHARE`` of the hidden units, or ``DEAD_LAYER_SHARE`` of one layer's,
-    have an exactly zero gradient on every sample (ReLUs that never fire)."""
+    """At least ``DEAD_SHARE`` of the hidden units, or ``DEAD_LAYER_SHARE`` of one layer's, have an exactly zero gradient on every sample (ReLUs that never fire)."""
     share, worst = m.dead_fraction, m.worst_dead_layer
     if _holds(share, ">=", DEAD_SHARE / slack):
         return (_ev("share of dead hidden units", share, ">=", DEAD_SHARE),)
@@ -287,8 +287,7 @@ def dead_units(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | No
 
 
 def dead_units_strong(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """So many dead units (``DEAD_STRONG`` of the hidden units, or ``DEAD_LAYER_STRONG`` of one
-    layer) that the network is broken even while its loss still falls."""
+    """So many dead units (``DEAD_STRONG`` of the hidden units, or ``DEAD_LAYER_STRONG`` of one layer) that the network is broken even while its loss still falls."""
     share, worst = m.dead_fraction, m.worst_dead_layer
     if _holds(share, ">=", DEAD_STRONG / slack):
         return (_ev("share of dead hidden units", share, ">=", DEAD_STRONG),)
@@ -298,9 +297,7 @@ def dead_units_strong(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ..
 
 
 def adaptive_bounce(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """An adaptive optimizer at S beyond half its limit whose steps the loss follows less than
-    ``ADAPTIVE_EFFICIENCY`` of the way, falling less than ``BOUNCE_MAX_DROP`` per window: the lr is
-    too high even while the loss still inches down."""
+    """An adaptive optimizer at S beyond half its limit whose steps the loss follows less than ``ADAPTIVE_EFFICIENCY`` of the way, falling less than ``BOUNCE_MAX_DROP`` per window: the lr is too high even while the loss still inches down."""
     if not m.adaptive:
         return None
     if (_holds(m.stability, ">=", 0.5 / slack) and _holds(m.efficiency, "<", ADAPTIVE_EFFICIENCY * slack)
@@ -311,10 +308,11 @@ def adaptive_bounce(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...]
 
 
 def slow_valley(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """The lecture's valley while the loss still falls: S at least half its limit (the lr cannot
-    grow), the gradient's direction ``VALLEY_CONDITION`` times flatter than the sharpest one, the
-    quadratic model needing over ``VALLEY_STEPS`` steps to halve, and the loss falling less than
-    ``VALLEY_DROP`` per window."""
+    """The lecture's valley while the loss still falls.
+
+    S at least half its limit (the lr cannot grow), the gradient's direction ``VALLEY_CONDITION``
+    times flatter than the sharpest one, the quadratic model needing over ``VALLEY_STEPS`` steps to
+    halve, and the loss falling less than ``VALLEY_DROP`` per window."""
     if _at_critical_scale(m) or _holds(m.stability, ">", UNSTABLE):
         return None
     if (_holds(m.stability, ">=", 0.5 / slack) and _holds(m.condition, ">=", VALLEY_CONDITION / slack)
@@ -326,14 +324,18 @@ def slow_valley(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | N
 
 
 def _at_critical_scale(m: Measurements) -> bool:
-    """The gradient is below ``CRITICAL_GRADIENT`` of its scale: whatever holds the loss up here,
-    it is not a step size (the critical-point rules speak for such points)."""
+    """The gradient is below ``CRITICAL_GRADIENT`` of its scale.
+
+    Whatever holds the loss up here, it is not a step size (the critical-point rules speak for such
+    points)."""
     return _holds(m.relative_grad, "<", CRITICAL_GRADIENT)
 
 
 def _reach(m: Measurements) -> float | None:
-    """sqrt(2 L / λ_max) / max(||θ||, 1): how far a bowl of the top curvature holding the loss
-    reaches, against the parameters' scale (infinite where the curvature is zero)."""
+    """sqrt(2 L / λ_max) / max(||θ||, 1).
+
+    How far a bowl of the top curvature holding the loss reaches, against the parameters' scale
+    (infinite where the curvature is zero)."""
     if m.loss is None or m.lambda_max is None or not m.loss > 0:
         return None
     if m.lambda_max < 0:
@@ -344,9 +346,7 @@ def _reach(m: Measurements) -> float | None:
 
 
 def settled(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """Stalled where the local quadratic model has nothing left to lose (½ gᵀH⁺g below ``SETTLED``
-    of the loss) and no direction clearly curves down: a minimum, even where the optimizer still
-    rattles around it (Adam at its edge of stability, a noisy gradient)."""
+    """Stalled where the local quadratic model has nothing left to lose (½ gᵀH⁺g below ``SETTLED`` of the loss) and no direction clearly curves down: a minimum, even where the optimizer still rattles around it (Adam at its edge of stability, a noisy gradient)."""
     if m.trend.stalled is not True or m.reducible is None or m.loss is None or m.lambda_max is None:
         return None
     if not m.lambda_max > 1e-7 * max(abs(m.loss), 1e-12):
@@ -364,10 +364,7 @@ FLAT_DIRECTION = 1e-5  # |λ_min| / λ_max below this: a direction with no curva
 
 
 def flat_small_weights(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """Stalled at a critical point of small weights (norm below ``NEAR_SADDLE_WEIGHTS``) where
-    some direction has no curvature at all (|λ_min| below ``FLAT_DIRECTION`` of λ_max): the
-    higher-order saddle around a tiny initialization, whose way down is cubic or higher, not a
-    minimum (a minimum of small weights curves up in every direction)."""
+    """Stalled at a critical point of small weights (norm below ``NEAR_SADDLE_WEIGHTS``) where some direction has no curvature at all (|λ_min| below ``FLAT_DIRECTION`` of λ_max): the higher-order saddle around a tiny initialization, whose way down is cubic or higher, not a minimum (a minimum of small weights curves up in every direction)."""
     if m.trend.stalled is not True or m.lambda_min is None or m.lambda_max is None or not m.lambda_max > 0:
         return None
     if not _holds(m.param_norm, "<", NEAR_SADDLE_WEIGHTS) or (m.param_norm or 0.0) <= NONZERO_WEIGHTS:
@@ -381,9 +378,7 @@ def flat_small_weights(m: Measurements, slack: float = 1.0) -> tuple[Evidence, .
 
 
 def far_flat(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """The curvature is orders of magnitude too small for the loss (reach above ``FAR_REACH``) at
-    a point whose weights are not all zero: saturated units or outputs, flat to rounding, where a
-    tiny negative Ritz value is no saddle."""
+    """The curvature is orders of magnitude too small for the loss (reach above ``FAR_REACH``) at a point whose weights are not all zero: saturated units or outputs, flat to rounding, where a tiny negative Ritz value is no saddle."""
     reach = _reach(m)
     if _holds(m.stability, ">", UNSTABLE):
         return None  # steps past their limit: the instability, not the flatness, is the story
@@ -393,9 +388,7 @@ def far_flat(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None
 
 
 def weight_decay(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """The weight-decay part of the optimizer's step is at least ``DECAY_SHARE`` of the gradient
-    part and points against it (cosine <= ``DECAY_ALIGNMENT``): decay pulls back what the
-    gradient gains."""
+    """The weight-decay part of the optimizer's step is at least ``DECAY_SHARE`` of the gradient part and points against it (cosine <= ``DECAY_ALIGNMENT``): decay pulls back what the gradient gains."""
     if _holds(m.decay_share, ">=", DECAY_SHARE / slack) and _holds(m.decay_alignment, "<=", DECAY_ALIGNMENT / slack):
         return (_ev("weight-decay step / gradient step", m.decay_share, ">=", DECAY_SHARE),
                 _ev("cosine between them", m.decay_alignment, "<=", DECAY_ALIGNMENT))
@@ -403,8 +396,7 @@ def weight_decay(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | 
 
 
 def vanishing_gradients(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """Some hidden layer's gradient/weight ratio is below ``VANISHING`` of the output layer's,
-    with a non-adaptive optimizer (an adaptive one rescales each coordinate's step)."""
+    """Some hidden layer's gradient/weight ratio is below ``VANISHING`` of the output layer's, with a non-adaptive optimizer (an adaptive one rescales each coordinate's step)."""
     if m.adaptive:
         return None
     ratio = m.depth_gradient_ratio
@@ -414,9 +406,7 @@ def vanishing_gradients(m: Measurements, slack: float = 1.0) -> tuple[Evidence, 
 
 
 def _critical(m: Measurements, slack: float) -> Evidence | None:
-    """The gradient is ~0 on the problem's own scale and the local quadratic model has (next to)
-    nothing left to lose: ½ gᵀH⁺g below ``CRITICAL_REDUCIBLE`` of the loss (an ill-conditioned
-    valley has a small gradient too, but much loss left along its floor)."""
+    """The gradient is ~0 on the problem's own scale and the local quadratic model has (next to) nothing left to lose: ½ gᵀH⁺g below ``CRITICAL_REDUCIBLE`` of the loss (an ill-conditioned valley has a small gradient too, but much loss left along its floor)."""
     rel = m.relative_grad
     reducible = None if m.reducible is None or m.loss is None else m.reducible / max(abs(m.loss), 1e-12)
     # A gradient far below its scale (a tenth of the threshold) may leave ten times as much: the
@@ -431,8 +421,7 @@ def _critical(m: Measurements, slack: float) -> Evidence | None:
 
 
 def saddle_point(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """A critical point (gradient below ``CRITICAL_GRADIENT`` of its scale) where the smallest
-    Hessian eigenvalue is negative beyond ``NEGATIVE_CURVATURE`` of λ_max."""
+    """A critical point (gradient below ``CRITICAL_GRADIENT`` of its scale) where the smallest Hessian eigenvalue is negative beyond ``NEGATIVE_CURVATURE`` of λ_max."""
     if m.lambda_min is None or m.lambda_max is None or not m.lambda_min < 0:
         return None
     ref = max(abs(m.lambda_max), abs(m.lambda_min))
@@ -451,8 +440,7 @@ def saddle_point(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | 
 
 
 def degenerate(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """Gradient and Hessian both zero (λ_max <= 0 and |λ_min| <= 0 up to rounding) at a loss
-    above zero: a higher-order critical point."""
+    """Gradient and Hessian both zero (λ_max <= 0 and |λ_min| <= 0 up to rounding) at a loss above zero: a higher-order critical point."""
     if m.grad_norm is None or m.lambda_max is None or m.loss is None:
         return None
     scale = max(abs(m.loss), 1e-12)
@@ -470,10 +458,7 @@ def converged(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | Non
 
 
 def gradient_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """Minibatch gradient noise at least ``NOISE_RATIO`` times the full gradient's squared norm
-    (tr Σ / B over ||g||²) and the loss follows less than ``NOISE_EFFICIENCY`` of the first-order
-    prediction, with a step that is not tiny: stable steps bouncing on the noise (SGD's noise
-    floor)."""
+    """Minibatch gradient noise at least ``NOISE_RATIO`` times the full gradient's squared norm (tr Σ / B over ||g||²) and the loss follows less than ``NOISE_EFFICIENCY`` of the first-order prediction, with a step that is not tiny: stable steps bouncing on the noise (SGD's noise floor)."""
     if m.adaptive or not _flat_trend(m):
         return None
     if _holds(m.stability, ">=", SMALL_STEP) and _holds(m.noise_ratio, ">=", NOISE_RATIO / slack) and (
@@ -484,10 +469,12 @@ def gradient_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] 
 
 
 def flat_plateau(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """The surface is flat here: a bowl of curvature λ_max holding L would reach its floor
-    sqrt(2L/λ_max) away, farther than the parameters' own norm; or, with a step that is neither
-    tiny nor near the limit (S between ``SMALL_STEP`` and ``LR_HEADROOM`` of it), the gradient is
-    small for the loss and the curvature (||g|| / sqrt(2 |L| λ_max) below ``FLAT_GRADIENT``)."""
+    """The surface is flat here.
+
+    a bowl of curvature λ_max holding L would reach its floor sqrt(2L/λ_max) away, farther than the
+    parameters' own norm; or, with a step that is neither tiny nor near the limit (S between
+    ``SMALL_STEP`` and ``LR_HEADROOM`` of it), the gradient is small for the loss and the curvature
+    (||g|| / sqrt(2 |L| λ_max) below ``FLAT_GRADIENT``)."""
     reach = _reach(m)
     if reach is not None and _holds(reach, ">", FLAT_REACH / slack):
         return (_ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FLAT_REACH),)
@@ -499,17 +486,16 @@ def flat_plateau(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | 
 
 
 def lr_too_small(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """S below ``LR_HEADROOM`` of its limit with a gradient that is not small: the lr could grow
-    several-fold before the sharpest direction objects, and the loss would follow."""
+    """S below ``LR_HEADROOM`` of its limit with a gradient that is not small.
+
+    The lr could grow several-fold before the sharpest direction objects, and the loss would follow."""
     if _holds(m.stability, "<", LR_HEADROOM * slack) and not _at_critical_scale(m):
         return (_ev("S / stability limit", m.stability, "<", LR_HEADROOM),)
     return None
 
 
 def ill_conditioned(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
-    """S is within reach of its limit (so the lr cannot simply grow) and the quadratic model
-    needs more than ``SLOW`` steps to lose half of what it can: the loss crawls along flat
-    directions while the steep ones cap the lr."""
+    """S is within reach of its limit (so the lr cannot simply grow) and the quadratic model needs more than ``SLOW`` steps to lose half of what it can: the loss crawls along flat directions while the steep ones cap the lr."""
     if _holds(m.stability, ">=", LR_HEADROOM / slack) and _holds(m.half_life, ">", SLOW / slack):
         return (_ev("S / stability limit", m.stability, ">=", LR_HEADROOM),
                 _ev("steps to halve the reducible loss", m.half_life, ">", SLOW))
@@ -556,7 +542,7 @@ def decide(m: Measurements, previous: str | None = None) -> Decision:
     earlier in the order (diverging, progressing) now holds: a verdict changes only on new
     evidence, not on a measurement wobbling around a threshold.
 
-    Example:
+    Examples:
         >>> from lossdoctor.doctor.rules import CAUSES
         >>> "oscillation" in CAUSES and "progressing" in CAUSES
         True
@@ -592,11 +578,12 @@ SLOW_GAIN = 0.5  # ... and a remedy overturns "progressing" only if its trial ha
 
 
 def overturns_progress(relative_gains: list[float]) -> bool:
-    """Whether trials of a slow run's hypothesis justify changing a run that still falls: one
-    remedy ended at least ``SLOW_GAIN`` below continuing unchanged (a healthy run a higher lr would
-    merely speed up a little keeps "progressing").
+    """Whether trials of a slow run's hypothesis justify changing a run that still falls.
 
-    Example:
+    One remedy ended at least ``SLOW_GAIN`` below continuing unchanged (a healthy run a higher lr
+    would merely speed up a little keeps "progressing").
+
+    Examples:
         >>> overturns_progress([0.1, 0.6]), overturns_progress([0.2])
         (True, False)
     """
@@ -604,14 +591,15 @@ def overturns_progress(relative_gains: list[float]) -> bool:
 
 
 def slow_progress(m: Measurements, decision: Decision) -> Decision | None:
-    """A hypothesis for a loss that still falls, but slowly (less than ``SLOW_DROP`` per window):
-    the cause the rules after ``progressing`` name at their own thresholds, or None.
+    """A hypothesis for a loss that still falls, but slowly (less than ``SLOW_DROP`` per window).
+
+    The cause the rules after ``progressing`` name at their own thresholds, or None.
 
     It is only a hypothesis: :func:`lossdoctor.diagnose` tries its remedies and changes the verdict
     only when one beats continuing unchanged beyond the control's noise and by
     :func:`overturns_progress`'s margin (a run that is merely slow to converge keeps "progressing").
 
-    Example:
+    Examples:
         >>> slow_progress.__name__
         'slow_progress'
     """

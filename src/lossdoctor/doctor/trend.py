@@ -3,12 +3,12 @@
 Everything here reads a sequence of per-step training losses; nothing touches a model. The
 doctor (:func:`lossdoctor.diagnose`) and the :class:`lossdoctor.Monitor` share these rules.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from lossdoctor.doctor.trend import loss_trend
     >>> t = loss_trend(np.linspace(2.0, 1.0, 60))
     >>> t.stalled, round(t.relative_drop, 2)
-    (False, 0.49)
+    (False, 0.37)
 """
 
 from __future__ import annotations
@@ -38,7 +38,16 @@ DIVERGE_GROWTH = 1.5
 class StepHistory(ResultMixin):
     """Recent per-step signals, however they were given (list, dict, TrainHistory, Monitor record).
 
-    ``grad_norms`` and ``grad_cosines`` may hold NaN on steps where they were not taken.
+    Attributes:
+        losses: the per-step training losses, oldest first.
+        grad_norms: the gradient norms (NaN on steps where they were not taken), or ``None``.
+        grad_cosines: the cosines between successive gradients (NaN likewise), or ``None``.
+
+    Examples:
+        >>> from lossdoctor.doctor.trend import read_history
+        >>> h = read_history({"losses": [4.0, 3.0, 2.0, 1.5], "grad_norms": [2.0, 1.0, 0.5, 0.4]})
+        >>> h.losses.tolist(), h.grad_norms.tolist(), h.grad_cosines
+        ([4.0, 3.0, 2.0, 1.5], [2.0, 1.0, 0.5, 0.4], None)
     """
 
     losses: np.ndarray
@@ -48,7 +57,7 @@ class StepHistory(ResultMixin):
 
 @dataclass(frozen=True)
 class LossTrend(ResultMixin):
-    """The trend of the last ``window`` losses.
+    """The trend of the last ``window`` losses (:func:`loss_trend`).
 
     ``start``/``end`` are the medians of the window's first and last thirds (robust to minibatch
     noise); ``relative_drop`` = (start - end)/|start|; ``growth`` = end/start. ``noise`` is the
@@ -60,6 +69,27 @@ class LossTrend(ResultMixin):
     oscillation). ``nonfinite`` counts NaN/Inf losses in the window. ``separated_growth`` is the
     25th percentile of the last third over the 75th percentile of the first: above 1 only when
     the loss grew by more than its (possibly heavy-tailed) noise.
+
+    Attributes:
+        window: the steps read.
+        start: the median of the window's first third.
+        end: the median of its last third.
+        relative_drop: ``(start - end) / |start|``.
+        growth: ``end / start``.
+        drop_per_step: the loss drop per step between the thirds' centres.
+        noise: the standard deviation of one loss around the smooth trend.
+        drop_se: the standard error of ``relative_drop``.
+        threshold: the relative drop below which the window counts as stalled.
+        stalled: ``True``, ``False`` or ``None`` (open).
+        lag1: the lag-1 autocorrelation around the trend.
+        nonfinite: NaN/Inf losses in the window.
+        separated_growth: the 25th percentile of the last third over the 75th of the first.
+        tail_ratio: the largest of the last 3 losses over the window's median.
+
+    Examples:
+        >>> from lossdoctor.doctor.trend import loss_trend
+        >>> print(loss_trend([1.0] * 60))
+        last 60 steps: 1 -> 1 (relative drop +0.00% ± 0.00%, threshold 2.00%): stalled
     """
 
     window: int
@@ -79,6 +109,7 @@ class LossTrend(ResultMixin):
 
     @property
     def falling(self) -> bool:
+        """Whether the loss is still falling beyond doubt from the noise (``stalled is False``)."""
         return self.stalled is False
 
     def __str__(self) -> str:
@@ -126,11 +157,19 @@ COS_KEYS = ("grad_cosines", "grad_cosine")
 
 
 def read_history(history: Any) -> StepHistory:
-    """Per-step losses (and optional gradient norms and successive-gradient cosines) from a list,
-    array or tensor of losses, a dict with keys ``losses``/``grad_norms``/``grad_cosines``, or an
-    object with those attributes (``monitor.record``, a ``TrainHistory``'s ``step_loss``).
+    """Per-step losses (and optional gradient norms and successive-gradient cosines) from a list, array or tensor of losses, a dict with keys ``losses``/``grad_norms``/``grad_cosines``, or an object with those attributes (``monitor.record``, a ``TrainHistory``'s ``step_loss``).
 
-    Example:
+    Args:
+        history: the losses, or a dict or object carrying them (see above).
+
+    Returns:
+        The history as float64 arrays.
+
+    Raises:
+        ValueError: no history, fewer than ``MIN_STEPS`` losses, or signals of other lengths.
+        TypeError: a string, or an object without losses.
+
+    Examples:
         >>> read_history({"losses": [3.0, 2.0, 1.5, 1.4]}).losses.tolist()
         [3.0, 2.0, 1.5, 1.4]
     """
@@ -167,14 +206,29 @@ def read_history(history: Any) -> StepHistory:
 
 # -- the trend -----------------------------------------------------------------------------------
 def stall_threshold(steps: int) -> float:
-    """The relative loss drop below which ``steps`` steps count as stalled: ``STALL_REL`` per
-    ``WINDOW`` steps, compounding over longer windows (a drop rate, not a total)."""
+    """The relative loss drop below which ``steps`` steps count as stalled.
+
+    ``STALL_REL`` per ``WINDOW`` steps, compounding over longer windows (a drop rate, not a total).
+
+    Args:
+        steps: the window's length.
+
+    Returns:
+        The threshold, a relative drop.
+
+    Examples:
+        >>> from lossdoctor.doctor.trend import stall_threshold
+        >>> stall_threshold(60), round(stall_threshold(120), 4)
+        (0.02, 0.0396)
+    """
     return STALL_REL if steps <= WINDOW else 1 - (1 - STALL_REL) ** (steps / WINDOW)
 
 
 def _quantile_sorted(s: np.ndarray, q: float) -> float:
-    """``np.quantile(s, q)`` (linear interpolation) of an already sorted array, without numpy's
-    per-call overhead: the Monitor runs these on every check inside a training loop."""
+    """``np.quantile(s, q)`` (linear interpolation) of an already sorted array.
+
+    Without numpy's per-call overhead: the Monitor runs these on every check inside a training
+    loop."""
     pos = q * (s.size - 1)
     lo = int(pos)
     frac = pos - lo
@@ -188,16 +242,20 @@ def _median(w: np.ndarray) -> float:
 
 
 def _noise(w: np.ndarray) -> float:
-    """The standard deviation of iid noise around a smooth trend: second differences cancel a
-    linear trend and have median absolute value 1.652 sigma for Gaussian noise."""
+    """The standard deviation of iid noise around a smooth trend.
+
+    Second differences cancel a linear trend and have median absolute value 1.652 sigma for Gaussian
+    noise."""
     if w.size < 3:
         return 0.0
     return _median(np.abs(w[2:] - 2 * w[1:-1] + w[:-2])) / 1.652
 
 
 def _drop(finite: np.ndarray, z: float, threshold: float) -> tuple[float, float, float, float, float, bool | None]:
-    """The stall test's core on finite losses (at least ``MIN_STEPS``): start and end (medians of
-    the first and last thirds), relative drop, noise, the drop's standard error and the verdict."""
+    """The stall test's core on finite losses (at least ``MIN_STEPS``).
+
+    Returns start and end (medians of the first and last thirds), relative drop, noise, the
+    drop's standard error and the verdict."""
     third = max(1, finite.size // 3)
     start, end = _median(finite[:third]), _median(finite[-third:])
     scale = max(abs(start), 1e-12)
@@ -214,12 +272,19 @@ def _drop(finite: np.ndarray, z: float, threshold: float) -> tuple[float, float,
 
 
 def separated_growth(finite: np.ndarray) -> float:
-    """The 25th percentile of the last third of these losses over the 75th percentile of the
-    first third: above 1 only when the loss grew by more than its (possibly heavy-tailed) noise.
+    """The 25th percentile of the last third of these losses over the 75th percentile of the first.
 
-    Example:
-        >>> separated_growth(np.array([1.0, 1.1, 0.9, 3.0, 3.2, 2.9]))
-        3.0
+    Above 1 only when the loss grew by more than its (possibly heavy-tailed) noise.
+
+    Args:
+        finite: the finite losses, oldest first.
+
+    Returns:
+        The ratio (``inf`` when the first third's percentile is 0 and the loss grew).
+
+    Examples:
+        >>> round(separated_growth(np.array([1.0, 1.1, 0.9, 3.0, 3.2, 2.9])), 3)  # 2.975 / 1.075
+        2.767
     """
     third = max(1, finite.size // 3)
     q_first = _quantile_sorted(np.sort(finite[:third]), 0.75)
@@ -228,8 +293,9 @@ def separated_growth(finite: np.ndarray) -> float:
 
 
 def growth(finite: np.ndarray) -> float:
-    """The median of the last third of these losses over the median of the first (see
-    :class:`LossTrend`'s ``growth``)."""
+    """The median of the last third of these losses over the median of the first.
+
+    See :class:`LossTrend`'s ``growth``."""
     third = max(1, finite.size // 3)
     start, end = _median(finite[:third]), _median(finite[-third:])
     return end / start if start > 0 else (math.inf if end > start else 1.0)
@@ -257,7 +323,15 @@ def loss_trend(losses: Sequence[float] | np.ndarray, window: int = WINDOW, *, z:
     the drop is below :func:`stall_threshold` by ``z`` standard errors, falling when above it by
     ``z``, and open otherwise (a longer window will tell).
 
-    Example:
+    Args:
+        losses: the per-step losses, oldest first.
+        window: the last steps read.
+        z: the standard errors that put the verdict beyond doubt.
+
+    Returns:
+        The trend with its stall verdict.
+
+    Examples:
         >>> loss_trend([1.0] * 60).stalled
         True
     """
@@ -286,9 +360,17 @@ def stall_test(losses: Sequence[float], *, threshold: float | None = None, z: fl
     """Has the loss stopped falling over these steps, beyond doubt from minibatch noise?
 
     True (stalled), False (still falling) or None (the noise leaves it open); see
-    :func:`loss_trend`. ``threshold`` overrides :func:`stall_threshold`.
+    :func:`loss_trend`.
 
-    Example:
+    Args:
+        losses: the per-step losses, oldest first (all are read).
+        threshold: overrides :func:`stall_threshold`.
+        z: the standard errors that put the verdict beyond doubt.
+
+    Returns:
+        ``True`` (stalled), ``False`` (still falling) or ``None`` (open).
+
+    Examples:
         >>> stall_test([2.0 - 0.01 * i for i in range(60)])
         False
     """

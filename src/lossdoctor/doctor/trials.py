@@ -43,8 +43,10 @@ MARGIN = 0.005  # a candidate must beat the control by this fraction of its loss
 
 @dataclass(frozen=True)
 class TrialReport(ResultMixin):
-    """What the trials cost and what the control did: ``steps`` per full trial, ``trained`` the
-    training steps run over all branches, ``control_curve`` the control's per-step losses."""
+    """What the trials cost and what the control did.
+
+    ``steps`` per full trial, ``trained`` the training steps run over all branches,
+    ``control_curve`` the control's per-step losses."""
 
     steps: int
     candidates: int
@@ -59,9 +61,10 @@ class TrialReport(ResultMixin):
 
 @contextlib.contextmanager
 def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Iterator[None]:
-    """Everything a trial can touch, put back exactly on exit: the model (parameters, buffers,
-    gradients, ``requires_grad``, modes), the optimizer (state, groups, attached hooks) and the
-    torch, numpy and Python RNGs."""
+    """Everything a trial can touch, put back exactly on exit.
+
+    The model (parameters, buffers, gradients, ``requires_grad``, modes), the optimizer (state,
+    groups, attached hooks) and the torch, numpy and Python RNGs."""
     py_state, np_state = random.getstate(), np.random.get_state()
     with contextlib.ExitStack() as stack:
         stack.enter_context(preserved_model(model))
@@ -75,8 +78,9 @@ def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> Itera
 
 
 def next_batches(data: Any, count: int) -> list[tuple[Any, torch.Tensor]]:
-    """The first ``count`` training batches of ``data``, cycling when it has fewer; drawn inside a
-    saved-and-restored RNG so a shuffling DataLoader leaves the global RNG as it was."""
+    """The first ``count`` training batches of ``data``, cycling when it has fewer.
+
+    Drawn inside a saved-and-restored RNG so a shuffling DataLoader leaves the global RNG as it was."""
     out: list[tuple[Any, torch.Tensor]] = []
     with preserved_rng():
         while len(out) < count:
@@ -92,8 +96,10 @@ def next_batches(data: Any, count: int) -> list[tuple[Any, torch.Tensor]]:
 
 def trial_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     lr: float | None) -> torch.optim.Optimizer | None:
-    """What the trials train with: the user's optimizer, else plain SGD at ``lr`` over the
-    trainable parameters, else None (nothing to try with)."""
+    """What the trials train with.
+
+    The user's optimizer, else plain SGD at ``lr`` over the trainable parameters, else None (nothing
+    to try with)."""
     if optimizer is not None:
         return optimizer
     return None if lr is None else torch.optim.SGD([p for _, p in trainable_parameters(model)], lr=lr)

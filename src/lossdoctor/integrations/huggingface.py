@@ -1,5 +1,6 @@
-"""A Hugging Face ``TrainerCallback`` that runs the :class:`lossdoctor.Monitor` inside
-``Trainer.train``::
+"""A Hugging Face ``TrainerCallback`` that runs the :class:`lossdoctor.Monitor` inside ``Trainer.train``.
+
+Usage::
 
     from lossdoctor.integrations.huggingface import LossDoctorCallback
 
@@ -46,6 +47,19 @@ class LossDoctorCallback(TrainerCallback):
         loss_fn: the loss the doctor differentiates (default ``None``: ``outputs.loss``).
         data: what the doctor measures on (default: the trainer's training dataloader).
         **monitor_kwargs: passed to :class:`lossdoctor.Monitor` (``window``, ``treat``, ...).
+
+    Attributes:
+        monitor: the Monitor, once training has begun (``None`` before).
+
+    Examples:
+        Not run here (it trains a model); ``docs/frameworks.md`` has the full example, which
+        ``tests/test_docs_frameworks.py`` runs:
+
+        >>> from lossdoctor.integrations.huggingface import LossDoctorCallback
+        >>> trainer = transformers.Trainer(model=model, args=args, train_dataset=train)  # doctest: +SKIP
+        >>> callback = LossDoctorCallback.attach(trainer, window=40)  # doctest: +SKIP
+        >>> trainer.train()  # doctest: +SKIP
+        >>> callback.monitor.diagnoses  # doctest: +SKIP
     """
 
     def __init__(self, loss_fn: Callable | None = None, data: Any = None, **monitor_kwargs: Any) -> None:
@@ -60,8 +74,19 @@ class LossDoctorCallback(TrainerCallback):
 
     @classmethod
     def attach(cls, trainer: Any, *args: Any, **kwargs: Any) -> LossDoctorCallback:
-        """A new callback put first among ``trainer``'s callbacks, so the ``report_to``
-        integrations (TensorBoard, W&B, ...) see its signals in the logs."""
+        """A new callback put first among ``trainer``'s callbacks.
+
+        First, so the ``report_to`` integrations (TensorBoard, W&B, ...) see its signals in the
+        logs.
+
+        Args:
+            trainer: a ``transformers.Trainer``.
+            *args: passed to the callback.
+            **kwargs: passed to the callback.
+
+        Returns:
+            The callback, attached.
+        """
         callback = cls(*args, **kwargs)
         trainer.callback_handler.callbacks.insert(0, callback)
         return callback
@@ -75,6 +100,7 @@ class LossDoctorCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
                        train_dataloader: Any = None, **kwargs: Any) -> None:
+        """Attach the Monitor to the model the Trainer trains (on its train dataloader unless ``data`` was given)."""
         data = self.data if self.data is not None else train_dataloader
         if model is None or data is None:
             raise ValueError("LossDoctorCallback needs the model and training data: the Trainer passes them; "
@@ -87,6 +113,7 @@ class LossDoctorCallback(TrainerCallback):
         self._hook = model.register_forward_hook(self._record, with_kwargs=True)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        """Send the step's loss (averaged over gradient accumulation) to the Monitor."""
         if self.monitor is None or not self._losses:
             return
         loss = sum(self._losses) / len(self._losses)
@@ -101,6 +128,7 @@ class LossDoctorCallback(TrainerCallback):
             logger.warning("%s", text)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        """Add the Monitor's signals to the Trainer's logs."""
         if self.monitor is None or logs is None:
             return
         extra = {k: v for k, v in step_signals(self.monitor).items() if math.isfinite(v)}
@@ -109,6 +137,7 @@ class LossDoctorCallback(TrainerCallback):
             state.log_history[-1].update(extra)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Detach from the model."""
         if self._hook is not None:
             self._hook.remove()
             self._hook = None

@@ -1,4 +1,6 @@
-"""A Lightning ``Callback`` that runs the :class:`lossdoctor.Monitor` inside ``Trainer.fit``::
+"""A Lightning ``Callback`` that runs the :class:`lossdoctor.Monitor` inside ``Trainer.fit``.
+
+Usage::
 
     from lossdoctor.integrations.lightning import LossDoctorCallback
 
@@ -53,6 +55,18 @@ class LossDoctorCallback(Callback):
         log: send the signals to the trainer's logger(s).
         **monitor_kwargs: passed to :class:`lossdoctor.Monitor` (``window``, ``treat``,
             ``sharpness_every``, ...).
+
+    Attributes:
+        monitor: the Monitor, once training has started (``None`` before).
+
+    Examples:
+        Not run here (it trains a model); ``docs/frameworks.md`` has the full example, which
+        ``tests/test_docs_frameworks.py`` runs:
+
+        >>> from lossdoctor.integrations.lightning import LossDoctorCallback
+        >>> callback = LossDoctorCallback(F.cross_entropy, window=40)  # doctest: +SKIP
+        >>> lightning.Trainer(max_steps=200, callbacks=[callback]).fit(module, train_loader)  # doctest: +SKIP
+        >>> callback.monitor.diagnoses  # doctest: +SKIP
     """
 
     def __init__(self, loss_fn: Callable | None, data: Any = None, *, log: bool = True,
@@ -73,6 +87,7 @@ class LossDoctorCallback(Callback):
         return isinstance(total, int) and batch_idx + 1 >= total
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        """Attach the Monitor to the LightningModule (on the trainer's train dataloader unless ``data`` was given)."""
         data = self.data if self.data is not None else trainer.train_dataloader
         if data is None:
             raise ValueError("LossDoctorCallback found no training dataloader: pass data=... (the batches the "
@@ -80,6 +95,7 @@ class LossDoctorCallback(Callback):
         self.monitor = Monitor(pl_module, self.loss_fn, data, **self.monitor_kwargs)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Send each optimizer step's loss (the mean over accumulated batches) to the Monitor; log its signals."""
         if self.monitor is None:
             return
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs

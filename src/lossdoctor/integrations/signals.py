@@ -1,6 +1,7 @@
-"""What a Monitor has to report after a step, in the form loggers take: numbers by name, and the
-text of the diagnoses and treatments that are new since the last report. One owner for every
-integration (Lightning, Hugging Face, TensorBoard)."""
+"""What a Monitor has to report after a step, in the form loggers take.
+
+Numbers by name, and the text of the diagnoses and treatments that are new since the last report.
+One owner for every integration (Lightning, Hugging Face, TensorBoard)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ PREFIX = "lossdoctor/"
 
 
 def step_signals(monitor: Monitor, prefix: str = PREFIX) -> dict[str, float]:
-    """The latest step's numbers: ``loss``, ``grad_norm`` (on the steps the monitor takes it: every
-    ``signals_every`` steps), ``lambda_max`` (the last estimate, if any), ``diagnoses`` and
-    ``treatments`` (counts so far). Non-finite values are left out (loggers reject them)."""
+    """The latest step's numbers.
+
+    ``loss``, ``grad_norm`` (on the steps the monitor takes it: every ``signals_every`` steps),
+    ``lambda_max`` (the last estimate, if any), ``diagnoses`` and ``treatments`` (counts so far).
+    Non-finite values are left out (loggers reject them)."""
     record = monitor.record
     out: dict[str, float] = {}
     if record.losses:
@@ -31,8 +34,9 @@ def step_signals(monitor: Monitor, prefix: str = PREFIX) -> dict[str, float]:
 
 @dataclass
 class EventCursor:
-    """Hands out each diagnosis and action once: ``cursor.new(monitor)`` returns the text of those
-    recorded since the last call."""
+    """Hands out each diagnosis and action once.
+
+    ``cursor.new(monitor)`` returns the text of those recorded since the last call."""
 
     diagnoses: int = 0
     actions: int = 0

@@ -1,4 +1,6 @@
-"""A TensorBoard sink for a plain training loop with a :class:`lossdoctor.Monitor`::
+"""A TensorBoard sink for a plain training loop with a :class:`lossdoctor.Monitor`.
+
+Usage::
 
     from torch.utils.tensorboard import SummaryWriter
     from lossdoctor.integrations.tensorboard import TensorBoardSink
@@ -30,6 +32,37 @@ class TensorBoardSink:
             ``add_text``).
         prefix: the tags' prefix.
         every: write the scalars every this many steps (diagnoses and treatments always).
+
+    Raises:
+        TypeError: ``writer`` lacks ``add_scalar`` or ``add_text``.
+        ValueError: ``every`` is not a positive integer.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from lossdoctor.integrations.tensorboard import TensorBoardSink
+        >>> class Writer:  # a stand-in for SummaryWriter("runs/exp")
+        ...     def __init__(self):
+        ...         self.tags = set()
+        ...     def add_scalar(self, tag, value, step):
+        ...         self.tags.add(tag)
+        ...     def add_text(self, tag, text, step):
+        ...         self.tags.add(tag)
+        >>> _ = torch.manual_seed(0)
+        >>> model = torch.nn.Linear(3, 1)
+        >>> x, y = torch.randn(16, 3), torch.randn(16, 1)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> monitor = ld.Monitor(model, torch.nn.functional.mse_loss, (x, y))
+        >>> writer = Writer()
+        >>> sink = TensorBoardSink(writer)
+        >>> for _ in range(3):
+        ...     opt.zero_grad()
+        ...     loss = torch.nn.functional.mse_loss(model(x), y)
+        ...     loss.backward()
+        ...     opt.step()
+        ...     monitor.step(loss, opt)
+        ...     sink(monitor)
+        >>> "lossdoctor/loss" in writer.tags
+        True
     """
 
     def __init__(self, writer: Any, *, prefix: str = PREFIX, every: int = 1) -> None:
@@ -42,8 +75,15 @@ class TensorBoardSink:
         self._events = EventCursor()
 
     def __call__(self, monitor: Monitor, step: int | None = None) -> None:
-        """Write what ``monitor`` saw at its latest step (``step``: the x-axis, default the
-        monitor's step count)."""
+        """Write what ``monitor`` saw at its latest step.
+
+        Args:
+            monitor: the Monitor of the training loop.
+            step: the x-axis value (default: the monitor's step count).
+
+        Raises:
+            TypeError: ``monitor`` is not a :class:`lossdoctor.Monitor`.
+        """
         if not isinstance(monitor, Monitor):
             raise TypeError(f"TensorBoardSink is called with the lossdoctor.Monitor, got {type(monitor).__name__}.")
         step = monitor.steps if step is None else step

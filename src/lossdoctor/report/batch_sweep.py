@@ -1,5 +1,7 @@
-"""Report section for the batch-size sweep: accuracy and sharpness against batch size at equal
-epochs, equal updates and matched training loss, the sweep table, and the three verdicts."""
+"""Report section for the batch-size sweep.
+
+Accuracy and sharpness against batch size at equal epochs, equal updates and matched training loss,
+the sweep table, and the three verdicts."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def _cell(row: dict, name: str, pct: bool = False) -> str:
 
 
 def render(study: BatchSweepStudy, out_dir: Path) -> Section:
+    """The report section for the batch-size sweep: its figures (PNGs written to ``out_dir``), tables and text."""
     sweep = study.sweep
     fig, axes = new_figure(4, width=3.6, height=3.4)
     for k, label in enumerate(sweep.labels):

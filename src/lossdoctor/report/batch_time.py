@@ -1,5 +1,6 @@
-"""Report section for the batch-time study: seconds per update and per epoch against batch size
-(log-log), with the updates-per-epoch count."""
+"""Report section for the batch-time study.
+
+Seconds per update and per epoch against batch size (log-log), with the updates-per-epoch count."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def _draw(ax_u, ax_e, t: BatchTiming, color: str, name: str) -> None:
 
 
 def render(study: BatchTimeStudy, out_dir: Path) -> Section:
+    """The report section for the batch-time study: its figures (PNGs written to ``out_dir``), tables and text."""
     fig, (ax_u, ax_e) = new_figure(2, width=5.6, height=4.0)
     threads = f"{study.threads} thread{'s' if study.threads != 1 else ''}"
     _draw(ax_u, ax_e, study.cpu, "C0", f"CPU ({threads})")

@@ -1,6 +1,6 @@
-"""The checkup page: one report on the user's model, in the order a person reads it (the verdict
-and tested prescriptions first; then the history, curvature, critical point and landscape behind
-them). Offline (no CDN), readable on a phone, printable."""
+"""The checkup page: one report on the user's model, in the order a person reads it (the verdict and tested prescriptions first; then the history, curvature, critical point and landscape behind them).
+
+Offline (no CDN), readable on a phone, printable."""
 
 from __future__ import annotations
 
@@ -106,6 +106,7 @@ def _section_rows(sections: tuple[CheckupSection, ...]) -> list[tuple]:
 
 
 def render_sections(c: Checkup, out_dir: Path) -> list[Section]:
+    """The checkup page's sections for ``c``, in reading order (figures written to ``out_dir``)."""
     d = c.diagnosis
     sections = []
     # 1. Verdict and tested prescriptions.
@@ -221,7 +222,7 @@ def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget:
     ``out_dir/step-N`` at each one). The Monitor's own callback still runs first. The checkup
     costs up to ``budget`` seconds of the training run, each time it writes.
 
-    Example:
+    Examples:
         >>> from lossdoctor.report.checkup import attach_checkup             # doctest: +SKIP
         >>> monitor = attach_checkup(ld.Monitor(model, loss_fn, data), optimizer, "checkup-report")  # doctest: +SKIP
 

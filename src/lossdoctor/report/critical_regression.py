@@ -50,6 +50,7 @@ def _figure(study: RegressionStudy, out_dir: Path) -> str:
 
 
 def render(study: RegressionStudy, out_dir: Path) -> Section:
+    """The report section for the homework regression: its figures (PNGs written to ``out_dir``), tables and text."""
     name = _figure(study, out_dir)
     rows = []
     for r in study.runs:

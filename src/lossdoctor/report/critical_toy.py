@@ -77,6 +77,7 @@ def _escape_figure(study: CriticalToyStudy, out_dir: Path) -> str:
 
 
 def comparison_rows(comparison: SaddleEscapeComparison) -> list[tuple]:
+    """The escape comparison as table rows: method, final loss, escaped at, and the cost of each."""
     return [(m.name, fmt(m.final_loss, 6), "never" if m.escaped_at is None else m.escaped_at, m.gradients, m.matvecs,
              m.loss_evaluations, m.kicks) for m in comparison.methods]
 
@@ -86,6 +87,7 @@ COMPARISON_HEADER = ["method", "final loss", "escaped at step", "gradients", "He
 
 
 def render(study: CriticalToyStudy, out_dir: Path) -> Section:
+    """The report section for the lecture's toy saddle: its figures (PNGs written to ``out_dir``), tables and text."""
     c, esc, cmp_ = study.critical, study.escape, study.comparison
     surface = _surface_figure(study, out_dir)
     escape = _escape_figure(study, out_dir)

@@ -1,6 +1,7 @@
-"""Report section for the doctor's validation on held-out seeds: the confusion matrix (figure and
-table), the first prescription's fix on every stalled run (loss after the horizon: unchanged,
-prescribed, known remedy), and every run."""
+"""Report section for the doctor's validation on held-out seeds.
+
+The confusion matrix (figure and table), the first prescription's fix on every stalled run (loss
+after the horizon: unchanged, prescribed, known remedy), and every run."""
 
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def _fix_figure(study: ValidationStudy, out_dir: Path) -> str | None:
 
 
 def render(study: ValidationStudy, out_dir: Path) -> Section:
+    """The report section for the doctor's validation: its figures (PNGs written to ``out_dir``), tables and text."""
     name = _confusion_figure(study, out_dir)
     fixes = _fix_figure(study, out_dir)
     keep = _used(study)

@@ -1,5 +1,6 @@
-"""Matplotlib set-up shared by every figure: one style, a headless backend unless the user chose
-one, and one way to save.
+"""Matplotlib set-up shared by every figure.
+
+One style, a headless backend unless the user chose one, and one way to save.
 
 Matplotlib (the ``report`` extra) is imported when a figure is drawn, not when this module is, and
 the backend is chosen then: Agg (files only, no window) unless a backend was already chosen
@@ -33,6 +34,7 @@ def pyplot() -> ModuleType:
 
 
 def new_figure(ncols: int = 1, width: float = 5.5, height: float = 3.8) -> tuple[Any, list[Any]]:
+    """A new figure with ``ncols`` axes side by side, each ``width`` x ``height`` inches."""
     plt = pyplot()
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
@@ -45,9 +47,10 @@ def _writer(fig, path: Path):
 
 
 def save(fig, out_dir: Path, name: str) -> str:
-    """Save ``fig`` as ``out_dir/name`` and close it; returns the relative file name. The write is
-    atomic inside ``out_dir`` (a report folder): a temporary file, then a rename that replaces a
-    planted symlink instead of writing through it."""
+    """Save ``fig`` as ``out_dir/name`` and close it; returns the relative file name.
+
+    The write is atomic inside ``out_dir`` (a report folder): a temporary file, then a rename that
+    replaces a planted symlink instead of writing through it."""
     from .._files import atomic_write
 
     try:
@@ -59,8 +62,9 @@ def save(fig, out_dir: Path, name: str) -> str:
 
 
 def save_new(fig, path: Path) -> Path:
-    """Save ``fig`` to a new file at ``path`` (never over an existing file) and close it; returns
-    where it was written: ``path``, or a place beside it when ``path`` could not be written."""
+    """Save ``fig`` to a new file at ``path`` (never over an existing file) and close it.
+
+    Returns where it was written: ``path``, or a place beside it when ``path`` could not be written."""
     from .._files import save_new as write_new
 
     try:

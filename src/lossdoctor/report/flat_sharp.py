@@ -1,5 +1,7 @@
-"""Report section for flat vs. sharp: the interpolation between the small- and large-batch
-solutions and filter-normalized 1-D and 2-D landscapes around each, train and test together."""
+"""Report section for flat vs. sharp.
+
+The interpolation between the small- and large-batch solutions and filter-normalized 1-D and 2-D
+landscapes around each, train and test together."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ def _plane(ax, land: Landscape, title: str, levels: np.ndarray) -> None:
 
 
 def render(study: FlatSharpStudy, out_dir: Path) -> Section:
+    """The report section for flat vs. sharp: its figures (PNGs written to ``out_dir``), tables and text."""
     s, b = study.small_batch, study.large_batch
     fig, (ax,) = new_figure(1, width=7, height=3.8)
     cv = study.curve

@@ -1,5 +1,7 @@
-"""Report section for the flat-surface study: the MSE and cross-entropy error surfaces over two
-logits, the two training runs, and the doctor's verdict on the MSE plateau."""
+"""Report section for the flat-surface study.
+
+The MSE and cross-entropy error surfaces over two logits, the two training runs, and the doctor's
+verdict on the MSE plateau."""
 
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ def _figure(study: FlatSurfaceStudy, out_dir: Path) -> str:
 
 
 def render(study: FlatSurfaceStudy, out_dir: Path) -> Section:
+    """The report section for the flat-surface study: its figures (PNGs written to ``out_dir``), tables and text."""
     name = _figure(study, out_dir)
     d = study.diagnosis
     rows = [(r.loss_name, fmt(r.losses[0]), fmt(r.final_loss), f"{r.accuracies[0]:.0%}", f"{r.final_accuracy:.0%}",

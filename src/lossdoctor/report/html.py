@@ -28,12 +28,14 @@ figure img{max-width:100%;border:none}}
 
 @dataclass(frozen=True)
 class Section:
+    """One section of a report page: its title, anchor and HTML body."""
     key: str
     title: str
     body: str  # HTML
 
 
 def esc(text: object) -> str:
+    """``text`` escaped for HTML."""
     return html.escape(str(text))
 
 
@@ -49,14 +51,17 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1
 
 
 def figure(src: str, caption: str) -> str:
+    """An HTML figure: the image ``src`` with its caption."""
     return f'<figure><img src="{esc(src)}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
 
 def paragraph(text: str, cls: str | None = None) -> str:
+    """An HTML paragraph of escaped ``text`` (with a CSS class, if given)."""
     return f'<p{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{esc(text)}</p>'
 
 
 def write_page(out_dir: Path, sections: Sequence[Section], *, title: str, intro: str = "") -> Path:
+    """Write ``index.html`` with ``sections`` into ``out_dir`` (atomically) and return its path."""
     nav = "".join(f'<a href="#{esc(s.key)}">{esc(s.title)}</a>' for s in sections)
     body = "".join(f'<section id="{esc(s.key)}"><h2>{esc(s.title)}</h2>{s.body}</section>' for s in sections)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -1,5 +1,7 @@
-"""Report section for the L2-smoothing study: fitted curves per gamma, test error and roughness
-against gamma, with and without the biases in the penalty."""
+"""Report section for the L2-smoothing study.
+
+Fitted curves per gamma, test error and roughness against gamma, with and without the biases in the
+penalty."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from .html import Section, figure, paragraph, table
 
 
 def _gamma_axis(gammas: list[float]) -> tuple[np.ndarray, list[str]]:
-    """gamma = 0 cannot sit on a log axis: plot it one decade left of the smallest gamma."""
+    """Put γ = 0 one decade left of the smallest γ (zero cannot sit on a log axis)."""
     positive = [g for g in gammas if g > 0]
     zero_at = min(positive) / 10 if positive else 1.0
     return np.array([g if g > 0 else zero_at for g in gammas]), [fmt(g, 2) for g in gammas]
@@ -62,6 +64,7 @@ def _sweeps(study: L2SmoothingStudy, out_dir: Path) -> str:
 
 
 def render(study: L2SmoothingStudy, out_dir: Path) -> Section:
+    """The report section for the L2-smoothing study: its figures (PNGs written to ``out_dir``), tables and text."""
     curves, sweeps = _curves(study, out_dir), _sweeps(study, out_dir)
     rows = []
     for g in study.gammas:

@@ -39,6 +39,7 @@ def _rows(t: LayerCurvature) -> list[tuple]:
 
 
 def render(study: LayersStudy, out_dir: Path) -> Section:
+    """The report section for the per-layer curvature study: its figures (PNGs written to ``out_dir``), tables and text."""
     fig, axes = new_figure(2, width=5.2, height=4.2)
     _bars(axes[0], study.mlp, "MLP")
     _bars(axes[1], study.transformer, "transformer")

@@ -1,5 +1,7 @@
-"""Report section for the LR range test: the loss-vs-lr curve with the suggestion marked, and
-training at the suggested lr against 10x below and above."""
+"""Report section for the LR range test.
+
+The loss-vs-lr curve with the suggestion marked, and training at the suggested lr against 10x below
+and above."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from .html import Section, figure, paragraph, table
 
 
 def draw_range_test(ax, result: LRRangeResult) -> None:
+    """Draw the loss-vs-lr curve of ``result`` on ``ax`` (log lr), with the suggested lr marked."""
     ax.plot(result.lrs, result.losses, color="0.7", lw=0.8, label="batch loss")
     ax.plot(result.lrs, result.smoothed_losses, color="C0", lw=1.8, label="smoothed")
     if result.suggested_lr is not None:  # an interrupted test suggests nothing
@@ -39,6 +42,7 @@ def range_test_figure(result: LRRangeResult, path: Path) -> Path:
 
 
 def render(study: LRRangeStudy, out_dir: Path) -> Section:
+    """The report section for the LR range test: its figures (PNGs written to ``out_dir``), tables and text."""
     fig, (ax_rt, ax_train, ax_test) = new_figure(3, width=4.6, height=3.7)
     draw_range_test(ax_rt, study.range_test)
     for i, m in enumerate(MULTIPLIERS):

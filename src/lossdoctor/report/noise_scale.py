@@ -1,5 +1,7 @@
-"""Report section for the gradient noise scale: B_simple along training, and the sweep's time
-and updates to the target loss against batch size, with the recommended batch marked."""
+"""Report section for the gradient noise scale.
+
+B_simple along training, and the sweep's time and updates to the target loss against batch size,
+with the recommended batch marked."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from .html import Section, figure, paragraph, table
 
 
 def render(study: NoiseScaleStudy, out_dir: Path) -> Section:
+    """The report section for the gradient noise scale: its figures (PNGs written to ``out_dir``), tables and text."""
     fig, (ax_b, ax_t, ax_u) = new_figure(3, width=4.2, height=3.6)
     values = [ns.b_simple for _, _, ns in study.points]
     errs = [ns.standard_error for _, _, ns in study.points]

@@ -1,5 +1,7 @@
-"""HTML for results in a notebook: ``d`` in a Jupyter cell shows the verdict and prescriptions the
-way the report does. Every result's ``_repr_html_`` comes here (display is the report's job)."""
+"""HTML for results in a notebook.
+
+``d`` in a Jupyter cell shows the verdict and prescriptions the way the report does. Every result's
+``_repr_html_`` comes here (display is the report's job)."""
 
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ def code_for(action: dict[str, Any], index: int) -> str:
 
 
 def prescriptions_table(diagnosis: Any) -> str:
+    """The prescriptions of a diagnosis as an HTML table (with their trials)."""
     rows = []
     for i, p in enumerate(diagnosis.prescriptions):
         trial = "-" if p.trial is None else (
@@ -99,6 +102,7 @@ def prescriptions_table(diagnosis: Any) -> str:
 
 
 def diagnosis_html(d: Any) -> str:
+    """A diagnosis as HTML: the verdict, the evidence and the prescriptions."""
     fig = trial_figure(d)
     img = inline_png(fig) if fig is not None else ""
     evidence = "".join(f"<li>{esc(e)}</li>" for e in d.evidence)

@@ -36,6 +36,7 @@ def _figure(study: RareMinimaStudy, out_dir: Path) -> str:
 
 
 def render(study: RareMinimaStudy, out_dir: Path) -> Section:
+    """The report section for "local minima are rare": its figures (PNGs written to ``out_dir``), tables and text."""
     name = _figure(study, out_dir)
     n = len(study.runs)
     minima = study.count("local_minimum")

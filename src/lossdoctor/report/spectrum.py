@@ -30,6 +30,7 @@ def density_figure(dens: SpectralDensity, path: Path) -> Path:
 
 
 def render(study: SpectrumStudy, out_dir: Path) -> Section:
+    """The report section for the Hessian-spectrum study: its figures (PNGs written to ``out_dir``), tables and text."""
     eig, dens = study.eigen, study.density
     fig, (ax_d, ax_e) = new_figure(2)
     _draw_density(ax_d, dens)

@@ -1,5 +1,7 @@
-"""Report section for the elongated-valley study: contours with every trajectory, loss curves,
-Adagrad's late jumps, the diverging contrast draw, and the doctor's verdict."""
+"""Report section for the elongated-valley study.
+
+Contours with every trajectory, loss curves, Adagrad's late jumps, the diverging contrast draw, and
+the doctor's verdict."""
 
 from __future__ import annotations
 
@@ -82,6 +84,7 @@ def _curves_figure(study: ValleyStudy, out_dir: Path) -> str:
 
 
 def render(study: ValleyStudy, out_dir: Path) -> Section:
+    """The report section for the elongated-valley study: its figures (PNGs written to ``out_dir``), tables and text."""
     contours = _trajectory_figure(study, out_dir)
     curves = _curves_figure(study, out_dir)
     rows = []

@@ -1,5 +1,6 @@
-"""Report section for the warm-up study: training curves with and without warm-up over seeds,
-and the learning-rate schedules."""
+"""Report section for the warm-up study.
+
+Training curves with and without warm-up over seeds, and the learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def _figure(study: WarmupStudy, out_dir: Path) -> str:
 
 
 def render(study: WarmupStudy, out_dir: Path) -> Section:
+    """The report section for the warm-up study: its figures (PNGs written to ``out_dir``), tables and text."""
     name = _figure(study, out_dir)
     rows = []
     for seed in study.seeds:

@@ -1,5 +1,6 @@
-"""Small studies run fastest on one thread: several threads on tiny tensors mostly wait on each
-other, and far worse on a shared machine."""
+"""Small studies run fastest on one thread.
+
+Several threads on tiny tensors mostly wait on each other, and far worse on a shared machine."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Study: the batch-size sweep on MNIST-1D (small batches up to >= 10% of the training set,
-three or more seeds), and Keskar et al.'s claim checked three ways: sharpness and accuracy at
-equal epochs, at equal updates, and at matched training loss.
+"""Study: the batch-size sweep on MNIST-1D (small batches up to >= 10% of the training set, three or more seeds), and Keskar et al.'s claim checked three ways: sharpness and accuracy at equal epochs, at equal updates, and at matched training loss.
 
 The sweep is kept in memory (with each milestone's weights) for the flat-vs-sharp and
 noise-scale sections, which use the same runs.
@@ -38,6 +36,7 @@ class Comparison(ResultMixin):
 
 @dataclass(frozen=True)
 class BatchSweepStudy(ResultMixin):
+    """The batch-size sweep study's result: the sweep and its comparisons at each milestone."""
     model: str
     num_train: int
     sweep: SweepResult
@@ -48,6 +47,7 @@ class BatchSweepStudy(ResultMixin):
 
 
 def settings(quick: bool) -> dict[str, Any]:
+    """The sweep's settings: the quick tour's, or the full study's (``quick=False``)."""
     if quick:
         return {"num_train": 2000, "batch_sizes": [16, 64, 256, 1024], "seeds": [0, 1, 2],
                 "epochs": 20, "updates": 1000, "stop_at_loss": [0.1], "max_epochs": 400}
@@ -56,6 +56,7 @@ def settings(quick: bool) -> dict[str, Any]:
 
 
 def compare(sweep: SweepResult, label: str) -> Comparison:
+    """Compare the batch sizes at milestone ``label``: which of Keskar et al.'s claims the sweep supports there."""
     rows = sweep.table(label)
     small, large = rows[0], rows[-1]
     holds: dict[str, bool | None] = {}

@@ -1,6 +1,4 @@
-"""Study: time per update and per epoch against batch size on this machine (the lecture's
-"a big batch costs about as much as one sample until the hardware saturates"), on the CPU and,
-when one is available, on a GPU."""
+"""Study: time per update and per epoch against batch size on this machine (the lecture's "a big batch costs about as much as one sample until the hardware saturates"), on the CPU and, when one is available, on a GPU."""
 
 from __future__ import annotations
 
@@ -18,6 +16,7 @@ LECTURE_SAMPLES = 60_000
 
 @dataclass(frozen=True)
 class BatchTimeStudy(ResultMixin):
+    """The batch-time study's result: the timings on this machine (and on a GPU when one is present)."""
     model: str
     num_train: int
     threads: int
@@ -30,6 +29,7 @@ class BatchTimeStudy(ResultMixin):
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> BatchTimeStudy:
+    """Run the batch-time study (``quick``: fewer batch sizes and repeats)."""
     problem = build("mnist1d-mlp")
     n = problem.info["num_train"]
     sizes = default_batch_sizes(n)

@@ -1,7 +1,9 @@
-"""Study: the homework regression. A 1->128->1 ReLU network fits f(x) = sin(5πx)/(5πx) from a
-handful of points; full-batch L-BFGS on the loss, then Levenberg-Marquardt on the gradient
-(damped Newton on g = 0, i.e. minimising the gradient norm) drives the gradient norm below 1e-3;
-the point is then classified with the exact (dense) Hessian.
+"""Study: the homework regression.
+
+A 1->128->1 ReLU network fits f(x) = sin(5πx)/(5πx) from a handful of points; full-batch L-BFGS on
+the loss, then Levenberg-Marquardt on the gradient (damped Newton on g = 0, i.e. minimising the
+gradient norm) drives the gradient norm below 1e-3; the point is then classified with the exact
+(dense) Hessian.
 
 Beside it, the Gauss-Newton matrix (2/N) JᵀJ that some tutorials use in the Hessian's place:
 it is positive semidefinite by construction, so its "minimum ratio" says nothing about
@@ -32,6 +34,7 @@ GRAD_TARGET = 1e-3
 
 @dataclass(frozen=True)
 class RegressionRun(ResultMixin):
+    """One regression fit driven to a small gradient and classified (exact Hessian and Gauss-Newton)."""
     seed: int
     loss_phase: StationaryHistory
     grad_phase: StationaryHistory
@@ -56,6 +59,7 @@ class RegressionRun(ResultMixin):
 
 @dataclass(frozen=True)
 class RegressionStudy(ResultMixin):
+    """The homework-regression study's result: its runs."""
     num_points: int
     hidden: int
     grad_target: float
@@ -73,6 +77,7 @@ class RegressionStudy(ResultMixin):
 
 
 def sinc_data(num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_points`` samples of sin(5πx)/(5πx) on [-1, 1], as ``(x, y)`` columns."""
     x = torch.linspace(-1.0, 1.0, num_points, dtype=torch.float64).unsqueeze(1)
     safe = torch.where(x == 0, torch.ones_like(x), x)
     y = torch.where(x == 0, torch.ones_like(x), torch.sin(5 * math.pi * safe) / (5 * math.pi * safe))
@@ -80,6 +85,7 @@ def sinc_data(num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_model(seed: int) -> nn.Module:
+    """The 1->128->1 ReLU network, initialized from ``seed``."""
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(1, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)).double()
 
@@ -115,6 +121,7 @@ def _one_run(seed: int, x: torch.Tensor, y: torch.Tensor, curve_x: torch.Tensor,
 
 
 def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) -> RegressionStudy:
+    """Run the homework-regression study (``quick``: fewer fits)."""
     num_points = 40
     wanted = 2 if quick else 6
     max_tries = 2 * wanted

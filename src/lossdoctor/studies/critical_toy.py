@@ -1,7 +1,8 @@
 """Study: the lecture's toy saddle. y = w1·w2·x with x = 1 and target 1, so L = (1 - w1·w2)².
-At (0, 0) the gradient is zero and the Hessian [[0, -2], [-2, 0]] has eigenvalues ±2: a saddle,
-left along ±(1, 1)/√2. Compared with gradient descent from the saddle and from a hair away,
-perturbed gradient descent and momentum."""
+
+At (0, 0) the gradient is zero and the Hessian [[0, -2], [-2, 0]] has eigenvalues ±2: a saddle, left
+along ±(1, 1)/√2. Compared with gradient descent from the saddle and from a hair away, perturbed
+gradient descent and momentum."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ HAIR = (1e-2, 0.0)  # "a hair away" from the saddle, off the escape direction on
 
 @dataclass(frozen=True)
 class CriticalToyStudy(ResultMixin):
+    """The toy-saddle study's result: the classification, the escape step and the comparison of methods."""
     critical: CriticalPoint
     escape: EscapeResult
     comparison: SaddleEscapeComparison
@@ -61,6 +63,7 @@ def loss_surface(problem, grid: np.ndarray) -> np.ndarray:
 
 
 def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) -> CriticalToyStudy:
+    """Run the toy-saddle study."""
     steps, lr = 40, 0.1
     problem = build("lecture-saddle")
     model, loss_fn, data = problem.model, problem.loss_fn, problem.train_data

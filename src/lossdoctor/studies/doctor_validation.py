@@ -73,8 +73,7 @@ class ValidationRun(ResultMixin):
 
 @dataclass(frozen=True)
 class ValidationStudy(ResultMixin):
-    """Every run, the confusion matrix (rows: true cause, columns: predicted, order of
-    ``causes``), and the rates the issue's floors are stated in."""
+    """Every run, the confusion matrix (rows: true cause, columns: predicted, order of ``causes``), and the rates the issue's floors are stated in."""
 
     seeds: tuple[int, ...]
     tune_seeds: tuple[int, ...]
@@ -93,6 +92,7 @@ class ValidationStudy(ResultMixin):
 
     @property
     def fix_rate(self) -> float:
+        """The fraction of stalled runs whose first prescription fixed the stall."""
         return self.fixed / self.stalled_runs if self.stalled_runs else math.nan
 
     def __str__(self) -> str:
@@ -117,9 +117,9 @@ class ValidationStudy(ResultMixin):
 
 
 def continue_training(stall: Stall, change: Any = None) -> float:
-    """The full training loss after the family's horizon from the stalled state, with ``change``
-    (a function of ``(model, optimizer)`` returning the optimizer) applied first; the model and
-    optimizer are put back afterwards. NaN/Inf gives inf."""
+    """The full training loss after the family's horizon from the stalled state, with ``change`` (a function of ``(model, optimizer)`` returning the optimizer) applied first; the model and optimizer are put back afterwards.
+
+    NaN/Inf gives inf."""
     model, opt = stall.model, stall.optimizer
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
     used = opt
@@ -141,6 +141,7 @@ def continue_training(stall: Stall, change: Any = None) -> float:
 
 
 def run_case(family: StallFamily, seed: int, *, judge_fix: bool = True) -> ValidationRun:
+    """Build one stall case of ``family`` from ``seed``, diagnose it, and (``judge_fix``) judge its first prescription."""
     stall = family.build(seed)
     started = time.perf_counter()
     d = diagnose(stall.model, stall.loss_fn, stall.data, history=stall.losses[-HISTORY:], optimizer=stall.optimizer,
@@ -169,6 +170,7 @@ def run_case(family: StallFamily, seed: int, *, judge_fix: bool = True) -> Valid
 
 
 def confusion_matrix(runs: list[ValidationRun]) -> list[list[int]]:
+    """The confusion matrix of true causes (rows) against diagnosed causes (columns)."""
     index = {c: i for i, c in enumerate(CAUSES)}
     matrix = [[0] * len(CAUSES) for _ in CAUSES]
     for r in runs:
@@ -177,6 +179,7 @@ def confusion_matrix(runs: list[ValidationRun]) -> list[list[int]]:
 
 
 def summarize(runs: list[ValidationRun], seeds: tuple[int, ...], seconds: float) -> ValidationStudy:
+    """The validation study's result from its runs."""
     healthy = [r for r in runs if r.truth == "progressing"]
     stalled = [r for r in runs if r.fixed is not None]
     return ValidationStudy(

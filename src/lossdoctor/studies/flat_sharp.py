@@ -1,7 +1,9 @@
-"""Study: flat vs. sharp. The small- and large-batch solutions of the sweep (same seed, same
-initialization), the loss along the straight line between them (Keskar et al.'s Figure 3) and
-filter-normalized 1-D and 2-D landscapes around each (Li et al.), with the training and test
-loss on the same axes: the lecture's picture of the shifted training and test curves."""
+"""Study: flat vs. sharp.
+
+The small- and large-batch solutions of the sweep (same seed, same initialization), the loss along
+the straight line between them (Keskar et al.'s Figure 3) and filter-normalized 1-D and 2-D
+landscapes around each (Li et al.), with the training and test loss on the same axes: the lecture's
+picture of the shifted training and test curves."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ._threads import one_thread
 
 @dataclass(frozen=True)
 class FlatSharpStudy(ResultMixin):
+    """The flat-vs-sharp study's result: the interpolation and the landscapes around both solutions."""
     small_batch: int
     large_batch: int
     seed: int
@@ -46,6 +49,7 @@ def wall_rise(land: Landscape) -> float:
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> FlatSharpStudy:
+    """Run the flat-vs-sharp study (``quick``: fewer points)."""
     sweep_study = batch_sweep.run(quick=quick)
     sweep = sweep_study.sweep
     cfg = batch_sweep.settings(quick)

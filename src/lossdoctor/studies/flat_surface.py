@@ -1,5 +1,7 @@
-"""Study: the flat surface. Mean squared error on softmax outputs against cross-entropy, for the
-same classifier (the lecture's reason to change the loss).
+"""Study: the flat surface.
+
+Mean squared error on softmax outputs against cross-entropy, for the same classifier (the lecture's
+reason to change the loss).
 
 Two pictures of one fact. The error surface of one sample over two logits (z1, z2) with z3 = 0
 and target class 1: where the softmax is confidently wrong, MSE is flat (its gradient carries a
@@ -72,6 +74,7 @@ def confidently_wrong(means: torch.Tensor) -> nn.Linear:
 
 @dataclass(frozen=True)
 class LossRun(ResultMixin):
+    """One training run of the flat-surface study: its loss and gradient norm per step."""
     loss_name: str
     losses: list[float]
     grad_norms: list[float]
@@ -82,6 +85,7 @@ class LossRun(ResultMixin):
 
 @dataclass(frozen=True)
 class FlatSurfaceStudy(ResultMixin):
+    """The flat-surface study's result: both error surfaces, both runs and the doctor's verdict."""
     axis: np.ndarray
     mse_surface: np.ndarray
     ce_surface: np.ndarray
@@ -97,6 +101,7 @@ class FlatSurfaceStudy(ResultMixin):
     _skip_in_dict = ("axis", "mse_surface", "ce_surface")
 
     def run(self, name: str) -> LossRun:
+        """The run trained with the loss ``name``."""
         return next(r for r in self.runs if r.loss_name == name)
 
     def __str__(self) -> str:
@@ -112,6 +117,7 @@ class FlatSurfaceStudy(ResultMixin):
 
 def train_gd(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
              ) -> tuple[LossRun, torch.optim.Optimizer]:
+    """Full-batch gradient descent: the run (loss, gradient norm and accuracy at every step) and its optimizer."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     losses, norms, accs = [], [], []
     for _ in range(steps):
@@ -129,6 +135,7 @@ def train_gd(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, steps:
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> FlatSurfaceStudy:
+    """Run the flat-surface study."""
     steps = 300 if quick else 1000
     seed = 0
     axis, mse, ce = surfaces()

@@ -1,5 +1,4 @@
-"""Study: L2 regularization makes an overfitting network's function smoother and generalize
-better; biases are left out of the penalty because they shift the function without shaping it.
+"""Study: L2 regularization makes an overfitting network's function smoother and generalize better; biases are left out of the penalty because they shift the function without shaping it.
 
 A wide tanh MLP is fitted to a few noisy samples of a smooth 1-D function (offset from zero, so
 that penalizing the biases visibly pulls the curve towards zero) with the lecture's
@@ -30,6 +29,7 @@ def target(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class L2Fit(ResultMixin):
+    """One fit of the L2-smoothing study: its γ, variant and measurements."""
     gamma: float
     variant: str
     seed: int
@@ -45,6 +45,7 @@ class L2Fit(ResultMixin):
 
 @dataclass(frozen=True)
 class L2SmoothingStudy(ResultMixin):
+    """The L2-smoothing study's result: every fit."""
     gammas: list[float]
     variants: list[str]
     seeds: list[int]
@@ -61,6 +62,7 @@ class L2SmoothingStudy(ResultMixin):
     _skip_in_dict = ("grid", "truth")
 
     def mean(self, variant: str, gamma: float, field: str) -> float:
+        """The mean of ``field`` over the fits of ``variant`` at ``gamma``."""
         return float(np.mean([getattr(f, field) for f in self.fits
                               if f.variant == variant and f.gamma == gamma]))
 
@@ -76,6 +78,7 @@ class L2SmoothingStudy(ResultMixin):
 
 
 def make_data(seed: int, num_train: int, noise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``num_train`` noisy samples of the target function on [-2, 2], drawn from ``seed``."""
     g = torch.Generator().manual_seed(1000 + seed)
     x = torch.rand(num_train, 1, generator=g) * 4.0 - 2.0
     y = target(x) + noise * torch.randn(num_train, 1, generator=g)
@@ -83,9 +86,10 @@ def make_data(seed: int, num_train: int, noise: float) -> tuple[torch.Tensor, to
 
 
 class MLPEnsemble(nn.Module):
-    """``M`` independent 1-H-H-1 tanh MLPs evaluated at once (batched matrix products), so a sweep
-    over gamma, variants and seeds costs about one training run. Member ``m`` is exactly the
-    ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)`` returned by :meth:`member`."""
+    """``M`` independent 1-H-H-1 tanh MLPs evaluated at once (batched matrix products), so a sweep over gamma, variants and seeds costs about one training run.
+
+    Member ``m`` is exactly the ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)`` returned by
+    :meth:`member`."""
 
     def __init__(self, members: int, hidden: int, seed: int):
         super().__init__()
@@ -98,12 +102,14 @@ class MLPEnsemble(nn.Module):
             self.register_parameter(f"b{i}", nn.Parameter(layer.bias.detach().repeat(members, 1, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 1) shared, or (M, N, 1)
+        """Every member's output at ``x``."""
         h = x.expand(self.w0.shape[0], *x.shape[-2:]) if x.dim() == 2 else x
         h = torch.tanh(torch.baddbmm(self.b0, h, self.w0))
         h = torch.tanh(torch.baddbmm(self.b1, h, self.w1))
         return torch.baddbmm(self.b2, h, self.w2)
 
     def member(self, m: int) -> nn.Sequential:
+        """Member ``m`` as a plain ``nn.Sequential``."""
         hidden = self.w0.shape[2]
         net = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
                             nn.Linear(hidden, 1))
@@ -116,9 +122,9 @@ class MLPEnsemble(nn.Module):
 
 def fit_all(x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, str]], *, hidden: int,
             steps: int, seed: int) -> list[nn.Sequential]:
-    """Train one member per ``(gamma, variant)`` on ``L = MSE + 1/2 gamma sum(w**2)``, the sum over
-    the weights ("weights only") or every parameter ("biases too"). Members are independent: the
-    summed loss gives each its own gradient and Adam works elementwise."""
+    """Train one member per ``(gamma, variant)`` on ``L = MSE + 1/2 gamma sum(w**2)``, the sum over the weights ("weights only") or every parameter ("biases too").
+
+    Members are independent: the summed loss gives each its own gradient and Adam works elementwise."""
     ens = MLPEnsemble(len(settings), hidden, seed)
     gw = torch.tensor([g for g, _ in settings]).view(-1, 1, 1)
     gb = torch.tensor([g if v == "biases too" else 0.0 for g, v in settings]).view(-1, 1, 1)
@@ -144,8 +150,7 @@ def fit_all(x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, str]],
 
 @torch.no_grad()
 def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> dict[str, object]:
-    """Train and test MSE (test: the noise-free function on a dense grid), mean |f''| by central
-    differences on the grid, and the norms of the weights and of the biases."""
+    """Train and test MSE (test: the noise-free function on a dense grid), mean |f''| by central differences on the grid, and the norms of the weights and of the biases."""
     f = model(grid)
     h = float(grid[1, 0] - grid[0, 0])
     second = (f[2:] - 2 * f[1:-1] + f[:-2]) / h ** 2
@@ -159,6 +164,7 @@ def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: torch.Tens
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> L2SmoothingStudy:
+    """Run the L2-smoothing study (``quick``: fewer γ and seeds)."""
     gammas = [0.0, 1e-4, 1e-3, 1e-2, 1e-1] if quick else [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
     num_train, noise, hidden = 16, 0.3, 64

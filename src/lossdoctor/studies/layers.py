@@ -26,6 +26,7 @@ STEPS = 300
 
 @dataclass(frozen=True)
 class LayersStudy(ResultMixin):
+    """The per-layer curvature study's result: the MLP's table and the transformer's."""
     steps: int
     mlp_loss: float
     transformer_loss: float
@@ -38,6 +39,7 @@ class LayersStudy(ResultMixin):
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> LayersStudy:
+    """Run the per-layer curvature study."""
     steps = STEPS if quick else 3 * STEPS
     with one_thread(), torch.random.fork_rng():
         x, y = mnist(0, 1024)

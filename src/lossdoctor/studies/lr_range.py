@@ -1,5 +1,4 @@
-"""Study: Smith's learning-rate range test on MNIST-1D, then training from the same initial
-weights at the suggested lr and at 10x below and above it."""
+"""Study: Smith's learning-rate range test on MNIST-1D, then training from the same initial weights at the suggested lr and at 10x below and above it."""
 
 from __future__ import annotations
 
@@ -20,6 +19,7 @@ MULTIPLIERS = (0.1, 1.0, 10.0)
 
 @dataclass(frozen=True)
 class LRTrial(ResultMixin):
+    """One training run at a multiple of the suggested lr."""
     multiplier: float
     lr: float
     seed: int
@@ -31,6 +31,7 @@ class LRTrial(ResultMixin):
 
 @dataclass(frozen=True)
 class LRRangeStudy(ResultMixin):
+    """The LR-range study's result: the range test and the runs at each multiple of its suggestion."""
     problem: str
     optimizer: str
     batch_size: int
@@ -41,6 +42,7 @@ class LRRangeStudy(ResultMixin):
     trials: list[LRTrial]
 
     def of(self, multiplier: float) -> list[LRTrial]:
+        """The runs at ``multiplier`` times the suggested lr."""
         return [t for t in self.trials if t.multiplier == multiplier]
 
     def __str__(self) -> str:
@@ -59,6 +61,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> LRRangeStudy:
+    """Run the LR-range study."""
     batch = 100
     epochs = 6 if quick else 25
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4]

@@ -1,6 +1,4 @@
-"""Study: the gradient noise scale B_simple (McCandlish et al. 2018) on MNIST-1D, along the
-sweep's small-batch run, and the batch size it recommends checked against the sweep: where does
-time (and the number of updates) to reach the target training loss stop improving?"""
+"""Study: the gradient noise scale B_simple (McCandlish et al. 2018) on MNIST-1D, along the sweep's small-batch run, and the batch size it recommends checked against the sweep: where does time (and the number of updates) to reach the target training loss stop improving?"""
 
 from __future__ import annotations
 
@@ -22,6 +20,7 @@ IMPROVING = 0.9  # a batch size "still improves" if it cuts time-to-target by mo
 
 @dataclass(frozen=True)
 class NoiseScaleStudy(ResultMixin):
+    """The noise-scale study's result: B_simple along training and the sweep's cost to the target loss."""
     target_loss: float
     points: list[tuple[str, float, NoiseScale]]  # (where, training loss, estimate)
     recommended_batch: int
@@ -44,8 +43,7 @@ class NoiseScaleStudy(ResultMixin):
 
 
 def _stops_improving(sizes: list[int], values: list[float | None], factor: float) -> int | None:
-    """The first batch size after which growing the batch no longer cuts ``values`` below
-    ``factor`` times their current value."""
+    """The first batch size after which growing the batch no longer cuts ``values`` below ``factor`` times their current value."""
     known = [(b, v) for b, v in zip(sizes, values) if v is not None]
     for (b, v), (_, nxt) in zip(known, known[1:]):
         if nxt > factor * v:
@@ -62,6 +60,7 @@ def _doubled(sizes: list[int], samples: list[float | None]) -> int | None:
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> NoiseScaleStudy:
+    """Run the noise-scale study."""
     sweep = batch_sweep.run(quick=quick).sweep
     cfg = batch_sweep.settings(quick)
     target = cfg["stop_at_loss"][0]

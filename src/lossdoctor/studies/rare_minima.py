@@ -1,8 +1,10 @@
-"""Study: "local minima are rare in high dimensions". Many small MNIST-1D networks, each
-trained for a different number of L-BFGS iterations on the loss and then driven to the nearest
-critical point by Levenberg-Marquardt on the gradient (damped Newton on g = 0, attracted to
-saddles as much as to minima); every end point is classified with the exact (dense) Hessian.
-The lecture's plot: training loss against minimum ratio (fraction of positive eigenvalues).
+"""Study: "local minima are rare in high dimensions".
+
+Many small MNIST-1D networks, each trained for a different number of L-BFGS iterations on the loss
+and then driven to the nearest critical point by Levenberg-Marquardt on the gradient (damped Newton
+on g = 0, attracted to saddles as much as to minima); every end point is classified with the exact
+(dense) Hessian. The lecture's plot: training loss against minimum ratio (fraction of positive
+eigenvalues).
 
 The networks use tanh, so the loss is twice differentiable everywhere (a ReLU network's Hessian
 jumps at every kink, and Newton steps stall there)."""
@@ -30,6 +32,7 @@ LOSS_ITERS = (1, 5, 10, 20, 40, 80, 160)  # pre-training lengths, cycled over th
 
 @dataclass(frozen=True)
 class MinimaRun(ResultMixin):
+    """One small network driven to a critical point and classified."""
     seed: int
     loss_iterations: int
     loss_phase: StationaryHistory
@@ -45,6 +48,7 @@ class MinimaRun(ResultMixin):
 
 @dataclass(frozen=True)
 class RareMinimaStudy(ResultMixin):
+    """The rare-minima study's result: every run."""
     num_params: int
     num_train: int
     hidden: int
@@ -54,13 +58,16 @@ class RareMinimaStudy(ResultMixin):
 
     @property
     def seeds(self) -> list[int]:
+        """The seeds of the runs."""
         return [r.seed for r in self.runs]
 
     def count(self, kind: str) -> int:
+        """How many runs ended as ``kind``."""
         return sum(r.critical.kind == kind for r in self.runs)
 
     @property
     def critical_runs(self) -> list[MinimaRun]:
+        """The runs that reached a critical point."""
         return [r for r in self.runs if r.critical.is_critical]
 
     def __str__(self) -> str:
@@ -82,6 +89,7 @@ def _one_run(seed: int, loss_iters: int, data: tuple[torch.Tensor, torch.Tensor]
 
 
 def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) -> RareMinimaStudy:
+    """Run the rare-minima study (``quick``: fewer networks)."""
     num_runs = 8 if quick else 40
     x, y, _, _ = mnist1d_arrays(NUM_TRAIN, 0, DATA_SEED)
     data = (torch.from_numpy(x).double(), torch.from_numpy(y))

@@ -24,6 +24,7 @@ from ..zoo import build
 
 @dataclass(frozen=True)
 class SpectrumStudy(ResultMixin):
+    """The spectrum study's result: both ends of the spectrum, the trace and the density."""
     problem: str
     num_params: int
     num_samples: int

@@ -1,5 +1,6 @@
-"""Stalled (and healthy) training runs whose cause is known by construction: the cases the stall
-doctor is tuned and validated on.
+"""Stalled (and healthy) training runs whose cause is known by construction.
+
+The cases the stall doctor is tuned and validated on.
 
 Each :class:`StallFamily` builds, for a seed, a real training run stopped where it stalls: the
 model, its loss, the training batches in the order they were used, the optimizer with its state,
@@ -66,8 +67,7 @@ class StallFamily:
 # -- training --------------------------------------------------------------------------------------
 def train_steps(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, data: Batches,
                 start: int, steps: int, *, stop_on_nan: bool = True) -> list[float]:
-    """``steps`` optimizer steps over ``data`` (cycled from batch ``start % len(data)``), in train
-    mode; returns the per-step losses (stops after the first non-finite one)."""
+    """``steps`` optimizer steps over ``data`` (cycled from batch ``start % len(data)``), in train mode; returns the per-step losses (stops after the first non-finite one)."""
     model.train()
     losses = []
     for k in range(start, start + steps):
@@ -84,8 +84,7 @@ def train_steps(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Opti
 
 @torch.no_grad()
 def full_loss(model: nn.Module, loss_fn: Callable, full_data: tuple, mode: str = "train") -> float:
-    """The mean loss over the whole training set, in ``mode`` (BatchNorm: batch statistics of the
-    whole set in train mode); the model's modes and buffers are restored."""
+    """The mean loss over the whole training set, in ``mode`` (BatchNorm: batch statistics of the whole set in train mode); the model's modes and buffers are restored."""
     was = [m.training for m in model.modules()]
     buffers = [b.clone() for b in model.buffers()]
     try:
@@ -122,6 +121,7 @@ def batches_of(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epo
 
 # -- remedies --------------------------------------------------------------------------------------
 def set_lr(lr: float) -> Remedy:
+    """A remedy that sets every group's lr to ``lr``."""
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         for g in opt.param_groups:
             g["lr"] = lr
@@ -130,6 +130,7 @@ def set_lr(lr: float) -> Remedy:
 
 
 def scale_lr(factor: float) -> Remedy:
+    """A remedy that multiplies every group's lr by ``factor``."""
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         for g in opt.param_groups:
             g["lr"] = g["lr"] * factor
@@ -138,6 +139,7 @@ def scale_lr(factor: float) -> Remedy:
 
 
 def set_group(key: str, value: Any) -> Remedy:
+    """A remedy that sets ``key`` of every parameter group to ``value``."""
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         for g in opt.param_groups:
             g[key] = value
@@ -146,6 +148,7 @@ def set_group(key: str, value: Any) -> Remedy:
 
 
 def switch_to_adam(lr: float, weight_decay: float = 0.0) -> Remedy:
+    """A remedy that switches to Adam at ``lr`` (with ``weight_decay``)."""
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return torch.optim.Adam([p for g in opt.param_groups for p in g["params"]], lr=lr,
                                 weight_decay=weight_decay)
@@ -153,6 +156,7 @@ def switch_to_adam(lr: float, weight_decay: float = 0.0) -> Remedy:
 
 
 def restore(state: dict[str, torch.Tensor], then: Remedy) -> Remedy:
+    """A remedy that restores ``state`` and then applies ``then``."""
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         model.load_state_dict(state)
         opt.state.clear()
@@ -183,6 +187,7 @@ def markov_tokens(seed: int, n: int = 512, length: int = 16, vocab: int = 12) ->
 
 def least_squares_data(seed: int, scales: torch.Tensor, n: int = 64, noise: float = 0.0
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares data whose features are scaled by ``scales`` (``n`` samples, optional noise)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, len(scales), generator=gen, dtype=torch.float64) * scales
     w = torch.randn(len(scales), 1, generator=gen, dtype=torch.float64)
@@ -198,6 +203,7 @@ def ls_hessian(x: torch.Tensor) -> torch.Tensor:
 # -- models ----------------------------------------------------------------------------------------
 def mlp(seed: int, hidden: int = 64, depth: int = 1, act: type[nn.Module] = nn.ReLU, inp: int = 40,
         out: int = 10) -> nn.Sequential:
+    """An MLP initialized from ``seed``."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
     width = inp
@@ -220,8 +226,7 @@ class BNConvNet(nn.Sequential):
 
 
 class TinyLM(nn.Module):
-    """A 2-layer pre-norm causal transformer with tied input/output embeddings (about 26k
-    parameters): logits (batch, length, vocab)."""
+    """A 2-layer pre-norm causal transformer with tied input/output embeddings (about 26k parameters): logits (batch, length, vocab)."""
 
     def __init__(self, vocab: int = 12, dim: int = 32, heads: int = 4, layers: int = 2, length: int = 16):
         super().__init__()
@@ -233,6 +238,7 @@ class TinyLM(nn.Module):
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits for every position of ``tokens``."""
         t = tokens.shape[1]
         h = self.embed(tokens) + self.position[:t]
         h = self.blocks(h, mask=self.mask[:t, :t], is_causal=True)
@@ -240,10 +246,12 @@ class TinyLM(nn.Module):
 
 
 def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over every token."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 def onehot_mse(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """MSE between the softmax outputs and the one-hot targets (the lecture's flat loss)."""
     return F.mse_loss(out, F.one_hot(t, out.shape[-1]).to(out.dtype))
 
 
@@ -269,6 +277,7 @@ def _top_eigenvalue(model: nn.Module, data: tuple) -> float:
 
 
 def healthy_mlp_adam(seed: int) -> Stall:
+    """A healthy run: an MLP with Adam."""
     x, y = mnist(seed)
     model = mlp(seed, 64)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -277,6 +286,7 @@ def healthy_mlp_adam(seed: int) -> Stall:
 
 
 def healthy_cnn_bn_sgd(seed: int) -> Stall:
+    """A healthy run: a CNN with BatchNorm and SGD."""
     x, y = mnist(seed)
     torch.manual_seed(seed)
     model = BNConvNet()
@@ -286,6 +296,7 @@ def healthy_cnn_bn_sgd(seed: int) -> Stall:
 
 
 def healthy_lm_adamw(seed: int) -> Stall:
+    """A healthy run: a small language model with AdamW."""
     x, y = markov_tokens(seed)
     model = _lm(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
@@ -294,6 +305,7 @@ def healthy_lm_adamw(seed: int) -> Stall:
 
 
 def healthy_least_squares(seed: int) -> Stall:
+    """A healthy run: least squares."""
     x, y, _ = least_squares_data(seed, torch.logspace(-0.3, 0.3, 6, dtype=torch.float64), noise=0.1)
     model = nn.Linear(6, 1, bias=False).double()
     with torch.no_grad():
@@ -305,6 +317,7 @@ def healthy_least_squares(seed: int) -> Stall:
 
 # -- families: diverging -----------------------------------------------------------------------------------
 def diverging_least_squares(seed: int) -> Stall:
+    """Diverging: least squares at an lr above the stability limit."""
     x, y, _ = least_squares_data(seed, torch.logspace(-0.5, 0.5, 4, dtype=torch.float64))
     model = nn.Linear(4, 1, bias=False).double()
     lam = _lam_ls(x)
@@ -314,8 +327,9 @@ def diverging_least_squares(seed: int) -> Stall:
 
 
 def diverging_mlp_nan(seed: int) -> Stall:
-    """SGD with lr far too high on an MSE MLP: the loss grows and the parameters go to NaN. The
-    checkpoint is the last finite state a few steps before."""
+    """SGD with lr far too high on an MSE MLP: the loss grows and the parameters go to NaN.
+
+    The checkpoint is the last finite state a few steps before."""
     x, y = mnist(seed)
     model = mlp(seed, 32)
     data = batches_of(x, y, 64, seed, epochs=4)
@@ -332,8 +346,9 @@ def diverging_mlp_nan(seed: int) -> Stall:
 
 # -- families: oscillation (lr too high for the sharpest direction) --------------------------------------
 def oscillating_least_squares(seed: int) -> Stall:
-    """GD with lr·λ_max in [1.9985, 1.9995], started along the sharpest direction: it bounces
-    between the valley walls and the bounce is most of the loss."""
+    """GD with lr·λ_max in [1.9985, 1.9995], started along the sharpest direction.
+
+    It bounces between the valley walls and the bounce is most of the loss."""
     x, y, _ = least_squares_data(seed, torch.logspace(-0.5, 0.5, 8, dtype=torch.float64))
     lam, vecs = torch.linalg.eigh(ls_hessian(x))
     w_star = torch.linalg.lstsq(x, y).solution.reshape(-1)
@@ -347,8 +362,10 @@ def oscillating_least_squares(seed: int) -> Stall:
 
 
 def oscillating_lm_adam(seed: int) -> Stall:
-    """The small transformer at AdamW lr 0.1: the preconditioned sharpness far beyond Adam's
-    stability limit, the loss stuck well above what lr 3e-3 reaches."""
+    """The small transformer at AdamW lr 0.1.
+
+    The preconditioned sharpness far beyond Adam's stability limit, the loss stuck well above what
+    lr 3e-3 reaches."""
     x, y = markov_tokens(seed)
     model = _lm(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.01)
@@ -367,6 +384,7 @@ def oscillating_mlp_adam(seed: int) -> Stall:
 
 # -- families: momentum too high --------------------------------------------------------------------------
 def momentum_mlp(seed: int) -> Stall:
+    """Too much momentum: an MLP."""
     x, y = mnist(seed)
     model = mlp(seed, 64)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.995)
@@ -375,6 +393,7 @@ def momentum_mlp(seed: int) -> Stall:
 
 
 def momentum_cnn_bn(seed: int) -> Stall:
+    """Too much momentum: a CNN with BatchNorm."""
     x, y = mnist(seed)
     torch.manual_seed(seed)
     model = BNConvNet()
@@ -385,8 +404,10 @@ def momentum_cnn_bn(seed: int) -> Stall:
 
 # -- families: ill-conditioned valley ---------------------------------------------------------------------
 def valley_least_squares(seed: int) -> Stall:
-    """The lecture's elongated valley: least squares with condition number ~1e4, GD at lr·λ_max ≈
-    1.99 after 1,000 steps: the steep direction has settled, the floor crawls."""
+    """The lecture's elongated valley.
+
+    Least squares with condition number ~1e4, GD at lr·λ_max ≈ 1.99 after 1,000 steps: the steep
+    direction has settled, the floor crawls."""
     scales = torch.tensor([1.0, 0.01], dtype=torch.float64) * torch.tensor([10.0, 10.0], dtype=torch.float64)
     x, y, _ = least_squares_data(seed, scales, n=100)
     model = nn.Linear(2, 1, bias=False).double()
@@ -399,8 +420,7 @@ def valley_least_squares(seed: int) -> Stall:
 
 
 def valley_logistic(seed: int) -> Stall:
-    """Logistic regression on MNIST-1D with feature scales spread over 300x (unstandardized
-    inputs), full-batch GD at lr 1/λ_max."""
+    """Logistic regression on MNIST-1D with feature scales spread over 300x (unstandardized inputs), full-batch GD at lr 1/λ_max."""
     x, y = mnist(seed)
     scales = torch.logspace(-1.25, 1.25, 40, generator=None) if False else torch.logspace(-1.25, 1.25, 40)
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(seed))
@@ -414,6 +434,7 @@ def valley_logistic(seed: int) -> Stall:
 
 # -- families: lr too small ------------------------------------------------------------------------------
 def small_lr_mlp(seed: int) -> Stall:
+    """The learning rate too small: an MLP."""
     x, y = mnist(seed)
     model = mlp(seed, 64)
     opt = torch.optim.SGD(model.parameters(), lr=2e-4)
@@ -422,6 +443,7 @@ def small_lr_mlp(seed: int) -> Stall:
 
 
 def small_lr_cnn_bn(seed: int) -> Stall:
+    """The learning rate too small: a CNN with BatchNorm."""
     x, y = mnist(seed)
     torch.manual_seed(seed)
     model = BNConvNet()
@@ -431,6 +453,7 @@ def small_lr_cnn_bn(seed: int) -> Stall:
 
 
 def small_lr_lm_adamw(seed: int) -> Stall:
+    """The learning rate too small: a small language model with AdamW."""
     x, y = markov_tokens(seed)
     model = _lm(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
@@ -440,8 +463,10 @@ def small_lr_lm_adamw(seed: int) -> Stall:
 
 # -- families: minibatch gradient noise floor --------------------------------------------------------------
 def noise_floor_mlp(seed: int) -> Stall:
-    """SGD at batch 8 with lr 0.5 for 3,000 steps: the loss hovers at the noise floor (stable along
-    λ_max, but the minibatch gradient is mostly noise); lr/10 goes lower at once."""
+    """SGD at batch 8 with lr 0.5 for 3,000 steps.
+
+    The loss hovers at the noise floor (stable along λ_max, but the minibatch gradient is mostly
+    noise); lr/10 goes lower at once."""
     x, y = mnist(seed, 4000)
     model = mlp(seed, 16)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
@@ -450,8 +475,9 @@ def noise_floor_mlp(seed: int) -> Stall:
 
 
 def noise_floor_least_squares(seed: int) -> Stall:
-    """Noisy least squares with SGD at batch 2: the iterates bounce around the optimum at a
-    level set by the lr and the label noise."""
+    """Noisy least squares with SGD at batch 2.
+
+    The iterates bounce around the optimum at a level set by the lr and the label noise."""
     x, y, _ = least_squares_data(seed, torch.logspace(-0.3, 0.3, 10, dtype=torch.float64), n=256, noise=1.0)
     model = nn.Linear(10, 1, bias=False).double()
     data = batches_of(x, y, 2, seed, epochs=4)
@@ -462,6 +488,7 @@ def noise_floor_least_squares(seed: int) -> Stall:
 
 # -- families: flat plateau (saturated outputs) ------------------------------------------------------------
 def plateau_sigmoid_mlp(seed: int) -> Stall:
+    """A flat plateau: a sigmoid MLP."""
     x, y = mnist(seed, 512)
     body = mlp(seed, 16, act=nn.Sigmoid)
     with torch.no_grad():
@@ -472,6 +499,7 @@ def plateau_sigmoid_mlp(seed: int) -> Stall:
 
 
 def plateau_softmax_mse(seed: int) -> Stall:
+    """A flat plateau: MSE on softmax outputs."""
     x, y = mnist(seed, 512)
     torch.manual_seed(seed)
     lin = nn.Linear(40, 10)
@@ -522,8 +550,10 @@ def dead_relu_bias(seed: int) -> Stall:
 
 # -- families: vanishing gradients -------------------------------------------------------------------------
 def vanishing_sigmoid_deep(seed: int) -> Stall:
-    """A 6-layer sigmoid MLP with SGD: the hidden layers' gradients are orders of magnitude
-    smaller, relative to their weights, than the last layer's; the loss sits at ln 10."""
+    """A 6-layer sigmoid MLP with SGD.
+
+    The hidden layers' gradients are orders of magnitude smaller, relative to their weights, than
+    the last layer's; the loss sits at ln 10."""
     x, y = mnist(seed)
     model = mlp(seed, 32, depth=6, act=nn.Sigmoid)
     data = batches_of(x, y, 64, seed, epochs=8)
@@ -532,6 +562,7 @@ def vanishing_sigmoid_deep(seed: int) -> Stall:
 
 
 def vanishing_tanh_small_init(seed: int) -> Stall:
+    """Vanishing gradients: a deep tanh MLP with a tiny initialization."""
     x, y = mnist(seed)
     model = mlp(seed, 32, depth=8, act=nn.Tanh)
     with torch.no_grad():
@@ -545,6 +576,7 @@ def vanishing_tanh_small_init(seed: int) -> Stall:
 
 # -- families: weight decay too strong -----------------------------------------------------------------------
 def weight_decay_mlp_adamw(seed: int) -> Stall:
+    """Too much weight decay: an MLP with AdamW."""
     x, y = mnist(seed)
     model = mlp(seed, 64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=3.0)
@@ -553,6 +585,7 @@ def weight_decay_mlp_adamw(seed: int) -> Stall:
 
 
 def weight_decay_lm_adamw(seed: int) -> Stall:
+    """Too much weight decay: a small language model with AdamW."""
     x, y = markov_tokens(seed)
     model = _lm(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5.0)
@@ -561,6 +594,7 @@ def weight_decay_lm_adamw(seed: int) -> Stall:
 
 
 def weight_decay_mlp_sgd(seed: int) -> Stall:
+    """Too much weight decay: an MLP with SGD."""
     x, y = mnist(seed)
     model = mlp(seed, 64)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.3)
@@ -570,6 +604,7 @@ def weight_decay_mlp_sgd(seed: int) -> Stall:
 
 # -- families: saddle points -------------------------------------------------------------------------------
 def saddle_lecture(seed: int) -> Stall:
+    """A saddle point: the lecture's toy."""
     gen = np.random.default_rng(seed)
     model = ProductNet(*(1e-8 * gen.standard_normal(2)))
     data = (torch.ones(1, 1), torch.ones(1, 1))
@@ -595,6 +630,7 @@ def _escape_by_noise(scale: float, seed: int) -> Remedy:
 
 
 def saddle_zero_tanh_mlp(seed: int) -> Stall:
+    """A saddle point: a tanh MLP initialized at zero."""
     x, y = mnist(seed, 512)
     model = mlp(seed, 16, act=nn.Tanh)
     with torch.no_grad():
@@ -605,6 +641,7 @@ def saddle_zero_tanh_mlp(seed: int) -> Stall:
 
 
 def saddle_deep_linear(seed: int) -> Stall:
+    """A saddle point: a deep linear network."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 6, generator=gen)
     y = x @ torch.randn(6, 3, generator=gen)
@@ -632,6 +669,7 @@ def degenerate_deep_linear(seed: int) -> Stall:
 
 # -- families: converged ---------------------------------------------------------------------------------
 def converged_least_squares(seed: int) -> Stall:
+    """Converged: least squares at its minimum."""
     x, y, _ = least_squares_data(seed, torch.logspace(-0.5, 0.5, 5, dtype=torch.float64), noise=0.5)
     model = nn.Linear(5, 1, bias=False).double()
     with torch.no_grad():
@@ -641,6 +679,7 @@ def converged_least_squares(seed: int) -> Stall:
 
 
 def converged_mlp(seed: int) -> Stall:
+    """Converged: an MLP trained to a small loss."""
     from ..training.stationary import minimize_full_batch
 
     x, y = mnist(seed, 128)

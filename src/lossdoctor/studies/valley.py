@@ -1,7 +1,9 @@
-"""Study: the elongated convex valley (the lecture's section 2). Gradient descent with lr 1e-2
-bounces between the valley walls while the gradient stays large; with lr 1e-7 it creeps down the
-slope and then crawls along the floor for 100,000 updates. Adagrad, RMSprop, Adam and momentum on
-the same surface; learning-rate decay and warm-up fixing the late jumps of the lecture's Adagrad.
+"""Study: the elongated convex valley (the lecture's section 2).
+
+Gradient descent with lr 1e-2 bounces between the valley walls while the gradient stays large; with
+lr 1e-7 it creeps down the slope and then crawls along the floor for 100,000 updates. Adagrad,
+RMSprop, Adam and momentum on the same surface; learning-rate decay and warm-up fixing the late
+jumps of the lecture's Adagrad.
 
 The problem: y = w1·x1 + w2·x2 with x1 ~ N(0, 0.2²) small and x2 ~ N(0, 10²) large, 100 samples,
 targets y = x·w* (noiseless, so the optimum is w* and its loss is 0), and the loss is torch's
@@ -54,6 +56,7 @@ def hessian_of(x: np.ndarray) -> np.ndarray:
 
 
 def find_seed(window: tuple[float, float], start: int = 0, limit: int = 100_000) -> int:
+    """The first data seed from ``start`` whose λ_max lies in ``window``."""
     for seed in range(start, limit):
         lam = float(np.linalg.eigvalsh(hessian_of(draw(seed)))[-1])
         if window[0] <= lam <= window[1]:
@@ -63,6 +66,7 @@ def find_seed(window: tuple[float, float], start: int = 0, limit: int = 100_000)
 
 @dataclass(frozen=True)
 class Method:
+    """One optimizer of the valley study: its name, settings and update rule."""
     key: str
     label: str
     lr: float
@@ -84,8 +88,10 @@ WARMUP = 200
 
 
 def gd_closed_form(lr: float, steps: int, S: np.ndarray, w_star=W_STAR, w0=W_START) -> np.ndarray:
-    """The ``steps + 1`` iterates of gradient descent in closed form: along each eigenvector of
-    the Hessian 2S the error is multiplied by (1 - lr·λ) per update. NaN once |w| >= 1e8."""
+    """The ``steps + 1`` iterates of gradient descent in closed form.
+
+    Along each eigenvector of the Hessian 2S the error is multiplied by (1 - lr·λ) per update. NaN
+    once |w| >= 1e8."""
     lam, V = np.linalg.eigh(2 * S)
     e0 = V.T @ (np.asarray(w0) - np.asarray(w_star))
     t = np.arange(steps + 1)[:, None]
@@ -99,8 +105,7 @@ def gd_closed_form(lr: float, steps: int, S: np.ndarray, w_star=W_STAR, w0=W_STA
 
 
 def descend(method: str, lr: float, steps: int, S: np.ndarray, w_star=W_STAR, w0=W_START) -> np.ndarray:
-    """The ``steps + 1`` iterates of one update rule on L(w) = (w - w*)ᵀ S (w - w*), gradient
-    2 S (w - w*), step by step; stops (NaN after) once the iterate leaves |w| < 1e8."""
+    """The ``steps + 1`` iterates of one update rule on L(w) = (w - w*)ᵀ S (w - w*), gradient 2 S (w - w*), step by step; stops (NaN after) once the iterate leaves |w| < 1e8."""
     a, b, c = float(S[0, 0]), float(S[0, 1]), float(S[1, 1])
     s1_, s2_ = w_star
     w1, w2 = w0
@@ -158,21 +163,25 @@ def descend(method: str, lr: float, steps: int, S: np.ndarray, w_star=W_STAR, w0
 
 
 def losses_of(traj: np.ndarray, S: np.ndarray, w_star=W_STAR) -> np.ndarray:
+    """The loss at every point of a trajectory, in closed form."""
     e = traj - np.asarray(w_star)
     return np.einsum("ti,ij,tj->t", e, S, e)
 
 
 def gradients_of(traj: np.ndarray, S: np.ndarray, w_star=W_STAR) -> np.ndarray:
+    """The gradient at every point of a trajectory, in closed form."""
     return 2 * (traj - np.asarray(w_star)) @ S
 
 
 def keep_steps(steps: int) -> np.ndarray:
+    """The steps kept for drawing a run of ``steps`` updates: every one up to ``DENSE_STEPS``, then every ``SPARSE_EVERY``-th, and the last."""
     return np.unique(np.concatenate([np.arange(min(steps, DENSE_STEPS) + 1),
                                      np.arange(DENSE_STEPS, steps + 1, SPARSE_EVERY), [steps]]))
 
 
 @dataclass(frozen=True)
 class ValleyRun(ResultMixin):
+    """One trajectory of the valley study."""
     key: str
     label: str
     lr: float
@@ -197,11 +206,13 @@ class TwoWeights(nn.Module):
         self.w = nn.Parameter(torch.tensor(w, dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ w``."""
         return x @ self.w
 
 
 @dataclass(frozen=True)
 class ValleyStudy(ResultMixin):
+    """The valley study's result: every trajectory, the table and the doctor's verdict."""
     data_seed: int
     contrast_seed: int
     num_samples: int
@@ -222,6 +233,7 @@ class ValleyStudy(ResultMixin):
     _skip_in_dict = ("contrast_losses",)
 
     def run(self, key: str) -> ValleyRun:
+        """The run of method ``key``."""
         return next(r for r in self.runs if r.key == key)
 
     def __str__(self) -> str:
@@ -250,8 +262,7 @@ def _run(m: Method, S: np.ndarray) -> ValleyRun:
 
 
 def doctor_on_bounce(x: np.ndarray, S: np.ndarray, at: int = DIAGNOSE_AT, lr: float = 1e-2) -> Diagnosis:
-    """The doctor's verdict on GD with ``lr`` after ``at`` updates, from the last 60 losses, gradient
-    norms and successive-gradient cosines of the run, on the torch version of the problem."""
+    """The doctor's verdict on GD with ``lr`` after ``at`` updates, from the last 60 losses, gradient norms and successive-gradient cosines of the run, on the torch version of the problem."""
     traj = descend("gd", lr, at, S)
     losses = losses_of(traj[:-1], S)  # loss at step t is measured before update t
     grads = gradients_of(traj[:-1], S)
@@ -266,6 +277,7 @@ def doctor_on_bounce(x: np.ndarray, S: np.ndarray, at: int = DIAGNOSE_AT, lr: fl
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> ValleyStudy:
+    """Run the valley study (``quick``: fewer updates for the slow runs)."""
     seed = find_seed(BOUNCE_WINDOW)
     contrast = find_seed(DIVERGE_WINDOW)
     x = draw(seed)

@@ -1,6 +1,8 @@
-"""Study: learning-rate warm-up. Adam at a large learning rate and a large batch on MNIST-1D,
-with and without a linear warm-up, over several seeds: the per-step training loss, the number of
-loss spikes, the final losses, and the lr schedule itself."""
+"""Study: learning-rate warm-up.
+
+Adam at a large learning rate and a large batch on MNIST-1D, with and without a linear warm-up, over
+several seeds: the per-step training loss, the number of loss spikes, the final losses, and the lr
+schedule itself."""
 
 from __future__ import annotations
 
@@ -21,8 +23,7 @@ SPIKE_FACTOR = 1.5
 
 
 def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR) -> int:
-    """Excursions of the step loss above ``factor`` times its lowest value so far (each counted
-    once, at the step it starts); a non-finite loss counts as a spike."""
+    """Excursions of the step loss above ``factor`` times its lowest value so far (each counted once, at the step it starts); a non-finite loss counts as a spike."""
     best, inside, spikes = math.inf, False, 0
     for value in losses:
         high = not math.isfinite(value) or value > factor * best
@@ -36,6 +37,7 @@ def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR) -> int:
 
 @dataclass(frozen=True)
 class WarmupRun(ResultMixin):
+    """One training run with (or without) warm-up."""
     warmup_steps: int
     seed: int
     history: TrainHistory
@@ -48,6 +50,7 @@ class WarmupRun(ResultMixin):
 
 @dataclass(frozen=True)
 class WarmupStudy(ResultMixin):
+    """The warm-up study's result: every run and the schedules."""
     lr: float
     batch_size: int
     model: str
@@ -63,6 +66,7 @@ class WarmupStudy(ResultMixin):
     _skip_in_dict = ("schedule_without", "schedule_with")
 
     def of(self, warmup_steps: int) -> list[WarmupRun]:
+        """The runs with ``warmup_steps`` of warm-up (0: none)."""
         return [r for r in self.runs if r.warmup_steps == warmup_steps]
 
     def __str__(self) -> str:
@@ -76,6 +80,7 @@ class WarmupStudy(ResultMixin):
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> WarmupStudy:
+    """Run the warm-up study (``quick``: fewer seeds and steps)."""
     lr, batch, depth, hidden = 0.03, 1000, 4, 256
     epochs = 25 if quick else 60
     seeds = [0, 1, 2] if quick else [0, 1, 2, 3, 4, 5]

@@ -1,0 +1,1 @@
+"""Training-side tools: the lr range test, batch sizes timed and swept, warm-up schedules, L2 over the weights."""

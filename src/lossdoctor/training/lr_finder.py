@@ -1,5 +1,7 @@
-"""Smith's learning-rate range test: train for a few steps while the lr grows exponentially from
-``start_lr`` to ``end_lr``, record the loss, and suggest the lr where it falls fastest.
+"""Smith's learning-rate range test.
+
+Train for a few steps while the lr grows exponentially from ``start_lr`` to ``end_lr``, record the
+loss, and suggest the lr where it falls fastest.
 
 The test trains the user's model with the user's optimizer, so both are snapshotted first and
 restored afterwards: parameters, buffers, ``requires_grad``, ``.grad``, train/eval modes, the RNG,
@@ -39,14 +41,42 @@ SUGGESTIONS = ("steepest", "minimum")
 
 @dataclass(frozen=True)
 class LRRangeResult(ResultMixin):
-    """The loss against the learning rate, and the suggested lr.
+    """The loss against the learning rate, and the suggested lr (:func:`lr_range_test`).
 
-    ``losses[i]`` is the training loss of the batch at step ``i``, measured before the update made
-    with ``lrs[i]``; ``smoothed_losses`` is its bias-corrected exponential moving average.
-    ``steepest_lr``: where the smoothed loss falls fastest per unit of log(lr), before its
-    minimum. ``minimum_lr``: where the smoothed loss is lowest (training there is usually at the
-    edge of instability; one tenth of it is the other common rule). ``suggested_lr`` is one of the
-    two, named by ``suggestion``.
+    Attributes:
+        lrs: the lr of each step.
+        losses: ``losses[i]`` is the training loss of the batch at step ``i``, measured before
+            the update made with ``lrs[i]``.
+        smoothed_losses: their smoothed curve (a zero-phase exponential moving average).
+        suggested_lr: ``steepest_lr`` or ``minimum_lr``, as ``suggestion`` says; ``None`` when
+            interrupted (no suggestion from a cut-short curve).
+        suggestion: ``"steepest"`` or ``"minimum"``.
+        steepest_lr: where the smoothed loss falls fastest per unit of log(lr), before its
+            minimum.
+        minimum_lr: where the smoothed loss is lowest (training there is usually at the edge of
+            instability; one tenth of it is the other common rule).
+        minimum_loss: the lowest smoothed loss.
+        diverged: the test stopped early because the loss blew up.
+        steps_run: steps run.
+        steps_requested: steps asked for.
+        start_lr: the first lr.
+        end_lr: the last lr planned.
+        smoothing: the EMA coefficient.
+        diverge_factor: the blow-up factor that stops the test.
+        interrupted: Ctrl-C: the curve up to where it stopped, and no suggestion.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+        >>> r = ld.lr_range_test(model, torch.nn.functional.mse_loss, batches, optimizer,
+        ...                      start_lr=1e-3, end_lr=10, steps=50, smoothing=0.5)
+        >>> r.diverged, r.steps_run, round(r.minimum_lr, 1)
+        (True, 44, 1.5)
     """
 
     lrs: list[float]
@@ -112,8 +142,26 @@ def _check_range(start_lr: float, end_lr: float, steps: int, smoothing: float, d
 
 @contextlib.contextmanager
 def preserved_optimizer(optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Snapshot the optimizer's per-parameter state and its groups' settings (lr, momentum, ...)
-    and put them back on exit, keeping the same group and state objects the user may hold."""
+    """A context manager that puts the optimizer's state and settings back on exit.
+
+    Snapshots the per-parameter state and the groups' settings (lr, momentum, ...) and restores
+    them, keeping the same group and state objects the user may hold.
+
+    Args:
+        optimizer: any ``torch.optim`` optimizer.
+
+    Yields:
+        Nothing: the body runs with the optimizer as it is.
+
+    Examples:
+        >>> import torch
+        >>> from lossdoctor.training.lr_finder import preserved_optimizer
+        >>> optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        >>> with preserved_optimizer(optimizer):
+        ...     optimizer.param_groups[0]["lr"] = 5.0
+        >>> optimizer.param_groups[0]["lr"]
+        0.1
+    """
     groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     state = {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
                  for k, v in s.items()} for p, s in optimizer.state.items()}
@@ -139,7 +187,21 @@ _MISSING = object()
 
 
 def ema(values: np.ndarray, beta: float) -> np.ndarray:
-    """Bias-corrected exponential moving average (causal: it lags by about 1/(1-beta) points)."""
+    """Bias-corrected exponential moving average (causal: it lags by about 1/(1-beta) points).
+
+    Args:
+        values: the series.
+        beta: the weight of the past (0: no smoothing).
+
+    Returns:
+        The smoothed series, as floats.
+
+    Examples:
+        >>> import numpy as np
+        >>> from lossdoctor.training.lr_finder import ema
+        >>> ema(np.array([0.0, 2.0]), 0.5).round(4).tolist()
+        [0.0, 1.3333]
+    """
     out = np.empty_like(values, dtype=float)
     avg = 0.0
     for i, v in enumerate(values):
@@ -149,15 +211,44 @@ def ema(values: np.ndarray, beta: float) -> np.ndarray:
 
 
 def zero_phase_ema(values: np.ndarray, beta: float) -> np.ndarray:
-    """The EMA run forwards then backwards: the same smoothing without the lag, so the
-    suggested lr is not shifted towards larger lrs."""
+    """The EMA run forwards then backwards: the same smoothing without the lag.
+
+    So the suggested lr is not shifted towards larger lrs.
+
+    Args:
+        values: the series.
+        beta: the weight of the past (0: no smoothing).
+
+    Returns:
+        The smoothed series, as floats.
+
+    Examples:
+        >>> import numpy as np
+        >>> from lossdoctor.training.lr_finder import zero_phase_ema
+        >>> zero_phase_ema(np.array([0.0, 2.0, 0.0]), 0.5).round(4).tolist()
+        [0.4626, 1.0794, 0.5714]
+    """
     if beta == 0.0 or len(values) == 0:
         return np.asarray(values, dtype=float)
     return ema(ema(values, beta)[::-1], beta)[::-1]
 
 
 def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float, float]:
-    """``(steepest_lr, minimum_lr, minimum_loss)`` from a smoothed loss-vs-lr curve."""
+    """The steepest-descent lr, the minimum's lr and the minimum loss of a smoothed loss-vs-lr curve.
+
+    Args:
+        lrs: the lrs, increasing.
+        smoothed: the smoothed loss at each.
+
+    Returns:
+        ``(steepest_lr, minimum_lr, minimum_loss)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> from lossdoctor.training.lr_finder import suggest
+        >>> suggest(np.array([1e-3, 1e-2, 1e-1, 1.0, 10.0]), np.array([1.0, 0.9, 0.3, 0.2, 5.0]))
+        (0.1, 1.0, 0.2)
+    """
     m = int(np.argmin(smoothed))
     if m < 2:
         return float(lrs[m]), float(lrs[m]), float(smoothed[m])
@@ -176,8 +267,44 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
     growing geometrically from ``start_lr`` to ``end_lr``; stops early once the running
     (causal, bias-corrected EMA) loss exceeds ``diverge_factor`` times its lowest value or is not
     finite. Parameter groups keep their lr ratios: the group with the largest lr follows the
-    schedule. ``suggestion="steepest"`` (default) or ``"minimum"`` picks ``suggested_lr``.
-    The model and the optimizer are left exactly as they were.
+    schedule. The model and the optimizer are left exactly as they were.
+
+    Args:
+        model: any ``nn.Module``.
+        loss_fn: ``loss_fn(model(inputs), targets)``, the batch-mean loss.
+        data: a DataLoader or a list of batches, cycled through.
+        optimizer: the optimizer that trains ``model`` (not LBFGS).
+        start_lr: the first lr.
+        end_lr: the last lr.
+        steps: updates at most.
+        smoothing: the EMA coefficient of the smoothed curve.
+        diverge_factor: stop once the running loss exceeds this many times its lowest.
+        suggestion: ``"steepest"`` (default) or ``"minimum"``: which picks ``suggested_lr``.
+        progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
+            terminal for long runs.
+
+    Returns:
+        The loss-vs-lr curve and the suggested lr. Ctrl-C returns the curve so far, with no
+        suggestion.
+
+    Raises:
+        ValueError: a bad range or option, or an optimizer over other parameters.
+        TypeError: an LBFGS optimizer.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])
+        >>> model = torch.nn.Linear(4, 1)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> batches = [(x[:32], y[:32]), (x[32:], y[32:])]
+        >>> r = ld.lr_range_test(model, torch.nn.functional.mse_loss, batches, optimizer,
+        ...                      start_lr=1e-3, end_lr=10, steps=50, smoothing=0.5)
+        >>> r.diverged, round(r.minimum_lr, 1)  # lowest loss at lr 1.5, blown up past it
+        (True, 1.5)
+        >>> optimizer.param_groups[0]["lr"]  # the optimizer (and the model) as they were
+        0.01
     """
     check_module(model)
     check_loss_fn(loss_fn)

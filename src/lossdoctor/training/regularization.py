@@ -1,5 +1,7 @@
-"""L2 regularization over the weights only: parameter groups for any ``torch.optim`` optimizer,
-and the explicit penalty ``1/2 * gamma * sum(w**2)`` for users who add it to the loss.
+"""L2 regularization over the weights only.
+
+Parameter groups for any ``torch.optim`` optimizer, and the explicit penalty ``1/2 * gamma *
+sum(w**2)`` for users who add it to the loss.
 
 Biases shift the function without shaping its smoothness, and normalization layers' gains and
 shifts are rescaled by the layer itself, so both are left out of the penalty by default.
@@ -49,17 +51,31 @@ NORM_TYPES = _norm_types()
 
 
 def is_norm_layer(module: nn.Module) -> bool:
-    """True for torch's normalization layers and for leaf modules whose class is named ``...Norm``
-    (the hand-written RMSNorm of many LLM code bases, ScaleNorm, ...; a wrapper such as ``PreNorm``
-    has children and is not one)."""
+    """Whether ``module`` is a normalization layer (its gains and shifts are not decayed).
+
+    True for torch's normalization layers and for leaf modules whose class is named ``...Norm``
+    (the hand-written RMSNorm of many LLM code bases, ScaleNorm, ...; a wrapper such as
+    ``PreNorm`` has children and is not one).
+
+    Args:
+        module: any module.
+
+    Returns:
+        Whether it is a normalization layer.
+
+    Examples:
+        >>> from torch import nn
+        >>> from lossdoctor.training.regularization import is_norm_layer
+        >>> is_norm_layer(nn.LayerNorm(4)), is_norm_layer(nn.Linear(4, 4))
+        (True, False)
+    """
     if isinstance(module, NORM_TYPES):
         return True
     return type(module).__name__.lower().endswith("norm") and next(module.children(), None) is None
 
 
 def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
-    """For every parameter (by identity), all ``(full name, owning module, own name)`` it appears
-    under; a tied parameter has several."""
+    """For every parameter (by identity), all ``(full name, owning module, own name)`` it appears under; a tied parameter has several."""
     owners: dict[int, list[tuple[str, nn.Module, str]]] = {}
     for module_name, module in model.named_modules(remove_duplicate=False):
         for own_name, p in module.named_parameters(recurse=False):
@@ -86,11 +102,32 @@ def _check_exclude(exclude: Any) -> tuple[str, ...]:
 def split_parameters(model: nn.Module, *, exclude: Sequence[str] = DEFAULT_EXCLUDE,
                      trainable_only: bool = True) -> tuple[list[tuple[str, nn.Parameter]],
                                                            list[tuple[str, nn.Parameter]]]:
-    """``(decayed, not_decayed)``: named parameters, each tied parameter once (under its first
-    name), in module order. ``exclude`` holds keywords (``"bias"``, ``"norm"``, ``"embedding"``,
-    ``"1d"``) and parameter names (a full name, a dotted suffix such as ``"pos_embed"`` or
-    ``"head.weight"``, or a glob such as ``"*.scale"``); a tied parameter is excluded when any of
-    its names is. A name that matches no parameter is an error (a typo would silently decay)."""
+    """Split the model's named parameters into those decayed and those not.
+
+    Each tied parameter appears once (under its first name), in module order.
+
+    Args:
+        model: any ``nn.Module``.
+        exclude: keywords (``"bias"``, ``"norm"``, ``"embedding"``, ``"1d"``) and parameter
+            names (a full name, a dotted suffix such as ``"pos_embed"`` or ``"head.weight"``, or
+            a glob such as ``"*.scale"``); a tied parameter is excluded when any of its names is.
+        trainable_only: leave out parameters with ``requires_grad=False``.
+
+    Returns:
+        ``(decayed, not_decayed)``: two lists of ``(name, parameter)``.
+
+    Raises:
+        ValueError: a name in ``exclude`` matches no parameter (a typo would silently decay).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+        >>> from lossdoctor.training.regularization import split_parameters
+        >>> decayed, kept = split_parameters(model)
+        >>> [n for n, _ in decayed], [n for n, _ in kept]
+        (['0.weight', '2.weight'], ['0.bias', '1.weight', '1.bias', '2.bias'])
+    """
     check_module(model)
     check_bool(trainable_only, "trainable_only")
     entries = _check_exclude(exclude)
@@ -128,13 +165,33 @@ def split_parameters(model: nn.Module, *, exclude: Sequence[str] = DEFAULT_EXCLU
 def weight_decay_groups(model: nn.Module, weight_decay: float, *,
                         exclude: Sequence[str] = DEFAULT_EXCLUDE,
                         trainable_only: bool = True) -> list[dict[str, Any]]:
-    """Parameter groups for any ``torch.optim`` optimizer: the weights with ``weight_decay``,
-    biases, normalization-layer parameters and the names in ``exclude`` with ``weight_decay=0``.
+    """Parameter groups for any ``torch.optim`` optimizer that decay the weights only.
 
-    ``torch.optim.AdamW(ld.weight_decay_groups(model, 0.05), lr=1e-3)``. Each group carries its
-    ``param_names``. Tied parameters appear once. Frozen parameters (``requires_grad=False``) are
-    left out unless ``trainable_only=False`` (then they follow the same rules). Empty groups are
-    dropped. See :func:`split_parameters` for what ``exclude`` accepts.
+    The weights get ``weight_decay``; biases, normalization-layer parameters and the names in
+    ``exclude`` get ``weight_decay=0``. Each group carries its ``param_names``. Tied parameters
+    appear once. Frozen parameters (``requires_grad=False``) are left out unless
+    ``trainable_only=False`` (then they follow the same rules). Empty groups are dropped.
+
+    Args:
+        model: any ``nn.Module``.
+        weight_decay: the decay of the weights.
+        exclude: what is not decayed (see :func:`split_parameters`).
+        trainable_only: leave out frozen parameters.
+
+    Returns:
+        One or two parameter groups (dicts with ``params``, ``weight_decay``, ``param_names``).
+
+    Raises:
+        ValueError: the model has no trainable parameters, or ``exclude`` names none.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+        >>> groups = ld.weight_decay_groups(model, 0.05)
+        >>> [(g["weight_decay"], g["param_names"]) for g in groups]
+        [(0.05, ['0.weight', '2.weight']), (0.0, ['0.bias', '1.weight', '1.bias', '2.bias'])]
+        >>> optimizer = torch.optim.AdamW(groups, lr=1e-3)
     """
     weight_decay = check_float(weight_decay, "weight_decay", minimum=0.0)
     decayed, kept = split_parameters(model, exclude=exclude, trainable_only=trainable_only)
@@ -150,12 +207,31 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *,
 
 
 def l2_penalty(model: nn.Module, gamma: float, *, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> torch.Tensor:
-    """``1/2 * gamma * sum(w**2)`` over the model's trainable weights (biases and normalization
-    parameters excluded by default; tied weights counted once), differentiable, on the
-    parameters' device: ``loss = loss_fn(model(x), y) + ld.l2_penalty(model, 1e-4)``.
+    """The lecture's L2 penalty ``1/2 * gamma * sum(w**2)`` over the weights, biases left out.
 
-    Its gradient is ``gamma * w``: with SGD the same as ``weight_decay=gamma``, with Adam not the
-    same as AdamW's decoupled decay (see the module docstring)."""
+    Over the model's trainable weights (biases and normalization parameters excluded by default;
+    tied weights counted once), differentiable, on the parameters' device:
+    ``loss = loss_fn(model(x), y) + ld.l2_penalty(model, 1e-4)``. Its gradient is ``gamma * w``:
+    with SGD the same as ``weight_decay=gamma``, with Adam not the same as AdamW's decoupled
+    decay (see the module docstring).
+
+    Args:
+        model: any ``nn.Module``.
+        gamma: the strength γ.
+        exclude: what is not penalized (see :func:`split_parameters`).
+
+    Returns:
+        A scalar tensor (zero when nothing is penalized).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> model = torch.nn.Linear(2, 1)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.tensor([[3.0, 4.0]]))
+        ...     _ = model.bias.fill_(100.0)
+        >>> ld.l2_penalty(model, 0.1)  # 1/2 * 0.1 * (9 + 16): the bias is left out
+        tensor(1.2500, grad_fn=<MulBackward0>)
+    """
     gamma = check_float(gamma, "gamma", minimum=0.0)
     decayed, kept = split_parameters(model, exclude=exclude)
     if not decayed:

@@ -1,6 +1,7 @@
-"""Learning-rate warm-up as a standard PyTorch scheduler: a linear ramp followed by a constant,
-cosine, linear, step or inverse-square-root phase; the Transformer schedule; Goyal et al.'s
-gradual warm-up with the linear scaling rule.
+"""Learning-rate warm-up as a standard PyTorch scheduler.
+
+a linear ramp followed by a constant, cosine, linear, step or inverse-square-root phase; the
+Transformer schedule; Goyal et al.'s gradual warm-up with the linear scaling rule.
 
 Every learning rate is a closed-form function of the step, so a scheduler restored from its
 ``state_dict`` (plain numbers only: ``torch.load(weights_only=True)`` reads it) continues exactly
@@ -35,6 +36,28 @@ def warmup_factor(step: int, *, warmup_steps: int, total_steps: int | None = Non
     ``total_steps``. With ``d_model`` (and ``after="inverse_sqrt"``) the factor is the Transformer's
     ``d_model**-0.5 * min(s**-0.5, s * warmup_steps**-1.5)`` with ``s = step + 1``, and the base lr
     is a plain multiplier (1.0 in the paper). Everything is multiplied by ``scale``.
+
+    Args:
+        step: the update number (0-based).
+        warmup_steps: updates of the linear ramp.
+        total_steps: the schedule's length (needed by ``"linear"`` and ``"cosine"``).
+        start_factor: the factor at step 0 (default ``1 / warmup_steps``).
+        after: ``"constant"``, ``"cosine"``, ``"linear"``, ``"step"`` or ``"inverse_sqrt"``.
+        min_factor: where ``"linear"`` and ``"cosine"`` end.
+        step_size: updates per stair of ``"step"``.
+        gamma: the factor of each stair of ``"step"``.
+        d_model: the Transformer schedule's model width (with ``after="inverse_sqrt"``).
+        scale: a multiplier of everything (the linear scaling rule's ``k``).
+
+    Returns:
+        The multiplier of the base lr at ``step``.
+
+    Examples:
+        >>> from lossdoctor.training.schedules import warmup_factor
+        >>> warmup_factor(0, warmup_steps=4), warmup_factor(2, warmup_steps=4), warmup_factor(9, warmup_steps=4)
+        (0.25, 0.625, 1.0)
+        >>> round(warmup_factor(10, warmup_steps=4, total_steps=20, after="cosine"), 4)
+        0.6913
     """
     if d_model is not None:
         s = step + 1
@@ -64,7 +87,31 @@ def warmup_factor(step: int, *, warmup_steps: int, total_steps: int | None = Non
 def check_schedule(*, warmup_steps: int, total_steps: int | None, start_factor: float | None, after: str,
                    min_factor: float, step_size: int | None, gamma: float, d_model: int | None,
                    scale: float) -> None:
-    """Raise a ValueError (TypeError for a wrong type) naming the first bad or inconsistent setting."""
+    """Raise a ValueError (TypeError for a wrong type) naming the first bad or inconsistent setting.
+
+    Args:
+        warmup_steps: as for :func:`warmup`.
+        total_steps: as for :func:`warmup`.
+        start_factor: as for :func:`warmup`.
+        after: as for :func:`warmup`.
+        min_factor: as for :func:`warmup`.
+        step_size: as for :func:`warmup`.
+        gamma: as for :func:`warmup`.
+        d_model: as for :func:`warmup`.
+        scale: as for :func:`warmup`.
+
+    Raises:
+        ValueError: a setting out of range, or settings that do not fit together.
+        TypeError: a setting of the wrong type.
+
+    Examples:
+        >>> from lossdoctor.training.schedules import check_schedule
+        >>> check_schedule(warmup_steps=4, total_steps=None, start_factor=None, after="cosine",
+        ...                min_factor=0.0, step_size=None, gamma=0.1, d_model=None, scale=1.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: after='cosine' decays to min_factor at total_steps: pass total_steps.
+    """
     check_int(warmup_steps, "warmup_steps", minimum=0)
     check_int(total_steps, "total_steps", minimum=1, optional=True)
     check_float(start_factor, "start_factor", minimum=0.0, optional=True,
@@ -90,8 +137,35 @@ def check_schedule(*, warmup_steps: int, total_steps: int | None, start_factor: 
 
 
 class WarmupScheduler(LRScheduler):
-    """Linear warm-up, then a decay shape: ``lr_g(step) = base_lr_g * warmup_factor(step, ...)``
-    for every parameter group ``g``. Build it with :func:`warmup` or :func:`gradual_warmup`."""
+    """A PyTorch lr scheduler: linear warm-up, then a decay shape.
+
+    ``lr_g(step) = base_lr_g * warmup_factor(step, ...)`` for every parameter group ``g``.
+    Build it with :func:`warmup` or :func:`gradual_warmup`, which document the arguments;
+    ``last_epoch`` is as for any ``LRScheduler``. Its ``state_dict`` holds plain numbers only.
+
+    Args:
+        optimizer: the optimizer whose groups' lr it sets.
+        warmup_steps: as for :func:`warmup`.
+        total_steps: as for :func:`warmup`.
+        start_factor: as for :func:`warmup`.
+        after: as for :func:`warmup`.
+        min_factor: as for :func:`warmup`.
+        step_size: as for :func:`warmup`.
+        gamma: as for :func:`warmup`.
+        d_model: as for :func:`warmup`.
+        scale: as for :func:`warmup`.
+        last_epoch: the last update done (-1: start afresh; resuming needs the optimizer's
+            ``initial_lr`` from its state_dict).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        >>> sched = ld.WarmupScheduler(opt, warmup_steps=4)
+        >>> sched
+        WarmupScheduler(warmup_steps=4, after='constant', total_steps=None, step=0)
+        >>> sched.factor(2)
+        0.625
+    """
 
     def __init__(self, optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None = None,
                  start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
@@ -119,13 +193,25 @@ class WarmupScheduler(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
-        """The multiplier of every group's base lr at update ``step`` (0-based)."""
+        """The multiplier of every group's base lr at update ``step`` (0-based).
+
+        Args:
+            step: the update number.
+
+        Returns:
+            :func:`warmup_factor` at ``step`` with this scheduler's settings.
+        """
         return warmup_factor(step, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
                              start_factor=self.start_factor, after=self.after, min_factor=self.min_factor,
                              step_size=self.step_size, gamma=self.gamma, d_model=self.d_model,
                              scale=self.scale)
 
     def get_lr(self) -> list[Any]:
+        """Each group's lr at the current step (``LRScheduler``'s hook; read ``get_last_lr()``).
+
+        Returns:
+            One lr per parameter group: its base lr times :meth:`factor` of the current step.
+        """
         f = self.factor(max(self.last_epoch, 0))
         return [base * f for base in self.base_lrs]
 
@@ -142,8 +228,7 @@ def warmup(optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None =
            start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
            step_size: int | None = None, gamma: float = 0.1, d_model: int | None = None,
            scale: float = 1.0, last_epoch: int = -1) -> WarmupScheduler:
-    """A learning-rate warm-up scheduler for ``optimizer`` (call ``.step()`` after every
-    ``optimizer.step()``).
+    """A learning-rate warm-up scheduler for ``optimizer``: call ``.step()`` after every ``optimizer.step()``.
 
     The lr ramps linearly from ``start_factor * lr`` (default ``lr / warmup_steps``, so no update
     is wasted at lr 0) to each group's ``lr`` over ``warmup_steps`` updates, then follows ``after``:
@@ -153,6 +238,38 @@ def warmup(optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None =
     Transformer schedule ``lr * d_model**-0.5 * min(s**-0.5, s * warmup_steps**-1.5)``, ``s`` the
     1-based update number (set the optimizer's lr to 1.0 for the paper's values). Each parameter
     group keeps its own base lr. See :func:`gradual_warmup` for the linear scaling rule.
+
+    Args:
+        optimizer: any ``torch.optim`` optimizer; its groups' ``lr`` are the targets.
+        warmup_steps: updates of the linear ramp.
+        total_steps: the schedule's length (needed by ``"linear"`` and ``"cosine"``).
+        start_factor: the lr at step 0 as a fraction of the target (default ``1 / warmup_steps``).
+        after: ``"constant"`` (default), ``"cosine"``, ``"linear"``, ``"step"`` or
+            ``"inverse_sqrt"``.
+        min_factor: where ``"linear"`` and ``"cosine"`` end, as a fraction of the target.
+        step_size: updates per stair of ``"step"``.
+        gamma: the factor of each stair of ``"step"``.
+        d_model: the Transformer schedule's model width (with ``after="inverse_sqrt"``).
+        scale: a multiplier of every lr.
+        last_epoch: the last update done (-1: start afresh).
+
+    Returns:
+        The scheduler; it has set each group's lr to its step-0 value.
+
+    Raises:
+        ValueError: a bad or inconsistent setting (``"cosine"`` without ``total_steps``, ...).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        >>> sched = ld.warmup(opt, warmup_steps=4)
+        >>> lrs = []
+        >>> for _ in range(6):
+        ...     lrs.append(round(opt.param_groups[0]["lr"], 4))
+        ...     opt.step()
+        ...     sched.step()
+        >>> lrs
+        [0.025, 0.0438, 0.0625, 0.0813, 0.1, 0.1]
     """
     return WarmupScheduler(optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
                            start_factor=start_factor, after=after, min_factor=min_factor,
@@ -161,7 +278,20 @@ def warmup(optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None =
 
 
 def linear_scaling_factor(batch_size: int, reference_batch_size: int = 256) -> float:
-    """Goyal et al.'s linear scaling rule: multiply the lr by ``batch_size / reference_batch_size``."""
+    """Goyal et al.'s linear scaling rule: multiply the lr by ``batch_size / reference_batch_size``.
+
+    Args:
+        batch_size: the batch size trained with.
+        reference_batch_size: the batch size the lr was tuned for.
+
+    Returns:
+        ``batch_size / reference_batch_size``.
+
+    Examples:
+        >>> import lossdoctor as ld
+        >>> ld.linear_scaling_factor(1024)
+        4.0
+    """
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     reference_batch_size = check_int(reference_batch_size, "reference_batch_size", minimum=1)
     return batch_size / reference_batch_size
@@ -169,11 +299,37 @@ def linear_scaling_factor(batch_size: int, reference_batch_size: int = 256) -> f
 
 def gradual_warmup(optimizer: Optimizer, *, batch_size: int, warmup_steps: int,
                    reference_batch_size: int = 256, after: str = "constant", **kwargs: Any) -> WarmupScheduler:
-    """Goyal et al. (2017), "Accurate, Large Minibatch SGD": each group's ``lr`` is the lr that
-    works for ``reference_batch_size`` (256); the target lr is ``lr * k`` with
-    ``k = batch_size / reference_batch_size`` (linear scaling rule), reached by a linear ramp that
-    starts at ``lr`` itself over ``warmup_steps`` updates (the paper: 5 epochs). With ``k <= 1`` no
-    warm-up is needed and the ramp is flat. ``after`` and ``kwargs`` as in :func:`warmup`."""
+    """Goyal et al.'s gradual warm-up with the linear scaling rule ("Accurate, Large Minibatch SGD").
+
+    Each group's ``lr`` is the lr that works for ``reference_batch_size`` (256); the target lr
+    is ``lr * k`` with ``k = batch_size / reference_batch_size`` (linear scaling rule), reached
+    by a linear ramp that starts at ``lr`` itself over ``warmup_steps`` updates (the paper: 5
+    epochs). With ``k <= 1`` no warm-up is needed and the ramp is flat.
+
+    Args:
+        optimizer: any ``torch.optim`` optimizer, its groups' ``lr`` tuned for
+            ``reference_batch_size``.
+        batch_size: the batch size trained with.
+        warmup_steps: updates of the ramp.
+        reference_batch_size: the batch size the lr was tuned for.
+        after: as in :func:`warmup`.
+        **kwargs: more settings, as in :func:`warmup`.
+
+    Returns:
+        The scheduler.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        >>> sched = ld.gradual_warmup(opt, batch_size=1024, warmup_steps=4)
+        >>> lrs = []
+        >>> for _ in range(6):
+        ...     lrs.append(round(opt.param_groups[0]["lr"], 4))
+        ...     opt.step()
+        ...     sched.step()
+        >>> lrs  # from 0.1 up to 4 x 0.1
+        [0.1, 0.175, 0.25, 0.325, 0.4, 0.4]
+    """
     k = linear_scaling_factor(batch_size, reference_batch_size)
     return warmup(optimizer, warmup_steps=warmup_steps, after=after, start_factor=min(1.0, 1.0 / k),
                   scale=k, **kwargs)
@@ -183,19 +339,49 @@ LISTED_STEPS = 10_000  # `lossdoctor schedule --json` lists every step's lr up t
 
 
 def schedule_at(lr: float, steps: list[int], **warmup_kwargs: Any) -> list[float]:
-    """The lr at each of ``steps`` (0-based updates) under ``warmup(..., **warmup_kwargs)`` for a
-    base lr ``lr``: the scheduler's own closed form, so the cost is one evaluation per step asked
-    for, whatever the length of the schedule."""
+    """The lr at each of ``steps`` (0-based updates) under ``warmup(..., **warmup_kwargs)``.
+
+    The scheduler's own closed form, so the cost is one evaluation per step asked for,
+    whatever the length of the schedule.
+
+    Args:
+        lr: the base lr.
+        steps: the updates asked for.
+        **warmup_kwargs: the schedule, as for :func:`warmup`.
+
+    Returns:
+        The lr at each of ``steps``.
+
+    Examples:
+        >>> from lossdoctor.training.schedules import schedule_at
+        >>> [round(x, 4) for x in schedule_at(0.1, [0, 3, 9], warmup_steps=4, total_steps=10, after="linear")]
+        [0.025, 0.0813, 0.0167]
+    """
     check_float(lr, "lr", above=0.0)
     _check_defaults(warmup_kwargs)
     return [lr * warmup_factor(int(s), **warmup_kwargs) for s in steps]
 
 
 def schedule_peak(lr: float, steps: int, **warmup_kwargs: Any) -> tuple[int, float]:
-    """``(step, lr)`` of the largest lr over the first ``steps`` updates (the first step reaching
-    it). Each phase is monotone (the ramp; then constant, a decay, gamma**k or the Transformer's
+    """The step and value of the largest lr over the first ``steps`` updates.
+
+    Each phase is monotone (the ramp; then constant, a decay, gamma**k or the Transformer's
     rise to the end of the warm-up and fall), so the largest value sits at an end of a phase (or
-    the first step of gamma**k's top stair): a handful of evaluations instead of ``steps``."""
+    the first step of gamma**k's top stair): a handful of evaluations instead of ``steps``.
+
+    Args:
+        lr: the base lr.
+        steps: the updates considered.
+        **warmup_kwargs: the schedule, as for :func:`warmup`.
+
+    Returns:
+        ``(step, lr)``: the first step reaching the largest lr, and that lr.
+
+    Examples:
+        >>> from lossdoctor.training.schedules import schedule_peak
+        >>> schedule_peak(0.1, 100, warmup_steps=10, total_steps=100, after="cosine")
+        (10, 0.1)
+    """
     check_int(steps, "steps", minimum=1)
     warmup_steps = int(warmup_kwargs.get("warmup_steps", 0))
     ends = [0, warmup_steps - 1, warmup_steps, steps - 1]
@@ -214,9 +400,24 @@ def _check_defaults(warmup_kwargs: dict[str, Any]) -> None:
 
 
 def schedule_lrs(lr: float, steps: int, **warmup_kwargs: Any) -> list[float]:
-    """The lr of each of ``steps`` updates under ``warmup(..., **warmup_kwargs)`` for a base lr ``lr``,
-    read from a real scheduler on a throw-away optimizer (cost: one scheduler step per update; see
-    :func:`schedule_at` for a few steps of a long schedule)."""
+    """The lr of each of ``steps`` updates under ``warmup(..., **warmup_kwargs)``, from a real scheduler.
+
+    Read from a real scheduler on a throw-away optimizer (cost: one scheduler step per update;
+    see :func:`schedule_at` for a few steps of a long schedule).
+
+    Args:
+        lr: the base lr.
+        steps: the number of updates.
+        **warmup_kwargs: the schedule, as for :func:`warmup`.
+
+    Returns:
+        The lr of each update.
+
+    Examples:
+        >>> from lossdoctor.training.schedules import schedule_lrs
+        >>> [round(x, 4) for x in schedule_lrs(0.1, 5, warmup_steps=4)]
+        [0.025, 0.0438, 0.0625, 0.0813, 0.1]
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     if not lr > 0:

@@ -1,7 +1,8 @@
-"""Driving a small model to a critical point: full-batch L-BFGS (scipy's) on the loss or on the
-squared gradient norm ||∇L||² (the homework's trick), and Levenberg-Marquardt on the gradient
-with the dense Hessian. Minimising the gradient norm stops at *any* critical point (minimum,
-saddle or maximum), not only where the loss is low.
+"""Driving a small model to a critical point.
+
+Full-batch L-BFGS (scipy's) on the loss or on the squared gradient norm ||∇L||² (the homework's
+trick), and Levenberg-Marquardt on the gradient with the dense Hessian. Minimising the gradient norm
+stops at *any* critical point (minimum, saddle or maximum), not only where the loss is low.
 
 Full batch and deterministic; every evaluation passes over all of ``data`` (twice-differentiated
 for the gradient-norm objective), so it is meant for small problems such as the studies'.
@@ -47,8 +48,9 @@ class StationaryHistory(ResultMixin):
 
 def loss_and_gradient(model: nn.Module, loss_fn: Callable, data: Any, *, create_graph: bool = False
                       ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The mean loss over all samples of ``data`` and its gradient (one tensor per trainable
-    parameter). With ``create_graph`` the gradient can itself be differentiated."""
+    """The mean loss over all samples of ``data`` and its gradient (one tensor per trainable parameter).
+
+    With ``create_graph`` the gradient can itself be differentiated."""
     params = [p for _, p in trainable_parameters(model)]
     device = params[0].device
     total, count = None, 0
@@ -77,9 +79,9 @@ def _flat(tensors: Sequence[torch.Tensor]) -> np.ndarray:
 def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objective: str = "loss",
                         target: float | None = None, max_iters: int = 500,
                         progress: Progress | None = None) -> StationaryHistory:
-    """Full-batch L-BFGS on the mean loss (``objective="loss"``) or on its squared gradient norm
-    (``"grad_norm"``), in place, until the gradient norm is at most ``target`` (if given) or
-    ``max_iters`` iterations are spent. Returns the loss and gradient norm after each iteration."""
+    """Full-batch L-BFGS on the mean loss (``objective="loss"``) or on its squared gradient norm (``"grad_norm"``), in place, until the gradient norm is at most ``target`` (if given) or ``max_iters`` iterations are spent.
+
+    Returns the loss and gradient norm after each iteration."""
     from scipy.optimize import minimize
 
     if objective not in OBJECTIVES:
@@ -144,10 +146,9 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
 def minimize_gradient_norm(model: nn.Module, loss_fn: Callable, data: Any, *, target: float = 1e-6,
                            max_iters: int = 50, max_params: int = 2000,
                            progress: Progress | None = None) -> StationaryHistory:
-    """Drive ``model`` (in place) to the nearest critical point of any kind by Levenberg-Marquardt
-    on the gradient: each step solves (H² + μI) δ = -H g with the dense Hessian H, i.e. damped
-    Newton on g(θ) = 0, which (unlike descent on the loss) is attracted to saddles as much as to
-    minima. Flat directions (λ ≈ 0) get no step. For models of at most ``max_params`` parameters."""
+    """Drive ``model`` (in place) to the nearest critical point of any kind by Levenberg-Marquardt on the gradient: each step solves (H² + μI) δ = -H g with the dense Hessian H, i.e. damped Newton on g(θ) = 0, which (unlike descent on the loss) is attracted to saddles as much as to minima.
+
+    Flat directions (λ ≈ 0) get no step. For models of at most ``max_params`` parameters."""
     from ..curvature import dense_hessian
 
     if not target > 0:

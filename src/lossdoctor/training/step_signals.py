@@ -1,5 +1,7 @@
-"""The Monitor's per-step signals: gradient norm, cosine between successive gradients and the
-size of the last update, at a fixed small number of tensor ops per step.
+"""The Monitor's per-step signals.
+
+Gradient norm, cosine between successive gradients and the size of the last update, at a fixed small
+number of tensor ops per step.
 
 On a small model a training step is a few hundred microseconds and every tensor op the monitor
 adds costs a dispatch of a few microseconds, so the count of ops, not the arithmetic, sets the
@@ -21,9 +23,10 @@ import torch
 
 
 class StepSignals:
-    """Call :meth:`update` after an optimizer step; it returns ``(grad_norm, grad_cosine,
-    update_norm)``, the last two against the step before, NaN when that step was neither updated
-    nor :meth:`record`-ed (or on the first call).
+    """Call :meth:`update` after an optimizer step.
+
+    It returns ``(grad_norm, grad_cosine, update_norm)``, the last two against the step before, NaN
+    when that step was neither updated nor :meth:`record`-ed (or on the first call).
 
     ``buffered``: keep the flat buffers (default when every parameter is on one device); False
     computes the same numbers tensor by tensor in float64 (what a model split over devices gets).
@@ -82,6 +85,7 @@ class StepSignals:
 
     @torch.no_grad()
     def update(self) -> tuple[float, float, float]:
+        """Take the signals after an optimizer step: ``(gradient norm, cosine with the last gradient, update norm)``."""
         self._steps += 1
         consecutive = self._prev_step == self._steps - 1
         if not self._single_device:

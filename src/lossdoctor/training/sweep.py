@@ -1,5 +1,7 @@
-"""The batch-size sweep: the same model, from the same initializations, trained at each batch
-size, with train/test curves, wall time, and the sharpness of the end points.
+"""The batch-size sweep.
+
+The same model, from the same initializations, trained at each batch size, with train/test curves,
+wall time, and the sharpness of the end points.
 
 Each run is trained until every *milestone* it was asked for is reached, and the model is
 measured at each one, so one run serves three comparisons:
@@ -63,7 +65,35 @@ UNITS = 1000  # progress units per run, so a callback sees progress inside a run
 
 @dataclass(frozen=True)
 class Milestone(ResultMixin):
-    """Where a run was measured: after ``epochs=E``, ``updates=U``, or at ``loss<=T``."""
+    """Where a run was measured: after ``epochs=E``, ``updates=U``, or at ``loss<=T``.
+
+    Attributes:
+        label: ``"epochs=E"``, ``"updates=U"`` or ``"loss<=T"``.
+        kind: ``"epochs"``, ``"updates"`` or ``"loss"``.
+        target: E, U or T.
+        reached: whether the run got there (a loss threshold may not be reached).
+        step: the update at which it was measured.
+        epoch: the epoch (fractional) at which it was measured.
+        train_seconds: training time up to there.
+        train_loss: the full training loss there.
+        train_accuracy: the training accuracy (``None`` where not a classifier).
+        test_loss: the test loss (``None`` without test data).
+        test_accuracy: the test accuracy.
+        lambda_max: the top Hessian eigenvalue, if measured.
+        epsilon_sharpness: Keskar's epsilon-sharpness (the first epsilon, full space), if measured.
+        sharpness: the whole :class:`lossdoctor.Sharpness` as a dict, if measured.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
+        >>> m = sweep.run(8, 0).at("epochs=2")
+        >>> m.kind, m.step, m.reached
+        ('epochs', 16, True)
+    """
 
     label: str
     kind: str  # "epochs", "updates" or "loss"
@@ -83,8 +113,32 @@ class Milestone(ResultMixin):
 
 @dataclass(frozen=True)
 class SweepRun(ResultMixin):
-    """One (batch size, seed) run. ``curve`` holds lists keyed step, epoch, seconds, train_loss,
-    train_accuracy, test_loss, test_accuracy, one entry per evaluation."""
+    """One (batch size, seed) run of a :func:`batch_size_sweep`.
+
+    Attributes:
+        batch_size: the batch size.
+        seed: the seed of the initialization and the batch order.
+        lr: the learning rate used.
+        steps: updates trained.
+        updates_per_epoch: updates per pass over the data.
+        train_seconds: training time.
+        curve: lists keyed step, epoch, seconds, train_loss, train_accuracy, test_loss,
+            test_accuracy, one entry per evaluation.
+        milestones: the run measured at each milestone.
+        fingerprint: the settings' hash, which the store checks.
+        states: each milestone's ``state_dict`` (with ``keep_states=True``), else ``None``.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
+        >>> run = sweep.run(8, 0)
+        >>> run.key, run.updates_per_epoch, run.steps
+        ('b8-s0', 8, 16)
+    """
 
     batch_size: int
     seed: int
@@ -101,13 +155,30 @@ class SweepRun(ResultMixin):
 
     @property
     def key(self) -> str:
+        """The run's name, ``"b<batch size>-s<seed>"``."""
         return f"b{self.batch_size}-s{self.seed}"
 
     def at(self, label: str) -> Milestone | None:
+        """The run at the milestone ``label`` (``"epochs=2"``...).
+
+        Args:
+            label: a milestone's label.
+
+        Returns:
+            The milestone, or ``None`` when the run has none of that label.
+        """
         return next((m for m in self.milestones if m.label == label), None)
 
     def time_to_loss(self, target: float) -> tuple[float, int] | None:
-        """(training seconds, updates) when the full training loss first reached ``target``."""
+        """When the full training loss first reached ``target``.
+
+        Args:
+            target: the loss.
+
+        Returns:
+            ``(training seconds, updates)`` at the first evaluation at or below ``target``, or
+            ``None`` when it never got there.
+        """
         for s, t, loss in zip(self.curve["step"], self.curve["seconds"], self.curve["train_loss"]):
             if loss is not None and loss <= target:
                 return t, s
@@ -115,12 +186,45 @@ class SweepRun(ResultMixin):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepRun:
+        """Rebuild a run from its :meth:`to_dict` (how the store reads runs back).
+
+        Args:
+            d: a run's ``to_dict()``.
+
+        Returns:
+            The run (without ``states``).
+        """
         return cls(**{**{k: v for k, v in d.items() if k != "milestones"},
                       "milestones": [Milestone(**m) for m in d["milestones"]]})
 
 
 @dataclass(frozen=True)
 class SweepResult(ResultMixin):
+    """Every run of a batch-size sweep (:func:`batch_size_sweep`), and tables over seeds.
+
+    Attributes:
+        problem: the problem's name.
+        batch_sizes: the batch sizes.
+        seeds: the seeds.
+        num_train: training samples.
+        settings: the sweep's settings (what the store's fingerprint covers).
+        runs: every (batch size, seed) run.
+        trained: run keys trained by this call (on this rank).
+        loaded: run keys read back from the store.
+        store: the store's directory, or ``None``.
+        interrupted: Ctrl-C: ``runs`` holds the runs finished; the one in progress is lost.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
+        >>> sweep.labels, [run.key for run in sweep.runs]
+        (['epochs=2'], ['b8-s0', 'b64-s0'])
+    """
+
     problem: str
     batch_sizes: list[int]
     seeds: list[int]
@@ -134,13 +238,42 @@ class SweepResult(ResultMixin):
 
     @property
     def labels(self) -> list[str]:
+        """The milestones' labels, in the order they were asked for."""
         return [m.label for m in self.runs[0].milestones] if self.runs else []
 
     def run(self, batch_size: int, seed: int) -> SweepRun:
+        """The run at ``batch_size`` and ``seed``.
+
+        Args:
+            batch_size: one of ``batch_sizes``.
+            seed: one of ``seeds``.
+
+        Returns:
+            That run.
+        """
         return next(r for r in self.runs if r.batch_size == batch_size and r.seed == seed)
 
     def table(self, label: str) -> list[dict[str, Any]]:
-        """Per batch size at one milestone: mean and std over seeds of every measured number."""
+        """Per batch size at one milestone: mean and std over seeds of every measured number.
+
+        Args:
+            label: a milestone's label (see :attr:`labels`).
+
+        Returns:
+            One dict per batch size: ``batch_size``, ``runs``, ``reached``, and for each of step,
+            epoch, train/test loss and accuracy, lambda_max, epsilon_sharpness and train_seconds
+            its mean over the runs that reached the milestone and ``<name>_std``.
+
+        Examples:
+            >>> import torch, lossdoctor as ld
+            >>> _ = torch.manual_seed(0)
+            >>> x = torch.randn(64, 4)
+            >>> y = (x[:, 0] > 0).long()
+            >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+            >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
+            >>> [(row["batch_size"], row["step"]) for row in sweep.table("epochs=2")]
+            [(8, 16.0), (64, 2.0)]
+        """
         rows = []
         for b in self.batch_sizes:
             ms = [m for r in self.runs if r.batch_size == b for m in [r.at(label)] if m is not None]
@@ -207,8 +340,9 @@ def _open_store(store: Path, settings: dict[str, Any], fingerprint: str) -> None
 
 
 def _load_run(path: Path, fingerprint: str) -> SweepRun | None:
-    """A finished run from the store; ``None`` when it is missing, damaged (it is trained again)
-    or from other settings."""
+    """A finished run from the store.
+
+    ``None`` when it is missing, damaged (it is trained again) or from other settings."""
     text = read_text_inside(path.parent, path.name)
     if text is None:
         return None
@@ -221,10 +355,26 @@ def _load_run(path: Path, fingerprint: str) -> SweepRun | None:
 
 # -- one run -----------------------------------------------------------------------------------
 def initialize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """A copy of ``model`` re-initialized from ``seed`` (every submodule's ``reset_parameters``);
-    the same seed gives the same initial weights at every batch size. The draws are made on the
+    """A copy of ``model`` re-initialized from ``seed`` (every submodule's ``reset_parameters``).
+
+    The same seed gives the same initial weights at every batch size. The draws are made on the
     CPU (CUDA's generator gives other numbers for the same seed), then the copy moves back to
-    the model's device: the same initialization on any hardware."""
+    the model's device: the same initialization on any hardware. The global RNG is left as it was.
+
+    Args:
+        model: any ``nn.Module`` (not changed).
+        seed: the seed of the initialization.
+
+    Returns:
+        The re-initialized copy.
+
+    Examples:
+        >>> import torch
+        >>> from lossdoctor.training.sweep import initialize
+        >>> model = torch.nn.Linear(4, 2)
+        >>> torch.equal(initialize(model, 0).weight, initialize(model, 0).weight)
+        True
+    """
     device = next(iter(model.parameters()), torch.empty(0)).device
     with preserved_rng():
         work = copy.deepcopy(model).to("cpu")
@@ -237,8 +387,7 @@ def initialize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 def _train_run(problem: Problem, train: tuple, test: tuple | None, b: int, seed: int, cfg: dict[str, Any],
                fingerprint: str, keep_states: bool, progress) -> SweepRun:
-    """One run, with the global RNG (dropout, random layers) seeded from the run's seed and put
-    back afterwards: the run depends on its seed alone, and the caller's RNG does not move."""
+    """One run, with the global RNG (dropout, random layers) seeded from the run's seed and put back afterwards: the run depends on its seed alone, and the caller's RNG does not move."""
     device = next(iter(problem.model.parameters()), torch.empty(0)).device
     with seeded_rng(20_000 + seed, device):
         return _train_seeded_run(problem, train, test, b, seed, cfg, fingerprint, keep_states, progress)
@@ -353,24 +502,57 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
                      progress: Progress | bool | str | None = "auto") -> SweepResult:
     """Train ``problem.model`` from the same initialization per seed at every batch size.
 
+    The lecture's batch-size comparison: the same model trained at several batch sizes, measured
+    at equal epochs, equal updates or equal training loss, with its sharpness at each.
+
     Args:
         problem: a :class:`lossdoctor.Problem` (its train data's samples are re-batched; its
             test data, if any, is evaluated too). The problem's model is not changed: every run
             trains a copy, re-initialized from its seed.
-        batch_sizes, seeds: the grid; every (batch size, seed) pair is one run.
-        epochs, updates, stop_at_loss: the milestones (at least one): after ``epochs`` passes,
-            after ``updates`` steps, and when the full training loss first reaches each
-            threshold (checked every ``check_every`` updates and at each epoch's end; at most
-            ``max_epochs``). Each run trains until all are reached and is measured at each.
-        lr, lr_rule: ``"constant"`` uses ``lr`` at every batch size; ``"linear"`` uses
-            ``lr * batch / base_batch`` (Goyal et al.). optimizer: ``"adam"`` (Keskar et al.) or
-            ``"sgd"`` (with ``momentum``).
+        batch_sizes: the batch sizes; every (batch size, seed) pair is one run.
+        seeds: the seeds.
+        epochs: a milestone after this many passes over the data.
+        updates: a milestone after this many optimizer steps.
+        stop_at_loss: milestones when the full training loss first reaches each threshold
+            (checked every ``check_every`` updates and at each epoch's end; at most
+            ``max_epochs``). At least one milestone is needed; each run trains until all are
+            reached and is measured at each.
+        max_epochs: the most epochs a run trains waiting for a loss threshold.
+        lr: the learning rate.
+        lr_rule: ``"constant"`` uses ``lr`` at every batch size; ``"linear"`` uses
+            ``lr * batch / base_batch`` (Goyal et al.).
+        base_batch: the batch size ``lr`` is meant for, with ``lr_rule="linear"``.
+        optimizer: ``"adam"`` (Keskar et al.) or ``"sgd"`` (with ``momentum``).
+        momentum: SGD's momentum.
         store: directory for resumable results (see the module docstring).
         sharpness: what to measure at each milestone (``"lambda_max"``, ``"epsilon"``,
             ``"trace"``; empty for none), with ``epsilons`` (first one is the headline) in the
             full space, ``epsilon_iters`` L-BFGS-B iterations and ``tol`` for lambda_max.
+        epsilons: the epsilon-sharpness box sizes.
+        epsilon_iters: L-BFGS-B iterations of epsilon-sharpness.
+        tol: the relative accuracy of lambda_max.
+        check_every: updates between checks of the loss thresholds.
+        sharpness_batch: samples per batch of the sharpness measurements.
         keep_states: keep each milestone's ``state_dict`` in memory (``run.states``); not stored.
         progress: ``progress(done, total)`` with ``total = 1000 * number of runs``.
+
+    Returns:
+        Every run with its curves and milestones. Ctrl-C returns the runs finished (with a
+        store, rerun to train the rest).
+
+    Raises:
+        TypeError: ``problem`` is not a :class:`lossdoctor.Problem`.
+        ValueError: no milestone, or a bad option, or a store written by other settings.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
+        >>> [(row["batch_size"], row["step"], round(row["train_loss"], 3)) for row in sweep.table("epochs=2")]
+        [(8, 16.0, 0.384), (64, 2.0, 0.734)]
     """
     if not isinstance(problem, Problem):
         raise TypeError(f"problem must be a lossdoctor.Problem, got {describe(problem)}. Build one with "

@@ -1,5 +1,7 @@
-"""Time per update against batch size: the lecture's "one big batch costs about as much as one
-sample until the hardware saturates", measured on this machine.
+"""Time per update against batch size.
+
+The lecture's "one big batch costs about as much as one sample until the hardware saturates",
+measured on this machine.
 
 An update is forward + backward + optimizer step on a copy of the model (SGD, so the step's
 cost is the parameters', not the optimizer state's). Each batch size is warmed up first (lazy
@@ -40,8 +42,35 @@ SATURATION = 0.8  # saturated once throughput is within this fraction of the bes
 
 @dataclass(frozen=True)
 class BatchTiming(ResultMixin):
-    """Per batch size: median seconds per update (with the spread over repeats), updates per
-    epoch of ``dataset_size`` samples, seconds per epoch, and samples per second."""
+    """Time per update at each batch size, and what it makes of an epoch (:func:`time_batch_sizes`).
+
+    Attributes:
+        batch_sizes: the batch sizes timed, smallest first.
+        seconds_per_update: the median seconds per update at each.
+        seconds_per_update_min: the fastest repeat.
+        seconds_per_update_max: the slowest repeat.
+        updates_per_epoch: updates per epoch of ``dataset_size`` samples.
+        seconds_per_epoch: seconds per epoch.
+        samples_per_second: throughput.
+        dataset_size: samples per epoch.
+        saturation_batch_size: the smallest batch within 80% of the best throughput (where the
+            hardware saturates); ``None`` when interrupted.
+        device: where it was timed.
+        repeats: timed updates per batch size.
+        warmup: untimed updates per batch size.
+        interrupted: Ctrl-C: the rows are the batch sizes finished (smallest first).
+        batch_sizes_requested: the batch sizes asked for.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> timing = ld.time_batch_sizes(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y),
+        ...                              batch_sizes=[1, 8, 64], repeats=2, warmup=1)
+        >>> timing.batch_sizes, timing.updates_per_epoch  # the lecture's point: far fewer updates
+        ([1, 8, 64], [64, 8, 1])
+    """
 
     batch_sizes: list[int]
     seconds_per_update: list[float]
@@ -75,7 +104,19 @@ class BatchTiming(ResultMixin):
 
 
 def default_batch_sizes(n: int) -> list[int]:
-    """Powers of two from 1 up to the dataset size, and the dataset size itself."""
+    """Powers of two from 1 up to the dataset size, and the dataset size itself.
+
+    Args:
+        n: the dataset size.
+
+    Returns:
+        The batch sizes, increasing.
+
+    Examples:
+        >>> from lossdoctor.training.timing import default_batch_sizes
+        >>> default_batch_sizes(100)
+        [1, 2, 4, 8, 16, 32, 64, 100]
+    """
     sizes = [2 ** k for k in range(int(math.log2(max(n, 1))) + 1)]
     return sorted(set(sizes + [n]))
 
@@ -90,16 +131,45 @@ def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: 
                      *, device: str | torch.device | None = None, repeats: int = 5, warmup: int = 2,
                      lr: float = 1e-3, epoch_size: int | None = None,
                      progress: Progress | bool | str | None = "auto") -> BatchTiming:
-    """Seconds per update for each batch size (default: powers of two from 1 to the dataset size).
+    """Seconds per update for each batch size: the lecture's "a large batch costs about as much as one".
+
+    One optimizer step (forward, backward, SGD update) is timed per batch size, on a copy of
+    the model; the model itself is not touched.
 
     Args:
+        model: any ``nn.Module``.
+        loss_fn: ``loss_fn(model(inputs), targets)``, the batch-mean loss.
+        batch_sizes: the batch sizes to time (default: powers of two from 1 to the dataset size).
+        lr: the SGD learning rate of the timed updates.
+        progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
+            terminal for long runs.
         dataset: any lossdoctor data; its samples are merged and batches cut from them (batch
             sizes above the dataset size repeat samples).
         device: where to time (default: the model's device). A copy of the model is moved there;
             the model itself is not touched.
-        repeats: timed updates per batch size (the median is reported); warmup: untimed ones.
+        repeats: timed updates per batch size (the median is reported).
+        warmup: untimed updates before them.
         epoch_size: samples per epoch for updates/epoch (default: the dataset size; e.g. 60000
             for the lecture's MNIST example).
+
+    Returns:
+        Per batch size, the time per update and per epoch and the throughput, with the batch
+        size where the hardware saturates. Ctrl-C returns the batch sizes finished.
+
+    Raises:
+        ValueError: bad batch sizes or options, or a model with nothing to train.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4)
+        >>> y = (x[:, 0] > 0).long()
+        >>> timing = ld.time_batch_sizes(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y),
+        ...                              batch_sizes=[1, 8, 64], repeats=2, warmup=1)
+        >>> timing.updates_per_epoch
+        [64, 8, 1]
+        >>> len(timing.seconds_per_update), timing.dataset_size
+        (3, 64)
     """
     check_module(model)
     check_loss_fn(loss_fn)

@@ -17,6 +17,7 @@ BUILTIN: dict[str, Callable[..., Problem]] = {
 
 
 def build(name: str, **kwargs: Any) -> Problem:
+    """Build the built-in problem ``name`` with ``kwargs``; an unknown name or bad options is a ``ValueError``."""
     try:
         factory = BUILTIN[name]
     except KeyError:

@@ -1,4 +1,5 @@
 """MNIST-1D (Greydanus, 2020): generated procedurally, offline, in seconds; 40 features, 10 classes.
+
 Generated sets are cached as ``.npz`` files so repeated runs start at once."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..problem import Problem
 
 
 def cache_dir() -> Path:
+    """Where generated data sets are cached: ``$LOSSDOCTOR_CACHE``, else ``$XDG_CACHE_HOME/lossdoctor`` (``~/.cache``)."""
     root = os.environ.get("LOSSDOCTOR_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lossdoctor")
     return Path(root)
@@ -25,7 +27,16 @@ def cache_dir() -> Path:
 
 def mnist1d_arrays(num_train: int = 4000, num_test: int = 1000, seed: int = 42
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(x_train, y_train, x_test, y_test)`` as float32 / int64 arrays."""
+    """MNIST-1D generated offline (the ``mnist1d`` package) and cached under :func:`cache_dir`.
+
+    Args:
+        num_train: training samples.
+        num_test: test samples.
+        seed: the generator's seed.
+
+    Returns:
+        ``(x_train, y_train, x_test, y_test)`` as float32 / int64 arrays (40 features, 10 classes).
+    """
     if num_train < 1 or num_test < 0:
         raise ValueError("num_train must be >= 1 and num_test >= 0.")
     path = cache_dir() / f"mnist1d-{num_train}-{num_test}-{seed}.npz"
@@ -49,11 +60,13 @@ def mnist1d_arrays(num_train: int = 4000, num_test: int = 1000, seed: int = 42
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Cut numpy arrays into a list of ``(inputs, targets)`` tensor batches of ``batch_size``."""
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     return [(xt[i:i + batch_size], yt[i:i + batch_size]) for i in range(0, len(xt), batch_size)]
 
 
 class MLP(nn.Sequential):
+    """A ReLU MLP for MNIST-1D: ``depth`` hidden layers of ``hidden`` units."""
     def __init__(self, hidden: int = 100, depth: int = 2, in_features: int = 40, classes: int = 10):
         layers: list[nn.Module] = []
         width = in_features
@@ -90,11 +103,39 @@ def _problem(name: str, model: nn.Module, num_train: int, num_test: int, batch_s
 
 def mnist1d_mlp(num_train: int = 4000, num_test: int = 1000, batch_size: int = 1000, seed: int = 0,
                 data_seed: int = 42, hidden: int = 100, depth: int = 2) -> Problem:
+    """MNIST-1D (generated offline, cached) with an MLP: the tour's standard problem.
+
+    Args:
+        num_train: training samples.
+        num_test: test samples.
+        batch_size: samples per training batch (the test data is one batch).
+        seed: the seed of the initial weights.
+        data_seed: the seed of the generated data.
+        hidden: units per hidden layer.
+        depth: hidden layers.
+
+    Returns:
+        The problem (cross-entropy; train and test data as lists of batches).
+    """
     torch.manual_seed(seed)
     return _problem("mnist1d-mlp", MLP(hidden, depth), num_train, num_test, batch_size, data_seed)
 
 
 def mnist1d_cnn(num_train: int = 4000, num_test: int = 1000, batch_size: int = 1000, seed: int = 0,
                 data_seed: int = 42, channels: int = 16, hidden: int = 140) -> Problem:
+    """MNIST-1D (generated offline, cached) with a 1-D CNN.
+
+    Args:
+        num_train: training samples.
+        num_test: test samples.
+        batch_size: samples per training batch (the test data is one batch).
+        seed: the seed of the initial weights.
+        data_seed: the seed of the generated data.
+        channels: convolution channels.
+        hidden: units of the hidden dense layer.
+
+    Returns:
+        The problem (cross-entropy; train and test data as lists of batches).
+    """
     torch.manual_seed(seed)
     return _problem("mnist1d-cnn", CNN1d(channels, hidden), num_train, num_test, batch_size, data_seed)
