@@ -166,7 +166,7 @@ def quadratic(top: float = 50.0):
 def test_sharpness_estimate_matches_the_known_top_eigenvalue():
     model, data = quadratic(top=50.0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    monitor = Monitor(model, F.mse_loss, data, sharpness_every=1, sharpness_iters=20)
+    monitor = Monitor(model, F.mse_loss, data, sharpness_every=1, sharpness_iters=20, doctor_share=None)
     for _ in range(3):
         opt.zero_grad()
         loss = F.mse_loss(model(data[0]), data[1])
@@ -276,3 +276,24 @@ def test_bad_input():
         monitor.step(0.1, optimizer="sgd")
     for value in (math.nan, 1.0, 2.0):  # NaN in the first steps: diagnosed, no crash
         monitor.step(float(value))
+
+
+def test_sharpness_estimates_are_paid_from_the_doctors_budget():
+    """A λ_max estimate the budget cannot pay for waits (deterministically) until it can, and its
+    cost counts against the same cap as the diagnoses."""
+    model, data = quadratic(top=50.0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    monitor = Monitor(model, F.mse_loss, data, sharpness_every=10, sharpness_iters=4, doctor_share=0.5)
+    cost = monitor._sharpness_cost()
+    for _ in range(60):
+        opt.zero_grad()
+        loss = F.mse_loss(model(data[0]), data[1])
+        loss.backward()
+        opt.step()
+        monitor.step(loss, opt)
+        assert monitor.doctor_cost <= 0.5 * monitor.steps + 1e-9
+    steps = [s for s, _ in monitor.record.sharpness]
+    # Due at 10, 20, ...; each paid once the bank (0.5 per step) holds its cost.
+    assert steps and steps[0] == max(10, math.ceil(cost / 0.5))
+    assert all(b - a >= 10 for a, b in zip(steps, steps[1:]))
+    assert monitor.doctor_cost == pytest.approx(cost * len(steps))

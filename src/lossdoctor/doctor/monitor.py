@@ -17,14 +17,15 @@ actions:
 * every step records the loss; on pairs of steps every ``signals_every`` steps (default 8) the
   gradient norm, the cosine between successive gradients and the update size are taken (one flat
   copy each, no extra forward or backward pass; NaN in between);
-* every ``sharpness_every`` steps (default 1000; 0: never) a few warm-started power iterations on
-  a small fixed subset estimate λ_max;
+* every ``sharpness_every`` steps (default 2000; 0: never) a few warm-started power iterations on
+  a small fixed subset estimate λ_max, paid from the doctor's budget below (an estimate the budget
+  cannot yet pay for waits until it can);
 * every ``check_every`` steps (default ``window // 2``) the recent losses are tested for a stall
   (stopped falling beyond doubt from minibatch noise, growing, NaN/Inf, or gradients flipping;
   a window the noise leaves open is widened up to 8x);
 * on a stall, :func:`lossdoctor.diagnose` runs within a cost budget counted in training-step
-  equivalents (default ``doctor_share=0.05``: the doctor may spend 5% of the steps trained so
-  far, where a gradient over k batches costs k steps and a Hessian-vector product 2.5 k); a
+  equivalents (default ``doctor_share=0.04``: the doctor and the λ_max estimates together may
+  spend 4% of the steps trained so far, where a gradient over k batches costs k steps and a Hessian-vector product 2.5 k); a
   stall the budget cannot yet pay for waits for the next check. The verdict is logged (logger
   ``lossdoctor.monitor``) and passed to ``callback``; the same verdict again backs the doctor off
   (doubling the wait, up to 16x), and a verdict only changes on new evidence (the previous one is
@@ -84,11 +85,11 @@ from .trials import TrainStep
 
 logger = logging.getLogger("lossdoctor.monitor")
 
-SHARPNESS_EVERY = 1000
+SHARPNESS_EVERY = 2000
 SHARPNESS_ITERS = 4
 SHARPNESS_SAMPLES = 128
 SIGNALS_EVERY = 8
-DOCTOR_SHARE = 0.05
+DOCTOR_SHARE = 0.04  # with the per-step signals (~1% on a 3 ms step), all in under 5%
 DIAGNOSE_SAMPLES = 128
 CURVATURE_SAMPLES = 64
 MIN_HVPS = 8  # a diagnosis with fewer affordable Hessian-vector products waits
@@ -232,8 +233,9 @@ class Monitor:
         sharpness_every: steps between running λ_max estimates (0: never).
         sharpness_samples: samples the λ_max estimate uses.
         sharpness_iters: warm-started power iterations per estimate.
-        doctor_share: the doctor's cost cap, a share of the training steps so far (in
-            training-step equivalents; deterministic). ``None``: no cap.
+        doctor_share: the cost cap of the doctor and the λ_max estimates together, a share of
+            the training steps so far (in training-step equivalents; deterministic). ``None``: no
+            cap.
         diagnose_samples: the doctor measures on the first this many samples of ``data``.
         callback: called as ``callback(diagnosis)`` for every diagnosis that is not "progressing".
         lr: the learning rate, when ``step`` is called without the optimizer.
@@ -334,6 +336,7 @@ class Monitor:
         self._sharpness: list[tuple[int, float]] = []
         self._signals = StepSignals(self.params)
         self._power_vector: torch.Tensor | None = None
+        self._sharpness_due = False
         self._count = 0
         self._next_check = window
         self._next_doctor = 0
@@ -428,6 +431,10 @@ class Monitor:
         self._update_norms.append(update)
         self._lrs.append(lr)
         if self.sharpness_every and self._count % self.sharpness_every == 0:
+            self._sharpness_due = True
+        if self._sharpness_due and self._can_pay(self._sharpness_cost()):
+            self._sharpness_due = False
+            self.doctor_cost += self._sharpness_cost()
             self._sharpness.append((self._count, self._estimate_sharpness()))
         if self.checkpoint_every and self._count % self.checkpoint_every == 0 and math.isfinite(loss_value):
             self._keep_checkpoint()
@@ -490,6 +497,14 @@ class Monitor:
                 return k * self.window if stalled else None
             k *= 2
         return None
+
+    def _sharpness_cost(self) -> float:
+        """A λ_max estimate in training-step equivalents: the operator's validation pass and its
+        reduction check over the subset's batches, then the power iterations' products."""
+        return len(self._sharp_data or ()) * (2.0 + HVP_COST * self.sharpness_iters)
+
+    def _can_pay(self, cost: float) -> bool:
+        return self.doctor_share is None or self.doctor_share * self._count - self.doctor_cost >= cost
 
     def _affordable_hvps(self) -> int | None:
         """Hessian-vector products the doctor's budget can pay for now (None: no cap)."""
