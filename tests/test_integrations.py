@@ -85,7 +85,8 @@ def test_tensorboard_sink_with_a_real_summary_writer(tmp_path):
     from lossdoctor.integrations.tensorboard import TensorBoardSink
 
     writer = SummaryWriter(str(tmp_path))
-    _, losses = plain_loop(TensorBoardSink(writer), 6, 0.1, window=8, sharpness_every=3, sharpness_iters=2)
+    _, losses = plain_loop(TensorBoardSink(writer), 6, 0.1, window=8, sharpness_every=3, sharpness_iters=2,
+                                 doctor_share=None)
     writer.close()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -123,7 +124,8 @@ def test_lightning_callback_monitors_fit_and_logs(tmp_path):
 
     x, y = mlp_data()
     module = Module()
-    callback = LossDoctorCallback(F.cross_entropy, window=8, sharpness_every=2, sharpness_iters=2)
+    callback = LossDoctorCallback(F.cross_entropy, window=8, sharpness_every=2, sharpness_iters=2,
+                                  doctor_share=None)
     trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=CSVLogger(str(tmp_path)), callbacks=[callback],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         log_every_n_steps=1)
@@ -171,7 +173,8 @@ def test_hf_trainer_callback_monitors_train_and_logs(tmp_path):
             seen.append(dict(logs))
 
     trainer.add_callback(Reporter())
-    callback = LossDoctorCallback.attach(trainer, window=8, sharpness_every=2, sharpness_iters=2)
+    callback = LossDoctorCallback.attach(trainer, window=8, sharpness_every=2, sharpness_iters=2,
+                                         doctor_share=None)
     trainer.train()
     monitor = callback.monitor
     assert len(monitor.record.losses) == 5 and len(monitor.record.sharpness) == 2
