@@ -24,7 +24,9 @@ def test_plan_prefers_float64_then_float32_then_fewer_vectors():
     n = 124_000_000  # GPT-2 small
     roomy = plan_basis(n, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 200 * GB})
     assert (roomy.dtype, roomy.ncv, roomy.fallback) == (torch.float64, 24, "")
-    assert roomy.keep_products and roomy.bytes == 2 * 25 * n * 8
+    assert not roomy.keep_products and roomy.bytes == 25 * n * 8  # products only while small (1 GiB)
+    small_model = plan_basis(100_000, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 20 * GB})
+    assert small_model.keep_products and small_model.bytes == 2 * 25 * 100_000 * 8
     # float64 needs 24.8 GB, 40% of 40 GB is 16 GB: float32 (12.4 GB) fits
     mid = plan_basis(n, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 40 * GB})
     assert (mid.dtype, mid.ncv, mid.keep_products) == (torch.float32, 24, False)
@@ -83,7 +85,7 @@ def test_float32_basis_pairs_within_their_bounds_on_a_float64_model(monkeypatch,
     n = H.shape[0]
     expected = lam[:3] if which == "largest" else np.concatenate([lam[:3], lam[-3:]])
     # float64 would need (ncv + 1) * n * 8 bytes; leave room for float32 only
-    short_of_memory(monkeypatch, int((25 * n * 8 + 2 * 6 * n * 8) / memory.BASIS_SHARE * 0.6))
+    short_of_memory(monkeypatch, int((25 * n * 8 + 6 * n * 8) / memory.BASIS_SHARE * 0.6))
     before = ModelSnapshot.take(model)
     op = ld.hessian(model, loss_fn, data)
     for tol in (1e-6, 1e-10, 1e-13):
@@ -183,7 +185,7 @@ def test_a_long_or_shrunk_call_states_its_plan(monkeypatch):
     monkeypatch.setattr("sys.stderr", err)
     ld.eigenpairs(op, k=2, tol=1e-4, progress=lambda done, total: None)
     assert err.getvalue() == ""  # short and at float64: nothing to say
-    short_of_memory(monkeypatch, int((25 * n * 8 + 2 * 2 * n * 8) / memory.BASIS_SHARE * 0.6))
+    short_of_memory(monkeypatch, int((25 * n * 8 + 2 * n * 8) / memory.BASIS_SHARE * 0.6))
     ld.eigenpairs(op, k=2, tol=1e-4, progress=lambda done, total: None)
     line = err.getvalue().strip()
     assert line.count("\n") == 0 and "Lanczos basis 24 x float32 on cpu" in line and "s per product" in line

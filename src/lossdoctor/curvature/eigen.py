@@ -527,8 +527,8 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
     max_matvecs = max(int(max_matvecs), 1)
     inner = "both" if which == "largest_magnitude" else which
     n_wanted = min(n, 2 * k if inner == "both" else k)
-    # Held beside the basis while the search for missed pairs runs: the pairs and their products.
-    held = 2 * n_wanted * n * 8
+    # Held beside the basis while the search for missed pairs runs: the pairs found (float64).
+    held = n_wanted * n * 8
     plan = plan_basis(n, ncv=default_ncv(n, n_wanted) if ncv is None else int(min(n, max(ncv, n_wanted + 2))),
                       min_ncv=min(n, n_wanted + 2), op_device=torch.device(device), ncv_given=ncv is not None,
                       dtype=basis_dtype, device=basis_device, held=held)

@@ -20,6 +20,9 @@ import torch
 # Shares of the memory available when a call starts. The rest is left to the model's own
 # products (activations, the graph of the double backward), the vectors returned and the caller.
 BASIS_SHARE = 0.4  # the Lanczos basis (and its kept products)
+# The products H q kept beside a float64 basis save one product per pair at the end; worth their
+# memory (as much again as the basis) only while they are small.
+PRODUCTS_CAP = 2**30
 BLOCK_SHARE = 0.125  # one block of trace probes and their products
 BLOCK_CAP = 2**30  # ... and at most this: a bigger block is no faster once the graphs are cached
 # Bytes per parameter that one probe of a block costs: the float64 probe and product, the
@@ -132,7 +135,7 @@ def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str,
             size = rows * n * torch.finfo(dt).bits // 8
             room = budget(dev)
             if size <= room:
-                products = keep_products and dt == torch.float64 and 2 * size <= room
+                products = keep_products and dt == torch.float64 and 2 * size <= room and size <= PRODUCTS_CAP
                 why = "" if (dt == torch.float64 and dev == op_device) else (
                     f"a float64 basis of {rows} vectors on {op_device} would need {fmt_bytes(first_need)}, "
                     f"{fmt_bytes(free(op_device))} is available there")
@@ -149,12 +152,12 @@ def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str,
         return BasisPlan(dt, dev, fit, False, (fit + 1) * n * item, free(dev),
                          f"{ncv} vectors of {n:,} parameters do not fit in {fmt_bytes(free(dev))} available on "
                          f"{dev}: {fit} {str(dt).replace('torch.', '')} vectors (more restarts)")
-    smallest = (min_ncv + 1) * n * item
+    rows = ncv + 1 if ncv_given else min_ncv + 1
     raise MemoryError(
-        f"The Lanczos basis does not fit: {ncv if ncv_given else min_ncv} + 1 vectors of {n:,} parameters in "
-        f"{str(dt).replace('torch.', '')} need {fmt_bytes((ncv + 1 if ncv_given else min_ncv + 1) * n * item)}"
-        f"{'' if ncv_given else f' at the least ({fmt_bytes(smallest)})'}, and {fmt_bytes(free(dev))} is "
-        f"available on {dev} (the basis may use {BASIS_SHARE:.0%} of it). Free memory, analyse a subset of "
+        f"The Lanczos basis does not fit: {rows} vectors of {n:,} parameters in {str(dt).replace('torch.', '')} "
+        f"need {fmt_bytes(rows * n * item)}{'' if ncv_given else ' at the least'}, and {fmt_bytes(free(dev))} is "
+        f"available on {dev}, of which the basis may use {BASIS_SHARE:.0%} less the {fmt_bytes(held)} the "
+        f"eigenvectors take. Free memory, analyse a subset of "
         f"the parameters, ask for fewer eigenpairs (k), "
         + ("pass a smaller ncv, " if ncv_given else "")
         + ("or basis_dtype='float32' / basis_device='cpu'." if want_dtype or want_device else

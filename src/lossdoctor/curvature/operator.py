@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .._checks import check_arguments
 from .._distributed import process_group_active
@@ -71,12 +72,35 @@ def _full_fp32_matmul() -> Iterator[None]:
             matmul.allow_tf32 = saved
 
 
+def _hardsigmoid(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return F.relu6(input + 3.0) / 6.0
+
+
+def _hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return input * (F.relu6(input + 3.0) / 6.0)
+
+
+@contextlib.contextmanager
+def _twice_differentiable_activations() -> Iterator[None]:
+    """torch's hardsigmoid and hardswish kernels have no double backward ("derivative for
+    aten::hardsigmoid_backward is not implemented": MobileNetV3, EfficientNet-lite); the same
+    functions written with relu6 have one (out of place: an in-place activation would overwrite
+    what the second backward needs)."""
+    saved = F.hardsigmoid, F.hardswish
+    F.hardsigmoid, F.hardswish = _hardsigmoid, _hardswish
+    try:
+        yield
+    finally:
+        F.hardsigmoid, F.hardswish = saved
+
+
 @contextlib.contextmanager
 def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Some kernels (cuDNN's RNNs, fused attention) have no double backward.
+    """Some kernels (cuDNN's RNNs, fused attention, hardsigmoid/hardswish) have no double backward.
 
     Fall back to implementations that do, only where they are needed. On CUDA, no TF32."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_twice_differentiable_activations())  # modules and functional calls alike
         if device.type == "cuda":
             rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
             cudnn = torch.backends.cudnn
@@ -505,7 +529,17 @@ class HessianOperator:
         with preserved_rng():
             for start in range(0, rows.shape[0], self.max_block):
                 chunk = self._to_param_dtype(rows[start:start + self.max_block])
-                outs.append(self._hvp_block(chunk))
+                try:
+                    outs.append(self._hvp_block(chunk))
+                except RuntimeError as err:
+                    if "derivative for" in str(err) and "not implemented" in str(err):
+                        raise RuntimeError(
+                            f"The model uses an operation torch cannot differentiate twice ({err}); a "
+                            "Hessian-vector product needs its second derivative. Replace it by an equivalent "
+                            "built from differentiable operations (hardsigmoid and hardswish, fused attention "
+                            "and cuDNN RNN kernels are replaced automatically), or analyse only parameters "
+                            "before it.") from err
+                    raise
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.T.to(device=matrix.device, dtype=matrix.dtype)
 
