@@ -266,7 +266,8 @@ def main() -> None:
                     else:
                         row = {"model": model, "lib": lib, "call": call, "mode": mode or "?", "params": 0,
                                "seconds": float("nan"), "base_rss": 0, "peak_rss": 0,
-                               "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?"}
+                               "error": f"exit {proc.returncode}: "
+                               + (proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?")}
                         print(proc.stderr[-3000:], file=sys.stderr)
                     row["load"] = os.getloadavg()[0]
                     with args.log.open("a") as f:
