@@ -62,7 +62,9 @@ bench: $(BENCH_VENV)/.installed
 # torchvision 0.29.1, the `vision` extra), so their tests run in a venv of their own. That torch is a
 # CUDA build (about 5.5 GB) and runs on the CPU as well.
 VISION_VENV := .vision-venv
-VISION_TESTS ?= tests/test_frameworks.py tests/test_operator.py tests/test_model_unchanged.py tests/test_mode.py
+# The framework tests (torchvision, timm and Hugging Face models against finite differences and
+# dense Hessians) and a few core ones, on the other torch release.
+VISION_TESTS ?= tests/test_frameworks.py tests/test_mode.py tests/test_model_unchanged.py tests/test_operator.py
 
 $(VISION_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VISION_VENV)

@@ -196,3 +196,16 @@ def test_a_long_or_shrunk_call_states_its_plan(monkeypatch):
     monkeypatch.setattr(memory, "NOTICE_SECONDS", 0.0)
     ld.trace(op, matvecs=9, progress=lambda done, total: None)
     assert "trace:" in err.getvalue() and "probes per block" in err.getvalue()
+
+
+def test_slq_that_cannot_fit_is_refused_up_front(monkeypatch):
+    case = BY_ID["mlp-tanh-mse-batches-eval"]
+    model, loss_fn, data = case.make()
+    op = ld.hessian(model, loss_fn, data)
+    done = op.num_matvecs
+    # 2 probes x 20 steps x 44 parameters x 8 bytes (and a stacked copy): 21 kB; allow 10 kB
+    short_of_memory(monkeypatch, int(10_000 / memory.BASIS_SHARE))
+    with pytest.raises(MemoryError, match=r"at most \d+ lanczos_steps"):
+        ld.spectral_density(op, num_probes=2, lanczos_steps=20, progress=False)
+    assert op.num_matvecs == done
+    assert ld.spectral_density(op, num_probes=2, lanczos_steps=8, progress=False).lanczos_steps == 8

@@ -81,6 +81,7 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
     """
     n, k = start.shape
     steps = min(steps, n)
+    _check_room(n, k, steps, start.device)
     q = start / start.norm(dim=0, keepdim=True)
     bases = [[q[:, c]] for c in range(k)]
     alphas: list[list[float]] = [[] for _ in range(k)]
@@ -117,6 +118,23 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
     if last_beta:
         return [(a, b, final[c]) for c, (a, b) in enumerate(out)]
     return out
+
+
+def _check_room(n: int, k: int, steps: int, device) -> None:
+    """Refuse up front, with what would fit, a run whose float64 bases (``k`` of ``steps``
+    vectors, plus one stacked copy) cannot fit in the basis's share of the memory available."""
+    from . import memory
+
+    need = (k + 1) * steps * n * 8
+    free = memory.available_bytes(device)
+    if free is None or need <= memory.BASIS_SHARE * free:
+        return
+    fit = int(memory.BASIS_SHARE * free // ((k + 1) * n * 8))
+    raise MemoryError(
+        f"Stochastic Lanczos quadrature with {k} probes x {steps} steps on {n:,} parameters keeps "
+        f"{memory.fmt_bytes(need)} of float64 Lanczos vectors, and {memory.fmt_bytes(free)} is available on "
+        f"{device} (the bases may use {memory.BASIS_SHARE:.0%} of it): use at most {fit} lanczos_steps with "
+        f"{k} probes, or fewer probes.")
 
 
 def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
