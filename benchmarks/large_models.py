@@ -189,8 +189,10 @@ def table(path: Path) -> str:
     latest: dict[tuple, dict] = {}
     for r in rows:  # the latest measurement of each (model, lib, call, mode)
         latest[(r["model"], r["lib"], r["call"], r["mode"])] = r
-    lines = ["| model | params | library | call | mode | seconds | base RSS GB | peak RSS GB | result |",
-             "|---|---:|---|---|---|---:|---:|---:|---|"]
+    done = {(r["model"], r["lib"], r["call"]) for r in latest.values() if "error" not in r}
+    latest = {k: r for k, r in latest.items() if "error" not in r or (r["model"], r["lib"], r["call"]) not in done}
+    lines = ["| model | params | library | call | mode | seconds | base RSS GB | peak RSS GB | load | result |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---|"]
     for r in sorted(latest.values(), key=lambda r: (r["params"], CALLS.index(r["call"]), r["lib"], r["mode"])):
         if "error" in r:
             result = "FAILED: " + r["error"][:90]
@@ -211,7 +213,8 @@ def table(path: Path) -> str:
         else:
             result = r.get("summary", "")
         lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['lib']} | {r['call']} | {r['mode']} | "
-                      f"{r['seconds']:.1f} | {r['base_rss'] / 1e9:.2f} | {r['peak_rss'] / 1e9:.2f} | {result} |")
+                      f"{r['seconds']:.1f} | {r['base_rss'] / 1e9:.2f} | {r['peak_rss'] / 1e9:.2f} | {r.get('load', float('nan')):.1f} | "
+                     f"{result} |")
     return "\n".join(lines)
 
 
