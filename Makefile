@@ -69,7 +69,7 @@ VISION_TESTS ?= tests/test_frameworks.py tests/test_mode.py tests/test_model_unc
 $(VISION_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VISION_VENV)
 	$(VISION_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VISION_VENV)/bin/python -m pip install --quiet -e ".[dev,hf,vision]"
+	$(VISION_VENV)/bin/python -m pip install --quiet -e ".[all,dev,hf,vision]"
 	touch $@
 
 test-vision: $(VISION_VENV)/.installed
