@@ -24,7 +24,15 @@ from .._results import ResultMixin, fmt
 from ..progress import Progress, as_callback, with_progress
 from ..types import OperatorLike, Which
 from . import memory
-from .lanczos import apply64, gaussian, operator_mode, orthogonalize
+from .lanczos import (
+    apply64,
+    gaussian,
+    operator_mode,
+    orthogonalize,
+    project_out,
+    rotate_rows,
+    rows_times,
+)
 from .memory import PROBE_BYTES, BasisPlan, fmt_bytes, notice, plan_basis, time_text
 
 WHICH = ("largest", "smallest", "both", "largest_magnitude")
@@ -334,62 +342,6 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
             f"(or ncv), or loosen tol; unconverged pairs are flagged in .converged.",
             RuntimeWarning, stacklevel=3)
     return result
-
-
-# -- a basis in another dtype or on another device than the products ----------------------------
-SLICE = 2**20  # parameters per slice: the float64 working copy of a slice is 8 MB per row
-
-
-def _same(rows: torch.Tensor, work: torch.device) -> bool:
-    return rows.dtype == torch.float64 and rows.device == work
-
-
-def rows_times(rows: torch.Tensor, coeffs: torch.Tensor, work: torch.device) -> torch.Tensor:
-    """``rows.T @ coeffs`` in float64 on ``work`` (``rows``: (m, n) of any dtype and device;
-    ``coeffs``: (m,) or (m, k)), a slice of columns at a time so that no float64 copy of the
-    whole basis exists."""
-    coeffs = coeffs.to(torch.float64)
-    if _same(rows, work):
-        return rows.T @ coeffs.to(work)
-    out = torch.empty((rows.shape[1],) + tuple(coeffs.shape[1:]), dtype=torch.float64, device=work)
-    c = coeffs.to(rows.device)
-    for a in range(0, rows.shape[1], SLICE):
-        out[a:a + SLICE] = (rows[:, a:a + SLICE].to(torch.float64).T @ c).to(work)
-    return out
-
-
-def rows_dot(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``rows @ w`` (``w`` float64 of length n) in float64, on the CPU."""
-    if _same(rows, w.device):
-        return (rows @ w).cpu()
-    out = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
-    for a in range(0, rows.shape[1], SLICE):
-        out += rows[:, a:a + SLICE].to(torch.float64) @ w[a:a + SLICE].to(rows.device)
-    return out.cpu()
-
-
-def project_out(w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``w`` (float64, length n) less its components along the orthonormal ``rows``: two
-    passes of classical Gram-Schmidt, in float64 whatever the rows' dtype."""
-    if rows.shape[0] == 0:
-        return w
-    if _same(rows, w.device):
-        return orthogonalize(w.unsqueeze(1), rows).squeeze(1)
-    for _ in range(2):
-        w = w - rows_times(rows, rows_dot(rows, w), w.device)
-    return w
-
-
-def rotate_rows(store: torch.Tensor, m: int, S: np.ndarray) -> None:
-    """``store[:k] = S.T @ store[:m]`` in place (``S``: (m, k)), computed in float64 a slice of
-    columns at a time (a float32 basis is rounded once, not at every partial sum)."""
-    rot = torch.as_tensor(S.T, dtype=torch.float64, device=store.device)
-    k = rot.shape[0]
-    if store.dtype == torch.float64:
-        store[:k] = rot @ store[:m]
-        return
-    for a in range(0, store.shape[1], SLICE):
-        store[:k, a:a + SLICE] = (rot @ store[:m, a:a + SLICE].to(torch.float64)).to(store.dtype)
 
 
 def default_ncv(n: int, n_wanted: int) -> int:
