@@ -147,13 +147,15 @@ def load_flat(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
 
 
 class ModeNotice(UserWarning):
-    """The mode a curvature analysis used was the default, and the model has layers that behave
-    differently in the other (BatchNorm, dropout). Silence it by passing ``mode=`` explicitly."""
+    """The mode a curvature analysis used was the default, and the model has layers that behave differently in the other (BatchNorm, dropout).
+
+    Silence it by passing ``mode=`` explicitly."""
 
 
 def mode_dependent_layers(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Type names of the layers whose output depends on train/eval mode: (normalizations that
-    track running statistics, dropouts with p > 0)."""
+    """Type names of the layers whose output depends on train/eval mode.
+
+    Returns (normalizations that track running statistics, dropouts with p > 0)."""
     norms = sorted({type(m).__name__ for m in model.modules()
                     if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats})
     drops = sorted({type(m).__name__ for m in model.modules()
@@ -162,8 +164,7 @@ def mode_dependent_layers(model: nn.Module) -> tuple[list[str], list[str]]:
 
 
 def default_mode_notice(model: nn.Module, mode: str = "eval") -> str | None:
-    """One line saying which mode a defaulted analysis used on a model with BatchNorm or
-    dropout, and how to choose the other; None for a model the mode does not change."""
+    """One line saying which mode a defaulted analysis used on a model with BatchNorm or dropout, and how to choose the other; None for a model the mode does not change."""
     norms, drops = mode_dependent_layers(model)
     if not norms and not drops:
         return None

@@ -373,9 +373,9 @@ def _sides(which: str) -> list[str]:
 
 
 class _Counted:
-    """``op`` as float64 ``matmul`` counting its products and reporting ``progress``;
-    ``first(seconds)`` is called once, after the second call (the first carries one-time
-    costs: the cached graphs, lazy imports), with its time per product."""
+    """``op`` as float64 ``matmul`` counting its products and reporting ``progress``; ``first(seconds)`` is called once, after the second call (the first carries one-time costs.
+
+    the cached graphs, lazy imports), with its time per product."""
 
     def __init__(self, op, budget: int, progress: Progress | None, first: Callable[[float], None] | None = None
                  ) -> None:

@@ -80,9 +80,10 @@ def _same(rows: torch.Tensor, work: torch.device) -> bool:
 
 
 def rows_times(rows: torch.Tensor, coeffs: torch.Tensor, work: torch.device) -> torch.Tensor:
-    """``rows.T @ coeffs`` in float64 on ``work`` (``rows``: (m, n) of any dtype and device;
-    ``coeffs``: (m,) or (m, k)), a slice of columns at a time so that no float64 copy of the
-    whole basis exists."""
+    """``rows.T @ coeffs`` in float64 on ``work`` (``rows``.
+
+    (m, n) of any dtype and device; ``coeffs``: (m,) or (m, k)), a slice of columns at a time so
+    that no float64 copy of the whole basis exists."""
     coeffs = coeffs.to(torch.float64)
     if _same(rows, work):
         return rows.T @ coeffs.to(work)
@@ -104,8 +105,9 @@ def rows_dot(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def project_out(w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``w`` (float64, length n) less its components along the orthonormal ``rows``: two
-    passes of classical Gram-Schmidt, in float64 whatever the rows' dtype."""
+    """``w`` (float64, length n) less its components along the orthonormal ``rows``.
+
+    two passes of classical Gram-Schmidt, in float64 whatever the rows' dtype."""
     if rows.shape[0] == 0:
         return w
     if _same(rows, w.device):
@@ -116,8 +118,10 @@ def project_out(w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def rotate_rows(store: torch.Tensor, m: int, S: np.ndarray) -> None:
-    """``store[:k] = S.T @ store[:m]`` in place (``S``: (m, k)), computed in float64 a slice of
-    columns at a time (a float32 basis is rounded once, not at every partial sum)."""
+    """``store[:k] = S.T @ store[:m]`` in place (``S``.
+
+    (m, k)), computed in float64 a slice of columns at a time (a float32 basis is rounded once, not
+    at every partial sum)."""
     rot = torch.as_tensor(S.T, dtype=torch.float64, device=store.device)
     k = rot.shape[0]
     if store.dtype == torch.float64:
@@ -184,8 +188,7 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
 
 
 def _basis_dtype(n: int, k: int, steps: int, device) -> torch.dtype:
-    """float64 Lanczos vectors where ``k`` runs of ``steps`` fit in the bases' share of the memory
-    available, else float32; refused up front, with the steps that would fit, where neither does."""
+    """float64 Lanczos vectors where ``k`` runs of ``steps`` fit in the bases' share of the memory available, else float32; refused up front, with the steps that would fit, where neither does."""
     from . import memory
 
     free = memory.available_bytes(device)

@@ -34,8 +34,9 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 def available_bytes(device: torch.device | str) -> int | None:
-    """Memory free for new allocations on ``device``: free GPU memory (CUDA), the host's
-    ``MemAvailable`` (CPU); None where it cannot be read."""
+    """Memory free for new allocations on ``device``.
+
+    free GPU memory (CUDA), the host's ``MemAvailable`` (CPU); None where it cannot be read."""
     device = torch.device(device)
     if device.type == "cuda":
         try:
@@ -55,6 +56,7 @@ def available_bytes(device: torch.device | str) -> int | None:
 
 
 def fmt_bytes(n: float | None) -> str:
+    """A byte count as text (kB, MB, GB)."""
     if n is None:
         return "unknown"
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -86,8 +88,10 @@ def _device(value: Any, name: str) -> torch.device | None:
 
 @dataclass(frozen=True)
 class BasisPlan:
-    """The Lanczos basis chosen: ``ncv`` vectors of ``dtype`` on ``device`` (plus the products
-    ``H q`` beside them when ``keep_products``), ``bytes`` in all, out of ``available``."""
+    """The Lanczos basis chosen.
+
+    ``ncv`` vectors of ``dtype`` on ``device`` (plus the products ``H q`` beside them when
+    ``keep_products``), ``bytes`` in all, out of ``available``."""
 
     dtype: torch.dtype
     device: torch.device
@@ -99,14 +103,17 @@ class BasisPlan:
 
     @property
     def dtype_name(self) -> str:
+        """The dtype without "torch."."""
         return str(self.dtype).replace("torch.", "")
 
 
 def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str, ncv_given: bool = False,
                dtype: Any = None, device: Any = None, keep_products: bool = True, held: int = 0,
                available: dict[str, int | None] | None = None) -> BasisPlan:
-    """Choose the Lanczos basis for ``n`` parameters: ``ncv + 1`` rows wanted (at least
-    ``min_ncv + 1`` usable), while ``held`` bytes are held beside it (pairs found so far).
+    """Choose the Lanczos basis for ``n`` parameters.
+
+    ``ncv + 1`` rows wanted (at least ``min_ncv + 1`` usable), while ``held`` bytes are held beside
+    it (pairs found so far).
 
     In order of preference: float64 on the operator's device, float32 there, then (CUDA
     operators) the same on the host; products ``H q`` are kept only beside a float64 basis and
@@ -166,8 +173,10 @@ def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str,
 
 def plan_block(n: int, *, block: int | None, max_block: int, device: torch.device | str,
                available: int | None = None) -> int:
-    """Probes per block for a trace: as many as ``max_block`` allows within
-    ``min(BLOCK_SHARE * available, BLOCK_CAP)`` (one at the least); ``block`` if given."""
+    """Probes per block for a trace.
+
+    as many as ``max_block`` allows within ``min(BLOCK_SHARE * available, BLOCK_CAP)`` (one at the
+    least); ``block`` if given."""
     if block is not None:
         return int(block)
     free = available_bytes(device) if available is None else available
@@ -189,6 +198,7 @@ def notice(progress: Any, text: str) -> None:
 
 
 def time_text(seconds: float) -> str:
+    """Seconds as text (s, min, h)."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

@@ -90,10 +90,10 @@ def _hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _twice_differentiable_activations() -> Iterator[None]:
-    """Torch's hardsigmoid and hardswish kernels have no double backward ("derivative for
-    aten::hardsigmoid_backward is not implemented": MobileNetV3, EfficientNet-lite); the same
-    functions written with relu6 have one (out of place: an in-place activation would overwrite
-    what the second backward needs)."""
+    """Torch's hardsigmoid and hardswish kernels have no double backward ("derivative for aten::hardsigmoid_backward is not implemented".
+
+    MobileNetV3, EfficientNet-lite); the same functions written with relu6 have one (out of place:
+    an in-place activation would overwrite what the second backward needs)."""
     saved = F.hardsigmoid, F.hardswish
     F.hardsigmoid, F.hardswish = _hardsigmoid, _hardswish
     try:
