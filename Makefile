@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch must be installed before the project, or pip pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: tour test lint check docs bench clean
+.PHONY: tour test test-vision lint check docs bench bench-large clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,5 +58,27 @@ $(BENCH_VENV)/.installed: pyproject.toml
 bench: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/curvature.py $(BENCH_ARGS)
 
+# torchvision and timm need a torch/torchvision pair that imports together (torch 2.14.1 with
+# torchvision 0.29.1, the `vision` extra), so their tests run in a venv of their own. That torch is a
+# CUDA build (about 5.5 GB) and runs on the CPU as well.
+VISION_VENV := .vision-venv
+# The framework tests (torchvision, timm and Hugging Face models against finite differences and
+# dense Hessians) and a few core ones, on the other torch release.
+VISION_TESTS ?= tests/test_frameworks.py tests/test_mode.py tests/test_model_unchanged.py tests/test_operator.py
+
+$(VISION_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VISION_VENV)/bin/python -m pip install --quiet -e ".[all,dev,hf,vision]"
+	touch $@
+
+test-vision: $(VISION_VENV)/.installed
+	$(VISION_VENV)/bin/python -m pytest -q -p no:cacheprovider $(VISION_TESTS)
+
+# The large-model benchmark (ResNet-18 and a GPT-2-small-sized model) beside PyHessian, in the vision venv.
+bench-large: $(VISION_VENV)/.installed
+	$(VISION_VENV)/bin/python -m pip install --quiet pyhessian==0.1
+	$(VISION_VENV)/bin/python benchmarks/large_models.py $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) report
+	rm -rf $(VENV) $(BENCH_VENV) $(VISION_VENV) report

@@ -395,15 +395,20 @@ def _mode() -> list[Bad]:
     return choice("eval", "train")
 
 
+def _defaulted_mode() -> list[Bad]:
+    """``mode`` where None is the default (eval, with a notice on BatchNorm/dropout models)."""
+    return [b if b.label != "None" else Bad("ok: None (the default)", None, "ok") for b in _mode()]
+
+
 def specs() -> list[Spec]:
     s: list[Spec] = []
     s.append(Spec("hessian", ld.hessian, lambda e: _model_args(e), {
-        **MODEL_LOSS_DATA, "mode": _mode(), "max_block": ints(1), "micro_batch_size": ints(1, optional=True),
+        **MODEL_LOSS_DATA, "mode": _defaulted_mode(), "max_block": ints(1), "micro_batch_size": ints(1, optional=True),
         "distributed": flag(optional=True), "cache": _cache_kind(),
         "params": params_kind() + [Bad("ok: a module", F_(lambda e: e.model[2]), "ok",
                                        check=lambda e, r: r.num_params == 15)]}, after=_first_product))
     s.append(Spec("dense_hessian", ld.dense_hessian, lambda e: _model_args(e), {
-        **MODEL_LOSS_DATA, "mode": _mode(), "max_params": ints(1, ok=False) + [Bad("ok: numpy int", np.int64(100), "ok")],
+        **MODEL_LOSS_DATA, "mode": _defaulted_mode(), "max_params": ints(1, ok=False) + [Bad("ok: numpy int", np.int64(100), "ok")],
         "dtype": [Bad("int64", torch.int64), Bad("string", "float64"), Bad("numpy dtype", np.float64),
                   Bad("bool", torch.bool), Bad("ok: float64", torch.float64, "ok")],
         "params": params_kind()}))
@@ -424,7 +429,7 @@ def specs() -> list[Spec]:
     s.append(Spec("classify_critical_point", ld.classify_critical_point,
                   lambda e: {**_model_args(e), "k": 1, "max_matvecs": 60, "num_probes": 2, "lanczos_steps": 8}, {
         **MODEL_LOSS_DATA, "grad_tol": floats(minimum=0.0, optional=True), "eig_tol": floats(minimum=0.0, optional=True),
-        "k": ints(1), "dense": flag(optional=True), "dense_max_params": ints(0), "mode": _mode(),
+        "k": ints(1), "dense": flag(optional=True), "dense_max_params": ints(0), "mode": _defaulted_mode(),
         "tol": floats(above=0.0), "seed": seed(), "num_probes": ints(1), "lanczos_steps": ints(1),
         "max_matvecs": ints(1, optional=True), "progress": progress_kind(), "params": params_kind()}))
     s.append(Spec("escape_saddle", ld.escape_saddle, lambda e: _saddle_args(e), {
@@ -448,7 +453,7 @@ def specs() -> list[Spec]:
             Bad("list with unknown", ["lambda_max", "x"]), Bad("empty list", []),
             Bad("ok: a list", ["lambda_max"], "ok")],
         "epsilons": float_list(), "subspace_dim": ints(1, optional=True), "full_space": flag(),
-        "max_iter": ints(1), "tol": floats(above=0.0), "trace_matvecs": ints(3), "mode": _mode(), "seed": seed(),
+        "max_iter": ints(1), "tol": floats(above=0.0), "trace_matvecs": ints(3), "mode": _defaulted_mode(), "seed": seed(),
         "distributed": flag(optional=True), "progress": progress_kind(), "params": params_kind()}))
     s.append(Spec("landscape", ld.landscape, lambda e: {**_model_args(e), "steps": 3}, {
         **MODEL_LOSS_DATA, "loss_fn": loss_kind(evaluation_only=True), "dims": [Bad("three", 3), Bad("zero", 0), Bad("string", "1"), Bad("float", 1.0),
@@ -555,7 +560,7 @@ def specs() -> list[Spec]:
         owner=DOCTOR))
     s.append(Spec("layer_curvature", ld.layer_curvature, lambda e: _model_args(e), {
         **MODEL_LOSS_DATA, "optimizer": [b for b in optimizer_kind() if b.label != "None"],
-        "lr": floats(above=0.0, optional=True), "mode": _mode(),
+        "lr": floats(above=0.0, optional=True), "mode": _defaulted_mode(),
         "probes": ints(1), "lanczos_steps": ints(1), "seed": seed(), "params": params_kind()}, owner=DOCTOR))
     s.append(Spec("attached_scheduler", ld.attached_scheduler, lambda e: {"optimizer": e.optimizer}, {
         "optimizer": [b for b in optimizer_kind() if b.label in ("string", "None", "class")]}, owner=DOCTOR,

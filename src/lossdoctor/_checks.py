@@ -405,7 +405,7 @@ _RULES: dict[str, Callable[[Any, str], Any]] = {
     "model": lambda v, n: check_module(v, n),
     "loss_fn": lambda v, n: check_loss_fn(v, n),
     "op": lambda v, n: check_operator(v, n),
-    "mode": lambda v, n: check_choice(v, n, ("eval", "train")),
+    "mode": lambda v, n: None if v is None else check_choice(v, n, ("eval", "train")),  # None: the default
     "seed": lambda v, n: check_seed(v, n),
     "progress": lambda v, n: check_progress(v, n),
     "k": lambda v, n: check_int(v, n, minimum=1),

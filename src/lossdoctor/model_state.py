@@ -146,6 +146,40 @@ def load_flat(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
         p.copy_(piece.view_as(p))
 
 
+class ModeNotice(UserWarning):
+    """The mode a curvature analysis used was the default, and the model has layers that behave differently in the other (BatchNorm, dropout).
+
+    Silence it by passing ``mode=`` explicitly."""
+
+
+def mode_dependent_layers(model: nn.Module) -> tuple[list[str], list[str]]:
+    """Type names of the layers whose output depends on train/eval mode.
+
+    Returns (normalizations that track running statistics, dropouts with p > 0)."""
+    norms = sorted({type(m).__name__ for m in model.modules()
+                    if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats})
+    drops = sorted({type(m).__name__ for m in model.modules()
+                    if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0})
+    return norms, drops
+
+
+def default_mode_notice(model: nn.Module, mode: str = "eval") -> str | None:
+    """One line saying which mode a defaulted analysis used on a model with BatchNorm or dropout, and how to choose the other; None for a model the mode does not change."""
+    norms, drops = mode_dependent_layers(model)
+    if not norms and not drops:
+        return None
+    trained = "in train mode" if model.training else "in eval mode now"
+    if norms:
+        other = ("pass mode='train' for the network as it is trained (batch statistics"
+                 + (f"; {', '.join(drops)} must then have p=0, a random loss has no Hessian)" if drops else ")"))
+        return (f"lossdoctor analysed the eval-mode network (mode='eval', the default: {', '.join(norms)} on "
+                f"running statistics{', dropout off' if drops else ''}); the model is {trained}. {other}, "
+                "or mode='eval' to keep this and silence the notice.")
+    return (f"lossdoctor analysed the model with {', '.join(drops)} off (mode='eval', the default: the "
+            "deterministic loss; mode='train' is refused while dropout is active). Pass mode='eval' to "
+            "silence this notice.")
+
+
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module, mode: str = "eval") -> Iterator[None]:
     """Put ``model`` in eval (or train) mode and restore every module's flag afterwards.

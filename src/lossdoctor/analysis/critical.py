@@ -167,7 +167,7 @@ class CriticalPoint(ResultMixin):
                      f"within +/- {self.minimum_ratio_bias:.3f})")
         else:
             ratio = "not computed"
-        lines = [f"verdict: {self.kind.replace('_', ' ')}",
+        lines = [f"verdict: {self.kind.replace('_', ' ')} ({self.mode} mode)",
                  f"loss {fmt(self.loss, 6)}, gradient norm {fmt(self.grad_norm)} (tolerance {fmt(self.grad_tol)})",
                  f"Hessian eigenvalues: smallest {fmt(self.min_eigenvalue, 6)}, largest "
                  f"{fmt(self.max_eigenvalue, 6)} (zero tolerance {fmt(self.eig_tol)})",
@@ -337,7 +337,7 @@ def _evidence(kind: str, grad_norm: float, grad_tol: float, lo: float, hi: float
 @with_progress("critical point")
 def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, grad_tol: float | None = None,
                             eig_tol: float | None = None, k: int = 5, dense: bool | None = None,
-                            dense_max_params: int = DENSE_MAX_PARAMS, mode: Mode = "eval", tol: float = 1e-6,
+                            dense_max_params: int = DENSE_MAX_PARAMS, mode: Mode | None = None, tol: float = 1e-6,
                             seed: int = 0, num_probes: int = 8, lanczos_steps: int = 80,
                             max_matvecs: int | None = None, progress: Progress | bool | str | None = "auto",
                             reduction: Reduction | None = None, params: Any = None) -> CriticalPoint:
@@ -426,7 +426,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
         raise ValueError("the gradient is not finite (NaN/Inf): check the model's parameters and the data.")
     if progress is not None:
         progress(1, total)
-    common = dict(loss=float(loss), grad_norm=grad_norm, num_params=n, num_samples=op.num_samples, mode=mode,
+    common = dict(loss=float(loss), grad_norm=grad_norm, num_params=n, num_samples=op.num_samples, mode=op.mode,
                   seed=seed, parameter_names=tuple(op.names), parameter_shapes=tuple(op.shapes))
     spent = 0
     spec = None
@@ -451,7 +451,7 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
             if grad_norm > upper_tol:
                 return _gradient_decides(common, grad_norm, float(upper_tol), norm_est, spent, grad_tol is None)
         if use_dense:
-            spec = _dense_spectrum(model, loss_fn, data, mode, k, dense_max_params, op.reduction, op.params)
+            spec = _dense_spectrum(model, loss_fn, data, op.mode, k, dense_max_params, op.reduction, op.params)
         else:
             spec = _lanczos_spectrum(op, k, tol, seed, scaled(progress, 1 + spent, total), max_matvecs)
             if spec.interrupted:

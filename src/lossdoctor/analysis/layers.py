@@ -372,7 +372,7 @@ def heterogeneity(nodes: list[list[np.ndarray]], weights: list[list[np.ndarray]]
 
 @with_progress("layer curvature")
 def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: torch.optim.Optimizer | None = None,
-                    lr: float | None = None, mode: str = "eval", probes: int = 2, lanczos_steps: int = 12,
+                    lr: float | None = None, mode: str | None = None, probes: int = 2, lanczos_steps: int = 12,
                     seed: int = 0, op: Any = None, max_blocks: int | None = None,
                     progress: Progress | bool | str | None = "auto", params: Any = None) -> LayerCurvature:
     """The per-block curvature table of ``model`` on ``data`` (see the module docstring).
@@ -384,7 +384,8 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
         optimizer: the optimizer training the model (for the per-block lr-scaled sharpness and
             step size; Adam's, RMSprop's and Adagrad's per-coordinate steps come from their state).
         lr: the learning rate, when no optimizer is given.
-        mode: ``"eval"`` or ``"train"`` (BatchNorm on batch statistics).
+        mode: ``"eval"`` or ``"train"`` (BatchNorm on batch statistics); default (None):
+            ``"eval"``, stated with a notice on BatchNorm/dropout models (see :func:`hessian`).
         probes: Rademacher probes per block; the cost is ``blocks x probes x lanczos_steps``
             Hessian-vector products (each a full product).
         lanczos_steps: Lanczos steps per probe.

@@ -201,7 +201,7 @@ def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, s
 def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterable[str] = "lambda_max",
               epsilons: Iterable[float] = (1e-3, 5e-4), subspace_dim: int | None = 100,
               full_space: bool = True, max_iter: int = 10, tol: float = 1e-3, trace_matvecs: int = 60,
-              mode: str = "eval", seed: int = 0, distributed: bool | None = None,
+              mode: str | None = None, seed: int = 0, distributed: bool | None = None,
               progress: Progress | bool | str | None = "auto", reduction: str | None = None,
               params: Any = None) -> Sharpness:
     """How sharp is the minimum the model sits in? Flat minima generalize better.
@@ -257,7 +257,8 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
     max_iter = check_int(max_iter, "max_iter", minimum=1)
     tol = check_float(tol, "tol", above=0.0)
     trace_matvecs = check_int(trace_matvecs, "trace_matvecs", minimum=3)
-    check_choice(mode, "mode", ("eval", "train"))
+    if mode is not None:  # None: eval, stated (see hessian)
+        check_choice(mode, "mode", ("eval", "train"))
     seed = check_seed(seed)
     check_bool(distributed, "distributed", optional=True)
     check_progress(progress)
@@ -317,5 +318,5 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
                                 progress(done, total)
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
-        return Sharpness(loss=op.loss, num_params=op.num_params, num_samples=op.num_samples, mode=mode,
+        return Sharpness(loss=op.loss, num_params=op.num_params, num_samples=op.num_samples, mode=op.mode,
                          epsilon=eps_results, interrupted=interrupted, **values)

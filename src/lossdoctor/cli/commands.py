@@ -90,7 +90,9 @@ def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
 @click.option("--trace-matvecs", type=click.IntRange(min=0), default=99, show_default=True,
               help="Products for the Hutch++ trace (0: skip; otherwise at least 3).")
 @click.option("--density/--no-density", default=True, show_default=True, help="Spectral density (SLQ).")
-@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
+@click.option("--mode", type=click.Choice(["eval", "train"]), default=None,
+              help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). Default: eval, "
+                   "with a notice on models with BatchNorm or dropout.")
 @click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
               help="Cut larger batches into micro-batches of this many samples: the memory of one "
                    "Hessian-vector product no longer grows with the batch size (checked to give the same Hessian).")
@@ -112,7 +114,7 @@ def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
 @device_option
 @json_option
 def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
-             density: bool, mode: Mode, micro_batch_size: int | None, cache: bool | str | int, reduction: Reduction | Literal["auto"], seed: int,
+             density: bool, mode: Mode | None, micro_batch_size: int | None, cache: bool | str | int, reduction: Reduction | Literal["auto"], seed: int,
              per_layer: bool, plot: Path | None, param_patterns: tuple[str, ...], device: str, as_json: bool) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from .. import eigenpairs, hessian, spectral_density, trace
@@ -201,7 +203,9 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
               help="Dense Hessian (exact minimum ratio). Default: for models up to 1000 parameters.")
 @click.option("--grad-tol", type=NON_NEGATIVE, default=None, help="Gradient-norm threshold (default: scale-relative).")
 @click.option("--eig-tol", type=NON_NEGATIVE, default=None, help="Zero threshold for eigenvalues (default: scale-relative).")
-@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
+@click.option("--mode", type=click.Choice(["eval", "train"]), default=None,
+              help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). Default: eval, "
+                   "with a notice on models with BatchNorm or dropout.")
 @click.option("--reduction", type=click.Choice(["auto", "mean", "sum"]), default="auto", show_default=True,
               help="How the problem's loss combines a batch's samples (see `lossdoctor spectrum --help`).")
 @click.option("--seed", type=SEED, default=0, show_default=True)
@@ -209,7 +213,7 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
 @device_option
 @json_option
 def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: str | None, k: int,
-             dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: Mode, reduction: Reduction | Literal["auto"],
+             dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: Mode | None, reduction: Reduction | Literal["auto"],
              seed: int, param_patterns: tuple[str, ...], device: str, as_json: bool) -> None:
     """Local minimum, saddle point, or neither? The verdict, the numbers and the evidence."""
     from .. import classify_critical_point, escape_saddle
@@ -229,7 +233,7 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
         escape = None
         if do_escape and not interrupted(point):
             escape = escape_saddle(prob.model, prob.loss_fn, prob.train_data, critical=point, apply=True,
-                                   mode=mode, reduction=None if reduction == "auto" else reduction,
+                                   mode=point.mode, reduction=None if reduction == "auto" else reduction,
                                    params=params, progress=task("escape line search"))
             results["escape"] = {key: value for key, value in escape.to_dict().items() if key != "critical"}
     interrupted(point, escape)
@@ -244,7 +248,7 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
         out.print_json(json.dumps(results))
         return
     subset = "" if params is None else f" (of {', '.join(point.parameter_names)})"
-    out.print(f"{prob.name}: {point.num_params} parameters{subset}, {point.num_samples} samples, {mode} mode")
+    out.print(f"{prob.name}: {point.num_params} parameters{subset}, {point.num_samples} samples, {point.mode} mode")
     out.print(str(point))
     if escape is not None:
         out.print(str(escape))

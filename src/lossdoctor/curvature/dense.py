@@ -16,7 +16,7 @@ from .operator import LossFn, hessian
 DEFAULT_MAX_PARAMS = 5000
 
 
-def dense_hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval",
+def dense_hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode | None = None,
                   max_params: int = DEFAULT_MAX_PARAMS, dtype: torch.dtype | None = None,
                   reduction: Reduction | None = None, params: Any = None) -> torch.Tensor:
     """The exact ``(n, n)`` Hessian of the mean loss over ``data`` (symmetrized).

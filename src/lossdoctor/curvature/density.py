@@ -78,7 +78,8 @@ class SpectralDensity(ResultMixin):
         return (f"Spectral density from {self.num_probes} probes x {self.lanczos_steps} Lanczos steps "
                 f"({self.matvecs} products): eigenvalues in [{fmt(lo)}, {fmt(hi)}], "
                 f"negative fraction {self.negative_fraction:.3f} +/- {self.negative_fraction_error:.3f} "
-                f"(quadrature bias within +/- {self.negative_fraction_bias:.3f})")
+                f"(quadrature bias within +/- {self.negative_fraction_bias:.3f})"
+                + (f", {self.mode} mode" if self.mode else ""))
 
 
 @with_progress("spectral density")

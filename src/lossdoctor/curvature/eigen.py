@@ -10,6 +10,7 @@ residual test alone and none is reported silently when it is not.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,17 @@ from .._checks import check_arguments
 from .._results import ResultMixin, fmt
 from ..progress import Progress, as_callback, with_progress
 from ..types import OperatorLike, Which
-from .lanczos import apply64, gaussian, operator_mode, orthogonalize
+from . import memory
+from .lanczos import (
+    apply64,
+    gaussian,
+    operator_mode,
+    orthogonalize,
+    project_out,
+    rotate_rows,
+    rows_times,
+)
+from .memory import PROBE_BYTES, BasisPlan, fmt_bytes, notice, plan_basis, time_text
 
 WHICH = ("largest", "smallest", "both", "largest_magnitude")
 # Eigenvalues smaller than this fraction of ||H|| are judged on absolute accuracy
@@ -80,6 +91,12 @@ class EigenResult(ResultMixin):
     num_params: int
     interrupted: bool = False
     mode: str | None = None  # "eval"/"train" for a HessianOperator: how the model was evaluated
+    # The Lanczos basis used (see eigenpairs' basis_dtype/basis_device) and the memory the call's
+    # own vectors were estimated to take (basis, kept products, pairs, one product's vectors).
+    basis_dtype: str | None = None
+    basis_device: str | None = None
+    ncv: int | None = None
+    memory_estimate_bytes: int | None = None
 
     _skip_in_dict = ("eigenvectors",)
 
@@ -102,6 +119,9 @@ class EigenResult(ResultMixin):
         mode = f", {self.mode} mode" if self.mode else ""
         lines = [f"Hessian eigenpairs ({self.which}, {self.num_params} parameters{mode}, "
                  f"{self.matvecs} Hessian-vector products, tol {self.tol:g}, seed {self.seed})"]
+        if self.basis_dtype is not None:
+            lines.append(f"Lanczos basis: {self.ncv} x {self.basis_dtype} on {self.basis_device}; estimated "
+                         f"memory {fmt_bytes(self.memory_estimate_bytes)}")
         lines.append(f"{'#':>3}  {'eigenvalue':>14}  {'residual':>10}  {'error bound':>11}  converged")
         for i, (lam, res, bound, ok) in enumerate(zip(self.eigenvalues, self.residual_norms,
                                                       self.error_bounds, self.converged)):
@@ -148,17 +168,22 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                     progress: Progress | None = None, start: torch.Tensor | None = None,
                     decided: Callable[[np.ndarray, np.ndarray], bool] | None = None,
                     deflate: torch.Tensor | None = None, min_steps: int = 1,
-                    keep_products: bool = False) -> EigenResult:
+                    keep_products: bool = False, plan: BasisPlan | None = None) -> EigenResult:
     """Thick-restart Lanczos on ``matmul`` (float64 ``(n, 1)`` -> ``(n, 1)``), from ``start`` (default: a Gaussian vector drawn from ``seed``).
 
-    ``decided(values, residuals)`` of the wanted Ritz values may end the run before they converge
-    (the search for missed eigenvalues). ``deflate``: orthonormal columns ``matmul`` projects out;
-    the run stays orthogonal to them (fresh directions included) and its space has ``n -
-    deflate.shape[1]`` dimensions. ``min_steps``: no convergence or decision is accepted before this
-    many products. ``keep_products``: also keep ``matmul`` of every basis vector (rotated with the
-    basis at each restart), so the returned pairs' products ``H Y`` cost nothing more
-    (``result._products``): their true residuals without a product per pair. Doubles the basis
-    memory; skipped where that would pass ~1 GiB."""
+    ``decided(values, residuals)`` of the wanted
+    Ritz values may end the run before they converge (the search for missed eigenvalues).
+    ``deflate``: orthonormal columns ``matmul`` projects out; the run stays orthogonal to them
+    (fresh directions included) and its space has ``n - deflate.shape[1]`` dimensions.
+    ``min_steps``: no convergence or decision is accepted before this many products.
+    ``keep_products``: also keep ``matmul`` of every basis vector (rotated with the basis at each
+    restart), so the returned pairs' products ``H Y`` cost nothing more (``result._products``):
+    their true residuals without a product per pair. Doubles the basis memory.
+    ``plan``: the basis's dtype, device and size, and whether products are kept
+    (:func:`~lossdoctor.curvature.memory.plan_basis`; default: planned here from the memory
+    available). A float32 basis, or one held on the host for a CUDA operator, is combined and
+    orthogonalized in float64 a slice of rows at a time; the vectors returned are float64 on
+    ``device``."""
     dim = n - (0 if deflate is None else int(deflate.shape[1]))
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
@@ -168,23 +193,23 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
         raise ValueError(f"tol must be positive, got {tol}.")
     n_wanted = min(n, 2 * k if which == "both" else k)
     k = min(k, n)
-    if ncv is None:
-        # Room for the wanted pairs plus a margin that keeps restarts rare; capped so the
-        # float64 basis stays under ~1 GiB.
-        cap = max(n_wanted + 3, int(2**30 // (8 * n)))
-        ncv = min(n, max(2 * n_wanted + 10, 24), cap)
-    ncv = int(min(n, max(ncv, n_wanted + 2)))
+    if plan is None:
+        plan = plan_basis(n, ncv=default_ncv(n, n_wanted) if ncv is None else int(min(n, max(ncv, n_wanted + 2))),
+                          min_ncv=min(n, n_wanted + 2), op_device=device, ncv_given=ncv is not None,
+                          keep_products=keep_products)
+    ncv = int(min(n, max(plan.ncv, n_wanted + 2)))
     max_matvecs = max(int(max_matvecs), 1)
+    work = torch.device(device)
 
     gen_seed = seed
     q = gaussian(n, 1, gen_seed, device).squeeze(1) if start is None else start.to(torch.float64).reshape(-1)
     # Rows 0..m-1 of ``store`` are the orthonormal Lanczos vectors. Allocated once for the
     # largest basis a restart allows: its pages are touched only as rows are written, and no
     # step copies the basis (growing it by concatenation held two copies at each step).
-    store = torch.empty(ncv + 1, n, dtype=q.dtype, device=q.device)
+    store = torch.empty(ncv + 1, n, dtype=plan.dtype, device=plan.device)
     store[0] = q / q.norm()
-    keep_products = keep_products and 2 * (ncv + 1) * n * 8 <= 2**30
-    hstore = torch.empty(ncv + 1, n, dtype=q.dtype, device=q.device) if keep_products else None
+    keep_products = plan.keep_products and keep_products
+    hstore = torch.empty(ncv + 1, n, dtype=plan.dtype, device=plan.device) if keep_products else None
     m = 1
     T = np.zeros((0, 0))
     b = np.zeros(0)  # H Q^T = Q^T T + r b^T
@@ -203,7 +228,7 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
         while True:
             # Extend the basis by one Lanczos vector.
             j = T.shape[0]
-            q = store[m - 1]
+            q = store[m - 1].to(device=work, dtype=torch.float64)  # exactly the stored vector
             w = matmul(q.unsqueeze(1)).squeeze(1)
             matvecs += 1
             if hstore is not None:
@@ -212,8 +237,8 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
             alpha = float(q @ w)
             w = w - alpha * q
             if j > 0:
-                w = w - store[:m - 1].T @ torch.as_tensor(coupling, dtype=w.dtype, device=w.device)
-            w = orthogonalize(w.unsqueeze(1), store[:m]).squeeze(1)
+                w = w - rows_times(store[:m - 1], torch.as_tensor(coupling, dtype=torch.float64), work)
+            w = project_out(w, store[:m])
             T_new = np.zeros((j + 1, j + 1))
             T_new[:j, :j] = T
             T_new[:j, j] = coupling
@@ -246,7 +271,7 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                 fresh = gaussian(n, 1, gen_seed, device)
                 if deflate is not None:
                     fresh = orthogonalize(fresh, deflate.T)
-                fresh = orthogonalize(fresh, store[:m]).squeeze(1)
+                fresh = project_out(fresh.squeeze(1), store[:m])
                 if float(fresh.norm()) <= 1e-10 * float(gaussian(n, 1, gen_seed, device).norm()):
                     dim = T.shape[0]  # the basis and the deflated columns span everything
                     break
@@ -270,10 +295,9 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
                     keep = min(T.shape[0] - 1, n_wanted + max(2, (ncv - n_wanted) // 2))
                     idx_keep = _wanted(theta, which, (keep + 1) // 2 if which == "both" else keep)
                     Sk = S[:, idx_keep]
-                    rotate = torch.as_tensor(Sk.T, dtype=store.dtype, device=store.device)
-                    store[:len(idx_keep)] = rotate @ store[:m]
+                    rotate_rows(store, m, Sk)
                     if hstore is not None:
-                        hstore[:len(idx_keep)] = rotate @ hstore[:m]
+                        rotate_rows(hstore, m, Sk)
                     m = len(idx_keep)
                     T = np.diag(theta[idx_keep])
                     b = Sk.T @ b
@@ -299,7 +323,7 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     bounds[idx] = np.where(converged, bounds[idx], residuals[idx])
     order = np.argsort(-theta[idx], kind="stable")
     idx = idx[order]
-    vectors = (torch.as_tensor(S[:, idx], dtype=basis.dtype, device=basis.device).T @ basis).T
+    vectors = rows_times(basis, torch.as_tensor(S[:, idx], dtype=torch.float64), work)
     result = EigenResult(
         eigenvalues=theta[idx].copy(), eigenvectors=vectors.contiguous(),
         residual_norms=residuals[idx].copy(), error_bounds=bounds[idx].copy(),
@@ -308,9 +332,8 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     object.__setattr__(result, "_exhaustive", exhaustive and not interrupted)  # private: no field
     object.__setattr__(result, "_gaps", _ritz_gaps(theta)[idx])  # to the nearest other Ritz value
     if hstore is not None and not interrupted:
-        rows = hstore[:basis.shape[0]]
-        object.__setattr__(result, "_products",
-                           (torch.as_tensor(S[:, idx], dtype=rows.dtype, device=rows.device).T @ rows).T)
+        object.__setattr__(result, "_products", rows_times(hstore[:basis.shape[0]],
+                                                           torch.as_tensor(S[:, idx], dtype=torch.float64), work))
     if not result.all_converged:
         bad = int((~result.converged).sum())
         warnings.warn(
@@ -319,6 +342,11 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
             f"(or ncv), or loosen tol; unconverged pairs are flagged in .converged.",
             RuntimeWarning, stacklevel=3)
     return result
+
+
+def default_ncv(n: int, n_wanted: int) -> int:
+    """Room for the wanted pairs plus a margin that keeps restarts rare."""
+    return int(min(n, max(2 * n_wanted + 10, 24)))
 
 
 def _keys(values: np.ndarray, which: str) -> np.ndarray:
@@ -345,13 +373,21 @@ def _sides(which: str) -> list[str]:
 
 
 class _Counted:
-    """``op`` as float64 ``matmul`` counting its products and reporting ``progress``."""
+    """``op`` as float64 ``matmul`` counting its products and reporting ``progress``; ``first(seconds)`` is called once, after the second call (the first carries one-time costs.
 
-    def __init__(self, op, budget: int, progress: Progress | None) -> None:
-        self.op, self.budget, self.progress, self.done = op, budget, progress, 0
+    the cached graphs, lazy imports), with its time per product."""
+
+    def __init__(self, op, budget: int, progress: Progress | None, first: Callable[[float], None] | None = None
+                 ) -> None:
+        self.op, self.budget, self.progress, self.done, self.first = op, budget, progress, 0, first
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
         out = apply64(self.op, X)
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.first is not None and self.calls == 2:  # the first call carries one-time costs
+            first, self.first = self.first, None
+            first((time.perf_counter() - started) / max(X.shape[1], 1))
         self.done += X.shape[1]
         if self.progress is not None:
             self.progress(min(self.done, self.budget), self.budget)
@@ -360,7 +396,8 @@ class _Counted:
 
 @with_progress("eigenpairs")
 def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: float = 1e-6, seed: int = 0,
-               max_matvecs: int | None = None, ncv: int | None = None,
+               max_matvecs: int | None = None, ncv: int | None = None, basis_dtype: str | None = "auto",
+               basis_device: str | None = "auto",
                progress: Progress | bool | str | None = "auto") -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator such as :func:`lossdoctor.hessian`.
 
@@ -386,10 +423,27 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
         seed: seed of the random start vectors.
         max_matvecs: budget of operator products (default ``max(300, 40 k)``), the search for
             missed copies included (at least 8 products); a pair the search adds costs one more.
-        ncv: largest Krylov basis kept before a thick restart (memory: ``ncv`` float64 vectors).
+        ncv: largest Krylov basis kept before a thick restart (memory: ``ncv`` vectors of
+            ``n`` parameters). Default: ``max(2 k' + 10, 24)`` for ``k'`` wanted pairs, fewer
+            where that many do not fit in the memory available (more restarts, same answer).
+        basis_dtype: ``"auto"`` (default): float64 where the basis fits in 40% of the memory
+            available, else float32 (a 124M-parameter model: 25 float64 vectors are 25 GB);
+            or ``"float64"``/``"float32"``. A float32 basis is orthogonalized and combined in
+            float64, and the pairs are re-orthonormalized and checked with fresh products in
+            float64, so no pair is flagged converged that its true residual does not support.
+        basis_device: ``"auto"`` (default): the operator's device, or the host for a CUDA
+            operator whose GPU has no room; or a device (``"cpu"``).
         progress: called as ``progress(matvecs_done, max_matvecs)`` after each product;
             ``"auto"`` (default) shows a bar on a terminal for long runs, ``True`` always,
-            ``False``/``None`` never.
+            ``False``/``None`` never. Where
+            progress is shown and the call is long (at least 10 s estimated from the first
+            product) or the basis had to be made smaller, a one-line notice on stderr states
+            the basis, the memory and the time expected (also in the result's fields
+            ``basis_dtype``, ``basis_device``, ``ncv``, ``memory_estimate_bytes``).
+
+    Raises:
+        MemoryError: where even the smallest basis (``k' + 2`` float32 vectors, or the
+            ``ncv``/``basis_dtype``/``basis_device`` given) does not fit, with what would.
 
     Returns:
         The pairs with their error bounds and convergence flags. Ctrl-C returns the pairs
@@ -423,12 +477,30 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
     if max_matvecs is None:
         max_matvecs = max(300, 40 * k)
     max_matvecs = max(int(max_matvecs), 1)
-    count = _Counted(op, max_matvecs, as_callback(progress))
     inner = "both" if which == "largest_magnitude" else which
+    n_wanted = min(n, 2 * k if inner == "both" else k)
+    # Held beside the basis while the search for missed pairs runs: the pairs found (float64).
+    held = n_wanted * n * 8
+    plan = plan_basis(n, ncv=default_ncv(n, n_wanted) if ncv is None else int(min(n, max(ncv, n_wanted + 2))),
+                      min_ncv=min(n, n_wanted + 2), op_device=torch.device(device), ncv_given=ncv is not None,
+                      dtype=basis_dtype, device=basis_device, held=held)
+    estimate = plan.bytes + held + PROBE_BYTES * n
+
+    def first_product(seconds: float) -> None:
+        expected = seconds * max_matvecs
+        if expected >= memory.NOTICE_SECONDS or plan.fallback:
+            notice(as_callback(progress), f"eigenpairs: {n:,} parameters; Lanczos basis {plan.ncv} x {plan.dtype_name} on "
+                             f"{plan.device} ({fmt_bytes(estimate)} estimated with the pairs, "
+                             f"{fmt_bytes(plan.available)} available"
+                             + (f"; {plan.fallback}" if plan.fallback else "")
+                             + f"); {seconds:.2g} s per product, at most {max_matvecs} products "
+                               f"(<= {time_text(expected)}).")
+
+    count = _Counted(op, max_matvecs, as_callback(progress), first_product)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # warned once below, on the final pairs
         first = lanczos_extreme(count, n, k=k, which=inner, tol=tol, seed=seed, max_matvecs=max_matvecs,
-                                ncv=ncv, device=device, keep_products=True)
+                                ncv=plan.ncv, device=device, keep_products=True, plan=plan)
     values = np.asarray(first.eigenvalues, dtype=np.float64)
     vectors = first.eigenvectors.to(torch.float64)
     bounds = np.asarray(first.error_bounds, dtype=np.float64)
@@ -449,7 +521,7 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
         try:
             m0 = len(values)
             values, vectors, bounds, converged, ritz_gaps, kept, certified, beyond = _find_missed(
-                count, n, k, which, tol, seed, ncv, device, max_matvecs, values, vectors, bounds, converged,
+                count, n, k, which, tol, seed, plan, device, max_matvecs, values, vectors, bounds, converged,
                 ritz_gaps, beyond)
             if products is not None:  # pairs the search added have no product yet
                 cols = [products[:, i] if i < m0 else torch.full_like(products[:, 0], math.nan) for i in kept]
@@ -460,6 +532,12 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
     hnorm = max([hnorm] + [abs(float(x)) for x in values] + [abs(x) for x in beyond])
     residuals = np.asarray(first.residual_norms, dtype=np.float64)
     true_residuals = False
+    if plan.dtype != torch.float64 and len(values):
+        # Vectors combined from a float32 basis are orthonormal only to float32 rounding: make
+        # them orthonormal in float64, so that the Rayleigh-Ritz values below are those of an
+        # orthonormal set and the residuals are those of the vectors returned (from fresh products).
+        vectors = torch.linalg.qr(vectors)[0]
+        products = None
     if not interrupted and len(values):
         try:
             if products is None:
@@ -528,7 +606,8 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
         eigenvalues=values[order].copy(), eigenvectors=vectors[:, order].contiguous(),
         residual_norms=residuals[order].copy(), error_bounds=bounds[order].copy(),
         converged=converged[order].copy(), matvecs=count.done, which=which, tol=tol, seed=seed,
-        num_params=n, interrupted=interrupted, mode=operator_mode(op))
+        num_params=n, interrupted=interrupted, mode=operator_mode(op), basis_dtype=plan.dtype_name,
+        basis_device=str(plan.device), ncv=plan.ncv, memory_estimate_bytes=int(estimate))
     if not result.all_converged and not interrupted:  # an interrupted result is flagged as such
         bad = int((~result.converged).sum())
         why = ("" if certified else " (or the search for missed copies of repeated eigenvalues did not finish)")
@@ -567,7 +646,7 @@ def _thresholds(values: np.ndarray, bounds: np.ndarray, which: str, k: int, inne
     return out
 
 
-def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: int, ncv: int | None, device,
+def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: int, plan: BasisPlan, device,
                  max_matvecs: int, values: np.ndarray, vectors: torch.Tensor, bounds: np.ndarray,
                  converged: np.ndarray, ritz_gaps: np.ndarray, beyond: list[float]):
     """Search the complement of the pairs found for eigenvalues that belong among the wanted ones (hidden copies of repeated eigenvalues, or values a restart lost), adding each and searching again.
@@ -621,8 +700,8 @@ def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             check = lanczos_extreme(deflated, n, k=1, which=inner, tol=tol, seed=seed, max_matvecs=left,
-                                    ncv=ncv, device=device, start=start, decided=decided, deflate=F,
-                                    min_steps=least)
+                                    ncv=plan.ncv, device=device, start=start, decided=decided, deflate=F,
+                                    min_steps=least, plan=plan)
         if check.interrupted:
             raise KeyboardInterrupt
         entered = []

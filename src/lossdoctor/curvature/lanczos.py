@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 MatMul = Callable[[torch.Tensor], torch.Tensor]
@@ -70,6 +71,66 @@ def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Te
     return vectors
 
 
+# -- a basis in another dtype or on another device than the products ----------------------------
+SLICE = 2**20  # parameters per slice: the float64 working copy of a slice is 8 MB per row
+
+
+def _same(rows: torch.Tensor, work: torch.device) -> bool:
+    return rows.dtype == torch.float64 and rows.device == work
+
+
+def rows_times(rows: torch.Tensor, coeffs: torch.Tensor, work: torch.device) -> torch.Tensor:
+    """``rows.T @ coeffs`` in float64 on ``work`` (``rows``.
+
+    (m, n) of any dtype and device; ``coeffs``: (m,) or (m, k)), a slice of columns at a time so
+    that no float64 copy of the whole basis exists."""
+    coeffs = coeffs.to(torch.float64)
+    if _same(rows, work):
+        return rows.T @ coeffs.to(work)
+    out = torch.empty((rows.shape[1],) + tuple(coeffs.shape[1:]), dtype=torch.float64, device=work)
+    c = coeffs.to(rows.device)
+    for a in range(0, rows.shape[1], SLICE):
+        out[a:a + SLICE] = (rows[:, a:a + SLICE].to(torch.float64).T @ c).to(work)
+    return out
+
+
+def rows_dot(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``rows @ w`` (``w`` float64 of length n) in float64, on the CPU."""
+    if _same(rows, w.device):
+        return (rows @ w).cpu()
+    out = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+    for a in range(0, rows.shape[1], SLICE):
+        out += rows[:, a:a + SLICE].to(torch.float64) @ w[a:a + SLICE].to(rows.device)
+    return out.cpu()
+
+
+def project_out(w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``w`` (float64, length n) less its components along the orthonormal ``rows``.
+
+    two passes of classical Gram-Schmidt, in float64 whatever the rows' dtype."""
+    if rows.shape[0] == 0:
+        return w
+    if _same(rows, w.device):
+        return orthogonalize(w.unsqueeze(1), rows).squeeze(1)
+    for _ in range(2):
+        w = w - rows_times(rows, rows_dot(rows, w), w.device)
+    return w
+
+
+def rotate_rows(store: torch.Tensor, m: int, S: np.ndarray) -> None:
+    """``store[:k] = S.T @ store[:m]`` in place (``S``.
+
+    (m, k)), computed in float64 a slice of columns at a time (a float32 basis is rounded once, not
+    at every partial sum)."""
+    rot = torch.as_tensor(S.T, dtype=torch.float64, device=store.device)
+    k = rot.shape[0]
+    if store.dtype == torch.float64:
+        store[:k] = rot @ store[:m]
+        return
+    for a in range(0, store.shape[1], SLICE):
+        store[:k, a:a + SLICE] = (rot @ store[:m, a:a + SLICE].to(torch.float64)).to(store.dtype)
+
+
 def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, *, last_beta: bool = False
                                ) -> list[Any]:
     """Run ``steps`` Lanczos iterations from each column of ``start`` independently, with full reorthogonalization, multiplying all columns in one ``matmul`` per step.
@@ -81,24 +142,30 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
     """
     n, k = start.shape
     steps = min(steps, n)
+    dtype = _basis_dtype(n, k, steps, start.device)
     q = start / start.norm(dim=0, keepdim=True)
-    bases = [[q[:, c]] for c in range(k)]
+    # One preallocated (steps, n) store per column (float32 where float64 would not fit; the
+    # arithmetic stays float64): no list of vectors stacked into a copy at every step.
+    stores = [torch.empty(steps, n, dtype=dtype, device=start.device) for _ in range(k)]
+    counts = [1] * k
+    for c in range(k):
+        stores[c][0] = q[:, c]
     alphas: list[list[float]] = [[] for _ in range(k)]
     betas: list[list[float]] = [[] for _ in range(k)]
     active = list(range(k))
     final = [0.0] * k
     for step in range(steps):
-        cols = torch.stack([bases[c][-1] for c in active], dim=1)
+        cols = torch.stack([stores[c][counts[c] - 1].to(torch.float64) for c in active], dim=1)
         w = matmul(cols)
         still = []
         for j, c in enumerate(active):
-            basis = torch.stack(bases[c])
+            rows = stores[c][:counts[c]]
             wc = w[:, j]
-            alpha = float(bases[c][-1] @ wc)
+            alpha = float(cols[:, j] @ wc)
             alphas[c].append(alpha)
             if step == steps - 1 and not last_beta:
                 continue
-            wc = orthogonalize(wc.unsqueeze(1), basis).squeeze(1)
+            wc = project_out(wc, rows)
             beta = float(wc.norm())
             if step == steps - 1:
                 final[c] = beta
@@ -107,7 +174,8 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
             if beta <= 1e-12 * max(scale, 1e-300):
                 continue
             betas[c].append(beta)
-            bases[c].append(wc / beta)
+            stores[c][counts[c]] = wc / beta
+            counts[c] += 1
             still.append(c)
         active = still
         if not active:
@@ -117,6 +185,23 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
     if last_beta:
         return [(a, b, final[c]) for c, (a, b) in enumerate(out)]
     return out
+
+
+def _basis_dtype(n: int, k: int, steps: int, device) -> torch.dtype:
+    """float64 Lanczos vectors where ``k`` runs of ``steps`` fit in the bases' share of the memory available, else float32; refused up front, with the steps that would fit, where neither does."""
+    from . import memory
+
+    free = memory.available_bytes(device)
+    if free is None or k * steps * n * 8 <= memory.BASIS_SHARE * free:
+        return torch.float64
+    if k * steps * n * 4 <= memory.BASIS_SHARE * free:
+        return torch.float32
+    fit = int(memory.BASIS_SHARE * free // (k * n * 4))
+    raise MemoryError(
+        f"Stochastic Lanczos quadrature with {k} probes x {steps} steps on {n:,} parameters keeps "
+        f"{memory.fmt_bytes(k * steps * n * 4)} of Lanczos vectors even in float32, and "
+        f"{memory.fmt_bytes(free)} is available on {device} (the bases may use {memory.BASIS_SHARE:.0%} of it): "
+        f"use at most {fit} lanczos_steps with {k} probes, or fewer probes.")
 
 
 def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

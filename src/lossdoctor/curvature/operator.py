@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -17,11 +18,19 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .._checks import check_arguments
 from .._distributed import process_group_active
 from ..data import batch_loss, batch_size, check_data, iter_batches, place, split_batch
-from ..model_state import evaluation_mode, model_device, preserved_rng, selected_parameters
+from ..model_state import (
+    ModeNotice,
+    default_mode_notice,
+    evaluation_mode,
+    model_device,
+    preserved_rng,
+    selected_parameters,
+)
 from ..types import Data, Mode, Reduction
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor] | None  # None: the model's own outputs.loss
@@ -71,12 +80,35 @@ def _full_fp32_matmul() -> Iterator[None]:
             matmul.allow_tf32 = saved
 
 
+def _hardsigmoid(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return F.relu6(input + 3.0) / 6.0
+
+
+def _hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    return input * (F.relu6(input + 3.0) / 6.0)
+
+
+@contextlib.contextmanager
+def _twice_differentiable_activations() -> Iterator[None]:
+    """Torch's hardsigmoid and hardswish kernels have no double backward ("derivative for aten::hardsigmoid_backward is not implemented".
+
+    MobileNetV3, EfficientNet-lite); the same functions written with relu6 have one (out of place:
+    an in-place activation would overwrite what the second backward needs)."""
+    saved = F.hardsigmoid, F.hardswish
+    F.hardsigmoid, F.hardswish = _hardsigmoid, _hardswish
+    try:
+        yield
+    finally:
+        F.hardsigmoid, F.hardswish = saved
+
+
 @contextlib.contextmanager
 def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[None]:
-    """Some kernels (cuDNN's RNNs, fused attention) have no double backward.
+    """Some kernels (cuDNN's RNNs, fused attention, hardsigmoid/hardswish) have no double backward.
 
     Fall back to implementations that do, only where they are needed. On CUDA, no TF32."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_twice_differentiable_activations())  # modules and functional calls alike
         if device.type == "cuda":
             rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
             cudnn = torch.backends.cudnn
@@ -136,11 +168,18 @@ class HessianOperator:
         tensor([-2., -2.])
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str = "eval",
+    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str | None = None,
                  max_block: int = 16, micro_batch_size: int | None = None, distributed: bool | None = None,
                  cache: bool | str | int = "auto", reduction: str | None = None, params: Any = None) -> None:
-        if mode not in MODES:
+        if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+        self.mode_defaulted = mode is None  # None: "eval", and a notice on BatchNorm/dropout models
+        if mode is None:
+            mode = "eval"
+            notice = default_mode_notice(model.module if isinstance(model, nn.parallel.DistributedDataParallel)
+                                         else model)
+            if notice:
+                warnings.warn(notice, ModeNotice, stacklevel=3)
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable (a loss module or a function such as "
                             f"torch.nn.functional.cross_entropy) or None (the model's own outputs.loss), "
@@ -505,7 +544,17 @@ class HessianOperator:
         with preserved_rng():
             for start in range(0, rows.shape[0], self.max_block):
                 chunk = self._to_param_dtype(rows[start:start + self.max_block])
-                outs.append(self._hvp_block(chunk))
+                try:
+                    outs.append(self._hvp_block(chunk))
+                except RuntimeError as err:
+                    if "derivative for" in str(err) and "not implemented" in str(err):
+                        raise RuntimeError(
+                            f"The model uses an operation torch cannot differentiate twice ({err}); a "
+                            "Hessian-vector product needs its second derivative. Replace it by an equivalent "
+                            "built from differentiable operations (hardsigmoid and hardswish, fused attention "
+                            "and cuDNN RNN kernels are replaced automatically), or analyse only parameters "
+                            "before it.") from err
+                    raise
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.T.to(device=matrix.device, dtype=matrix.dtype)
 
@@ -710,7 +759,7 @@ class _SavedBytes:
         self._hooks.__exit__(*exc)
 
 
-def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval", max_block: int = 16,
+def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode | None = None, max_block: int = 16,
             micro_batch_size: int | None = None, distributed: bool | None = None,
             cache: bool | str | int = "auto", reduction: Reduction | None = None, params: Any = None
             ) -> HessianOperator:
@@ -725,7 +774,11 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode = "eval
             ``loss_fn(outputs, batch)`` (second parameter named ``batch``) gets the whole batch.
         data: a DataLoader, a list of batches (``(inputs, targets)`` pairs, tuples
             ``(x1, ..., targets)`` or dicts with ``labels``), or one such batch.
-        mode: ``"eval"`` (default: dropout off, BatchNorm running statistics) or ``"train"``.
+        mode: ``"eval"`` (dropout off, BatchNorm running statistics) or ``"train"`` (BatchNorm on
+            each batch's statistics, as the network is trained). ``None`` (default) is ``"eval"``,
+            with a one-line :class:`~lossdoctor.model_state.ModeNotice` warning on a model with
+            BatchNorm or dropout saying so and how to choose the other; ``op.mode`` and every
+            result computed from the operator state the mode used.
         max_block: how many vectors one pass over the data multiplies at once (memory bound).
         micro_batch_size: cut every batch larger than this into micro-batches for the products
             and gradients, so the memory of one product no longer grows with the DataLoader's batch
