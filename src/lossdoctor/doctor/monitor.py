@@ -499,8 +499,11 @@ class Monitor:
         return None
 
     def _sharpness_cost(self) -> float:
-        """A λ_max estimate in training-step equivalents: the operator's validation pass and its
-        reduction check over the subset's batches, then the power iterations' products."""
+        """A λ_max estimate's cost in training-step equivalents.
+
+        The operator's validation pass and its reduction check over the subset's batches, then the
+        power iterations' products.
+        """
         return len(self._sharp_data or ()) * (2.0 + HVP_COST * self.sharpness_iters)
 
     def _can_pay(self, cost: float) -> bool:
