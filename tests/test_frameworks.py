@@ -391,6 +391,17 @@ def test_torchvision_net_batchnorm_in_train_mode():
     assert F.hardswish is torch.nn.functional.hardswish and F.hardswish.__module__ == "torch.nn.functional"
 
 
+def test_torchvision_resnet18_batchnorm_in_train_mode():
+    """The issue's ResNet-18 (11M parameters, 20 BatchNorms) in train mode: products against
+    finite differences and the top pair's residual, the model untouched."""
+    models = import_or_skip("torchvision.models")
+    torch.manual_seed(0)
+    net = models.resnet18(num_classes=3)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 3, 32, 32, generator=gen), torch.tensor([0, 1, 2, 1])
+    check_products_and_top_pair(net, x, y, "train")
+
+
 def test_timm_vit():
     timm = import_or_skip("timm")
     torch.manual_seed(0)
