@@ -23,7 +23,8 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 
 # Static checks CI runs before the tests: lint, and mypy over src/ (configured in pyproject.toml).
 check: lint

@@ -59,10 +59,26 @@ def screenshot(page: Path, png: Path) -> str:
     binary = shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
         return "no chromium"
-    done = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                           "--hide-scrollbars", "--window-size=1000,1400", f"--screenshot={png}", page.as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1000,1400",
+            f"--screenshot={png}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return str(png) if done.returncode == 0 and png.exists() else f"failed: {done.stderr[-200:]}"
 
 
@@ -107,15 +123,19 @@ def hf_case(seed: int) -> sc.Stall | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="checkup-pages")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--screenshots", action="store_true")
     args = parser.parse_args()
     families = {f.key: f for f in sc.FAMILIES}
     out_root = Path(args.out)
-    print(f"# checkup at its default budget ({BUDGET:.0f} s), seed {args.seed}, "
-          f"{load()}, torch threads {torch.get_num_threads()}\n")
+    print(
+        f"# checkup at its default budget ({BUDGET:.0f} s), seed {args.seed}, "
+        f"{load()}, torch threads {torch.get_num_threads()}\n"
+    )
     rows = []
     cases = [(name, lambda key=key: families[key].build(args.seed)) for name, key in CASES.items()]
     cases.append(("Adam lr too high (HF GPT-2 from a config)", lambda: hf_case(args.seed)))
@@ -127,23 +147,44 @@ def main() -> None:
         before = state_of(stall.model, stall.optimizer)
         rng = torch.get_rng_state()
         t0 = time.perf_counter()
-        c = ld.checkup(stall.model, stall.loss_fn, stall.data, history=stall.losses, optimizer=stall.optimizer)
+        c = ld.checkup(
+            stall.model, stall.loss_fn, stall.data, history=stall.losses, optimizer=stall.optimizer
+        )
         seconds = time.perf_counter() - t0
-        untouched = unchanged(before, state_of(stall.model, stall.optimizer)) and torch.equal(rng, torch.get_rng_state())
-        d = ld.diagnose(stall.model, stall.loss_fn, stall.data, history=stall.losses, optimizer=stall.optimizer,
-                        verify=True)
-        same = (c.diagnosis.cause == d.cause and [p.action for p in c.diagnosis.prescriptions]
-                == [p.action for p in d.prescriptions])
+        untouched = unchanged(before, state_of(stall.model, stall.optimizer)) and torch.equal(
+            rng, torch.get_rng_state()
+        )
+        d = ld.diagnose(
+            stall.model,
+            stall.loss_fn,
+            stall.data,
+            history=stall.losses,
+            optimizer=stall.optimizer,
+            verify=True,
+        )
+        same = c.diagnosis.cause == d.cause and [p.action for p in c.diagnosis.prescriptions] == [
+            p.action for p in d.prescriptions
+        ]
         folder = out_root / name.split(" (")[0].replace(" ", "-")
         page = write(c, folder)
         shot = screenshot(page, folder / "screenshot.png") if args.screenshots else "-"
         statuses = ", ".join(f"{s.key}:{s.status.split(':')[0]}" for s in c.sections)
-        rows.append((name, f"{seconds:.0f} s" + (" (OVER the floor)" if seconds > FLOOR_SECONDS else ""),
-                     c.diagnosis.cause, "yes" if same else "NO", "yes" if untouched else "NO", statuses))
+        rows.append(
+            (
+                name,
+                f"{seconds:.0f} s" + (" (OVER the floor)" if seconds > FLOOR_SECONDS else ""),
+                c.diagnosis.cause,
+                "yes" if same else "NO",
+                "yes" if untouched else "NO",
+                statuses,
+            )
+        )
         print(f"## {name}: {page}")
         print("   first lines: " + " | ".join(first_lines(page)))
         print(f"   screenshot: {shot}\n", flush=True)
-    print("| model | checkup time | verdict | = diagnose(verify=True) | model untouched | sections |")
+    print(
+        "| model | checkup time | verdict | = diagnose(verify=True) | model untouched | sections |"
+    )
     print("|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

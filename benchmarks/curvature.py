@@ -52,16 +52,32 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-LIBRARIES = ("lossdoctor", "lossdoctor-nocache", "lossdoctor-lowmem", "pyhessian", "pyhessian-1batch", "hessian-eigenthings", "curvlinops")
+LIBRARIES = (
+    "lossdoctor",
+    "lossdoctor-nocache",
+    "lossdoctor-lowmem",
+    "pyhessian",
+    "pyhessian-1batch",
+    "hessian-eigenthings",
+    "curvlinops",
+)
 TARGET = 1e-6  # relative eigenvalue accuracy the issue's floors are stated at
 TRACE_MATVECS = 99
-PACKAGES = {"lossdoctor": "lossdoctor", "lossdoctor-nocache": "lossdoctor", "lossdoctor-lowmem": "lossdoctor", "pyhessian": "PyHessian", "pyhessian-1batch": "PyHessian",
-            "hessian-eigenthings": "hessian-eigenthings", "curvlinops": "curvlinops-for-pytorch"}
+PACKAGES = {
+    "lossdoctor": "lossdoctor",
+    "lossdoctor-nocache": "lossdoctor",
+    "lossdoctor-lowmem": "lossdoctor",
+    "pyhessian": "PyHessian",
+    "pyhessian-1batch": "PyHessian",
+    "hessian-eigenthings": "hessian-eigenthings",
+    "curvlinops": "curvlinops-for-pytorch",
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # The case: model, data, training
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Case:
@@ -95,14 +111,18 @@ def build_model(case: Case) -> nn.Module:
     raise ValueError(f"unknown model {case.model!r}: use 'cnn1d' or 'mlp'.")
 
 
-def load_data(case: Case, dtype: torch.dtype = torch.float32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def load_data(
+    case: Case, dtype: torch.dtype = torch.float32
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The training set as a list of ``(inputs, targets)`` batches of ``case.batch_size``."""
     from lossdoctor.zoo.mnist1d import mnist1d_arrays
 
     x, y, _, _ = mnist1d_arrays(case.num_train, 1000, case.data_seed)
     xt, yt = torch.from_numpy(x).to(dtype), torch.from_numpy(y)
-    return [(xt[i:i + case.batch_size], yt[i:i + case.batch_size])
-            for i in range(0, len(xt), case.batch_size)]
+    return [
+        (xt[i : i + case.batch_size], yt[i : i + case.batch_size])
+        for i in range(0, len(xt), case.batch_size)
+    ]
 
 
 def train(case: Case, path: Path) -> dict[str, float]:
@@ -117,15 +137,17 @@ def train(case: Case, path: Path) -> dict[str, float]:
     for _ in range(case.epochs):
         perm = torch.randperm(len(x), generator=gen)
         for i in range(0, len(x), case.train_batch):
-            idx = perm[i:i + case.train_batch]
+            idx = perm[i : i + case.train_batch]
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
     model.eval()
     with torch.no_grad():
         out = model(x)
-        stats = {"train_loss": float(F.cross_entropy(out, y)),
-                 "train_accuracy": float((out.argmax(1) == y).float().mean())}
+        stats = {
+            "train_loss": float(F.cross_entropy(out, y)),
+            "train_accuracy": float((out.argmax(1) == y).float().mean()),
+        }
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
@@ -150,6 +172,7 @@ def file_digest(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------
 # Measurement helpers
 # ---------------------------------------------------------------------------------------------
+
 
 def _proc_status_mb(field: str) -> float | None:
     """A ``kB`` field of /proc/self/status in MB (Linux), None elsewhere."""
@@ -214,16 +237,21 @@ class Counter:
     def __init__(self) -> None:
         self.count = 0
 
-    def wrap(self, fn: Callable[..., Any], columns: Callable[..., int] = lambda *a, **k: 1
-             ) -> Callable[..., Any]:
+    def wrap(
+        self, fn: Callable[..., Any], columns: Callable[..., int] = lambda *a, **k: 1
+    ) -> Callable[..., Any]:
         def counted(*args: Any, **kwargs: Any) -> Any:
             self.count += columns(*args, **kwargs)
             return fn(*args, **kwargs)
+
         return counted
 
 
 def split_like(vector: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [piece.reshape(p.shape) for piece, p in zip(torch.split(vector, [p.numel() for p in params]), params, strict=True)]
+    return [
+        piece.reshape(p.shape)
+        for piece, p in zip(torch.split(vector, [p.numel() for p in params]), params, strict=True)
+    ]
 
 
 def flat(tensors: Any) -> torch.Tensor:
@@ -233,6 +261,7 @@ def flat(tensors: Any) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # One adapter per library: the same questions, asked the way each library is meant to be used
 # ---------------------------------------------------------------------------------------------
+
 
 class Runner:
     """``setup`` builds the operator; ``hvp`` is one full-data product; ``top_k`` returns the k
@@ -260,7 +289,9 @@ class Runner:
     def typical(self, k: int) -> tuple[str, dict[str, Any]]:
         raise NotImplementedError
 
-    def accurate_settings(self, k: int, reference: np.ndarray) -> Iterator[tuple[str, dict[str, Any]]]:
+    def accurate_settings(
+        self, k: int, reference: np.ndarray
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Settings to try, loosest first, until one reaches TARGET."""
         raise NotImplementedError
 
@@ -303,8 +334,14 @@ class LossDoctor(Runner):
     def top_k(self, k, **settings):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            r = self.ld.eigenpairs(self.H, k=k, which="largest", seed=0,
-                                   max_matvecs=max(self.budget, 40 * k), **settings)
+            r = self.ld.eigenpairs(
+                self.H,
+                k=k,
+                which="largest",
+                seed=0,
+                max_matvecs=max(self.budget, 40 * k),
+                **settings,
+            )
         return np.sort(r.eigenvalues)[::-1], int(r.matvecs)
 
     def trace99(self):
@@ -337,8 +374,9 @@ class LossDoctorLowMemory(LossDoctor):
         import lossdoctor as ld
 
         self.ld = ld
-        self.H = ld.hessian(self.model, F.cross_entropy, self.data, cache=False, micro_batch_size=250,
-                            max_block=4)
+        self.H = ld.hessian(
+            self.model, F.cross_entropy, self.data, cache=False, micro_batch_size=250, max_block=4
+        )
 
 
 class PyHessian(Runner):
@@ -398,8 +436,11 @@ class PyHessianOneBatch(PyHessian):
         self.h = ph.hessian(self.model, nn.CrossEntropyLoss(), data=(x, y), cuda=False)
 
     def hvp(self, v):
-        return flat(self.ph.hessian_vector_product(self.h.gradsH, self.h.params,
-                                                   split_like(v, self.h.params)))
+        return flat(
+            self.ph.hessian_vector_product(
+                self.h.gradsH, self.h.params, split_like(v, self.h.params)
+            )
+        )
 
 
 class HessianEigenthings(Runner):
@@ -430,27 +471,34 @@ class HessianEigenthings(Runner):
         longest = min(self.n - 1, max(self.budget, 2 * k))
         gen = torch.Generator(device="cpu").manual_seed(0)
         v0 = torch.randn(self.op.size, dtype=self.op.dtype, generator=gen)
-        td, used = self.counted(lambda: self.het.lanczos_tridiagonal(self.op, v0, longest,
-                                                                     reorthogonalize=True))
+        td, used = self.counted(
+            lambda: self.het.lanczos_tridiagonal(self.op, v0, longest, reorthogonalize=True)
+        )
         self.search_matvecs += used
         a = td.alphas.double().numpy()
         b = td.betas.double().numpy()
         steps = len(a)
         for m in range(max(k, 2), len(a) + 1):
-            T = np.diag(a[:m]) + np.diag(b[:m - 1], 1) + np.diag(b[:m - 1], -1)
+            T = np.diag(a[:m]) + np.diag(b[: m - 1], 1) + np.diag(b[: m - 1], -1)
             top = np.linalg.eigvalsh(T)[::-1][:k]
             if np.max(rel_errors(top, reference)) <= TARGET:
                 steps = m
                 break
-        yield f"lanczos max_iter={steps} reorthogonalize=True", {"max_iter": steps, "reorthogonalize": True}
+        yield (
+            f"lanczos max_iter={steps} reorthogonalize=True",
+            {"max_iter": steps, "reorthogonalize": True},
+        )
 
     def top_k(self, k, **settings):
-        r, matvecs = self.counted(lambda: self.het.lanczos(self.op, k=k, which="LA", seed=0, **settings))
+        r, matvecs = self.counted(
+            lambda: self.het.lanczos(self.op, k=k, which="LA", seed=0, **settings)
+        )
         return np.sort(r.eigenvalues.double().numpy())[::-1], matvecs
 
     def trace99(self):
-        r, matvecs = self.counted(lambda: self.het.trace(self.op, num_matvecs=TRACE_MATVECS,
-                                                         method="hutch++", seed=0))
+        r, matvecs = self.counted(
+            lambda: self.het.trace(self.op, num_matvecs=TRACE_MATVECS, method="hutch++", seed=0)
+        )
         return r.estimate, r.stderr, matvecs, "hutch++"
 
 
@@ -485,8 +533,11 @@ class Curvlinops(Runner):
         from scipy.sparse.linalg import eigsh
 
         v0 = np.random.default_rng(0).standard_normal(self.n)
-        vals, matvecs = self.counted(lambda: eigsh(self.scipy_op, k=k, which="LA", v0=v0,
-                                                   return_eigenvectors=False, **settings))
+        vals, matvecs = self.counted(
+            lambda: eigsh(
+                self.scipy_op, k=k, which="LA", v0=v0, return_eigenvectors=False, **settings
+            )
+        )
         return np.sort(vals)[::-1], matvecs
 
     def trace99(self):
@@ -497,25 +548,40 @@ class Curvlinops(Runner):
         return float(est), None, matvecs, "hutch++"
 
 
-RUNNERS: dict[str, type[Runner]] = {r.name: r for r in (LossDoctor, LossDoctorNoCache, LossDoctorLowMemory, PyHessian, PyHessianOneBatch,
-                                                       HessianEigenthings, Curvlinops)}
+RUNNERS: dict[str, type[Runner]] = {
+    r.name: r
+    for r in (
+        LossDoctor,
+        LossDoctorNoCache,
+        LossDoctorLowMemory,
+        PyHessian,
+        PyHessianOneBatch,
+        HessianEigenthings,
+        Curvlinops,
+    )
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # The child: every measurement for one library
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Options:
-    repeats: int = 7          # HVP / gradient pairs (medians are reported)
-    block: int = 16           # vectors per block product, where a library has one
-    budget: int = 600         # matvecs one accurate eigen attempt may use
+    repeats: int = 7  # HVP / gradient pairs (medians are reported)
+    block: int = 16  # vectors per block product, where a library has one
+    budget: int = 600  # matvecs one accurate eigen attempt may use
     ladder_budget: int = 1500  # matvecs all accurate attempts for one k may use together
-    eigen_repeats: int = 3    # timed runs of the setting that reached 1e-6 (the fastest is reported)
-    batch_repeats: int = 30   # one-batch gradient / HVP pairs (the ratio of their minima is reported)
+    eigen_repeats: int = 3  # timed runs of the setting that reached 1e-6 (the fastest is reported)
+    batch_repeats: int = (
+        30  # one-batch gradient / HVP pairs (the ratio of their minima is reported)
+    )
 
 
-QUICK = Options(repeats=3, block=8, budget=200, ladder_budget=400, eigen_repeats=2, batch_repeats=15)
+QUICK = Options(
+    repeats=3, block=8, budget=200, ladder_budget=400, eigen_repeats=2, batch_repeats=15
+)
 
 
 def measure_hvp_ratio(runner: Runner, opts: Options) -> dict[str, Any]:
@@ -529,21 +595,29 @@ def measure_hvp_ratio(runner: Runner, opts: Options) -> dict[str, Any]:
     for _ in range(opts.repeats):
         grads.append(timed(full_gradient, runner.model, runner.data, runner.params)[0])
         hvps.append(timed(runner.hvp, v)[0])
-    out = {"gradient_s": grads, "hvp_s": hvps,
-           "gradient_median_s": statistics.median(grads), "hvp_median_s": statistics.median(hvps),
-           "hvp_over_gradient": statistics.median(hvps) / statistics.median(grads),
-           "hvp_over_gradient_min": min(hvps) / min(grads)}
+    out = {
+        "gradient_s": grads,
+        "hvp_s": hvps,
+        "gradient_median_s": statistics.median(grads),
+        "hvp_median_s": statistics.median(hvps),
+        "hvp_over_gradient": statistics.median(hvps) / statistics.median(grads),
+        "hvp_over_gradient_min": min(hvps) / min(grads),
+    }
     if runner.block_support:
         V = torch.randn(runner.n, opts.block, generator=gen)
         runner.block_hvp(V)
-        blocks = [timed(runner.block_hvp, V)[0] / opts.block for _ in range(max(2, opts.repeats // 2))]
+        blocks = [
+            timed(runner.block_hvp, V)[0] / opts.block for _ in range(max(2, opts.repeats // 2))
+        ]
         out["block_size"] = opts.block
         out["block_hvp_per_vector_s"] = blocks
         out["block_hvp_over_gradient"] = statistics.median(blocks) / out["gradient_median_s"]
     return out
 
 
-def measure_batch_hvp_ratio(name: str, model: nn.Module, data: list, opts: Options) -> dict[str, Any]:
+def measure_batch_hvp_ratio(
+    name: str, model: nn.Module, data: list, opts: Options
+) -> dict[str, Any]:
     """HVP / gradient on one batch, from the fastest of many interleaved repeats.
 
     A full-data product takes tenths of a second, long enough that most runs on a shared VM
@@ -563,17 +637,31 @@ def measure_batch_hvp_ratio(name: str, model: nn.Module, data: list, opts: Optio
     for _ in range(opts.batch_repeats):
         grads.append(timed(full_gradient, model, batch, runner.params)[0])
         hvps.append(timed(runner.hvp, v)[0])
-    return {"batch_size": len(batch[0][1]), "gradient_s": grads, "hvp_s": hvps,
-            "gradient_min_s": min(grads), "hvp_min_s": min(hvps), "hvp_over_gradient": min(hvps) / min(grads)}
+    return {
+        "batch_size": len(batch[0][1]),
+        "gradient_s": grads,
+        "hvp_s": hvps,
+        "gradient_min_s": min(grads),
+        "hvp_min_s": min(hvps),
+        "hvp_over_gradient": min(hvps) / min(grads),
+    }
 
 
-def eigen_attempt(runner: Runner, k: int, label: str, settings: dict[str, Any],
-                  reference: np.ndarray) -> dict[str, Any]:
+def eigen_attempt(
+    runner: Runner, k: int, label: str, settings: dict[str, Any], reference: np.ndarray
+) -> dict[str, Any]:
     seconds, (values, matvecs) = timed(runner.top_k, k, **settings)
     errs = rel_errors(values, reference)
-    return {"setting": label, "settings": dict(settings), "seconds": seconds, "matvecs": matvecs,
-            "eigenvalues": [float(x) for x in values], "rel_errors": [float(e) for e in errs],
-            "max_rel_error": float(np.max(errs)), "reached_target": bool(np.max(errs) <= TARGET)}
+    return {
+        "setting": label,
+        "settings": dict(settings),
+        "seconds": seconds,
+        "matvecs": matvecs,
+        "eigenvalues": [float(x) for x in values],
+        "rel_errors": [float(e) for e in errs],
+        "max_rel_error": float(np.max(errs)),
+        "reached_target": bool(np.max(errs) <= TARGET),
+    }
 
 
 def eigen_block(runner: Runner, k: int, reference: np.ndarray, opts: Options) -> dict[str, Any]:
@@ -595,13 +683,23 @@ def eigen_block(runner: Runner, k: int, reference: np.ndarray, opts: Options) ->
         # again and keep the fastest run (the least disturbed one); every run is kept.
         runs = [best["seconds"]]
         for _ in range(opts.eigen_repeats - 1):
-            runs.append(eigen_attempt(runner, k, best["setting"], best["settings"], reference)["seconds"])
-        best = dict(best, seconds=min(runs), seconds_runs=runs, seconds_median=statistics.median(runs))
+            runs.append(
+                eigen_attempt(runner, k, best["setting"], best["settings"], reference)["seconds"]
+            )
+        best = dict(
+            best, seconds=min(runs), seconds_runs=runs, seconds_median=statistics.median(runs)
+        )
     return {"typical": typical, "attempts": attempts, "at_target": best}
 
 
-def run_library(name: str, case: Case, weights: Path, reference: dict[str, Any], opts: Options,
-                log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def run_library(
+    name: str,
+    case: Case,
+    weights: Path,
+    reference: dict[str, Any],
+    opts: Options,
+    log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
     """All measurements for one library, in this process."""
     result: dict[str, Any] = {"library": name, "peak_rss_after_mb": {}}
     try:
@@ -625,9 +723,13 @@ def run_library(name: str, case: Case, weights: Path, reference: dict[str, Any],
 
     result["setup_s"] = step("setup", lambda: timed(runner.setup)[0])
     result["hvp"] = step("hvp_ratio", lambda: measure_hvp_ratio(runner, opts))
-    result["hvp_batch"] = step("hvp_batch_ratio", lambda: measure_batch_hvp_ratio(name, model, data, opts))
+    result["hvp_batch"] = step(
+        "hvp_batch_ratio", lambda: measure_batch_hvp_ratio(name, model, data, opts)
+    )
     for k in (1, 5):
-        result[f"top{k}"] = step(f"top{k}", lambda k=k: eigen_block(runner, k, ref_values[:k], opts))
+        result[f"top{k}"] = step(
+            f"top{k}", lambda k=k: eigen_block(runner, k, ref_values[:k], opts)
+        )
     if hasattr(runner, "search_matvecs"):
         result["search_matvecs"] = runner.search_matvecs
 
@@ -636,9 +738,16 @@ def run_library(name: str, case: Case, weights: Path, reference: dict[str, Any],
         ref = reference["trace"]
         dist = abs(est - ref["estimate"])
         z = dist / math.hypot(se, ref["standard_error"]) if se is not None else None
-        return {"seconds": seconds, "estimate": est, "standard_error": se, "matvecs": matvecs,
-                "method": method, "distance": dist, "rel_distance": dist / abs(ref["estimate"]),
-                "z": z}
+        return {
+            "seconds": seconds,
+            "estimate": est,
+            "standard_error": se,
+            "matvecs": matvecs,
+            "method": method,
+            "distance": dist,
+            "rel_distance": dist / abs(ref["estimate"]),
+            "z": z,
+        }
 
     result["trace"] = step("trace", trace)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -649,6 +758,7 @@ def run_library(name: str, case: Case, weights: Path, reference: dict[str, Any],
 # ---------------------------------------------------------------------------------------------
 # The parent: case, reference, one subprocess per library, tables
 # ---------------------------------------------------------------------------------------------
+
 
 def default_workdir() -> Path:
     from lossdoctor.zoo.mnist1d import cache_dir
@@ -666,8 +776,9 @@ def prepare_weights(case: Case, workdir: Path, log: Callable[[str], None]) -> Pa
     return path
 
 
-def compute_reference(case: Case, weights: Path, k: int, trace_matvecs: int,
-                      log: Callable[[str], None]) -> dict[str, Any]:
+def compute_reference(
+    case: Case, weights: Path, k: int, trace_matvecs: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     """float64 references with lossdoctor's engine: top-k eigenvalues at tol=1e-12 (residuals
     recomputed from scratch) and a Hutch++ trace with ``trace_matvecs`` products."""
     import lossdoctor as ld
@@ -688,20 +799,29 @@ def compute_reference(case: Case, weights: Path, k: int, trace_matvecs: int,
     log(f"reference: Hutch++ trace with {trace_matvecs} float64 matvecs ...")
     tr = ld.trace(H, matvecs=trace_matvecs, method="hutch++", seed=777)
     t2 = time.perf_counter()
-    return {"eigenvalues": [float(x) for x in eig.eigenvalues],
-            "eigen_converged": [bool(c) for c in eig.converged],
-            "eigen_error_bounds": [float(x) for x in eig.error_bounds],
-            "eigen_residual_norms_recomputed": [float(x) for x in residuals],
-            "eigen_rel_error_bounds_recomputed": [float(x) for x in bounds],
-            "eigen_matvecs": int(eig.matvecs), "eigen_seconds": t1 - t0,
-            "trace": {"estimate": tr.estimate, "standard_error": tr.standard_error,
-                      "matvecs": int(tr.matvecs), "method": "hutch++ (float64)", "seconds": t2 - t1},
-            "how": "lossdoctor engine on a float64 copy of the model and data: eigenpairs "
-                   "tol=1e-12 (seed 12345), trace Hutch++ (seed 777)"}
+    return {
+        "eigenvalues": [float(x) for x in eig.eigenvalues],
+        "eigen_converged": [bool(c) for c in eig.converged],
+        "eigen_error_bounds": [float(x) for x in eig.error_bounds],
+        "eigen_residual_norms_recomputed": [float(x) for x in residuals],
+        "eigen_rel_error_bounds_recomputed": [float(x) for x in bounds],
+        "eigen_matvecs": int(eig.matvecs),
+        "eigen_seconds": t1 - t0,
+        "trace": {
+            "estimate": tr.estimate,
+            "standard_error": tr.standard_error,
+            "matvecs": int(tr.matvecs),
+            "method": "hutch++ (float64)",
+            "seconds": t2 - t1,
+        },
+        "how": "lossdoctor engine on a float64 copy of the model and data: eigenpairs "
+        "tol=1e-12 (seed 12345), trace Hutch++ (seed 777)",
+    }
 
 
-def load_reference(case: Case, weights: Path, workdir: Path, trace_matvecs: int,
-                   log: Callable[[str], None]) -> dict[str, Any]:
+def load_reference(
+    case: Case, weights: Path, workdir: Path, trace_matvecs: int, log: Callable[[str], None]
+) -> dict[str, Any]:
     key = f"{file_digest(weights)}-{trace_matvecs}"
     path = workdir / f"reference-{case.key()}-{key}.json"
     if path.is_file():
@@ -716,8 +836,14 @@ def saved_result_path(name: str, case: Case, args: argparse.Namespace, workdir: 
     return workdir / f"result-{case.key()}-{name}-{'quick' if args.quick else 'full'}.json"
 
 
-def run_child(name: str, python: str, args: argparse.Namespace, workdir: Path,
-              log: Callable[[str], None], case: Case) -> dict[str, Any]:
+def run_child(
+    name: str,
+    python: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    log: Callable[[str], None],
+    case: Case,
+) -> dict[str, Any]:
     """One library in its own process. Its numbers are saved in ``workdir`` as soon as it ends,
     so an interrupted benchmark keeps them and ``--reuse`` picks them up."""
     saved = saved_result_path(name, case, args, workdir)
@@ -732,20 +858,33 @@ def run_child(name: str, python: str, args: argparse.Namespace, workdir: Path,
     return result
 
 
-def _run_child(name: str, python: str, args: argparse.Namespace, workdir: Path,
-               log: Callable[[str], None]) -> dict[str, Any]:
+def _run_child(
+    name: str, python: str, args: argparse.Namespace, workdir: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{name}.json"
-        cmd = [python, os.path.abspath(__file__), "--library", name, "--json", str(out),
-               "--workdir", str(workdir), "--case", args.case,
-               "--reference-trace-matvecs", str(args.reference_trace_matvecs)]
+        cmd = [
+            python,
+            os.path.abspath(__file__),
+            "--library",
+            name,
+            "--json",
+            str(out),
+            "--workdir",
+            str(workdir),
+            "--case",
+            args.case,
+            "--reference-trace-matvecs",
+            str(args.reference_trace_matvecs),
+        ]
         if args.quick:
             cmd.append("--quick")
         log(f"--- {name}: {' '.join(cmd[1:3])} {name}")
         start = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, timeout=args.timeout, stdout=subprocess.PIPE,
-                                  stderr=None, text=True)
+            proc = subprocess.run(
+                cmd, timeout=args.timeout, stdout=subprocess.PIPE, stderr=None, text=True
+            )
         except subprocess.TimeoutExpired:
             return {"library": name, "error": f"timed out after {args.timeout} s"}
         wall = time.perf_counter() - start
@@ -766,11 +905,21 @@ def fmt_e(x: float | None) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    line = "  ".join(
+        h.rjust(w) if i else h.ljust(w)
+        for i, (h, w) in enumerate(zip(headers, widths, strict=True))
+    )
     out = [line, "-" * len(line)]
     for r in rows:
-        out.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        out.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
     return "\n".join(out)
 
 
@@ -811,65 +960,126 @@ def summary_ratios(results: list[dict[str, Any]]) -> dict[str, Any]:
     times = {n: at_target(r, 5)["seconds"] for n, r in theirs.items() if at_target(r, 5)}
     if ours5 and times:
         fastest = min(times, key=times.get)
-        ratios["top5_time_vs_fastest"] = {"ours_s": ours5["seconds"], "fastest": fastest,
-                                          "fastest_s": times[fastest],
-                                          "ratio": ours5["seconds"] / times[fastest], "floor": 0.5}
-        with_setup = {n: at_target(r, 5)["seconds"] + r["setup_s"] for n, r in theirs.items()
-                      if at_target(r, 5)}
+        ratios["top5_time_vs_fastest"] = {
+            "ours_s": ours5["seconds"],
+            "fastest": fastest,
+            "fastest_s": times[fastest],
+            "ratio": ours5["seconds"] / times[fastest],
+            "floor": 0.5,
+        }
+        with_setup = {
+            n: at_target(r, 5)["seconds"] + r["setup_s"]
+            for n, r in theirs.items()
+            if at_target(r, 5)
+        }
         fastest_ws = min(with_setup, key=with_setup.get)
         ratios["top5_time_with_setup_vs_fastest"] = {
-            "ours_s": ours5["seconds"] + ours["setup_s"], "fastest": fastest_ws,
+            "ours_s": ours5["seconds"] + ours["setup_s"],
+            "fastest": fastest_ws,
             "fastest_s": with_setup[fastest_ws],
-            "ratio": (ours5["seconds"] + ours["setup_s"]) / with_setup[fastest_ws], "floor": 0.5}
-    ratios["hvp_over_gradient"] = {"ours": hvp_ratio(ours), "ours_full_data_median": ours["hvp"]["hvp_over_gradient"],
-                                   "theirs": {n: hvp_ratio(r) for n, r in theirs.items()}, "floor": 2.5}
+            "ratio": (ours5["seconds"] + ours["setup_s"]) / with_setup[fastest_ws],
+            "floor": 0.5,
+        }
+    ratios["hvp_over_gradient"] = {
+        "ours": hvp_ratio(ours),
+        "ours_full_data_median": ours["hvp"]["hvp_over_gradient"],
+        "theirs": {n: hvp_ratio(r) for n, r in theirs.items()},
+        "floor": 2.5,
+    }
     if "lossdoctor-nocache" in ok:
-        ratios["hvp_over_gradient_nocache"] = {"ours": hvp_ratio(ok["lossdoctor-nocache"]), "floor": 2.5}
+        ratios["hvp_over_gradient_nocache"] = {
+            "ours": hvp_ratio(ok["lossdoctor-nocache"]),
+            "floor": 2.5,
+        }
     if theirs:
         ratios["peak_rss_vs_theirs"] = {
-            "ours_mb": ours["peak_rss_mb"], "ours_increase_mb": ours["rss_increase_mb"],
+            "ours_mb": ours["peak_rss_mb"],
+            "ours_increase_mb": ours["rss_increase_mb"],
             "theirs_mb": {n: r["peak_rss_mb"] for n, r in theirs.items()},
             "theirs_increase_mb": {n: r["rss_increase_mb"] for n, r in theirs.items()},
-            "lowest_competitor_increase_mb": min(r["rss_increase_mb"] for r in theirs.values())}
+            "lowest_competitor_increase_mb": min(r["rss_increase_mb"] for r in theirs.values()),
+        }
         lean = ok.get("lossdoctor-lowmem")
         if lean is not None:
             lean5 = at_target(lean, 5)
-            plain, setup = ratios.get("top5_time_vs_fastest"), ratios.get("top5_time_with_setup_vs_fastest")
-            ratios["lowmem"] = {"increase_mb": lean["rss_increase_mb"], "hvp_over_gradient": hvp_ratio(lean),
-                                "top5_s": lean5["seconds"] if lean5 else None,
-                                "top5_ratio": lean5["seconds"] / plain["fastest_s"] if (lean5 and plain) else None,
-                                "top5_with_setup_ratio": (lean5["seconds"] + lean["setup_s"]) / setup["fastest_s"]
-                                if (lean5 and setup) else None}
+            plain, setup = (
+                ratios.get("top5_time_vs_fastest"),
+                ratios.get("top5_time_with_setup_vs_fastest"),
+            )
+            ratios["lowmem"] = {
+                "increase_mb": lean["rss_increase_mb"],
+                "hvp_over_gradient": hvp_ratio(lean),
+                "top5_s": lean5["seconds"] if lean5 else None,
+                "top5_ratio": lean5["seconds"] / plain["fastest_s"] if (lean5 and plain) else None,
+                "top5_with_setup_ratio": (lean5["seconds"] + lean["setup_s"]) / setup["fastest_s"]
+                if (lean5 and setup)
+                else None,
+            }
     return ratios
 
 
 def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[str, Any]) -> str:
     ok = [r for r in results if "error" not in r]
     bound = max(reference["eigen_rel_error_bounds_recomputed"][:5])
-    parts = [f"Case: {meta['case_text']}", f"Reference: {reference['how']}",
-             "  top-5 eigenvalues: " + ", ".join(f"{x:.8g}" for x in reference["eigenvalues"][:5])
-             + f"  (relative error <= {bound:.1e} from recomputed residuals and gaps)",
-             f"  trace: {reference['trace']['estimate']:.6g} +/- {reference['trace']['standard_error']:.2g} "
-             f"(Hutch++, {reference['trace']['matvecs']} float64 matvecs)", ""]
+    parts = [
+        f"Case: {meta['case_text']}",
+        f"Reference: {reference['how']}",
+        "  top-5 eigenvalues: "
+        + ", ".join(f"{x:.8g}" for x in reference["eigenvalues"][:5])
+        + f"  (relative error <= {bound:.1e} from recomputed residuals and gaps)",
+        f"  trace: {reference['trace']['estimate']:.6g} +/- {reference['trace']['standard_error']:.2g} "
+        f"(Hutch++, {reference['trace']['matvecs']} float64 matvecs)",
+        "",
+    ]
 
     rows = []
     for r in ok:
         t5 = at_target(r, 5)
-        rows.append([r["library"], fmt_s(r["setup_s"]),
-                     fmt_s(r["top1"]["typical"]["seconds"]), fmt_s(r["top5"]["typical"]["seconds"]),
-                     fmt_e(r["top5"]["typical"]["max_rel_error"]),
-                     fmt_s(t5["seconds"]) if t5 else "not reached",
-                     str(t5["matvecs"]) if t5 else "-", fmt_e(t5["max_rel_error"]) if t5 else "-",
-                     fmt_s(r["trace"]["seconds"]), f"{hvp_ratio(r):.2f}" + ("" if "hvp_batch" in r else "*"),
-                     f"{r['peak_rss_mb']:.0f}", f"{r['rss_increase_mb']:.0f}"])
-    parts.append("Summary (times in seconds, memory in MB; 'typ' = the library's typical settings, "
-                 "'@1e-6' = cheapest setting reaching relative error <= 1e-6, fastest of its "
-                 f"{meta['options']['eigen_repeats']} timed runs; HVP/grad on one batch, "
-                 "fastest of many interleaved repeats)")
-    parts.append(table(["library", "setup", "top1 typ", "top5 typ", "err typ", "top5 @1e-6",
-                        "matvecs", "err", "trace99", "HVP/grad", "peak RSS", "+RSS"], rows))
+        rows.append(
+            [
+                r["library"],
+                fmt_s(r["setup_s"]),
+                fmt_s(r["top1"]["typical"]["seconds"]),
+                fmt_s(r["top5"]["typical"]["seconds"]),
+                fmt_e(r["top5"]["typical"]["max_rel_error"]),
+                fmt_s(t5["seconds"]) if t5 else "not reached",
+                str(t5["matvecs"]) if t5 else "-",
+                fmt_e(t5["max_rel_error"]) if t5 else "-",
+                fmt_s(r["trace"]["seconds"]),
+                f"{hvp_ratio(r):.2f}" + ("" if "hvp_batch" in r else "*"),
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['rss_increase_mb']:.0f}",
+            ]
+        )
+    parts.append(
+        "Summary (times in seconds, memory in MB; 'typ' = the library's typical settings, "
+        "'@1e-6' = cheapest setting reaching relative error <= 1e-6, fastest of its "
+        f"{meta['options']['eigen_repeats']} timed runs; HVP/grad on one batch, "
+        "fastest of many interleaved repeats)"
+    )
+    parts.append(
+        table(
+            [
+                "library",
+                "setup",
+                "top1 typ",
+                "top5 typ",
+                "err typ",
+                "top5 @1e-6",
+                "matvecs",
+                "err",
+                "trace99",
+                "HVP/grad",
+                "peak RSS",
+                "+RSS",
+            ],
+            rows,
+        )
+    )
     if any("hvp_batch" not in r for r in ok):
-        parts.append("* full-data median (a result saved by an older version of this script, reused)")
+        parts.append(
+            "* full-data median (a result saved by an older version of this script, reused)"
+        )
     for r in results:
         if "error" in r:
             parts.append(f"{r['library']}: FAILED ({r['error']})")
@@ -880,97 +1090,200 @@ def report(results: list[dict[str, Any]], reference: dict[str, Any], meta: dict[
             best = at_target(r, k)
             for a in r[f"top{k}"]["attempts"]:
                 mark = "typical" if a is r[f"top{k}"]["attempts"][0] else ""
-                if best is not None and a["setting"] == best["setting"] and a["seconds"] == best["seconds"]:
+                if (
+                    best is not None
+                    and a["setting"] == best["setting"]
+                    and a["seconds"] == best["seconds"]
+                ):
                     mark = (mark + " @1e-6").strip()
-                rows.append([r["library"], f"top-{k}", a["setting"], fmt_s(a["seconds"]), str(a["matvecs"]),
-                             fmt_e(a["max_rel_error"]), mark])
-    parts += ["", "Eigenvalue runs (every setting tried)",
-              table(["library", "k", "setting", "s", "matvecs", "max rel err", ""], rows)]
+                rows.append(
+                    [
+                        r["library"],
+                        f"top-{k}",
+                        a["setting"],
+                        fmt_s(a["seconds"]),
+                        str(a["matvecs"]),
+                        fmt_e(a["max_rel_error"]),
+                        mark,
+                    ]
+                )
+    parts += [
+        "",
+        "Eigenvalue runs (every setting tried)",
+        table(["library", "k", "setting", "s", "matvecs", "max rel err", ""], rows),
+    ]
 
     rows = []
     for r in ok:
         h, t, b = r["hvp"], r["trace"], r.get("hvp_batch")
-        rows.append([r["library"],
-                     f"{1e3 * b['gradient_min_s']:.1f}" if b else "-", f"{1e3 * b['hvp_min_s']:.1f}" if b else "-",
-                     f"{b['hvp_over_gradient']:.2f}" if b else "-",
-                     f"{1e3 * h['gradient_median_s']:.0f}", f"{1e3 * h['hvp_median_s']:.0f}",
-                     f"{h['hvp_over_gradient']:.2f}",
-                     f"{h['block_hvp_over_gradient']:.2f}" if "block_hvp_over_gradient" in h else "-",
-                     t["method"], fmt_s(t["seconds"]), str(t["matvecs"]),
-                     f"{t['estimate']:.5g}" + (f" +/- {t['standard_error']:.2g}" if t["standard_error"] else ""),
-                     f"{100 * t['rel_distance']:.2f}%", f"{t['z']:.1f}" if t["z"] is not None else "-",
-                     f"{r['rss_after_load_mb']:.0f}"])
-    parts += ["", "HVP cost, trace and memory (grad = plain PyTorch gradient; 1-batch: minima of many "
-              "interleaved repeats on one batch; full: medians over all the data, stall-prone)",
-              table(["library", "1-batch grad ms", "HVP ms", "HVP/grad", "full grad ms", "HVP ms", "HVP/grad",
-                     "block/grad", "trace",
-                     "s", "matvecs", "estimate", "|est-ref|", "z", "RSS loaded"], rows)]
+        rows.append(
+            [
+                r["library"],
+                f"{1e3 * b['gradient_min_s']:.1f}" if b else "-",
+                f"{1e3 * b['hvp_min_s']:.1f}" if b else "-",
+                f"{b['hvp_over_gradient']:.2f}" if b else "-",
+                f"{1e3 * h['gradient_median_s']:.0f}",
+                f"{1e3 * h['hvp_median_s']:.0f}",
+                f"{h['hvp_over_gradient']:.2f}",
+                f"{h['block_hvp_over_gradient']:.2f}" if "block_hvp_over_gradient" in h else "-",
+                t["method"],
+                fmt_s(t["seconds"]),
+                str(t["matvecs"]),
+                f"{t['estimate']:.5g}"
+                + (f" +/- {t['standard_error']:.2g}" if t["standard_error"] else ""),
+                f"{100 * t['rel_distance']:.2f}%",
+                f"{t['z']:.1f}" if t["z"] is not None else "-",
+                f"{r['rss_after_load_mb']:.0f}",
+            ]
+        )
+    parts += [
+        "",
+        "HVP cost, trace and memory (grad = plain PyTorch gradient; 1-batch: minima of many "
+        "interleaved repeats on one batch; full: medians over all the data, stall-prone)",
+        table(
+            [
+                "library",
+                "1-batch grad ms",
+                "HVP ms",
+                "HVP/grad",
+                "full grad ms",
+                "HVP ms",
+                "HVP/grad",
+                "block/grad",
+                "trace",
+                "s",
+                "matvecs",
+                "estimate",
+                "|est-ref|",
+                "z",
+                "RSS loaded",
+            ],
+            rows,
+        ),
+    ]
 
     phases = ["setup", "hvp_ratio", "top1", "top5", "trace"]
-    rows = [[r["library"]] + [f"+{r['peak_rss_after_mb'][ph] - r['rss_after_load_mb']:.0f}"
-                              if ph in r["peak_rss_after_mb"] else "-" for ph in phases] for r in ok]
-    parts += ["", "Peak RSS increase over the loaded model and data, MB, after each phase (the phases run "
-              "in this order in one process, so each column includes the ones before it)",
-              table(["library", "setup", "HVP", "top-1", "top-5", "trace99"], rows)]
+    rows = [
+        [r["library"]]
+        + [
+            f"+{r['peak_rss_after_mb'][ph] - r['rss_after_load_mb']:.0f}"
+            if ph in r["peak_rss_after_mb"]
+            else "-"
+            for ph in phases
+        ]
+        for r in ok
+    ]
+    parts += [
+        "",
+        "Peak RSS increase over the loaded model and data, MB, after each phase (the phases run "
+        "in this order in one process, so each column includes the ones before it)",
+        table(["library", "setup", "HVP", "top-1", "top-5", "trace99"], rows),
+    ]
 
     ratios = meta.get("ratios", {})
     parts += ["", "Issue 2 floors"]
     if "top5_time_vs_fastest" in ratios:
         t = ratios["top5_time_vs_fastest"]
-        parts.append(f"  top-5 @1e-6 time, ours / fastest competitor ({t['fastest']}): "
-                     f"{t['ours_s']:.2f} / {t['fastest_s']:.2f} = {t['ratio']:.2f}  (floor <= 0.5: "
-                     f"{'met' if t['ratio'] <= 0.5 else 'NOT met'})")
+        parts.append(
+            f"  top-5 @1e-6 time, ours / fastest competitor ({t['fastest']}): "
+            f"{t['ours_s']:.2f} / {t['fastest_s']:.2f} = {t['ratio']:.2f}  (floor <= 0.5: "
+            f"{'met' if t['ratio'] <= 0.5 else 'NOT met'})"
+        )
         t = ratios["top5_time_with_setup_vs_fastest"]
-        parts.append(f"  same, setup included ({t['fastest']}): {t['ours_s']:.2f} / {t['fastest_s']:.2f} "
-                     f"= {t['ratio']:.2f}")
+        parts.append(
+            f"  same, setup included ({t['fastest']}): {t['ours_s']:.2f} / {t['fastest_s']:.2f} "
+            f"= {t['ratio']:.2f}"
+        )
     else:
         parts.append("  top-5 time ratio: not available (a library missing or no run reached 1e-6)")
     if "hvp_over_gradient" in ratios:
         hr = ratios["hvp_over_gradient"]
         h = hr["ours"]
         theirs = ", ".join(f"{n} {v:.2f}" for n, v in hr["theirs"].items())
-        parts.append(f"  HVP / gradient, ours: {h:.2f} (full-data median {hr['ours_full_data_median']:.2f}); "
-                     f"theirs: {theirs}  (floor <= 2.5: {'met' if h <= 2.5 else 'NOT met'})")
+        parts.append(
+            f"  HVP / gradient, ours: {h:.2f} (full-data median {hr['ours_full_data_median']:.2f}); "
+            f"theirs: {theirs}  (floor <= 2.5: {'met' if h <= 2.5 else 'NOT met'})"
+        )
     if "hvp_over_gradient_nocache" in ratios:
         h = ratios["hvp_over_gradient_nocache"]["ours"]
-        parts.append(f"  HVP / gradient, ours with cache=False: {h:.2f}  "
-                     f"(floor <= 2.5: {'met' if h <= 2.5 else 'NOT met'})")
+        parts.append(
+            f"  HVP / gradient, ours with cache=False: {h:.2f}  "
+            f"(floor <= 2.5: {'met' if h <= 2.5 else 'NOT met'})"
+        )
     if "peak_rss_vs_theirs" in ratios:
         m = ratios["peak_rss_vs_theirs"]
-        theirs = ", ".join(f"{n} {v:.0f} (+{m['theirs_increase_mb'][n]:.0f})" for n, v in m["theirs_mb"].items())
+        theirs = ", ".join(
+            f"{n} {v:.0f} (+{m['theirs_increase_mb'][n]:.0f})" for n, v in m["theirs_mb"].items()
+        )
         lowest = m["lowest_competitor_increase_mb"]
-        verdict = "met" if m["ours_increase_mb"] <= lowest else f"NOT met: {m['ours_increase_mb'] - lowest:.0f} MB above the lowest"
-        parts.append(f"  peak RSS MB (+ increase over loaded), ours {m['ours_mb']:.0f} "
-                     f"(+{m['ours_increase_mb']:.0f}) vs {theirs}  (floor: no higher than theirs: {verdict})")
+        verdict = (
+            "met"
+            if m["ours_increase_mb"] <= lowest
+            else f"NOT met: {m['ours_increase_mb'] - lowest:.0f} MB above the lowest"
+        )
+        parts.append(
+            f"  peak RSS MB (+ increase over loaded), ours {m['ours_mb']:.0f} "
+            f"(+{m['ours_increase_mb']:.0f}) vs {theirs}  (floor: no higher than theirs: {verdict})"
+        )
     if "lowmem" in ratios:
         m, lean = ratios["peak_rss_vs_theirs"], ratios["lowmem"]
         lowest = m["lowest_competitor_increase_mb"]
-        t5 = "-" if lean["top5_ratio"] is None else f"{lean['top5_ratio']:.2f} ({lean['top5_with_setup_ratio']:.2f} setup included)"
-        parts.append(f"  lossdoctor-lowmem (cache=False, micro_batch_size=250, max_block=4): peak +{lean['increase_mb']:.0f} MB "
-                     f"vs lowest competitor +{lowest:.0f} ({'met' if lean['increase_mb'] <= lowest else 'NOT met'}); "
-                     f"top-5 time ratio {t5}; HVP/grad {lean['hvp_over_gradient']:.2f}")
+        t5 = (
+            "-"
+            if lean["top5_ratio"] is None
+            else f"{lean['top5_ratio']:.2f} ({lean['top5_with_setup_ratio']:.2f} setup included)"
+        )
+        parts.append(
+            f"  lossdoctor-lowmem (cache=False, micro_batch_size=250, max_block=4): peak +{lean['increase_mb']:.0f} MB "
+            f"vs lowest competitor +{lowest:.0f} ({'met' if lean['increase_mb'] <= lowest else 'NOT met'}); "
+            f"top-5 time ratio {t5}; HVP/grad {lean['hvp_over_gradient']:.2f}"
+        )
     parts.append(f"\n{meta['machine']}")
     return "\n".join(parts)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--libraries", default=",".join(LIBRARIES),
-                   help=f"comma-separated subset of {', '.join(LIBRARIES)}")
-    p.add_argument("--quick", action="store_true", help="fewer repeats and smaller budgets (smoke test)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--libraries",
+        default=",".join(LIBRARIES),
+        help=f"comma-separated subset of {', '.join(LIBRARIES)}",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="fewer repeats and smaller budgets (smoke test)"
+    )
     p.add_argument("--json", metavar="FILE", help="write every number to FILE")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="where weights and references are cached (default: ~/.cache/lossdoctor/bench-curvature)")
-    p.add_argument("--python", default=sys.executable,
-                   help="interpreter for the library subprocesses (needs the competitors installed)")
-    p.add_argument("--case", choices=("cnn1d", "tiny"), default="cnn1d",
-                   help="cnn1d: the issue's case; tiny: a 10-second MLP for smoke tests")
-    p.add_argument("--reference-trace-matvecs", type=int, default=600,
-                   help="float64 Hutch++ matvecs of the reference trace (default 600)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where weights and references are cached (default: ~/.cache/lossdoctor/bench-curvature)",
+    )
+    p.add_argument(
+        "--python",
+        default=sys.executable,
+        help="interpreter for the library subprocesses (needs the competitors installed)",
+    )
+    p.add_argument(
+        "--case",
+        choices=("cnn1d", "tiny"),
+        default="cnn1d",
+        help="cnn1d: the issue's case; tiny: a 10-second MLP for smoke tests",
+    )
+    p.add_argument(
+        "--reference-trace-matvecs",
+        type=int,
+        default=600,
+        help="float64 Hutch++ matvecs of the reference trace (default 600)",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per library")
-    p.add_argument("--reuse", action="store_true",
-                   help="reuse each library's saved numbers from an earlier run with the same case")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse each library's saved numbers from an earlier run with the same case",
+    )
     p.add_argument("--library", choices=LIBRARIES, help=argparse.SUPPRESS)  # child mode
     return p.parse_args(argv)
 
@@ -991,8 +1304,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = run_library(args.library, case, weights, reference, opts, log)
         except ImportError as err:
-            result = {"library": args.library,
-                      "error": f"not installed ({err}); run `make bench` or pip install '.[bench]'"}
+            result = {
+                "library": args.library,
+                "error": f"not installed ({err}); run `make bench` or pip install '.[bench]'",
+            }
         except Exception as err:  # reported as a failed row, the other libraries still run
             traceback.print_exc()
             result = {"library": args.library, "error": f"{type(err).__name__}: {err}"}
@@ -1011,21 +1326,29 @@ def main(argv: list[str] | None = None) -> int:
     n = num_params(load_model(case, weights))
     stats_path = weights.with_suffix(".json")
     trained = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    meta = {"case": asdict(case), "num_params": n, "trained": trained, "options": asdict(opts),
-            "case_text": f"{case.model} ({n:,} parameters) on {case.num_train} MNIST-1D samples in "
-                         f"batches of {case.batch_size}, Adam {case.epochs} epochs "
-                         f"(train loss {trained.get('train_loss', float('nan')):.3f})",
-            "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} torch threads, python {sys.version.split()[0]}, "
-                       f"total wall {time.perf_counter() - start:.0f} s; a busy loop lost "
-                       f"{100 * stalled_before:.0f}% (before) and {100 * stall_share():.0f}% (after) of its "
-                       "wall time to stalls > 5 ms (host contention: times carry that noise)",
-            "weights": str(weights)}
+    meta = {
+        "case": asdict(case),
+        "num_params": n,
+        "trained": trained,
+        "options": asdict(opts),
+        "case_text": f"{case.model} ({n:,} parameters) on {case.num_train} MNIST-1D samples in "
+        f"batches of {case.batch_size}, Adam {case.epochs} epochs "
+        f"(train loss {trained.get('train_loss', float('nan')):.3f})",
+        "machine": f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads, python {sys.version.split()[0]}, "
+        f"total wall {time.perf_counter() - start:.0f} s; a busy loop lost "
+        f"{100 * stalled_before:.0f}% (before) and {100 * stall_share():.0f}% (after) of its "
+        "wall time to stalls > 5 ms (host contention: times carry that noise)",
+        "weights": str(weights),
+    }
     meta["ratios"] = summary_ratios(results)
     print(report(results, reference, meta))
     if args.json:
-        Path(args.json).write_text(json.dumps({"meta": meta, "reference": reference, "results": results},
-                                              indent=1, default=float))
+        Path(args.json).write_text(
+            json.dumps(
+                {"meta": meta, "reference": reference, "results": results}, indent=1, default=float
+            )
+        )
     return 0
 
 

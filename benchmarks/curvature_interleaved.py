@@ -34,7 +34,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import curvature as bench  # noqa: E402  (the sibling script: its case, adapters and reference)
 
-SETTINGS = {"lossdoctor": {}, "lossdoctor-nocache": {}, "lossdoctor-lowmem": {}, "curvlinops": {"tol": 1e-3}}
+SETTINGS = {
+    "lossdoctor": {},
+    "lossdoctor-nocache": {},
+    "lossdoctor-lowmem": {},
+    "curvlinops": {"tol": 1e-3},
+}
 
 
 class LossDoctorMainRunOnly(bench.LossDoctor):
@@ -49,7 +54,9 @@ class LossDoctorMainRunOnly(bench.LossDoctor):
     def top_k(self, k, **settings):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            r = self.ld.eigenpairs(self.H, k=k, which="largest", seed=0, max_matvecs=self.products, **settings)
+            r = self.ld.eigenpairs(
+                self.H, k=k, which="largest", seed=0, max_matvecs=self.products, **settings
+            )
         return np.sort(r.eigenvalues)[::-1], int(r.matvecs)
 
 
@@ -61,10 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--libraries", default="lossdoctor,curvlinops")
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the guide's timing rule)")
-    p.add_argument("--batch-repeats", type=int, default=30, help="one-batch gradient/HVP pairs per library")
-    p.add_argument("--main-run", type=int, default=16,
-                   help="products of lossdoctor-main-run-only (the main Lanczos run of lossdoctor's solve)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: the guide's timing rule)"
+    )
+    p.add_argument(
+        "--batch-repeats", type=int, default=30, help="one-batch gradient/HVP pairs per library"
+    )
+    p.add_argument(
+        "--main-run",
+        type=int,
+        default=16,
+        help="products of lossdoctor-main-run-only (the main Lanczos run of lossdoctor's solve)",
+    )
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="write every number to this file")
     args = p.parse_args(argv)
@@ -74,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or bench.default_workdir()
     weights = workdir / f"weights-{case.key()}.pt"
     if not weights.is_file():
-        raise SystemExit(f"no weights at {weights}: run benchmarks/curvature.py --workdir {workdir} first")
+        raise SystemExit(
+            f"no weights at {weights}: run benchmarks/curvature.py --workdir {workdir} first"
+        )
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     reference = bench.load_reference(case, weights, workdir, 600, log)
     ref = np.asarray(reference["eigenvalues"], dtype=np.float64)[: args.k]
@@ -86,10 +103,20 @@ def main(argv: list[str] | None = None) -> int:
         runner = bench.RUNNERS[name](model, data, 600)
         runner.setup()
         runners[name] = runner
-    out: dict = {"k": args.k, "threads": torch.get_num_threads(), "libraries": {},
-                 "load_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    out: dict = {
+        "k": args.k,
+        "threads": torch.get_num_threads(),
+        "libraries": {},
+        "load_before": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
     for name in names:
-        out["libraries"][name] = {"settings": SETTINGS.get(name, {}), "runs": [], "matvecs": [], "max_rel_error": []}
+        out["libraries"][name] = {
+            "settings": SETTINGS.get(name, {}),
+            "runs": [],
+            "matvecs": [],
+            "max_rel_error": [],
+        }
     loads = []
     for r in range(args.repeats):
         for name in names:
@@ -99,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             entry["runs"].append(seconds)
             entry["matvecs"].append(int(matvecs))
             entry["max_rel_error"].append(float(np.max(bench.rel_errors(values, ref))))
-            log(f"repeat {r}: {name} {seconds:.2f} s, {matvecs} products, "
-                f"max rel err {entry['max_rel_error'][-1]:.1e}, load {os.getloadavg()[0]:.1f}")
+            log(
+                f"repeat {r}: {name} {seconds:.2f} s, {matvecs} products, "
+                f"max rel err {entry['max_rel_error'][-1]:.1e}, load {os.getloadavg()[0]:.1f}"
+            )
         loads.append(os.getloadavg()[0])
     opts = bench.Options(batch_repeats=args.batch_repeats)
     for name in names:
@@ -110,16 +139,20 @@ def main(argv: list[str] | None = None) -> int:
         entry["hvp_batch"] = bench.measure_batch_hvp_ratio(name, model, data, opts)
     out["load_1min_after_each_repeat"] = loads
     out["load_after"] = os.getloadavg()
-    lines = [f"top-{args.k} at 1e-6, {args.repeats} interleaved repeats, {out['threads']} torch thread(s); "
-             f"load (1-min) {out['load_before'][0]:.1f} before, {min(loads):.1f}-{max(loads):.1f} during",
-             f"{'library':20s} {'setting':12s} {'min s':>7s} {'median s':>9s} {'products':>9s} {'max rel err':>12s} "
-             f"{'HVP/grad (1 batch)':>19s}"]
+    lines = [
+        f"top-{args.k} at 1e-6, {args.repeats} interleaved repeats, {out['threads']} torch thread(s); "
+        f"load (1-min) {out['load_before'][0]:.1f} before, {min(loads):.1f}-{max(loads):.1f} during",
+        f"{'library':20s} {'setting':12s} {'min s':>7s} {'median s':>9s} {'products':>9s} {'max rel err':>12s} "
+        f"{'HVP/grad (1 batch)':>19s}",
+    ]
     for name in names:
         e = out["libraries"][name]
         setting = ",".join(f"{k}={v:g}" for k, v in e["settings"].items()) or "default"
-        lines.append(f"{name:20s} {setting:12s} {e['min_s']:7.2f} {e['median_s']:9.2f} "
-                     f"{'/'.join(map(str, sorted(set(e['matvecs'])))):>9s} {max(e['max_rel_error']):12.1e} "
-                     f"{e['hvp_batch']['hvp_over_gradient']:19.2f}")
+        lines.append(
+            f"{name:20s} {setting:12s} {e['min_s']:7.2f} {e['median_s']:9.2f} "
+            f"{'/'.join(map(str, sorted(set(e['matvecs'])))):>9s} {max(e['max_rel_error']):12.1e} "
+            f"{e['hvp_batch']['hvp_over_gradient']:19.2f}"
+        )
     if "lossdoctor" in names:
         for other in names:
             if other == "lossdoctor":
@@ -127,10 +160,15 @@ def main(argv: list[str] | None = None) -> int:
             mine, theirs = out["libraries"]["lossdoctor"], out["libraries"][other]
             ratio = mine["min_s"] / theirs["min_s"]
             paired = [a / b for a, b in zip(mine["runs"], theirs["runs"])]
-            out[f"ratio_vs_{other}"] = {"of_minima": ratio, "paired_median": statistics.median(paired),
-                                        "paired": paired}
-            lines.append(f"lossdoctor / {other}: ratio of minima {ratio:.2f}; median of the paired ratios "
-                         f"{statistics.median(paired):.2f} (range {min(paired):.2f}-{max(paired):.2f})")
+            out[f"ratio_vs_{other}"] = {
+                "of_minima": ratio,
+                "paired_median": statistics.median(paired),
+                "paired": paired,
+            }
+            lines.append(
+                f"lossdoctor / {other}: ratio of minima {ratio:.2f}; median of the paired ratios "
+                f"{statistics.median(paired):.2f} (range {min(paired):.2f}-{max(paired):.2f})"
+            )
     text = "\n".join(lines)
     print(text)
     out["table"] = text

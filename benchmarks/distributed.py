@@ -67,11 +67,20 @@ def worker(args: argparse.Namespace) -> None:
         dist.all_reduce = original
     if rank == 0:
         best = min(range(len(walls)), key=walls.__getitem__)
-        Path(args.out).write_text(json.dumps({
-            "procs": world, "wall_s": walls[best], "comm_s": comms[best], "walls_s": walls,
-            "matvecs": result.matvecs,
-            "eigenvalues": [float(v) for v in result.eigenvalues],
-            "num_samples": op.num_samples, "num_params": op.num_params}))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "procs": world,
+                    "wall_s": walls[best],
+                    "comm_s": comms[best],
+                    "walls_s": walls,
+                    "matvecs": result.matvecs,
+                    "eigenvalues": [float(v) for v in result.eigenvalues],
+                    "num_samples": op.num_samples,
+                    "num_params": op.num_params,
+                }
+            )
+        )
     dist.destroy_process_group()
 
 
@@ -80,11 +89,19 @@ def main() -> None:
     p.add_argument("--procs", type=int, nargs="+", default=[1, 2])
     p.add_argument("--samples", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="CPU threads shared among the ranks of one run")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPU threads shared among the ranks of one run",
+    )
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed solves per run; the fastest is reported (a shared VM stalls at random)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed solves per run; the fastest is reported (a shared VM stalls at random)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -95,21 +112,49 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for procs in args.procs:
             out = Path(tmp) / f"p{procs}.json"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                   str(procs), __file__, "--worker", "--out", str(out), "--samples", str(args.samples),
-                   "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-                   "--device", args.device, "--repeats", str(args.repeats)]
-            subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // procs))})
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node",
+                str(procs),
+                __file__,
+                "--worker",
+                "--out",
+                str(out),
+                "--samples",
+                str(args.samples),
+                "--batch-size",
+                str(args.batch_size),
+                "--threads",
+                str(args.threads),
+                "--device",
+                args.device,
+                "--repeats",
+                str(args.repeats),
+            ]
+            subprocess.run(
+                cmd,
+                check=True,
+                env={**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // procs))},
+            )
             rows.append(json.loads(out.read_text()))
     base = rows[0]["wall_s"]
-    print(f"top-5 Hessian eigenvalues, CNN1d ({rows[0]['num_params']} parameters), "
-          f"{rows[0]['num_samples']} MNIST-1D samples, device {args.device}")
+    print(
+        f"top-5 Hessian eigenvalues, CNN1d ({rows[0]['num_params']} parameters), "
+        f"{rows[0]['num_samples']} MNIST-1D samples, device {args.device}"
+    )
     print(f"fastest of {args.repeats} solves per run (all runs in brackets)")
-    print(f"{'procs':>5} {'wall s':>8} {'speed-up':>8} {'comm s':>8} {'comm %':>7} {'matvecs':>7}  {'lambda_max':>12}  runs")
+    print(
+        f"{'procs':>5} {'wall s':>8} {'speed-up':>8} {'comm s':>8} {'comm %':>7} {'matvecs':>7}  {'lambda_max':>12}  runs"
+    )
     for r in rows:
         runs = ", ".join(f"{w:.2f}" for w in r.get("walls_s", [r["wall_s"]]))
-        print(f"{r['procs']:>5} {r['wall_s']:>8.2f} {base / r['wall_s']:>8.2f} {r['comm_s']:>8.3f} "
-              f"{100 * r['comm_s'] / r['wall_s']:>6.1f}% {r['matvecs']:>7}  {r['eigenvalues'][0]:>12.7g}  [{runs}]")
+        print(
+            f"{r['procs']:>5} {r['wall_s']:>8.2f} {base / r['wall_s']:>8.2f} {r['comm_s']:>8.3f} "
+            f"{100 * r['comm_s'] / r['wall_s']:>6.1f}% {r['matvecs']:>7}  {r['eigenvalues'][0]:>12.7g}  [{runs}]"
+        )
 
 
 if __name__ == "__main__":

@@ -46,10 +46,15 @@ def load() -> str:
         return "load unknown"
 
 
-def validation(seeds: tuple[int, ...], label: str, families: list[sc.StallFamily]) -> dv.ValidationStudy:
+def validation(
+    seeds: tuple[int, ...], label: str, families: list[sc.StallFamily]
+) -> dv.ValidationStudy:
     print(f"\n## Causes and fixes, {label} seeds {list(seeds)} ({load()})", flush=True)
-    study = dv.run(seeds=seeds, families=families,
-                   progress=lambda done, total: print(f"  {done}/{total}", end="\r", flush=True))
+    study = dv.run(
+        seeds=seeds,
+        families=families,
+        progress=lambda done, total: print(f"  {done}/{total}", end="\r", flush=True),
+    )
     print(study)
     return study
 
@@ -60,12 +65,16 @@ def costs(studies: list[dv.ValidationStudy]) -> None:
     for s in studies:
         for r in s.runs:
             by[r.architecture].append(r)
-    print(f"{'architecture':28s} {'runs':>5s} {'seconds (median / max)':>24s} {'HVPs (median)':>14s} "
-          f"{'trial steps (median)':>21s}")
+    print(
+        f"{'architecture':28s} {'runs':>5s} {'seconds (median / max)':>24s} {'HVPs (median)':>14s} "
+        f"{'trial steps (median)':>21s}"
+    )
     for arch, runs in sorted(by.items()):
         secs = [r.seconds for r in runs]
-        print(f"{arch:28s} {len(runs):5d} {statistics.median(secs):11.2f} / {max(secs):9.2f} "
-              f"{statistics.median(r.hvps for r in runs):14.0f} {statistics.median(r.trial_steps for r in runs):21.0f}")
+        print(
+            f"{arch:28s} {len(runs):5d} {statistics.median(secs):11.2f} / {max(secs):9.2f} "
+            f"{statistics.median(r.hvps for r in runs):14.0f} {statistics.median(r.trial_steps for r in runs):21.0f}"
+        )
 
 
 def _continue(stall: sc.Stall, steps: int, monitor: Monitor | None) -> float:
@@ -78,30 +87,47 @@ def _continue(stall: sc.Stall, steps: int, monitor: Monitor | None) -> float:
         loss.backward()
         opt.step()
         if monitor is not None:
-            monitor.step(loss, opt)  # a monitored run goes on: the monitor sees the NaN and may restore
+            monitor.step(
+                loss, opt
+            )  # a monitored run goes on: the monitor sees the NaN and may restore
         elif not math.isfinite(float(loss.detach())):
             return math.inf
     value = sc.full_loss(model, stall.loss_fn, stall.full_data)
     return value if math.isfinite(value) else math.inf
 
 
-def treatment(seeds: tuple[int, ...], label: str, families: list[sc.StallFamily], steps: int) -> None:
-    print(f"\n## Monitor(treat=True), {label} seeds {list(seeds)}: {steps} more steps from each stalled state "
-          f"({load()})", flush=True)
+def treatment(
+    seeds: tuple[int, ...], label: str, families: list[sc.StallFamily], steps: int
+) -> None:
+    print(
+        f"\n## Monitor(treat=True), {label} seeds {list(seeds)}: {steps} more steps from each stalled state "
+        f"({load()})",
+        flush=True,
+    )
     lower = stalled = unchanged_healthy = healthy = 0
     for seed in seeds:
         for family in families:
             stall = family.build(seed)
-            saved_model, saved_opt = copy.deepcopy(stall.model.state_dict()), copy.deepcopy(stall.optimizer.state_dict())
+            saved_model, saved_opt = (
+                copy.deepcopy(stall.model.state_dict()),
+                copy.deepcopy(stall.optimizer.state_dict()),
+            )
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
                 plain = _continue(stall, steps, None)
             stall.model.load_state_dict(saved_model)
             stall.optimizer.load_state_dict(saved_opt)
-            monitor = Monitor(stall.model, stall.loss_fn, stall.data, treat=True,
-                              checkpoint_every=None if stall.checkpoint is None else 10**9)
+            monitor = Monitor(
+                stall.model,
+                stall.loss_fn,
+                stall.data,
+                treat=True,
+                checkpoint_every=None if stall.checkpoint is None else 10**9,
+            )
             if stall.checkpoint is not None:
-                monitor._checkpoint = stall.checkpoint  # what a Monitor watching from the start would hold
+                monitor._checkpoint = (
+                    stall.checkpoint
+                )  # what a Monitor watching from the start would hold
             with torch.random.fork_rng():
                 torch.manual_seed(seed)
                 treated = _continue(stall, steps, monitor)
@@ -109,17 +135,26 @@ def treatment(seeds: tuple[int, ...], label: str, families: list[sc.StallFamily]
             if family.cause == "progressing":
                 healthy += 1
                 unchanged_healthy += not any(a.kind == "applied" for a in monitor.actions)
-                print(f"  {family.key:32s} s{seed} healthy: plain {plain:.4g} monitored {treated:.4g}; actions: {acts}")
+                print(
+                    f"  {family.key:32s} s{seed} healthy: plain {plain:.4g} monitored {treated:.4g}; actions: {acts}"
+                )
             elif family.cause != "converged":
                 stalled += 1
                 lower += treated < plain
-                print(f"  {family.key:32s} s{seed} plain {plain:.4g} treated {treated:.4g} "
-                      f"{'LOWER' if treated < plain else 'not lower'}; actions: {acts}", flush=True)
-    print(f"treat=True ended below the unmonitored run on {lower}/{stalled} stalled runs "
-          f"({lower / max(stalled, 1):.1%}); changed nothing on {unchanged_healthy}/{healthy} healthy runs")
+                print(
+                    f"  {family.key:32s} s{seed} plain {plain:.4g} treated {treated:.4g} "
+                    f"{'LOWER' if treated < plain else 'not lower'}; actions: {acts}",
+                    flush=True,
+                )
+    print(
+        f"treat=True ended below the unmonitored run on {lower}/{stalled} stalled runs "
+        f"({lower / max(stalled, 1):.1%}); changed nothing on {unchanged_healthy}/{healthy} healthy runs"
+    )
 
 
-def _timed_run(family: sc.StallFamily, seed: int, steps: int, monitored: bool) -> tuple[float, Monitor | None]:
+def _timed_run(
+    family: sc.StallFamily, seed: int, steps: int, monitored: bool
+) -> tuple[float, Monitor | None]:
     stall = family.build(seed)
     monitor = Monitor(stall.model, stall.loss_fn, stall.data) if monitored else None
     model, opt = stall.model, stall.optimizer
@@ -136,12 +171,17 @@ def _timed_run(family: sc.StallFamily, seed: int, steps: int, monitored: bool) -
 
 
 def overhead(steps: int, repeats: int) -> None:
-    print(f"\n## Monitor overhead, all in (treat=False, default budget), {steps} steps, fastest of {repeats} "
-          f"interleaved repeats, 1 thread ({load()})", flush=True)
+    print(
+        f"\n## Monitor overhead, all in (treat=False, default budget), {steps} steps, fastest of {repeats} "
+        f"interleaved repeats, 1 thread ({load()})",
+        flush=True,
+    )
     torch.set_num_threads(1)
     cases = ["lr-too-small/mlp", "healthy/mlp-adam", "lr-too-small/lm-adamw", "healthy/lm-adamw"]
-    print(f"{'run':28s} {'plain s':>9s} {'monitored s':>12s} {'overhead':>9s} {'diagnoses':>10s} "
-          f"{'doctor cost (step-eq.)':>23s} {'deferred':>9s}")
+    print(
+        f"{'run':28s} {'plain s':>9s} {'monitored s':>12s} {'overhead':>9s} {'diagnoses':>10s} "
+        f"{'doctor cost (step-eq.)':>23s} {'deferred':>9s}"
+    )
     for key in cases:
         family = next(f for f in sc.FAMILIES if f.key == key)
         plain, watched, monitor = [], [], None
@@ -150,30 +190,48 @@ def overhead(steps: int, repeats: int) -> None:
             t, monitor = _timed_run(family, 0, steps, True)
             watched.append(t)
         p, w = min(plain), min(watched)
-        print(f"{key:28s} {p:9.3f} {w:12.3f} {w / p - 1:+9.1%} {len(monitor.diagnoses):10d} "
-              f"{monitor.doctor_cost:23.1f} {monitor.deferred:9d}", flush=True)
+        print(
+            f"{key:28s} {p:9.3f} {w:12.3f} {w / p - 1:+9.1%} {len(monitor.diagnoses):10d} "
+            f"{monitor.doctor_cost:23.1f} {monitor.deferred:9d}",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["validation", "monitor", "overhead"], default=None)
     parser.add_argument("--set", choices=["tuning", "held-out", "both"], default="both")
-    parser.add_argument("--families", default=None, help="Comma-separated substrings of family keys.")
-    parser.add_argument("--first-seeds", type=int, default=None,
-                        help="Only the first N seeds of each set (the Monitor's treatment is slow).")
-    parser.add_argument("--seeds", default=None,
-                        help="Comma-separated seeds of the chosen set to run (e.g. 7,8), instead of all of them.")
+    parser.add_argument(
+        "--families", default=None, help="Comma-separated substrings of family keys."
+    )
+    parser.add_argument(
+        "--first-seeds",
+        type=int,
+        default=None,
+        help="Only the first N seeds of each set (the Monitor's treatment is slow).",
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="Comma-separated seeds of the chosen set to run (e.g. 7,8), instead of all of them.",
+    )
     parser.add_argument("--treat-steps", type=int, default=300)
     parser.add_argument("--overhead-steps", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None, help="Write the validation studies here.")
     args = parser.parse_args()
-    families = sc.FAMILIES if not args.families else [
-        f for f in sc.FAMILIES if any(s in f.key for s in args.families.split(","))]
-    sets = {"tuning": [("tuning", dv.TUNE_SEEDS)], "held-out": [("held-out", dv.HELD_OUT_SEEDS)],
-            "both": [("tuning", dv.TUNE_SEEDS), ("held-out", dv.HELD_OUT_SEEDS)]}[args.set]
+    families = (
+        sc.FAMILIES
+        if not args.families
+        else [f for f in sc.FAMILIES if any(s in f.key for s in args.families.split(","))]
+    )
+    sets = {
+        "tuning": [("tuning", dv.TUNE_SEEDS)],
+        "held-out": [("held-out", dv.HELD_OUT_SEEDS)],
+        "both": [("tuning", dv.TUNE_SEEDS), ("held-out", dv.HELD_OUT_SEEDS)],
+    }[args.set]
     if args.first_seeds is not None:
-        sets = [(label, seeds[:args.first_seeds]) for label, seeds in sets]
+        sets = [(label, seeds[: args.first_seeds]) for label, seeds in sets]
     if args.seeds is not None:
         chosen = {int(s) for s in args.seeds.split(",")}
         sets = [(label, tuple(s for s in seeds if s in chosen)) for label, seeds in sets]

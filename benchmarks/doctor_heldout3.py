@@ -195,6 +195,7 @@ def r_lr(f):
             g["lr"] *= f
         if st["sched"] is not None:
             st["sched"].base_lrs = [b * f for b in st["sched"].base_lrs]
+
     go.__doc__ = f"lr x{f}"
     return go
 
@@ -203,6 +204,7 @@ def r_momentum(m):
     def go(st):
         for g in st["opt"].param_groups:
             g["momentum"] = m
+
     go.__doc__ = f"momentum {m}"
     return go
 
@@ -211,6 +213,7 @@ def r_wd(f):
     def go(st):
         for g in st["opt"].param_groups:
             g["weight_decay"] *= f
+
     go.__doc__ = f"weight decay x{f}"
     return go
 
@@ -219,6 +222,7 @@ def r_adam(lr):
     def go(st):
         st["opt"] = torch.optim.Adam(st["model"].parameters(), lr=lr)
         st["sched"] = None
+
     go.__doc__ = f"switch to Adam lr={lr}"
     return go
 
@@ -226,6 +230,7 @@ def r_adam(lr):
 def r_clip(c):
     def go(st):
         st["clip"] = c
+
     go.__doc__ = f"clip grad norm {c}"
     return go
 
@@ -237,6 +242,7 @@ def r_perturb(std):
             for p in st["model"].parameters():
                 if p.dim() > 1:
                     p.add_(std * torch.randn(p.shape, generator=g))
+
     go.__doc__ = f"perturb weights (std {std})"
     return go
 
@@ -250,6 +256,7 @@ def r_reinit_relu_layers(lr_factor=1.0):
         for g in st["opt"].param_groups:
             g["lr"] *= lr_factor
         st["opt"].state.clear()
+
     go.__doc__ = f"re-initialize the layers, lr x{lr_factor}"
     return go
 
@@ -259,6 +266,7 @@ def r_no_warmup(target):
         st["sched"] = None
         for g in st["opt"].param_groups:
             g["lr"] = target
+
     go.__doc__ = f"drop the warm-up, lr={target}"
     return go
 
@@ -297,257 +305,628 @@ def fam_list() -> list[Family]:
 
     # 1. Adam lr far too high, regression MLP, minibatch
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed)
         m = mlp([16, 128, 64, 1])
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=32, opt=torch.optim.Adam(m.parameters(), lr=0.1),
-                    pre=400, horizon=300)
-    add("adam_lr_high_regression_mlp", "oscillation", ("oscillation", "diverging", "gradient_noise"), b, r_lr(0.1))
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=32,
+            opt=torch.optim.Adam(m.parameters(), lr=0.1),
+            pre=400,
+            horizon=300,
+        )
+
+    add(
+        "adam_lr_high_regression_mlp",
+        "oscillation",
+        ("oscillation", "diverging", "gradient_noise"),
+        b,
+        r_lr(0.1),
+    )
 
     # 2. SGD+momentum lr too high on a 1-D CNN (mnist1d)
     def b(seed):
-        torch.manual_seed(seed); x, y = mnist1d()
+        torch.manual_seed(seed)
+        x, y = mnist1d()
         m = CNN1d()
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=torch.optim.SGD(m.parameters(), lr=0.3, momentum=0.9),
-                    pre=400, horizon=300)
-    add("sgdm_lr_high_cnn1d", "oscillation", ("oscillation", "diverging", "gradient_noise"), b, r_lr(0.1))
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.SGD(m.parameters(), lr=0.3, momentum=0.9),
+            pre=400,
+            horizon=300,
+        )
+
+    add(
+        "sgdm_lr_high_cnn1d",
+        "oscillation",
+        ("oscillation", "diverging", "gradient_noise"),
+        b,
+        r_lr(0.1),
+    )
 
     # 2b. full-batch GD at lr 0.5 on a tanh regression MLP (edge of stability)
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed)
         m = mlp([16, 64, 64, 1], act=nn.Tanh)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=0.5),
-                    pre=400, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.5),
+            pre=400,
+            horizon=300,
+        )
+
     add("gd_eos_tanh_regression", "oscillation", ("oscillation", "diverging"), b, r_lr(0.25))
 
     # 3. AdamW lr too low, tiny transformer
     def b(seed):
-        torch.manual_seed(seed); x, y = token_majority(seed)
+        torch.manual_seed(seed)
+        x, y = token_majority(seed)
         m = TinyTransformer()
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=32, opt=torch.optim.AdamW(m.parameters(), lr=3e-6),
-                    pre=300, horizon=250)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=32,
+            opt=torch.optim.AdamW(m.parameters(), lr=3e-6),
+            pre=300,
+            horizon=250,
+        )
+
     add("adamw_lr_low_transformer", "lr_too_small", ("lr_too_small",), b, r_lr(300.0))
 
     # 4. SGD lr too low, 2-D CNN on digits images
     def b(seed):
-        torch.manual_seed(seed); x, y = digits(flat=False)
+        torch.manual_seed(seed)
+        x, y = digits(flat=False)
         m = CNN2d()
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=torch.optim.SGD(m.parameters(), lr=2e-4),
-                    pre=300, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.SGD(m.parameters(), lr=2e-4),
+            pre=300,
+            horizon=300,
+        )
+
     add("sgd_lr_low_cnn2d_digits", "lr_too_small", ("lr_too_small",), b, r_lr(100.0))
 
     # 5. heavy-ball momentum 0.995 on a digits softmax regression, full batch
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed)
         m = nn.Linear(16, 1)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=None,
-                    opt=torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.995), pre=400, horizon=300)
-    add("momentum_0995_linreg", "momentum_too_high", ("momentum_too_high", "oscillation"), b, r_momentum(0.9))
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.995),
+            pre=400,
+            horizon=300,
+        )
+
+    add(
+        "momentum_0995_linreg",
+        "momentum_too_high",
+        ("momentum_too_high", "oscillation"),
+        b,
+        r_momentum(0.9),
+    )
 
     # 6. ill-conditioned least squares: features scaled over 3 decades, GD at the steep direction's limit
     def b(seed):
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(500, 10, generator=g) * torch.logspace(0, 1.5, 10)
         y = x @ torch.randn(10, 1, generator=g) / 10 + 0.01 * torch.randn(500, 1, generator=g)
-        torch.manual_seed(seed); m = nn.Linear(10, 1)
+        torch.manual_seed(seed)
+        m = nn.Linear(10, 1)
         lam = float(torch.linalg.eigvalsh(2 * x.T @ x / 500).max())
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=1.6 / lam),
-                    pre=300, horizon=300)
-    add("ill_conditioned_lstsq_gd", "ill_conditioned", ("ill_conditioned", "lr_too_small"), b, r_adam(0.03))
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=1.6 / lam),
+            pre=300,
+            horizon=300,
+        )
+
+    add(
+        "ill_conditioned_lstsq_gd",
+        "ill_conditioned",
+        ("ill_conditioned", "lr_too_small"),
+        b,
+        r_adam(0.03),
+    )
 
     # 7. deep tanh net from a tiny init: stuck at the saddle at the origin
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed, out=1)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed, out=1)
         m = scale_init(mlp([16, 32, 32, 32, 1], act=nn.Tanh), 1e-3)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=0.05),
-                    pre=300, horizon=300)
-    add("tanh_tiny_init_saddle", "saddle_point", ("saddle_point", "degenerate", "vanishing_gradients", "flat_plateau"),
-        b, r_perturb(0.3))
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.05),
+            pre=300,
+            horizon=300,
+        )
+
+    add(
+        "tanh_tiny_init_saddle",
+        "saddle_point",
+        ("saddle_point", "degenerate", "vanishing_gradients", "flat_plateau"),
+        b,
+        r_perturb(0.3),
+    )
 
     # 8. dead ReLUs: hidden biases pushed to -5 (a bad custom init), Adam
     def b(seed):
-        torch.manual_seed(seed); x, y = digits()
+        torch.manual_seed(seed)
+        x, y = digits()
         m = mlp([64, 64, 64, 10])
         with torch.no_grad():
-            m[0].bias.fill_(-6.0); m[2].bias.fill_(-6.0)
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=torch.optim.Adam(m.parameters(), lr=1e-4),
-                    pre=200, horizon=300)
+            m[0].bias.fill_(-6.0)
+            m[2].bias.fill_(-6.0)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.Adam(m.parameters(), lr=1e-4),
+            pre=200,
+            horizon=300,
+        )
+
     add("dead_relu_neg_bias_digits", "dead_units", ("dead_units",), b, r_reinit_relu_layers(1.0))
 
     # 9. deep sigmoid MLP (8 layers), SGD: vanishing gradients
     def b(seed):
-        torch.manual_seed(seed); x, y = digits()
+        torch.manual_seed(seed)
+        x, y = digits()
         m = mlp([64] + [48] * 6 + [10], act=nn.Sigmoid)
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=torch.optim.SGD(m.parameters(), lr=0.05),
-                    pre=300, horizon=300)
-    add("deep_sigmoid_vanishing", "vanishing_gradients", ("vanishing_gradients", "flat_plateau", "saddle_point",
-                                                          "degenerate"), b, r_adam(1e-2))
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.SGD(m.parameters(), lr=0.05),
+            pre=300,
+            horizon=300,
+        )
+
+    add(
+        "deep_sigmoid_vanishing",
+        "vanishing_gradients",
+        ("vanishing_gradients", "flat_plateau", "saddle_point", "degenerate"),
+        b,
+        r_adam(1e-2),
+    )
 
     # 10. AdamW with weight_decay=2.0 (decoupled), 1-D CNN on mnist1d
     def b(seed):
-        torch.manual_seed(seed); x, y = mnist1d()
+        torch.manual_seed(seed)
+        x, y = mnist1d()
         m = CNN1d()
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=100,
-                    opt=torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=2.0), pre=400, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=100,
+            opt=torch.optim.AdamW(m.parameters(), lr=3e-3, weight_decay=2.0),
+            pre=400,
+            horizon=300,
+        )
+
     add("adamw_wd_strong_cnn1d", "weight_decay", ("weight_decay",), b, r_wd(0.01))
 
     # 11. SGD L2 weight decay 0.3, regression MLP, full batch
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed)
         m = mlp([16, 64, 1])
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=None,
-                    opt=torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.3), pre=300, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.3),
+            pre=300,
+            horizon=300,
+        )
+
     add("sgd_l2_strong_regression", "weight_decay", ("weight_decay",), b, r_wd(0.01))
 
     # 12. MSE on softmax outputs (probabilities), SGD
     def b(seed):
-        torch.manual_seed(seed); x, y = digits()
+        torch.manual_seed(seed)
+        x, y = digits()
         m = mlp([64, 64, 10], act=nn.Tanh, last=nn.Softmax(dim=1))
-        return dict(model=m, loss_fn=mse_onehot, x=x, y=y, bs=64, opt=torch.optim.SGD(m.parameters(), lr=0.05),
-                    pre=300, horizon=300)
-    add("mse_on_softmax_digits", "flat_plateau", ("flat_plateau", "lr_too_small", "vanishing_gradients"), b,
-        r_adam(3e-3))
+        return dict(
+            model=m,
+            loss_fn=mse_onehot,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.SGD(m.parameters(), lr=0.05),
+            pre=300,
+            horizon=300,
+        )
+
+    add(
+        "mse_on_softmax_digits",
+        "flat_plateau",
+        ("flat_plateau", "lr_too_small", "vanishing_gradients"),
+        b,
+        r_adam(3e-3),
+    )
 
     # 13. saturated sigmoid outputs with MSE (last layer init x20)
     def b(seed):
-        torch.manual_seed(seed); x, y = digits()
+        torch.manual_seed(seed)
+        x, y = digits()
         m = mlp([64, 32, 10], act=nn.ReLU, last=nn.Sigmoid())
         with torch.no_grad():
-            m[2].weight.mul_(25.0); m[2].bias.fill_(4.0)
-        return dict(model=m, loss_fn=mse_onehot, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=0.1),
-                    pre=200, horizon=300)
-    add("saturated_sigmoid_mse", "flat_plateau", ("flat_plateau", "vanishing_gradients", "lr_too_small",
-                                                  "saddle_point", "degenerate"), b, r_adam(3e-3))
+            m[2].weight.mul_(25.0)
+            m[2].bias.fill_(4.0)
+        return dict(
+            model=m,
+            loss_fn=mse_onehot,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.1),
+            pre=200,
+            horizon=300,
+        )
+
+    add(
+        "saturated_sigmoid_mse",
+        "flat_plateau",
+        ("flat_plateau", "vanishing_gradients", "lr_too_small", "saddle_point", "degenerate"),
+        b,
+        r_adam(3e-3),
+    )
 
     # 14. SGD batch 4, lr 0.1 on noisy linear regression: noise floor
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed, noise=0.5)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed, noise=0.5)
         m = nn.Linear(16, 1)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=4, opt=torch.optim.SGD(m.parameters(), lr=0.1),
-                    pre=800, horizon=400)
-    add("sgd_bs4_noise_floor_linreg", "gradient_noise", ("gradient_noise", "oscillation"), b, r_lr(0.1))
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=4,
+            opt=torch.optim.SGD(m.parameters(), lr=0.1),
+            pre=800,
+            horizon=400,
+        )
+
+    add(
+        "sgd_bs4_noise_floor_linreg",
+        "gradient_noise",
+        ("gradient_noise", "oscillation"),
+        b,
+        r_lr(0.1),
+    )
 
     # 15. vanilla RNN with recurrent gain 1.8: exploding gradients
     def b(seed):
-        torch.manual_seed(seed); x, y = adding_sequences(seed)
+        torch.manual_seed(seed)
+        x, y = adding_sequences(seed)
         m = RNNReg(gain=2.5)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=32, opt=torch.optim.SGD(m.parameters(), lr=0.05),
-                    pre=300, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=32,
+            opt=torch.optim.SGD(m.parameters(), lr=0.05),
+            pre=300,
+            horizon=300,
+        )
+
     add("rnn_exploding_gain", "oscillation", ("oscillation", "diverging"), b, r_clip(1.0))
 
     # 16. LayerNorm MLP, RMSprop lr too high
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed)
         m = mlp([16, 96, 96, 1], norm=nn.LayerNorm)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=64, opt=torch.optim.RMSprop(m.parameters(), lr=0.1),
-                    pre=400, horizon=300)
-    add("rmsprop_lr_high_layernorm", "oscillation", ("oscillation", "diverging", "gradient_noise"), b, r_lr(0.05))
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.RMSprop(m.parameters(), lr=0.1),
+            pre=400,
+            horizon=300,
+        )
+
+    add(
+        "rmsprop_lr_high_layernorm",
+        "oscillation",
+        ("oscillation", "diverging", "gradient_noise"),
+        b,
+        r_lr(0.05),
+    )
 
     # 17. BatchNorm CNN on digits, SGD lr too small
     def b(seed):
-        torch.manual_seed(seed); x, y = digits(flat=False)
+        torch.manual_seed(seed)
+        x, y = digits(flat=False)
         m = CNN2d(bn=True)
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=torch.optim.SGD(m.parameters(), lr=3e-4, momentum=0.0),
-                    pre=300, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.SGD(m.parameters(), lr=3e-4, momentum=0.0),
+            pre=300,
+            horizon=300,
+        )
+
     add("bn_cnn_sgd_lr_low", "lr_too_small", ("lr_too_small",), b, r_lr(100.0))
 
     # 18. tiny transformer, Adam lr too high
     def b(seed):
-        torch.manual_seed(seed); x, y = token_majority(seed)
+        torch.manual_seed(seed)
+        x, y = token_majority(seed)
         m = TinyTransformer()
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=32, opt=torch.optim.Adam(m.parameters(), lr=0.2),
-                    pre=300, horizon=250)
-    add("transformer_adam_lr_high", "oscillation", ("oscillation", "diverging", "gradient_noise"), b, r_lr(0.03))
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=32,
+            opt=torch.optim.Adam(m.parameters(), lr=0.2),
+            pre=300,
+            horizon=250,
+        )
+
+    add(
+        "transformer_adam_lr_high",
+        "oscillation",
+        ("oscillation", "diverging", "gradient_noise"),
+        b,
+        r_lr(0.03),
+    )
 
     # 19. full-batch GD lr too small on mnist1d softmax regression
     def b(seed):
-        torch.manual_seed(seed); x, y = mnist1d()
+        torch.manual_seed(seed)
+        x, y = mnist1d()
         x = x.flatten(1)
         m = nn.Linear(40, 10)
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=1e-3),
-                    pre=300, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=1e-3),
+            pre=300,
+            horizon=300,
+        )
+
     add("gd_lr_low_logreg_mnist1d", "lr_too_small", ("lr_too_small",), b, r_lr(100.0))
 
     # 20. bad warm-up: linear warm-up over 100k steps, AdamW stuck at a tiny lr (scheduler in the loop)
     def b(seed):
-        torch.manual_seed(seed); x, y = digits()
+        torch.manual_seed(seed)
+        x, y = digits()
         m = mlp([64, 64, 10], norm=nn.LayerNorm)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 100_000))
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=opt, sched=sched, pre=300, horizon=300)
+        return dict(
+            model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=opt, sched=sched, pre=300, horizon=300
+        )
+
     add("warmup_too_long_adamw", "lr_too_small", ("lr_too_small",), b, r_no_warmup(1e-3))
 
     # 21. dead ReLUs after a lr spike: trained MLP, one epoch at lr 3 (SGD), back to lr 0.01
     def b(seed):
-        torch.manual_seed(seed); x, y = mnist1d()
+        torch.manual_seed(seed)
+        x, y = mnist1d()
         x = x.flatten(1)
         m = mlp([40, 64, 64, 10])
         opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=opt, pre=300, horizon=300,
-                    spike=(100, 110, 5.0))
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=64,
+            opt=opt,
+            pre=300,
+            horizon=300,
+            spike=(100, 110, 5.0),
+        )
+
     add("dead_relu_after_lr_spike", "dead_units", ("dead_units",), b, r_reinit_relu_layers(1.0))
 
     # 22. Adam lr 1e-6 on 1-D CNN
     def b(seed):
-        torch.manual_seed(seed); x, y = mnist1d()
+        torch.manual_seed(seed)
+        x, y = mnist1d()
         m = CNN1d()
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=100, opt=torch.optim.Adam(m.parameters(), lr=1e-6),
-                    pre=300, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=100,
+            opt=torch.optim.Adam(m.parameters(), lr=1e-6),
+            pre=300,
+            horizon=300,
+        )
+
     add("adam_lr_1e-6_cnn1d", "lr_too_small", ("lr_too_small",), b, r_lr(1000.0))
 
     # 23. Adagrad whose accumulator has grown (lr 0.003 at the start): steps shrink to nothing
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed, out=3)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed, out=3)
         m = mlp([16, 64, 3], act=nn.GELU)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=32, opt=torch.optim.Adagrad(m.parameters(), lr=0.003),
-                    pre=600, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=32,
+            opt=torch.optim.Adagrad(m.parameters(), lr=0.003),
+            pre=600,
+            horizon=300,
+        )
+
     add("adagrad_decayed_steps", "lr_too_small", ("lr_too_small",), b, r_lr(10.0))
 
     # 24. unnormalized inputs (raw pixel values 0..16 and a constant-100 feature) with GD
     def b(seed):
-        torch.manual_seed(seed); x, y = digits()
+        torch.manual_seed(seed)
+        x, y = digits()
         x = torch.cat([x * 16.0, torch.full((len(x), 1), 100.0)], 1)
         m = nn.Linear(65, 10)
         lam_est = float(torch.linalg.eigvalsh(x.T @ x / len(x)).max())
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=1.0 / lam_est),
-                    pre=300, horizon=300)
-    add("unnormalized_inputs_gd", "ill_conditioned", ("ill_conditioned", "lr_too_small"), b, r_adam(0.01))
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=1.0 / lam_est),
+            pre=300,
+            horizon=300,
+        )
+
+    add(
+        "unnormalized_inputs_gd",
+        "ill_conditioned",
+        ("ill_conditioned", "lr_too_small"),
+        b,
+        r_adam(0.01),
+    )
 
     # 25. GRU on sequences, SGD lr too small
     def b(seed):
-        torch.manual_seed(seed); x, y = recent_sequences(seed)
+        torch.manual_seed(seed)
+        x, y = recent_sequences(seed)
         m = RNNReg(cell="gru", hidden=16)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=32, opt=torch.optim.SGD(m.parameters(), lr=1e-3),
-                    pre=300, horizon=300)
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=32,
+            opt=torch.optim.SGD(m.parameters(), lr=1e-3),
+            pre=300,
+            horizon=300,
+        )
+
     add("gru_sgd_lr_low", "lr_too_small", ("lr_too_small",), b, r_lr(30.0))
 
     # 26. AdamW lr 0.1 on a LayerNorm+GELU MLP regression
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed, out=2)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed, out=2)
         m = mlp([16, 64, 64, 2], act=nn.GELU, norm=nn.LayerNorm)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=64, opt=torch.optim.AdamW(m.parameters(), lr=0.1),
-                    pre=400, horizon=300)
-    add("adamw_lr_high_ln_regression", "oscillation", ("oscillation", "diverging", "gradient_noise"), b, r_lr(0.03))
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.AdamW(m.parameters(), lr=0.1),
+            pre=400,
+            horizon=300,
+        )
+
+    add(
+        "adamw_lr_high_ln_regression",
+        "oscillation",
+        ("oscillation", "diverging", "gradient_noise"),
+        b,
+        r_lr(0.03),
+    )
 
     # ---- healthy runs ------------------------------------------------------------------------
     def b(seed):
-        torch.manual_seed(seed); x, y = digits()
+        torch.manual_seed(seed)
+        x, y = digits()
         m = mlp([64, 64, 10])
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=None, opt=torch.optim.Adam(m.parameters(), lr=1e-3),
-                    pre=60, horizon=100)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.Adam(m.parameters(), lr=1e-3),
+            pre=60,
+            horizon=100,
+        )
+
     add("healthy_adam_mlp_early", "progressing", ("progressing",), b, None, healthy="improving")
 
     def b(seed):
-        torch.manual_seed(seed); x, y = digits(flat=False)
+        torch.manual_seed(seed)
+        x, y = digits(flat=False)
         m = CNN2d()
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=None, opt=torch.optim.Adam(m.parameters(), lr=2e-3),
-                    pre=50, horizon=100)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.Adam(m.parameters(), lr=2e-3),
+            pre=50,
+            horizon=100,
+        )
+
     add("healthy_adam_cnn_early", "progressing", ("progressing",), b, None, healthy="improving")
 
     def b(seed):
-        torch.manual_seed(seed); x, y = token_majority(seed)
+        torch.manual_seed(seed)
+        x, y = token_majority(seed)
         m = TinyTransformer()
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=None, opt=torch.optim.AdamW(m.parameters(), lr=3e-3),
-                    pre=60, horizon=100)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.AdamW(m.parameters(), lr=3e-3),
+            pre=60,
+            horizon=100,
+        )
+
     add("healthy_transformer_early", "progressing", ("progressing",), b, None, healthy="improving")
 
     def b(seed):  # least squares at its exact minimum, then GD at a sensible lr
@@ -558,64 +937,174 @@ def fam_list() -> list[Family]:
         xa = torch.cat([x, torch.ones(400, 1)], 1)
         sol = torch.linalg.lstsq(xa.double(), y.double()).solution.float()
         with torch.no_grad():
-            m.weight.copy_(sol[:8].T); m.bias.copy_(sol[8])
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=0.1),
-                    pre=100, horizon=100)
-    add("converged_lstsq_exact", "converged", ("converged", "progressing"), b, None, healthy="converged")
+            m.weight.copy_(sol[:8].T)
+            m.bias.copy_(sol[8])
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.1),
+            pre=100,
+            horizon=100,
+        )
+
+    add(
+        "converged_lstsq_exact",
+        "converged",
+        ("converged", "progressing"),
+        b,
+        None,
+        healthy="converged",
+    )
 
     def b(seed):  # logistic regression with 25% label noise run to convergence (label-noise floor)
-        torch.manual_seed(seed); x, y = digits()
+        torch.manual_seed(seed)
+        x, y = digits()
         g = torch.Generator().manual_seed(seed)
         flip = torch.rand(len(y), generator=g) < 0.25
         y = torch.where(flip, torch.randint(10, y.shape, generator=g), y)
         m = nn.Linear(64, 10)
-        lb = torch.optim.LBFGS(m.parameters(), lr=1, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
-                               line_search_fn="strong_wolfe")
+        lb = torch.optim.LBFGS(
+            m.parameters(),
+            lr=1,
+            max_iter=500,
+            tolerance_grad=1e-9,
+            tolerance_change=1e-12,
+            line_search_fn="strong_wolfe",
+        )
         reg = lambda: F.cross_entropy(m(x), y) + 1e-3 * m.weight.pow(2).sum()  # noqa: E731
-        def closure():
-            lb.zero_grad(); l_ = reg(); l_.backward(); return l_
-        lb.step(closure)
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=None,
-                    opt=torch.optim.SGD(m.parameters(), lr=0.2, weight_decay=2e-3), pre=150, horizon=100)
-    add("converged_noisy_labels_logreg", "converged", ("converged", "progressing", "gradient_noise"), b, None,
-        healthy="converged")
 
-    def b(seed):  # softmax regression, 40% label noise, no regularization, run to its minimum by L-BFGS
-        torch.manual_seed(seed); x, y = mnist1d(1000)
+        def closure():
+            lb.zero_grad()
+            l_ = reg()
+            l_.backward()
+            return l_
+
+        lb.step(closure)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.2, weight_decay=2e-3),
+            pre=150,
+            horizon=100,
+        )
+
+    add(
+        "converged_noisy_labels_logreg",
+        "converged",
+        ("converged", "progressing", "gradient_noise"),
+        b,
+        None,
+        healthy="converged",
+    )
+
+    def b(
+        seed,
+    ):  # softmax regression, 40% label noise, no regularization, run to its minimum by L-BFGS
+        torch.manual_seed(seed)
+        x, y = mnist1d(1000)
         x = x.flatten(1)
         g = torch.Generator().manual_seed(seed)
         flip = torch.rand(len(y), generator=g) < 0.4
         y = torch.where(flip, torch.randint(10, y.shape, generator=g), y)
         m = nn.Linear(40, 10)
-        lb = torch.optim.LBFGS(m.parameters(), lr=1, max_iter=1000, tolerance_grad=1e-10, tolerance_change=1e-14,
-                               line_search_fn="strong_wolfe")
+        lb = torch.optim.LBFGS(
+            m.parameters(),
+            lr=1,
+            max_iter=1000,
+            tolerance_grad=1e-10,
+            tolerance_change=1e-14,
+            line_search_fn="strong_wolfe",
+        )
+
         def closure():
-            lb.zero_grad(); l_ = F.cross_entropy(m(x), y); l_.backward(); return l_
+            lb.zero_grad()
+            l_ = F.cross_entropy(m(x), y)
+            l_.backward()
+            return l_
+
         lb.step(closure)
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=0.1),
-                    pre=150, horizon=100)
-    add("converged_noisy_labels_nowd", "converged", ("converged", "progressing", "gradient_noise"), b, None,
-        healthy="converged")
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.1),
+            pre=150,
+            horizon=100,
+        )
+
+    add(
+        "converged_noisy_labels_nowd",
+        "converged",
+        ("converged", "progressing", "gradient_noise"),
+        b,
+        None,
+        healthy="converged",
+    )
 
     def b(seed):
-        torch.manual_seed(seed); x, y = digits(flat=False)
+        torch.manual_seed(seed)
+        x, y = digits(flat=False)
         m = CNN2d(bn=True)
-        return dict(model=m, loss_fn=_ce, x=x, y=y, bs=64, opt=torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
-                    pre=60, horizon=150)
+        return dict(
+            model=m,
+            loss_fn=_ce,
+            x=x,
+            y=y,
+            bs=64,
+            opt=torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+            pre=60,
+            horizon=150,
+        )
+
     add("healthy_bn_cnn_sgdm_early", "progressing", ("progressing",), b, None, healthy="improving")
 
     def b(seed):
-        torch.manual_seed(seed); x, y = teacher_regression(seed)
+        torch.manual_seed(seed)
+        x, y = teacher_regression(seed)
         m = mlp([16, 64, 1], act=nn.Tanh)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=None, opt=torch.optim.SGD(m.parameters(), lr=0.05,
-                    momentum=0.9), pre=100, horizon=150)
-    add("healthy_sgdm_tanh_regression", "progressing", ("progressing",), b, None, healthy="improving")
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9),
+            pre=100,
+            horizon=150,
+        )
+
+    add(
+        "healthy_sgdm_tanh_regression",
+        "progressing",
+        ("progressing",),
+        b,
+        None,
+        healthy="improving",
+    )
 
     def b(seed):
-        torch.manual_seed(seed); x, y = adding_sequences(seed)
+        torch.manual_seed(seed)
+        x, y = adding_sequences(seed)
         m = RNNReg(cell="gru", hidden=16)
-        return dict(model=m, loss_fn=F.mse_loss, x=x, y=y, bs=None, opt=torch.optim.Adam(m.parameters(), lr=3e-3),
-                    pre=60, horizon=100)
+        return dict(
+            model=m,
+            loss_fn=F.mse_loss,
+            x=x,
+            y=y,
+            bs=None,
+            opt=torch.optim.Adam(m.parameters(), lr=3e-3),
+            pre=60,
+            horizon=100,
+        )
+
     add("healthy_gru_adam_early", "progressing", ("progressing",), b, None, healthy="improving")
 
     # Secondary set, decided after the primary run by an objective rule (the doctor's verdict not
@@ -629,13 +1118,28 @@ def fam_list() -> list[Family]:
             st = _b(seed)
             st["pre"] *= 4
             return st
-        L.append(Family(name + "_late", f.label, f.valid, late, f.remedy, secondary=True,
-                        note="4x the pre-diagnosis steps"))
+
+        L.append(
+            Family(
+                name + "_late",
+                f.label,
+                f.valid,
+                late,
+                f.remedy,
+                secondary=True,
+                note="4x the pre-diagnosis steps",
+            )
+        )
     return L
 
 
-LATE = ("ill_conditioned_lstsq_gd", "saturated_sigmoid_mse", "unnormalized_inputs_gd", "momentum_0995_linreg",
-        "dead_relu_after_lr_spike")
+LATE = (
+    "ill_conditioned_lstsq_gd",
+    "saturated_sigmoid_mse",
+    "unnormalized_inputs_gd",
+    "momentum_0995_linreg",
+    "dead_relu_after_lr_spike",
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -725,8 +1229,17 @@ def rng_same(a, b):
 
 
 def state_same(sd_a, sd_b):
-    return all(torch.equal(sd_a[k], sd_b[k]) or (sd_a[k].is_floating_point() and torch.allclose(
-        sd_a[k], sd_b[k], atol=0, rtol=0, equal_nan=True)) for k in sd_a) and sd_a.keys() == sd_b.keys()
+    return (
+        all(
+            torch.equal(sd_a[k], sd_b[k])
+            or (
+                sd_a[k].is_floating_point()
+                and torch.allclose(sd_a[k], sd_b[k], atol=0, rtol=0, equal_nan=True)
+            )
+            for k in sd_a
+        )
+        and sd_a.keys() == sd_b.keys()
+    )
 
 
 def verdict(l_new, l_ctrl):
@@ -746,9 +1259,18 @@ def run_one(fam: Family, seed: int) -> dict:
     st = fam.build(seed)
     st.setdefault("sched", None)
     st.update(seed=seed, step=0)
-    rec: dict[str, Any] = dict(secondary=fam.secondary, family=fam.name, seed=seed, label=fam.label, valid=list(fam.valid),
-                               healthy=fam.healthy, bs=st["bs"], optimizer=type(st["opt"]).__name__,
-                               pre=st["pre"], horizon=st["horizon"])
+    rec: dict[str, Any] = dict(
+        secondary=fam.secondary,
+        family=fam.name,
+        seed=seed,
+        label=fam.label,
+        valid=list(fam.valid),
+        healthy=fam.healthy,
+        bs=st["bs"],
+        optimizer=type(st["opt"]).__name__,
+        pre=st["pre"],
+        horizon=st["horizon"],
+    )
     hist = train(st, st["pre"])
     rec["loss_start_full"] = None
     rec["loss_at_diagnosis_full"] = full_loss(st)
@@ -756,7 +1278,9 @@ def run_one(fam: Family, seed: int) -> dict:
     h = np.asarray(hist[-200:], dtype=float)
     half = len(h) // 2
     a_, b_ = float(np.mean(h[:half])), float(np.mean(h[half:]))
-    rec["history_drop_last_half"] = (a_ - b_) / abs(a_) if a_ else None  # relative drop of the mean, 2nd vs 1st half
+    rec["history_drop_last_half"] = (
+        (a_ - b_) / abs(a_) if a_ else None
+    )  # relative drop of the mean, 2nd vs 1st half
     rec["history_cv_last_half"] = float(np.std(h[half:]) / abs(np.mean(h[half:]))) if b_ else None
     H = st["horizon"]
     snap = clone(st)
@@ -771,7 +1295,9 @@ def run_one(fam: Family, seed: int) -> dict:
         rec["remedy"] = fam.remedy.__doc__
         rec["remedy_loss"] = rem
         rec["label_verified"] = verdict(rem, ctrl) == "fixed"
-    elif fam.healthy == "improving":  # still improving: the next horizon lowers the full loss by >= 5%
+    elif (
+        fam.healthy == "improving"
+    ):  # still improving: the next horizon lowers the full loss by >= 5%
         rec["label_verified"] = ctrl <= (1 - FIX) * rec["loss_at_diagnosis_full"]
     else:  # converged: neither a 3x lr nor Adam(1e-3) lowers the full loss by >= 5% over the horizon
         outs = []
@@ -794,7 +1320,9 @@ def run_one(fam: Family, seed: int) -> dict:
     kw = {} if st["bs"] is None else {"batch": st["bs"]}
     t1 = time.perf_counter()
     try:
-        d = ld.diagnose(model, st["loss_fn"], data, history=hist[-200:], optimizer=opt, verify=True, **kw)
+        d = ld.diagnose(
+            model, st["loss_fn"], data, history=hist[-200:], optimizer=opt, verify=True, **kw
+        )
         rec["crash"] = None
     except Exception as e:  # noqa: BLE001
         d = None
@@ -812,8 +1340,15 @@ def run_one(fam: Family, seed: int) -> dict:
     rec["cause_right"] = d.cause in fam.valid
     rec["summary"] = d.summary
     rec["evidence"] = list(d.evidence)
-    rec["prescriptions"] = [dict(text=p.text, action=_jsonable(p.action), applicable=p.applicable,
-                                 trial=(None if p.trial is None else str(p.trial))) for p in d.prescriptions]
+    rec["prescriptions"] = [
+        dict(
+            text=p.text,
+            action=_jsonable(p.action),
+            applicable=p.applicable,
+            trial=(None if p.trial is None else str(p.trial)),
+        )
+        for p in d.prescriptions
+    ]
     rec["doctor_str"] = str(d)
     first = next((p for p in d.prescriptions if p.applicable), None)
     if fam.healthy is not None:
@@ -874,19 +1409,24 @@ def main(argv=None):
             try:
                 r = run_one(f, seed)
             except Exception as e:  # noqa: BLE001
-                r = dict(family=f.name, seed=seed, label=f.label, setup_crash=f"{type(e).__name__}: {e}",
-                         traceback=traceback.format_exc()[-2000:])
+                r = dict(
+                    family=f.name,
+                    seed=seed,
+                    label=f.label,
+                    setup_crash=f"{type(e).__name__}: {e}",
+                    traceback=traceback.format_exc()[-2000:],
+                )
             results.append(r)
             out.write_text(json.dumps(results, indent=1, default=str))
-            print(f"{time.strftime('%H:%M:%S')} {f.name:32s} {seed} lbl={f.label:18s} ver={r.get('label_verified')} "
-                  f"ctrl={r.get('control_loss', float('nan')):.4g} rem={r.get('remedy_loss', float('nan')):.4g} "
-                  f"cause={r.get('cause')} stalled={r.get('stalled')} rx={(r.get('first_rx') or {}).get('action')} "
-                  f"-> {r.get('rx_outcome')} rxL={r.get('rx_loss')} "
-                  f"t_diag={r.get('diagnose_seconds', 0):.1f}s tot={time.perf_counter() - t:.1f}s "
-                  f"state={r.get('state_unchanged')} rng={r.get('rng_unchanged')} crash={r.get('crash') or r.get('setup_crash')}",
-                  flush=True)
-
-
+            print(
+                f"{time.strftime('%H:%M:%S')} {f.name:32s} {seed} lbl={f.label:18s} ver={r.get('label_verified')} "
+                f"ctrl={r.get('control_loss', float('nan')):.4g} rem={r.get('remedy_loss', float('nan')):.4g} "
+                f"cause={r.get('cause')} stalled={r.get('stalled')} rx={(r.get('first_rx') or {}).get('action')} "
+                f"-> {r.get('rx_outcome')} rxL={r.get('rx_loss')} "
+                f"t_diag={r.get('diagnose_seconds', 0):.1f}s tot={time.perf_counter() - t:.1f}s "
+                f"state={r.get('state_unchanged')} rng={r.get('rng_unchanged')} crash={r.get('crash') or r.get('setup_crash')}",
+                flush=True,
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -897,9 +1437,19 @@ def summarize(results: list[dict]) -> tuple[dict, str]:
         return float(np.median(v)) if v else None
 
     lines = []
-    rows = sorted(results, key=lambda r: (r.get("secondary", False), r.get("healthy") is not None, r["family"], r["seed"]))
-    lines.append(f"{'family':34s} seed {'label':19s} ver  {'doctor cause':19s} stl {'first applicable prescription':44s} "
-                 f"{'outcome':9s} ctrl_loss  rx_loss   remedy_loss hist_drop diag_s")
+    rows = sorted(
+        results,
+        key=lambda r: (
+            r.get("secondary", False),
+            r.get("healthy") is not None,
+            r["family"],
+            r["seed"],
+        ),
+    )
+    lines.append(
+        f"{'family':34s} seed {'label':19s} ver  {'doctor cause':19s} stl {'first applicable prescription':44s} "
+        f"{'outcome':9s} ctrl_loss  rx_loss   remedy_loss hist_drop diag_s"
+    )
     for r in rows:
         rx = r.get("first_rx") or {}
         act = json.dumps(rx.get("action")) if rx else "-"
@@ -909,61 +1459,85 @@ def summarize(results: list[dict]) -> tuple[dict, str]:
             f"{str(r.get('cause'))[:19]:19s} {str(r.get('stalled'))[:1]:3s} {act[:44]:44s} {str(r.get('rx_outcome'))[:9]:9s} "
             f"{r.get('control_loss', float('nan')):<10.4g} {r.get('rx_loss') or float('nan'):<9.4g} "
             f"{r.get('remedy_loss', float('nan')):<11.4g} {r.get('history_drop_last_half') or 0:+8.3f} "
-            f"{r.get('diagnose_seconds', float('nan')):6.1f} {ok}")
+            f"{r.get('diagnose_seconds', float('nan')):6.1f} {ok}"
+        )
 
     def block(sel, title):
         stalls = [r for r in sel if r.get("healthy") is None]
         ver = [r for r in stalls if r.get("label_verified")]
-        dropped = [(r["family"], r["seed"], r.get("control_loss"), r.get("remedy_loss")) for r in stalls
-                   if not r.get("label_verified")]
+        dropped = [
+            (r["family"], r["seed"], r.get("control_loss"), r.get("remedy_loss"))
+            for r in stalls
+            if not r.get("label_verified")
+        ]
         vis = [r for r in ver if (r.get("history_drop_last_half") or 0) < 0.10]
         healthy = [r for r in sel if r.get("healthy") is not None]
         hver = [r for r in healthy if r.get("label_verified")]
         s = dict(
-            stall_runs=len(stalls), verified=len(ver), label_drops=dropped,
+            stall_runs=len(stalls),
+            verified=len(ver),
+            label_drops=dropped,
             cause_right=sum(bool(r.get("cause_right")) for r in ver),
             cause_right_visibly_stalled=f"{sum(bool(r.get('cause_right')) for r in vis)}/{len(vis)}",
             said_progressing_on_verified_stall=sum(r.get("cause") == "progressing" for r in ver),
             fixed=sum(r.get("rx_outcome") == "fixed" for r in ver),
-            no_change_first=sum(r.get("rx_outcome") in ("no_change", "none_applicable") for r in ver),
+            no_change_first=sum(
+                r.get("rx_outcome") in ("no_change", "none_applicable") for r in ver
+            ),
             neutral=sum(r.get("rx_outcome") == "neutral" for r in ver),
-            harmful=sum(r.get("rx_outcome") == "harmful" or str(r.get("rx_outcome", "")).startswith("apply_error")
-                        for r in ver),
+            harmful=sum(
+                r.get("rx_outcome") == "harmful"
+                or str(r.get("rx_outcome", "")).startswith("apply_error")
+                for r in ver
+            ),
             fixed_when_cause_right=f"{sum(r.get('rx_outcome') == 'fixed' for r in ver if r.get('cause_right'))}/"
-                                   f"{sum(bool(r.get('cause_right')) for r in ver)}",
+            f"{sum(bool(r.get('cause_right')) for r in ver)}",
             fixed_when_cause_wrong=f"{sum(r.get('rx_outcome') == 'fixed' for r in ver if not r.get('cause_right'))}/"
-                                   f"{sum(not r.get('cause_right') for r in ver)}",
-            healthy_runs=len(healthy), healthy_verified=len(hver),
+            f"{sum(not r.get('cause_right') for r in ver)}",
+            healthy_runs=len(healthy),
+            healthy_verified=len(hver),
             false_alarms=sum(bool(r.get("false_alarm")) for r in hver),
-            false_alarm_runs=[(r["family"], r["seed"], r.get("cause")) for r in hver if r.get("false_alarm")],
+            false_alarm_runs=[
+                (r["family"], r["seed"], r.get("cause")) for r in hver if r.get("false_alarm")
+            ],
             state_changed=sum(not r.get("state_unchanged", True) for r in sel),
             rng_moved=sum(not r.get("rng_unchanged", True) for r in sel),
             crashes=sum(bool(r.get("crash") or r.get("setup_crash")) for r in sel),
-            diagnose_seconds_median=med([r["diagnose_seconds"] for r in sel if "diagnose_seconds" in r]),
-            diagnose_seconds_max=max([r["diagnose_seconds"] for r in sel if "diagnose_seconds" in r], default=None),
+            diagnose_seconds_median=med(
+                [r["diagnose_seconds"] for r in sel if "diagnose_seconds" in r]
+            ),
+            diagnose_seconds_max=max(
+                [r["diagnose_seconds"] for r in sel if "diagnose_seconds" in r], default=None
+            ),
         )
-        out = [f"\n== {title} ==",
-               f"stall runs {s['stall_runs']}, label verified {s['verified']} (dropped: {s['label_drops']})",
-               f"causes right {s['cause_right']}/{s['verified']}  (visibly stalled subset, history drop < 10%: "
-               f"{s['cause_right_visibly_stalled']}); 'progressing' on a verified stall: {s['said_progressing_on_verified_stall']}",
-               f"first applicable prescription fixed {s['fixed']}/{s['verified']}, neutral {s['neutral']}, "
-               f"no change/stop first {s['no_change_first']}, harmful {s['harmful']}; fixed when cause right "
-               f"{s['fixed_when_cause_right']}, when wrong {s['fixed_when_cause_wrong']}",
-               f"false alarms {s['false_alarms']}/{s['healthy_verified']} verified healthy runs: {s['false_alarm_runs']}",
-               f"state_dict changed {s['state_changed']}, RNG moved {s['rng_moved']}, crashes {s['crashes']}, "
-               f"diagnose seconds median {s['diagnose_seconds_median']:.2f} max {s['diagnose_seconds_max']:.2f}"]
+        out = [
+            f"\n== {title} ==",
+            f"stall runs {s['stall_runs']}, label verified {s['verified']} (dropped: {s['label_drops']})",
+            f"causes right {s['cause_right']}/{s['verified']}  (visibly stalled subset, history drop < 10%: "
+            f"{s['cause_right_visibly_stalled']}); 'progressing' on a verified stall: {s['said_progressing_on_verified_stall']}",
+            f"first applicable prescription fixed {s['fixed']}/{s['verified']}, neutral {s['neutral']}, "
+            f"no change/stop first {s['no_change_first']}, harmful {s['harmful']}; fixed when cause right "
+            f"{s['fixed_when_cause_right']}, when wrong {s['fixed_when_cause_wrong']}",
+            f"false alarms {s['false_alarms']}/{s['healthy_verified']} verified healthy runs: {s['false_alarm_runs']}",
+            f"state_dict changed {s['state_changed']}, RNG moved {s['rng_moved']}, crashes {s['crashes']}, "
+            f"diagnose seconds median {s['diagnose_seconds_median']:.2f} max {s['diagnose_seconds_max']:.2f}",
+        ]
         return s, out
 
-    prim, o1 = block([r for r in results if not r.get("secondary")], "primary set (pre-registered families)")
-    sec, o2 = block([r for r in results if r.get("secondary")], "secondary set (_late: 4x pre-steps)")
+    prim, o1 = block(
+        [r for r in results if not r.get("secondary")], "primary set (pre-registered families)"
+    )
+    sec, o2 = block(
+        [r for r in results if r.get("secondary")], "secondary set (_late: 4x pre-steps)"
+    )
     return dict(primary=prim, secondary=sec), "\n".join(lines + o1 + o2)
 
 
 if __name__ == "__main__":
     if "--summarize" in sys.argv:  # --summarize IN.json [IN2.json ...] --to OUT.json
-        args = sys.argv[sys.argv.index("--summarize") + 1:]
+        args = sys.argv[sys.argv.index("--summarize") + 1 :]
         to = args[args.index("--to") + 1]
-        ins = args[:args.index("--to")]
+        ins = args[: args.index("--to")]
         res = [r for f in ins for r in json.loads(Path(f).read_text())]
         summ, text = summarize(res)
         Path(to).write_text(json.dumps(dict(summary=summ, runs=res), indent=1, default=str))

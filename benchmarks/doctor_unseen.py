@@ -88,15 +88,20 @@ def digits(n: int, seed: int, images: bool = True) -> tuple[torch.Tensor, torch.
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        _CACHE["digits"] = (torch.tensor(d.data, dtype=torch.float32) / 16.0, torch.tensor(d.target))
+        _CACHE["digits"] = (
+            torch.tensor(d.data, dtype=torch.float32) / 16.0,
+            torch.tensor(d.target),
+        )
     x, y = _CACHE["digits"]
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     x, y = x[idx].clone(), y[idx].clone()
     return (x.view(-1, 1, 8, 8), y) if images else (x, y)
 
 
-def partition(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+def partition(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 def batch_order(n_batches: int, steps: int, seed: int) -> list[int]:
@@ -117,7 +122,9 @@ def spectrum_matrix(n: int, d: int, eigs: np.ndarray, seed: int) -> torch.Tensor
     return torch.tensor(x, dtype=torch.float32)
 
 
-def token_task(n: int, seed: int, vocab: int = 16, length: int = 12, lag: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+def token_task(
+    n: int, seed: int, vocab: int = 16, length: int = 12, lag: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Modular sum with a lag: y_t = (x_t + x_{t-lag}) mod vocab (y_t = x_t for the first ``lag``
     positions): attention to a fixed offset plus a learned addition table."""
     gen = torch.Generator().manual_seed(seed)
@@ -127,7 +134,9 @@ def token_task(n: int, seed: int, vocab: int = 16, length: int = 12, lag: int = 
     return x, y
 
 
-def majority_task(n: int, seed: int, symbols: int = 4, length: int = 15) -> tuple[torch.Tensor, torch.Tensor]:
+def majority_task(
+    n: int, seed: int, symbols: int = 4, length: int = 15
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One-hot sequences; the label is the most frequent symbol (ties: the smallest)."""
     gen = torch.Generator().manual_seed(seed)
     s = torch.randint(0, symbols, (n, length), generator=gen)
@@ -138,7 +147,9 @@ def majority_task(n: int, seed: int, symbols: int = 4, length: int = 15) -> tupl
 # ---------------------------------------------------------------------------------------------
 # models
 # ---------------------------------------------------------------------------------------------
-def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, bias: bool = True, out_bias: bool = True) -> nn.Sequential:
+def mlp(
+    sizes: list[int], act: type[nn.Module] = nn.ReLU, bias: bool = True, out_bias: bool = True
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         last = i == len(sizes) - 2
@@ -152,30 +163,49 @@ class CNN1d(nn.Sequential):
     """A small 1-D convnet for MNIST-1D's 40-sample signals."""
 
     def __init__(self, channels: int = 8, hidden: int = 64):
-        super().__init__(nn.Unflatten(1, (1, 40)),
-                         nn.Conv1d(1, channels, 5, padding=2), nn.ReLU(),
-                         nn.Conv1d(channels, 2 * channels, 5, padding=2, stride=2), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(2 * channels * 20, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        super().__init__(
+            nn.Unflatten(1, (1, 40)),
+            nn.Conv1d(1, channels, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(channels, 2 * channels, 5, padding=2, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * channels * 20, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 10),
+        )
 
 
 class BNCNN(nn.Sequential):
     """A small CNN with BatchNorm for 8x8 digits."""
 
     def __init__(self, c: int = 8):
-        super().__init__(nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-                         nn.Conv2d(c, 2 * c, 3, padding=1), nn.BatchNorm2d(2 * c), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * c * 16, 10))
+        super().__init__(
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, padding=1),
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * c * 16, 10),
+        )
 
 
 class TinyTransformer(nn.Module):
     """2 pre-LN causal encoder layers, learned positions, output tied to the token embedding."""
 
-    def __init__(self, vocab: int = 16, length: int = 12, d: int = 24, heads: int = 4, ff: int = 48):
+    def __init__(
+        self, vocab: int = 16, length: int = 12, d: int = 24, heads: int = 4, ff: int = 48
+    ):
         super().__init__()
         self.emb = nn.Embedding(vocab, d)
         nn.init.normal_(self.emb.weight, std=0.02)  # GPT-2's initialization for tied embeddings
         self.pos = nn.Parameter(0.02 * torch.randn(length, d))
-        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d, heads, ff, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length))
@@ -239,6 +269,7 @@ def set_lr(lr: float) -> Remedy:
         for g in opt.param_groups:
             g["lr"] = lr
         return opt
+
     return f
 
 
@@ -249,6 +280,7 @@ def set_momentum(mu: float, lr: float | None = None) -> Remedy:
             if lr is not None:
                 g["lr"] = lr
         return opt
+
     return f
 
 
@@ -257,6 +289,7 @@ def set_weight_decay(wd: float) -> Remedy:
         for g in opt.param_groups:
             g["weight_decay"] = wd
         return opt
+
     return f
 
 
@@ -264,8 +297,11 @@ def switch_adam(lr: float) -> Remedy:
     return lambda model, opt: torch.optim.Adam(model.parameters(), lr=lr)
 
 
-def reinitialize(seed: int, optimizer: Callable[[Any], torch.optim.Optimizer] | None = None) -> Remedy:
+def reinitialize(
+    seed: int, optimizer: Callable[[Any], torch.optim.Optimizer] | None = None
+) -> Remedy:
     """Every module's reset_parameters() from a seeded draw (global RNG restored), fresh optimizer state."""
+
     def f(model, opt):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -276,11 +312,13 @@ def reinitialize(seed: int, optimizer: Callable[[Any], torch.optim.Optimizer] | 
             return optimizer(model.parameters())
         opt.state.clear()
         return opt
+
     return f
 
 
 def perturb(scale: float, seed: int) -> Remedy:
     """Add N(0, (scale / sqrt(fan_in))^2) to every weight matrix (a small random kick)."""
+
     def f(model, opt):
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -288,6 +326,7 @@ def perturb(scale: float, seed: int) -> Remedy:
                 if p.dim() >= 2:
                     p.add_(torch.randn(p.shape, generator=gen) * scale / math.sqrt(p[0].numel()))
         return opt
+
     return f
 
 
@@ -298,6 +337,7 @@ def restore(state: dict[str, torch.Tensor], lr: float) -> Remedy:
         for g in opt.param_groups:
             g["lr"] = lr
         return opt
+
     return f
 
 
@@ -323,8 +363,14 @@ class Case:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, batches: list, order: list[int],
-          losses: list[float] | None = None) -> list[float]:
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable,
+    batches: list,
+    order: list[int],
+    losses: list[float] | None = None,
+) -> list[float]:
     """The standard loop; stops at the first non-finite loss."""
     losses = [] if losses is None else losses
     for i in order:
@@ -354,11 +400,26 @@ def full_loss(model: nn.Module, loss_fn: Callable, batches: list) -> float:
     return float(np.mean(vals))
 
 
-def run(family: str, seed: int, arch: str, cause: str, remedy_text: str, model: nn.Module, loss_fn: Callable,
-        batches: list, opt: torch.optim.Optimizer, steps: int, horizon: int, remedy_fn: Callable[[dict], Remedy],
-        *, schedule: Callable[[int, torch.optim.Optimizer], None] | None = None,
-        stop: Callable[[list[float]], bool] | None = None, checkpoint_at: Callable[[list[float]], bool] | None = None,
-        info: dict | None = None, prefix: list[float] | None = None) -> Case:
+def run(
+    family: str,
+    seed: int,
+    arch: str,
+    cause: str,
+    remedy_text: str,
+    model: nn.Module,
+    loss_fn: Callable,
+    batches: list,
+    opt: torch.optim.Optimizer,
+    steps: int,
+    horizon: int,
+    remedy_fn: Callable[[dict], Remedy],
+    *,
+    schedule: Callable[[int, torch.optim.Optimizer], None] | None = None,
+    stop: Callable[[list[float]], bool] | None = None,
+    checkpoint_at: Callable[[list[float]], bool] | None = None,
+    info: dict | None = None,
+    prefix: list[float] | None = None,
+) -> Case:
     """Train ``steps`` steps (calling ``schedule(step, opt)`` before each, stopping early when ``stop``
     says so), then package the case; the continuation order follows on from the last step."""
     order = batch_order(len(batches), steps + horizon + 10, seed * 7 + 3)
@@ -375,8 +436,23 @@ def run(family: str, seed: int, arch: str, cause: str, remedy_text: str, model: 
         if stop is not None and stop(losses):
             break
     ctx.update(info or {})
-    return Case(family, seed, arch, cause, remedy_text, model, loss_fn, batches, opt, losses, remedy_fn(ctx),
-                horizon, order[done:done + horizon], ctx["checkpoint"], {"steps": done, **(info or {})})
+    return Case(
+        family,
+        seed,
+        arch,
+        cause,
+        remedy_text,
+        model,
+        loss_fn,
+        batches,
+        opt,
+        losses,
+        remedy_fn(ctx),
+        horizon,
+        order[done : done + horizon],
+        ctx["checkpoint"],
+        {"steps": done, **(info or {})},
+    )
 
 
 def seeded(seed: int) -> None:
@@ -394,14 +470,28 @@ def ls_valley(seed: int) -> Case:
     w = torch.randn(d, 1, generator=torch.Generator().manual_seed(seed))
     y = x @ w
     model = nn.Linear(d, 1, bias=False)
-    lam_max, lam_min = 2 * eigs.max(), 2 * eigs.min()  # Hessian of the mean squared error: 2 X^T X / n
+    lam_max, lam_min = (
+        2 * eigs.max(),
+        2 * eigs.min(),
+    )  # Hessian of the mean squared error: 2 X^T X / n
     opt = torch.optim.SGD(model.parameters(), lr=1.99 / lam_max)
     lr_hb = 4.0 / (math.sqrt(lam_max) + math.sqrt(lam_min)) ** 2
     mu_hb = ((math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)) ** 2
-    return run("ls_valley_k9000", seed, "linear", "ill_conditioned",
-               f"heavy ball at Polyak's optimum (lr {lr_hb:.3g}, momentum {mu_hb:.3f})", model, F.mse_loss,
-               [(x, y)], opt, 1000, 300, lambda c: set_momentum(mu_hb, lr_hb),
-               info={"lambda_max": lam_max, "lambda_min": lam_min})
+    return run(
+        "ls_valley_k9000",
+        seed,
+        "linear",
+        "ill_conditioned",
+        f"heavy ball at Polyak's optimum (lr {lr_hb:.3g}, momentum {mu_hb:.3f})",
+        model,
+        F.mse_loss,
+        [(x, y)],
+        opt,
+        1000,
+        300,
+        lambda c: set_momentum(mu_hb, lr_hb),
+        info={"lambda_max": lam_max, "lambda_min": lam_min},
+    )
 
 
 def logreg_unscaled(seed: int) -> Case:
@@ -416,12 +506,28 @@ def logreg_unscaled(seed: int) -> Case:
     y = torch.bernoulli(p, generator=gen)
     scales = torch.logspace(0, 2, d)
     x = z * scales + 0.5 * scales  # raw units with an offset too
-    lam_max = float(torch.linalg.eigvalsh(0.25 * torch.cat([x, torch.ones(n, 1)], 1).T
-                                          @ torch.cat([x, torch.ones(n, 1)], 1) / n).max())
+    lam_max = float(
+        torch.linalg.eigvalsh(
+            0.25 * torch.cat([x, torch.ones(n, 1)], 1).T @ torch.cat([x, torch.ones(n, 1)], 1) / n
+        ).max()
+    )
     model = nn.Linear(d, 1)
     opt = torch.optim.SGD(model.parameters(), lr=1.9 / lam_max)
-    return run("logreg_unscaled", seed, "logistic", "ill_conditioned", "switch to Adam, lr 0.01", model, bce_logits,
-               [(x, y)], opt, 1000, 300, lambda c: switch_adam(0.01), info={"lambda_max0": lam_max})
+    return run(
+        "logreg_unscaled",
+        seed,
+        "logistic",
+        "ill_conditioned",
+        "switch to Adam, lr 0.01",
+        model,
+        bce_logits,
+        [(x, y)],
+        opt,
+        1000,
+        300,
+        lambda c: switch_adam(0.01),
+        info={"lambda_max0": lam_max},
+    )
 
 
 # -- dead units --------------------------------------------------------------------------------
@@ -432,9 +538,20 @@ def mlp_dead_lr(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = mlp([40, 100, 100, 10])
     opt = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
-    return run("mlp_dead_relu_lr", seed, "mlp", "dead_units", "re-initialize, SGD lr 0.1 momentum 0.9", model,
-               F.cross_entropy, partition(x, y, 100), opt, 400, 200,
-               lambda c: reinitialize(seed + 1, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)))
+    return run(
+        "mlp_dead_relu_lr",
+        seed,
+        "mlp",
+        "dead_units",
+        "re-initialize, SGD lr 0.1 momentum 0.9",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        400,
+        200,
+        lambda c: reinitialize(seed + 1, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)),
+    )
 
 
 def cnn1d_dead_adam(seed: int) -> Case:
@@ -443,9 +560,20 @@ def cnn1d_dead_adam(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = CNN1d()
     opt = torch.optim.Adam(model.parameters(), lr=0.2)
-    return run("cnn1d_dead_adam", seed, "cnn1d", "dead_units", "re-initialize, Adam lr 1e-3", model,
-               F.cross_entropy, partition(x, y, 100), opt, 400, 200,
-               lambda c: reinitialize(seed + 1, lambda ps: torch.optim.Adam(ps, lr=1e-3)))
+    return run(
+        "cnn1d_dead_adam",
+        seed,
+        "cnn1d",
+        "dead_units",
+        "re-initialize, Adam lr 1e-3",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        400,
+        200,
+        lambda c: reinitialize(seed + 1, lambda ps: torch.optim.Adam(ps, lr=1e-3)),
+    )
 
 
 # -- momentum too high -------------------------------------------------------------------------
@@ -455,8 +583,20 @@ def mlp_momentum(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = mlp([40, 64, 64, 10], act=nn.Tanh)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.99)
-    return run("mlp_momentum_099", seed, "mlp", "momentum_too_high", "momentum 0.9", model, F.cross_entropy,
-               partition(x, y, 128), opt, 1200, 300, lambda c: set_momentum(0.9))
+    return run(
+        "mlp_momentum_099",
+        seed,
+        "mlp",
+        "momentum_too_high",
+        "momentum 0.9",
+        model,
+        F.cross_entropy,
+        partition(x, y, 128),
+        opt,
+        1200,
+        300,
+        lambda c: set_momentum(0.9),
+    )
 
 
 def bncnn_momentum(seed: int) -> Case:
@@ -466,8 +606,20 @@ def bncnn_momentum(seed: int) -> Case:
     x, y = digits(1536, seed)
     model = BNCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.99)
-    return run("bncnn_momentum_099", seed, "bn_cnn", "momentum_too_high", "momentum 0.9", model, F.cross_entropy,
-               partition(x, y, 64), opt, 500, 200, lambda c: set_momentum(0.9))
+    return run(
+        "bncnn_momentum_099",
+        seed,
+        "bn_cnn",
+        "momentum_too_high",
+        "momentum 0.9",
+        model,
+        F.cross_entropy,
+        partition(x, y, 64),
+        opt,
+        500,
+        200,
+        lambda c: set_momentum(0.9),
+    )
 
 
 def softmax_momentum(seed: int) -> Case:
@@ -476,8 +628,20 @@ def softmax_momentum(seed: int) -> Case:
     x, y = mnist1d(3000, seed)
     model = nn.Linear(40, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.99)
-    return run("softmax_momentum_099", seed, "logistic", "momentum_too_high", "momentum 0.9", model,
-               F.cross_entropy, partition(x, y, 50), opt, 600, 300, lambda c: set_momentum(0.9))
+    return run(
+        "softmax_momentum_099",
+        seed,
+        "logistic",
+        "momentum_too_high",
+        "momentum 0.9",
+        model,
+        F.cross_entropy,
+        partition(x, y, 50),
+        opt,
+        600,
+        300,
+        lambda c: set_momentum(0.9),
+    )
 
 
 # -- weight decay ------------------------------------------------------------------------------
@@ -487,8 +651,20 @@ def mlp_adamw_wd(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = mlp([40, 100, 100, 10])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=3.0)
-    return run("mlp_adamw_wd", seed, "mlp", "weight_decay", "weight decay 0.01", model, F.cross_entropy,
-               partition(x, y, 100), opt, 500, 300, lambda c: set_weight_decay(0.01))
+    return run(
+        "mlp_adamw_wd",
+        seed,
+        "mlp",
+        "weight_decay",
+        "weight decay 0.01",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        500,
+        300,
+        lambda c: set_weight_decay(0.01),
+    )
 
 
 def transformer_adamw_wd(seed: int) -> Case:
@@ -497,8 +673,20 @@ def transformer_adamw_wd(seed: int) -> Case:
     x, y = token_task(2048, seed)
     model = TinyTransformer()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5.0)
-    return run("transformer_adamw_wd", seed, "transformer", "weight_decay", "weight decay 0.01", model, seq_ce,
-               partition(x, y, 64), opt, 500, 250, lambda c: set_weight_decay(0.01))
+    return run(
+        "transformer_adamw_wd",
+        seed,
+        "transformer",
+        "weight_decay",
+        "weight decay 0.01",
+        model,
+        seq_ce,
+        partition(x, y, 64),
+        opt,
+        500,
+        250,
+        lambda c: set_weight_decay(0.01),
+    )
 
 
 def digits_softmax_l2(seed: int) -> Case:
@@ -507,8 +695,20 @@ def digits_softmax_l2(seed: int) -> Case:
     x, y = digits(1500, seed, images=False)
     model = nn.Linear(64, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, weight_decay=0.5)
-    return run("digits_softmax_sgd_l2", seed, "logistic", "weight_decay", "weight decay 1e-4", model,
-               F.cross_entropy, partition(x, y, 100), opt, 500, 300, lambda c: set_weight_decay(1e-4))
+    return run(
+        "digits_softmax_sgd_l2",
+        seed,
+        "logistic",
+        "weight_decay",
+        "weight decay 1e-4",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        500,
+        300,
+        lambda c: set_weight_decay(1e-4),
+    )
 
 
 # -- oscillation (lr too high) -------------------------------------------------------------------
@@ -526,9 +726,22 @@ def transformer_lr_high(seed: int) -> Case:
             for g in o.param_groups:
                 g["lr"] = 1e-3 + (0.1 - 1e-3) * min((step - 300) / 50, 1.0)
 
-    return run("transformer_adamw_lr_high", seed, "transformer", "oscillation", "restore the checkpoint, lr 1e-3",
-               model, seq_ce, partition(x, y, 64), opt, 550, 250, lambda c: restore(c["checkpoint"], 1e-3),
-               schedule=schedule, checkpoint_at=lambda losses: len(losses) == 300)
+    return run(
+        "transformer_adamw_lr_high",
+        seed,
+        "transformer",
+        "oscillation",
+        "restore the checkpoint, lr 1e-3",
+        model,
+        seq_ce,
+        partition(x, y, 64),
+        opt,
+        550,
+        250,
+        lambda c: restore(c["checkpoint"], 1e-3),
+        schedule=schedule,
+        checkpoint_at=lambda losses: len(losses) == 300,
+    )
 
 
 def mlp_adam_lr_high(seed: int) -> Case:
@@ -537,8 +750,20 @@ def mlp_adam_lr_high(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = mlp([40, 100, 100, 10], act=nn.Tanh)
     opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    return run("mlp_tanh_adam_lr_high", seed, "mlp", "oscillation", "lr 1e-3", model, F.cross_entropy,
-               partition(x, y, 100), opt, 800, 200, lambda c: set_lr(1e-3))
+    return run(
+        "mlp_tanh_adam_lr_high",
+        seed,
+        "mlp",
+        "oscillation",
+        "lr 1e-3",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        800,
+        200,
+        lambda c: set_lr(1e-3),
+    )
 
 
 def lstm_lr_small(seed: int) -> Case:
@@ -547,8 +772,20 @@ def lstm_lr_small(seed: int) -> Case:
     x, y = majority_task(2000, seed)
     model = SeqClassifier("lstm")
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    return run("lstm_sgd_lr_small", seed, "rnn", "lr_too_small", "lr 1.0", model, F.cross_entropy,
-               partition(x, y, 50), opt, 400, 200, lambda c: set_lr(1.0))
+    return run(
+        "lstm_sgd_lr_small",
+        seed,
+        "rnn",
+        "lr_too_small",
+        "lr 1.0",
+        model,
+        F.cross_entropy,
+        partition(x, y, 50),
+        opt,
+        400,
+        200,
+        lambda c: set_lr(1.0),
+    )
 
 
 # -- healthy (progressing) ---------------------------------------------------------------------
@@ -557,8 +794,20 @@ def mlp_healthy(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = mlp([40, 100, 100, 10])
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    return run("mlp_adam_healthy", seed, "mlp", "progressing", "no change", model, F.cross_entropy,
-               partition(x, y, 100), opt, 300, 200, lambda c: keep())
+    return run(
+        "mlp_adam_healthy",
+        seed,
+        "mlp",
+        "progressing",
+        "no change",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        300,
+        200,
+        lambda c: keep(),
+    )
 
 
 def bncnn_healthy(seed: int) -> Case:
@@ -566,8 +815,20 @@ def bncnn_healthy(seed: int) -> Case:
     x, y = digits(1536, seed)
     model = BNCNN()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    return run("bncnn_sgd_healthy", seed, "bn_cnn", "progressing", "no change", model, F.cross_entropy,
-               partition(x, y, 64), opt, 240, 200, lambda c: keep())
+    return run(
+        "bncnn_sgd_healthy",
+        seed,
+        "bn_cnn",
+        "progressing",
+        "no change",
+        model,
+        F.cross_entropy,
+        partition(x, y, 64),
+        opt,
+        240,
+        200,
+        lambda c: keep(),
+    )
 
 
 def gru_healthy(seed: int) -> Case:
@@ -575,8 +836,20 @@ def gru_healthy(seed: int) -> Case:
     x, y = majority_task(2000, seed)
     model = SeqClassifier("gru")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    return run("gru_adam_healthy", seed, "rnn", "progressing", "no change", model, F.cross_entropy,
-               partition(x, y, 50), opt, 300, 200, lambda c: keep())
+    return run(
+        "gru_adam_healthy",
+        seed,
+        "rnn",
+        "progressing",
+        "no change",
+        model,
+        F.cross_entropy,
+        partition(x, y, 50),
+        opt,
+        300,
+        200,
+        lambda c: keep(),
+    )
 
 
 def transformer_healthy(seed: int) -> Case:
@@ -584,8 +857,20 @@ def transformer_healthy(seed: int) -> Case:
     x, y = token_task(2048, seed)
     model = TinyTransformer()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
-    return run("transformer_adamw_healthy", seed, "transformer", "progressing", "no change", model, seq_ce,
-               partition(x, y, 64), opt, 300, 200, lambda c: keep())
+    return run(
+        "transformer_adamw_healthy",
+        seed,
+        "transformer",
+        "progressing",
+        "no change",
+        model,
+        seq_ce,
+        partition(x, y, 64),
+        opt,
+        300,
+        200,
+        lambda c: keep(),
+    )
 
 
 def cnn1d_healthy(seed: int) -> Case:
@@ -593,8 +878,20 @@ def cnn1d_healthy(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = CNN1d()
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    return run("cnn1d_sgd_healthy", seed, "cnn1d", "progressing", "no change", model, F.cross_entropy,
-               partition(x, y, 100), opt, 300, 200, lambda c: keep())
+    return run(
+        "cnn1d_sgd_healthy",
+        seed,
+        "cnn1d",
+        "progressing",
+        "no change",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        300,
+        200,
+        lambda c: keep(),
+    )
 
 
 # -- converged ---------------------------------------------------------------------------------
@@ -607,15 +904,40 @@ def linreg_converged(seed: int) -> Case:
     gen = torch.Generator().manual_seed(seed)
     y = x @ torch.randn(d, 1, generator=gen) + 0.5 * torch.randn(n, 1, generator=gen)
     model = nn.Linear(d, 1)
-    lam = float(torch.linalg.eigvalsh(2 * torch.cat([x, torch.ones(n, 1)], 1).T @ torch.cat([x, torch.ones(n, 1)], 1)).max())
+    lam = float(
+        torch.linalg.eigvalsh(
+            2 * torch.cat([x, torch.ones(n, 1)], 1).T @ torch.cat([x, torch.ones(n, 1)], 1)
+        ).max()
+    )
     opt = torch.optim.SGD(model.parameters(), lr=1.0 / lam)
-    return run("linreg_gd_converged", seed, "linear", "converged", "no change (stop)", model, mse_sum, [(x, y)],
-               opt, 800, 200, lambda c: keep())
+    return run(
+        "linreg_gd_converged",
+        seed,
+        "linear",
+        "converged",
+        "no change (stop)",
+        model,
+        mse_sum,
+        [(x, y)],
+        opt,
+        800,
+        200,
+        lambda c: keep(),
+    )
 
 
-def _lbfgs(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, iters: int = 500) -> None:
-    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=iters, tolerance_grad=1e-9,
-                            tolerance_change=1e-12, history_size=50, line_search_fn="strong_wolfe")
+def _lbfgs(
+    model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, iters: int = 500
+) -> None:
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1.0,
+        max_iter=iters,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -635,11 +957,25 @@ def softmax_converged(seed: int) -> Case:
     model = nn.Linear(40, 10)
     _lbfgs(model, F.cross_entropy, x, y)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return run("softmax_lbfgs_gd_converged", seed, "logistic", "converged", "no change (stop)", model,
-               F.cross_entropy, [(x, y)], opt, 300, 200, lambda c: keep())
+    return run(
+        "softmax_lbfgs_gd_converged",
+        seed,
+        "logistic",
+        "converged",
+        "no change (stop)",
+        model,
+        F.cross_entropy,
+        [(x, y)],
+        opt,
+        300,
+        200,
+        lambda c: keep(),
+    )
 
 
-def _lambda_max(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, iters: int = 100) -> float:
+def _lambda_max(
+    model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, iters: int = 100
+) -> float:
     """Power iteration on Hessian-vector products (the user's own estimate of the sharpness)."""
     ps = list(model.parameters())
     g = torch.autograd.grad(loss_fn(model(x), y), ps, create_graph=True)
@@ -665,8 +1001,21 @@ def mlp_regression_converged(seed: int) -> Case:
     _lbfgs(model, F.mse_loss, x, y, 3000)
     lam = _lambda_max(model, F.mse_loss, x, y)
     opt = torch.optim.SGD(model.parameters(), lr=1.0 / lam)
-    return run("mlp_regression_converged", seed, "mlp", "converged", "no change (stop)", model, F.mse_loss,
-               [(x, y)], opt, 300, 200, lambda c: keep(), info={"lambda_max": lam})
+    return run(
+        "mlp_regression_converged",
+        seed,
+        "mlp",
+        "converged",
+        "no change (stop)",
+        model,
+        F.mse_loss,
+        [(x, y)],
+        opt,
+        300,
+        200,
+        lambda c: keep(),
+        info={"lambda_max": lam},
+    )
 
 
 # -- saddle / degenerate -------------------------------------------------------------------------
@@ -684,8 +1033,20 @@ def tanh_zero_saddle(seed: int) -> Case:
     x, y = mnist1d(2000, seed)
     model = _zero_(mlp([40, 32, 10], act=nn.Tanh))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    return run("tanh_zero_init_saddle", seed, "mlp", "saddle_point", "perturb the weights (0.1/sqrt(fan_in))", model,
-               F.cross_entropy, [(x, y)], opt, 300, 200, lambda c: perturb(0.1, seed + 1))
+    return run(
+        "tanh_zero_init_saddle",
+        seed,
+        "mlp",
+        "saddle_point",
+        "perturb the weights (0.1/sqrt(fan_in))",
+        model,
+        F.cross_entropy,
+        [(x, y)],
+        opt,
+        300,
+        200,
+        lambda c: perturb(0.1, seed + 1),
+    )
 
 
 def deep_linear_saddle(seed: int) -> Case:
@@ -695,14 +1056,28 @@ def deep_linear_saddle(seed: int) -> Case:
     n, din, dout = 500, 20, 5
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, din, generator=gen)
-    y = x @ (torch.randn(din, dout, generator=gen) / math.sqrt(din)) + 0.1 * torch.randn(n, dout, generator=gen)
+    y = x @ (torch.randn(din, dout, generator=gen) / math.sqrt(din)) + 0.1 * torch.randn(
+        n, dout, generator=gen
+    )
     model = nn.Sequential(nn.Linear(din, 20, bias=False), nn.Linear(20, dout, bias=False))
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1e-12)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    return run("deep_linear_small_init_saddle", seed, "linear", "saddle_point", "re-initialize (default init)", model,
-               F.mse_loss, [(x, y)], opt, 300, 200, lambda c: reinitialize(seed + 1))
+    return run(
+        "deep_linear_small_init_saddle",
+        seed,
+        "linear",
+        "saddle_point",
+        "re-initialize (default init)",
+        model,
+        F.mse_loss,
+        [(x, y)],
+        opt,
+        300,
+        200,
+        lambda c: reinitialize(seed + 1),
+    )
 
 
 def tanh_deep_zero_degenerate(seed: int) -> Case:
@@ -713,8 +1088,20 @@ def tanh_deep_zero_degenerate(seed: int) -> Case:
     x, y = mnist1d(2000, seed)
     model = _zero_(mlp([40, 32, 32, 32, 10], act=nn.Tanh, bias=False, out_bias=False))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    return run("tanh_deep_zero_degenerate", seed, "mlp", "degenerate", "re-initialize (default init)", model,
-               F.cross_entropy, [(x, y)], opt, 300, 200, lambda c: reinitialize(seed + 1))
+    return run(
+        "tanh_deep_zero_degenerate",
+        seed,
+        "mlp",
+        "degenerate",
+        "re-initialize (default init)",
+        model,
+        F.cross_entropy,
+        [(x, y)],
+        opt,
+        300,
+        200,
+        lambda c: reinitialize(seed + 1),
+    )
 
 
 # -- vanishing gradients -----------------------------------------------------------------------
@@ -724,8 +1111,20 @@ def sigmoid_deep(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = mlp([40] + [64] * 8 + [10], act=nn.Sigmoid)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return run("sigmoid_deep_vanishing", seed, "mlp", "vanishing_gradients", "switch to Adam, lr 1e-3", model,
-               F.cross_entropy, partition(x, y, 100), opt, 400, 300, lambda c: switch_adam(1e-3))
+    return run(
+        "sigmoid_deep_vanishing",
+        seed,
+        "mlp",
+        "vanishing_gradients",
+        "switch to Adam, lr 1e-3",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        400,
+        300,
+        lambda c: switch_adam(1e-3),
+    )
 
 
 # -- gradient noise ----------------------------------------------------------------------------
@@ -738,8 +1137,20 @@ def linreg_noise(seed: int) -> Case:
     y = x @ torch.randn(d, 1, generator=gen) + torch.randn(n, 1, generator=gen)
     model = nn.Linear(d, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    return run("linreg_sgd_noise_floor", seed, "linear", "gradient_noise", "lr 0.005 (10x lower)", model, F.mse_loss,
-               partition(x, y, 4), opt, 1200, 300, lambda c: set_lr(0.005))
+    return run(
+        "linreg_sgd_noise_floor",
+        seed,
+        "linear",
+        "gradient_noise",
+        "lr 0.005 (10x lower)",
+        model,
+        F.mse_loss,
+        partition(x, y, 4),
+        opt,
+        1200,
+        300,
+        lambda c: set_lr(0.005),
+    )
 
 
 def softmax_noise(seed: int) -> Case:
@@ -748,8 +1159,20 @@ def softmax_noise(seed: int) -> Case:
     x, y = mnist1d(3000, seed)
     model = nn.Linear(40, 10)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
-    return run("softmax_sgd_noise_floor", seed, "logistic", "gradient_noise", "lr 0.02 (10x lower)", model,
-               F.cross_entropy, partition(x, y, 8), opt, 1200, 300, lambda c: set_lr(0.02))
+    return run(
+        "softmax_sgd_noise_floor",
+        seed,
+        "logistic",
+        "gradient_noise",
+        "lr 0.02 (10x lower)",
+        model,
+        F.cross_entropy,
+        partition(x, y, 8),
+        opt,
+        1200,
+        300,
+        lambda c: set_lr(0.02),
+    )
 
 
 # -- flat plateau (saturated outputs) ----------------------------------------------------------
@@ -763,8 +1186,20 @@ def sigmoid_mse_saturated(seed: int) -> Case:
     with torch.no_grad():
         model[-1].bias.fill_(-15.0)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    return run("sigmoid_mse_saturated", seed, "mlp", "flat_plateau", "re-initialize (default init)", model,
-               sigmoid_mse, partition(x, y, 100), opt, 400, 300, lambda c: reinitialize(seed + 1))
+    return run(
+        "sigmoid_mse_saturated",
+        seed,
+        "mlp",
+        "flat_plateau",
+        "re-initialize (default init)",
+        model,
+        sigmoid_mse,
+        partition(x, y, 100),
+        opt,
+        400,
+        300,
+        lambda c: reinitialize(seed + 1),
+    )
 
 
 def softmax_mse_saturated(seed: int) -> Case:
@@ -776,8 +1211,20 @@ def softmax_mse_saturated(seed: int) -> Case:
     with torch.no_grad():
         model[-1].bias[0] = 20.0
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return run("mlp_softmax_mse_saturated", seed, "mlp", "flat_plateau", "re-initialize (default init)", model,
-               softmax_mse, partition(x, y, 100), opt, 400, 300, lambda c: reinitialize(seed + 1))
+    return run(
+        "mlp_softmax_mse_saturated",
+        seed,
+        "mlp",
+        "flat_plateau",
+        "re-initialize (default init)",
+        model,
+        softmax_mse,
+        partition(x, y, 100),
+        opt,
+        400,
+        300,
+        lambda c: reinitialize(seed + 1),
+    )
 
 
 # -- lr too small ------------------------------------------------------------------------------
@@ -788,8 +1235,20 @@ def mlp_sum_lr_small(seed: int) -> Case:
     x, y = mnist1d(4000, seed)
     model = mlp([40, 64, 64, 10])
     opt = torch.optim.SGD(model.parameters(), lr=2e-6)
-    return run("mlp_sum_lr_small", seed, "mlp", "lr_too_small", "lr 1e-3 (= 0.05 on the mean)", model, ce_sum,
-               partition(x, y, 50), opt, 400, 300, lambda c: set_lr(1e-3))
+    return run(
+        "mlp_sum_lr_small",
+        seed,
+        "mlp",
+        "lr_too_small",
+        "lr 1e-3 (= 0.05 on the mean)",
+        model,
+        ce_sum,
+        partition(x, y, 50),
+        opt,
+        400,
+        300,
+        lambda c: set_lr(1e-3),
+    )
 
 
 def transformer_lr_small(seed: int) -> Case:
@@ -797,8 +1256,20 @@ def transformer_lr_small(seed: int) -> Case:
     x, y = token_task(2048, seed)
     model = TinyTransformer()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.01)
-    return run("transformer_adamw_lr_small", seed, "transformer", "lr_too_small", "lr 1e-3", model, seq_ce,
-               partition(x, y, 64), opt, 300, 250, lambda c: set_lr(1e-3))
+    return run(
+        "transformer_adamw_lr_small",
+        seed,
+        "transformer",
+        "lr_too_small",
+        "lr 1e-3",
+        model,
+        seq_ce,
+        partition(x, y, 64),
+        opt,
+        300,
+        250,
+        lambda c: set_lr(1e-3),
+    )
 
 
 def logreg_bce_lr_small(seed: int) -> Case:
@@ -808,8 +1279,20 @@ def logreg_bce_lr_small(seed: int) -> Case:
     y = (y == 3).float()
     model = nn.Linear(64, 1)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    return run("logreg_bce_lr_small", seed, "logistic", "lr_too_small", "lr 0.1", model, bce_logits,
-               partition(x, y, 64), opt, 400, 300, lambda c: set_lr(0.1))
+    return run(
+        "logreg_bce_lr_small",
+        seed,
+        "logistic",
+        "lr_too_small",
+        "lr 0.1",
+        model,
+        bce_logits,
+        partition(x, y, 64),
+        opt,
+        400,
+        300,
+        lambda c: set_lr(0.1),
+    )
 
 
 def bncnn_lr_small(seed: int) -> Case:
@@ -817,8 +1300,20 @@ def bncnn_lr_small(seed: int) -> Case:
     x, y = digits(1536, seed)
     model = BNCNN()
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    return run("bncnn_sgd_lr_small", seed, "bn_cnn", "lr_too_small", "lr 0.05", model, F.cross_entropy,
-               partition(x, y, 64), opt, 300, 200, lambda c: set_lr(0.05))
+    return run(
+        "bncnn_sgd_lr_small",
+        seed,
+        "bn_cnn",
+        "lr_too_small",
+        "lr 0.05",
+        model,
+        F.cross_entropy,
+        partition(x, y, 64),
+        opt,
+        300,
+        200,
+        lambda c: set_lr(0.05),
+    )
 
 
 # -- diverging ---------------------------------------------------------------------------------
@@ -844,9 +1339,23 @@ def linreg_diverging(seed: int) -> Case:
     def stop(losses: list[float]) -> bool:
         return len(losses) > 200 and losses[-1] > 10 * min(losses)
 
-    return run("linreg_gd_diverging", seed, "linear", "diverging", "lr 1/lambda_max", model, F.mse_loss, [(x, y)],
-               opt, 2000, 200, lambda c: set_lr(1.0 / lam), schedule=schedule, stop=stop,
-               checkpoint_at=lambda losses: len(losses) == 200)
+    return run(
+        "linreg_gd_diverging",
+        seed,
+        "linear",
+        "diverging",
+        "lr 1/lambda_max",
+        model,
+        F.mse_loss,
+        [(x, y)],
+        opt,
+        2000,
+        200,
+        lambda c: set_lr(1.0 / lam),
+        schedule=schedule,
+        stop=stop,
+        checkpoint_at=lambda losses: len(losses) == 200,
+    )
 
 
 def mlp_lr_raised(seed: int) -> Case:
@@ -864,12 +1373,27 @@ def mlp_lr_raised(seed: int) -> Case:
                 g["lr"] = 1.0
 
     def stop(losses: list[float]) -> bool:
-        return len(losses) > 300 and (losses[-1] > 3 * float(np.mean(losses[290:300])) or not math.isfinite(losses[-1]))
+        return len(losses) > 300 and (
+            losses[-1] > 3 * float(np.mean(losses[290:300])) or not math.isfinite(losses[-1])
+        )
 
-    return run("mlp_tanh_lr_raised_diverging", seed, "mlp", "diverging", "restore the checkpoint, lr 0.05", model,
-               F.cross_entropy, partition(x, y, 100), opt, 700, 200,
-               lambda c: restore(c["checkpoint"], 0.05), schedule=schedule, stop=stop,
-               checkpoint_at=lambda losses: len(losses) == 300)
+    return run(
+        "mlp_tanh_lr_raised_diverging",
+        seed,
+        "mlp",
+        "diverging",
+        "restore the checkpoint, lr 0.05",
+        model,
+        F.cross_entropy,
+        partition(x, y, 100),
+        opt,
+        700,
+        200,
+        lambda c: restore(c["checkpoint"], 0.05),
+        schedule=schedule,
+        stop=stop,
+        checkpoint_at=lambda losses: len(losses) == 300,
+    )
 
 
 FAMILIES: dict[str, Callable[[int], Case]] = {
@@ -930,6 +1454,7 @@ def ground_truth_evidence(case: Case) -> dict[str, Any]:
             def f(mod, inp, o):
                 per_unit = o.transpose(0, 1).reshape(o.shape[1], -1).amax(1)
                 peaks[i] = per_unit if i not in peaks else torch.maximum(peaks[i], per_unit)
+
             return f
 
         hs = [m.register_forward_hook(hook(i)) for i, m in enumerate(relus)]
@@ -938,7 +1463,9 @@ def ground_truth_evidence(case: Case) -> dict[str, Any]:
                 model(x)
         for h in hs:
             h.remove()
-        out["dead_fraction_per_relu"] = [round(float((peaks[i] <= 0).float().mean()), 3) for i in sorted(peaks)]
+        out["dead_fraction_per_relu"] = [
+            round(float((peaks[i] <= 0).float().mean()), 3) for i in sorted(peaks)
+        ]
     ps = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad()
     for x, y in case.batches:
@@ -951,18 +1478,24 @@ def ground_truth_evidence(case: Case) -> dict[str, Any]:
         out["relative_grad_first_last"] = [rel[0], rel[-1]]
     n = sum(p.numel() for p in ps)
     if case.cause in ("saddle_point", "degenerate", "converged") and n <= 5000:
+
         def hvp(v):
             model.zero_grad()
             acc = [torch.zeros_like(p) for p in ps]
             for x, y in case.batches:
-                gr = torch.autograd.grad(case.loss_fn(model(x), y) / len(case.batches), ps, create_graph=True)
+                gr = torch.autograd.grad(
+                    case.loss_fn(model(x), y) / len(case.batches), ps, create_graph=True
+                )
                 hv = torch.autograd.grad(gr, ps, v)
                 acc = [a + h for a, h in zip(acc, hv)]
             return acc
 
         def power(shift: float, iters: int = 150) -> float:
             """The eigenvalue of H farthest from ``shift`` (power iteration on H - shift I)."""
-            v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(ps)]
+            v = [
+                torch.randn(p.shape, generator=torch.Generator().manual_seed(i))
+                for i, p in enumerate(ps)
+            ]
             lam = 0.0
             for _ in range(iters):
                 nv = torch.sqrt(sum((a * a).sum() for a in v))
@@ -997,14 +1530,20 @@ def branch(case: Case, snap: tuple, apply: Callable | None) -> tuple[float, list
         except Exception as e:  # noqa: BLE001 - an apply() that crashes is a finding, recorded
             note = f"apply raised {type(e).__name__}: {e}"
     curve = train(model, opt, case.loss_fn, case.batches, case.continue_order)
-    end = full_loss(model, case.loss_fn, case.batches) if all(math.isfinite(v) for v in curve) else float("nan")
+    end = (
+        full_loss(model, case.loss_fn, case.batches)
+        if all(math.isfinite(v) for v in curve)
+        else float("nan")
+    )
     return end, curve, note
 
 
 def _state_equal(a: dict, b: dict) -> bool:
     if a.keys() != b.keys():
         return False
-    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+    return all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
 
 
 def _opt_state_equal(a: dict, b: dict) -> bool:
@@ -1037,10 +1576,18 @@ def evaluate(case: Case, with_doctor: bool = True) -> dict[str, Any]:
     hist = case.history[-HISTORY:]
     snap = copy.deepcopy((model, opt))
     loss0 = full_loss(model, case.loss_fn, case.batches)
-    rec: dict[str, Any] = {"family": case.family, "seed": case.seed, "arch": case.arch, "cause": case.cause,
-                           "remedy": case.remedy_text, "horizon": case.horizon, "steps_trained": case.info["steps"],
-                           "loss_at_stall": loss0, "history_last": hist[-1] if hist else None,
-                           "history_relative_drop": relative_drop(hist)}
+    rec: dict[str, Any] = {
+        "family": case.family,
+        "seed": case.seed,
+        "arch": case.arch,
+        "cause": case.cause,
+        "remedy": case.remedy_text,
+        "horizon": case.horizon,
+        "steps_trained": case.info["steps"],
+        "loss_at_stall": loss0,
+        "history_last": hist[-1] if hist else None,
+        "history_relative_drop": relative_drop(hist),
+    }
     if not with_doctor:
         rec["evidence"] = ground_truth_evidence(case)
     if has_batchnorm(model):
@@ -1052,8 +1599,14 @@ def evaluate(case: Case, with_doctor: bool = True) -> dict[str, Any]:
         rng = torch.get_rng_state()
         start = time.perf_counter()
         try:
-            d = ld.diagnose(model, case.loss_fn, case.batches, history=hist, optimizer=opt,
-                            checkpoint=case.checkpoint)
+            d = ld.diagnose(
+                model,
+                case.loss_fn,
+                case.batches,
+                history=hist,
+                optimizer=opt,
+                checkpoint=case.checkpoint,
+            )
             err = None
         except Exception as e:  # noqa: BLE001 - a crash is a finding
             d, err = None, f"{type(e).__name__}: {e}"
@@ -1063,15 +1616,30 @@ def evaluate(case: Case, with_doctor: bool = True) -> dict[str, Any]:
         rec["rng_untouched"] = torch.equal(rng, torch.get_rng_state())
         rec["mode_untouched"] = model.training == snap[0].training
         if d is None:
-            rec.update(predicted="ERROR", error=err, stalled=None, summary=err, top_text=None, top_action=None)
+            rec.update(
+                predicted="ERROR",
+                error=err,
+                stalled=None,
+                summary=err,
+                top_text=None,
+                top_action=None,
+            )
             apply = None
         else:
             top = d.prescriptions[0] if d.prescriptions else None
-            rec.update(predicted=d.cause, stalled=bool(d.stalled), summary=d.summary, verified=d.verified,
-                       top_text=None if top is None else top.text,
-                       top_action=None if top is None else ld.doctor.prescriptions.Prescription.to_dict(top)["action"],
-                       top_applicable=None if top is None else top.applicable,
-                       prescriptions=[p.text for p in d.prescriptions], cost=dict(d.cost))
+            rec.update(
+                predicted=d.cause,
+                stalled=bool(d.stalled),
+                summary=d.summary,
+                verified=d.verified,
+                top_text=None if top is None else top.text,
+                top_action=None
+                if top is None
+                else ld.doctor.prescriptions.Prescription.to_dict(top)["action"],
+                top_applicable=None if top is None else top.applicable,
+                prescriptions=[p.text for p in d.prescriptions],
+                cost=dict(d.cost),
+            )
             apply = None if top is None else top.apply
     u, ucurve, _ = branch(case, snap, None)
     r, rcurve, _ = branch(case, snap, case.remedy)
@@ -1116,21 +1684,27 @@ def _f(x: Any, d: int = 4) -> str:
 def report(recs: list[dict[str, Any]], with_doctor: bool) -> str:
     out: list[str] = []
     w = out.append
-    w(f"{'family':30s} {'seed':>4s} {'arch':11s} {'truth':19s} {'predicted':19s} {'ok':2s} {'sec':>6s} "
-      f"{'L_stall':>9s} {'unchanged':>9s} {'remedy':>9s} {'prescr':>9s} {'fix':>4s} {'harm':>4s}  top action")
+    w(
+        f"{'family':30s} {'seed':>4s} {'arch':11s} {'truth':19s} {'predicted':19s} {'ok':2s} {'sec':>6s} "
+        f"{'L_stall':>9s} {'unchanged':>9s} {'remedy':>9s} {'prescr':>9s} {'fix':>4s} {'harm':>4s}  top action"
+    )
     for r in recs:
         ok = "" if not with_doctor else ("Y" if r["predicted"] == r["cause"] else "n")
         fix = "-" if "fixed" not in r else ("Y" if r["fixed"] else "n")
         harm = "-" if "harmful" not in r else ("H" if r["harmful"] else ".")
         gt = "" if r["gt_valid"] else "  [GROUND TRUTH NOT CONFIRMED]"
-        w(f"{r['family']:30s} {r['seed']:4d} {r['arch']:11s} {r['cause']:19s} {r.get('predicted', '-'):19s} {ok:2s} "
-          f"{_f(r.get('seconds'), 3):>6s} {_f(r['loss_at_stall']):>9s} {_f(r['unchanged']):>9s} "
-          f"{_f(r['remedy_loss']):>9s} {_f(r.get('prescribed_loss')):>9s} {fix:>4s} {harm:>4s}  "
-          f"{json.dumps(r.get('top_action')) if with_doctor else ''}{gt}")
+        w(
+            f"{r['family']:30s} {r['seed']:4d} {r['arch']:11s} {r['cause']:19s} {r.get('predicted', '-'):19s} {ok:2s} "
+            f"{_f(r.get('seconds'), 3):>6s} {_f(r['loss_at_stall']):>9s} {_f(r['unchanged']):>9s} "
+            f"{_f(r['remedy_loss']):>9s} {_f(r.get('prescribed_loss')):>9s} {fix:>4s} {harm:>4s}  "
+            f"{json.dumps(r.get('top_action')) if with_doctor else ''}{gt}"
+        )
     w("")
     valid = sum(r["gt_valid"] for r in recs)
-    w(f"ground truth confirmed (remedy >= 5% below unchanged / healthy falls >= 5% / converged moves < 0.1%): "
-      f"{valid}/{len(recs)}")
+    w(
+        f"ground truth confirmed (remedy >= 5% below unchanged / healthy falls >= 5% / converged moves < 0.1%): "
+        f"{valid}/{len(recs)}"
+    )
     if not with_doctor:
         return "\n".join(out)
     n = len(recs)
@@ -1157,19 +1731,29 @@ def report(recs: list[dict[str, Any]], with_doctor: bool) -> str:
     conv_nochange = sum(bool(r.get("top_no_change")) for r in conv)
     codechange = sum("code change" in (r.get("apply_note") or "") for r in stalled)
     w(f"cause accuracy:                 {right}/{n} = {right / n:.1%}")
-    w(f"  on stalled runs:              {sum(r['predicted'] == r['cause'] for r in stalled)}/{len(stalled)}")
-    w(f"fix rate (stalled runs):        {fixed}/{len(stalled)} = {fixed / max(len(stalled), 1):.1%}"
-      f"   (top prescription needed a code change, counted unchanged: {codechange})")
+    w(
+        f"  on stalled runs:              {sum(r['predicted'] == r['cause'] for r in stalled)}/{len(stalled)}"
+    )
+    w(
+        f"fix rate (stalled runs):        {fixed}/{len(stalled)} = {fixed / max(len(stalled), 1):.1%}"
+        f"   (top prescription needed a code change, counted unchanged: {codechange})"
+    )
     sv = [r for r in stalled if r["gt_valid"]]
     w(f"  on ground-truth-confirmed:    {sum(bool(r.get('fixed')) for r in sv)}/{len(sv)}")
-    w(f"harmful top prescriptions:      {len(harmful)}/{n}  (NaN/Inf: "
-      f"{sum(not _finite(r.get('prescribed_loss')) for r in harmful)})")
-    w(f"healthy runs called stalled:    {alarms}/{len(healthy)} = {alarms / max(len(healthy), 1):.1%}")
+    w(
+        f"harmful top prescriptions:      {len(harmful)}/{n}  (NaN/Inf: "
+        f"{sum(not _finite(r.get('prescribed_loss')) for r in harmful)})"
+    )
+    w(
+        f"healthy runs called stalled:    {alarms}/{len(healthy)} = {alarms / max(len(healthy), 1):.1%}"
+    )
     w(f"healthy runs, top 'no change':  {nochange}/{len(healthy)}")
     w(f"converged runs, top no change/stop: {conv_nochange}/{len(conv)}")
-    w(f"diagnose left model/optimizer/RNG/mode untouched: "
-      f"{sum(bool(r.get('model_untouched')) for r in recs)}/{n}, {sum(bool(r.get('optimizer_untouched')) for r in recs)}/{n}, "
-      f"{sum(bool(r.get('rng_untouched')) for r in recs)}/{n}, {sum(bool(r.get('mode_untouched')) for r in recs)}/{n}")
+    w(
+        f"diagnose left model/optimizer/RNG/mode untouched: "
+        f"{sum(bool(r.get('model_untouched')) for r in recs)}/{n}, {sum(bool(r.get('optimizer_untouched')) for r in recs)}/{n}, "
+        f"{sum(bool(r.get('rng_untouched')) for r in recs)}/{n}, {sum(bool(r.get('mode_untouched')) for r in recs)}/{n}"
+    )
     w("")
     w("diagnose seconds per architecture (mean, max, runs)")
     by = defaultdict(list)
@@ -1182,10 +1766,16 @@ def report(recs: list[dict[str, Any]], with_doctor: bool) -> str:
     fams = list(dict.fromkeys(r["family"] for r in recs))
     for fam in fams:
         rows = [r for r in recs if r["family"] == fam]
-        fx = "-" if rows[0]["cause"] in NOT_STALLED else f"{sum(bool(r.get('fixed')) for r in rows)}/{len(rows)}"
-        w(f"  {fam:30s} {rows[0]['cause']:19s} {sum(r['predicted'] == r['cause'] for r in rows)}/{len(rows)}  "
-          f"{fx:>4s}  {sum(bool(r.get('harmful')) for r in rows)}  predicted: "
-          f"{', '.join(r['predicted'] for r in rows)}")
+        fx = (
+            "-"
+            if rows[0]["cause"] in NOT_STALLED
+            else f"{sum(bool(r.get('fixed')) for r in rows)}/{len(rows)}"
+        )
+        w(
+            f"  {fam:30s} {rows[0]['cause']:19s} {sum(r['predicted'] == r['cause'] for r in rows)}/{len(rows)}  "
+            f"{fx:>4s}  {sum(bool(r.get('harmful')) for r in rows)}  predicted: "
+            f"{', '.join(r['predicted'] for r in rows)}"
+        )
     w("")
     w("misses (truth -> predicted: the doctor's summary; top prescription)")
     for r in recs:
@@ -1197,19 +1787,31 @@ def report(recs: list[dict[str, Any]], with_doctor: bool) -> str:
         w("")
         w("harmful top prescriptions")
         for r in harm_lines:
-            w(f"  {r['family']} seed {r['seed']}: {r.get('top_text')} -> {_f(r.get('prescribed_loss'))} "
-              f"vs unchanged {_f(r['unchanged'])}")
+            w(
+                f"  {r['family']} seed {r['seed']}: {r.get('top_text')} -> {_f(r.get('prescribed_loss'))} "
+                f"vs unchanged {_f(r['unchanged'])}"
+            )
     notes = [r for r in recs if r.get("apply_note") and "code change" not in r["apply_note"]]
-    bad = [r for r in recs if not (r.get("model_untouched") and r.get("optimizer_untouched")
-                                   and r.get("rng_untouched") and r.get("mode_untouched"))]
+    bad = [
+        r
+        for r in recs
+        if not (
+            r.get("model_untouched")
+            and r.get("optimizer_untouched")
+            and r.get("rng_untouched")
+            and r.get("mode_untouched")
+        )
+    ]
     if notes or bad:
         w("")
         w("possible bugs")
         for r in notes:
             w(f"  {r['family']} seed {r['seed']}: {r['apply_note']}")
         for r in bad:
-            w(f"  {r['family']} seed {r['seed']}: diagnose changed model={not r['model_untouched']} "
-              f"optimizer={not r['optimizer_untouched']} rng={not r['rng_untouched']} mode={not r['mode_untouched']}")
+            w(
+                f"  {r['family']} seed {r['seed']}: diagnose changed model={not r['model_untouched']} "
+                f"optimizer={not r['optimizer_untouched']} rng={not r['rng_untouched']} mode={not r['mode_untouched']}"
+            )
     return "\n".join(out)
 
 
@@ -1240,12 +1842,15 @@ def main(argv: list[str] | None = None) -> None:
             rec["build_seconds"] = t_build
             recs.append(rec)
             pred = rec.get("predicted", "-")
-            print(f"[{time.perf_counter() - started:7.1f}s] {fam} {seed}: truth {case.cause}, predicted {pred}, "
-                  f"loss {_f(rec['loss_at_stall'])} -> unchanged {_f(rec['unchanged'])} / remedy "
-                  f"{_f(rec['remedy_loss'])} / prescribed {_f(rec.get('prescribed_loss'))}; "
-                  f"drop {rec['history_relative_drop']:+.3f}; gt {'ok' if rec['gt_valid'] else 'NOT CONFIRMED'}"
-                  + (f"; {rec['seconds']:.1f}s; {rec.get('top_text')}" if 'seconds' in rec else "")
-                  + (f"; evidence {json.dumps(rec['evidence'])}" if 'evidence' in rec else ""), flush=True)
+            print(
+                f"[{time.perf_counter() - started:7.1f}s] {fam} {seed}: truth {case.cause}, predicted {pred}, "
+                f"loss {_f(rec['loss_at_stall'])} -> unchanged {_f(rec['unchanged'])} / remedy "
+                f"{_f(rec['remedy_loss'])} / prescribed {_f(rec.get('prescribed_loss'))}; "
+                f"drop {rec['history_relative_drop']:+.3f}; gt {'ok' if rec['gt_valid'] else 'NOT CONFIRMED'}"
+                + (f"; {rec['seconds']:.1f}s; {rec.get('top_text')}" if "seconds" in rec else "")
+                + (f"; evidence {json.dumps(rec['evidence'])}" if "evidence" in rec else ""),
+                flush=True,
+            )
     print()
     print(report(recs, with_doctor=not args.validate))
     if args.json:

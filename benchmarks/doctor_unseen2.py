@@ -90,7 +90,10 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        _CACHE["digits"] = (torch.tensor(d.data, dtype=torch.float32), torch.tensor(d.target, dtype=torch.int64))
+        _CACHE["digits"] = (
+            torch.tensor(d.data, dtype=torch.float32),
+            torch.tensor(d.target, dtype=torch.int64),
+        )
     return _CACHE["digits"]
 
 
@@ -104,11 +107,15 @@ def shuffled(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor,
     return x[perm], y[perm]
 
 
-def as_batches(x: torch.Tensor, y: torch.Tensor, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x[i:i + size], y[i:i + size]) for i in range(0, len(x), size)]
+def as_batches(
+    x: torch.Tensor, y: torch.Tensor, size: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
-def token_task(seed: int, n: int = 1536, length: int = 12, vocab: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+def token_task(
+    seed: int, n: int = 1536, length: int = 12, vocab: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequences of random tokens; the target at each position is the largest token so far
     (a running max: needs attention over the whole causal prefix)."""
     g = torch.Generator().manual_seed(1000 + seed)
@@ -135,8 +142,12 @@ def adding_task(seed: int, n: int = 1024, length: int = 15) -> tuple[torch.Tenso
 # ------------------------------------------------------------------------------------------------
 # Models
 # ------------------------------------------------------------------------------------------------
-def mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU, dropout: float = 0.0, out_act: nn.Module | None = None
-        ) -> nn.Sequential:
+def mlp(
+    sizes: list[int],
+    act: type[nn.Module] = nn.ReLU,
+    dropout: float = 0.0,
+    out_act: nn.Module | None = None,
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
@@ -156,11 +167,18 @@ class CNN1d(nn.Module):
         super().__init__()
         c = channels
         self.features = nn.Sequential(
-            nn.Conv1d(1, c, 5, padding=2), nn.ReLU(),
-            nn.Conv1d(c, c, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
-            nn.Conv1d(c, 2 * c, 3, padding=1), nn.ReLU(), nn.MaxPool1d(2),
+            nn.Conv1d(1, c, 5, padding=2),
+            nn.ReLU(),
+            nn.Conv1d(c, c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(c, 2 * c, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * c * 10, 64), nn.ReLU(), nn.Linear(64, 10))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * c * 10, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
         self.out_act = out_act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,9 +193,14 @@ class DigitsBNCNN(nn.Module):
         super().__init__()
         self.net = nn.Sequential(
             nn.Unflatten(1, (1, 8, 8)),
-            nn.Conv2d(1, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
-            nn.Conv2d(c, 2 * c, 3, padding=1, stride=2), nn.BatchNorm2d(2 * c), nn.ReLU(),
-            nn.Flatten(), nn.Linear(2 * c * 16, 10),
+            nn.Conv2d(1, c, 3, padding=1),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 3, padding=1, stride=2),
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * c * 16, 10),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,7 +222,9 @@ class ResNetDigits(nn.Module):
 
     def __init__(self, c: int = 12):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU()
+        )
         self.blocks = nn.Sequential(Block(c), Block(c))
         self.fc = nn.Linear(c, 10)
 
@@ -216,11 +241,18 @@ class TinyTransformer(nn.Module):
         self.embed = nn.Embedding(vocab, d)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.pos = nn.Parameter(torch.randn(length, d) * 0.02)
-        self.layers = nn.ModuleList([
-            nn.TransformerEncoderLayer(d, heads, dim_feedforward=64, dropout=0.0, batch_first=True,
-                                       norm_first=True) for _ in range(2)])
+        self.layers = nn.ModuleList(
+            [
+                nn.TransformerEncoderLayer(
+                    d, heads, dim_feedforward=64, dropout=0.0, batch_first=True, norm_first=True
+                )
+                for _ in range(2)
+            ]
+        )
         self.norm = nn.LayerNorm(d)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
+        self.register_buffer(
+            "mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(x) + self.pos[: x.shape[1]]
@@ -318,7 +350,9 @@ def batch_stream(data: Any, start: int) -> Iterator[tuple[torch.Tensor, torch.Te
             yield from data
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, batch: tuple) -> float:
+def train_step(
+    model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, batch: tuple
+) -> float:
     x, y = batch
     opt.zero_grad()
     loss = loss_fn(model(x), y)
@@ -327,8 +361,15 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, 
     return float(loss.detach())
 
 
-def train(model: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable, stream: Iterator, steps: int,
-          losses: list[float], stop_on_nan: bool = True) -> None:
+def train(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: Callable,
+    stream: Iterator,
+    steps: int,
+    losses: list[float],
+    stop_on_nan: bool = True,
+) -> None:
     for _ in range(steps):
         loss = train_step(model, opt, loss_fn, next(stream))
         losses.append(loss)
@@ -378,14 +419,28 @@ def family(key: str, arch: str, cause: str, remedy: str, horizon: int, note: str
     def register(build: Callable[[int], Case]) -> Callable[[int], Case]:
         FAMILIES[key] = Family(key, arch, cause, remedy, horizon, build, note)
         return build
+
     return register
 
 
-def run_to_stall(key: str, seed: int, model: nn.Module, make_opt: Callable, loss_fn: Callable, data: Any,
-                 full_batches: list, steps: int, remedy: Remedy | None, *,
-                 events: dict[int, Callable] | None = None, checkpoint_at: int | None = None,
-                 stop: Callable[[list[float]], bool] | None = None, opt: torch.optim.Optimizer | None = None,
-                 losses: list[float] | None = None, start: int = 0) -> Case:
+def run_to_stall(
+    key: str,
+    seed: int,
+    model: nn.Module,
+    make_opt: Callable,
+    loss_fn: Callable,
+    data: Any,
+    full_batches: list,
+    steps: int,
+    remedy: Remedy | None,
+    *,
+    events: dict[int, Callable] | None = None,
+    checkpoint_at: int | None = None,
+    stop: Callable[[list[float]], bool] | None = None,
+    opt: torch.optim.Optimizer | None = None,
+    losses: list[float] | None = None,
+    start: int = 0,
+) -> Case:
     """Train up to ``steps`` steps from step ``start`` and wrap the stalled run as a Case.
 
     ``events[k](model, opt)`` runs before step k (the loop changing its lr, say); a checkpoint
@@ -406,16 +461,31 @@ def run_to_stall(key: str, seed: int, model: nn.Module, make_opt: Callable, loss
         done += 1
         if not math.isfinite(losses[-1]) or (stop is not None and stop(losses)):
             break
-    return Case(family=key, seed=seed, arch=fam.arch, cause=fam.cause, remedy_text=fam.remedy,
-                horizon=fam.horizon, model=model, optimizer=opt, make_optimizer=make_opt, loss_fn=loss_fn,
-                data=data, full_batches=full_batches, history=losses[-HISTORY:], step=done, remedy=remedy,
-                checkpoint=checkpoint)
+    return Case(
+        family=key,
+        seed=seed,
+        arch=fam.arch,
+        cause=fam.cause,
+        remedy_text=fam.remedy,
+        horizon=fam.horizon,
+        model=model,
+        optimizer=opt,
+        make_optimizer=make_opt,
+        loss_fn=loss_fn,
+        data=data,
+        full_batches=full_batches,
+        history=losses[-HISTORY:],
+        step=done,
+        remedy=remedy,
+        checkpoint=checkpoint,
+    )
 
 
 def set_lr(lr: float) -> Callable:
     def event(model: nn.Module, opt: torch.optim.Optimizer) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
+
     return event
 
 
@@ -425,6 +495,7 @@ def lr_times(f: float) -> Remedy:
         for g in opt.param_groups:
             g["lr"] *= f
         return opt
+
     return remedy
 
 
@@ -433,6 +504,7 @@ def set_momentum(mu: float) -> Remedy:
         for g in opt.param_groups:
             g["momentum"] = mu
         return opt
+
     return remedy
 
 
@@ -441,12 +513,14 @@ def set_weight_decay(wd: float) -> Remedy:
         for g in opt.param_groups:
             g["weight_decay"] = wd
         return opt
+
     return remedy
 
 
 def switch_to(cls: type, **kw: Any) -> Remedy:
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         return cls(model.parameters(), **kw)
+
     return remedy
 
 
@@ -457,11 +531,13 @@ def restore_then(state: dict, lr: float) -> Remedy:
         for g in opt.param_groups:
             g["lr"] = lr
         return opt
+
     return remedy
 
 
 def reinitialize(seed: int, then: Remedy | None = None) -> Remedy:
     """Restart from torch's default initialization (every module's reset_parameters)."""
+
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -470,6 +546,7 @@ def reinitialize(seed: int, then: Remedy | None = None) -> Remedy:
                     m.reset_parameters()
         opt.state.clear()
         return then(model, opt) if then else opt
+
     return remedy
 
 
@@ -489,9 +566,11 @@ def dead_relu_rows(model: nn.Module, batches: list) -> dict[str, torch.Tensor]:
     hooks = []
     modules = dict(model.named_modules())
     for lname in found:
+
         def hook(mod: nn.Module, inp: Any, out: torch.Tensor, lname: str = lname) -> None:
             peak = out.detach().reshape(-1, out.shape[-1]).max(0).values
             peaks[lname] = peak if lname not in peaks else torch.maximum(peaks[lname], peak)
+
         hooks.append(modules[lname].register_forward_hook(hook))
     with torch.no_grad(), measuring(model):
         for x, _ in batches:
@@ -504,6 +583,7 @@ def dead_relu_rows(model: nn.Module, batches: list) -> dict[str, torch.Tensor]:
 def reinit_dead_units(batches: list, seed: int) -> Remedy:
     """Re-draw the incoming weights of the ReLU units dead on all the data (Kaiming-uniform, as
     torch's Linear default), zero their bias, and drop their optimizer state."""
+
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         dead = dead_relu_rows(model, batches)
         params = dict(model.named_parameters())
@@ -522,11 +602,13 @@ def reinit_dead_units(batches: list, seed: int) -> Remedy:
                     if p is not None:
                         opt.state.pop(p, None)
         return opt
+
     return remedy
 
 
-def flat_grad(model: nn.Module, loss_fn: Callable, batches: list, create_graph: bool = False
-              ) -> tuple[list[torch.Tensor], torch.Tensor]:
+def flat_grad(
+    model: nn.Module, loss_fn: Callable, batches: list, create_graph: bool = False
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(len(x) for x, _ in batches)
     total = sum(loss_fn(model(x), y) * (len(x) / n) for x, y in batches)
@@ -534,7 +616,9 @@ def flat_grad(model: nn.Module, loss_fn: Callable, batches: list, create_graph: 
     return params, torch.cat([g.reshape(-1) for g in grads])
 
 
-def hvp_operator(model: nn.Module, loss_fn: Callable, batches: list) -> tuple[Callable, torch.Tensor]:
+def hvp_operator(
+    model: nn.Module, loss_fn: Callable, batches: list
+) -> tuple[Callable, torch.Tensor]:
     """(v -> H v, gradient) of the full loss, in float64 arithmetic on the model as it is (its mode
     kept, dropout off)."""
     params, g = flat_grad(model, loss_fn, batches, create_graph=True)
@@ -542,19 +626,21 @@ def hvp_operator(model: nn.Module, loss_fn: Callable, batches: list) -> tuple[Ca
     def hv(v: torch.Tensor) -> torch.Tensor:
         out = torch.autograd.grad(g, params, grad_outputs=v.to(g.dtype), retain_graph=True)
         return torch.cat([o.reshape(-1) for o in out]).detach()
+
     return hv, g.detach()
 
 
 def _unflatten(v: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tensor]:
     out, i = [], 0
     for p in params:
-        out.append(v[i:i + p.numel()].view_as(p).to(p.dtype))
+        out.append(v[i : i + p.numel()].view_as(p).to(p.dtype))
         i += p.numel()
     return out
 
 
-def extreme_eigs(model: nn.Module, loss_fn: Callable, batches: list, iters: int = 60, seed: int = 0
-                 ) -> tuple[float, float, torch.Tensor]:
+def extreme_eigs(
+    model: nn.Module, loss_fn: Callable, batches: list, iters: int = 60, seed: int = 0
+) -> tuple[float, float, torch.Tensor]:
     """λ_max and λ_min (with its eigenvector) by Lanczos with full reorthogonalization."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -592,6 +678,7 @@ def extreme_eigs(model: nn.Module, loss_fn: Callable, batches: list, iters: int 
 def escape_saddle(batches: list, loss_fn: Callable) -> Remedy:
     """The lecture's escape: a step along the Hessian's most negative eigenvector, its sign and
     length chosen by a line search on the full loss."""
+
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         _, lam_min, v = extreme_eigs(model, loss_fn, batches, iters=40)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -610,6 +697,7 @@ def escape_saddle(batches: list, loss_fn: Callable) -> Remedy:
                 p.copy_(b + d)
         opt.state.clear()
         return opt
+
     return remedy
 
 
@@ -649,79 +737,157 @@ def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 100)
     model = CNN1d(12)
-    return run_to_stall("m1d_cnn_adam_progress", seed, model, adam(1e-3), F.cross_entropy, data, full, 160, None)
+    return run_to_stall(
+        "m1d_cnn_adam_progress", seed, model, adam(1e-3), F.cross_entropy, data, full, 160, None
+    )
 
 
-@family("digits_bncnn_nesterov_progress", "BN CNN / digits", "progressing", "none (keep training)", 150)
+@family(
+    "digits_bncnn_nesterov_progress", "BN CNN / digits", "progressing", "none (keep training)", 150
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 64)
     model = DigitsBNCNN(8)
-    return run_to_stall("digits_bncnn_nesterov_progress", seed, model, sgd(0.01, momentum=0.9, nesterov=True),
-                        F.cross_entropy, data, full, 60, None)
+    return run_to_stall(
+        "digits_bncnn_nesterov_progress",
+        seed,
+        model,
+        sgd(0.01, momentum=0.9, nesterov=True),
+        F.cross_entropy,
+        data,
+        full,
+        60,
+        None,
+    )
 
 
-@family("tf_adamw_progress", "transformer / running max", "progressing", "none (keep training)", 200)
+@family(
+    "tf_adamw_progress", "transformer / running max", "progressing", "none (keep training)", 200
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = token_task(seed)
     data, full = as_batches(x, y, 64), as_batches(x, y, 512)
     model = TinyTransformer()
-    return run_to_stall("tf_adamw_progress", seed, model, adamw(1e-3, weight_decay=0.01), seq_ce, data, full,
-                        150, None)
+    return run_to_stall(
+        "tf_adamw_progress",
+        seed,
+        model,
+        adamw(1e-3, weight_decay=0.01),
+        seq_ce,
+        data,
+        full,
+        150,
+        None,
+    )
 
 
-@family("m1d_dropout_rmsprop_loader_progress", "MLP+dropout / MNIST-1D (DataLoader)", "progressing",
-        "none (keep training)", 188)
+@family(
+    "m1d_dropout_rmsprop_loader_progress",
+    "MLP+dropout / MNIST-1D (DataLoader)",
+    "progressing",
+    "none (keep training)",
+    188,
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = mnist1d(3000)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=64, shuffle=True
+    )
     full = as_batches(x, y, 500)
     model = mlp([40, 256, 128, 10], dropout=0.3)
-    return run_to_stall("m1d_dropout_rmsprop_loader_progress", seed, model,
-                        lambda m: torch.optim.RMSprop(m.parameters(), lr=5e-4), F.cross_entropy, loader, full,
-                        47 * 4, None)
+    return run_to_stall(
+        "m1d_dropout_rmsprop_loader_progress",
+        seed,
+        model,
+        lambda m: torch.optim.RMSprop(m.parameters(), lr=5e-4),
+        F.cross_entropy,
+        loader,
+        full,
+        47 * 4,
+        None,
+    )
 
 
-@family("resnet_digits_sgd_progress", "ResNet-style BN CNN / digits", "progressing", "none (keep training)", 150)
+@family(
+    "resnet_digits_sgd_progress",
+    "ResNet-style BN CNN / digits",
+    "progressing",
+    "none (keep training)",
+    150,
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 32)
     model = ResNetDigits(12)
-    return run_to_stall("resnet_digits_sgd_progress", seed, model, sgd(0.02, momentum=0.9), F.cross_entropy,
-                        data, full, 60, None)
+    return run_to_stall(
+        "resnet_digits_sgd_progress",
+        seed,
+        model,
+        sgd(0.02, momentum=0.9),
+        F.cross_entropy,
+        data,
+        full,
+        60,
+        None,
+    )
 
 
 # -- diverging --------------------------------------------------------------------------------------
-@family("rnn_adding_lr_spike_nan", "Elman RNN / adding problem", "diverging",
-        "restore the checkpoint, lr 0.03", 200,
-        "SGD+momentum 0.9 at lr 0.1 for 440 steps (length-6 sequences), then the loop raises the lr 15x (a warm-up peak set too "
-        "high): Inf/NaN within ~20 steps; the loop kept a checkpoint at the raise")
+@family(
+    "rnn_adding_lr_spike_nan",
+    "Elman RNN / adding problem",
+    "diverging",
+    "restore the checkpoint, lr 0.03",
+    200,
+    "SGD+momentum 0.9 at lr 0.1 for 440 steps (length-6 sequences), then the loop raises the lr 15x (a warm-up peak set too "
+    "high): Inf/NaN within ~20 steps; the loop kept a checkpoint at the raise",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = adding_task(seed, length=6)
     data = as_batches(x, y, 64)
     model = ElmanRNN(24)
-    case = run_to_stall("rnn_adding_lr_spike_nan", seed, model, sgd(0.1, momentum=0.9), F.mse_loss, data, [(x, y)],
-                        540, None, checkpoint_at=440, events={440: set_lr(1.5)})
+    case = run_to_stall(
+        "rnn_adding_lr_spike_nan",
+        seed,
+        model,
+        sgd(0.1, momentum=0.9),
+        F.mse_loss,
+        data,
+        [(x, y)],
+        540,
+        None,
+        checkpoint_at=440,
+        events={440: set_lr(1.5)},
+    )
     case.remedy = restore_then(case.checkpoint, 0.03)
     return case
 
 
 def growing(window: int, factor: float) -> Callable[[list[float]], bool]:
     """The user stops when the loss (mean of ``window`` steps) reached ``factor`` x its lowest."""
+
     def stop(losses: list[float]) -> bool:
         if len(losses) < 2 * window:
             return False
         means = np.convolve(losses, np.ones(window) / window, mode="valid")
         return bool(means[-1] >= factor * means.min())
+
     return stop
 
 
-@family("digits_linreg_sgd_growing", "linear regression / digits", "diverging", "lr x0.45", 100,
-        "least squares (standardized pixels -> digit value), full-batch gradient descent at lr = 2.03/λ_max "
-        "of the Hessian: the loss falls, then the top direction grows; stopped at 4x its lowest")
+@family(
+    "digits_linreg_sgd_growing",
+    "linear regression / digits",
+    "diverging",
+    "lr x0.45",
+    100,
+    "least squares (standardized pixels -> digit value), full-batch gradient descent at lr = 2.03/λ_max "
+    "of the Hessian: the loss falls, then the top direction grows; stopped at 4x its lowest",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = digits()
@@ -729,145 +895,344 @@ def _(seed: int) -> Case:
     y = y.unsqueeze(1)
     lam = float(torch.linalg.eigvalsh(2 * x.t() @ x / len(x))[-1])
     model = nn.Linear(64, 1)
-    return run_to_stall("digits_linreg_sgd_growing", seed, model, sgd(2.03 / lam), F.mse_loss, [(x, y)],
-                        [(x, y)], 1000, lr_times(0.45), stop=growing(8, 4.0))
+    return run_to_stall(
+        "digits_linreg_sgd_growing",
+        seed,
+        model,
+        sgd(2.03 / lam),
+        F.mse_loss,
+        [(x, y)],
+        [(x, y)],
+        1000,
+        lr_times(0.45),
+        stop=growing(8, 4.0),
+    )
 
 
-@family("m1d_tanh_lr_spike_growing", "tanh MLP / MNIST-1D", "diverging", "restore the checkpoint, lr 0.02", 200,
-        "SGD+momentum 0.9 at lr 0.02 for 300 steps, lr raised 25x; stopped 40 steps later while the loss "
-        "still grows; the loop kept a checkpoint at the raise")
+@family(
+    "m1d_tanh_lr_spike_growing",
+    "tanh MLP / MNIST-1D",
+    "diverging",
+    "restore the checkpoint, lr 0.02",
+    200,
+    "SGD+momentum 0.9 at lr 0.02 for 300 steps, lr raised 25x; stopped 40 steps later while the loss "
+    "still grows; the loop kept a checkpoint at the raise",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 128)
     model = mlp([40, 150, 150, 10], act=nn.Tanh)
-    case = run_to_stall("m1d_tanh_lr_spike_growing", seed, model, sgd(0.02, momentum=0.9), F.cross_entropy, data,
-                        full, 340, None, checkpoint_at=300, events={300: set_lr(0.5)})
+    case = run_to_stall(
+        "m1d_tanh_lr_spike_growing",
+        seed,
+        model,
+        sgd(0.02, momentum=0.9),
+        F.cross_entropy,
+        data,
+        full,
+        340,
+        None,
+        checkpoint_at=300,
+        events={300: set_lr(0.5)},
+    )
     case.remedy = restore_then(case.checkpoint, 0.02)
     return case
 
 
 # -- oscillation ------------------------------------------------------------------------------------
-@family("digits_bncnn_adam_osc", "BN CNN / digits", "oscillation", "lr x0.1", 150,
-        "Adam at lr 0.2 on a BatchNorm CNN: the loss bounces between 0.05 and 0.7")
+@family(
+    "digits_bncnn_adam_osc",
+    "BN CNN / digits",
+    "oscillation",
+    "lr x0.1",
+    150,
+    "Adam at lr 0.2 on a BatchNorm CNN: the loss bounces between 0.05 and 0.7",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 64)
     model = DigitsBNCNN(8)
-    return run_to_stall("digits_bncnn_adam_osc", seed, model, adam(0.2), F.cross_entropy, data, full, 300,
-                        lr_times(0.1))
+    return run_to_stall(
+        "digits_bncnn_adam_osc",
+        seed,
+        model,
+        adam(0.2),
+        F.cross_entropy,
+        data,
+        full,
+        300,
+        lr_times(0.1),
+    )
 
 
-@family("m1d_logreg_sgd_bounce", "logistic regression / MNIST-1D", "oscillation", "lr x0.1", 200,
-        "multinomial logistic regression, SGD (no momentum) at lr 10 on batches of 500: far past 2/λ_max "
-        "near the start; cross-entropy's curvature falls with the logits so the loss bounces, not blows up")
+@family(
+    "m1d_logreg_sgd_bounce",
+    "logistic regression / MNIST-1D",
+    "oscillation",
+    "lr x0.1",
+    200,
+    "multinomial logistic regression, SGD (no momentum) at lr 10 on batches of 500: far past 2/λ_max "
+    "near the start; cross-entropy's curvature falls with the logits so the loss bounces, not blows up",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 500)
     model = nn.Linear(40, 10)
-    return run_to_stall("m1d_logreg_sgd_bounce", seed, model, sgd(10.0), F.cross_entropy, data, full, 400,
-                        lr_times(0.1))
+    return run_to_stall(
+        "m1d_logreg_sgd_bounce",
+        seed,
+        model,
+        sgd(10.0),
+        F.cross_entropy,
+        data,
+        full,
+        400,
+        lr_times(0.1),
+    )
 
 
-@family("m1d_mlp_adam_osc", "MLP / MNIST-1D", "oscillation", "lr x0.1", 200,
-        "Adam at lr 0.03 (beta2 0.99) on a 40-256-256-10 ReLU MLP, batch 256, 1000 steps: the loss bounces around 0.3")
+@family(
+    "m1d_mlp_adam_osc",
+    "MLP / MNIST-1D",
+    "oscillation",
+    "lr x0.1",
+    200,
+    "Adam at lr 0.03 (beta2 0.99) on a 40-256-256-10 ReLU MLP, batch 256, 1000 steps: the loss bounces around 0.3",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 256)
     model = mlp([40, 256, 256, 10])
-    return run_to_stall("m1d_mlp_adam_osc", seed, model, adam(0.03, betas=(0.9, 0.99)), F.cross_entropy, data,
-                        full, 1000, lr_times(0.1))
+    return run_to_stall(
+        "m1d_mlp_adam_osc",
+        seed,
+        model,
+        adam(0.03, betas=(0.9, 0.99)),
+        F.cross_entropy,
+        data,
+        full,
+        1000,
+        lr_times(0.1),
+    )
 
 
 # -- momentum too high ------------------------------------------------------------------------------------
-@family("m1d_cnn_sgd_mom995", "1-D CNN / MNIST-1D", "momentum_too_high", "momentum 0.9 (same lr)", 200,
-        "SGD lr 0.01 with heavy-ball momentum 0.995 (effective step 2.0), 800 steps: the loss rings around 0.8")
+@family(
+    "m1d_cnn_sgd_mom995",
+    "1-D CNN / MNIST-1D",
+    "momentum_too_high",
+    "momentum 0.9 (same lr)",
+    200,
+    "SGD lr 0.01 with heavy-ball momentum 0.995 (effective step 2.0), 800 steps: the loss rings around 0.8",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 100)
     model = CNN1d(12)
-    return run_to_stall("m1d_cnn_sgd_mom995", seed, model, sgd(0.01, momentum=0.995), F.cross_entropy, data, full,
-                        800, set_momentum(0.9))
+    return run_to_stall(
+        "m1d_cnn_sgd_mom995",
+        seed,
+        model,
+        sgd(0.01, momentum=0.995),
+        F.cross_entropy,
+        data,
+        full,
+        800,
+        set_momentum(0.9),
+    )
 
 
-@family("m1d_mlp_nesterov995", "MLP / MNIST-1D", "momentum_too_high", "momentum 0.9 (same lr)", 200,
-        "40-200-200-10 ReLU MLP, SGD lr 0.02 with Nesterov momentum 0.995, batch 128, 600 steps")
+@family(
+    "m1d_mlp_nesterov995",
+    "MLP / MNIST-1D",
+    "momentum_too_high",
+    "momentum 0.9 (same lr)",
+    200,
+    "40-200-200-10 ReLU MLP, SGD lr 0.02 with Nesterov momentum 0.995, batch 128, 600 steps",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 128)
     model = mlp([40, 200, 200, 10])
-    return run_to_stall("m1d_mlp_nesterov995", seed, model, sgd(0.02, momentum=0.995, nesterov=True),
-                        F.cross_entropy, data, full, 600, set_momentum(0.9))
+    return run_to_stall(
+        "m1d_mlp_nesterov995",
+        seed,
+        model,
+        sgd(0.02, momentum=0.995, nesterov=True),
+        F.cross_entropy,
+        data,
+        full,
+        600,
+        set_momentum(0.9),
+    )
 
 
 # -- dead units -------------------------------------------------------------------------------------------
-@family("m1d_mlp_adam_spike_dead", "MLP / MNIST-1D", "dead_units", "re-draw the dead units (same lr)", 200,
-        "Adam at lr 0.05 for the first 30 steps (a too-high start), then lr 1e-3 for 370: about half the "
-        "ReLUs of the 40-150-150-10 MLP never fire again")
+@family(
+    "m1d_mlp_adam_spike_dead",
+    "MLP / MNIST-1D",
+    "dead_units",
+    "re-draw the dead units (same lr)",
+    200,
+    "Adam at lr 0.05 for the first 30 steps (a too-high start), then lr 1e-3 for 370: about half the "
+    "ReLUs of the 40-150-150-10 MLP never fire again",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 128)
     model = mlp([40, 150, 150, 10])
-    return run_to_stall("m1d_mlp_adam_spike_dead", seed, model, adam(0.05), F.cross_entropy, data, full, 400,
-                        reinit_dead_units(full, seed), events={30: set_lr(1e-3)})
+    return run_to_stall(
+        "m1d_mlp_adam_spike_dead",
+        seed,
+        model,
+        adam(0.05),
+        F.cross_entropy,
+        data,
+        full,
+        400,
+        reinit_dead_units(full, seed),
+        events={30: set_lr(1e-3)},
+    )
 
 
-@family("digits_deep_mlp_adam_spike_dead", "4-layer ReLU MLP / digits", "dead_units",
-        "re-draw the dead units (same lr)", 200,
-        "64-64-64-64-10 ReLU MLP, Adam at lr 0.1 for the first 20 steps, then lr 1e-3 for 780: 70-90% of "
-        "the hidden units dead")
+@family(
+    "digits_deep_mlp_adam_spike_dead",
+    "4-layer ReLU MLP / digits",
+    "dead_units",
+    "re-draw the dead units (same lr)",
+    200,
+    "64-64-64-64-10 ReLU MLP, Adam at lr 0.1 for the first 20 steps, then lr 1e-3 for 780: 70-90% of "
+    "the hidden units dead",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 64)
     model = mlp([64, 64, 64, 64, 10])
-    return run_to_stall("digits_deep_mlp_adam_spike_dead", seed, model, adam(0.1), F.cross_entropy, data, full, 800,
-                        reinit_dead_units(full, seed), events={20: set_lr(1e-3)})
+    return run_to_stall(
+        "digits_deep_mlp_adam_spike_dead",
+        seed,
+        model,
+        adam(0.1),
+        F.cross_entropy,
+        data,
+        full,
+        800,
+        reinit_dead_units(full, seed),
+        events={20: set_lr(1e-3)},
+    )
 
 
 # -- weight decay too strong -------------------------------------------------------------------------------
-@family("m1d_mlp_adamw_wd", "MLP / MNIST-1D", "weight_decay", "weight decay 0.01", 200,
-        "AdamW lr 3e-3 with weight_decay 10 (decay 3% per step): weights held near zero")
+@family(
+    "m1d_mlp_adamw_wd",
+    "MLP / MNIST-1D",
+    "weight_decay",
+    "weight decay 0.01",
+    200,
+    "AdamW lr 3e-3 with weight_decay 10 (decay 3% per step): weights held near zero",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 128)
     model = mlp([40, 128, 128, 10])
-    return run_to_stall("m1d_mlp_adamw_wd", seed, model, adamw(3e-3, weight_decay=10.0), F.cross_entropy, data,
-                        full, 500, set_weight_decay(0.01))
+    return run_to_stall(
+        "m1d_mlp_adamw_wd",
+        seed,
+        model,
+        adamw(3e-3, weight_decay=10.0),
+        F.cross_entropy,
+        data,
+        full,
+        500,
+        set_weight_decay(0.01),
+    )
 
 
-@family("digits_logreg_sgd_l2", "logistic regression / digits", "weight_decay", "weight decay x0.01", 200,
-        "SGD+momentum 0.9 lr 0.2 with (coupled) weight_decay 0.1 on unit-scaled pixels")
+@family(
+    "digits_logreg_sgd_l2",
+    "logistic regression / digits",
+    "weight_decay",
+    "weight decay x0.01",
+    200,
+    "SGD+momentum 0.9 lr 0.2 with (coupled) weight_decay 0.1 on unit-scaled pixels",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 128)
     model = nn.Linear(64, 10)
-    return run_to_stall("digits_logreg_sgd_l2", seed, model, sgd(0.2, momentum=0.9, weight_decay=0.1),
-                        F.cross_entropy, data, full, 400, set_weight_decay(1e-3))
+    return run_to_stall(
+        "digits_logreg_sgd_l2",
+        seed,
+        model,
+        sgd(0.2, momentum=0.9, weight_decay=0.1),
+        F.cross_entropy,
+        data,
+        full,
+        400,
+        set_weight_decay(1e-3),
+    )
 
 
-@family("tf_adamw_wd", "transformer / running max", "weight_decay", "weight decay 0.01", 200,
-        "AdamW lr 3e-3 with weight_decay 30 on the 2-layer transformer")
+@family(
+    "tf_adamw_wd",
+    "transformer / running max",
+    "weight_decay",
+    "weight decay 0.01",
+    200,
+    "AdamW lr 3e-3 with weight_decay 30 on the 2-layer transformer",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = token_task(seed)
     data, full = as_batches(x, y, 64), as_batches(x, y, 512)
     model = TinyTransformer()
-    return run_to_stall("tf_adamw_wd", seed, model, adamw(3e-3, weight_decay=30.0), seq_ce, data, full, 300,
-                        set_weight_decay(0.01))
+    return run_to_stall(
+        "tf_adamw_wd",
+        seed,
+        model,
+        adamw(3e-3, weight_decay=30.0),
+        seq_ce,
+        data,
+        full,
+        300,
+        set_weight_decay(0.01),
+    )
 
 
 # -- vanishing gradients -----------------------------------------------------------------------------------
-@family("m1d_deep_sigmoid", "5-layer sigmoid MLP / MNIST-1D", "vanishing_gradients", "Adam lr 3e-3", 300,
-        "SGD+momentum 0.9 lr 0.1 on 5 sigmoid layers of width 64 (default init)")
+@family(
+    "m1d_deep_sigmoid",
+    "5-layer sigmoid MLP / MNIST-1D",
+    "vanishing_gradients",
+    "Adam lr 3e-3",
+    300,
+    "SGD+momentum 0.9 lr 0.1 on 5 sigmoid layers of width 64 (default init)",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 128)
     model = mlp([40] + [64] * 5 + [10], act=nn.Sigmoid)
-    return run_to_stall("m1d_deep_sigmoid", seed, model, sgd(0.1, momentum=0.9), F.cross_entropy, data, full, 400,
-                        switch_to(torch.optim.Adam, lr=3e-3))
+    return run_to_stall(
+        "m1d_deep_sigmoid",
+        seed,
+        model,
+        sgd(0.1, momentum=0.9),
+        F.cross_entropy,
+        data,
+        full,
+        400,
+        switch_to(torch.optim.Adam, lr=3e-3),
+    )
 
 
-@family("digits_deep_tanh_smallinit", "12-layer tanh MLP / digits", "vanishing_gradients", "Adam lr 1e-3", 200,
-        "12 tanh layers of width 48 initialized at std 0.4/sqrt(fan_in) (too small), SGD lr 0.05")
+@family(
+    "digits_deep_tanh_smallinit",
+    "12-layer tanh MLP / digits",
+    "vanishing_gradients",
+    "Adam lr 1e-3",
+    200,
+    "12 tanh layers of width 48 initialized at std 0.4/sqrt(fan_in) (too small), SGD lr 0.05",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 64, "standard")
@@ -877,8 +1242,17 @@ def _(seed: int) -> Case:
             if isinstance(m, nn.Linear):
                 m.weight.normal_(0, 0.4 / math.sqrt(m.in_features))
                 m.bias.zero_()
-    return run_to_stall("digits_deep_tanh_smallinit", seed, model, sgd(0.05), F.cross_entropy, data, full, 300,
-                        switch_to(torch.optim.Adam, lr=1e-3))
+    return run_to_stall(
+        "digits_deep_tanh_smallinit",
+        seed,
+        model,
+        sgd(0.05),
+        F.cross_entropy,
+        data,
+        full,
+        300,
+        switch_to(torch.optim.Adam, lr=1e-3),
+    )
 
 
 # -- saddle point ------------------------------------------------------------------------------------------
@@ -891,10 +1265,15 @@ def scale_init(model: nn.Module, scale: float, zero_bias: bool = True) -> None:
                     m.bias.zero_()
 
 
-@family("linnet_saddle", "2-layer linear net / synthetic regression", "saddle_point",
-        "step along the most negative curvature direction (line search)", 200,
-        "Y = A X + noise (A rank 4), a 20-16-10 linear network initialized at scale 1e-5, SGD lr 0.02: the "
-        "origin is a strict saddle and the escape takes ~1000 steps")
+@family(
+    "linnet_saddle",
+    "2-layer linear net / synthetic regression",
+    "saddle_point",
+    "step along the most negative curvature direction (line search)",
+    200,
+    "Y = A X + noise (A rank 4), a 20-16-10 linear network initialized at scale 1e-5, SGD lr 0.02: the "
+    "origin is a strict saddle and the escape takes ~1000 steps",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(3000 + seed)
@@ -905,91 +1284,190 @@ def _(seed: int) -> Case:
     model = nn.Sequential(nn.Linear(20, 16, bias=False), nn.Linear(16, 10, bias=False))
     scale_init(model, 1e-5)
     data = as_batches(x, y, 100)
-    return run_to_stall("linnet_saddle", seed, model, sgd(0.02), F.mse_loss, data, [(x, y)], 300,
-                        escape_saddle([(x, y)], F.mse_loss))
+    return run_to_stall(
+        "linnet_saddle",
+        seed,
+        model,
+        sgd(0.02),
+        F.mse_loss,
+        data,
+        [(x, y)],
+        300,
+        escape_saddle([(x, y)], F.mse_loss),
+    )
 
 
-@family("digits_tanh_saddle", "tanh MLP / digits", "saddle_point",
-        "step along the most negative curvature direction (line search)", 200,
-        "64-32-10 tanh MLP with every weight at 1e-6 x its default init and zero biases, SGD lr 0.02")
+@family(
+    "digits_tanh_saddle",
+    "tanh MLP / digits",
+    "saddle_point",
+    "step along the most negative curvature direction (line search)",
+    200,
+    "64-32-10 tanh MLP with every weight at 1e-6 x its default init and zero biases, SGD lr 0.02",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 128, "standard")
     model = mlp([64, 32, 10], act=nn.Tanh)
     scale_init(model, 1e-6)
-    return run_to_stall("digits_tanh_saddle", seed, model, sgd(0.02), F.cross_entropy, data, full, 300,
-                        escape_saddle(full, F.cross_entropy))
+    return run_to_stall(
+        "digits_tanh_saddle",
+        seed,
+        model,
+        sgd(0.02),
+        F.cross_entropy,
+        data,
+        full,
+        300,
+        escape_saddle(full, F.cross_entropy),
+    )
 
 
 # -- degenerate critical point -------------------------------------------------------------------------------
-@family("m1d_zero_init_tanh", "tanh MLP / MNIST-1D", "degenerate", "re-initialize (torch defaults)", 200,
-        "40-64-64-10 tanh MLP with every weight and bias zero, SGD+momentum 0.9 lr 0.05")
+@family(
+    "m1d_zero_init_tanh",
+    "tanh MLP / MNIST-1D",
+    "degenerate",
+    "re-initialize (torch defaults)",
+    200,
+    "40-64-64-10 tanh MLP with every weight and bias zero, SGD+momentum 0.9 lr 0.05",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 128)
     model = mlp([40, 64, 64, 10], act=nn.Tanh)
     scale_init(model, 0.0)
-    return run_to_stall("m1d_zero_init_tanh", seed, model, sgd(0.05, momentum=0.9), F.cross_entropy, data, full, 300,
-                        reinitialize(seed))
+    return run_to_stall(
+        "m1d_zero_init_tanh",
+        seed,
+        model,
+        sgd(0.05, momentum=0.9),
+        F.cross_entropy,
+        data,
+        full,
+        300,
+        reinitialize(seed),
+    )
 
 
-@family("digits_zero_init_relu_adam", "ReLU MLP / digits", "degenerate", "re-initialize (torch defaults)", 200,
-        "64-64-64-10 ReLU MLP with every weight and bias zero, Adam lr 1e-3")
+@family(
+    "digits_zero_init_relu_adam",
+    "ReLU MLP / digits",
+    "degenerate",
+    "re-initialize (torch defaults)",
+    200,
+    "64-64-64-10 ReLU MLP with every weight and bias zero, Adam lr 1e-3",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 64)
     model = mlp([64, 64, 64, 10])
     scale_init(model, 0.0)
-    return run_to_stall("digits_zero_init_relu_adam", seed, model, adam(1e-3), F.cross_entropy, data, full, 300,
-                        reinitialize(seed))
+    return run_to_stall(
+        "digits_zero_init_relu_adam",
+        seed,
+        model,
+        adam(1e-3),
+        F.cross_entropy,
+        data,
+        full,
+        300,
+        reinitialize(seed),
+    )
 
 
 # -- converged ------------------------------------------------------------------------------------------------
-def lbfgs_to_minimum(model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, iters: int = 300) -> None:
-    opt = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=iters, tolerance_grad=1e-10, tolerance_change=1e-14,
-                            history_size=50, line_search_fn="strong_wolfe")
+def lbfgs_to_minimum(
+    model: nn.Module, loss_fn: Callable, x: torch.Tensor, y: torch.Tensor, iters: int = 300
+) -> None:
+    opt = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=iters,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
         return loss
+
     for _ in range(3):
         opt.step(closure)
 
 
-@family("m1d_logreg_gd_converged", "logistic regression / MNIST-1D", "converged", "none (stop)", 200,
-        "multinomial logistic regression solved by L-BFGS, then full-batch gradient descent at lr 0.5 "
-        "(one batch of 4000): at the unique minimum")
+@family(
+    "m1d_logreg_gd_converged",
+    "logistic regression / MNIST-1D",
+    "converged",
+    "none (stop)",
+    200,
+    "multinomial logistic regression solved by L-BFGS, then full-batch gradient descent at lr 0.5 "
+    "(one batch of 4000): at the unique minimum",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = shuffled(*mnist1d(4000), seed)
     model = nn.Linear(40, 10)
     lbfgs_to_minimum(model, F.cross_entropy, x, y)
-    return run_to_stall("m1d_logreg_gd_converged", seed, model, sgd(0.5), F.cross_entropy, [(x, y)], [(x, y)], 300,
-                        None)
+    return run_to_stall(
+        "m1d_logreg_gd_converged",
+        seed,
+        model,
+        sgd(0.5),
+        F.cross_entropy,
+        [(x, y)],
+        [(x, y)],
+        300,
+        None,
+    )
 
 
 def noisy_curve(seed: int, n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(4000 + seed)
     x = torch.rand(n, 1, generator=g) * 4 - 2
-    y = torch.sin(2 * x) + 0.3 * x ** 2 + 0.2 * torch.randn(n, 1, generator=g)
+    y = torch.sin(2 * x) + 0.3 * x**2 + 0.2 * torch.randn(n, 1, generator=g)
     return x, y
 
 
-@family("curve_tanh_converged", "tiny tanh MLP / 1-D regression", "converged", "none (stop)", 200,
-        "1-6-1 tanh net on a noisy curve, L-BFGS to a minimum, then full-batch Adagrad lr 0.01")
+@family(
+    "curve_tanh_converged",
+    "tiny tanh MLP / 1-D regression",
+    "converged",
+    "none (stop)",
+    200,
+    "1-6-1 tanh net on a noisy curve, L-BFGS to a minimum, then full-batch Adagrad lr 0.01",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = noisy_curve(seed)
     model = mlp([1, 6, 1], act=nn.Tanh)
     lbfgs_to_minimum(model, F.mse_loss, x, y, iters=1000)
-    return run_to_stall("curve_tanh_converged", seed, model, lambda m: torch.optim.Adagrad(m.parameters(), lr=0.01),
-                        F.mse_loss, [(x, y)], [(x, y)], 300, None)
+    return run_to_stall(
+        "curve_tanh_converged",
+        seed,
+        model,
+        lambda m: torch.optim.Adagrad(m.parameters(), lr=0.01),
+        F.mse_loss,
+        [(x, y)],
+        [(x, y)],
+        300,
+        None,
+    )
 
 
-@family("linreg_adam_converged", "linear regression / synthetic", "converged", "none (stop)", 200,
-        "least squares with noise (n=400, d=20), L-BFGS to the minimum, then full-batch Adam lr 1e-4")
+@family(
+    "linreg_adam_converged",
+    "linear regression / synthetic",
+    "converged",
+    "none (stop)",
+    200,
+    "least squares with noise (n=400, d=20), L-BFGS to the minimum, then full-batch Adam lr 1e-4",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(5000 + seed)
@@ -997,96 +1475,209 @@ def _(seed: int) -> Case:
     y = x @ torch.randn(20, 1, generator=g) + 0.5 * torch.randn(400, 1, generator=g)
     model = nn.Linear(20, 1)
     lbfgs_to_minimum(model, F.mse_loss, x, y)
-    return run_to_stall("linreg_adam_converged", seed, model, adam(1e-4), F.mse_loss, [(x, y)], [(x, y)], 300, None)
+    return run_to_stall(
+        "linreg_adam_converged", seed, model, adam(1e-4), F.mse_loss, [(x, y)], [(x, y)], 300, None
+    )
 
 
 # -- gradient noise ---------------------------------------------------------------------------------------------
-@family("m1d_mlp_sgd_bs8_noise", "MLP / MNIST-1D", "gradient_noise", "lr x0.1", 200,
-        "plain SGD lr 0.1, batch 8, 40-128-128-10 ReLU MLP, 1500 steps")
+@family(
+    "m1d_mlp_sgd_bs8_noise",
+    "MLP / MNIST-1D",
+    "gradient_noise",
+    "lr x0.1",
+    200,
+    "plain SGD lr 0.1, batch 8, 40-128-128-10 ReLU MLP, 1500 steps",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 8)
     model = mlp([40, 128, 128, 10])
-    return run_to_stall("m1d_mlp_sgd_bs8_noise", seed, model, sgd(0.1), F.cross_entropy, data, full, 1500,
-                        lr_times(0.1))
+    return run_to_stall(
+        "m1d_mlp_sgd_bs8_noise",
+        seed,
+        model,
+        sgd(0.1),
+        F.cross_entropy,
+        data,
+        full,
+        1500,
+        lr_times(0.1),
+    )
 
 
-@family("m1d_cnn_loader_noise", "1-D CNN / MNIST-1D (DataLoader)", "gradient_noise", "lr x0.1", 188,
-        "DataLoader(shuffle=True, batch 16) over 3000 samples, SGD+momentum 0.9 lr 0.05, 4 epochs")
+@family(
+    "m1d_cnn_loader_noise",
+    "1-D CNN / MNIST-1D (DataLoader)",
+    "gradient_noise",
+    "lr x0.1",
+    188,
+    "DataLoader(shuffle=True, batch 16) over 3000 samples, SGD+momentum 0.9 lr 0.05, 4 epochs",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = mnist1d(3000)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=16, shuffle=True
+    )
     model = CNN1d(12)
-    return run_to_stall("m1d_cnn_loader_noise", seed, model, sgd(0.05, momentum=0.9), F.cross_entropy, loader,
-                        as_batches(x, y, 500), 188 * 4, lr_times(0.1))
+    return run_to_stall(
+        "m1d_cnn_loader_noise",
+        seed,
+        model,
+        sgd(0.05, momentum=0.9),
+        F.cross_entropy,
+        loader,
+        as_batches(x, y, 500),
+        188 * 4,
+        lr_times(0.1),
+    )
 
 
 # -- flat plateau -----------------------------------------------------------------------------------------------
-@family("digits_sigmoid_mse_saturated", "sigmoid-output MLP / digits", "flat_plateau", "Adam lr 1e-2", 200,
-        "64-64-10 MLP with sigmoid outputs and squared error to one-hot targets; the output biases start at "
-        "+8 so every output sits saturated near 1; SGD lr 0.1")
+@family(
+    "digits_sigmoid_mse_saturated",
+    "sigmoid-output MLP / digits",
+    "flat_plateau",
+    "Adam lr 1e-2",
+    200,
+    "64-64-10 MLP with sigmoid outputs and squared error to one-hot targets; the output biases start at "
+    "+8 so every output sits saturated near 1; SGD lr 0.1",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 64, "standard")
     model = mlp([64, 64, 10], out_act=nn.Sigmoid())
     with torch.no_grad():
         model[2].bias.fill_(8.0)
-    return run_to_stall("digits_sigmoid_mse_saturated", seed, model, sgd(0.1), onehot_mse, data, full, 300,
-                        switch_to(torch.optim.Adam, lr=1e-2))
+    return run_to_stall(
+        "digits_sigmoid_mse_saturated",
+        seed,
+        model,
+        sgd(0.1),
+        onehot_mse,
+        data,
+        full,
+        300,
+        switch_to(torch.optim.Adam, lr=1e-2),
+    )
 
 
-@family("m1d_cnn_sigmoid_mse_saturated", "1-D CNN (sigmoid outputs) / MNIST-1D", "flat_plateau", "Adam lr 1e-2",
-        200, "sigmoid outputs with squared error to one-hot targets, output biases starting at -8 (every "
-        "output saturated near 0); SGD+momentum 0.9 lr 0.05")
+@family(
+    "m1d_cnn_sigmoid_mse_saturated",
+    "1-D CNN (sigmoid outputs) / MNIST-1D",
+    "flat_plateau",
+    "Adam lr 1e-2",
+    200,
+    "sigmoid outputs with squared error to one-hot targets, output biases starting at -8 (every "
+    "output saturated near 0); SGD+momentum 0.9 lr 0.05",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 100)
     model = CNN1d(12, out_act=nn.Sigmoid())
     with torch.no_grad():
         model.head[3].bias.fill_(-8.0)
-    return run_to_stall("m1d_cnn_sigmoid_mse_saturated", seed, model, sgd(0.05, momentum=0.9), onehot_mse, data,
-                        full, 300, switch_to(torch.optim.Adam, lr=1e-2))
+    return run_to_stall(
+        "m1d_cnn_sigmoid_mse_saturated",
+        seed,
+        model,
+        sgd(0.05, momentum=0.9),
+        onehot_mse,
+        data,
+        full,
+        300,
+        switch_to(torch.optim.Adam, lr=1e-2),
+    )
 
 
 # -- lr too small -----------------------------------------------------------------------------------------------
-@family("tf_adamw_lr_tiny", "transformer / running max", "lr_too_small", "lr x300 (1e-3)", 200,
-        "AdamW lr 3e-6 (weight decay 0.01)")
+@family(
+    "tf_adamw_lr_tiny",
+    "transformer / running max",
+    "lr_too_small",
+    "lr x300 (1e-3)",
+    200,
+    "AdamW lr 3e-6 (weight decay 0.01)",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = token_task(seed)
     data, full = as_batches(x, y, 64), as_batches(x, y, 512)
     model = TinyTransformer()
-    return run_to_stall("tf_adamw_lr_tiny", seed, model, adamw(3e-6, weight_decay=0.01), seq_ce, data, full, 300,
-                        lr_times(300))
+    return run_to_stall(
+        "tf_adamw_lr_tiny",
+        seed,
+        model,
+        adamw(3e-6, weight_decay=0.01),
+        seq_ce,
+        data,
+        full,
+        300,
+        lr_times(300),
+    )
 
 
-@family("resnet_digits_lr_tiny", "ResNet-style BN CNN / digits", "lr_too_small", "lr x300 (0.015)", 150,
-        "SGD+momentum 0.9 at lr 5e-5, batch 32, train mode")
+@family(
+    "resnet_digits_lr_tiny",
+    "ResNet-style BN CNN / digits",
+    "lr_too_small",
+    "lr x300 (0.015)",
+    150,
+    "SGD+momentum 0.9 at lr 5e-5, batch 32, train mode",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 32)
     model = ResNetDigits(12)
-    return run_to_stall("resnet_digits_lr_tiny", seed, model, sgd(5e-5, momentum=0.9), F.cross_entropy, data, full,
-                        300, lr_times(300))
+    return run_to_stall(
+        "resnet_digits_lr_tiny",
+        seed,
+        model,
+        sgd(5e-5, momentum=0.9),
+        F.cross_entropy,
+        data,
+        full,
+        300,
+        lr_times(300),
+    )
 
 
-@family("gru_m1d_rmsprop_lr_tiny", "GRU / MNIST-1D", "lr_too_small", "lr x100 (1e-3)", 200,
-        "GRU(2->32) reading MNIST-1D as 20 steps, RMSprop lr 1e-5, batch 100")
+@family(
+    "gru_m1d_rmsprop_lr_tiny",
+    "GRU / MNIST-1D",
+    "lr_too_small",
+    "lr x100 (1e-3)",
+    200,
+    "GRU(2->32) reading MNIST-1D as 20 steps, RMSprop lr 1e-5, batch 100",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = m1d_data(seed, 100, n=3000)
     model = SeqGRU(32)
-    return run_to_stall("gru_m1d_rmsprop_lr_tiny", seed, model,
-                        lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-5), F.cross_entropy, data, full, 300,
-                        lr_times(100))
+    return run_to_stall(
+        "gru_m1d_rmsprop_lr_tiny",
+        seed,
+        model,
+        lambda m: torch.optim.RMSprop(m.parameters(), lr=1e-5),
+        F.cross_entropy,
+        data,
+        full,
+        300,
+        lr_times(100),
+    )
 
 
 # -- ill-conditioned ---------------------------------------------------------------------------------------------
-@family("digits_logreg_raw_illcond", "logistic regression / digits (raw pixels)", "ill_conditioned",
-        "Adam lr 0.01", 200,
-        "raw 0..16 pixels (uncentered, unscaled), SGD on batches of 450 at lr 1.5/λ_max(init) for 1300 steps, "
-        "then re-tuned to 1.8/λ_max(now) (the largest the curvature allows) for 200: the loss crawls")
+@family(
+    "digits_logreg_raw_illcond",
+    "logistic regression / digits (raw pixels)",
+    "ill_conditioned",
+    "Adam lr 0.01",
+    200,
+    "raw 0..16 pixels (uncentered, unscaled), SGD on batches of 450 at lr 1.5/λ_max(init) for 1300 steps, "
+    "then re-tuned to 1.8/λ_max(now) (the largest the curvature allows) for 200: the loss crawls",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     data, full = digits_data(seed, 450, "raw")
@@ -1096,24 +1687,51 @@ def _(seed: int) -> Case:
     def retune(model: nn.Module, opt: torch.optim.Optimizer) -> None:
         now, _, _ = extreme_eigs(model, F.cross_entropy, full, iters=30)
         set_lr(1.8 / now)(model, opt)
-    return run_to_stall("digits_logreg_raw_illcond", seed, model, sgd(1.5 / lam), F.cross_entropy, data, full, 3000,
-                        switch_to(torch.optim.Adam, lr=0.01), events={2500: retune})
+
+    return run_to_stall(
+        "digits_logreg_raw_illcond",
+        seed,
+        model,
+        sgd(1.5 / lam),
+        F.cross_entropy,
+        data,
+        full,
+        3000,
+        switch_to(torch.optim.Adam, lr=0.01),
+        events={2500: retune},
+    )
 
 
-@family("digits_lsq_raw_gd_illcond", "least-squares classifier / digits (raw pixels)", "ill_conditioned",
-        "Adam lr 3e-3", 200,
-        "linear model, squared error to one-hot targets on raw 0..16 pixels (condition number ~3e9), full-batch "
-        "gradient descent at lr 1.9/λ_max, 1000 steps (1.5x that lr diverges)")
+@family(
+    "digits_lsq_raw_gd_illcond",
+    "least-squares classifier / digits (raw pixels)",
+    "ill_conditioned",
+    "Adam lr 3e-3",
+    200,
+    "linear model, squared error to one-hot targets on raw 0..16 pixels (condition number ~3e9), full-batch "
+    "gradient descent at lr 1.9/λ_max, 1000 steps (1.5x that lr diverges)",
+)
 def _(seed: int) -> Case:
     torch.manual_seed(seed)
     x, y = digits()
     x, y = shuffled(x, y, seed)
     t = F.one_hot(y, 10).float()
     xb = torch.cat([x, torch.ones(len(x), 1)], 1)
-    lam = float(torch.linalg.eigvalsh(2 * xb.t() @ xb / len(x))[-1]) / 10  # mse_loss also averages the 10 outputs
+    lam = (
+        float(torch.linalg.eigvalsh(2 * xb.t() @ xb / len(x))[-1]) / 10
+    )  # mse_loss also averages the 10 outputs
     model = nn.Linear(64, 10)
-    return run_to_stall("digits_lsq_raw_gd_illcond", seed, model, sgd(1.9 / lam), F.mse_loss, [(x, t)], [(x, t)],
-                        1000, switch_to(torch.optim.Adam, lr=3e-3))
+    return run_to_stall(
+        "digits_lsq_raw_gd_illcond",
+        seed,
+        model,
+        sgd(1.9 / lam),
+        F.mse_loss,
+        [(x, t)],
+        [(x, t)],
+        1000,
+        switch_to(torch.optim.Adam, lr=3e-3),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1127,7 +1745,9 @@ class Snapshot:
 
 
 def snapshot(case: Case) -> Snapshot:
-    return Snapshot(copy.deepcopy(case.model), copy.deepcopy(case.optimizer.state_dict()), torch.get_rng_state())
+    return Snapshot(
+        copy.deepcopy(case.model), copy.deepcopy(case.optimizer.state_dict()), torch.get_rng_state()
+    )
 
 
 def eval_steps(horizon: int) -> list[int]:
@@ -1143,7 +1763,9 @@ class Branch:
     error: str = ""
 
 
-def run_branch(case: Case, snap: Snapshot, modify: Callable | None, horizon: int | None = None) -> Branch:
+def run_branch(
+    case: Case, snap: Snapshot, modify: Callable | None, horizon: int | None = None
+) -> Branch:
     """Continue training from the snapshot (fresh copies of model and optimizer, the global RNG
     restored) for the horizon, after ``modify(model, opt) -> opt``."""
     import lossdoctor as ld
@@ -1171,15 +1793,26 @@ def run_branch(case: Case, snap: Snapshot, modify: Callable | None, horizon: int
             loss = train_step(model, opt, case.loss_fn, next(stream))
         except Exception as e:  # noqa: BLE001 - training after the change crashed: scored as non-finite
             torch.set_rng_state(snap.rng)
-            return Branch(float("inf"), curve + [float("nan")], applied,
-                          f"training raised {type(e).__name__}: {e}"[:200])
+            return Branch(
+                float("inf"),
+                curve + [float("nan")],
+                applied,
+                f"training raised {type(e).__name__}: {e}"[:200],
+            )
         if not math.isfinite(loss):
             torch.set_rng_state(snap.rng)
-            return Branch(float("inf"), curve + [float("nan")], applied, error or f"non-finite loss at step {k}")
+            return Branch(
+                float("inf"),
+                curve + [float("nan")],
+                applied,
+                error or f"non-finite loss at step {k}",
+            )
         if k in marks:
             finals.append(full_loss(model, case.loss_fn, case.full_batches))
         if k in quarter:
-            curve.append(finals[-1] if k in marks else full_loss(model, case.loss_fn, case.full_batches))
+            curve.append(
+                finals[-1] if k in marks else full_loss(model, case.loss_fn, case.full_batches)
+            )
     torch.set_rng_state(snap.rng)
     final = float(np.mean(finals))
     return Branch(final if math.isfinite(final) else float("inf"), curve, applied, error)
@@ -1207,7 +1840,7 @@ def layer_grad_norms(model: nn.Module, loss_fn: Callable, batches: list) -> list
     out, i = [], 0
     for p in params:
         if p.dim() >= 2:
-            out.append(float(g[i:i + p.numel()].norm()))
+            out.append(float(g[i : i + p.numel()].norm()))
         i += p.numel()
     return out
 
@@ -1271,7 +1904,9 @@ def facts(case: Case, snap: Snapshot) -> dict[str, Any]:
     f: dict[str, Any] = {}
     cause = case.cause
     params_finite = all(bool(torch.isfinite(p).all()) for p in case.model.parameters())
-    f["loss_at_stall"] = full_loss(case.model, case.loss_fn, case.full_batches) if params_finite else float("nan")
+    f["loss_at_stall"] = (
+        full_loss(case.model, case.loss_fn, case.full_batches) if params_finite else float("nan")
+    )
     h = np.asarray(case.history, dtype=float)
     if np.isfinite(h).all():
         q = max(len(h) // 4, 1)
@@ -1301,8 +1936,19 @@ def facts(case: Case, snap: Snapshot) -> dict[str, Any]:
     if cause == "flat_plateau":
         f["saturated_outputs"] = saturation(case)
     small = sum(p.numel() for p in case.model.parameters()) <= 20000
-    if cause in ("saddle_point", "degenerate", "converged", "ill_conditioned", "lr_too_small", "oscillation",
-                 "diverging") and small:
+    if (
+        cause
+        in (
+            "saddle_point",
+            "degenerate",
+            "converged",
+            "ill_conditioned",
+            "lr_too_small",
+            "oscillation",
+            "diverging",
+        )
+        and small
+    ):
         lmax, lmin, _ = extreme_eigs(case.model, case.loss_fn, case.full_batches, iters=80)
         f["lambda_max"], f["lambda_min"] = lmax, lmin
         f["lr_lambda_max"] = f["lr"] * lmax
@@ -1314,25 +1960,41 @@ def validate(case: Case, extra: bool = True) -> tuple[bool, dict[str, Any]]:
     snap = snapshot(case)
     unchanged = run_branch(case, snap, None)
     ref = unchanged_reference(case, unchanged)
-    row: dict[str, Any] = {"family": case.family, "seed": case.seed, "cause": case.cause, "step": case.step,
-                           "unchanged": unchanged.final, "unchanged_reference": ref,
-                           "unchanged_curve": unchanged.curve}
+    row: dict[str, Any] = {
+        "family": case.family,
+        "seed": case.seed,
+        "cause": case.cause,
+        "step": case.step,
+        "unchanged": unchanged.final,
+        "unchanged_reference": ref,
+        "unchanged_curve": unchanged.curve,
+    }
     ok = True
     if case.remedy is not None:
         remedy = run_branch(case, snap, case.remedy)
         row["remedy"], row["remedy_curve"] = remedy.final, remedy.curve
         row["remedy_gain"] = 1 - remedy.final / ref if math.isfinite(remedy.final) else -math.inf
         ok = row["remedy_gain"] >= REMEDY_MARGIN
-        row["check"] = f"remedy beats unchanged by {row['remedy_gain']:.1%} (need >= {REMEDY_MARGIN:.0%})"
+        row["check"] = (
+            f"remedy beats unchanged by {row['remedy_gain']:.1%} (need >= {REMEDY_MARGIN:.0%})"
+        )
     elif case.cause == "progressing":
         row["drop"] = 1 - unchanged.final / unchanged.curve[0]
         ok = row["drop"] >= 0.05 and np.mean(case.history[-20:]) < np.mean(case.history[:20])
         row["check"] = f"keeps falling: {row['drop']:.1%} over the horizon (need >= 5%)"
     elif case.cause == "converged":
-        row["move"] = abs(unchanged.final - unchanged.curve[0]) / max(abs(unchanged.curve[0]), 1e-12)
+        row["move"] = abs(unchanged.final - unchanged.curve[0]) / max(
+            abs(unchanged.curve[0]), 1e-12
+        )
         ok = row["move"] < 1e-3
         row["check"] = f"does not move: {row['move']:.1e} relative over the horizon (need < 1e-3)"
-    if extra and case.cause in ("progressing", "ill_conditioned", "lr_too_small", "gradient_noise", "dead_units"):
+    if extra and case.cause in (
+        "progressing",
+        "ill_conditioned",
+        "lr_too_small",
+        "gradient_noise",
+        "dead_units",
+    ):
         # how other lr's fare (a healthy run should not gain much; an ill-conditioned one not from the lr)
         for f in (0.3, 3.0):
             b = run_branch(case, snap, lr_times(f))
@@ -1353,20 +2015,29 @@ def _same(a: Any, b: Any) -> bool:
         if a.shape != b.shape or a.dtype != b.dtype:
             return False
         if a.is_floating_point():
-            return bool(torch.equal(torch.isnan(a), torch.isnan(b)) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
+            return bool(
+                torch.equal(torch.isnan(a), torch.isnan(b))
+                and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+            )
         return bool(torch.equal(a, b))
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return (
+            isinstance(b, (list, tuple))
+            and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b))
+        )
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return a == b
 
 
 def _hooks(model: nn.Module, opt: torch.optim.Optimizer) -> tuple:
-    per_module = tuple((len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                       for m in model.modules())
+    per_module = tuple(
+        (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+        for m in model.modules()
+    )
     return per_module, len(opt._optimizer_step_pre_hooks), len(opt._optimizer_step_post_hooks)
 
 
@@ -1392,44 +2063,86 @@ def score_case(case: Case) -> dict[str, Any]:
     import lossdoctor as ld
 
     snap = snapshot(case)
-    before = {"params": copy.deepcopy(case.model.state_dict()), "opt": copy.deepcopy(case.optimizer.state_dict()),
-              "rng": torch.get_rng_state(), "modes": [m.training for m in case.model.modules()],
-              "hooks": _hooks(case.model, case.optimizer),
-              "grads": any(p.grad is not None for p in case.model.parameters())}
+    before = {
+        "params": copy.deepcopy(case.model.state_dict()),
+        "opt": copy.deepcopy(case.optimizer.state_dict()),
+        "rng": torch.get_rng_state(),
+        "modes": [m.training for m in case.model.modules()],
+        "hooks": _hooks(case.model, case.optimizer),
+        "grads": any(p.grad is not None for p in case.model.parameters()),
+    }
     t0 = time.perf_counter()
     error = ""
     try:
-        d = ld.diagnose(case.model, case.loss_fn, case.data, history=case.history, optimizer=case.optimizer,
-                        checkpoint=case.checkpoint)
+        d = ld.diagnose(
+            case.model,
+            case.loss_fn,
+            case.data,
+            history=case.history,
+            optimizer=case.optimizer,
+            checkpoint=case.checkpoint,
+        )
     except Exception as e:  # noqa: BLE001 - a crash is scored as a miss and reported
         d, error = None, f"{type(e).__name__}: {e}"[:300]
     seconds = time.perf_counter() - t0
     changed = untouched(case, before)
-    row: dict[str, Any] = {"family": case.family, "seed": case.seed, "arch": case.arch, "truth": case.cause,
-                           "diagnose_seconds": seconds, "changed_by_diagnose": changed, "error": error}
+    row: dict[str, Any] = {
+        "family": case.family,
+        "seed": case.seed,
+        "arch": case.arch,
+        "truth": case.cause,
+        "diagnose_seconds": seconds,
+        "changed_by_diagnose": changed,
+        "error": error,
+    }
     if d is None:
         row.update(cause="ERROR", stalled=None, summary=error, rx_text="", rx_action=None)
         rx_modify = None
     else:
         top = d.prescriptions[0]
-        row.update(cause=d.cause, stalled=d.stalled, summary=d.summary, rx_text=top.text,
-                   rx_action=_json_safe(top.action), rx_trial=None if top.trial is None else str(top.trial),
-                   rx_applicable=top.applicable, verified=d.verified, cost=_json_safe(d.cost),
-                   prescriptions=[p.text for p in d.prescriptions], evidence=list(d.evidence))
+        row.update(
+            cause=d.cause,
+            stalled=d.stalled,
+            summary=d.summary,
+            rx_text=top.text,
+            rx_action=_json_safe(top.action),
+            rx_trial=None if top.trial is None else str(top.trial),
+            rx_applicable=top.applicable,
+            verified=d.verified,
+            cost=_json_safe(d.cost),
+            prescriptions=[p.text for p in d.prescriptions],
+            evidence=list(d.evidence),
+        )
         rx_modify = top.apply
     row["right"] = row["cause"] == case.cause
     unchanged = run_branch(case, snap, None)
     ref = unchanged_reference(case, unchanged)
     rx = run_branch(case, snap, rx_modify) if rx_modify is not None else unchanged
-    row.update(unchanged=unchanged.final, unchanged_reference=ref, unchanged_curve=unchanged.curve, rx=rx.final,
-               rx_curve=rx.curve, rx_applied=rx.applied, rx_error=rx.error)
+    row.update(
+        unchanged=unchanged.final,
+        unchanged_reference=ref,
+        unchanged_curve=unchanged.curve,
+        rx=rx.final,
+        rx_curve=rx.curve,
+        rx_applied=rx.applied,
+        rx_error=rx.error,
+    )
     row["harmful"] = (not math.isfinite(rx.final)) or rx.final > ref * (1 + HARM_TOL)
     if case.remedy is not None:
         remedy = run_branch(case, snap, case.remedy)
         gap = ref - remedy.final
-        closed = (ref - rx.final) / gap if math.isfinite(rx.final) and gap > 0 else (-math.inf if gap > 0 else None)
-        row.update(remedy=remedy.final, remedy_curve=remedy.curve, gap=gap, closed=closed,
-                   fixed=closed is not None and closed >= FIX_SHARE)
+        closed = (
+            (ref - rx.final) / gap
+            if math.isfinite(rx.final) and gap > 0
+            else (-math.inf if gap > 0 else None)
+        )
+        row.update(
+            remedy=remedy.final,
+            remedy_curve=remedy.curve,
+            gap=gap,
+            closed=closed,
+            fixed=closed is not None and closed >= FIX_SHARE,
+        )
     else:
         row.update(remedy=None, gap=None, closed=None, fixed=None)
         if case.cause == "progressing":
@@ -1467,7 +2180,9 @@ def report(rows: list[dict[str, Any]], out: Any = sys.stdout) -> dict[str, Any]:
         print(s, file=out, flush=True)
 
     causes = [c for c in CAUSE_ORDER if any(r["truth"] == c for r in rows)]
-    called = [c for c in CAUSE_ORDER + ["undetermined", "ERROR"] if any(r["cause"] == c for r in rows)]
+    called = [
+        c for c in CAUSE_ORDER + ["undetermined", "ERROR"] if any(r["cause"] == c for r in rows)
+    ]
     abbrev = {c: c[:8] for c in called}
     p("\nConfusion matrix (rows: ground truth, columns: the doctor's cause)")
     head = f"{'truth':22s}" + "".join(f"{abbrev[c]:>9s}" for c in called) + f"{'right':>8s}"
@@ -1489,54 +2204,103 @@ def report(rows: list[dict[str, Any]], out: Any = sys.stdout) -> dict[str, Any]:
     changed = [r for r in rows if r["changed_by_diagnose"]]
     p("\nScore")
     p(f"  cause right:             {right}/{n} = {right / n:.1%}")
-    p(f"  stalled runs fixed:      {fixed}/{len(stalled)} = {fixed / max(len(stalled), 1):.1%}  "
-      f"(first prescription closes >= {FIX_SHARE:.0%} of the unchanged -> remedy gap)")
-    p(f"  harmful first prescr.:   {len(harmful)}/{n}  (ends > {HARM_TOL:.1%} worse than unchanged, or NaN)")
-    p(f"  healthy false alarms:    {alarms}/{len(healthy)} = {alarms / max(len(healthy), 1):.1%}  (called stalled)")
+    p(
+        f"  stalled runs fixed:      {fixed}/{len(stalled)} = {fixed / max(len(stalled), 1):.1%}  "
+        f"(first prescription closes >= {FIX_SHARE:.0%} of the unchanged -> remedy gap)"
+    )
+    p(
+        f"  harmful first prescr.:   {len(harmful)}/{n}  (ends > {HARM_TOL:.1%} worse than unchanged, or NaN)"
+    )
+    p(
+        f"  healthy false alarms:    {alarms}/{len(healthy)} = {alarms / max(len(healthy), 1):.1%}  (called stalled)"
+    )
     p(f"  healthy 'no change':     {nochange}/{len(healthy)}")
-    p(f"  diagnose changed state:  {len(changed)}/{n}" + "".join(
-        f"\n      {r['family']} s{r['seed']}: {', '.join(r['changed_by_diagnose'])}" for r in changed))
+    p(
+        f"  diagnose changed state:  {len(changed)}/{n}"
+        + "".join(
+            f"\n      {r['family']} s{r['seed']}: {', '.join(r['changed_by_diagnose'])}"
+            for r in changed
+        )
+    )
     p(f"  diagnose errors:         {sum(bool(r['error']) for r in rows)}/{n}")
     p("\nPer cause (right, fixed/stalled, harmful)")
     for t in causes:
         sub = [r for r in rows if r["truth"] == t]
         fx = [r for r in sub if r["remedy"] is not None]
-        p(f"  {t:22s} right {sum(r['right'] for r in sub)}/{len(sub)}   fixed "
-          f"{sum(bool(r['fixed']) for r in fx)}/{len(fx)}   harmful {sum(r['harmful'] for r in sub)}")
+        p(
+            f"  {t:22s} right {sum(r['right'] for r in sub)}/{len(sub)}   fixed "
+            f"{sum(bool(r['fixed']) for r in fx)}/{len(fx)}   harmful {sum(r['harmful'] for r in sub)}"
+        )
     p("\nDiagnose seconds per architecture (min / median / max over its cases)")
     by_arch: dict[str, list[float]] = {}
     for r in rows:
         by_arch.setdefault(r["arch"], []).append(r["diagnose_seconds"])
     for arch, secs in sorted(by_arch.items()):
-        p(f"  {arch:46s} n={len(secs):2d}  {min(secs):6.1f} / {float(np.median(secs)):6.1f} / {max(secs):6.1f}")
-    return {"cases": n, "right": right, "stalled": len(stalled), "fixed": fixed, "harmful": len(harmful),
-            "healthy": len(healthy), "false_alarms": alarms, "healthy_no_change": nochange,
-            "state_changed": len(changed), "errors": sum(bool(r["error"]) for r in rows)}
+        p(
+            f"  {arch:46s} n={len(secs):2d}  {min(secs):6.1f} / {float(np.median(secs)):6.1f} / {max(secs):6.1f}"
+        )
+    return {
+        "cases": n,
+        "right": right,
+        "stalled": len(stalled),
+        "fixed": fixed,
+        "harmful": len(harmful),
+        "healthy": len(healthy),
+        "false_alarms": alarms,
+        "healthy_no_change": nochange,
+        "state_changed": len(changed),
+        "errors": sum(bool(r["error"]) for r in rows),
+    }
 
 
-CAUSE_ORDER = ["diverging", "oscillation", "progressing", "momentum_too_high", "dead_units", "weight_decay",
-               "vanishing_gradients", "saddle_point", "degenerate", "converged", "gradient_noise", "flat_plateau",
-               "lr_too_small", "ill_conditioned"]
+CAUSE_ORDER = [
+    "diverging",
+    "oscillation",
+    "progressing",
+    "momentum_too_high",
+    "dead_units",
+    "weight_decay",
+    "vanishing_gradients",
+    "saddle_point",
+    "degenerate",
+    "converged",
+    "gradient_noise",
+    "flat_plateau",
+    "lr_too_small",
+    "ill_conditioned",
+]
 
 
 def case_line(r: dict[str, Any]) -> str:
     mark = "ok  " if r["right"] else "MISS"
     if r["remedy"] is not None:
         fix = "FIXED" if r["fixed"] else "not fixed"
-        closed = "-" if r["closed"] is None else ("-inf" if not math.isfinite(r["closed"]) else f"{r['closed']:+.0%}")
-        out = (f"unchanged {_f(r['unchanged_reference'])} remedy {_f(r['remedy'])} rx {_f(r['rx'])} "
-               f"closed {closed} {fix}")
+        closed = (
+            "-"
+            if r["closed"] is None
+            else ("-inf" if not math.isfinite(r["closed"]) else f"{r['closed']:+.0%}")
+        )
+        out = (
+            f"unchanged {_f(r['unchanged_reference'])} remedy {_f(r['remedy'])} rx {_f(r['rx'])} "
+            f"closed {closed} {fix}"
+        )
     else:
         extra = ""
         if r["truth"] == "progressing":
-            extra = f" {'FALSE ALARM' if r.get('false_alarm') else 'no alarm'}, " \
-                    f"{'no change' if r.get('no_change') else 'CHANGE prescribed'}"
+            extra = (
+                f" {'FALSE ALARM' if r.get('false_alarm') else 'no alarm'}, "
+                f"{'no change' if r.get('no_change') else 'CHANGE prescribed'}"
+            )
         out = f"unchanged {_f(r['unchanged'])} rx {_f(r['rx'])}{extra}"
     harm = " HARMFUL" if r["harmful"] else ""
     applied = "" if r.get("rx_applied", True) else " (needs code change: continued unchanged)"
-    state = f" STATE CHANGED: {', '.join(r['changed_by_diagnose'])}" if r["changed_by_diagnose"] else ""
-    return (f"{mark} {r['family']:34s} s{r['seed']} truth {r['truth']:19s} doctor {r['cause']:19s} "
-            f"[{r['diagnose_seconds']:.1f}s] | rx: {r['rx_text'][:90]}{applied} | {out}{harm}{state}")
+    state = (
+        f" STATE CHANGED: {', '.join(r['changed_by_diagnose'])}" if r["changed_by_diagnose"] else ""
+    )
+    return (
+        f"{mark} {r['family']:34s} s{r['seed']} truth {r['truth']:19s} doctor {r['cause']:19s} "
+        f"[{r['diagnose_seconds']:.1f}s] | rx: {r['rx_text'][:90]}{applied} | {out}{harm}{state}"
+    )
 
 
 def selected(families: str | None) -> list[Family]:
@@ -1550,15 +2314,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--families", default=None, help="comma-separated substrings of family keys")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    ap.add_argument("--validate", action="store_true", help="check the ground truth only; the doctor is not run")
+    ap.add_argument(
+        "--validate", action="store_true", help="check the ground truth only; the doctor is not run"
+    )
     ap.add_argument("--json", default=None, help="write every row here")
     ap.add_argument("--list", action="store_true", help="print the families and exit")
     args = ap.parse_args(argv)
     fams = selected(args.families)
     import lossdoctor as ld
 
-    print(f"lossdoctor {ld.__version__} ({os.path.dirname(ld.__file__)}), torch {torch.__version__}, "
-          f"{len(fams)} families x seeds {args.seeds}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}")
+    print(
+        f"lossdoctor {ld.__version__} ({os.path.dirname(ld.__file__)}), torch {torch.__version__}, "
+        f"{len(fams)} families x seeds {args.seeds}, threads {torch.get_num_threads()}, load {os.getloadavg()[0]:.2f}"
+    )
     if args.list:
         for f in fams:
             print(f"{f.key} | {f.arch} | {f.cause} | {f.remedy} | {f.horizon}")
@@ -1573,10 +2341,13 @@ def main(argv: list[str] | None = None) -> int:
                 ok, row = validate(case)
                 gains = " ".join(f"{k}={v:+.1%}" for k, v in row.items() if k.startswith("lr_x"))
                 facts_s = ", ".join(f"{k}={_f(v, 3)}" for k, v in row["facts"].items())
-                print(f"{'OK ' if ok else 'BAD'} {fam.key:34s} s{seed} step {case.step:5d} | {row.get('check', '')}"
-                      f" | unchanged {[_f(v, 3) for v in row['unchanged_curve']]}"
-                      f" remedy {[_f(v, 3) for v in row.get('remedy_curve', [])]} {gains} | {facts_s}"
-                      f" [{time.perf_counter() - t0:.1f}s]", flush=True)
+                print(
+                    f"{'OK ' if ok else 'BAD'} {fam.key:34s} s{seed} step {case.step:5d} | {row.get('check', '')}"
+                    f" | unchanged {[_f(v, 3) for v in row['unchanged_curve']]}"
+                    f" remedy {[_f(v, 3) for v in row.get('remedy_curve', [])]} {gains} | {facts_s}"
+                    f" [{time.perf_counter() - t0:.1f}s]",
+                    flush=True,
+                )
             else:
                 row = score_case(case)
                 print(case_line(row), flush=True)
@@ -1585,8 +2356,10 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any]
     if args.validate:
         bad = [r for r in rows if not r["ok"]]
-        print(f"\nground truth: {len(rows) - len(bad)}/{len(rows)} cases pass their checks "
-              f"({time.perf_counter() - started:.0f} s)")
+        print(
+            f"\nground truth: {len(rows) - len(bad)}/{len(rows)} cases pass their checks "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
         summary = {"cases": len(rows), "passed": len(rows) - len(bad)}
     else:
         summary = report(rows)
@@ -1594,13 +2367,31 @@ def main(argv: list[str] | None = None) -> int:
         if misses:
             print("\nMisses (the doctor's summary)")
             for r in misses:
-                print(f"  {r['family']} s{r['seed']} (truth {r['truth']}): {r['cause']}: {r['summary']}")
+                print(
+                    f"  {r['family']} s{r['seed']} (truth {r['truth']}): {r['cause']}: {r['summary']}"
+                )
         print(f"\ntotal {total:.0f} s, load {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"summary": summary, "families": [
-                {"key": f.key, "arch": f.arch, "cause": f.cause, "remedy": f.remedy, "horizon": f.horizon,
-                 "note": f.note} for f in fams], "rows": _json_safe(rows)}, fh, indent=1)
+            json.dump(
+                {
+                    "summary": summary,
+                    "families": [
+                        {
+                            "key": f.key,
+                            "arch": f.arch,
+                            "cause": f.cause,
+                            "remedy": f.remedy,
+                            "horizon": f.horizon,
+                            "note": f.note,
+                        }
+                        for f in fams
+                    ],
+                    "rows": _json_safe(rows),
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 

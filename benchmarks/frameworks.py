@@ -52,25 +52,40 @@ def gpt2():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2))
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=2, n_head=2)
+    )
     ids = torch.randint(0, 64, (16, 16), generator=torch.Generator().manual_seed(0))
-    return model, [{"input_ids": ids[i:i + 4], "labels": ids[i:i + 4]} for i in range(0, 16, 4)]
+    return model, [{"input_ids": ids[i : i + 4], "labels": ids[i : i + 4]} for i in range(0, 16, 4)]
 
 
 def bert():
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2,
-                                                     num_attention_heads=2, intermediate_size=32,
-                                                     max_position_embeddings=32, num_labels=3))
+    model = BertForSequenceClassification(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=32,
+            num_labels=3,
+        )
+    )
     gen = torch.Generator().manual_seed(0)
     batches = []
     for length in (12, 16, 9, 14):  # batches of different lengths, padded within each batch
         ids = torch.randint(1, 64, (4, length), generator=gen)
         mask = (torch.arange(length) < torch.randint(4, length + 1, (4, 1), generator=gen)).long()
-        batches.append({"input_ids": ids * mask, "attention_mask": mask,
-                        "labels": torch.randint(0, 3, (4,), generator=gen)})
+        batches.append(
+            {
+                "input_ids": ids * mask,
+                "attention_mask": mask,
+                "labels": torch.randint(0, 3, (4,), generator=gen),
+            }
+        )
     return model, batches
 
 
@@ -93,15 +108,37 @@ def calls(model, batches):
         ("hessian (build)", lambda: ld.hessian(model, None, batches)),
         ("eigenpairs k=3", lambda: ld.eigenpairs(op, k=3, progress=False)),
         ("trace 30 products", lambda: ld.trace(op, matvecs=30, progress=False)),
-        ("classify_critical_point", lambda: ld.classify_critical_point(model, None, batches, k=3, progress=False)),
-        ("diagnose (no trials)", lambda: ld.diagnose(model, None, batches, history={"losses": [3.0] * 60},
-                                                     optimizer=opt, verify=False, progress=False)),
+        (
+            "classify_critical_point",
+            lambda: ld.classify_critical_point(model, None, batches, k=3, progress=False),
+        ),
+        (
+            "diagnose (no trials)",
+            lambda: ld.diagnose(
+                model,
+                None,
+                batches,
+                history={"losses": [3.0] * 60},
+                optimizer=opt,
+                verify=False,
+                progress=False,
+            ),
+        ),
         ("Monitor, 8 steps", monitor),
-        ("gradient_noise_scale", lambda: ld.gradient_noise_scale(model, None, batches, small_batch=2, pairs=8,
-                                                                 progress=False)),
-        ("landscape 1-d, 9 points", lambda: ld.landscape(model, None, batches, steps=9, progress=False)),
-        ("time_batch_sizes 1..16", lambda: ld.time_batch_sizes(model, None, batches, repeats=2, warmup=1,
-                                                               progress=False)),
+        (
+            "gradient_noise_scale",
+            lambda: ld.gradient_noise_scale(
+                model, None, batches, small_batch=2, pairs=8, progress=False
+            ),
+        ),
+        (
+            "landscape 1-d, 9 points",
+            lambda: ld.landscape(model, None, batches, steps=9, progress=False),
+        ),
+        (
+            "time_batch_sizes 1..16",
+            lambda: ld.time_batch_sizes(model, None, batches, repeats=2, warmup=1, progress=False),
+        ),
     ]
 
 
@@ -113,7 +150,10 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, 1 thread, load average {load:.2f} on {os.cpu_count()} cores")
     print(f"{'model':<34} {'call':<26} {'seconds':>9} {'peak MB':>8}")
-    for name, build in (("GPT-2 causal LM (loss_fn=None)", gpt2), ("BERT seq. classif., padded", bert)):
+    for name, build in (
+        ("GPT-2 causal LM (loss_fn=None)", gpt2),
+        ("BERT seq. classif., padded", bert),
+    ):
         model, batches = build()
         model.eval()
         params = sum(p.numel() for p in model.parameters())

@@ -28,6 +28,7 @@ def synced(device: torch.device):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter()
+
     return clock
 
 
@@ -41,7 +42,7 @@ def trained_model(case: Case, data: list, device: torch.device) -> torch.nn.Modu
     for _ in range(case.epochs):
         perm = torch.randperm(len(x), generator=gen).to(device)
         for i in range(0, len(x), case.train_batch):
-            idx = perm[i:i + case.train_batch]
+            idx = perm[i : i + case.train_batch]
             opt.zero_grad()
             F.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
@@ -52,18 +53,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--tiny", action="store_true", help="a 1-hidden-layer MLP on 120 samples (smoke test)")
+    p.add_argument(
+        "--tiny", action="store_true", help="a 1-hidden-layer MLP on 120 samples (smoke test)"
+    )
     args = p.parse_args()
     device = torch.device(args.device)
     clock = synced(device)
     case = TINY if args.tiny else Case()
     cpu_data = load_data(case)
     model = trained_model(case, cpu_data, device)
-    data = [(x.to(device), y.to(device)) for x, y in cpu_data]  # resident, as a GPU user would hold it
+    data = [
+        (x.to(device), y.to(device)) for x, y in cpu_data
+    ]  # resident, as a GPU user would hold it
     loss_fn = F.cross_entropy
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {name}, torch {torch.__version__}, {case.model}, {case.num_train} samples in batches of "
-          f"{case.batch_size}")
+    print(
+        f"device {name}, torch {torch.__version__}, {case.model}, {case.num_train} samples in batches of "
+        f"{case.batch_size}"
+    )
 
     rows = []
     for cache in (False, True):
@@ -80,20 +87,26 @@ def main() -> None:
             hvp_t.append(clock() - t)
         g, h = statistics.median(grad_t), statistics.median(hvp_t)
         timings = {}
-        for label, fn, kwargs in (("top-1", ld.eigenpairs, {"k": 1, "tol": 1e-6}),
-                                  ("top-5", ld.eigenpairs, {"k": 5, "tol": 1e-6}),
-                                  ("trace-99", ld.trace, {"matvecs": 99})):
+        for label, fn, kwargs in (
+            ("top-1", ld.eigenpairs, {"k": 1, "tol": 1e-6}),
+            ("top-5", ld.eigenpairs, {"k": 5, "tol": 1e-6}),
+            ("trace-99", ld.trace, {"matvecs": 99}),
+        ):
             t = clock()
             result = fn(op, **kwargs)
             timings[label] = (clock() - t, result.matvecs, result)
         top5 = timings["top-5"][2]
         rows.append((f"cache={cache}", g, h, timings, top5))
-    print(f"{'engine':<12} {'grad ms':>8} {'HVP ms':>8} {'HVP/grad':>8} {'top-1 s':>8} {'mv':>4} "
-          f"{'top-5 s':>8} {'mv':>4} {'trace s':>8}  lambda_1..5")
+    print(
+        f"{'engine':<12} {'grad ms':>8} {'HVP ms':>8} {'HVP/grad':>8} {'top-1 s':>8} {'mv':>4} "
+        f"{'top-5 s':>8} {'mv':>4} {'trace s':>8}  lambda_1..5"
+    )
     for label, g, h, t, top5 in rows:
-        print(f"{label:<12} {1e3 * g:>8.2f} {1e3 * h:>8.2f} {h / g:>8.2f} {t['top-1'][0]:>8.3f} "
-              f"{t['top-1'][1]:>4} {t['top-5'][0]:>8.3f} {t['top-5'][1]:>4} {t['trace-99'][0]:>8.3f}  "
-              + " ".join(f"{float(x):.6g}" for x in top5.eigenvalues))
+        print(
+            f"{label:<12} {1e3 * g:>8.2f} {1e3 * h:>8.2f} {h / g:>8.2f} {t['top-1'][0]:>8.3f} "
+            f"{t['top-1'][1]:>4} {t['top-5'][0]:>8.3f} {t['top-5'][1]:>4} {t['trace-99'][0]:>8.3f}  "
+            + " ".join(f"{float(x):.6g}" for x in top5.eigenvalues)
+        )
     if device.type == "cuda":
         print(f"peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
 

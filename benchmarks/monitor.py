@@ -48,7 +48,9 @@ def timed_diagnose(*args, **kwargs):
     return result
 
 
-def train(name: str, steps: int, batch_size: int, monitored: bool, chunk: int) -> tuple[list[float], list[float]]:
+def train(
+    name: str, steps: int, batch_size: int, monitored: bool, chunk: int
+) -> tuple[list[float], list[float]]:
     """Seconds per chunk of ``chunk`` steps, and the doctor's seconds within each chunk."""
     problem = build(name, batch_size=batch_size, seed=0)
     model, loss_fn, data = problem.model, problem.loss_fn, problem.train_data
@@ -88,14 +90,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, batch {args.batch_size}, "
-          f"{args.repeats} repeats, chunks of {args.chunk} steps")
-    print(f"{'problem':14s} {'plain ms/step':>13s} {'monitored':>10s} {'overhead':>9s} {'(medians)':>10s} "
-          f"{'doctor calls/run':>16s} {'s/call':>7s} {'with doctor':>12s}  verdicts")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps, batch {args.batch_size}, "
+        f"{args.repeats} repeats, chunks of {args.chunk} steps"
+    )
+    print(
+        f"{'problem':14s} {'plain ms/step':>13s} {'monitored':>10s} {'overhead':>9s} {'(medians)':>10s} "
+        f"{'doctor calls/run':>16s} {'s/call':>7s} {'with doctor':>12s}  verdicts"
+    )
     monitor_module.diagnose = timed_diagnose
-    logging.getLogger("lossdoctor.monitor").setLevel(logging.ERROR)  # the verdicts are counted below
+    logging.getLogger("lossdoctor.monitor").setLevel(
+        logging.ERROR
+    )  # the verdicts are counted below
     for name in args.problems.split(","):
-        train(name, 20, args.batch_size, True, args.chunk)  # warm-up: imports, caches, first allocations
+        train(
+            name, 20, args.batch_size, True, args.chunk
+        )  # warm-up: imports, caches, first allocations
         _doctor["seconds"], _doctor["causes"] = 0.0, Counter()
         plain, monitored, doctor = [], [], []
         for _ in range(args.repeats):
@@ -110,10 +120,15 @@ def main() -> None:
         mm = statistics.median(sum(r) for r in monitored)
         calls = sum(_doctor["causes"].values()) / args.repeats
         per_call = min(doctor) / calls if calls else 0.0
-        verdicts = ", ".join(f"{k} {v // args.repeats}" for k, v in sorted(_doctor["causes"].items())) or "-"
-        print(f"{name:14s} {1e3 * p / args.steps:13.3f} {1e3 * m / args.steps:10.3f} {100 * (m / p - 1):8.1f}% "
-              f"{100 * (mm / pm - 1):9.1f}% {calls:16.1f} {per_call:7.2f} {100 * ((m + min(doctor)) / p - 1):11.1f}%  "
-              f"{verdicts}")
+        verdicts = (
+            ", ".join(f"{k} {v // args.repeats}" for k, v in sorted(_doctor["causes"].items()))
+            or "-"
+        )
+        print(
+            f"{name:14s} {1e3 * p / args.steps:13.3f} {1e3 * m / args.steps:10.3f} {100 * (m / p - 1):8.1f}% "
+            f"{100 * (mm / pm - 1):9.1f}% {calls:16.1f} {per_call:7.2f} {100 * ((m + min(doctor)) / p - 1):11.1f}%  "
+            f"{verdicts}"
+        )
 
 
 if __name__ == "__main__":

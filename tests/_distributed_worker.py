@@ -19,7 +19,7 @@ def main(out_dir: str) -> None:
         rank = dist.get_rank()
         x, y = _data()
         xs, ys = x[SHARDS[rank]], y[SHARDS[rank]]
-        shard = [(xs[i:i + 4], ys[i:i + 4]) for i in range(0, len(xs), 4)]
+        shard = [(xs[i : i + 4], ys[i : i + 4]) for i in range(0, len(xs), 4)]
         results = _results(ld.hessian(_model(), F.cross_entropy, shard))
         ddp = torch.nn.parallel.DistributedDataParallel(_model())
         results["ddp"] = _results(ld.hessian(ddp, F.cross_entropy, shard))

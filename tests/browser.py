@@ -48,12 +48,26 @@ class DevTools:
             os.dup2(from_browser_w, 4)
 
         self.proc = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--remote-debugging-pipe",
-             "about:blank"],
-            pass_fds=(3, 4), preexec_fn=wire_pipes,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                f"--user-data-dir={profile}",
+                "--remote-debugging-pipe",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            preexec_fn=wire_pipes,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._buffer = b""
@@ -71,8 +85,13 @@ class DevTools:
         message, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(message)
 
-    def call(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 60) -> dict:
+    def call(
+        self,
+        method: str,
+        params: dict | None = None,
+        session: str | None = None,
+        timeout: float = 60,
+    ) -> dict:
         self._next_id += 1
         message = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
@@ -109,7 +128,6 @@ class DevTools:
         os.close(self._from_browser)
 
 
-
 @dataclass
 class OpenedPage:
     title: str
@@ -127,15 +145,20 @@ def open_page(page: Path, profile: Path) -> OpenedPage:
     browser = DevTools(require_chromium(), profile)
     try:
         target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
         for domain in ("Page", "Runtime", "Log"):
             browser.call(f"{domain}.enable", session=session)
         browser.call("Page.navigate", {"url": page.as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired", timeout=120)
 
         def evaluate(expression: str):
-            return browser.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                                session=session)["result"]["value"]
+            return browser.call(
+                "Runtime.evaluate",
+                {"expression": expression, "returnByValue": True},
+                session=session,
+            )["result"]["value"]
 
         images = evaluate(IMAGE_CHECK)
         title = evaluate("document.title")
@@ -148,7 +171,10 @@ def open_page(page: Path, profile: Path) -> OpenedPage:
         params = event.get("params", {})
         if event.get("method") == "Runtime.exceptionThrown":
             errors.append(params["exceptionDetails"].get("text"))
-        elif event.get("method") == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+        elif event.get("method") == "Runtime.consoleAPICalled" and params.get("type") in (
+            "error",
+            "assert",
+        ):
             errors.append(str(params.get("args")))
         elif event.get("method") == "Log.entryAdded" and params["entry"]["level"] == "error":
             errors.append(params["entry"]["text"] + " " + params["entry"].get("url", ""))

@@ -29,15 +29,26 @@ from torch.utils.data import DataLoader, TensorDataset
 
 class TinyCNN1d(nn.Sequential):
     def __init__(self, length: int = 8, classes: int = 3):
-        super().__init__(nn.Unflatten(1, (1, length)), nn.Conv1d(1, 3, 3, padding=1), nn.Tanh(),
-                         nn.Conv1d(3, 2, 3, stride=2), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(2 * ((length - 3) // 2 + 1), classes))
+        super().__init__(
+            nn.Unflatten(1, (1, length)),
+            nn.Conv1d(1, 3, 3, padding=1),
+            nn.Tanh(),
+            nn.Conv1d(3, 2, 3, stride=2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * ((length - 3) // 2 + 1), classes),
+        )
 
 
 class TinyCNN2d(nn.Sequential):
     def __init__(self, classes: int = 3):
-        super().__init__(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Conv2d(2, 2, 2), nn.Flatten(),
-                         nn.Linear(2 * 3 * 3, classes))
+        super().__init__(
+            nn.Conv2d(1, 2, 3),
+            nn.Tanh(),
+            nn.Conv2d(2, 2, 2),
+            nn.Flatten(),
+            nn.Linear(2 * 3 * 3, classes),
+        )
 
 
 class BatchNormCNN(nn.Sequential):
@@ -101,7 +112,7 @@ BATCH_SIZES = (5, 3, 8)  # deliberately unequal
 def split(x: torch.Tensor, y: torch.Tensor, sizes: tuple[int, ...] = BATCH_SIZES) -> list:
     out, start = [], 0
     for s in sizes:
-        out.append((x[start:start + s], y[start:start + s]))
+        out.append((x[start : start + s], y[start : start + s]))
         start += s
     return out
 
@@ -158,7 +169,9 @@ def _regression(kind: str, act=nn.Tanh, dtype=torch.float32, loss=F.mse_loss):
     return model, loss, package(x, y, kind)
 
 
-def _classification(kind: str, model: nn.Module, x: torch.Tensor, classes: int, loss=F.cross_entropy):
+def _classification(
+    kind: str, model: nn.Module, x: torch.Tensor, classes: int, loss=F.cross_entropy
+):
     y = torch.randint(0, classes, (x.shape[0],), generator=_gen(3))
     return model, loss, package(x, y, kind)
 
@@ -182,8 +195,13 @@ def mlp_relu_ce_functional(kind: str):
 
 def mlp_relu_ce_module(kind: str):
     torch.manual_seed(4)
-    return _classification(kind, mlp(5, 8, 3, nn.ReLU), torch.randn(16, 5, generator=_gen(5)), 3,
-                           loss=nn.CrossEntropyLoss())
+    return _classification(
+        kind,
+        mlp(5, 8, 3, nn.ReLU),
+        torch.randn(16, 5, generator=_gen(5)),
+        3,
+        loss=nn.CrossEntropyLoss(),
+    )
 
 
 def mlp_frozen(kind: str):
@@ -227,7 +245,9 @@ def gru_regression(kind: str):
 
 def lstm_classification(kind: str):
     torch.manual_seed(16)
-    return _classification(kind, RecurrentNet("lstm", outputs=3), torch.randn(16, 3, 3, generator=_gen(17)), 3)
+    return _classification(
+        kind, RecurrentNet("lstm", outputs=3), torch.randn(16, 3, 3, generator=_gen(17)), 3
+    )
 
 
 def transformer_tokens(kind: str):
@@ -306,7 +326,9 @@ def loss_of_flat(model: nn.Module, loss_fn: Any, data: Any, mode: str = "eval") 
     return f
 
 
-def reference_hessian(model: nn.Module, loss_fn: Any, data: Any, mode: str = "eval") -> torch.Tensor:
+def reference_hessian(
+    model: nn.Module, loss_fn: Any, data: Any, mode: str = "eval"
+) -> torch.Tensor:
     theta = flat_parameters(model)
     f = loss_of_flat(model, loss_fn, data, mode)
     # Not torch.func.hessian: its forward-over-reverse gets tied weights wrong (the transformer
@@ -326,8 +348,9 @@ def case_reference(case_id: str) -> torch.Tensor:
     return reference_hessian(model, loss_fn, data, case.mode).double()
 
 
-def reference_gradient(model: nn.Module, loss_fn: Any, data: Any, mode: str = "eval",
-                       theta: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_gradient(
+    model: nn.Module, loss_fn: Any, data: Any, mode: str = "eval", theta: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean loss, flat gradient)`` at ``theta`` (default: the model's parameters)."""
     f = loss_of_flat(model, loss_fn, data, mode)
     theta = (flat_parameters(model) if theta is None else theta).detach().requires_grad_(True)
@@ -347,8 +370,14 @@ def as_float64(model: nn.Module, data: Any) -> tuple[nn.Module, Any]:
     return model, (cast(x), cast(y))
 
 
-def finite_difference_hvp(model: nn.Module, loss_fn: Any, data: Any, v: torch.Tensor,
-                          eps: float = 1e-5, mode: str = "eval") -> torch.Tensor:
+def finite_difference_hvp(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    v: torch.Tensor,
+    eps: float = 1e-5,
+    mode: str = "eval",
+) -> torch.Tensor:
     """Central difference of float64 gradients: (g(theta + eps v) - g(theta - eps v)) / 2 eps."""
     model64, data64 = as_float64(model, data)
     if mode == "train":  # keep the batching: BatchNorm statistics are per batch
@@ -374,23 +403,29 @@ class ModelSnapshot:
 
     @classmethod
     def take(cls, model: nn.Module) -> ModelSnapshot:
-        return cls(state={k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
-                   modes=[m.training for m in model.modules()],
-                   flags=[p.requires_grad for p in model.parameters()],
-                   grads=[None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
-                   rng=torch.get_rng_state().clone())
+        return cls(
+            state={k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+            modes=[m.training for m in model.modules()],
+            flags=[p.requires_grad for p in model.parameters()],
+            grads=[None if p.grad is None else p.grad.detach().clone() for p in model.parameters()],
+            rng=torch.get_rng_state().clone(),
+        )
 
     def assert_same(self, model: nn.Module, what: str = "") -> None:
         now = ModelSnapshot.take(model)
         assert list(now.state) == list(self.state), f"{what}: state_dict keys changed"
         for k in self.state:
             a, b = self.state[k], now.state[k]
-            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), f"{what}: {k} changed"
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), (
+                f"{what}: {k} changed"
+            )
         assert now.modes == self.modes, f"{what}: train/eval modes changed"
         assert now.flags == self.flags, f"{what}: requires_grad flags changed"
         assert len(now.grads) == len(self.grads)
         for i, (a, b) in enumerate(zip(self.grads, now.grads, strict=True)):
-            assert (a is None) == (b is None), f"{what}: .grad of parameter {i} appeared/disappeared"
+            assert (a is None) == (b is None), (
+                f"{what}: .grad of parameter {i} appeared/disappeared"
+            )
             if a is not None:
                 assert torch.equal(a, b), f"{what}: .grad of parameter {i} changed"
         assert torch.equal(now.rng, self.rng), f"{what}: the global RNG state changed"

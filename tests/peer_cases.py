@@ -41,16 +41,20 @@ def _batches(*parts: tuple[torch.Tensor, torch.Tensor]) -> list:
 def ce(reduction: str = "mean"):
     _seeded(0)
     model = _two_layer(10, 3)
-    data = _batches((torch.rand(3, 10, dtype=DT), torch.randint(0, 3, (3,))),
-                    (torch.rand(4, 10, dtype=DT), torch.randint(0, 3, (4,))))
+    data = _batches(
+        (torch.rand(3, 10, dtype=DT), torch.randint(0, 3, (3,))),
+        (torch.rand(4, 10, dtype=DT), torch.randint(0, 3, (4,))),
+    )
     return model, nn.CrossEntropyLoss(reduction=reduction), data
 
 
 def bce(reduction: str = "mean", outputs: int = 2):
     _seeded(0)
     model = _two_layer(10, outputs)
-    data = _batches((torch.rand(3, 10, dtype=DT), torch.rand(3, outputs, dtype=DT)),
-                    (torch.rand(4, 10, dtype=DT), torch.rand(4, outputs, dtype=DT)))
+    data = _batches(
+        (torch.rand(3, 10, dtype=DT), torch.rand(3, outputs, dtype=DT)),
+        (torch.rand(4, 10, dtype=DT), torch.rand(4, outputs, dtype=DT)),
+    )
     return model, nn.BCEWithLogitsLoss(reduction=reduction), data
 
 
@@ -59,8 +63,10 @@ def mse(reduction: str = "mean", dtype: torch.dtype = DT):
     has rank ~25: few samples, many parameters."""
     _seeded(0)
     model = _two_layer(8, 3).to(dtype)
-    data = _batches((torch.rand(2, 8, dtype=dtype), torch.rand(2, 3, dtype=dtype)),
-                    (torch.rand(6, 8, dtype=dtype), torch.rand(6, 3, dtype=dtype)))
+    data = _batches(
+        (torch.rand(2, 8, dtype=dtype), torch.rand(2, 3, dtype=dtype)),
+        (torch.rand(6, 8, dtype=dtype), torch.rand(6, 3, dtype=dtype)),
+    )
     return model, nn.MSELoss(reduction=reduction), data
 
 
@@ -72,33 +78,49 @@ class _TokenCE(nn.Module):
         self.reduction = reduction
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=self.reduction)
+        return nn.functional.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), reduction=self.reduction
+        )
 
 
 def sequence_ce(reduction: str = "mean"):
     """The weight-sharing case: the same MLP applied at 5 positions of every sample."""
     _seeded(0)
     model = _two_layer(10, 3)
-    data = _batches((torch.rand(3, 5, 10, dtype=DT), torch.randint(0, 3, (3, 5))),
-                    (torch.rand(4, 5, 10, dtype=DT), torch.randint(0, 3, (4, 5))))
+    data = _batches(
+        (torch.rand(3, 5, 10, dtype=DT), torch.randint(0, 3, (3, 5))),
+        (torch.rand(4, 5, 10, dtype=DT), torch.randint(0, 3, (4, 5))),
+    )
     return model, _TokenCE(reduction), data
 
 
 def sequence_mse(reduction: str = "mean"):
     _seeded(0)
     model = _two_layer(8, 3)
-    data = _batches((torch.rand(2, 5, 8, dtype=DT), torch.rand(2, 5, 3, dtype=DT)),
-                    (torch.rand(6, 5, 8, dtype=DT), torch.rand(6, 5, 3, dtype=DT)))
+    data = _batches(
+        (torch.rand(2, 5, 8, dtype=DT), torch.rand(2, 5, 3, dtype=DT)),
+        (torch.rand(6, 5, 8, dtype=DT), torch.rand(6, 5, 3, dtype=DT)),
+    )
     return model, nn.MSELoss(reduction=reduction), data
 
 
 def lenet():
     """curvlinops' CNN case, at 12x12 inputs (conv 5, pool, conv 3, pool, linear)."""
     _seeded(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 10)).to(DT)
-    data = _batches((torch.rand(5, 1, 12, 12, dtype=DT), torch.randint(0, 10, (5,))),
-                    (torch.rand(5, 1, 12, 12, dtype=DT), torch.randint(0, 10, (5,))))
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 5),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4, 10),
+    ).to(DT)
+    data = _batches(
+        (torch.rand(5, 1, 12, 12, dtype=DT), torch.randint(0, 10, (5,))),
+        (torch.rand(5, 1, 12, 12, dtype=DT), torch.randint(0, 10, (5,))),
+    )
     return model, nn.CrossEntropyLoss(), data
 
 
@@ -128,7 +150,11 @@ def drop_last():
     _seeded(0)
     model = _two_layer(10, 2)
     x, y = torch.rand(12, 10, dtype=DT), torch.randint(0, 2, (12,))
-    return model, nn.CrossEntropyLoss(), DataLoader(TensorDataset(x, y), batch_size=5, drop_last=True)
+    return (
+        model,
+        nn.CrossEntropyLoss(),
+        DataLoader(TensorDataset(x, y), batch_size=5, drop_last=True),
+    )
 
 
 def subset():
@@ -170,8 +196,11 @@ class _Block(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.skip = (nn.Sequential() if stride == 1 and cin == cout else
-                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+        self.skip = (
+            nn.Sequential()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -184,7 +213,9 @@ class ResNet8(nn.Module):
 
     def __init__(self, classes: int = 3) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 2, 3, 1, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 2, 3, 1, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU()
+        )
         self.stages = nn.Sequential(_Block(2, 2, 1), _Block(2, 3, 2), _Block(3, 4, 2))
         self.head = nn.Linear(4, classes)
 

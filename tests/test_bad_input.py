@@ -38,8 +38,12 @@ def test_no_trainable_parameters():
 
 def test_empty_data():
     model, loss_fn, _ = setup()
-    for empty in ([], torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(0, 4),
-                                                                                 torch.zeros(0, 2)))):
+    for empty in (
+        [],
+        torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.zeros(0, 4), torch.zeros(0, 2))
+        ),
+    ):
         with pytest.raises(ValueError, match="data is empty"):
             ld.hessian(model, loss_fn, empty)
     with pytest.raises(ValueError, match="data is None"):
@@ -87,7 +91,9 @@ def test_generator_and_other_one_shot_or_odd_data():
         ld.hessian(model, loss_fn, data[0][0])
     with pytest.raises(TypeError, match="not iterable"):
         ld.hessian(model, loss_fn, 3)
-    with pytest.raises(TypeError, match=r"batch 2 is a Tensor, expected an \(inputs, targets\) pair"):
+    with pytest.raises(
+        TypeError, match=r"batch 2 is a Tensor, expected an \(inputs, targets\) pair"
+    ):
         ld.hessian(model, loss_fn, [data[0], data[1], data[2][0]])
     with pytest.raises(TypeError, match="targets a tensor"):
         ld.hessian(model, loss_fn, [(data[0][0], [1, 2])])

@@ -28,15 +28,25 @@ def pair():
 def test_sharpness_landscape_noise_match_cpu():
     cpu, gpu, data = pair()
     before = ModelSnapshot.take(gpu)
-    kw = {"method": ["lambda_max", "trace", "epsilon"], "subspace_dim": 10, "tol": 1e-6, "trace_matvecs": 30}
-    a, b = ld.sharpness(cpu, F.cross_entropy, data, **kw), ld.sharpness(gpu, F.cross_entropy, data, **kw)
+    kw = {
+        "method": ["lambda_max", "trace", "epsilon"],
+        "subspace_dim": 10,
+        "tol": 1e-6,
+        "trace_matvecs": 30,
+    }
+    a, b = (
+        ld.sharpness(cpu, F.cross_entropy, data, **kw),
+        ld.sharpness(gpu, F.cross_entropy, data, **kw),
+    )
     assert b.lambda_max == pytest.approx(a.lambda_max, rel=1e-4)
     assert b.trace == pytest.approx(a.trace, rel=1e-3)
     for ea, eb in zip(a.epsilon, b.epsilon):
         assert eb.value == pytest.approx(ea.value, rel=1e-2, abs=1e-4)
     la = ld.landscape(cpu, F.cross_entropy, data, dims=2, steps=5, test_data=data[1])
     lb = ld.landscape(gpu, F.cross_entropy, data, dims=2, steps=5, test_data=data[1])
-    torch.testing.assert_close(torch.tensor(lb.train_loss), torch.tensor(la.train_loss), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(lb.train_loss), torch.tensor(la.train_loss), rtol=1e-4, atol=1e-5
+    )
     other = copy.deepcopy(gpu)
     with torch.no_grad():
         for p in other.parameters():

@@ -39,5 +39,8 @@ def test_concurrent_openers_always_read_a_complete_store_file(tmp_path, monkeypa
         for t in threads:
             t.join()
         assert json.loads((store / "sweep.json").read_text())["fingerprint"] == "abc"
-        assert sorted(p.name for p in store.iterdir()) == ["runs", "sweep.json"]  # no temporary left
+        assert sorted(p.name for p in store.iterdir()) == [
+            "runs",
+            "sweep.json",
+        ]  # no temporary left
     assert not errors, errors

@@ -29,8 +29,15 @@ from lossdoctor._checks import (
 def test_int_accepts_whole_numbers_and_refuses_bools_floats_strings():
     assert check_int(3, "k") == 3 and type(check_int(np.int64(3), "k")) is int
     assert check_int(None, "k", optional=True) is None
-    for bad, cls in [(True, TypeError), (2.0, TypeError), ("3", TypeError), (None, TypeError), (0, ValueError),
-                     (float("nan"), TypeError), ([3], TypeError)]:
+    for bad, cls in [
+        (True, TypeError),
+        (2.0, TypeError),
+        ("3", TypeError),
+        (None, TypeError),
+        (0, ValueError),
+        (float("nan"), TypeError),
+        ([3], TypeError),
+    ]:
         with pytest.raises(cls, match=r"^k must be an integer >= 1, got "):
             check_int(bad, "k", minimum=1)
     with pytest.raises(TypeError, match="Pass the whole number 2, not a float"):
@@ -56,8 +63,11 @@ def test_float_bounds_and_finiteness():
 def test_sequences_are_never_split_strings():
     assert check_ints((16, 64), "batch_sizes", minimum=1) == [16, 64]
     assert check_ints(np.array([1, 2]), "b") == [1, 2] and check_ints(range(2), "b") == [0, 1]
-    with pytest.raises(TypeError, match=r"batch_sizes must be a list of integers >= 1 such as \[16, 64\], "
-                                        r"got '16' \(a string\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"batch_sizes must be a list of integers >= 1 such as \[16, 64\], "
+        r"got '16' \(a string\)",
+    ):
         check_ints("16", "batch_sizes", minimum=1)
     with pytest.raises(TypeError, match="got 16"):
         check_ints(16, "batch_sizes")
@@ -97,14 +107,18 @@ def test_flags_choices_seeds():
 def test_objects():
     model = torch.nn.Linear(2, 1)
     assert check_module(model) is model
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got .*a function.*Wrap a plain function"):
+    with pytest.raises(
+        TypeError, match="model must be a torch.nn.Module, got .*a function.*Wrap a plain function"
+    ):
         check_module(lambda x: x)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     assert check_optimizer(opt) is opt
     with pytest.raises(TypeError, match="Build one first"):
         check_optimizer(torch.optim.SGD)
     assert check_progress(None) is None
-    with pytest.raises(TypeError, match=r"progress must be callable or None.*progress\(done, total\)"):
+    with pytest.raises(
+        TypeError, match=r"progress must be callable or None.*progress\(done, total\)"
+    ):
         check_progress(3)
     assert check_dtype(torch.float64) is torch.float64 and check_dtype(None) is None
     with pytest.raises(ValueError, match="dtype must be a floating torch.dtype"):
@@ -122,8 +136,14 @@ def test_objects():
 def test_series():
     assert check_series([1, 2.5, float("nan")], "losses").tolist()[:2] == [1.0, 2.5]
     assert check_series(torch.arange(3), "losses").dtype == np.float64
-    for bad, cls in [("1,2", TypeError), ([[1, 2]], TypeError), (np.zeros((3, 2)), ValueError),
-                     ([True, False], TypeError), (np.array([True]), TypeError), ({"a": 1}, TypeError)]:
+    for bad, cls in [
+        ("1,2", TypeError),
+        ([[1, 2]], TypeError),
+        (np.zeros((3, 2)), ValueError),
+        ([True, False], TypeError),
+        (np.array([True]), TypeError),
+        ({"a": 1}, TypeError),
+    ]:
         with pytest.raises(cls, match="losses"):
             check_series(bad, "losses")
     with pytest.raises(ValueError, match="losses has 1 values; at least 4"):

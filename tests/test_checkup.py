@@ -25,26 +25,51 @@ def stall(key="lr-too-small/mlp", seed=0):
 def test_verdict_and_prescriptions_match_diagnose_and_the_model_is_untouched(tmp_path):
     s = stall("saddle/deep-linear")
     before = [p.detach().clone() for p in s.model.parameters()]
-    state = {k: v.clone() for k, v in s.optimizer.state_dict()["state"].items()} if s.optimizer.state else {}
+    state = (
+        {k: v.clone() for k, v in s.optimizer.state_dict()["state"].items()}
+        if s.optimizer.state
+        else {}
+    )
     rng = torch.get_rng_state()
     c = ld.checkup(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, budget=120)
-    d = ld.diagnose(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, verify=True)
+    d = ld.diagnose(
+        s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, verify=True
+    )
     assert c.diagnosis.cause == d.cause == "saddle_point"
     assert [p.text for p in c.diagnosis.prescriptions] == [p.text for p in d.prescriptions]
     assert [p.action for p in c.diagnosis.prescriptions] == [p.action for p in d.prescriptions]
     assert all(torch.equal(a, p) for a, p in zip(before, s.model.parameters()))
     assert torch.equal(rng, torch.get_rng_state()) and (not state or s.optimizer.state)
     keys = [sec.key for sec in c.sections]
-    assert keys[0] == "doctor" and {"spectrum", "density", "critical", "escape", "landscape-top"} <= set(keys)
+    assert keys[0] == "doctor" and {
+        "spectrum",
+        "density",
+        "critical",
+        "escape",
+        "landscape-top",
+    } <= set(keys)
     assert all(sec.status.startswith(("done", "skipped", "failed")) for sec in c.sections)
     # At the saddle the critical-point test agrees and the escape profile goes down on one side.
     assert c.critical.kind == "saddle_point"
     assert min(c.escape_profile.train_loss) < c.escape_profile.center_loss
     page = write(c, tmp_path)
     html = page.read_text()
-    assert html.index("Verdict and tested prescriptions") < html.index("Curvature") < html.index("Critical point")
-    assert 'name="viewport"' in html and "@media print" in html and "http" not in html.split("<body>")[1][:200]
-    for img in ("checkup-trials.png", "checkup-history.png", "checkup-density.png", "checkup-landscape.png"):
+    assert (
+        html.index("Verdict and tested prescriptions")
+        < html.index("Curvature")
+        < html.index("Critical point")
+    )
+    assert (
+        'name="viewport"' in html
+        and "@media print" in html
+        and "http" not in html.split("<body>")[1][:200]
+    )
+    for img in (
+        "checkup-trials.png",
+        "checkup-history.png",
+        "checkup-density.png",
+        "checkup-landscape.png",
+    ):
         assert (tmp_path / img).stat().st_size > 5_000
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["diagnosis"]["cause"] == "saddle_point"
@@ -73,7 +98,9 @@ def test_notebook_display():
     s = stall()
     d = ld.diagnose(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer)
     html = d._repr_html_()
-    assert "lr too small" in html and "data:image/png;base64," in html and "apply(model, opt)" in html
+    assert (
+        "lr too small" in html and "data:image/png;base64," in html and "apply(model, opt)" in html
+    )
     eig = ld.eigenpairs(ld.hessian(s.model, s.loss_fn, s.data[:2]), k=1, tol=1e-2)
     assert "EigenResult" in eig._repr_html_() and "<table>" in eig._repr_html_()
 
@@ -91,8 +118,21 @@ def test_bad_input():
 @pytest.fixture(scope="module")
 def cli_page(tmp_path_factory):
     out = tmp_path_factory.mktemp("checkup")
-    result = CliRunner().invoke(main, ["checkup", "--problem", "lecture-saddle", "--lr", "0.05", "--budget", "30s",
-                                       "--out", str(out), "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "checkup",
+            "--problem",
+            "lecture-saddle",
+            "--lr",
+            "0.05",
+            "--budget",
+            "30s",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     return out, json.loads(result.output)
 
@@ -101,8 +141,20 @@ def test_cli_writes_the_page(cli_page, tmp_path):
     out, data = cli_page
     assert data["checkup"]["diagnosis"]["cause"] == "saddle_point"
     assert (out / "index.html").exists() and (out / "results.json").exists()
-    bad = CliRunner().invoke(main, ["checkup", "--problem", "lecture-saddle", "--lr", "0.05", "--budget", "soon",
-                                    "--out", str(tmp_path / "x")])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "checkup",
+            "--problem",
+            "lecture-saddle",
+            "--lr",
+            "0.05",
+            "--budget",
+            "soon",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+    )
     assert bad.exit_code == 2 and "--budget" in bad.output
 
 
@@ -116,7 +168,7 @@ def test_the_page_opens_in_chromium_verdict_first(cli_page, tmp_path):
     # What a reader meets first: the verdict, before any curvature.
     verdict = page.text.index("Verdict and tested prescriptions")
     assert verdict < page.text.index("Curvature")
-    assert "saddle" in page.text[verdict:verdict + 600].lower()
+    assert "saddle" in page.text[verdict : verdict + 600].lower()
 
 
 def test_a_monitor_writes_the_page_at_the_first_stall(tmp_path):
@@ -124,7 +176,9 @@ def test_a_monitor_writes_the_page_at_the_first_stall(tmp_path):
 
     s = stall("lr-too-small/mlp")
     seen = []
-    monitor = ld.Monitor(s.model, s.loss_fn, s.data, window=30, doctor_share=None, callback=seen.append)
+    monitor = ld.Monitor(
+        s.model, s.loss_fn, s.data, window=30, doctor_share=None, callback=seen.append
+    )
     attach_checkup(monitor, s.optimizer, tmp_path / "report", budget=20)
     ld.train_monitored(s.model, s.loss_fn, s.data, s.optimizer, steps=90, monitor=monitor)
     stalled = [d for d in seen if d.stalled]
@@ -137,11 +191,40 @@ def test_a_monitor_writes_the_page_at_the_first_stall(tmp_path):
 
 
 def test_cli_train_writes_the_page(tmp_path):
-    result = CliRunner().invoke(main, ["train", "--problem", "lecture-saddle", "--lr", "0.05", "--steps", "40",
-                                       "--report", str(tmp_path / "r"), "--report-budget", "20s", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--problem",
+            "lecture-saddle",
+            "--lr",
+            "0.05",
+            "--steps",
+            "40",
+            "--report",
+            str(tmp_path / "r"),
+            "--report-budget",
+            "20s",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     page = json.loads(result.output)["checkup_page"]
     assert page == str(tmp_path / "r" / "index.html") and (tmp_path / "r" / "results.json").exists()
-    bad = CliRunner().invoke(main, ["train", "--problem", "lecture-saddle", "--lr", "0.05", "--steps", "4",
-                                    "--report", str(tmp_path / "q"), "--report-budget", "soon"])
+    bad = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--problem",
+            "lecture-saddle",
+            "--lr",
+            "0.05",
+            "--steps",
+            "4",
+            "--report",
+            str(tmp_path / "q"),
+            "--report-budget",
+            "soon",
+        ],
+    )
     assert bad.exit_code == 2 and "--report-budget" in bad.output

@@ -48,11 +48,29 @@ def test_user_problem_with_checkpoint(user_file, tmp_path):
     ckpt = tmp_path / "model.pt"
     torch.save(p.model.state_dict(), ckpt)
     expected = torch.linalg.eigvalsh(ld.dense_hessian(p.model, p.loss_fn, p.train_data).double())
-    out = spectrum_json(["--problem", spec, "--checkpoint", str(ckpt), "--k", "2", "--which", "both",
-                         "--tol", "1e-5", "--no-density", "--trace-matvecs", "0"], tmp_path)
+    out = spectrum_json(
+        [
+            "--problem",
+            spec,
+            "--checkpoint",
+            str(ckpt),
+            "--k",
+            "2",
+            "--which",
+            "both",
+            "--tol",
+            "1e-5",
+            "--no-density",
+            "--trace-matvecs",
+            "0",
+        ],
+        tmp_path,
+    )
     got = out["eigenpairs"]["eigenvalues"]
-    assert got == pytest.approx([float(expected[-1]), float(expected[-2]), float(expected[1]),
-                                 float(expected[0])], abs=1e-4 * float(expected.abs().max()))
+    assert got == pytest.approx(
+        [float(expected[-1]), float(expected[-2]), float(expected[1]), float(expected[0])],
+        abs=1e-4 * float(expected.abs().max()),
+    )
     assert "trace" not in out and "density" not in out
 
 
@@ -62,32 +80,64 @@ def test_micro_batches_and_no_cache(user_file, tmp_path):
     spec = f"{user_file}:as_triple"
     p = ld.load_problem(spec)
     expected = torch.linalg.eigvalsh(ld.dense_hessian(p.model, p.loss_fn, p.train_data).double())
-    out = spectrum_json(["--problem", spec, "--k", "1", "--which", "both", "--micro-batch-size", "5",
-                         "--cache", "off", "--no-density", "--trace-matvecs", "0"], tmp_path)
+    out = spectrum_json(
+        [
+            "--problem",
+            spec,
+            "--k",
+            "1",
+            "--which",
+            "both",
+            "--micro-batch-size",
+            "5",
+            "--cache",
+            "off",
+            "--no-density",
+            "--trace-matvecs",
+            "0",
+        ],
+        tmp_path,
+    )
     assert out["micro_batch_size"] == 5 and out["cache"] is False and out["num_samples"] == 12
     assert out["cached_batches"] == 0
-    assert out["eigenpairs"]["eigenvalues"] == pytest.approx([float(expected[-1]), float(expected[0])],
-                                                             abs=1e-5 * float(expected.abs().max()))
+    assert out["eigenpairs"]["eigenvalues"] == pytest.approx(
+        [float(expected[-1]), float(expected[0])], abs=1e-5 * float(expected.abs().max())
+    )
     result = run(["spectrum", "--problem", spec, "--micro-batch-size", "0", "--json"])
     assert result.exit_code == 2 and "micro-batch-size" in result.stderr
 
 
 def test_cache_sizes(user_file, tmp_path):
     spec = f"{user_file}:as_triple"
-    common = ["--problem", spec, "--k", "1", "--which", "largest", "--no-density", "--trace-matvecs", "0",
-              "--micro-batch-size", "4"]
+    common = [
+        "--problem",
+        spec,
+        "--k",
+        "1",
+        "--which",
+        "largest",
+        "--no-density",
+        "--trace-matvecs",
+        "0",
+        "--micro-batch-size",
+        "4",
+    ]
     everything = spectrum_json([*common, "--cache", "on"], tmp_path)
     assert everything["cache"] is True and everything["cached_batches"] == 3
     nothing = spectrum_json([*common, "--cache", "0.001KB"], tmp_path)
     assert nothing["cache"] == 1 and nothing["cached_batches"] == 0
-    assert nothing["eigenpairs"]["eigenvalues"] == pytest.approx(everything["eigenpairs"]["eigenvalues"], rel=1e-5)
+    assert nothing["eigenpairs"]["eigenvalues"] == pytest.approx(
+        everything["eigenpairs"]["eigenvalues"], rel=1e-5
+    )
     assert spectrum_json([*common, "--cache", "2GB"], tmp_path)["cache"] == 2 * 2**30
     result = run(["spectrum", "--problem", spec, "--cache", "lots", "--json"])
     assert result.exit_code == 2 and "'lots' is not auto, on, off or a size" in result.stderr
 
 
 def test_human_output(tmp_path):
-    result = run(["spectrum", "--problem", "lecture-saddle", "--k", "1", "--plot", str(tmp_path / "d.png")])
+    result = run(
+        ["spectrum", "--problem", "lecture-saddle", "--k", "1", "--plot", str(tmp_path / "d.png")]
+    )
     assert result.exit_code == 0
     assert "Hessian eigenpairs" in result.stdout and "trace" in result.stdout
     assert "gradient graphs of 1 batch kept between products" in " ".join(result.stdout.split())
@@ -100,7 +150,9 @@ def test_unknown_problem_and_bad_checkpoint(tmp_path, user_file):
     assert "unknown problem 'no-such-problem'" in stderr and "lecture-saddle" in stderr
     bad = tmp_path / "bad.pt"
     torch.save({"nothing": torch.zeros(1)}, bad)
-    result = run(["spectrum", "--problem", f"{user_file}:as_triple", "--checkpoint", str(bad), "--json"])
+    result = run(
+        ["spectrum", "--problem", f"{user_file}:as_triple", "--checkpoint", str(bad), "--json"]
+    )
     assert result.exit_code == 2
     stderr = " ".join(result.stderr.split())
     assert "missing keys" in stderr and "unexpected keys ['nothing']" in stderr
@@ -110,9 +162,14 @@ def test_unknown_problem_and_bad_checkpoint(tmp_path, user_file):
 def test_device_cuda_without_a_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    for args in (["spectrum", "--problem", "lecture-saddle"], ["critical", "--problem", "lecture-saddle"],
-                 ["batch", "noise", "--problem", "lecture-saddle"]):
+    for args in (
+        ["spectrum", "--problem", "lecture-saddle"],
+        ["critical", "--problem", "lecture-saddle"],
+        ["batch", "noise", "--problem", "lecture-saddle"],
+    ):
         result = CliRunner().invoke(main, [*args, "--device", "cuda"])
         assert result.exit_code == 2 and "sees no GPU" in result.output, result.output
-    result = CliRunner().invoke(main, ["spectrum", "--problem", "lecture-saddle", "--device", "gpu0"])
+    result = CliRunner().invoke(
+        main, ["spectrum", "--problem", "lecture-saddle", "--device", "gpu0"]
+    )
     assert result.exit_code == 2 and "not a device name" in result.output

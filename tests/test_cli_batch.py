@@ -31,16 +31,46 @@ def user(tmp_path):
 
 
 def test_time_with_plot(user, tmp_path):
-    out = as_json(["time", "--problem", user, "--sizes", "1,4,8", "--repeats", "2", "--epoch-size", "60000",
-                   "--plot", str(tmp_path / "t.png")])
+    out = as_json(
+        [
+            "time",
+            "--problem",
+            user,
+            "--sizes",
+            "1,4,8",
+            "--repeats",
+            "2",
+            "--epoch-size",
+            "60000",
+            "--plot",
+            str(tmp_path / "t.png"),
+        ]
+    )
     assert out["batch_sizes"] == [1, 4, 8] and out["updates_per_epoch"] == [60000, 15000, 7500]
     assert (tmp_path / "t.png").stat().st_size > 0
 
 
 def test_sweep_store_resume_and_human_output(user, tmp_path):
     store = tmp_path / "store"
-    args = ["sweep", "--problem", user, "--sizes", "2,8", "--seeds", "0,1", "--epochs", "2", "--updates", "5",
-            "--sharpness", "lambda_max", "--lr", "0.01", "--store", str(store)]
+    args = [
+        "sweep",
+        "--problem",
+        user,
+        "--sizes",
+        "2,8",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "2",
+        "--updates",
+        "5",
+        "--sharpness",
+        "lambda_max",
+        "--lr",
+        "0.01",
+        "--store",
+        str(store),
+    ]
     first = as_json(args)
     assert len(first["runs"]) == 4 and len(first["trained"]) == 4 and first["loaded"] == []
     assert len(list((store / "runs").glob("*.json"))) == 4
@@ -56,13 +86,46 @@ def test_sweep_store_resume_and_human_output(user, tmp_path):
 def test_sharpness_noise_landscape(user, tmp_path):
     import lossdoctor as ld
 
-    out = as_json(["sharpness", "--problem", user, "--method", "lambda_max", "--method", "epsilon",
-                   "--epsilon", "1e-3", "--subspace-dim", "3", "--max-iter", "3"])
+    out = as_json(
+        [
+            "sharpness",
+            "--problem",
+            user,
+            "--method",
+            "lambda_max",
+            "--method",
+            "epsilon",
+            "--epsilon",
+            "1e-3",
+            "--subspace-dim",
+            "3",
+            "--max-iter",
+            "3",
+        ]
+    )
     assert out["lambda_max"] > 0 and {e["space"] for e in out["epsilon"]} == {"full", "random-3"}
-    noise = as_json(["noise", "--problem", user, "--small-batch", "2", "--big-batch", "6", "--pairs", "5"])
+    noise = as_json(
+        ["noise", "--problem", user, "--small-batch", "2", "--big-batch", "6", "--pairs", "5"]
+    )
     assert noise["pairs"] == 5 and noise["suggested_batch_size"] >= 1
-    land = as_json(["landscape", "--problem", user, "--dims", "2", "--steps", "3", "--plot", str(tmp_path / "l.png")])
-    assert land["dims"] == 2 and len(land["train_loss"]) == 3 and (tmp_path / "l.png").stat().st_size > 0
+    land = as_json(
+        [
+            "landscape",
+            "--problem",
+            user,
+            "--dims",
+            "2",
+            "--steps",
+            "3",
+            "--plot",
+            str(tmp_path / "l.png"),
+        ]
+    )
+    assert (
+        land["dims"] == 2
+        and len(land["train_loss"]) == 3
+        and (tmp_path / "l.png").stat().st_size > 0
+    )
     p = ld.load_problem(user)
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     torch.save(p.model.state_dict(), a)
@@ -70,8 +133,19 @@ def test_sharpness_noise_landscape(user, tmp_path):
         for q in p.model.parameters():
             q.add_(0.5)
     torch.save(p.model.state_dict(), b)
-    curve = as_json(["landscape", "--problem", user, "--checkpoint", str(a), "--compare", str(b),
-                     "--plot", str(tmp_path / "c.png")])
+    curve = as_json(
+        [
+            "landscape",
+            "--problem",
+            user,
+            "--checkpoint",
+            str(a),
+            "--compare",
+            str(b),
+            "--plot",
+            str(tmp_path / "c.png"),
+        ]
+    )
     assert len(curve["alphas"]) == 41 and curve["distance"] > 0
 
 

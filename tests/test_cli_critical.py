@@ -47,7 +47,9 @@ def test_checkpoint_input_and_default_output_name(tmp_path):
     start = load_problem("lecture-saddle", w1=0.0, w2=0.0)
     ckpt = tmp_path / "start.pt"
     torch.save(start.model.state_dict(), ckpt)
-    same = invoke("--problem", "lecture-saddle", "--checkpoint", str(ckpt), "--escape", "--out", str(ckpt))
+    same = invoke(
+        "--problem", "lecture-saddle", "--checkpoint", str(ckpt), "--escape", "--out", str(ckpt)
+    )
     assert same.exit_code != 0 and "input checkpoint" in same.output
     result = invoke("--problem", "lecture-saddle", "--checkpoint", str(ckpt), "--escape")
     assert result.exit_code == 0, result.output

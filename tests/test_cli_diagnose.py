@@ -37,8 +37,19 @@ def quadratic(tmp_path):
 def test_diagnose_saddle_from_json_history(tmp_path):
     history = tmp_path / "h.json"
     history.write_text(json.dumps({"losses": [1.0] * 20}))
-    result = CliRunner().invoke(main, ["diagnose", "--problem", "lecture-saddle", "--history", str(history),
-                                       "--lr", "0.05", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "diagnose",
+            "--problem",
+            "lecture-saddle",
+            "--history",
+            str(history),
+            "--lr",
+            "0.05",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     d = data["diagnosis"]
@@ -47,42 +58,75 @@ def test_diagnose_saddle_from_json_history(tmp_path):
     assert d["measurements"]["lambda_max"] == pytest.approx(2.0, abs=1e-3)
     top = d["prescriptions"][0]
     assert "escape_saddle" in top["action"] and top["trial"]["better"]
-    text = CliRunner().invoke(main, ["diagnose", "--problem", "lecture-saddle", "--history", str(history),
-                                     "--lr", "0.05"])
-    assert text.exit_code == 0 and "diagnosis: saddle point" in text.output and "prescriptions" in text.output
+    text = CliRunner().invoke(
+        main, ["diagnose", "--problem", "lecture-saddle", "--history", str(history), "--lr", "0.05"]
+    )
+    assert (
+        text.exit_code == 0
+        and "diagnosis: saddle point" in text.output
+        and "prescriptions" in text.output
+    )
 
 
 def test_diagnose_csv_history_with_columns_and_plain(tmp_path, quadratic):
     cols = tmp_path / "h.csv"
-    cols.write_text("step,loss,grad_norm\n" + "".join(f"{i},{1 - 0.01 * i},{1.0}\n" for i in range(10)))
+    cols.write_text(
+        "step,loss,grad_norm\n" + "".join(f"{i},{1 - 0.01 * i},{1.0}\n" for i in range(10))
+    )
     assert read_history_file(str(cols))["grad_norms"] == [1.0] * 10
     plain = tmp_path / "p.csv"
-    plain.write_text("".join(f"{2.0 ** -i}\n" for i in range(10)))
+    plain.write_text("".join(f"{2.0**-i}\n" for i in range(10)))
     assert read_history_file(str(plain))["losses"][3] == 0.125
-    result = CliRunner().invoke(main, ["diagnose", "--problem", quadratic, "--history", str(plain), "--lr", "1e-3",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main,
+        ["diagnose", "--problem", quadratic, "--history", str(plain), "--lr", "1e-3", "--json"],
+    )
     assert result.exit_code == 0, result.output
     d = json.loads(result.output)["diagnosis"]
     assert d["cause"] == "progressing" and d["prescriptions"][0]["action"] == {}
 
 
-@pytest.mark.parametrize("content, message", [("", "empty"), ("a\nb\nc\nd\n", "not a number"),
-                                              ("[1, 2]", "at least 4"), ('{"x": 1}', "no losses"),
-                                              (b"\x80\x81\xfe", "not a text file")])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "empty"),
+        ("a\nb\nc\nd\n", "not a number"),
+        ("[1, 2]", "at least 4"),
+        ('{"x": 1}', "no losses"),
+        (b"\x80\x81\xfe", "not a text file"),
+    ],
+)
 def test_diagnose_bad_history_files(tmp_path, content, message):
     bad = tmp_path / "bad.csv"
     if isinstance(content, bytes):
         bad.write_bytes(content)
     else:
         bad.write_text(content)
-    result = CliRunner().invoke(main, ["diagnose", "--problem", "lecture-saddle", "--history", str(bad)])
+    result = CliRunner().invoke(
+        main, ["diagnose", "--problem", "lecture-saddle", "--history", str(bad)]
+    )
     assert result.exit_code != 0 and message in result.output
 
 
 def test_train_diagnoses_the_bounce_and_writes_a_new_checkpoint(tmp_path, quadratic):
     out = tmp_path / "trained.pt"
-    args = ["train", "--problem", quadratic, "--optimizer", "sgd", "--lr", str(1.998 / 25), "--steps", "60",
-            "--window", "30", "--doctor-share", "1", "--out", str(out)]
+    args = [
+        "train",
+        "--problem",
+        quadratic,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        str(1.998 / 25),
+        "--steps",
+        "60",
+        "--window",
+        "30",
+        "--doctor-share",
+        "1",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(main, [*args, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -97,7 +141,9 @@ def test_train_diagnoses_the_bounce_and_writes_a_new_checkpoint(tmp_path, quadra
 
 
 def test_train_bad_lr(quadratic):
-    result = CliRunner().invoke(main, ["train", "--problem", quadratic, "--lr", "nan", "--steps", "5"])
+    result = CliRunner().invoke(
+        main, ["train", "--problem", quadratic, "--lr", "nan", "--steps", "5"]
+    )
     assert result.exit_code != 0 and "--lr" in result.output
 
 
@@ -120,22 +166,55 @@ def test_diagnose_with_the_optimizer_and_its_state(tmp_path, quadratic):
     torch.save(model.state_dict(), ckpt)
     torch.save(opt.state_dict(), state)
     history.write_text(json.dumps(losses))
-    result = CliRunner().invoke(main, ["diagnose", "--problem", quadratic, "--checkpoint", str(ckpt), "--history",
-                                       str(history), "--optimizer", "adam", "--lr", "1e-4", "--optimizer-state",
-                                       str(state), "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "diagnose",
+            "--problem",
+            quadratic,
+            "--checkpoint",
+            str(ckpt),
+            "--history",
+            str(history),
+            "--optimizer",
+            "adam",
+            "--lr",
+            "1e-4",
+            "--optimizer-state",
+            str(state),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     d = json.loads(result.output)["diagnosis"]
     assert d["measurements"]["optimizer"] == "adam" and d["measurements"]["adaptive"]
     assert d["cause"] == "lr_too_small" and d["prescriptions"][0]["action"]["lr"] > 1e-4
-    bad = CliRunner().invoke(main, ["diagnose", "--problem", quadratic, "--history", str(history), "--optimizer",
-                                    "adam"])
+    bad = CliRunner().invoke(
+        main, ["diagnose", "--problem", quadratic, "--history", str(history), "--optimizer", "adam"]
+    )
     assert bad.exit_code == 2 and "--lr" in bad.output
 
 
 def test_spectrum_per_layer(tmp_path):
-    result = CliRunner().invoke(main, ["spectrum", "--problem", "mnist1d-mlp", "--k", "1", "--which", "largest",
-                                       "--tol", "1e-3", "--trace-matvecs", "0", "--no-density", "--per-layer",
-                                       "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "spectrum",
+            "--problem",
+            "mnist1d-mlp",
+            "--k",
+            "1",
+            "--which",
+            "largest",
+            "--tol",
+            "1e-3",
+            "--trace-matvecs",
+            "0",
+            "--no-density",
+            "--per-layer",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)["per_layer"]["rows"]
     assert [r["name"] for r in rows] == ["0", "2", "4"]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import lossdoctor as ld
 from lossdoctor.cli import main
 
-PROBLEM = '''
+PROBLEM = """
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -23,7 +23,7 @@ def summing():
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
     x, y = torch.randn(10, 4, dtype=torch.float64), torch.randn(10, 2, dtype=torch.float64)
     return model, (lambda o, t: F.mse_loss(o, t, reduction="sum")), [(x[:6], y[:6]), (x[6:], y[6:])]
-'''
+"""
 
 
 @pytest.fixture
@@ -35,8 +35,21 @@ def spec(tmp_path):
 
 def test_spectrum_refuses_a_summing_loss_and_measures_it_with_reduction_sum(spec, tmp_path):
     runner = CliRunner()
-    args = ["spectrum", "--problem", spec, "--k", "1", "--which", "both", "--no-density", "--trace-matvecs", "0",
-            "--json", "--plot", str(tmp_path / "d.png")]
+    args = [
+        "spectrum",
+        "--problem",
+        spec,
+        "--k",
+        "1",
+        "--which",
+        "both",
+        "--no-density",
+        "--trace-matvecs",
+        "0",
+        "--json",
+        "--plot",
+        str(tmp_path / "d.png"),
+    ]
     refused = runner.invoke(main, args)
     assert refused.exit_code != 0 and "reduction" in refused.output
     result = runner.invoke(main, [*args, "--reduction", "sum"])
@@ -49,7 +62,9 @@ def test_spectrum_refuses_a_summing_loss_and_measures_it_with_reduction_sum(spec
 
 
 def test_critical_takes_reduction(spec):
-    result = CliRunner().invoke(main, ["critical", "--problem", spec, "--reduction", "sum", "--json"])
+    result = CliRunner().invoke(
+        main, ["critical", "--problem", spec, "--reduction", "sum", "--json"]
+    )
     assert result.exit_code == 0, result.output
     p = ld.load_problem(spec)
     H = ld.dense_hessian(p.model, torch.nn.MSELoss(reduction="sum"), p.train_data)

@@ -26,9 +26,13 @@ class Quadratic(nn.Module):
         n = len(spectrum)
         g = torch.Generator().manual_seed(seed)
         Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-        self.register_buffer("A", (Q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ Q.T).to(dtype))
+        self.register_buffer(
+            "A", (Q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ Q.T).to(dtype)
+        )
         self.register_buffer("Q", Q.to(dtype))
-        self.theta = nn.Parameter(torch.zeros(n, dtype=dtype) if at is None else torch.tensor(at, dtype=dtype))
+        self.theta = nn.Parameter(
+            torch.zeros(n, dtype=dtype) if at is None else torch.tensor(at, dtype=dtype)
+        )
 
     def forward(self, x):
         value = 0.5 * self.theta @ self.A @ self.theta
@@ -68,7 +72,9 @@ def test_lecture_toy_is_a_saddle_with_eigenvalues_plus_minus_two(dense):
     assert point.max_eigenvalue == pytest.approx(2.0, abs=1e-5)
     assert point.min_eigenvalue == pytest.approx(-2.0, abs=1e-5)
     u = point.escape_direction.cpu().numpy()
-    assert np.allclose(u, np.array([1.0, 1.0]) / math.sqrt(2), atol=1e-5)  # sign fixed: largest entry positive
+    assert np.allclose(
+        u, np.array([1.0, 1.0]) / math.sqrt(2), atol=1e-5
+    )  # sign fixed: largest entry positive
     assert point.minimum_ratio == pytest.approx(0.5, abs=0.0 if dense else 0.3)
     assert "saddle" in point.evidence and "-2" in point.evidence
     if dense:
@@ -99,11 +105,14 @@ def test_lecture_toy_on_the_minimum_valley_is_degenerate():
 
 
 # -- quadratics with a chosen spectrum --------------------------------------------------------------
-@pytest.mark.parametrize("spectrum, kind, ratio", [
-    ([5.0, 3.0, 2.0, 1.0, 0.5], "local_minimum", 1.0),
-    ([5.0, 3.0, -2.0, 1.0, -0.5], "saddle_point", 0.6),
-    ([-5.0, -3.0, -2.0, -1.0, -0.5], "local_maximum", 0.0),
-])
+@pytest.mark.parametrize(
+    "spectrum, kind, ratio",
+    [
+        ([5.0, 3.0, 2.0, 1.0, 0.5], "local_minimum", 1.0),
+        ([5.0, 3.0, -2.0, 1.0, -0.5], "saddle_point", 0.6),
+        ([-5.0, -3.0, -2.0, -1.0, -0.5], "local_maximum", 0.0),
+    ],
+)
 @pytest.mark.parametrize("dense", [True, False])
 def test_quadratic_with_a_chosen_spectrum(spectrum, kind, ratio, dense):
     model = Quadratic(spectrum)
@@ -191,7 +200,9 @@ def reference_eigenvalues(model, loss_fn, x, y):
     flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double()
 
     def f(flat):
-        params = {n: t.reshape(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes, strict=True)}
+        params = {
+            n: t.reshape(s) for n, t, s in zip(names, torch.split(flat, sizes), shapes, strict=True)
+        }
         return loss_fn(functional_call(model, params, (x,)), y)
 
     model = model.double()
@@ -219,19 +230,25 @@ def test_small_network_matches_dense_ground_truth(seed, steps):
     model, x, y = trained_mlp(seed, steps)
     ref = reference_eigenvalues(model, F.cross_entropy, x, y)
     loader = DataLoader(TensorDataset(x, y), batch_size=20)  # unequal batches: 20, 20, 8
-    dense = ld.classify_critical_point(model, F.cross_entropy, loader, grad_tol=1e9)  # force a verdict
+    dense = ld.classify_critical_point(
+        model, F.cross_entropy, loader, grad_tol=1e9
+    )  # force a verdict
     assert dense.min_eigenvalue == pytest.approx(ref[0], abs=1e-8)
     assert dense.max_eigenvalue == pytest.approx(ref[-1], abs=1e-8)
     tol = dense.eig_tol
     assert dense.num_positive == int((ref > tol).sum())
     assert dense.num_negative == int((ref < -tol).sum())
     assert dense.minimum_ratio == pytest.approx(float((ref > tol).mean()))
-    matrix_free = ld.classify_critical_point(model, F.cross_entropy, loader, grad_tol=1e9, dense=False, k=3,
-                                            num_probes=8)
+    matrix_free = ld.classify_critical_point(
+        model, F.cross_entropy, loader, grad_tol=1e9, dense=False, k=3, num_probes=8
+    )
     assert matrix_free.min_eigenvalue == pytest.approx(ref[0], abs=1e-6 * abs(ref).max())
     assert matrix_free.max_eigenvalue == pytest.approx(ref[-1], rel=1e-6)
     assert matrix_free.kind == dense.kind
-    assert abs(matrix_free.minimum_ratio - dense.minimum_ratio) <= 3 * matrix_free.minimum_ratio_error + 0.1
+    assert (
+        abs(matrix_free.minimum_ratio - dense.minimum_ratio)
+        <= 3 * matrix_free.minimum_ratio_error + 0.1
+    )
 
 
 def test_result_is_json_safe_and_readable():
@@ -248,9 +265,13 @@ def test_result_is_json_safe_and_readable():
 
 # -- the user's model is left exactly as it was ---------------------------------------------------
 def snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()],
-            [p.requires_grad for p in model.parameters()],
-            [None if p.grad is None else p.grad.clone() for p in model.parameters()], torch.get_rng_state())
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        torch.get_rng_state(),
+    )
 
 
 def assert_same(model, snap):
@@ -267,21 +288,31 @@ def assert_same(model, snap):
 @pytest.mark.parametrize("dense", [True, False])
 def test_model_unchanged(dense):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.2), nn.Linear(4, 2))
+    model = nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Tanh(), nn.Dropout(0.2), nn.Linear(4, 2)
+    )
     model.train()
     x, y = torch.randn(16, 3), torch.randint(0, 2, (16,))
     F.cross_entropy(model(x), y).backward()  # leave .grad populated
     model[0].bias.requires_grad_(False)
     snap = snapshot(model)
-    ld.classify_critical_point(model, F.cross_entropy, (x, y), dense=dense, k=2, num_probes=3, lanczos_steps=10)
+    ld.classify_critical_point(
+        model, F.cross_entropy, (x, y), dense=dense, k=2, num_probes=3, lanczos_steps=10
+    )
     assert_same(model, snap)
 
 
 # -- bad input ------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, match", [
-    ({"grad_tol": -1.0}, "grad_tol"), ({"eig_tol": float("nan")}, "eig_tol"), ({"k": 0}, "k "),
-    ({"dense": True, "dense_max_params": 1}, "dense_max_params"), ({"mode": "test"}, "mode"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"grad_tol": -1.0}, "grad_tol"),
+        ({"eig_tol": float("nan")}, "eig_tol"),
+        ({"k": 0}, "k "),
+        ({"dense": True, "dense_max_params": 1}, "dense_max_params"),
+        ({"mode": "test"}, "mode"),
+    ],
+)
 def test_bad_options_are_named(kwargs, match):
     p = lecture_saddle()
     snap = snapshot(p.model)
@@ -316,7 +347,9 @@ def test_cuda_saddle_and_escape():
     point = ld.classify_critical_point(model, p.loss_fn, data)
     assert point.kind == "saddle_point" and point.min_eigenvalue == pytest.approx(-2.0, abs=1e-5)
     result = ld.escape_saddle(model, p.loss_fn, data, critical=point, apply=True)
-    assert result.applied and float((model.w1 * model.w2).detach().cpu()) == pytest.approx(1.0, abs=1e-3)
+    assert result.applied and float((model.w1 * model.w2).detach().cpu()) == pytest.approx(
+        1.0, abs=1e-3
+    )
 
 
 # -- issue 18: the gradient decides early, a zero tolerance from rounding, Ctrl-C -----------------
@@ -365,15 +398,18 @@ def test_ctrl_c_at_a_strict_saddle_is_undetermined_never_a_verdict():
 
     spectrum = [3.0, 2.0, 1.0, 0.5, 0.2] * 8 + [-0.05]  # the negative one is found last
     counter = Interrupting(None)
-    reference = ld.classify_critical_point(Quadratic(spectrum, seed=4), mean_output, ONE, dense=False, k=1,
-                                           progress=counter)
+    reference = ld.classify_critical_point(
+        Quadratic(spectrum, seed=4), mean_output, ONE, dense=False, k=1, progress=counter
+    )
     assert reference.kind == "saddle_point"
     kinds = set()
     for stop in list(range(2, counter.calls, max(1, counter.calls // 15))):
         model = Quadratic(spectrum, seed=4)
         before = model.theta.detach().clone()
         try:
-            point = ld.classify_critical_point(model, mean_output, ONE, dense=False, k=1, progress=Interrupting(stop))
+            point = ld.classify_critical_point(
+                model, mean_output, ONE, dense=False, k=1, progress=Interrupting(stop)
+            )
         except KeyboardInterrupt:  # before the gradient finished: nothing to return
             assert torch.equal(model.theta.detach(), before)
             continue

@@ -61,7 +61,9 @@ def test_data_already_on_cuda(data_kind):
 
 
 @pytest.mark.parametrize("cache", [False, True, "all but one"])
-@pytest.mark.parametrize("case_id", ["cnn2d-loader-eval", "transformer-tied-batches-eval", "lstm-pair-eval"])
+@pytest.mark.parametrize(
+    "case_id", ["cnn2d-loader-eval", "transformer-tied-batches-eval", "lstm-pair-eval"]
+)
 def test_micro_batches_on_cuda(case_id, cache):
     case = BY_ID[case_id]
     model, loss_fn, data = case.make()
@@ -103,7 +105,9 @@ def test_eigenpairs_trace_density_and_cache_on_cuda():
 def test_model_on_cpu_with_data_on_cuda_is_refused():
     model, loss_fn, data = mlp_tanh_mse("pair")
     with pytest.raises(ValueError, match="on cuda"):
-        ld.hessian(model, loss_fn, on_cuda(data)) @ torch.zeros(sum(p.numel() for p in model.parameters()))
+        ld.hessian(model, loss_fn, on_cuda(data)) @ torch.zeros(
+            sum(p.numel() for p in model.parameters())
+        )
 
 
 def test_tf32_setting_of_the_user_is_restored():
@@ -129,7 +133,9 @@ def test_critical_point_and_escape_on_cuda():
     point = ld.classify_critical_point(model, p.loss_fn, data)
     assert point.kind == "saddle_point" and point.min_eigenvalue == pytest.approx(-2.0, abs=1e-5)
     result = ld.escape_saddle(model, p.loss_fn, data, critical=point, apply=True)
-    assert result.applied and float((model.w1 * model.w2).detach().cpu()) == pytest.approx(1.0, abs=1e-3)
+    assert result.applied and float((model.w1 * model.w2).detach().cpu()) == pytest.approx(
+        1.0, abs=1e-3
+    )
 
 
 def test_lr_range_test_on_cuda_leaves_model_and_optimizer_unchanged():
@@ -144,8 +150,22 @@ def test_lr_range_test_on_cuda_leaves_model_and_optimizer_unchanged():
 
 
 def test_cli_spectrum_runs_on_the_gpu(tmp_path):
-    result = CliRunner().invoke(main, ["spectrum", "--problem", "lecture-saddle", "--k", "1", "--trace-matvecs",
-                                       "4", "--no-density", "--device", "cuda", "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "spectrum",
+            "--problem",
+            "lecture-saddle",
+            "--k",
+            "1",
+            "--trace-matvecs",
+            "4",
+            "--no-density",
+            "--device",
+            "cuda",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["device"].startswith("cuda")
@@ -173,14 +193,21 @@ def test_monitor_on_cuda_does_not_change_training_and_diagnoses_the_bounce():
     def run(with_monitor: bool):
         gen = torch.Generator().manual_seed(0)
         x, y = torch.randn(96, 6, generator=gen), torch.randint(0, 3, (96,), generator=gen)
-        batches = [(x[i:i + 32].to(CUDA), y[i:i + 32].to(CUDA)) for i in range(0, 96, 32)]
+        batches = [(x[i : i + 32].to(CUDA), y[i : i + 32].to(CUDA)) for i in range(0, 96, 32)]
         torch.manual_seed(0)
-        model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(),
-                                    torch.nn.Linear(16, 3)).to(CUDA)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(6, 16), torch.nn.Dropout(0.3), torch.nn.Tanh(), torch.nn.Linear(16, 3)
+        ).to(CUDA)
         opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
-        monitor = ld.Monitor(model, F.cross_entropy, batches, sharpness_every=5, window=8) if with_monitor else None
+        monitor = (
+            ld.Monitor(model, F.cross_entropy, batches, sharpness_every=5, window=8)
+            if with_monitor
+            else None
+        )
         torch.manual_seed(123)
-        torch.cuda.manual_seed(123)  # dropout on the GPU draws from the CUDA generator: the monitor must not
+        torch.cuda.manual_seed(
+            123
+        )  # dropout on the GPU draws from the CUDA generator: the monitor must not
         for step in range(40):
             xb, yb = batches[step % 3]
             opt.zero_grad()

@@ -38,7 +38,7 @@ def test_one_shot_and_malformed_data():
         list(iter_batches(["xy"]))
     with pytest.raises(TypeError, match="batch 0 is a dict without tensors"):
         list(iter_batches([{"text": "a"}]))
-    (inputs, targets), = iter_batches([{"x": X, "y": Y}])  # a dict without labels: no targets
+    ((inputs, targets),) = iter_batches([{"x": X, "y": Y}])  # a dict without labels: no targets
     assert inputs["y"] is Y and targets.shape == (len(X), 0)
 
 

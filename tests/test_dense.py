@@ -8,8 +8,12 @@ import torch
 import lossdoctor as ld
 from cases import BY_ID, case_reference
 
-DENSE = ["mlp-tanh-mse-pair-eval", "mlp-tanh-mse-f64-batches-eval", "cnn1d-batches-eval",
-         "mlp-relu-ce-module-loader-eval"]
+DENSE = [
+    "mlp-tanh-mse-pair-eval",
+    "mlp-tanh-mse-f64-batches-eval",
+    "cnn1d-batches-eval",
+    "mlp-relu-ce-module-loader-eval",
+]
 
 
 @pytest.mark.parametrize("case_id", DENSE)
@@ -28,5 +32,7 @@ def test_dense_hessian_matches_reference(case_id):
 def test_dtype_argument_and_size_limit():
     model, loss_fn, data = BY_ID["mlp-tanh-mse-pair-eval"].make()
     assert ld.dense_hessian(model, loss_fn, data, dtype=torch.float64).dtype == torch.float64
-    with pytest.raises(ValueError, match=r"44 trainable parameters.*matrix-free lossdoctor\.hessian"):
+    with pytest.raises(
+        ValueError, match=r"44 trainable parameters.*matrix-free lossdoctor\.hessian"
+    ):
         ld.dense_hessian(model, loss_fn, data, max_params=40)

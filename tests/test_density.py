@@ -15,7 +15,9 @@ def test_quadrature_of_a_model():
     case_id = "mlp-relu-ce-functional-batches-eval"
     model, loss_fn, data = BY_ID[case_id].make()
     lam = torch.linalg.eigvalsh(case_reference(case_id)).numpy()
-    d = ld.spectral_density(ld.hessian(model, loss_fn, data), num_probes=6, lanczos_steps=25, seed=0)
+    d = ld.spectral_density(
+        ld.hessian(model, loss_fn, data), num_probes=6, lanczos_steps=25, seed=0
+    )
     assert d.num_probes == 6 and len(d.nodes) == len(d.weights) == 6
     assert d.matvecs == 6 * 25
     width = lam[-1] - lam[0]
@@ -28,7 +30,9 @@ def test_quadrature_of_a_model():
     assert abs(hi - lam[-1]) < 2e-2 * width and abs(lo - lam[0]) < 2e-2 * width
     exact_negative = float((lam < -d.zero_tol).mean())
     assert abs(d.negative_fraction - exact_negative) <= 3 * d.negative_fraction_error + 0.05
-    integral = np.trapezoid(d.density, d.grid) if hasattr(np, "trapezoid") else np.trapz(d.density, d.grid)
+    integral = (
+        np.trapezoid(d.density, d.grid) if hasattr(np, "trapezoid") else np.trapz(d.density, d.grid)
+    )
     assert abs(integral - 1.0) < 1e-3
 
 
@@ -52,6 +56,7 @@ def test_exhausted_krylov_space_gives_exact_eigenvalues():
 
 
 # --- issue 18: the quadrature's bias in the error bar --------------------------------------------
+
 
 def test_negative_fraction_error_covers_the_quadrature_bias():
     """A continuum through zero plus a zero cluster (rank deficiency): with few Lanczos steps the
@@ -80,4 +85,8 @@ def test_fraction_bracket_is_exact_when_the_nodes_are_eigenvalues():
     assert est == pytest.approx(0.2) and bias == 0.0 and err == pytest.approx(0.0, abs=1e-15)
     loose = [np.array([1.0, 1.0, 1.0])] * 3  # residuals reach across the threshold
     est, err, bias = fraction_below(nodes, weights, loose, -0.1)
-    assert est == pytest.approx(0.25) and bias == pytest.approx(0.25) and err == pytest.approx(0.25 / 3)
+    assert (
+        est == pytest.approx(0.25)
+        and bias == pytest.approx(0.25)
+        and err == pytest.approx(0.25 / 3)
+    )

@@ -34,8 +34,13 @@ def _results(op) -> dict[str, object]:
     eig = ld.eigenpairs(op, k=3, which="both", tol=1e-8, seed=3)
     tr = ld.trace(op, matvecs=30, seed=5)
     _, grad = op.gradient()
-    return {"eigenvalues": torch.tensor(eig.eigenvalues), "trace": tr.estimate, "loss": op.loss,
-            "num_samples": op.num_samples, "grad": grad}
+    return {
+        "eigenvalues": torch.tensor(eig.eigenvalues),
+        "trace": tr.estimate,
+        "loss": op.loss,
+        "num_samples": op.num_samples,
+        "grad": grad,
+    }
 
 
 def _classification(model: torch.nn.Module, data) -> dict[str, object]:
@@ -44,19 +49,41 @@ def _classification(model: torch.nn.Module, data) -> dict[str, object]:
     for dense in (True, False):
         # grad_tol this loose keeps the gradient from deciding alone (it stops early otherwise): the
         # curvature half of the verdict is what must agree across processes.
-        point = ld.classify_critical_point(model, F.cross_entropy, data, dense=dense, k=2, seed=3, grad_tol=1e6)
-        out[dense] = {"kind": point.kind, "grad_norm": point.grad_norm, "min": point.min_eigenvalue,
-                      "max": point.max_eigenvalue, "ratio": point.minimum_ratio}
+        point = ld.classify_critical_point(
+            model, F.cross_entropy, data, dense=dense, k=2, seed=3, grad_tol=1e6
+        )
+        out[dense] = {
+            "kind": point.kind,
+            "grad_norm": point.grad_norm,
+            "min": point.min_eigenvalue,
+            "max": point.max_eigenvalue,
+            "ratio": point.minimum_ratio,
+        }
     return out
 
 
-@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed")
+@pytest.mark.skipif(
+    not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed"
+)
 def test_two_gloo_processes_match_one_process_on_all_data(tmp_path):
     worker = Path(__file__).with_name("_distributed_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc-per-node", "2", str(worker), str(tmp_path)],
-                          capture_output=True, text=True, timeout=900, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(worker),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = {r: torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)}
     x, y = _data()
@@ -74,7 +101,10 @@ def test_two_gloo_processes_match_one_process_on_all_data(tmp_path):
             got_verdict, want = r["critical"][dense], single_verdict[dense]
             assert got_verdict["kind"] == want["kind"]
             for key in ("grad_norm", "min", "max"):
-                assert got_verdict[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (dense, key)
+                assert got_verdict[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (
+                    dense,
+                    key,
+                )
             # dense: the exact fraction; Lanczos: an SLQ estimate whose probes are the same on every rank
             assert got_verdict["ratio"] == pytest.approx(want["ratio"], abs=1e-6 if dense else 1e-4)
     # Every rank computes the very same numbers, not merely close ones.

@@ -23,8 +23,11 @@ def test_there_is_one_example_per_framework():
     assert "transformers" in blocks[0] and "lightning" in blocks[1] and "SummaryWriter" in blocks[2]
 
 
-@pytest.mark.parametrize("index, needs", [(0, ("transformers", "accelerate")), (1, ("lightning",)),
-                                          (2, ("tensorboard",))], ids=["huggingface", "lightning", "plain-loop"])
+@pytest.mark.parametrize(
+    "index, needs",
+    [(0, ("transformers", "accelerate")), (1, ("lightning",)), (2, ("tensorboard",))],
+    ids=["huggingface", "lightning", "plain-loop"],
+)
 def test_readme_example_runs(index, needs, tmp_path, monkeypatch):
     for module in needs:
         pytest.importorskip(module)
@@ -33,4 +36,7 @@ def test_readme_example_runs(index, needs, tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     code = examples()[index]
-    exec(compile(code, f"docs/frameworks.md example {index}", "exec"), {"__name__": f"readme_example_{index}"})
+    exec(
+        compile(code, f"docs/frameworks.md example {index}", "exec"),
+        {"__name__": f"readme_example_{index}"},
+    )

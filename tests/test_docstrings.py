@@ -32,8 +32,11 @@ def modules() -> list[str]:
 @pytest.mark.parametrize("name", modules())
 def test_docstring_examples_run(name, tmp_path, monkeypatch):
     module = importlib.import_module(name)
-    tests = [t for t in doctest.DocTestFinder(exclude_empty=True).find(module, name)
-             if t.examples and (t.filename or "").startswith(str(Path(lossdoctor.__file__).parent))]
+    tests = [
+        t
+        for t in doctest.DocTestFinder(exclude_empty=True).find(module, name)
+        if t.examples and (t.filename or "").startswith(str(Path(lossdoctor.__file__).parent))
+    ]
     if not tests:
         pytest.skip("no examples in this module")
     monkeypatch.chdir(tmp_path)  # an example that writes files writes them here
@@ -52,7 +55,9 @@ def test_docstring_examples_run(name, tmp_path, monkeypatch):
 
 
 def _coverage():
-    spec = importlib.util.spec_from_file_location("doc_coverage", ROOT / "tools" / "doc_coverage.py")
+    spec = importlib.util.spec_from_file_location(
+        "doc_coverage", ROOT / "tools" / "doc_coverage.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("doc_coverage", module)
     spec.loader.exec_module(module)
@@ -60,5 +65,7 @@ def _coverage():
 
 
 def test_every_exported_name_has_a_complete_docstring():
-    lacking = [f"{e.name}: {', '.join(e.missing())}" for e in _coverage().api_entries() if e.missing()]
+    lacking = [
+        f"{e.name}: {', '.join(e.missing())}" for e in _coverage().api_entries() if e.missing()
+    ]
     assert not lacking, "\n".join(lacking)

@@ -23,17 +23,39 @@ FAMILIES = {f.key: f for f in sc.FAMILIES}
 
 def run(key: str, seed: int = 0, **kwargs):
     stall = FAMILIES[key].build(seed)
-    d = ld.diagnose(stall.model, stall.loss_fn, stall.data, history=stall.losses[-240:], optimizer=stall.optimizer,
-                    checkpoint=stall.checkpoint, **kwargs)
+    d = ld.diagnose(
+        stall.model,
+        stall.loss_fn,
+        stall.data,
+        history=stall.losses[-240:],
+        optimizer=stall.optimizer,
+        checkpoint=stall.checkpoint,
+        **kwargs,
+    )
     return stall, d
 
 
-@pytest.mark.parametrize("key", [
-    "healthy/least-squares", "diverging/least-squares", "diverging/mlp-nan", "oscillation/least-squares",
-    "ill-conditioned/least-squares", "lr-too-small/mlp", "noise/least-squares", "plateau/sigmoid-mse",
-    "dead/relu-bias", "vanishing/tanh-small-init", "weight-decay/mlp-sgd", "momentum/mlp", "saddle/lecture",
-    "saddle/deep-linear", "degenerate/deep-linear", "converged/least-squares",
-])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "healthy/least-squares",
+        "diverging/least-squares",
+        "diverging/mlp-nan",
+        "oscillation/least-squares",
+        "ill-conditioned/least-squares",
+        "lr-too-small/mlp",
+        "noise/least-squares",
+        "plateau/sigmoid-mse",
+        "dead/relu-bias",
+        "vanishing/tanh-small-init",
+        "weight-decay/mlp-sgd",
+        "momentum/mlp",
+        "saddle/lecture",
+        "saddle/deep-linear",
+        "degenerate/deep-linear",
+        "converged/least-squares",
+    ],
+)
 def test_known_cause_and_a_verified_first_prescription(key):
     stall, d = run(key)
     assert d.cause == FAMILIES[key].cause, str(d)
@@ -70,12 +92,14 @@ def test_saddle_escape_direction_and_step_on_the_lecture_toy():
     m = d.measurements
     assert m.lambda_min == pytest.approx(-2.0, abs=1e-4)
     u = m.escape_direction
-    assert torch.allclose(u.abs(), torch.full((2,), 2 ** -0.5, dtype=u.dtype), atol=1e-4)
+    assert torch.allclose(u.abs(), torch.full((2,), 2**-0.5, dtype=u.dtype), atol=1e-4)
     top = d.prescriptions[0]
     assert "escape_saddle" in top.action
     model = stall.model
     top.apply(model, stall.optimizer)
-    assert float(sc.full_loss(model, stall.loss_fn, stall.full_data)) < 1e-6  # w1·w2 = 1 reached in one step
+    assert (
+        float(sc.full_loss(model, stall.loss_fn, stall.full_data)) < 1e-6
+    )  # w1·w2 = 1 reached in one step
 
 
 def test_converged_least_squares_reads_the_exact_spectrum():
@@ -99,7 +123,13 @@ def test_dead_units_are_counted_exactly():
 
 def test_restore_needs_the_checkpoint_and_says_so_without_it():
     stall = FAMILIES["diverging/mlp-nan"].build(0)
-    d = ld.diagnose(stall.model, stall.loss_fn, stall.data, history=stall.losses[-240:], optimizer=stall.optimizer)
+    d = ld.diagnose(
+        stall.model,
+        stall.loss_fn,
+        stall.data,
+        history=stall.losses[-240:],
+        optimizer=stall.optimizer,
+    )
     assert d.cause == "diverging" and d.summary.endswith("NaN/Inf")
     top = d.prescriptions[0]
     assert not top.applicable and "restore" in top.text
@@ -108,12 +138,21 @@ def test_restore_needs_the_checkpoint_and_says_so_without_it():
 
 
 def snapshot(model, opt):
-    return ([p.detach().clone() for p in model.parameters()], [b.clone() for b in model.buffers()],
-            [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-            {k: v.clone() if isinstance(v, torch.Tensor) else v
-             for s in opt.state.values() for k, v in s.items()}, [dict(g, params=None) for g in opt.param_groups],
-            [m.training for m in model.modules()], torch.get_rng_state(), np.random.get_state()[1].copy(),
-            random.getstate())
+    return (
+        [p.detach().clone() for p in model.parameters()],
+        [b.clone() for b in model.buffers()],
+        [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        {
+            k: v.clone() if isinstance(v, torch.Tensor) else v
+            for s in opt.state.values()
+            for k, v in s.items()
+        },
+        [dict(g, params=None) for g in opt.param_groups],
+        [m.training for m in model.modules()],
+        torch.get_rng_state(),
+        np.random.get_state()[1].copy(),
+        random.getstate(),
+    )
 
 
 def same(a, b):
@@ -126,7 +165,9 @@ def same(a, b):
             assert np.array_equal(x, y)
         elif isinstance(x, dict):
             assert x.keys() == y.keys() and all(
-                torch.equal(x[k], y[k]) if isinstance(x[k], torch.Tensor) else x[k] == y[k] for k in x)
+                torch.equal(x[k], y[k]) if isinstance(x[k], torch.Tensor) else x[k] == y[k]
+                for k in x
+            )
         else:
             assert x == y
 
@@ -138,7 +179,13 @@ def test_model_optimizer_and_every_rng_are_left_exactly_as_they_were(key):
     loss.backward()  # a gradient left in .grad, as after a training step
     stall.model.train()
     before = snapshot(stall.model, stall.optimizer)
-    d = ld.diagnose(stall.model, stall.loss_fn, stall.data, history=stall.losses[-240:], optimizer=stall.optimizer)
+    d = ld.diagnose(
+        stall.model,
+        stall.loss_fn,
+        stall.data,
+        history=stall.losses[-240:],
+        optimizer=stall.optimizer,
+    )
     assert d.verified and d.cost["trial_steps"] > 0
     same(before, snapshot(stall.model, stall.optimizer))
 
@@ -149,7 +196,7 @@ def test_batchnorm_measured_in_the_mode_it_trains_in():
     y = torch.randint(0, 3, (256,))
     model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 256, 32)]
     losses = sc.train_steps(model, F.cross_entropy, opt, batches, 0, 80)
     with torch.no_grad():
         for m in model.modules():
@@ -160,18 +207,26 @@ def test_batchnorm_measured_in_the_mode_it_trains_in():
     m = d.measurements
     assert m.mode == "train" and "batch statistics" in m.mode_note and m.loss_agrees
     assert not model.training  # left as it was
-    d = ld.diagnose(model.train(), F.cross_entropy, batches, history=losses, optimizer=opt, verify=False)
+    d = ld.diagnose(
+        model.train(), F.cross_entropy, batches, history=losses, optimizer=opt, verify=False
+    )
     assert d.measurements.mode == "train" and d.measurements.mode_note is None
-    d = ld.diagnose(model, F.cross_entropy, batches, history=losses, optimizer=opt, verify=False, mode="eval")
+    d = ld.diagnose(
+        model, F.cross_entropy, batches, history=losses, optimizer=opt, verify=False, mode="eval"
+    )
     assert d.measurements.mode == "eval" and d.measurements.loss_agrees is False
     assert any("disagree" in e for e in d.evidence)
 
 
 def test_cost_is_bounded_reported_and_progress_finishes():
     seen = []
-    stall, d = run("weight-decay/mlp-adamw", progress=lambda done, total: seen.append((done, total)))
+    stall, d = run(
+        "weight-decay/mlp-adamw", progress=lambda done, total: seen.append((done, total))
+    )
     assert d.cost["hvps"] <= measure_module.BUDGET
-    assert d.cost["trial_steps"] <= 5 * 2 * d.trials.steps  # one doubling of the trial length at most
+    assert (
+        d.cost["trial_steps"] <= 5 * 2 * d.trials.steps
+    )  # one doubling of the trial length at most
     assert seen and seen[-1][0] == seen[-1][1]
     assert d.measurements.samples <= measure_module.SAMPLES
 
@@ -182,7 +237,9 @@ def test_interrupted_measurement_gives_no_verdict(monkeypatch):
 
     monkeypatch.setattr("lossdoctor.doctor.diagnosis.measure", interrupted)
     stall = FAMILIES["oscillation/least-squares"].build(0)
-    d = ld.diagnose(stall.model, stall.loss_fn, stall.data, history=stall.losses, optimizer=stall.optimizer)
+    d = ld.diagnose(
+        stall.model, stall.loss_fn, stall.data, history=stall.losses, optimizer=stall.optimizer
+    )
     assert d.cause == "undetermined" and d.interrupted and not d.stalled
     assert "interrupted" in d.summary
 
@@ -212,15 +269,18 @@ def test_lr_only_history_gets_trials_with_plain_sgd():
     assert d.cause == "lr_too_small" and d.verified and d.prescriptions[0].action["lr"] > lr
 
 
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(window=2), ValueError, "window"),
-    (dict(mode="bogus"), ValueError, "mode"),
-    (dict(verify="yes"), ValueError, "verify"),
-    (dict(trial_steps=1), ValueError, "trial_steps"),
-    (dict(train_step=3), TypeError, "train_step"),
-    (dict(lr=-1.0), ValueError, "lr must be"),
-    (dict(optimizer="sgd"), TypeError, "optimizer must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(window=2), ValueError, "window"),
+        (dict(mode="bogus"), ValueError, "mode"),
+        (dict(verify="yes"), ValueError, "verify"),
+        (dict(trial_steps=1), ValueError, "trial_steps"),
+        (dict(train_step=3), TypeError, "train_step"),
+        (dict(lr=-1.0), ValueError, "lr must be"),
+        (dict(optimizer="sgd"), TypeError, "optimizer must be"),
+    ],
+)
 def test_bad_input(kwargs, error, match):
     model = nn.Linear(3, 1)
     data = (torch.randn(8, 3), torch.randn(8, 1))
@@ -230,7 +290,9 @@ def test_bad_input(kwargs, error, match):
 
 def test_a_function_is_not_a_model():
     with pytest.raises(TypeError, match="model must be"):
-        ld.diagnose(lambda x: x, F.mse_loss, (torch.ones(2, 1), torch.ones(2, 1)), history=[1.0] * 5)
+        ld.diagnose(
+            lambda x: x, F.mse_loss, (torch.ones(2, 1), torch.ones(2, 1)), history=[1.0] * 5
+        )
 
 
 def test_causes_are_documented():

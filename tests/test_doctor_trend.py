@@ -45,24 +45,32 @@ def test_lag1_sees_a_period_two_bounce():
 def test_history_formats_agree():
     losses = [3.0, 2.5, 2.2, 2.1, 2.0, 1.95]
     ref = read_history(losses).losses
-    for form in (np.array(losses), torch.tensor(losses, dtype=torch.float64), {"losses": losses}, {"loss": losses},
-                 type("Rec", (), {"losses": losses})()):
+    for form in (
+        np.array(losses),
+        torch.tensor(losses, dtype=torch.float64),
+        {"losses": losses},
+        {"loss": losses},
+        type("Rec", (), {"losses": losses})(),
+    ):
         assert np.array_equal(read_history(form).losses, ref)
     h = read_history({"losses": losses, "grad_norms": [1.0] * 6, "grad_cosines": [0.5] * 5})
     assert h.grad_norms.shape == (6,) and h.grad_cosines.shape == (5,)
 
 
-@pytest.mark.parametrize("history, error, match", [
-    (None, ValueError, "history is None"),
-    ([1.0, 2.0], ValueError, "at least 4"),
-    ("1,2,3,4", TypeError, "is a string"),
-    ([[1.0, 2.0], [3.0, 4.0]], ValueError, "one-dimensional"),
-    (torch.ones(4, dtype=torch.bool), TypeError, "real numbers"),
-    ([True, False, True, False], TypeError, "real numbers"),
-    ({"nope": [1.0]}, TypeError, "has no losses"),
-    ({"losses": [1.0] * 5, "grad_norms": [1.0] * 4}, ValueError, "gradient norms"),
-    (["a", "b", "c", "d"], TypeError, "real numbers"),
-])
+@pytest.mark.parametrize(
+    "history, error, match",
+    [
+        (None, ValueError, "history is None"),
+        ([1.0, 2.0], ValueError, "at least 4"),
+        ("1,2,3,4", TypeError, "is a string"),
+        ([[1.0, 2.0], [3.0, 4.0]], ValueError, "one-dimensional"),
+        (torch.ones(4, dtype=torch.bool), TypeError, "real numbers"),
+        ([True, False, True, False], TypeError, "real numbers"),
+        ({"nope": [1.0]}, TypeError, "has no losses"),
+        ({"losses": [1.0] * 5, "grad_norms": [1.0] * 4}, ValueError, "gradient norms"),
+        (["a", "b", "c", "d"], TypeError, "real numbers"),
+    ],
+)
 def test_bad_history(history, error, match):
     with pytest.raises(error, match=match):
         read_history(history)
@@ -87,7 +95,11 @@ def test_the_monitors_cheap_statistics_agree_with_the_full_trend():
             w = 2.0 + slope * np.arange(n) + scale * noise
             full = T.loss_trend(w, n)
             assert abs(T.growth(w) - full.growth) <= 1e-12 * abs(full.growth)
-            assert abs(T.separated_growth(w) - full.separated_growth) <= 1e-12 * abs(full.separated_growth)
+            assert abs(T.separated_growth(w) - full.separated_growth) <= 1e-12 * abs(
+                full.separated_growth
+            )
             assert T.stall_test(w) == full.stalled
             for q in (0.25, 0.5, 0.75):
-                assert abs(T._quantile_sorted(np.sort(w), q) - np.quantile(w, q)) <= 1e-12 * abs(np.quantile(w, q))
+                assert abs(T._quantile_sorted(np.sort(w), q) - np.quantile(w, q)) <= 1e-12 * abs(
+                    np.quantile(w, q)
+                )

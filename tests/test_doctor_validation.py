@@ -24,17 +24,45 @@ def test_seed_sets_are_disjoint_and_the_suite_is_big_enough():
 
 def test_confusion_matrix_counts():
     def run(truth, predicted):
-        return dv.ValidationRun("f", "a", 0, truth, predicted, truth == predicted, 0.0, 0, 0, "", {}, True, True,
-                                None, 100, None, None, None, None, None, "")
+        return dv.ValidationRun(
+            "f",
+            "a",
+            0,
+            truth,
+            predicted,
+            truth == predicted,
+            0.0,
+            0,
+            0,
+            "",
+            {},
+            True,
+            True,
+            None,
+            100,
+            None,
+            None,
+            None,
+            None,
+            None,
+            "",
+        )
 
-    m = dv.confusion_matrix([run("oscillation", "oscillation"), run("oscillation", "progressing"),
-                             run("diverging", "diverging")])
+    m = dv.confusion_matrix(
+        [
+            run("oscillation", "oscillation"),
+            run("oscillation", "progressing"),
+            run("diverging", "diverging"),
+        ]
+    )
     i = {c: k for k, c in enumerate(CAUSES)}
     assert m[i["oscillation"]][i["oscillation"]] == 1 and m[i["oscillation"]][i["progressing"]] == 1
     assert sum(map(sum, m)) == 3
 
 
-@pytest.mark.parametrize("key", ["ill-conditioned/least-squares", "saddle/deep-linear", "healthy/least-squares"])
+@pytest.mark.parametrize(
+    "key", ["ill-conditioned/least-squares", "saddle/deep-linear", "healthy/least-squares"]
+)
 def test_cases_on_a_tuning_seed_are_judged_by_continuing_training(key):
     family = next(f for f in sc.FAMILIES if f.key == key)
     run = dv.run_case(family, dv.TUNE_SEEDS[0])

@@ -14,10 +14,16 @@ import lossdoctor as ld
 from cases import BY_ID, case_reference
 
 # models not tuned for, each end of the spectrum somewhere (every combination would be slow)
-MODEL_ENDS = [("mlp-tanh-mse-batches-eval", "largest"), ("mlp-tanh-mse-batches-eval", "smallest"),
-              ("mlp-tanh-mse-batches-eval", "both"), ("mlp-relu-ce-functional-batches-eval", "both"),
-              ("cnn2d-loader-eval", "largest"), ("batchnorm-cnn-batches-eval", "both"),
-              ("gru-batches-eval", "smallest"), ("transformer-tied-batches-eval", "both")]
+MODEL_ENDS = [
+    ("mlp-tanh-mse-batches-eval", "largest"),
+    ("mlp-tanh-mse-batches-eval", "smallest"),
+    ("mlp-tanh-mse-batches-eval", "both"),
+    ("mlp-relu-ce-functional-batches-eval", "both"),
+    ("cnn2d-loader-eval", "largest"),
+    ("batchnorm-cnn-batches-eval", "both"),
+    ("gru-batches-eval", "smallest"),
+    ("transformer-tied-batches-eval", "both"),
+]
 
 
 def expected_ends(H: torch.Tensor, which: str, k: int) -> np.ndarray:
@@ -74,20 +80,24 @@ def test_eigenvectors_match_up_to_sign():
 def test_lecture_saddle():
     problem = ld.load_problem("lecture-saddle")
     op = ld.hessian(problem.model, problem.loss_fn, problem.train_data)
-    assert torch.allclose(ld.dense_hessian(problem.model, problem.loss_fn, problem.train_data),
-                          torch.tensor([[0.0, -2.0], [-2.0, 0.0]]))
+    assert torch.allclose(
+        ld.dense_hessian(problem.model, problem.loss_fn, problem.train_data),
+        torch.tensor([[0.0, -2.0], [-2.0, 0.0]]),
+    )
     result = ld.eigenpairs(op, k=1, which="both")
     assert result.all_converged
     np.testing.assert_allclose(result.eigenvalues, [2.0, -2.0], atol=1e-6)
     escape = result.eigenvectors[:, 1]
-    assert abs(float(escape @ torch.tensor([1.0, 1.0], dtype=torch.float64))) / math.sqrt(2) == \
-        pytest.approx(1.0, abs=1e-6)
+    assert abs(float(escape @ torch.tensor([1.0, 1.0], dtype=torch.float64))) / math.sqrt(
+        2
+    ) == pytest.approx(1.0, abs=1e-6)
 
 
 def known_spectrum(eigenvalues: list[float], dtype=torch.float64, seed: int = 0) -> torch.Tensor:
     n = len(eigenvalues)
-    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed),
-                                       dtype=torch.float64))
+    Q, _ = torch.linalg.qr(
+        torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    )
     A = Q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ Q.T
     return (0.5 * (A + A.T)).to(dtype)
 
@@ -126,7 +136,9 @@ def test_small_basis_restarts_many_times_to_the_same_answer(which):
     # ncv barely above the wanted pairs: many thick restarts, each rewriting the kept basis.
     # (Distinct extreme eigenvalues: one start vector cannot see a repeated one's multiplicity
     # once its basis is this small, a limit single-vector Lanczos shares with ARPACK.)
-    A = known_spectrum([6.0, 5.5, 5.0, 2.5] + [0.0] * 10 + list(np.linspace(-1.0, 2.0, 140)) + [-3.0, -2.9])
+    A = known_spectrum(
+        [6.0, 5.5, 5.0, 2.5] + [0.0] * 10 + list(np.linspace(-1.0, 2.0, 140)) + [-3.0, -2.9]
+    )
     result = ld.eigenpairs(A, k=2, which=which, tol=1e-8, ncv=8, max_matvecs=3000)
     assert result.all_converged and result.matvecs > 8  # more products than the basis holds
     check_pairs(result, A, expected_ends(A, which, 2), 1e-7)
@@ -136,7 +148,9 @@ def test_invariant_subspaces_at_the_restart_size():
     # Rank 2: the Krylov space is invariant after two products, again and again; with the
     # smallest ncv the fresh directions arrive when the basis is full.
     n = 30
-    U, _ = torch.linalg.qr(torch.randn(n, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    U, _ = torch.linalg.qr(
+        torch.randn(n, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    )
     A = U @ torch.diag(torch.tensor([4.0, -1.5], dtype=torch.float64)) @ U.T
     result = ld.eigenpairs(A, k=3, which="largest", tol=1e-10, ncv=5)
     assert result.all_converged and result.eigenvalues[0] == pytest.approx(4.0, abs=1e-9)
@@ -185,8 +199,11 @@ def test_repeated_eigenvalue_found_with_its_multiplicity(n_bulk):
     spectrum = REPEATED + list(np.linspace(-1.0, 0.2, n_bulk))
     A = known_spectrum(spectrum)
     exact = np.sort(np.array(spectrum))[::-1]
-    for which, expected in [("largest", exact[:3]), ("largest_magnitude", exact[:3]),
-                            ("both", np.concatenate([exact[:3], exact[-3:]]))]:
+    for which, expected in [
+        ("largest", exact[:3]),
+        ("largest_magnitude", exact[:3]),
+        ("both", np.concatenate([exact[:3], exact[-3:]])),
+    ]:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             result = ld.eigenpairs(A, k=3, which=which, tol=1e-8)

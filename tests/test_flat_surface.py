@@ -37,5 +37,7 @@ def test_training_and_verdicts(study):
 
 def test_render_and_json(study, tmp_path):
     section = report.render(study, tmp_path)
-    assert (tmp_path / "flat-surface.png").stat().st_size > 10_000 and "FLAT_PLATEAU" in section.body
+    assert (
+        tmp_path / "flat-surface.png"
+    ).stat().st_size > 10_000 and "FLAT_PLATEAU" in section.body
     assert json.loads(json.dumps(study.to_dict()))["diagnosis"]["cause"] == "flat_plateau"

@@ -63,17 +63,30 @@ def test_tensorboard_sink_writes_every_signal_and_each_diagnosis_once():
 
     writer = FakeWriter()
     # lr far too small: the loss stalls, the doctor runs (no cost cap) and says so
-    monitor, losses = plain_loop(TensorBoardSink(writer), 24, 1e-7, window=8, signals_every=1,
-                                 sharpness_every=4, sharpness_iters=2, doctor_share=None)
+    monitor, losses = plain_loop(
+        TensorBoardSink(writer),
+        24,
+        1e-7,
+        window=8,
+        signals_every=1,
+        sharpness_every=4,
+        sharpness_iters=2,
+        doctor_share=None,
+    )
     loss_tags = [(v, s) for t, v, s in writer.scalars if t == "lossdoctor/loss"]
-    assert [v for v, _ in loss_tags] == pytest.approx(losses) and [s for _, s in loss_tags] == list(range(1, 25))
+    assert [v for v, _ in loss_tags] == pytest.approx(losses) and [s for _, s in loss_tags] == list(
+        range(1, 25)
+    )
     norms = [v for t, v, _ in writer.scalars if t == "lossdoctor/grad_norm"]
     assert len(norms) == 24 and all(math.isfinite(v) for v in norms)  # signals_every=1: every step
     sharp = [v for t, v, _ in writer.scalars if t == "lossdoctor/lambda_max"]
     assert sharp[-1] == monitor.record.sharpness[-1][1]
     assert monitor.diagnoses, "the stalled run should have been diagnosed"
     texts = [t for t in writer.texts if t[0] == "lossdoctor/diagnosis"]
-    assert len(texts) == len(monitor.diagnoses) and monitor.diagnoses[0].cause.replace("_", " ") in texts[0][1]
+    assert (
+        len(texts) == len(monitor.diagnoses)
+        and monitor.diagnoses[0].cause.replace("_", " ") in texts[0][1]
+    )
     with pytest.raises(TypeError, match="SummaryWriter"):
         TensorBoardSink(object())
 
@@ -85,8 +98,15 @@ def test_tensorboard_sink_with_a_real_summary_writer(tmp_path):
     from lossdoctor.integrations.tensorboard import TensorBoardSink
 
     writer = SummaryWriter(str(tmp_path))
-    _, losses = plain_loop(TensorBoardSink(writer), 6, 0.1, window=8, sharpness_every=3, sharpness_iters=2,
-                                 doctor_share=None)
+    _, losses = plain_loop(
+        TensorBoardSink(writer),
+        6,
+        0.1,
+        window=8,
+        sharpness_every=3,
+        sharpness_iters=2,
+        doctor_share=None,
+    )
     writer.close()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -124,20 +144,35 @@ def test_lightning_callback_monitors_fit_and_logs(tmp_path):
 
     x, y = mlp_data()
     module = Module()
-    callback = LossDoctorCallback(F.cross_entropy, window=8, sharpness_every=2, sharpness_iters=2,
-                                  doctor_share=None)
-    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=CSVLogger(str(tmp_path)), callbacks=[callback],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        log_every_n_steps=1)
+    callback = LossDoctorCallback(
+        F.cross_entropy, window=8, sharpness_every=2, sharpness_iters=2, doctor_share=None
+    )
+    trainer = L.Trainer(
+        max_steps=6,
+        accelerator="cpu",
+        logger=CSVLogger(str(tmp_path)),
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+    )
     trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
     assert callback.monitor.record.losses == pytest.approx(module.losses)
     assert len(callback.monitor.record.sharpness) == 3
     # gradient accumulation: one monitor step per optimizer step, on the mean batch loss
     module2, callback2 = Module(), LossDoctorCallback(F.cross_entropy, window=8, sharpness_every=0)
-    L.Trainer(max_steps=3, accelerator="cpu", logger=False, callbacks=[callback2], accumulate_grad_batches=2,
-              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False).fit(
-        module2, DataLoader(TensorDataset(x, y), batch_size=8))
-    pairs = [sum(module2.losses[i:i + 2]) / 2 for i in range(0, 6, 2)]
+    L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[callback2],
+        accumulate_grad_batches=2,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    ).fit(module2, DataLoader(TensorDataset(x, y), batch_size=8))
+    pairs = [sum(module2.losses[i : i + 2]) / 2 for i in range(0, 6, 2)]
     assert callback2.monitor.record.losses == pytest.approx(pairs)
     import csv
 
@@ -154,16 +189,36 @@ def test_hf_trainer_callback_monitors_train_and_logs(tmp_path):
     pytest.importorskip("accelerate")
     from lossdoctor.integrations.huggingface import LossDoctorCallback
 
-    cfg = transformers.GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=2, n_inner=16,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    cfg = transformers.GPT2Config(
+        vocab_size=16,
+        n_positions=8,
+        n_embd=8,
+        n_layer=1,
+        n_head=2,
+        n_inner=16,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     model = transformers.GPT2LMHeadModel(cfg)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(1, 16, (16, 6), generator=gen)
     train = [{"input_ids": ids[i], "labels": ids[i]} for i in range(16)]
-    args = transformers.TrainingArguments(output_dir=str(tmp_path), max_steps=5, per_device_train_batch_size=4,
-                                          learning_rate=1e-2, logging_steps=1, report_to=[], use_cpu=True,
-                                          save_strategy="no", disable_tqdm=True, seed=0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=5,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
     trainer = transformers.Trainer(model=model, args=args, train_dataset=train)
 
     seen = []
@@ -173,14 +228,17 @@ def test_hf_trainer_callback_monitors_train_and_logs(tmp_path):
             seen.append(dict(logs))
 
     trainer.add_callback(Reporter())
-    callback = LossDoctorCallback.attach(trainer, window=8, sharpness_every=2, sharpness_iters=2,
-                                         doctor_share=None)
+    callback = LossDoctorCallback.attach(
+        trainer, window=8, sharpness_every=2, sharpness_iters=2, doctor_share=None
+    )
     trainer.train()
     monitor = callback.monitor
     assert len(monitor.record.losses) == 5 and len(monitor.record.sharpness) == 2
     history = [h for h in trainer.state.log_history if "loss" in h and "lossdoctor/loss" in h]
     assert len(history) == 5
     # the monitor saw each step's training loss, as the Trainer logged it
-    assert [h["lossdoctor/loss"] for h in history] == pytest.approx([h["loss"] for h in history], rel=1e-4)
+    assert [h["lossdoctor/loss"] for h in history] == pytest.approx(
+        [h["loss"] for h in history], rel=1e-4
+    )
     assert any("lossdoctor/lambda_max" in s for s in seen)
     assert callback._hook is None  # removed after training: the model is left as it was

@@ -32,6 +32,7 @@ TRIALS = 6  # random moments per call
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
 class CountingLoss:
     """``loss_fn`` that counts its calls and raises KeyboardInterrupt on call number ``stop``."""
 
@@ -105,7 +106,11 @@ def _landscape(dims: int) -> Case:
         done = part.points_done
         flat = np.asarray(part.train_loss, dtype=float).reshape(-1)
         want = np.asarray(ref.train_loss, dtype=float).reshape(-1)
-        assert 0 < done < len(want) and _close(flat[:done], want[:done]) and np.isnan(flat[done:]).all()
+        assert (
+            0 < done < len(want)
+            and _close(flat[:done], want[:done])
+            and np.isnan(flat[done:]).all()
+        )
         assert part.center_loss == ref.center_loss and "INTERRUPTED" in str(part)
 
     return Case(f"landscape-{dims}d", run, check, _objects)
@@ -113,26 +118,37 @@ def _landscape(dims: int) -> Case:
 
 def _interpolate() -> Case:
     def run(o, loss, progress):
-        return ld.interpolate(o[0], o[1], loss, o[2], np.linspace(-0.5, 1.5, 9), test_data=o[3], progress=progress)
+        return ld.interpolate(
+            o[0], o[1], loss, o[2], np.linspace(-0.5, 1.5, 9), test_data=o[3], progress=progress
+        )
 
     def check(part, ref):
         done = part.points_done
         assert 0 < done < 9 and _close(part.train_loss[:done], ref.train_loss[:done])
-        assert _close(part.test_loss[:done], ref.test_loss[:done]) and np.isnan(part.train_loss[done:]).all()
+        assert (
+            _close(part.test_loss[:done], ref.test_loss[:done])
+            and np.isnan(part.train_loss[done:]).all()
+        )
 
     return Case("interpolate", run, check, _objects)
 
 
 def _noise() -> Case:
     def run(o, loss, progress):
-        return ld.gradient_noise_scale(o[0], loss, o[2], small_batch=2, big_batch=8, pairs=6, bootstrap=50,
-                                       progress=progress)
+        return ld.gradient_noise_scale(
+            o[0], loss, o[2], small_batch=2, big_batch=8, pairs=6, bootstrap=50, progress=progress
+        )
 
     def check(part, ref):
-        assert 2 <= part.pairs < 6 and part.suggested_batch_size is None and "no batch size suggested" in str(part)
+        assert (
+            2 <= part.pairs < 6
+            and part.suggested_batch_size is None
+            and "no batch size suggested" in str(part)
+        )
         o = _objects()
-        same = ld.gradient_noise_scale(o[0], F.cross_entropy, o[2], small_batch=2, big_batch=8, pairs=part.pairs,
-                                       bootstrap=50)  # the first k pairs are the same draws
+        same = ld.gradient_noise_scale(
+            o[0], F.cross_entropy, o[2], small_batch=2, big_batch=8, pairs=part.pairs, bootstrap=50
+        )  # the first k pairs are the same draws
         assert part.b_simple == pytest.approx(same.b_simple, rel=1e-9)
 
     return Case("gradient_noise_scale", run, check, _objects)
@@ -140,10 +156,15 @@ def _noise() -> Case:
 
 def _timing() -> Case:
     def run(o, loss, progress):
-        return ld.time_batch_sizes(o[0], loss, o[2], [1, 2, 4, 8], repeats=1, warmup=0, progress=progress)
+        return ld.time_batch_sizes(
+            o[0], loss, o[2], [1, 2, 4, 8], repeats=1, warmup=0, progress=progress
+        )
 
     def check(part, ref):
-        assert 0 < len(part.batch_sizes) < 4 and part.batch_sizes == ref.batch_sizes[:len(part.batch_sizes)]
+        assert (
+            0 < len(part.batch_sizes) < 4
+            and part.batch_sizes == ref.batch_sizes[: len(part.batch_sizes)]
+        )
         assert part.saturation_batch_size is None and "no saturation point" in str(part)
 
     return Case("time_batch_sizes", run, check, _objects)
@@ -152,13 +173,19 @@ def _timing() -> Case:
 def _lr_range() -> Case:
     def run(o, loss, progress):
         opt = torch.optim.SGD(o[0].parameters(), lr=0.1, momentum=0.9)
-        result = ld.lr_range_test(o[0], loss, o[2], opt, start_lr=1e-3, end_lr=1.0, steps=10, progress=progress)
+        result = ld.lr_range_test(
+            o[0], loss, o[2], opt, start_lr=1e-3, end_lr=1.0, steps=10, progress=progress
+        )
         assert not opt.state and opt.param_groups[0]["lr"] == 0.1  # the optimizer is as it was
         return result
 
     def check(part, ref):
         k = part.steps_run
-        assert 0 < k < ref.steps_run and _close(part.losses, ref.losses[:k]) and _close(part.lrs, ref.lrs[:k])
+        assert (
+            0 < k < ref.steps_run
+            and _close(part.losses, ref.losses[:k])
+            and _close(part.lrs, ref.lrs[:k])
+        )
         assert part.suggested_lr is None and "no lr suggested" in str(part)
 
     return Case("lr_range_test", run, check, _objects)
@@ -167,28 +194,47 @@ def _lr_range() -> Case:
 def _sweep() -> Case:
     def run(o, loss, progress):
         problem = ld.Problem(o[0], loss, o[2], o[3], name="tiny")
-        return ld.batch_size_sweep(problem, [4, 8], seeds=[0, 1], updates=3, sharpness=(), progress=progress)
+        return ld.batch_size_sweep(
+            problem, [4, 8], seeds=[0, 1], updates=3, sharpness=(), progress=progress
+        )
 
     def key(r):
-        return (r.batch_size, r.seed, r.steps, r.curve["train_loss"], [m.train_loss for m in r.milestones])
+        return (
+            r.batch_size,
+            r.seed,
+            r.steps,
+            r.curve["train_loss"],
+            [m.train_loss for m in r.milestones],
+        )
 
     def check(part, ref):
         assert 0 < len(part.runs) < 4 and "INTERRUPTED" in str(part)
-        assert [key(r) for r in part.runs] == [key(r) for r in ref.runs[:len(part.runs)]]
+        assert [key(r) for r in part.runs] == [key(r) for r in ref.runs[: len(part.runs)]]
 
     return Case("batch_size_sweep", run, check, _objects)
 
 
 def _sharpness() -> Case:
     def run(o, loss, progress):
-        return ld.sharpness(o[0], loss, o[2], method=["lambda_max", "epsilon"], epsilons=(1e-3, 5e-4),
-                            subspace_dim=None, max_iter=3, tol=1e-4, progress=progress)
+        return ld.sharpness(
+            o[0],
+            loss,
+            o[2],
+            method=["lambda_max", "epsilon"],
+            epsilons=(1e-3, 5e-4),
+            subspace_dim=None,
+            max_iter=3,
+            tol=1e-4,
+            progress=progress,
+        )
 
     def check(part, ref):
         assert part.interrupted and "INTERRUPTED" in str(part)
         if part.lambda_max is not None:
             assert part.lambda_max == pytest.approx(ref.lambda_max, rel=1e-6)
-        assert [e.value for e in part.epsilon] == pytest.approx([e.value for e in ref.epsilon[:len(part.epsilon)]])
+        assert [e.value for e in part.epsilon] == pytest.approx(
+            [e.value for e in ref.epsilon[: len(part.epsilon)]]
+        )
         assert len(part.epsilon) < len(ref.epsilon)
 
     return Case("sharpness", run, check, _objects)
@@ -199,7 +245,12 @@ def _escape() -> Case:
         return ld.escape_saddle(o[0], loss, o[2], apply=True, progress=progress)
 
     def check(part, ref):
-        assert part.interrupted and not part.escaped and not part.applied and "no step taken" in part.message
+        assert (
+            part.interrupted
+            and not part.escaped
+            and not part.applied
+            and "no step taken" in part.message
+        )
 
     return Case("escape_saddle", run, check, _saddle_objects)
 
@@ -213,7 +264,9 @@ def _compare() -> Case:
         for i, (got, want) in enumerate(zip(part.methods, ref.methods)):
             assert got.name == want.name
             if got.interrupted:  # only the method in progress, the last one, may be cut short
-                assert i == len(part.methods) - 1 and _close(got.losses, want.losses[:len(got.losses)])
+                assert i == len(part.methods) - 1 and _close(
+                    got.losses, want.losses[: len(got.losses)]
+                )
             else:
                 assert _close(got.losses, want.losses)
 
@@ -231,13 +284,24 @@ def _gd_path() -> Case:
 
     def check(part, ref):
         assert part.interrupted and 0 < len(part.losses) < len(ref.losses)
-        assert _close(part.losses, ref.losses[:len(part.losses)])
+        assert _close(part.losses, ref.losses[: len(part.losses)])
 
     return Case("gradient_descent_path", run, check, _off_saddle_objects)
 
 
-CASES = [_landscape(1), _landscape(2), _interpolate(), _noise(), _timing(), _lr_range(), _sweep(), _sharpness(),
-         _escape(), _compare(), _gd_path()]
+CASES = [
+    _landscape(1),
+    _landscape(2),
+    _interpolate(),
+    _noise(),
+    _timing(),
+    _lr_range(),
+    _sweep(),
+    _sharpness(),
+    _escape(),
+    _compare(),
+    _gd_path(),
+]
 
 
 def _base_loss(case: Case) -> Callable:
@@ -255,8 +319,11 @@ def test_ctrl_c_at_random_moments_returns_what_finished(case):
     base = _base_loss(case)
     counter = CountingLoss(base)
     first_unit: list[int] = []
-    reference = case.run(case.make(), counter,
-                         lambda done, total: first_unit.append(counter.calls) if not first_unit else None)
+    reference = case.run(
+        case.make(),
+        counter,
+        lambda done, total: first_unit.append(counter.calls) if not first_unit else None,
+    )
     total = counter.calls
     assert not getattr(reference, "interrupted", False)
     # when the first unit of work (a point, a pair, a run) was finished: a later Ctrl-C may not lose it
@@ -278,8 +345,11 @@ def test_ctrl_c_at_random_moments_returns_what_finished(case):
 
 
 @pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs signal.setitimer")
-@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("landscape-2d", "batch_size_sweep", "interpolate")],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case",
+    [c for c in CASES if c.name in ("landscape-2d", "batch_size_sweep", "interpolate")],
+    ids=lambda c: c.name,
+)
 def test_real_sigint_at_random_times(case):
     """SIGINT from a timer lands anywhere, lossdoctor's own code included; whatever happens, the
     global RNG is intact and a returned result is either complete or flagged."""

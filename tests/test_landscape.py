@@ -39,7 +39,7 @@ def test_interpolation_between_two_known_points():
     before[1].assert_same(b, "interpolate b")
     for alpha, loss, test_loss in zip(curve.alphas, curve.train_loss, curve.test_loss):
         w = (1 - alpha) * 1.0 + alpha * 3.0
-        assert loss == pytest.approx(5 * w ** 2)
+        assert loss == pytest.approx(5 * w**2)
         assert test_loss == pytest.approx((w - 1) ** 2 + (2 * w - 1) ** 2)
     assert curve.distance == pytest.approx(np.sqrt(4 + 16))
     assert curve.train_accuracy == [None] * 5 and "Interpolation" in str(curve)
@@ -66,8 +66,10 @@ def test_filter_normalization_property():
         if p.dim() == 1:  # biases and BatchNorm: zero direction by default
             assert torch.count_nonzero(t) == 0, name
         else:  # every filter (output channel / row) has its weight's norm
-            torch.testing.assert_close(t.reshape(t.shape[0], -1).norm(dim=1),
-                                       p.detach().reshape(p.shape[0], -1).norm(dim=1))
+            torch.testing.assert_close(
+                t.reshape(t.shape[0], -1).norm(dim=1),
+                p.detach().reshape(p.shape[0], -1).norm(dim=1),
+            )
     with_bias = random_direction(model, seed=3, ignore_bias_bn=False)
     assert torch.equal(with_bias[1], model[0].bias.detach())
     layer = random_direction(model, seed=3, normalization="layer")
@@ -81,12 +83,16 @@ def test_landscape_1d_quadratic_and_2d_grid():
     y = model(x).detach()  # the model sits at the minimum of the MSE
     before = ModelSnapshot.take(model)
     d = [torch.tensor([[1.0, 0.0, 0.0]])]
-    land = ld.landscape(model, F.mse_loss, (x, y), dims=1, steps=5, span=2.0, directions=[d], test_data=(x, y))
+    land = ld.landscape(
+        model, F.mse_loss, (x, y), dims=1, steps=5, span=2.0, directions=[d], test_data=(x, y)
+    )
     before.assert_same(model, "landscape")
     coords = np.array(land.coords)
-    expected = coords ** 2 * float((x[:, 0] ** 2).mean())
+    expected = coords**2 * float((x[:, 0] ** 2).mean())
     np.testing.assert_allclose(land.train_loss, expected, rtol=1e-5, atol=1e-7)
-    assert land.test_loss == pytest.approx(land.train_loss) and land.center_loss == pytest.approx(0, abs=1e-10)
+    assert land.test_loss == pytest.approx(land.train_loss) and land.center_loss == pytest.approx(
+        0, abs=1e-10
+    )
     grid = ld.landscape(model, F.mse_loss, (x, y), dims=2, steps=4, seed=1)
     assert len(grid.train_loss) == 4 and all(len(row) == 4 for row in grid.train_loss)
     assert grid.test_loss is None and grid.dims == 2 and "2-D" in str(grid)
@@ -95,9 +101,13 @@ def test_landscape_1d_quadratic_and_2d_grid():
 
 def test_landscape_bad_input():
     model, loss_fn, data = model_in_a_mixed_state(dropout=0.0)
-    for kwargs, match in (({"dims": 3}, "dims must be 1 or 2"), ({"steps": 1}, "steps"),
-                          ({"normalization": "batch"}, "normalization"), ({"span": 0}, "span"),
-                          ({"directions": [[torch.zeros(1)]]}, "directions")):
+    for kwargs, match in (
+        ({"dims": 3}, "dims must be 1 or 2"),
+        ({"steps": 1}, "steps"),
+        ({"normalization": "batch"}, "normalization"),
+        ({"span": 0}, "span"),
+        ({"directions": [[torch.zeros(1)]]}, "directions"),
+    ):
         with pytest.raises(ValueError, match=match):
             ld.landscape(model, loss_fn, data, **kwargs)
     with pytest.raises(ValueError, match="alphas"):

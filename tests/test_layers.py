@@ -19,9 +19,14 @@ from lossdoctor.curvature import dense_hessian
 
 def mlp_case(seed=0):
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    model = nn.Sequential(
+        nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)
+    ).double()
     gen = torch.Generator().manual_seed(seed)
-    data = (torch.randn(40, 4, generator=gen, dtype=torch.float64), torch.randint(0, 3, (40,), generator=gen))
+    data = (
+        torch.randn(40, 4, generator=gen, dtype=torch.float64),
+        torch.randint(0, 3, (40,), generator=gen),
+    )
     return model, data
 
 
@@ -33,7 +38,7 @@ def test_block_numbers_match_the_dense_block_hessian():
     blocks = parameter_blocks(model)
     assert [r.name for r in table.rows] == ["0", "2", "4"] == [b.name for b in blocks]
     for row, b in zip(table.rows, blocks):
-        Hb = H[b.start:b.stop, b.start:b.stop]
+        Hb = H[b.start : b.stop, b.start : b.stop]
         top = float(torch.linalg.eigvalsh(Hb)[-1])
         assert row.numel == b.numel
         assert row.lambda_max == pytest.approx(top, rel=1e-8, abs=1e-10)
@@ -47,7 +52,7 @@ def test_few_lanczos_steps_give_a_lower_bound_within_the_residual():
     H = dense_hessian(model, F.cross_entropy, data).to(torch.float64)
     table = ld.layer_curvature(model, F.cross_entropy, data, probes=1, lanczos_steps=4)
     for row, b in zip(table.rows, parameter_blocks(model)):
-        eig = torch.linalg.eigvalsh(H[b.start:b.stop, b.start:b.stop])
+        eig = torch.linalg.eigvalsh(H[b.start : b.stop, b.start : b.stop])
         assert row.lambda_max <= float(eig[-1]) + 1e-10
         # some eigenvalue lies within the residual of the Ritz value
         assert float((eig - row.lambda_max).abs().min()) <= row.lambda_residual + 1e-10
@@ -56,7 +61,9 @@ def test_few_lanczos_steps_give_a_lower_bound_within_the_residual():
 def test_lr_scaled_block_sharpness_and_the_unstable_block():
     model, data = mlp_case()
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    table = ld.layer_curvature(model, F.cross_entropy, data, optimizer=opt, probes=2, lanczos_steps=40)
+    table = ld.layer_curvature(
+        model, F.cross_entropy, data, optimizer=opt, probes=2, lanczos_steps=40
+    )
     for row in table.rows:
         assert row.lr_sharpness == pytest.approx(row.lambda_max, rel=1e-12)
     sharpest = table.sharpest()
@@ -93,7 +100,9 @@ def test_heterogeneity_is_zero_for_identical_spectra_and_large_for_different_one
     apart = [[np.array([1.0, 2.0])], [np.array([1000.0, 2000.0])]]
     assert heterogeneity(apart, w)[0] > 0.9
     p = np.array([0.5, 0.5, 0.0])
-    assert js_distance(p, p) == 0.0 and js_distance(p, np.array([0.0, 0.0, 1.0])) == pytest.approx(1.0)
+    assert js_distance(p, p) == 0.0 and js_distance(p, np.array([0.0, 0.0, 1.0])) == pytest.approx(
+        1.0
+    )
 
 
 def test_transformer_blocks_are_more_heterogeneous_than_an_mlps():
@@ -103,7 +112,9 @@ def test_transformer_blocks_are_more_heterogeneous_than_an_mlps():
     torch.manual_seed(0)
     lm = ld.layer_curvature(TinyLM(), token_loss, (x, y), probes=1, lanczos_steps=8)
     xm, ym = mnist(0, 256)
-    mlp_table = ld.layer_curvature(mlp(0, 32, depth=2), F.cross_entropy, (xm, ym), probes=1, lanczos_steps=8)
+    mlp_table = ld.layer_curvature(
+        mlp(0, 32, depth=2), F.cross_entropy, (xm, ym), probes=1, lanczos_steps=8
+    )
     assert lm.heterogeneity > mlp_table.heterogeneity
     assert not math.isnan(lm.spread)
 

@@ -32,8 +32,23 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "lossdoctor"
 
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base", {"_checks", "_distributed", "_extras", "_files", "_interrupt", "_results", "_version", "types", "progress", "model_state", "data",
-              "evaluation"}),
+    (
+        "base",
+        {
+            "_checks",
+            "_distributed",
+            "_extras",
+            "_files",
+            "_interrupt",
+            "_results",
+            "_version",
+            "types",
+            "progress",
+            "model_state",
+            "data",
+            "evaluation",
+        },
+    ),
     ("problem", {"problem", "zoo"}),
     ("curvature", {"curvature"}),
     ("analysis", {"analysis"}),
@@ -75,8 +90,11 @@ def imports(src: Path = SRC) -> list[tuple[str, str, str | None, int]]:
         package = module if is_package(path) else module.rsplit(".", 1)[0]
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
-                found += [(module, a.name, None, node.lineno) for a in node.names
-                          if a.name.split(".")[0] == PACKAGE]
+                found += [
+                    (module, a.name, None, node.lineno)
+                    for a in node.names
+                    if a.name.split(".")[0] == PACKAGE
+                ]
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = package.split(".")[: len(package.split(".")) - node.level + 1]
@@ -115,8 +133,13 @@ def private_crossing(importer: str, target: str, name: str | None, src: Path = S
 
 
 def violations(src: Path = SRC) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {"backward": [], "cycles": [], "private": [], "integrations": [],
-                                   "unknown": []}
+    found: dict[str, list[str]] = {
+        "backward": [],
+        "cycles": [],
+        "private": [],
+        "integrations": [],
+        "unknown": [],
+    }
     graph: dict[str, set[str]] = {}
     for importer, target, name, line in imports(src):
         where = f"{importer}:{line} -> {target}{'.' + name if name else ''}"
@@ -141,7 +164,9 @@ def violations(src: Path = SRC) -> dict[str, list[str]]:
         state[u] = 1
         for v in sorted(graph.get(u, ())):
             if state.get(v) == 1:
-                found["cycles"].append(" -> ".join(path[path.index(v):] + [v]) if v in path else f"{u} -> {v}")
+                found["cycles"].append(
+                    " -> ".join(path[path.index(v) :] + [v]) if v in path else f"{u} -> {v}"
+                )
             elif v not in state:
                 visit(v, path + [v])
         state[u] = 2
@@ -168,10 +193,15 @@ def test_the_checker_sees_a_backward_a_cyclic_and_a_private_import(tmp_path):
     got = violations(tmp_path)
     assert got["backward"] == [
         "lossdoctor.curvature.eigen:2 -> lossdoctor.analysis.critical.g (curvature imports analysis)",
-        "lossdoctor.tour:1 -> lossdoctor.cli.one (tour imports cli)"]
-    assert got["private"] == ["lossdoctor.analysis.critical:1 -> lossdoctor.curvature.eigen._helper "
-                              "(private lossdoctor.curvature.eigen._helper)"]
-    assert got["cycles"] == ["analysis -> curvature -> analysis"]  # one module to another inside cli is no cycle
+        "lossdoctor.tour:1 -> lossdoctor.cli.one (tour imports cli)",
+    ]
+    assert got["private"] == [
+        "lossdoctor.analysis.critical:1 -> lossdoctor.curvature.eigen._helper "
+        "(private lossdoctor.curvature.eigen._helper)"
+    ]
+    assert got["cycles"] == [
+        "analysis -> curvature -> analysis"
+    ]  # one module to another inside cli is no cycle
     assert got["unknown"] == []
 
 

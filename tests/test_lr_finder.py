@@ -20,11 +20,13 @@ def _classification(seed: int = 0, n: int = 64):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 6, generator=g)
     y = (x[:, 0] + x[:, 1] > 0).long()
-    return [(x[i:i + 16], y[i:i + 16]) for i in range(0, n, 16)]
+    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
 
 
 def _net():
-    return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2)
+    )
 
 
 def _snapshot(model, optimizer):
@@ -36,8 +38,10 @@ def _snapshot(model, optimizer):
         "rng": torch.get_rng_state(),
         "groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups],
         "group_ids": [id(g) for g in optimizer.param_groups],
-        "opt_state": {id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
-                      for p, s in optimizer.state.items()},
+        "opt_state": {
+            id(p): {k: v.clone() if torch.is_tensor(v) else v for k, v in s.items()}
+            for p, s in optimizer.state.items()
+        },
     }
 
 
@@ -60,10 +64,13 @@ def _assert_same(before, model, optimizer):
             assert torch.equal(v, w) if torch.is_tensor(v) else v == w
 
 
-@pytest.mark.parametrize("make_opt", [
-    lambda ps: torch.optim.Adam(ps, lr=1e-3, weight_decay=1e-4),
-    lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
-])
+@pytest.mark.parametrize(
+    "make_opt",
+    [
+        lambda ps: torch.optim.Adam(ps, lr=1e-3, weight_decay=1e-4),
+        lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+    ],
+)
 def test_leaves_model_and_optimizer_exactly_as_they_were(make_opt):
     torch.manual_seed(0)
     model, data = _net(), _classification()
@@ -76,7 +83,9 @@ def test_leaves_model_and_optimizer_exactly_as_they_were(make_opt):
         opt.step()
     F.cross_entropy(model(data[0][0]), data[0][1]).backward()  # leave some .grad around
     before = _snapshot(model, opt)
-    result = ld.lr_range_test(model, F.cross_entropy, data, opt, start_lr=1e-4, end_lr=1.0, steps=20)
+    result = ld.lr_range_test(
+        model, F.cross_entropy, data, opt, start_lr=1e-4, end_lr=1.0, steps=20
+    )
     assert result.steps_run > 3
     _assert_same(before, model, opt)
     # and the optimizer still trains normally afterwards
@@ -105,8 +114,9 @@ def test_records_loss_before_each_update_at_the_planned_lr():
     x, y = torch.randn(32, 3), torch.randn(32, 1)
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=123.0)
-    res = ld.lr_range_test(model, F.mse_loss, (x, y), opt, start_lr=1e-3, end_lr=1e-1, steps=8,
-                           smoothing=0.0)
+    res = ld.lr_range_test(
+        model, F.mse_loss, (x, y), opt, start_lr=1e-3, end_lr=1e-1, steps=8, smoothing=0.0
+    )
     assert np.allclose(res.lrs, np.geomspace(1e-3, 1e-1, 8))
     replay = nn.Linear(3, 1)
     replay.load_state_dict(model.state_dict())
@@ -134,8 +144,9 @@ def test_stops_early_when_the_loss_diverges_and_suggests_a_number():
     assert "suggested lr" in str(res)
     with pytest.raises(Exception):  # noqa: B017 - frozen dataclass
         res.suggested_lr = 1.0
-    minimum = ld.lr_range_test(model, F.cross_entropy, data, opt, start_lr=1e-4, end_lr=1e4, steps=40,
-                               suggestion="minimum")
+    minimum = ld.lr_range_test(
+        model, F.cross_entropy, data, opt, start_lr=1e-4, end_lr=1e4, steps=40, suggestion="minimum"
+    )
     assert minimum.suggested_lr == minimum.minimum_lr
 
 
@@ -152,14 +163,17 @@ def test_suggestion_on_a_known_curve():
     assert suggest(lrs, zero_phase_ema(noisy, 0.9))[0] == pytest.approx(1e-3, rel=0.5)
 
 
-@pytest.mark.parametrize("kwargs,error,match", [
-    ({"start_lr": 0.0}, ValueError, "start_lr"),
-    ({"start_lr": 1.0, "end_lr": 0.1}, ValueError, "end_lr"),
-    ({"steps": 2}, ValueError, "steps"),
-    ({"smoothing": 1.0}, ValueError, "smoothing"),
-    ({"diverge_factor": 1.0}, ValueError, "diverge_factor"),
-    ({"suggestion": "valley"}, ValueError, "suggestion"),
-])
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        ({"start_lr": 0.0}, ValueError, "start_lr"),
+        ({"start_lr": 1.0, "end_lr": 0.1}, ValueError, "end_lr"),
+        ({"steps": 2}, ValueError, "steps"),
+        ({"smoothing": 1.0}, ValueError, "smoothing"),
+        ({"diverge_factor": 1.0}, ValueError, "diverge_factor"),
+        ({"suggestion": "valley"}, ValueError, "suggestion"),
+    ],
+)
 def test_bad_settings(kwargs, error, match):
     model, data = nn.Linear(6, 2), _classification()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -185,6 +199,7 @@ def test_bad_inputs():
         ld.lr_range_test(model, lambda out, y: out.sum() * math.inf, data, opt, steps=10)
     before = _snapshot(model, opt)
     with pytest.raises(ValueError, match=r"scalar.*per-sample losses \(reduction='none'\)"):
-        ld.lr_range_test(model, lambda out, y: F.cross_entropy(out, y, reduction="none"), data, opt,
-                         steps=10)
+        ld.lr_range_test(
+            model, lambda out, y: F.cross_entropy(out, y, reduction="none"), data, opt, steps=10
+        )
     _assert_same(before, model, opt)

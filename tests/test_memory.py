@@ -24,8 +24,12 @@ def test_plan_prefers_float64_then_float32_then_fewer_vectors():
     n = 124_000_000  # GPT-2 small
     roomy = plan_basis(n, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 200 * GB})
     assert (roomy.dtype, roomy.ncv, roomy.fallback) == (torch.float64, 24, "")
-    assert not roomy.keep_products and roomy.bytes == 25 * n * 8  # products only while small (1 GiB)
-    small_model = plan_basis(100_000, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 20 * GB})
+    assert (
+        not roomy.keep_products and roomy.bytes == 25 * n * 8
+    )  # products only while small (1 GiB)
+    small_model = plan_basis(
+        100_000, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 20 * GB}
+    )
     assert small_model.keep_products and small_model.bytes == 2 * 25 * 100_000 * 8
     # float64 needs 24.8 GB, 40% of 40 GB is 16 GB: float32 (12.4 GB) fits
     mid = plan_basis(n, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 40 * GB})
@@ -36,27 +40,37 @@ def test_plan_prefers_float64_then_float32_then_fewer_vectors():
     assert small.dtype == torch.float32 and small.ncv == int(0.4 * 20 * GB // (4 * n)) - 1
     assert (small.ncv + 1) * n * 4 <= 0.4 * 20 * GB < (small.ncv + 2) * n * 4
     # what is held beside the basis (the pairs) comes off its share
-    held = plan_basis(n, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 20 * GB}, held=4 * GB)
+    held = plan_basis(
+        n, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 20 * GB}, held=4 * GB
+    )
     assert held.ncv < small.ncv
 
 
 def test_plan_puts_the_basis_on_the_host_when_the_gpu_is_short():
     n = 124_000_000
-    plan = plan_basis(n, ncv=24, min_ncv=5, op_device="cuda:0", available={"cuda:0": 4 * GB, "cpu": 100 * GB})
+    plan = plan_basis(
+        n, ncv=24, min_ncv=5, op_device="cuda:0", available={"cuda:0": 4 * GB, "cpu": 100 * GB}
+    )
     assert plan.device == torch.device("cpu") and plan.dtype == torch.float64 and plan.ncv == 24
     # float32 on the GPU is preferred to float64 on the host
-    plan = plan_basis(n, ncv=24, min_ncv=5, op_device="cuda:0", available={"cuda:0": 40 * GB, "cpu": 100 * GB})
+    plan = plan_basis(
+        n, ncv=24, min_ncv=5, op_device="cuda:0", available={"cuda:0": 40 * GB, "cpu": 100 * GB}
+    )
     assert plan.device == torch.device("cuda:0") and plan.dtype == torch.float32
 
 
 def test_plan_overrides_and_clear_errors():
     n = 124_000_000
-    forced = plan_basis(n, ncv=24, min_ncv=5, op_device="cpu", dtype="float32", available={"cpu": 200 * GB})
+    forced = plan_basis(
+        n, ncv=24, min_ncv=5, op_device="cpu", dtype="float32", available={"cpu": 200 * GB}
+    )
     assert forced.dtype == torch.float32 and forced.fallback == "chosen by the caller"
     with pytest.raises(MemoryError, match=r"does not fit.*float32.*available on cpu"):
         plan_basis(n, ncv=24, min_ncv=5, op_device="cpu", available={"cpu": 2 * GB})
     with pytest.raises(MemoryError, match="smaller ncv"):  # a given ncv is not silently lowered
-        plan_basis(n, ncv=24, min_ncv=5, op_device="cpu", ncv_given=True, available={"cpu": 20 * GB})
+        plan_basis(
+            n, ncv=24, min_ncv=5, op_device="cpu", ncv_given=True, available={"cpu": 20 * GB}
+        )
     with pytest.raises(ValueError, match="basis_dtype must be"):
         plan_basis(10, ncv=5, min_ncv=3, op_device="cpu", dtype="float16")
     with pytest.raises(ValueError, match="basis_device must be"):
@@ -113,7 +127,9 @@ def test_float32_basis_does_not_flag_a_cluster_it_cannot_resolve():
     # eigenvalues 5 and 5 - 1e-6: a float32 basis gives residuals ~1e-7, so r^2/gap ~1e-8 cannot
     # certify tol=1e-12; the pairs are accurate but must not be flagged converged
     gen = torch.Generator().manual_seed(4)
-    d = torch.tensor([5.0, 5.0 - 1e-6, 3.0, 2.0] + np.linspace(0, 0.5, 40).tolist(), dtype=torch.float64)
+    d = torch.tensor(
+        [5.0, 5.0 - 1e-6, 3.0, 2.0] + np.linspace(0, 0.5, 40).tolist(), dtype=torch.float64
+    )
     Q = torch.linalg.qr(torch.randn(len(d), len(d), dtype=torch.float64, generator=gen))[0]
     A = Q @ torch.diag(d) @ Q.T
     with warnings.catch_warnings():
@@ -133,14 +149,19 @@ def test_basis_on_the_host_and_forced_choices_agree_with_the_default():
     model, loss_fn, data = case.make()
     op = ld.hessian(model, loss_fn, data)
     default = ld.eigenpairs(op, k=3, tol=1e-4, progress=False)
-    forced = ld.eigenpairs(op, k=3, tol=1e-4, basis_dtype="float32", basis_device="cpu", ncv=8, progress=False)
+    forced = ld.eigenpairs(
+        op, k=3, tol=1e-4, basis_dtype="float32", basis_device="cpu", ncv=8, progress=False
+    )
     assert (default.basis_dtype, forced.basis_dtype, forced.ncv) == ("float64", "float32", 8)
     lam = torch.linalg.eigvalsh(case_reference(case.id).double()).numpy()[::-1][:3]
     for res in (default, forced):
         assert res.all_converged
         np.testing.assert_allclose(res.eigenvalues, lam, rtol=1e-3)
     assert "Lanczos basis: 8 x float32 on cpu" in str(forced)
-    assert forced.to_dict()["basis_dtype"] == "float32" and forced.to_dict()["memory_estimate_bytes"] > 0
+    assert (
+        forced.to_dict()["basis_dtype"] == "float32"
+        and forced.to_dict()["memory_estimate_bytes"] > 0
+    )
 
 
 def test_nothing_fits_is_refused_before_any_work(monkeypatch):
@@ -188,7 +209,11 @@ def test_a_long_or_shrunk_call_states_its_plan(monkeypatch):
     short_of_memory(monkeypatch, int((25 * n * 8 + 2 * n * 8) / memory.BASIS_SHARE * 0.6))
     ld.eigenpairs(op, k=2, tol=1e-4, progress=lambda done, total: None)
     line = err.getvalue().strip()
-    assert line.count("\n") == 0 and "Lanczos basis 24 x float32 on cpu" in line and "s per product" in line
+    assert (
+        line.count("\n") == 0
+        and "Lanczos basis 24 x float32 on cpu" in line
+        and "s per product" in line
+    )
     err.truncate(0)
     err.seek(0)
     ld.eigenpairs(op, k=2, tol=1e-4, progress=None)  # no progress wanted: no notice
@@ -214,4 +239,6 @@ def test_slq_that_cannot_fit_is_refused_up_front(monkeypatch):
     roomy = ld.spectral_density(op, num_probes=2, lanczos_steps=8, progress=False)
     assert small.lanczos_steps == 8
     for a, b in zip(small.nodes, roomy.nodes):
-        np.testing.assert_allclose(np.sort(np.asarray(a)), np.sort(np.asarray(b)), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            np.sort(np.asarray(a)), np.sort(np.asarray(b)), rtol=1e-4, atol=1e-6
+        )

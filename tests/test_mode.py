@@ -41,7 +41,9 @@ def test_defaulted_mode_on_a_batchnorm_model_is_stated_and_explained():
     np.testing.assert_allclose(eig.eigenvalues, expected, rtol=1e-4)
     tr = ld.trace(op, matvecs=op.num_params, progress=False)
     assert tr.mode == "eval" and "eval mode" in str(tr)
-    assert tr.estimate == pytest.approx(float(torch.trace(case_reference("batchnorm-cnn-batches-eval"))), rel=1e-4)
+    assert tr.estimate == pytest.approx(
+        float(torch.trace(case_reference("batchnorm-cnn-batches-eval"))), rel=1e-4
+    )
     before.assert_same(model, "defaulted mode")
 
 
@@ -52,10 +54,15 @@ def test_chosen_mode_is_quiet_and_each_mode_is_its_own_hessian():
         assert said == [] and op.mode == mode and not op.mode_defaulted
         eig = ld.eigenpairs(op, k=2, progress=False)
         assert eig.mode == mode and f"{mode} mode" in str(eig)
-        expected = torch.linalg.eigvalsh(case_reference(f"batchnorm-cnn-batches-{mode}")).numpy()[::-1][:2]
+        expected = torch.linalg.eigvalsh(case_reference(f"batchnorm-cnn-batches-{mode}")).numpy()[
+            ::-1
+        ][:2]
         np.testing.assert_allclose(eig.eigenvalues, expected, rtol=1e-4)
     # the two modes are different networks: the notice is about something real
-    top = [torch.linalg.eigvalsh(case_reference(f"batchnorm-cnn-batches-{m}"))[-1] for m in ("eval", "train")]
+    top = [
+        torch.linalg.eigvalsh(case_reference(f"batchnorm-cnn-batches-{m}"))[-1]
+        for m in ("eval", "train")
+    ]
     assert abs(float(top[0] - top[1])) > 1e-2 * float(abs(top[0]))
 
 
@@ -63,8 +70,12 @@ def test_models_the_mode_does_not_change_get_no_notice():
     model, loss_fn, data = BY_ID["mlp-tanh-mse-batches-eval"].make()
     _, said = notices(ld.hessian, model, loss_fn, data)
     assert said == []
-    untracked = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False), nn.Linear(5, 2),
-                              nn.Dropout(0.0))
+    untracked = nn.Sequential(
+        nn.Linear(4, 5),
+        nn.BatchNorm1d(5, track_running_stats=False),
+        nn.Linear(5, 2),
+        nn.Dropout(0.0),
+    )
     _, said = notices(ld.hessian, untracked, F.mse_loss, (torch.randn(8, 4), torch.randn(8, 2)))
     assert said == []
 
@@ -80,11 +91,19 @@ def test_analyses_state_their_mode():
     point, said = notices(ld.classify_critical_point, model, loss_fn, data)
     assert point.mode == "eval" and "(eval mode)" in str(point) and len(said) == 1
     point = ld.classify_critical_point(model, loss_fn, data, mode="train")
-    assert point.mode == "train" and "(train mode)" in str(point) and point.to_dict()["mode"] == "train"
+    assert (
+        point.mode == "train"
+        and "(train mode)" in str(point)
+        and point.to_dict()["mode"] == "train"
+    )
     sharp, said = notices(ld.sharpness, model, loss_fn, data)
     assert sharp.mode == "eval" and "eval mode" in str(sharp) and len(said) == 1
-    density = ld.spectral_density(ld.hessian(model, loss_fn, data, mode="train"), num_probes=2, lanczos_steps=10,
-                                  progress=False)
+    density = ld.spectral_density(
+        ld.hessian(model, loss_fn, data, mode="train"),
+        num_probes=2,
+        lanczos_steps=10,
+        progress=False,
+    )
     assert density.mode == "train" and "train mode" in str(density)
     table, said = notices(ld.layer_curvature, model, loss_fn, data)
     assert table.mode == "eval" and "eval mode" in str(table) and len(said) == 1

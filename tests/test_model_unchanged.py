@@ -49,8 +49,16 @@ def call_public(name: str, model: nn.Module, loss_fn, data, mode: str) -> None:
         raise AssertionError(name)
 
 
-CALLS = ["hessian", "matvec", "matmat", "gradient", "eigenpairs", "trace", "spectral_density",
-         "dense_hessian"]
+CALLS = [
+    "hessian",
+    "matvec",
+    "matmat",
+    "gradient",
+    "eigenpairs",
+    "trace",
+    "spectral_density",
+    "dense_hessian",
+]
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

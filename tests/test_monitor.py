@@ -26,7 +26,7 @@ def problem(seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(96, 6, generator=gen)
     y = torch.randint(0, 3, (96,), generator=gen)
-    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in range(0, 96, 32)]
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(6, 16), nn.Dropout(0.3), nn.Tanh(), nn.Linear(16, 3))
     return model, batches
@@ -53,7 +53,9 @@ def test_training_is_bit_for_bit_the_same_with_the_monitor(monkeypatch):
     # in the middle of training, and sharpness every 5 steps.
     monkeypatch.setattr(Monitor, "_stall_window", lambda self: self.window)
     plain_model, plain_opt, _, plain_rng = train(False)
-    model, opt, monitor, rng = train(True, sharpness_every=5, window=8, check_every=4, doctor_share=None)
+    model, opt, monitor, rng = train(
+        True, sharpness_every=5, window=8, check_every=4, doctor_share=None
+    )
     assert len(monitor.record.sharpness) == 18
     assert monitor.diagnoses or monitor._next_doctor > 8  # the doctor ran
     for a, b in zip(plain_model.parameters(), model.parameters()):
@@ -68,7 +70,9 @@ def test_a_shuffling_dataloader_is_not_disturbed():
         random.seed(7)
         np.random.seed(7)
         gen = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen))
+        data = TensorDataset(
+            torch.randn(64, 4, generator=gen), torch.randint(0, 2, (64,), generator=gen)
+        )
         torch.manual_seed(0)
         model = nn.Linear(4, 2)
         loader = DataLoader(data, batch_size=16, shuffle=True)
@@ -85,7 +89,12 @@ def test_a_shuffling_dataloader_is_not_disturbed():
                 opt.step()
                 if monitor is not None:
                     monitor.step(loss, opt)
-        return seen, [p.detach().clone() for p in model.parameters()], np.random.get_state()[1].copy(), random.random()
+        return (
+            seen,
+            [p.detach().clone() for p in model.parameters()],
+            np.random.get_state()[1].copy(),
+            random.random(),
+        )
 
     a, b = run(False), run(True)
     assert all(torch.equal(x, y) for x, y in zip(a[0], b[0]))
@@ -98,8 +107,12 @@ def test_identical_runs_get_identical_checks_and_verdicts():
         fam = next(f for f in sc.FAMILIES if f.key == "lr-too-small/mlp")
         stall = fam.build(0)
         monitor = Monitor(stall.model, stall.loss_fn, stall.data, doctor_share=None)
-        train_monitored(stall.model, stall.loss_fn, stall.data, stall.optimizer, steps=400, monitor=monitor)
-        return [(d.step, d.cause, tuple(p.text for p in d.prescriptions)) for d in monitor.diagnoses]
+        train_monitored(
+            stall.model, stall.loss_fn, stall.data, stall.optimizer, steps=400, monitor=monitor
+        )
+        return [
+            (d.step, d.cause, tuple(p.text for p in d.prescriptions)) for d in monitor.diagnoses
+        ]
 
     first, second = run(), run()
     assert first and first == second
@@ -129,7 +142,9 @@ def test_record_signals_match_a_hand_computation():
     for t in range(1, 6):
         cos = float(grads[t] @ grads[t - 1] / (grads[t].norm() * grads[t - 1].norm()))
         assert rec.grad_cosines[t] == pytest.approx(cos, abs=1e-5)
-        assert rec.update_norms[t] == pytest.approx(float((thetas[t] - thetas[t - 1]).norm()), rel=1e-4)
+        assert rec.update_norms[t] == pytest.approx(
+            float((thetas[t] - thetas[t - 1]).norm()), rel=1e-4
+        )
     assert rec.lrs == [0.1] * 6 and rec.sharpness == []
 
 
@@ -155,18 +170,24 @@ def test_signals_on_pairs_of_steps_are_exact_where_taken():
 
 def quadratic(top: float = 50.0):
     """Least squares with Hessian diag(top, 1)."""
-    x = torch.diag(torch.tensor([math.sqrt(top / 2), math.sqrt(0.5)], dtype=torch.float64)) * math.sqrt(2)
+    x = torch.diag(
+        torch.tensor([math.sqrt(top / 2), math.sqrt(0.5)], dtype=torch.float64)
+    ) * math.sqrt(2)
     y = torch.zeros(2, 1, dtype=torch.float64)
     model = nn.Linear(2, 1, bias=False).double()
     with torch.no_grad():
-        model.weight.copy_(torch.tensor([[1.0, 0.0]], dtype=torch.float64))  # on the sharp eigenvector
+        model.weight.copy_(
+            torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+        )  # on the sharp eigenvector
     return model, (x, y)
 
 
 def test_sharpness_estimate_matches_the_known_top_eigenvalue():
     model, data = quadratic(top=50.0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    monitor = Monitor(model, F.mse_loss, data, sharpness_every=1, sharpness_iters=20, doctor_share=None)
+    monitor = Monitor(
+        model, F.mse_loss, data, sharpness_every=1, sharpness_iters=20, doctor_share=None
+    )
     for _ in range(3):
         opt.zero_grad()
         loss = F.mse_loss(model(data[0]), data[1])
@@ -190,20 +211,31 @@ def test_bouncing_run_is_diagnosed_logged_and_called_back(caplog):
     assert monitor.diagnoses[0].max_stable_lr == pytest.approx(2 / 50.0, rel=1e-3)
     assert "oscillation" in caplog.text
     with pytest.raises(ValueError, match="steps"):
-        train_monitored(model, F.mse_loss, data, torch.optim.SGD(model.parameters(), lr=0.1), steps=0)
+        train_monitored(
+            model, F.mse_loss, data, torch.optim.SGD(model.parameters(), lr=0.1), steps=0
+        )
 
 
 def test_nan_is_diagnosed_at_once_and_training_stops():
     model, data = quadratic(top=50.0)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    run = train_monitored(model, F.mse_loss, data, opt, steps=500, monitor=Monitor(model, F.mse_loss, data, window=100))
+    run = train_monitored(
+        model,
+        F.mse_loss,
+        data,
+        opt,
+        steps=500,
+        monitor=Monitor(model, F.mse_loss, data, window=100),
+    )
     assert run.steps < 500 and not math.isfinite(run.final_loss)
     assert run.diagnoses and run.diagnoses[-1].cause == "diverging"
 
 
 def test_the_doctor_waits_for_its_budget():
     model, data = quadratic(top=50.0)
-    monitor = Monitor(model, F.mse_loss, data, window=20, lr=1e-3, sharpness_every=0, doctor_share=0.05)
+    monitor = Monitor(
+        model, F.mse_loss, data, window=20, lr=1e-3, sharpness_every=0, doctor_share=0.05
+    )
     for _ in range(40):
         monitor.step(1.0)  # a flat loss: a stall at every check
     # 40 steps x 5% = 2 step-equivalents: not even the cheapest diagnosis; it waited.
@@ -220,7 +252,9 @@ def test_treat_applies_a_verified_prescription_and_the_run_ends_lower():
     def final_loss(treat):
         stall = fam.build(0)
         monitor = Monitor(stall.model, stall.loss_fn, stall.data, treat=treat) if treat else None
-        train_monitored(stall.model, stall.loss_fn, stall.data, stall.optimizer, steps=300, monitor=monitor)
+        train_monitored(
+            stall.model, stall.loss_fn, stall.data, stall.optimizer, steps=300, monitor=monitor
+        )
         return sc.full_loss(stall.model, stall.loss_fn, stall.full_data), monitor
 
     plain, _ = final_loss(False)
@@ -235,8 +269,9 @@ def test_treatment_that_hurt_is_undone(monkeypatch):
     model, data = quadratic(top=50.0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     monitor = Monitor(model, F.mse_loss, data, window=10, treat=True, sharpness_every=0)
-    bad = Prescription("lr 30", {"lr": 30.0 / 50.0},
-                       trial=Trial(10, 1.0, 0.5, 1.0, 0.5, 0.5, True, True))
+    bad = Prescription(
+        "lr 30", {"lr": 30.0 / 50.0}, trial=Trial(10, 1.0, 0.5, 1.0, 0.5, 0.5, True, True)
+    )
     monkeypatch.setattr(monitor_module, "diagnose", lambda *a, **k: _fake_diagnosis(bad))
     train_monitored(model, F.mse_loss, data, opt, steps=40, monitor=monitor)
     kinds = [a.kind for a in monitor.actions]
@@ -247,8 +282,18 @@ def test_treatment_that_hurt_is_undone(monkeypatch):
 def _fake_diagnosis(rx):
     from lossdoctor.doctor.diagnosis import Diagnosis
 
-    return Diagnosis(cause="lr_too_small", summary="", stalled=True, evidence=(), prescriptions=(rx,), decision=None,
-                     measurements=None, verified=True, trials=None, cost={"hvps": 0, "gradients": 0, "trial_steps": 0})
+    return Diagnosis(
+        cause="lr_too_small",
+        summary="",
+        stalled=True,
+        evidence=(),
+        prescriptions=(rx,),
+        decision=None,
+        measurements=None,
+        verified=True,
+        trials=None,
+        cost={"hvps": 0, "gradients": 0, "trial_steps": 0},
+    )
 
 
 def test_bad_input():
@@ -283,7 +328,9 @@ def test_sharpness_estimates_are_paid_from_the_doctors_budget():
     cost counts against the same cap as the diagnoses."""
     model, data = quadratic(top=50.0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    monitor = Monitor(model, F.mse_loss, data, sharpness_every=10, sharpness_iters=4, doctor_share=0.5)
+    monitor = Monitor(
+        model, F.mse_loss, data, sharpness_every=10, sharpness_iters=4, doctor_share=0.5
+    )
     cost = monitor._sharpness_cost()
     for _ in range(60):
         opt.zero_grad()

@@ -16,14 +16,18 @@ from test_model_unchanged import model_in_a_mixed_state
 def regression(n: int = 200, d: int = 5):
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    y = x @ torch.ones(d, 1, dtype=torch.float64) + 0.5 * torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    y = x @ torch.ones(d, 1, dtype=torch.float64) + 0.5 * torch.randn(
+        n, 1, generator=gen, dtype=torch.float64
+    )
     model = nn.Linear(d, 1, bias=False).double()
     with torch.no_grad():
         model.weight.copy_(torch.linspace(0.0, 1.5, d, dtype=torch.float64))
     return model, x, y
 
 
-def exact_noise_scale(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+def exact_noise_scale(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, float, float]:
     residual = x @ model.weight.detach().T - y  # (n, 1)
     per_sample = 2 * residual * x  # gradient of (x^T w - y)^2 per sample
     g = per_sample.mean(0)
@@ -36,8 +40,15 @@ def test_linear_regression_matches_closed_form():
     model, x, y = regression()
     b_exact, s_exact, g2_exact = exact_noise_scale(model, x, y)
     before = ModelSnapshot.take(model)
-    ns = ld.gradient_noise_scale(model, F.mse_loss, [(x[:100], y[:100]), (x[100:], y[100:])],
-                                 small_batch=4, big_batch=100, pairs=3000, seed=1)
+    ns = ld.gradient_noise_scale(
+        model,
+        F.mse_loss,
+        [(x[:100], y[:100]), (x[100:], y[100:])],
+        small_batch=4,
+        big_batch=100,
+        pairs=3000,
+        seed=1,
+    )
     before.assert_same(model, "gradient_noise_scale")
     assert ns.trace_sigma == pytest.approx(s_exact, rel=0.1)
     assert ns.grad_norm_sq == pytest.approx(g2_exact, rel=0.1)
@@ -49,9 +60,12 @@ def test_linear_regression_matches_closed_form():
 
 def test_chunked_big_batch_equals_whole_and_model_unchanged():
     model, x, y = regression()
-    whole = ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=8, big_batch=64, pairs=20)
-    chunked = ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=8, big_batch=64, pairs=20,
-                                      max_batch=16)
+    whole = ld.gradient_noise_scale(
+        model, F.mse_loss, (x, y), small_batch=8, big_batch=64, pairs=20
+    )
+    chunked = ld.gradient_noise_scale(
+        model, F.mse_loss, (x, y), small_batch=8, big_batch=64, pairs=20, max_batch=16
+    )
     assert chunked.b_simple == pytest.approx(whole.b_simple, rel=1e-9)
     bn, loss_fn, data = model_in_a_mixed_state(dropout=0.0)
     before = ModelSnapshot.take(bn)

@@ -114,21 +114,33 @@ def test_auto_cache_keeps_nothing_below_one_batch(monkeypatch):
         assert not op.cached and op.cached_batches == 0 and op.cached_bytes == 0
 
 
-@pytest.mark.parametrize(("case_id", "micro_batch_size"),
-                         [(c.id, m) for c in CASES if c.data_kind == "batches"
-                          for m in ([None, 2] if c.mode == "eval" else [None])])
+@pytest.mark.parametrize(
+    ("case_id", "micro_batch_size"),
+    [
+        (c.id, m)
+        for c in CASES
+        if c.data_kind == "batches"
+        for m in ([None, 2] if c.mode == "eval" else [None])
+    ],
+)
 def test_a_byte_budget_keeps_the_first_batches_that_fit(case_id, micro_batch_size):
     case = BY_ID[case_id]
     model, loss_fn, data = case.make()
-    whole = ld.hessian(model, loss_fn, data, mode=case.mode, micro_batch_size=micro_batch_size, cache="auto")
-    v = torch.randn(whole.num_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    whole = ld.hessian(
+        model, loss_fn, data, mode=case.mode, micro_batch_size=micro_batch_size, cache="auto"
+    )
+    v = torch.randn(
+        whole.num_params, generator=torch.Generator().manual_seed(4), dtype=torch.float64
+    )
     whole @ v
     if case.mode == "train" and "batchnorm" in case_id:
         assert whole.cached_batches == 0  # running statistics change in every forward
         return
     assert whole.cached and whole.cached_batches >= 3 and whole.cached_bytes > 0
     budget = whole.cached_bytes - 1  # everything but the last batch's graph
-    op = ld.hessian(model, loss_fn, data, mode=case.mode, micro_batch_size=micro_batch_size, cache=budget)
+    op = ld.hessian(
+        model, loss_fn, data, mode=case.mode, micro_batch_size=micro_batch_size, cache=budget
+    )
     H = case_reference(case_id)
     first = op @ v
     kept = op.cached_batches
@@ -152,7 +164,9 @@ def test_auto_cache_budget_is_a_share_of_available_memory():
 def test_bad_cache_argument():
     model, loss_fn, data = mlp_tanh_mse("batches")
     for bad in ("yes", -1, 1.5, np.array([1, 2])):
-        with pytest.raises(ValueError, match="cache must be True, False, 'auto' or a number of bytes"):
+        with pytest.raises(
+            ValueError, match="cache must be True, False, 'auto' or a number of bytes"
+        ):
             ld.hessian(model, loss_fn, data, cache=bad)
 
 
@@ -215,9 +229,16 @@ def test_eval_and_train_mode_differ_for_batchnorm():
     assert close(op @ V, HV_eval, 1e-5)
 
 
-@pytest.mark.parametrize("case_id", ["mlp-tanh-mse-loader-eval", "mlp-frozen-batches-eval",
-                                     "batchnorm-cnn-batches-train", "transformer-tied-batches-eval",
-                                     "mlp-tanh-sum-loss-batches-eval"])
+@pytest.mark.parametrize(
+    "case_id",
+    [
+        "mlp-tanh-mse-loader-eval",
+        "mlp-frozen-batches-eval",
+        "batchnorm-cnn-batches-train",
+        "transformer-tied-batches-eval",
+        "mlp-tanh-sum-loss-batches-eval",
+    ],
+)
 def test_gradient_matches_autograd(case_id):
     case = BY_ID[case_id]
     model, loss_fn, data = case.make()
@@ -285,7 +306,9 @@ def test_inputs_as_tuples_and_dicts():
     torch.manual_seed(0)
     model = TwoInputs()
     a, b, y = torch.randn(10, 3), torch.randn(10, 2), torch.randn(10, 2)
-    H_tuple = ld.dense_hessian(model, F.mse_loss, [((a[:4], b[:4]), y[:4]), ((a[4:], b[4:]), y[4:])])
+    H_tuple = ld.dense_hessian(
+        model, F.mse_loss, [((a[:4], b[:4]), y[:4]), ((a[4:], b[4:]), y[4:])]
+    )
     H_dict = ld.dense_hessian(model, F.mse_loss, ({"a": a, "b": b}, y))
 
     def f(theta):
@@ -313,7 +336,9 @@ def test_micro_batches_give_the_same_hessian(case_id, cache):
     loss, grad = op.gradient()
     ref_loss, ref_grad = reference_gradient(model, loss_fn, data)
     assert close(grad, ref_grad, tolerance(op))
-    assert abs(loss - float(ref_loss)) <= 1e-5 * abs(float(ref_loss)) and abs(op.loss - loss) <= 1e-5 * abs(loss)
+    assert abs(loss - float(ref_loss)) <= 1e-5 * abs(float(ref_loss)) and abs(
+        op.loss - loss
+    ) <= 1e-5 * abs(loss)
 
 
 def test_micro_batches_are_refused_where_they_change_the_loss():
@@ -323,7 +348,9 @@ def test_micro_batches_are_refused_where_they_change_the_loss():
     with pytest.raises(ValueError, match="changes the loss of batch 0.*couples the samples"):
         ld.hessian(model, loss_fn, data, mode="train", micro_batch_size=4)
     before.assert_same(model, "refused micro-batches")  # running statistics restored
-    assert ld.hessian(model, loss_fn, data, mode="train", micro_batch_size=8).num_samples == 16  # no cut
+    assert (
+        ld.hessian(model, loss_fn, data, mode="train", micro_batch_size=8).num_samples == 16
+    )  # no cut
 
     # A loss that is not a per-sample mean: each batch's errors scaled by their own spread.
     model, _, data = mlp_tanh_mse("batches")
@@ -366,6 +393,7 @@ def test_micro_batches_of_tuple_and_dict_inputs_with_a_shared_tensor():
 
 # --- issue 18: a loss function that sums, without a .reduction to read ------------------------
 
+
 def test_summing_loss_function_is_refused_unless_reduction_sum_is_given():
     """``lambda o, t: F.mse_loss(o, t, reduction="sum")`` was taken for a mean: a Hessian the
     batch size times too large, without a word. Now the first batch's halves tell."""
@@ -380,7 +408,9 @@ def test_summing_loss_function_is_refused_unless_reduction_sum_is_given():
     H = op @ torch.eye(op.num_params, dtype=torch.float64)
     H_module = reference_hessian(model, nn.MSELoss(reduction="sum"), data).double()
     assert torch.allclose(H, H_module, rtol=1e-10, atol=1e-12)
-    assert torch.allclose(ld.dense_hessian(model, summing, data, reduction="sum"), H_module, atol=1e-12)
+    assert torch.allclose(
+        ld.dense_hessian(model, summing, data, reduction="sum"), H_module, atol=1e-12
+    )
     # a mean declared as a sum, and contradicting the module's own attribute, are refused too
     with pytest.raises(ValueError, match="returns the mean of its samples' losses"):
         ld.hessian(model, F.mse_loss, data, reduction="sum")

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-BLOCK = '''
+BLOCK = """
 import importlib.abc, sys
 BLOCKED = {"matplotlib", "rich", "click", "mnist1d"}
 class Refuse(importlib.abc.MetaPathFinder):
@@ -22,20 +22,30 @@ class Refuse(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)", name=name)
         return None
 sys.meta_path.insert(0, Refuse())
-'''
+"""
 
 
 def run(code: str, tmp_path: Path, block: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "LOSSDOCTOR_CACHE": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "LOSSDOCTOR_CACHE": str(tmp_path / "cache"),
+    }
     env.pop("MPLBACKEND", None)  # the backend test wants matplotlib's own choice
     script = (BLOCK if block else "") + textwrap.dedent(code)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600,
-                          cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
 
 
 def test_the_core_works_without_any_extra(tmp_path):
-    result = run('''
+    result = run(
+        """
         import numpy as np, torch
         from torch import nn
         import torch.nn.functional as F
@@ -71,13 +81,16 @@ def test_the_core_works_without_any_extra(tmp_path):
         blocked = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not blocked, blocked
         print("core ok")
-    ''', tmp_path)
+    """,
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "core ok" in result.stdout
 
 
 def test_a_missing_extra_is_named_with_its_install_command(tmp_path):
-    result = run('''
+    result = run(
+        """
         import pytest
         import lossdoctor as ld
         from lossdoctor._extras import MissingExtraError
@@ -91,13 +104,16 @@ def test_a_missing_extra_is_named_with_its_install_command(tmp_path):
         with pytest.raises(SystemExit, match=r"pip install 'lossdoctor\\[cli\\]'"):
             main()
         print("named ok")
-    ''', tmp_path)
+    """,
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "named ok" in result.stdout
 
 
 def test_the_report_chooses_a_backend_only_when_drawing_and_only_if_none_was_chosen(tmp_path):
-    result = run('''
+    result = run(
+        """
         import sys
         import lossdoctor.report.figures as figures
         import lossdoctor.tour  # every report module, imported
@@ -108,16 +124,23 @@ def test_the_report_chooses_a_backend_only_when_drawing_and_only_if_none_was_cho
         assert axes[0].xaxis.get_major_ticks()[0].gridline.get_visible()  # lossdoctor's style...
         assert not matplotlib.rcParams["axes.grid"]  # ...on its own figures only
         print("agg ok")
-    ''', tmp_path, block=False)
+    """,
+        tmp_path,
+        block=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "agg ok" in result.stdout
-    chosen = run('''
+    chosen = run(
+        """
         import matplotlib
         matplotlib.use("svg")
         import lossdoctor.report.figures as figures
         figures.new_figure()
         assert matplotlib.get_backend().lower() == "svg", matplotlib.get_backend()
         print("kept ok")
-    ''', tmp_path, block=False)
+    """,
+        tmp_path,
+        block=False,
+    )
     assert chosen.returncode == 0, chosen.stderr[-3000:]
     assert "kept ok" in chosen.stdout

@@ -26,13 +26,17 @@ DT = torch.float64
 
 def mlp(seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)).to(DT)
+    model = nn.Sequential(
+        nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)
+    ).to(DT)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(14, 3, generator=g, dtype=DT)
     return model, (x, torch.randint(0, 2, (14,), generator=g))
 
 
-def full_hessian(model: nn.Module, loss_fn, batches: list) -> tuple[torch.Tensor, list[str], list[int]]:
+def full_hessian(
+    model: nn.Module, loss_fn, batches: list
+) -> tuple[torch.Tensor, list[str], list[int]]:
     """The dense Hessian of the size-weighted mean of the batch losses, over EVERY parameter
     (frozen ones included), by torch.autograd.functional on a functional call: no lossdoctor
     code. Returns it with the names and the offsets of each parameter's coordinates."""
@@ -42,10 +46,15 @@ def full_hessian(model: nn.Module, loss_fn, batches: list) -> tuple[torch.Tensor
     total = sum(int(y.shape[0]) for _, y in batches)
 
     def f(theta):
-        values = {n: t.reshape(s) for n, t, s in zip(names, torch.split(theta, numels), shapes, strict=True)}
+        values = {
+            n: t.reshape(s)
+            for n, t, s in zip(names, torch.split(theta, numels), shapes, strict=True)
+        }
         out = theta.new_zeros(())
         for x, y in batches:
-            out = out + float(y.shape[0]) * loss_fn(torch.func.functional_call(model, values, (x,)), y)
+            out = out + float(y.shape[0]) * loss_fn(
+                torch.func.functional_call(model, values, (x,)), y
+            )
         return out / total
 
     theta = torch.cat([p.reshape(-1) for p in params])
@@ -76,8 +85,16 @@ def test_every_form_of_params_gives_the_principal_submatrix():
     H, names, offsets = full_hessian(model, F.cross_entropy, [data])
     layer2 = ["2.weight", "2.bias"]
     idx = coordinates(names, offsets, layer2)
-    forms = ["2.*", "2", layer2, model[2], [model[2].weight, model[2].bias], list(model[2].parameters()),
-             model[2].named_parameters(), [model[2].bias, "2.weight"]]  # any order: the model's order wins
+    forms = [
+        "2.*",
+        "2",
+        layer2,
+        model[2],
+        [model[2].weight, model[2].bias],
+        list(model[2].parameters()),
+        model[2].named_parameters(),
+        [model[2].bias, "2.weight"],
+    ]  # any order: the model's order wins
     for form in forms:
         op = ld.hessian(model, F.cross_entropy, data, params=form)
         assert op.names == layer2, form
@@ -93,7 +110,9 @@ def test_every_form_of_params_gives_the_principal_submatrix():
     assert not op.subset and torch.allclose(dense_of(op), H, rtol=0, atol=1e-12)
     assert ld.dense_hessian(model, F.cross_entropy, data, params=["4"]).shape == (10, 10)
     idx = coordinates(names, offsets, ["4.weight", "4.bias"])
-    assert torch.allclose(ld.dense_hessian(model, F.cross_entropy, data, params=["4"]), H[idx][:, idx], atol=1e-12)
+    assert torch.allclose(
+        ld.dense_hessian(model, F.cross_entropy, data, params=["4"]), H[idx][:, idx], atol=1e-12
+    )
 
 
 def test_restrict_is_the_same_submatrix_and_the_blocks_are_the_dense_diagonal_blocks():
@@ -105,11 +124,15 @@ def test_restrict_is_the_same_submatrix_and_the_blocks_are_the_dense_diagonal_bl
     for b in blocks:
         sub = block_operator(op, b)
         assert sub.names == list(b.parameter_names)
-        assert torch.allclose(dense_of(sub), H[b.start:b.stop, b.start:b.stop], rtol=0, atol=1e-12)
+        assert torch.allclose(
+            dense_of(sub), H[b.start : b.stop, b.start : b.stop], rtol=0, atol=1e-12
+        )
     # A restriction of a restriction, and one outside the operator's parameters.
     part = op.restrict(["2", "4"]).restrict("4.bias")
     i = names.index("4.bias")
-    assert torch.allclose(dense_of(part), H[offsets[i]:offsets[i + 1], offsets[i]:offsets[i + 1]], atol=1e-12)
+    assert torch.allclose(
+        dense_of(part), H[offsets[i] : offsets[i + 1], offsets[i] : offsets[i + 1]], atol=1e-12
+    )
     with pytest.raises(ValueError, match="not among this operator's parameters"):
         ld.hessian(model, F.cross_entropy, data, params="4").restrict("0.weight")
 
@@ -117,7 +140,9 @@ def test_restrict_is_the_same_submatrix_and_the_blocks_are_the_dense_diagonal_bl
 def test_layer_curvature_on_a_subset_reads_the_dense_diagonal_blocks():
     model, data = mlp(2)
     H, names, offsets = full_hessian(model, F.cross_entropy, [data])
-    table = ld.layer_curvature(model, F.cross_entropy, data, probes=2, lanczos_steps=30, params=["2.*", "4"])
+    table = ld.layer_curvature(
+        model, F.cross_entropy, data, probes=2, lanczos_steps=30, params=["2.*", "4"]
+    )
     assert [r.name for r in table.rows] == ["2", "4"] and table.num_params == 20 + 10
     for row, module in zip(table.rows, ("2", "4")):
         idx = coordinates(names, offsets, [f"{module}.weight", f"{module}.bias"])
@@ -145,7 +170,15 @@ def test_frozen_parameters_stay_frozen_and_out_of_a_module_selection():
     assert torch.allclose(dense_of(op), H[idx][:, idx], rtol=0, atol=1e-12)
     ld.eigenpairs(op, k=1, tol=1e-8)
     ld.classify_critical_point(model, watching, data, params="4.*", k=1)
-    ld.sharpness(model, watching, data, params="4", method=["lambda_max", "epsilon"], subspace_dim=None, max_iter=2)
+    ld.sharpness(
+        model,
+        watching,
+        data,
+        params="4",
+        method=["lambda_max", "epsilon"],
+        subspace_dim=None,
+        max_iter=2,
+    )
     ld.layer_curvature(model, watching, data, params="2", probes=1, lanczos_steps=3)
     assert seen and all(s == before for s in seen)
     assert flags(model) == before
@@ -153,20 +186,25 @@ def test_frozen_parameters_stay_frozen_and_out_of_a_module_selection():
         with pytest.raises(ValueError, match="frozen"):
             ld.hessian(model, F.cross_entropy, data, params=frozen)
     with pytest.raises(ValueError, match="frozen"):
-        ld.hessian(model, F.cross_entropy, data, params="0")  # a module whose every parameter is frozen
+        ld.hessian(
+            model, F.cross_entropy, data, params="0"
+        )  # a module whose every parameter is frozen
     assert flags(model) == before
 
 
-@pytest.mark.parametrize(("params", "error", "match"), [
-    ("3.weight", ValueError, "matches no parameter"),
-    ("layer9.*", ValueError, "matches no parameter"),
-    ([], ValueError, "empty"),
-    (torch.zeros(4), ValueError, "not a parameter of this model"),
-    (nn.Linear(4, 4), ValueError, "not a submodule"),
-    (nn.ReLU(), ValueError, "not a submodule"),
-    (3, TypeError, "params"),
-    ([model_part := "2.weight", 3.0], TypeError, r"params\[1\]"),
-])
+@pytest.mark.parametrize(
+    ("params", "error", "match"),
+    [
+        ("3.weight", ValueError, "matches no parameter"),
+        ("layer9.*", ValueError, "matches no parameter"),
+        ([], ValueError, "empty"),
+        (torch.zeros(4), ValueError, "not a parameter of this model"),
+        (nn.Linear(4, 4), ValueError, "not a submodule"),
+        (nn.ReLU(), ValueError, "not a submodule"),
+        (3, TypeError, "params"),
+        ([model_part := "2.weight", 3.0], TypeError, r"params\[1\]"),
+    ],
+)
 def test_clear_errors(params, error, match):
     model, data = mlp()
     before = flags(model)
@@ -201,7 +239,9 @@ def test_tied_parameters_are_selected_by_any_of_their_names_once():
     a = ld.hessian(model, F.cross_entropy, data, params="out.weight")
     b = ld.hessian(model, F.cross_entropy, data, params="embed.weight")
     assert a.names == b.names == ["embed.weight"]
-    assert torch.allclose(dense_of(a), dense_of(ld.hessian(model, F.cross_entropy, data)), atol=1e-12)
+    assert torch.allclose(
+        dense_of(a), dense_of(ld.hessian(model, F.cross_entropy, data)), atol=1e-12
+    )
 
 
 # -- the analyses ------------------------------------------------------------------------------------
@@ -211,11 +251,14 @@ def test_classify_and_sharpness_on_a_subset_read_the_submatrix():
     idx = coordinates(names, offsets, ["2.weight", "2.bias"])
     lam = torch.linalg.eigvalsh(H[idx][:, idx])
     for dense in (True, False):
-        point = ld.classify_critical_point(model, F.cross_entropy, data, params="2", dense=dense, k=2,
-                                           grad_tol=1e3, tol=1e-10)
+        point = ld.classify_critical_point(
+            model, F.cross_entropy, data, params="2", dense=dense, k=2, grad_tol=1e3, tol=1e-10
+        )
         assert point.parameter_names == ("2.weight", "2.bias") and point.num_params == 20
         assert point.max_eigenvalue == pytest.approx(float(lam[-1]), rel=1e-8)
-        assert point.min_eigenvalue == pytest.approx(float(lam[0]), abs=1e-8 * float(lam.abs().max()))
+        assert point.min_eigenvalue == pytest.approx(
+            float(lam[0]), abs=1e-8 * float(lam.abs().max())
+        )
     s = ld.sharpness(model, F.cross_entropy, data, params=model[2], method="lambda_max", tol=1e-10)
     assert s.num_params == 20 and s.lambda_max == pytest.approx(float(lam[-1]), rel=1e-8)
 
@@ -224,12 +267,14 @@ def saddle_problem():
     """A tiny linear-tanh model at its zero-weight saddle: w = 0, v = 0 is critical with
     negative curvature along w·v."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Tanh(), nn.Linear(2, 1, bias=False)).to(DT)
+    model = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Tanh(), nn.Linear(2, 1, bias=False)).to(
+        DT
+    )
     with torch.no_grad():
         model[0].weight.zero_()
         model[2].weight.zero_()
     x = torch.randn(16, 2, dtype=DT)
-    y = (x[:, :1] * 0.8 + x[:, 1:] * 0.3)
+    y = x[:, :1] * 0.8 + x[:, 1:] * 0.3
     return model, x, y
 
 
@@ -239,7 +284,9 @@ def test_escape_saddle_on_a_subset_moves_only_those_parameters():
     held = model[0].weight.detach().clone()
     before = flags(model)
     # Over the last layer alone the loss is a convex quadratic: no negative curvature, no escape.
-    result = ld.escape_saddle(model, nn.MSELoss(), (x, y), params="2.weight", apply=True, dense=True)
+    result = ld.escape_saddle(
+        model, nn.MSELoss(), (x, y), params="2.weight", apply=True, dense=True
+    )
     assert result.critical.parameter_names == ("2.weight",)
     assert not result.escaped and not result.applied and result.critical.min_eigenvalue > 0
     model2, x, y = saddle_problem()
@@ -255,7 +302,10 @@ def test_escape_saddle_on_a_subset_moves_only_those_parameters():
 
 def test_escape_saddle_takes_reduction_and_a_summing_function_matches_the_module():
     model, x, y = saddle_problem()
-    data = [(x[:7], y[:7]), (x[7:], y[7:])]  # unequal batches: a sum taken for a mean would be off by 7 and 9
+    data = [
+        (x[:7], y[:7]),
+        (x[7:], y[7:]),
+    ]  # unequal batches: a sum taken for a mean would be off by 7 and 9
     summing = lambda o, t: F.mse_loss(o, t, reduction="sum")  # noqa: E731
     with pytest.raises(ValueError, match="reduction='sum'"):
         ld.escape_saddle(model, summing, data, dense=True)
@@ -264,7 +314,9 @@ def test_escape_saddle_takes_reduction_and_a_summing_function_matches_the_module
     assert a.escaped and b.escaped
     assert a.eigenvalue == pytest.approx(b.eigenvalue, rel=1e-12)
     assert torch.allclose(a.direction, b.direction, atol=1e-10)
-    assert a.step == pytest.approx(b.step, rel=1e-9) and a.loss_after == pytest.approx(b.loss_after, rel=1e-12)
+    assert a.step == pytest.approx(b.step, rel=1e-9) and a.loss_after == pytest.approx(
+        b.loss_after, rel=1e-12
+    )
     # The line search measured the mean per-sample loss the Hessian is of.
     with torch.no_grad():
         per_sample = float(F.mse_loss(model(x), y, reduction="sum")) / len(x)
@@ -275,7 +327,9 @@ def test_landscape_and_interpolate_move_only_the_selected_parameters():
     model, data = mlp(5)
     other, _ = mlp(6)
     dirs = random_direction(model, params="4", seed=0)  # landscape's first direction (seed + 0)
-    assert [tuple(d.shape) for d in dirs] == [(2, 4), (2,)] and not dirs[1].any()  # biases: ignore_bias_bn
+    assert [tuple(d.shape) for d in dirs] == [(2, 4), (2,)] and not dirs[
+        1
+    ].any()  # biases: ignore_bias_bn
     land = ld.landscape(model, F.cross_entropy, data, params="4", steps=3, span=0.5)
     # At coordinate a the model is theta + a d on layer 4 only: recompute one point by hand.
     probe = mlp(5)[0]
@@ -292,8 +346,12 @@ def test_landscape_and_interpolate_move_only_the_selected_parameters():
         mixed[0].bias.copy_(other[0].bias)
     with torch.no_grad():
         expected = float(F.cross_entropy(mixed(data[0]), data[1]))
-        dist = float(torch.sqrt(((model[0].weight - other[0].weight) ** 2).sum()
-                                + ((model[0].bias - other[0].bias) ** 2).sum()))
+        dist = float(
+            torch.sqrt(
+                ((model[0].weight - other[0].weight) ** 2).sum()
+                + ((model[0].bias - other[0].bias) ** 2).sum()
+            )
+        )
     assert curve.train_loss[1] == pytest.approx(expected, rel=1e-12)
     assert curve.distance == pytest.approx(dist, rel=1e-12)
 
@@ -310,7 +368,9 @@ def test_ignore_index_token_mean_is_used_as_written_and_not_verified():
     model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).to(DT)
     x = torch.randn(7, 4, 5, generator=g, dtype=DT)
     tokens = torch.randint(0, 3, (7, 4), generator=g)
-    tokens[0, :3] = -100  # sequence 0 counts one token, the others four (batch 0: 13 tokens, batch 1: 12)
+    tokens[
+        0, :3
+    ] = -100  # sequence 0 counts one token, the others four (batch 0: 13 tokens, batch 1: 12)
     tokens[5, 1] = -100
     masked = lambda o, t: F.cross_entropy(o.flatten(0, 1), t.flatten(), ignore_index=-100)  # noqa: E731
     batches = [(x[:4], tokens[:4]), (x[4:], tokens[4:])]
@@ -323,13 +383,14 @@ def test_ignore_index_token_mean_is_used_as_written_and_not_verified():
     H1, _, _ = full_hessian(model, masked, [(x, tokens)])
     assert torch.allclose(dense_of(one), H1, rtol=0, atol=1e-12)
     # Which is not the mean over all counted tokens when the batches count different numbers.
-    H_tokens, _, _ = full_hessian(model, lambda o, t: masked(o, t) * (t != -100).sum() * len(x) / 24 / len(t),
-                                  batches)
+    H_tokens, _, _ = full_hessian(
+        model, lambda o, t: masked(o, t) * (t != -100).sum() * len(x) / 24 / len(t), batches
+    )
     assert not torch.allclose(H, H_tokens, atol=1e-6)
 
 
 # -- the CLI ---------------------------------------------------------------------------------------------
-PROBLEM = '''
+PROBLEM = """
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -341,7 +402,7 @@ def small():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(12, 3, generator=g, dtype=torch.float64)
     return model, F.cross_entropy, [(x, torch.randint(0, 2, (12,), generator=g))]
-'''
+"""
 
 
 @pytest.fixture
@@ -357,23 +418,47 @@ def test_cli_params_on_spectrum_and_critical(spec, tmp_path):
     lam = torch.linalg.eigvalsh(H)
     before = flags(p.model)
     runner = CliRunner()
-    result = runner.invoke(main, ["spectrum", "--problem", spec, "--params", "2.*", "--k", "1", "--which", "both",
-                                  "--no-density", "--trace-matvecs", "0", "--json", "--plot", str(tmp_path / "d.png")])
+    result = runner.invoke(
+        main,
+        [
+            "spectrum",
+            "--problem",
+            spec,
+            "--params",
+            "2.*",
+            "--k",
+            "1",
+            "--which",
+            "both",
+            "--no-density",
+            "--trace-matvecs",
+            "0",
+            "--json",
+            "--plot",
+            str(tmp_path / "d.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["num_params"] == 10 and out["parameters"] == ["2.weight", "2.bias"]
-    assert out["eigenpairs"]["eigenvalues"] == pytest.approx([float(lam[-1]), float(lam[0])], abs=1e-7)
-    result = runner.invoke(main, ["critical", "--problem", spec, "--params", "2.weight", "--params", "2.bias",
-                                  "--json"])
+    assert out["eigenpairs"]["eigenvalues"] == pytest.approx(
+        [float(lam[-1]), float(lam[0])], abs=1e-7
+    )
+    result = runner.invoke(
+        main,
+        ["critical", "--problem", spec, "--params", "2.weight", "--params", "2.bias", "--json"],
+    )
     assert result.exit_code == 0, result.output
     point = json.loads(result.stdout)["critical"]
-    assert point["num_params"] == 10 and point["max_eigenvalue"] == pytest.approx(float(lam[-1]), rel=1e-9)
+    assert point["num_params"] == 10 and point["max_eigenvalue"] == pytest.approx(
+        float(lam[-1]), rel=1e-9
+    )
     bad = runner.invoke(main, ["critical", "--problem", spec, "--params", "layer9.*"])
     assert bad.exit_code == 2 and "--params" in bad.output and "Traceback" not in bad.output
     assert flags(p.model) == before
 
 
-SADDLE_SUM = '''
+SADDLE_SUM = """
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -392,7 +477,7 @@ class Product(nn.Module):
 def summing_saddle():
     x = torch.tensor([[1.0], [2.0], [0.5]], dtype=torch.float64)
     return Product(), (lambda o, t: F.mse_loss(o, t, reduction="sum")), (x, torch.ones(3, 1, dtype=torch.float64))
-'''
+"""
 
 
 def test_cli_critical_escape_with_reduction_sum_and_params(tmp_path):
@@ -414,7 +499,9 @@ def test_cli_critical_escape_with_reduction_sum_and_params(tmp_path):
     state = torch.load(tmp_path / "escaped.pt", weights_only=True)
     assert float(state["w1"]) != 0.0 and float(state["w2"]) != 0.0
     # Over w2 alone the loss is convex (w1 = 0: L is constant in w2): no negative curvature.
-    result = runner.invoke(main, [*args, "--params", "w2", "--out", str(tmp_path / "escaped-w2.pt")])
+    result = runner.invoke(
+        main, [*args, "--params", "w2", "--out", str(tmp_path / "escaped-w2.pt")]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["critical"]["num_params"] == 1 and out["critical"]["parameter_names"] == ["w2"]

@@ -27,7 +27,9 @@ def truth(name: str) -> tuple[torch.Tensor, np.ndarray]:
     """The reference Hessian (torch.autograd.functional on the concatenated data; no lossdoctor
     code) and its eigenvalues, ascending."""
     model, loss_fn, data = BY_NAME[name].build()
-    data = data if isinstance(data, (tuple, list)) else list(data)  # the loader's batches as yielded
+    data = (
+        data if isinstance(data, (tuple, list)) else list(data)
+    )  # the loader's batches as yielded
     H = reference_hessian(model, loss_fn, data).double()
     return H, torch.linalg.eigvalsh(H).numpy()
 
@@ -42,7 +44,9 @@ def test_products_and_model_untouched(name):
     model, loss_fn, data, op = built(name)
     H, _ = truth(name)
     snapshot = ModelSnapshot.take(model)
-    V = torch.randn(op.num_params, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    V = torch.randn(
+        op.num_params, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     got = op @ V
     assert float((got - H @ V).norm() / (H @ V).norm()) < 1e-10
     snapshot.assert_same(model, name)
@@ -56,7 +60,11 @@ def test_trace_within_three_standard_errors(name):
     n = op.num_params
     for method in ("hutch++", "hutchinson"):
         r = ld.trace(op, matvecs=min(30, n - 1), method=method, seed=1)
-        assert abs(r.estimate - exact) <= 3 * r.standard_error + 1e-12 * abs(exact), (method, r, exact)
+        assert abs(r.estimate - exact) <= 3 * r.standard_error + 1e-12 * abs(exact), (
+            method,
+            r,
+            exact,
+        )
     if n <= 100:
         r = ld.trace(op, matvecs=n)
         assert r.method == "exact" and r.estimate == pytest.approx(exact, rel=1e-10, abs=1e-14)
@@ -74,7 +82,9 @@ def test_extreme_eigenvalues_within_their_bounds(name):
     assert r.all_converged
     floor = 1e-12 * np.abs(lam).max()
     assert np.all(np.abs(r.eigenvalues - expected) <= 3 * r.error_bounds + floor), (
-        r.eigenvalues - expected, r.error_bounds)
+        r.eigenvalues - expected,
+        r.error_bounds,
+    )
     # the residuals are the true ones
     H, _ = truth(name)
     V = r.eigenvectors
@@ -82,7 +92,9 @@ def test_extreme_eigenvalues_within_their_bounds(name):
     np.testing.assert_allclose(r.residual_norms, true, rtol=1e-3, atol=1e-13 * np.abs(lam).max())
 
 
-@pytest.mark.parametrize("name", [c.name for c in PEER_CASES if c.name not in ("subset", "least-squares", "last-layer")])
+@pytest.mark.parametrize(
+    "name", [c.name for c in PEER_CASES if c.name not in ("subset", "least-squares", "last-layer")]
+)
 def test_negative_fraction_within_three_errors(name):
     model, loss_fn, data, op = built(name)
     _, lam = truth(name)
@@ -98,12 +110,16 @@ def test_matrix_free_minimum_ratio_within_three_errors(name):
     _, lam = truth(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        point = ld.classify_critical_point(model, loss_fn, data, dense=False, grad_tol=1e9, k=2,
-                                           num_probes=8, lanczos_steps=40)
+        point = ld.classify_critical_point(
+            model, loss_fn, data, dense=False, grad_tol=1e9, k=2, num_probes=8, lanczos_steps=40
+        )
     assert point.ratio_method == "slq"
     exact = float((lam > point.eig_tol).mean())
-    assert abs(point.minimum_ratio - exact) <= 3 * point.minimum_ratio_error, (point.minimum_ratio, exact,
-                                                                              point.minimum_ratio_error)
+    assert abs(point.minimum_ratio - exact) <= 3 * point.minimum_ratio_error, (
+        point.minimum_ratio,
+        exact,
+        point.minimum_ratio_error,
+    )
     assert point.min_eigenvalue == pytest.approx(lam[0], abs=1e-6 * np.abs(lam).max())
 
 
@@ -119,7 +135,9 @@ def test_sum_reduction_as_a_function_and_as_a_module():
     assert torch.allclose(op @ torch.eye(op.num_params, dtype=torch.float64), H, atol=1e-12)
     mean_op = ld.hessian(model, nn.MSELoss(), data)
     v = torch.randn(op.num_params, dtype=torch.float64)
-    assert torch.allclose(op @ v, 3 * (mean_op @ v), atol=1e-12)  # 'mean' also divides by the 3 outputs
+    assert torch.allclose(
+        op @ v, 3 * (mean_op @ v), atol=1e-12
+    )  # 'mean' also divides by the 3 outputs
 
 
 def test_parameter_subset_is_the_principal_submatrix():

@@ -29,12 +29,16 @@ def model_and_data(seed: int = 0):
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     gen = torch.Generator().manual_seed(seed)
     x, y = torch.randn(64, 4, generator=gen), torch.randint(0, 3, (64,), generator=gen)
-    return model, [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    return model, [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)]
 
 
 def two_group_sgd(model, lr=0.1):
-    return torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": lr / 10}],
-                           lr=lr, momentum=0.5, weight_decay=1e-3)
+    return torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": lr / 10}],
+        lr=lr,
+        momentum=0.5,
+        weight_decay=1e-3,
+    )
 
 
 def test_lr_keeps_the_groups_ratios_and_rescales_the_users_scheduler():
@@ -98,7 +102,9 @@ def test_clipping_is_applied_before_every_step():
     opt.zero_grad()
     F.cross_entropy(model(x), y).backward()
     opt.step()
-    moved = math.sqrt(sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(model.parameters(), before)))
+    moved = math.sqrt(
+        sum(float((p.detach() - b).pow(2).sum()) for p, b in zip(model.parameters(), before))
+    )
     assert moved == pytest.approx(1e-3, rel=1e-4)  # lr 1 x a gradient clipped to norm 1e-3
 
 
@@ -111,7 +117,9 @@ def test_restore_reinitialize_and_perturb_leave_the_global_rng_alone():
         for p in model.parameters():
             p.fill_(math.nan)
     rng = torch.get_rng_state()
-    Prescription("restore", {"restore_checkpoint": True, "lr": 0.01}, payload=saved).apply(model, opt)
+    Prescription("restore", {"restore_checkpoint": True, "lr": 0.01}, payload=saved).apply(
+        model, opt
+    )
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), saved.values()))
     assert not opt.state and opt.param_groups[0]["lr"] == 0.01
     apply_action({"reinitialize": {"seed": 3}}, model, opt)
@@ -128,7 +136,9 @@ def test_dead_units_get_fresh_incoming_weights_and_zero_bias():
     with torch.no_grad():
         model[0].bias[:3] = -100.0  # three ReLUs that never fire
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    apply_action({"reinit_dead_units": {"units": 3, "seed": 0}}, model, opt, payload={"0.weight": [0, 1, 2]})
+    apply_action(
+        {"reinit_dead_units": {"units": 3, "seed": 0}}, model, opt, payload={"0.weight": [0, 1, 2]}
+    )
     assert torch.all(model[0].bias[:3] == 0)
     x = torch.cat([b[0] for b in batches])
     assert (torch.relu(model[0](x))[:, :3].amax(0) > 0).all()
@@ -138,9 +148,13 @@ def test_escape_saddle_moves_along_the_direction():
     from lossdoctor.zoo.lecture import ProductNet
 
     model = ProductNet(0.0, 0.0)
-    u = {"w1": torch.tensor(2 ** -0.5), "w2": torch.tensor(2 ** -0.5)}
-    apply_action({"escape_saddle": {"eigenvalue": -2.0, "step": 2 ** 0.5}}, model, None, payload=(u, 2 ** 0.5))
-    assert float(model.w1.detach()) == pytest.approx(1.0) and float(model.w2.detach()) == pytest.approx(1.0)
+    u = {"w1": torch.tensor(2**-0.5), "w2": torch.tensor(2**-0.5)}
+    apply_action(
+        {"escape_saddle": {"eigenvalue": -2.0, "step": 2**0.5}}, model, None, payload=(u, 2**0.5)
+    )
+    assert float(model.w1.detach()) == pytest.approx(1.0) and float(
+        model.w2.detach()
+    ) == pytest.approx(1.0)
 
 
 def test_no_change_and_stop_change_nothing_and_code_changes_say_so():
@@ -151,7 +165,9 @@ def test_no_change_and_stop_change_nothing_and_code_changes_say_so():
     assert Prescription("stop", {"stop": True}).apply(model, opt) is opt
     assert opt.state_dict() == state
     with pytest.raises(ld.NeedsCodeChange, match="cross-entropy"):
-        Prescription("use cross-entropy", {"loss": "cross_entropy"}, applicable=False).apply(model, opt)
+        Prescription("use cross-entropy", {"loss": "cross_entropy"}, applicable=False).apply(
+            model, opt
+        )
     with pytest.raises(ValueError, match="pass the optimizer"):
         apply_action({"lr": 0.1}, model, None)
     with pytest.raises(ValueError, match="no checkpoint"):
@@ -180,14 +196,20 @@ def test_trials_restore_everything_bit_for_bit_and_the_control_is_the_unchanged_
     params = [p.detach().clone() for p in model.parameters()]
     state = copy.deepcopy(opt.state_dict())
     rng = rng_state()
-    cands = [Candidate({"lr": 0.01}, "t"), Candidate({"schedule": "cosine", "steps": 20}, "t"),
-             Candidate({"optimizer": "Adam", "lr": 1e-3}, "t")]
-    trials, report = run_trials(model, F.cross_entropy, batches, opt, cands, steps=12, eval_batches=batches,
-                                mode="train")
+    cands = [
+        Candidate({"lr": 0.01}, "t"),
+        Candidate({"schedule": "cosine", "steps": 20}, "t"),
+        Candidate({"optimizer": "Adam", "lr": 1e-3}, "t"),
+    ]
+    trials, report = run_trials(
+        model, F.cross_entropy, batches, opt, cands, steps=12, eval_batches=batches, mode="train"
+    )
     assert all(torch.equal(a, p) for a, p in zip(params, model.parameters()))
     assert opt.state_dict()["state"].keys() == state["state"].keys()
-    assert all(torch.equal(opt.state_dict()["state"][k]["momentum_buffer"], v["momentum_buffer"])
-               for k, v in state["state"].items())
+    assert all(
+        torch.equal(opt.state_dict()["state"][k]["momentum_buffer"], v["momentum_buffer"])
+        for k, v in state["state"].items()
+    )
     assert opt.param_groups[0]["lr"] == 0.05 and attached_scheduler(opt) is None
     now = rng_state()
     assert torch.equal(rng[0], now[0]) and np.array_equal(rng[1], now[1]) and rng[2] == now[2]
@@ -229,8 +251,17 @@ def test_successive_halving_keeps_the_cost_within_the_budget():
     model, batches = model_and_data()
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     cands = [Candidate({"lr": lr}, "t") for lr in (0.1, 0.2, 0.4, 0.8, 0.01, 0.02, 0.03)]
-    trials, report = run_trials(model, F.cross_entropy, batches, opt, cands, steps=30, eval_batches=batches,
-                                mode="train", budget=5.0)
+    trials, report = run_trials(
+        model,
+        F.cross_entropy,
+        batches,
+        opt,
+        cands,
+        steps=30,
+        eval_batches=batches,
+        mode="train",
+        budget=5.0,
+    )
     assert report.trained <= 5 * 30
     finished = [t for t in trials if t is not None]
     assert 1 <= len(finished) < len(cands)
@@ -241,8 +272,11 @@ def test_ranking_drops_cut_and_worse_candidates():
     from lossdoctor.doctor.prescriptions import Trial
 
     def rx(text, trial=None, applicable=True):
-        return Candidate({"lr": 0.1} if applicable else {"loss": "ce"}, "t", applicable=applicable), \
-            Prescription(text, {"lr": 0.1} if applicable else {"loss": "ce"}, trial=trial, applicable=applicable)
+        return Candidate(
+            {"lr": 0.1} if applicable else {"loss": "ce"}, "t", applicable=applicable
+        ), Prescription(
+            text, {"lr": 0.1} if applicable else {"loss": "ce"}, trial=trial, applicable=applicable
+        )
 
     flat = Trial(10, 1.0, 1.0, 1.0, 0.0, 0.0, False, True)
     worse = Trial(10, 1.0, 1.2, 1.0, -0.2, -0.2, False, True)
@@ -252,5 +286,9 @@ def test_ranking_drops_cut_and_worse_candidates():
     # A candidate cut in the trials' first round lost its trial: it is no advice (issue 17: an lr
     # 1000x up, untried at full length, must not be printed as a prescription).
     assert [p.text for p in _rank(items, True, nothing)] == ["code", "no change", "flat"]
-    assert [p.text for p in _rank(items + [rx("good", good)], True, nothing)] == ["good", "code", "flat"]
+    assert [p.text for p in _rank(items + [rx("good", good)], True, nothing)] == [
+        "good",
+        "code",
+        "flat",
+    ]
     assert [p.text for p in _rank(items, False, None)] == ["cut", "flat", "code", "worse"]

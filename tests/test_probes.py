@@ -52,12 +52,27 @@ def test_the_suite_is_big_and_covers_every_public_name():
 
     assert len(PROBES) >= 1000
     targets = {p.target for p in PROBES}
-    functions = {name for name in ld.__all__ if callable(getattr(ld, name)) and (
-        not name[0].isupper() or name in ("Problem", "Monitor"))}
+    functions = {
+        name
+        for name in ld.__all__
+        if callable(getattr(ld, name)) and (not name[0].isupper() or name in ("Problem", "Monitor"))
+    }
     unprobed = functions - targets
     assert not unprobed, sorted(unprobed)
-    assert {"spectrum", "critical", "lr-find", "schedule", "tour", "batch time", "batch sweep", "batch sharpness",
-            "batch landscape", "batch noise", "diagnose", "train"} <= targets
+    assert {
+        "spectrum",
+        "critical",
+        "lr-find",
+        "schedule",
+        "tour",
+        "batch time",
+        "batch sweep",
+        "batch sharpness",
+        "batch landscape",
+        "batch noise",
+        "diagnose",
+        "train",
+    } <= targets
 
 
 def test_no_pickle_payload_ever_runs():

@@ -10,7 +10,7 @@ import torch
 import lossdoctor as ld
 from cases import ModelSnapshot
 
-USER_FILE = textwrap.dedent('''
+USER_FILE = textwrap.dedent("""
     import torch
     from torch import nn
     from torch.nn import functional as F
@@ -35,7 +35,7 @@ USER_FILE = textwrap.dedent('''
 
     def wrong():
         return 42
-''')
+""")
 
 
 class Opaque:
@@ -77,7 +77,9 @@ def test_mnist1d_builtins(name, tmp_path_factory, monkeypatch):
 
 
 def test_unknown_problem_lists_builtins():
-    with pytest.raises(ValueError, match=r"unknown problem 'nope'.*lecture-saddle.*module:function"):
+    with pytest.raises(
+        ValueError, match=r"unknown problem 'nope'.*lecture-saddle.*module:function"
+    ):
         ld.load_problem("nope")
     with pytest.raises(ValueError, match="bad options for problem 'lecture-saddle'"):
         ld.load_problem("lecture-saddle", colour="red")
@@ -133,7 +135,9 @@ def test_checkpoint_round_trip(user_file, tmp_path):
     for path in (bare, nested):
         p = ld.load_problem(spec, checkpoint=path)
         assert p.info["checkpoint"] == str(path)
-        for a, b in zip(p.model.state_dict().values(), trained.model.state_dict().values(), strict=True):
+        for a, b in zip(
+            p.model.state_dict().values(), trained.model.state_dict().values(), strict=True
+        ):
             assert torch.equal(a, b)
 
 

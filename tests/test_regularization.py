@@ -18,8 +18,9 @@ class TinyLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(torch.zeros(5, d))
-        self.block = nn.TransformerEncoderLayer(d, nhead=2, dim_feedforward=16, dropout=0.0,
-                                                batch_first=True)
+        self.block = nn.TransformerEncoderLayer(
+            d, nhead=2, dim_feedforward=16, dropout=0.0, batch_first=True
+        )
         self.final_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab, bias=False)
         self.head.weight = self.embed.weight  # tied
@@ -45,11 +46,19 @@ def _names(groups):
 
 
 def test_batchnorm_cnn_groups():
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 4 * 4, 3), nn.BatchNorm1d(3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+        nn.BatchNorm1d(3),
+    )
     groups = ld.weight_decay_groups(model, 0.01)
-    assert _names(groups) == {0.01: {"0.weight", "4.weight"},
-                              0.0: {"0.bias", "1.weight", "1.bias", "4.bias", "5.weight", "5.bias"}}
+    assert _names(groups) == {
+        0.01: {"0.weight", "4.weight"},
+        0.0: {"0.bias", "1.weight", "1.bias", "4.bias", "5.weight", "5.bias"},
+    }
     opt = torch.optim.SGD(groups, lr=0.1, weight_decay=0.5)  # groups override the default
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
     assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
@@ -60,7 +69,7 @@ def test_norm_layers_found_by_type_not_name():
         def __init__(self):
             super().__init__()
             self.a = nn.Linear(4, 4)
-            self.gn = nn.GroupNorm(2, 4)        # named without "norm"
+            self.gn = nn.GroupNorm(2, 4)  # named without "norm"
             self.ln = nn.LayerNorm(4)
             self.inorm = nn.InstanceNorm1d(4, affine=True)
             self.rms = nn.RMSNorm(4)
@@ -69,8 +78,17 @@ def test_norm_layers_found_by_type_not_name():
 
     groups = _names(ld.weight_decay_groups(Net(), 0.1))
     assert groups[0.1] == {"a.weight", "b.weight"}
-    assert groups[0.0] == {"a.bias", "gn.weight", "gn.bias", "ln.weight", "ln.bias", "inorm.weight",
-                           "inorm.bias", "rms.weight", "hand.scale"}
+    assert groups[0.0] == {
+        "a.bias",
+        "gn.weight",
+        "gn.bias",
+        "ln.weight",
+        "ln.bias",
+        "inorm.weight",
+        "inorm.bias",
+        "rms.weight",
+        "hand.scale",
+    }
 
 
 def test_tied_transformer_lm():
@@ -81,8 +99,12 @@ def test_tied_transformer_lm():
     listed = [p for g in groups for p in g["params"]]
     assert len(listed) == len(all_params) == len({id(p) for p in listed})
     assert "embed.weight" in decayed and "head.weight" not in decayed | kept
-    assert {"final_norm.weight", "block.norm1.weight", "block.self_attn.in_proj_bias",
-            "block.linear1.bias"} <= kept
+    assert {
+        "final_norm.weight",
+        "block.norm1.weight",
+        "block.self_attn.in_proj_bias",
+        "block.linear1.bias",
+    } <= kept
     assert "block.self_attn.in_proj_weight" in decayed and "pos" in decayed
     # excluding the tied weight under either of its names excludes the one parameter
     for name in ("head.weight", "embed.weight"):
@@ -105,7 +127,9 @@ def test_user_names_globs_and_1d_keyword():
     assert "final_norm.weight" in g[0.1]  # only what was listed is excluded
     g = _names(ld.weight_decay_groups(model, 0.1, exclude=("1d",)))
     assert all(dict(model.named_parameters())[n].dim() >= 2 for n in g[0.1])
-    assert _names(ld.weight_decay_groups(model, 0.1, exclude=()))[0.1] == {n for n, _ in model.named_parameters()}
+    assert _names(ld.weight_decay_groups(model, 0.1, exclude=()))[0.1] == {
+        n for n, _ in model.named_parameters()
+    }
 
 
 def test_frozen_parameters():
@@ -116,7 +140,9 @@ def test_frozen_parameters():
     groups = ld.weight_decay_groups(model, 0.1, trainable_only=False)
     assert _names(groups) == {0.1: {"0.weight", "1.weight"}, 0.0: {"0.bias", "1.bias"}}
     # the penalty covers trainable weights only
-    assert float(ld.l2_penalty(model, 2.0).detach()) == pytest.approx(float(model[1].weight.detach().pow(2).sum()))
+    assert float(ld.l2_penalty(model, 2.0).detach()) == pytest.approx(
+        float(model[1].weight.detach().pow(2).sum())
+    )
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         ld.weight_decay_groups(model, 0.1)
@@ -138,14 +164,17 @@ def test_penalty_value_and_gradient_by_hand():
     # biases penalized too: the lecture's variant with every parameter
     everything = ld.l2_penalty(model, gamma, exclude=())
     assert float(everything.detach()) == pytest.approx(
-        0.5 * gamma * sum(float(p.detach().pow(2).sum()) for p in model.parameters()), rel=1e-6)
+        0.5 * gamma * sum(float(p.detach().pow(2).sum()) for p in model.parameters()), rel=1e-6
+    )
 
 
 def test_penalty_counts_tied_weights_once_and_matches_sgd_weight_decay():
     model = TinyLM()
     p = ld.l2_penalty(model, 1.0, exclude=("bias", "norm"))
     decayed = ld.weight_decay_groups(model, 1.0)[0]["params"]
-    assert float(p.detach()) == pytest.approx(0.5 * sum(float(w.detach().pow(2).sum()) for w in decayed), rel=1e-6)
+    assert float(p.detach()) == pytest.approx(
+        0.5 * sum(float(w.detach().pow(2).sum()) for w in decayed), rel=1e-6
+    )
     # an SGD step on loss + penalty equals an SGD step with weight_decay=gamma on the same groups
     torch.manual_seed(1)
     a = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
@@ -170,15 +199,26 @@ def test_penalty_dtype_and_no_weights():
     assert float(zero.detach()) == 0.0 and zero.dim() == 0
 
 
-@pytest.mark.parametrize("call,error,match", [
-    (lambda m: ld.weight_decay_groups(m, -0.1), ValueError, "weight_decay"),
-    (lambda m: ld.l2_penalty(m, -1.0), ValueError, "gamma"),
-    (lambda m: ld.l2_penalty(m, "0.1"), TypeError, "gamma must be a finite number >= 0, got '0.1'"),
-    (lambda m: ld.l2_penalty(m, float("nan")), ValueError, "gamma must be a finite number >= 0, got nan"),
-    (lambda m: ld.weight_decay_groups(m, 0.1, exclude=("0.wieght",)), ValueError, "match no"),
-    (lambda m: ld.weight_decay_groups(m, 0.1, exclude=(3,)), TypeError, "sequence of strings"),
-    (lambda m: ld.weight_decay_groups("model", 0.1), TypeError, "torch.nn.Module"),
-])
+@pytest.mark.parametrize(
+    "call,error,match",
+    [
+        (lambda m: ld.weight_decay_groups(m, -0.1), ValueError, "weight_decay"),
+        (lambda m: ld.l2_penalty(m, -1.0), ValueError, "gamma"),
+        (
+            lambda m: ld.l2_penalty(m, "0.1"),
+            TypeError,
+            "gamma must be a finite number >= 0, got '0.1'",
+        ),
+        (
+            lambda m: ld.l2_penalty(m, float("nan")),
+            ValueError,
+            "gamma must be a finite number >= 0, got nan",
+        ),
+        (lambda m: ld.weight_decay_groups(m, 0.1, exclude=("0.wieght",)), ValueError, "match no"),
+        (lambda m: ld.weight_decay_groups(m, 0.1, exclude=(3,)), TypeError, "sequence of strings"),
+        (lambda m: ld.weight_decay_groups("model", 0.1), TypeError, "torch.nn.Module"),
+    ],
+)
 def test_bad_input(call, error, match):
     model = nn.Sequential(nn.Linear(2, 2))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -20,8 +20,9 @@ def tour_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tour")
     cli = Path(sys.executable).with_name("lossdoctor")
     command = [str(cli)] if cli.exists() else [sys.executable, "-m", "lossdoctor"]
-    done = subprocess.run([*command, "tour", "--out", str(out)], capture_output=True, text=True,
-                          timeout=3600)
+    done = subprocess.run(
+        [*command, "tour", "--out", str(out)], capture_output=True, text=True, timeout=3600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "report written to" in done.stdout
     return out
@@ -46,5 +47,7 @@ def test_report_opens_in_chromium(tour_dir, tmp_path):
     assert page.title == "lossdoctor tour"
     pngs = sorted(p.name for p in tour_dir.rglob("*.png"))
     assert page.images, "the report has no figures"
-    assert not page.broken_images, f"figures that did not load: {page.broken_images} (PNGs on disk: {pngs})"
+    assert not page.broken_images, (
+        f"figures that did not load: {page.broken_images} (PNGs on disk: {pngs})"
+    )
     assert not page.errors, f"console errors: {page.errors}"

@@ -36,8 +36,11 @@ def test_toy_escape_lowers_the_loss_along_the_eigenvector():
     assert result.step == pytest.approx(math.sqrt(2), abs=1e-3)
     assert result.predicted_change == pytest.approx(0.5 * -2.0 * result.step**2)
     assert result.first_order_change == 0.0
-    assert np.allclose(result.direction.numpy() * result.sign, np.array([1, 1]) / math.sqrt(2), atol=1e-6) or \
-        np.allclose(result.direction.numpy() * result.sign, -np.array([1, 1]) / math.sqrt(2), atol=1e-6)
+    assert np.allclose(
+        result.direction.numpy() * result.sign, np.array([1, 1]) / math.sqrt(2), atol=1e-6
+    ) or np.allclose(
+        result.direction.numpy() * result.sign, -np.array([1, 1]) / math.sqrt(2), atol=1e-6
+    )
     assert "model unchanged" in str(result)
 
 
@@ -115,14 +118,21 @@ def test_escape_leaves_a_real_network_unchanged():
 def test_compare_on_the_toy():
     p = lecture_saddle()
     snap = snapshot(p.model)
-    cmp_ = ld.compare_saddle_escapes(p.model, p.loss_fn, p.train_data, steps=40, lr=0.1, record_paths=True)
+    cmp_ = ld.compare_saddle_escapes(
+        p.model, p.loss_fn, p.train_data, steps=40, lr=0.1, record_paths=True
+    )
     assert_same(p.model, snap)
     by = {m.name: m for m in cmp_.methods}
     # Exactly at the saddle the gradient is 0: plain GD and momentum never move.
     assert by["gradient descent"].losses == [1.0] * 41 and by["gradient descent"].escaped_at is None
     assert by["momentum"].escaped_at is None
     eigen = by["eigenvector step + GD"]
-    assert eigen.escaped_at == 1 and eigen.losses[1] < 1e-6 and eigen.matvecs > 0 and eigen.loss_evaluations > 0
+    assert (
+        eigen.escaped_at == 1
+        and eigen.losses[1] < 1e-6
+        and eigen.matvecs > 0
+        and eigen.loss_evaluations > 0
+    )
     assert by["perturbed GD"].kicks >= 1 and by["perturbed GD"].escaped_at is not None
     assert by["momentum + kicks"].escaped_at is not None
     assert by["momentum + kicks"].escaped_at < by["perturbed GD"].escaped_at
@@ -144,7 +154,11 @@ def test_compare_refuses_a_minimum_and_bad_options():
     with pytest.raises(ValueError, match="nothing to compare"):
         ld.compare_saddle_escapes(Quadratic([1.0, 2.0]), mean_output, ONE, steps=5)
     p = lecture_saddle()
-    for kwargs, match in (({"steps": 0}, "steps"), ({"momentum": 1.0}, "momentum"), ({"lr": -1.0}, "lr")):
+    for kwargs, match in (
+        ({"steps": 0}, "steps"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"lr": -1.0}, "lr"),
+    ):
         with pytest.raises(ValueError, match=match):
             ld.compare_saddle_escapes(p.model, p.loss_fn, p.train_data, **kwargs)
 

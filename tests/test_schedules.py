@@ -35,13 +35,24 @@ def test_is_a_real_torch_scheduler():
     assert isinstance(sched, WarmupScheduler)
 
 
-@pytest.mark.parametrize("after,kwargs,closed_form", [
-    ("constant", {}, lambda u, W, T: 1.0),
-    ("linear", {"total_steps": 30, "min_factor": 0.1}, lambda u, W, T: 1 - 0.9 * min(u / (T - W), 1)),
-    ("cosine", {"total_steps": 30}, lambda u, W, T: 0.5 * (1 + math.cos(math.pi * min(u / (T - W), 1)))),
-    ("step", {"step_size": 4, "gamma": 0.5}, lambda u, W, T: 0.5 ** (u // 4)),
-    ("inverse_sqrt", {}, lambda u, W, T: math.sqrt(W / (u + W))),
-])
+@pytest.mark.parametrize(
+    "after,kwargs,closed_form",
+    [
+        ("constant", {}, lambda u, W, T: 1.0),
+        (
+            "linear",
+            {"total_steps": 30, "min_factor": 0.1},
+            lambda u, W, T: 1 - 0.9 * min(u / (T - W), 1),
+        ),
+        (
+            "cosine",
+            {"total_steps": 30},
+            lambda u, W, T: 0.5 * (1 + math.cos(math.pi * min(u / (T - W), 1))),
+        ),
+        ("step", {"step_size": 4, "gamma": 0.5}, lambda u, W, T: 0.5 ** (u // 4)),
+        ("inverse_sqrt", {}, lambda u, W, T: math.sqrt(W / (u + W))),
+    ],
+)
 def test_lr_at_chosen_steps_matches_closed_form(after, kwargs, closed_form):
     W, T, base, sf = 8, 30, 0.3, 0.1
     opt = _optimizer(base)
@@ -63,10 +74,10 @@ def test_transformer_schedule_closed_form():
     sched = ld.warmup(opt, warmup_steps=W, after="inverse_sqrt", d_model=d)
     lrs = [lr[0] for lr in _run(sched, opt, 2 * W)]
     for step in (1, 10, 3999, 4000, 4001, 8000):  # 1-based update number, as in the paper
-        expected = d ** -0.5 * min(step ** -0.5, step * W ** -1.5)
+        expected = d**-0.5 * min(step**-0.5, step * W**-1.5)
         assert lrs[step - 1] == pytest.approx(expected, rel=1e-12)
         assert sched.factor(step - 1) == pytest.approx(expected, rel=1e-12)
-    peak = d ** -0.5 * W ** -0.5
+    peak = d**-0.5 * W**-0.5
     assert max(lrs) == pytest.approx(peak, rel=1e-12)
     assert lrs.index(max(lrs)) == W - 1
 
@@ -74,7 +85,9 @@ def test_transformer_schedule_closed_form():
 def test_goyal_gradual_warmup_linear_scaling_rule():
     # reference lr 0.1 for batch 256; batch 8192 -> k = 32, target 3.2, start at 0.1 (paper: 5 epochs)
     opt = _optimizer(0.1)
-    sched = ld.gradual_warmup(opt, batch_size=8192, warmup_steps=10, after="step", step_size=30, gamma=0.1)
+    sched = ld.gradual_warmup(
+        opt, batch_size=8192, warmup_steps=10, after="step", step_size=30, gamma=0.1
+    )
     seen = [lr[0] for lr in _run(sched, opt, 45)]
     assert seen[0] == pytest.approx(0.1)
     assert seen[5] == pytest.approx(0.1 + (3.2 - 0.1) * 5 / 10)
@@ -142,6 +155,7 @@ def test_works_in_a_training_loop_without_warnings():
     sched = ld.warmup(opt, warmup_steps=3, after="linear", total_steps=6)
     x, y = torch.randn(8, 3), torch.randn(8, 1)
     import warnings
+
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(6):
@@ -152,18 +166,21 @@ def test_works_in_a_training_loop_without_warnings():
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"warmup_steps": -1}, "warmup_steps"),
-    ({"warmup_steps": 2.5}, "warmup_steps must be an integer >= 0, got 2.5"),  # a TypeError
-    ({"warmup_steps": 5, "after": "exp"}, "after must be one of"),
-    ({"warmup_steps": 5, "after": "cosine"}, "total_steps"),
-    ({"warmup_steps": 5, "after": "linear", "total_steps": 5}, "must exceed"),
-    ({"warmup_steps": 5, "after": "step"}, "step_size"),
-    ({"warmup_steps": 0, "after": "inverse_sqrt"}, "warmup_steps must be >= 1"),
-    ({"warmup_steps": 5, "d_model": 512}, "inverse_sqrt"),
-    ({"warmup_steps": 5, "start_factor": -0.1}, "start_factor"),
-    ({"warmup_steps": 5, "after": "cosine", "total_steps": 9, "min_factor": 2.0}, "min_factor"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"warmup_steps": 2.5}, "warmup_steps must be an integer >= 0, got 2.5"),  # a TypeError
+        ({"warmup_steps": 5, "after": "exp"}, "after must be one of"),
+        ({"warmup_steps": 5, "after": "cosine"}, "total_steps"),
+        ({"warmup_steps": 5, "after": "linear", "total_steps": 5}, "must exceed"),
+        ({"warmup_steps": 5, "after": "step"}, "step_size"),
+        ({"warmup_steps": 0, "after": "inverse_sqrt"}, "warmup_steps must be >= 1"),
+        ({"warmup_steps": 5, "d_model": 512}, "inverse_sqrt"),
+        ({"warmup_steps": 5, "start_factor": -0.1}, "start_factor"),
+        ({"warmup_steps": 5, "after": "cosine", "total_steps": 9, "min_factor": 2.0}, "min_factor"),
+    ],
+)
 def test_bad_settings_raise_clear_errors(kwargs, match):
     opt = _optimizer(0.1)
     with pytest.raises(TypeError if kwargs["warmup_steps"] == 2.5 else ValueError, match=match):

@@ -41,12 +41,22 @@ def box_max(eps: float) -> float:
 
 def test_quadratic_lambda_max_trace_and_epsilon_exact():
     model = Quadratic()
-    s = ld.sharpness(model, quadratic_loss, DATA, method=["lambda_max", "trace", "epsilon"],
-                     epsilons=(1e-3, 5e-4), subspace_dim=2, tol=1e-8, trace_matvecs=12)
+    s = ld.sharpness(
+        model,
+        quadratic_loss,
+        DATA,
+        method=["lambda_max", "trace", "epsilon"],
+        epsilons=(1e-3, 5e-4),
+        subspace_dim=2,
+        tol=1e-8,
+        trace_matvecs=12,
+    )
     loss = float(quadratic_loss(THETA, None))
     assert s.loss == pytest.approx(loss)
     assert s.lambda_max == pytest.approx(4.0, rel=1e-8) and s.lambda_max_converged
-    assert s.trace == pytest.approx(float(A.sum()), rel=1e-8)  # Hutch++ is exact once 1/3 of probes span R^4
+    assert s.trace == pytest.approx(
+        float(A.sum()), rel=1e-8
+    )  # Hutch++ is exact once 1/3 of probes span R^4
     for eps in (1e-3, 5e-4):
         expected = 100 * (box_max(eps) - loss) / (1 + loss)
         assert s.eps(eps, "full") == pytest.approx(expected, rel=1e-6)
@@ -60,8 +70,13 @@ def test_epsilon_sharpness_scales_with_curvature():
     """At the minimum (L = 0) Keskar's metric is 100 * 1/2 sum a_i eps^2: 10x the curvature, 10x."""
     zero = torch.zeros(4, dtype=torch.float64)
     flat = ld.sharpness(Quadratic(zero), quadratic_loss, DATA, method="epsilon", subspace_dim=None)
-    sharp = ld.sharpness(Quadratic(zero), lambda t, y: 10 * quadratic_loss(t, y), DATA, method="epsilon",
-                         subspace_dim=None)
+    sharp = ld.sharpness(
+        Quadratic(zero),
+        lambda t, y: 10 * quadratic_loss(t, y),
+        DATA,
+        method="epsilon",
+        subspace_dim=None,
+    )
     assert flat.eps(1e-3) == pytest.approx(100 * 0.5 * float(A.sum()) * 1e-6, rel=1e-6)
     assert sharp.eps(1e-3) == pytest.approx(10 * flat.eps(1e-3), rel=1e-6)
     assert flat.lambda_max is None and flat.trace is None
@@ -70,18 +85,23 @@ def test_epsilon_sharpness_scales_with_curvature():
 def test_sharpness_leaves_model_unchanged():
     model, loss_fn, data = model_in_a_mixed_state(dropout=0.0)
     before = ModelSnapshot.take(model)
-    s = ld.sharpness(model, loss_fn, data, method=["lambda_max", "epsilon"], subspace_dim=5, max_iter=3)
+    s = ld.sharpness(
+        model, loss_fn, data, method=["lambda_max", "epsilon"], subspace_dim=5, max_iter=3
+    )
     before.assert_same(model, "sharpness")
     assert s.lambda_max > 0 and all(e.value >= 0 for e in s.epsilon)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"method": "hessian"}, "method must be one of"),
-    ({"method": "epsilon", "epsilons": (0.0,)}, r"epsilons\[0\] must be a finite number > 0"),
-    ({"method": "epsilon", "subspace_dim": 0}, "subspace_dim"),
-    ({"method": "epsilon", "subspace_dim": None, "full_space": False}, "no space"),
-    ({"max_iter": 0}, "max_iter"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"method": "hessian"}, "method must be one of"),
+        ({"method": "epsilon", "epsilons": (0.0,)}, r"epsilons\[0\] must be a finite number > 0"),
+        ({"method": "epsilon", "subspace_dim": 0}, "subspace_dim"),
+        ({"method": "epsilon", "subspace_dim": None, "full_space": False}, "no space"),
+        ({"max_iter": 0}, "max_iter"),
+    ],
+)
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ld.sharpness(Quadratic(), quadratic_loss, DATA, **kwargs)

@@ -13,7 +13,9 @@ from torch import nn
 from lossdoctor.training.step_signals import StepSignals
 
 
-def reference(grads: list[torch.Tensor], thetas: list[torch.Tensor], t: int) -> tuple[float, float, float]:
+def reference(
+    grads: list[torch.Tensor], thetas: list[torch.Tensor], t: int
+) -> tuple[float, float, float]:
     g = grads[t].double()
     gnorm = float(g.norm())
     if t == 0:
@@ -57,12 +59,17 @@ def assert_close(got, want):
 
 def mlp_with_unused_head():
     torch.manual_seed(0)
-    model = nn.ModuleDict({"body": nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)),
-                           "unused": nn.Linear(3, 2)})
+    model = nn.ModuleDict(
+        {
+            "body": nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3)),
+            "unused": nn.Linear(3, 2),
+        }
+    )
     x, y = torch.randn(16, 5), torch.randn(16, 3)
 
     def loss(step):
         return ((model["body"](x * (1 + 0.1 * step)) - y) ** 2).mean()
+
     return model, loss
 
 
@@ -99,6 +106,7 @@ def test_mixed_dtypes_and_float64():
     def loss(step):
         h = model[1](model[0](x))
         return ((h @ model[2].weight.T + model[2].bias.double()) ** 2).mean()
+
     got, want = run(model, loss)
     assert_close(got, want)
 

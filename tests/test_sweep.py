@@ -30,13 +30,28 @@ def tiny_problem() -> ld.Problem:
     xt = torch.randn(32, 5, generator=gen)
     yt = (xt[:, 0] + xt[:, 1] > 0).long() + (xt[:, 2] > 1).long()
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-    return ld.Problem(model, F.cross_entropy, [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)],
-                      (xt, yt), name="tiny")
+    return ld.Problem(
+        model,
+        F.cross_entropy,
+        [(x[i : i + 16], y[i : i + 16]) for i in range(0, 64, 16)],
+        (xt, yt),
+        name="tiny",
+    )
 
 
 def sweep(problem: ld.Problem, store=None, progress=None, **overrides) -> ld.SweepResult:
-    kwargs = {"epochs": 3, "updates": 10, "stop_at_loss": 0.8, "max_epochs": 20, "lr": 0.01, "seeds": SEEDS,
-              "sharpness": ("lambda_max", "epsilon"), "tol": 1e-2, "epsilon_iters": 3, **overrides}
+    kwargs = {
+        "epochs": 3,
+        "updates": 10,
+        "stop_at_loss": 0.8,
+        "max_epochs": 20,
+        "lr": 0.01,
+        "seeds": SEEDS,
+        "sharpness": ("lambda_max", "epsilon"),
+        "tol": 1e-2,
+        "epsilon_iters": 3,
+        **overrides,
+    }
     return ld.batch_size_sweep(problem, SIZES, store=store, progress=progress, **kwargs)
 
 
@@ -87,9 +102,15 @@ def test_interrupted_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
 
     # Ctrl-C returns the finished runs, flagged; the run in progress is the only work lost
     partial = sweep(tiny_problem(), store=store, progress=interrupt_mid_second_run)
-    assert partial.interrupted and [r.key for r in partial.runs] == ["b8-s0"] and "INTERRUPTED" in str(partial)
+    assert (
+        partial.interrupted
+        and [r.key for r in partial.runs] == ["b8-s0"]
+        and "INTERRUPTED" in str(partial)
+    )
     assert numbers(partial.runs[0]) == numbers(reference.runs[0])
-    assert sorted(p.name for p in (store / "runs").iterdir()) == ["b8-s0.json"]  # only the finished run
+    assert sorted(p.name for p in (store / "runs").iterdir()) == [
+        "b8-s0.json"
+    ]  # only the finished run
     resumed = sweep(tiny_problem(), store=store)
     assert resumed.loaded == ["b8-s0"] and resumed.trained == ["b8-s1", "b32-s0", "b32-s1"]
     for got, want in zip(resumed.runs, reference.runs):
@@ -97,7 +118,9 @@ def test_interrupted_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
     again = sweep(tiny_problem(), store=store)
     assert again.trained == [] and len(again.loaded) == 4
     assert [r.to_dict() for r in again.runs] == [r.to_dict() for r in resumed.runs]
-    assert not [p for p in (store / "runs").iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert not [
+        p for p in (store / "runs").iterdir() if p.name.startswith(".")
+    ]  # no temporary files left
     # A store holds one sweep's settings: other settings are refused, nothing is overwritten.
     with pytest.raises(ValueError, match=r"other settings \(differs in \['lr'\]\)"):
         sweep(tiny_problem(), store=store, lr=0.02)
@@ -107,40 +130,71 @@ def test_interrupted_sweep_resumes_without_losing_or_repeating_runs(tmp_path):
 
 
 def test_linear_lr_rule_and_sgd():
-    result = sweep(tiny_problem(), lr_rule="linear", base_batch=8, optimizer="sgd", lr=0.1, seeds=[0],
-                   sharpness=(), stop_at_loss=())
+    result = sweep(
+        tiny_problem(),
+        lr_rule="linear",
+        base_batch=8,
+        optimizer="sgd",
+        lr=0.1,
+        seeds=[0],
+        sharpness=(),
+        stop_at_loss=(),
+    )
     assert [r.lr for r in result.runs] == [pytest.approx(0.1), pytest.approx(0.4)]
     assert result.runs[0].milestones[0].lambda_max is None
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"epochs": None, "updates": None, "stop_at_loss": ()}, "give epochs="),
-    ({"lr_rule": "sqrt"}, "lr_rule"),
-    ({"optimizer": "lbfgs"}, "optimizer"),
-    ({"seeds": [0, 0]}, "seeds"),
-    ({"stop_at_loss": -1.0}, "stop_at_loss"),
-    ({"sharpness": ("flatness",)}, r"sharpness\[0\] must be one of 'lambda_max'"),
-    ({"epochs": 0}, "epochs must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"epochs": None, "updates": None, "stop_at_loss": ()}, "give epochs="),
+        ({"lr_rule": "sqrt"}, "lr_rule"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"stop_at_loss": -1.0}, "stop_at_loss"),
+        ({"sharpness": ("flatness",)}, r"sharpness\[0\] must be one of 'lambda_max'"),
+        ({"epochs": 0}, "epochs must be a finite number > 0"),
+    ],
+)
 def test_bad_input(overrides, match):
     with pytest.raises(ValueError, match=match):
         sweep(tiny_problem(), **overrides)
-    with pytest.raises(ValueError, match=r"batch_sizes must not repeat values.*\[8\] more than once"):
+    with pytest.raises(
+        ValueError, match=r"batch_sizes must not repeat values.*\[8\] more than once"
+    ):
         ld.batch_size_sweep(tiny_problem(), [8, 8], epochs=1)
     with pytest.raises(TypeError, match="Problem"):
         ld.batch_size_sweep(nn.Linear(2, 2), [8], epochs=1)
 
 
-@pytest.mark.skipif(not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed")
+@pytest.mark.skipif(
+    not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed"
+)
 def test_two_ranks_share_the_runs(tmp_path):
     worker = Path(__file__).with_name("_sweep_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                           "2", str(worker), str(tmp_path)], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(worker),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     keys = ["b8-s0", "b8-s1", "b32-s0", "b32-s1"]
-    assert got[0]["trained"] == keys[0::2] and got[1]["trained"] == keys[1::2]  # run i on rank i % 2
+    assert (
+        got[0]["trained"] == keys[0::2] and got[1]["trained"] == keys[1::2]
+    )  # run i on rank i % 2
     single = sweep(tiny_problem(), store=tmp_path / "single")
     for rank in (0, 1):
         assert [r["batch_size"] for r in got[rank]["runs"]] == [8, 8, 32, 32]
@@ -170,6 +224,8 @@ def test_evaluation_halves_the_batch_on_out_of_memory(monkeypatch):
     sizes.clear()
     evaluation.evaluate_largest(problem.model, problem.loss_fn, problem.train_data)
     assert sizes == [16]  # remembered: no second search
-    monkeypatch.setattr(evaluation, "evaluate", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(
+        evaluation, "evaluate", lambda *a: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+    )
     with pytest.raises(RuntimeError, match="shape mismatch"):  # other errors are not swallowed
         evaluation.evaluate_largest(problem.model, problem.loss_fn, problem.train_data)

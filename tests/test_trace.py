@@ -115,6 +115,7 @@ def test_hutch_plus_plus_with_more_products_than_dimensions_is_exact():
 
 # --- issue 18: rank-deficient Hessians (curvlinops' MSE case), exact when matvecs >= n -------
 
+
 def _low_rank(n: int = 200, rank: int = 30, total: float = 15.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     U = torch.linalg.qr(torch.randn(n, rank, generator=g, dtype=torch.float64))[0]
@@ -186,6 +187,9 @@ def test_low_rank_matrix_trace_covered_and_exact_at_600_products():
         assert r.standard_error < 1e-10  # the sketch spans the range: only rounding is left
     r = ld.trace(A, matvecs=150, seed=3)
     assert r.method == "hutch++ (sketch rank 30)" and r.matvecs == 150
-    misses = sum(abs(ld.trace(A, matvecs=45, seed=s).estimate - 15.0)
-                 > 3 * ld.trace(A, matvecs=45, seed=s).standard_error for s in range(20))
+    misses = sum(
+        abs(ld.trace(A, matvecs=45, seed=s).estimate - 15.0)
+        > 3 * ld.trace(A, matvecs=45, seed=s).standard_error
+        for s in range(20)
+    )
     assert misses <= 1

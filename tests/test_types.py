@@ -29,7 +29,9 @@ def test_operators_satisfy_the_protocol_and_other_things_do_not():
     x, y = torch.randn(8, 3), torch.randn(8, 1)
     op = ld.hessian(model, nn.MSELoss(), [(x, y)])
     assert isinstance(op, SymmetricOperator) and isinstance(torch.eye(4), SymmetricOperator)
-    assert not isinstance([1.0, 2.0], SymmetricOperator) and not isinstance(model, SymmetricOperator)
+    assert not isinstance([1.0, 2.0], SymmetricOperator) and not isinstance(
+        model, SymmetricOperator
+    )
     # what the protocol promises is what eigenpairs uses: the dense Hessian's eigenvalues come back
     dense = ld.dense_hessian(model, nn.MSELoss(), [(x, y)]).double()
     got = ld.eigenpairs(op, k=1, which="largest", progress=None).eigenvalues

@@ -25,18 +25,23 @@ def test_data_draws_sit_on_either_side_of_200(study):
     # The Hessian of torch's mse_loss (no ½) is 2·mean(x xᵀ): check it against autograd.
     model = valley.TwoWeights((0.3, -0.2))
     xt = torch.from_numpy(x)
-    H = torch.autograd.functional.hessian(lambda w: F.mse_loss(xt @ w, xt @ torch.tensor(valley.W_STAR,
-                                                                                       dtype=torch.float64)),
-                                          model.w.detach())
+    H = torch.autograd.functional.hessian(
+        lambda w: F.mse_loss(xt @ w, xt @ torch.tensor(valley.W_STAR, dtype=torch.float64)),
+        model.w.detach(),
+    )
     assert np.allclose(H.numpy(), study.hessian)
-    assert study.contrast_losses[-1] > 1e10 * study.contrast_losses[0]  # lr 1e-2 diverges on the other draw
+    assert (
+        study.contrast_losses[-1] > 1e10 * study.contrast_losses[0]
+    )  # lr 1e-2 diverges on the other draw
 
 
 def test_closed_form_matches_step_by_step():
     S = valley.hessian_of(valley.draw(3)) / 2
     for lr in (1e-2, 1e-3):
         a, b = valley.descend("gd", lr, 500, S), valley.gd_closed_form(lr, 500, S)
-        assert np.allclose(a, b, atol=1e-8, rtol=1e-9, equal_nan=True) and np.isfinite(b[:100]).all()
+        assert (
+            np.allclose(a, b, atol=1e-8, rtol=1e-9, equal_nan=True) and np.isfinite(b[:100]).all()
+        )
 
 
 def test_the_lecture_claims(study):
@@ -49,8 +54,9 @@ def test_the_lecture_claims(study):
     w2 = bounce.trajectory[(steps >= 900) & (steps <= 1000), 1] - study.w_star[1]
     assert np.all(np.sign(w2[1:]) == -np.sign(w2[:-1]))
     # The lecture's Adagrad keeps jumping late; decay and warm-up + decay settle.
-    assert study.run("adagrad").late_jump > 10 * max(study.run("adagrad-decay").late_jump,
-                                                     study.run("adagrad-warmup").late_jump)
+    assert study.run("adagrad").late_jump > 10 * max(
+        study.run("adagrad-decay").late_jump, study.run("adagrad-warmup").late_jump
+    )
     assert study.run("adagrad-warmup").distance_at[10_000] < 1e-3
 
 

@@ -97,16 +97,25 @@ def _function_entry(qual: str, node, method: bool) -> Entry:
 
 
 def _class_entries(qual: str, node: ast.ClassDef) -> list[Entry]:
-    init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
-    fields = [n for n in node.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
-              and "ClassVar" not in ast.unparse(n.annotation)]
+    init = next(
+        (n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None
+    )
+    fields = [
+        n
+        for n in node.body
+        if isinstance(n, ast.AnnAssign)
+        and isinstance(n.target, ast.Name)
+        and "ClassVar" not in ast.unparse(n.annotation)
+    ]
     needs = []
     if (init is not None and _args(init, True)) or fields:
         needs.append("Args|Attributes")
     needs.append("Example|Examples")
     entries = [Entry(qual, "class", ast.get_docstring(node), needs)]
     for sub in node.body:
-        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and not sub.name.startswith("_"):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)) and not sub.name.startswith(
+            "_"
+        ):
             entries.append(_function_entry(f"{qual}.{sub.name}", sub, method=True))
     return entries
 
@@ -117,7 +126,11 @@ def _constant_doc(tree: ast.Module, name: str) -> str | None:
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
         if any(isinstance(t, ast.Name) and t.id == name for t in targets if t is not None):
             nxt = body[i + 1] if i + 1 < len(body) else None
-            if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+            if (
+                isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
                 return nxt.value.value
             return None
     return None
@@ -132,7 +145,10 @@ def _module_tree(module: str) -> ast.Module:
 def _definition(module: str, name: str) -> tuple[str, ast.AST | None, ast.Module]:
     tree = _module_tree(module)
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+        if (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.name == name
+        ):
             return module, node, tree
     return module, None, tree
 
@@ -149,8 +165,11 @@ def api_entries() -> list[Entry]:
     sys.path.insert(0, str(ROOT))
     pkg = importlib.import_module(PACKAGE)
     # The cli package's __all__ is the console entry point (documented in docs/cli.md), not an API.
-    exporters = [pkg] + [importlib.import_module(f"{PACKAGE}.{m.name}")
-                         for m in pkgutil.iter_modules(pkg.__path__) if m.ispkg and m.name != "cli"]
+    exporters = [pkg] + [
+        importlib.import_module(f"{PACKAGE}.{m.name}")
+        for m in pkgutil.iter_modules(pkg.__path__)
+        if m.ispkg and m.name != "cli"
+    ]
     seen: dict[tuple[str, str], list[Entry]] = {}
     for exporter in exporters:
         for name in getattr(exporter, "__all__", []):
@@ -180,7 +199,10 @@ def _constant_home(package: str, name: str) -> str:
 
 def _assigns(tree: ast.Module, name: str) -> bool:
     for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+        if (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.name == name
+        ):
             return True
         targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
         if any(isinstance(t, ast.Name) and t.id == name for t in targets if t is not None):
@@ -200,7 +222,9 @@ def all_entries() -> list[Entry]:
         module = ".".join(parts)
         tree = ast.parse(file.read_text())
         for node in tree.body:
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+            if isinstance(
+                node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+            ) and not node.name.startswith("_"):
                 entries.extend(_entries_for(f"{module}.{node.name}", node, tree, node.name))
     return entries
 
@@ -214,8 +238,10 @@ def summarize(label: str, entries: list[Entry]) -> list[str]:
             continue
         none = sum(e.doc is None for e in group)
         incomplete = sum(e.doc is not None and bool(e.missing()) for e in group)
-        rows.append(f"| {label} | {kind} | {len(group)} | {none} | {incomplete} | "
-                    f"{len(group) - none - incomplete} |")
+        rows.append(
+            f"| {label} | {kind} | {len(group)} | {none} | {incomplete} | "
+            f"{len(group) - none - incomplete} |"
+        )
     return rows
 
 

@@ -11,9 +11,20 @@ from pathlib import Path
 
 from PIL import Image
 
-FIGURES = ["critical-toy-surface", "critical-regression", "rare-minima", "critical-toy-escape",
-           "valley-contours", "valley-curves", "batch-time", "batch-sweep", "flat-sharp-interpolation",
-           "l2-curves", "l2-sweep", "warmup"]
+FIGURES = [
+    "critical-toy-surface",
+    "critical-regression",
+    "rare-minima",
+    "critical-toy-escape",
+    "valley-contours",
+    "valley-curves",
+    "batch-time",
+    "batch-sweep",
+    "flat-sharp-interpolation",
+    "l2-curves",
+    "l2-sweep",
+    "warmup",
+]
 WIDTH = 900  # pixels: the docs column is narrower
 COLORS = 128  # a palette image: tour figures are flat-coloured line plots
 
@@ -37,7 +48,9 @@ def main(argv: list[str]) -> int:
         if not src.exists():
             missing.append(name)
             continue
-        print(f"{name}.png: {src.stat().st_size // 1024} kB -> {shrink(src, out / f'{name}.png') // 1024} kB")
+        print(
+            f"{name}.png: {src.stat().st_size // 1024} kB -> {shrink(src, out / f'{name}.png') // 1024} kB"
+        )
     if missing:
         print(f"not in {report}: {', '.join(missing)}", file=sys.stderr)
     return 1 if missing else 0

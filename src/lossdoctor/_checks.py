@@ -56,14 +56,20 @@ def describe(value: Any, limit: int = 60) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     kind = {bool: "a bool", str: "a string", bytes: "bytes"}.get(type(value))
-    if kind is None and callable(value) and not isinstance(value, (numbers.Number, torch.nn.Module)):
+    if (
+        kind is None
+        and callable(value)
+        and not isinstance(value, (numbers.Number, torch.nn.Module))
+    ):
         kind = "a function" if getattr(value, "__name__", None) else type(value).__name__
     if kind is None and not isinstance(value, (int, float, type(None), np.generic)):
         kind = f"a {type(value).__name__}"
     return f"{text} ({kind})" if kind else text
 
 
-def _fail(cls: type[Exception], name: str, requirement: str, value: Any, hint: str | None) -> Exception:
+def _fail(
+    cls: type[Exception], name: str, requirement: str, value: Any, hint: str | None
+) -> Exception:
     message = f"{name} must be {requirement}, got {describe(value)}."
     if hint:
         message += " " + hint
@@ -74,7 +80,9 @@ def _number(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
-def _bounds_text(minimum: float | None, maximum: float | None, above: float | None, below: float | None) -> str:
+def _bounds_text(
+    minimum: float | None, maximum: float | None, above: float | None, below: float | None
+) -> str:
     parts = []
     if above is not None:
         parts.append(f"> {_number(above)}")
@@ -87,10 +95,15 @@ def _bounds_text(minimum: float | None, maximum: float | None, above: float | No
     return " and ".join(parts)
 
 
-def _in_bounds(x: float, minimum: float | None, maximum: float | None, above: float | None,
-               below: float | None) -> bool:
-    return ((minimum is None or x >= minimum) and (maximum is None or x <= maximum)
-            and (above is None or x > above) and (below is None or x < below))
+def _in_bounds(
+    x: float, minimum: float | None, maximum: float | None, above: float | None, below: float | None
+) -> bool:
+    return (
+        (minimum is None or x >= minimum)
+        and (maximum is None or x <= maximum)
+        and (above is None or x > above)
+        and (below is None or x < below)
+    )
 
 
 def is_integer(value: Any) -> bool:
@@ -108,20 +121,44 @@ def is_real(value: Any) -> bool:
 
 
 @overload
-def check_int(value: Any, name: str, *, minimum: int | None = ..., maximum: int | None = ...,
-              optional: Literal[False] = ..., hint: str | None = ...) -> int: ...
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = ...,
+    maximum: int | None = ...,
+    optional: Literal[False] = ...,
+    hint: str | None = ...,
+) -> int: ...
 @overload
-def check_int(value: Any, name: str, *, minimum: int | None = ..., maximum: int | None = ...,
-              optional: bool, hint: str | None = ...) -> int | None: ...
-def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
-              optional: bool = False, hint: str | None = None) -> int | None:
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = ...,
+    maximum: int | None = ...,
+    optional: bool,
+    hint: str | None = ...,
+) -> int | None: ...
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    optional: bool = False,
+    hint: str | None = None,
+) -> int | None:
     """A whole number (``int`` or numpy integer, not ``bool``, not ``2.0``) within the bounds.
 
     ``None`` too when ``optional``."""
     if value is None and optional:
         return None
-    requirement = "an integer" + ((" " + _bounds_text(minimum, maximum, None, None))
-                                  if minimum is not None or maximum is not None else "")
+    requirement = "an integer" + (
+        (" " + _bounds_text(minimum, maximum, None, None))
+        if minimum is not None or maximum is not None
+        else ""
+    )
     if optional:
         requirement += " or None"
     if not is_integer(value):
@@ -134,16 +171,43 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
 
 
 @overload
-def check_float(value: Any, name: str, *, minimum: float | None = ..., maximum: float | None = ...,
-                above: float | None = ..., below: float | None = ..., optional: Literal[False] = ...,
-                finite: bool = ..., hint: str | None = ...) -> float: ...
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = ...,
+    maximum: float | None = ...,
+    above: float | None = ...,
+    below: float | None = ...,
+    optional: Literal[False] = ...,
+    finite: bool = ...,
+    hint: str | None = ...,
+) -> float: ...
 @overload
-def check_float(value: Any, name: str, *, minimum: float | None = ..., maximum: float | None = ...,
-                above: float | None = ..., below: float | None = ..., optional: bool,
-                finite: bool = ..., hint: str | None = ...) -> float | None: ...
-def check_float(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None,
-                above: float | None = None, below: float | None = None, optional: bool = False,
-                finite: bool = True, hint: str | None = None) -> float | None:
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = ...,
+    maximum: float | None = ...,
+    above: float | None = ...,
+    below: float | None = ...,
+    optional: bool,
+    finite: bool = ...,
+    hint: str | None = ...,
+) -> float | None: ...
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    optional: bool = False,
+    finite: bool = True,
+    hint: str | None = None,
+) -> float | None:
     """A real number within the bounds (``minimum``/``maximum`` inclusive, ``above``/``below`` exclusive), finite unless ``finite=False``; ``None`` too when ``optional``."""
     if value is None and optional:
         return None
@@ -154,16 +218,24 @@ def check_float(value: Any, name: str, *, minimum: float | None = None, maximum:
     if not is_real(value):
         raise _fail(TypeError, name, requirement, value, hint)
     x = float(value)
-    if math.isnan(x) or (finite and math.isinf(x)) or not _in_bounds(x, minimum, maximum, above, below):
+    if (
+        math.isnan(x)
+        or (finite and math.isinf(x))
+        or not _in_bounds(x, minimum, maximum, above, below)
+    ):
         raise _fail(ValueError, name, requirement, value, hint)
     return x
 
 
 @overload
-def check_bool(value: Any, name: str, *, optional: Literal[False] = ..., hint: str | None = ...) -> bool: ...
+def check_bool(
+    value: Any, name: str, *, optional: Literal[False] = ..., hint: str | None = ...
+) -> bool: ...
 @overload
 def check_bool(value: Any, name: str, *, optional: bool, hint: str | None = ...) -> bool | None: ...
-def check_bool(value: Any, name: str, *, optional: bool = False, hint: str | None = None) -> bool | None:
+def check_bool(
+    value: Any, name: str, *, optional: bool = False, hint: str | None = None
+) -> bool | None:
     """``True`` or ``False`` (numpy's too); not ``1``, not ``"yes"``; ``None`` too when ``optional``."""
     if value is None and optional:
         return None
@@ -206,8 +278,16 @@ def _as_items(value: Any, name: str, example: str, hint: str | None) -> list[Any
     return list(value)
 
 
-def check_ints(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
-               distinct: bool = False, nonempty: bool = True, hint: str | None = None) -> list[int]:
+def check_ints(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    distinct: bool = False,
+    nonempty: bool = True,
+    hint: str | None = None,
+) -> list[int]:
     """A list (tuple, range, 1-d array) of integers within the bounds, in the given order."""
     bounds = _bounds_text(minimum, maximum, None, None)
     example = "integers" + (f" {bounds}" if bounds else "") + " such as [16, 64]"
@@ -217,19 +297,36 @@ def check_ints(value: Any, name: str, *, minimum: int | None = None, maximum: in
     out = []
     for i, item in enumerate(items):
         if not is_integer(item):
-            raise _fail(TypeError, f"{name}[{i}]", "an integer" + (f" {bounds}" if bounds else ""), item, hint)
+            raise _fail(
+                TypeError,
+                f"{name}[{i}]",
+                "an integer" + (f" {bounds}" if bounds else ""),
+                item,
+                hint,
+            )
         if not _in_bounds(int(item), minimum, maximum, None, None):
             raise _fail(ValueError, f"{name}[{i}]", "an integer " + bounds, item, hint)
         out.append(int(item))
     if distinct and len(set(out)) != len(out):
         repeated = sorted({v for v in out if out.count(v) > 1})
-        raise ValueError(f"{name} must not repeat values, got {describe(value)} ({repeated} more than once).")
+        raise ValueError(
+            f"{name} must not repeat values, got {describe(value)} ({repeated} more than once)."
+        )
     return out
 
 
-def check_floats(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None,
-                 above: float | None = None, below: float | None = None, nonempty: bool = True,
-                 min_length: int = 0, hint: str | None = None) -> list[float]:
+def check_floats(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    nonempty: bool = True,
+    min_length: int = 0,
+    hint: str | None = None,
+) -> list[float]:
     """A list (tuple, 1-d array or tensor) of finite real numbers within the bounds."""
     bounds = _bounds_text(minimum, maximum, above, below)
     example = "finite numbers" + (f" {bounds}" if bounds else "")
@@ -239,12 +336,23 @@ def check_floats(value: Any, name: str, *, minimum: float | None = None, maximum
         raise _fail(ValueError, name, f"a list of at least {at_least} {example}", value, hint)
     out = []
     for i, item in enumerate(items):
-        out.append(check_float(item, f"{name}[{i}]", minimum=minimum, maximum=maximum, above=above,
-                               below=below, hint=hint))
+        out.append(
+            check_float(
+                item,
+                f"{name}[{i}]",
+                minimum=minimum,
+                maximum=maximum,
+                above=above,
+                below=below,
+                hint=hint,
+            )
+        )
     return out
 
 
-def check_callable(value: Any, name: str, *, optional: bool = False, hint: str | None = None) -> Any:
+def check_callable(
+    value: Any, name: str, *, optional: bool = False, hint: str | None = None
+) -> Any:
     """Anything callable (a function, a module, a bound method); ``None`` too when ``optional``."""
     if value is None and optional:
         return None
@@ -255,8 +363,9 @@ def check_callable(value: Any, name: str, *, optional: bool = False, hint: str |
 
 def check_progress(value: Any, name: str = "progress") -> Callable[[int, int], None] | None:
     """A progress callback ``progress(done, total)`` or ``None``."""
-    return check_callable(value, name, optional=True,
-                          hint="Pass a function called as progress(done, total), or None.")
+    return check_callable(
+        value, name, optional=True, hint="Pass a function called as progress(done, total), or None."
+    )
 
 
 def check_module(value: Any, name: str = "model") -> torch.nn.Module:
@@ -274,22 +383,30 @@ def check_module(value: Any, name: str = "model") -> torch.nn.Module:
 
 def check_loss_fn(value: Any, name: str = "loss_fn") -> Any:
     """A loss: ``loss_fn(outputs, targets)`` returning the batch-mean loss (a module such as ``nn.CrossEntropyLoss()`` or a function such as ``F.cross_entropy``), or ``None``: the loss the model computes itself (``outputs.loss``, e.g. a Hugging Face model given labels)."""
-    return check_callable(value, name, optional=True,
-                          hint="Pass a loss module such as nn.CrossEntropyLoss(), a function such as "
-                               "torch.nn.functional.cross_entropy, or None for the model's own outputs.loss.")
+    return check_callable(
+        value,
+        name,
+        optional=True,
+        hint="Pass a loss module such as nn.CrossEntropyLoss(), a function such as "
+        "torch.nn.functional.cross_entropy, or None for the model's own outputs.loss.",
+    )
 
 
 def check_optimizer(value: Any, name: str = "optimizer") -> torch.optim.Optimizer:
     """A ``torch.optim.Optimizer`` instance (not the class, not its name)."""
     if not isinstance(value, torch.optim.Optimizer):
-        hint = ("Build one first, e.g. torch.optim.SGD(model.parameters(), lr=0.1)."
-                if isinstance(value, (str, type)) else None)
+        hint = (
+            "Build one first, e.g. torch.optim.SGD(model.parameters(), lr=0.1)."
+            if isinstance(value, (str, type))
+            else None
+        )
         raise _fail(TypeError, name, "a torch.optim.Optimizer", value, hint)
     return value
 
 
-def check_dtype(value: Any, name: str = "dtype", *, floating: bool = True, optional: bool = True
-                ) -> torch.dtype | None:
+def check_dtype(
+    value: Any, name: str = "dtype", *, floating: bool = True, optional: bool = True
+) -> torch.dtype | None:
     """A ``torch.dtype`` (a floating one when ``floating``); ``None`` too when ``optional``."""
     if value is None and optional:
         return None
@@ -310,10 +427,18 @@ def check_device(value: Any, name: str = "device", *, optional: bool = True) -> 
     try:
         device = torch.device(value)
     except (RuntimeError, ValueError):
-        raise _fail(ValueError, name, "a device name such as 'cpu' or 'cuda:0'", value, None) from None
+        raise _fail(
+            ValueError, name, "a device name such as 'cpu' or 'cuda:0'", value, None
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{name}={str(value)!r} asks for CUDA, but this PyTorch sees no GPU: use 'cpu'.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"{name}={str(value)!r} asks for CUDA, but this PyTorch sees no GPU: use 'cpu'."
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
         raise ValueError(f"{name}={str(value)!r}: there are only {torch.cuda.device_count()} GPUs.")
     return device
 
@@ -323,24 +448,37 @@ def check_series(value: Any, name: str, *, min_length: int = 0, finite: bool = F
 
     Booleans, strings, nested lists and 2-d arrays are refused. NaN/Inf are allowed unless
     ``finite``."""
-    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, (Iterable, np.ndarray, torch.Tensor)):
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(
+        value, (Iterable, np.ndarray, torch.Tensor)
+    ):
         raise _fail(TypeError, name, "a one-dimensional list of numbers", value, None)
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
         if value.ndim != 1:
-            raise _fail(ValueError, name, "a one-dimensional list of numbers", value,
-                        "Pass one number per step (flatten it if it is a column).")
-        if value.dtype == np.bool_ or not (np.issubdtype(value.dtype, np.integer)
-                                           or np.issubdtype(value.dtype, np.floating)):
+            raise _fail(
+                ValueError,
+                name,
+                "a one-dimensional list of numbers",
+                value,
+                "Pass one number per step (flatten it if it is a column).",
+            )
+        if value.dtype == np.bool_ or not (
+            np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)
+        ):
             raise _fail(TypeError, name, "a one-dimensional list of numbers", value, None)
         array = value.astype(np.float64)
     else:
         items = list(value)
         for i, item in enumerate(items):
             if not is_real(item):
-                raise _fail(TypeError, f"{name}[{i}]", "a number", item,
-                            "Pass one number per step." if isinstance(item, Iterable) else None)
+                raise _fail(
+                    TypeError,
+                    f"{name}[{i}]",
+                    "a number",
+                    item,
+                    "Pass one number per step." if isinstance(item, Iterable) else None,
+                )
         array = np.asarray([float(v) for v in items], dtype=np.float64)
     if len(array) < min_length:
         raise ValueError(f"{name} has {len(array)} values; at least {min_length} are needed.")
@@ -363,23 +501,41 @@ def check_operator(value: Any, name: str = "op") -> Any:
         if value.dim() != 2 or value.shape[0] != value.shape[1]:
             raise _fail(ValueError, name, requirement, value, "The matrix must be square (n, n).")
         if not value.is_floating_point():
-            raise _fail(TypeError, name, requirement, value, "Convert the matrix to floats (A.double()).")
+            raise _fail(
+                TypeError, name, requirement, value, "Convert the matrix to floats (A.double())."
+            )
         if value.device.type != "meta":
             if not bool(torch.isfinite(value).all()):
-                raise ValueError(f"{name} holds NaN or Inf entries: eigenvalues of a non-finite matrix mean nothing.")
+                raise ValueError(
+                    f"{name} holds NaN or Inf entries: eigenvalues of a non-finite matrix mean nothing."
+                )
             scale = float(value.abs().max()) if value.numel() else 0.0
-            tol = (1e-5 if value.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10) * max(scale, 1e-30)
+            tol = (
+                1e-5 if value.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-10
+            ) * max(scale, 1e-30)
             asym = float((value - value.T).abs().max()) if value.numel() else 0.0
             if asym > tol:
-                raise ValueError(f"{name} is not symmetric (max |A - A.T| = {asym:.3g}): the symmetric eigensolvers "
-                                 "would return meaningless pairs. Pass (A + A.T) / 2 if the asymmetry is rounding.")
+                raise ValueError(
+                    f"{name} is not symmetric (max |A - A.T| = {asym:.3g}): the symmetric eigensolvers "
+                    "would return meaningless pairs. Pass (A + A.T) / 2 if the asymmetry is rounding."
+                )
         return value
     if isinstance(value, torch.nn.Module):
-        raise _fail(TypeError, name, requirement, value,
-                    "Build the operator first: lossdoctor.hessian(model, loss_fn, data).")
+        raise _fail(
+            TypeError,
+            name,
+            requirement,
+            value,
+            "Build the operator first: lossdoctor.hessian(model, loss_fn, data).",
+        )
     shape = getattr(value, "shape", None)
-    if not (hasattr(value, "__matmul__") and isinstance(shape, tuple) and len(shape) == 2
-            and all(is_integer(s) for s in shape) and shape[0] == shape[1]):
+    if not (
+        hasattr(value, "__matmul__")
+        and isinstance(shape, tuple)
+        and len(shape) == 2
+        and all(is_integer(s) for s in shape)
+        and shape[0] == shape[1]
+    ):
         raise _fail(TypeError, name, requirement, value, None)
     return value
 
@@ -397,7 +553,9 @@ def _check_cache(value: Any, name: str) -> Any:
     if is_integer(value) and value >= 0:
         return value
     # a ValueError for every bad value, as the operator has always raised
-    raise _fail(ValueError, name, "True, False, 'auto' or a number of bytes (an integer >= 0)", value, None)
+    raise _fail(
+        ValueError, name, "True, False, 'auto' or a number of bytes (an integer >= 0)", value, None
+    )
 
 
 # What each shared argument name means, everywhere it appears.
@@ -405,7 +563,9 @@ _RULES: dict[str, Callable[[Any, str], Any]] = {
     "model": lambda v, n: check_module(v, n),
     "loss_fn": lambda v, n: check_loss_fn(v, n),
     "op": lambda v, n: check_operator(v, n),
-    "mode": lambda v, n: None if v is None else check_choice(v, n, ("eval", "train")),  # None: the default
+    "mode": lambda v, n: (
+        None if v is None else check_choice(v, n, ("eval", "train"))
+    ),  # None: the default
     "seed": lambda v, n: check_seed(v, n),
     "progress": lambda v, n: check_progress(v, n),
     "k": lambda v, n: check_int(v, n, minimum=1),

@@ -20,8 +20,10 @@ class MissingExtraError(ImportError):
 def missing(module: str, what: str) -> MissingExtraError:
     """The error for ``what`` needing ``module``, which is not installed."""
     extra = EXTRAS.get(module.split(".")[0], "all")
-    return MissingExtraError(f"{what} needs {module.split('.')[0]}, which is not installed: "
-                             f"pip install 'lossdoctor[{extra}]' (or 'lossdoctor[all]').")
+    return MissingExtraError(
+        f"{what} needs {module.split('.')[0]}, which is not installed: "
+        f"pip install 'lossdoctor[{extra}]' (or 'lossdoctor[all]')."
+    )
 
 
 def require(module: str, what: str) -> ModuleType:

@@ -34,7 +34,9 @@ Writer = Callable[[IO[bytes]], object]
 
 def _as_path(value: Any, option: str) -> Path:
     if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
-        raise TypeError(f"{option} must be a path (a string or pathlib.Path), got {describe(value)}.")
+        raise TypeError(
+            f"{option} must be a path (a string or pathlib.Path), got {describe(value)}."
+        )
     if str(value).strip() == "":
         raise ValueError(f"{option} is empty: name a file or folder.")
     return Path(value).expanduser()
@@ -44,8 +46,10 @@ def _check_writable(folder: Path, option: str, shown: Path) -> None:
     try:
         handle, name = tempfile.mkstemp(prefix=".lossdoctor-check-", dir=folder)
     except OSError as err:
-        raise ValueError(f"{option} {shown}: cannot write in the folder {folder} ({err.strerror or err}). "
-                         "Choose a folder you can write to.") from None
+        raise ValueError(
+            f"{option} {shown}: cannot write in the folder {folder} ({err.strerror or err}). "
+            "Choose a folder you can write to."
+        ) from None
     os.close(handle)
     os.unlink(name)
 
@@ -57,7 +61,9 @@ def image_formats() -> list[str]:
     return sorted(Figure().canvas.get_supported_filetypes())
 
 
-def check_new_file(value: Any, option: str, *, formats: list[str] | None = None, default: bool = False) -> Path:
+def check_new_file(
+    value: Any, option: str, *, formats: list[str] | None = None, default: bool = False
+) -> Path:
     """The path of a file to create, checked before any work.
 
     Its folder exists and is writable, its extension is one of ``formats`` (when given) and no file
@@ -65,25 +71,33 @@ def check_new_file(value: Any, option: str, *, formats: list[str] | None = None,
     and the next free name (``name-2.png``) is returned instead of an error."""
     path = _as_path(value, option)
     if path.is_dir():
-        raise ValueError(f"{option} {path} is a folder: name a file inside it, e.g. {path / 'plot.png'}.")
+        raise ValueError(
+            f"{option} {path} is a folder: name a file inside it, e.g. {path / 'plot.png'}."
+        )
     if formats is not None:
         ext = path.suffix.lower().lstrip(".")
         if ext not in formats:
             shown = f"'.{ext}'" if ext else "no extension"
-            raise ValueError(f"{option} {path}: the file format ({shown}) is not one lossdoctor can write; "
-                             f"end the name with one of {', '.join('.' + f for f in formats)}.")
+            raise ValueError(
+                f"{option} {path}: the file format ({shown}) is not one lossdoctor can write; "
+                f"end the name with one of {', '.join('.' + f for f in formats)}."
+            )
     folder = path.parent
     if not folder.exists():
-        raise ValueError(f"{option} {path}: the folder {folder} does not exist; create it first "
-                         f"(mkdir -p {folder}) or choose another path.")
+        raise ValueError(
+            f"{option} {path}: the folder {folder} does not exist; create it first "
+            f"(mkdir -p {folder}) or choose another path."
+        )
     if not folder.is_dir():
         raise ValueError(f"{option} {path}: {folder} is not a folder.")
     _check_writable(folder, option, path)
     if path.exists() or path.is_symlink():
         if default:
             return _free_name(path)
-        raise ValueError(f"{option} {path} already exists, and lossdoctor never overwrites a file: choose "
-                         "another name or remove the file first.")
+        raise ValueError(
+            f"{option} {path} already exists, and lossdoctor never overwrites a file: choose "
+            "another name or remove the file first."
+        )
     return path
 
 
@@ -94,14 +108,18 @@ def check_output_dir(value: Any, option: str) -> Path:
     writable; an existing file there is an error."""
     path = _as_path(value, option)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{option} {path} is a file, not a folder: choose a folder (it is created if missing).")
+        raise ValueError(
+            f"{option} {path} is a file, not a folder: choose a folder (it is created if missing)."
+        )
     existing = path
     while not existing.exists():
         if existing.parent == existing:
             break
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"{option} {path}: {existing} is a file, so the folder cannot be made there.")
+        raise ValueError(
+            f"{option} {path}: {existing} is a file, so the folder cannot be made there."
+        )
     _check_writable(existing, option, path)
     return path
 
@@ -118,7 +136,13 @@ def _create(path: Path, write: Writer) -> None:
     """Create ``path`` exclusively (never through a symlink) and write it.
 
     Nothing is left behind if writing fails."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
     handle = os.open(path, flags, 0o644)
     try:
         with os.fdopen(handle, "wb") as stream:

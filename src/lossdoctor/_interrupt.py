@@ -91,6 +91,7 @@ def recording() -> Iterator[None]:
 
 def was_interrupted(result: Any) -> bool:
     """True when ``result`` (or any result nested in its ``to_dict()``) is flagged interrupted."""
+
     def scan(value: Any) -> bool:
         if isinstance(value, dict):
             return value.get("interrupted") is True or any(scan(v) for v in value.values())

@@ -65,7 +65,9 @@ class ResultMixin:
             return None
         try:
             return _html_renderer(self)
-        except MissingExtraError:  # the report extra (matplotlib) is not installed: Jupyter shows str()
+        except (
+            MissingExtraError
+        ):  # the report extra (matplotlib) is not installed: Jupyter shows str()
             return None
 
     def to_dict(self) -> dict[str, Any]:

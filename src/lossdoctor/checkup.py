@@ -176,12 +176,20 @@ class Checkup(ResultMixin):
     _skip_in_dict = ("top_direction",)
 
     def __str__(self) -> str:
-        lines = [f"checkup ({self.num_params} parameters, {self.num_samples} samples measured, {self.mode} mode, "
-                 f"{self.seconds:.1f} s of a {self.budget:.0f} s budget)" + (" INTERRUPTED" if self.interrupted else ""),
-                 str(self.diagnosis), "sections:"]
-        lines += [f"  {s.title}: {s.status} ({s.seconds:.1f} s, {s.hvps} products)" for s in self.sections]
+        lines = [
+            f"checkup ({self.num_params} parameters, {self.num_samples} samples measured, {self.mode} mode, "
+            f"{self.seconds:.1f} s of a {self.budget:.0f} s budget)"
+            + (" INTERRUPTED" if self.interrupted else ""),
+            str(self.diagnosis),
+            "sections:",
+        ]
+        lines += [
+            f"  {s.title}: {s.status} ({s.seconds:.1f} s, {s.hvps} products)" for s in self.sections
+        ]
         if self.spectrum is not None:
-            lines.append(f"spectrum ends: {fmt(self.spectrum.smallest, 4)} .. {fmt(self.spectrum.largest, 4)}")
+            lines.append(
+                f"spectrum ends: {fmt(self.spectrum.smallest, 4)} .. {fmt(self.spectrum.largest, 4)}"
+            )
         if self.noise is not None:
             lines.append(str(self.noise))
         if self.lr_range is not None:
@@ -189,8 +197,14 @@ class Checkup(ResultMixin):
         return "\n".join(lines)
 
 
-def _probe_history(model: nn.Module, loss_fn: Any, data: Any, optimizer: Any, steps: int,
-                   train_step: Callable | None) -> list[float]:
+def _probe_history(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    optimizer: Any,
+    steps: int,
+    train_step: Callable | None,
+) -> list[float]:
     """``steps`` training steps of the user's optimizer from an exact snapshot (then put back).
 
     a loss history for a model that comes without one."""
@@ -208,9 +222,21 @@ def _probe_history(model: nn.Module, loss_fn: Any, data: Any, optimizer: Any, st
 
 
 @with_progress("checkup")
-def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, optimizer: Any = None,
-            lr: float | None = None, budget: float = BUDGET, window: int = WINDOW, checkpoint: Any = None,
-            train_step: Callable | None = None, seed: int = 0, progress: Progress | bool | str | None = "auto") -> Checkup:
+def checkup(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    *,
+    history: Any = None,
+    optimizer: Any = None,
+    lr: float | None = None,
+    budget: float = BUDGET,
+    window: int = WINDOW,
+    checkpoint: Any = None,
+    train_step: Callable | None = None,
+    seed: int = 0,
+    progress: Progress | bool | str | None = "auto",
+) -> Checkup:
     """One report on the user's model: the verdict, tested prescriptions, and the pictures behind them.
 
     The doctor's verdict and tested prescriptions first, then the curvature, critical point,
@@ -257,14 +283,18 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
     check_loss_fn(loss_fn)
     if optimizer is not None:
         check_optimizer(optimizer)
-    budget = check_float(budget, "budget", above=0.0, hint="The checkup's time budget in seconds, e.g. 120.")
+    budget = check_float(
+        budget, "budget", above=0.0, hint="The checkup's time budget in seconds, e.g. 120."
+    )
     window = check_int(window, "window", minimum=4)
     lr = check_lr(lr)
     seed = check_seed(seed)
     check_data(data)
     if optimizer is None and lr is None:
-        raise ValueError("checkup needs the optimizer you train with (or lr= for plain SGD): the doctor models its "
-                         "steps and tries its prescriptions with it.")
+        raise ValueError(
+            "checkup needs the optimizer you train with (or lr= for plain SGD): the doctor models its "
+            "steps and tries its prescriptions with it."
+        )
     trial_opt = trial_optimizer(model, optimizer, lr)
     sections: list[CheckupSection] = []
     interrupted = False
@@ -283,14 +313,37 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
     if history is None:
         history = _probe_history(model, loss_fn, data, trial_opt, 2 * window, train_step)
         source = f"a probe run of {len(history)} steps of your optimizer from an exact snapshot (then undone)"
-    d = diagnose(model, loss_fn, data, history=history, optimizer=optimizer, lr=None if optimizer is not None else lr,
-                 window=window, checkpoint=checkpoint, train_step=train_step, seed=seed)
-    sections.append(CheckupSection("doctor", "verdict and tested prescriptions", time.perf_counter() - t0,
-                                   int(d.cost.get("hvps", 0)), "interrupted" if d.interrupted else "done"))
+    d = diagnose(
+        model,
+        loss_fn,
+        data,
+        history=history,
+        optimizer=optimizer,
+        lr=None if optimizer is not None else lr,
+        window=window,
+        checkpoint=checkpoint,
+        train_step=train_step,
+        seed=seed,
+    )
+    sections.append(
+        CheckupSection(
+            "doctor",
+            "verdict and tested prescriptions",
+            time.perf_counter() - t0,
+            int(d.cost.get("hvps", 0)),
+            "interrupted" if d.interrupted else "done",
+        )
+    )
     interrupted |= d.interrupted
     tick()
-    hist_values = [float(v) for v in (history if not hasattr(history, "losses") and not isinstance(history, dict)
-                                      else (history["losses"] if isinstance(history, dict) else history.losses))]
+    hist_values = [
+        float(v)
+        for v in (
+            history
+            if not hasattr(history, "losses") and not isinstance(history, dict)
+            else (history["losses"] if isinstance(history, dict) else history.losses)
+        )
+    ]
     mode = d.measurements.mode if d.measurements is not None else "eval"
     curv = first_samples(data, CURVATURE_SAMPLES)
     results: dict[str, Any] = {}
@@ -299,10 +352,14 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
         """Run one section if at least ``need`` seconds of the budget are left."""
         nonlocal interrupted
         if interrupted:
-            sections.append(CheckupSection(key, title, 0.0, 0, "skipped: the checkup was interrupted"))
+            sections.append(
+                CheckupSection(key, title, 0.0, 0, "skipped: the checkup was interrupted")
+            )
             return None
         if left() < need:
-            sections.append(CheckupSection(key, title, 0.0, 0, f"skipped: {left():.0f} s of the budget left"))
+            sections.append(
+                CheckupSection(key, title, 0.0, 0, f"skipped: {left():.0f} s of the budget left")
+            )
             return None
         t = time.perf_counter()
         try:
@@ -332,67 +389,177 @@ def checkup(model: nn.Module, loss_fn: Any, data: Any, *, history: Any = None, o
             return eigenpairs(op(), k=3, which="both", tol=1e-3, seed=seed, max_matvecs=120)
 
     spectrum = run("spectrum", "both ends of the spectrum", 2.0, both_ends)
-    density = run("density", "spectral density", 2.0,
-                  lambda: spectral_density(op(), num_probes=2, lanczos_steps=30, seed=seed))
-    layers = d.layers or run("layers", "per-layer curvature", 2.0,
-                             lambda: layer_curvature(model, loss_fn, curv, optimizer=optimizer,
-                                                     lr=None if optimizer is not None else lr, mode=mode, probes=1,
-                                                     lanczos_steps=8, seed=seed, op=op(), max_blocks=24))
+    density = run(
+        "density",
+        "spectral density",
+        2.0,
+        lambda: spectral_density(op(), num_probes=2, lanczos_steps=30, seed=seed),
+    )
+    layers = d.layers or run(
+        "layers",
+        "per-layer curvature",
+        2.0,
+        lambda: layer_curvature(
+            model,
+            loss_fn,
+            curv,
+            optimizer=optimizer,
+            lr=None if optimizer is not None else lr,
+            mode=mode,
+            probes=1,
+            lanczos_steps=8,
+            seed=seed,
+            op=op(),
+            max_blocks=24,
+        ),
+    )
     if d.layers is not None:
-        sections.append(CheckupSection("layers", "per-layer curvature", 0.0, 0, "done (from the diagnosis)"))
-    critical = run("critical", "critical point", 2.0,
-                   lambda: classify_critical_point(model, loss_fn, curv, mode=mode, k=1, tol=1e-2, seed=seed,
-                                                   dense_max_params=300, max_matvecs=80, num_probes=2,
-                                                   lanczos_steps=30))
+        sections.append(
+            CheckupSection("layers", "per-layer curvature", 0.0, 0, "done (from the diagnosis)")
+        )
+    critical = run(
+        "critical",
+        "critical point",
+        2.0,
+        lambda: classify_critical_point(
+            model,
+            loss_fn,
+            curv,
+            mode=mode,
+            k=1,
+            tol=1e-2,
+            seed=seed,
+            dense_max_params=300,
+            max_matvecs=80,
+            num_probes=2,
+            lanczos_steps=30,
+        ),
+    )
     m = d.measurements
     escape = None
     if m is not None and m.escape_direction is not None and m.loss is not None:
         names = m.parameter_names
         params = dict(model.named_parameters())
         pieces = torch.split(m.escape_direction, [params[n].numel() for n in names])
-        direction = [[piece.reshape(params[n].shape).to(params[n].dtype) for n, piece in zip(names, pieces)]]
+        direction = [
+            [piece.reshape(params[n].shape).to(params[n].dtype) for n, piece in zip(names, pieces)]
+        ]
         reach = math.sqrt(2 * abs(m.loss) / max(abs(m.lambda_min or 1.0), 1e-12))
-        escape = run("escape", "loss along the escape direction", 1.0,
-                     lambda: _along(model, loss_fn, curv, direction, names, 2 * reach, seed))
+        escape = run(
+            "escape",
+            "loss along the escape direction",
+            1.0,
+            lambda: _along(model, loss_fn, curv, direction, names, 2 * reach, seed),
+        )
     top = None
-    if m is not None and m.top_direction is not None and m.lambda_max and m.lambda_max > 0 and m.loss is not None:
+    if (
+        m is not None
+        and m.top_direction is not None
+        and m.lambda_max
+        and m.lambda_max > 0
+        and m.loss is not None
+    ):
         names = m.parameter_names
         params = dict(model.named_parameters())
         pieces = torch.split(m.top_direction, [params[n].numel() for n in names])
-        direction = [[piece.reshape(params[n].shape).to(params[n].dtype) for n, piece in zip(names, pieces)]]
+        direction = [
+            [piece.reshape(params[n].shape).to(params[n].dtype) for n, piece in zip(names, pieces)]
+        ]
         span = math.sqrt(2 * max(abs(m.loss), 1e-12) / m.lambda_max)
-        top = run("landscape-top", "landscape along the top eigenvector", 1.0,
-                  lambda: _along(model, loss_fn, curv, direction, names, span, seed))
-    rand = run("landscape-random", "landscape along a random filter-normalized direction", 1.0,
-               lambda: landscape(model, loss_fn, curv, dims=1, steps=21, span=1.0, seed=seed))
+        top = run(
+            "landscape-top",
+            "landscape along the top eigenvector",
+            1.0,
+            lambda: _along(model, loss_fn, curv, direction, names, span, seed),
+        )
+    rand = run(
+        "landscape-random",
+        "landscape along a random filter-normalized direction",
+        1.0,
+        lambda: landscape(model, loss_fn, curv, dims=1, steps=21, span=1.0, seed=seed),
+    )
     noise = None
     if not is_single_batch(data) or (m is not None and m.batch_size):
-        noise = run("noise", "gradient noise scale", 2.0,
-                    lambda: gradient_noise_scale(model, loss_fn, data, small_batch=max(2, min(32, m.batch_size or 32)),
-                                                 pairs=20, seed=seed))
-    lr_range = run("lr-range", "learning-rate range test around the current lr", 2.0,
-                   lambda: _range_around(model, loss_fn, data, trial_opt))
-    results.update(spectrum=spectrum, density=density, layers=layers, critical=critical, escape_profile=escape,
-                   landscape_top=top, landscape_random=rand, noise=noise, lr_range=lr_range)
+        noise = run(
+            "noise",
+            "gradient noise scale",
+            2.0,
+            lambda: gradient_noise_scale(
+                model,
+                loss_fn,
+                data,
+                small_batch=max(2, min(32, m.batch_size or 32)),
+                pairs=20,
+                seed=seed,
+            ),
+        )
+    lr_range = run(
+        "lr-range",
+        "learning-rate range test around the current lr",
+        2.0,
+        lambda: _range_around(model, loss_fn, data, trial_opt),
+    )
+    results.update(
+        spectrum=spectrum,
+        density=density,
+        layers=layers,
+        critical=critical,
+        escape_profile=escape,
+        landscape_top=top,
+        landscape_random=rand,
+        noise=noise,
+        lr_range=lr_range,
+    )
     if progress is not None:
-        progress(total, total)  # sections that did not apply still count as done: the bar ends at 100%
-    return Checkup(diagnosis=d, history=hist_values, history_source=source, sections=tuple(sections), budget=budget,
-                   seconds=time.perf_counter() - started, num_params=sum(p.numel() for p in model.parameters()
-                                                                        if p.requires_grad),
-                   num_samples=m.samples if m is not None else 0, mode=mode, interrupted=interrupted,
-                   top_direction=None if m is None else m.top_direction, **results)
+        progress(
+            total, total
+        )  # sections that did not apply still count as done: the bar ends at 100%
+    return Checkup(
+        diagnosis=d,
+        history=hist_values,
+        history_source=source,
+        sections=tuple(sections),
+        budget=budget,
+        seconds=time.perf_counter() - started,
+        num_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        num_samples=m.samples if m is not None else 0,
+        mode=mode,
+        interrupted=interrupted,
+        top_direction=None if m is None else m.top_direction,
+        **results,
+    )
 
 
-def _along(model: nn.Module, loss_fn: Any, data: Any, direction: list, names: tuple[str, ...], span: float,
-           seed: int) -> Landscape:
+def _along(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    direction: list,
+    names: tuple[str, ...],
+    span: float,
+    seed: int,
+) -> Landscape:
     """The loss along ``direction`` (given per parameter name, in ``names`` order) through the current point; trainable parameters outside ``names`` get a zero direction."""
     by_name = dict(zip(names, direction[0]))
     full = [[by_name.get(n, torch.zeros_like(p)) for n, p in trainable_parameters(model)]]
-    return landscape(model, loss_fn, data, dims=1, steps=25, span=span, seed=seed, directions=full,
-                     ignore_bias_bn=False)
+    return landscape(
+        model,
+        loss_fn,
+        data,
+        dims=1,
+        steps=25,
+        span=span,
+        seed=seed,
+        directions=full,
+        ignore_bias_bn=False,
+    )
 
 
-def _range_around(model: nn.Module, loss_fn: Any, data: Any, optimizer: torch.optim.Optimizer) -> LRRangeResult:
+def _range_around(
+    model: nn.Module, loss_fn: Any, data: Any, optimizer: torch.optim.Optimizer
+) -> LRRangeResult:
     """The lr range test over three decades around the current lr (the model and optimizer are put back)."""
     lr = float(optimizer.param_groups[0]["lr"])
-    return lr_range_test(model, loss_fn, data, optimizer, start_lr=lr / 100, end_lr=lr * 100, steps=60)
+    return lr_range_test(
+        model, loss_fn, data, optimizer, start_lr=lr / 100, end_lr=lr * 100, steps=60
+    )

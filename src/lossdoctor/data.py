@@ -55,8 +55,10 @@ from .model_state import RNGStream
 
 Batch = tuple[Any, torch.Tensor]
 DATASET_BATCH_SIZE = 256  # a map-style Dataset is read in batches of this many samples
-DATA_FORMS = ("pass a DataLoader, a Dataset, a list of (inputs, targets) batches (or dict batches with "
-              "'labels'), or one such batch")
+DATA_FORMS = (
+    "pass a DataLoader, a Dataset, a list of (inputs, targets) batches (or dict batches with "
+    "'labels'), or one such batch"
+)
 LABEL_KEYS = ("labels", "label", "label_ids")  # where a dict batch carries its targets (HF's names)
 CALLS = ("auto", "keywords", "positional")
 
@@ -127,8 +129,10 @@ class Batches:
         if call not in CALLS:
             raise ValueError(f"call must be one of {CALLS}, got {call!r}.")
         if labels is not None and not isinstance(labels, str):
-            raise TypeError(f"labels must be the name of the labels' key (a str), 'auto' or None, got "
-                            f"{type(labels).__name__}.")
+            raise TypeError(
+                f"labels must be the name of the labels' key (a str), 'auto' or None, got "
+                f"{type(labels).__name__}."
+            )
         if isinstance(data, Batches):
             data = data.data
         _check_container(data, "data")
@@ -188,7 +192,9 @@ def loss_on_batch(fn: Callable) -> Callable:
         8
     """
     if not callable(fn):
-        raise TypeError(f"loss_on_batch wants a function loss(outputs, batch), got {type(fn).__name__}.")
+        raise TypeError(
+            f"loss_on_batch wants a function loss(outputs, batch), got {type(fn).__name__}."
+        )
     return _BatchLoss(fn)
 
 
@@ -197,8 +203,11 @@ def takes_batch(loss_fn: Any) -> bool:
     if getattr(loss_fn, "takes_batch", False) is True:
         return True
     try:
-        params = [p for p in inspect.signature(loss_fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        params = [
+            p
+            for p in inspect.signature(loss_fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
     except (TypeError, ValueError):
         return False
     return len(params) >= 2 and params[1].name == "batch"
@@ -230,12 +239,20 @@ def is_single_batch(data: Any) -> bool:
 
 def _is_flat_batch(data: Any) -> bool:
     """``(x1, ..., xk, y)``: three or more tensors."""
-    return isinstance(data, (tuple, list)) and len(data) >= 3 and all(isinstance(v, torch.Tensor) for v in data)
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) >= 3
+        and all(isinstance(v, torch.Tensor) for v in data)
+    )
 
 
 def _is_one_batch(data: Any) -> bool:
     """One batch of any form: a pair, a flat tuple of tensors or a dict of tensors."""
-    return is_single_batch(data) or _is_flat_batch(data) or (isinstance(data, Mapping) and _is_tensorish(data))
+    return (
+        is_single_batch(data)
+        or _is_flat_batch(data)
+        or (isinstance(data, Mapping) and _is_tensorish(data))
+    )
 
 
 def is_dataset(data: Any) -> bool:
@@ -266,25 +283,35 @@ def _check_container(data: Any, name: str) -> None:
         return
     if is_dataset(data):
         if not isinstance(data, torch.utils.data.IterableDataset) and not hasattr(data, "__len__"):
-            raise TypeError(f"{name} is a {type(data).__name__} without __len__: give the Dataset a __len__, "
-                            "or wrap it in a DataLoader.")
+            raise TypeError(
+                f"{name} is a {type(data).__name__} without __len__: give the Dataset a __len__, "
+                "or wrap it in a DataLoader."
+            )
         return
     if isinstance(data, torch.Tensor):
-        raise TypeError(f"{name} is a single tensor: pass (inputs, targets), a list of such batches, "
-                        "a TensorDataset or a DataLoader.")
+        raise TypeError(
+            f"{name} is a single tensor: pass (inputs, targets), a list of such batches, "
+            "a TensorDataset or a DataLoader."
+        )
     if isinstance(data, (str, bytes)):
-        raise TypeError(f"{name} is a string ({data[:40]!r}): {DATA_FORMS}. Built-in problems are loaded "
-                        "with lossdoctor.load_problem.")
+        raise TypeError(
+            f"{name} is a string ({data[:40]!r}): {DATA_FORMS}. Built-in problems are loaded "
+            "with lossdoctor.load_problem."
+        )
     if isinstance(data, Mapping):
-        raise TypeError(f"{name} is a {type(data).__name__} without tensors: {DATA_FORMS} (a dict batch holds "
-                        "tensors, e.g. {'input_ids': ..., 'labels': ...}).")
+        raise TypeError(
+            f"{name} is a {type(data).__name__} without tensors: {DATA_FORMS} (a dict batch holds "
+            "tensors, e.g. {'input_ids': ..., 'labels': ...})."
+        )
     if not isinstance(data, Iterable):
         raise TypeError(f"{name} of type {type(data).__name__} is not iterable: {DATA_FORMS}.")
     # not iter(data) is data: that would start a DataLoader's iteration (worker processes, and a
     # draw from the global RNG for its base seed) just to look at it
     if isinstance(data, Iterator):
-        raise TypeError(f"{name} is a one-shot iterator (e.g. a generator), but lossdoctor passes over the "
-                        "data several times: pass a list of batches or a DataLoader instead.")
+        raise TypeError(
+            f"{name} is a one-shot iterator (e.g. a generator), but lossdoctor passes over the "
+            "data several times: pass a list of batches or a DataLoader instead."
+        )
 
 
 def _shape(x: Any) -> str:
@@ -310,21 +337,31 @@ def _label_key(batch: Mapping, labels: str | None, where: str) -> str | None:
         return None
     if labels != "auto":
         if labels not in batch:
-            raise ValueError(f"{where}: the dict batch has no key {labels!r} (its keys: {sorted(map(str, batch))}); "
-                             "pass Batches(..., labels=<the key of the targets>) or labels=None.")
+            raise ValueError(
+                f"{where}: the dict batch has no key {labels!r} (its keys: {sorted(map(str, batch))}); "
+                "pass Batches(..., labels=<the key of the targets>) or labels=None."
+            )
         return labels
     return next((k for k in LABEL_KEYS if isinstance(batch.get(k), torch.Tensor)), None)
 
 
-def _split(batch: Any, index: int, name: str, single: bool = False, call: str = "auto",
-           labels: str | None = "auto") -> Batch:
+def _split(
+    batch: Any,
+    index: int,
+    name: str,
+    single: bool = False,
+    call: str = "auto",
+    labels: str | None = "auto",
+) -> Batch:
     """A batch as frameworks make it, as ``(inputs, targets)``, checked (see the module docstring)."""
     where = f"{name}" if single else f"{name}: batch {index}"
     marker = {"keywords": KeywordInputs, "positional": PositionalInputs}.get(call)
     if isinstance(batch, Mapping):
         if not _is_tensorish(batch):
-            raise TypeError(f"{where} is a dict without tensors (keys {sorted(map(str, batch))[:8]}): a dict batch "
-                            "holds tensors, e.g. {'input_ids': ..., 'attention_mask': ..., 'labels': ...}.")
+            raise TypeError(
+                f"{where} is a dict without tensors (keys {sorted(map(str, batch))[:8]}): a dict batch "
+                "holds tensors, e.g. {'input_ids': ..., 'attention_mask': ..., 'labels': ...}."
+            )
         key = _label_key(batch, labels, where)
         inputs = (marker or dict)(batch)
         if key is not None:
@@ -332,7 +369,9 @@ def _split(batch: Any, index: int, name: str, single: bool = False, call: str = 
         else:
             firsts = [t.shape[0] for t in input_tensors(inputs) if t.dim() > 0]
             if not firsts:
-                raise ValueError(f"{where}: no tensor of the dict batch has a batch dimension ({_shape(batch)}).")
+                raise ValueError(
+                    f"{where}: no tensor of the dict batch has a batch dimension ({_shape(batch)})."
+                )
             targets = no_targets(firsts[0], input_tensors(inputs)[0].device)
     elif isinstance(batch, (tuple, list)) and len(batch) == 2:
         inputs, targets = batch
@@ -341,11 +380,13 @@ def _split(batch: Any, index: int, name: str, single: bool = False, call: str = 
     elif _is_flat_batch(batch):
         inputs, targets = FlatInputs(batch[:-1]), batch[-1]
     else:
-        raise TypeError(f"{where} is a {type(batch).__name__}"
-                        + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
-                        + ", expected an (inputs, targets) pair, a tuple of tensors (x1, ..., targets) or a dict "
-                        "of tensors (with 'labels' for the targets). A dataset yielding other things needs a "
-                        "collate_fn returning one of these.")
+        raise TypeError(
+            f"{where} is a {type(batch).__name__}"
+            + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+            + ", expected an (inputs, targets) pair, a tuple of tensors (x1, ..., targets) or a dict "
+            "of tensors (with 'labels' for the targets). A dataset yielding other things needs a "
+            "collate_fn returning one of these."
+        )
     _check_batch(inputs, targets, index, name, single=single)
     return inputs, targets
 
@@ -353,8 +394,10 @@ def _split(batch: Any, index: int, name: str, single: bool = False, call: str = 
 def _check_batch(inputs: Any, targets: Any, index: int, name: str, single: bool = False) -> None:
     where = f"{name}" if single else f"{name}: batch {index}"
     if not _is_tensorish(inputs) or not isinstance(targets, torch.Tensor):
-        raise TypeError(f"{where}: inputs must be a tensor (or a tuple/dict of tensors) and targets a tensor; "
-                        f"got {type(inputs).__name__} and {type(targets).__name__}.")
+        raise TypeError(
+            f"{where}: inputs must be a tensor (or a tuple/dict of tensors) and targets a tensor; "
+            f"got {type(inputs).__name__} and {type(targets).__name__}."
+        )
     if targets.dim() == 0:
         return  # one unbatched sample
     n = targets.shape[0]
@@ -362,10 +405,12 @@ def _check_batch(inputs: Any, targets: Any, index: int, name: str, single: bool 
     matched = firsts[0] == n if isinstance(inputs, torch.Tensor) else n in firsts
     if not matched:
         shown = firsts[0] if isinstance(inputs, torch.Tensor) else firsts
-        raise ValueError(f"{where} pairs inputs of shape {_shape(inputs)} with targets of shape {_shape(targets)}: "
-                         f"{shown} input rows against {n} targets. lossdoctor reads the first dimension as the "
-                         "batch, so inputs and targets must have as many rows: check how the batches were cut "
-                         "(X[a:b] with Y[a:b]); for sequence models, put the batch first (batch_first=True).")
+        raise ValueError(
+            f"{where} pairs inputs of shape {_shape(inputs)} with targets of shape {_shape(targets)}: "
+            f"{shown} input rows against {n} targets. lossdoctor reads the first dimension as the "
+            "batch, so inputs and targets must have as many rows: check how the batches were cut "
+            "(X[a:b] with Y[a:b]); for sequence models, put the batch first (batch_first=True)."
+        )
 
 
 def _loader(data: Any) -> Any:
@@ -424,7 +469,9 @@ def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Any) -> Any:
     return FlatInputs(mapped) if isinstance(inputs, FlatInputs) else tuple(mapped)
 
 
-def split_batch(inputs: Any, targets: torch.Tensor, size: int) -> Iterator[tuple[Any, torch.Tensor, int]]:
+def split_batch(
+    inputs: Any, targets: torch.Tensor, size: int
+) -> Iterator[tuple[Any, torch.Tensor, int]]:
     """Cut one batch into consecutive micro-batches of at most ``size`` samples, yielding ``(inputs, targets, samples)``.
 
     Every input tensor whose first dimension is the batch's size is cut; any other input (a mask
@@ -433,6 +480,7 @@ def split_batch(inputs: Any, targets: torch.Tensor, size: int) -> Iterator[tuple
     if n <= size:
         yield inputs, targets, n
         return
+
     def cut(x: torch.Tensor, a: int, b: int) -> torch.Tensor:
         return x[a:b] if x.dim() > 0 and x.shape[0] == n else x
 
@@ -458,8 +506,10 @@ def place(inputs: Any, targets: torch.Tensor, device: torch.device) -> Batch:
     accelerator is a mistake we report rather than silently copy."""
     for what, dev in (("inputs", input_device(inputs)), ("targets", targets.device)):
         if dev != device and dev.type != "cpu":
-            raise ValueError(f"{what} are on {dev} but the model is on {device}: move the data "
-                             f"to {device} (or to the CPU) before calling lossdoctor.")
+            raise ValueError(
+                f"{what} are on {dev} but the model is on {device}: move the data "
+                f"to {device} (or to the CPU) before calling lossdoctor."
+            )
     return to_device(inputs, device), targets.to(device, non_blocking=True)
 
 
@@ -470,7 +520,9 @@ def _forward_signature(model: torch.nn.Module) -> tuple[set[str], bool, int] | N
     except (TypeError, ValueError):
         return None
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    positional = sum(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params
+    )
     return names, any(p.kind == p.VAR_KEYWORD for p in params), positional
 
 
@@ -502,7 +554,9 @@ def call_model(model: torch.nn.Module, inputs: Any) -> Any:
         if dict_call(model, inputs) == "positional":
             return model(dict(inputs))
         sig = _forward_signature(model)
-        if sig is not None and not sig[1]:  # label keys forward does not take stay out (HF Trainer's way)
+        if (
+            sig is not None and not sig[1]
+        ):  # label keys forward does not take stay out (HF Trainer's way)
             inputs = {k: v for k, v in inputs.items() if k not in LABEL_KEYS or k in sig[0]}
         return model(**inputs)
     return model(*inputs)
@@ -522,17 +576,24 @@ def _own_loss(outputs: Any, index: int) -> Any:
     loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
     if loss is None:
         has = isinstance(outputs, Mapping) and "loss" in outputs or hasattr(outputs, "loss")
-        what = (f"a {type(outputs).__name__} whose loss is None" if has else
-                f"a {type(outputs).__name__} without a loss" + (" (a tuple: return_dict=False?)"
-                                                                if isinstance(outputs, tuple) else ""))
-        raise ValueError(f"loss_fn=None takes the loss the model computes itself (outputs.loss), but on batch "
-                         f"{index} the model returned {what}. Give the model its labels (a dict batch with a "
-                         "'labels' key, e.g. {'input_ids': ids, 'labels': ids} for a causal LM), or pass a "
-                         "loss_fn(outputs, targets).")
+        what = (
+            f"a {type(outputs).__name__} whose loss is None"
+            if has
+            else f"a {type(outputs).__name__} without a loss"
+            + (" (a tuple: return_dict=False?)" if isinstance(outputs, tuple) else "")
+        )
+        raise ValueError(
+            f"loss_fn=None takes the loss the model computes itself (outputs.loss), but on batch "
+            f"{index} the model returned {what}. Give the model its labels (a dict batch with a "
+            "'labels' key, e.g. {'input_ids': ids, 'labels': ids} for a causal LM), or pass a "
+            "loss_fn(outputs, targets)."
+        )
     return loss
 
 
-def compute_loss(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor) -> Any:
+def compute_loss(
+    model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor
+) -> Any:
     """The model's outputs and the loss, unchecked (hot loops such as timing; see :func:`forward`)."""
     outputs = call_model(model, inputs)
     if loss_fn is None:
@@ -546,11 +607,19 @@ def compute_loss(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, 
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is a CUDA (or other) out-of-memory error."""
     return isinstance(err, torch.cuda.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    )
 
 
-_NOT_USER = tuple(str(Path(p).resolve()) for p in (
-    Path(torch.__file__).parent, Path(np.__file__).parent, Path(__file__).parent, sysconfig.get_paths()["stdlib"]))
+_NOT_USER = tuple(
+    str(Path(p).resolve())
+    for p in (
+        Path(torch.__file__).parent,
+        Path(np.__file__).parent,
+        Path(__file__).parent,
+        sysconfig.get_paths()["stdlib"],
+    )
+)
 
 
 def user_frame(err: BaseException) -> str:
@@ -558,10 +627,16 @@ def user_frame(err: BaseException) -> str:
 
     The innermost frame of the traceback that is the user's code (not torch's, lossdoctor's or the
     standard library's), or ``""``."""
-    frames = [f for f in reversed(traceback.extract_tb(err.__traceback__))
-              if not str(Path(f.filename).resolve()).startswith(_NOT_USER) and not f.filename.startswith("<")]
+    frames = [
+        f
+        for f in reversed(traceback.extract_tb(err.__traceback__))
+        if not str(Path(f.filename).resolve()).startswith(_NOT_USER)
+        and not f.filename.startswith("<")
+    ]
     # the user's own file before an installed library's (transformers, lightning, timm)
-    own = [f for f in frames if "site-packages" not in f.filename and "dist-packages" not in f.filename]
+    own = [
+        f for f in frames if "site-packages" not in f.filename and "dist-packages" not in f.filename
+    ]
     for frame in own[:1] or frames[:1]:
         line = f": {frame.line.strip()}" if frame.line else ""
         return f" (at {frame.filename}:{frame.lineno} in {frame.name}{line})"
@@ -574,7 +649,9 @@ def _first_line(err: BaseException) -> str:
 
 
 def _class_count(outputs: Any) -> int | None:
-    return int(outputs.shape[1]) if isinstance(outputs, torch.Tensor) and outputs.dim() >= 2 else None
+    return (
+        int(outputs.shape[1]) if isinstance(outputs, torch.Tensor) and outputs.dim() >= 2 else None
+    )
 
 
 def _name(fn: Any) -> str:
@@ -584,32 +661,55 @@ def _name(fn: Any) -> str:
 def _loss_hint(err: BaseException, outputs: Any, targets: torch.Tensor) -> str:
     """The likely fix for an error the loss function raised, read from the error and the data."""
     text = str(err).lower()
-    if not isinstance(outputs, torch.Tensor) and (hasattr(outputs, "logits") or hasattr(outputs, "loss")
-                                                  or isinstance(outputs, Mapping)):
-        return (f"the model returns a {type(outputs).__name__}, not a tensor: pass loss_fn=None to use the loss "
-                "the model computes itself (outputs.loss, from the batch's 'labels'), or a loss that reads "
-                "outputs.logits, e.g. lambda out, y: F.cross_entropy(out.logits, y).")
+    if not isinstance(outputs, torch.Tensor) and (
+        hasattr(outputs, "logits") or hasattr(outputs, "loss") or isinstance(outputs, Mapping)
+    ):
+        return (
+            f"the model returns a {type(outputs).__name__}, not a tensor: pass loss_fn=None to use the loss "
+            "the model computes itself (outputs.loss, from the batch's 'labels'), or a loss that reads "
+            "outputs.logits, e.g. lambda out, y: F.cross_entropy(out.logits, y)."
+        )
     classes = _class_count(outputs)
-    if targets.is_floating_point() and ("long" in text or "expected scalar type" in text
-                                        or "class probabilities" in text or "target dtype" in text):
-        return ("cross-entropy (and NLL) losses want class indices of dtype torch.long, one per sample: "
-                "pass targets.long() (or class probabilities shaped like the outputs).")
+    if targets.is_floating_point() and (
+        "long" in text
+        or "expected scalar type" in text
+        or "class probabilities" in text
+        or "target dtype" in text
+    ):
+        return (
+            "cross-entropy (and NLL) losses want class indices of dtype torch.long, one per sample: "
+            "pass targets.long() (or class probabilities shaped like the outputs)."
+        )
     if "multi-target" in text or "1d target tensor expected" in text:
-        return (f"cross-entropy wants one class index per sample (targets of shape ({targets.shape[0]},)), but "
-                f"the targets have shape {tuple(targets.shape)}; for several labels per sample use "
-                "nn.BCEWithLogitsLoss with float targets.")
-    if ("out of bounds" in text or "index out of range" in text or "out of range" in text
-            or isinstance(err, IndexError)) and not targets.is_floating_point() and targets.numel():
+        return (
+            f"cross-entropy wants one class index per sample (targets of shape ({targets.shape[0]},)), but "
+            f"the targets have shape {tuple(targets.shape)}; for several labels per sample use "
+            "nn.BCEWithLogitsLoss with float targets."
+        )
+    if (
+        (
+            "out of bounds" in text
+            or "index out of range" in text
+            or "out of range" in text
+            or isinstance(err, IndexError)
+        )
+        and not targets.is_floating_point()
+        and targets.numel()
+    ):
         top, low = int(targets.max()), int(targets.min())
         got = f"the targets hold classes {low}..{top}"
         if classes is not None:
-            return (f"{got} but the model outputs {classes} classes: class indices must lie in [0, {classes}). "
-                    f"Give the model {top + 1} outputs, or relabel the classes from 0.")
+            return (
+                f"{got} but the model outputs {classes} classes: class indices must lie in [0, {classes}). "
+                f"Give the model {top + 1} outputs, or relabel the classes from 0."
+            )
         return f"{got}: class indices must lie in [0, number of classes)."
     if "size" in text or "shape" in text or "match" in text or "broadcast" in text:
-        return (f"the loss cannot pair outputs of shape {_shape(outputs)} with targets of shape {_shape(targets)}: "
-                "check that the model's output has the targets' layout (class indices for cross-entropy, "
-                "the same shape for MSE).")
+        return (
+            f"the loss cannot pair outputs of shape {_shape(outputs)} with targets of shape {_shape(targets)}: "
+            "check that the model's output has the targets' layout (class indices for cross-entropy, "
+            "the same shape for MSE)."
+        )
     if "device" in text:
         return "put the model and the data on one device."
     return "check the loss function on this batch."
@@ -617,34 +717,46 @@ def _loss_hint(err: BaseException, outputs: Any, targets: torch.Tensor) -> str:
 
 def _model_hint(err: BaseException, inputs: Any, model: torch.nn.Module) -> str:
     text = str(err).lower()
-    if isinstance(inputs, Mapping) and ("unexpected keyword" in text or "positional argument" in text):
+    if isinstance(inputs, Mapping) and (
+        "unexpected keyword" in text or "positional argument" in text
+    ):
         how = "as one argument" if dict_call(model, inputs) == "positional" else "as keywords"
         other = "keywords" if how == "as one argument" else "positional"
-        return (f"the dict of inputs was passed {how} (read from forward's signature); choose with "
-                f"lossdoctor.Batches(data, call={other!r}), or give the dict the names forward takes.")
+        return (
+            f"the dict of inputs was passed {how} (read from forward's signature); choose with "
+            f"lossdoctor.Batches(data, call={other!r}), or give the dict the names forward takes."
+        )
     param = next(iter(model.parameters()), None)
     dtypes = {t.dtype for t in input_tensors(inputs) if t.is_floating_point()}
-    if param is not None and dtypes and param.dtype not in dtypes and ("dtype" in text or "scalar type" in text
-                                                                        or "double" in text or "float" in text):
+    if (
+        param is not None
+        and dtypes
+        and param.dtype not in dtypes
+        and ("dtype" in text or "scalar type" in text or "double" in text or "float" in text)
+    ):
         got = ", ".join(sorted(str(d).replace("torch.", "") for d in dtypes))
         want = str(param.dtype).replace("torch.", "")
         return f"the inputs are {got} but the model's parameters {want}: convert the inputs (x.to({param.dtype}))."
     if "shape" in text or "size" in text or "mat1" in text or "dimension" in text:
-        return (f"the inputs' shape {_shape(inputs)} does not fit the model: check the number of features "
-                "and the layout (the first dimension is the batch).")
+        return (
+            f"the inputs' shape {_shape(inputs)} does not fit the model: check the number of features "
+            "and the layout (the first dimension is the batch)."
+        )
     if "device" in text:
         return "put the model and the data on one device."
     return "check the model on this batch."
 
 
-def batch_loss(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor,
-               index: int) -> torch.Tensor:
+def batch_loss(
+    model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor, index: int
+) -> torch.Tensor:
     """``loss_fn(model(inputs), targets)`` on batch ``index``, as a 0-d tensor (see :func:`forward`)."""
     return forward(model, loss_fn, inputs, targets, index)[1]
 
 
-def forward(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor,
-            index: int) -> tuple[Any, torch.Tensor]:
+def forward(
+    model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor, index: int
+) -> tuple[Any, torch.Tensor]:
     """The model's outputs and ``loss_fn(outputs, targets)`` (a 0-d tensor) on batch ``index``.
 
     ``loss_fn=None``: the model's own ``outputs.loss``; a loss on the batch: ``loss_fn(outputs,
@@ -660,8 +772,10 @@ def forward(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targe
     except Exception as err:
         if is_out_of_memory(err):
             raise
-        raise ValueError(f"the model failed on batch {index} (inputs {_shape(inputs)}){user_frame(err)}: "
-                         f"{_first_line(err)}. Likely fix: {_model_hint(err, inputs, model)}") from err
+        raise ValueError(
+            f"the model failed on batch {index} (inputs {_shape(inputs)}){user_frame(err)}: "
+            f"{_first_line(err)}. Likely fix: {_model_hint(err, inputs, model)}"
+        ) from err
     if loss_fn is None:
         loss = _own_loss(outputs, index)
     elif takes_batch(loss_fn):
@@ -670,48 +784,69 @@ def forward(model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targe
         except Exception as err:
             if is_out_of_memory(err):
                 raise
-            raise ValueError(f"the loss function failed on batch {index} (outputs {_shape(outputs)}, batch "
-                             f"{_shape(as_batch(inputs, targets))}){user_frame(err)}: {_first_line(err)}. "
-                             "Likely fix: check the loss function on this batch.") from err
+            raise ValueError(
+                f"the loss function failed on batch {index} (outputs {_shape(outputs)}, batch "
+                f"{_shape(as_batch(inputs, targets))}){user_frame(err)}: {_first_line(err)}. "
+                "Likely fix: check the loss function on this batch."
+            ) from err
     else:
         if not has_targets(targets):
-            raise ValueError(f"batch {index} has no targets (a dict batch without a 'labels' key: "
-                             f"{_shape(inputs)}), but loss_fn={_name(loss_fn)} is called as loss_fn(outputs, "
-                             "targets). Put the targets under 'labels', pass loss_fn=None to use the model's own "
-                             "loss, or a loss_fn(outputs, batch) that reads them from the batch.")
+            raise ValueError(
+                f"batch {index} has no targets (a dict batch without a 'labels' key: "
+                f"{_shape(inputs)}), but loss_fn={_name(loss_fn)} is called as loss_fn(outputs, "
+                "targets). Put the targets under 'labels', pass loss_fn=None to use the model's own "
+                "loss, or a loss_fn(outputs, batch) that reads them from the batch."
+            )
         try:
             loss = loss_fn(outputs, targets)
         except Exception as err:
             if is_out_of_memory(err):
                 raise
-            raise ValueError(f"the loss function failed on batch {index} (outputs {_shape(outputs)}, targets "
-                             f"{_shape(targets)}){user_frame(err)}: {_first_line(err)}. Likely fix: "
-                             f"{_loss_hint(err, outputs, targets)}") from err
+            raise ValueError(
+                f"the loss function failed on batch {index} (outputs {_shape(outputs)}, targets "
+                f"{_shape(targets)}){user_frame(err)}: {_first_line(err)}. Likely fix: "
+                f"{_loss_hint(err, outputs, targets)}"
+            ) from err
     if not isinstance(loss, torch.Tensor):
-        raise TypeError(f"loss_fn returned {type(loss).__name__} on batch {index}, expected a scalar tensor "
-                        "(return the loss tensor itself, not .item()).")
+        raise TypeError(
+            f"loss_fn returned {type(loss).__name__} on batch {index}, expected a scalar tensor "
+            "(return the loss tensor itself, not .item())."
+        )
     if loss.numel() != 1:
         per_sample = loss.dim() >= 1 and loss.shape[0] == batch_size(targets)
-        raise ValueError(f"loss_fn returned a tensor of shape {tuple(loss.shape)} on batch {index}; it must "
-                         "return a scalar (use reduction='mean')"
-                         + (": this looks like per-sample losses (reduction='none')." if per_sample else "."))
+        raise ValueError(
+            f"loss_fn returned a tensor of shape {tuple(loss.shape)} on batch {index}; it must "
+            "return a scalar (use reduction='mean')"
+            + (": this looks like per-sample losses (reduction='none')." if per_sample else ".")
+        )
     if torch.is_grad_enabled() and not loss.requires_grad:
         params = any(p.requires_grad for p in model.parameters())
         if params:
             graph = isinstance(outputs, torch.Tensor) and outputs.requires_grad
-            culprit = ("loss_fn detached it (.detach(), .item(), numpy, torch.tensor(...) or torch.no_grad() "
-                       "inside the loss)" if graph or not isinstance(outputs, torch.Tensor) else
-                       "the model's forward detached its outputs (torch.no_grad() or .detach() inside forward)")
-            raise ValueError(f"the loss on batch {index} does not depend on the model's parameters: {culprit}. "
-                             "lossdoctor differentiates the loss: return it as computed from the outputs.")
+            culprit = (
+                "loss_fn detached it (.detach(), .item(), numpy, torch.tensor(...) or torch.no_grad() "
+                "inside the loss)"
+                if graph or not isinstance(outputs, torch.Tensor)
+                else "the model's forward detached its outputs (torch.no_grad() or .detach() inside forward)"
+            )
+            raise ValueError(
+                f"the loss on batch {index} does not depend on the model's parameters: {culprit}. "
+                "lossdoctor differentiates the loss: return it as computed from the outputs."
+            )
     if not bool(torch.isfinite(loss.detach()).all()):
-        bad = [t for t in input_tensors(inputs) if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        bad = [
+            t
+            for t in input_tensors(inputs)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
         if bad or (targets.is_floating_point() and not bool(torch.isfinite(targets).all())):
             # A NaN in the data is no training failure: say so before any verdict is drawn from it.
-            raise ValueError(f"the loss is {float(loss.detach().reshape(-1)[0])} on batch {index}: its "
-                             f"{'inputs' if bad else 'targets'} hold NaN/Inf values, so the loss is not finite "
-                             "whatever the model does. Clean or drop those samples "
-                             "(torch.isfinite(x).all(dim=1) finds them).")
+            raise ValueError(
+                f"the loss is {float(loss.detach().reshape(-1)[0])} on batch {index}: its "
+                f"{'inputs' if bad else 'targets'} hold NaN/Inf values, so the loss is not finite "
+                "whatever the model does. Clean or drop those samples "
+                "(torch.isfinite(x).all(dim=1) finds them)."
+            )
     return outputs, loss.reshape(())
 
 
@@ -727,20 +862,28 @@ def _pad_cat(parts: list[torch.Tensor], key: Any, name: str, masked: bool) -> to
     lengths = {t.shape[1] for t in parts if t.dim() >= 2}
     if len(lengths) > 1:
         if not masked:
-            raise ValueError(f"{name}: {key!r} has sequences of different lengths in different batches "
-                             f"({sorted(lengths)[:6]}) and no attention_mask marks padding, so the batches cannot be "
-                             "merged into one: pad every batch to one length (e.g. a collator with "
-                             "padding='max_length'), or add an 'attention_mask'.")
+            raise ValueError(
+                f"{name}: {key!r} has sequences of different lengths in different batches "
+                f"({sorted(lengths)[:6]}) and no attention_mask marks padding, so the batches cannot be "
+                "merged into one: pad every batch to one length (e.g. a collator with "
+                "padding='max_length'), or add an 'attention_mask'."
+            )
         width = max(lengths)
         fill = PAD_VALUES.get(key, 0)
-        parts = [torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=fill)
-                 if t.dim() >= 2 and t.shape[1] < width else t for t in parts]
+        parts = [
+            torch.nn.functional.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=fill)
+            if t.dim() >= 2 and t.shape[1] < width
+            else t
+            for t in parts
+        ]
     try:
         return torch.cat(parts)
     except RuntimeError as err:
-        raise ValueError(f"{name}: the batches cannot be merged into one tensor ({key!r}: "
-                         f"{[tuple(t.shape) for t in parts[:4]]}): every batch needs the same shape apart from the "
-                         f"batch dimension ({err}).") from None
+        raise ValueError(
+            f"{name}: the batches cannot be merged into one tensor ({key!r}: "
+            f"{[tuple(t.shape) for t in parts[:4]]}): every batch needs the same shape apart from the "
+            f"batch dimension ({err})."
+        ) from None
 
 
 def merge_batches(batches: list[Batch], name: str = "data") -> Batch:
@@ -751,39 +894,67 @@ def merge_batches(batches: list[Batch], name: str = "data") -> Batch:
     first = batches[0][0]
     for i, (inputs, targets) in enumerate(batches):
         n = batch_size(targets)
-        if type(inputs) is not type(first) and not (isinstance(inputs, Mapping) and isinstance(first, Mapping)):
-            raise ValueError(f"{name}: batch {i} has inputs of another form ({type(inputs).__name__}) than batch 0 "
-                             f"({type(first).__name__}): the batches cannot be merged.")
+        if type(inputs) is not type(first) and not (
+            isinstance(inputs, Mapping) and isinstance(first, Mapping)
+        ):
+            raise ValueError(
+                f"{name}: batch {i} has inputs of another form ({type(inputs).__name__}) than batch 0 "
+                f"({type(first).__name__}): the batches cannot be merged."
+            )
         if isinstance(inputs, Mapping) and set(inputs) != set(first):
-            raise ValueError(f"{name}: batch {i} has keys {sorted(map(str, inputs))}, batch 0 {sorted(map(str, first))}: "
-                             "dict batches are merged key by key and need the same keys.")
+            raise ValueError(
+                f"{name}: batch {i} has keys {sorted(map(str, inputs))}, batch 0 {sorted(map(str, first))}: "
+                "dict batches are merged key by key and need the same keys."
+            )
         for t in input_tensors(inputs):
             if t.dim() == 0 or t.shape[0] != n:
-                raise ValueError(f"{name}: batch {i}: an input of shape {tuple(t.shape)} has no batch dimension of "
-                                 f"{n}; merging batches (for the batch-size lab) needs every input tensor to have the "
-                                 "batch first.")
+                raise ValueError(
+                    f"{name}: batch {i}: an input of shape {tuple(t.shape)} has no batch dimension of "
+                    f"{n}; merging batches (for the batch-size lab) needs every input tensor to have the "
+                    "batch first."
+                )
     masked = isinstance(first, Mapping) and "attention_mask" in first
     if isinstance(first, torch.Tensor):
         inputs = _pad_cat([b[0] for b in batches], "inputs", name, False)
     elif isinstance(first, Mapping):
-        merged = {k: _pad_cat([b[0][k] for b in batches], k, name, masked) if isinstance(first[k], torch.Tensor)
-                  else first[k] for k in first}
-        inputs = type(first)(merged) if isinstance(first, (KeywordInputs, PositionalInputs)) else merged
+        merged = {
+            k: _pad_cat([b[0][k] for b in batches], k, name, masked)
+            if isinstance(first[k], torch.Tensor)
+            else first[k]
+            for k in first
+        }
+        inputs = (
+            type(first)(merged) if isinstance(first, (KeywordInputs, PositionalInputs)) else merged
+        )
     else:
-        items = [_pad_cat([b[0][j] for b in batches], f"inputs[{j}]", name, False) for j in range(len(first))]
+        items = [
+            _pad_cat([b[0][j] for b in batches], f"inputs[{j}]", name, False)
+            for j in range(len(first))
+        ]
         inputs = FlatInputs(items) if isinstance(first, FlatInputs) else tuple(items)
-    key = next((k for k in LABEL_KEYS if isinstance(first, Mapping) and batches[0][1] is first.get(k)), None)
+    key = next(
+        (k for k in LABEL_KEYS if isinstance(first, Mapping) and batches[0][1] is first.get(k)),
+        None,
+    )
     if key is not None and all(b[1] is b[0].get(key) for b in batches):
-        targets = inputs[key]  # the labels inside the dict are the targets: one tensor, padded alike
+        targets = inputs[
+            key
+        ]  # the labels inside the dict are the targets: one tensor, padded alike
     else:
         targets = _pad_cat([b[1] for b in batches], "targets", name, masked)
     return inputs, targets
 
 
-def take(inputs: Any, targets: torch.Tensor, index: torch.Tensor | slice,
-         device: torch.device | None = None) -> Batch:
+def take(
+    inputs: Any,
+    targets: torch.Tensor,
+    index: torch.Tensor | slice,
+    device: torch.device | None = None,
+) -> Batch:
     """The samples ``index`` of a merged batch (optionally moved to ``device``)."""
+
     def pick(t: torch.Tensor) -> torch.Tensor:
         t = t[index]
         return t if device is None else t.to(device, non_blocking=True)
+
     return map_inputs(pick, inputs), pick(targets)

@@ -50,12 +50,16 @@ def as_tensors(data: Any, name: str = "data") -> tuple[Any, torch.Tensor]:
     x, y = merge_batches(batches, name)
     tensors = [*input_tensors(x), y]
     if any(t.device.type == "meta" for t in tensors):
-        raise ValueError(f"{name} is on the meta device: it has shapes but no values. Pass real tensors.")
+        raise ValueError(
+            f"{name} is on the meta device: it has shapes but no values. Pass real tensors."
+        )
     for what, t in [*(("inputs", t) for t in input_tensors(x)), ("targets", y)]:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             row = int((~torch.isfinite(t.reshape(len(t), -1))).any(1).nonzero()[0])
-            raise ValueError(f"{name}: the {what} of sample {row} hold NaN or Inf: every loss over the data "
-                             "would be NaN. Clean the data (torch.nan_to_num, or drop those samples).")
+            raise ValueError(
+                f"{name}: the {what} of sample {row} hold NaN or Inf: every loss over the data "
+                "would be NaN. Clean the data (torch.nan_to_num, or drop those samples)."
+            )
     return x, y
 
 
@@ -75,8 +79,13 @@ def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, flo
             n = batch_size(targets)
             total += float(loss) * n
             count += n
-            if classified and isinstance(outputs, torch.Tensor) and outputs.dim() == 2 \
-                    and targets.dtype in (torch.int64, torch.int32) and targets.dim() == 1:
+            if (
+                classified
+                and isinstance(outputs, torch.Tensor)
+                and outputs.dim() == 2
+                and targets.dtype in (torch.int64, torch.int32)
+                and targets.dim() == 1
+            ):
                 correct += int((outputs.argmax(1) == targets).sum())
             else:
                 classified = False
@@ -89,8 +98,14 @@ def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, flo
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, loss_fn: Callable, batches: Iterable[tuple[Any, torch.Tensor]],
-              device: torch.device, *, summed: bool = False) -> float:
+def mean_loss(
+    model: nn.Module,
+    loss_fn: Callable,
+    batches: Iterable[tuple[Any, torch.Tensor]],
+    device: torch.device,
+    *,
+    summed: bool = False,
+) -> float:
     """The sample-weighted mean loss over ``batches`` (``(inputs, targets)`` pairs, as :func:`lossdoctor.data.iter_batches` yields them) at the model's current parameters and modes: forward passes only, the caller sets the mode.
 
     ``summed``: each batch loss is already the sum over its samples. NaN when there are no samples."""
@@ -110,13 +125,20 @@ def rebatch(x: Any, y: torch.Tensor, size: int) -> list[tuple[Any, torch.Tensor]
 
 
 @torch.no_grad()
-def evaluate_largest(model: nn.Module, loss_fn: Callable, data: Any, *,
-                     max_batch: int | None = None) -> tuple[float, float | None]:
+def evaluate_largest(
+    model: nn.Module, loss_fn: Callable, data: Any, *, max_batch: int | None = None
+) -> tuple[float, float | None]:
     """Mean loss and accuracy (``None`` unless class-index targets) over all of ``data``, in eval mode, with the largest batch that fits in memory.
 
     The model's modes are restored."""
-    x, y = data if isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], torch.Tensor) \
-        and data[1].dim() > 0 else as_tensors(data)
+    x, y = (
+        data
+        if isinstance(data, tuple)
+        and len(data) == 2
+        and isinstance(data[1], torch.Tensor)
+        and data[1].dim() > 0
+        else as_tensors(data)
+    )
     device = next(model.parameters()).device
     key = (str(device), type(model).__name__, sum(p.numel() for p in model.parameters()))
     size = min(max_batch or len(y), _FITS.get(key, len(y)), len(y))

@@ -34,7 +34,11 @@ class RNGState:
     @classmethod
     def capture(cls) -> RNGState:
         """The state of every RNG torch, numpy and Python keep (CUDA's too, once initialized)."""
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        cuda = (
+            torch.cuda.get_rng_state_all()
+            if torch.cuda.is_available() and torch.cuda.is_initialized()
+            else None
+        )
         return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
 
     def restore(self) -> None:
@@ -135,13 +139,14 @@ def preserved_rng() -> Iterator[None]:
         state.restore()
 
 
-
 @torch.no_grad()
 def load_flat(params: Sequence[torch.Tensor], vector: torch.Tensor) -> None:
     """Write the flat ``vector`` into ``params`` in order, each piece cast to its parameter's device and dtype (the inverse of concatenating the flattened parameters)."""
     sizes = [p.numel() for p in params]
     if vector.numel() != sum(sizes):
-        raise ValueError(f"the vector has {vector.numel()} entries; the parameters hold {sum(sizes)}.")
+        raise ValueError(
+            f"the vector has {vector.numel()} entries; the parameters hold {sum(sizes)}."
+        )
     for p, piece in zip(params, torch.split(vector.reshape(-1), sizes), strict=True):
         p.copy_(piece.view_as(p))
 
@@ -156,10 +161,20 @@ def mode_dependent_layers(model: nn.Module) -> tuple[list[str], list[str]]:
     """Type names of the layers whose output depends on train/eval mode.
 
     Returns (normalizations that track running statistics, dropouts with p > 0)."""
-    norms = sorted({type(m).__name__ for m in model.modules()
-                    if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats})
-    drops = sorted({type(m).__name__ for m in model.modules()
-                    if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0})
+    norms = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+        }
+    )
+    drops = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+        }
+    )
     return norms, drops
 
 
@@ -170,14 +185,21 @@ def default_mode_notice(model: nn.Module, mode: str = "eval") -> str | None:
         return None
     trained = "in train mode" if model.training else "in eval mode now"
     if norms:
-        other = ("pass mode='train' for the network as it is trained (batch statistics"
-                 + (f"; {', '.join(drops)} must then have p=0, a random loss has no Hessian)" if drops else ")"))
-        return (f"lossdoctor analysed the eval-mode network (mode='eval', the default: {', '.join(norms)} on "
-                f"running statistics{', dropout off' if drops else ''}); the model is {trained}. {other}, "
-                "or mode='eval' to keep this and silence the notice.")
-    return (f"lossdoctor analysed the model with {', '.join(drops)} off (mode='eval', the default: the "
-            "deterministic loss; mode='train' is refused while dropout is active). Pass mode='eval' to "
-            "silence this notice.")
+        other = "pass mode='train' for the network as it is trained (batch statistics" + (
+            f"; {', '.join(drops)} must then have p=0, a random loss has no Hessian)"
+            if drops
+            else ")"
+        )
+        return (
+            f"lossdoctor analysed the eval-mode network (mode='eval', the default: {', '.join(norms)} on "
+            f"running statistics{', dropout off' if drops else ''}); the model is {trained}. {other}, "
+            "or mode='eval' to keep this and silence the notice."
+        )
+    return (
+        f"lossdoctor analysed the model with {', '.join(drops)} off (mode='eval', the default: the "
+        "deterministic loss; mode='train' is refused while dropout is active). Pass mode='eval' to "
+        "silence this notice."
+    )
 
 
 @contextlib.contextmanager
@@ -292,8 +314,10 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not named:
-        raise ValueError("the model has no trainable parameters (none with requires_grad=True): "
-                         "there is no Hessian to compute. Unfreeze the parameters to analyse.")
+        raise ValueError(
+            "the model has no trainable parameters (none with requires_grad=True): "
+            "there is no Hessian to compute. Unfreeze the parameters to analyse."
+        )
     return named
 
 
@@ -339,8 +363,11 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     single = isinstance(params, (str, torch.Tensor, nn.Module)) or (
-            isinstance(params, tuple) and len(params) == 2 and isinstance(params[0], str)
-            and isinstance(params[1], torch.Tensor))
+        isinstance(params, tuple)
+        and len(params) == 2
+        and isinstance(params[0], str)
+        and isinstance(params[1], torch.Tensor)
+    )
     if single:
         items = [params]
     elif isinstance(params, Mapping):
@@ -348,11 +375,15 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
     elif isinstance(params, Iterable) and not isinstance(params, bytes):
         items = list(params)
     else:
-        raise TypeError(f"params must be parameter tensors, names (glob patterns allowed) or modules of the "
-                        f"model, or a list of them; got {_describe_item(params)} ({type(params).__name__}).")
+        raise TypeError(
+            f"params must be parameter tensors, names (glob patterns allowed) or modules of the "
+            f"model, or a list of them; got {_describe_item(params)} ({type(params).__name__})."
+        )
     if not items:
-        raise ValueError("params is empty: it selects no parameters. Pass parameter tensors, names such as "
-                         f"{_available_names(model, 3)}, or modules of the model; or params=None for all.")
+        raise ValueError(
+            "params is empty: it selects no parameters. Pass parameter tensors, names such as "
+            f"{_available_names(model, 3)}, or modules of the model; or params=None for all."
+        )
     # Every alias of a tied parameter, so that any of its names selects it.
     aliases: dict[str, nn.Parameter] = dict(model.named_parameters(remove_duplicate=False))
     modules = dict(model.named_modules(remove_duplicate=False))
@@ -362,27 +393,37 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
 
     def take(p: torch.Tensor, what: str, explicit: bool) -> None:
         if id(p) not in known:
-            raise ValueError(f"{what} is not a parameter of this model (not among its "
-                             "named_parameters()); pass the model's own tensors, names or modules.")
+            raise ValueError(
+                f"{what} is not a parameter of this model (not among its "
+                "named_parameters()); pass the model's own tensors, names or modules."
+            )
         if not p.requires_grad:
             if explicit:
-                raise ValueError(f"{what} is frozen (requires_grad=False). lossdoctor never changes "
-                                 "requires_grad, and autograd cannot differentiate with respect to a frozen "
-                                 "tensor: leave it out of params, or unfreeze it yourself first.")
+                raise ValueError(
+                    f"{what} is frozen (requires_grad=False). lossdoctor never changes "
+                    "requires_grad, and autograd cannot differentiate with respect to a frozen "
+                    "tensor: leave it out of params, or unfreeze it yourself first."
+                )
             return
         chosen.add(id(p))
 
     for i, item in enumerate(items):
         where = "params" if single else f"params[{i}]"
-        if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) \
-                and isinstance(item[1], torch.Tensor):
+        if (
+            isinstance(item, tuple)
+            and len(item) == 2
+            and isinstance(item[0], str)
+            and isinstance(item[1], torch.Tensor)
+        ):
             item = item[1]
         if isinstance(item, torch.Tensor):
             take(item, f"{where} ({_describe_item(item)})", explicit=True)
         elif isinstance(item, nn.Module):
             if id(item) not in module_ids:
-                raise ValueError(f"{where} ({_describe_item(item)}) is not a submodule of this model; "
-                                 "pass one of model.modules(), or its name.")
+                raise ValueError(
+                    f"{where} ({_describe_item(item)}) is not a submodule of this model; "
+                    "pass one of model.modules(), or its name."
+                )
             owned = list(item.parameters())
             if not owned:
                 raise ValueError(f"{where} ({_describe_item(item)}) has no parameters.")
@@ -400,19 +441,25 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
             else:
                 matched = [p for name, p in aliases.items() if fnmatch.fnmatchcase(name, item)]
                 if not matched:
-                    raise ValueError(f"{where} = {item!r} matches no parameter or module name of the "
-                                     f"model; its parameters are {_available_names(model)} (glob patterns "
-                                     "such as 'layer2.*' are allowed).")
+                    raise ValueError(
+                        f"{where} = {item!r} matches no parameter or module name of the "
+                        f"model; its parameters are {_available_names(model)} (glob patterns "
+                        "such as 'layer2.*' are allowed)."
+                    )
                 for p in matched:
                     take(p, f"{where} = {item!r}", explicit=False)
         else:
-            raise TypeError(f"{where} must be a parameter tensor, a name (glob patterns allowed) or a "
-                            f"module of the model, got {_describe_item(item)} ({type(item).__name__}).")
+            raise TypeError(
+                f"{where} must be a parameter tensor, a name (glob patterns allowed) or a "
+                f"module of the model, got {_describe_item(item)} ({type(item).__name__})."
+            )
     named = [(n, p) for n, p in model.named_parameters() if id(p) in chosen]
     if not named:
-        raise ValueError("params selects no trainable parameter: every parameter it covers is frozen "
-                         "(requires_grad=False), and lossdoctor never changes requires_grad. Select "
-                         "trainable parameters, or unfreeze them yourself first.")
+        raise ValueError(
+            "params selects no trainable parameter: every parameter it covers is frozen "
+            "(requires_grad=False), and lossdoctor never changes requires_grad. Select "
+            "trainable parameters, or unfreeze them yourself first."
+        )
     return named
 
 
@@ -420,6 +467,8 @@ def model_device(params: Sequence[torch.Tensor]) -> torch.device:
     """The one device holding every trainable parameter; several devices are an error."""
     devices = {p.device for p in params}
     if len(devices) > 1:
-        raise ValueError(f"the model's trainable parameters are spread over several devices "
-                         f"({sorted(str(d) for d in devices)}); lossdoctor needs them on one device.")
+        raise ValueError(
+            f"the model's trainable parameters are spread over several devices "
+            f"({sorted(str(d) for d in devices)}); lossdoctor needs them on one device."
+        )
     return next(iter(devices))

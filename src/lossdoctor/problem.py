@@ -79,7 +79,9 @@ class Problem:
             check_data(self.test_data, "test_data")
         for name in ("name", "description"):
             if not isinstance(getattr(self, name), str):
-                raise TypeError(f"Problem.{name} must be a string, got {describe(getattr(self, name))}.")
+                raise TypeError(
+                    f"Problem.{name} must be a string, got {describe(getattr(self, name))}."
+                )
         if not isinstance(self.info, dict):
             raise TypeError(f"Problem.info must be a dict, got {describe(self.info)}.")
 
@@ -89,8 +91,10 @@ def _as_problem(obj: Any, name: str) -> Problem:
         return obj
     if isinstance(obj, (tuple, list)) and len(obj) in (3, 4):
         return Problem(obj[0], obj[1], obj[2], obj[3] if len(obj) == 4 else None, name=name)
-    raise TypeError(f"{name} returned {type(obj).__name__}; it must return a lossdoctor.Problem or a "
-                    "tuple (model, loss_fn, train_data[, test_data]).")
+    raise TypeError(
+        f"{name} returned {type(obj).__name__}; it must return a lossdoctor.Problem or a "
+        "tuple (model, loss_fn, train_data[, test_data])."
+    )
 
 
 def _user_error(spec: str, what: str, err: BaseException) -> UserCodeError:
@@ -104,8 +108,12 @@ def _user_error(spec: str, what: str, err: BaseException) -> UserCodeError:
     else:
         frames = traceback.extract_tb(err.__traceback__)
         ours = str(Path(__file__).resolve().parent)
-        user = [f for f in frames if not str(Path(f.filename).resolve()).startswith(ours)
-                and not f.filename.startswith("<frozen")]
+        user = [
+            f
+            for f in frames
+            if not str(Path(f.filename).resolve()).startswith(ours)
+            and not f.filename.startswith("<frozen")
+        ]
         frame = user[-1] if user else (frames[-1] if frames else None)
         where = f"{frame.filename}, line {frame.lineno}, in {frame.name}" if frame else "?"
         line = (frame.line or "") if frame else ""
@@ -117,7 +125,9 @@ def _user_error(spec: str, what: str, err: BaseException) -> UserCodeError:
 def _import_function(spec: str) -> Callable[..., Any]:
     module_name, _, func_name = spec.rpartition(":")
     if not module_name or not func_name:
-        raise ValueError(f"problem {spec!r} is neither a built-in name nor 'package.module:function'.")
+        raise ValueError(
+            f"problem {spec!r} is neither a built-in name nor 'package.module:function'."
+        )
     if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
         path = Path(module_name)
         if not path.is_file():
@@ -137,10 +147,16 @@ def _import_function(spec: str) -> Callable[..., Any]:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
-            if err.name and module_name.split(".")[0] != err.name.split(".")[0] and err.name not in module_name:
+            if (
+                err.name
+                and module_name.split(".")[0] != err.name.split(".")[0]
+                and err.name not in module_name
+            ):
                 raise _user_error(spec, f"importing {module_name}", err) from err
-            raise ValueError(f"cannot import module {module_name!r} for problem {spec!r}: {err}. "
-                             "Run from the directory that contains it or install it.") from err
+            raise ValueError(
+                f"cannot import module {module_name!r} for problem {spec!r}: {err}. "
+                "Run from the directory that contains it or install it."
+            ) from err
         except Exception as err:
             raise _user_error(spec, f"importing {module_name}", err) from err
     func = getattr(module, func_name, None)
@@ -157,10 +173,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     shapes raise a ``ValueError`` naming them, before anything is copied into the model.
     """
     if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"checkpoint must be a path (a string or pathlib.Path), got {describe(path)}.")
+        raise TypeError(
+            f"checkpoint must be a path (a string or pathlib.Path), got {describe(path)}."
+        )
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"checkpoint {path} is a folder: name the state_dict file saved with torch.save.")
+        raise ValueError(
+            f"checkpoint {path} is a folder: name the state_dict file saved with torch.save."
+        )
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist.")
     device = next(iter(model.parameters()), torch.empty(0)).device
@@ -171,11 +191,17 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
         text = str(err)
         found = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
-        reason = found.group(1).strip() if found else (text.strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read checkpoint {path} as a state_dict of tensors ({reason}). It is either not a "
-                         "file written by torch.save, or it holds Python objects besides tensors, which lossdoctor "
-                         "does not load because unpickling them could run code: save "
-                         "torch.save(model.state_dict(), path).") from err
+        reason = (
+            found.group(1).strip()
+            if found
+            else (text.strip().splitlines() or [type(err).__name__])[0]
+        )
+        raise ValueError(
+            f"cannot read checkpoint {path} as a state_dict of tensors ({reason}). It is either not a "
+            "file written by torch.save, or it holds Python objects besides tensors, which lossdoctor "
+            "does not load because unpickling them could run code: save "
+            "torch.save(model.state_dict(), path)."
+        ) from err
     if isinstance(state, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in state and isinstance(state[key], dict):
@@ -186,7 +212,9 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    wrong = sorted(
+        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
+    )
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -194,8 +222,13 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         if unexpected:
             parts.append(f"unexpected keys {unexpected[:10]}")
         if wrong:
-            parts.append("shape mismatch for " + ", ".join(
-                f"{k} (model {tuple(expected[k].shape)}, file {tuple(state[k].shape)})" for k in wrong[:10]))
+            parts.append(
+                "shape mismatch for "
+                + ", ".join(
+                    f"{k} (model {tuple(expected[k].shape)}, file {tuple(state[k].shape)})"
+                    for k in wrong[:10]
+                )
+            )
         raise ValueError(f"checkpoint {path} does not fit the model: {'; '.join(parts)}.")
     model.load_state_dict(state)
 
@@ -230,8 +263,10 @@ def load_problem(spec: str, *, checkpoint: str | Path | None = None, **kwargs: A
     from .zoo import BUILTIN, build
 
     if not isinstance(spec, str):
-        raise TypeError(f"problem must be a built-in name ({', '.join(sorted(BUILTIN))}) or "
-                        f"'package.module:function', got {describe(spec)}.")
+        raise TypeError(
+            f"problem must be a built-in name ({', '.join(sorted(BUILTIN))}) or "
+            f"'package.module:function', got {describe(spec)}."
+        )
     # Building a problem seeds and draws (initial weights, generated data): on a copy of the RNG,
     # so loading a problem leaves the caller's RNG where it was.
     with preserved_rng():
@@ -239,16 +274,19 @@ def load_problem(spec: str, *, checkpoint: str | Path | None = None, **kwargs: A
             problem = build(spec, **kwargs)
         else:
             if ":" not in spec:
-                raise ValueError(f"unknown problem {spec!r}: built-in problems are {sorted(BUILTIN)}; "
-                                 "your own is named 'package.module:function' or 'path/to/file.py:function'.")
+                raise ValueError(
+                    f"unknown problem {spec!r}: built-in problems are {sorted(BUILTIN)}; "
+                    "your own is named 'package.module:function' or 'path/to/file.py:function'."
+                )
             func = _import_function(spec)
             try:
                 made = func(**kwargs)
             except TypeError as err:
                 if err.__traceback__ is not None and err.__traceback__.tb_next is None:
                     # raised by the call itself: the function's signature does not fit
-                    raise ValueError(f"problem {spec!r} cannot be called with {kwargs or 'no arguments'}: "
-                                     f"{err}.") from err
+                    raise ValueError(
+                        f"problem {spec!r} cannot be called with {kwargs or 'no arguments'}: {err}."
+                    ) from err
                 raise _user_error(spec, "calling the function", err) from err
             except Exception as err:
                 raise _user_error(spec, "calling the function", err) from err

@@ -55,8 +55,9 @@ class TextBar:
     :meth:`close` finishes it at 100% (a call that converged early did all the work it needed) or
     marks it interrupted."""
 
-    def __init__(self, description: str, *, delay: float = 0.0, stream: TextIO | None = None,
-                 width: int = 30) -> None:
+    def __init__(
+        self, description: str, *, delay: float = 0.0, stream: TextIO | None = None, width: int = 30
+    ) -> None:
         self.description, self.delay, self.width = description, delay, width
         self.stream = stream if stream is not None else sys.stderr
         self.start = time.perf_counter()
@@ -75,7 +76,9 @@ class TextBar:
         total = max(self.total, 1)
         filled = min(self.width, int(self.width * self.done / total))
         bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r{self.description} [{bar}] {self.done}/{self.total} {now - self.start:.1f}s{suffix}")
+        self.stream.write(
+            f"\r{self.description} [{bar}] {self.done}/{self.total} {now - self.start:.1f}s{suffix}"
+        )
         self.stream.flush()
         self.drawn, self._last = True, now
 
@@ -109,9 +112,11 @@ def resolve(progress: Any, description: str) -> tuple[Progress | None, TextBar |
         bar = TextBar(description, delay=AUTO_DELAY)
         return bar, bar
     if not callable(progress) or isinstance(progress, type):
-        raise TypeError(f"progress must be True (draw a bar), False/None (none), 'auto' (a bar on long calls) or "
-                        f"a function called as progress(done, total); got {type(progress).__name__} "
-                        f"{progress!r:.40}.")
+        raise TypeError(
+            f"progress must be True (draw a bar), False/None (none), 'auto' (a bar on long calls) or "
+            f"a function called as progress(done, total); got {type(progress).__name__} "
+            f"{progress!r:.40}."
+        )
     return progress, None
 
 
@@ -125,6 +130,7 @@ def as_callback(progress: object) -> Progress | None:
 
 def with_progress(description: str) -> Callable:
     """Decorate a public long call whose ``progress`` argument may be ``True``, ``False``, ``None``, ``"auto"`` or a callback: the body always gets a callback or ``None``; a bar the library draws is finished at 100% when the call returns (flagged when its result says ``interrupted``), and calls made inside it draw no bars of their own."""
+
     def decorate(fn: Callable) -> Callable:
         signature = inspect.signature(fn)
 

@@ -61,6 +61,7 @@ from .studies import warmup as warmup_study
 @dataclass(frozen=True)
 class TourSection:
     """One section of the tour report: its key, title, the study it runs and how it is drawn."""
+
     key: str
     title: str
     run: Callable[..., Any]  # run(quick=..., progress=...) -> result with to_dict()
@@ -69,32 +70,77 @@ class TourSection:
 
 SECTIONS: list[TourSection] = [
     TourSection("spectrum", "Hessian spectrum", spectrum_study.run, spectrum_report.render),
-    TourSection("critical-toy", "Critical points: the lecture's saddle", critical_toy_study.run,
-                critical_toy_report.render),
-    TourSection("critical-regression", "Critical points: the homework regression", critical_regression_study.run,
-                critical_regression_report.render),
-    TourSection("rare-minima", "Critical points: local minima are rare", rare_minima_study.run,
-                rare_minima_report.render),
-    TourSection("valley", "The loss stalls: oscillating in an elongated valley", valley_study.run,
-                valley_report.render),
-    TourSection("flat-surface", "The flat surface: MSE vs cross-entropy", flat_surface_study.run,
-                flat_surface_report.render),
+    TourSection(
+        "critical-toy",
+        "Critical points: the lecture's saddle",
+        critical_toy_study.run,
+        critical_toy_report.render,
+    ),
+    TourSection(
+        "critical-regression",
+        "Critical points: the homework regression",
+        critical_regression_study.run,
+        critical_regression_report.render,
+    ),
+    TourSection(
+        "rare-minima",
+        "Critical points: local minima are rare",
+        rare_minima_study.run,
+        rare_minima_report.render,
+    ),
+    TourSection(
+        "valley",
+        "The loss stalls: oscillating in an elongated valley",
+        valley_study.run,
+        valley_report.render,
+    ),
+    TourSection(
+        "flat-surface",
+        "The flat surface: MSE vs cross-entropy",
+        flat_surface_study.run,
+        flat_surface_report.render,
+    ),
     TourSection("layers", "Curvature layer by layer", layers_study.run, layers_report.render),
-    TourSection("doctor-validation", "The stall doctor on held-out runs: causes and fixes", doctor_validation_study.run,
-                doctor_validation_report.render),
-    TourSection("checkup", "The checkup page on a stalled model", checkup_study.run, checkup_report.render_example),
+    TourSection(
+        "doctor-validation",
+        "The stall doctor on held-out runs: causes and fixes",
+        doctor_validation_study.run,
+        doctor_validation_report.render,
+    ),
+    TourSection(
+        "checkup",
+        "The checkup page on a stalled model",
+        checkup_study.run,
+        checkup_report.render_example,
+    ),
     TourSection("batch-time", "Batch size: time", batch_time_study.run, batch_time_report.render),
-    TourSection("batch-sweep", "Batch size: training, testing, sharpness", batch_sweep_study.run,
-                batch_sweep_report.render),
-    TourSection("flat-sharp", "Batch size: flat vs. sharp minima", flat_sharp_study.run, flat_sharp_report.render),
-    TourSection("noise-scale", "Batch size: gradient noise scale", noise_scale_study.run, noise_scale_report.render),
+    TourSection(
+        "batch-sweep",
+        "Batch size: training, testing, sharpness",
+        batch_sweep_study.run,
+        batch_sweep_report.render,
+    ),
+    TourSection(
+        "flat-sharp",
+        "Batch size: flat vs. sharp minima",
+        flat_sharp_study.run,
+        flat_sharp_report.render,
+    ),
+    TourSection(
+        "noise-scale",
+        "Batch size: gradient noise scale",
+        noise_scale_study.run,
+        noise_scale_report.render,
+    ),
     TourSection("l2", "L2 regularization without biases", l2_study.run, l2_report.render),
     TourSection("warmup", "Learning-rate warm-up", warmup_study.run, warmup_report.render),
     TourSection("lr-range", "Learning-rate range test", lr_range_study.run, lr_range_report.render),
 ]
 
-INTRO = ("Why did the loss stop going down? Each section runs one study of the lecture on built-in "
-         "MNIST-1D problems and toys, generated offline; every number below was measured in this run.")
+INTRO = (
+    "Why did the loss stop going down? Each section runs one study of the lecture on built-in "
+    "MNIST-1D problems and toys, generated offline; every number below was measured in this run."
+)
 
 
 STATE = ".tour-sections.json"  # per finished section: settings, version, rendered HTML
@@ -116,8 +162,11 @@ def _read_json(out: Path, name: str) -> dict[str, Any]:
 
 
 def _figures_present(out: Path, body: str) -> bool:
-    return all((out / src).is_file() and not (out / src).is_symlink()
-               for src in re.findall(r'src="([^"]+)"', body) if "/" not in src and not src.startswith("data:"))
+    return all(
+        (out / src).is_file() and not (out / src).is_symlink()
+        for src in re.findall(r'src="([^"]+)"', body)
+        if "/" not in src and not src.startswith("data:")
+    )
 
 
 def _finished(out: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Section]]:
@@ -129,8 +178,13 @@ def _finished(out: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Section
     kept: dict[str, Section] = {}
     for section in SECTIONS:
         entry = state.get(section.key)
-        if not (isinstance(entry, dict) and entry.get("quick") == quick and entry.get("version") == _version()
-                and isinstance(entry.get("body"), str) and section.key in results):
+        if not (
+            isinstance(entry, dict)
+            and entry.get("quick") == quick
+            and entry.get("version") == _version()
+            and isinstance(entry.get("body"), str)
+            and section.key in results
+        ):
             continue
         if not _figures_present(out, entry["body"]):
             continue
@@ -139,9 +193,15 @@ def _finished(out: Path, quick: bool) -> tuple[dict[str, Any], dict[str, Section
     return kept_results, kept
 
 
-def run_tour(out_dir: str | Path, *, quick: bool = True, only: list[str] | None = None,
-             progress_for: Callable[[str], Progress | None] | None = None, force: bool = False,
-             log: Callable[[str], None] | None = None) -> Path:
+def run_tour(
+    out_dir: str | Path,
+    *,
+    quick: bool = True,
+    only: list[str] | None = None,
+    progress_for: Callable[[str], Progress | None] | None = None,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
     """Run the sections (all, or those named in ``only``) and write ``out_dir/index.html`` and ``out_dir/results.json``.
 
     ``progress_for(title)`` gives each section a progress callback.
@@ -154,15 +214,22 @@ def run_tour(out_dir: str | Path, *, quick: bool = True, only: list[str] | None 
     out = Path(out_dir)
     unknown = set(only or ()) - {s.key for s in SECTIONS}
     if unknown:
-        raise ValueError(f"unknown tour sections {sorted(unknown)}; available: {[s.key for s in SECTIONS]}.")
+        raise ValueError(
+            f"unknown tour sections {sorted(unknown)}; available: {[s.key for s in SECTIONS]}."
+        )
     out.mkdir(parents=True, exist_ok=True)
     chosen = SECTIONS if not only else [s for s in SECTIONS if s.key in only]
     results, rendered = _finished(out, quick)
-    state = {key: {"quick": quick, "version": _version(), "body": section.body} for key, section in rendered.items()}
+    state = {
+        key: {"quick": quick, "version": _version(), "body": section.body}
+        for key, section in rendered.items()
+    }
     reused = [s.key for s in chosen if s.key in rendered and not force]
     if reused and log is not None:
-        log(f"kept {len(reused)} finished section(s) from an earlier run in {out}: {', '.join(reused)} "
-            "(--force redoes them)")
+        log(
+            f"kept {len(reused)} finished section(s) from an earlier run in {out}: {', '.join(reused)} "
+            "(--force redoes them)"
+        )
 
     def write() -> Path:
         atomic_write_text(out, "results.json", json.dumps(results, indent=1))
@@ -176,7 +243,9 @@ def run_tour(out_dir: str | Path, *, quick: bool = True, only: list[str] | None 
             continue
         progress = progress_for(section.title) if progress_for else None
         mark = _interrupt.count()
-        with _interrupt.propagating():  # a study cannot use a partial result: Ctrl-C stops the section
+        with (
+            _interrupt.propagating()
+        ):  # a study cannot use a partial result: Ctrl-C stops the section
             result = section.run(quick=quick, progress=progress)
         if _interrupt.count() != mark or _interrupt.was_interrupted(result):
             raise KeyboardInterrupt  # an inner call turned a Ctrl-C into a partial result: not saved

@@ -48,7 +48,23 @@ Which = Literal["largest", "smallest", "both", "largest_magnitude"]
 Mode = Literal["eval", "train"]
 Reduction = Literal["mean", "sum"]
 TraceMethod = Literal["hutch++", "hutchinson"]
-Kind = Literal["local_minimum", "local_maximum", "saddle_point", "degenerate", "not_critical", "undetermined"]
-Cause = Literal["diverging", "oscillation", "progressing", "momentum_too_high", "dead_units", "weight_decay",
-                "vanishing_gradients", "saddle_point", "degenerate", "converged", "gradient_noise",
-                "flat_plateau", "lr_too_small", "ill_conditioned", "undetermined"]
+Kind = Literal[
+    "local_minimum", "local_maximum", "saddle_point", "degenerate", "not_critical", "undetermined"
+]
+Cause = Literal[
+    "diverging",
+    "oscillation",
+    "progressing",
+    "momentum_too_high",
+    "dead_units",
+    "weight_decay",
+    "vanishing_gradients",
+    "saddle_point",
+    "degenerate",
+    "converged",
+    "gradient_noise",
+    "flat_plateau",
+    "lr_too_small",
+    "ill_conditioned",
+    "undetermined",
+]

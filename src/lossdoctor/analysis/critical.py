@@ -32,7 +32,14 @@ from ..curvature.operator import LossFn
 from ..progress import Progress, scaled, with_progress
 from ..types import Data, Kind, Mode, Reduction
 
-KINDS = ("local_minimum", "local_maximum", "saddle_point", "degenerate", "not_critical", "undetermined")
+KINDS = (
+    "local_minimum",
+    "local_maximum",
+    "saddle_point",
+    "degenerate",
+    "not_critical",
+    "undetermined",
+)
 # Default gradient tolerance: this fraction of the gradient scale sqrt(2 |L| Λ).
 GRAD_RTOL = 1e-2
 # Default eigenvalue tolerance: this many machine epsilons of the parameters' dtype times ||H||
@@ -157,24 +164,33 @@ class CriticalPoint(ResultMixin):
             return None
         sizes = [math.prod(s) for s in self.parameter_shapes]
         parts = torch.split(self.escape_direction, sizes)
-        return {n: p.reshape(s) for n, p, s in zip(self.parameter_names, parts, self.parameter_shapes, strict=True)}
+        return {
+            n: p.reshape(s)
+            for n, p, s in zip(self.parameter_names, parts, self.parameter_shapes, strict=True)
+        }
 
     def __str__(self) -> str:
         if self.ratio_method == "dense":
             ratio = f"{self.minimum_ratio:.4f} (exact)"
         elif self.ratio_method == "slq":
-            ratio = (f"{self.minimum_ratio:.3f} +/- {self.minimum_ratio_error:.3f} (estimated; quadrature bias "
-                     f"within +/- {self.minimum_ratio_bias:.3f})")
+            ratio = (
+                f"{self.minimum_ratio:.3f} +/- {self.minimum_ratio_error:.3f} (estimated; quadrature bias "
+                f"within +/- {self.minimum_ratio_bias:.3f})"
+            )
         else:
             ratio = "not computed"
-        lines = [f"verdict: {self.kind.replace('_', ' ')} ({self.mode} mode)",
-                 f"loss {fmt(self.loss, 6)}, gradient norm {fmt(self.grad_norm)} (tolerance {fmt(self.grad_tol)})",
-                 f"Hessian eigenvalues: smallest {fmt(self.min_eigenvalue, 6)}, largest "
-                 f"{fmt(self.max_eigenvalue, 6)} (zero tolerance {fmt(self.eig_tol)})",
-                 f"minimum ratio {ratio}"]
+        lines = [
+            f"verdict: {self.kind.replace('_', ' ')} ({self.mode} mode)",
+            f"loss {fmt(self.loss, 6)}, gradient norm {fmt(self.grad_norm)} (tolerance {fmt(self.grad_tol)})",
+            f"Hessian eigenvalues: smallest {fmt(self.min_eigenvalue, 6)}, largest "
+            f"{fmt(self.max_eigenvalue, 6)} (zero tolerance {fmt(self.eig_tol)})",
+            f"minimum ratio {ratio}",
+        ]
         if self.num_positive is not None:
-            lines.append(f"eigenvalues: {self.num_positive} positive, {self.num_negative} negative, "
-                         f"{self.num_zero} zero (of {self.num_params})")
+            lines.append(
+                f"eigenvalues: {self.num_positive} positive, {self.num_negative} negative, "
+                f"{self.num_zero} zero (of {self.num_params})"
+            )
         lines.append(f"evidence: {self.evidence}")
         if self.interrupted:
             lines.append("INTERRUPTED: partial result, no verdict")
@@ -198,15 +214,31 @@ class _Spectrum:
 def _check_tolerance(name: str, value: float | None) -> None:
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0 (an absolute threshold), got {value!r}; "
-                         "leave it as None for the scale-relative default.")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(
+            f"{name} must be a finite number >= 0 (an absolute threshold), got {value!r}; "
+            "leave it as None for the scale-relative default."
+        )
 
 
-def _dense_spectrum(model: nn.Module, loss_fn: LossFn, data: Any, mode: str, k: int,
-                    max_params: int, reduction: str | None = None, params: Any = None) -> _Spectrum:
-    H = dense_hessian(model, loss_fn, data, mode=mode, max_params=max_params,
-                      reduction=reduction, params=params).to(torch.float64)
+def _dense_spectrum(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    mode: str,
+    k: int,
+    max_params: int,
+    reduction: str | None = None,
+    params: Any = None,
+) -> _Spectrum:
+    H = dense_hessian(
+        model, loss_fn, data, mode=mode, max_params=max_params, reduction=reduction, params=params
+    ).to(torch.float64)
     values, vectors = torch.linalg.eigh(H)  # ascending
     n = values.shape[0]
     ends = sorted(set(range(min(k, n))) | set(range(max(n - k, 0), n)), reverse=True)
@@ -214,22 +246,38 @@ def _dense_spectrum(model: nn.Module, loss_fn: LossFn, data: Any, mode: str, k: 
     picked_values, picked_vectors = values[idx], vectors[:, idx]
     residuals = torch.linalg.vector_norm(H @ picked_vectors - picked_vectors * picked_values, dim=0)
     res = residuals.cpu().numpy()
-    return _Spectrum(eigenvalues=picked_values.cpu().numpy(), vectors=picked_vectors, residual_norms=res,
-                     error_bounds=res.copy(), converged=np.ones(len(ends), dtype=bool),
-                     all_eigenvalues=values.cpu().numpy(), matvecs=n)
+    return _Spectrum(
+        eigenvalues=picked_values.cpu().numpy(),
+        vectors=picked_vectors,
+        residual_norms=res,
+        error_bounds=res.copy(),
+        converged=np.ones(len(ends), dtype=bool),
+        all_eigenvalues=values.cpu().numpy(),
+        matvecs=n,
+    )
 
 
-def _lanczos_spectrum(op, k: int, tol: float, seed: int, progress: Progress | None,
-                      max_matvecs: int | None = None) -> _Spectrum:
-    eig = eigenpairs(op, k=k, which="both", tol=tol, seed=seed, progress=progress, max_matvecs=max_matvecs)
-    return _Spectrum(eigenvalues=np.asarray(eig.eigenvalues), vectors=eig.eigenvectors,
-                     residual_norms=np.asarray(eig.residual_norms), error_bounds=np.asarray(eig.error_bounds),
-                     converged=np.asarray(eig.converged), all_eigenvalues=None, matvecs=eig.matvecs,
-                     interrupted=eig.interrupted)
+def _lanczos_spectrum(
+    op, k: int, tol: float, seed: int, progress: Progress | None, max_matvecs: int | None = None
+) -> _Spectrum:
+    eig = eigenpairs(
+        op, k=k, which="both", tol=tol, seed=seed, progress=progress, max_matvecs=max_matvecs
+    )
+    return _Spectrum(
+        eigenvalues=np.asarray(eig.eigenvalues),
+        vectors=eig.eigenvectors,
+        residual_norms=np.asarray(eig.residual_norms),
+        error_bounds=np.asarray(eig.error_bounds),
+        converged=np.asarray(eig.converged),
+        all_eigenvalues=None,
+        matvecs=eig.matvecs,
+        interrupted=eig.interrupted,
+    )
 
 
-def default_eig_tol(eigenvalues: np.ndarray, dtype: torch.dtype, error_bounds: np.ndarray | None = None
-                    ) -> tuple[float, str]:
+def default_eig_tol(
+    eigenvalues: np.ndarray, dtype: torch.dtype, error_bounds: np.ndarray | None = None
+) -> tuple[float, str]:
     """The tolerance below which a Hessian eigenvalue counts as zero, and how it was derived.
 
     ``EIG_EPS`` (100) machine epsilons of the parameters' dtype times ||H|| = max |λ| (what
@@ -256,10 +304,14 @@ def default_eig_tol(eigenvalues: np.ndarray, dtype: torch.dtype, error_bounds: n
     norm = float(np.max(np.abs(eigenvalues)))
     eps = torch.finfo(dtype).eps
     rounding = EIG_EPS * eps * norm
-    accuracy = 3.0 * float(np.max(error_bounds)) if error_bounds is not None and len(error_bounds) else 0.0
+    accuracy = (
+        3.0 * float(np.max(error_bounds)) if error_bounds is not None and len(error_bounds) else 0.0
+    )
     if accuracy > rounding:
-        return accuracy, (f"3 x the extreme eigenvalues' largest error bound ({fmt(accuracy / 3)}), above "
-                          f"{EIG_EPS} {dtype} eps x ||H|| = {fmt(rounding)}")
+        return accuracy, (
+            f"3 x the extreme eigenvalues' largest error bound ({fmt(accuracy / 3)}), above "
+            f"{EIG_EPS} {dtype} eps x ||H|| = {fmt(rounding)}"
+        )
     return rounding, f"{EIG_EPS} x {dtype} eps ({eps:.2g}) x ||H|| ({fmt(norm)})"
 
 
@@ -299,48 +351,87 @@ def _kind(grad_norm: float, grad_tol: float, lo: float, hi: float, eig_tol: floa
     return "degenerate"
 
 
-def _evidence(kind: str, grad_norm: float, grad_tol: float, lo: float, hi: float, eig_tol: float,
-              counts: tuple[int, int, int] | None, n: int, unconverged: bool) -> str:
-    parts = [f"gradient norm {fmt(grad_norm)} {'>' if grad_norm > grad_tol else '<='} tolerance {fmt(grad_tol)}"]
+def _evidence(
+    kind: str,
+    grad_norm: float,
+    grad_tol: float,
+    lo: float,
+    hi: float,
+    eig_tol: float,
+    counts: tuple[int, int, int] | None,
+    n: int,
+    unconverged: bool,
+) -> str:
+    parts = [
+        f"gradient norm {fmt(grad_norm)} {'>' if grad_norm > grad_tol else '<='} tolerance {fmt(grad_tol)}"
+    ]
     if kind == "not_critical":
-        parts.append("so this is not a critical point: the gradient itself still points downhill, "
-                     "no second-order test is needed")
-    parts.append(f"smallest Hessian eigenvalue {fmt(lo, 6)}, largest {fmt(hi, 6)}, "
-                 f"zero tolerance +/-{fmt(eig_tol)}")
+        parts.append(
+            "so this is not a critical point: the gradient itself still points downhill, "
+            "no second-order test is needed"
+        )
+    parts.append(
+        f"smallest Hessian eigenvalue {fmt(lo, 6)}, largest {fmt(hi, 6)}, "
+        f"zero tolerance +/-{fmt(eig_tol)}"
+    )
     if counts is not None:
         pos, neg, zero = counts
         parts.append(f"of all {n} eigenvalues {pos} are positive, {neg} negative, {zero} zero")
     explain = {
         "local_minimum": "every eigenvalue is positive: the loss curves up in every direction, a local minimum",
         "local_maximum": "every eigenvalue is negative: the loss curves down in every direction, a local maximum",
-        "saddle_point": ("eigenvalues of both signs: the loss curves up in some directions and down in others, "
-                         "a saddle point; step along the eigenvector of the smallest eigenvalue to go down"),
+        "saddle_point": (
+            "eigenvalues of both signs: the loss curves up in some directions and down in others, "
+            "a saddle point; step along the eigenvector of the smallest eigenvalue to go down"
+        ),
     }
     if kind in explain:
         parts.append(explain[kind])
     elif kind == "degenerate":
         if lo < -eig_tol:
-            parts.append("no eigenvalue is clearly positive but some are negative and others are zero: "
-                         "the loss still goes down along the negative-curvature eigenvector")
+            parts.append(
+                "no eigenvalue is clearly positive but some are negative and others are zero: "
+                "the loss still goes down along the negative-curvature eigenvector"
+            )
         elif hi > eig_tol:
-            parts.append("no eigenvalue is clearly negative, but the smallest are zero within tolerance: flat "
-                         "directions where the second-order test says nothing (a minimum up to second order)")
+            parts.append(
+                "no eigenvalue is clearly negative, but the smallest are zero within tolerance: flat "
+                "directions where the second-order test says nothing (a minimum up to second order)"
+            )
         else:
-            parts.append("every eigenvalue is zero within tolerance: the surface is flat to second order here")
+            parts.append(
+                "every eigenvalue is zero within tolerance: the surface is flat to second order here"
+            )
     if unconverged and kind != "not_critical":
-        parts.append("WARNING: some extreme eigenpairs did not converge (see converged); a negative Ritz value "
-                     "is still a certified direction of negative curvature, but a positive smallest value "
-                     "may be an overestimate")
+        parts.append(
+            "WARNING: some extreme eigenpairs did not converge (see converged); a negative Ritz value "
+            "is still a certified direction of negative curvature, but a positive smallest value "
+            "may be an overestimate"
+        )
     return "; ".join(parts) + "."
 
 
 @with_progress("critical point")
-def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, grad_tol: float | None = None,
-                            eig_tol: float | None = None, k: int = 5, dense: bool | None = None,
-                            dense_max_params: int = DENSE_MAX_PARAMS, mode: Mode | None = None, tol: float = 1e-6,
-                            seed: int = 0, num_probes: int = 8, lanczos_steps: int = 80,
-                            max_matvecs: int | None = None, progress: Progress | bool | str | None = "auto",
-                            reduction: Reduction | None = None, params: Any = None) -> CriticalPoint:
+def classify_critical_point(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    *,
+    grad_tol: float | None = None,
+    eig_tol: float | None = None,
+    k: int = 5,
+    dense: bool | None = None,
+    dense_max_params: int = DENSE_MAX_PARAMS,
+    mode: Mode | None = None,
+    tol: float = 1e-6,
+    seed: int = 0,
+    num_probes: int = 8,
+    lanczos_steps: int = 80,
+    max_matvecs: int | None = None,
+    progress: Progress | bool | str | None = "auto",
+    reduction: Reduction | None = None,
+    params: Any = None,
+) -> CriticalPoint:
     """Classify the model's current parameters: local minimum, maximum, saddle, or neither.
 
     The lecture's second-order test: at a point where the gradient is (nearly) zero, the signs
@@ -407,9 +498,22 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
         >>> ld.classify_critical_point(q.model, q.loss_fn, q.train_data).kind
         'degenerate'
     """
-    check_arguments(model=model, loss_fn=loss_fn, grad_tol=grad_tol, eig_tol=eig_tol, k=k, dense=dense,
-                    dense_max_params=dense_max_params, mode=mode, tol=tol, seed=seed, num_probes=num_probes,
-                    lanczos_steps=lanczos_steps, max_matvecs=max_matvecs, progress=progress)
+    check_arguments(
+        model=model,
+        loss_fn=loss_fn,
+        grad_tol=grad_tol,
+        eig_tol=eig_tol,
+        k=k,
+        dense=dense,
+        dense_max_params=dense_max_params,
+        mode=mode,
+        tol=tol,
+        seed=seed,
+        num_probes=num_probes,
+        lanczos_steps=lanczos_steps,
+        max_matvecs=max_matvecs,
+        progress=progress,
+    )
     _check_tolerance("grad_tol", grad_tol)
     _check_tolerance("eig_tol", eig_tol)
     k = int(k)
@@ -417,17 +521,29 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
     n = op.num_params
     use_dense = n <= dense_max_params if dense is None else bool(dense)
     if use_dense and n > dense_max_params:
-        raise ValueError(f"dense=True but the model has {n} trainable parameters > dense_max_params="
-                         f"{dense_max_params}; raise dense_max_params or use dense=False (matrix-free).")
+        raise ValueError(
+            f"dense=True but the model has {n} trainable parameters > dense_max_params="
+            f"{dense_max_params}; raise dense_max_params or use dense=False (matrix-free)."
+        )
     total = n + 1 if use_dense else 300 + num_probes * lanczos_steps + 1
     loss, grad = op.gradient()  # a Ctrl-C here: nothing finished, it propagates
     grad_norm = float(torch.linalg.vector_norm(grad.to(torch.float64)))
     if not math.isfinite(grad_norm):
-        raise ValueError("the gradient is not finite (NaN/Inf): check the model's parameters and the data.")
+        raise ValueError(
+            "the gradient is not finite (NaN/Inf): check the model's parameters and the data."
+        )
     if progress is not None:
         progress(1, total)
-    common = dict(loss=float(loss), grad_norm=grad_norm, num_params=n, num_samples=op.num_samples, mode=op.mode,
-                  seed=seed, parameter_names=tuple(op.names), parameter_shapes=tuple(op.shapes))
+    common = dict(
+        loss=float(loss),
+        grad_norm=grad_norm,
+        num_params=n,
+        num_samples=op.num_samples,
+        mode=op.mode,
+        seed=seed,
+        parameter_names=tuple(op.names),
+        parameter_shapes=tuple(op.shapes),
+    )
     spent = 0
     spec = None
     try:
@@ -439,28 +555,44 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
             if grad_tol is None:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    rough = eigenpairs(op, k=1, which="largest_magnitude", tol=SCALE_TOL, seed=seed,
-                                       progress=scaled(progress, 1, total))
+                    rough = eigenpairs(
+                        op,
+                        k=1,
+                        which="largest_magnitude",
+                        tol=SCALE_TOL,
+                        seed=seed,
+                        progress=scaled(progress, 1, total),
+                    )
                 spent += rough.matvecs
                 if _interrupt.was_interrupted(rough):
                     raise KeyboardInterrupt
-                norm_est = float(np.abs(rough.eigenvalues).max()) + float(np.max(rough.error_bounds))
+                norm_est = float(np.abs(rough.eigenvalues).max()) + float(
+                    np.max(rough.error_bounds)
+                )
                 upper_tol = GRAD_RTOL * gradient_scale(loss, np.array([norm_est]))
             else:
                 upper_tol = grad_tol
             if grad_norm > upper_tol:
-                return _gradient_decides(common, grad_norm, float(upper_tol), norm_est, spent, grad_tol is None)
+                return _gradient_decides(
+                    common, grad_norm, float(upper_tol), norm_est, spent, grad_tol is None
+                )
         if use_dense:
-            spec = _dense_spectrum(model, loss_fn, data, op.mode, k, dense_max_params, op.reduction, op.params)
+            spec = _dense_spectrum(
+                model, loss_fn, data, op.mode, k, dense_max_params, op.reduction, op.params
+            )
         else:
-            spec = _lanczos_spectrum(op, k, tol, seed, scaled(progress, 1 + spent, total), max_matvecs)
+            spec = _lanczos_spectrum(
+                op, k, tol, seed, scaled(progress, 1 + spent, total), max_matvecs
+            )
             if spec.interrupted:
                 spent += spec.matvecs
                 raise KeyboardInterrupt
         lo, hi = float(spec.eigenvalues[-1]), float(spec.eigenvalues[0])
         if eig_tol is None:
             ref = spec.all_eigenvalues if spec.all_eigenvalues is not None else spec.eigenvalues
-            eig_tol, basis = default_eig_tol(ref, op.dtype, None if use_dense else spec.error_bounds)
+            eig_tol, basis = default_eig_tol(
+                ref, op.dtype, None if use_dense else spec.error_bounds
+            )
         else:
             basis = "given (absolute)"
         scale = gradient_scale(loss, spec.eigenvalues)
@@ -473,15 +605,26 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
         bias = 0.0
         if spec.all_eigenvalues is not None:
             values = spec.all_eigenvalues
-            counts = (int((values > eig_tol).sum()), int((values < -eig_tol).sum()),
-                      int((np.abs(values) <= eig_tol).sum()))
+            counts = (
+                int((values > eig_tol).sum()),
+                int((values < -eig_tol).sum()),
+                int((np.abs(values) <= eig_tol).sum()),
+            )
             ratio, ratio_err, method = counts[0] / n, 0.0, "dense"
         else:
-            dens = spectral_density(op, num_probes=num_probes, lanczos_steps=lanczos_steps, zero_tol=eig_tol,
-                                    seed=seed, progress=scaled(progress, 1 + matvecs, total))
+            dens = spectral_density(
+                op,
+                num_probes=num_probes,
+                lanczos_steps=lanczos_steps,
+                zero_tol=eig_tol,
+                seed=seed,
+                progress=scaled(progress, 1 + matvecs, total),
+            )
             # The fraction above +eig_tol, bracketed per probe by the Gauss quadrature (its bias
             # is part of the error bar; the probes' spread alone was 0.416 +/- 0.018 for 0.330).
-            below, ratio_err, bias = fraction_below(dens.nodes, dens.weights, dens.residuals, eig_tol)
+            below, ratio_err, bias = fraction_below(
+                dens.nodes, dens.weights, dens.residuals, eig_tol
+            )
             ratio = 1.0 - below
             method = "slq"
             matvecs += dens.matvecs
@@ -497,56 +640,121 @@ def classify_critical_point(model: nn.Module, loss_fn: LossFn, data: Data, *, gr
             direction = -direction
     if progress is not None:
         progress(total, total)
-    evidence = _evidence(kind, grad_norm, grad_tol, lo, hi, eig_tol, counts, n,
-                         not bool(np.all(spec.converged)))
+    evidence = _evidence(
+        kind, grad_norm, grad_tol, lo, hi, eig_tol, counts, n, not bool(np.all(spec.converged))
+    )
     if method == "slq":
-        evidence = evidence[:-1] + (f"; minimum ratio {ratio:.3f} +/- {ratio_err:.3f} estimated by stochastic "
-                                    f"Lanczos quadrature ({num_probes} probes x {lanczos_steps} steps; the "
-                                    f"quadrature's bias is within +/- {bias:.3f} and included in the +/-).")
+        evidence = evidence[:-1] + (
+            f"; minimum ratio {ratio:.3f} +/- {ratio_err:.3f} estimated by stochastic "
+            f"Lanczos quadrature ({num_probes} probes x {lanczos_steps} steps; the "
+            f"quadrature's bias is within +/- {bias:.3f} and included in the +/-)."
+        )
     return CriticalPoint(
-        kind=kind, grad_tol=float(grad_tol), grad_scale=scale,
-        min_eigenvalue=lo, max_eigenvalue=hi, eig_tol=float(eig_tol), eigenvalues=spec.eigenvalues,
-        residual_norms=spec.residual_norms, error_bounds=spec.error_bounds, converged=spec.converged,
-        minimum_ratio=float(ratio), minimum_ratio_error=float(ratio_err), ratio_method=method,
-        num_positive=None if counts is None else counts[0], num_negative=None if counts is None else counts[1],
-        num_zero=None if counts is None else counts[2], escape_direction=direction, evidence=evidence,
-        matvecs=matvecs, eig_tol_basis=basis, minimum_ratio_bias=float(bias), **common)
+        kind=kind,
+        grad_tol=float(grad_tol),
+        grad_scale=scale,
+        min_eigenvalue=lo,
+        max_eigenvalue=hi,
+        eig_tol=float(eig_tol),
+        eigenvalues=spec.eigenvalues,
+        residual_norms=spec.residual_norms,
+        error_bounds=spec.error_bounds,
+        converged=spec.converged,
+        minimum_ratio=float(ratio),
+        minimum_ratio_error=float(ratio_err),
+        ratio_method=method,
+        num_positive=None if counts is None else counts[0],
+        num_negative=None if counts is None else counts[1],
+        num_zero=None if counts is None else counts[2],
+        escape_direction=direction,
+        evidence=evidence,
+        matvecs=matvecs,
+        eig_tol_basis=basis,
+        minimum_ratio_bias=float(bias),
+        **common,
+    )
 
 
 def _empty_spectrum_fields() -> dict:
     empty = np.zeros(0)
-    return dict(min_eigenvalue=math.nan, max_eigenvalue=math.nan, eig_tol=math.nan, eigenvalues=empty,
-                residual_norms=empty, error_bounds=empty, converged=np.zeros(0, dtype=bool),
-                minimum_ratio=math.nan, minimum_ratio_error=math.nan, ratio_method="none",
-                num_positive=None, num_negative=None, num_zero=None, escape_direction=None)
+    return dict(
+        min_eigenvalue=math.nan,
+        max_eigenvalue=math.nan,
+        eig_tol=math.nan,
+        eigenvalues=empty,
+        residual_norms=empty,
+        error_bounds=empty,
+        converged=np.zeros(0, dtype=bool),
+        minimum_ratio=math.nan,
+        minimum_ratio_error=math.nan,
+        ratio_method="none",
+        num_positive=None,
+        num_negative=None,
+        num_zero=None,
+        escape_direction=None,
+    )
 
 
-def _gradient_decides(common: dict, grad_norm: float, grad_tol: float, norm_est: float | None, matvecs: int,
-                      relative: bool) -> CriticalPoint:
-    """"not critical" from the gradient alone: no spectrum, no minimum ratio."""
+def _gradient_decides(
+    common: dict,
+    grad_norm: float,
+    grad_tol: float,
+    norm_est: float | None,
+    matvecs: int,
+    relative: bool,
+) -> CriticalPoint:
+    """Build the "not critical" result from the gradient alone: no spectrum, no minimum ratio."""
     if relative:
-        why = (f"gradient norm {fmt(grad_norm)} > tolerance {fmt(grad_tol)} ({GRAD_RTOL:g} x sqrt(2 |L| ||H||), "
-               f"||H|| <= {fmt(norm_est)} from {matvecs} Hessian-vector products)")
+        why = (
+            f"gradient norm {fmt(grad_norm)} > tolerance {fmt(grad_tol)} ({GRAD_RTOL:g} x sqrt(2 |L| ||H||), "
+            f"||H|| <= {fmt(norm_est)} from {matvecs} Hessian-vector products)"
+        )
     else:
         why = f"gradient norm {fmt(grad_norm)} > tolerance {fmt(grad_tol)}"
-    evidence = (why + ", so this is not a critical point: the gradient itself still points downhill; the "
-                "second-order test was skipped (its spectrum would not change the verdict).")
+    evidence = (
+        why + ", so this is not a critical point: the gradient itself still points downhill; the "
+        "second-order test was skipped (its spectrum would not change the verdict)."
+    )
     scale = grad_tol / GRAD_RTOL if relative else math.nan
-    return CriticalPoint(kind="not_critical", grad_tol=grad_tol, grad_scale=scale, evidence=evidence,
-                         matvecs=matvecs, eig_tol_basis="not needed", **_empty_spectrum_fields(), **common)
+    return CriticalPoint(
+        kind="not_critical",
+        grad_tol=grad_tol,
+        grad_scale=scale,
+        evidence=evidence,
+        matvecs=matvecs,
+        eig_tol_basis="not needed",
+        **_empty_spectrum_fields(),
+        **common,
+    )
 
 
-def _undetermined(common: dict, grad_norm: float, grad_tol: float | None, spec: _Spectrum | None,
-                  matvecs: int) -> CriticalPoint:
+def _undetermined(
+    common: dict, grad_norm: float, grad_tol: float | None, spec: _Spectrum | None, matvecs: int
+) -> CriticalPoint:
     """A Ctrl-C before the verdict: what was measured, flagged, and no verdict."""
     fields = _empty_spectrum_fields()
     if spec is not None and not spec.interrupted and len(spec.eigenvalues):
-        fields.update(min_eigenvalue=float(spec.eigenvalues[-1]), max_eigenvalue=float(spec.eigenvalues[0]),
-                      eigenvalues=spec.eigenvalues, residual_norms=spec.residual_norms,
-                      error_bounds=spec.error_bounds, converged=spec.converged)
+        fields.update(
+            min_eigenvalue=float(spec.eigenvalues[-1]),
+            max_eigenvalue=float(spec.eigenvalues[0]),
+            eigenvalues=spec.eigenvalues,
+            residual_norms=spec.residual_norms,
+            error_bounds=spec.error_bounds,
+            converged=spec.converged,
+        )
         matvecs += spec.matvecs
-    evidence = (f"gradient norm {fmt(grad_norm)}; interrupted before the second-order test finished: no "
-                "verdict (a partial spectrum can miss the eigenvalue that decides it).")
-    return CriticalPoint(kind="undetermined", grad_tol=math.nan if grad_tol is None else float(grad_tol),
-                         grad_scale=math.nan, evidence=evidence, matvecs=matvecs, eig_tol_basis="",
-                         interrupted=True, **fields, **common)
+    evidence = (
+        f"gradient norm {fmt(grad_norm)}; interrupted before the second-order test finished: no "
+        "verdict (a partial spectrum can miss the eigenvalue that decides it)."
+    )
+    return CriticalPoint(
+        kind="undetermined",
+        grad_tol=math.nan if grad_tol is None else float(grad_tol),
+        grad_scale=math.nan,
+        evidence=evidence,
+        matvecs=matvecs,
+        eig_tol_basis="",
+        interrupted=True,
+        **fields,
+        **common,
+    )

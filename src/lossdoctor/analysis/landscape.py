@@ -80,11 +80,15 @@ class Curve(ResultMixin):
         done = self.points_done if self.points_done is not None else len(self.alphas)
         losses = np.asarray(self.train_loss[:done], dtype=float)
         i = int(np.nanargmax(losses)) if np.isfinite(losses).any() else 0
-        head = (f"Interpolation over {len(self.alphas)} points (||theta_b - theta_a|| = {fmt(self.distance)})"
-                + (f", INTERRUPTED after {done}" if self.interrupted else ""))
-        return (f"{head}: train loss {fmt(self.train_loss[0])} at alpha={self.alphas[0]:g}, "
-                f"highest {fmt(self.train_loss[i])} at alpha={self.alphas[i]:g}, "
-                f"{fmt(self.train_loss[done - 1])} at alpha={self.alphas[done - 1]:g}")
+        head = (
+            f"Interpolation over {len(self.alphas)} points (||theta_b - theta_a|| = {fmt(self.distance)})"
+            + (f", INTERRUPTED after {done}" if self.interrupted else "")
+        )
+        return (
+            f"{head}: train loss {fmt(self.train_loss[0])} at alpha={self.alphas[0]:g}, "
+            f"highest {fmt(self.train_loss[i])} at alpha={self.alphas[i]:g}, "
+            f"{fmt(self.train_loss[done - 1])} at alpha={self.alphas[done - 1]:g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,11 @@ class Landscape(ResultMixin):
         top = float(np.nanmax(flat)) if np.isfinite(flat).any() else math.nan
         total = len(self.coords) ** self.dims
         cut = f" (INTERRUPTED: {self.points_done} of {total} points)" if self.interrupted else ""
-        return (f"{self.dims}-D {self.normalization}-normalized landscape, {len(self.coords)} steps per axis "
-                f"over [{self.coords[0]:g}, {self.coords[-1]:g}]{cut}: train loss {fmt(self.center_loss)} at the "
-                f"centre, up to {fmt(top)} where measured")
+        return (
+            f"{self.dims}-D {self.normalization}-normalized landscape, {len(self.coords)} steps per axis "
+            f"over [{self.coords[0]:g}, {self.coords[-1]:g}]{cut}: train loss {fmt(self.center_loss)} at the "
+            f"centre, up to {fmt(top)} where measured"
+        )
 
 
 def _filter_units(p: torch.Tensor) -> torch.Tensor:
@@ -147,8 +153,14 @@ def _filter_units(p: torch.Tensor) -> torch.Tensor:
     return p.reshape(p.shape[0], -1)
 
 
-def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_bias_bn: bool = True,
-                     seed: int = 0, params: Any = None) -> list[torch.Tensor]:
+def random_direction(
+    model: nn.Module,
+    *,
+    normalization: str = "filter",
+    ignore_bias_bn: bool = True,
+    seed: int = 0,
+    params: Any = None,
+) -> list[torch.Tensor]:
     """A random Gaussian direction over the trainable parameters, one tensor per parameter.
 
     Normalized per filter (Li et al.), per layer, or not at all. Seeded on the CPU, so the
@@ -181,7 +193,9 @@ def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_
     gen = torch.Generator().manual_seed(check_seed(seed))
     out = []
     for _, p in selected_parameters(model, params):
-        d = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(device=p.device, dtype=p.dtype)
+        d = torch.randn(p.shape, generator=gen, dtype=torch.float64).to(
+            device=p.device, dtype=p.dtype
+        )
         w = p.detach()
         if p.dim() <= 1:
             # Biases and norm-layer scales/shifts: zero by default; else Li et al. copy the weights.
@@ -195,7 +209,9 @@ def random_direction(model: nn.Module, *, normalization: str = "filter", ignore_
     return out
 
 
-def _eval_pair(model, loss_fn, train, test) -> tuple[float, float | None, float | None, float | None]:
+def _eval_pair(
+    model, loss_fn, train, test
+) -> tuple[float, float | None, float | None, float | None]:
     tl, ta = evaluate_largest(model, loss_fn, train)
     if test is None:
         return tl, ta, None, None
@@ -205,12 +221,21 @@ def _eval_pair(model, loss_fn, train, test) -> tuple[float, float | None, float 
 
 def _check_start(loss: float, what: str) -> None:
     if not math.isfinite(loss):
-        raise ValueError(f"the training loss is {loss} at {what}: a landscape around a non-finite loss "
-                         "means nothing. Check the model's parameters and the data for NaN/Inf.")
+        raise ValueError(
+            f"the training loss is {loss} at {what}: a landscape around a non-finite loss "
+            "means nothing. Check the model's parameters and the data for NaN/Inf."
+        )
 
 
-def _evaluate_points(count: int, move: Any, model: nn.Module, loss_fn: Any, train: Any, test: Any,
-                     progress: Progress | None) -> tuple[list[list], bool]:
+def _evaluate_points(
+    count: int,
+    move: Any,
+    model: nn.Module,
+    loss_fn: Any,
+    train: Any,
+    test: Any,
+    progress: Progress | None,
+) -> tuple[list[list], bool]:
     """Train/test loss and accuracy at ``count`` points (``move(i)`` puts the model at point i).
 
     Four columns, and whether a Ctrl-C cut them short (the points finished are kept)."""
@@ -233,9 +258,17 @@ def _pad(values: list, total: int) -> list:
 
 
 @with_progress("interpolation")
-def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
-                alphas: Sequence[float] | None = None, *, test_data: Any = None,
-                progress: Progress | bool | str | None = "auto", params: Any = None) -> Curve:
+def interpolate(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    alphas: Sequence[float] | None = None,
+    *,
+    test_data: Any = None,
+    progress: Progress | bool | str | None = "auto",
+    params: Any = None,
+) -> Curve:
     """The loss along the line between two solutions (Keskar et al.'s small- vs large-batch figure).
 
     ``params``: interpolate only these parameters of ``model_a`` (tensors, names or glob
@@ -280,11 +313,15 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
     check_module(model_b, "model_b")
     check_loss_fn(loss_fn)
     check_progress(progress)
-    alphas = check_floats(np.linspace(-0.5, 1.5, 41) if alphas is None else alphas, "alphas", min_length=2)
+    alphas = check_floats(
+        np.linspace(-0.5, 1.5, 41) if alphas is None else alphas, "alphas", min_length=2
+    )
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if list(sa) != list(sb) or any(sa[k].shape != sb[k].shape for k in sa):
-        raise ValueError("model_a and model_b must have the same architecture (same state_dict keys and "
-                         "shapes) to interpolate between them.")
+        raise ValueError(
+            "model_a and model_b must have the same architecture (same state_dict keys and "
+            "shapes) to interpolate between them."
+        )
     names = [n for n, _ in selected_parameters(model_a, params)]
     train = as_tensors(data, "data")
     test = as_tensors(test_data, "test_data") if test_data is not None else None
@@ -299,27 +336,51 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn: Any, data: Any,
     def move(i: int) -> None:
         a = alphas[i]
         if params is None:
-            work.load_state_dict({k: ((1 - a) * v + a * sb[k].to(v.device)) if v.is_floating_point() else v
-                                  for k, v in sa.items()})
+            work.load_state_dict(
+                {
+                    k: ((1 - a) * v + a * sb[k].to(v.device)) if v.is_floating_point() else v
+                    for k, v in sa.items()
+                }
+            )
             return
         work.load_state_dict(sa)
         for n in names:
             moving[n].copy_((1 - a) * sa[n] + a * sb[n].to(sa[n].device))
 
     with torch.no_grad(), preserved_rng():
-        cols, interrupted = _evaluate_points(len(alphas), move, work, loss_fn, train, test, progress)
+        cols, interrupted = _evaluate_points(
+            len(alphas), move, work, loss_fn, train, test, progress
+        )
     done, total = len(cols[0]), len(alphas)
-    return Curve(alphas=alphas, train_loss=_pad(cols[0], total), train_accuracy=_pad(cols[1], total),
-                 test_loss=_pad(cols[2], total) if test is not None else None,
-                 test_accuracy=_pad(cols[3], total) if test is not None else None, distance=distance,
-                 interrupted=interrupted, points_done=done)
+    return Curve(
+        alphas=alphas,
+        train_loss=_pad(cols[0], total),
+        train_accuracy=_pad(cols[1], total),
+        test_loss=_pad(cols[2], total) if test is not None else None,
+        test_accuracy=_pad(cols[3], total) if test is not None else None,
+        distance=distance,
+        interrupted=interrupted,
+        points_done=done,
+    )
 
 
 @with_progress("landscape")
-def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, normalization: str = "filter",
-              steps: int = 25, span: float = 1.0, test_data: Any = None, ignore_bias_bn: bool = True,
-              seed: int = 0, directions: Sequence[Sequence[torch.Tensor]] | None = None,
-              progress: Progress | bool | str | None = "auto", params: Any = None) -> Landscape:
+def landscape(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    *,
+    dims: int = 1,
+    normalization: str = "filter",
+    steps: int = 25,
+    span: float = 1.0,
+    test_data: Any = None,
+    ignore_bias_bn: bool = True,
+    seed: int = 0,
+    directions: Sequence[Sequence[torch.Tensor]] | None = None,
+    progress: Progress | bool | str | None = "auto",
+    params: Any = None,
+) -> Landscape:
     """The loss around the model's parameters along one or two random directions (Li et al.).
 
     ``params``: move only these parameters (tensors, names or glob patterns, modules; see
@@ -380,11 +441,21 @@ def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, norma
     selection = params
     params = [p for _, p in selected_parameters(model, selection)]
     if directions is None:
-        directions = [random_direction(model, normalization=normalization, ignore_bias_bn=ignore_bias_bn,
-                                       seed=seed + k, params=selection) for k in range(dims)]
+        directions = [
+            random_direction(
+                model,
+                normalization=normalization,
+                ignore_bias_bn=ignore_bias_bn,
+                seed=seed + k,
+                params=selection,
+            )
+            for k in range(dims)
+        ]
     elif not _fits(directions, params, dims):
-        raise ValueError(f"directions must be {dims} list(s) of tensors shaped like the trainable parameters "
-                         f"({[tuple(p.shape) for p in params][:6]}...), got {type(directions).__name__}.")
+        raise ValueError(
+            f"directions must be {dims} list(s) of tensors shaped like the trainable parameters "
+            f"({[tuple(p.shape) for p in params][:6]}...), got {type(directions).__name__}."
+        )
     coords = [float(c) for c in np.linspace(-span, span, steps)]
     train = as_tensors(data, "data")
     test = as_tensors(test_data, "test_data") if test_data is not None else None
@@ -406,14 +477,24 @@ def landscape(model: nn.Module, loss_fn: Any, data: Any, *, dims: int = 1, norma
 
     def shape(values: list) -> list:
         values = _pad(values, len(grid))
-        return values if dims == 1 else [values[i * steps:(i + 1) * steps] for i in range(steps)]
+        return values if dims == 1 else [values[i * steps : (i + 1) * steps] for i in range(steps)]
 
     norms = [float(torch.sqrt(sum((t.double() ** 2).sum() for t in d))) for d in directions]
-    return Landscape(dims=dims, coords=coords, train_loss=shape(cols[0]), train_accuracy=shape(cols[1]),
-                     test_loss=shape(cols[2]) if test is not None else None,
-                     test_accuracy=shape(cols[3]) if test is not None else None,
-                     normalization=normalization, ignore_bias_bn=ignore_bias_bn, seed=seed,
-                     center_loss=centre, direction_norms=norms, interrupted=interrupted, points_done=done)
+    return Landscape(
+        dims=dims,
+        coords=coords,
+        train_loss=shape(cols[0]),
+        train_accuracy=shape(cols[1]),
+        test_loss=shape(cols[2]) if test is not None else None,
+        test_accuracy=shape(cols[3]) if test is not None else None,
+        normalization=normalization,
+        ignore_bias_bn=ignore_bias_bn,
+        seed=seed,
+        center_loss=centre,
+        direction_norms=norms,
+        interrupted=interrupted,
+        points_done=done,
+    )
 
 
 def _fits(directions: Any, params: list[torch.Tensor], dims: int) -> bool:
@@ -422,7 +503,11 @@ def _fits(directions: Any, params: list[torch.Tensor], dims: int) -> bool:
     if len(directions) != dims:
         return False
     for d in directions:
-        if isinstance(d, (str, bytes, torch.Tensor)) or not isinstance(d, Sequence) or len(d) != len(params):
+        if (
+            isinstance(d, (str, bytes, torch.Tensor))
+            or not isinstance(d, Sequence)
+            or len(d) != len(params)
+        ):
             return False
         if not all(isinstance(t, torch.Tensor) and t.shape == p.shape for t, p in zip(d, params)):
             return False

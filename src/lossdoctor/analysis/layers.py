@@ -148,7 +148,9 @@ class BlockView:
         self.op, self.block = block_op, block
         self.shape = (block.numel, block.numel)
         self.device = block_op.device
-        self.root = None if scale is None else scale[block.start:block.stop].sqrt().to(torch.float64)
+        self.root = (
+            None if scale is None else scale[block.start : block.stop].sqrt().to(torch.float64)
+        )
 
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(torch.float64)
@@ -259,7 +261,9 @@ class LayerCurvature(ResultMixin):
         """
         if self.threshold is None:
             return []
-        bad = [r for r in self.rows if r.lr_sharpness is not None and r.lr_sharpness > self.threshold]
+        bad = [
+            r for r in self.rows if r.lr_sharpness is not None and r.lr_sharpness > self.threshold
+        ]
         return sorted(bad, key=lambda r: -(r.lr_sharpness or 0.0))
 
     def sharpest(self) -> LayerRow:
@@ -278,28 +282,41 @@ class LayerCurvature(ResultMixin):
         return max(lams) / min(lams) if lams else math.nan
 
     def __str__(self) -> str:
-        head = (f"per-layer curvature ({len(self.rows)} blocks, {self.num_params} parameters, {self.mode} mode, "
-                f"{self.probes} probe(s) x {self.lanczos_steps} Lanczos steps, {self.matvecs} products)")
+        head = (
+            f"per-layer curvature ({len(self.rows)} blocks, {self.num_params} parameters, {self.mode} mode, "
+            f"{self.probes} probe(s) x {self.lanczos_steps} Lanczos steps, {self.matvecs} products)"
+        )
         cols = f"{'block':28s} {'type':18s} {'params':>8s} {'λ_max':>10s} {'trace':>18s} {'|grad|':>9s}"
         if self.threshold is not None:
             cols += f" {'S_b':>9s} {'step/|θ|':>9s}"
         lines = [head, cols]
         for r in self.rows:
-            tr = f"{fmt(r.trace)} ± {fmt(r.trace_se, 2)}" if math.isfinite(r.trace_se) else fmt(r.trace)
+            tr = (
+                f"{fmt(r.trace)} ± {fmt(r.trace_se, 2)}"
+                if math.isfinite(r.trace_se)
+                else fmt(r.trace)
+            )
             line = f"{r.name[:28]:28s} {r.module_type[:18]:18s} {r.numel:8d} {fmt(r.lambda_max):>10s} {tr:>18s} {fmt(r.grad_norm):>9s}"
             if self.threshold is not None:
-                flag = " <- above the limit" if r.lr_sharpness is not None and r.lr_sharpness > self.threshold else ""
+                flag = (
+                    " <- above the limit"
+                    if r.lr_sharpness is not None and r.lr_sharpness > self.threshold
+                    else ""
+                )
                 line += f" {fmt(r.lr_sharpness):>9s} {fmt(r.update_ratio):>9s}{flag}"
             lines.append(line)
-        lines.append(f"block heterogeneity (mean Jensen-Shannon distance of the blockwise spectra): "
-                     f"{self.heterogeneity:.3f}; λ_max spread over blocks {fmt(self.spread)}x")
+        lines.append(
+            f"block heterogeneity (mean Jensen-Shannon distance of the blockwise spectra): "
+            f"{self.heterogeneity:.3f}; λ_max spread over blocks {fmt(self.spread)}x"
+        )
         if self.threshold is not None:
             lines.append(f"stability limit of S_b ({self.optimizer}): {fmt(self.threshold, 3)}")
         return "\n".join(lines)
 
 
-def _density_on(grid: np.ndarray, nodes: list[np.ndarray], weights: list[np.ndarray], tau: float,
-                width: float) -> np.ndarray:
+def _density_on(
+    grid: np.ndarray, nodes: list[np.ndarray], weights: list[np.ndarray], tau: float, width: float
+) -> np.ndarray:
     dens = np.zeros_like(grid)
     for theta, w in zip(nodes, weights):
         u = np.arcsinh(theta / tau)
@@ -331,8 +348,9 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> float:
     return float(math.sqrt(max(0.5 * (kl_p + kl_q), 0.0)))
 
 
-def heterogeneity(nodes: list[list[np.ndarray]], weights: list[list[np.ndarray]], grid_points: int = 400
-                  ) -> tuple[float, np.ndarray]:
+def heterogeneity(
+    nodes: list[list[np.ndarray]], weights: list[list[np.ndarray]], grid_points: int = 400
+) -> tuple[float, np.ndarray]:
     """Mean pairwise Jensen-Shannon distance between blocks' spectral densities, and every pair.
 
     The densities are compared on a common grid in asinh(λ/τ), τ = 1e-3 of the largest |λ|.
@@ -371,10 +389,22 @@ def heterogeneity(nodes: list[list[np.ndarray]], weights: list[list[np.ndarray]]
 
 
 @with_progress("layer curvature")
-def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: torch.optim.Optimizer | None = None,
-                    lr: float | None = None, mode: str | None = None, probes: int = 2, lanczos_steps: int = 12,
-                    seed: int = 0, op: Any = None, max_blocks: int | None = None,
-                    progress: Progress | bool | str | None = "auto", params: Any = None) -> LayerCurvature:
+def layer_curvature(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float | None = None,
+    mode: str | None = None,
+    probes: int = 2,
+    lanczos_steps: int = 12,
+    seed: int = 0,
+    op: Any = None,
+    max_blocks: int | None = None,
+    progress: Progress | bool | str | None = "auto",
+    params: Any = None,
+) -> LayerCurvature:
     """The per-block curvature table of ``model`` on ``data`` (see the module docstring).
 
     Args:
@@ -463,17 +493,21 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
         # One step more than the quadrature uses: its coupling β_k gives the Ritz residuals.
         for alpha, beta in block_lanczos_tridiagonals(matmul, start, min(k + 1, block.numel)):
             m = min(k, len(alpha))
-            values, vectors = torch.linalg.eigh(tridiagonal(alpha[:m], beta[:m - 1]))
+            values, vectors = torch.linalg.eigh(tridiagonal(alpha[:m], beta[: m - 1]))
             nodes.append(values.numpy())
             weights.append((vectors[0] ** 2).numpy())
-            traces.append(float(alpha[0]) * block.numel)  # vᵀHv with ||v||² = n_b: unbiased for tr H_bb
+            traces.append(
+                float(alpha[0]) * block.numel
+            )  # vᵀHv with ||v||² = n_b: unbiased for tr H_bb
             coupling = float(beta[m - 1]) if len(beta) >= m else 0.0
             if float(values[-1]) > lam:
                 lam, res = float(values[-1]), abs(coupling * float(vectors[-1, -1]))
         all_nodes.append(nodes)
         all_weights.append(weights)
         tr = float(np.mean(traces))
-        tr_se = float(np.std(traces, ddof=1) / math.sqrt(len(traces))) if len(traces) > 1 else math.nan
+        tr_se = (
+            float(np.std(traces, ddof=1) / math.sqrt(len(traces))) if len(traces) > 1 else math.nan
+        )
         sl = slice(block.start, block.stop)
         w_norm = float(theta[sl].norm())
         g_norm = float(grad[sl].norm())
@@ -485,18 +519,40 @@ def layer_curvature(model: nn.Module, loss_fn: Any, data: Any, *, optimizer: tor
                 s_b = float(d[0]) * lam if d.numel() else 0.0
             else:
                 pre = BlockView(block_op, block, scale.to(torch.float64))
-                s_b = _top_eigenvalue(pre, block.numel, min(lanczos_steps, block.numel), seed + i, op.device)
+                s_b = _top_eigenvalue(
+                    pre, block.numel, min(lanczos_steps, block.numel), seed + i, op.device
+                )
             ratio = float((d * grad[sl].to(d.device)).norm()) / w_norm if w_norm > 0 else math.inf
-        rows.append(LayerRow(block.name, block.module_type, block.numel, w_norm, g_norm, lam, res, tr, tr_se,
-                             s_b, ratio))
+        rows.append(
+            LayerRow(
+                block.name,
+                block.module_type,
+                block.numel,
+                w_norm,
+                g_norm,
+                lam,
+                res,
+                tr,
+                tr_se,
+                s_b,
+                ratio,
+            )
+        )
         block_matvecs += block_op.num_matvecs
     het, js = heterogeneity(all_nodes, all_weights)
-    return LayerCurvature(rows=tuple(rows), heterogeneity=het, js_matrix=js,
-                          threshold=None if steps is None else steps.threshold,
-                          optimizer=None if steps is None else steps.kind, lr=None if steps is None else steps.lr,
-                          probes=probes, lanczos_steps=lanczos_steps,
-                          matvecs=op.num_matvecs - start_matvecs + block_matvecs,
-                          mode=op.mode, num_params=op.num_params)
+    return LayerCurvature(
+        rows=tuple(rows),
+        heterogeneity=het,
+        js_matrix=js,
+        threshold=None if steps is None else steps.threshold,
+        optimizer=None if steps is None else steps.kind,
+        lr=None if steps is None else steps.lr,
+        probes=probes,
+        lanczos_steps=lanczos_steps,
+        matvecs=op.num_matvecs - start_matvecs + block_matvecs,
+        mode=op.mode,
+        num_params=op.num_params,
+    )
 
 
 def _top_eigenvalue(op: Any, n: int, steps: int, seed: int, device: Any) -> float:

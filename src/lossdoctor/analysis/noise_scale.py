@@ -89,29 +89,46 @@ class NoiseScale(ResultMixin):
     pairs_requested: int | None = None
 
     def __str__(self) -> str:
-        estimate = (f"gradient noise scale B_simple = {fmt(self.b_simple)} +- {fmt(self.standard_error)} "
-                    f"(68% interval {fmt(self.interval[0])}..{fmt(self.interval[1])}; tr(Sigma) = "
-                    f"{fmt(self.trace_sigma)}, |G|^2 = {fmt(self.grad_norm_sq)}; {self.pairs} pairs of batches "
-                    f"{self.small_batch} and {self.big_batch})")
+        estimate = (
+            f"gradient noise scale B_simple = {fmt(self.b_simple)} +- {fmt(self.standard_error)} "
+            f"(68% interval {fmt(self.interval[0])}..{fmt(self.interval[1])}; tr(Sigma) = "
+            f"{fmt(self.trace_sigma)}, |G|^2 = {fmt(self.grad_norm_sq)}; {self.pairs} pairs of batches "
+            f"{self.small_batch} and {self.big_batch})"
+        )
         if self.interrupted:
-            return (f"{estimate}; INTERRUPTED after {self.pairs} of {self.pairs_requested} pairs: no batch size "
-                    "suggested")
-        return (f"{estimate}; suggested batch size {self.suggested_batch_size}: smaller batches need "
-                "proportionally more steps, larger ones proportionally more samples")
+            return (
+                f"{estimate}; INTERRUPTED after {self.pairs} of {self.pairs_requested} pairs: no batch size "
+                "suggested"
+            )
+        return (
+            f"{estimate}; suggested batch size {self.suggested_batch_size}: smaller batches need "
+            "proportionally more steps, larger ones proportionally more samples"
+        )
 
 
-def _grad_sq(model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: Any,
-             y: torch.Tensor, index: int) -> tuple[float, float]:
+def _grad_sq(
+    model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: Any, y: torch.Tensor, index: int
+) -> tuple[float, float]:
     loss = batch_loss(model, loss_fn, x, y, index)
     grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
     return float(sum((g.double() ** 2).sum() for g in grads)), float(loss.detach())
 
 
 @with_progress("noise scale")
-def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_batch: int = 32,
-                         big_batch: int | None = None, pairs: int = 100, mode: str = "eval",
-                         seed: int = 0, bootstrap: int = 1000, max_batch: int | None = None,
-                         progress: Progress | bool | str | None = "auto") -> NoiseScale:
+def gradient_noise_scale(
+    model: nn.Module,
+    loss_fn: Any,
+    dataset: Any,
+    *,
+    small_batch: int = 32,
+    big_batch: int | None = None,
+    pairs: int = 100,
+    mode: str = "eval",
+    seed: int = 0,
+    bootstrap: int = 1000,
+    max_batch: int | None = None,
+    progress: Progress | bool | str | None = "auto",
+) -> NoiseScale:
     """The gradient noise scale B_simple at the model's current parameters, and a batch size.
 
     B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018): batches much smaller than it are
@@ -167,9 +184,11 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
     n = len(y)
     big = min(n, 4096) if big_batch is None else big_batch
     if not small < big:
-        raise ValueError(f"need small_batch < big_batch, got small_batch={small}, big_batch={big}"
-                         + (f" (the default big_batch is the data size, {n})" if big_batch is None else "")
-                         + ": the estimator compares gradients of two batch sizes.")
+        raise ValueError(
+            f"need small_batch < big_batch, got small_batch={small}, big_batch={big}"
+            + (f" (the default big_batch is the data size, {n})" if big_batch is None else "")
+            + ": the estimator compares gradients of two batch sizes."
+        )
     params = [p for _, p in trainable_parameters(model)]
     device = params[0].device
     chunk = max_batch or big
@@ -183,22 +202,30 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
                 s_sq, _ = _grad_sq(model, params, loss_fn, *take(x, y, idx_s, device), 2 * i)
                 idx_b = torch.randint(0, n, (big,), generator=gen)
                 if chunk >= big:
-                    b_sq, loss = _grad_sq(model, params, loss_fn, *take(x, y, idx_b, device), 2 * i + 1)
+                    b_sq, loss = _grad_sq(
+                        model, params, loss_fn, *take(x, y, idx_b, device), 2 * i + 1
+                    )
                 else:  # mean gradient over the big batch, accumulated chunk by chunk
                     total = [torch.zeros_like(p) for p in params]
                     loss = 0.0
                     for s in range(0, big, chunk):
-                        part = idx_b[s:s + chunk]
+                        part = idx_b[s : s + chunk]
                         xb, yb = take(x, y, part, device)
                         out = batch_loss(model, loss_fn, xb, yb, 2 * i + 1) * (len(part) / big)
-                        for t, g in zip(total, torch.autograd.grad(out, params, allow_unused=True,
-                                                                   materialize_grads=True)):
+                        for t, g in zip(
+                            total,
+                            torch.autograd.grad(
+                                out, params, allow_unused=True, materialize_grads=True
+                            ),
+                        ):
                             t += g
                         loss += float(out.detach())
                     b_sq = float(sum((t.double() ** 2).sum() for t in total))
                 if not (np.isfinite(s_sq) and np.isfinite(b_sq)):
-                    raise ValueError(f"the gradient is not finite on pair {i} (loss {loss:.4g}): check the model's "
-                                     "parameters and the data for NaN/Inf.")
+                    raise ValueError(
+                        f"the gradient is not finite on pair {i} (loss {loss:.4g}): check the model's "
+                        "parameters and the data for NaN/Inf."
+                    )
                 small_sq[i], big_sq[i] = s_sq, b_sq
                 losses.append(loss)
                 done = i + 1
@@ -219,9 +246,21 @@ def gradient_noise_scale(model: nn.Module, loss_fn: Any, dataset: Any, *, small_
             boot.append(s[k].mean() / g2[k].mean())
     boot_arr = np.asarray(boot)
     lo, hi = np.percentile(boot_arr, [16, 84])
-    suggested = int(min(max(round(estimate), 1), n)) if np.isfinite(estimate) and estimate > 0 else n
-    return NoiseScale(b_simple=estimate, standard_error=float(np.std(boot_arr)), interval=(float(lo), float(hi)),
-                      trace_sigma=float(s.mean()), grad_norm_sq=float(g2.mean()), small_batch=small,
-                      big_batch=big, pairs=done, num_samples=n,
-                      suggested_batch_size=None if interrupted else suggested, loss=float(np.mean(losses)),
-                      interrupted=interrupted, pairs_requested=pairs)
+    suggested = (
+        int(min(max(round(estimate), 1), n)) if np.isfinite(estimate) and estimate > 0 else n
+    )
+    return NoiseScale(
+        b_simple=estimate,
+        standard_error=float(np.std(boot_arr)),
+        interval=(float(lo), float(hi)),
+        trace_sigma=float(s.mean()),
+        grad_norm_sq=float(g2.mean()),
+        small_batch=small,
+        big_batch=big,
+        pairs=done,
+        num_samples=n,
+        suggested_batch_size=None if interrupted else suggested,
+        loss=float(np.mean(losses)),
+        interrupted=interrupted,
+        pairs_requested=pairs,
+    )

@@ -104,12 +104,14 @@ class EscapeResult(ResultMixin):
     def __str__(self) -> str:
         if not self.escaped:
             return f"no escape: {self.message}"
-        return (f"escape step along the eigenvector of λ = {fmt(self.eigenvalue, 6)}: step {self.sign:+d} x "
-                f"{fmt(self.step)}; loss {fmt(self.loss_before, 6)} -> {fmt(self.loss_after, 6)} (change "
-                f"{fmt(self.actual_change)}; second-order prediction ½λη² = {fmt(self.predicted_change)}, "
-                f"first-order term {fmt(self.first_order_change)}); {self.loss_evaluations} loss evaluations "
-                f"and {self.matvecs} Hessian-vector products; "
-                + ("applied to the model." if self.applied else "model unchanged (apply=False)."))
+        return (
+            f"escape step along the eigenvector of λ = {fmt(self.eigenvalue, 6)}: step {self.sign:+d} x "
+            f"{fmt(self.step)}; loss {fmt(self.loss_before, 6)} -> {fmt(self.loss_after, 6)} (change "
+            f"{fmt(self.actual_change)}; second-order prediction ½λη² = {fmt(self.predicted_change)}, "
+            f"first-order term {fmt(self.first_order_change)}); {self.loss_evaluations} loss evaluations "
+            f"and {self.matvecs} Hessian-vector products; "
+            + ("applied to the model." if self.applied else "model unchanged (apply=False).")
+        )
 
 
 @dataclass(frozen=True)
@@ -195,16 +197,20 @@ class SaddleEscapeComparison(ResultMixin):
     interrupted: bool = False  # Ctrl-C: the methods finished (the one in progress is flagged)
 
     def __str__(self) -> str:
-        lines = [f"saddle escape from loss {fmt(self.loss_start, 6)}: {self.steps} steps, lr {fmt(self.lr)}, "
-                 f"kick radius {fmt(self.kick_radius)} below gradient norm {fmt(self.kick_threshold)}, "
-                 f"escaped = loss {fmt(self.escape_drop)} below the start, seed {self.seed}",
-                 f"{'method':<26} {'final loss':>12} {'escaped at':>10} {'gradients':>9} {'HVPs':>6} "
-                 f"{'loss evals':>10} {'kicks':>5}"]
+        lines = [
+            f"saddle escape from loss {fmt(self.loss_start, 6)}: {self.steps} steps, lr {fmt(self.lr)}, "
+            f"kick radius {fmt(self.kick_radius)} below gradient norm {fmt(self.kick_threshold)}, "
+            f"escaped = loss {fmt(self.escape_drop)} below the start, seed {self.seed}",
+            f"{'method':<26} {'final loss':>12} {'escaped at':>10} {'gradients':>9} {'HVPs':>6} "
+            f"{'loss evals':>10} {'kicks':>5}",
+        ]
         for m in self.methods:
-            lines.append(f"{m.name:<26} {fmt(m.final_loss, 6):>12} "
-                         f"{'never' if m.escaped_at is None else m.escaped_at:>10} {m.gradients:>9} "
-                         f"{m.matvecs:>6} {m.loss_evaluations:>10} {m.kicks:>5}"
-                         + ("  (interrupted)" if m.interrupted else ""))
+            lines.append(
+                f"{m.name:<26} {fmt(m.final_loss, 6):>12} "
+                f"{'never' if m.escaped_at is None else m.escaped_at:>10} {m.gradients:>9} "
+                f"{m.matvecs:>6} {m.loss_evaluations:>10} {m.kicks:>5}"
+                + ("  (interrupted)" if m.interrupted else "")
+            )
         if self.interrupted:
             lines.append(f"INTERRUPTED: {len(self.methods)} methods run")
         return "\n".join(lines)
@@ -224,18 +230,23 @@ def _mean_loss(op: HessianOperator) -> float:
     """The mean loss over all of the operator's data at the model's current parameters (forward only)."""
     weighted_sum = getattr(op, "reduction", loss_reduction(op.loss_fn)) == "sum"
     with preserved_rng(), evaluation_mode(op.model, op.mode):
-        return mean_loss(op.model, op.loss_fn, iter_batches(op.data), op.device, summed=weighted_sum)
+        return mean_loss(
+            op.model, op.loss_fn, iter_batches(op.data), op.device, summed=weighted_sum
+        )
 
 
-def _line_search(loss_at: Callable[[float], float], eta0: float, loss0: float
-                 ) -> tuple[float, float, list[tuple[float, float]]]:
+def _line_search(
+    loss_at: Callable[[float], float], eta0: float, loss0: float
+) -> tuple[float, float, list[tuple[float, float]]]:
     """Minimise ``loss_at(t)`` over signed steps t.
 
     On each sign: halve from ``eta0`` until the loss is below ``loss0``, then double while it keeps
     falling (so the scale of ``eta0`` need not be right); then golden-section refinement in the
     bracket around the best point. A few short probe steps record how well the quadratic model
     predicts small steps."""
-    tried = [(s * eta0 * 2.0**-j, loss_at(s * eta0 * 2.0**-j)) for s in (1, -1) for j in PROBE_OCTAVES]
+    tried = [
+        (s * eta0 * 2.0**-j, loss_at(s * eta0 * 2.0**-j)) for s in (1, -1) for j in PROBE_OCTAVES
+    ]
     for sign in (1, -1):
         t, f = eta0, loss_at(sign * eta0)
         tried.append((sign * t, f))
@@ -281,10 +292,19 @@ def _reference_step(loss: float, eigenvalue: float) -> float:
     return math.sqrt(2.0 * max(abs(loss), 1e-12) / abs(eigenvalue))
 
 
-def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool = False,
-                  critical: CriticalPoint | None = None, mode: str = "eval",
-                  progress: Progress | None = None, reduction: str | None = None, params: Any = None,
-                  **classify_options: Any) -> EscapeResult:
+def escape_saddle(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    apply: bool = False,
+    critical: CriticalPoint | None = None,
+    mode: str = "eval",
+    progress: Progress | None = None,
+    reduction: str | None = None,
+    params: Any = None,
+    **classify_options: Any,
+) -> EscapeResult:
     """Step out of a saddle along the eigenvector of the Hessian's most negative eigenvalue.
 
     Both signs are tried, with a line search on the step length; the loss before and after is
@@ -331,54 +351,101 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
     check_loss_fn(loss_fn)
     apply = check_bool(apply, "apply")
     if critical is not None and not isinstance(critical, CriticalPoint):
-        raise TypeError(f"critical must be a CriticalPoint from classify_critical_point, got {describe(critical)}.")
+        raise TypeError(
+            f"critical must be a CriticalPoint from classify_critical_point, got {describe(critical)}."
+        )
     check_choice(mode, "mode", ("eval", "train"))
     check_progress(progress)
     op = hessian(model, loss_fn, data, mode=mode, reduction=reduction, params=params)
     empty = np.zeros(0)
 
     def unfinished(point: CriticalPoint | None, message: str) -> EscapeResult:
-        return EscapeResult(escaped=False, applied=False, loss_before=op.loss, loss_after=op.loss, actual_change=0.0,
-                            predicted_change=0.0, first_order_change=0.0,
-                            eigenvalue=point.min_eigenvalue if point is not None else math.nan, step=0.0, sign=0,
-                            line_search_steps=empty, line_search_losses=empty, loss_evaluations=0,
-                            matvecs=point.matvecs if point is not None else 0, critical=point, message=message,
-                            interrupted=True)
+        return EscapeResult(
+            escaped=False,
+            applied=False,
+            loss_before=op.loss,
+            loss_after=op.loss,
+            actual_change=0.0,
+            predicted_change=0.0,
+            first_order_change=0.0,
+            eigenvalue=point.min_eigenvalue if point is not None else math.nan,
+            step=0.0,
+            sign=0,
+            line_search_steps=empty,
+            line_search_losses=empty,
+            loss_evaluations=0,
+            matvecs=point.matvecs if point is not None else 0,
+            critical=point,
+            message=message,
+            interrupted=True,
+        )
 
     if critical is None:
         try:
             with _interrupt.propagating():
-                critical = classify_critical_point(model, loss_fn, data, mode=mode, reduction=op.reduction,
-                                                   params=op.params, progress=scaled(progress, 0, 2),
-                                                   **classify_options)
+                critical = classify_critical_point(
+                    model,
+                    loss_fn,
+                    data,
+                    mode=mode,
+                    reduction=op.reduction,
+                    params=op.params,
+                    progress=scaled(progress, 0, 2),
+                    **classify_options,
+                )
         except KeyboardInterrupt:
             _interrupt.keep_partial()
-            return unfinished(None, "interrupted while classifying the point: no step taken, the model is "
-                                    "unchanged.")
+            return unfinished(
+                None,
+                "interrupted while classifying the point: no step taken, the model is unchanged.",
+            )
         if _interrupt.was_interrupted(critical):
             _interrupt.note()
-            return unfinished(critical, "the classification was interrupted, so there is no trustworthy "
-                                        "escape direction: no step taken, the model is unchanged.")
-    elif critical.num_params != op.num_params or (critical.parameter_names
-                                                  and tuple(critical.parameter_names) != tuple(op.names)):
-        raise ValueError(f"critical was computed for {critical.num_params} parameters "
-                         f"({_names(critical.parameter_names)}) but this escape is over {op.num_params} "
-                         f"({_names(op.names)}): classify this model's current parameters first, with the "
-                         "same params=.")
+            return unfinished(
+                critical,
+                "the classification was interrupted, so there is no trustworthy "
+                "escape direction: no step taken, the model is unchanged.",
+            )
+    elif critical.num_params != op.num_params or (
+        critical.parameter_names and tuple(critical.parameter_names) != tuple(op.names)
+    ):
+        raise ValueError(
+            f"critical was computed for {critical.num_params} parameters "
+            f"({_names(critical.parameter_names)}) but this escape is over {op.num_params} "
+            f"({_names(op.names)}): classify this model's current parameters first, with the "
+            "same params=."
+        )
     theta0 = op.parameter_vector().to(torch.float64)
     try:
         loss0, grad = op.gradient()
     except KeyboardInterrupt:
         _interrupt.keep_partial()
-        return unfinished(critical, "interrupted before the line search: no step taken, the model is unchanged.")
+        return unfinished(
+            critical, "interrupted before the line search: no step taken, the model is unchanged."
+        )
     if critical.escape_direction is None:
-        return EscapeResult(escaped=False, applied=False, loss_before=loss0, loss_after=loss0, actual_change=0.0,
-                            predicted_change=0.0, first_order_change=0.0, eigenvalue=critical.min_eigenvalue,
-                            step=0.0, sign=0, line_search_steps=empty, line_search_losses=empty,
-                            loss_evaluations=0, matvecs=critical.matvecs, critical=critical,
-                            message=(f"no direction of negative curvature: the smallest eigenvalue "
-                                     f"{fmt(critical.min_eigenvalue, 6)} is not below -{fmt(critical.eig_tol)}"
-                                     f" ({critical.kind.replace('_', ' ')})."))
+        return EscapeResult(
+            escaped=False,
+            applied=False,
+            loss_before=loss0,
+            loss_after=loss0,
+            actual_change=0.0,
+            predicted_change=0.0,
+            first_order_change=0.0,
+            eigenvalue=critical.min_eigenvalue,
+            step=0.0,
+            sign=0,
+            line_search_steps=empty,
+            line_search_losses=empty,
+            loss_evaluations=0,
+            matvecs=critical.matvecs,
+            critical=critical,
+            message=(
+                f"no direction of negative curvature: the smallest eigenvalue "
+                f"{fmt(critical.min_eigenvalue, 6)} is not below -{fmt(critical.eig_tol)}"
+                f" ({critical.kind.replace('_', ' ')})."
+            ),
+        )
     u = critical.escape_direction.to(device=theta0.device, dtype=torch.float64)
     lam = critical.min_eigenvalue
     slope = float(grad.to(torch.float64) @ u)
@@ -393,7 +460,9 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
             best_t, best_loss, tried = _line_search(loss_at, _reference_step(loss0, lam), loss0)
     except KeyboardInterrupt:
         _interrupt.keep_partial()
-        return unfinished(critical, "interrupted during the line search: no step taken, the model is unchanged.")
+        return unfinished(
+            critical, "interrupted during the line search: no step taken, the model is unchanged."
+        )
     tried.sort()
     steps = np.array([t for t, _ in tried])
     losses = np.array([v for _, v in tried])
@@ -406,16 +475,32 @@ def escape_saddle(model: nn.Module, loss_fn: LossFn, data: Any, *, apply: bool =
     eta = abs(best_t) if escaped else 0.0
     sign = (1 if best_t > 0 else -1) if escaped else 0
     return EscapeResult(
-        escaped=escaped, applied=applied, loss_before=loss0, loss_after=best_loss if escaped else loss0,
-        actual_change=(best_loss - loss0) if escaped else 0.0, predicted_change=0.5 * lam * eta**2,
-        first_order_change=sign * eta * slope, eigenvalue=lam, step=eta, sign=sign, line_search_steps=steps,
-        line_search_losses=losses, loss_evaluations=len(tried), matvecs=critical.matvecs, critical=critical,
-        message="" if escaped else "no step along the negative-curvature eigenvector lowered the loss.",
-        direction=u.clone())
+        escaped=escaped,
+        applied=applied,
+        loss_before=loss0,
+        loss_after=best_loss if escaped else loss0,
+        actual_change=(best_loss - loss0) if escaped else 0.0,
+        predicted_change=0.5 * lam * eta**2,
+        first_order_change=sign * eta * slope,
+        eigenvalue=lam,
+        step=eta,
+        sign=sign,
+        line_search_steps=steps,
+        line_search_losses=losses,
+        loss_evaluations=len(tried),
+        matvecs=critical.matvecs,
+        critical=critical,
+        message=""
+        if escaped
+        else "no step along the negative-curvature eigenvector lowered the loss.",
+        direction=u.clone(),
+    )
 
 
 # -- the cheap alternatives ------------------------------------------------------------------
-def _ball_kick(n: int, radius: float, generator: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+def _ball_kick(
+    n: int, radius: float, generator: torch.Generator, dtype: torch.dtype
+) -> torch.Tensor:
     """A uniform sample from the n-ball of ``radius`` (Jin et al., 2017's perturbation)."""
     direction = torch.randn(n, generator=generator, dtype=torch.float64)
     direction /= torch.linalg.vector_norm(direction)
@@ -423,17 +508,39 @@ def _ball_kick(n: int, radius: float, generator: torch.Generator, dtype: torch.d
     return (direction * scale).to(dtype)
 
 
-def _descend(op: HessianOperator, start: torch.Tensor, *, steps: int, lr: float, momentum: float,
-             kick_radius: float, kick_threshold: float, kick_interval: int, seed: int,
-             record_path: bool) -> tuple[list[float], int, int, list[list[float]], bool]:
+def _descend(
+    op: HessianOperator,
+    start: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    momentum: float,
+    kick_radius: float,
+    kick_threshold: float,
+    kick_interval: int,
+    seed: int,
+    record_path: bool,
+) -> tuple[list[float], int, int, list[list[float]], bool]:
     """Gradient descent (heavy-ball momentum if ``momentum`` > 0, random kicks if ``kick_radius`` > 0) from ``start``: the loss at every step, gradients spent, kicks given, the path, and whether a Ctrl-C cut it short (then the lists hold the steps taken, unpadded)."""
     losses: list[float] = []
     path: list[list[float]] = []
     counts = [0, 0]  # gradients, kicks
     try:
-        _descend_into(op, start, losses, path, counts, steps=steps, lr=lr, momentum=momentum,
-                      kick_radius=kick_radius, kick_threshold=kick_threshold, kick_interval=kick_interval,
-                      seed=seed, record_path=record_path)
+        _descend_into(
+            op,
+            start,
+            losses,
+            path,
+            counts,
+            steps=steps,
+            lr=lr,
+            momentum=momentum,
+            kick_radius=kick_radius,
+            kick_threshold=kick_threshold,
+            kick_interval=kick_interval,
+            seed=seed,
+            record_path=record_path,
+        )
     except KeyboardInterrupt:
         _interrupt.keep_partial(finished=bool(losses))
         return losses, counts[0], counts[1], path, True
@@ -441,9 +548,22 @@ def _descend(op: HessianOperator, start: torch.Tensor, *, steps: int, lr: float,
     return losses, counts[0], counts[1], path, False
 
 
-def _descend_into(op: HessianOperator, start: torch.Tensor, losses: list[float], path: list[list[float]],
-                  counts: list[int], *, steps: int, lr: float, momentum: float, kick_radius: float,
-                  kick_threshold: float, kick_interval: int, seed: int, record_path: bool) -> None:
+def _descend_into(
+    op: HessianOperator,
+    start: torch.Tensor,
+    losses: list[float],
+    path: list[list[float]],
+    counts: list[int],
+    *,
+    steps: int,
+    lr: float,
+    momentum: float,
+    kick_radius: float,
+    kick_threshold: float,
+    kick_interval: int,
+    seed: int,
+    record_path: bool,
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     theta = start.clone()
     velocity = torch.zeros_like(theta)
@@ -459,9 +579,14 @@ def _descend_into(op: HessianOperator, start: torch.Tensor, losses: list[float],
         if step == steps or not math.isfinite(loss):
             break
         grad = grad.to(theta.dtype)
-        if kick_radius > 0 and float(torch.linalg.vector_norm(grad)) <= kick_threshold \
-                and step - last_kick >= kick_interval:
-            theta = theta + _ball_kick(theta.numel(), kick_radius, generator, theta.dtype).to(theta.device)
+        if (
+            kick_radius > 0
+            and float(torch.linalg.vector_norm(grad)) <= kick_threshold
+            and step - last_kick >= kick_interval
+        ):
+            theta = theta + _ball_kick(theta.numel(), kick_radius, generator, theta.dtype).to(
+                theta.device
+            )
             kicks += 1
             counts[1] = kicks
             last_kick = step
@@ -481,13 +606,27 @@ def _first_escape(losses: list[float], start: float, drop: float) -> int | None:
     return None
 
 
-def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, steps: int = 50,
-                           lr: float | None = None, momentum: float = 0.9, kick_radius: float | None = None,
-                           kick_threshold: float | None = None, kick_interval: int = 10,
-                           escape_drop: float | None = None, seed: int = 0, critical: CriticalPoint | None = None,
-                           record_paths: bool = False, mode: str = "eval", progress: Progress | None = None,
-                           reduction: str | None = None, params: Any = None,
-                           **classify_options: Any) -> SaddleEscapeComparison:
+def compare_saddle_escapes(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    steps: int = 50,
+    lr: float | None = None,
+    momentum: float = 0.9,
+    kick_radius: float | None = None,
+    kick_threshold: float | None = None,
+    kick_interval: int = 10,
+    escape_drop: float | None = None,
+    seed: int = 0,
+    critical: CriticalPoint | None = None,
+    record_paths: bool = False,
+    mode: str = "eval",
+    progress: Progress | None = None,
+    reduction: str | None = None,
+    params: Any = None,
+    **classify_options: Any,
+) -> SaddleEscapeComparison:
     """Run the escape methods from the model's current parameters (a saddle) and compare them.
 
     Methods, all full-batch with ``steps`` updates at learning rate ``lr``: plain gradient descent;
@@ -547,85 +686,183 @@ def compare_saddle_escapes(model: nn.Module, loss_fn: LossFn, data: Any, *, step
     momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
     lr, kick_radius, kick_threshold, escape_drop = (
         check_float(value, name, above=0.0, optional=True)
-        for name, value in (("lr", lr), ("kick_radius", kick_radius), ("kick_threshold", kick_threshold),
-                            ("escape_drop", escape_drop)))
+        for name, value in (
+            ("lr", lr),
+            ("kick_radius", kick_radius),
+            ("kick_threshold", kick_threshold),
+            ("escape_drop", escape_drop),
+        )
+    )
     kick_interval = check_int(kick_interval, "kick_interval", minimum=1)
     seed = check_seed(seed)
     record_paths = check_bool(record_paths, "record_paths")
     check_choice(mode, "mode", ("eval", "train"))
     check_progress(progress)
     if critical is not None and not isinstance(critical, CriticalPoint):
-        raise TypeError(f"critical must be a CriticalPoint from classify_critical_point, got {describe(critical)}.")
+        raise TypeError(
+            f"critical must be a CriticalPoint from classify_critical_point, got {describe(critical)}."
+        )
     op = hessian(model, loss_fn, data, mode=mode, reduction=reduction, params=params)
     total = 6
     with preserved_model(model):
-        escape = escape_saddle(model, loss_fn, data, critical=critical, mode=mode, apply=True,
-                               progress=scaled(progress, 0, total), reduction=op.reduction, params=op.params,
-                               **classify_options)
+        escape = escape_saddle(
+            model,
+            loss_fn,
+            data,
+            critical=critical,
+            mode=mode,
+            apply=True,
+            progress=scaled(progress, 0, total),
+            reduction=op.reduction,
+            params=op.params,
+            **classify_options,
+        )
         critical = escape.critical
         if escape.interrupted:
-            return SaddleEscapeComparison(loss_start=escape.loss_before, steps=steps, lr=math.nan if lr is None else lr,
-                                          momentum=momentum, kick_radius=math.nan, kick_threshold=math.nan,
-                                          escape_drop=math.nan, seed=seed, methods=[], escape=escape,
-                                          interrupted=True)
+            return SaddleEscapeComparison(
+                loss_start=escape.loss_before,
+                steps=steps,
+                lr=math.nan if lr is None else lr,
+                momentum=momentum,
+                kick_radius=math.nan,
+                kick_threshold=math.nan,
+                escape_drop=math.nan,
+                seed=seed,
+                methods=[],
+                escape=escape,
+                interrupted=True,
+            )
         if not escape.escaped:
-            raise ValueError(f"nothing to compare: {escape.message} compare_saddle_escapes needs a saddle "
-                             "(a direction of negative curvature).")
+            raise ValueError(
+                f"nothing to compare: {escape.message} compare_saddle_escapes needs a saddle "
+                "(a direction of negative curvature)."
+            )
         after_step = op.parameter_vector().to(torch.float64)
     start = op.parameter_vector().to(torch.float64)
     lr = float(lr) if lr is not None else 0.5 / max(abs(critical.max_eigenvalue), 1e-12)
-    kick_threshold = float(kick_threshold) if kick_threshold is not None else max(critical.grad_tol, 1e-12)
+    kick_threshold = (
+        float(kick_threshold) if kick_threshold is not None else max(critical.grad_tol, 1e-12)
+    )
     kick_radius = float(kick_radius) if kick_radius is not None else 1e-3 * escape.step
     escape_drop = float(escape_drop) if escape_drop is not None else 0.5 * abs(escape.actual_change)
     loss_start = escape.loss_before
-    runs = [("gradient descent", 0.0, 0.0, start), ("momentum", momentum, 0.0, start),
-            ("perturbed GD", 0.0, kick_radius, start), ("momentum + kicks", momentum, kick_radius, start),
-            ("eigenvector step + GD", 0.0, 0.0, after_step)]
+    runs = [
+        ("gradient descent", 0.0, 0.0, start),
+        ("momentum", momentum, 0.0, start),
+        ("perturbed GD", 0.0, kick_radius, start),
+        ("momentum + kicks", momentum, kick_radius, start),
+        ("eigenvector step + GD", 0.0, 0.0, after_step),
+    ]
     methods: list[MethodTrace] = []
     cut = False
     with preserved_model(model):
         try:
-            _run_methods(op, runs, methods, after_step, start, escape, steps=steps, lr=lr,
-                         kick_threshold=kick_threshold, kick_interval=kick_interval, seed=seed,
-                         record_paths=record_paths, loss_start=loss_start, escape_drop=escape_drop,
-                         progress=progress, total=total)
+            _run_methods(
+                op,
+                runs,
+                methods,
+                after_step,
+                start,
+                escape,
+                steps=steps,
+                lr=lr,
+                kick_threshold=kick_threshold,
+                kick_interval=kick_interval,
+                seed=seed,
+                record_paths=record_paths,
+                loss_start=loss_start,
+                escape_drop=escape_drop,
+                progress=progress,
+                total=total,
+            )
         except KeyboardInterrupt:
             cut = _interrupt.keep_partial()
         cut = cut or any(m.interrupted for m in methods)
-    return SaddleEscapeComparison(loss_start=loss_start, steps=steps, lr=lr, momentum=momentum,
-                                  kick_radius=kick_radius, kick_threshold=kick_threshold, escape_drop=escape_drop,
-                                  seed=seed, methods=methods, escape=escape, interrupted=cut)
+    return SaddleEscapeComparison(
+        loss_start=loss_start,
+        steps=steps,
+        lr=lr,
+        momentum=momentum,
+        kick_radius=kick_radius,
+        kick_threshold=kick_threshold,
+        escape_drop=escape_drop,
+        seed=seed,
+        methods=methods,
+        escape=escape,
+        interrupted=cut,
+    )
 
 
-def _run_methods(op: HessianOperator, runs: list, methods: list[MethodTrace], after_step: torch.Tensor,
-                 start: torch.Tensor, escape: EscapeResult, *, steps: int, lr: float, kick_threshold: float,
-                 kick_interval: int, seed: int, record_paths: bool, loss_start: float, escape_drop: float,
-                 progress: Progress | None, total: int) -> None:
+def _run_methods(
+    op: HessianOperator,
+    runs: list,
+    methods: list[MethodTrace],
+    after_step: torch.Tensor,
+    start: torch.Tensor,
+    escape: EscapeResult,
+    *,
+    steps: int,
+    lr: float,
+    kick_threshold: float,
+    kick_interval: int,
+    seed: int,
+    record_paths: bool,
+    loss_start: float,
+    escape_drop: float,
+    progress: Progress | None,
+    total: int,
+) -> None:
     """Run each method in turn, appending its trace to ``methods`` (so a Ctrl-C keeps the finished ones); an interrupted method is appended flagged, and ends the loop."""
     for i, (name, beta, radius, origin) in enumerate(runs):
         eigen = origin is after_step
         n_steps = steps - 1 if eigen else steps
-        losses, grads, kicks, path, cut = _descend(op, origin, steps=n_steps, lr=lr, momentum=beta,
-                                                   kick_radius=radius, kick_threshold=kick_threshold,
-                                                   kick_interval=kick_interval, seed=seed,
-                                                   record_path=record_paths)
+        losses, grads, kicks, path, cut = _descend(
+            op,
+            origin,
+            steps=n_steps,
+            lr=lr,
+            momentum=beta,
+            kick_radius=radius,
+            kick_threshold=kick_threshold,
+            kick_interval=kick_interval,
+            seed=seed,
+            record_path=record_paths,
+        )
         if eigen:
             losses = [loss_start] + losses
             if record_paths:
                 path = [start.cpu().tolist()] + path
-        methods.append(MethodTrace(
-            name=name, losses=losses, gradients=grads + (1 if eigen else 0),
-            matvecs=escape.matvecs if eigen else 0, loss_evaluations=escape.loss_evaluations if eigen else 0,
-            kicks=kicks, escaped_at=_first_escape(losses, loss_start, escape_drop), path=path, interrupted=cut))
+        methods.append(
+            MethodTrace(
+                name=name,
+                losses=losses,
+                gradients=grads + (1 if eigen else 0),
+                matvecs=escape.matvecs if eigen else 0,
+                loss_evaluations=escape.loss_evaluations if eigen else 0,
+                kicks=kicks,
+                escaped_at=_first_escape(losses, loss_start, escape_drop),
+                path=path,
+                interrupted=cut,
+            )
+        )
         if cut:
             break
         if progress is not None:
             progress(i + 2, total)
 
 
-def gradient_descent_path(model: nn.Module, loss_fn: LossFn, data: Any, *, steps: int, lr: float,
-                          momentum: float = 0.0, mode: str = "eval", reduction: str | None = None,
-                          params: Any = None) -> MethodTrace:
+def gradient_descent_path(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    steps: int,
+    lr: float,
+    momentum: float = 0.0,
+    mode: str = "eval",
+    reduction: str | None = None,
+    params: Any = None,
+) -> MethodTrace:
     """Full-batch gradient descent from the model's current parameters, recording its path.
 
     Heavy-ball if ``momentum`` > 0. The loss and the flat parameter vector are recorded at
@@ -664,8 +901,26 @@ def gradient_descent_path(model: nn.Module, loss_fn: LossFn, data: Any, *, steps
     check_choice(mode, "mode", ("eval", "train"))
     op = hessian(model, loss_fn, data, mode=mode, reduction=reduction, params=params)
     with preserved_model(model):
-        losses, grads, _, path, cut = _descend(op, op.parameter_vector().to(torch.float64), steps=steps, lr=lr,
-                                               momentum=momentum, kick_radius=0.0, kick_threshold=0.0,
-                                               kick_interval=1, seed=0, record_path=True)
-    return MethodTrace(name="gradient descent" if momentum == 0 else "momentum", losses=losses, gradients=grads,
-                       matvecs=0, loss_evaluations=0, kicks=0, escaped_at=None, path=path, interrupted=cut)
+        losses, grads, _, path, cut = _descend(
+            op,
+            op.parameter_vector().to(torch.float64),
+            steps=steps,
+            lr=lr,
+            momentum=momentum,
+            kick_radius=0.0,
+            kick_threshold=0.0,
+            kick_interval=1,
+            seed=0,
+            record_path=True,
+        )
+    return MethodTrace(
+        name="gradient descent" if momentum == 0 else "momentum",
+        losses=losses,
+        gradients=grads,
+        matvecs=0,
+        loss_evaluations=0,
+        kicks=0,
+        escaped_at=None,
+        path=path,
+        interrupted=cut,
+    )

@@ -140,11 +140,15 @@ class Sharpness(ResultMixin):
         return None
 
     def __str__(self) -> str:
-        lines = [f"Sharpness at loss {fmt(self.loss)} ({self.num_params} parameters, "
-                 f"{self.num_samples} samples, {self.mode} mode)"]
+        lines = [
+            f"Sharpness at loss {fmt(self.loss)} ({self.num_params} parameters, "
+            f"{self.num_samples} samples, {self.mode} mode)"
+        ]
         if self.lambda_max is not None:
-            lines.append(f"  lambda_max = {fmt(self.lambda_max)} (error bound {fmt(self.lambda_max_error)}"
-                         f"{'' if self.lambda_max_converged else ', NOT converged'})")
+            lines.append(
+                f"  lambda_max = {fmt(self.lambda_max)} (error bound {fmt(self.lambda_max_error)}"
+                f"{'' if self.lambda_max_converged else ', NOT converged'})"
+            )
         if self.trace is not None:
             lines.append(f"  trace      = {fmt(self.trace)} +- {fmt(self.trace_standard_error)}")
         lines += [f"  {e}" for e in self.epsilon]
@@ -157,12 +161,15 @@ def _methods(method: str | Iterable[str]) -> list[str]:
     if isinstance(method, str):
         return [check_choice(method, "method", METHODS)]
     if not isinstance(method, (list, tuple)) or not method:
-        raise TypeError(f"method must be one of {METHODS} or a non-empty list of them, got {describe(method)}.")
+        raise TypeError(
+            f"method must be one of {METHODS} or a non-empty list of them, got {describe(method)}."
+        )
     return [check_choice(m, f"method[{i}]", METHODS) for i, m in enumerate(method)]
 
 
-def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, seed: int
-             ) -> tuple[float, int, int]:
+def _box_max(
+    op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, seed: int
+) -> tuple[float, int, int]:
     """Maximize the mean loss over the box around the current parameters with L-BFGS-B.
 
     Returns (max loss, iterations, loss evaluations). Parameters are moved; the caller restores."""
@@ -191,19 +198,38 @@ def _box_max(op, epsilon: float, basis: torch.Tensor | None, *, max_iter: int, s
             return 1e30, np.zeros_like(y)  # an overflow is as sharp as it gets: report it, move on
         return -loss, -g.cpu().numpy()
 
-    res = minimize(f, y0, jac=True, method="L-BFGS-B", bounds=list(zip(-radius, radius)),
-                   options={"maxiter": max_iter, "maxfun": 4 * max_iter + 10})
+    res = minimize(
+        f,
+        y0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=list(zip(-radius, radius)),
+        options={"maxiter": max_iter, "maxfun": 4 * max_iter + 10},
+    )
     best = -float(res.fun)
     return best, int(res.nit), count[0]
 
 
 @with_progress("sharpness")
-def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterable[str] = "lambda_max",
-              epsilons: Iterable[float] = (1e-3, 5e-4), subspace_dim: int | None = 100,
-              full_space: bool = True, max_iter: int = 10, tol: float = 1e-3, trace_matvecs: int = 60,
-              mode: str | None = None, seed: int = 0, distributed: bool | None = None,
-              progress: Progress | bool | str | None = "auto", reduction: str | None = None,
-              params: Any = None) -> Sharpness:
+def sharpness(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    *,
+    method: str | Iterable[str] = "lambda_max",
+    epsilons: Iterable[float] = (1e-3, 5e-4),
+    subspace_dim: int | None = 100,
+    full_space: bool = True,
+    max_iter: int = 10,
+    tol: float = 1e-3,
+    trace_matvecs: int = 60,
+    mode: str | None = None,
+    seed: int = 0,
+    distributed: bool | None = None,
+    progress: Progress | bool | str | None = "auto",
+    reduction: str | None = None,
+    params: Any = None,
+) -> Sharpness:
     """How sharp is the minimum the model sits in? Flat minima generalize better.
 
     The model is left exactly as it was.
@@ -251,7 +277,9 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
     check_module(model)
     check_loss_fn(loss_fn)
     methods = _methods(method)
-    epsilons = check_floats(epsilons, "epsilons", above=0.0, hint="Keskar et al. use 1e-3 and 5e-4.")
+    epsilons = check_floats(
+        epsilons, "epsilons", above=0.0, hint="Keskar et al. use 1e-3 and 5e-4."
+    )
     subspace_dim = check_int(subspace_dim, "subspace_dim", minimum=1, optional=True)
     full_space = check_bool(full_space, "full_space")
     max_iter = check_int(max_iter, "max_iter", minimum=1)
@@ -265,11 +293,23 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
     if "epsilon" in methods and not full_space and subspace_dim is None:
         raise ValueError("full_space=False and subspace_dim=None leave no space to measure in.")
     with preserved_model(model):
-        op = hessian(model, loss_fn, data, mode=mode, distributed=distributed, reduction=reduction,
-                     params=params)
-        spaces: list[int | None] = ([None] if full_space else []) + ([subspace_dim] if subspace_dim else [])
-        total = (("lambda_max" in methods) + ("trace" in methods)
-                 + ("epsilon" in methods) * len(epsilons) * len(spaces))
+        op = hessian(
+            model,
+            loss_fn,
+            data,
+            mode=mode,
+            distributed=distributed,
+            reduction=reduction,
+            params=params,
+        )
+        spaces: list[int | None] = ([None] if full_space else []) + (
+            [subspace_dim] if subspace_dim else []
+        )
+        total = (
+            ("lambda_max" in methods)
+            + ("trace" in methods)
+            + ("epsilon" in methods) * len(epsilons) * len(spaces)
+        )
         done = 0
         values: dict[str, Any] = {}
         eps_results: list[EpsilonSharpness] = []
@@ -281,8 +321,11 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
                     eig = eigenpairs(op, k=1, which="largest", tol=tol, seed=seed)
                     if _interrupt.was_interrupted(eig):
                         raise KeyboardInterrupt
-                    values.update(lambda_max=float(eig.eigenvalues[0]), lambda_max_error=float(eig.error_bounds[0]),
-                                  lambda_max_converged=bool(eig.converged[0]))
+                    values.update(
+                        lambda_max=float(eig.eigenvalues[0]),
+                        lambda_max_error=float(eig.error_bounds[0]),
+                        lambda_max_converged=bool(eig.converged[0]),
+                    )
                     done += 1
                     if progress:
                         progress(done, total)
@@ -300,23 +343,45 @@ def sharpness(model: nn.Module, loss_fn: Any, data: Any, *, method: str | Iterab
                         if dim is not None:
                             # Seeded on the CPU: every rank draws the same subspace.
                             gen = torch.Generator().manual_seed(seed + 1)
-                            basis = torch.linalg.qr(torch.randn(op.num_params, min(dim, op.num_params),
-                                                                generator=gen, dtype=torch.float64))[0]
+                            basis = torch.linalg.qr(
+                                torch.randn(
+                                    op.num_params,
+                                    min(dim, op.num_params),
+                                    generator=gen,
+                                    dtype=torch.float64,
+                                )
+                            )[0]
                             basis = basis.to(op.device)
                         for eps in epsilons:
                             try:
-                                best, iters, evals = _box_max(op, eps, basis, max_iter=max_iter, seed=seed)
+                                best, iters, evals = _box_max(
+                                    op, eps, basis, max_iter=max_iter, seed=seed
+                                )
                             finally:
                                 load_flat(op.params, theta)
                             best = max(best, op.loss)  # the centre is in the box
-                            eps_results.append(EpsilonSharpness(
-                                epsilon=eps, space="full" if dim is None else f"random-{basis.shape[1]}",
-                                value=100.0 * (best - op.loss) / (1.0 + op.loss), max_loss=best, loss=op.loss,
-                                iterations=iters, evaluations=evals))
+                            eps_results.append(
+                                EpsilonSharpness(
+                                    epsilon=eps,
+                                    space="full" if dim is None else f"random-{basis.shape[1]}",
+                                    value=100.0 * (best - op.loss) / (1.0 + op.loss),
+                                    max_loss=best,
+                                    loss=op.loss,
+                                    iterations=iters,
+                                    evaluations=evals,
+                                )
+                            )
                             done += 1
                             if progress:
                                 progress(done, total)
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
-        return Sharpness(loss=op.loss, num_params=op.num_params, num_samples=op.num_samples, mode=op.mode,
-                         epsilon=eps_results, interrupted=interrupted, **values)
+        return Sharpness(
+            loss=op.loss,
+            num_params=op.num_params,
+            num_samples=op.num_samples,
+            mode=op.mode,
+            epsilon=eps_results,
+            interrupted=interrupted,
+            **values,
+        )

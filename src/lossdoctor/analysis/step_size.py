@@ -64,11 +64,15 @@ def check_lr(lr: Any) -> float | None:
     if lr is None:
         return None
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0 (the learning rate used for the history), got {lr!r}.")
+        raise ValueError(
+            f"lr must be a finite number > 0 (the learning rate used for the history), got {lr!r}."
+        )
     return float(lr)
 
 
-def step_size(optimizer: Any, params: list[torch.Tensor], lr: float | None = None) -> StepSize | None:
+def step_size(
+    optimizer: Any, params: list[torch.Tensor], lr: float | None = None
+) -> StepSize | None:
     """Model ``optimizer`` (or plain SGD at ``lr`` when no optimizer is given) over ``params``.
 
     An explicit ``lr`` with an optimizer rescales every group's lr by ``lr / groups[0]["lr"]``.
@@ -77,15 +81,21 @@ def step_size(optimizer: Any, params: list[torch.Tensor], lr: float | None = Non
     if optimizer is None:
         return None if lr is None else StepSize("sgd", lr, None, 0.0, 2.0, 0.0, False, False)
     if not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}."
+        )
     if isinstance(optimizer, torch.optim.LBFGS):
-        raise ValueError("optimizer is LBFGS, which takes its own line-searched steps: the stability analysis needs "
-                         "a step-size optimizer (SGD, Adam, RMSprop, Adagrad...); pass lr= instead to model plain SGD.")
+        raise ValueError(
+            "optimizer is LBFGS, which takes its own line-searched steps: the stability analysis needs "
+            "a step-size optimizer (SGD, Adam, RMSprop, Adagrad...); pass lr= instead to model plain SGD."
+        )
     groups = optimizer.param_groups
     trained = {id(p) for g in groups for p in g["params"]}
     if params and not any(id(p) in trained for p in params):
-        raise ValueError("optimizer does not train any of this model's trainable parameters: pass the optimizer "
-                         "built over this model's parameters (torch.optim.X(model.parameters(), ...)).")
+        raise ValueError(
+            "optimizer does not train any of this model's trainable parameters: pass the optimizer "
+            "built over this model's parameters (torch.optim.X(model.parameters(), ...))."
+        )
     base = float(groups[0]["lr"])
     factor = 1.0 if lr is None or base == 0 else lr / base
     kind = type(optimizer).__name__.lower()
@@ -103,7 +113,10 @@ def step_size(optimizer: Any, params: list[torch.Tensor], lr: float | None = Non
     wd = float(groups[0].get("weight_decay", 0.0) or 0.0)
     decoupled = kind == "adamw" or bool(groups[0].get("decoupled_weight_decay", False))
     adaptive = kind in ADAM_FAMILY or kind in ("rmsprop", "adagrad")
-    lrs, roots = [], []  # per coordinate: the lr, and the denominator of an adaptive step (None: plain lr)
+    lrs, roots = (
+        [],
+        [],
+    )  # per coordinate: the lr, and the denominator of an adaptive step (None: plain lr)
     for p in params:
         g = group_of.get(id(p))
         if g is None:  # not optimized: it does not move
@@ -146,8 +159,17 @@ def step_size(optimizer: Any, params: list[torch.Tensor], lr: float | None = Non
         pieces = [lr_vec / root_vec]
     scale = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
     uniform = scale.numel() > 0 and bool(torch.all(scale == scale[0]))
-    return StepSize(kind, base * factor, None if uniform and not adaptive else scale, momentum, threshold, wd,
-                    decoupled, adaptive, note)
+    return StepSize(
+        kind,
+        base * factor,
+        None if uniform and not adaptive else scale,
+        momentum,
+        threshold,
+        wd,
+        decoupled,
+        adaptive,
+        note,
+    )
 
 
 class Preconditioned:

@@ -27,4 +27,5 @@ except ModuleNotFoundError as _err:  # the command line needs the 'cli' extra (c
         """Say which extra the command line needs, and exit with status 1."""
         sys.exit(f"error: {_message}")
 
+
 __all__ = ["main"]

@@ -30,13 +30,17 @@ from .. import _interrupt
 from .._checks import check_float
 from .._distributed import process_group_active, rank_and_world
 
-console = Console(stderr=True, soft_wrap=True)  # messages are not cut into lines: they stay greppable
+console = Console(
+    stderr=True, soft_wrap=True
+)  # messages are not cut into lines: they stay greppable
 out = Console()
 
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 130
-EXIT_CODES = ("Exit status: 0 done; 1 failed (disk, machine, or a lossdoctor bug); 2 bad input (an option, "
-              "the problem file, a checkpoint, the data); 130 interrupted (what finished is printed and "
-              "saved first).")
+EXIT_CODES = (
+    "Exit status: 0 done; 1 failed (disk, machine, or a lossdoctor bug); 2 bad input (an option, "
+    "the problem file, a checkpoint, the data); 130 interrupted (what finished is printed and "
+    "saved first)."
+)
 
 
 @contextlib.contextmanager
@@ -45,8 +49,14 @@ def progress_bars(enabled: bool = True) -> Iterator[Any]:
     if not enabled:
         yield lambda description: None
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bars:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bars:
         started: list[TaskID] = []
 
         def task(description: str):
@@ -95,7 +105,10 @@ class CheckedGroup(click.Group):
                 raise
             console.print("[yellow]interrupted[/yellow] before anything finished: nothing to show.")
             sys.exit(EXIT_INTERRUPTED)
-        except (ValueError, TypeError) as err:  # bad input: options, the problem, the data (wrapped)
+        except (
+            ValueError,
+            TypeError,
+        ) as err:  # bad input: options, the problem, the data (wrapped)
             if os.environ.get("LOSSDOCTOR_DEBUG"):
                 raise
             fail(str(err))
@@ -108,8 +121,10 @@ class CheckedGroup(click.Group):
             if os.environ.get("LOSSDOCTOR_DEBUG"):
                 raise
             console.print(escape(traceback.format_exc()))
-            console.print("[red]internal error[/red]: this is a bug in lossdoctor; please report it with the "
-                          "traceback above.")
+            console.print(
+                "[red]internal error[/red]: this is a bug in lossdoctor; please report it with the "
+                "traceback above."
+            )
             sys.exit(EXIT_FAILURE)
         if _interrupt.count() != mark:
             console.print("[yellow]interrupted[/yellow]: the results above are what finished.")
@@ -123,11 +138,24 @@ class Number(click.ParamType):
 
     name = "number"
 
-    def __init__(self, *, minimum: float | None = None, maximum: float | None = None, above: float | None = None,
-                 below: float | None = None) -> None:
-        self.bounds: dict[str, Any] = {"minimum": minimum, "maximum": maximum, "above": above, "below": below}
+    def __init__(
+        self,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        above: float | None = None,
+        below: float | None = None,
+    ) -> None:
+        self.bounds: dict[str, Any] = {
+            "minimum": minimum,
+            "maximum": maximum,
+            "above": above,
+            "below": below,
+        }
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
         if isinstance(value, float):
             number = value
         else:
@@ -149,14 +177,18 @@ class IntList(click.ParamType):
     def __init__(self, minimum: int = 1, distinct: bool = True) -> None:
         self.minimum, self.distinct = minimum, distinct
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> list[int]:
         if isinstance(value, list):
             return value
         parts = [v for v in str(value).replace(" ", "").split(",") if v]
         try:
             values = [int(v) for v in parts]
         except ValueError:
-            self.fail(f"must be comma-separated integers, e.g. 16,64,256; got {value!r}.", param, ctx)
+            self.fail(
+                f"must be comma-separated integers, e.g. 16,64,256; got {value!r}.", param, ctx
+            )
         if not values:
             self.fail("is empty: give comma-separated integers, e.g. 16,64,256.", param, ctx)
         low = [v for v in values if v < self.minimum]
@@ -177,7 +209,9 @@ def option_name(param: click.Parameter) -> str:
     return param.opts[0] if getattr(param, "opts", None) else f"--{param.name}"
 
 
-def new_file(formats: str | None = None) -> Callable[[click.Context, click.Parameter, Any], Path | None]:
+def new_file(
+    formats: str | None = None,
+) -> Callable[[click.Context, click.Parameter, Any], Path | None]:
     """A click callback for an output file.
 
     Checked while parsing, before any computing (its folder exists and is writable, the format is
@@ -188,11 +222,17 @@ def new_file(formats: str | None = None) -> Callable[[click.Context, click.Param
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Path | None:
         if value is None or value == "":
             return None
-        default = ctx.get_parameter_source(param.name) in (click.core.ParameterSource.DEFAULT,
-                                                            click.core.ParameterSource.DEFAULT_MAP)
+        default = ctx.get_parameter_source(param.name) in (
+            click.core.ParameterSource.DEFAULT,
+            click.core.ParameterSource.DEFAULT_MAP,
+        )
         try:
-            return check_new_file(value, option_name(param), default=default,
-                                  formats=image_formats() if formats == "image" else None)
+            return check_new_file(
+                value,
+                option_name(param),
+                default=default,
+                formats=image_formats() if formats == "image" else None,
+            )
         except (TypeError, ValueError) as err:
             raise click.BadParameter(str(err).replace(f"{option_name(param)} ", "", 1)) from None
 
@@ -227,8 +267,10 @@ def save_file(path: Path, write: Callable[[Any], None], what: str) -> str:
 def written(path: Path, requested: Path | None, what: str = "plot") -> str:
     """The path a figure went to; says so when it is not the one asked for (the write failed)."""
     if requested is not None and Path(path) != Path(requested):
-        console.print(f"[yellow]note[/yellow]: could not write the {escape(what)} to {escape(str(requested))}; "
-                      f"saved it to {escape(str(path))} instead.")
+        console.print(
+            f"[yellow]note[/yellow]: could not write the {escape(what)} to {escape(str(requested))}; "
+            f"saved it to {escape(str(path))} instead."
+        )
     return str(path)
 
 
@@ -243,9 +285,11 @@ def cache_setting(value: str) -> bool | str | int:
         return settings[word]
     number = word.rstrip("KMGB")
     try:
-        size = float(number) * _SIZE_UNITS[word[len(number):]]
+        size = float(number) * _SIZE_UNITS[word[len(number) :]]
     except (ValueError, KeyError):
-        raise click.BadParameter(f"{value!r} is not auto, on, off or a size such as 200MB.") from None
+        raise click.BadParameter(
+            f"{value!r} is not auto, on, off or a size such as 200MB."
+        ) from None
     if size < 0:
         raise click.BadParameter(f"{value!r}: the size must not be negative.")
     return int(size)
@@ -262,7 +306,9 @@ def init_distributed() -> None:
 
     if not dist.is_initialized():
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+            torch.cuda.set_device(
+                int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+            )
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.get_rank() != 0:
         out.quiet = True
@@ -282,16 +328,24 @@ def resolve_device(name: str):
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device(
+            "cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        )
     try:
         device = torch.device(name)
     except RuntimeError:
         fail(f"--device {name!r} is not a device name: use auto, cpu, cuda or cuda:N.")
     if device.type == "cuda" and not torch.cuda.is_available():
         fail(f"--device {name} asks for CUDA, but this PyTorch sees no GPU: use --device cpu.")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        fail(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
-              f"cuda:{torch.cuda.device_count() - 1}.")
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        fail(
+            f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}."
+        )
     return device
 
 
@@ -307,8 +361,16 @@ def load(problem: str, checkpoint: str | None, device: str | None = "cpu", *, sh
     target = resolve_device(device) if device is not None else None
     try:
         prob = load_problem(problem, checkpoint=checkpoint)
-    except (ValueError, TypeError, FileNotFoundError) as err:  # UserCodeError shows the user's own line
-        fail(str(err).replace("problem ", "--problem ", 1) if str(err).startswith("problem ") else str(err))
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+    ) as err:  # UserCodeError shows the user's own line
+        fail(
+            str(err).replace("problem ", "--problem ", 1)
+            if str(err).startswith("problem ")
+            else str(err)
+        )
     # data stays where the problem put it: CPU batches are moved to the model's device batch by batch
     if target is not None:
         prob.model.to(target)
@@ -321,11 +383,26 @@ def load(problem: str, checkpoint: str | None, device: str | None = "cpu", *, sh
     return prob
 
 
-problem_option = click.option("--problem", "problem", default="mnist1d-mlp", show_default=True,
-                              help="Built-in name (mnist1d-mlp, mnist1d-cnn, lecture-saddle) or "
-                                   "'package.module:function' returning a Problem.")
-checkpoint_option = click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-                                 help="state_dict file to load into the model (weights_only).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON only.")
-device_option = click.option("--device", default="auto", show_default=True,
-                             help="Where the model runs: auto (a GPU when there is one), cpu, cuda, cuda:N.")
+problem_option = click.option(
+    "--problem",
+    "problem",
+    default="mnist1d-mlp",
+    show_default=True,
+    help="Built-in name (mnist1d-mlp, mnist1d-cnn, lecture-saddle) or "
+    "'package.module:function' returning a Problem.",
+)
+checkpoint_option = click.option(
+    "--checkpoint",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="state_dict file to load into the model (weights_only).",
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print machine-readable JSON only."
+)
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="Where the model runs: auto (a GPU when there is one), cpu, cuda, cuda:N.",
+)

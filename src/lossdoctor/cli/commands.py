@@ -45,7 +45,9 @@ from ._common import (
 )
 
 
-@click.group(cls=CheckedGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.group(
+    cls=CheckedGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES
+)
 @click.version_option(package_name="lossdoctor")
 def main() -> None:
     """lossdoctor: why did my training loss stop going down, and what should I change?"""
@@ -61,10 +63,14 @@ def interrupted(*results: Any) -> bool:
 
 
 params_option = click.option(
-    "--params", "param_patterns", multiple=True, metavar="PATTERN",
+    "--params",
+    "param_patterns",
+    multiple=True,
+    metavar="PATTERN",
     help="Only these parameters (repeatable): a name as named_parameters() gives it (fc.weight), a module's "
-         "name (layer2), or a glob pattern (\"layer2.*\", \"*.bias\"). The Hessian is then the block of those "
-         "parameters, the others held fixed; requires_grad is not changed. Default: every trainable parameter.")
+    'name (layer2), or a glob pattern ("layer2.*", "*.bias"). The Hessian is then the block of those '
+    "parameters, the others held fixed; requires_grad is not changed. Default: every trainable parameter.",
+)
 
 
 def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
@@ -83,52 +89,136 @@ def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
 @main.command()
 @problem_option
 @checkpoint_option
-@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True, help="Eigenpairs per end of the spectrum.")
-@click.option("--which", type=click.Choice(["largest", "smallest", "both", "largest_magnitude"]), default="both",
-              show_default=True)
-@click.option("--tol", type=POSITIVE, default=1e-6, show_default=True, help="Relative accuracy of the eigenvalues.")
-@click.option("--trace-matvecs", type=click.IntRange(min=0), default=99, show_default=True,
-              help="Products for the Hutch++ trace (0: skip; otherwise at least 3).")
-@click.option("--density/--no-density", default=True, show_default=True, help="Spectral density (SLQ).")
-@click.option("--mode", type=click.Choice(["eval", "train"]), default=None,
-              help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). Default: eval, "
-                   "with a notice on models with BatchNorm or dropout.")
-@click.option("--micro-batch-size", type=click.IntRange(min=1), default=None,
-              help="Cut larger batches into micro-batches of this many samples: the memory of one "
-                   "Hessian-vector product no longer grows with the batch size (checked to give the same Hessian).")
-@click.option("--cache", default="auto", show_default=True, callback=lambda ctx, param, value: cache_setting(value),
-              help="Keep the gradient graphs between products: faster, but holds them in memory. "
-                   "auto: within a quarter of the free memory; on; off; or a size such as 200MB "
-                   "(the graphs of the first batches that fit are kept, the rest recomputed).")
-@click.option("--reduction", type=click.Choice(["auto", "mean", "sum"]), default="auto", show_default=True,
-              help="How the problem's loss combines a batch's samples: mean or sum (the Hessian is of the mean "
-                   "per-sample loss either way). auto: the loss module's .reduction, else mean; a loss function "
-                   "that sums is detected and refused without --reduction sum.")
+@click.option(
+    "--k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Eigenpairs per end of the spectrum.",
+)
+@click.option(
+    "--which",
+    type=click.Choice(["largest", "smallest", "both", "largest_magnitude"]),
+    default="both",
+    show_default=True,
+)
+@click.option(
+    "--tol",
+    type=POSITIVE,
+    default=1e-6,
+    show_default=True,
+    help="Relative accuracy of the eigenvalues.",
+)
+@click.option(
+    "--trace-matvecs",
+    type=click.IntRange(min=0),
+    default=99,
+    show_default=True,
+    help="Products for the Hutch++ trace (0: skip; otherwise at least 3).",
+)
+@click.option(
+    "--density/--no-density", default=True, show_default=True, help="Spectral density (SLQ)."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["eval", "train"]),
+    default=None,
+    help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). Default: eval, "
+    "with a notice on models with BatchNorm or dropout.",
+)
+@click.option(
+    "--micro-batch-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cut larger batches into micro-batches of this many samples: the memory of one "
+    "Hessian-vector product no longer grows with the batch size (checked to give the same Hessian).",
+)
+@click.option(
+    "--cache",
+    default="auto",
+    show_default=True,
+    callback=lambda ctx, param, value: cache_setting(value),
+    help="Keep the gradient graphs between products: faster, but holds them in memory. "
+    "auto: within a quarter of the free memory; on; off; or a size such as 200MB "
+    "(the graphs of the first batches that fit are kept, the rest recomputed).",
+)
+@click.option(
+    "--reduction",
+    type=click.Choice(["auto", "mean", "sum"]),
+    default="auto",
+    show_default=True,
+    help="How the problem's loss combines a batch's samples: mean or sum (the Hessian is of the mean "
+    "per-sample loss either way). auto: the loss module's .reduction, else mean; a loss function "
+    "that sums is detected and refused without --reduction sum.",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--per-layer", is_flag=True,
-              help="Also the per-layer table: each module's Hessian block (λ_max, trace), gradient norm, and the "
-                   "block heterogeneity (mean Jensen-Shannon distance of the blockwise spectra).")
-@click.option("--plot", default="spectrum-density.png", show_default=True, callback=new_file("image"),
-              help="Where to write the density plot (a new file; a default name that is taken becomes name-2.png).")
+@click.option(
+    "--per-layer",
+    is_flag=True,
+    help="Also the per-layer table: each module's Hessian block (λ_max, trace), gradient norm, and the "
+    "block heterogeneity (mean Jensen-Shannon distance of the blockwise spectra).",
+)
+@click.option(
+    "--plot",
+    default="spectrum-density.png",
+    show_default=True,
+    callback=new_file("image"),
+    help="Where to write the density plot (a new file; a default name that is taken becomes name-2.png).",
+)
 @params_option
 @device_option
 @json_option
-def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: float, trace_matvecs: int,
-             density: bool, mode: Mode | None, micro_batch_size: int | None, cache: bool | str | int, reduction: Reduction | Literal["auto"], seed: int,
-             per_layer: bool, plot: Path | None, param_patterns: tuple[str, ...], device: str, as_json: bool) -> None:
+def spectrum(
+    problem: str,
+    checkpoint: str | None,
+    k: int,
+    which: str,
+    tol: float,
+    trace_matvecs: int,
+    density: bool,
+    mode: Mode | None,
+    micro_batch_size: int | None,
+    cache: bool | str | int,
+    reduction: Reduction | Literal["auto"],
+    seed: int,
+    per_layer: bool,
+    plot: Path | None,
+    param_patterns: tuple[str, ...],
+    device: str,
+    as_json: bool,
+) -> None:
     """Hessian eigenvalues (both ends), trace and spectral density of a problem."""
     from .. import eigenpairs, hessian, spectral_density, trace
 
     if trace_matvecs in (1, 2):
-        fail(f"--trace-matvecs {trace_matvecs}: Hutch++ needs at least 3 products (or 0 to skip the trace).")
+        fail(
+            f"--trace-matvecs {trace_matvecs}: Hutch++ needs at least 3 products (or 0 to skip the trace)."
+        )
     prob = load(problem, checkpoint, device)
-    results: dict[str, Any] = {"problem": prob.name, "device": str(next(prob.model.parameters()).device)}
+    results: dict[str, Any] = {
+        "problem": prob.name,
+        "device": str(next(prob.model.parameters()).device),
+    }
     params = _selection(prob.model, param_patterns)
-    op = hessian(prob.model, prob.loss_fn, prob.train_data, mode=mode, micro_batch_size=micro_batch_size,
-                 cache=cache, reduction=None if reduction == "auto" else reduction, params=params)
-    results.update(num_params=op.num_params, num_samples=op.num_samples, mode=op.mode, loss=op.loss,
-                   micro_batch_size=micro_batch_size, cache=cache,
-                   parameters=None if params is None else list(op.names))
+    op = hessian(
+        prob.model,
+        prob.loss_fn,
+        prob.train_data,
+        mode=mode,
+        micro_batch_size=micro_batch_size,
+        cache=cache,
+        reduction=None if reduction == "auto" else reduction,
+        params=params,
+    )
+    results.update(
+        num_params=op.num_params,
+        num_samples=op.num_samples,
+        mode=op.mode,
+        loss=op.loss,
+        micro_batch_size=micro_batch_size,
+        cache=cache,
+        parameters=None if params is None else list(op.names),
+    )
     eig = tr = dens = layers = None
     with progress_bars(not as_json) as task:
         try:  # each part returns its partial result on Ctrl-C (flagged); the later parts are skipped
@@ -139,13 +229,23 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
                 results["trace"] = tr.to_dict()
             if density and not interrupted(eig, tr):
                 dens = spectral_density(op, seed=seed, progress=task("spectral density (SLQ)"))
-                results["density"] = {key: value for key, value in dens.to_dict().items()
-                                      if key not in ("grid", "density", "nodes", "weights")}
+                results["density"] = {
+                    key: value
+                    for key, value in dens.to_dict().items()
+                    if key not in ("grid", "density", "nodes", "weights")
+                }
             if per_layer and not interrupted(eig, tr, dens):
                 from .. import layer_curvature
 
-                layers = layer_curvature(prob.model, prob.loss_fn, prob.train_data, mode=mode, seed=seed, op=op,
-                                         progress=task("per-layer curvature"))
+                layers = layer_curvature(
+                    prob.model,
+                    prob.loss_fn,
+                    prob.train_data,
+                    mode=mode,
+                    seed=seed,
+                    op=op,
+                    progress=task("per-layer curvature"),
+                )
                 results["per_layer"] = layers.to_dict()
         except KeyboardInterrupt:
             _interrupt.note()
@@ -159,8 +259,12 @@ def spectrum(problem: str, checkpoint: str | None, k: int, which: str, tol: floa
     if as_json:
         out.print_json(json.dumps(results))
         return
-    unit = ("micro-batch" if micro_batch_size else "batch") + ("" if op.cached_batches == 1 else "es")
-    out.print(f"{op!r}\nmean loss {op.loss:.6g}; gradient graphs of {op.cached_batches} {unit} kept between products")
+    unit = ("micro-batch" if micro_batch_size else "batch") + (
+        "" if op.cached_batches == 1 else "es"
+    )
+    out.print(
+        f"{op!r}\nmean loss {op.loss:.6g}; gradient graphs of {op.cached_batches} {unit} kept between products"
+    )
     for part in (eig, tr, dens):
         if part is not None:
             out.print(str(part))
@@ -180,7 +284,9 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
 
     if out_file is not None:
         if checkpoint is not None and Path(out_file).resolve() == Path(checkpoint).resolve():
-            fail(f"--out {out_file} is the input checkpoint; the escaped parameters go to a new file.")
+            fail(
+                f"--out {out_file} is the input checkpoint; the escaped parameters go to a new file."
+            )
         return check_new_file(out_file, "--out")
     if checkpoint is not None:
         path = Path(checkpoint).with_name(Path(checkpoint).stem + "-escaped.pt")
@@ -192,29 +298,77 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
 @main.command()
 @problem_option
 @checkpoint_option
-@click.option("--escape", "do_escape", is_flag=True,
-              help="Step along the negative-curvature eigenvector (line search) and write the escaped "
-                   "parameters to a new checkpoint.")
-@click.option("--out", "out_file", default=None,
-              help="New checkpoint file for --escape (default: <checkpoint>-escaped.pt); never overwritten.")
-@click.option("--k", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Extreme eigenpairs per end of the spectrum.")
-@click.option("--dense/--no-dense", default=None,
-              help="Dense Hessian (exact minimum ratio). Default: for models up to 1000 parameters.")
-@click.option("--grad-tol", type=NON_NEGATIVE, default=None, help="Gradient-norm threshold (default: scale-relative).")
-@click.option("--eig-tol", type=NON_NEGATIVE, default=None, help="Zero threshold for eigenvalues (default: scale-relative).")
-@click.option("--mode", type=click.Choice(["eval", "train"]), default=None,
-              help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). Default: eval, "
-                   "with a notice on models with BatchNorm or dropout.")
-@click.option("--reduction", type=click.Choice(["auto", "mean", "sum"]), default="auto", show_default=True,
-              help="How the problem's loss combines a batch's samples (see `lossdoctor spectrum --help`).")
+@click.option(
+    "--escape",
+    "do_escape",
+    is_flag=True,
+    help="Step along the negative-curvature eigenvector (line search) and write the escaped "
+    "parameters to a new checkpoint.",
+)
+@click.option(
+    "--out",
+    "out_file",
+    default=None,
+    help="New checkpoint file for --escape (default: <checkpoint>-escaped.pt); never overwritten.",
+)
+@click.option(
+    "--k",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Extreme eigenpairs per end of the spectrum.",
+)
+@click.option(
+    "--dense/--no-dense",
+    default=None,
+    help="Dense Hessian (exact minimum ratio). Default: for models up to 1000 parameters.",
+)
+@click.option(
+    "--grad-tol",
+    type=NON_NEGATIVE,
+    default=None,
+    help="Gradient-norm threshold (default: scale-relative).",
+)
+@click.option(
+    "--eig-tol",
+    type=NON_NEGATIVE,
+    default=None,
+    help="Zero threshold for eigenvalues (default: scale-relative).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["eval", "train"]),
+    default=None,
+    help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). Default: eval, "
+    "with a notice on models with BatchNorm or dropout.",
+)
+@click.option(
+    "--reduction",
+    type=click.Choice(["auto", "mean", "sum"]),
+    default="auto",
+    show_default=True,
+    help="How the problem's loss combines a batch's samples (see `lossdoctor spectrum --help`).",
+)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @params_option
 @device_option
 @json_option
-def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: str | None, k: int,
-             dense: bool | None, grad_tol: float | None, eig_tol: float | None, mode: Mode | None, reduction: Reduction | Literal["auto"],
-             seed: int, param_patterns: tuple[str, ...], device: str, as_json: bool) -> None:
+def critical(
+    problem: str,
+    checkpoint: str | None,
+    do_escape: bool,
+    out_file: str | None,
+    k: int,
+    dense: bool | None,
+    grad_tol: float | None,
+    eig_tol: float | None,
+    mode: Mode | None,
+    reduction: Reduction | Literal["auto"],
+    seed: int,
+    param_patterns: tuple[str, ...],
+    device: str,
+    as_json: bool,
+) -> None:
     """Local minimum, saddle point, or neither? The verdict, the numbers and the evidence."""
     from .. import classify_critical_point, escape_saddle
 
@@ -225,17 +379,37 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
     results: dict[str, Any] = {"problem": prob.name, "checkpoint": checkpoint}
     params = _selection(prob.model, param_patterns)
     with progress_bars(not as_json) as task:
-        point = classify_critical_point(prob.model, prob.loss_fn, prob.train_data, grad_tol=grad_tol,
-                                        eig_tol=eig_tol, k=k, dense=dense, mode=mode, seed=seed,
-                                        reduction=None if reduction == "auto" else reduction, params=params,
-                                        progress=task("Hessian (both ends, minimum ratio)"))
+        point = classify_critical_point(
+            prob.model,
+            prob.loss_fn,
+            prob.train_data,
+            grad_tol=grad_tol,
+            eig_tol=eig_tol,
+            k=k,
+            dense=dense,
+            mode=mode,
+            seed=seed,
+            reduction=None if reduction == "auto" else reduction,
+            params=params,
+            progress=task("Hessian (both ends, minimum ratio)"),
+        )
         results["critical"] = point.to_dict()
         escape = None
         if do_escape and not interrupted(point):
-            escape = escape_saddle(prob.model, prob.loss_fn, prob.train_data, critical=point, apply=True,
-                                   mode=point.mode, reduction=None if reduction == "auto" else reduction,
-                                   params=params, progress=task("escape line search"))
-            results["escape"] = {key: value for key, value in escape.to_dict().items() if key != "critical"}
+            escape = escape_saddle(
+                prob.model,
+                prob.loss_fn,
+                prob.train_data,
+                critical=point,
+                apply=True,
+                mode=point.mode,
+                reduction=None if reduction == "auto" else reduction,
+                params=params,
+                progress=task("escape line search"),
+            )
+            results["escape"] = {
+                key: value for key, value in escape.to_dict().items() if key != "critical"
+            }
     interrupted(point, escape)
     saved = None
     if escape is not None and escape.applied and target is not None:
@@ -248,11 +422,17 @@ def critical(problem: str, checkpoint: str | None, do_escape: bool, out_file: st
         out.print_json(json.dumps(results))
         return
     subset = "" if params is None else f" (of {', '.join(point.parameter_names)})"
-    out.print(f"{prob.name}: {point.num_params} parameters{subset}, {point.num_samples} samples, {point.mode} mode")
+    out.print(
+        f"{prob.name}: {point.num_params} parameters{subset}, {point.num_samples} samples, {point.mode} mode"
+    )
     out.print(str(point))
     if escape is not None:
         out.print(str(escape))
-        out.print(f"escaped parameters written to {saved}" if saved else "nothing written: no escape step.")
+        out.print(
+            f"escaped parameters written to {saved}"
+            if saved
+            else "nothing written: no escape step."
+        )
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -261,21 +441,60 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 @main.command("lr-find")
 @problem_option
 @checkpoint_option
-@click.option("--optimizer", "opt_name", type=click.Choice(OPTIMIZERS), default="adam", show_default=True)
-@click.option("--momentum", type=UNIT_INTERVAL, default=0.9, show_default=True, help="SGD momentum, in [0, 1).")
-@click.option("--weight-decay", type=NON_NEGATIVE, default=0.0, show_default=True,
-              help="Weight decay on the weights only (biases and norm layers excluded).")
+@click.option(
+    "--optimizer", "opt_name", type=click.Choice(OPTIMIZERS), default="adam", show_default=True
+)
+@click.option(
+    "--momentum",
+    type=UNIT_INTERVAL,
+    default=0.9,
+    show_default=True,
+    help="SGD momentum, in [0, 1).",
+)
+@click.option(
+    "--weight-decay",
+    type=NON_NEGATIVE,
+    default=0.0,
+    show_default=True,
+    help="Weight decay on the weights only (biases and norm layers excluded).",
+)
 @click.option("--start-lr", type=POSITIVE, default=1e-7, show_default=True)
 @click.option("--end-lr", type=POSITIVE, default=10.0, show_default=True)
-@click.option("--steps", type=click.IntRange(min=5), default=100, show_default=True,
-              help="Range-test updates (stops early on divergence).")
-@click.option("--suggestion", type=click.Choice(["steepest", "minimum"]), default="steepest", show_default=True)
-@click.option("--plot", default=None, callback=new_file("image"), help="Write the loss-vs-lr plot here (a new file).")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=5),
+    default=100,
+    show_default=True,
+    help="Range-test updates (stops early on divergence).",
+)
+@click.option(
+    "--suggestion",
+    type=click.Choice(["steepest", "minimum"]),
+    default="steepest",
+    show_default=True,
+)
+@click.option(
+    "--plot",
+    default=None,
+    callback=new_file("image"),
+    help="Write the loss-vs-lr plot here (a new file).",
+)
 @device_option
 @json_option
-def lr_find(problem: str, checkpoint: str | None, opt_name: str, momentum: float, weight_decay: float,
-            start_lr: float, end_lr: float, steps: int, suggestion: str, plot: Path | None, device: str,
-            as_json: bool) -> None:
+def lr_find(
+    problem: str,
+    checkpoint: str | None,
+    opt_name: str,
+    momentum: float,
+    weight_decay: float,
+    start_lr: float,
+    end_lr: float,
+    steps: int,
+    suggestion: str,
+    plot: Path | None,
+    device: str,
+    as_json: bool,
+) -> None:
     """Smith's learning-rate range test: prints the suggested lr (the model is left unchanged)."""
     from .. import lr_range_test, weight_decay_groups
     from ..training.optimizers import make_optimizer
@@ -283,10 +502,21 @@ def lr_find(problem: str, checkpoint: str | None, opt_name: str, momentum: float
     if not end_lr > start_lr:
         fail(f"--end-lr ({end_lr:g}) must be larger than --start-lr ({start_lr:g}).")
     prob = load(problem, checkpoint, device)
-    optimizer = make_optimizer(opt_name, weight_decay_groups(prob.model, weight_decay), start_lr, momentum, weight_decay)
+    optimizer = make_optimizer(
+        opt_name, weight_decay_groups(prob.model, weight_decay), start_lr, momentum, weight_decay
+    )
     with progress_bars(not as_json) as task:
-        result = lr_range_test(prob.model, prob.loss_fn, prob.train_data, optimizer, start_lr=start_lr,
-                               end_lr=end_lr, steps=steps, suggestion=suggestion, progress=task("LR range test"))
+        result = lr_range_test(
+            prob.model,
+            prob.loss_fn,
+            prob.train_data,
+            optimizer,
+            start_lr=start_lr,
+            end_lr=end_lr,
+            steps=steps,
+            suggestion=suggestion,
+            progress=task("LR range test"),
+        )
     payload: dict[str, Any] = {"problem": prob.name, "optimizer": opt_name, **result.to_dict()}
     if plot is not None:
         from ..report.lr_range import range_test_figure
@@ -303,45 +533,130 @@ def lr_find(problem: str, checkpoint: str | None, opt_name: str, momentum: float
 
 
 @main.command()
-@click.option("--warmup", "warmup_steps", type=click.IntRange(min=0), required=True, help="Warm-up steps (linear ramp).")
-@click.option("--after", type=click.Choice(["constant", "cosine", "linear", "step", "inverse_sqrt"]),
-              default="constant", show_default=True, help="Shape after the warm-up.")
-@click.option("--steps", type=click.IntRange(min=1), required=True, help="Total training steps to show.")
-@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True, help="Peak (base) learning rate.")
-@click.option("--start-factor", type=NON_NEGATIVE, default=None, help="lr multiplier at step 0 (default 1/warmup).")
-@click.option("--min-factor", type=Number(minimum=0.0, maximum=1.0), default=0.0, show_default=True,
-              help="Final multiplier for cosine/linear.")
-@click.option("--step-size", type=click.IntRange(min=1), default=None, help="For --after step: decay every N steps.")
-@click.option("--gamma", type=POSITIVE, default=0.1, show_default=True, help="For --after step: decay factor.")
-@click.option("--d-model", type=click.IntRange(min=1), default=None, help="Transformer schedule (with --after inverse_sqrt).")
-@click.option("--plot", default=None, callback=new_file("image"), help="Write the schedule plot here (a new file).")
+@click.option(
+    "--warmup",
+    "warmup_steps",
+    type=click.IntRange(min=0),
+    required=True,
+    help="Warm-up steps (linear ramp).",
+)
+@click.option(
+    "--after",
+    type=click.Choice(["constant", "cosine", "linear", "step", "inverse_sqrt"]),
+    default="constant",
+    show_default=True,
+    help="Shape after the warm-up.",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), required=True, help="Total training steps to show."
+)
+@click.option(
+    "--lr", type=POSITIVE, default=1e-3, show_default=True, help="Peak (base) learning rate."
+)
+@click.option(
+    "--start-factor",
+    type=NON_NEGATIVE,
+    default=None,
+    help="lr multiplier at step 0 (default 1/warmup).",
+)
+@click.option(
+    "--min-factor",
+    type=Number(minimum=0.0, maximum=1.0),
+    default=0.0,
+    show_default=True,
+    help="Final multiplier for cosine/linear.",
+)
+@click.option(
+    "--step-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="For --after step: decay every N steps.",
+)
+@click.option(
+    "--gamma", type=POSITIVE, default=0.1, show_default=True, help="For --after step: decay factor."
+)
+@click.option(
+    "--d-model",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Transformer schedule (with --after inverse_sqrt).",
+)
+@click.option(
+    "--plot",
+    default=None,
+    callback=new_file("image"),
+    help="Write the schedule plot here (a new file).",
+)
 @json_option
-def schedule(warmup_steps: int, after: str, steps: int, lr: float, start_factor: float | None,
-             min_factor: float, step_size: int | None, gamma: float, d_model: int | None, plot: Path | None,
-             as_json: bool) -> None:
+def schedule(
+    warmup_steps: int,
+    after: str,
+    steps: int,
+    lr: float,
+    start_factor: float | None,
+    min_factor: float,
+    step_size: int | None,
+    gamma: float,
+    d_model: int | None,
+    plot: Path | None,
+    as_json: bool,
+) -> None:
     """Show a warm-up schedule: the lr at a few steps, its peak and its end (lossdoctor.warmup).
 
     Computed in closed form at the steps shown, so any --steps is instant."""
     from ..training.schedules import LISTED_STEPS, schedule_at, schedule_peak
 
-    settings = {"warmup_steps": warmup_steps, "after": after, "start_factor": start_factor,
-                "min_factor": min_factor, "step_size": step_size, "gamma": gamma, "d_model": d_model,
-                "total_steps": steps if after in ("cosine", "linear") else None}
-    shown = sorted({s for s in (0, 1, warmup_steps // 2, max(warmup_steps - 1, 0), warmup_steps, steps // 2,
-                                steps - 1) if 0 <= s < steps})
+    settings = {
+        "warmup_steps": warmup_steps,
+        "after": after,
+        "start_factor": start_factor,
+        "min_factor": min_factor,
+        "step_size": step_size,
+        "gamma": gamma,
+        "d_model": d_model,
+        "total_steps": steps if after in ("cosine", "linear") else None,
+    }
+    shown = sorted(
+        {
+            s
+            for s in (
+                0,
+                1,
+                warmup_steps // 2,
+                max(warmup_steps - 1, 0),
+                warmup_steps,
+                steps // 2,
+                steps - 1,
+            )
+            if 0 <= s < steps
+        }
+    )
     at = dict(zip(shown, schedule_at(lr, shown, **settings)))
     peak_step, peak_lr = schedule_peak(lr, steps, **settings)
     final_lr = schedule_at(lr, [steps - 1], **settings)[0]
-    payload: dict[str, Any] = {"lr": lr, "steps": steps, **settings, "shown": {str(k): v for k, v in at.items()},
-                               "peak_lr": peak_lr, "peak_step": peak_step, "final_lr": final_lr,
-                               "lrs": schedule_at(lr, list(range(steps)), **settings) if steps <= LISTED_STEPS
-                               else None}
+    payload: dict[str, Any] = {
+        "lr": lr,
+        "steps": steps,
+        **settings,
+        "shown": {str(k): v for k, v in at.items()},
+        "peak_lr": peak_lr,
+        "peak_step": peak_step,
+        "final_lr": final_lr,
+        "lrs": schedule_at(lr, list(range(steps)), **settings) if steps <= LISTED_STEPS else None,
+    }
     if plot is not None:
         from ..report.schedules import schedule_figure
 
-        payload["plot"] = written(schedule_figure(lambda xs: schedule_at(lr, xs, **settings), steps, plot,
-                                                  title=f"warm-up {warmup_steps}, then {after}",
-                                                  marks=(warmup_steps - 1, warmup_steps)), plot)
+        payload["plot"] = written(
+            schedule_figure(
+                lambda xs: schedule_at(lr, xs, **settings),
+                steps,
+                plot,
+                title=f"warm-up {warmup_steps}, then {after}",
+                marks=(warmup_steps - 1, warmup_steps),
+            ),
+            plot,
+        )
     if as_json:
         out.print_json(json.dumps(payload))
         return
@@ -354,8 +669,14 @@ def schedule(warmup_steps: int, after: str, steps: int, lr: float, start_factor:
 
 
 @main.command()
-@click.option("--out", "out_dir", default="report", show_default=True, callback=output_dir,
-              help="Folder of the report; a rerun keeps and skips the sections already finished there.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="report",
+    show_default=True,
+    callback=output_dir,
+    help="Folder of the report; a rerun keeps and skips the sections already finished there.",
+)
 @click.option("--full", is_flag=True, help="Larger runs (slower) instead of the quick defaults.")
 @click.option("--only", multiple=True, help="Run only these sections (repeatable).")
 @click.option("--force", is_flag=True, help="Redo finished sections instead of keeping them.")
@@ -365,15 +686,25 @@ def tour(out_dir: Path, full: bool, only: tuple[str, ...], force: bool) -> None:
 
     unknown = sorted(set(only) - {s.key for s in SECTIONS})
     if unknown:
-        fail(f"--only {', '.join(unknown)}: no such section; the sections are "
-              f"{', '.join(s.key for s in SECTIONS)}.")
+        fail(
+            f"--only {', '.join(unknown)}: no such section; the sections are "
+            f"{', '.join(s.key for s in SECTIONS)}."
+        )
     with progress_bars() as task:
         try:
-            report = run_tour(out_dir, quick=not full, only=list(only) or None, progress_for=task, force=force,
-                              log=note)
+            report = run_tour(
+                out_dir,
+                quick=not full,
+                only=list(only) or None,
+                progress_for=task,
+                force=force,
+                log=note,
+            )
         except KeyboardInterrupt:
-            console.print(f"[yellow]interrupted[/yellow]: the finished sections are kept in {escape(str(out_dir))}/; "
-                          "rerun the same command to continue.")
+            console.print(
+                f"[yellow]interrupted[/yellow]: the finished sections are kept in {escape(str(out_dir))}/; "
+                "rerun the same command to continue."
+            )
             sys.exit(EXIT_INTERRUPTED)
     out.print(f"report written to {report}")
 

@@ -6,5 +6,14 @@ from .eigen import EigenResult, eigenpairs
 from .operator import HessianOperator, hessian
 from .trace import TraceResult, trace
 
-__all__ = ["HessianOperator", "hessian", "EigenResult", "eigenpairs", "TraceResult", "trace",
-           "SpectralDensity", "spectral_density", "dense_hessian"]
+__all__ = [
+    "HessianOperator",
+    "hessian",
+    "EigenResult",
+    "eigenpairs",
+    "TraceResult",
+    "trace",
+    "SpectralDensity",
+    "spectral_density",
+    "dense_hessian",
+]

@@ -16,9 +16,17 @@ from .operator import LossFn, hessian
 DEFAULT_MAX_PARAMS = 5000
 
 
-def dense_hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode | None = None,
-                  max_params: int = DEFAULT_MAX_PARAMS, dtype: torch.dtype | None = None,
-                  reduction: Reduction | None = None, params: Any = None) -> torch.Tensor:
+def dense_hessian(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    *,
+    mode: Mode | None = None,
+    max_params: int = DEFAULT_MAX_PARAMS,
+    dtype: torch.dtype | None = None,
+    reduction: Reduction | None = None,
+    params: Any = None,
+) -> torch.Tensor:
     """The exact ``(n, n)`` Hessian of the mean loss over ``data`` (symmetrized).
 
     Built column block by column block from Hessian-vector products, so it costs ``n`` products.
@@ -55,10 +63,12 @@ def dense_hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode |
     op = hessian(model, loss_fn, data, mode=mode, max_block=64, reduction=reduction, params=params)
     n = op.num_params
     if n > max_params:
-        raise ValueError(f"the model has {n} trainable parameters; a dense Hessian would need "
-                         f"{n * n * 8 / 2**30:.1f} GiB and {n} Hessian-vector products. Above "
-                         f"max_params={max_params} use the matrix-free lossdoctor.hessian(...) with "
-                         "lossdoctor.eigenpairs / trace / spectral_density, or raise max_params.")
+        raise ValueError(
+            f"the model has {n} trainable parameters; a dense Hessian would need "
+            f"{n * n * 8 / 2**30:.1f} GiB and {n} Hessian-vector products. Above "
+            f"max_params={max_params} use the matrix-free lossdoctor.hessian(...) with "
+            "lossdoctor.eigenpairs / trace / spectral_density, or raise max_params."
+        )
     eye = torch.eye(n, dtype=op.dtype, device=op.device)
     H = op @ eye
     H = 0.5 * (H + H.T)

@@ -75,17 +75,27 @@ class SpectralDensity(ResultMixin):
 
     def __str__(self) -> str:
         lo, hi = self.eigenvalue_range
-        return (f"Spectral density from {self.num_probes} probes x {self.lanczos_steps} Lanczos steps "
-                f"({self.matvecs} products): eigenvalues in [{fmt(lo)}, {fmt(hi)}], "
-                f"negative fraction {self.negative_fraction:.3f} +/- {self.negative_fraction_error:.3f} "
-                f"(quadrature bias within +/- {self.negative_fraction_bias:.3f})"
-                + (f", {self.mode} mode" if self.mode else ""))
+        return (
+            f"Spectral density from {self.num_probes} probes x {self.lanczos_steps} Lanczos steps "
+            f"({self.matvecs} products): eigenvalues in [{fmt(lo)}, {fmt(hi)}], "
+            f"negative fraction {self.negative_fraction:.3f} +/- {self.negative_fraction_error:.3f} "
+            f"(quadrature bias within +/- {self.negative_fraction_bias:.3f})"
+            + (f", {self.mode} mode" if self.mode else "")
+        )
 
 
 @with_progress("spectral density")
-def spectral_density(op: OperatorLike, *, num_probes: int = 4, lanczos_steps: int = 60, grid_points: int = 512,
-                     sigma: float | None = None, zero_tol: float | None = None, seed: int = 0,
-                     progress: Progress | bool | str | None = "auto") -> SpectralDensity:
+def spectral_density(
+    op: OperatorLike,
+    *,
+    num_probes: int = 4,
+    lanczos_steps: int = 60,
+    grid_points: int = 512,
+    sigma: float | None = None,
+    zero_tol: float | None = None,
+    seed: int = 0,
+    progress: Progress | bool | str | None = "auto",
+) -> SpectralDensity:
     """The Hessian's eigenvalue density by stochastic Lanczos quadrature.
 
     ``num_probes`` Rademacher probes of ``lanczos_steps`` Lanczos steps each; all probes advance
@@ -121,8 +131,16 @@ def spectral_density(op: OperatorLike, *, num_probes: int = 4, lanczos_steps: in
         >>> d.grid.shape, d.negative_fraction  # MSE of a linear model: no negative curvature
         ((512,), 0.0)
     """
-    check_arguments(op=op, num_probes=num_probes, lanczos_steps=lanczos_steps, grid_points=grid_points,
-                    sigma=sigma, zero_tol=zero_tol, seed=seed, progress=progress)
+    check_arguments(
+        op=op,
+        num_probes=num_probes,
+        lanczos_steps=lanczos_steps,
+        grid_points=grid_points,
+        sigma=sigma,
+        zero_tol=zero_tol,
+        seed=seed,
+        progress=progress,
+    )
     if num_probes < 1 or lanczos_steps < 1:
         raise ValueError("num_probes and lanczos_steps must be at least 1.")
     n = int(op.shape[0])
@@ -156,17 +174,34 @@ def spectral_density(op: OperatorLike, *, num_probes: int = 4, lanczos_steps: in
     density = np.zeros_like(grid)
     norm = 1.0 / (sigma * math.sqrt(2 * math.pi))
     for theta, w in zip(nodes, weights):
-        density += (w[None, :] * norm * np.exp(-0.5 * ((grid[:, None] - theta[None, :]) / sigma) ** 2)).sum(1)
+        density += (
+            w[None, :] * norm * np.exp(-0.5 * ((grid[:, None] - theta[None, :]) / sigma) ** 2)
+        ).sum(1)
     density /= num_probes
     neg, neg_err, neg_bias = fraction_below(nodes, weights, residuals, -zero_tol)
-    return SpectralDensity(grid=grid, density=density, nodes=nodes, weights=weights, sigma=sigma,
-                           negative_fraction=neg, negative_fraction_error=neg_err,
-                           zero_tol=zero_tol, num_probes=num_probes, lanczos_steps=steps,
-                           matvecs=done[0], seed=seed, num_params=n,
-                           mode=operator_mode(op), negative_fraction_bias=neg_bias, residuals=residuals)
+    return SpectralDensity(
+        grid=grid,
+        density=density,
+        nodes=nodes,
+        weights=weights,
+        sigma=sigma,
+        negative_fraction=neg,
+        negative_fraction_error=neg_err,
+        zero_tol=zero_tol,
+        num_probes=num_probes,
+        lanczos_steps=steps,
+        matvecs=done[0],
+        seed=seed,
+        num_params=n,
+        mode=operator_mode(op),
+        negative_fraction_bias=neg_bias,
+        residuals=residuals,
+    )
 
 
-def _probe_bracket(theta: np.ndarray, w: np.ndarray, res: np.ndarray, t: float) -> tuple[float, float]:
+def _probe_bracket(
+    theta: np.ndarray, w: np.ndarray, res: np.ndarray, t: float
+) -> tuple[float, float]:
     """Bounds on one probe's spectral mass strictly below ``t`` from its Gauss quadrature.
 
     Chebyshev-Markov-Stieltjes: with nodes x_1 < ... < x_m and weights w_i, the probe's
@@ -191,8 +226,9 @@ def _probe_bracket(theta: np.ndarray, w: np.ndarray, res: np.ndarray, t: float) 
     return lo, hi
 
 
-def fraction_below(nodes: list[np.ndarray], weights: list[np.ndarray], residuals: list[np.ndarray],
-                   t: float) -> tuple[float, float, float]:
+def fraction_below(
+    nodes: list[np.ndarray], weights: list[np.ndarray], residuals: list[np.ndarray], t: float
+) -> tuple[float, float, float]:
     """The fraction of eigenvalues below ``t`` from stochastic Lanczos quadrature.
 
     ``(estimate, error, bias)``.
@@ -203,7 +239,9 @@ def fraction_below(nodes: list[np.ndarray], weights: list[np.ndarray], residuals
     ``error`` = the Student-t-widened standard error of the probes' midpoints + ``bias / 3``, so
     that +/- 3 errors covers the whole bracket plus three standard errors of probe noise.
     """
-    brackets = np.array([_probe_bracket(th, w, r, t) for th, w, r in zip(nodes, weights, residuals, strict=True)])
+    brackets = np.array(
+        [_probe_bracket(th, w, r, t) for th, w, r in zip(nodes, weights, residuals, strict=True)]
+    )
     lo, hi = brackets[:, 0], brackets[:, 1]
     mid = 0.5 * (lo + hi)
     estimate = float(mid.mean())

@@ -117,15 +117,24 @@ class EigenResult(ResultMixin):
 
     def __str__(self) -> str:
         mode = f", {self.mode} mode" if self.mode else ""
-        lines = [f"Hessian eigenpairs ({self.which}, {self.num_params} parameters{mode}, "
-                 f"{self.matvecs} Hessian-vector products, tol {self.tol:g}, seed {self.seed})"]
+        lines = [
+            f"Hessian eigenpairs ({self.which}, {self.num_params} parameters{mode}, "
+            f"{self.matvecs} Hessian-vector products, tol {self.tol:g}, seed {self.seed})"
+        ]
         if self.basis_dtype is not None:
-            lines.append(f"Lanczos basis: {self.ncv} x {self.basis_dtype} on {self.basis_device}; estimated "
-                         f"memory {fmt_bytes(self.memory_estimate_bytes)}")
-        lines.append(f"{'#':>3}  {'eigenvalue':>14}  {'residual':>10}  {'error bound':>11}  converged")
-        for i, (lam, res, bound, ok) in enumerate(zip(self.eigenvalues, self.residual_norms,
-                                                      self.error_bounds, self.converged)):
-            lines.append(f"{i:>3}  {lam:>14.7g}  {res:>10.2e}  {bound:>11.2e}  {'yes' if ok else 'NO'}")
+            lines.append(
+                f"Lanczos basis: {self.ncv} x {self.basis_dtype} on {self.basis_device}; estimated "
+                f"memory {fmt_bytes(self.memory_estimate_bytes)}"
+            )
+        lines.append(
+            f"{'#':>3}  {'eigenvalue':>14}  {'residual':>10}  {'error bound':>11}  converged"
+        )
+        for i, (lam, res, bound, ok) in enumerate(
+            zip(self.eigenvalues, self.residual_norms, self.error_bounds, self.converged)
+        ):
+            lines.append(
+                f"{i:>3}  {lam:>14.7g}  {res:>10.2e}  {bound:>11.2e}  {'yes' if ok else 'NO'}"
+            )
         if self.interrupted:
             lines.append("interrupted: values are the best found so far")
         return "\n".join(lines)
@@ -162,13 +171,25 @@ def _bounds(theta: np.ndarray, residuals: np.ndarray) -> np.ndarray:
     return np.minimum(residuals, quad)
 
 
-def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k: int, which: str,
-                    tol: float, seed: int, max_matvecs: int, ncv: int | None = None,
-                    device: torch.device | str = "cpu",
-                    progress: Progress | None = None, start: torch.Tensor | None = None,
-                    decided: Callable[[np.ndarray, np.ndarray], bool] | None = None,
-                    deflate: torch.Tensor | None = None, min_steps: int = 1,
-                    keep_products: bool = False, plan: BasisPlan | None = None) -> EigenResult:
+def lanczos_extreme(
+    matmul: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    *,
+    k: int,
+    which: str,
+    tol: float,
+    seed: int,
+    max_matvecs: int,
+    ncv: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: Progress | None = None,
+    start: torch.Tensor | None = None,
+    decided: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+    deflate: torch.Tensor | None = None,
+    min_steps: int = 1,
+    keep_products: bool = False,
+    plan: BasisPlan | None = None,
+) -> EigenResult:
     """Thick-restart Lanczos on ``matmul`` (float64 ``(n, 1)`` -> ``(n, 1)``), from ``start`` (default: a Gaussian vector drawn from ``seed``).
 
     ``decided(values, residuals)`` of the wanted
@@ -194,22 +215,33 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     n_wanted = min(n, 2 * k if which == "both" else k)
     k = min(k, n)
     if plan is None:
-        plan = plan_basis(n, ncv=default_ncv(n, n_wanted) if ncv is None else int(min(n, max(ncv, n_wanted + 2))),
-                          min_ncv=min(n, n_wanted + 2), op_device=device, ncv_given=ncv is not None,
-                          keep_products=keep_products)
+        plan = plan_basis(
+            n,
+            ncv=default_ncv(n, n_wanted) if ncv is None else int(min(n, max(ncv, n_wanted + 2))),
+            min_ncv=min(n, n_wanted + 2),
+            op_device=device,
+            ncv_given=ncv is not None,
+            keep_products=keep_products,
+        )
     ncv = int(min(n, max(plan.ncv, n_wanted + 2)))
     max_matvecs = max(int(max_matvecs), 1)
     work = torch.device(device)
 
     gen_seed = seed
-    q = gaussian(n, 1, gen_seed, device).squeeze(1) if start is None else start.to(torch.float64).reshape(-1)
+    q = (
+        gaussian(n, 1, gen_seed, device).squeeze(1)
+        if start is None
+        else start.to(torch.float64).reshape(-1)
+    )
     # Rows 0..m-1 of ``store`` are the orthonormal Lanczos vectors. Allocated once for the
     # largest basis a restart allows: its pages are touched only as rows are written, and no
     # step copies the basis (growing it by concatenation held two copies at each step).
     store = torch.empty(ncv + 1, n, dtype=plan.dtype, device=plan.device)
     store[0] = q / q.norm()
     keep_products = plan.keep_products and keep_products
-    hstore = torch.empty(ncv + 1, n, dtype=plan.dtype, device=plan.device) if keep_products else None
+    hstore = (
+        torch.empty(ncv + 1, n, dtype=plan.dtype, device=plan.device) if keep_products else None
+    )
     m = 1
     T = np.zeros((0, 0))
     b = np.zeros(0)  # H Q^T = Q^T T + r b^T
@@ -237,7 +269,9 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
             alpha = float(q @ w)
             w = w - alpha * q
             if j > 0:
-                w = w - rows_times(store[:m - 1], torch.as_tensor(coupling, dtype=torch.float64), work)
+                w = w - rows_times(
+                    store[: m - 1], torch.as_tensor(coupling, dtype=torch.float64), work
+                )
             w = project_out(w, store[:m])
             T_new = np.zeros((j + 1, j + 1))
             T_new[:j, :j] = T
@@ -308,7 +342,7 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
         if T.shape[0] == 0:
             raise
 
-    basis = store[:min(m, T.shape[0])]
+    basis = store[: min(m, T.shape[0])]
     theta, S = ritz()
     residuals = beta * np.abs(b @ S)
     idx = _wanted(theta, which, k)
@@ -325,22 +359,37 @@ def lanczos_extreme(matmul: Callable[[torch.Tensor], torch.Tensor], n: int, *, k
     idx = idx[order]
     vectors = rows_times(basis, torch.as_tensor(S[:, idx], dtype=torch.float64), work)
     result = EigenResult(
-        eigenvalues=theta[idx].copy(), eigenvectors=vectors.contiguous(),
-        residual_norms=residuals[idx].copy(), error_bounds=bounds[idx].copy(),
-        converged=converged[order].copy(), matvecs=matvecs, which=which, tol=tol, seed=seed,
-        num_params=n, interrupted=interrupted)
+        eigenvalues=theta[idx].copy(),
+        eigenvectors=vectors.contiguous(),
+        residual_norms=residuals[idx].copy(),
+        error_bounds=bounds[idx].copy(),
+        converged=converged[order].copy(),
+        matvecs=matvecs,
+        which=which,
+        tol=tol,
+        seed=seed,
+        num_params=n,
+        interrupted=interrupted,
+    )
     object.__setattr__(result, "_exhaustive", exhaustive and not interrupted)  # private: no field
     object.__setattr__(result, "_gaps", _ritz_gaps(theta)[idx])  # to the nearest other Ritz value
     if hstore is not None and not interrupted:
-        object.__setattr__(result, "_products", rows_times(hstore[:basis.shape[0]],
-                                                           torch.as_tensor(S[:, idx], dtype=torch.float64), work))
+        object.__setattr__(
+            result,
+            "_products",
+            rows_times(
+                hstore[: basis.shape[0]], torch.as_tensor(S[:, idx], dtype=torch.float64), work
+            ),
+        )
     if not result.all_converged:
         bad = int((~result.converged).sum())
         warnings.warn(
             f"{bad} of {len(idx)} eigenpairs did not reach tol={tol:g} after {matvecs} Hessian-vector "
             f"products (worst error bound {fmt(float(np.max(result.error_bounds)))}). Raise max_matvecs "
             f"(or ncv), or loosen tol; unconverged pairs are flagged in .converged.",
-            RuntimeWarning, stacklevel=3)
+            RuntimeWarning,
+            stacklevel=3,
+        )
     return result
 
 
@@ -377,8 +426,13 @@ class _Counted:
 
     the cached graphs, lazy imports), with its time per product."""
 
-    def __init__(self, op, budget: int, progress: Progress | None, first: Callable[[float], None] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        op,
+        budget: int,
+        progress: Progress | None,
+        first: Callable[[float], None] | None = None,
+    ) -> None:
         self.op, self.budget, self.progress, self.done, self.first = op, budget, progress, 0, first
 
     def __call__(self, X: torch.Tensor) -> torch.Tensor:
@@ -395,10 +449,19 @@ class _Counted:
 
 
 @with_progress("eigenpairs")
-def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: float = 1e-6, seed: int = 0,
-               max_matvecs: int | None = None, ncv: int | None = None, basis_dtype: str | None = "auto",
-               basis_device: str | None = "auto",
-               progress: Progress | bool | str | None = "auto") -> EigenResult:
+def eigenpairs(
+    op: OperatorLike,
+    k: int = 5,
+    which: Which = "largest",
+    *,
+    tol: float = 1e-6,
+    seed: int = 0,
+    max_matvecs: int | None = None,
+    ncv: int | None = None,
+    basis_dtype: str | None = "auto",
+    basis_device: str | None = "auto",
+    progress: Progress | bool | str | None = "auto",
+) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator such as :func:`lossdoctor.hessian`.
 
     Repeated eigenvalues are found with their multiplicity. One Krylov sequence cannot see a
@@ -469,7 +532,9 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
         >>> ld.eigenpairs(A, k=3).eigenvalues.round(6).tolist()
         [5.0, 5.0, 5.0]
     """
-    check_arguments(op=op, k=k, tol=tol, seed=seed, max_matvecs=max_matvecs, ncv=ncv, progress=progress)
+    check_arguments(
+        op=op, k=k, tol=tol, seed=seed, max_matvecs=max_matvecs, ncv=ncv, progress=progress
+    )
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
     n = int(op.shape[0])
@@ -481,26 +546,47 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
     n_wanted = min(n, 2 * k if inner == "both" else k)
     # Held beside the basis while the search for missed pairs runs: the pairs found (float64).
     held = n_wanted * n * 8
-    plan = plan_basis(n, ncv=default_ncv(n, n_wanted) if ncv is None else int(min(n, max(ncv, n_wanted + 2))),
-                      min_ncv=min(n, n_wanted + 2), op_device=torch.device(device), ncv_given=ncv is not None,
-                      dtype=basis_dtype, device=basis_device, held=held)
+    plan = plan_basis(
+        n,
+        ncv=default_ncv(n, n_wanted) if ncv is None else int(min(n, max(ncv, n_wanted + 2))),
+        min_ncv=min(n, n_wanted + 2),
+        op_device=torch.device(device),
+        ncv_given=ncv is not None,
+        dtype=basis_dtype,
+        device=basis_device,
+        held=held,
+    )
     estimate = plan.bytes + held + PROBE_BYTES * n
 
     def first_product(seconds: float) -> None:
         expected = seconds * max_matvecs
         if expected >= memory.NOTICE_SECONDS or plan.fallback:
-            notice(as_callback(progress), f"eigenpairs: {n:,} parameters; Lanczos basis {plan.ncv} x {plan.dtype_name} on "
-                             f"{plan.device} ({fmt_bytes(estimate)} estimated with the pairs, "
-                             f"{fmt_bytes(plan.available)} available"
-                             + (f"; {plan.fallback}" if plan.fallback else "")
-                             + f"); {seconds:.2g} s per product, at most {max_matvecs} products "
-                               f"(<= {time_text(expected)}).")
+            notice(
+                as_callback(progress),
+                f"eigenpairs: {n:,} parameters; Lanczos basis {plan.ncv} x {plan.dtype_name} on "
+                f"{plan.device} ({fmt_bytes(estimate)} estimated with the pairs, "
+                f"{fmt_bytes(plan.available)} available"
+                + (f"; {plan.fallback}" if plan.fallback else "")
+                + f"); {seconds:.2g} s per product, at most {max_matvecs} products "
+                f"(<= {time_text(expected)}).",
+            )
 
     count = _Counted(op, max_matvecs, as_callback(progress), first_product)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # warned once below, on the final pairs
-        first = lanczos_extreme(count, n, k=k, which=inner, tol=tol, seed=seed, max_matvecs=max_matvecs,
-                                ncv=plan.ncv, device=device, keep_products=True, plan=plan)
+        first = lanczos_extreme(
+            count,
+            n,
+            k=k,
+            which=inner,
+            tol=tol,
+            seed=seed,
+            max_matvecs=max_matvecs,
+            ncv=plan.ncv,
+            device=device,
+            keep_products=True,
+            plan=plan,
+        )
     values = np.asarray(first.eigenvalues, dtype=np.float64)
     vectors = first.eigenvectors.to(torch.float64)
     bounds = np.asarray(first.error_bounds, dtype=np.float64)
@@ -508,12 +594,19 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
     products = getattr(first, "_products", None)  # H @ vectors from the run's own products
     converged = np.asarray(first.converged, dtype=bool)
     interrupted = first.interrupted
-    certified = getattr(first, "_exhaustive", False) or len(values) >= n  # the Krylov space was everything
+    certified = (
+        getattr(first, "_exhaustive", False) or len(values) >= n
+    )  # the Krylov space was everything
     beyond: list[float] = []  # eigenvalue estimates outside the wanted set (for the gaps)
     if which == "largest_magnitude":
         keep = _select(values, which, k)
         beyond = [float(x) for i, x in enumerate(values) if i not in set(keep.tolist())]
-        values, vectors, bounds, converged = values[keep], vectors[:, keep], bounds[keep], converged[keep]
+        values, vectors, bounds, converged = (
+            values[keep],
+            vectors[:, keep],
+            bounds[keep],
+            converged[keep],
+        )
         ritz_gaps = ritz_gaps[keep]
         products = None if products is None else products[:, keep]
     hnorm = float(np.abs(values).max()) if len(values) else 0.0
@@ -521,10 +614,27 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
         try:
             m0 = len(values)
             values, vectors, bounds, converged, ritz_gaps, kept, certified, beyond = _find_missed(
-                count, n, k, which, tol, seed, plan, device, max_matvecs, values, vectors, bounds, converged,
-                ritz_gaps, beyond)
+                count,
+                n,
+                k,
+                which,
+                tol,
+                seed,
+                plan,
+                device,
+                max_matvecs,
+                values,
+                vectors,
+                bounds,
+                converged,
+                ritz_gaps,
+                beyond,
+            )
             if products is not None:  # pairs the search added have no product yet
-                cols = [products[:, i] if i < m0 else torch.full_like(products[:, 0], math.nan) for i in kept]
+                cols = [
+                    products[:, i] if i < m0 else torch.full_like(products[:, 0], math.nan)
+                    for i in kept
+                ]
                 products = torch.stack(cols, dim=1)
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
@@ -564,8 +674,13 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
             perm = np.argsort(values, kind="stable")
             bounds, converged, ritz_gaps = bounds[perm], converged[perm], ritz_gaps[perm]
             values = rr
-            residuals = torch.linalg.vector_norm(HV - vectors * torch.as_tensor(values, dtype=HV.dtype,
-                                                 device=HV.device), dim=0).cpu().numpy()
+            residuals = (
+                torch.linalg.vector_norm(
+                    HV - vectors * torch.as_tensor(values, dtype=HV.dtype, device=HV.device), dim=0
+                )
+                .cpu()
+                .numpy()
+            )
             true_residuals = True
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
@@ -576,8 +691,9 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
     # form a cluster, and a Ritz value's distance to the cluster's eigenvalue is bounded by
     # r^2 over the distance to the rest of the spectrum.
     others = np.concatenate([values, np.asarray(beyond, dtype=np.float64)])
-    other_res = np.concatenate([residuals if len(residuals) == len(values) else bounds,
-                                np.zeros(len(beyond))])
+    other_res = np.concatenate(
+        [residuals if len(residuals) == len(values) else bounds, np.zeros(len(beyond))]
+    )
     # The Lanczos run that found a pair saw the Ritz values around it: its gap to them counts
     # too (the copies of a cluster are deflated out of the run that found the next copy).
     gaps = ritz_gaps.copy() if len(ritz_gaps) == len(values) else np.full(len(values), np.inf)
@@ -591,7 +707,11 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
         true_bounds = np.minimum(residuals, np.where(gaps > 0, residuals**2 / gaps, np.inf))
     if true_residuals:
         dtype = getattr(op, "dtype", torch.float64)
-        eps = torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) and dtype.is_floating_point else 2.2e-16
+        eps = (
+            torch.finfo(dtype).eps
+            if isinstance(dtype, torch.dtype) and dtype.is_floating_point
+            else 2.2e-16
+        )
         scale = np.maximum(np.abs(values), FLOOR * hnorm)
         # A product in float32 carries ~eps ||H|| of rounding: no residual goes below that.
         attainable = np.maximum(tol * scale, 100 * eps * hnorm)
@@ -599,23 +719,43 @@ def eigenpairs(op: OperatorLike, k: int = 5, which: Which = "largest", *, tol: f
         # No bound below the rounding of the products themselves (a few eps of the operator's
         # precision) and of the float64 reductions over n entries.
         rounding = (4 * eps + math.sqrt(n) * torch.finfo(torch.float64).eps) * hnorm
-        bounds = np.where(converged, np.maximum(np.maximum(bounds, true_bounds), rounding), residuals)
+        bounds = np.where(
+            converged, np.maximum(np.maximum(bounds, true_bounds), rounding), residuals
+        )
     converged = converged & certified
     order = np.argsort(-values, kind="stable")
     result = EigenResult(
-        eigenvalues=values[order].copy(), eigenvectors=vectors[:, order].contiguous(),
-        residual_norms=residuals[order].copy(), error_bounds=bounds[order].copy(),
-        converged=converged[order].copy(), matvecs=count.done, which=which, tol=tol, seed=seed,
-        num_params=n, interrupted=interrupted, mode=operator_mode(op), basis_dtype=plan.dtype_name,
-        basis_device=str(plan.device), ncv=plan.ncv, memory_estimate_bytes=int(estimate))
+        eigenvalues=values[order].copy(),
+        eigenvectors=vectors[:, order].contiguous(),
+        residual_norms=residuals[order].copy(),
+        error_bounds=bounds[order].copy(),
+        converged=converged[order].copy(),
+        matvecs=count.done,
+        which=which,
+        tol=tol,
+        seed=seed,
+        num_params=n,
+        interrupted=interrupted,
+        mode=operator_mode(op),
+        basis_dtype=plan.dtype_name,
+        basis_device=str(plan.device),
+        ncv=plan.ncv,
+        memory_estimate_bytes=int(estimate),
+    )
     if not result.all_converged and not interrupted:  # an interrupted result is flagged as such
         bad = int((~result.converged).sum())
-        why = ("" if certified else " (or the search for missed copies of repeated eigenvalues did not finish)")
+        why = (
+            ""
+            if certified
+            else " (or the search for missed copies of repeated eigenvalues did not finish)"
+        )
         warnings.warn(
             f"{bad} of {len(values)} eigenpairs did not reach tol={tol:g} after {count.done} Hessian-vector "
             f"products{why}, worst error bound {fmt(float(np.max(result.error_bounds)))}. Raise max_matvecs "
             f"(or ncv), or loosen tol; unconverged pairs are flagged in .converged.",
-            RuntimeWarning, stacklevel=2)
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return result
 
 
@@ -628,13 +768,21 @@ def _side_keys(theta: np.ndarray, inner: str) -> list[float]:
         return [float(theta[0])]
     if inner == "smallest":
         return [-float(theta[-1])]
-    return [float(theta[0]), -float(theta[-1])][:len(theta)]
+    return [float(theta[0]), -float(theta[-1])][: len(theta)]
 
 
-def _thresholds(values: np.ndarray, bounds: np.ndarray, which: str, k: int, inner: str) -> list[float]:
+def _thresholds(
+    values: np.ndarray, bounds: np.ndarray, which: str, k: int, inner: str
+) -> list[float]:
     """Per end of the check run, the key a missed eigenvalue must reach to belong among the wanted pairs: the k-th wanted key, less that pair's error bound."""
     out = []
-    ends = ["largest"] if inner == "largest" else ["smallest"] if inner == "smallest" else ["largest", "smallest"]
+    ends = (
+        ["largest"]
+        if inner == "largest"
+        else ["smallest"]
+        if inner == "smallest"
+        else ["largest", "smallest"]
+    )
     for end in ends:
         if which == "largest_magnitude":
             key = np.abs(values)
@@ -646,9 +794,23 @@ def _thresholds(values: np.ndarray, bounds: np.ndarray, which: str, k: int, inne
     return out
 
 
-def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: int, plan: BasisPlan, device,
-                 max_matvecs: int, values: np.ndarray, vectors: torch.Tensor, bounds: np.ndarray,
-                 converged: np.ndarray, ritz_gaps: np.ndarray, beyond: list[float]):
+def _find_missed(
+    count: _Counted,
+    n: int,
+    k: int,
+    which: str,
+    tol: float,
+    seed: int,
+    plan: BasisPlan,
+    device,
+    max_matvecs: int,
+    values: np.ndarray,
+    vectors: torch.Tensor,
+    bounds: np.ndarray,
+    converged: np.ndarray,
+    ritz_gaps: np.ndarray,
+    beyond: list[float],
+):
     """Search the complement of the pairs found for eigenvalues that belong among the wanted ones (hidden copies of repeated eigenvalues, or values a restart lost), adding each and searching again.
 
     Returns the pairs, whether the search finished, and the values it saw outside the wanted set."""
@@ -660,9 +822,16 @@ def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: 
         # the others are estimates of the next eigenvalues (for the gaps).
         keep = np.sort(_select(found_values, which, k))
         out = np.setdiff1d(np.arange(len(found_values)), keep)
-        return (found_values[keep], found_vectors[:, keep], found_bounds[keep], found_conv[keep], found_gaps[keep],
-                keep, finished,
-                beyond + [float(x) for x in found_values[out]])
+        return (
+            found_values[keep],
+            found_vectors[:, keep],
+            found_bounds[keep],
+            found_conv[keep],
+            found_gaps[keep],
+            keep,
+            finished,
+            beyond + [float(x) for x in found_values[out]],
+        )
 
     sides = _sides(which)
     inner = "both" if len(sides) == 2 else sides[0]
@@ -695,13 +864,27 @@ def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: 
             # towards the complement's extreme eigenvalue (a residual says only that *some*
             # eigenvalue is near). A value that may belong runs on to full accuracy instead.
             return all(
-                t + 2 * r < th for t, r, th in zip(_side_keys(theta, inner), residual, thresholds))
+                t + 2 * r < th for t, r, th in zip(_side_keys(theta, inner), residual, thresholds)
+            )
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            check = lanczos_extreme(deflated, n, k=1, which=inner, tol=tol, seed=seed, max_matvecs=left,
-                                    ncv=plan.ncv, device=device, start=start, decided=decided, deflate=F,
-                                    min_steps=least, plan=plan)
+            check = lanczos_extreme(
+                deflated,
+                n,
+                k=1,
+                which=inner,
+                tol=tol,
+                seed=seed,
+                max_matvecs=left,
+                ncv=plan.ncv,
+                device=device,
+                start=start,
+                decided=decided,
+                deflate=F,
+                min_steps=least,
+                plan=plan,
+            )
         if check.interrupted:
             raise KeyboardInterrupt
         entered = []
@@ -711,12 +894,16 @@ def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: 
                 side = "largest" if rho >= 0 else "smallest"
             if which == "largest_magnitude":
                 kth = np.sort(np.abs(found_values))[::-1][min(k, len(found_values)) - 1]
-                slack = float(check.error_bounds[j]) + float(found_bounds[np.argmin(np.abs(found_values))])
+                slack = float(check.error_bounds[j]) + float(
+                    found_bounds[np.argmin(np.abs(found_values))]
+                )
                 belongs = abs(rho) + slack >= kth
             else:
                 key = found_values if side == "largest" else -found_values
                 kth = np.sort(key)[::-1][min(k, len(key)) - 1]
-                slack = float(check.error_bounds[j]) + float(found_bounds[np.argmin(np.abs(key - kth))])
+                slack = float(check.error_bounds[j]) + float(
+                    found_bounds[np.argmin(np.abs(key - kth))]
+                )
                 belongs = (rho if side == "largest" else -rho) + slack >= kth
             if belongs:
                 entered.append(j)
@@ -727,8 +914,9 @@ def _find_missed(count: _Counted, n: int, k: int, which: str, tol: float, seed: 
             clear = all(t + 2 * r < th for t, r, th in zip(keys, check.residual_norms, thresholds))
             # Converged or clear after too few steps says nothing: the first Ritz values of a
             # run have small r^2/gap estimates whatever the spectrum.
-            finished = (getattr(check, "_exhaustive", False)
-                        or (check.matvecs >= least and (clear or bool(np.all(check.converged)))))
+            finished = getattr(check, "_exhaustive", False) or (
+                check.matvecs >= least and (clear or bool(np.all(check.converged)))
+            )
             return finish(finished)
         # What entered joins the pairs (orthogonal to them by construction); the pairs pushed out
         # of the wanted set are kept aside as estimates of the next eigenvalues.

@@ -90,7 +90,7 @@ def rows_times(rows: torch.Tensor, coeffs: torch.Tensor, work: torch.device) -> 
     out = torch.empty((rows.shape[1],) + tuple(coeffs.shape[1:]), dtype=torch.float64, device=work)
     c = coeffs.to(rows.device)
     for a in range(0, rows.shape[1], SLICE):
-        out[a:a + SLICE] = (rows[:, a:a + SLICE].to(torch.float64).T @ c).to(work)
+        out[a : a + SLICE] = (rows[:, a : a + SLICE].to(torch.float64).T @ c).to(work)
     return out
 
 
@@ -100,7 +100,7 @@ def rows_dot(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return (rows @ w).cpu()
     out = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
     for a in range(0, rows.shape[1], SLICE):
-        out += rows[:, a:a + SLICE].to(torch.float64) @ w[a:a + SLICE].to(rows.device)
+        out += rows[:, a : a + SLICE].to(torch.float64) @ w[a : a + SLICE].to(rows.device)
     return out.cpu()
 
 
@@ -128,11 +128,14 @@ def rotate_rows(store: torch.Tensor, m: int, S: np.ndarray) -> None:
         store[:k] = rot @ store[:m]
         return
     for a in range(0, store.shape[1], SLICE):
-        store[:k, a:a + SLICE] = (rot @ store[:m, a:a + SLICE].to(torch.float64)).to(store.dtype)
+        store[:k, a : a + SLICE] = (rot @ store[:m, a : a + SLICE].to(torch.float64)).to(
+            store.dtype
+        )
 
 
-def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, *, last_beta: bool = False
-                               ) -> list[Any]:
+def block_lanczos_tridiagonals(
+    matmul: MatMul, start: torch.Tensor, steps: int, *, last_beta: bool = False
+) -> list[Any]:
     """Run ``steps`` Lanczos iterations from each column of ``start`` independently, with full reorthogonalization, multiplying all columns in one ``matmul`` per step.
 
     Returns, per column, the diagonal ``alpha`` and off-diagonal ``beta`` of its tridiagonal.
@@ -159,7 +162,7 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
         w = matmul(cols)
         still = []
         for j, c in enumerate(active):
-            rows = stores[c][:counts[c]]
+            rows = stores[c][: counts[c]]
             wc = w[:, j]
             alpha = float(cols[:, j] @ wc)
             alphas[c].append(alpha)
@@ -180,8 +183,13 @@ def block_lanczos_tridiagonals(matmul: MatMul, start: torch.Tensor, steps: int, 
         active = still
         if not active:
             break
-    out = [(torch.tensor(alphas[c], dtype=torch.float64), torch.tensor(betas[c][: len(alphas[c]) - 1],
-            dtype=torch.float64)) for c in range(k)]
+    out = [
+        (
+            torch.tensor(alphas[c], dtype=torch.float64),
+            torch.tensor(betas[c][: len(alphas[c]) - 1], dtype=torch.float64),
+        )
+        for c in range(k)
+    ]
     if last_beta:
         return [(a, b, final[c]) for c, (a, b) in enumerate(out)]
     return out
@@ -201,7 +209,8 @@ def _basis_dtype(n: int, k: int, steps: int, device) -> torch.dtype:
         f"Stochastic Lanczos quadrature with {k} probes x {steps} steps on {n:,} parameters keeps "
         f"{memory.fmt_bytes(k * steps * n * 4)} of Lanczos vectors even in float32, and "
         f"{memory.fmt_bytes(free)} is available on {device} (the bases may use {memory.BASIS_SHARE:.0%} of it): "
-        f"use at most {fit} lanczos_steps with {k} probes, or fewer probes.")
+        f"use at most {fit} lanczos_steps with {k} probes, or fewer probes."
+    )
 
 
 def tridiagonal(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:

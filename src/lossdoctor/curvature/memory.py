@@ -72,8 +72,10 @@ def _dtype(value: Any, name: str) -> torch.dtype | None:
         return DTYPES[value]
     if value in (torch.float64, torch.float32):
         return value
-    raise ValueError(f"{name} must be 'auto' (or None), 'float64' or 'float32' (or the torch dtype), "
-                     f"got {value!r}.")
+    raise ValueError(
+        f"{name} must be 'auto' (or None), 'float64' or 'float32' (or the torch dtype), "
+        f"got {value!r}."
+    )
 
 
 def _device(value: Any, name: str) -> torch.device | None:
@@ -82,8 +84,9 @@ def _device(value: Any, name: str) -> torch.device | None:
     try:
         return torch.device(value)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"{name} must be 'auto' (or None), 'cpu' or a device such as 'cuda:0', got "
-                         f"{value!r}.") from err
+        raise ValueError(
+            f"{name} must be 'auto' (or None), 'cpu' or a device such as 'cuda:0', got {value!r}."
+        ) from err
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,9 @@ class BasisPlan:
     keep_products: bool
     bytes: int
     available: int | None
-    fallback: str  # why not a float64 basis of the wanted size on the operator's device ("" if it is)
+    fallback: (
+        str  # why not a float64 basis of the wanted size on the operator's device ("" if it is)
+    )
 
     @property
     def dtype_name(self) -> str:
@@ -107,9 +112,19 @@ class BasisPlan:
         return str(self.dtype).replace("torch.", "")
 
 
-def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str, ncv_given: bool = False,
-               dtype: Any = None, device: Any = None, keep_products: bool = True, held: int = 0,
-               available: dict[str, int | None] | None = None) -> BasisPlan:
+def plan_basis(
+    n: int,
+    *,
+    ncv: int,
+    min_ncv: int,
+    op_device: torch.device | str,
+    ncv_given: bool = False,
+    dtype: Any = None,
+    device: Any = None,
+    keep_products: bool = True,
+    held: int = 0,
+    available: dict[str, int | None] | None = None,
+) -> BasisPlan:
     """Choose the Lanczos basis for ``n`` parameters.
 
     ``ncv + 1`` rows wanted (at least ``min_ncv + 1`` usable), while ``held`` bytes are held beside
@@ -123,8 +138,11 @@ def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str,
     op_device = torch.device(op_device)
     want_dtype, want_device = _dtype(dtype, "basis_dtype"), _device(device, "basis_device")
     dtypes = [want_dtype] if want_dtype is not None else [torch.float64, torch.float32]
-    devices = [want_device] if want_device is not None else (
-        [op_device, torch.device("cpu")] if op_device.type == "cuda" else [op_device])
+    devices = (
+        [want_device]
+        if want_device is not None
+        else ([op_device, torch.device("cpu")] if op_device.type == "cuda" else [op_device])
+    )
 
     def free(dev: torch.device) -> int | None:
         if available is not None:
@@ -133,7 +151,9 @@ def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str,
 
     def budget(dev: torch.device) -> float:
         got = free(dev)
-        return float("inf") if got is None else BASIS_SHARE * got - (held if dev == op_device else 0)
+        return (
+            float("inf") if got is None else BASIS_SHARE * got - (held if dev == op_device else 0)
+        )
 
     rows = ncv + 1
     first_need = rows * n * 8
@@ -142,13 +162,25 @@ def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str,
             size = rows * n * torch.finfo(dt).bits // 8
             room = budget(dev)
             if size <= room:
-                products = keep_products and dt == torch.float64 and 2 * size <= room and size <= PRODUCTS_CAP
-                why = "" if (dt == torch.float64 and dev == op_device) else (
-                    f"a float64 basis of {rows} vectors on {op_device} would need {fmt_bytes(first_need)}, "
-                    f"{fmt_bytes(free(op_device))} is available there")
+                products = (
+                    keep_products
+                    and dt == torch.float64
+                    and 2 * size <= room
+                    and size <= PRODUCTS_CAP
+                )
+                why = (
+                    ""
+                    if (dt == torch.float64 and dev == op_device)
+                    else (
+                        f"a float64 basis of {rows} vectors on {op_device} would need {fmt_bytes(first_need)}, "
+                        f"{fmt_bytes(free(op_device))} is available there"
+                    )
+                )
                 if want_dtype is not None or want_device is not None:
                     why = "chosen by the caller" if why else ""
-                return BasisPlan(dt, dev, ncv, products, size * (2 if products else 1), free(dev), why)
+                return BasisPlan(
+                    dt, dev, ncv, products, size * (2 if products else 1), free(dev), why
+                )
     # Nothing holds ncv vectors: fewer vectors of the smallest choice on the roomiest device.
     dev = max(devices, key=budget)
     dt = dtypes[-1]
@@ -156,9 +188,16 @@ def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str,
     room = budget(dev)
     fit = int(room // (n * item)) - 1 if room > 0 else -1
     if not ncv_given and fit >= min_ncv:
-        return BasisPlan(dt, dev, fit, False, (fit + 1) * n * item, free(dev),
-                         f"{ncv} vectors of {n:,} parameters do not fit in {fmt_bytes(free(dev))} available on "
-                         f"{dev}: {fit} {str(dt).replace('torch.', '')} vectors (more restarts)")
+        return BasisPlan(
+            dt,
+            dev,
+            fit,
+            False,
+            (fit + 1) * n * item,
+            free(dev),
+            f"{ncv} vectors of {n:,} parameters do not fit in {fmt_bytes(free(dev))} available on "
+            f"{dev}: {fit} {str(dt).replace('torch.', '')} vectors (more restarts)",
+        )
     rows = ncv + 1 if ncv_given else min_ncv + 1
     raise MemoryError(
         f"The Lanczos basis does not fit: {rows} vectors of {n:,} parameters in {str(dt).replace('torch.', '')} "
@@ -167,12 +206,22 @@ def plan_basis(n: int, *, ncv: int, min_ncv: int, op_device: torch.device | str,
         f"eigenvectors take. Free memory, analyse a subset of "
         f"the parameters, ask for fewer eigenpairs (k), "
         + ("pass a smaller ncv, " if ncv_given else "")
-        + ("or basis_dtype='float32' / basis_device='cpu'." if want_dtype or want_device else
-           "or run on a machine with more memory."))
+        + (
+            "or basis_dtype='float32' / basis_device='cpu'."
+            if want_dtype or want_device
+            else "or run on a machine with more memory."
+        )
+    )
 
 
-def plan_block(n: int, *, block: int | None, max_block: int, device: torch.device | str,
-               available: int | None = None) -> int:
+def plan_block(
+    n: int,
+    *,
+    block: int | None,
+    max_block: int,
+    device: torch.device | str,
+    available: int | None = None,
+) -> int:
     """Probes per block for a trace.
 
     as many as ``max_block`` allows within ``min(BLOCK_SHARE * available, BLOCK_CAP)`` (one at the

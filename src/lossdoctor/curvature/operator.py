@@ -52,15 +52,21 @@ def _declared_reduction(loss_fn: Any, reduction: str | None) -> str:
     if reduction is None:
         reduction = loss_reduction(loss_fn)
         if reduction not in REDUCTIONS:
-            raise ValueError(f"loss_fn has reduction={reduction!r}; the Hessian needs a scalar loss. "
-                             "Use reduction='mean'.")
+            raise ValueError(
+                f"loss_fn has reduction={reduction!r}; the Hessian needs a scalar loss. "
+                "Use reduction='mean'."
+            )
         return reduction
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be 'mean' (the loss of a batch is the mean of its samples' losses) "
-                         f"or 'sum' (their sum), or None to read it from loss_fn; got {reduction!r}.")
+        raise ValueError(
+            f"reduction must be 'mean' (the loss of a batch is the mean of its samples' losses) "
+            f"or 'sum' (their sum), or None to read it from loss_fn; got {reduction!r}."
+        )
     if isinstance(attribute, str) and attribute in REDUCTIONS and attribute != reduction:
-        raise ValueError(f"reduction={reduction!r} contradicts loss_fn.reduction={attribute!r}; drop the "
-                         "reduction argument (the loss module's own reduction is used) or change the module's.")
+        raise ValueError(
+            f"reduction={reduction!r} contradicts loss_fn.reduction={attribute!r}; drop the "
+            "reduction argument (the loss module's own reduction is used) or change the module's."
+        )
     return reduction
 
 
@@ -108,13 +114,21 @@ def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[No
 
     Fall back to implementations that do, only where they are needed. On CUDA, no TF32."""
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_twice_differentiable_activations())  # modules and functional calls alike
+        stack.enter_context(
+            _twice_differentiable_activations()
+        )  # modules and functional calls alike
         if device.type == "cuda":
             rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
             cudnn = torch.backends.cudnn
             try:
-                stack.enter_context(cudnn.flags(enabled=cudnn.enabled and not rnn, benchmark=cudnn.benchmark,
-                                                deterministic=cudnn.deterministic, allow_tf32=False))
+                stack.enter_context(
+                    cudnn.flags(
+                        enabled=cudnn.enabled and not rnn,
+                        benchmark=cudnn.benchmark,
+                        deterministic=cudnn.deterministic,
+                        allow_tf32=False,
+                    )
+                )
             except RuntimeError:  # newer fp32_precision API in use: only switch cuDNN off for RNNs
                 if rnn:
                     stack.enter_context(cudnn.flags(enabled=False))
@@ -168,22 +182,36 @@ class HessianOperator:
         tensor([-2., -2.])
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, data: Any, *, mode: str | None = None,
-                 max_block: int = 16, micro_batch_size: int | None = None, distributed: bool | None = None,
-                 cache: bool | str | int = "auto", reduction: str | None = None, params: Any = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        *,
+        mode: str | None = None,
+        max_block: int = 16,
+        micro_batch_size: int | None = None,
+        distributed: bool | None = None,
+        cache: bool | str | int = "auto",
+        reduction: str | None = None,
+        params: Any = None,
+    ) -> None:
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         self.mode_defaulted = mode is None  # None: "eval", and a notice on BatchNorm/dropout models
         if mode is None:
             mode = "eval"
-            notice = default_mode_notice(model.module if isinstance(model, nn.parallel.DistributedDataParallel)
-                                         else model)
+            notice = default_mode_notice(
+                model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+            )
             if notice:
                 warnings.warn(notice, ModeNotice, stacklevel=3)
         if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable (a loss module or a function such as "
-                            f"torch.nn.functional.cross_entropy) or None (the model's own outputs.loss), "
-                            f"got {type(loss_fn).__name__}.")
+            raise TypeError(
+                f"loss_fn must be callable (a loss module or a function such as "
+                f"torch.nn.functional.cross_entropy) or None (the model's own outputs.loss), "
+                f"got {type(loss_fn).__name__}."
+            )
         check_data(data)
         if isinstance(model, nn.parallel.DistributedDataParallel):
             # DDP's forward may broadcast buffers (a collective per batch, which would hang with
@@ -192,23 +220,31 @@ class HessianOperator:
             model = model.module
         named = selected_parameters(model, params)
         if mode == "train":
-            stochastic = [type(m).__name__ for m in model.modules()
-                          if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+            stochastic = [
+                type(m).__name__
+                for m in model.modules()
+                if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+            ]
             if stochastic:
                 raise ValueError(
                     f"mode='train' makes the loss random ({', '.join(sorted(set(stochastic)))} "
                     "active), so it has no well-defined Hessian. Use mode='eval' (the default), "
-                    "or set the dropout probability to 0.")
+                    "or set the dropout probability to 0."
+                )
         reduction = _declared_reduction(loss_fn, reduction)
         self.model = model
         self.loss_fn = loss_fn
         self.data = data
         self.mode = mode
         self.max_block = max(1, int(max_block))
-        if micro_batch_size is not None and (isinstance(micro_batch_size, bool)
-                                             or not isinstance(micro_batch_size, (int, np.integer))
-                                             or micro_batch_size < 1):
-            raise ValueError(f"micro_batch_size must be a positive integer or None, got {micro_batch_size!r}.")
+        if micro_batch_size is not None and (
+            isinstance(micro_batch_size, bool)
+            or not isinstance(micro_batch_size, (int, np.integer))
+            or micro_batch_size < 1
+        ):
+            raise ValueError(
+                f"micro_batch_size must be a positive integer or None, got {micro_batch_size!r}."
+            )
         self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
         self.reduction = reduction
         self._sum_reduction = reduction == "sum"
@@ -225,7 +261,9 @@ class HessianOperator:
         self.device = model_device(self.params)
         dtypes = {p.dtype for p in self.params}
         if len(dtypes) > 1 or not next(iter(dtypes)).is_floating_point:
-            raise TypeError(f"trainable parameters must share one floating dtype, got {sorted(map(str, dtypes))}.")
+            raise TypeError(
+                f"trainable parameters must share one floating dtype, got {sorted(map(str, dtypes))}."
+            )
         self.dtype = next(iter(dtypes))
         self.num_matvecs = 0
         self.cache = cache
@@ -234,8 +272,10 @@ class HessianOperator:
         self._cache_gave_up = False  # the forward changes buffers in place: graphs cannot be kept
         self.distributed = process_group_active() if distributed is None else bool(distributed)
         if self.distributed and not process_group_active():
-            raise ValueError("distributed=True but no torch.distributed process group is initialized: "
-                             "call torch.distributed.init_process_group first (e.g. under torchrun).")
+            raise ValueError(
+                "distributed=True but no torch.distributed process group is initialized: "
+                "call torch.distributed.init_process_group first (e.g. under torchrun)."
+            )
         self.loss, self.num_samples, self.num_batches = self._validate()
 
     # -- shape and layout ---------------------------------------------------------------
@@ -326,8 +366,10 @@ class HessianOperator:
         mine = {id(p) for p in self.params}
         outside = [n for n, p in named if id(p) not in mine]
         if outside:
-            raise ValueError(f"params: {outside[:4]} are not among this operator's parameters; a restriction "
-                             "can only select from them.")
+            raise ValueError(
+                f"params: {outside[:4]} are not among this operator's parameters; a restriction "
+                "can only select from them."
+            )
         sub = copy.copy(self)
         sub.names = [n for n, _ in named]
         sub.params = [p for _, p in named]
@@ -359,7 +401,9 @@ class HessianOperator:
     def _weight(self, n: int) -> float:
         return 1.0 if self._sum_reduction else float(n)
 
-    def _check_split(self, inputs: Any, targets: torch.Tensor, n: int, index: int, loss: float) -> None:
+    def _check_split(
+        self, inputs: Any, targets: torch.Tensor, n: int, index: int, loss: float
+    ) -> None:
         """Micro-batching is exact only when the batch loss is the mean (or sum) of per-sample losses of samples the model treats independently; compare the two losses on this batch."""
         assert self.micro_batch_size is not None  # called only when micro-batching
         parts = 0.0
@@ -367,9 +411,11 @@ class HessianOperator:
             try:
                 parts += self._batch_loss(x, y, index).item() * self._weight(m)
             except (ValueError, TypeError, RuntimeError) as err:
-                raise ValueError(f"micro_batch_size={self.micro_batch_size}: micro-batch {j} of batch {index} "
-                                 f"failed ({err}). Micro-batching cuts every input whose first dimension "
-                                 "is the batch; use micro_batch_size=None for other layouts.") from err
+                raise ValueError(
+                    f"micro_batch_size={self.micro_batch_size}: micro-batch {j} of batch {index} "
+                    f"failed ({err}). Micro-batching cuts every input whose first dimension "
+                    "is the batch; use micro_batch_size=None for other layouts."
+                ) from err
         parts /= 1.0 if self._sum_reduction else n
         rtol = 1e-4 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
         if abs(parts - loss) > rtol * max(abs(loss), 1e-6):
@@ -377,9 +423,12 @@ class HessianOperator:
                 f"micro_batch_size={self.micro_batch_size} changes the loss of batch {index} ({loss:.8g} whole, "
                 f"{parts:.8g} from micro-batches): the model or the loss couples the samples of a batch "
                 "(BatchNorm in mode='train', a loss that is not a per-sample mean or sum, inputs whose "
-                "first dimension is not the batch). Use micro_batch_size=None.")
+                "first dimension is not the batch). Use micro_batch_size=None."
+            )
 
-    def _check_reduction(self, inputs: Any, targets: torch.Tensor, n: int, index: int, loss: float) -> None:
+    def _check_reduction(
+        self, inputs: Any, targets: torch.Tensor, n: int, index: int, loss: float
+    ) -> None:
         """Check the per-sample contract (the batch loss is the mean, or with reduction="sum" the sum, of its samples' losses) on the first batch of two samples or more: its loss against the losses of its two halves, in eval mode (so BatchNorm in mode="train" does not couple the halves).
 
         A function ``lambda o, t: F.mse_loss(o, t, reduction="sum")`` has no ``.reduction`` to read;
@@ -389,8 +438,15 @@ class HessianOperator:
         half = (n + 1) // 2
         try:
             with evaluation_mode(self.model, "eval"):
-                whole = self._batch_loss(inputs, targets, index).item() if self.mode == "train" else loss
-                parts = [(self._batch_loss(x, y, index).item(), m) for x, y, m in split_batch(inputs, targets, half)]
+                whole = (
+                    self._batch_loss(inputs, targets, index).item()
+                    if self.mode == "train"
+                    else loss
+                )
+                parts = [
+                    (self._batch_loss(x, y, index).item(), m)
+                    for x, y, m in split_batch(inputs, targets, half)
+                ]
         except (ValueError, TypeError, RuntimeError, IndexError):
             return  # the batch cannot be cut (inputs whose first dimension is not the batch)
         if len(parts) != 2 or not all(math.isfinite(v) for v, _ in parts):
@@ -399,7 +455,10 @@ class HessianOperator:
         as_sum = sum(v for v, _ in parts)
         rtol = 1e-4 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
         scale = max(abs(whole), abs(as_mean), abs(as_sum), 1e-30)
-        mean_fits, sum_fits = abs(whole - as_mean) <= rtol * scale, abs(whole - as_sum) <= rtol * scale
+        mean_fits, sum_fits = (
+            abs(whole - as_mean) <= rtol * scale,
+            abs(whole - as_sum) <= rtol * scale,
+        )
         if mean_fits == sum_fits:  # neither (another normalization), or both (a loss of zero)
             return
         observed = "mean" if mean_fits else "sum"
@@ -413,11 +472,13 @@ class HessianOperator:
                 f"({n} samples) it gives {whole:.8g}, and its two halves {parts[0][0]:.8g} + {parts[1][0]:.8g}. "
                 "Taken for a mean, the Hessian would be the batch size times too large. Pass "
                 "reduction='sum' (the Hessian is then that of the mean per-sample loss, as for "
-                "nn.MSELoss(reduction='sum')), or make loss_fn return the batch mean.")
+                "nn.MSELoss(reduction='sum')), or make loss_fn return the batch mean."
+            )
         raise ValueError(
             f"reduction='sum' was given but loss_fn ({name}) returns the mean of its samples' losses: on "
             f"batch {index} ({n} samples) it gives {whole:.8g}, the size-weighted mean of its halves' "
-            f"{parts[0][0]:.8g} and {parts[1][0]:.8g}. Drop reduction='sum' (or pass reduction='mean').")
+            f"{parts[0][0]:.8g} and {parts[1][0]:.8g}. Drop reduction='sum' (or pass reduction='mean')."
+        )
 
     def _validate(self) -> tuple[float, int, int]:
         total, count, batches = 0.0, 0, 0
@@ -425,9 +486,11 @@ class HessianOperator:
             for i, (inputs, targets, n) in enumerate(self._user_batches()):
                 loss = self._batch_loss(inputs, targets, i).item()
                 if not math.isfinite(loss):
-                    raise ValueError(f"the loss is {loss} on batch {i}: the Hessian of a "
-                                     "non-finite loss is meaningless. Check the data and the model's "
-                                     "parameters for NaN/Inf.")
+                    raise ValueError(
+                        f"the loss is {loss} on batch {i}: the Hessian of a "
+                        "non-finite loss is meaningless. Check the data and the model's "
+                        "parameters for NaN/Inf."
+                    )
                 if not self.reduction_verified and n >= 2:
                     self._check_reduction(inputs, targets, n, i, loss)
                 if self.micro_batch_size is not None and n > self.micro_batch_size:
@@ -440,18 +503,23 @@ class HessianOperator:
             total, samples, reduced = self._all_reduce_scalars(total, count, batches)
             count, batches = int(samples), int(reduced)
         if count == 0:
-            raise ValueError("data is empty: it yielded no samples" + (" on any rank." if self.distributed else "."))
+            raise ValueError(
+                "data is empty: it yielded no samples"
+                + (" on any rank." if self.distributed else ".")
+            )
         return total / count, count, batches
 
     def _to_param_dtype(self, block: torch.Tensor) -> torch.Tensor:
         return block.to(device=self.device, dtype=self.dtype)
 
-    def _first_backward(self, inputs: Any, targets: torch.Tensor, n: int, index: int
-                        ) -> tuple[list[int], list[torch.Tensor]]:
+    def _first_backward(
+        self, inputs: Any, targets: torch.Tensor, n: int, index: int
+    ) -> tuple[list[int], list[torch.Tensor]]:
         """The batch's gradient with its graph: which parameters it depends on, and those parts."""
         loss = self._batch_loss(inputs, targets, index) * self._weight(n)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True,
-                                    materialize_grads=True)
+        grads = torch.autograd.grad(
+            loss, self.params, create_graph=True, allow_unused=True, materialize_grads=True
+        )
         live = [j for j, g in enumerate(grads) if g.requires_grad]
         return live, [grads[j] for j in live]
 
@@ -493,7 +561,8 @@ class HessianOperator:
                             raise ValueError(
                                 "cache=True cannot keep the gradient graphs of a model whose forward "
                                 "changes its buffers in place (BatchNorm running statistics in "
-                                "mode='train'); use cache='auto' or cache=False.")
+                                "mode='train'); use cache='auto' or cache=False."
+                            )
                         keep, kept = False, []
                         self._cache_gave_up = True
                     elif saved.total > self._cache_budget:
@@ -504,7 +573,9 @@ class HessianOperator:
                     kept.append((live, g_live, n))
                 yield live, g_live, n, keep
         if not self._cache_gave_up:
-            self._graph_cache = _KeptGraphs(self._versions(), kept, keep, saved.total if keep else kept_bytes)
+            self._graph_cache = _KeptGraphs(
+                self._versions(), kept, keep, saved.total if keep else kept_bytes
+            )
 
     def _fresh_graphs(self, skip: int = 0):
         """The gradient graphs of the batches after the first ``skip``, computed for this product."""
@@ -516,7 +587,10 @@ class HessianOperator:
     def _hvp_block(self, block: torch.Tensor) -> torch.Tensor:
         """``block`` is (k, num_params) in the parameters' dtype; returns H @ block.T as (k, n)."""
         k = block.shape[0]
-        pieces = [piece.reshape(k, *s) for piece, s in zip(torch.split(block, self.numels, dim=1), self.shapes)]
+        pieces = [
+            piece.reshape(k, *s)
+            for piece, s in zip(torch.split(block, self.numels, dim=1), self.shapes)
+        ]
         out = torch.zeros(k, self.num_params, device=self.device, dtype=self.dtype)
         count = 0
         for live, g_live, n, kept in self._gradient_graphs():
@@ -525,13 +599,20 @@ class HessianOperator:
                 continue
             # One forward and first backward serve every column of the block.
             for c in range(k):
-                hv = torch.autograd.grad(g_live, self.params, [pieces[j][c] for j in live],
-                                         retain_graph=kept or c < k - 1, allow_unused=True,
-                                         materialize_grads=True)
+                hv = torch.autograd.grad(
+                    g_live,
+                    self.params,
+                    [pieces[j][c] for j in live],
+                    retain_graph=kept or c < k - 1,
+                    allow_unused=True,
+                    materialize_grads=True,
+                )
                 out[c] += torch.cat([h.reshape(-1) for h in hv])
         if count != self._local_samples:
-            raise ValueError(f"data yielded {count} samples in this pass but {self._local_samples} when "
-                             "the operator was built; the Hessian needs the same data on every pass.")
+            raise ValueError(
+                f"data yielded {count} samples in this pass but {self._local_samples} when "
+                "the operator was built; the Hessian needs the same data on every pass."
+            )
         if self.distributed:
             torch.distributed.all_reduce(out)  # each rank holds its shard's sum over samples
         self.num_matvecs += k
@@ -543,7 +624,7 @@ class HessianOperator:
         outs = []
         with preserved_rng():
             for start in range(0, rows.shape[0], self.max_block):
-                chunk = self._to_param_dtype(rows[start:start + self.max_block])
+                chunk = self._to_param_dtype(rows[start : start + self.max_block])
                 try:
                     outs.append(self._hvp_block(chunk))
                 except RuntimeError as err:
@@ -553,7 +634,8 @@ class HessianOperator:
                             "Hessian-vector product needs its second derivative. Replace it by an equivalent "
                             "built from differentiable operations (hardsigmoid and hardswish, fused attention "
                             "and cuDNN RNN kernels are replaced automatically), or analyse only parameters "
-                            "before it.") from err
+                            "before it."
+                        ) from err
                     raise
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.T.to(device=matrix.device, dtype=matrix.dtype)
@@ -563,10 +645,14 @@ class HessianOperator:
         as_numpy = isinstance(other, np.ndarray)
         x = torch.from_numpy(np.ascontiguousarray(other)) if as_numpy else other
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"HessianOperator @ expects a torch.Tensor or numpy array, got {type(other).__name__}.")
+            raise TypeError(
+                f"HessianOperator @ expects a torch.Tensor or numpy array, got {type(other).__name__}."
+            )
         if x.dim() not in (1, 2) or x.shape[0] != self.num_params:
-            raise ValueError(f"HessianOperator @ expects a vector of length {self.num_params} or a matrix "
-                             f"with {self.num_params} rows, got shape {tuple(x.shape)}.")
+            raise ValueError(
+                f"HessianOperator @ expects a vector of length {self.num_params} or a matrix "
+                f"with {self.num_params} rows, got shape {tuple(x.shape)}."
+            )
         if not x.is_floating_point():
             x = x.to(self.dtype)
         result = self._apply(x.reshape(self.num_params, -1))
@@ -630,7 +716,9 @@ class HessianOperator:
         with preserved_rng(), evaluation_mode(self.model, self.mode):
             for i, (inputs, targets, n) in enumerate(self._batches()):
                 loss = self._batch_loss(inputs, targets, i) * self._weight(n)
-                gs = torch.autograd.grad(loss, self.params, allow_unused=True, materialize_grads=True)
+                gs = torch.autograd.grad(
+                    loss, self.params, allow_unused=True, materialize_grads=True
+                )
                 grad += torch.cat([g.reshape(-1) for g in gs])
                 total += loss.item()
                 count += n
@@ -667,9 +755,13 @@ class HessianOperator:
         return LinearOperator(self.shape, matvec=mv, matmat=mv, rmatvec=mv, dtype=np.float64)
 
     def __repr__(self) -> str:
-        micro = "" if self.micro_batch_size is None else f", micro_batch_size={self.micro_batch_size}"
-        return (f"HessianOperator(num_params={self.num_params}, num_samples={self.num_samples}, "
-                f"batches={self.num_batches}{micro}, mode={self.mode!r}, dtype={self.dtype}, device={self.device})")
+        micro = (
+            "" if self.micro_batch_size is None else f", micro_batch_size={self.micro_batch_size}"
+        )
+        return (
+            f"HessianOperator(num_params={self.num_params}, num_samples={self.num_samples}, "
+            f"batches={self.num_batches}{micro}, mode={self.mode!r}, dtype={self.dtype}, device={self.device})"
+        )
 
 
 CACHE_MAX_BYTES = 4 * 2**30
@@ -686,7 +778,9 @@ def _cache_budget(cache: Any, device: torch.device) -> float:
         return cache_budget_bytes(device)
     if isinstance(cache, (int, np.integer)) and not isinstance(cache, bool) and cache >= 0:
         return int(cache)
-    raise ValueError(f"cache must be True, False, 'auto' or a number of bytes (an int >= 0), got {cache!r}.")
+    raise ValueError(
+        f"cache must be True, False, 'auto' or a number of bytes (an int >= 0), got {cache!r}."
+    )
 
 
 def cache_budget_bytes(device: torch.device) -> int:
@@ -759,10 +853,19 @@ class _SavedBytes:
         self._hooks.__exit__(*exc)
 
 
-def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode | None = None, max_block: int = 16,
-            micro_batch_size: int | None = None, distributed: bool | None = None,
-            cache: bool | str | int = "auto", reduction: Reduction | None = None, params: Any = None
-            ) -> HessianOperator:
+def hessian(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Data,
+    *,
+    mode: Mode | None = None,
+    max_block: int = 16,
+    micro_batch_size: int | None = None,
+    distributed: bool | None = None,
+    cache: bool | str | int = "auto",
+    reduction: Reduction | None = None,
+    params: Any = None,
+) -> HessianOperator:
     """The exact Hessian of the mean of ``loss_fn`` over every sample in ``data``.
 
     Args:
@@ -853,8 +956,24 @@ def hessian(model: nn.Module, loss_fn: LossFn, data: Data, *, mode: Mode | None 
         >>> H.num_params, H.reduction
         (4, 'sum')
     """
-    check_arguments(model=model, loss_fn=loss_fn, mode=mode, max_block=max_block, micro_batch_size=micro_batch_size,
-                    distributed=distributed, cache=cache)
-    return HessianOperator(model, loss_fn, data, mode=mode, max_block=max_block,
-                           micro_batch_size=micro_batch_size, distributed=distributed, cache=cache,
-                           reduction=reduction, params=params)
+    check_arguments(
+        model=model,
+        loss_fn=loss_fn,
+        mode=mode,
+        max_block=max_block,
+        micro_batch_size=micro_batch_size,
+        distributed=distributed,
+        cache=cache,
+    )
+    return HessianOperator(
+        model,
+        loss_fn,
+        data,
+        mode=mode,
+        max_block=max_block,
+        micro_batch_size=micro_batch_size,
+        distributed=distributed,
+        cache=cache,
+        reduction=reduction,
+        params=params,
+    )

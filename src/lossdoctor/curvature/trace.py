@@ -53,11 +53,18 @@ class TraceResult(ResultMixin):
     memory_estimate_bytes: int | None = None  # the call's own vectors: one block, the sketch basis
 
     def __str__(self) -> str:
-        memory = (f"; {self.block} probes per block, {fmt_bytes(self.memory_estimate_bytes)} estimated"
-                  if self.block is not None else "")
-        return (f"Hessian trace ~ {fmt(self.estimate)} +/- {fmt(self.standard_error)} "
-                f"({self.method}, {self.matvecs} Hessian-vector products, seed {self.seed}"
-                + (f", {self.mode} mode" if self.mode else "") + memory + ")")
+        memory = (
+            f"; {self.block} probes per block, {fmt_bytes(self.memory_estimate_bytes)} estimated"
+            if self.block is not None
+            else ""
+        )
+        return (
+            f"Hessian trace ~ {fmt(self.estimate)} +/- {fmt(self.standard_error)} "
+            f"({self.method}, {self.matvecs} Hessian-vector products, seed {self.seed}"
+            + (f", {self.mode} mode" if self.mode else "")
+            + memory
+            + ")"
+        )
 
 
 def _blocks(total: int, block: int):
@@ -77,7 +84,9 @@ class _Counter:
         started = time.perf_counter()
         out = apply64(op, X)
         self.calls = getattr(self, "calls", 0) + 1
-        if self.first is not None and self.calls == 2:  # the first call carries one-time costs  # told once, after the second block, its time per product
+        if (
+            self.first is not None and self.calls == 2
+        ):  # the first call carries one-time costs  # told once, after the second block, its time per product
             first, self.first = self.first, None
             first((time.perf_counter() - started) / max(X.shape[1], 1))
         self.done += X.shape[1]
@@ -86,8 +95,15 @@ class _Counter:
         return out
 
 
-def _hutchinson_terms(op, probes: RademacherStream, count: int, block: int, counter: _Counter,
-                      terms: list[float], project: torch.Tensor | None = None) -> None:
+def _hutchinson_terms(
+    op,
+    probes: RademacherStream,
+    count: int,
+    block: int,
+    counter: _Counter,
+    terms: list[float],
+    project: torch.Tensor | None = None,
+) -> None:
     """Append ``g^T H g`` for ``count`` probes to ``terms``, drawing and multiplying ``block`` probes at a time (with ``project``: probes projected off its orthonormal columns)."""
     for a, c in _blocks(count, block):
         G = probes.take(c - a)
@@ -99,7 +115,9 @@ def _hutchinson_terms(op, probes: RademacherStream, count: int, block: int, coun
 def _basis_dtype(op) -> torch.dtype:
     """float32 for operators that compute in float32 or less, float64 otherwise."""
     dtype = getattr(op, "dtype", torch.float64)
-    return torch.float32 if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+    return (
+        torch.float32 if dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+    )
 
 
 def _mean_and_error(terms: list[float]) -> tuple[float, float]:
@@ -147,12 +165,14 @@ def _extend_basis(Q: torch.Tensor, rank: int, B: torch.Tensor, reference: float)
         if rank:
             U = U - Q[:, :rank] @ (Q[:, :rank].T @ U)
         U, R = torch.linalg.qr(U)
-        keep = torch.diagonal(R).abs() > 0.5  # a vector that lost half its norm was inside the basis
+        keep = (
+            torch.diagonal(R).abs() > 0.5
+        )  # a vector that lost half its norm was inside the basis
         U = U[:, keep]
         if U.shape[1] == 0:
             return rank
     room = min(U.shape[1], Q.shape[1] - rank)
-    Q[:, rank:rank + room] = U[:, :room]
+    Q[:, rank : rank + room] = U[:, :room]
     return rank + room
 
 
@@ -167,8 +187,15 @@ def _exact_trace(op, n: int, block: int, counter: _Counter, device) -> float:
 
 
 @with_progress("trace")
-def trace(op: OperatorLike, matvecs: int = 100, method: TraceMethod = "hutch++", *, seed: int = 0, block: int | None = None,
-          progress: Progress | bool | str | None = "auto") -> TraceResult:
+def trace(
+    op: OperatorLike,
+    matvecs: int = 100,
+    method: TraceMethod = "hutch++",
+    *,
+    seed: int = 0,
+    block: int | None = None,
+    progress: Progress | bool | str | None = "auto",
+) -> TraceResult:
     """Estimate tr(H) from ``matvecs`` products with Rademacher probes.
 
     Hutch++ spends a third of the products finding the dominant subspace, whose trace it takes
@@ -221,9 +248,13 @@ def trace(op: OperatorLike, matvecs: int = 100, method: TraceMethod = "hutch++",
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     n = int(op.shape[0])
     if matvecs < (3 if method == "hutch++" else 1):
-        raise ValueError(f"{method} needs at least {3 if method == 'hutch++' else 1} matvecs, got {matvecs}.")
+        raise ValueError(
+            f"{method} needs at least {3 if method == 'hutch++' else 1} matvecs, got {matvecs}."
+        )
     device = getattr(op, "device", "cpu")
-    block = plan_block(n, block=block, max_block=int(getattr(op, "max_block", None) or 16), device=device)
+    block = plan_block(
+        n, block=block, max_block=int(getattr(op, "max_block", None) or 16), device=device
+    )
     sketch_dtype = _basis_dtype(op)
     sketch_bytes = 0
     if method == "hutch++" and matvecs < n:
@@ -236,28 +267,46 @@ def trace(op: OperatorLike, matvecs: int = 100, method: TraceMethod = "hutch++",
                 f"The Hutch++ sketch basis does not fit: {matvecs // 3} vectors of {n:,} parameters in float32 need "
                 f"{fmt_bytes(sketch_bytes)}, and {fmt_bytes(free)} is available on {device} (the basis may use "
                 f"{BASIS_SHARE:.0%} of it). Use "
-                + (f"fewer matvecs (at most {most}), or " if (most := 3 * int(BASIS_SHARE * free // (4 * n))) >= 3
-                   else "")
-                + "method='hutchinson' (one block of probes whatever matvecs is).")
+                + (
+                    f"fewer matvecs (at most {most}), or "
+                    if (most := 3 * int(BASIS_SHARE * free // (4 * n))) >= 3
+                    else ""
+                )
+                + "method='hutchinson' (one block of probes whatever matvecs is)."
+            )
     estimate = sketch_bytes + PROBE_BYTES * n * block
     budget = min(matvecs, n)
 
     def first_block(seconds: float) -> None:
         if seconds * budget >= memory.NOTICE_SECONDS:
-            notice(as_callback(progress), f"trace: {n:,} parameters; {block} probes per block"
-                             + (f", sketch {matvecs // 3} x {str(sketch_dtype).replace('torch.', '')}"
-                                if sketch_bytes else "")
-                             + f" ({fmt_bytes(estimate)} estimated, {fmt_bytes(memory.available_bytes(device))} available); "
-                               f"{seconds:.2g} s per product, {budget} products (~{time_text(seconds * budget)}).")
+            notice(
+                as_callback(progress),
+                f"trace: {n:,} parameters; {block} probes per block"
+                + (
+                    f", sketch {matvecs // 3} x {str(sketch_dtype).replace('torch.', '')}"
+                    if sketch_bytes
+                    else ""
+                )
+                + f" ({fmt_bytes(estimate)} estimated, {fmt_bytes(memory.available_bytes(device))} available); "
+                f"{seconds:.2g} s per product, {budget} products (~{time_text(seconds * budget)}).",
+            )
 
     if matvecs >= n:
         # n products give the exact trace: no estimator can beat that, and a sketch wider than
         # the space would be rank deficient by construction.
         counter = _Counter(n, as_callback(progress), first_block)
         value = _exact_trace(op, n, block, counter, device)
-        return TraceResult(estimate=value, standard_error=0.0, matvecs=counter.done, method="exact",
-                           seed=seed, num_params=n, mode=operator_mode(op), block=block,
-                           memory_estimate_bytes=int(estimate))
+        return TraceResult(
+            estimate=value,
+            standard_error=0.0,
+            matvecs=counter.done,
+            method="exact",
+            seed=seed,
+            num_params=n,
+            mode=operator_mode(op),
+            block=block,
+            memory_estimate_bytes=int(estimate),
+        )
     counter = _Counter(matvecs, as_callback(progress), first_block)
     interrupted = False
     exact = 0.0
@@ -291,8 +340,15 @@ def trace(op: OperatorLike, matvecs: int = 100, method: TraceMethod = "hutch++",
                 sizes += float(torch.linalg.vector_norm(HQ, dim=0).sum())
             if rank < sketch:
                 label = f"hutch++ (sketch rank {rank})"
-            _hutchinson_terms(op, RademacherStream(n, seed + 1, device), matvecs - sketch - rank, block,
-                              counter, terms, project=Q if rank else None)
+            _hutchinson_terms(
+                op,
+                RademacherStream(n, seed + 1, device),
+                matvecs - sketch - rank,
+                block,
+                counter,
+                terms,
+                project=Q if rank else None,
+            )
     except KeyboardInterrupt:
         interrupted = True
         if not terms:
@@ -303,6 +359,15 @@ def trace(op: OperatorLike, matvecs: int = 100, method: TraceMethod = "hutch++",
     # sketch spans the whole range of a low-rank Hessian) that is the whole error.
     rounding = math.sqrt(n) * torch.finfo(sketch_dtype).eps * sizes
     err = math.sqrt(err**2 + rounding**2) if math.isfinite(err) else err
-    return TraceResult(estimate=exact + mean, standard_error=err,
-                       matvecs=counter.done, method=label, seed=seed, num_params=n, interrupted=interrupted,
-                       mode=operator_mode(op), block=block, memory_estimate_bytes=int(estimate))
+    return TraceResult(
+        estimate=exact + mean,
+        standard_error=err,
+        matvecs=counter.done,
+        method=label,
+        seed=seed,
+        num_params=n,
+        interrupted=interrupted,
+        mode=operator_mode(op),
+        block=block,
+        memory_estimate_bytes=int(estimate),
+    )

@@ -9,5 +9,17 @@ from .diagnosis import CAUSES, Diagnosis, diagnose
 from .monitor import Monitor, MonitorAction, MonitoredRun, MonitorRecord, train_monitored
 from .prescriptions import NeedsCodeChange, Prescription, Trial, attached_scheduler
 
-__all__ = ["CAUSES", "Diagnosis", "diagnose", "Monitor", "MonitorAction", "MonitorRecord", "MonitoredRun",
-           "train_monitored", "NeedsCodeChange", "Prescription", "Trial", "attached_scheduler"]
+__all__ = [
+    "CAUSES",
+    "Diagnosis",
+    "diagnose",
+    "Monitor",
+    "MonitorAction",
+    "MonitorRecord",
+    "MonitoredRun",
+    "train_monitored",
+    "NeedsCodeChange",
+    "Prescription",
+    "Trial",
+    "attached_scheduler",
+]

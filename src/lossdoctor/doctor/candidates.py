@@ -37,7 +37,9 @@ class Candidate:
     payload: Any = field(default=None, repr=False, compare=False)
 
 
-def safe_lr(lr: float, s: float | None, limit: float | None, fraction: float = LR_MARGIN) -> float | None:
+def safe_lr(
+    lr: float, s: float | None, limit: float | None, fraction: float = LR_MARGIN
+) -> float | None:
     """The lr at which the lr-scaled sharpness S sits at ``fraction`` of its limit (S scales with the lr)."""
     if s is None or limit is None or not s > 0 or not lr > 0:
         return None
@@ -76,10 +78,19 @@ def _adam(m: Measurements, lrs: tuple[float, ...] = ADAM_LRS) -> list[Candidate]
     return [Candidate({"optimizer": name, "lr": lr}, "adaptive") for lr in lrs]
 
 
-def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, dead_rows: Any = None,
-               escape: Any = None, window: int = 60, has_normalization: bool = True,
-               probability_outputs: bool = False, layers: Any = None,
-               total_samples: int | None = None) -> list[Candidate]:
+def candidates(
+    m: Measurements,
+    decision: Decision,
+    *,
+    checkpoint: Any = None,
+    dead_rows: Any = None,
+    escape: Any = None,
+    window: int = 60,
+    has_normalization: bool = True,
+    probability_outputs: bool = False,
+    layers: Any = None,
+    total_samples: int | None = None,
+) -> list[Candidate]:
     """The candidate actions for ``decision.cause`` (see the module docstring).
 
     ``checkpoint`` (a state dict from before the loss went bad), ``dead_rows`` (weight name ->
@@ -94,19 +105,31 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
     if cause == "progressing":
         return [Candidate({}, "progressing")]
     if cause == "converged":
-        return [Candidate({"stop": True}, "converged"),
-                Candidate({"capacity": "more"}, "converged", applicable=False)]
+        return [
+            Candidate({"stop": True}, "converged"),
+            Candidate({"capacity": "more"}, "converged", applicable=False),
+        ]
     if cause == "diverging":
         if sgd and one_lr_cannot_fit(layers):
             out += _adam(m, (1e-3,))
         if m.nonfinite_params or (m.loss is not None and not math.isfinite(m.loss)):
             if checkpoint is not None:
                 for f in (0.1, 0.03, 0.01):
-                    out.append(Candidate({"restore_checkpoint": True, **({"lr": lr * f} if lr else {})},
-                                         "nonfinite", payload=checkpoint))
+                    out.append(
+                        Candidate(
+                            {"restore_checkpoint": True, **({"lr": lr * f} if lr else {})},
+                            "nonfinite",
+                            payload=checkpoint,
+                        )
+                    )
             else:
-                out.append(Candidate({"restore_checkpoint": True, **({"lr": lr * 0.1} if lr else {})},
-                                     "nonfinite", applicable=False))
+                out.append(
+                    Candidate(
+                        {"restore_checkpoint": True, **({"lr": lr * 0.1} if lr else {})},
+                        "nonfinite",
+                        applicable=False,
+                    )
+                )
             return out
         for v in _lowered(m, 0.1, 0.3):
             out.append(Candidate({"lr": v}, "growth"))
@@ -114,12 +137,20 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
             out.append(Candidate({"lr": lr * 0.3, "clip_grad_norm": _clip_norm(m)}, "growth"))
         out.append(Candidate({"warmup": True}, "growth", applicable=False))
         return out
-    if cause in ("diverging", "oscillation") and checkpoint is not None and not (
-            m.nonfinite_params or (m.loss is not None and not math.isfinite(m.loss))):
+    if (
+        cause in ("diverging", "oscillation")
+        and checkpoint is not None
+        and not (m.nonfinite_params or (m.loss is not None and not math.isfinite(m.loss)))
+    ):
         # The loss went bad with the lr: back to before it did, at a lower lr.
         for f in (0.1, 0.03):
-            out.append(Candidate({"restore_checkpoint": True, **({"lr": lr * f} if lr else {})}, "restore",
-                                 payload=checkpoint))
+            out.append(
+                Candidate(
+                    {"restore_checkpoint": True, **({"lr": lr * f} if lr else {})},
+                    "restore",
+                    payload=checkpoint,
+                )
+            )
     if cause == "oscillation":
         for v in _lowered(m, 0.3, 0.1):
             out.append(Candidate({"lr": v}, "oscillation"))
@@ -131,8 +162,15 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
     if cause == "momentum_too_high":
         out.append(Candidate({"momentum": 0.9}, "momentum"))
         if lr:
-            out.append(Candidate({"momentum": 0.9, "lr": lr * (1 - 0.9) / (1 - m.momentum) * 0.5 if m.momentum < 1 else lr},
-                                 "momentum"))
+            out.append(
+                Candidate(
+                    {
+                        "momentum": 0.9,
+                        "lr": lr * (1 - 0.9) / (1 - m.momentum) * 0.5 if m.momentum < 1 else lr,
+                    },
+                    "momentum",
+                )
+            )
         out.append(Candidate({"momentum": 0.95}, "momentum"))
         return out
     if cause == "ill_conditioned":
@@ -144,7 +182,7 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
     if cause == "lr_too_small":
         # A ladder from the current lr up to the stability bound with its margin; the trials pick.
         cap = safe_lr(lr, m.lr_sharpness, m.threshold) if lr else None
-        ladder = [lr * 10 ** k for k in (1, 2, 3)] if lr else []
+        ladder = [lr * 10**k for k in (1, 2, 3)] if lr else []
         if cap is not None:
             ladder = [v for v in ladder if v < cap] + [cap, cap / 10]
         for v in sorted(set(ladder)):
@@ -179,8 +217,19 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
     if cause == "dead_units":
         if dead_rows:
             for f in (1.0, 0.3, 0.1, 0.03):
-                out.append(Candidate({"reinit_dead_units": {"units": sum(len(r) for r in dead_rows.values()), "seed": 0},
-                                      **({"lr": lr * f} if lr else {})}, "dead", payload=dead_rows))
+                out.append(
+                    Candidate(
+                        {
+                            "reinit_dead_units": {
+                                "units": sum(len(r) for r in dead_rows.values()),
+                                "seed": 0,
+                            },
+                            **({"lr": lr * f} if lr else {}),
+                        },
+                        "dead",
+                        payload=dead_rows,
+                    )
+                )
         if lr:
             for f in (0.1, 0.03):
                 out.append(Candidate({"reinitialize": {"seed": 0}, "lr": lr * f}, "dead"))
@@ -196,8 +245,13 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
         return out
     if cause == "saddle_point":
         if escape is not None:
-            out.append(Candidate({"escape_saddle": {"eigenvalue": m.lambda_min, "step": float(escape[1])}},
-                                 "saddle", payload=escape))
+            out.append(
+                Candidate(
+                    {"escape_saddle": {"eigenvalue": m.lambda_min, "step": float(escape[1])}},
+                    "saddle",
+                    payload=escape,
+                )
+            )
         out.append(Candidate({"perturb": {"scale": 0.01, "seed": 0}}, "saddle"))
         if sgd and m.momentum < 0.5:
             out.append(Candidate({"momentum": 0.9}, "saddle"))
@@ -219,7 +273,9 @@ def candidates(m: Measurements, decision: Decision, *, checkpoint: Any = None, d
         if lr:
             out.append(Candidate({"schedule": "cosine", "steps": 10 * window}, "unclear"))
         return out
-    raise ValueError(f"no candidates for cause {cause!r}")  # pragma: no cover - every cause is covered
+    raise ValueError(
+        f"no candidates for cause {cause!r}"
+    )  # pragma: no cover - every cause is covered
 
 
 def _clip_norm(m: Measurements) -> float:

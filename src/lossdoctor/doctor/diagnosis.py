@@ -136,7 +136,9 @@ class Diagnosis(ResultMixin):
     cost: dict[str, float]
     interrupted: bool = False
     step: int | None = None  # the training step it was made at (set by the Monitor)
-    layers: LayerCurvature | None = None  # per-block curvature, for causes where the lr's fit matters
+    layers: LayerCurvature | None = (
+        None  # per-block curvature, for causes where the lr's fit matters
+    )
 
     _skip_in_dict = ()
 
@@ -183,7 +185,13 @@ class Diagnosis(ResultMixin):
     def max_stable_lr(self) -> float | None:
         """The lr at which S would reach its stability limit: an edge, never the value to use."""
         m = self.measurements
-        if m is None or m.lr is None or not m.lr_sharpness or m.lr_sharpness <= 0 or m.threshold is None:
+        if (
+            m is None
+            or m.lr is None
+            or not m.lr_sharpness
+            or m.lr_sharpness <= 0
+            or m.threshold is None
+        ):
             return None
         return m.lr * m.threshold / m.lr_sharpness
 
@@ -219,14 +227,18 @@ class Diagnosis(ResultMixin):
         lines += [f"  {i + 1}. {p}" for i, p in enumerate(self.prescriptions)]
         if self.trials is not None:
             t = self.trials
-            lines.append(f"trials: {t.candidates} candidates x {t.steps} steps ({t.trained} training steps, "
-                         f"{t.seconds:.2f} s); unchanged: {fmt(t.loss_before, 5)} -> {fmt(t.control_loss, 5)}")
+            lines.append(
+                f"trials: {t.candidates} candidates x {t.steps} steps ({t.trained} training steps, "
+                f"{t.seconds:.2f} s); unchanged: {fmt(t.loss_before, 5)} -> {fmt(t.control_loss, 5)}"
+            )
         return "\n".join(lines)
 
 
 def _noise_cause(decision: Decision) -> bool:
     """A stall that sits on gradient noise (SGD's noise floor, or an adaptive optimizer's steps hovering on it)."""
-    return decision.cause == "gradient_noise" or any("gradient noise" in e.name for e in decision.evidence)
+    return decision.cause == "gradient_noise" or any(
+        "gradient noise" in e.name for e in decision.evidence
+    )
 
 
 def _total_samples(data: Any) -> int | None:
@@ -237,8 +249,11 @@ def _total_samples(data: Any) -> int | None:
         if is_single_batch(data):
             return batch_size(data[1])
         if isinstance(data, (list, tuple)):
-            return sum(batch_size(b[1]) for b in data if isinstance(b, (list, tuple)) and len(b) >= 2
-                       and isinstance(b[1], torch.Tensor))
+            return sum(
+                batch_size(b[1])
+                for b in data
+                if isinstance(b, (list, tuple)) and len(b) >= 2 and isinstance(b[1], torch.Tensor)
+            )
         dataset = getattr(data, "dataset", None)
         return len(dataset) if dataset is not None and hasattr(dataset, "__len__") else None
     except (TypeError, IndexError):
@@ -246,9 +261,15 @@ def _total_samples(data: Any) -> int | None:
 
 
 def _has_normalization(model: nn.Module) -> bool:
-    norms = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm)
+    norms = (
+        nn.modules.batchnorm._BatchNorm,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        nn.modules.instancenorm._InstanceNorm,
+    )
     return any(isinstance(m, norms) for m in model.modules()) or any(
-        "RMSNorm" in type(m).__name__ for m in model.modules())
+        "RMSNorm" in type(m).__name__ for m in model.modules()
+    )
 
 
 @torch.no_grad()
@@ -266,12 +287,17 @@ def _probability_outputs(model: nn.Module, loss_fn: Any, batch: tuple) -> bool:
             out = call_model(model, place(x, y, next(model.parameters()).device)[0])
     except Exception:  # noqa: BLE001 - a model that cannot run here simply gets no loss advice
         return False
-    return isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel() > 0 and bool(
-        (out.min() >= 0) & (out.max() <= 1))
+    return (
+        isinstance(out, torch.Tensor)
+        and out.is_floating_point()
+        and out.numel() > 0
+        and bool((out.min() >= 0) & (out.max() <= 1))
+    )
 
 
-def _rank(items: list[tuple[Candidate, Prescription]], verified: bool, no_change: Prescription | None
-          ) -> list[Prescription]:
+def _rank(
+    items: list[tuple[Candidate, Prescription]], verified: bool, no_change: Prescription | None
+) -> list[Prescription]:
     """Verified improvements first (lowest trial loss first).
 
     Then what could not be tried (code changes; without trials, everything in the rules' order);
@@ -280,20 +306,43 @@ def _rank(items: list[tuple[Candidate, Prescription]], verified: bool, no_change
     of the trials (measured, and behind), are dropped: a change that lost its trial is no advice."""
     if not verified:
         return [p for _, p in items]
-    better = sorted((p for _, p in items if p.trial is not None and p.trial.better), key=lambda p: p.trial.loss)
+    better = sorted(
+        (p for _, p in items if p.trial is not None and p.trial.better), key=lambda p: p.trial.loss
+    )
     code = [p for _, p in items if p.trial is None and not p.applicable]
-    flat = [p for _, p in items if p.trial is not None and not p.trial.better and p.trial.finite and p.trial.gain >= 0]
+    flat = [
+        p
+        for _, p in items
+        if p.trial is not None and not p.trial.better and p.trial.finite and p.trial.gain >= 0
+    ]
     return better + code + ([] if better or no_change is None else [no_change]) + flat
 
 
 @with_progress("diagnosis")
-def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, optimizer: torch.optim.Optimizer | None = None,
-             lr: float | None = None, window: int = WINDOW, mode: Mode | Literal["auto"] = "auto", verify: bool | str = "auto",
-             trial_steps: int | str = "auto", train_step: TrainStep | None = None, eval_data: Any = None,
-             checkpoint: dict[str, torch.Tensor] | None = None, samples: int | None = SAMPLES,
-             curvature_samples: int | None = CURVATURE_SAMPLES,
-             batch: int | None = None, budget: int = BUDGET, trial_budget: float = TRIAL_BUDGET, seed: int = 0,
-             previous: str | None = None, progress: Progress | bool | str | None = "auto") -> Diagnosis:
+def diagnose(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Data,
+    *,
+    history: History,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr: float | None = None,
+    window: int = WINDOW,
+    mode: Mode | Literal["auto"] = "auto",
+    verify: bool | str = "auto",
+    trial_steps: int | str = "auto",
+    train_step: TrainStep | None = None,
+    eval_data: Any = None,
+    checkpoint: dict[str, torch.Tensor] | None = None,
+    samples: int | None = SAMPLES,
+    curvature_samples: int | None = CURVATURE_SAMPLES,
+    batch: int | None = None,
+    budget: int = BUDGET,
+    trial_budget: float = TRIAL_BUDGET,
+    seed: int = 0,
+    previous: str | None = None,
+    progress: Progress | bool | str | None = "auto",
+) -> Diagnosis:
     """Why did the loss stop going down? The cause, the evidence, and what to change, tried.
 
     Measures the loss, gradient, curvature and gradient noise where training stands; pure rules
@@ -375,8 +424,12 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, op
     mode = check_choice(mode, "mode", ("auto", "train", "eval"))
     if verify not in (True, False, "auto"):
         raise ValueError(f"verify must be True, False or 'auto', got {verify!r}.")
-    check_callable(train_step, "train_step", optional=True,
-                   hint="Pass a function called as train_step(model, optimizer, batch) returning the loss.")
+    check_callable(
+        train_step,
+        "train_step",
+        optional=True,
+        hint="Pass a function called as train_step(model, optimizer, batch) returning the loss.",
+    )
     if trial_steps != "auto":
         trial_steps = check_int(trial_steps, "trial_steps", minimum=2, hint="Or 'auto'.")
     samples = check_int(samples, "samples", minimum=1, optional=True)
@@ -389,18 +442,34 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, op
     if previous is not None:
         check_choice(previous, "previous", CAUSES)
     try:
-        m = measure(model, loss_fn, data, hist, optimizer=optimizer, lr=lr, window=window, mode=mode, samples=samples,
-                    curvature_samples=curvature_samples, batch=batch, budget=budget, seed=seed,
-                    progress=scaled(progress, 0, 2 * budget))
+        m = measure(
+            model,
+            loss_fn,
+            data,
+            hist,
+            optimizer=optimizer,
+            lr=lr,
+            window=window,
+            mode=mode,
+            samples=samples,
+            curvature_samples=curvature_samples,
+            batch=batch,
+            budget=budget,
+            seed=seed,
+            progress=scaled(progress, 0, 2 * budget),
+        )
     except KeyboardInterrupt:
-        return _undetermined(started, "interrupted while measuring: no verdict is drawn from an unfinished "
-                                      "measurement")
+        return _undetermined(
+            started,
+            "interrupted while measuring: no verdict is drawn from an unfinished measurement",
+        )
     decision = decide(m, previous=previous)
     batches = first_samples(data, samples, batch)
     trial_opt = trial_optimizer(model, optimizer, lr)
 
-    def prescribe(decision: Decision
-                  ) -> tuple[list[Prescription], TrialReport | None, bool, bool, LayerCurvature | None]:
+    def prescribe(
+        decision: Decision,
+    ) -> tuple[list[Prescription], TrialReport | None, bool, bool, LayerCurvature | None]:
         """Candidates for ``decision``, tried when asked (or stalled).
 
         (ranked, trials report, verified, interrupted, per-layer table)."""
@@ -412,45 +481,105 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, op
             if blocks >= 2:
                 try:
                     with dropout_off(model):
-                        layers = layer_curvature(model, loss_fn, first_samples(batches, curvature_samples),
-                                                 optimizer=optimizer, lr=None if optimizer is not None else m.lr,
-                                                 mode=m.mode, probes=1, lanczos_steps=LAYER_STEPS, seed=seed,
-                                                 max_blocks=blocks)
+                        layers = layer_curvature(
+                            model,
+                            loss_fn,
+                            first_samples(batches, curvature_samples),
+                            optimizer=optimizer,
+                            lr=None if optimizer is not None else m.lr,
+                            mode=m.mode,
+                            probes=1,
+                            lanczos_steps=LAYER_STEPS,
+                            seed=seed,
+                            max_blocks=blocks,
+                        )
                 except KeyboardInterrupt:
                     layers = None
-        extra: dict[str, Any] = {"window": window, "checkpoint": checkpoint, "dead_rows": m.dead_rows,
-                                 "has_normalization": _has_normalization(model), "layers": layers,
-                                 "total_samples": _total_samples(data)}
+        extra: dict[str, Any] = {
+            "window": window,
+            "checkpoint": checkpoint,
+            "dead_rows": m.dead_rows,
+            "has_normalization": _has_normalization(model),
+            "layers": layers,
+            "total_samples": _total_samples(data),
+        }
         if batches:
             extra["probability_outputs"] = _probability_outputs(model, loss_fn, batches[0])
-        if decision.cause == "saddle_point" and m.escape_direction is not None and m.loss is not None:
-            extra["escape"] = escape_step(model, loss_fn, batches, m.mode, m.parameter_names, m.escape_direction,
-                                          m.lambda_min or -1.0, m.loss)
+        if (
+            decision.cause == "saddle_point"
+            and m.escape_direction is not None
+            and m.loss is not None
+        ):
+            extra["escape"] = escape_step(
+                model,
+                loss_fn,
+                batches,
+                m.mode,
+                m.parameter_names,
+                m.escape_direction,
+                m.lambda_min or -1.0,
+                m.loss,
+            )
             if extra["escape"][1] == 0.0:
                 extra["escape"] = None
         cands = candidates(m, decision, **extra)
-        items = [(c, Prescription(text=describe_action(c.action, lr=m.lr, momentum=m.momentum,
-                                                       weight_decay=m.weight_decay),
-                                  action=c.action, applicable=c.applicable, reason=c.why, payload=c.payload))
-                 for c in cands]
+        items = [
+            (
+                c,
+                Prescription(
+                    text=describe_action(
+                        c.action, lr=m.lr, momentum=m.momentum, weight_decay=m.weight_decay
+                    ),
+                    action=c.action,
+                    applicable=c.applicable,
+                    reason=c.why,
+                    payload=c.payload,
+                ),
+            )
+            for c in cands
+        ]
         run = verify is True or (verify == "auto" and decision.stalled)
-        run = run and trial_opt is not None and any(c.applicable and c.action and not c.action.get("stop")
-                                                          for c in cands)
+        run = (
+            run
+            and trial_opt is not None
+            and any(c.applicable and c.action and not c.action.get("stop") for c in cands)
+        )
         report, interrupted = None, False
         if run:
             # A lower lr pays off slowly at a noise floor (the loss relaxes to a lower level): longer trials.
             shortest = 2 * window if _noise_cause(decision) else window
-            steps = min(max(shortest, 20), MAX_TRIAL_STEPS) if trial_steps == "auto" else int(trial_steps)
-            tryable = [c if c.applicable and c.action else replace(c, applicable=False) for c in cands]
+            steps = (
+                min(max(shortest, 20), MAX_TRIAL_STEPS)
+                if trial_steps == "auto"
+                else int(trial_steps)
+            )
+            tryable = [
+                c if c.applicable and c.action else replace(c, applicable=False) for c in cands
+            ]
             evals = first_samples(eval_data, samples) if eval_data is not None else batches
             try:
                 for attempt in range(2):
-                    trials, report = run_trials(model, loss_fn, data, trial_opt, tryable, steps=steps,
-                                                eval_batches=evals, mode=m.mode, train_step=train_step,
-                                                budget=trial_budget, progress=scaled(progress, budget, 2 * budget))
+                    trials, report = run_trials(
+                        model,
+                        loss_fn,
+                        data,
+                        trial_opt,
+                        tryable,
+                        steps=steps,
+                        eval_batches=evals,
+                        mode=m.mode,
+                        train_step=train_step,
+                        budget=trial_budget,
+                        progress=scaled(progress, budget, 2 * budget),
+                    )
                     # Adaptive length: when nothing separated from the control, try once more twice as long.
-                    if report.interrupted or attempt == 1 or any(t is not None and t.better for t in trials) \
-                            or trial_steps != "auto" or 2 * steps > MAX_TRIAL_STEPS:
+                    if (
+                        report.interrupted
+                        or attempt == 1
+                        or any(t is not None and t.better for t in trials)
+                        or trial_steps != "auto"
+                        or 2 * steps > MAX_TRIAL_STEPS
+                    ):
                         break
                     steps *= 2
             except KeyboardInterrupt:
@@ -459,8 +588,11 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, op
             items = [(c, replace(p, trial=t)) for (c, p), t in zip(items, trials)]
         no_change = None
         if run and not interrupted and decision.stalled:
-            no_change = Prescription(text=f"no change: nothing tried beat continuing unchanged over {report.steps} "
-                                          "steps", action={})
+            no_change = Prescription(
+                text=f"no change: nothing tried beat continuing unchanged over {report.steps} "
+                "steps",
+                action={},
+            )
         ranked = _rank(items, run and not interrupted, no_change)
         if not ranked:
             ranked = [Prescription(text=describe_action({}), action={})]
@@ -478,21 +610,44 @@ def diagnose(model: nn.Module, loss_fn: Any, data: Data, *, history: History, op
             ranked, report, verified, interrupted, layers = tried
         else:
             interrupted = tried[3]
-    cost = {"hvps": m.hvps, "gradients": m.gradients, "trial_steps": 0 if report is None else report.trained,
-            "seconds": time.perf_counter() - started}
+    cost = {
+        "hvps": m.hvps,
+        "gradients": m.gradients,
+        "trial_steps": 0 if report is None else report.trained,
+        "seconds": time.perf_counter() - started,
+    }
     if progress is not None:
         progress(2 * budget, 2 * budget)
-    return Diagnosis(cause=decision.cause, summary=summary(decision, m), stalled=decision.stalled,
-                     evidence=evidence(decision, m) + layer_evidence(layers), prescriptions=tuple(ranked),
-                     decision=decision, measurements=m, verified=verified, trials=report,
-                     cost=cost, interrupted=interrupted, layers=layers)
+    return Diagnosis(
+        cause=decision.cause,
+        summary=summary(decision, m),
+        stalled=decision.stalled,
+        evidence=evidence(decision, m) + layer_evidence(layers),
+        prescriptions=tuple(ranked),
+        decision=decision,
+        measurements=m,
+        verified=verified,
+        trials=report,
+        cost=cost,
+        interrupted=interrupted,
+        layers=layers,
+    )
 
 
 def _undetermined(started: float, why: str) -> Diagnosis:
-    return Diagnosis(cause="undetermined", summary=why, stalled=False, evidence=(why,),
-                     prescriptions=(Prescription(text="run the diagnosis again to completion", action={}),),
-                     decision=None, measurements=None, verified=False, trials=None,
-                     cost={"seconds": time.perf_counter() - started}, interrupted=True)
+    return Diagnosis(
+        cause="undetermined",
+        summary=why,
+        stalled=False,
+        evidence=(why,),
+        prescriptions=(Prescription(text="run the diagnosis again to completion", action={}),),
+        decision=None,
+        measurements=None,
+        verified=False,
+        trials=None,
+        cost={"seconds": time.perf_counter() - started},
+        interrupted=True,
+    )
 
 
 __all__ = ["CAUSES", "CAUSE_TITLES", "Diagnosis", "Evidence", "LossTrend", "diagnose"]

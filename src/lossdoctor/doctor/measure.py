@@ -54,8 +54,21 @@ SHARPNESS_TOL = 1e-2
 SMALLEST_TOL = 1e-2
 FLAT_FLOOR = 1e-6  # step-scaled curvatures below this fraction of S count as flat
 MAX_HALF_LIFE = 1e9
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Softplus, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU,
-               nn.LeakyReLU, nn.Mish, nn.Hardswish, nn.Hardsigmoid)
+ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.GELU,
+    nn.SiLU,
+    nn.ELU,
+    nn.LeakyReLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+)
 
 
 @dataclass(frozen=True)
@@ -161,14 +174,20 @@ class Measurements(ResultMixin):
         if self.probe_predicted is None or self.probe_loss_change is None or self.loss is None:
             return None
         # A predicted change below ~100 rounding units of the loss cannot be measured.
-        if self.probe_predicted >= 0 or abs(self.probe_predicted) <= 100 * self.loss_eps * max(abs(self.loss), 1e-30):
+        if self.probe_predicted >= 0 or abs(self.probe_predicted) <= 100 * self.loss_eps * max(
+            abs(self.loss), 1e-30
+        ):
             return None
         return self.probe_loss_change / self.probe_predicted
 
     @property
     def condition(self) -> float | None:
         """S / S_g: how much sharper the sharpest direction is than the gradient's direction."""
-        if self.lr_sharpness is None or self.gradient_curvature is None or self.gradient_curvature <= 0:
+        if (
+            self.lr_sharpness is None
+            or self.gradient_curvature is None
+            or self.gradient_curvature <= 0
+        ):
             return None
         return self.lr_sharpness / self.gradient_curvature
 
@@ -244,13 +263,19 @@ class Measurements(ResultMixin):
         if self.loss is not None:
             parts.append(f"loss {fmt(self.loss, 5)}, gradient norm {fmt(self.grad_norm)}")
         if self.lambda_max is not None:
-            parts.append(f"λ_max {fmt(self.lambda_max, 4)}, S {fmt(self.lr_sharpness, 4)} / {fmt(self.threshold, 3)}")
-        parts.append(f"cost: {self.hvps} Hessian-vector products, {self.gradients} gradients, {self.seconds:.2f} s")
+            parts.append(
+                f"λ_max {fmt(self.lambda_max, 4)}, S {fmt(self.lr_sharpness, 4)} / {fmt(self.threshold, 3)}"
+            )
+        parts.append(
+            f"cost: {self.hvps} Hessian-vector products, {self.gradients} gradients, {self.seconds:.2f} s"
+        )
         return "\n".join(parts)
 
 
 # -- data ------------------------------------------------------------------------------------------
-def first_samples(data: Any, samples: int | None, batch: int | None = None) -> list[tuple[Any, torch.Tensor]]:
+def first_samples(
+    data: Any, samples: int | None, batch: int | None = None
+) -> list[tuple[Any, torch.Tensor]]:
     """The first ``samples`` samples of ``data`` as a list of batches (a single pair is cut into batches of ``batch``); iterating a shuffling DataLoader leaves the global RNG as it was."""
     out: list[tuple[Any, torch.Tensor]] = []
     count = 0
@@ -258,8 +283,15 @@ def first_samples(data: Any, samples: int | None, batch: int | None = None) -> l
         if is_single_batch(data) and batch is not None:
             x, y = data
             n = batch_size(y)
-            source = [(map_inputs(lambda t, a=a: t[a:a + batch] if t.dim() and t.shape[0] == n else t, x),
-                       y[a:a + batch]) for a in range(0, n, batch)]
+            source = [
+                (
+                    map_inputs(
+                        lambda t, a=a: t[a : a + batch] if t.dim() and t.shape[0] == n else t, x
+                    ),
+                    y[a : a + batch],
+                )
+                for a in range(0, n, batch)
+            ]
         else:
             source = iter_batches(data)
         for x, y in source:
@@ -333,7 +365,9 @@ def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[
     return total / count, grad / count, sq, sizes
 
 
-def _noise(mean_grad: torch.Tensor, sq: list[float], sizes: list[int]) -> tuple[float | None, float | None, float]:
+def _noise(
+    mean_grad: torch.Tensor, sq: list[float], sizes: list[int]
+) -> tuple[float | None, float | None, float]:
     """(minibatch gradient norm, noise ratio tr(Σ)/B / ||G||², ||G||² estimate) from per-batch squared norms: E||g_B||² = ||G||² + tr(Σ)/B and ||ḡ_N||² = ||G||² + tr(Σ)/N."""
     gbar = float(mean_grad @ mean_grad)
     if len(sq) < 2:
@@ -354,8 +388,9 @@ def _flat_set(params: list[torch.Tensor], vector: torch.Tensor) -> None:
     load_flat(params, vector)
 
 
-def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, grad: torch.Tensor,
-                batches: list) -> dict[str, float | torch.Tensor | None]:
+def _probe_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, grad: torch.Tensor, batches: list
+) -> dict[str, float | torch.Tensor | None]:
     """One step of the optimizer itself with the full-data gradient, then undone.
 
     The step Δ, the loss change against gᵀΔ, the gradient's cosine before/after, and the
@@ -365,6 +400,7 @@ def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, gra
     known = {id(p) for g in optimizer.param_groups for p in g["params"]}
     out: dict[str, Any] = {}
     with preserved_model(model), preserved_optimizer(optimizer):
+
         def step(decay: bool) -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
             for p, piece in zip(op.params, pieces):
@@ -383,7 +419,9 @@ def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, gra
                     g["weight_decay"] = wd
             return op.parameter_vector().to(torch.float64) - theta
 
-        has_decay = any(float(g.get("weight_decay", 0.0) or 0.0) > 0 for g in optimizer.param_groups)
+        has_decay = any(
+            float(g.get("weight_decay", 0.0) or 0.0) > 0 for g in optimizer.param_groups
+        )
         if has_decay:
             with preserved_optimizer(optimizer):
                 delta_plain = step(decay=False)
@@ -398,7 +436,9 @@ def _probe_step(model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, gra
             decay_part = delta - delta_plain
             dn, gn = float(decay_part.norm()), float(delta_plain.norm())
             out["decay_share"] = dn / gn if gn > 0 else (math.inf if dn > 0 else None)
-            out["decay_alignment"] = float(decay_part @ delta_plain) / (dn * gn) if dn > 0 and gn > 0 else None
+            out["decay_alignment"] = (
+                float(decay_part @ delta_plain) / (dn * gn) if dn > 0 and gn > 0 else None
+            )
     return out
 
 
@@ -420,8 +460,9 @@ def contraction(a: np.ndarray, momentum: float = 0.0) -> np.ndarray:
     return np.where(disc >= 0, real, math.sqrt(momentum))
 
 
-def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: float, n_steps: int
-                       ) -> tuple[float, float, float, float]:
+def _gradient_spectrum(
+    op: Any, steps: StepSize, grad: torch.Tensor, lam_s: float, n_steps: int
+) -> tuple[float, float, float, float]:
     """Lanczos from the preconditioned gradient g̃ = D^½ g on Ã = D^½ H D^½ (unit step).
 
     (S_g = g̃ᵀÃg̃/|g̃|², reducible ½ Σ c_j²/a_j over a_j > 0, half-life in steps, negative mass)."""
@@ -431,7 +472,9 @@ def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: floa
     gsq = float(g_t @ g_t)
     if gsq == 0:
         return 0.0, 0.0, math.inf, 0.0
-    ((alpha, beta),) = block_lanczos_tridiagonals(lambda X: apply64(pre, X), g_t.reshape(-1, 1), n_steps)
+    ((alpha, beta),) = block_lanczos_tridiagonals(
+        lambda X: apply64(pre, X), g_t.reshape(-1, 1), n_steps
+    )
     a, vecs = torch.linalg.eigh(tridiagonal(alpha, beta))
     a, w = a.numpy(), (vecs[0] ** 2).numpy()
     s_g = float(alpha[0])
@@ -441,13 +484,15 @@ def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: floa
     parts = c2[pos] / (2 * a[pos])
     reducible = float(parts.sum())
     # Momentum (heavy ball) lengthens the slow directions' steps by 1/(1 - μ).
-    heavy_ball = steps.momentum if steps.kind in ("sgd", "rmsprop") and 0 < steps.momentum < 1 else 0.0
+    heavy_ball = (
+        steps.momentum if steps.kind in ("sgd", "rmsprop") and 0 < steps.momentum < 1 else 0.0
+    )
     keep = np.minimum(contraction(a[pos], heavy_ball) ** 2, 1.0)
     half = math.inf
     if reducible > 0 and np.any(keep < 1):
         # Smallest t with Σ parts keep^t <= ½ Σ parts (inf when the shrinking part is under half).
         def left(t: float) -> float:
-            return float((parts * keep ** t).sum())
+            return float((parts * keep**t).sum())
 
         if left(MAX_HALF_LIFE) <= 0.5 * reducible:
             lo, hi = 0.0, 1.0
@@ -464,7 +509,9 @@ def _gradient_spectrum(op: Any, steps: StepSize, grad: torch.Tensor, lam_s: floa
     return s_g, reducible, half, negative
 
 
-def _dead_units(op: Any, grad: torch.Tensor, blocks: list) -> tuple[dict[str, tuple[int, int]], dict[str, list[int]]]:
+def _dead_units(
+    op: Any, grad: torch.Tensor, blocks: list
+) -> tuple[dict[str, tuple[int, int]], dict[str, list[int]]]:
     """Per weight layer: (output units, units whose every incoming weight and bias has an exactly zero full-data gradient although the weights are not all zero): ReLUs that never fire.
 
     Also the dead rows by weight name (normalization layers' channels included, for
@@ -512,8 +559,16 @@ def batches_loss(model: nn.Module, loss_fn: Any, batches: list, mode: str) -> fl
         return mean_loss(model, loss_fn, batches, device)
 
 
-def escape_step(model: nn.Module, loss_fn: Any, batches: list, mode: str, names: tuple[str, ...],
-                direction: torch.Tensor, eigenvalue: float, loss: float) -> tuple[dict[str, torch.Tensor], float]:
+def escape_step(
+    model: nn.Module,
+    loss_fn: Any,
+    batches: list,
+    mode: str,
+    names: tuple[str, ...],
+    direction: torch.Tensor,
+    eigenvalue: float,
+    loss: float,
+) -> tuple[dict[str, torch.Tensor], float]:
     """A line search along ±``direction`` (flat over ``names``).
 
     The step (signed) that lowers the loss on ``batches`` most among geometric trial lengths around
@@ -521,7 +576,9 @@ def escape_step(model: nn.Module, loss_fn: Any, batches: list, mode: str, names:
     step."""
     params = dict(model.named_parameters())
     sizes = [params[n].numel() for n in names]
-    pieces = {n: piece.reshape(params[n].shape) for n, piece in zip(names, torch.split(direction, sizes))}
+    pieces = {
+        n: piece.reshape(params[n].shape) for n, piece in zip(names, torch.split(direction, sizes))
+    }
     theta = {n: params[n].detach().clone() for n in names}
     scale = math.sqrt(2 * max(abs(loss), 1e-12) / max(abs(eigenvalue), 1e-12))
     best_t, best = 0.0, loss
@@ -536,7 +593,7 @@ def escape_step(model: nn.Module, loss_fn: Any, batches: list, mode: str, names:
     with preserved_model(model):
         for k in range(-12, 4):
             for sign in (1.0, -1.0):
-                t = sign * scale * 2.0 ** k
+                t = sign * scale * 2.0**k
                 value = loss_at(t)
                 if value < best:
                     best_t, best = t, value
@@ -572,18 +629,34 @@ def widened_trend(losses: np.ndarray, window: int) -> LossTrend:
     test open."""
     trend = loss_trend(losses, window)
     k = 2
-    while trend.stalled is None and trend.nonfinite == 0 and k <= MAX_WIDENING and k * window <= losses.size:
+    while (
+        trend.stalled is None
+        and trend.nonfinite == 0
+        and k <= MAX_WIDENING
+        and k * window <= losses.size
+    ):
         trend = loss_trend(losses, k * window)
         k *= 2
     return trend
 
 
-
-def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, optimizer: Any = None,
-            lr: float | None = None, window: int, mode: str = "auto", samples: int | None = SAMPLES,
-            curvature_samples: int | None = CURVATURE_SAMPLES, batch: int | None = None, budget: int = BUDGET,
-            seed: int = 0,
-            progress: Progress | None = None) -> Measurements:
+def measure(
+    model: nn.Module,
+    loss_fn: Any,
+    data: Any,
+    history: StepHistory,
+    *,
+    optimizer: Any = None,
+    lr: float | None = None,
+    window: int,
+    mode: str = "auto",
+    samples: int | None = SAMPLES,
+    curvature_samples: int | None = CURVATURE_SAMPLES,
+    batch: int | None = None,
+    budget: int = BUDGET,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Measurements:
     """Measure everything the decision rules read (see the module docstring).
 
     Args:
@@ -609,7 +682,7 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
     trend = widened_trend(history.losses, window)
     w = trend.window
     finite = history.losses[-w:][np.isfinite(history.losses[-w:])]
-    recent = float(np.median(finite[-max(1, finite.size // 3):])) if finite.size else math.nan
+    recent = float(np.median(finite[-max(1, finite.size // 3) :])) if finite.size else math.nan
     hist_g = hist_c = None
     if history.grad_norms is not None and np.isfinite(history.grad_norms[-w:]).any():
         hist_g = float(np.nanmedian(history.grad_norms[-w:]))
@@ -619,17 +692,57 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
     want = "train" if mode == "auto" and model.training else ("eval" if mode == "auto" else mode)
     mode_note = None
     budget_left = _Budget(budget, progress)
-    base: dict[str, Any] = dict(trend=trend, history_grad_norm=hist_g, history_cosine=hist_c, recent_loss=recent,
-                                mode=want, mode_note=None, samples=0, batch_size=batch, batches=0,
-                                nonfinite_params=nonfinite_params, loss=None, loss_agrees=None, grad_norm=None,
-                                param_norm=None, minibatch_grad_norm=None, noise_ratio=None, optimizer=None, lr=lr,
-                                momentum=0.0, threshold=None, weight_decay=0.0, decoupled=False, adaptive=False,
-                                effective_lr=None, optimizer_note=None, lambda_max=None, lambda_max_converged=False,
-                                lambda_max_error=None, lambda_min_error=None, lr_sharpness=None, gradient_curvature=None, reducible=None, half_life=None,
-                                negative_mass=None, probe_loss_change=None, probe_predicted=None, probe_cosine=None,
-                                update_norm=None, decay_share=None, decay_alignment=None, efficiency=None, layers=(),
-                                sharpest_block=None, sharpest_block_share=None, lambda_min=None,
-                                lambda_min_converged=False, hvps=0, gradients=0, seconds=0.0)
+    base: dict[str, Any] = dict(
+        trend=trend,
+        history_grad_norm=hist_g,
+        history_cosine=hist_c,
+        recent_loss=recent,
+        mode=want,
+        mode_note=None,
+        samples=0,
+        batch_size=batch,
+        batches=0,
+        nonfinite_params=nonfinite_params,
+        loss=None,
+        loss_agrees=None,
+        grad_norm=None,
+        param_norm=None,
+        minibatch_grad_norm=None,
+        noise_ratio=None,
+        optimizer=None,
+        lr=lr,
+        momentum=0.0,
+        threshold=None,
+        weight_decay=0.0,
+        decoupled=False,
+        adaptive=False,
+        effective_lr=None,
+        optimizer_note=None,
+        lambda_max=None,
+        lambda_max_converged=False,
+        lambda_max_error=None,
+        lambda_min_error=None,
+        lr_sharpness=None,
+        gradient_curvature=None,
+        reducible=None,
+        half_life=None,
+        negative_mass=None,
+        probe_loss_change=None,
+        probe_predicted=None,
+        probe_cosine=None,
+        update_norm=None,
+        decay_share=None,
+        decay_alignment=None,
+        efficiency=None,
+        layers=(),
+        sharpest_block=None,
+        sharpest_block_share=None,
+        lambda_min=None,
+        lambda_min_converged=False,
+        hvps=0,
+        gradients=0,
+        seconds=0.0,
+    )
 
     def done(**fields: Any) -> Measurements:
         base.update(fields)
@@ -638,9 +751,17 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
 
     steps0 = step_size(optimizer, [p for p in model.parameters() if p.requires_grad], lr)
     if steps0 is not None:
-        base.update(optimizer=steps0.kind, lr=steps0.lr, momentum=steps0.momentum, threshold=steps0.threshold,
-                    weight_decay=steps0.weight_decay, decoupled=steps0.decoupled, adaptive=steps0.adaptive,
-                    effective_lr=steps0.effective_lr, optimizer_note=steps0.note)
+        base.update(
+            optimizer=steps0.kind,
+            lr=steps0.lr,
+            momentum=steps0.momentum,
+            threshold=steps0.threshold,
+            weight_decay=steps0.weight_decay,
+            decoupled=steps0.decoupled,
+            adaptive=steps0.adaptive,
+            effective_lr=steps0.effective_lr,
+            optimizer_note=steps0.note,
+        )
     if nonfinite_params:
         return done()
     batches = first_samples(data, samples, batch)
@@ -661,15 +782,23 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
         if mode == "auto" and want == "eval" and has_batchnorm(model) and math.isfinite(recent):
             other = hessian(model, loss_fn, batches, mode="train")
             if abs(other.loss - recent) < 0.5 * abs(op.loss - recent):
-                mode_note = (f"in eval mode (BatchNorm running statistics) the loss is {op.loss:.4g}, far from the "
-                             f"training losses (~{recent:.4g}); measured in train mode (batch statistics), "
-                             f"where it is {other.loss:.4g}")
+                mode_note = (
+                    f"in eval mode (BatchNorm running statistics) the loss is {op.loss:.4g}, far from the "
+                    f"training losses (~{recent:.4g}); measured in train mode (batch statistics), "
+                    f"where it is {other.loss:.4g}"
+                )
                 op, want = other, "train"
         base.update(mode=want, mode_note=mode_note)
         # Curvature on the first curvature_samples samples (a Hessian-vector product costs several
         # training steps per batch); loss, gradient and noise on all of them.
-        curvature_batches = first_samples(batches, curvature_samples) if curvature_samples else batches
-        cop = op if len(curvature_batches) == len(batches) else hessian(model, loss_fn, curvature_batches, mode=want)
+        curvature_batches = (
+            first_samples(batches, curvature_samples) if curvature_samples else batches
+        )
+        cop = (
+            op
+            if len(curvature_batches) == len(batches)
+            else hessian(model, loss_fn, curvature_batches, mode=want)
+        )
         loss, grad, sq, sizes = _batch_gradients(op, batches)
         gradients = 1
         if not math.isfinite(loss) or not bool(torch.isfinite(grad).all()):
@@ -678,44 +807,89 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
         grad_norm = float(grad.norm())
         theta = op.parameter_vector().to(torch.float64)
         noise_floor = 3 * trend.noise if math.isfinite(trend.noise) else 0.0
-        agrees = None if not math.isfinite(recent) else bool(
-            abs(loss - recent) <= max(noise_floor, 0.25 * abs(recent), 1e-12))
-        base.update(loss=loss, loss_agrees=agrees, grad_norm=grad_norm, param_norm=float(theta.norm()),
-                    minibatch_grad_norm=mb, noise_ratio=noise, gradients=gradients)
+        agrees = (
+            None
+            if not math.isfinite(recent)
+            else bool(abs(loss - recent) <= max(noise_floor, 0.25 * abs(recent), 1e-12))
+        )
+        base.update(
+            loss=loss,
+            loss_agrees=agrees,
+            grad_norm=grad_norm,
+            param_norm=float(theta.norm()),
+            minibatch_grad_norm=mb,
+            noise_ratio=noise,
+            gradients=gradients,
+        )
         blocks = parameter_blocks(model, op.names)
         dead, dead_rows = _dead_units(op, grad, blocks)
         steps = step_size(optimizer, op.params, lr)
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # unconverged pairs are flagged, not warned
-            top = eigenpairs(cop, k=1, which="largest", tol=SHARPNESS_TOL, seed=seed,
-                             max_matvecs=max(min(30, int(0.4 * budget)), 2))
+            warnings.simplefilter(
+                "ignore", RuntimeWarning
+            )  # unconverged pairs are flagged, not warned
+            top = eigenpairs(
+                cop,
+                k=1,
+                which="largest",
+                tol=SHARPNESS_TOL,
+                seed=seed,
+                max_matvecs=max(min(30, int(0.4 * budget)), 2),
+            )
         budget_left.spend(top.matvecs)
         lam = float(top.eigenvalues[0])
         v = top.eigenvectors[:, 0]
-        shares = [(b.name, float((v[b.start:b.stop] ** 2).sum())) for b in blocks]
+        shares = [(b.name, float((v[b.start : b.stop] ** 2).sum())) for b in blocks]
         sharpest = max(shares, key=lambda s: s[1]) if shares else (None, None)
-        base.update(lambda_max=lam, lambda_max_converged=bool(top.converged[0]),
-                    lambda_max_error=float(top.residual_norms[0]), sharpest_block=sharpest[0],
-                    sharpest_block_share=sharpest[1], top_direction=v, parameter_names=tuple(op.names))
+        base.update(
+            lambda_max=lam,
+            lambda_max_converged=bool(top.converged[0]),
+            lambda_max_error=float(top.residual_norms[0]),
+            sharpest_block=sharpest[0],
+            sharpest_block_share=sharpest[1],
+            top_direction=v,
+            parameter_names=tuple(op.names),
+        )
         probe: dict[str, Any] = {}
         if steps is not None:
-            base.update(optimizer=steps.kind, lr=steps.lr, momentum=steps.momentum, threshold=steps.threshold,
-                        weight_decay=steps.weight_decay, decoupled=steps.decoupled, adaptive=steps.adaptive,
-                        effective_lr=steps.effective_lr, optimizer_note=steps.note)
+            base.update(
+                optimizer=steps.kind,
+                lr=steps.lr,
+                momentum=steps.momentum,
+                threshold=steps.threshold,
+                weight_decay=steps.weight_decay,
+                decoupled=steps.decoupled,
+                adaptive=steps.adaptive,
+                effective_lr=steps.effective_lr,
+                optimizer_note=steps.note,
+            )
             if steps.scale is None:
                 s_top = steps.lr * lam
             else:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    pre = eigenpairs(Preconditioned(cop, steps.scale), k=1, which="largest", tol=SHARPNESS_TOL,
-                                     seed=seed, max_matvecs=max(min(30, int(0.3 * budget), budget_left.left()), 2))
+                    pre = eigenpairs(
+                        Preconditioned(cop, steps.scale),
+                        k=1,
+                        which="largest",
+                        tol=SHARPNESS_TOL,
+                        seed=seed,
+                        max_matvecs=max(min(30, int(0.3 * budget), budget_left.left()), 2),
+                    )
                 budget_left.spend(pre.matvecs)
                 s_top = float(pre.eigenvalues[0])
-            n_steps = max(min(GRADIENT_STEPS, budget_left.left(), op.num_params), min(3, op.num_params))
+            n_steps = max(
+                min(GRADIENT_STEPS, budget_left.left(), op.num_params), min(3, op.num_params)
+            )
             s_g, reducible, half, negative = _gradient_spectrum(cop, steps, grad, s_top, n_steps)
             budget_left.spend(n_steps)
-            base.update(lr_sharpness=s_top, gradient_curvature=s_g, reducible=reducible, half_life=half,
-                        negative_mass=negative)
+            base.update(
+                lr_sharpness=s_top,
+                gradient_curvature=s_g,
+                reducible=reducible,
+                half_life=half,
+                negative_mass=negative,
+            )
             # The probe: one step of the optimizer itself (plain SGD at lr when only an lr is given).
             prober = optimizer if optimizer is not None else torch.optim.SGD(op.params, lr=steps.lr)
             probe = _probe_step(model, prober, op, grad, batches)
@@ -725,32 +899,64 @@ def measure(model: nn.Module, loss_fn: Any, data: Any, history: StepHistory, *, 
             eff = None
             if predicted < 0 and math.isfinite(trend.drop_per_step):
                 eff = trend.drop_per_step / -predicted
-            base.update(probe_loss_change=probe["loss_after"] - loss, probe_predicted=predicted,
-                        probe_cosine=probe["cosine"], update_norm=float(delta.norm()),
-                        decay_share=probe.get("decay_share"), decay_alignment=probe.get("decay_alignment"),
-                        efficiency=eff, gradients=gradients)
+            base.update(
+                probe_loss_change=probe["loss_after"] - loss,
+                probe_predicted=predicted,
+                probe_cosine=probe["cosine"],
+                update_norm=float(delta.norm()),
+                decay_share=probe.get("decay_share"),
+                decay_alignment=probe.get("decay_alignment"),
+                efficiency=eff,
+                gradients=gradients,
+            )
         layers = []
         delta = probe.get("delta")
         for b in blocks:
             sl = slice(b.start, b.stop)
             units, n_dead = dead.get(b.name, (0, 0))
-            layers.append(LayerStat(b.name, b.module_type, b.numel, float(theta[sl].norm()), float(grad[sl].norm()),
-                                    None if delta is None else float(delta[sl].norm()), units, n_dead))
+            layers.append(
+                LayerStat(
+                    b.name,
+                    b.module_type,
+                    b.numel,
+                    float(theta[sl].norm()),
+                    float(grad[sl].norm()),
+                    None if delta is None else float(delta[sl].norm()),
+                    units,
+                    n_dead,
+                )
+            )
         base.update(layers=tuple(layers), dead_rows=dead_rows)
         # Near a critical point: the other end of the spectrum (a negative eigenvalue: a saddle).
-        rel = grad_norm / math.sqrt(2 * abs(loss) * lam) if lam > 0 and loss != 0 else (0.0 if grad_norm == 0 else math.inf)
-        near_critical = rel < 0.1 or (base["reducible"] is not None and base["reducible"] < 1e-3 * max(abs(loss), 1e-12))
+        rel = (
+            grad_norm / math.sqrt(2 * abs(loss) * lam)
+            if lam > 0 and loss != 0
+            else (0.0 if grad_norm == 0 else math.inf)
+        )
+        near_critical = rel < 0.1 or (
+            base["reducible"] is not None and base["reducible"] < 1e-3 * max(abs(loss), 1e-12)
+        )
         if near_critical and budget_left.left() >= 2:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                low = eigenpairs(cop, k=1, which="smallest", tol=SMALLEST_TOL, seed=seed + 1,
-                                 max_matvecs=max(min(40, budget_left.left()), 2))
+                low = eigenpairs(
+                    cop,
+                    k=1,
+                    which="smallest",
+                    tol=SMALLEST_TOL,
+                    seed=seed + 1,
+                    max_matvecs=max(min(40, budget_left.left()), 2),
+                )
             budget_left.spend(low.matvecs)
             lo = float(low.eigenvalues[-1])
             escape = low.eigenvectors[:, -1].clone() if lo < 0 else None
             if escape is not None and escape[torch.argmax(escape.abs())] < 0:
                 escape = -escape
-            base.update(lambda_min=lo, lambda_min_converged=bool(low.converged[-1]),
-                        lambda_min_error=float(low.residual_norms[-1]), escape_direction=escape)
+            base.update(
+                lambda_min=lo,
+                lambda_min_converged=bool(low.converged[-1]),
+                lambda_min_error=float(low.residual_norms[-1]),
+                escape_direction=escape,
+            )
         base.update(hvps=cop.num_matvecs, loss_eps=float(torch.finfo(op.dtype).eps))
     return done()

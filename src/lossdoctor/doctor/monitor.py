@@ -108,11 +108,15 @@ def _check_first_batch(model: nn.Module, loss_fn: Callable, batch: tuple) -> Non
         try:
             value = float(loss.detach())
         except (RuntimeError, NotImplementedError) as err:
-            raise ValueError(f"the loss on the first batch cannot be read as a number ({err}); put the model and "
-                             "data on a real device (cpu or cuda).") from None
+            raise ValueError(
+                f"the loss on the first batch cannot be read as a number ({err}); put the model and "
+                "data on a real device (cpu or cuda)."
+            ) from None
     if not math.isfinite(value) and all(bool(torch.isfinite(p).all()) for p in model.parameters()):
-        raise ValueError(f"the loss on the first batch of data is {value} although the parameters are finite: "
-                         "check the data for NaN/Inf inputs or targets.")
+        raise ValueError(
+            f"the loss on the first batch of data is {value} although the parameters are finite: "
+            "check the data for NaN/Inf inputs or targets."
+        )
 
 
 @dataclass(frozen=True)
@@ -166,14 +170,19 @@ class MonitorRecord(ResultMixin):
         Returns:
             ``{"losses": ..., "grad_norms": ..., "grad_cosines": ...}`` over the last ``n`` steps.
         """
-        return {"losses": self.losses[-n:], "grad_norms": self.grad_norms[-n:],
-                "grad_cosines": self.grad_cosines[-n:]}
+        return {
+            "losses": self.losses[-n:],
+            "grad_norms": self.grad_norms[-n:],
+            "grad_cosines": self.grad_cosines[-n:],
+        }
 
     def __str__(self) -> str:
         if not self.steps:
             return "monitor: no steps recorded"
         norms = [g for g in self.grad_norms if math.isfinite(g)]
-        last = f"loss {fmt(self.losses[-1], 5)}, gradient norm {fmt(norms[-1] if norms else math.nan)}"
+        last = (
+            f"loss {fmt(self.losses[-1], 5)}, gradient norm {fmt(norms[-1] if norms else math.nan)}"
+        )
         sharp = f", last sharpness {fmt(self.sharpness[-1][1], 4)}" if self.sharpness else ""
         return f"monitor: {len(self.steps)} steps, {last}{sharp}"
 
@@ -276,14 +285,27 @@ class Monitor:
         0.0001
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable, data: Any, *, window: int = WINDOW,
-                 check_every: int | None = None, signals_every: int = SIGNALS_EVERY,
-                 sharpness_every: int = SHARPNESS_EVERY, sharpness_samples: int = SHARPNESS_SAMPLES,
-                 sharpness_iters: int = SHARPNESS_ITERS, doctor_share: float | None = DOCTOR_SHARE,
-                 diagnose_samples: int | None = DIAGNOSE_SAMPLES,
-                 callback: Callable[[Diagnosis], None] | None = None, lr: float | None = None,
-                 treat: bool = False, train_step: TrainStep | None = None, checkpoint_every: int | None = None,
-                 diagnose_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable,
+        data: Any,
+        *,
+        window: int = WINDOW,
+        check_every: int | None = None,
+        signals_every: int = SIGNALS_EVERY,
+        sharpness_every: int = SHARPNESS_EVERY,
+        sharpness_samples: int = SHARPNESS_SAMPLES,
+        sharpness_iters: int = SHARPNESS_ITERS,
+        doctor_share: float | None = DOCTOR_SHARE,
+        diagnose_samples: int | None = DIAGNOSE_SAMPLES,
+        callback: Callable[[Diagnosis], None] | None = None,
+        lr: float | None = None,
+        treat: bool = False,
+        train_step: TrainStep | None = None,
+        checkpoint_every: int | None = None,
+        diagnose_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         check_module(model)
         check_loss_fn(loss_fn)
         self.params = [p for _, p in trainable_parameters(model)]
@@ -295,18 +317,35 @@ class Monitor:
         check_every = check_int(check_every, "check_every", minimum=1, optional=True)
         checkpoint_every = check_int(checkpoint_every, "checkpoint_every", minimum=1, optional=True)
         diagnose_samples = check_int(diagnose_samples, "diagnose_samples", minimum=1, optional=True)
-        doctor_share = check_float(doctor_share, "doctor_share", above=0.0, maximum=1.0, optional=True,
-                                   hint="The doctor's cost cap is a share of training time in (0, 1]; None: no cap.")
-        check_callable(callback, "callback", optional=True, hint="Pass a function called as callback(diagnosis).")
-        check_callable(train_step, "train_step", optional=True,
-                       hint="Pass a function called as train_step(model, optimizer, batch) returning the loss.")
+        doctor_share = check_float(
+            doctor_share,
+            "doctor_share",
+            above=0.0,
+            maximum=1.0,
+            optional=True,
+            hint="The doctor's cost cap is a share of training time in (0, 1]; None: no cap.",
+        )
+        check_callable(
+            callback,
+            "callback",
+            optional=True,
+            hint="Pass a function called as callback(diagnosis).",
+        )
+        check_callable(
+            train_step,
+            "train_step",
+            optional=True,
+            hint="Pass a function called as train_step(model, optimizer, batch) returning the loss.",
+        )
         treat = check_bool(treat, "treat")
         lr = check_float(lr, "lr", above=0.0, optional=True)
         self.model, self.loss_fn, self.data = model, loss_fn, data
         # Drawn once, inside a saved RNG state: a shuffling DataLoader leaves the run as it was.
         self._doctor_data = first_samples(data, diagnose_samples)
         if not self._doctor_data:
-            raise ValueError("data yielded no batches: the monitor needs training data to diagnose on.")
+            raise ValueError(
+                "data yielded no batches: the monitor needs training data to diagnose on."
+            )
         _check_first_batch(model, loss_fn, self._doctor_data[0])
         self._curvature_batches = len(first_samples(self._doctor_data, CURVATURE_SAMPLES))
         self._batch = batch_size(self._doctor_data[0][1])
@@ -351,9 +390,15 @@ class Monitor:
     @property
     def record(self) -> MonitorRecord:
         """A copy of what was recorded so far."""
-        return MonitorRecord(steps=list(self._steps), losses=list(self._losses), grad_norms=list(self._grad_norms),
-                             update_norms=list(self._update_norms), grad_cosines=list(self._cosines),
-                             lrs=list(self._lrs), sharpness=list(self._sharpness))
+        return MonitorRecord(
+            steps=list(self._steps),
+            losses=list(self._losses),
+            grad_norms=list(self._grad_norms),
+            update_norms=list(self._update_norms),
+            grad_cosines=list(self._cosines),
+            lrs=list(self._lrs),
+            sharpness=list(self._sharpness),
+        )
 
     @property
     def last_diagnosis(self) -> Diagnosis | None:
@@ -408,11 +453,17 @@ class Monitor:
         """
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
-                raise ValueError(f"monitor.step expects the scalar training loss, got shape {tuple(loss.shape)}.")
+                raise ValueError(
+                    f"monitor.step expects the scalar training loss, got shape {tuple(loss.shape)}."
+                )
         elif not isinstance(loss, (int, float)) or isinstance(loss, bool):
-            raise TypeError(f"monitor.step expects the loss (a tensor or a float), got {type(loss).__name__}.")
+            raise TypeError(
+                f"monitor.step expects the loss (a tensor or a float), got {type(loss).__name__}."
+            )
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}."
+            )
         loss_value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         self._count += 1
         gnorm = cos = update = math.nan
@@ -436,7 +487,11 @@ class Monitor:
             self._sharpness_due = False
             self.doctor_cost += self._sharpness_cost()
             self._sharpness.append((self._count, self._estimate_sharpness()))
-        if self.checkpoint_every and self._count % self.checkpoint_every == 0 and math.isfinite(loss_value):
+        if (
+            self.checkpoint_every
+            and self._count % self.checkpoint_every == 0
+            and math.isfinite(loss_value)
+        ):
             self._keep_checkpoint()
         if self._probation is not None and self._count >= self._probation[0]:
             self._review(optimizer)
@@ -470,10 +525,13 @@ class Monitor:
         return lam
 
     def _keep_checkpoint(self) -> None:
-        recent = np.asarray(self._losses[-self.window:], dtype=np.float64)
+        recent = np.asarray(self._losses[-self.window :], dtype=np.float64)
         finite = recent[np.isfinite(recent)]
-        if (finite.size < MIN_STEPS or growth(finite) > DIVERGE_GROWTH
-                or not all(bool(torch.isfinite(p).all()) for p in self.params)):
+        if (
+            finite.size < MIN_STEPS
+            or growth(finite) > DIVERGE_GROWTH
+            or not all(bool(torch.isfinite(p).all()) for p in self.params)
+        ):
             return
         self._checkpoint = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
@@ -481,18 +539,20 @@ class Monitor:
     def _stall_window(self) -> int | None:
         """The number of recent steps over which the loss has stalled, or None when it has not (NaN/Inf, a growing loss or flipping gradients on the base window; a flat loss beyond doubt from the noise, widening a window the noise leaves open up to 8x)."""
         losses = self._losses
-        recent = np.asarray(losses[-self.window:], dtype=np.float64)
+        recent = np.asarray(losses[-self.window :], dtype=np.float64)
         if not np.all(np.isfinite(recent)):
             return self.window
         # The cheap statistics only (no LossTrend): this runs every check inside the training loop.
-        cos = np.asarray(self._cosines[-self.window:], dtype=np.float64)
+        cos = np.asarray(self._cosines[-self.window :], dtype=np.float64)
         cos = cos[np.isfinite(cos)]
         cos_mean = float(cos.mean()) if cos.size else 0.0
-        if (growth(recent) > DIVERGE_GROWTH and separated_growth(recent) > 1) or cos_mean < COS_TRIGGER:
+        if (
+            growth(recent) > DIVERGE_GROWTH and separated_growth(recent) > 1
+        ) or cos_mean < COS_TRIGGER:
             return self.window
         k = 1
         while k <= MAX_STALL_WINDOWS and k * self.window <= len(losses):
-            stalled = stall_test(losses[-k * self.window:])
+            stalled = stall_test(losses[-k * self.window :])
             if stalled is not None:
                 return k * self.window if stalled else None
             k *= 2
@@ -507,14 +567,18 @@ class Monitor:
         return len(self._sharp_data or ()) * (2.0 + HVP_COST * self.sharpness_iters)
 
     def _can_pay(self, cost: float) -> bool:
-        return self.doctor_share is None or self.doctor_share * self._count - self.doctor_cost >= cost
+        return (
+            self.doctor_share is None or self.doctor_share * self._count - self.doctor_cost >= cost
+        )
 
     def _affordable_hvps(self) -> int | None:
         """Hessian-vector products the doctor's budget can pay for now (None: no cap)."""
         if self.doctor_share is None:
             return None
         bank = self.doctor_share * self._count - self.doctor_cost
-        fixed = len(self._doctor_data) * 3.0  # the operator's validation pass, the gradient pass, the probe
+        fixed = (
+            len(self._doctor_data) * 3.0
+        )  # the operator's validation pass, the gradient pass, the probe
         return int(max(0.0, bank - fixed) // (HVP_COST * self._curvature_batches))
 
     def _charge(self, d: Diagnosis) -> None:
@@ -526,7 +590,9 @@ class Monitor:
         self.doctor_cost += HVP_COST * self._curvature_batches * d.cost.get("hvps", 0)
         self.doctor_cost += d.cost.get("trial_steps", 0)
 
-    def _check(self, optimizer: torch.optim.Optimizer | None, force: bool = False) -> Diagnosis | None:
+    def _check(
+        self, optimizer: torch.optim.Optimizer | None, force: bool = False
+    ) -> Diagnosis | None:
         window = self.window if force else self._stall_window()
         self._next_check = self._count + self.check_every
         if window is None:
@@ -552,14 +618,23 @@ class Monitor:
             kwargs.setdefault("train_step", self.train_step)
         if self._checkpoint is not None:
             kwargs.setdefault("checkpoint", self._checkpoint)
-        result = diagnose(self.model, self.loss_fn, self.data, history=self.record.window(window),
-                          optimizer=optimizer, previous=self._last_cause, **kwargs)
+        result = diagnose(
+            self.model,
+            self.loss_fn,
+            self.data,
+            history=self.record.window(window),
+            optimizer=optimizer,
+            previous=self._last_cause,
+            **kwargs,
+        )
         result = dataclasses.replace(result, step=self._count)
         self._charge(result)
         if not math.isfinite(self._losses[-1]):
             self._nonfinite_reported = True
         # The same verdict again: wait longer before the next diagnosis (doubling, up to 16x).
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF) if result.cause == self._last_cause else 1
+        self._backoff = (
+            min(self._backoff * 2, MAX_BACKOFF) if result.cause == self._last_cause else 1
+        )
         self._last_cause = result.cause
         self._next_doctor = self._count + self.window * self._backoff
         if result.cause == "progressing":
@@ -577,13 +652,25 @@ class Monitor:
         """Apply the best verified prescription that changes things in place (an optimizer switch needs your loop to use the new optimizer: it is logged as advice, not applied)."""
         if self._probation is not None:
             return
-        chosen = next((p for p in d.prescriptions if p.trial is not None and p.trial.better and p.applicable
-                       and "optimizer" not in p.action and repr(p.action) not in self._rejected), None)
+        chosen = next(
+            (
+                p
+                for p in d.prescriptions
+                if p.trial is not None
+                and p.trial.better
+                and p.applicable
+                and "optimizer" not in p.action
+                and repr(p.action) not in self._rejected
+            ),
+            None,
+        )
         if chosen is None:
             return
-        saved = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
-                 "optimizer": copy.deepcopy(optimizer.state_dict())}
-        before = float(np.median(self._losses[-max(3, self.window // 3):]))
+        saved = {
+            "model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+        }
+        before = float(np.median(self._losses[-max(3, self.window // 3) :]))
         returned = chosen.apply(self.model, optimizer)
         if returned is not optimizer:  # pragma: no cover - switches are excluded above
             return
@@ -596,19 +683,30 @@ class Monitor:
         """One window after a treatment: undo it if the loss is worse than before beyond noise."""
         _, saved, treated, action = self._probation
         self._probation = None
-        after = float(np.median(self._losses[-max(3, self.window // 3):]))
+        after = float(np.median(self._losses[-max(3, self.window // 3) :]))
         noise = loss_trend(self._losses, self.window).noise
-        worse = not math.isfinite(after) or after > action.loss_before + max(2 * noise, 0.01 * abs(action.loss_before))
+        worse = not math.isfinite(after) or after > action.loss_before + max(
+            2 * noise, 0.01 * abs(action.loss_before)
+        )
         if worse and treated is optimizer:
             detach_hooks(treated)
             self.model.load_state_dict(saved["model"])
             treated.load_state_dict(saved["optimizer"])
-            self.actions.append(MonitorAction(self._count, "undone", action.prescription, action.loss_before, after))
+            self.actions.append(
+                MonitorAction(self._count, "undone", action.prescription, action.loss_before, after)
+            )
             self._rejected.add(repr(action.prescription.action))
-            logger.warning("step %d: undid %s (loss %s -> %s)", self._count, action.prescription.text,
-                           fmt(action.loss_before, 5), fmt(after, 5))
+            logger.warning(
+                "step %d: undid %s (loss %s -> %s)",
+                self._count,
+                action.prescription.text,
+                fmt(action.loss_before, 5),
+                fmt(after, 5),
+            )
         else:
-            self.actions.append(MonitorAction(self._count, "kept", action.prescription, action.loss_before, after))
+            self.actions.append(
+                MonitorAction(self._count, "kept", action.prescription, action.loss_before, after)
+            )
 
 
 @dataclass(frozen=True)
@@ -647,15 +745,25 @@ class MonitoredRun(ResultMixin):
     _skip_in_dict = ("record",)
 
     def __str__(self) -> str:
-        lines = [f"trained {self.steps} steps, last training loss {fmt(self.final_loss, 5)}; "
-                 f"{len(self.diagnoses)} diagnoses, {len(self.actions)} actions"]
+        lines = [
+            f"trained {self.steps} steps, last training loss {fmt(self.final_loss, 5)}; "
+            f"{len(self.diagnoses)} diagnoses, {len(self.actions)} actions"
+        ]
         lines += [str(d) for d in self.diagnoses]
         lines += [str(a) for a in self.actions]
         return "\n".join(lines)
 
 
-def train_monitored(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer, *,
-                    steps: int, monitor: Monitor | None = None, progress: Any = None) -> MonitoredRun:
+def train_monitored(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    monitor: Monitor | None = None,
+    progress: Any = None,
+) -> MonitoredRun:
     """Train ``model`` in place for ``steps`` optimizer steps with a :class:`Monitor` attached.
 
     Cycles over the batches of ``data``; stops early when the loss is NaN/Inf (after the
@@ -693,7 +801,9 @@ def train_monitored(model: nn.Module, loss_fn: Callable, data: Any, optimizer: t
     steps = check_int(steps, "steps", minimum=1)
     check_optimizer(optimizer)
     if monitor is not None and not isinstance(monitor, Monitor):
-        raise TypeError(f"monitor must be a lossdoctor.Monitor (or None), got {type(monitor).__name__}.")
+        raise TypeError(
+            f"monitor must be a lossdoctor.Monitor (or None), got {type(monitor).__name__}."
+        )
     monitor = monitor or Monitor(model, loss_fn, data)
     device = next(model.parameters()).device
     done, last = 0, math.nan
@@ -710,5 +820,10 @@ def train_monitored(model: nn.Module, loss_fn: Callable, data: Any, optimizer: t
                 break
         if not math.isfinite(last):
             break
-    return MonitoredRun(steps=done, final_loss=last, record=monitor.record, diagnoses=list(monitor.diagnoses),
-                        actions=list(monitor.actions))
+    return MonitoredRun(
+        steps=done,
+        final_loss=last,
+        record=monitor.record,
+        diagnoses=list(monitor.diagnoses),
+        actions=list(monitor.actions),
+    )

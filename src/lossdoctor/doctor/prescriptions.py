@@ -40,8 +40,13 @@ from .._results import ResultMixin, fmt
 
 HOOKS_ATTR = "_lossdoctor_hooks"
 SCHEDULER_ATTR = "_lossdoctor_scheduler"
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
-              "rmsprop": torch.optim.RMSprop, "adagrad": torch.optim.Adagrad}
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+}
 
 
 class NeedsCodeChange(ValueError):
@@ -103,15 +108,19 @@ class Trial(ResultMixin):
     def __str__(self) -> str:
         if not self.finite:
             return f"trial ({self.steps} steps): the loss went to NaN/Inf"
-        return (f"trial ({self.steps} steps): loss {fmt(self.loss, 5)} vs {fmt(self.control_loss, 5)} unchanged "
-                f"({self.change})")
+        return (
+            f"trial ({self.steps} steps): loss {fmt(self.loss, 5)} vs {fmt(self.control_loss, 5)} unchanged "
+            f"({self.change})"
+        )
 
     @property
     def change(self) -> str:
         """The trial's loss against the control in words, e.g. ``"5.6% lower"``."""
         if not math.isfinite(self.relative_gain):
             return "not comparable"
-        return f"{abs(self.relative_gain):.1%} " + ("lower" if self.relative_gain >= 0 else "higher")
+        return f"{abs(self.relative_gain):.1%} " + (
+            "lower" if self.relative_gain >= 0 else "higher"
+        )
 
 
 @dataclass(frozen=True)
@@ -155,11 +164,16 @@ class Prescription(ResultMixin):
         return not self.action or self.action == {"stop": True}
 
     def __str__(self) -> str:
-        tried = f" [{self.trial}]" if self.trial is not None else (" [needs a code change]" if not self.applicable else "")
+        tried = (
+            f" [{self.trial}]"
+            if self.trial is not None
+            else (" [needs a code change]" if not self.applicable else "")
+        )
         return f"{self.text}{tried}"
 
-    def apply(self, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-              scheduler: Any = None) -> torch.optim.Optimizer | None:
+    def apply(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | None, scheduler: Any = None
+    ) -> torch.optim.Optimizer | None:
         """Apply the action to ``model`` and ``optimizer`` in place.
 
         A schedule or gradient clipping is attached to the optimizer as a step hook, so the
@@ -190,8 +204,15 @@ class Prescription(ResultMixin):
             >>> opt.param_groups[0]["lr"]
             0.1
         """
-        return apply_action(self.action, model, optimizer, payload=self.payload, scheduler=scheduler,
-                            applicable=self.applicable, text=self.text)
+        return apply_action(
+            self.action,
+            model,
+            optimizer,
+            payload=self.payload,
+            scheduler=scheduler,
+            applicable=self.applicable,
+            text=self.text,
+        )
 
 
 # -- applying actions ------------------------------------------------------------------------------
@@ -280,7 +301,9 @@ def _attach_schedule(optimizer: torch.optim.Optimizer, kind: str, steps: int) ->
         raise ValueError(f"unknown schedule {kind!r}; lossdoctor prescribes 'cosine'.")
     for g in optimizer.param_groups:  # the schedule starts from the current lr
         g["initial_lr"] = g["lr"]
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(steps), last_epoch=-1)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=int(steps), last_epoch=-1
+    )
     # Stepped by the optimizer itself after each step: the user's loop needs no change.
     handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: scheduler.step())
     _hooks(optimizer).append(handle)
@@ -296,8 +319,13 @@ def _attach_clipping(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
     _hooks(optimizer).append(optimizer.register_step_pre_hook(clip))
 
 
-def _switch(optimizer: torch.optim.Optimizer | None, model: nn.Module, name: str, lr: float,
-            extra: dict[str, Any]) -> torch.optim.Optimizer:
+def _switch(
+    optimizer: torch.optim.Optimizer | None,
+    model: nn.Module,
+    name: str,
+    lr: float,
+    extra: dict[str, Any],
+) -> torch.optim.Optimizer:
     cls = OPTIMIZERS[name.lower()]
     if optimizer is None:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -314,9 +342,16 @@ def _switch(optimizer: torch.optim.Optimizer | None, model: nn.Module, name: str
     return cls(groups, lr=lr, **extra)
 
 
-def apply_action(action: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer | None, *,
-                 payload: Any = None, scheduler: Any = None, applicable: bool = True,
-                 text: str = "") -> torch.optim.Optimizer | None:
+def apply_action(
+    action: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    *,
+    payload: Any = None,
+    scheduler: Any = None,
+    applicable: bool = True,
+    text: str = "",
+) -> torch.optim.Optimizer | None:
     """Apply one action dict (see the module docstring): what :meth:`Prescription.apply` does.
 
     Args:
@@ -344,22 +379,34 @@ def apply_action(action: dict[str, Any], model: nn.Module, optimizer: torch.opti
         0.01
     """
     if not applicable:
-        raise NeedsCodeChange(f"this prescription changes your code, not the model or optimizer: {text}")
+        raise NeedsCodeChange(
+            f"this prescription changes your code, not the model or optimizer: {text}"
+        )
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}."
+        )
     act = dict(action)
     if not act or act.get("stop"):
         return optimizer
-    needs_opt = any(k in act for k in ("lr", "momentum", "weight_decay", "schedule", "clip_grad_norm"))
+    needs_opt = any(
+        k in act for k in ("lr", "momentum", "weight_decay", "schedule", "clip_grad_norm")
+    )
     if optimizer is None and needs_opt and "optimizer" not in act:
         raise ValueError(f"action {act} changes the optimizer: pass the optimizer you train with.")
     if "restore_checkpoint" in act:
         if payload is None:
-            raise ValueError("no checkpoint to restore: pass checkpoint= (a state_dict from before the loss "
-                             "went bad) to diagnose, or use Monitor(checkpoint_every=...).")
-        model.load_state_dict(payload["state_dict"] if isinstance(payload, dict) and "state_dict" in payload else payload)
+            raise ValueError(
+                "no checkpoint to restore: pass checkpoint= (a state_dict from before the loss "
+                "went bad) to diagnose, or use Monitor(checkpoint_every=...)."
+            )
+        model.load_state_dict(
+            payload["state_dict"]
+            if isinstance(payload, dict) and "state_dict" in payload
+            else payload
+        )
         if optimizer is not None:
             optimizer.state.clear()
     if "reinitialize" in act:
@@ -399,8 +446,10 @@ def _flat_params(model: nn.Module, names: list[str]) -> list[torch.Tensor]:
     named = dict(model.named_parameters())
     missing = [n for n in names if n not in named]
     if missing:
-        raise ValueError(f"the model has no parameters {missing[:3]}: apply this prescription to the model it "
-                         "was made for.")
+        raise ValueError(
+            f"the model has no parameters {missing[:3]}: apply this prescription to the model it "
+            "was made for."
+        )
     return [named[n] for n in names]
 
 
@@ -449,7 +498,9 @@ def _reinit_units(model: nn.Module, units: dict[str, list[int]], seed: int) -> N
             w = params[weight_name]
             fan_in = w[0].numel()
             bound = 1.0 / math.sqrt(max(fan_in, 1))
-            fresh = (torch.rand((len(rows), *w.shape[1:]), generator=gen, dtype=torch.float64) * 2 - 1) * bound
+            fresh = (
+                torch.rand((len(rows), *w.shape[1:]), generator=gen, dtype=torch.float64) * 2 - 1
+            ) * bound
             w[rows] = fresh.to(device=w.device, dtype=w.dtype)
             bias = params.get(weight_name[: -len("weight")] + "bias")
             if bias is not None and bias.shape[0] == w.shape[0]:

@@ -56,9 +56,22 @@ from .._results import ResultMixin, fmt
 from ..types import Cause
 from .measure import Measurements
 
-CAUSES = ("diverging", "oscillation", "progressing", "momentum_too_high", "dead_units", "weight_decay",
-          "vanishing_gradients", "saddle_point", "degenerate", "converged", "gradient_noise", "flat_plateau",
-          "lr_too_small", "ill_conditioned")
+CAUSES = (
+    "diverging",
+    "oscillation",
+    "progressing",
+    "momentum_too_high",
+    "dead_units",
+    "weight_decay",
+    "vanishing_gradients",
+    "saddle_point",
+    "degenerate",
+    "converged",
+    "gradient_noise",
+    "flat_plateau",
+    "lr_too_small",
+    "ill_conditioned",
+)
 STALLED_CAUSES = tuple(c for c in CAUSES if c != "progressing")
 
 # -- thresholds (each used by one rule; see the rule's docstring) ----------------------------------
@@ -141,8 +154,15 @@ def _ev(name: str, value: float | None, relation: str, threshold: float | None) 
 def _holds(value: float | None, relation: str, threshold: float) -> bool:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return False
-    return value > threshold if relation == ">" else value < threshold if relation == "<" else \
-        value >= threshold if relation == ">=" else value <= threshold
+    return (
+        value > threshold
+        if relation == ">"
+        else value < threshold
+        if relation == "<"
+        else value >= threshold
+        if relation == ">="
+        else value <= threshold
+    )
 
 
 # -- the rules: each returns the deciding evidence, or None ---------------------------------------
@@ -159,20 +179,32 @@ def worsening(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | Non
     """Getting worse: the full-data loss now ``JUMP`` times the recent training losses (beyond their noise); or S at ``NEAR_UNSTABLE`` of its limit or more while the loss stands ``WORSE`` times the recent losses or the window's trend grows.
 
     The last few steps can blow up while the medians of thirds still read a fall."""
-    jump = m.loss / max(abs(m.recent_loss), 1e-30) if m.loss is not None and m.loss_agrees is False else None
+    jump = (
+        m.loss / max(abs(m.recent_loss), 1e-30)
+        if m.loss is not None and m.loss_agrees is False
+        else None
+    )
     if _holds(jump, ">", JUMP / slack) and _holds(m.trend.tail_ratio, ">", WORSE):
         # The loss just jumped, whatever the curvature says: the full-data loss is far above the
         # recent losses and the history's last steps already show the rise.
-        return (_ev("full-data loss / recent training losses", jump, ">", JUMP),
-                _ev("largest of the last 3 losses / the window's median", m.trend.tail_ratio, ">", WORSE))
+        return (
+            _ev("full-data loss / recent training losses", jump, ">", JUMP),
+            _ev(
+                "largest of the last 3 losses / the window's median", m.trend.tail_ratio, ">", WORSE
+            ),
+        )
     if not _holds(m.stability, ">", NEAR_UNSTABLE / slack):
         return None
     if _holds(jump, ">", WORSE):
-        return (_ev("S / stability limit", m.stability, ">", NEAR_UNSTABLE),
-                _ev("full-data loss / recent training losses", jump, ">", WORSE))
+        return (
+            _ev("S / stability limit", m.stability, ">", NEAR_UNSTABLE),
+            _ev("full-data loss / recent training losses", jump, ">", WORSE),
+        )
     if _holds(m.trend.growth, ">", WORSE) and _holds(m.trend.separated_growth, ">", 1.0):
-        return (_ev("S / stability limit", m.stability, ">", NEAR_UNSTABLE),
-                _ev("loss growth over the window", m.trend.growth, ">", WORSE))
+        return (
+            _ev("S / stability limit", m.stability, ">", NEAR_UNSTABLE),
+            _ev("loss growth over the window", m.trend.growth, ">", WORSE),
+        )
     return None
 
 
@@ -196,9 +228,18 @@ def sgd_growth(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | No
 
 def growing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """The loss grew by more than ``DIVERGE_GROWTH`` over the window, beyond its noise (heavy-tailed noise included: the last third's lower quartile above the first third's upper quartile)."""
-    if _holds(m.trend.growth, ">", DIVERGE_GROWTH / slack ** 0.5) and _holds(m.trend.separated_growth, ">", 1.0):
-        return (_ev("loss growth over the window", m.trend.growth, ">", DIVERGE_GROWTH),
-                _ev("last third's 25th percentile / first third's 75th", m.trend.separated_growth, ">", 1.0))
+    if _holds(m.trend.growth, ">", DIVERGE_GROWTH / slack**0.5) and _holds(
+        m.trend.separated_growth, ">", 1.0
+    ):
+        return (
+            _ev("loss growth over the window", m.trend.growth, ">", DIVERGE_GROWTH),
+            _ev(
+                "last third's 25th percentile / first third's 75th",
+                m.trend.separated_growth,
+                ">",
+                1.0,
+            ),
+        )
     return None
 
 
@@ -209,19 +250,28 @@ def bouncing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None
     follows less than a tenth of the first-order prediction; called even while the loss still falls
     (up to 30% per window), as the lecture's valley does."""
     stab, cos, eff = m.stability, m.probe_cosine, m.efficiency
-    if (_holds(stab, ">=", BOUNCE_STABILITY / slack) and _holds(cos, "<", BOUNCE_COSINE / slack)
-            and _holds(eff, "<", BOUNCE_EFFICIENCY * slack)
-            and _holds(m.trend.relative_drop, "<", BOUNCE_MAX_DROP)):
-        return (_ev("S / stability limit", stab, ">=", BOUNCE_STABILITY),
-                _ev("gradient cosine after one step", cos, "<", BOUNCE_COSINE),
-                _ev("efficiency (realized / predicted drop)", eff, "<", BOUNCE_EFFICIENCY))
+    if (
+        _holds(stab, ">=", BOUNCE_STABILITY / slack)
+        and _holds(cos, "<", BOUNCE_COSINE / slack)
+        and _holds(eff, "<", BOUNCE_EFFICIENCY * slack)
+        and _holds(m.trend.relative_drop, "<", BOUNCE_MAX_DROP)
+    ):
+        return (
+            _ev("S / stability limit", stab, ">=", BOUNCE_STABILITY),
+            _ev("gradient cosine after one step", cos, "<", BOUNCE_COSINE),
+            _ev("efficiency (realized / predicted drop)", eff, "<", BOUNCE_EFFICIENCY),
+        )
     return None
 
 
 def progressing(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """The loss falls faster than the stall threshold beyond doubt from its own noise."""
     if m.trend.stalled is False:
-        return (_ev("relative loss drop over the window", m.trend.relative_drop, ">", m.trend.threshold),)
+        return (
+            _ev(
+                "relative loss drop over the window", m.trend.relative_drop, ">", m.trend.threshold
+            ),
+        )
     return None
 
 
@@ -264,10 +314,18 @@ def adaptive_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] 
     if not m.adaptive or not _flat_trend(m) or not _holds(m.stability, ">=", SMALL_STEP / slack):
         return None
     if _holds(m.noise_ratio, ">=", NOISE_RATIO / slack) and (
-            m.efficiency is None or _holds(m.efficiency, "<", NOISE_EFFICIENCY * slack)):
-        return (_ev("gradient noise / signal at the training batch size", m.noise_ratio, ">=", NOISE_RATIO),
-                _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY),
-                _ev("S / stability limit", m.stability, ">=", SMALL_STEP))
+        m.efficiency is None or _holds(m.efficiency, "<", NOISE_EFFICIENCY * slack)
+    ):
+        return (
+            _ev(
+                "gradient noise / signal at the training batch size",
+                m.noise_ratio,
+                ">=",
+                NOISE_RATIO,
+            ),
+            _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY),
+            _ev("S / stability limit", m.stability, ">=", SMALL_STEP),
+        )
     return None
 
 
@@ -282,7 +340,14 @@ def dead_units(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | No
     if _holds(share, ">=", DEAD_SHARE / slack):
         return (_ev("share of dead hidden units", share, ">=", DEAD_SHARE),)
     if worst is not None and _holds(worst.dead_units / worst.units, ">=", DEAD_LAYER_SHARE / slack):
-        return (_ev(f"dead units in layer {worst.name}", worst.dead_units / worst.units, ">=", DEAD_LAYER_SHARE),)
+        return (
+            _ev(
+                f"dead units in layer {worst.name}",
+                worst.dead_units / worst.units,
+                ">=",
+                DEAD_LAYER_SHARE,
+            ),
+        )
     return None
 
 
@@ -291,8 +356,17 @@ def dead_units_strong(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ..
     share, worst = m.dead_fraction, m.worst_dead_layer
     if _holds(share, ">=", DEAD_STRONG / slack):
         return (_ev("share of dead hidden units", share, ">=", DEAD_STRONG),)
-    if worst is not None and _holds(worst.dead_units / worst.units, ">=", DEAD_LAYER_STRONG / slack ** 0.25):
-        return (_ev(f"dead units in layer {worst.name}", worst.dead_units / worst.units, ">=", DEAD_LAYER_STRONG),)
+    if worst is not None and _holds(
+        worst.dead_units / worst.units, ">=", DEAD_LAYER_STRONG / slack**0.25
+    ):
+        return (
+            _ev(
+                f"dead units in layer {worst.name}",
+                worst.dead_units / worst.units,
+                ">=",
+                DEAD_LAYER_STRONG,
+            ),
+        )
     return None
 
 
@@ -300,10 +374,15 @@ def adaptive_bounce(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...]
     """An adaptive optimizer at S beyond half its limit whose steps the loss follows less than ``ADAPTIVE_EFFICIENCY`` of the way, falling less than ``BOUNCE_MAX_DROP`` per window: the lr is too high even while the loss still inches down."""
     if not m.adaptive:
         return None
-    if (_holds(m.stability, ">=", 0.5 / slack) and _holds(m.efficiency, "<", ADAPTIVE_EFFICIENCY * slack)
-            and _holds(m.trend.relative_drop, "<", BOUNCE_MAX_DROP)):
-        return (_ev("S / stability limit", m.stability, ">=", 0.5),
-                _ev("efficiency (realized / predicted drop)", m.efficiency, "<", ADAPTIVE_EFFICIENCY))
+    if (
+        _holds(m.stability, ">=", 0.5 / slack)
+        and _holds(m.efficiency, "<", ADAPTIVE_EFFICIENCY * slack)
+        and _holds(m.trend.relative_drop, "<", BOUNCE_MAX_DROP)
+    ):
+        return (
+            _ev("S / stability limit", m.stability, ">=", 0.5),
+            _ev("efficiency (realized / predicted drop)", m.efficiency, "<", ADAPTIVE_EFFICIENCY),
+        )
     return None
 
 
@@ -315,11 +394,22 @@ def slow_valley(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | N
     halve, and the loss falling less than ``VALLEY_DROP`` per window."""
     if _at_critical_scale(m) or _holds(m.stability, ">", UNSTABLE):
         return None
-    if (_holds(m.stability, ">=", 0.5 / slack) and _holds(m.condition, ">=", VALLEY_CONDITION / slack)
-            and _holds(m.half_life, ">=", VALLEY_STEPS / slack) and _holds(m.trend.relative_drop, "<", VALLEY_DROP)):
-        return (_ev("S / stability limit", m.stability, ">=", 0.5),
-                _ev("S / S_g (sharpest over the gradient's curvature)", m.condition, ">=", VALLEY_CONDITION),
-                _ev("steps to halve the reducible loss", m.half_life, ">=", VALLEY_STEPS))
+    if (
+        _holds(m.stability, ">=", 0.5 / slack)
+        and _holds(m.condition, ">=", VALLEY_CONDITION / slack)
+        and _holds(m.half_life, ">=", VALLEY_STEPS / slack)
+        and _holds(m.trend.relative_drop, "<", VALLEY_DROP)
+    ):
+        return (
+            _ev("S / stability limit", m.stability, ">=", 0.5),
+            _ev(
+                "S / S_g (sharpest over the gradient's curvature)",
+                m.condition,
+                ">=",
+                VALLEY_CONDITION,
+            ),
+            _ev("steps to halve the reducible loss", m.half_life, ">=", VALLEY_STEPS),
+        )
     return None
 
 
@@ -355,8 +445,10 @@ def settled(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     ref = max(abs(m.lambda_max), abs(m.lambda_min or 0.0), 1e-300)
     curving_down = m.lambda_min is not None and -m.lambda_min / ref > NEGATIVE_CURVATURE
     if _holds(share, "<", SETTLED * slack) and not curving_down:
-        return (_ev("½ gᵀH⁺g / |L| (what the quadratic model can still lose)", share, "<", SETTLED),
-                _ev("λ_min", m.lambda_min, ">=", None))
+        return (
+            _ev("½ gᵀH⁺g / |L| (what the quadratic model can still lose)", share, "<", SETTLED),
+            _ev("λ_min", m.lambda_min, ">=", None),
+        )
     return None
 
 
@@ -365,15 +457,26 @@ FLAT_DIRECTION = 1e-5  # |λ_min| / λ_max below this: a direction with no curva
 
 def flat_small_weights(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """Stalled at a critical point of small weights (norm below ``NEAR_SADDLE_WEIGHTS``) where some direction has no curvature at all (|λ_min| below ``FLAT_DIRECTION`` of λ_max): the higher-order saddle around a tiny initialization, whose way down is cubic or higher, not a minimum (a minimum of small weights curves up in every direction)."""
-    if m.trend.stalled is not True or m.lambda_min is None or m.lambda_max is None or not m.lambda_max > 0:
+    if (
+        m.trend.stalled is not True
+        or m.lambda_min is None
+        or m.lambda_max is None
+        or not m.lambda_max > 0
+    ):
         return None
-    if not _holds(m.param_norm, "<", NEAR_SADDLE_WEIGHTS) or (m.param_norm or 0.0) <= NONZERO_WEIGHTS:
+    if (
+        not _holds(m.param_norm, "<", NEAR_SADDLE_WEIGHTS)
+        or (m.param_norm or 0.0) <= NONZERO_WEIGHTS
+    ):
         return None  # all-zero weights: the degenerate rule's own case
     crit = _critical(m, slack)
     flat = abs(m.lambda_min) / m.lambda_max
     if crit is not None and _holds(flat, "<", FLAT_DIRECTION * slack):
-        return (crit, _ev("|λ_min| / λ_max", flat, "<", FLAT_DIRECTION),
-                _ev("parameter norm", m.param_norm, "<", NEAR_SADDLE_WEIGHTS))
+        return (
+            crit,
+            _ev("|λ_min| / λ_max", flat, "<", FLAT_DIRECTION),
+            _ev("parameter norm", m.param_norm, "<", NEAR_SADDLE_WEIGHTS),
+        )
     return None
 
 
@@ -382,16 +485,24 @@ def far_flat(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None
     reach = _reach(m)
     if _holds(m.stability, ">", UNSTABLE):
         return None  # steps past their limit: the instability, not the flatness, is the story
-    if reach is not None and _holds(reach, ">", FAR_REACH / slack) and (m.param_norm or 0.0) > NONZERO_WEIGHTS:
+    if (
+        reach is not None
+        and _holds(reach, ">", FAR_REACH / slack)
+        and (m.param_norm or 0.0) > NONZERO_WEIGHTS
+    ):
         return (_ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FAR_REACH),)
     return None
 
 
 def weight_decay(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """The weight-decay part of the optimizer's step is at least ``DECAY_SHARE`` of the gradient part and points against it (cosine <= ``DECAY_ALIGNMENT``): decay pulls back what the gradient gains."""
-    if _holds(m.decay_share, ">=", DECAY_SHARE / slack) and _holds(m.decay_alignment, "<=", DECAY_ALIGNMENT / slack):
-        return (_ev("weight-decay step / gradient step", m.decay_share, ">=", DECAY_SHARE),
-                _ev("cosine between them", m.decay_alignment, "<=", DECAY_ALIGNMENT))
+    if _holds(m.decay_share, ">=", DECAY_SHARE / slack) and _holds(
+        m.decay_alignment, "<=", DECAY_ALIGNMENT / slack
+    ):
+        return (
+            _ev("weight-decay step / gradient step", m.decay_share, ">=", DECAY_SHARE),
+            _ev("cosine between them", m.decay_alignment, "<=", DECAY_ALIGNMENT),
+        )
     return None
 
 
@@ -401,19 +512,31 @@ def vanishing_gradients(m: Measurements, slack: float = 1.0) -> tuple[Evidence, 
         return None
     ratio = m.depth_gradient_ratio
     if _holds(ratio, "<", VANISHING * slack) and ratio > 0:
-        return (_ev("smallest hidden-layer gradient/weight ratio over the output layer's", ratio, "<", VANISHING),)
+        return (
+            _ev(
+                "smallest hidden-layer gradient/weight ratio over the output layer's",
+                ratio,
+                "<",
+                VANISHING,
+            ),
+        )
     return None
 
 
 def _critical(m: Measurements, slack: float) -> Evidence | None:
     """The gradient is ~0 on the problem's own scale and the local quadratic model has (next to) nothing left to lose: ½ gᵀH⁺g below ``CRITICAL_REDUCIBLE`` of the loss (an ill-conditioned valley has a small gradient too, but much loss left along its floor)."""
     rel = m.relative_grad
-    reducible = None if m.reducible is None or m.loss is None else m.reducible / max(abs(m.loss), 1e-12)
+    reducible = (
+        None if m.reducible is None or m.loss is None else m.reducible / max(abs(m.loss), 1e-12)
+    )
     # A gradient far below its scale (a tenth of the threshold) may leave ten times as much: the
     # pseudo-inverse's flattest directions inflate ½ gᵀH⁺g where the gradient is all but zero.
     loose = 10.0 if _holds(rel, "<", CRITICAL_GRADIENT / 10 * slack) else 1.0
-    if rel is not None and _holds(rel, "<", CRITICAL_GRADIENT * slack) and (
-            reducible is None or _holds(reducible, "<", CRITICAL_REDUCIBLE * loose * slack)):
+    if (
+        rel is not None
+        and _holds(rel, "<", CRITICAL_GRADIENT * slack)
+        and (reducible is None or _holds(reducible, "<", CRITICAL_REDUCIBLE * loose * slack))
+    ):
         return _ev("gradient norm / sqrt(2 |L| λ_max)", rel, "<", CRITICAL_GRADIENT)
     if m.grad_norm is not None and m.grad_norm == 0:
         return _ev("gradient norm", 0.0, "=", 0.0)
@@ -432,10 +555,16 @@ def saddle_point(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | 
     # networks): a small gradient, curvature down as strong as a tenth of the curvature up, and
     # weights of norm below 1. Elsewhere a negative eigenvalue next to a small gradient is common
     # (transformers, recurrent nets, saturated units) and says nothing about the stall.
-    if (_holds(m.relative_grad, "<", NEAR_SADDLE_GRADIENT * slack) and _flat_trend(m)
-            and _holds(m.param_norm, "<", NEAR_SADDLE_WEIGHTS) and -m.lambda_min / ref > NEAR_SADDLE_CURVATURE / slack):
-        return (_ev("gradient norm / sqrt(2 |L| λ_max)", m.relative_grad, "<", NEAR_SADDLE_GRADIENT),
-                _ev("λ_min / max |λ|", m.lambda_min / ref, "<", -NEAR_SADDLE_CURVATURE))
+    if (
+        _holds(m.relative_grad, "<", NEAR_SADDLE_GRADIENT * slack)
+        and _flat_trend(m)
+        and _holds(m.param_norm, "<", NEAR_SADDLE_WEIGHTS)
+        and -m.lambda_min / ref > NEAR_SADDLE_CURVATURE / slack
+    ):
+        return (
+            _ev("gradient norm / sqrt(2 |L| λ_max)", m.relative_grad, "<", NEAR_SADDLE_GRADIENT),
+            _ev("λ_min / max |λ|", m.lambda_min / ref, "<", -NEAR_SADDLE_CURVATURE),
+        )
     return None
 
 
@@ -444,8 +573,15 @@ def degenerate(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | No
     if m.grad_norm is None or m.lambda_max is None or m.loss is None:
         return None
     scale = max(abs(m.loss), 1e-12)
-    if m.grad_norm <= 1e-7 * scale and m.lambda_max <= 1e-7 * scale and (m.lambda_min is None or abs(m.lambda_min) <= 1e-7 * scale):
-        return (_ev("gradient norm", m.grad_norm, "<=", 1e-7 * scale), _ev("λ_max", m.lambda_max, "<=", 1e-7 * scale))
+    if (
+        m.grad_norm <= 1e-7 * scale
+        and m.lambda_max <= 1e-7 * scale
+        and (m.lambda_min is None or abs(m.lambda_min) <= 1e-7 * scale)
+    ):
+        return (
+            _ev("gradient norm", m.grad_norm, "<=", 1e-7 * scale),
+            _ev("λ_max", m.lambda_max, "<=", 1e-7 * scale),
+        )
     return None
 
 
@@ -461,10 +597,20 @@ def gradient_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] 
     """Minibatch gradient noise at least ``NOISE_RATIO`` times the full gradient's squared norm (tr Σ / B over ||g||²) and the loss follows less than ``NOISE_EFFICIENCY`` of the first-order prediction, with a step that is not tiny: stable steps bouncing on the noise (SGD's noise floor)."""
     if m.adaptive or not _flat_trend(m):
         return None
-    if _holds(m.stability, ">=", SMALL_STEP) and _holds(m.noise_ratio, ">=", NOISE_RATIO / slack) and (
-            m.efficiency is None or _holds(m.efficiency, "<", NOISE_EFFICIENCY * slack)):
-        return (_ev("gradient noise / signal at the training batch size", m.noise_ratio, ">=", NOISE_RATIO),
-                _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY))
+    if (
+        _holds(m.stability, ">=", SMALL_STEP)
+        and _holds(m.noise_ratio, ">=", NOISE_RATIO / slack)
+        and (m.efficiency is None or _holds(m.efficiency, "<", NOISE_EFFICIENCY * slack))
+    ):
+        return (
+            _ev(
+                "gradient noise / signal at the training batch size",
+                m.noise_ratio,
+                ">=",
+                NOISE_RATIO,
+            ),
+            _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY),
+        )
     return None
 
 
@@ -478,10 +624,16 @@ def flat_plateau(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | 
     reach = _reach(m)
     if reach is not None and _holds(reach, ">", FLAT_REACH / slack):
         return (_ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FLAT_REACH),)
-    if (_holds(m.stability, ">=", SMALL_STEP / slack) and _holds(m.stability, "<", LR_HEADROOM * slack)
-            and _holds(m.relative_grad, "<", FLAT_GRADIENT * slack) and not _at_critical_scale(m)):
-        return (_ev("S / stability limit", m.stability, "<", LR_HEADROOM),
-                _ev("gradient norm / sqrt(2 |L| λ_max)", m.relative_grad, "<", FLAT_GRADIENT))
+    if (
+        _holds(m.stability, ">=", SMALL_STEP / slack)
+        and _holds(m.stability, "<", LR_HEADROOM * slack)
+        and _holds(m.relative_grad, "<", FLAT_GRADIENT * slack)
+        and not _at_critical_scale(m)
+    ):
+        return (
+            _ev("S / stability limit", m.stability, "<", LR_HEADROOM),
+            _ev("gradient norm / sqrt(2 |L| λ_max)", m.relative_grad, "<", FLAT_GRADIENT),
+        )
     return None
 
 
@@ -497,8 +649,10 @@ def lr_too_small(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | 
 def ill_conditioned(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """S is within reach of its limit (so the lr cannot simply grow) and the quadratic model needs more than ``SLOW`` steps to lose half of what it can: the loss crawls along flat directions while the steep ones cap the lr."""
     if _holds(m.stability, ">=", LR_HEADROOM / slack) and _holds(m.half_life, ">", SLOW / slack):
-        return (_ev("S / stability limit", m.stability, ">=", LR_HEADROOM),
-                _ev("steps to halve the reducible loss", m.half_life, ">", SLOW))
+        return (
+            _ev("S / stability limit", m.stability, ">=", LR_HEADROOM),
+            _ev("steps to halve the reducible loss", m.half_life, ">", SLOW),
+        )
     return None
 
 
@@ -557,14 +711,23 @@ def decide(m: Measurements, previous: str | None = None) -> Decision:
         # No rule holds at its thresholds: the nearest one, with thresholds relaxed step by step,
         # said as such; else no measured cause stands out.
         for loose in FALLBACK_SLACKS:
-            found = next(((cause, ev) for cause, rule in RULES if (ev := rule(m, loose)) is not None), None)
+            found = next(
+                ((cause, ev) for cause, rule in RULES if (ev := rule(m, loose)) is not None), None
+            )
             if found is not None:
                 first = (found[0], (*found[1], _ev("thresholds relaxed", loose, "x", None)))
                 break
     if first is None:
-        return Decision("undetermined", True, (_ev("no rule holds, even with thresholds relaxed", FALLBACK_SLACKS[-1],
-                                                   "x", None),))
-    if previous is not None and previous != first[0] and first[0] not in ("diverging", "progressing"):
+        return Decision(
+            "undetermined",
+            True,
+            (_ev("no rule holds, even with thresholds relaxed", FALLBACK_SLACKS[-1], "x", None),),
+        )
+    if (
+        previous is not None
+        and previous != first[0]
+        and first[0] not in ("diverging", "progressing")
+    ):
         for cause, rule in RULES:
             if cause == previous:
                 kept = rule(m, RELAXED)
@@ -607,10 +770,21 @@ def slow_progress(m: Measurements, decision: Decision) -> Decision | None:
         return None
     # The rules read as if the loss had stalled (several need a flat trend): what would they blame?
     as_stalled = replace(m, trend=replace(m.trend, stalled=True))
-    after = RULES[[cause for cause, _ in RULES].index("progressing") + 1:]
+    after = RULES[[cause for cause, _ in RULES].index("progressing") + 1 :]
     for cause, rule in after:
         found = rule(as_stalled, 1.0)
         if found is not None:
-            return Decision(cause, True, (*found, _ev("still falling, slowly: relative drop over the window",
-                                                      m.trend.relative_drop, "<", SLOW_DROP)))
+            return Decision(
+                cause,
+                True,
+                (
+                    *found,
+                    _ev(
+                        "still falling, slowly: relative drop over the window",
+                        m.trend.relative_drop,
+                        "<",
+                        SLOW_DROP,
+                    ),
+                ),
+            )
     return None

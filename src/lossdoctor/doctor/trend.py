@@ -114,9 +114,11 @@ class LossTrend(ResultMixin):
 
     def __str__(self) -> str:
         verdict = {True: "stalled", False: "still falling", None: "open (noise)"}[self.stalled]
-        return (f"last {self.window} steps: {fmt(self.start, 5)} -> {fmt(self.end, 5)} "
-                f"(relative drop {self.relative_drop:+.2%} ± {self.drop_se:.2%}, threshold "
-                f"{self.threshold:.2%}): {verdict}")
+        return (
+            f"last {self.window} steps: {fmt(self.start, 5)} -> {fmt(self.end, 5)} "
+            f"(relative drop {self.relative_drop:+.2%} ± {self.drop_se:.2%}, threshold "
+            f"{self.threshold:.2%}): {verdict}"
+        )
 
 
 # -- reading a history ---------------------------------------------------------------------------
@@ -125,11 +127,15 @@ def _as_array(values: Any, what: str) -> np.ndarray:
         if values.dtype == torch.bool or values.is_complex():
             raise TypeError(f"{what} must be real numbers, got a {values.dtype} tensor.")
         if values.dim() > 1 and sum(s > 1 for s in values.shape) > 1:
-            raise ValueError(f"{what} must be one-dimensional (one value per step), got shape {tuple(values.shape)}.")
+            raise ValueError(
+                f"{what} must be one-dimensional (one value per step), got shape {tuple(values.shape)}."
+            )
         values = values.detach().cpu().double().numpy()
     if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
-        raise TypeError(f"{what} must be a sequence of numbers (list, numpy array or tensor), "
-                        f"got {type(values).__name__}.")
+        raise TypeError(
+            f"{what} must be a sequence of numbers (list, numpy array or tensor), "
+            f"got {type(values).__name__}."
+        )
     try:
         arr = np.asarray(values)
     except (TypeError, ValueError) as err:
@@ -137,7 +143,9 @@ def _as_array(values: Any, what: str) -> np.ndarray:
     if arr.dtype == bool or arr.dtype.kind not in "iuf":
         raise TypeError(f"{what} must contain real numbers (one per step), got dtype {arr.dtype}.")
     if arr.ndim > 1 and sum(s > 1 for s in arr.shape) > 1:
-        raise ValueError(f"{what} must be one-dimensional (one value per step), got shape {arr.shape}.")
+        raise ValueError(
+            f"{what} must be one-dimensional (one value per step), got shape {arr.shape}."
+        )
     return arr.astype(np.float64).reshape(-1)
 
 
@@ -174,33 +182,47 @@ def read_history(history: Any) -> StepHistory:
         [3.0, 2.0, 1.5, 1.4]
     """
     if history is None:
-        raise ValueError("history is None: pass the recent per-step training losses (a list), a dict "
-                         "{'losses': [...], 'grad_norms': [...]}, or monitor.record.")
+        raise ValueError(
+            "history is None: pass the recent per-step training losses (a list), a dict "
+            "{'losses': [...], 'grad_norms': [...]}, or monitor.record."
+        )
     if isinstance(history, StepHistory):
         return history
     if isinstance(history, (str, bytes)):
-        raise TypeError("history is a string: pass the per-step losses as a sequence of numbers (a list, "
-                        "array or tensor), a dict {'losses': [...]}, or monitor.record; the CLI reads files.")
-    if isinstance(history, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(history, (str, bytes)):
+        raise TypeError(
+            "history is a string: pass the per-step losses as a sequence of numbers (a list, "
+            "array or tensor), a dict {'losses': [...]}, or monitor.record; the CLI reads files."
+        )
+    if isinstance(history, (Sequence, np.ndarray, torch.Tensor)) and not isinstance(
+        history, (str, bytes)
+    ):
         losses, grads, cosines = history, None, None
     else:
         losses = _pick(history, LOSS_KEYS)
         if losses is None:
-            raise TypeError(f"history of type {type(history).__name__} has no losses: pass a list of "
-                            f"per-step losses, or a dict/object with one of {LOSS_KEYS}.")
+            raise TypeError(
+                f"history of type {type(history).__name__} has no losses: pass a list of "
+                f"per-step losses, or a dict/object with one of {LOSS_KEYS}."
+            )
         grads, cosines = _pick(history, GRAD_KEYS), _pick(history, COS_KEYS)
     loss_arr = _as_array(losses, "history losses")
     if loss_arr.size < MIN_STEPS and (loss_arr.size == 0 or np.all(np.isfinite(loss_arr))):
-        raise ValueError(f"history has {loss_arr.size} losses; the doctor needs at least {MIN_STEPS} "
-                         "consecutive training steps to see a trend (pass more of the recent history).")
+        raise ValueError(
+            f"history has {loss_arr.size} losses; the doctor needs at least {MIN_STEPS} "
+            "consecutive training steps to see a trend (pass more of the recent history)."
+        )
     grad_arr = None if grads is None else _as_array(grads, "history grad_norms")
     if grad_arr is not None and grad_arr.size != loss_arr.size:
-        raise ValueError(f"history has {loss_arr.size} losses but {grad_arr.size} gradient norms; "
-                         "give one gradient norm per step (or none).")
+        raise ValueError(
+            f"history has {loss_arr.size} losses but {grad_arr.size} gradient norms; "
+            "give one gradient norm per step (or none)."
+        )
     cos_arr = None if cosines is None else _as_array(cosines, "history grad_cosines")
     if cos_arr is not None and cos_arr.size > loss_arr.size:
-        raise ValueError(f"history has {cos_arr.size} gradient cosines for {loss_arr.size} steps; "
-                         "give at most one per step.")
+        raise ValueError(
+            f"history has {cos_arr.size} gradient cosines for {loss_arr.size} steps; "
+            "give at most one per step."
+        )
     return StepHistory(losses=loss_arr, grad_norms=grad_arr, grad_cosines=cos_arr)
 
 
@@ -251,7 +273,9 @@ def _noise(w: np.ndarray) -> float:
     return _median(np.abs(w[2:] - 2 * w[1:-1] + w[:-2])) / 1.652
 
 
-def _drop(finite: np.ndarray, z: float, threshold: float) -> tuple[float, float, float, float, float, bool | None]:
+def _drop(
+    finite: np.ndarray, z: float, threshold: float
+) -> tuple[float, float, float, float, float, bool | None]:
     """The stall test's core on finite losses (at least ``MIN_STEPS``).
 
     Returns start and end (medians of the first and last thirds), relative drop, noise, the
@@ -315,7 +339,9 @@ def _lag1(w: np.ndarray) -> float:
     return float(resid[1:] @ resid[:-1]) / denom if denom > 0 else 0.0
 
 
-def loss_trend(losses: Sequence[float] | np.ndarray, window: int = WINDOW, *, z: float = STALL_Z) -> LossTrend:
+def loss_trend(
+    losses: Sequence[float] | np.ndarray, window: int = WINDOW, *, z: float = STALL_Z
+) -> LossTrend:
     """The trend of the last ``window`` losses (see :class:`LossTrend`).
 
     The stall test: the relative drop (medians of the first and last thirds) has standard error
@@ -341,22 +367,47 @@ def loss_trend(losses: Sequence[float] | np.ndarray, window: int = WINDOW, *, z:
     nonfinite = int(w.size - finite.size)
     threshold = stall_threshold(w.size)
     if finite.size < MIN_STEPS:
-        return LossTrend(window=int(w.size), start=math.nan, end=math.nan, relative_drop=-math.inf,
-                         growth=math.inf, drop_per_step=math.nan, noise=math.nan, drop_se=math.nan,
-                         threshold=threshold, stalled=None, lag1=0.0, nonfinite=nonfinite)
+        return LossTrend(
+            window=int(w.size),
+            start=math.nan,
+            end=math.nan,
+            relative_drop=-math.inf,
+            growth=math.inf,
+            drop_per_step=math.nan,
+            noise=math.nan,
+            drop_se=math.nan,
+            threshold=threshold,
+            stalled=None,
+            lag1=0.0,
+            nonfinite=nonfinite,
+        )
     start, end, drop, sigma, se, stalled = _drop(finite, z, threshold)
     third = max(1, finite.size // 3)
     growth_ = end / start if start > 0 else (math.inf if end > start else 1.0)
     separated = separated_growth(finite)
     middle = _median(finite)
     tail = float(np.max(finite[-3:])) / middle if middle > 0 else math.nan
-    return LossTrend(window=int(w.size), start=start, end=end, relative_drop=float(drop), growth=float(growth_),
-                     drop_per_step=(start - end) / max(finite.size - third, 1), noise=sigma, drop_se=float(se),
-                     threshold=threshold, stalled=stalled, lag1=_lag1(finite), nonfinite=nonfinite,
-                     separated_growth=float(separated), tail_ratio=tail)
+    return LossTrend(
+        window=int(w.size),
+        start=start,
+        end=end,
+        relative_drop=float(drop),
+        growth=float(growth_),
+        drop_per_step=(start - end) / max(finite.size - third, 1),
+        noise=sigma,
+        drop_se=float(se),
+        threshold=threshold,
+        stalled=stalled,
+        lag1=_lag1(finite),
+        nonfinite=nonfinite,
+        separated_growth=float(separated),
+        tail_ratio=tail,
+    )
 
 
-def stall_test(losses: Sequence[float], *, threshold: float | None = None, z: float = STALL_Z) -> bool | None:
+def stall_test(
+    losses: Sequence[float], *, threshold: float | None = None, z: float = STALL_Z
+) -> bool | None:
     """Has the loss stopped falling over these steps, beyond doubt from minibatch noise?
 
     True (stalled), False (still falling) or None (the noise leaves it open); see

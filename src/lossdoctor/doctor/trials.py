@@ -94,15 +94,18 @@ def next_batches(data: Any, count: int) -> list[tuple[Any, torch.Tensor]]:
     return out
 
 
-def trial_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    lr: float | None) -> torch.optim.Optimizer | None:
+def trial_optimizer(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, lr: float | None
+) -> torch.optim.Optimizer | None:
     """What the trials train with.
 
     The user's optimizer, else plain SGD at ``lr`` over the trainable parameters, else None (nothing
     to try with)."""
     if optimizer is not None:
         return optimizer
-    return None if lr is None else torch.optim.SGD([p for _, p in trainable_parameters(model)], lr=lr)
+    return (
+        None if lr is None else torch.optim.SGD([p for _, p in trainable_parameters(model)], lr=lr)
+    )
 
 
 def default_train_step(loss_fn: Callable) -> TrainStep:
@@ -120,41 +123,70 @@ def default_train_step(loss_fn: Callable) -> TrainStep:
         loss.backward()
         optimizer.step()
         return loss.detach()
+
     return step
 
 
 class _Branch:
     """One branch of the trial: an action applied from the snapshot, trained step by step."""
 
-    def __init__(self, candidate: Candidate | None, model: nn.Module, optimizer: torch.optim.Optimizer | None):
+    def __init__(
+        self, candidate: Candidate | None, model: nn.Module, optimizer: torch.optim.Optimizer | None
+    ):
         self.candidate = candidate
         self.optimizer = optimizer
         if candidate is not None:
-            self.optimizer = apply_action(candidate.action, model, optimizer, payload=candidate.payload)
+            self.optimizer = apply_action(
+                candidate.action, model, optimizer, payload=candidate.payload
+            )
         self.curve: list[float] = []
         self.evals: list[float] = []
         self.finite = True
 
 
-def _run_branch(branch: _Branch, model: nn.Module, step_fn: TrainStep, batches: list, start: int, stop: int,
-                evaluate_at: set[int], eval_fn: Callable[[], float]) -> None:
+def _run_branch(
+    branch: _Branch,
+    model: nn.Module,
+    step_fn: TrainStep,
+    batches: list,
+    start: int,
+    stop: int,
+    evaluate_at: set[int],
+    eval_fn: Callable[[], float],
+) -> None:
     for k in range(start, stop):
         if not branch.finite:
             return
         loss = step_fn(model, branch.optimizer, batches[k])
-        value = math.nan if loss is None else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        value = (
+            math.nan
+            if loss is None
+            else float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        )
         branch.curve.append(value)
-        if not math.isfinite(value) or not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        if not math.isfinite(value) or not all(
+            bool(torch.isfinite(p).all()) for p in model.parameters()
+        ):
             branch.finite = False
             return
         if k + 1 in evaluate_at:
             branch.evals.append(eval_fn())
 
 
-def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer | None,
-               candidates: list[Candidate], *, steps: int, eval_batches: list, mode: str,
-               train_step: TrainStep | None = None, budget: float = 5.0,
-               progress: Callable[[int, int], None] | None = None) -> tuple[list[Trial | None], TrialReport]:
+def run_trials(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    optimizer: torch.optim.Optimizer | None,
+    candidates: list[Candidate],
+    *,
+    steps: int,
+    eval_batches: list,
+    mode: str,
+    train_step: TrainStep | None = None,
+    budget: float = 5.0,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[Trial | None], TrialReport]:
     """Try every applicable candidate for ``steps`` steps against continuing unchanged.
 
     Returns one :class:`Trial` per candidate (None for those not applicable or cut in the first
@@ -191,8 +223,16 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
             model.train(mode == "train")
             branch = _Branch(candidates[i], model, optimizer)
             try:
-                _run_branch(branch, model, step_fn, batches, 0, stop, checkpoints if stop == steps else set(),
-                            eval_fn)
+                _run_branch(
+                    branch,
+                    model,
+                    step_fn,
+                    batches,
+                    0,
+                    stop,
+                    checkpoints if stop == steps else set(),
+                    eval_fn,
+                )
             finally:
                 if branch.optimizer is not None:
                     detach_hooks(branch.optimizer)
@@ -215,9 +255,13 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
 
             def early(i: int) -> float:
                 b = first[i]
-                return float(np.mean(b.curve[-max(1, first_round // 3):])) if b.finite and b.curve else math.inf
+                return (
+                    float(np.mean(b.curve[-max(1, first_round // 3) :]))
+                    if b.finite and b.curve
+                    else math.inf
+                )
 
-            for i in sorted(tryable, key=early)[:max(room, 1)]:
+            for i in sorted(tryable, key=early)[: max(room, 1)]:
                 branches[i] = trial_of(i, steps)
     except KeyboardInterrupt:
         interrupted = True
@@ -234,7 +278,11 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
         if not math.isfinite(control_loss):
             return 0.0
         pairs = [c - b for b, c in zip(evals, control.evals)]
-        noise = float(np.std(pairs)) if len(pairs) > 1 and all(map(math.isfinite, pairs)) else 2 * spread
+        noise = (
+            float(np.std(pairs))
+            if len(pairs) > 1 and all(map(math.isfinite, pairs))
+            else 2 * spread
+        )
         return min(max(floor, noise), 0.5 * abs(control_loss))
 
     for i, branch in branches.items():
@@ -244,18 +292,38 @@ def run_trials(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.
         finite = branch.finite and math.isfinite(loss)
         reference = control_loss if math.isfinite(control_loss) else math.inf
         gain = reference - loss if finite else -math.inf
-        rel = gain / abs(reference) if finite and math.isfinite(reference) and reference != 0 else (
-            math.inf if finite else -math.inf)
+        rel = (
+            gain / abs(reference)
+            if finite and math.isfinite(reference) and reference != 0
+            else (math.inf if finite else -math.inf)
+        )
         # Paired over the checkpoints (the same batches): lower at most of them, not one lucky point
         # against a spiking control.
         paired = [b < c for b, c in zip(branch.evals, control.evals)] if control.finite else []
         consistent = not paired or sum(paired) >= CONSISTENT * len(paired)
         margin = margin_of(branch.evals)
         better = finite and (not math.isfinite(reference) or (gain > margin and consistent))
-        trials[i] = Trial(steps=steps, loss_before=loss_before, loss=loss, control_loss=control_loss, gain=gain,
-                          relative_gain=rel, better=better, finite=finite, curve=tuple(branch.curve),
-                          control_curve=tuple(control.curve))
-    report = TrialReport(steps=steps, candidates=len(tryable), trained=done[0], seconds=time.perf_counter() - started,
-                         control_loss=control_loss, loss_before=loss_before, control_curve=tuple(control.curve),
-                         margin=floor, interrupted=interrupted)
+        trials[i] = Trial(
+            steps=steps,
+            loss_before=loss_before,
+            loss=loss,
+            control_loss=control_loss,
+            gain=gain,
+            relative_gain=rel,
+            better=better,
+            finite=finite,
+            curve=tuple(branch.curve),
+            control_curve=tuple(control.curve),
+        )
+    report = TrialReport(
+        steps=steps,
+        candidates=len(tryable),
+        trained=done[0],
+        seconds=time.perf_counter() - started,
+        control_loss=control_loss,
+        loss_before=loss_before,
+        control_curve=tuple(control.curve),
+        margin=floor,
+        interrupted=interrupted,
+    )
     return trials, report

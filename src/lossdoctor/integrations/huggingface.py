@@ -35,7 +35,9 @@ from .signals import EventCursor, step_signals
 try:
     from transformers import TrainerCallback
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("lossdoctor.integrations.huggingface needs transformers: pip install 'lossdoctor[hf]'") from err
+    raise ImportError(
+        "lossdoctor.integrations.huggingface needs transformers: pip install 'lossdoctor[hf]'"
+    ) from err
 
 logger = logging.getLogger("lossdoctor")
 
@@ -62,7 +64,9 @@ class LossDoctorCallback(TrainerCallback):
         >>> callback.monitor.diagnoses  # doctest: +SKIP
     """
 
-    def __init__(self, loss_fn: Callable | None = None, data: Any = None, **monitor_kwargs: Any) -> None:
+    def __init__(
+        self, loss_fn: Callable | None = None, data: Any = None, **monitor_kwargs: Any
+    ) -> None:
         self.loss_fn = check_loss_fn(loss_fn)
         self.data = data
         self.monitor_kwargs = monitor_kwargs
@@ -94,17 +98,28 @@ class LossDoctorCallback(TrainerCallback):
     def _record(self, module: Any, args: Any, kwargs: Any, outputs: Any) -> None:
         if self._inside or not module.training or not torch.is_grad_enabled():
             return
-        loss = outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+        loss = (
+            outputs.get("loss") if isinstance(outputs, Mapping) else getattr(outputs, "loss", None)
+        )
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             self._losses.append(float(loss.detach()))
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None,
-                       train_dataloader: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        train_dataloader: Any = None,
+        **kwargs: Any,
+    ) -> None:
         """Attach the Monitor to the model the Trainer trains (on its train dataloader unless ``data`` was given)."""
         data = self.data if self.data is not None else train_dataloader
         if model is None or data is None:
-            raise ValueError("LossDoctorCallback needs the model and training data: the Trainer passes them; "
-                             "otherwise pass data=... .")
+            raise ValueError(
+                "LossDoctorCallback needs the model and training data: the Trainer passes them; "
+                "otherwise pass data=... ."
+            )
         self._inside = True
         try:
             self.monitor = Monitor(model, self.loss_fn, data, **self.monitor_kwargs)
@@ -112,13 +127,17 @@ class LossDoctorCallback(TrainerCallback):
             self._inside = False
         self._hook = model.register_forward_hook(self._record, with_kwargs=True)
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+    def on_optimizer_step(
+        self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any
+    ) -> None:
         """Send the step's loss (averaged over gradient accumulation) to the Monitor."""
         if self.monitor is None or not self._losses:
             return
         loss = sum(self._losses) / len(self._losses)
         self._losses.clear()
-        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper holds the real one
+        inner = getattr(
+            optimizer, "optimizer", optimizer
+        )  # accelerate's wrapper holds the real one
         self._inside = True
         try:
             self.monitor.step(loss, inner if isinstance(inner, torch.optim.Optimizer) else None)
@@ -127,7 +146,9 @@ class LossDoctorCallback(TrainerCallback):
         for _, text in self._events.new(self.monitor):
             logger.warning("%s", text)
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+    ) -> None:
         """Add the Monitor's signals to the Trainer's logs."""
         if self.monitor is None or logs is None:
             return

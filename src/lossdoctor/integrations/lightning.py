@@ -38,8 +38,9 @@ except ImportError:  # pragma: no cover - the older package name
     try:
         from pytorch_lightning import Callback
     except ImportError as err:
-        raise ImportError("lossdoctor.integrations.lightning needs lightning: pip install 'lossdoctor[lightning]'"
-                          ) from err
+        raise ImportError(
+            "lossdoctor.integrations.lightning needs lightning: pip install 'lossdoctor[lightning]'"
+        ) from err
 
 logger = logging.getLogger("lossdoctor")
 
@@ -69,8 +70,9 @@ class LossDoctorCallback(Callback):
         >>> callback.monitor.diagnoses  # doctest: +SKIP
     """
 
-    def __init__(self, loss_fn: Callable | None, data: Any = None, *, log: bool = True,
-                 **monitor_kwargs: Any) -> None:
+    def __init__(
+        self, loss_fn: Callable | None, data: Any = None, *, log: bool = True, **monitor_kwargs: Any
+    ) -> None:
         super().__init__()
         self.loss_fn = check_loss_fn(loss_fn)
         self.data = data
@@ -90,11 +92,15 @@ class LossDoctorCallback(Callback):
         """Attach the Monitor to the LightningModule (on the trainer's train dataloader unless ``data`` was given)."""
         data = self.data if self.data is not None else trainer.train_dataloader
         if data is None:
-            raise ValueError("LossDoctorCallback found no training dataloader: pass data=... (the batches the "
-                             "doctor measures on).")
+            raise ValueError(
+                "LossDoctorCallback found no training dataloader: pass data=... (the batches the "
+                "doctor measures on)."
+            )
         self.monitor = Monitor(pl_module, self.loss_fn, data, **self.monitor_kwargs)
 
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """Send each optimizer step's loss (the mean over accumulated batches) to the Monitor; log its signals."""
         if self.monitor is None:
             return

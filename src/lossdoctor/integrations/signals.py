@@ -44,7 +44,7 @@ class EventCursor:
 
     def new(self, monitor: Monitor) -> list[tuple[str, str]]:
         """``[(tag, text)]``: ``("diagnosis", ...)`` and ``("treatment", ...)`` entries, oldest first."""
-        out = [("diagnosis", str(d)) for d in monitor.diagnoses[self.diagnoses:]]  # says its step
-        out += [("treatment", str(a)) for a in monitor.actions[self.actions:]]
+        out = [("diagnosis", str(d)) for d in monitor.diagnoses[self.diagnoses :]]  # says its step
+        out += [("treatment", str(a)) for a in monitor.actions[self.actions :]]
         self.diagnoses, self.actions = len(monitor.diagnoses), len(monitor.actions)
         return out

@@ -67,8 +67,10 @@ class TensorBoardSink:
 
     def __init__(self, writer: Any, *, prefix: str = PREFIX, every: int = 1) -> None:
         if not (hasattr(writer, "add_scalar") and hasattr(writer, "add_text")):
-            raise TypeError(f"writer must be a SummaryWriter (with add_scalar and add_text), got "
-                            f"{type(writer).__name__}.")
+            raise TypeError(
+                f"writer must be a SummaryWriter (with add_scalar and add_text), got "
+                f"{type(writer).__name__}."
+            )
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}.")
         self.writer, self.prefix, self.every = writer, prefix, every
@@ -85,7 +87,9 @@ class TensorBoardSink:
             TypeError: ``monitor`` is not a :class:`lossdoctor.Monitor`.
         """
         if not isinstance(monitor, Monitor):
-            raise TypeError(f"TensorBoardSink is called with the lossdoctor.Monitor, got {type(monitor).__name__}.")
+            raise TypeError(
+                f"TensorBoardSink is called with the lossdoctor.Monitor, got {type(monitor).__name__}."
+            )
         step = monitor.steps if step is None else step
         if step % self.every == 0:
             for tag, value in step_signals(monitor, self.prefix).items():

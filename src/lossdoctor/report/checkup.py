@@ -31,10 +31,18 @@ def _history_figure(c: Checkup):
     m = c.diagnosis.measurements
     if m is not None:
         w = m.trend.window
-        ax.axvspan(max(len(h) - w, 0) + 1, len(h), color="C1", alpha=0.15, label=f"window read ({w} steps)")
+        ax.axvspan(
+            max(len(h) - w, 0) + 1, len(h), color="C1", alpha=0.15, label=f"window read ({w} steps)"
+        )
         third = max(1, w // 3)
-        ax.hlines([m.trend.start], max(len(h) - w, 0) + 1, max(len(h) - w, 0) + third, color="C3", lw=2,
-                  label="median of the first / last third")
+        ax.hlines(
+            [m.trend.start],
+            max(len(h) - w, 0) + 1,
+            max(len(h) - w, 0) + third,
+            color="C3",
+            lw=2,
+            label="median of the first / last third",
+        )
         ax.hlines([m.trend.end], len(h) - third + 1, len(h), color="C3", lw=2)
         ax.legend(fontsize=7)
     finite = h[np.isfinite(h)]
@@ -53,7 +61,9 @@ def _layers_figure(c: Checkup):
     colors = ["C3" if use_s and r.lr_sharpness > t.threshold else "C0" for r in t.rows]
     ax.bar(range(len(values)), values, color=colors)
     if use_s:
-        ax.axhline(t.threshold, color="C3", ls="--", lw=1, label=f"stability limit {fmt(t.threshold, 3)}")
+        ax.axhline(
+            t.threshold, color="C3", ls="--", lw=1, label=f"stability limit {fmt(t.threshold, 3)}"
+        )
         ax.legend(fontsize=7)
     ax.set_yscale("log")
     ax.set_xticks(range(len(values)), [r.name for r in t.rows], rotation=60, ha="right", fontsize=7)
@@ -73,8 +83,11 @@ def _density_figure(c: Checkup):
 
 
 def _profiles_figure(c: Checkup):
-    curves = [(c.landscape_top, "along the top eigenvector"), (c.landscape_random, "random filter-normalized"),
-              (c.escape_profile, "along the escape direction")]
+    curves = [
+        (c.landscape_top, "along the top eigenvector"),
+        (c.landscape_random, "random filter-normalized"),
+        (c.escape_profile, "along the escape direction"),
+    ]
     curves = [(land, label) for land, label in curves if land is not None]
     fig, axes = new_figure(len(curves), width=4.0, height=3.2)
     for ax, (land, label) in zip(axes, curves):
@@ -94,7 +107,13 @@ def _lr_figure(c: Checkup):
     if current:
         ax.axvline(current, color="k", lw=1, label=f"current lr {current:.3g}")
     if r.suggested_lr:
-        ax.axvline(r.suggested_lr, color="C2", ls="--", lw=1, label=f"steepest descent {r.suggested_lr:.3g}")
+        ax.axvline(
+            r.suggested_lr,
+            color="C2",
+            ls="--",
+            lw=1,
+            label=f"steepest descent {r.suggested_lr:.3g}",
+        )
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.legend(fontsize=7)
@@ -115,70 +134,127 @@ def render_sections(c: Checkup, out_dir: Path) -> list[Section]:
     body += prescriptions_table(d)
     fig = trial_figure(d)
     if fig is not None:
-        body += figure(save(fig, out_dir, "checkup-trials.png"),
-                       "Each prescription's trial from an exact snapshot, on the same batches as the control that "
-                       "continued unchanged (black); ranked by the loss reached.")
-    body += paragraph("Apply the first one in your loop: opt = d.prescriptions[0].apply(model, opt) (it returns "
-                      "the optimizer to continue with), or from the command line: lossdoctor train --treat.")
+        body += figure(
+            save(fig, out_dir, "checkup-trials.png"),
+            "Each prescription's trial from an exact snapshot, on the same batches as the control that "
+            "continued unchanged (black); ranked by the loss reached.",
+        )
+    body += paragraph(
+        "Apply the first one in your loop: opt = d.prescriptions[0].apply(model, opt) (it returns "
+        "the optimizer to continue with), or from the command line: lossdoctor train --treat."
+    )
     body += paragraph(_cost(c, "doctor"))
     sections.append(Section("verdict", "Verdict and tested prescriptions", body))
     # 2. History.
     m = d.measurements
-    body = figure(save(_history_figure(c), out_dir, "checkup-history.png"),
-                  f"The loss history ({c.history_source}) with the window the verdict read.")
+    body = figure(
+        save(_history_figure(c), out_dir, "checkup-history.png"),
+        f"The loss history ({c.history_source}) with the window the verdict read.",
+    )
     if m is not None:
         t = m.trend
-        body += table(["window", "start (median)", "end (median)", "relative drop", "± s.e.", "threshold", "stalled"],
-                      [(t.window, fmt(t.start, 5), fmt(t.end, 5), f"{t.relative_drop:+.2%}", f"{t.drop_se:.2%}",
-                        f"{t.threshold:.2%}", {True: "yes", False: "no", None: "open"}[t.stalled])], left=0)
+        body += table(
+            [
+                "window",
+                "start (median)",
+                "end (median)",
+                "relative drop",
+                "± s.e.",
+                "threshold",
+                "stalled",
+            ],
+            [
+                (
+                    t.window,
+                    fmt(t.start, 5),
+                    fmt(t.end, 5),
+                    f"{t.relative_drop:+.2%}",
+                    f"{t.drop_se:.2%}",
+                    f"{t.threshold:.2%}",
+                    {True: "yes", False: "no", None: "open"}[t.stalled],
+                )
+            ],
+            left=0,
+        )
     body += "<ul>" + "".join(f"<li>{esc(e)}</li>" for e in d.evidence) + "</ul>"
     sections.append(Section("history", "The loss history and the evidence", body))
     # 3. Curvature.
     body = ""
     if m is not None and m.lambda_max is not None:
         edge = d.max_stable_lr
-        body += paragraph(f"λ_max = {fmt(m.lambda_max, 5)} (± {fmt(m.lambda_max_error, 2)}); lr-scaled sharpness S = "
-                          f"{fmt(m.lr_sharpness, 4)} against the stability limit {fmt(m.threshold, 3)} "
-                          f"({m.optimizer}); the stability edge is lr = {fmt(edge, 4)}, evidence, not advice.")
+        body += paragraph(
+            f"λ_max = {fmt(m.lambda_max, 5)} (± {fmt(m.lambda_max_error, 2)}); lr-scaled sharpness S = "
+            f"{fmt(m.lr_sharpness, 4)} against the stability limit {fmt(m.threshold, 3)} "
+            f"({m.optimizer}); the stability edge is lr = {fmt(edge, 4)}, evidence, not advice."
+        )
     if c.spectrum is not None:
         s = c.spectrum
-        body += table(["#", "eigenvalue", "residual", "error bound", "converged"],
-                      [(i, fmt(v, 6), fmt(r, 2), fmt(b, 2), "yes" if ok else "NO") for i, (v, r, b, ok) in
-                       enumerate(zip(s.eigenvalues, s.residual_norms, s.error_bounds, s.converged))], left=0)
+        body += table(
+            ["#", "eigenvalue", "residual", "error bound", "converged"],
+            [
+                (i, fmt(v, 6), fmt(r, 2), fmt(b, 2), "yes" if ok else "NO")
+                for i, (v, r, b, ok) in enumerate(
+                    zip(s.eigenvalues, s.residual_norms, s.error_bounds, s.converged)
+                )
+            ],
+            left=0,
+        )
     if c.density is not None:
-        body += figure(save(_density_figure(c), out_dir, "checkup-density.png"),
-                       "Spectral density of the Hessian (stochastic Lanczos quadrature).")
+        body += figure(
+            save(_density_figure(c), out_dir, "checkup-density.png"),
+            "Spectral density of the Hessian (stochastic Lanczos quadrature).",
+        )
     if c.layers is not None and c.layers.rows:
-        body += figure(save(_layers_figure(c), out_dir, "checkup-layers.png"),
-                       "Each block's lr-scaled sharpness (or λ_max without an optimizer); red blocks break stability.")
-        body += table(["block", "type", "params", "λ_max", "S_b", "|grad|"],
-                      [(r.name, r.module_type, r.numel, fmt(r.lambda_max), fmt(r.lr_sharpness), fmt(r.grad_norm))
-                       for r in c.layers.rows], left=2)
+        body += figure(
+            save(_layers_figure(c), out_dir, "checkup-layers.png"),
+            "Each block's lr-scaled sharpness (or λ_max without an optimizer); red blocks break stability.",
+        )
+        body += table(
+            ["block", "type", "params", "λ_max", "S_b", "|grad|"],
+            [
+                (
+                    r.name,
+                    r.module_type,
+                    r.numel,
+                    fmt(r.lambda_max),
+                    fmt(r.lr_sharpness),
+                    fmt(r.grad_norm),
+                )
+                for r in c.layers.rows
+            ],
+            left=2,
+        )
     body += paragraph(_cost(c, "spectrum", "density", "layers"))
     sections.append(Section("curvature", "Curvature", body))
     # 4. Critical point.
     body = ""
     if c.critical is not None:
         cp = c.critical
-        body += paragraph(f"{cp.kind.replace('_', ' ')}: gradient norm {fmt(cp.grad_norm)} against the tolerance "
-                          f"{fmt(cp.grad_tol)}; smallest eigenvalue {fmt(cp.min_eigenvalue, 4)}, largest "
-                          f"{fmt(cp.max_eigenvalue, 4)}; minimum ratio {cp.minimum_ratio:.3f} ± "
-                          f"{cp.minimum_ratio_error:.3f} ({cp.ratio_method}).")
+        body += paragraph(
+            f"{cp.kind.replace('_', ' ')}: gradient norm {fmt(cp.grad_norm)} against the tolerance "
+            f"{fmt(cp.grad_tol)}; smallest eigenvalue {fmt(cp.min_eigenvalue, 4)}, largest "
+            f"{fmt(cp.max_eigenvalue, 4)}; minimum ratio {cp.minimum_ratio:.3f} ± "
+            f"{cp.minimum_ratio_error:.3f} ({cp.ratio_method})."
+        )
     body += paragraph(_cost(c, "critical", "escape"))
     sections.append(Section("critical", "Critical point", body))
     # 5. Landscape, noise, lr range.
     body = ""
     if any(x is not None for x in (c.landscape_top, c.landscape_random, c.escape_profile)):
-        body += figure(save(_profiles_figure(c), out_dir, "checkup-landscape.png"),
-                       "The loss through the current point (0) along the top eigenvector (span: where a bowl of "
-                       "that curvature doubles the loss), a random filter-normalized direction, and the escape "
-                       "direction at a saddle.")
+        body += figure(
+            save(_profiles_figure(c), out_dir, "checkup-landscape.png"),
+            "The loss through the current point (0) along the top eigenvector (span: where a bowl of "
+            "that curvature doubles the loss), a random filter-normalized direction, and the escape "
+            "direction at a saddle.",
+        )
     if c.noise is not None:
         body += paragraph(str(c.noise))
     if c.lr_range is not None:
-        body += figure(save(_lr_figure(c), out_dir, "checkup-lr-range.png"),
-                       "Learning-rate range test over three decades around the current lr (the model and "
-                       "optimizer are put back afterwards).")
+        body += figure(
+            save(_lr_figure(c), out_dir, "checkup-lr-range.png"),
+            "Learning-rate range test over three decades around the current lr (the model and "
+            "optimizer are put back afterwards).",
+        )
     body += paragraph(_cost(c, "landscape-top", "landscape-random", "noise", "lr-range"))
     body += table(["section", "status", "seconds", "products"], _section_rows(c.sections), left=2)
     sections.append(Section("landscape", "Landscape, gradient noise and learning rate", body))
@@ -190,9 +266,14 @@ def write(c: Checkup, out_dir: str | Path, *, title: str = "lossdoctor checkup")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sections = render_sections(c, out)
-    intro = (f"{c.num_params} parameters, {c.num_samples} samples measured in {c.mode} mode; {c.seconds:.0f} s of a "
-             f"{c.budget:.0f} s budget" + ("; INTERRUPTED: some sections did not finish." if c.interrupted else "."))
-    atomic_write_text(out, "results.json", json.dumps(c.to_dict(), indent=1, default=lambda v: None))
+    intro = (
+        f"{c.num_params} parameters, {c.num_samples} samples measured in {c.mode} mode; {c.seconds:.0f} s of a "
+        f"{c.budget:.0f} s budget"
+        + ("; INTERRUPTED: some sections did not finish." if c.interrupted else ".")
+    )
+    atomic_write_text(
+        out, "results.json", json.dumps(c.to_dict(), indent=1, default=lambda v: None)
+    )
     return write_page(out, sections, title=title, intro=intro)
 
 
@@ -202,20 +283,37 @@ def notebook_html(c: Checkup) -> str:
     fig = trial_figure(d)
     img = inline_png(fig) if fig is not None else ""
     rows = _section_rows(c.sections)
-    return (f'{CSS}<div class="ld"><p class="verdict"><b>{esc(d.cause.replace("_", " "))}</b>: {esc(d.summary)}</p>'
-            + prescriptions_table(d) + img + table(["section", "status", "seconds", "products"], rows, left=2)
-            + "</div>")
-
+    return (
+        f'{CSS}<div class="ld"><p class="verdict"><b>{esc(d.cause.replace("_", " "))}</b>: {esc(d.summary)}</p>'
+        + prescriptions_table(d)
+        + img
+        + table(["section", "status", "seconds", "products"], rows, left=2)
+        + "</div>"
+    )
 
 
 def monitor_checkup(monitor: Any, optimizer: Any, *, budget: float = BUDGET) -> Checkup:
     """The checkup of the model a Monitor watches, on the losses it has recorded so far."""
-    return checkup(monitor.model, monitor.loss_fn, monitor.data, history=list(monitor.record.losses),
-                   optimizer=optimizer, budget=budget, window=monitor.window, train_step=monitor.train_step)
+    return checkup(
+        monitor.model,
+        monitor.loss_fn,
+        monitor.data,
+        history=list(monitor.record.losses),
+        optimizer=optimizer,
+        budget=budget,
+        window=monitor.window,
+        train_step=monitor.train_step,
+    )
 
 
-def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget: float = BUDGET,
-                   every_stall: bool = False) -> Any:
+def attach_checkup(
+    monitor: Any,
+    optimizer: Any,
+    out_dir: str | Path,
+    *,
+    budget: float = BUDGET,
+    every_stall: bool = False,
+) -> Any:
     """Make a :class:`~lossdoctor.Monitor` write the checkup page when it diagnoses a stall.
 
     The page goes to ``out_dir`` at the first stalled diagnosis (with ``every_stall``, to
@@ -229,7 +327,9 @@ def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget:
     Returns:
         The monitor, so the call can wrap its construction.
     """
-    budget = check_float(budget, "budget", above=0.0, hint="The checkup's time budget in seconds, e.g. 90.")
+    budget = check_float(
+        budget, "budget", above=0.0, hint="The checkup's time budget in seconds, e.g. 90."
+    )
     check_optimizer(optimizer)
     if not hasattr(monitor, "record") or not hasattr(monitor, "callback"):
         raise TypeError(f"monitor must be a lossdoctor.Monitor, got {type(monitor).__name__}.")
@@ -242,8 +342,12 @@ def attach_checkup(monitor: Any, optimizer: Any, out_dir: str | Path, *, budget:
             previous(diagnosis)
         if not diagnosis.stalled or (written and not every_stall):
             return
-        written.append(write(monitor_checkup(monitor, optimizer, budget=budget),
-                             out / f"step-{diagnosis.step}" if every_stall else out))
+        written.append(
+            write(
+                monitor_checkup(monitor, optimizer, budget=budget),
+                out / f"step-{diagnosis.step}" if every_stall else out,
+            )
+        )
 
     monitor.callback = on_diagnosis
     monitor.checkup_pages = written
@@ -254,11 +358,15 @@ def render_example(c: Checkup, out_dir: Path) -> Section:
     """The tour's section: the example checkup page written beside the tour, and a link to it."""
     write(c, Path(out_dir) / "checkup", title="lossdoctor checkup: an MNIST-1D MLP at a saddle")
     top = c.diagnosis.top
-    body = (paragraph(f"An MNIST-1D tanh MLP whose weights all start at zero, stalled at a saddle, run through "
-                      f"ld.checkup(model, loss_fn, data, history=losses, optimizer=opt) as a user would run it "
-                      f"on their own model ({c.seconds:.1f} s). The doctor says: {c.diagnosis.summary.rstrip('.')}."
-                      + (f" First prescription: {top.text}." if top is not None else ""))
-            + '<p><a href="checkup/index.html">Open the checkup page</a>: the verdict and the tested '
-              "prescriptions with their trial curves first, then the loss history, the curvature, the critical "
-              "point, the landscape, the noise scale and the lr range.</p>")
+    body = (
+        paragraph(
+            f"An MNIST-1D tanh MLP whose weights all start at zero, stalled at a saddle, run through "
+            f"ld.checkup(model, loss_fn, data, history=losses, optimizer=opt) as a user would run it "
+            f"on their own model ({c.seconds:.1f} s). The doctor says: {c.diagnosis.summary.rstrip('.')}."
+            + (f" First prescription: {top.text}." if top is not None else "")
+        )
+        + '<p><a href="checkup/index.html">Open the checkup page</a>: the verdict and the tested '
+        "prescriptions with their trial curves first, then the loss history, the curvature, the critical "
+        "point, the landscape, the noise scale and the lr range.</p>"
+    )
     return Section("checkup", "The checkup page on a stalled model", body)

@@ -17,8 +17,13 @@ from typing import Any
 
 from .._extras import require
 
-STYLE = {"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
-         "axes.spines.right": False}
+STYLE = {
+    "figure.dpi": 100,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
 SAVE_DPI = 110
 
 

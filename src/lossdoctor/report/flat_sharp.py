@@ -30,7 +30,7 @@ def _plane(ax, land: Landscape, title: str, levels: np.ndarray) -> None:
     c = np.asarray(land.coords)
     train = np.log10(np.asarray(land.train_loss, dtype=float))
     cs = ax.contour(c, c, train.T, levels=levels, cmap="viridis", linewidths=0.9)
-    ax.clabel(cs, fontsize=6, fmt=lambda v: f"{10 ** v:.2g}")
+    ax.clabel(cs, fontsize=6, fmt=lambda v: f"{10**v:.2g}")
     if land.test_loss is not None:
         test = np.log10(np.asarray(land.test_loss, dtype=float))
         ax.contour(c, c, test.T, levels=levels, colors="C3", linestyles="dashed", linewidths=0.6)
@@ -68,32 +68,51 @@ def render(study: FlatSharpStudy, out_dir: Path) -> Section:
     a2.set_ylim(lo, hi)
     lines = save(fig, out_dir, "flat-sharp-1d.png")
     fig, (p1, p2) = new_figure(2, width=5.0, height=4.4)
-    both = np.log10(np.concatenate([np.ravel(study.plane_small.train_loss), np.ravel(study.plane_large.train_loss)]))
+    both = np.log10(
+        np.concatenate(
+            [np.ravel(study.plane_small.train_loss), np.ravel(study.plane_large.train_loss)]
+        )
+    )
     levels = np.linspace(both.min(), np.percentile(both, 95), 10)
     _plane(p1, study.plane_small, f"batch {s}: train (solid), test (red dashed)", levels)
     _plane(p2, study.plane_large, f"batch {b}: train (solid), test (red dashed)", levels)
     planes = save(fig, out_dir, "flat-sharp-2d.png")
     rise_s, rise_l = wall_rise(study.line_small), wall_rise(study.line_large)
     i_peak = int(np.argmax(cv.train_loss[: len(cv.alphas)]))
-    text = (f"Seed {study.seed}: the batch-{s} and batch-{b} runs of the sweep, from the same initial weights, at "
-            f"{study.milestone}. lambda_max {fmt(study.small_lambda_max)} vs {fmt(study.large_lambda_max)}, "
-            f"eps-sharpness {fmt(study.small_epsilon)} vs {fmt(study.large_epsilon)}. Along the line between them "
-            f"(||theta_b - theta_a|| = {fmt(cv.distance)}) the training loss is {fmt(cv.train_loss[cv.alphas.index(0.0)] if 0.0 in cv.alphas else cv.train_loss[0])} "
-            f"at the small-batch end and peaks at {fmt(cv.train_loss[i_peak])} (alpha = {cv.alphas[i_peak]:.2f}). "
-            f"In the filter-normalized 1-D landscapes (Li et al. 2018: each filter of a random direction scaled to the "
-            f"norm of the same filter of the weights, biases held fixed) the training loss rises on average by "
-            f"{fmt(rise_s)} at the ends (±1) around the batch-{s} solution and by {fmt(rise_l)} around the "
-            f"batch-{b} solution: {'the small-batch minimum is the wider one' if rise_s < rise_l else 'the large-batch minimum is not the sharper one here'}. "
-            "The test loss (dashed) sits above and beside the training loss: where the surface is flat, that shift "
-            "costs little.")
-    body = (paragraph(text)
-            + figure(interp, "Train and test loss (and accuracy, thin lines) along theta(alpha) = (1 - alpha) theta_small "
-                     "+ alpha theta_large, alpha from -0.5 to 1.5 (Keskar et al.'s Figure 3).")
-            + figure(lines, "Filter-normalized 1-D landscapes around each solution (same random direction seed, same "
-                     "axes): train (solid) and test (dashed) loss.")
-            + figure(planes, "Filter-normalized 2-D landscapes: contours of log10 training loss (labelled with the "
-                     "loss) and, dashed red, the test loss at the same levels."))
-    return Section("flat-sharp", "Batch size III: flat vs. sharp minima (interpolation and landscapes)", body)
+    text = (
+        f"Seed {study.seed}: the batch-{s} and batch-{b} runs of the sweep, from the same initial weights, at "
+        f"{study.milestone}. lambda_max {fmt(study.small_lambda_max)} vs {fmt(study.large_lambda_max)}, "
+        f"eps-sharpness {fmt(study.small_epsilon)} vs {fmt(study.large_epsilon)}. Along the line between them "
+        f"(||theta_b - theta_a|| = {fmt(cv.distance)}) the training loss is {fmt(cv.train_loss[cv.alphas.index(0.0)] if 0.0 in cv.alphas else cv.train_loss[0])} "
+        f"at the small-batch end and peaks at {fmt(cv.train_loss[i_peak])} (alpha = {cv.alphas[i_peak]:.2f}). "
+        f"In the filter-normalized 1-D landscapes (Li et al. 2018: each filter of a random direction scaled to the "
+        f"norm of the same filter of the weights, biases held fixed) the training loss rises on average by "
+        f"{fmt(rise_s)} at the ends (±1) around the batch-{s} solution and by {fmt(rise_l)} around the "
+        f"batch-{b} solution: {'the small-batch minimum is the wider one' if rise_s < rise_l else 'the large-batch minimum is not the sharper one here'}. "
+        "The test loss (dashed) sits above and beside the training loss: where the surface is flat, that shift "
+        "costs little."
+    )
+    body = (
+        paragraph(text)
+        + figure(
+            interp,
+            "Train and test loss (and accuracy, thin lines) along theta(alpha) = (1 - alpha) theta_small "
+            "+ alpha theta_large, alpha from -0.5 to 1.5 (Keskar et al.'s Figure 3).",
+        )
+        + figure(
+            lines,
+            "Filter-normalized 1-D landscapes around each solution (same random direction seed, same "
+            "axes): train (solid) and test (dashed) loss.",
+        )
+        + figure(
+            planes,
+            "Filter-normalized 2-D landscapes: contours of log10 training loss (labelled with the "
+            "loss) and, dashed red, the test loss at the same levels.",
+        )
+    )
+    return Section(
+        "flat-sharp", "Batch size III: flat vs. sharp minima (interpolation and landscapes)", body
+    )
 
 
 def landscape_figure(land: Landscape, path: Path, title: str = "") -> Path:
@@ -103,8 +122,12 @@ def landscape_figure(land: Landscape, path: Path, title: str = "") -> Path:
         _line(ax, land, title or f"{land.normalization}-normalized direction")
     else:
         loss = np.log10(np.asarray(land.train_loss, dtype=float))
-        _plane(ax, land, title or "train (solid), test (red dashed)",
-               np.linspace(loss.min(), np.percentile(loss, 95), 10))
+        _plane(
+            ax,
+            land,
+            title or "train (solid), test (red dashed)",
+            np.linspace(loss.min(), np.percentile(loss, 95), 10),
+        )
     return save_new(fig, path)
 
 

@@ -29,6 +29,7 @@ figure img{max-width:100%;border:none}}
 @dataclass(frozen=True)
 class Section:
     """One section of a report page: its title, anchor and HTML body."""
+
     key: str
     title: str
     body: str  # HTML
@@ -41,12 +42,15 @@ def esc(text: object) -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]], left: int = 1) -> str:
     """An HTML table; the first ``left`` columns are left-aligned (labels)."""
+
     def cell(tag: str, i: int, value: object) -> str:
         cls = ' class="l"' if i < left else ""
         return f"<{tag}{cls}>{esc(value)}</{tag}>"
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>" for r in rows
+    )
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -57,17 +61,21 @@ def figure(src: str, caption: str) -> str:
 
 def paragraph(text: str, cls: str | None = None) -> str:
     """An HTML paragraph of escaped ``text`` (with a CSS class, if given)."""
-    return f'<p{f" class={chr(34)}{cls}{chr(34)}" if cls else ""}>{esc(text)}</p>'
+    return f"<p{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{esc(text)}</p>"
 
 
 def write_page(out_dir: Path, sections: Sequence[Section], *, title: str, intro: str = "") -> Path:
     """Write ``index.html`` with ``sections`` into ``out_dir`` (atomically) and return its path."""
     nav = "".join(f'<a href="#{esc(s.key)}">{esc(s.title)}</a>' for s in sections)
-    body = "".join(f'<section id="{esc(s.key)}"><h2>{esc(s.title)}</h2>{s.body}</section>' for s in sections)
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
-            f"<link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head><body><h1>{esc(title)}</h1>"
-            f"{paragraph(intro) if intro else ''}<nav>{nav}</nav>{body}</body></html>")
+    body = "".join(
+        f'<section id="{esc(s.key)}"><h2>{esc(s.title)}</h2>{s.body}</section>' for s in sections
+    )
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
+        f'<link rel="icon" href="data:,"><style>{STYLE}</style></head><body><h1>{esc(title)}</h1>'
+        f"{paragraph(intro) if intro else ''}<nav>{nav}</nav>{body}</body></html>"
+    )
     from .._files import atomic_write_text
 
     return atomic_write_text(out_dir, "index.html", page)  # atomic; never through a planted symlink

@@ -30,9 +30,16 @@ def _curves(study: L2SmoothingStudy, out_dir: Path) -> str:
         ax.plot(study.grid, study.truth, color="k", lw=2.2, ls="--", label="true function")
         for fit in study.fits:
             if fit.seed == seed and fit.variant == variant:
-                ax.plot(study.grid, fit.curve, color=colors[fit.gamma], lw=1.4,
-                        label=f"gamma={fmt(fit.gamma, 2)} (test MSE {fit.test_mse:.3f})")
-        ax.scatter(study.train_x[0], study.train_y[0], color="k", s=18, zorder=5, label="training points")
+                ax.plot(
+                    study.grid,
+                    fit.curve,
+                    color=colors[fit.gamma],
+                    lw=1.4,
+                    label=f"gamma={fmt(fit.gamma, 2)} (test MSE {fit.test_mse:.3f})",
+                )
+        ax.scatter(
+            study.train_x[0], study.train_y[0], color="k", s=18, zorder=5, label="training points"
+        )
         ax.set_title(f"L2 over {variant} (seed {seed})")
         ax.set_xlabel("x")
         ax.set_ylabel("f(x)")
@@ -44,14 +51,27 @@ def _curves(study: L2SmoothingStudy, out_dir: Path) -> str:
 def _sweeps(study: L2SmoothingStudy, out_dir: Path) -> str:
     fig, axes = new_figure(3, width=4.3, height=3.6)
     x, labels = _gamma_axis(study.gammas)
-    for field, ax, title in (("test_mse", axes[0], "test MSE (vs the true function)"),
-                             ("roughness", axes[1], "roughness: mean |f''(x)|"),
-                             ("weight_norm", axes[2], "||weights|| (biases not counted)")):
+    for field, ax, title in (
+        ("test_mse", axes[0], "test MSE (vs the true function)"),
+        ("roughness", axes[1], "roughness: mean |f''(x)|"),
+        ("weight_norm", axes[2], "||weights|| (biases not counted)"),
+    ):
         for i, variant in enumerate(study.variants):
-            values = np.array([[getattr(f, field) for f in study.fits
-                                if f.variant == variant and f.gamma == g] for g in study.gammas])
-            ax.errorbar(x, values.mean(1), yerr=values.std(1), marker="o", capsize=3, color=f"C{i}",
-                        label=f"L2 over {variant}")
+            values = np.array(
+                [
+                    [getattr(f, field) for f in study.fits if f.variant == variant and f.gamma == g]
+                    for g in study.gammas
+                ]
+            )
+            ax.errorbar(
+                x,
+                values.mean(1),
+                yerr=values.std(1),
+                marker="o",
+                capsize=3,
+                color=f"C{i}",
+                label=f"L2 over {variant}",
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(x)
@@ -70,31 +90,52 @@ def render(study: L2SmoothingStudy, out_dir: Path) -> Section:
     for g in study.gammas:
         row: list[object] = [fmt(g, 2)]
         for variant in study.variants:
-            row += [f"{study.mean(variant, g, 'test_mse'):.4f}", f"{study.mean(variant, g, 'train_mse'):.4f}",
-                    f"{study.mean(variant, g, 'roughness'):.2f}", f"{study.mean(variant, g, 'bias_norm'):.2f}"]
+            row += [
+                f"{study.mean(variant, g, 'test_mse'):.4f}",
+                f"{study.mean(variant, g, 'train_mse'):.4f}",
+                f"{study.mean(variant, g, 'roughness'):.2f}",
+                f"{study.mean(variant, g, 'bias_norm'):.2f}",
+            ]
         rows.append(row)
-    header = ["gamma"] + [f"{h} ({v})" for v in study.variants
-                          for h in ("test MSE", "train MSE", "mean |f''|", "||biases||")]
+    header = ["gamma"] + [
+        f"{h} ({v})"
+        for v in study.variants
+        for h in ("test MSE", "train MSE", "mean |f''|", "||biases||")
+    ]
     w, b = study.variants
     best_w = min(study.gammas, key=lambda g: study.mean(w, g, "test_mse"))
     best_b = min(study.gammas, key=lambda g: study.mean(b, g, "test_mse"))
-    text = (f"A 1-{study.hidden}-{study.hidden}-1 tanh MLP fitted to {study.num_train} samples of "
-            f"2 + sin(2.5x) + 0.3x with Gaussian noise (sd {study.noise}), {study.steps} full-batch Adam "
-            f"steps on L = MSE + 1/2 gamma sum w^2 (lossdoctor.l2_penalty), seeds {study.seeds}; "
-            f"mean over seeds. Without L2 the network threads the noise: test MSE "
-            f"{study.mean(w, 0.0, 'test_mse'):.3f}, mean |f''| {study.mean(w, 0.0, 'roughness'):.2f}. "
-            f"Penalizing the weights lowers |f''| monotonically; the test error is lowest at gamma = "
-            f"{fmt(best_w, 2)} ({study.mean(w, best_w, 'test_mse'):.3f}) with the weights only, and at "
-            f"gamma = {fmt(best_b, 2)} ({study.mean(b, best_b, 'test_mse'):.3f}) with the biases penalized too.")
-    note = ("What penalizing the biases changes: with the weights only, the biases are free, so at large "
-            "gamma the network can collapse its weights and keep the offset in the output bias (a flat, "
-            "underfitting curve); with the biases penalized too, the bias norm shrinks and the offset must "
-            "be carried by the weights. Which variant tests better here is measured above, not assumed.")
-    body = (paragraph(text) + table(header, rows) + figure(curves, "Fitted functions for each gamma (one seed): "
+    text = (
+        f"A 1-{study.hidden}-{study.hidden}-1 tanh MLP fitted to {study.num_train} samples of "
+        f"2 + sin(2.5x) + 0.3x with Gaussian noise (sd {study.noise}), {study.steps} full-batch Adam "
+        f"steps on L = MSE + 1/2 gamma sum w^2 (lossdoctor.l2_penalty), seeds {study.seeds}; "
+        f"mean over seeds. Without L2 the network threads the noise: test MSE "
+        f"{study.mean(w, 0.0, 'test_mse'):.3f}, mean |f''| {study.mean(w, 0.0, 'roughness'):.2f}. "
+        f"Penalizing the weights lowers |f''| monotonically; the test error is lowest at gamma = "
+        f"{fmt(best_w, 2)} ({study.mean(w, best_w, 'test_mse'):.3f}) with the weights only, and at "
+        f"gamma = {fmt(best_b, 2)} ({study.mean(b, best_b, 'test_mse'):.3f}) with the biases penalized too."
+    )
+    note = (
+        "What penalizing the biases changes: with the weights only, the biases are free, so at large "
+        "gamma the network can collapse its weights and keep the offset in the output bias (a flat, "
+        "underfitting curve); with the biases penalized too, the bias norm shrinks and the offset must "
+        "be carried by the weights. Which variant tests better here is measured above, not assumed."
+    )
+    body = (
+        paragraph(text)
+        + table(header, rows)
+        + figure(
+            curves,
+            "Fitted functions for each gamma (one seed): "
             "left with the penalty on the weights only (the lecture's rule), right with the biases "
-            "penalized too. Dashed: the noise-free function; dots: the training points.")
-            + figure(sweeps, "Test MSE, roughness (mean |f''| by finite differences on 401 points) and the "
-                     "weight norm against gamma (gamma = 0 drawn one decade left of the smallest gamma); "
-                     "error bars: spread over seeds.")
-            + paragraph(note))
+            "penalized too. Dashed: the noise-free function; dots: the training points.",
+        )
+        + figure(
+            sweeps,
+            "Test MSE, roughness (mean |f''| by finite differences on 401 points) and the "
+            "weight norm against gamma (gamma = 0 drawn one decade left of the smallest gamma); "
+            "error bars: spread over seeds.",
+        )
+        + paragraph(note)
+    )
     return Section("l2", "L2 regularization: smoother functions, and why biases are left out", body)

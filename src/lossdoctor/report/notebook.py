@@ -14,10 +14,12 @@ from typing import Any
 from .._results import fmt
 from .html import esc, table
 
-CSS = ("<style>.ld{font-family:system-ui,sans-serif;font-size:13px;max-width:980px}.ld table{border-collapse:collapse;"
-       "margin:.4em 0}.ld td,.ld th{border:1px solid #ccc;padding:2px 6px;text-align:right}.ld td.l,.ld th.l{text-align:left}"
-       ".ld .verdict{background:#eef6ee;border-left:4px solid #3a3;padding:.4em .8em}.ld img{max-width:100%}"
-       ".ld code{background:#f4f4f4;padding:0 3px}</style>")
+CSS = (
+    "<style>.ld{font-family:system-ui,sans-serif;font-size:13px;max-width:980px}.ld table{border-collapse:collapse;"
+    "margin:.4em 0}.ld td,.ld th{border:1px solid #ccc;padding:2px 6px;text-align:right}.ld td.l,.ld th.l{text-align:left}"
+    ".ld .verdict{background:#eef6ee;border-left:4px solid #3a3;padding:.4em .8em}.ld img{max-width:100%}"
+    ".ld code{background:#f4f4f4;padding:0 3px}</style>"
+)
 
 
 def inline_png(fig: Any) -> str:
@@ -46,8 +48,11 @@ def _scalar_rows(result: Any) -> list[tuple[str, str]]:
 def generic_html(result: Any) -> str:
     """A compact table of a result's scalar fields and its text, folded."""
     rows = _scalar_rows(result)
-    return (f'{CSS}<div class="ld"><b>{esc(type(result).__name__)}</b>' + table(["field", "value"], rows, left=2)
-            + f"<details><summary>as text</summary><pre>{esc(str(result))}</pre></details></div>")
+    return (
+        f'{CSS}<div class="ld"><b>{esc(type(result).__name__)}</b>'
+        + table(["field", "value"], rows, left=2)
+        + f"<details><summary>as text</summary><pre>{esc(str(result))}</pre></details></div>"
+    )
 
 
 def trial_figure(diagnosis: Any, top: int = 3) -> Any | None:
@@ -62,8 +67,16 @@ def trial_figure(diagnosis: Any, top: int = 3) -> Any | None:
     ax.plot(range(1, len(control) + 1), control, color="k", lw=1.2, label="continue unchanged")
     for i, p in enumerate(tried):
         label = p.text if len(p.text) < 60 else p.text[:57] + "..."
-        ax.plot(range(1, len(p.trial.curve) + 1), p.trial.curve, lw=1.0, label=f"{i + 1}. {label}", color=f"C{i}")
-    finite = [v for v in list(control) + [v for p in tried for v in p.trial.curve] if math.isfinite(v)]
+        ax.plot(
+            range(1, len(p.trial.curve) + 1),
+            p.trial.curve,
+            lw=1.0,
+            label=f"{i + 1}. {label}",
+            color=f"C{i}",
+        )
+    finite = [
+        v for v in list(control) + [v for p in tried for v in p.trial.curve] if math.isfinite(v)
+    ]
     if finite and min(finite) > 0 and max(finite) / min(finite) > 20:
         ax.set_yscale("log")
     ax.set_xlabel("trial step (same batches for every branch)")
@@ -79,7 +92,9 @@ def code_for(action: dict[str, Any], index: int) -> str:
     if not a or a.get("stop"):
         return "# nothing to change"
     if "optimizer" in a:
-        return f"{line}  # same as: torch.optim.{a['optimizer']}(model.parameters(), lr={a['lr']:.3g})"
+        return (
+            f"{line}  # same as: torch.optim.{a['optimizer']}(model.parameters(), lr={a['lr']:.3g})"
+        )
     if set(a) == {"lr"}:
         return f"{line}  # same as: for g in opt.param_groups: g['lr'] = {a['lr']:.3g}"
     if set(a) == {"momentum"}:
@@ -93,9 +108,15 @@ def prescriptions_table(diagnosis: Any) -> str:
     """The prescriptions of a diagnosis as an HTML table (with their trials)."""
     rows = []
     for i, p in enumerate(diagnosis.prescriptions):
-        trial = "-" if p.trial is None else (
-            f"{fmt(p.trial.loss, 4)} vs {fmt(p.trial.control_loss, 4)} ({p.trial.change})"
-            if p.trial.finite and math.isfinite(p.trial.relative_gain) else str(p.trial))
+        trial = (
+            "-"
+            if p.trial is None
+            else (
+                f"{fmt(p.trial.loss, 4)} vs {fmt(p.trial.control_loss, 4)} ({p.trial.change})"
+                if p.trial.finite and math.isfinite(p.trial.relative_gain)
+                else str(p.trial)
+            )
+        )
         how = code_for(p.action, i) if p.applicable else "change your code (see the text)"
         rows.append((i + 1, p.text, trial, how))
     return table(["#", "prescription", "trial: loss vs unchanged", "apply"], rows, left=4)
@@ -106,9 +127,12 @@ def diagnosis_html(d: Any) -> str:
     fig = trial_figure(d)
     img = inline_png(fig) if fig is not None else ""
     evidence = "".join(f"<li>{esc(e)}</li>" for e in d.evidence)
-    return (f'{CSS}<div class="ld"><p class="verdict"><b>{esc(d.cause.replace("_", " "))}</b>: {esc(d.summary)}</p>'
-            + prescriptions_table(d) + img
-            + f"<details><summary>evidence ({len(d.evidence)})</summary><ul>{evidence}</ul></details></div>")
+    return (
+        f'{CSS}<div class="ld"><p class="verdict"><b>{esc(d.cause.replace("_", " "))}</b>: {esc(d.summary)}</p>'
+        + prescriptions_table(d)
+        + img
+        + f"<details><summary>evidence ({len(d.evidence)})</summary><ul>{evidence}</ul></details></div>"
+    )
 
 
 def render_html(result: Any) -> str:

@@ -35,13 +35,28 @@ def _trajectory_figure(study: ValleyStudy, out_dir: Path) -> str:
     span1, span2 = (-8.0, 2.0), (0.88, 1.12)
     _contours(ax_gd, study, span1, span2)
     _contours(ax_ad, study, span1, span2)
-    for key, ax, limit in (("gd-1e-2", ax_gd, 200), ("momentum", ax_gd, None), ("gd-1e-7", ax_gd, None), ("adagrad", ax_ad, None), ("adagrad-decay", ax_ad, None),
-                           ("adagrad-warmup", ax_ad, None), ("rmsprop", ax_ad, None), ("adam", ax_ad, None)):
+    for key, ax, limit in (
+        ("gd-1e-2", ax_gd, 200),
+        ("momentum", ax_gd, None),
+        ("gd-1e-7", ax_gd, None),
+        ("adagrad", ax_ad, None),
+        ("adagrad-decay", ax_ad, None),
+        ("adagrad-warmup", ax_ad, None),
+        ("rmsprop", ax_ad, None),
+        ("adam", ax_ad, None),
+    ):
         r = study.run(key)
         keep = r.kept_steps <= (limit if limit is not None else r.steps)
         tr = r.trajectory[keep]
         label = r.label + (f" (first {limit} updates)" if limit else "")
-        ax.plot(tr[:, 0], tr[:, 1], color=r.color, lw=2.0 if key == "gd-1e-7" else 0.7, alpha=0.85, label=label)
+        ax.plot(
+            tr[:, 0],
+            tr[:, 1],
+            color=r.color,
+            lw=2.0 if key == "gd-1e-7" else 0.7,
+            alpha=0.85,
+            label=label,
+        )
     ax_gd.set_title("gradient descent and momentum", fontsize=10)
     ax_ad.set_title("adaptive learning rates", fontsize=10)
     for ax in (ax_gd, ax_ad):
@@ -62,7 +77,9 @@ def _curves_figure(study: ValleyStudy, out_dir: Path) -> str:
     ax_loss.legend(fontsize=6, loc="lower left")  # loc="best" is slow on 100,000-point lines
     for key in ("adagrad", "adagrad-decay", "adagrad-warmup"):
         r = study.run(key)
-        ax_jump.plot(r.kept_steps, r.trajectory[:, 1] - study.w_star[1], color=r.color, lw=0.8, label=r.label)
+        ax_jump.plot(
+            r.kept_steps, r.trajectory[:, 1] - study.w_star[1], color=r.color, lw=0.8, label=r.label
+        )
     ax_jump.axvline(DENSE_STEPS, color="0.7", ls=":")
     ax_jump.set_xscale("symlog", linthresh=100)
     ax_jump.set_xlabel("update")
@@ -71,10 +88,18 @@ def _curves_figure(study: ValleyStudy, out_dir: Path) -> str:
     ax_jump.legend(fontsize=6, loc="upper left")
     bounce = study.run("gd-1e-2")
     n = min(len(study.contrast_losses), 600)
-    ax_div.plot(np.arange(n), study.contrast_losses[:n], color="C3",
-                label=f"seed {study.contrast_seed}: λ_max {study.contrast_lambda_max:.2f} > 200")
-    ax_div.plot(bounce.kept_steps[:n], bounce.losses[:n], color="C0",
-                label=f"seed {study.data_seed}: λ_max {study.lambda_max:.2f} < 200")
+    ax_div.plot(
+        np.arange(n),
+        study.contrast_losses[:n],
+        color="C3",
+        label=f"seed {study.contrast_seed}: λ_max {study.contrast_lambda_max:.2f} > 200",
+    )
+    ax_div.plot(
+        bounce.kept_steps[:n],
+        bounce.losses[:n],
+        color="C0",
+        label=f"seed {study.data_seed}: λ_max {study.lambda_max:.2f} < 200",
+    )
     ax_div.set_yscale("log")
     ax_div.set_xlabel("update")
     ax_div.set_ylabel("loss")
@@ -91,39 +116,58 @@ def render(study: ValleyStudy, out_dir: Path) -> Section:
     for r in study.runs:
         cells = []
         for n in study.checkpoints:
-            cells += [fmt(r.loss_at[n]) if n in r.loss_at else "-",
-                      fmt(r.distance_at[n]) if n in r.distance_at else "-"]
+            cells += [
+                fmt(r.loss_at[n]) if n in r.loss_at else "-",
+                fmt(r.distance_at[n]) if n in r.distance_at else "-",
+            ]
         rows.append((r.label, *cells, fmt(r.late_jump)))
-    header = ["method"] + [h for n in study.checkpoints for h in (f"loss after {n:,}", f"distance after {n:,}")]
+    header = ["method"] + [
+        h for n in study.checkpoints for h in (f"loss after {n:,}", f"distance after {n:,}")
+    ]
     header.append("largest |w2 - w2*| after update 2,000")
     d = study.diagnosis
-    text = (f"The valley: y = w1·x1 + w2·x2 with {study.num_samples} samples, x1 ~ N(0, {study.sigmas[0]}²), "
-            f"x2 ~ N(0, {study.sigmas[1]}²), noiseless targets from w* = {study.w_star}, start {study.w_start}. "
-            f"Loss convention: {study.convention}. Data seed {study.data_seed} (the first seed with λ_max just "
-            f"below 200): λ_max = {study.lambda_max:.3f}, λ_min = {study.lambda_min:.4f} (condition number "
-            f"{study.lambda_max / study.lambda_min:.0f}), so 2/λ_max = {2 / study.lambda_max:.6f} sits just above "
-            f"lr 1e-2: gradient descent bounces between the walls (the error along the steep direction flips "
-            f"sign every update and shrinks only by |1 - lr·λ_max| = {abs(1 - 1e-2 * study.lambda_max):.4f}). "
-            f"With a ½ in the loss λ_max would be {study.lambda_max / 2:.1f} and lr 1e-2 would not bounce. "
-            f"Contrast: data seed {study.contrast_seed} has λ_max = {study.contrast_lambda_max:.3f} > 200 and the "
-            f"same lr diverges. With lr 1e-7 the steep direction shrinks by only e^-{1e-7 * study.lambda_max * 1e5:.1f}"
-            f" in 100,000 updates and the floor (λ_min) barely moves: the run crawls and never arrives.")
-    verdict = (f"The doctor on GD lr 1e-2 after {study.diagnosed_at} updates (last 60 steps): "
-               f"{d.cause.upper()}: {d.summary}. Sharpness λ_max = {fmt(d.sharpness, 6)}, lr·λ_max = "
-               f"{fmt(d.lr_sharpness, 5)}, stability bound lr <= 2/λ_max = {d.max_stable_lr:.6f}, mean cosine "
-               f"between successive gradients {d.grad_cosine:+.3f}, efficiency {d.efficiency:.4f}.")
-    body = (paragraph(text) + paragraph(verdict, "verdict")
-            + "<ul>" + "".join(f"<li>{esc(str(p))}</li>" for p in d.prescriptions) + "</ul>"
-            + table(header, rows)
-            + figure(contours, "Loss contours (grey, log-spaced) with every trajectory. Left: GD with lr 1e-2 "
-                     "zig-zags across the steep direction (first updates shown); GD with lr 1e-7 slides "
-                     "down the steep wall and stops on the floor; momentum. Right: Adagrad as in the lecture "
-                     "(σ = RMS of all past gradients) reaches the floor quickly and then jumps across the "
-                     "valley, with learning-rate decay (η/√(t+1), which is torch.optim.Adagrad) or warm-up plus "
-                     "decay it settles; RMSprop and Adam.")
-            + figure(curves, "Left: loss per update (log-log). Middle: the steep coordinate w2 - w2* of the "
-                     "three Adagrad variants: the lecture's Adagrad keeps jumping late (its σ shrinks while the "
-                     "gradient is small, so η/σ grows past the stability limit), decay and warm-up do not. "
-                     "Right: GD lr 1e-2 on the two data draws: λ_max just below 200 bounces and settles "
-                     "slowly, just above 200 it diverges."))
+    text = (
+        f"The valley: y = w1·x1 + w2·x2 with {study.num_samples} samples, x1 ~ N(0, {study.sigmas[0]}²), "
+        f"x2 ~ N(0, {study.sigmas[1]}²), noiseless targets from w* = {study.w_star}, start {study.w_start}. "
+        f"Loss convention: {study.convention}. Data seed {study.data_seed} (the first seed with λ_max just "
+        f"below 200): λ_max = {study.lambda_max:.3f}, λ_min = {study.lambda_min:.4f} (condition number "
+        f"{study.lambda_max / study.lambda_min:.0f}), so 2/λ_max = {2 / study.lambda_max:.6f} sits just above "
+        f"lr 1e-2: gradient descent bounces between the walls (the error along the steep direction flips "
+        f"sign every update and shrinks only by |1 - lr·λ_max| = {abs(1 - 1e-2 * study.lambda_max):.4f}). "
+        f"With a ½ in the loss λ_max would be {study.lambda_max / 2:.1f} and lr 1e-2 would not bounce. "
+        f"Contrast: data seed {study.contrast_seed} has λ_max = {study.contrast_lambda_max:.3f} > 200 and the "
+        f"same lr diverges. With lr 1e-7 the steep direction shrinks by only e^-{1e-7 * study.lambda_max * 1e5:.1f}"
+        f" in 100,000 updates and the floor (λ_min) barely moves: the run crawls and never arrives."
+    )
+    verdict = (
+        f"The doctor on GD lr 1e-2 after {study.diagnosed_at} updates (last 60 steps): "
+        f"{d.cause.upper()}: {d.summary}. Sharpness λ_max = {fmt(d.sharpness, 6)}, lr·λ_max = "
+        f"{fmt(d.lr_sharpness, 5)}, stability bound lr <= 2/λ_max = {d.max_stable_lr:.6f}, mean cosine "
+        f"between successive gradients {d.grad_cosine:+.3f}, efficiency {d.efficiency:.4f}."
+    )
+    body = (
+        paragraph(text)
+        + paragraph(verdict, "verdict")
+        + "<ul>"
+        + "".join(f"<li>{esc(str(p))}</li>" for p in d.prescriptions)
+        + "</ul>"
+        + table(header, rows)
+        + figure(
+            contours,
+            "Loss contours (grey, log-spaced) with every trajectory. Left: GD with lr 1e-2 "
+            "zig-zags across the steep direction (first updates shown); GD with lr 1e-7 slides "
+            "down the steep wall and stops on the floor; momentum. Right: Adagrad as in the lecture "
+            "(σ = RMS of all past gradients) reaches the floor quickly and then jumps across the "
+            "valley, with learning-rate decay (η/√(t+1), which is torch.optim.Adagrad) or warm-up plus "
+            "decay it settles; RMSprop and Adam.",
+        )
+        + figure(
+            curves,
+            "Left: loss per update (log-log). Middle: the steep coordinate w2 - w2* of the "
+            "three Adagrad variants: the lecture's Adagrad keeps jumping late (its σ shrinks while the "
+            "gradient is small, so η/σ grows past the stability limit), decay and warm-up do not. "
+            "Right: GD lr 1e-2 on the two data draws: λ_max just below 200 bounces and settles "
+            "slowly, just above 200 it diverges.",
+        )
+    )
     return Section("valley", "The loss stalls: oscillating in an elongated valley", body)

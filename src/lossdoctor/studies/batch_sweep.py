@@ -15,8 +15,11 @@ from ..training.sweep import SweepResult, batch_size_sweep
 from ..zoo import build
 from ._threads import one_thread
 
-METRICS = (("lambda_max", "lower", "lambda_max"), ("epsilon_sharpness", "lower", "eps-sharpness (1e-3)"),
-           ("test_accuracy", "higher", "test accuracy"))
+METRICS = (
+    ("lambda_max", "lower", "lambda_max"),
+    ("epsilon_sharpness", "lower", "eps-sharpness (1e-3)"),
+    ("test_accuracy", "higher", "test accuracy"),
+)
 
 
 @dataclass(frozen=True)
@@ -37,22 +40,41 @@ class Comparison(ResultMixin):
 @dataclass(frozen=True)
 class BatchSweepStudy(ResultMixin):
     """The batch-size sweep study's result: the sweep and its comparisons at each milestone."""
+
     model: str
     num_train: int
     sweep: SweepResult
     comparisons: list[Comparison]
 
     def __str__(self) -> str:
-        return str(self.sweep) + "\n" + "\n".join(f"  {c.label}: {c.verdict}. {c.text}" for c in self.comparisons)
+        return (
+            str(self.sweep)
+            + "\n"
+            + "\n".join(f"  {c.label}: {c.verdict}. {c.text}" for c in self.comparisons)
+        )
 
 
 def settings(quick: bool) -> dict[str, Any]:
     """The sweep's settings: the quick tour's, or the full study's (``quick=False``)."""
     if quick:
-        return {"num_train": 2000, "batch_sizes": [16, 64, 256, 1024], "seeds": [0, 1, 2],
-                "epochs": 20, "updates": 1000, "stop_at_loss": [0.1], "max_epochs": 400}
-    return {"num_train": 4000, "batch_sizes": [16, 32, 64, 128, 256, 512, 1024], "seeds": [0, 1, 2, 3, 4],
-            "epochs": 40, "updates": 3000, "stop_at_loss": [0.1, 0.01], "max_epochs": 500}
+        return {
+            "num_train": 2000,
+            "batch_sizes": [16, 64, 256, 1024],
+            "seeds": [0, 1, 2],
+            "epochs": 20,
+            "updates": 1000,
+            "stop_at_loss": [0.1],
+            "max_epochs": 400,
+        }
+    return {
+        "num_train": 4000,
+        "batch_sizes": [16, 32, 64, 128, 256, 512, 1024],
+        "seeds": [0, 1, 2, 3, 4],
+        "epochs": 40,
+        "updates": 3000,
+        "stop_at_loss": [0.1, 0.01],
+        "max_epochs": 500,
+    }
 
 
 def compare(sweep: SweepResult, label: str) -> Comparison:
@@ -72,9 +94,11 @@ def compare(sweep: SweepResult, label: str) -> Comparison:
         clear[name] = bool(abs(a - b) > (small[name + "_std"] or 0) + (large[name + "_std"] or 0))
         pct = name == "test_accuracy"
         fa, fb = (f"{100 * a:.1f}%", f"{100 * b:.1f}%") if pct else (f"{a:.3g}", f"{b:.3g}")
-        parts.append(f"{title} {fa} (batch {small['batch_size']}) vs {fb} (batch {large['batch_size']}): "
-                     + ("as claimed" if holds[name] else "opposite to the claim")
-                     + ("" if clear[name] else ", within the spread over seeds"))
+        parts.append(
+            f"{title} {fa} (batch {small['batch_size']}) vs {fb} (batch {large['batch_size']}): "
+            + ("as claimed" if holds[name] else "opposite to the claim")
+            + ("" if clear[name] else ", within the spread over seeds")
+        )
     known = [v for v in holds.values() if v is not None]
     if not known:
         verdict = "not measurable"
@@ -85,11 +109,23 @@ def compare(sweep: SweepResult, label: str) -> Comparison:
     else:
         verdict = "does not support"
     ta, tb = small["train_accuracy"], large["train_accuracy"]
-    train = ("" if ta is None or tb is None else
-             f" Training accuracy {100 * ta:.1f}% vs {100 * tb:.1f}%, training loss "
-             f"{small['train_loss']:.3g} vs {large['train_loss']:.3g}.")
-    return Comparison(label=label, small_batch=small["batch_size"], large_batch=large["batch_size"], small=small,
-                      large=large, holds=holds, clear=clear, verdict=verdict, text="; ".join(parts) + "." + train)
+    train = (
+        ""
+        if ta is None or tb is None
+        else f" Training accuracy {100 * ta:.1f}% vs {100 * tb:.1f}%, training loss "
+        f"{small['train_loss']:.3g} vs {large['train_loss']:.3g}."
+    )
+    return Comparison(
+        label=label,
+        small_batch=small["batch_size"],
+        large_batch=large["batch_size"],
+        small=small,
+        large=large,
+        holds=holds,
+        clear=clear,
+        verdict=verdict,
+        text="; ".join(parts) + "." + train,
+    )
 
 
 _CACHE: dict[bool, BatchSweepStudy] = {}
@@ -104,12 +140,25 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> BatchSweepSt
     cfg = settings(quick)
     problem = build("mnist1d-mlp", num_train=cfg["num_train"], num_test=1000, hidden=64, depth=2)
     with one_thread():
-        sweep = batch_size_sweep(problem, cfg["batch_sizes"], epochs=cfg["epochs"], updates=cfg["updates"],
-                                 stop_at_loss=cfg["stop_at_loss"], max_epochs=cfg["max_epochs"], lr=3e-3,
-                                 optimizer="adam", seeds=cfg["seeds"], check_every=25, keep_states=True,
-                                 progress=progress)
-    study = BatchSweepStudy(model="MNIST-1D MLP 40-64-64-10, Adam lr 3e-3", num_train=cfg["num_train"],
-                            sweep=sweep, comparisons=[compare(sweep, label) for label in sweep.labels])
+        sweep = batch_size_sweep(
+            problem,
+            cfg["batch_sizes"],
+            epochs=cfg["epochs"],
+            updates=cfg["updates"],
+            stop_at_loss=cfg["stop_at_loss"],
+            max_epochs=cfg["max_epochs"],
+            lr=3e-3,
+            optimizer="adam",
+            seeds=cfg["seeds"],
+            check_every=25,
+            keep_states=True,
+            progress=progress,
+        )
+    study = BatchSweepStudy(
+        model="MNIST-1D MLP 40-64-64-10, Adam lr 3e-3",
+        num_train=cfg["num_train"],
+        sweep=sweep,
+        comparisons=[compare(sweep, label) for label in sweep.labels],
+    )
     _CACHE[quick] = study
     return study
-

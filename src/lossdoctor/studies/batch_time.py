@@ -17,6 +17,7 @@ LECTURE_SAMPLES = 60_000
 @dataclass(frozen=True)
 class BatchTimeStudy(ResultMixin):
     """The batch-time study's result: the timings on this machine (and on a GPU when one is present)."""
+
     model: str
     num_train: int
     threads: int
@@ -37,9 +38,23 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> BatchTimeStu
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     timings = []
     for i, device in enumerate(devices):
-        timings.append(time_batch_sizes(problem.model, problem.loss_fn, problem.train_data, sizes, device=device,
-                                        repeats=repeats, warmup=2,
-                                        progress=scaled(progress, i * len(sizes), len(devices) * len(sizes))))
-    return BatchTimeStudy(model="MNIST-1D MLP 40-100-100-10", num_train=n, threads=torch.get_num_threads(),
-                          cpu=timings[0], cuda=timings[1] if len(timings) > 1 else None,
-                          lecture_updates={b: -(-LECTURE_SAMPLES // b) for b in (1, 10, 100, 1000, 10_000)})
+        timings.append(
+            time_batch_sizes(
+                problem.model,
+                problem.loss_fn,
+                problem.train_data,
+                sizes,
+                device=device,
+                repeats=repeats,
+                warmup=2,
+                progress=scaled(progress, i * len(sizes), len(devices) * len(sizes)),
+            )
+        )
+    return BatchTimeStudy(
+        model="MNIST-1D MLP 40-100-100-10",
+        num_train=n,
+        threads=torch.get_num_threads(),
+        cpu=timings[0],
+        cuda=timings[1] if len(timings) > 1 else None,
+        lecture_updates={b: -(-LECTURE_SAMPLES // b) for b in (1, 10, 100, 1000, 10_000)},
+    )

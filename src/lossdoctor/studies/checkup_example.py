@@ -22,5 +22,12 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> Checkup:
     """Run the checkup on a stalled MNIST-1D model, as a user would on their own."""
     with one_thread(), torch.random.fork_rng():
         stall = next(f for f in FAMILIES if f.key == FAMILY).build(0)
-        return checkup(stall.model, stall.loss_fn, stall.data, history=stall.losses, optimizer=stall.optimizer,
-                       budget=BUDGET if quick else 3 * BUDGET, progress=progress)
+        return checkup(
+            stall.model,
+            stall.loss_fn,
+            stall.data,
+            history=stall.losses,
+            optimizer=stall.optimizer,
+            budget=BUDGET if quick else 3 * BUDGET,
+            progress=progress,
+        )

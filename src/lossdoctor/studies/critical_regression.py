@@ -35,6 +35,7 @@ GRAD_TARGET = 1e-3
 @dataclass(frozen=True)
 class RegressionRun(ResultMixin):
     """One regression fit driven to a small gradient and classified (exact Hessian and Gauss-Newton)."""
+
     seed: int
     loss_phase: StationaryHistory
     grad_phase: StationaryHistory
@@ -51,15 +52,18 @@ class RegressionRun(ResultMixin):
 
     def __str__(self) -> str:
         c = self.critical
-        return (f"seed {self.seed}: loss {fmt(c.loss, 6)}, gradient norm {fmt(c.grad_norm)}, {c.kind}; "
-                f"eigenvalues {fmt(c.min_eigenvalue)} .. {fmt(c.max_eigenvalue)}; minimum ratio exact "
-                f"{self.exact_ratio:.3f} vs Gauss-Newton {self.gauss_newton_ratio:.3f} (naive λ>0: "
-                f"{self.exact_ratio_naive:.3f} vs {self.gauss_newton_ratio_naive:.3f})")
+        return (
+            f"seed {self.seed}: loss {fmt(c.loss, 6)}, gradient norm {fmt(c.grad_norm)}, {c.kind}; "
+            f"eigenvalues {fmt(c.min_eigenvalue)} .. {fmt(c.max_eigenvalue)}; minimum ratio exact "
+            f"{self.exact_ratio:.3f} vs Gauss-Newton {self.gauss_newton_ratio:.3f} (naive λ>0: "
+            f"{self.exact_ratio_naive:.3f} vs {self.gauss_newton_ratio_naive:.3f})"
+        )
 
 
 @dataclass(frozen=True)
 class RegressionStudy(ResultMixin):
     """The homework-regression study's result: its runs."""
+
     num_points: int
     hidden: int
     grad_target: float
@@ -72,15 +76,19 @@ class RegressionStudy(ResultMixin):
     _skip_in_dict = ("fit", "curve_x")
 
     def __str__(self) -> str:
-        return (f"1->{self.hidden}->1 ReLU on sin(5πx)/(5πx), {self.num_points} points, gradient driven below "
-                f"{fmt(self.grad_target)}:\n" + "\n".join(str(r) for r in self.runs))
+        return (
+            f"1->{self.hidden}->1 ReLU on sin(5πx)/(5πx), {self.num_points} points, gradient driven below "
+            f"{fmt(self.grad_target)}:\n" + "\n".join(str(r) for r in self.runs)
+        )
 
 
 def sinc_data(num_points: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_points`` samples of sin(5πx)/(5πx) on [-1, 1], as ``(x, y)`` columns."""
     x = torch.linspace(-1.0, 1.0, num_points, dtype=torch.float64).unsqueeze(1)
     safe = torch.where(x == 0, torch.ones_like(x), x)
-    y = torch.where(x == 0, torch.ones_like(x), torch.sin(5 * math.pi * safe) / (5 * math.pi * safe))
+    y = torch.where(
+        x == 0, torch.ones_like(x), torch.sin(5 * math.pi * safe) / (5 * math.pi * safe)
+    )
     return x, y
 
 
@@ -101,11 +109,21 @@ def gauss_newton(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return 2.0 / len(x) * J.T @ J
 
 
-def _one_run(seed: int, x: torch.Tensor, y: torch.Tensor, curve_x: torch.Tensor, loss_iters: int,
-             grad_iters: int) -> tuple[RegressionRun, np.ndarray]:
+def _one_run(
+    seed: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    curve_x: torch.Tensor,
+    loss_iters: int,
+    grad_iters: int,
+) -> tuple[RegressionRun, np.ndarray]:
     model = make_model(seed)
-    loss_phase = minimize_full_batch(model, F.mse_loss, (x, y), objective="loss", max_iters=loss_iters)
-    grad_phase = minimize_gradient_norm(model, F.mse_loss, (x, y), target=GRAD_TARGET / 100, max_iters=grad_iters)
+    loss_phase = minimize_full_batch(
+        model, F.mse_loss, (x, y), objective="loss", max_iters=loss_iters
+    )
+    grad_phase = minimize_gradient_norm(
+        model, F.mse_loss, (x, y), target=GRAD_TARGET / 100, max_iters=grad_iters
+    )
     critical = classify_critical_point(model, F.mse_loss, (x, y), seed=seed)
     exact = np.linalg.eigvalsh(dense_hessian(model, F.mse_loss, (x, y)).numpy())
     gn = np.linalg.eigvalsh(gauss_newton(model, x).detach().numpy())
@@ -113,11 +131,19 @@ def _one_run(seed: int, x: torch.Tensor, y: torch.Tensor, curve_x: torch.Tensor,
     with torch.no_grad():
         active = (cast(nn.Sequential, model)[0](x) > 0).any(dim=0)
         prediction = model(curve_x).numpy().ravel()
-    return RegressionRun(seed=seed, loss_phase=loss_phase, grad_phase=grad_phase, critical=critical,
-                         exact_eigenvalues=exact, gauss_newton_eigenvalues=gn,
-                         exact_ratio=float(np.mean(exact > tol)), gauss_newton_ratio=float(np.mean(gn > tol)),
-                         exact_ratio_naive=float(np.mean(exact > 0)), gauss_newton_ratio_naive=float(np.mean(gn > 0)),
-                         dead_units=int((~active).sum())), prediction
+    return RegressionRun(
+        seed=seed,
+        loss_phase=loss_phase,
+        grad_phase=grad_phase,
+        critical=critical,
+        exact_eigenvalues=exact,
+        gauss_newton_eigenvalues=gn,
+        exact_ratio=float(np.mean(exact > tol)),
+        gauss_newton_ratio=float(np.mean(gn > tol)),
+        exact_ratio_naive=float(np.mean(exact > 0)),
+        gauss_newton_ratio_naive=float(np.mean(gn > 0)),
+        dead_units=int((~active).sum()),
+    ), prediction
 
 
 def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) -> RegressionStudy:
@@ -131,7 +157,9 @@ def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) 
     # Seeds in order until ``wanted`` runs got the gradient below the target (a ReLU network can
     # stall on a kink above it); the runs that did not are reported too.
     for i in range(max_tries):
-        result, prediction = _one_run(seed + i, x, y, curve_x, loss_iters=400, grad_iters=20 if quick else 40)
+        result, prediction = _one_run(
+            seed + i, x, y, curve_x, loss_iters=400, grad_iters=20 if quick else 40
+        )
         runs.append(result)
         if fit is None and result.critical.grad_norm < GRAD_TARGET:
             fit = prediction
@@ -140,5 +168,13 @@ def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) 
         if sum(r.critical.grad_norm < GRAD_TARGET for r in runs) >= wanted:
             break
     fit = prediction if fit is None else fit
-    return RegressionStudy(num_points=num_points, hidden=HIDDEN, grad_target=GRAD_TARGET, inputs=x.numpy().ravel(),
-                           targets=y.numpy().ravel(), fit=fit, curve_x=curve_x.numpy().ravel(), runs=runs)
+    return RegressionStudy(
+        num_points=num_points,
+        hidden=HIDDEN,
+        grad_target=GRAD_TARGET,
+        inputs=x.numpy().ravel(),
+        targets=y.numpy().ravel(),
+        fit=fit,
+        curve_x=curve_x.numpy().ravel(),
+        runs=runs,
+    )

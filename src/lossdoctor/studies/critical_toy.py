@@ -31,6 +31,7 @@ HAIR = (1e-2, 0.0)  # "a hair away" from the saddle, off the escape direction on
 @dataclass(frozen=True)
 class CriticalToyStudy(ResultMixin):
     """The toy-saddle study's result: the classification, the escape step and the comparison of methods."""
+
     critical: CriticalPoint
     escape: EscapeResult
     comparison: SaddleEscapeComparison
@@ -44,18 +45,25 @@ class CriticalToyStudy(ResultMixin):
     _skip_in_dict = ("surface",)
 
     def __str__(self) -> str:
-        return (f"lecture toy at (0, 0): {self.critical.kind}, eigenvalues {fmt(self.critical.max_eigenvalue)} and "
-                f"{fmt(self.critical.min_eigenvalue)}\n{self.escape}\n{self.comparison}")
+        return (
+            f"lecture toy at (0, 0): {self.critical.kind}, eigenvalues {fmt(self.critical.max_eigenvalue)} and "
+            f"{fmt(self.critical.min_eigenvalue)}\n{self.escape}\n{self.comparison}"
+        )
 
 
 def loss_surface(problem, grid: np.ndarray) -> np.ndarray:
     """The problem's loss at every (w1, w2) of ``grid`` x ``grid``, through the model itself."""
     inputs, targets = problem.train_data
-    w2, w1 = torch.meshgrid(torch.as_tensor(grid, dtype=torch.float32), torch.as_tensor(grid, dtype=torch.float32),
-                            indexing="ij")
+    w2, w1 = torch.meshgrid(
+        torch.as_tensor(grid, dtype=torch.float32),
+        torch.as_tensor(grid, dtype=torch.float32),
+        indexing="ij",
+    )
 
     def loss_at(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return problem.loss_fn(functional_call(problem.model, {"w1": a, "w2": b}, (inputs,)), targets)
+        return problem.loss_fn(
+            functional_call(problem.model, {"w1": a, "w2": b}, (inputs,)), targets
+        )
 
     with torch.no_grad():
         values = vmap(loss_at)(w1.reshape(-1), w2.reshape(-1))
@@ -69,8 +77,9 @@ def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) 
     model, loss_fn, data = problem.model, problem.loss_fn, problem.train_data
     critical = classify_critical_point(model, loss_fn, data, seed=seed)
     escape = escape_saddle(model, loss_fn, data, critical=critical)
-    comparison = compare_saddle_escapes(model, loss_fn, data, steps=steps, lr=lr, seed=seed, critical=critical,
-                                        record_paths=True)
+    comparison = compare_saddle_escapes(
+        model, loss_fn, data, steps=steps, lr=lr, seed=seed, critical=critical, record_paths=True
+    )
     if progress is not None:
         progress(1, 3)
     hair = build("lecture-saddle", w1=HAIR[0], w2=HAIR[1])
@@ -81,5 +90,14 @@ def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) 
     surface = loss_surface(problem, grid)
     if progress is not None:
         progress(3, 3)
-    return CriticalToyStudy(critical=critical, escape=escape, comparison=comparison, hair_start=HAIR,
-                            hair_path=hair_path, grid=grid, surface=surface, lr=lr, steps=steps)
+    return CriticalToyStudy(
+        critical=critical,
+        escape=escape,
+        comparison=comparison,
+        hair_start=HAIR,
+        hair_path=hair_path,
+        grid=grid,
+        surface=surface,
+        lr=lr,
+        steps=steps,
+    )

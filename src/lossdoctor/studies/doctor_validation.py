@@ -97,13 +97,16 @@ class ValidationStudy(ResultMixin):
 
     def __str__(self) -> str:
         which = "held-out" if self.held_out else "tuning"
-        lines = [f"Doctor validation on {which} seeds {list(self.seeds)} ({len(self.runs)} runs, "
-                 f"{len({r.family for r in self.runs})} families; rules tuned on seeds {list(self.tune_seeds)}):",
-                 f"  right cause: {sum(r.correct for r in self.runs)}/{len(self.runs)} = {self.accuracy:.1%}",
-                 f"  healthy runs called stalled: {self.healthy_false_alarms}/{self.healthy_runs}; first prescription "
-                 f"'no change': {self.healthy_no_change}/{self.healthy_runs}",
-                 f"  stalls fixed by the first prescription: {self.fixed}/{self.stalled_runs} = {self.fix_rate:.1%}; "
-                 f"harmful: {self.harmful}", "  true \\ predicted: " + " ".join(c[:6] for c in self.causes)]
+        lines = [
+            f"Doctor validation on {which} seeds {list(self.seeds)} ({len(self.runs)} runs, "
+            f"{len({r.family for r in self.runs})} families; rules tuned on seeds {list(self.tune_seeds)}):",
+            f"  right cause: {sum(r.correct for r in self.runs)}/{len(self.runs)} = {self.accuracy:.1%}",
+            f"  healthy runs called stalled: {self.healthy_false_alarms}/{self.healthy_runs}; first prescription "
+            f"'no change': {self.healthy_no_change}/{self.healthy_runs}",
+            f"  stalls fixed by the first prescription: {self.fixed}/{self.stalled_runs} = {self.fix_rate:.1%}; "
+            f"harmful: {self.harmful}",
+            "  true \\ predicted: " + " ".join(c[:6] for c in self.causes),
+        ]
         for cause, row in zip(self.causes, self.confusion):
             if any(row):
                 lines.append(f"  {cause:20s} " + " ".join(f"{n:6d}" for n in row))
@@ -111,8 +114,10 @@ class ValidationStudy(ResultMixin):
             if not r.correct:
                 lines.append(f"  miss: {r.family} seed {r.seed}: {r.predicted} ({r.summary})")
             if r.fixed is False:
-                lines.append(f"  not fixed: {r.family} seed {r.seed}: {r.top_text} (unchanged {r.unchanged:.4g}, remedy "
-                             f"{r.remedy:.4g}, prescribed {r.prescribed:.4g})")
+                lines.append(
+                    f"  not fixed: {r.family} seed {r.seed}: {r.top_text} (unchanged {r.unchanged:.4g}, remedy "
+                    f"{r.remedy:.4g}, prescribed {r.prescribed:.4g})"
+                )
         return "\n".join(lines)
 
 
@@ -144,8 +149,14 @@ def run_case(family: StallFamily, seed: int, *, judge_fix: bool = True) -> Valid
     """Build one stall case of ``family`` from ``seed``, diagnose it, and (``judge_fix``) judge its first prescription."""
     stall = family.build(seed)
     started = time.perf_counter()
-    d = diagnose(stall.model, stall.loss_fn, stall.data, history=stall.losses[-HISTORY:], optimizer=stall.optimizer,
-                 checkpoint=stall.checkpoint)
+    d = diagnose(
+        stall.model,
+        stall.loss_fn,
+        stall.data,
+        history=stall.losses[-HISTORY:],
+        optimizer=stall.optimizer,
+        checkpoint=stall.checkpoint,
+    )
     seconds = time.perf_counter() - started
     top = d.prescriptions[0]
     unchanged = remedy = prescribed = None
@@ -158,15 +169,38 @@ def run_case(family: StallFamily, seed: int, *, judge_fix: bool = True) -> Valid
         except NeedsCodeChange:
             prescribed = unchanged
         gap = unchanged - remedy
-        fixed = bool(gap > 0 and unchanged - prescribed >= 0.5 * gap) if math.isfinite(prescribed) else False
-        harmful = bool(not math.isfinite(prescribed) or prescribed > unchanged + HARM_TOLERANCE * abs(unchanged))
-    return ValidationRun(family=family.key, architecture=family.architecture, seed=seed, truth=family.cause,
-                         predicted=d.cause, correct=d.cause == family.cause, seconds=seconds,
-                         hvps=int(d.cost.get("hvps", 0)), trial_steps=int(d.cost.get("trial_steps", 0)),
-                         top_text=top.text, top_action=dict(top.action), top_applicable=top.applicable,
-                         verified=d.verified, trial_gain=None if top.trial is None else top.trial.relative_gain,
-                         horizon=stall.horizon, unchanged=unchanged, remedy=remedy, prescribed=prescribed, fixed=fixed,
-                         harmful=harmful, summary=d.summary)
+        fixed = (
+            bool(gap > 0 and unchanged - prescribed >= 0.5 * gap)
+            if math.isfinite(prescribed)
+            else False
+        )
+        harmful = bool(
+            not math.isfinite(prescribed)
+            or prescribed > unchanged + HARM_TOLERANCE * abs(unchanged)
+        )
+    return ValidationRun(
+        family=family.key,
+        architecture=family.architecture,
+        seed=seed,
+        truth=family.cause,
+        predicted=d.cause,
+        correct=d.cause == family.cause,
+        seconds=seconds,
+        hvps=int(d.cost.get("hvps", 0)),
+        trial_steps=int(d.cost.get("trial_steps", 0)),
+        top_text=top.text,
+        top_action=dict(top.action),
+        top_applicable=top.applicable,
+        verified=d.verified,
+        trial_gain=None if top.trial is None else top.trial.relative_gain,
+        horizon=stall.horizon,
+        unchanged=unchanged,
+        remedy=remedy,
+        prescribed=prescribed,
+        fixed=fixed,
+        harmful=harmful,
+        summary=d.summary,
+    )
 
 
 def confusion_matrix(runs: list[ValidationRun]) -> list[list[int]]:
@@ -183,21 +217,39 @@ def summarize(runs: list[ValidationRun], seeds: tuple[int, ...], seconds: float)
     healthy = [r for r in runs if r.truth == "progressing"]
     stalled = [r for r in runs if r.fixed is not None]
     return ValidationStudy(
-        seeds=seeds, tune_seeds=TUNE_SEEDS, held_out=not set(seeds) & set(TUNE_SEEDS), causes=CAUSES, runs=runs,
-        confusion=confusion_matrix(runs), accuracy=sum(r.correct for r in runs) / len(runs) if runs else math.nan,
-        healthy_runs=len(healthy), healthy_false_alarms=sum(r.predicted != "progressing" for r in healthy),
-        healthy_no_change=sum(not r.top_action for r in healthy), stalled_runs=len(stalled),
-        fixed=sum(bool(r.fixed) for r in stalled), harmful=sum(bool(r.harmful) for r in stalled), seconds=seconds)
+        seeds=seeds,
+        tune_seeds=TUNE_SEEDS,
+        held_out=not set(seeds) & set(TUNE_SEEDS),
+        causes=CAUSES,
+        runs=runs,
+        confusion=confusion_matrix(runs),
+        accuracy=sum(r.correct for r in runs) / len(runs) if runs else math.nan,
+        healthy_runs=len(healthy),
+        healthy_false_alarms=sum(r.predicted != "progressing" for r in healthy),
+        healthy_no_change=sum(not r.top_action for r in healthy),
+        stalled_runs=len(stalled),
+        fixed=sum(bool(r.fixed) for r in stalled),
+        harmful=sum(bool(r.harmful) for r in stalled),
+        seconds=seconds,
+    )
 
 
-def run(*, quick: bool = True, progress: Progress | None = None, seeds: tuple[int, ...] = HELD_OUT_SEEDS,
-        families: list[StallFamily] | None = None) -> ValidationStudy:
+def run(
+    *,
+    quick: bool = True,
+    progress: Progress | None = None,
+    seeds: tuple[int, ...] = HELD_OUT_SEEDS,
+    families: list[StallFamily] | None = None,
+) -> ValidationStudy:
     """Every family on ``seeds`` (default: the held-out ones)."""
     chosen = families if families is not None else FAMILIES
     total = len(chosen) * len(seeds)
     runs = []
     started = time.perf_counter()
-    with one_thread(), torch.random.fork_rng():  # the cases seed torch; the caller's RNG is left alone
+    with (
+        one_thread(),
+        torch.random.fork_rng(),
+    ):  # the cases seed torch; the caller's RNG is left alone
         state = np.random.get_state()
         try:
             for seed in seeds:

@@ -23,6 +23,7 @@ from ._threads import one_thread
 @dataclass(frozen=True)
 class FlatSharpStudy(ResultMixin):
     """The flat-vs-sharp study's result: the interpolation and the landscapes around both solutions."""
+
     small_batch: int
     large_batch: int
     seed: int
@@ -38,8 +39,10 @@ class FlatSharpStudy(ResultMixin):
     plane_large: Landscape
 
     def __str__(self) -> str:
-        return (f"Flat vs sharp at {self.milestone}: batch {self.small_batch} vs {self.large_batch} (seed {self.seed})"
-                f"\n  {self.curve}\n  small: {self.line_small}\n  large: {self.line_large}")
+        return (
+            f"Flat vs sharp at {self.milestone}: batch {self.small_batch} vs {self.large_batch} (seed {self.seed})"
+            f"\n  {self.curve}\n  small: {self.line_small}\n  large: {self.line_large}"
+        )
 
 
 def wall_rise(land: Landscape) -> float:
@@ -57,9 +60,17 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> FlatSharpStu
     small_run, large_run = sweep.run(small_b, seed), sweep.run(large_b, seed)
     # Matched training loss when both runs got there (Keskar compares solutions of similar
     # training accuracy); equal epochs otherwise.
-    label = next((m.label for m in small_run.milestones if m.kind == "loss" and m.reached
-                  and large_run.at(m.label) is not None and large_run.at(m.label).reached),
-                 small_run.milestones[0].label)
+    label = next(
+        (
+            m.label
+            for m in small_run.milestones
+            if m.kind == "loss"
+            and m.reached
+            and large_run.at(m.label) is not None
+            and large_run.at(m.label).reached
+        ),
+        small_run.milestones[0].label,
+    )
     problem = build("mnist1d-mlp", num_train=cfg["num_train"], num_test=1000, hidden=64, depth=2)
     models = []
     for r in (small_run, large_run):
@@ -69,19 +80,47 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> FlatSharpStu
     steps_1d, steps_2d = (41, 21) if quick else (81, 41)
     total = 6
     with one_thread():
-        curve = interpolate(models[0], models[1], problem.loss_fn, problem.train_data,
-                            np.linspace(-0.5, 1.5, 41 if quick else 81), test_data=problem.test_data,
-                            progress=scaled(progress, 0, total))
+        curve = interpolate(
+            models[0],
+            models[1],
+            problem.loss_fn,
+            problem.train_data,
+            np.linspace(-0.5, 1.5, 41 if quick else 81),
+            test_data=problem.test_data,
+            progress=scaled(progress, 0, total),
+        )
         lands = []
-        for i, (dims, steps) in enumerate(((1, steps_1d), (1, steps_1d), (2, steps_2d), (2, steps_2d))):
+        for i, (dims, steps) in enumerate(
+            ((1, steps_1d), (1, steps_1d), (2, steps_2d), (2, steps_2d))
+        ):
             model = models[i % 2]
-            lands.append(landscape(model, problem.loss_fn, problem.train_data, dims=dims, steps=steps, span=1.0,
-                                   test_data=problem.test_data, seed=seed))
+            lands.append(
+                landscape(
+                    model,
+                    problem.loss_fn,
+                    problem.train_data,
+                    dims=dims,
+                    steps=steps,
+                    span=1.0,
+                    test_data=problem.test_data,
+                    seed=seed,
+                )
+            )
             if progress:
                 progress(i + 2, total)
     ms, ml = small_run.at(label), large_run.at(label)
-    return FlatSharpStudy(small_batch=small_b, large_batch=large_b, seed=seed, milestone=label,
-                          small_lambda_max=ms.lambda_max, large_lambda_max=ml.lambda_max,
-                          small_epsilon=ms.epsilon_sharpness, large_epsilon=ml.epsilon_sharpness, curve=curve,
-                          line_small=lands[0], line_large=lands[1], plane_small=lands[2], plane_large=lands[3])
-
+    return FlatSharpStudy(
+        small_batch=small_b,
+        large_batch=large_b,
+        seed=seed,
+        milestone=label,
+        small_lambda_max=ms.lambda_max,
+        large_lambda_max=ml.lambda_max,
+        small_epsilon=ms.epsilon_sharpness,
+        large_epsilon=ml.epsilon_sharpness,
+        curve=curve,
+        line_small=lands[0],
+        line_large=lands[1],
+        plane_small=lands[2],
+        plane_large=lands[3],
+    )

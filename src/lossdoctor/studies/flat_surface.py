@@ -57,8 +57,12 @@ def blobs(seed: int = 0, per_class: int = 100) -> tuple[torch.Tensor, torch.Tens
     gen = torch.Generator().manual_seed(seed)
     angles = torch.tensor([0.0, 2.0944, 4.1888], dtype=torch.float64)
     means = 2 * torch.stack([angles.cos(), angles.sin()], dim=1)
-    x = torch.cat([means[c] + 0.7 * torch.randn(per_class, 2, generator=gen, dtype=torch.float64)
-                   for c in range(CLASSES)])
+    x = torch.cat(
+        [
+            means[c] + 0.7 * torch.randn(per_class, 2, generator=gen, dtype=torch.float64)
+            for c in range(CLASSES)
+        ]
+    )
     y = torch.arange(CLASSES).repeat_interleave(per_class)
     return x, y, means
 
@@ -75,6 +79,7 @@ def confidently_wrong(means: torch.Tensor) -> nn.Linear:
 @dataclass(frozen=True)
 class LossRun(ResultMixin):
     """One training run of the flat-surface study: its loss and gradient norm per step."""
+
     loss_name: str
     losses: list[float]
     grad_norms: list[float]
@@ -86,6 +91,7 @@ class LossRun(ResultMixin):
 @dataclass(frozen=True)
 class FlatSurfaceStudy(ResultMixin):
     """The flat-surface study's result: both error surfaces, both runs and the doctor's verdict."""
+
     axis: np.ndarray
     mse_surface: np.ndarray
     ce_surface: np.ndarray
@@ -105,18 +111,25 @@ class FlatSurfaceStudy(ResultMixin):
         return next(r for r in self.runs if r.loss_name == name)
 
     def __str__(self) -> str:
-        lines = [f"Flat surface: linear softmax classifier, {self.num_samples} samples, GD lr {self.lr}, "
-                 f"{self.steps} steps from a confidently wrong start"]
+        lines = [
+            f"Flat surface: linear softmax classifier, {self.num_samples} samples, GD lr {self.lr}, "
+            f"{self.steps} steps from a confidently wrong start"
+        ]
         for r in self.runs:
-            lines.append(f"  {r.loss_name}: loss {fmt(r.losses[0])} -> {fmt(r.final_loss)}, accuracy "
-                         f"{r.accuracies[0]:.0%} -> {r.final_accuracy:.0%}, gradient norm {fmt(r.grad_norms[0])} -> "
-                         f"{fmt(r.grad_norms[-1])}")
-        lines.append(f"doctor on the MSE run: {self.diagnosis.cause}; on the CE run: {self.ce_diagnosis.cause}")
+            lines.append(
+                f"  {r.loss_name}: loss {fmt(r.losses[0])} -> {fmt(r.final_loss)}, accuracy "
+                f"{r.accuracies[0]:.0%} -> {r.final_accuracy:.0%}, gradient norm {fmt(r.grad_norms[0])} -> "
+                f"{fmt(r.grad_norms[-1])}"
+            )
+        lines.append(
+            f"doctor on the MSE run: {self.diagnosis.cause}; on the CE run: {self.ce_diagnosis.cause}"
+        )
         return "\n".join(lines)
 
 
-def train_gd(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
-             ) -> tuple[LossRun, torch.optim.Optimizer]:
+def train_gd(
+    model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
+) -> tuple[LossRun, torch.optim.Optimizer]:
     """Full-batch gradient descent: the run (loss, gradient norm and accuracy at every step) and its optimizer."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     losses, norms, accs = [], [], []
@@ -125,13 +138,19 @@ def train_gd(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, steps:
         out = model(x)
         loss = loss_fn(out, y)
         loss.backward()
-        norms.append(float(torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters()))))
+        norms.append(float(torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))))
         losses.append(float(loss.detach()))
         accs.append(float((out.argmax(1) == y).double().mean()))
         opt.step()
     name = "MSE on softmax" if loss_fn is softmax_mse else "cross-entropy"
-    return LossRun(loss_name=name, losses=losses, grad_norms=norms, accuracies=accs, final_loss=losses[-1],
-                   final_accuracy=accs[-1]), opt
+    return LossRun(
+        loss_name=name,
+        losses=losses,
+        grad_norms=norms,
+        accuracies=accs,
+        final_loss=losses[-1],
+        final_accuracy=accs[-1],
+    ), opt
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> FlatSurfaceStudy:
@@ -150,6 +169,16 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> FlatSurfaceS
             diagnoses.append(diagnose(model, loss_fn, (x, y), history=history, optimizer=opt))
             if progress is not None:
                 progress(i + 1, 2)
-    return FlatSurfaceStudy(axis=axis, mse_surface=mse, ce_surface=ce, steps=steps, lr=LR, init_scale=INIT_SCALE,
-                            num_samples=len(y), seed=seed, runs=runs, diagnosis=diagnoses[0],
-                            ce_diagnosis=diagnoses[1])
+    return FlatSurfaceStudy(
+        axis=axis,
+        mse_surface=mse,
+        ce_surface=ce,
+        steps=steps,
+        lr=LR,
+        init_scale=INIT_SCALE,
+        num_samples=len(y),
+        seed=seed,
+        runs=runs,
+        diagnosis=diagnoses[0],
+        ce_diagnosis=diagnoses[1],
+    )

@@ -30,15 +30,16 @@ def target(x: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class L2Fit(ResultMixin):
     """One fit of the L2-smoothing study: its γ, variant and measurements."""
+
     gamma: float
     variant: str
     seed: int
     train_mse: float
     test_mse: float
-    roughness: float      # mean |f''| on the grid
-    weight_norm: float    # ||w|| over the weights (no biases)
+    roughness: float  # mean |f''| on the grid
+    weight_norm: float  # ||w|| over the weights (no biases)
     bias_norm: float
-    curve: list[float]    # f on the grid
+    curve: list[float]  # f on the grid
 
     _skip_in_dict = ("curve",)
 
@@ -46,6 +47,7 @@ class L2Fit(ResultMixin):
 @dataclass(frozen=True)
 class L2SmoothingStudy(ResultMixin):
     """The L2-smoothing study's result: every fit."""
+
     gammas: list[float]
     variants: list[str]
     seeds: list[int]
@@ -63,17 +65,24 @@ class L2SmoothingStudy(ResultMixin):
 
     def mean(self, variant: str, gamma: float, field: str) -> float:
         """The mean of ``field`` over the fits of ``variant`` at ``gamma``."""
-        return float(np.mean([getattr(f, field) for f in self.fits
-                              if f.variant == variant and f.gamma == gamma]))
+        return float(
+            np.mean(
+                [getattr(f, field) for f in self.fits if f.variant == variant and f.gamma == gamma]
+            )
+        )
 
     def __str__(self) -> str:
-        lines = [f"L2 smoothing: {self.num_train} noisy points, MLP width {self.hidden}, {self.steps} Adam "
-                 f"steps, mean over seeds {self.seeds}"]
+        lines = [
+            f"L2 smoothing: {self.num_train} noisy points, MLP width {self.hidden}, {self.steps} Adam "
+            f"steps, mean over seeds {self.seeds}"
+        ]
         for variant in self.variants:
             for g in self.gammas:
-                lines.append(f"  {variant:12s} gamma={fmt(g):>7s}: test MSE {fmt(self.mean(variant, g, 'test_mse'))}"
-                             f", train MSE {fmt(self.mean(variant, g, 'train_mse'))}"
-                             f", mean|f''| {fmt(self.mean(variant, g, 'roughness'))}")
+                lines.append(
+                    f"  {variant:12s} gamma={fmt(g):>7s}: test MSE {fmt(self.mean(variant, g, 'test_mse'))}"
+                    f", train MSE {fmt(self.mean(variant, g, 'train_mse'))}"
+                    f", mean|f''| {fmt(self.mean(variant, g, 'roughness'))}"
+                )
         return "\n".join(lines)
 
 
@@ -95,11 +104,20 @@ class MLPEnsemble(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         # every member starts from the same initialization (only gamma and the variant differ)
-        proto = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                              nn.Linear(hidden, 1))
+        proto = nn.Sequential(
+            nn.Linear(1, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, 1),
+        )
         for i, layer in enumerate((proto[0], proto[2], proto[4])):
-            self.register_parameter(f"w{i}", nn.Parameter(layer.weight.detach().t().repeat(members, 1, 1)))
-            self.register_parameter(f"b{i}", nn.Parameter(layer.bias.detach().repeat(members, 1, 1)))
+            self.register_parameter(
+                f"w{i}", nn.Parameter(layer.weight.detach().t().repeat(members, 1, 1))
+            )
+            self.register_parameter(
+                f"b{i}", nn.Parameter(layer.bias.detach().repeat(members, 1, 1))
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (N, 1) shared, or (M, N, 1)
         """Every member's output at ``x``."""
@@ -111,8 +129,13 @@ class MLPEnsemble(nn.Module):
     def member(self, m: int) -> nn.Sequential:
         """Member ``m`` as a plain ``nn.Sequential``."""
         hidden = self.w0.shape[2]
-        net = nn.Sequential(nn.Linear(1, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
-                            nn.Linear(hidden, 1))
+        net = nn.Sequential(
+            nn.Linear(1, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, hidden),
+            nn.Tanh(),
+            nn.Linear(hidden, 1),
+        )
         with torch.no_grad():
             for i, layer in enumerate((net[0], net[2], net[4])):
                 layer.weight.copy_(getattr(self, f"w{i}")[m].t())
@@ -120,8 +143,15 @@ class MLPEnsemble(nn.Module):
         return net
 
 
-def fit_all(x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, str]], *, hidden: int,
-            steps: int, seed: int) -> list[nn.Sequential]:
+def fit_all(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: list[tuple[float, str]],
+    *,
+    hidden: int,
+    steps: int,
+    seed: int,
+) -> list[nn.Sequential]:
     """Train one member per ``(gamma, variant)`` on ``L = MSE + 1/2 gamma sum(w**2)``, the sum over the weights ("weights only") or every parameter ("biases too").
 
     Members are independent: the summed loss gives each its own gradient and Adam works elementwise."""
@@ -132,16 +162,21 @@ def fit_all(x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, str]],
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         mse = (ens(x) - y).pow(2).mean(dim=(1, 2)).sum()
-        penalty = sum((gw * getattr(ens, f"w{i}").pow(2)).sum() + (gb * getattr(ens, f"b{i}").pow(2)).sum()
-                      for i in range(3))
+        penalty = sum(
+            (gw * getattr(ens, f"w{i}").pow(2)).sum() + (gb * getattr(ens, f"b{i}").pow(2)).sum()
+            for i in range(3)
+        )
         (mse + 0.5 * penalty).backward()
         opt.step()
     members = [ens.member(m) for m in range(len(settings))]
     # the batched penalty is the library's l2_penalty of each member (a cheap self-check)
     with torch.no_grad():
         for m, (net, (gamma, variant)) in enumerate(zip(members, settings, strict=True)):
-            batched = 0.5 * sum(float(gw[m]) * float(getattr(ens, f"w{i}")[m].pow(2).sum())
-                                + float(gb[m]) * float(getattr(ens, f"b{i}")[m].pow(2).sum()) for i in range(3))
+            batched = 0.5 * sum(
+                float(gw[m]) * float(getattr(ens, f"w{i}")[m].pow(2).sum())
+                + float(gb[m]) * float(getattr(ens, f"b{i}")[m].pow(2).sum())
+                for i in range(3)
+            )
             lib = float(l2_penalty(net, gamma, exclude=VARIANTS[variant]))
             if abs(lib - batched) > 1e-4 * max(1.0, lib):
                 raise RuntimeError(f"batched penalty {batched} differs from l2_penalty {lib}")
@@ -149,23 +184,32 @@ def fit_all(x: torch.Tensor, y: torch.Tensor, settings: list[tuple[float, str]],
 
 
 @torch.no_grad()
-def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor) -> dict[str, object]:
+def measure(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
+) -> dict[str, object]:
     """Train and test MSE (test: the noise-free function on a dense grid), mean |f''| by central differences on the grid, and the norms of the weights and of the biases."""
     f = model(grid)
     h = float(grid[1, 0] - grid[0, 0])
-    second = (f[2:] - 2 * f[1:-1] + f[:-2]) / h ** 2
+    second = (f[2:] - 2 * f[1:-1] + f[:-2]) / h**2
     weights = [p for n, p in model.named_parameters() if not n.endswith("bias")]
     biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    return {"train_mse": float((model(x) - y).pow(2).mean()), "test_mse": float((f - target(grid)).pow(2).mean()),
-            "roughness": float(second.abs().mean()),
-            "weight_norm": float(torch.sqrt(sum(p.pow(2).sum() for p in weights))),
-            "bias_norm": float(torch.sqrt(sum(p.pow(2).sum() for p in biases))),
-            "curve": f.squeeze(1).tolist()}
+    return {
+        "train_mse": float((model(x) - y).pow(2).mean()),
+        "test_mse": float((f - target(grid)).pow(2).mean()),
+        "roughness": float(second.abs().mean()),
+        "weight_norm": float(torch.sqrt(sum(p.pow(2).sum() for p in weights))),
+        "bias_norm": float(torch.sqrt(sum(p.pow(2).sum() for p in biases))),
+        "curve": f.squeeze(1).tolist(),
+    }
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> L2SmoothingStudy:
     """Run the L2-smoothing study (``quick``: fewer γ and seeds)."""
-    gammas = [0.0, 1e-4, 1e-3, 1e-2, 1e-1] if quick else [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    gammas = (
+        [0.0, 1e-4, 1e-3, 1e-2, 1e-1]
+        if quick
+        else [0.0, 1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+    )
     seeds = [0, 1] if quick else [0, 1, 2, 3, 4]
     num_train, noise, hidden = 16, 0.3, 64
     steps = 1000 if quick else 4000
@@ -181,9 +225,22 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> L2SmoothingS
             ys.append(y.squeeze(1).tolist())
             members = fit_all(x, y, settings, hidden=hidden, steps=steps, seed=seed)
             for model, (gamma, variant) in zip(members, settings, strict=True):
-                fits.append(L2Fit(gamma=gamma, variant=variant, seed=seed, **measure(model, x, y, grid)))
+                fits.append(
+                    L2Fit(gamma=gamma, variant=variant, seed=seed, **measure(model, x, y, grid))
+                )
             if progress is not None:
                 progress(len(fits), total)
-    return L2SmoothingStudy(gammas=gammas, variants=list(VARIANTS), seeds=seeds, num_train=num_train,
-                            noise=noise, hidden=hidden, steps=steps, grid=grid.squeeze(1).tolist(),
-                            truth=target(grid).squeeze(1).tolist(), train_x=xs, train_y=ys, fits=fits)
+    return L2SmoothingStudy(
+        gammas=gammas,
+        variants=list(VARIANTS),
+        seeds=seeds,
+        num_train=num_train,
+        noise=noise,
+        hidden=hidden,
+        steps=steps,
+        grid=grid.squeeze(1).tolist(),
+        truth=target(grid).squeeze(1).tolist(),
+        train_x=xs,
+        train_y=ys,
+        fits=fits,
+    )

@@ -27,6 +27,7 @@ STEPS = 300
 @dataclass(frozen=True)
 class LayersStudy(ResultMixin):
     """The per-layer curvature study's result: the MLP's table and the transformer's."""
+
     steps: int
     mlp_loss: float
     transformer_loss: float
@@ -34,8 +35,10 @@ class LayersStudy(ResultMixin):
     transformer: LayerCurvature
 
     def __str__(self) -> str:
-        return (f"after {self.steps} AdamW steps: MLP heterogeneity {self.mlp.heterogeneity:.3f}, transformer "
-                f"{self.transformer.heterogeneity:.3f}\n{self.mlp}\n{self.transformer}")
+        return (
+            f"after {self.steps} AdamW steps: MLP heterogeneity {self.mlp.heterogeneity:.3f}, transformer "
+            f"{self.transformer.heterogeneity:.3f}\n{self.mlp}\n{self.transformer}"
+        )
 
 
 def run(*, quick: bool = True, progress: Progress | None = None) -> LayersStudy:
@@ -45,11 +48,20 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> LayersStudy:
         x, y = mnist(0, 1024)
         net = mlp(0, 64, depth=2)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.01)
-        losses = train_steps(net, F.cross_entropy, opt, batches_of(x, y, 64, 0, epochs=20), 0, steps)
+        losses = train_steps(
+            net, F.cross_entropy, opt, batches_of(x, y, 64, 0, epochs=20), 0, steps
+        )
         if progress is not None:
             progress(1, 4)
-        mlp_table = layer_curvature(net, F.cross_entropy, (x[:256], y[:256]), optimizer=opt, probes=2,
-                                    lanczos_steps=12, progress=scaled(progress, 1, 4))
+        mlp_table = layer_curvature(
+            net,
+            F.cross_entropy,
+            (x[:256], y[:256]),
+            optimizer=opt,
+            probes=2,
+            lanczos_steps=12,
+            progress=scaled(progress, 1, 4),
+        )
         tx, ty = markov_tokens(0)
         torch.manual_seed(0)
         lm = TinyLM()
@@ -57,9 +69,21 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> LayersStudy:
         lm_losses = train_steps(lm, token_loss, opt, batches_of(tx, ty, 32, 0, epochs=20), 0, steps)
         if progress is not None:
             progress(3, 4)
-        lm_table = layer_curvature(lm, token_loss, (tx[:64], ty[:64]), optimizer=opt, probes=2, lanczos_steps=12,
-                                   progress=scaled(progress, 3, 4))
+        lm_table = layer_curvature(
+            lm,
+            token_loss,
+            (tx[:64], ty[:64]),
+            optimizer=opt,
+            probes=2,
+            lanczos_steps=12,
+            progress=scaled(progress, 3, 4),
+        )
     if progress is not None:
         progress(4, 4)
-    return LayersStudy(steps=steps, mlp_loss=losses[-1], transformer_loss=lm_losses[-1], mlp=mlp_table,
-                       transformer=lm_table)
+    return LayersStudy(
+        steps=steps,
+        mlp_loss=losses[-1],
+        transformer_loss=lm_losses[-1],
+        mlp=mlp_table,
+        transformer=lm_table,
+    )

@@ -21,6 +21,7 @@ IMPROVING = 0.9  # a batch size "still improves" if it cuts time-to-target by mo
 @dataclass(frozen=True)
 class NoiseScaleStudy(ResultMixin):
     """The noise-scale study's result: B_simple along training and the sweep's cost to the target loss."""
+
     target_loss: float
     points: list[tuple[str, float, NoiseScale]]  # (where, training loss, estimate)
     recommended_batch: int
@@ -37,8 +38,10 @@ class NoiseScaleStudy(ResultMixin):
     def __str__(self) -> str:
         lines = [f"Gradient noise scale (target training loss {self.target_loss:g}):"]
         lines += [f"  {where}: train loss {loss:.3g}, {ns}" for where, loss, ns in self.points]
-        lines.append(f"  recommended batch {self.recommended_batch}; time-to-target stops improving at batch "
-                     f"{self.time_stops_improving_at}, samples-to-target double at {self.samples_double_at}")
+        lines.append(
+            f"  recommended batch {self.recommended_batch}; time-to-target stops improving at batch "
+            f"{self.time_stops_improving_at}, samples-to-target double at {self.samples_double_at}"
+        )
         return "\n".join(lines)
 
 
@@ -68,20 +71,34 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> NoiseScaleSt
     small_b, seed = sweep.batch_sizes[0], sweep.seeds[0]
     run0 = sweep.run(small_b, seed)
     pairs = 60 if quick else 200
-    wanted = [("initialization", None)] + [(f"batch {small_b}, {m.label}", m.label)
-                                          for m in sorted(run0.milestones, key=lambda m: m.step) if m.reached]
+    wanted = [("initialization", None)] + [
+        (f"batch {small_b}, {m.label}", m.label)
+        for m in sorted(run0.milestones, key=lambda m: m.step)
+        if m.reached
+    ]
     points = []
     with one_thread():
         for i, (where, label) in enumerate(wanted):
-            model = initialize(problem.model, seed) if label is None else copy.deepcopy(problem.model)
+            model = (
+                initialize(problem.model, seed) if label is None else copy.deepcopy(problem.model)
+            )
             if label is not None:
                 model.load_state_dict(run0.states[label])
-            ns = gradient_noise_scale(model, problem.loss_fn, problem.train_data, small_batch=16,
-                                      big_batch=cfg["num_train"], pairs=pairs, seed=seed)
+            ns = gradient_noise_scale(
+                model,
+                problem.loss_fn,
+                problem.train_data,
+                small_batch=16,
+                big_batch=cfg["num_train"],
+                pairs=pairs,
+                seed=seed,
+            )
             points.append((where, ns.loss, ns))
             if progress:
                 progress(i + 1, len(wanted))
-    at_target = next((ns for where, _, ns in points if where.endswith(f"loss<={target:g}")), points[-1][2])
+    at_target = next(
+        (ns for where, _, ns in points if where.endswith(f"loss<={target:g}")), points[-1][2]
+    )
     secs, secs_std, ups, samples, reached = [], [], [], [], []
     for b in sweep.batch_sizes:
         hits = [r.time_to_loss(target) for r in sweep.runs if r.batch_size == b]
@@ -91,9 +108,17 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> NoiseScaleSt
         secs_std.append(float(np.std([h[0] for h in hits])) if hits else None)
         ups.append(float(np.mean([h[1] for h in hits])) if hits else None)
         samples.append(float(np.mean([h[1] for h in hits])) * b if hits else None)
-    return NoiseScaleStudy(target_loss=target, points=points, recommended_batch=at_target.suggested_batch_size,
-                           batch_sizes=list(sweep.batch_sizes), seconds_to_target=secs,
-                           seconds_to_target_std=secs_std, updates_to_target=ups, samples_to_target=samples,
-                           reached=reached, seeds=len(sweep.seeds),
-                           time_stops_improving_at=_stops_improving(sweep.batch_sizes, secs, IMPROVING),
-                           samples_double_at=_doubled(sweep.batch_sizes, samples))
+    return NoiseScaleStudy(
+        target_loss=target,
+        points=points,
+        recommended_batch=at_target.suggested_batch_size,
+        batch_sizes=list(sweep.batch_sizes),
+        seconds_to_target=secs,
+        seconds_to_target_std=secs_std,
+        updates_to_target=ups,
+        samples_to_target=samples,
+        reached=reached,
+        seeds=len(sweep.seeds),
+        time_stops_improving_at=_stops_improving(sweep.batch_sizes, secs, IMPROVING),
+        samples_double_at=_doubled(sweep.batch_sizes, samples),
+    )

@@ -33,6 +33,7 @@ LOSS_ITERS = (1, 5, 10, 20, 40, 80, 160)  # pre-training lengths, cycled over th
 @dataclass(frozen=True)
 class MinimaRun(ResultMixin):
     """One small network driven to a critical point and classified."""
+
     seed: int
     loss_iterations: int
     loss_phase: StationaryHistory
@@ -41,14 +42,17 @@ class MinimaRun(ResultMixin):
 
     def __str__(self) -> str:
         c = self.critical
-        return (f"seed {self.seed:>3} ({self.loss_iterations:>3} loss iterations): loss {fmt(c.loss, 5):>9}, "
-                f"|g| {fmt(c.grad_norm):>9}, minimum ratio {c.minimum_ratio:.3f} (+{c.num_positive} "
-                f"-{c.num_negative} 0:{c.num_zero}), {c.kind}")
+        return (
+            f"seed {self.seed:>3} ({self.loss_iterations:>3} loss iterations): loss {fmt(c.loss, 5):>9}, "
+            f"|g| {fmt(c.grad_norm):>9}, minimum ratio {c.minimum_ratio:.3f} (+{c.num_positive} "
+            f"-{c.num_negative} 0:{c.num_zero}), {c.kind}"
+        )
 
 
 @dataclass(frozen=True)
 class RareMinimaStudy(ResultMixin):
     """The rare-minima study's result: every run."""
+
     num_params: int
     num_train: int
     hidden: int
@@ -71,21 +75,42 @@ class RareMinimaStudy(ResultMixin):
         return [r for r in self.runs if r.critical.is_critical]
 
     def __str__(self) -> str:
-        kinds = ", ".join(f"{k.replace('_', ' ')}: {self.count(k)}" for k in
-                          ("local_minimum", "saddle_point", "degenerate", "local_maximum", "not_critical"))
-        return (f"{len(self.runs)} MLPs 40->{self.hidden}->10 ({self.num_params} parameters) on {self.num_train} "
-                f"MNIST-1D samples, gradient driven towards {fmt(self.grad_target)}; {kinds}\n"
-                + "\n".join(str(r) for r in self.runs))
+        kinds = ", ".join(
+            f"{k.replace('_', ' ')}: {self.count(k)}"
+            for k in (
+                "local_minimum",
+                "saddle_point",
+                "degenerate",
+                "local_maximum",
+                "not_critical",
+            )
+        )
+        return (
+            f"{len(self.runs)} MLPs 40->{self.hidden}->10 ({self.num_params} parameters) on {self.num_train} "
+            f"MNIST-1D samples, gradient driven towards {fmt(self.grad_target)}; {kinds}\n"
+            + "\n".join(str(r) for r in self.runs)
+        )
 
 
-def _one_run(seed: int, loss_iters: int, data: tuple[torch.Tensor, torch.Tensor], grad_iters: int) -> MinimaRun:
+def _one_run(
+    seed: int, loss_iters: int, data: tuple[torch.Tensor, torch.Tensor], grad_iters: int
+) -> MinimaRun:
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(40, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, 10)).double()
-    loss_phase = minimize_full_batch(model, F.cross_entropy, data, objective="loss", max_iters=loss_iters)
-    grad_phase = minimize_gradient_norm(model, F.cross_entropy, data, target=GRAD_TARGET, max_iters=grad_iters)
+    loss_phase = minimize_full_batch(
+        model, F.cross_entropy, data, objective="loss", max_iters=loss_iters
+    )
+    grad_phase = minimize_gradient_norm(
+        model, F.cross_entropy, data, target=GRAD_TARGET, max_iters=grad_iters
+    )
     critical = classify_critical_point(model, F.cross_entropy, data, seed=seed)
-    return MinimaRun(seed=seed, loss_iterations=loss_iters, loss_phase=loss_phase, grad_phase=grad_phase,
-                     critical=critical)
+    return MinimaRun(
+        seed=seed,
+        loss_iterations=loss_iters,
+        loss_phase=loss_phase,
+        grad_phase=grad_phase,
+        critical=critical,
+    )
 
 
 def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) -> RareMinimaStudy:
@@ -95,8 +120,18 @@ def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) 
     data = (torch.from_numpy(x).double(), torch.from_numpy(y))
     runs = []
     for i in range(num_runs):
-        runs.append(_one_run(seed + i, LOSS_ITERS[i % len(LOSS_ITERS)], data, grad_iters=10 if quick else 30))
+        runs.append(
+            _one_run(
+                seed + i, LOSS_ITERS[i % len(LOSS_ITERS)], data, grad_iters=10 if quick else 30
+            )
+        )
         if progress is not None:
             progress(i + 1, num_runs)
-    return RareMinimaStudy(num_params=runs[0].critical.num_params, num_train=NUM_TRAIN, hidden=HIDDEN,
-                           grad_target=GRAD_TARGET, data_seed=DATA_SEED, runs=runs)
+    return RareMinimaStudy(
+        num_params=runs[0].critical.num_params,
+        num_train=NUM_TRAIN,
+        hidden=HIDDEN,
+        grad_target=GRAD_TARGET,
+        data_seed=DATA_SEED,
+        runs=runs,
+    )

@@ -25,6 +25,7 @@ from ..zoo import build
 @dataclass(frozen=True)
 class SpectrumStudy(ResultMixin):
     """The spectrum study's result: both ends of the spectrum, the trace and the density."""
+
     problem: str
     num_params: int
     num_samples: int
@@ -37,9 +38,11 @@ class SpectrumStudy(ResultMixin):
     seed: int
 
     def __str__(self) -> str:
-        return (f"Hessian spectrum of {self.problem} ({self.num_params} parameters, {self.num_samples} "
-                f"samples, {self.mode} mode) after {self.training.epochs} epochs, loss {fmt(self.train_loss)}:\n"
-                f"{self.eigen}\n{self.trace}\n{self.density}")
+        return (
+            f"Hessian spectrum of {self.problem} ({self.num_params} parameters, {self.num_samples} "
+            f"samples, {self.mode} mode) after {self.training.epochs} epochs, loss {fmt(self.train_loss)}:\n"
+            f"{self.eigen}\n{self.trace}\n{self.density}"
+        )
 
 
 def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) -> SpectrumStudy:
@@ -50,20 +53,46 @@ def run(*, quick: bool = True, seed: int = 0, progress: Progress | None = None) 
     optimizer = torch.optim.Adam(problem.model.parameters(), lr=1e-3)
     steps = epochs * len(problem.train_data)
     budget = steps + 350
-    history = train(problem.model, problem.loss_fn, problem.train_data, optimizer, epochs=epochs,
-                    progress=scaled(progress, 0, budget))
+    history = train(
+        problem.model,
+        problem.loss_fn,
+        problem.train_data,
+        optimizer,
+        epochs=epochs,
+        progress=scaled(progress, 0, budget),
+    )
     op = hessian(problem.model, problem.loss_fn, eval_data)
     with warnings.catch_warnings():
         # The bottom end of a trained network's spectrum is a near-degenerate cluster that
         # Lanczos resolves slowly; its pairs carry converged=False and error bounds instead.
         warnings.simplefilter("ignore", RuntimeWarning)
-        eig = eigenpairs(op, k=5, which="both", seed=seed, max_matvecs=150,
-                         progress=scaled(progress, steps, budget))
+        eig = eigenpairs(
+            op,
+            k=5,
+            which="both",
+            seed=seed,
+            max_matvecs=150,
+            progress=scaled(progress, steps, budget),
+        )
     tr = trace(op, matvecs=99, seed=seed, progress=scaled(progress, steps + 150, budget))
-    dens = spectral_density(op, num_probes=4, lanczos_steps=40 if quick else 80, seed=seed,
-                            progress=scaled(progress, steps + 250, budget))
+    dens = spectral_density(
+        op,
+        num_probes=4,
+        lanczos_steps=40 if quick else 80,
+        seed=seed,
+        progress=scaled(progress, steps + 250, budget),
+    )
     if progress is not None:
         progress(budget, budget)
-    return SpectrumStudy(problem="mnist1d-mlp", num_params=op.num_params, num_samples=op.num_samples,
-                         mode=op.mode, training=history, train_loss=op.loss, eigen=eig, trace=tr,
-                         density=dens, seed=seed)
+    return SpectrumStudy(
+        problem="mnist1d-mlp",
+        num_params=op.num_params,
+        num_samples=op.num_samples,
+        mode=op.mode,
+        training=history,
+        train_loss=op.loss,
+        eigen=eig,
+        trace=tr,
+        density=dens,
+        seed=seed,
+    )

@@ -65,8 +65,16 @@ class StallFamily:
 
 
 # -- training --------------------------------------------------------------------------------------
-def train_steps(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, data: Batches,
-                start: int, steps: int, *, stop_on_nan: bool = True) -> list[float]:
+def train_steps(
+    model: nn.Module,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    data: Batches,
+    start: int,
+    steps: int,
+    *,
+    stop_on_nan: bool = True,
+) -> list[float]:
     """``steps`` optimizer steps over ``data`` (cycled from batch ``start % len(data)``), in train mode; returns the per-step losses (stops after the first non-finite one)."""
     model.train()
     losses = []
@@ -101,66 +109,100 @@ def full_loss(model: nn.Module, loss_fn: Callable, full_data: tuple, mode: str =
     return value
 
 
-def _run(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, data: Batches,
-         full_data: tuple, steps: int, remedy: Remedy, horizon: int, **kw: Any) -> Stall:
+def _run(
+    model: nn.Module,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    data: Batches,
+    full_data: tuple,
+    steps: int,
+    remedy: Remedy,
+    horizon: int,
+    **kw: Any,
+) -> Stall:
     losses = train_steps(model, loss_fn, optimizer, data, 0, steps)
-    return Stall(model=model, loss_fn=loss_fn, data=data, optimizer=optimizer, losses=losses, steps=len(losses),
-                 full_data=full_data, remedy=remedy, horizon=horizon, **kw)
+    return Stall(
+        model=model,
+        loss_fn=loss_fn,
+        data=data,
+        optimizer=optimizer,
+        losses=losses,
+        steps=len(losses),
+        full_data=full_data,
+        remedy=remedy,
+        horizon=horizon,
+        **kw,
+    )
 
 
-def batches_of(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epochs: int = 1) -> Batches:
+def batches_of(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, epochs: int = 1
+) -> Batches:
     """``epochs`` shuffled passes over (x, y) in batches of ``batch_size`` (a fixed order)."""
     gen = torch.Generator().manual_seed(10_000 + seed)
     out = []
     for _ in range(epochs):
         perm = torch.randperm(len(x), generator=gen)
-        out += [(x[perm[i:i + batch_size]], y[perm[i:i + batch_size]])
-                for i in range(0, len(x) - batch_size + 1, batch_size)]
+        out += [
+            (x[perm[i : i + batch_size]], y[perm[i : i + batch_size]])
+            for i in range(0, len(x) - batch_size + 1, batch_size)
+        ]
     return out
 
 
 # -- remedies --------------------------------------------------------------------------------------
 def set_lr(lr: float) -> Remedy:
     """A remedy that sets every group's lr to ``lr``."""
+
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         for g in opt.param_groups:
             g["lr"] = lr
         return opt
+
     return remedy
 
 
 def scale_lr(factor: float) -> Remedy:
     """A remedy that multiplies every group's lr by ``factor``."""
+
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         for g in opt.param_groups:
             g["lr"] = g["lr"] * factor
         return opt
+
     return remedy
 
 
 def set_group(key: str, value: Any) -> Remedy:
     """A remedy that sets ``key`` of every parameter group to ``value``."""
+
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         for g in opt.param_groups:
             g[key] = value
         return opt
+
     return remedy
 
 
 def switch_to_adam(lr: float, weight_decay: float = 0.0) -> Remedy:
     """A remedy that switches to Adam at ``lr`` (with ``weight_decay``)."""
+
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
-        return torch.optim.Adam([p for g in opt.param_groups for p in g["params"]], lr=lr,
-                                weight_decay=weight_decay)
+        return torch.optim.Adam(
+            [p for g in opt.param_groups for p in g["params"]], lr=lr, weight_decay=weight_decay
+        )
+
     return remedy
 
 
 def restore(state: dict[str, torch.Tensor], then: Remedy) -> Remedy:
     """A remedy that restores ``state`` and then applies ``then``."""
+
     def remedy(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         model.load_state_dict(state)
         opt.state.clear()
         return then(model, opt)
+
     return remedy
 
 
@@ -172,7 +214,9 @@ def mnist(seed: int, n: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
 
 
-def markov_tokens(seed: int, n: int = 512, length: int = 16, vocab: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+def markov_tokens(
+    seed: int, n: int = 512, length: int = 16, vocab: int = 12
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequences from a random sparse Markov chain: inputs are tokens 0..L-1, targets tokens 1..L."""
     rng = np.random.default_rng(500 + seed)
     trans = rng.dirichlet(np.full(vocab, 0.2), size=vocab)
@@ -185,8 +229,9 @@ def markov_tokens(seed: int, n: int = 512, length: int = 16, vocab: int = 12) ->
     return s[:, :-1], s[:, 1:]
 
 
-def least_squares_data(seed: int, scales: torch.Tensor, n: int = 64, noise: float = 0.0
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def least_squares_data(
+    seed: int, scales: torch.Tensor, n: int = 64, noise: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Least-squares data whose features are scaled by ``scales`` (``n`` samples, optional noise)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, len(scales), generator=gen, dtype=torch.float64) * scales
@@ -201,8 +246,14 @@ def ls_hessian(x: torch.Tensor) -> torch.Tensor:
 
 
 # -- models ----------------------------------------------------------------------------------------
-def mlp(seed: int, hidden: int = 64, depth: int = 1, act: type[nn.Module] = nn.ReLU, inp: int = 40,
-        out: int = 10) -> nn.Sequential:
+def mlp(
+    seed: int,
+    hidden: int = 64,
+    depth: int = 1,
+    act: type[nn.Module] = nn.ReLU,
+    inp: int = 40,
+    out: int = 10,
+) -> nn.Sequential:
     """An MLP initialized from ``seed``."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
@@ -220,22 +271,34 @@ class BNConvNet(nn.Sequential):
     def __init__(self, channels: int = 8, classes: int = 10, length: int = 40):
         super().__init__(
             nn.Unflatten(1, (1, length)),
-            nn.Conv1d(1, channels, 5, padding=2), nn.BatchNorm1d(channels), nn.ReLU(),
-            nn.Conv1d(channels, 2 * channels, 5, padding=2, stride=2), nn.BatchNorm1d(2 * channels), nn.ReLU(),
-            nn.Flatten(), nn.Linear(2 * channels * (length // 2), classes))
+            nn.Conv1d(1, channels, 5, padding=2),
+            nn.BatchNorm1d(channels),
+            nn.ReLU(),
+            nn.Conv1d(channels, 2 * channels, 5, padding=2, stride=2),
+            nn.BatchNorm1d(2 * channels),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(2 * channels * (length // 2), classes),
+        )
 
 
 class TinyLM(nn.Module):
     """A 2-layer pre-norm causal transformer with tied input/output embeddings (about 26k parameters): logits (batch, length, vocab)."""
 
-    def __init__(self, vocab: int = 12, dim: int = 32, heads: int = 4, layers: int = 2, length: int = 16):
+    def __init__(
+        self, vocab: int = 12, dim: int = 32, heads: int = 4, layers: int = 2, length: int = 16
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
         self.position = nn.Parameter(0.02 * torch.randn(length, dim))
-        layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, 2 * dim, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
+        self.register_buffer(
+            "mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False
+        )
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits for every position of ``tokens``."""
@@ -273,7 +336,11 @@ def _top_eigenvalue(model: nn.Module, data: tuple) -> float:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(eigenpairs(hessian(model, F.cross_entropy, data), k=1, which="largest", tol=1e-3).eigenvalues[0])
+        return float(
+            eigenpairs(
+                hessian(model, F.cross_entropy, data), k=1, which="largest", tol=1e-3
+            ).eigenvalues[0]
+        )
 
 
 def healthy_mlp_adam(seed: int) -> Stall:
@@ -309,7 +376,10 @@ def healthy_least_squares(seed: int) -> Stall:
     x, y, _ = least_squares_data(seed, torch.logspace(-0.3, 0.3, 6, dtype=torch.float64), noise=0.1)
     model = nn.Linear(6, 1, bias=False).double()
     with torch.no_grad():
-        model.weight.copy_(3 * torch.randn(1, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+        model.weight.copy_(
+            3
+            * torch.randn(1, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        )
     lr = 0.05 / _lam_ls(x)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     return _run(model, F.mse_loss, opt, [(x, y)], (x, y), 60, set_lr(lr), 200)
@@ -339,9 +409,18 @@ def diverging_mlp_nan(seed: int) -> Stall:
     for g in opt.param_groups:
         g["lr"] = 40.0
     more = train_steps(model, onehot_mse, opt, data, 60, 60)
-    return Stall(model=model, loss_fn=onehot_mse, data=data, optimizer=opt, losses=losses + more,
-                 steps=len(losses) + len(more), full_data=(x, y), checkpoint=checkpoint,
-                 remedy=restore(checkpoint, set_lr(0.05)), horizon=100)
+    return Stall(
+        model=model,
+        loss_fn=onehot_mse,
+        data=data,
+        optimizer=opt,
+        losses=losses + more,
+        steps=len(losses) + len(more),
+        full_data=(x, y),
+        checkpoint=checkpoint,
+        remedy=restore(checkpoint, set_lr(0.05)),
+        horizon=100,
+    )
 
 
 # -- families: oscillation (lr too high for the sharpest direction) --------------------------------------
@@ -355,7 +434,9 @@ def oscillating_least_squares(seed: int) -> Stall:
     gen = torch.Generator().manual_seed(seed)
     model = nn.Linear(8, 1, bias=False).double()
     with torch.no_grad():
-        model.weight.copy_(w_star + 2 * vecs[:, -1] + 0.1 * torch.randn(8, generator=gen, dtype=torch.float64))
+        model.weight.copy_(
+            w_star + 2 * vecs[:, -1] + 0.1 * torch.randn(8, generator=gen, dtype=torch.float64)
+        )
     c = 1.9985 + 0.001 * np.random.default_rng(seed).random()
     opt = torch.optim.SGD(model.parameters(), lr=c / float(lam[-1]))
     return _run(model, F.mse_loss, opt, [(x, y)], (x, y), 100, set_lr(1.0 / float(lam[-1])), 100)
@@ -408,7 +489,9 @@ def valley_least_squares(seed: int) -> Stall:
 
     Least squares with condition number ~1e4, GD at lr·λ_max ≈ 1.99 after 1,000 steps: the steep
     direction has settled, the floor crawls."""
-    scales = torch.tensor([1.0, 0.01], dtype=torch.float64) * torch.tensor([10.0, 10.0], dtype=torch.float64)
+    scales = torch.tensor([1.0, 0.01], dtype=torch.float64) * torch.tensor(
+        [10.0, 10.0], dtype=torch.float64
+    )
     x, y, _ = least_squares_data(seed, scales, n=100)
     model = nn.Linear(2, 1, bias=False).double()
     with torch.no_grad():
@@ -422,7 +505,11 @@ def valley_least_squares(seed: int) -> Stall:
 def valley_logistic(seed: int) -> Stall:
     """Logistic regression on MNIST-1D with feature scales spread over 300x (unstandardized inputs), full-batch GD at lr 1/λ_max."""
     x, y = mnist(seed)
-    scales = torch.logspace(-1.25, 1.25, 40, generator=None) if False else torch.logspace(-1.25, 1.25, 40)
+    scales = (
+        torch.logspace(-1.25, 1.25, 40, generator=None)
+        if False
+        else torch.logspace(-1.25, 1.25, 40)
+    )
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(seed))
     xs = x * scales[perm]
     torch.manual_seed(seed)
@@ -478,7 +565,9 @@ def noise_floor_least_squares(seed: int) -> Stall:
     """Noisy least squares with SGD at batch 2.
 
     The iterates bounce around the optimum at a level set by the lr and the label noise."""
-    x, y, _ = least_squares_data(seed, torch.logspace(-0.3, 0.3, 10, dtype=torch.float64), n=256, noise=1.0)
+    x, y, _ = least_squares_data(
+        seed, torch.logspace(-0.3, 0.3, 10, dtype=torch.float64), n=256, noise=1.0
+    )
     model = nn.Linear(10, 1, bias=False).double()
     data = batches_of(x, y, 2, seed, epochs=4)
     lr = 0.5 / _lam_ls(x)
@@ -581,7 +670,9 @@ def weight_decay_mlp_adamw(seed: int) -> Stall:
     model = mlp(seed, 64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=3.0)
     data = batches_of(x, y, 64, seed, epochs=16)
-    return _run(model, F.cross_entropy, opt, data, (x, y), 400, set_group("weight_decay", 0.01), 200)
+    return _run(
+        model, F.cross_entropy, opt, data, (x, y), 400, set_group("weight_decay", 0.01), 200
+    )
 
 
 def weight_decay_lm_adamw(seed: int) -> Stall:
@@ -599,7 +690,9 @@ def weight_decay_mlp_sgd(seed: int) -> Stall:
     model = mlp(seed, 64)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.3)
     data = batches_of(x, y, 64, seed, epochs=16)
-    return _run(model, F.cross_entropy, opt, data, (x, y), 400, set_group("weight_decay", 1e-4), 200)
+    return _run(
+        model, F.cross_entropy, opt, data, (x, y), 400, set_group("weight_decay", 1e-4), 200
+    )
 
 
 # -- families: saddle points -------------------------------------------------------------------------------
@@ -626,6 +719,7 @@ def _escape_by_noise(scale: float, seed: int) -> Remedy:
             for p in model.parameters():
                 p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
         return opt
+
     return remedy
 
 
@@ -637,7 +731,9 @@ def saddle_zero_tanh_mlp(seed: int) -> Stall:
         for p in model.parameters():
             p.zero_()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    return _run(model, F.cross_entropy, opt, [(x, y)], (x, y), 100, _escape_by_noise(0.1, seed), 200)
+    return _run(
+        model, F.cross_entropy, opt, [(x, y)], (x, y), 100, _escape_by_noise(0.1, seed), 200
+    )
 
 
 def saddle_deep_linear(seed: int) -> Stall:
@@ -659,7 +755,9 @@ def degenerate_deep_linear(seed: int) -> Stall:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(64, 6, generator=gen)
     y = x @ torch.randn(6, 3, generator=gen)
-    model = nn.Sequential(nn.Linear(6, 4, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(4, 3, bias=False))
+    model = nn.Sequential(
+        nn.Linear(6, 4, bias=False), nn.Linear(4, 4, bias=False), nn.Linear(4, 3, bias=False)
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
@@ -691,66 +789,232 @@ def converged_mlp(seed: int) -> Stall:
 
 
 FAMILIES: list[StallFamily] = [
-    StallFamily("healthy/mlp-adam", "progressing", "MLP 40-64-10", "Adam 2e-3, batch 64, 120 steps in",
-                healthy_mlp_adam),
-    StallFamily("healthy/cnn-bn-sgd", "progressing", "CNN + BatchNorm", "SGD 0.05 momentum 0.9, 100 steps in",
-                healthy_cnn_bn_sgd),
-    StallFamily("healthy/lm-adamw", "progressing", "transformer (2 layers)", "AdamW 3e-3, 100 steps in",
-                healthy_lm_adamw),
-    StallFamily("healthy/least-squares", "progressing", "least squares", "GD at 0.05/λ_max, 60 steps in",
-                healthy_least_squares),
-    StallFamily("diverging/least-squares", "diverging", "least squares", "GD at 2.2-2.8/λ_max",
-                diverging_least_squares),
-    StallFamily("diverging/mlp-nan", "diverging", "MLP 40-32-10, MSE", "SGD lr 40: NaN parameters",
-                diverging_mlp_nan),
-    StallFamily("oscillation/least-squares", "oscillation", "least squares", "GD at 1.99/λ_max on the steep wall",
-                oscillating_least_squares),
-    StallFamily("oscillation/lm-adam", "oscillation", "transformer (2 layers)", "AdamW at lr 0.1",
-                oscillating_lm_adam),
-    StallFamily("oscillation/mlp-adam", "oscillation", "MLP 40-64-10", "Adam at lr 0.1", oscillating_mlp_adam),
-    StallFamily("momentum/mlp", "momentum_too_high", "MLP 40-64-10", "SGD lr 0.05 momentum 0.995", momentum_mlp),
-    StallFamily("momentum/cnn-bn", "momentum_too_high", "CNN + BatchNorm", "SGD lr 0.1 momentum 0.995",
-                momentum_cnn_bn),
-    StallFamily("ill-conditioned/least-squares", "ill_conditioned", "least squares",
-                "valley with condition number ~1e4, GD at 1.99/λ_max after 1,000 steps", valley_least_squares),
-    StallFamily("ill-conditioned/logistic", "ill_conditioned", "logistic regression",
-                "feature scales over 300x, GD at 1/λ_max", valley_logistic),
+    StallFamily(
+        "healthy/mlp-adam",
+        "progressing",
+        "MLP 40-64-10",
+        "Adam 2e-3, batch 64, 120 steps in",
+        healthy_mlp_adam,
+    ),
+    StallFamily(
+        "healthy/cnn-bn-sgd",
+        "progressing",
+        "CNN + BatchNorm",
+        "SGD 0.05 momentum 0.9, 100 steps in",
+        healthy_cnn_bn_sgd,
+    ),
+    StallFamily(
+        "healthy/lm-adamw",
+        "progressing",
+        "transformer (2 layers)",
+        "AdamW 3e-3, 100 steps in",
+        healthy_lm_adamw,
+    ),
+    StallFamily(
+        "healthy/least-squares",
+        "progressing",
+        "least squares",
+        "GD at 0.05/λ_max, 60 steps in",
+        healthy_least_squares,
+    ),
+    StallFamily(
+        "diverging/least-squares",
+        "diverging",
+        "least squares",
+        "GD at 2.2-2.8/λ_max",
+        diverging_least_squares,
+    ),
+    StallFamily(
+        "diverging/mlp-nan",
+        "diverging",
+        "MLP 40-32-10, MSE",
+        "SGD lr 40: NaN parameters",
+        diverging_mlp_nan,
+    ),
+    StallFamily(
+        "oscillation/least-squares",
+        "oscillation",
+        "least squares",
+        "GD at 1.99/λ_max on the steep wall",
+        oscillating_least_squares,
+    ),
+    StallFamily(
+        "oscillation/lm-adam",
+        "oscillation",
+        "transformer (2 layers)",
+        "AdamW at lr 0.1",
+        oscillating_lm_adam,
+    ),
+    StallFamily(
+        "oscillation/mlp-adam",
+        "oscillation",
+        "MLP 40-64-10",
+        "Adam at lr 0.1",
+        oscillating_mlp_adam,
+    ),
+    StallFamily(
+        "momentum/mlp",
+        "momentum_too_high",
+        "MLP 40-64-10",
+        "SGD lr 0.05 momentum 0.995",
+        momentum_mlp,
+    ),
+    StallFamily(
+        "momentum/cnn-bn",
+        "momentum_too_high",
+        "CNN + BatchNorm",
+        "SGD lr 0.1 momentum 0.995",
+        momentum_cnn_bn,
+    ),
+    StallFamily(
+        "ill-conditioned/least-squares",
+        "ill_conditioned",
+        "least squares",
+        "valley with condition number ~1e4, GD at 1.99/λ_max after 1,000 steps",
+        valley_least_squares,
+    ),
+    StallFamily(
+        "ill-conditioned/logistic",
+        "ill_conditioned",
+        "logistic regression",
+        "feature scales over 300x, GD at 1/λ_max",
+        valley_logistic,
+    ),
     StallFamily("lr-too-small/mlp", "lr_too_small", "MLP 40-64-10", "SGD lr 2e-4", small_lr_mlp),
-    StallFamily("lr-too-small/cnn-bn", "lr_too_small", "CNN + BatchNorm", "SGD lr 1e-4 momentum 0.9",
-                small_lr_cnn_bn),
-    StallFamily("lr-too-small/lm-adamw", "lr_too_small", "transformer (2 layers)", "AdamW lr 1e-6",
-                small_lr_lm_adamw),
-    StallFamily("noise/mlp", "gradient_noise", "MLP 40-16-10", "SGD lr 0.5 at batch 8, 3,000 steps",
-                noise_floor_mlp),
-    StallFamily("noise/least-squares", "gradient_noise", "least squares", "noisy labels, SGD at batch 2",
-                noise_floor_least_squares),
-    StallFamily("plateau/sigmoid-mse", "flat_plateau", "sigmoid MLP, MSE", "saturated sigmoid outputs",
-                plateau_sigmoid_mlp),
-    StallFamily("plateau/softmax-mse", "flat_plateau", "linear softmax, MSE", "saturated softmax outputs",
-                plateau_softmax_mse),
-    StallFamily("dead/relu-mlp-lr4", "dead_units", "ReLU MLP 40-64-64-10", "SGD at lr 4 killed the ReLUs",
-                dead_relu_mlp),
-    StallFamily("dead/cnn-bn-lr2", "dead_units", "CNN + BatchNorm", "SGD at lr 2 killed the last ReLU layer",
-                dead_relu_cnn_bn),
-    StallFamily("dead/relu-bias", "dead_units", "ReLU MLP 40-64-64-10", "biases initialized at -6 / -3",
-                dead_relu_bias),
-    StallFamily("vanishing/sigmoid-deep", "vanishing_gradients", "6-layer sigmoid MLP", "SGD lr 0.05",
-                vanishing_sigmoid_deep),
-    StallFamily("vanishing/tanh-small-init", "vanishing_gradients", "8-layer tanh MLP", "weights 0.3x, SGD",
-                vanishing_tanh_small_init),
-    StallFamily("weight-decay/mlp-adamw", "weight_decay", "MLP 40-64-10", "AdamW weight decay 3",
-                weight_decay_mlp_adamw),
-    StallFamily("weight-decay/lm-adamw", "weight_decay", "transformer (2 layers)", "AdamW weight decay 5",
-                weight_decay_lm_adamw),
-    StallFamily("weight-decay/mlp-sgd", "weight_decay", "MLP 40-64-10", "SGD weight decay 0.3",
-                weight_decay_mlp_sgd),
-    StallFamily("saddle/lecture", "saddle_point", "lecture w1·w2 toy", "a hair from the saddle", saddle_lecture),
-    StallFamily("saddle/zero-tanh-mlp", "saddle_point", "tanh MLP 40-16-10", "every weight zero",
-                saddle_zero_tanh_mlp),
-    StallFamily("saddle/deep-linear", "saddle_point", "linear 6-4-3", "every weight zero", saddle_deep_linear),
-    StallFamily("degenerate/deep-linear", "degenerate", "linear 6-4-4-3", "every weight zero",
-                degenerate_deep_linear),
-    StallFamily("converged/least-squares", "converged", "least squares", "at the least-squares solution",
-                converged_least_squares),
-    StallFamily("converged/mlp", "converged", "tanh MLP 40-8-10", "L-BFGS to a zero gradient", converged_mlp),
+    StallFamily(
+        "lr-too-small/cnn-bn",
+        "lr_too_small",
+        "CNN + BatchNorm",
+        "SGD lr 1e-4 momentum 0.9",
+        small_lr_cnn_bn,
+    ),
+    StallFamily(
+        "lr-too-small/lm-adamw",
+        "lr_too_small",
+        "transformer (2 layers)",
+        "AdamW lr 1e-6",
+        small_lr_lm_adamw,
+    ),
+    StallFamily(
+        "noise/mlp",
+        "gradient_noise",
+        "MLP 40-16-10",
+        "SGD lr 0.5 at batch 8, 3,000 steps",
+        noise_floor_mlp,
+    ),
+    StallFamily(
+        "noise/least-squares",
+        "gradient_noise",
+        "least squares",
+        "noisy labels, SGD at batch 2",
+        noise_floor_least_squares,
+    ),
+    StallFamily(
+        "plateau/sigmoid-mse",
+        "flat_plateau",
+        "sigmoid MLP, MSE",
+        "saturated sigmoid outputs",
+        plateau_sigmoid_mlp,
+    ),
+    StallFamily(
+        "plateau/softmax-mse",
+        "flat_plateau",
+        "linear softmax, MSE",
+        "saturated softmax outputs",
+        plateau_softmax_mse,
+    ),
+    StallFamily(
+        "dead/relu-mlp-lr4",
+        "dead_units",
+        "ReLU MLP 40-64-64-10",
+        "SGD at lr 4 killed the ReLUs",
+        dead_relu_mlp,
+    ),
+    StallFamily(
+        "dead/cnn-bn-lr2",
+        "dead_units",
+        "CNN + BatchNorm",
+        "SGD at lr 2 killed the last ReLU layer",
+        dead_relu_cnn_bn,
+    ),
+    StallFamily(
+        "dead/relu-bias",
+        "dead_units",
+        "ReLU MLP 40-64-64-10",
+        "biases initialized at -6 / -3",
+        dead_relu_bias,
+    ),
+    StallFamily(
+        "vanishing/sigmoid-deep",
+        "vanishing_gradients",
+        "6-layer sigmoid MLP",
+        "SGD lr 0.05",
+        vanishing_sigmoid_deep,
+    ),
+    StallFamily(
+        "vanishing/tanh-small-init",
+        "vanishing_gradients",
+        "8-layer tanh MLP",
+        "weights 0.3x, SGD",
+        vanishing_tanh_small_init,
+    ),
+    StallFamily(
+        "weight-decay/mlp-adamw",
+        "weight_decay",
+        "MLP 40-64-10",
+        "AdamW weight decay 3",
+        weight_decay_mlp_adamw,
+    ),
+    StallFamily(
+        "weight-decay/lm-adamw",
+        "weight_decay",
+        "transformer (2 layers)",
+        "AdamW weight decay 5",
+        weight_decay_lm_adamw,
+    ),
+    StallFamily(
+        "weight-decay/mlp-sgd",
+        "weight_decay",
+        "MLP 40-64-10",
+        "SGD weight decay 0.3",
+        weight_decay_mlp_sgd,
+    ),
+    StallFamily(
+        "saddle/lecture",
+        "saddle_point",
+        "lecture w1·w2 toy",
+        "a hair from the saddle",
+        saddle_lecture,
+    ),
+    StallFamily(
+        "saddle/zero-tanh-mlp",
+        "saddle_point",
+        "tanh MLP 40-16-10",
+        "every weight zero",
+        saddle_zero_tanh_mlp,
+    ),
+    StallFamily(
+        "saddle/deep-linear",
+        "saddle_point",
+        "linear 6-4-3",
+        "every weight zero",
+        saddle_deep_linear,
+    ),
+    StallFamily(
+        "degenerate/deep-linear",
+        "degenerate",
+        "linear 6-4-4-3",
+        "every weight zero",
+        degenerate_deep_linear,
+    ),
+    StallFamily(
+        "converged/least-squares",
+        "converged",
+        "least squares",
+        "at the least-squares solution",
+        converged_least_squares,
+    ),
+    StallFamily(
+        "converged/mlp", "converged", "tanh MLP 40-8-10", "L-BFGS to a zero gradient", converged_mlp
+    ),
 ]

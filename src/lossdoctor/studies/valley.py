@@ -67,6 +67,7 @@ def find_seed(window: tuple[float, float], start: int = 0, limit: int = 100_000)
 @dataclass(frozen=True)
 class Method:
     """One optimizer of the valley study: its name, settings and update rule."""
+
     key: str
     label: str
     lr: float
@@ -100,11 +101,13 @@ def gd_closed_form(lr: float, steps: int, S: np.ndarray, w_star=W_STAR, w0=W_STA
         out = coeff @ V.T + np.asarray(w_star)
     bad = ~np.all(np.abs(out) < 1e8, axis=1)
     if bad.any():
-        out[np.argmax(bad):] = np.nan
+        out[np.argmax(bad) :] = np.nan
     return out
 
 
-def descend(method: str, lr: float, steps: int, S: np.ndarray, w_star=W_STAR, w0=W_START) -> np.ndarray:
+def descend(
+    method: str, lr: float, steps: int, S: np.ndarray, w_star=W_STAR, w0=W_START
+) -> np.ndarray:
     """The ``steps + 1`` iterates of one update rule on L(w) = (w - w*)ᵀ S (w - w*), gradient 2 S (w - w*), step by step; stops (NaN after) once the iterate leaves |w| < 1e8."""
     a, b, c = float(S[0, 0]), float(S[0, 1]), float(S[1, 1])
     s1_, s2_ = w_star
@@ -175,13 +178,21 @@ def gradients_of(traj: np.ndarray, S: np.ndarray, w_star=W_STAR) -> np.ndarray:
 
 def keep_steps(steps: int) -> np.ndarray:
     """The steps kept for drawing a run of ``steps`` updates: every one up to ``DENSE_STEPS``, then every ``SPARSE_EVERY``-th, and the last."""
-    return np.unique(np.concatenate([np.arange(min(steps, DENSE_STEPS) + 1),
-                                     np.arange(DENSE_STEPS, steps + 1, SPARSE_EVERY), [steps]]))
+    return np.unique(
+        np.concatenate(
+            [
+                np.arange(min(steps, DENSE_STEPS) + 1),
+                np.arange(DENSE_STEPS, steps + 1, SPARSE_EVERY),
+                [steps],
+            ]
+        )
+    )
 
 
 @dataclass(frozen=True)
 class ValleyRun(ResultMixin):
     """One trajectory of the valley study."""
+
     key: str
     label: str
     lr: float
@@ -213,6 +224,7 @@ class TwoWeights(nn.Module):
 @dataclass(frozen=True)
 class ValleyStudy(ResultMixin):
     """The valley study's result: every trajectory, the table and the doctor's verdict."""
+
     data_seed: int
     contrast_seed: int
     num_samples: int
@@ -237,31 +249,52 @@ class ValleyStudy(ResultMixin):
         return next(r for r in self.runs if r.key == key)
 
     def __str__(self) -> str:
-        lines = [f"Valley: data seed {self.data_seed}, λ_max {self.lambda_max:.3f} (2/λ_max "
-                 f"{2 / self.lambda_max:.5f}), λ_min {self.lambda_min:.4f}; contrast seed {self.contrast_seed} "
-                 f"λ_max {self.contrast_lambda_max:.3f}"]
+        lines = [
+            f"Valley: data seed {self.data_seed}, λ_max {self.lambda_max:.3f} (2/λ_max "
+            f"{2 / self.lambda_max:.5f}), λ_min {self.lambda_min:.4f}; contrast seed {self.contrast_seed} "
+            f"λ_max {self.contrast_lambda_max:.3f}"
+        ]
         for r in self.runs:
-            lines.append(f"  {r.label:45s} " + ", ".join(f"after {n}: loss {fmt(r.loss_at[n])} dist "
-                                                          f"{fmt(r.distance_at[n])}" for n in r.loss_at))
+            lines.append(
+                f"  {r.label:45s} "
+                + ", ".join(
+                    f"after {n}: loss {fmt(r.loss_at[n])} dist {fmt(r.distance_at[n])}"
+                    for n in r.loss_at
+                )
+            )
         lines.append(f"doctor on GD lr 1e-2 at update {self.diagnosed_at}: {self.diagnosis.cause}")
         return "\n".join(lines)
 
 
 def _run(m: Method, S: np.ndarray) -> ValleyRun:
-    traj = gd_closed_form(m.lr, m.steps, S) if m.key.startswith("gd") else descend(m.key, m.lr, m.steps, S)
+    traj = (
+        gd_closed_form(m.lr, m.steps, S)
+        if m.key.startswith("gd")
+        else descend(m.key, m.lr, m.steps, S)
+    )
     losses = losses_of(traj, S)
     dist = np.linalg.norm(traj - np.asarray(W_STAR), axis=1)
     kept = keep_steps(m.steps)
     late = traj[DENSE_STEPS:, 1] - W_STAR[1]
-    return ValleyRun(key=m.key, label=m.label, lr=m.lr, steps=m.steps, color=m.color, kept_steps=kept,
-                     trajectory=traj[kept], losses=losses[kept],
-                     loss_at={n: float(losses[n]) for n in CHECKPOINTS if n <= m.steps},
-                     distance_at={n: float(dist[n]) for n in CHECKPOINTS if n <= m.steps},
-                     late_jump=float(np.nanmax(np.abs(late))) if np.isfinite(late).any() else math.nan,
-                     diverged=not bool(np.isfinite(traj[-1]).all()))
+    return ValleyRun(
+        key=m.key,
+        label=m.label,
+        lr=m.lr,
+        steps=m.steps,
+        color=m.color,
+        kept_steps=kept,
+        trajectory=traj[kept],
+        losses=losses[kept],
+        loss_at={n: float(losses[n]) for n in CHECKPOINTS if n <= m.steps},
+        distance_at={n: float(dist[n]) for n in CHECKPOINTS if n <= m.steps},
+        late_jump=float(np.nanmax(np.abs(late))) if np.isfinite(late).any() else math.nan,
+        diverged=not bool(np.isfinite(traj[-1]).all()),
+    )
 
 
-def doctor_on_bounce(x: np.ndarray, S: np.ndarray, at: int = DIAGNOSE_AT, lr: float = 1e-2) -> Diagnosis:
+def doctor_on_bounce(
+    x: np.ndarray, S: np.ndarray, at: int = DIAGNOSE_AT, lr: float = 1e-2
+) -> Diagnosis:
     """The doctor's verdict on GD with ``lr`` after ``at`` updates, from the last 60 losses, gradient norms and successive-gradient cosines of the run, on the torch version of the problem."""
     traj = descend("gd", lr, at, S)
     losses = losses_of(traj[:-1], S)  # loss at step t is measured before update t
@@ -299,9 +332,20 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> ValleyStudy:
     if progress is not None:
         progress(total, total)
     return ValleyStudy(
-        data_seed=seed, contrast_seed=contrast, num_samples=N_SAMPLES, sigmas=SIGMAS, w_star=W_STAR,
-        w_start=W_START, lambda_max=float(lam[-1]), lambda_min=float(lam[0]),
+        data_seed=seed,
+        contrast_seed=contrast,
+        num_samples=N_SAMPLES,
+        sigmas=SIGMAS,
+        w_star=W_STAR,
+        w_start=W_START,
+        lambda_max=float(lam[-1]),
+        lambda_min=float(lam[0]),
         contrast_lambda_max=float(np.linalg.eigvalsh(Hc)[-1]),
         convention="L(w) = mean((w1·x1 + w2·x2 - y)²), torch mse_loss without a ½; Hessian 2·mean(x xᵀ)",
-        hessian=H, runs=runs, contrast_losses=contrast_losses, diagnosis=diagnosis, diagnosed_at=DIAGNOSE_AT,
-        checkpoints=CHECKPOINTS)
+        hessian=H,
+        runs=runs,
+        contrast_losses=contrast_losses,
+        diagnosis=diagnosis,
+        diagnosed_at=DIAGNOSE_AT,
+        checkpoints=CHECKPOINTS,
+    )

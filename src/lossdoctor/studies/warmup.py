@@ -38,6 +38,7 @@ def count_spikes(losses: list[float], factor: float = SPIKE_FACTOR) -> int:
 @dataclass(frozen=True)
 class WarmupRun(ResultMixin):
     """One training run with (or without) warm-up."""
+
     warmup_steps: int
     seed: int
     history: TrainHistory
@@ -51,6 +52,7 @@ class WarmupRun(ResultMixin):
 @dataclass(frozen=True)
 class WarmupStudy(ResultMixin):
     """The warm-up study's result: every run and the schedules."""
+
     lr: float
     batch_size: int
     model: str
@@ -70,12 +72,16 @@ class WarmupStudy(ResultMixin):
         return [r for r in self.runs if r.warmup_steps == warmup_steps]
 
     def __str__(self) -> str:
-        lines = [f"Warm-up: Adam lr {fmt(self.lr)}, batch {self.batch_size}, {self.model}, {self.steps} steps, "
-                 f"seeds {self.seeds}"]
+        lines = [
+            f"Warm-up: Adam lr {fmt(self.lr)}, batch {self.batch_size}, {self.model}, {self.steps} steps, "
+            f"seeds {self.seeds}"
+        ]
         for w in (0, self.warmup_steps):
             runs = self.of(w)
-            lines.append(f"  warm-up {w:4d} steps: spikes {[r.spikes for r in runs]}, final train loss "
-                         f"{[round(r.final_train_loss, 4) for r in runs]}, diverged {sum(r.diverged for r in runs)}")
+            lines.append(
+                f"  warm-up {w:4d} steps: spikes {[r.spikes for r in runs]}, final train loss "
+                f"{[round(r.final_train_loss, 4) for r in runs]}, diverged {sum(r.diverged for r in runs)}"
+            )
         return "\n".join(lines)
 
 
@@ -91,22 +97,49 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> WarmupStudy:
     with one_thread():
         for seed in seeds:
             for w in (0, warm):
-                problem = build("mnist1d-mlp", batch_size=batch, seed=seed, hidden=hidden, depth=depth)
+                problem = build(
+                    "mnist1d-mlp", batch_size=batch, seed=seed, hidden=hidden, depth=depth
+                )
                 opt = torch.optim.Adam(problem.model.parameters(), lr=lr)
                 scheduler = warmup(opt, warmup_steps=w) if w else None
-                history = train(problem.model, problem.loss_fn, problem.train_data, opt, epochs=epochs,
-                                test_data=problem.test_data, scheduler=scheduler)
+                history = train(
+                    problem.model,
+                    problem.loss_fn,
+                    problem.train_data,
+                    opt,
+                    epochs=epochs,
+                    test_data=problem.test_data,
+                    scheduler=scheduler,
+                )
                 steps = history.steps
                 sl = history.step_loss
                 final = history.epoch_train_loss[-1]
-                runs.append(WarmupRun(
-                    warmup_steps=w, seed=seed, history=history, spikes=count_spikes(sl),
-                    max_early_loss=float(np.max(sl[1:max(2, len(sl) // 4)])), final_train_loss=final,
-                    final_test_accuracy=history.epoch_test_accuracy[-1] if history.epoch_test_accuracy else None,
-                    diverged=not math.isfinite(final) or final > sl[0]))
+                runs.append(
+                    WarmupRun(
+                        warmup_steps=w,
+                        seed=seed,
+                        history=history,
+                        spikes=count_spikes(sl),
+                        max_early_loss=float(np.max(sl[1 : max(2, len(sl) // 4)])),
+                        final_train_loss=final,
+                        final_test_accuracy=history.epoch_test_accuracy[-1]
+                        if history.epoch_test_accuracy
+                        else None,
+                        diverged=not math.isfinite(final) or final > sl[0],
+                    )
+                )
                 if progress is not None:
                     progress(len(runs), total)
-    return WarmupStudy(lr=lr, batch_size=batch, model=f"MLP {depth}x{hidden}", epochs=epochs, steps=steps,
-                       warmup_steps=warm, seeds=seeds, schedule_without=schedule_lrs(lr, steps, warmup_steps=0),
-                       schedule_with=schedule_lrs(lr, steps, warmup_steps=warm), runs=runs,
-                       spike_factor=SPIKE_FACTOR)
+    return WarmupStudy(
+        lr=lr,
+        batch_size=batch,
+        model=f"MLP {depth}x{hidden}",
+        epochs=epochs,
+        steps=steps,
+        warmup_steps=warm,
+        seeds=seeds,
+        schedule_without=schedule_lrs(lr, steps, warmup_steps=0),
+        schedule_with=schedule_lrs(lr, steps, warmup_steps=warm),
+        runs=runs,
+        spike_factor=SPIKE_FACTOR,
+    )

@@ -32,8 +32,15 @@ class TrainHistory(ResultMixin):
         return f"trained {self.epochs} epochs / {self.steps} steps, final train loss {last:.4g}"
 
 
-def training_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Optimizer, inputs: Any,
-                  targets: torch.Tensor, device: torch.device, index: int = 0) -> torch.Tensor:
+def training_step(
+    model: nn.Module,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    inputs: Any,
+    targets: torch.Tensor,
+    device: torch.device,
+    index: int = 0,
+) -> torch.Tensor:
     """One update on one batch; returns the batch loss (a tensor, not synced to the host)."""
     inputs, targets = place(inputs, targets, device)
     optimizer.zero_grad(set_to_none=True)
@@ -43,9 +50,17 @@ def training_step(model: nn.Module, loss_fn: Callable, optimizer: torch.optim.Op
     return loss
 
 
-def train(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer, *,
-          epochs: int = 1, test_data: Any = None, scheduler: Any = None,
-          progress: Progress | None = None) -> TrainHistory:
+def train(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int = 1,
+    test_data: Any = None,
+    scheduler: Any = None,
+    progress: Progress | None = None,
+) -> TrainHistory:
     """Train ``model`` in place for ``epochs`` passes over ``data``; returns its history."""
     device = next(model.parameters()).device
     step_loss: list[float] = []
@@ -71,5 +86,12 @@ def train(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim
             loss_value, acc = evaluate(model, loss_fn, test_data)
             vl.append(loss_value)
             va.append(acc)
-    return TrainHistory(step_loss=step_loss, epoch_train_loss=tl, epoch_train_accuracy=ta,
-                        epoch_test_loss=vl, epoch_test_accuracy=va, steps=len(step_loss), epochs=epochs)
+    return TrainHistory(
+        step_loss=step_loss,
+        epoch_train_loss=tl,
+        epoch_train_accuracy=ta,
+        epoch_test_loss=vl,
+        epoch_test_accuracy=va,
+        steps=len(step_loss),
+        epochs=epochs,
+    )

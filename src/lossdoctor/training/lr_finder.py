@@ -97,15 +97,24 @@ class LRRangeResult(ResultMixin):
     interrupted: bool = False  # Ctrl-C: the curve up to where it stopped, and no suggestion
 
     def __str__(self) -> str:
-        stop = (f"stopped at step {self.steps_run} of {self.steps_requested}: the loss diverged"
-                if self.diverged else f"INTERRUPTED at step {self.steps_run} of {self.steps_requested}"
-                if self.interrupted else f"{self.steps_run} steps")
-        advice = ("no lr suggested from an interrupted test" if self.suggested_lr is None
-                  else f"suggested lr {fmt(self.suggested_lr)} ({self.suggestion})")
-        return (f"LR range test {fmt(self.start_lr)} -> {fmt(self.end_lr)} ({stop})\n"
-                f"  {advice}\n"
-                f"  steepest descent at lr {fmt(self.steepest_lr)}; lowest smoothed loss "
-                f"{fmt(self.minimum_loss)} at lr {fmt(self.minimum_lr)}")
+        stop = (
+            f"stopped at step {self.steps_run} of {self.steps_requested}: the loss diverged"
+            if self.diverged
+            else f"INTERRUPTED at step {self.steps_run} of {self.steps_requested}"
+            if self.interrupted
+            else f"{self.steps_run} steps"
+        )
+        advice = (
+            "no lr suggested from an interrupted test"
+            if self.suggested_lr is None
+            else f"suggested lr {fmt(self.suggested_lr)} ({self.suggestion})"
+        )
+        return (
+            f"LR range test {fmt(self.start_lr)} -> {fmt(self.end_lr)} ({stop})\n"
+            f"  {advice}\n"
+            f"  steepest descent at lr {fmt(self.steepest_lr)}; lowest smoothed loss "
+            f"{fmt(self.minimum_loss)} at lr {fmt(self.minimum_lr)}"
+        )
 
 
 def _cycle(data: Any) -> Iterator[tuple[Any, torch.Tensor]]:
@@ -124,12 +133,20 @@ def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
     owned = {id(p) for p in model.parameters()}
     foreign = sum(1 for g in optimizer.param_groups for p in g["params"] if id(p) not in owned)
     if foreign:
-        raise ValueError(f"the optimizer holds {foreign} parameter(s) that are not the model's; the range "
-                         "test could not restore them. Build the optimizer on model.parameters().")
+        raise ValueError(
+            f"the optimizer holds {foreign} parameter(s) that are not the model's; the range "
+            "test could not restore them. Build the optimizer on model.parameters()."
+        )
 
 
-def _check_range(start_lr: float, end_lr: float, steps: int, smoothing: float, diverge_factor: float,
-                 suggestion: str) -> None:
+def _check_range(
+    start_lr: float,
+    end_lr: float,
+    steps: int,
+    smoothing: float,
+    diverge_factor: float,
+    suggestion: str,
+) -> None:
     start_lr = check_float(start_lr, "start_lr", above=0.0)
     check_float(end_lr, "end_lr", above=0.0)
     if not end_lr > start_lr:
@@ -162,9 +179,16 @@ def preserved_optimizer(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         >>> optimizer.param_groups[0]["lr"]
         0.1
     """
-    groups = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    state = {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-                 for k, v in s.items()} for p, s in optimizer.state.items()}
+    groups = [
+        {k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups
+    ]
+    state = {
+        p: {
+            k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+            for k, v in s.items()
+        }
+        for p, s in optimizer.state.items()
+    }
     flag = optimizer.__dict__.get("_opt_called", _MISSING)
     try:
         yield
@@ -257,10 +281,20 @@ def suggest(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float, float]
 
 
 @with_progress("LR range test")
-def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: torch.optim.Optimizer, *,
-                  start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100, smoothing: float = 0.9,
-                  diverge_factor: float = 4.0, suggestion: str = "steepest",
-                  progress: Progress | bool | str | None = "auto") -> LRRangeResult:
+def lr_range_test(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    optimizer: torch.optim.Optimizer,
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    steps: int = 100,
+    smoothing: float = 0.9,
+    diverge_factor: float = 4.0,
+    suggestion: str = "steepest",
+    progress: Progress | bool | str | None = "auto",
+) -> LRRangeResult:
     """Smith's LR range test on the user's model, loss, data and optimizer.
 
     Runs up to ``steps`` training updates (cycling through ``data``) in train mode with the lr
@@ -315,8 +349,10 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
     device = model_device(params)
     _check_optimizer(model, optimizer)
     if isinstance(optimizer, torch.optim.LBFGS):
-        raise TypeError("LBFGS needs a closure and line searches; the range test is for SGD-like "
-                        "optimizers (SGD, Adam, AdamW, RMSprop, ...).")
+        raise TypeError(
+            "LBFGS needs a closure and line searches; the range test is for SGD-like "
+            "optimizers (SGD, Adam, AdamW, RMSprop, ...)."
+        )
     check_data(data)
     plan = start_lr * (end_lr / start_lr) ** (np.arange(steps) / (steps - 1))
     top = max(float(g["lr"]) for g in optimizer.param_groups)
@@ -341,8 +377,10 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     if i == 0:
-                        raise ValueError(f"the loss is {value} on the first batch, before any update: check the "
-                                         "model's parameters and the data for NaN/Inf.")
+                        raise ValueError(
+                            f"the loss is {value} on the first batch, before any update: check the "
+                            "model's parameters and the data for NaN/Inf."
+                        )
                     diverged = True
                     break
                 lrs.append(float(lr))
@@ -362,18 +400,44 @@ def lr_range_test(model: nn.Module, loss_fn: Callable, data: Any, optimizer: tor
     if interrupted:
         smoothed = zero_phase_ema(np.asarray(losses), smoothing)
         return LRRangeResult(
-            lrs=lrs, losses=losses, smoothed_losses=smoothed.tolist(), suggested_lr=None, suggestion=suggestion,
-            steepest_lr=math.nan, minimum_lr=math.nan, minimum_loss=float(smoothed.min()), diverged=False,
-            steps_run=len(losses), steps_requested=steps, start_lr=float(start_lr), end_lr=float(end_lr),
-            smoothing=float(smoothing), diverge_factor=float(diverge_factor), interrupted=True)
+            lrs=lrs,
+            losses=losses,
+            smoothed_losses=smoothed.tolist(),
+            suggested_lr=None,
+            suggestion=suggestion,
+            steepest_lr=math.nan,
+            minimum_lr=math.nan,
+            minimum_loss=float(smoothed.min()),
+            diverged=False,
+            steps_run=len(losses),
+            steps_requested=steps,
+            start_lr=float(start_lr),
+            end_lr=float(end_lr),
+            smoothing=float(smoothing),
+            diverge_factor=float(diverge_factor),
+            interrupted=True,
+        )
     if len(losses) < 3:
-        raise ValueError(f"the loss diverged after {len(losses)} step(s) already at lr {fmt(plan[len(losses)])}: "
-                         f"lower start_lr (now {start_lr}).")
+        raise ValueError(
+            f"the loss diverged after {len(losses)} step(s) already at lr {fmt(plan[len(losses)])}: "
+            f"lower start_lr (now {start_lr})."
+        )
     smoothed = zero_phase_ema(np.asarray(losses), smoothing)
     steepest, minimum, min_loss = suggest(np.asarray(lrs), smoothed)
     return LRRangeResult(
-        lrs=lrs, losses=losses, smoothed_losses=smoothed.tolist(),
-        suggested_lr=steepest if suggestion == "steepest" else minimum, suggestion=suggestion,
-        steepest_lr=steepest, minimum_lr=minimum, minimum_loss=min_loss, diverged=diverged,
-        steps_run=len(losses), steps_requested=steps, start_lr=float(start_lr), end_lr=float(end_lr),
-        smoothing=float(smoothing), diverge_factor=float(diverge_factor))
+        lrs=lrs,
+        losses=losses,
+        smoothed_losses=smoothed.tolist(),
+        suggested_lr=steepest if suggestion == "steepest" else minimum,
+        suggestion=suggestion,
+        steepest_lr=steepest,
+        minimum_lr=minimum,
+        minimum_loss=min_loss,
+        diverged=diverged,
+        steps_run=len(losses),
+        steps_requested=steps,
+        start_lr=float(start_lr),
+        end_lr=float(end_lr),
+        smoothing=float(smoothing),
+        diverge_factor=float(diverge_factor),
+    )

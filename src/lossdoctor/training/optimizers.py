@@ -11,8 +11,13 @@ OptimizerName = Literal["sgd", "adam", "adamw", "rmsprop", "adagrad"]
 OPTIMIZERS: tuple[OptimizerName, ...] = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
 
-def make_optimizer(name: OptimizerName | str, params: Iterable[Any], lr: float, momentum: float = 0.0,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: OptimizerName | str,
+    params: Iterable[Any],
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
     """The torch optimizer ``name`` over ``params`` (tensors or parameter groups).
 
     ``momentum`` goes to SGD and RMSprop (Adam-type and Adagrad have none); ``weight_decay`` to all.
@@ -29,5 +34,7 @@ def make_optimizer(name: OptimizerName | str, params: Iterable[Any], lr: float, 
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
-        return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(params, lr=lr, weight_decay=weight_decay)
+        return (torch.optim.AdamW if name == "adamw" else torch.optim.Adam)(
+            params, lr=lr, weight_decay=weight_decay
+        )
     raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}.")

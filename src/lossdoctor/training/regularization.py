@@ -42,8 +42,11 @@ def _norm_types() -> tuple[type, ...]:
     # _NormBase covers BatchNorm*, SyncBatchNorm, InstanceNorm* and their lazy variants;
     # RMSNorm exists from torch 2.4 on.
     found: list[type] = [nn.modules.batchnorm._NormBase]
-    found += [getattr(nn, n) for n in ("LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm")
-              if hasattr(nn, n)]
+    found += [
+        getattr(nn, n)
+        for n in ("LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm")
+        if hasattr(nn, n)
+    ]
     return tuple(found)
 
 
@@ -94,14 +97,16 @@ def _check_exclude(exclude: Any) -> tuple[str, ...]:
     if isinstance(exclude, str):
         exclude = (exclude,)
     if not isinstance(exclude, Sequence) or not all(isinstance(e, str) for e in exclude):
-        raise TypeError(f"exclude must be a sequence of strings (keywords {sorted(KEYWORDS)} or "
-                        f"parameter names / globs), got {exclude!r}.")
+        raise TypeError(
+            f"exclude must be a sequence of strings (keywords {sorted(KEYWORDS)} or "
+            f"parameter names / globs), got {exclude!r}."
+        )
     return tuple(exclude)
 
 
-def split_parameters(model: nn.Module, *, exclude: Sequence[str] = DEFAULT_EXCLUDE,
-                     trainable_only: bool = True) -> tuple[list[tuple[str, nn.Parameter]],
-                                                           list[tuple[str, nn.Parameter]]]:
+def split_parameters(
+    model: nn.Module, *, exclude: Sequence[str] = DEFAULT_EXCLUDE, trainable_only: bool = True
+) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
     """Split the model's named parameters into those decayed and those not.
 
     Each tied parameter appears once (under its first name), in module order.
@@ -144,8 +149,10 @@ def split_parameters(model: nn.Module, *, exclude: Sequence[str] = DEFAULT_EXCLU
         excluded = (
             ("bias" in keywords and any("bias" in own for _, _, own in places))
             or ("norm" in keywords and any(is_norm_layer(m) for _, m, _ in places))
-            or ("embedding" in keywords and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag))
-                                                for _, m, _ in places))
+            or (
+                "embedding" in keywords
+                and any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for _, m, _ in places)
+            )
             or ("1d" in keywords and p.dim() <= 1)
         )
         for entry in names:
@@ -156,15 +163,21 @@ def split_parameters(model: nn.Module, *, exclude: Sequence[str] = DEFAULT_EXCLU
     unused = [e for e in names if e not in used]
     if unused:
         all_names = [full for places in owners.values() for full, _, _ in places]
-        raise ValueError(f"exclude names {unused} match no {'trainable ' if trainable_only else ''}parameter "
-                         f"of the model; its parameters are {all_names[:12]}"
-                         f"{' ...' if len(all_names) > 12 else ''}. Keywords are {sorted(KEYWORDS)}.")
+        raise ValueError(
+            f"exclude names {unused} match no {'trainable ' if trainable_only else ''}parameter "
+            f"of the model; its parameters are {all_names[:12]}"
+            f"{' ...' if len(all_names) > 12 else ''}. Keywords are {sorted(KEYWORDS)}."
+        )
     return decayed, kept
 
 
-def weight_decay_groups(model: nn.Module, weight_decay: float, *,
-                        exclude: Sequence[str] = DEFAULT_EXCLUDE,
-                        trainable_only: bool = True) -> list[dict[str, Any]]:
+def weight_decay_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    trainable_only: bool = True,
+) -> list[dict[str, Any]]:
     """Parameter groups for any ``torch.optim`` optimizer that decay the weights only.
 
     The weights get ``weight_decay``; biases, normalization-layer parameters and the names in
@@ -196,17 +209,26 @@ def weight_decay_groups(model: nn.Module, weight_decay: float, *,
     weight_decay = check_float(weight_decay, "weight_decay", minimum=0.0)
     decayed, kept = split_parameters(model, exclude=exclude, trainable_only=trainable_only)
     if not decayed and not kept:
-        raise ValueError("the model has no trainable parameters (none with requires_grad=True) to put "
-                         "in an optimizer; pass trainable_only=False to include frozen ones.")
+        raise ValueError(
+            "the model has no trainable parameters (none with requires_grad=True) to put "
+            "in an optimizer; pass trainable_only=False to include frozen ones."
+        )
     groups = []
     for params, wd in ((decayed, float(weight_decay)), (kept, 0.0)):
         if params:
-            groups.append({"params": [p for _, p in params], "weight_decay": wd,
-                           "param_names": [n for n, _ in params]})
+            groups.append(
+                {
+                    "params": [p for _, p in params],
+                    "weight_decay": wd,
+                    "param_names": [n for n, _ in params],
+                }
+            )
     return groups
 
 
-def l2_penalty(model: nn.Module, gamma: float, *, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> torch.Tensor:
+def l2_penalty(
+    model: nn.Module, gamma: float, *, exclude: Sequence[str] = DEFAULT_EXCLUDE
+) -> torch.Tensor:
     """The lecture's L2 penalty ``1/2 * gamma * sum(w**2)`` over the weights, biases left out.
 
     Over the model's trainable weights (biases and normalization parameters excluded by default;

@@ -22,10 +22,19 @@ from .._checks import check_choice, check_float, check_int, check_optimizer
 AFTER_SHAPES = ("constant", "cosine", "linear", "step", "inverse_sqrt")
 
 
-def warmup_factor(step: int, *, warmup_steps: int, total_steps: int | None = None,
-                  start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
-                  step_size: int | None = None, gamma: float = 0.1, d_model: int | None = None,
-                  scale: float = 1.0) -> float:
+def warmup_factor(
+    step: int,
+    *,
+    warmup_steps: int,
+    total_steps: int | None = None,
+    start_factor: float | None = None,
+    after: str = "constant",
+    min_factor: float = 0.0,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    d_model: int | None = None,
+    scale: float = 1.0,
+) -> float:
     """The multiplier of the base learning rate used by update number ``step`` (0-based).
 
     Warm-up (``step < warmup_steps``): ``start_factor + (1 - start_factor) * step / warmup_steps``.
@@ -61,7 +70,7 @@ def warmup_factor(step: int, *, warmup_steps: int, total_steps: int | None = Non
     """
     if d_model is not None:
         s = step + 1
-        return scale * d_model ** -0.5 * min(s ** -0.5, s * warmup_steps ** -1.5)
+        return scale * d_model**-0.5 * min(s**-0.5, s * warmup_steps**-1.5)
     sf = 1.0 / warmup_steps if start_factor is None and warmup_steps > 0 else (start_factor or 0.0)
     if step < warmup_steps:
         return scale * (sf + (1.0 - sf) * step / warmup_steps)
@@ -84,9 +93,18 @@ def warmup_factor(step: int, *, warmup_steps: int, total_steps: int | None = Non
     return scale * f
 
 
-def check_schedule(*, warmup_steps: int, total_steps: int | None, start_factor: float | None, after: str,
-                   min_factor: float, step_size: int | None, gamma: float, d_model: int | None,
-                   scale: float) -> None:
+def check_schedule(
+    *,
+    warmup_steps: int,
+    total_steps: int | None,
+    start_factor: float | None,
+    after: str,
+    min_factor: float,
+    step_size: int | None,
+    gamma: float,
+    d_model: int | None,
+    scale: float,
+) -> None:
     """Raise a ValueError (TypeError for a wrong type) naming the first bad or inconsistent setting.
 
     Args:
@@ -114,8 +132,13 @@ def check_schedule(*, warmup_steps: int, total_steps: int | None, start_factor: 
     """
     check_int(warmup_steps, "warmup_steps", minimum=0)
     check_int(total_steps, "total_steps", minimum=1, optional=True)
-    check_float(start_factor, "start_factor", minimum=0.0, optional=True,
-                hint="It is the multiplier of the lr at step 0.")
+    check_float(
+        start_factor,
+        "start_factor",
+        minimum=0.0,
+        optional=True,
+        hint="It is the multiplier of the lr at step 0.",
+    )
     check_choice(after, "after", AFTER_SHAPES)
     check_float(min_factor, "min_factor", minimum=0.0, maximum=1.0)
     check_int(step_size, "step_size", minimum=1, optional=True)
@@ -124,16 +147,26 @@ def check_schedule(*, warmup_steps: int, total_steps: int | None, start_factor: 
     check_float(scale, "scale", above=0.0)
     if after in ("linear", "cosine"):
         if total_steps is None:
-            raise ValueError(f"after={after!r} decays to min_factor at total_steps: pass total_steps.")
+            raise ValueError(
+                f"after={after!r} decays to min_factor at total_steps: pass total_steps."
+            )
         if total_steps <= warmup_steps:
-            raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps}).")
+            raise ValueError(
+                f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})."
+            )
     if after == "step" and step_size is None:
-        raise ValueError("after='step' multiplies the lr by gamma every step_size steps: pass step_size >= 1.")
+        raise ValueError(
+            "after='step' multiplies the lr by gamma every step_size steps: pass step_size >= 1."
+        )
     if after == "inverse_sqrt" and warmup_steps < 1:
-        raise ValueError("after='inverse_sqrt' decays as sqrt(warmup_steps / step): warmup_steps must be >= 1.")
+        raise ValueError(
+            "after='inverse_sqrt' decays as sqrt(warmup_steps / step): warmup_steps must be >= 1."
+        )
     if d_model is not None and after != "inverse_sqrt":
-        raise ValueError("d_model selects the Transformer schedule, which decays as 1/sqrt(step): "
-                         "use after='inverse_sqrt'.")
+        raise ValueError(
+            "d_model selects the Transformer schedule, which decays as 1/sqrt(step): "
+            "use after='inverse_sqrt'."
+        )
 
 
 class WarmupScheduler(LRScheduler):
@@ -167,19 +200,40 @@ class WarmupScheduler(LRScheduler):
         0.625
     """
 
-    def __init__(self, optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None = None,
-                 start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
-                 step_size: int | None = None, gamma: float = 0.1, d_model: int | None = None,
-                 scale: float = 1.0, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        *,
+        warmup_steps: int,
+        total_steps: int | None = None,
+        start_factor: float | None = None,
+        after: str = "constant",
+        min_factor: float = 0.0,
+        step_size: int | None = None,
+        gamma: float = 0.1,
+        d_model: int | None = None,
+        scale: float = 1.0,
+        last_epoch: int = -1,
+    ) -> None:
         check_optimizer(optimizer)
         check_int(last_epoch, "last_epoch", minimum=-1)
         if last_epoch >= 0 and any("initial_lr" not in g for g in optimizer.param_groups):
-            raise ValueError(f"last_epoch={last_epoch} resumes a schedule, but the optimizer's param groups have "
-                             "no 'initial_lr': load the optimizer's state_dict (saved with the scheduler's) "
-                             "first, or start with last_epoch=-1.")
-        check_schedule(warmup_steps=warmup_steps, total_steps=total_steps, start_factor=start_factor,
-                       after=after, min_factor=min_factor, step_size=step_size, gamma=gamma,
-                       d_model=d_model, scale=scale)
+            raise ValueError(
+                f"last_epoch={last_epoch} resumes a schedule, but the optimizer's param groups have "
+                "no 'initial_lr': load the optimizer's state_dict (saved with the scheduler's) "
+                "first, or start with last_epoch=-1."
+            )
+        check_schedule(
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            start_factor=start_factor,
+            after=after,
+            min_factor=min_factor,
+            step_size=step_size,
+            gamma=gamma,
+            d_model=d_model,
+            scale=scale,
+        )
         # Plain attributes only: they are the scheduler's state_dict.
         self.warmup_steps = int(warmup_steps)
         self.total_steps = None if total_steps is None else int(total_steps)
@@ -201,10 +255,18 @@ class WarmupScheduler(LRScheduler):
         Returns:
             :func:`warmup_factor` at ``step`` with this scheduler's settings.
         """
-        return warmup_factor(step, warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                             start_factor=self.start_factor, after=self.after, min_factor=self.min_factor,
-                             step_size=self.step_size, gamma=self.gamma, d_model=self.d_model,
-                             scale=self.scale)
+        return warmup_factor(
+            step,
+            warmup_steps=self.warmup_steps,
+            total_steps=self.total_steps,
+            start_factor=self.start_factor,
+            after=self.after,
+            min_factor=self.min_factor,
+            step_size=self.step_size,
+            gamma=self.gamma,
+            d_model=self.d_model,
+            scale=self.scale,
+        )
 
     def get_lr(self) -> list[Any]:
         """Each group's lr at the current step (``LRScheduler``'s hook; read ``get_last_lr()``).
@@ -220,14 +282,26 @@ class WarmupScheduler(LRScheduler):
 
     def __repr__(self) -> str:
         extra = f", d_model={self.d_model}" if self.d_model else ""
-        return (f"WarmupScheduler(warmup_steps={self.warmup_steps}, after={self.after!r}, "
-                f"total_steps={self.total_steps}, step={self.last_epoch}{extra})")
+        return (
+            f"WarmupScheduler(warmup_steps={self.warmup_steps}, after={self.after!r}, "
+            f"total_steps={self.total_steps}, step={self.last_epoch}{extra})"
+        )
 
 
-def warmup(optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None = None,
-           start_factor: float | None = None, after: str = "constant", min_factor: float = 0.0,
-           step_size: int | None = None, gamma: float = 0.1, d_model: int | None = None,
-           scale: float = 1.0, last_epoch: int = -1) -> WarmupScheduler:
+def warmup(
+    optimizer: Optimizer,
+    *,
+    warmup_steps: int,
+    total_steps: int | None = None,
+    start_factor: float | None = None,
+    after: str = "constant",
+    min_factor: float = 0.0,
+    step_size: int | None = None,
+    gamma: float = 0.1,
+    d_model: int | None = None,
+    scale: float = 1.0,
+    last_epoch: int = -1,
+) -> WarmupScheduler:
     """A learning-rate warm-up scheduler for ``optimizer``: call ``.step()`` after every ``optimizer.step()``.
 
     The lr ramps linearly from ``start_factor * lr`` (default ``lr / warmup_steps``, so no update
@@ -271,10 +345,19 @@ def warmup(optimizer: Optimizer, *, warmup_steps: int, total_steps: int | None =
         >>> lrs
         [0.025, 0.0438, 0.0625, 0.0813, 0.1, 0.1]
     """
-    return WarmupScheduler(optimizer, warmup_steps=warmup_steps, total_steps=total_steps,
-                           start_factor=start_factor, after=after, min_factor=min_factor,
-                           step_size=step_size, gamma=gamma, d_model=d_model, scale=scale,
-                           last_epoch=last_epoch)
+    return WarmupScheduler(
+        optimizer,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        start_factor=start_factor,
+        after=after,
+        min_factor=min_factor,
+        step_size=step_size,
+        gamma=gamma,
+        d_model=d_model,
+        scale=scale,
+        last_epoch=last_epoch,
+    )
 
 
 def linear_scaling_factor(batch_size: int, reference_batch_size: int = 256) -> float:
@@ -297,8 +380,15 @@ def linear_scaling_factor(batch_size: int, reference_batch_size: int = 256) -> f
     return batch_size / reference_batch_size
 
 
-def gradual_warmup(optimizer: Optimizer, *, batch_size: int, warmup_steps: int,
-                   reference_batch_size: int = 256, after: str = "constant", **kwargs: Any) -> WarmupScheduler:
+def gradual_warmup(
+    optimizer: Optimizer,
+    *,
+    batch_size: int,
+    warmup_steps: int,
+    reference_batch_size: int = 256,
+    after: str = "constant",
+    **kwargs: Any,
+) -> WarmupScheduler:
     """Goyal et al.'s gradual warm-up with the linear scaling rule ("Accurate, Large Minibatch SGD").
 
     Each group's ``lr`` is the lr that works for ``reference_batch_size`` (256); the target lr
@@ -331,8 +421,14 @@ def gradual_warmup(optimizer: Optimizer, *, batch_size: int, warmup_steps: int,
         [0.1, 0.175, 0.25, 0.325, 0.4, 0.4]
     """
     k = linear_scaling_factor(batch_size, reference_batch_size)
-    return warmup(optimizer, warmup_steps=warmup_steps, after=after, start_factor=min(1.0, 1.0 / k),
-                  scale=k, **kwargs)
+    return warmup(
+        optimizer,
+        warmup_steps=warmup_steps,
+        after=after,
+        start_factor=min(1.0, 1.0 / k),
+        scale=k,
+        **kwargs,
+    )
 
 
 LISTED_STEPS = 10_000  # `lossdoctor schedule --json` lists every step's lr up to this many steps
@@ -385,8 +481,14 @@ def schedule_peak(lr: float, steps: int, **warmup_kwargs: Any) -> tuple[int, flo
     check_int(steps, "steps", minimum=1)
     warmup_steps = int(warmup_kwargs.get("warmup_steps", 0))
     ends = [0, warmup_steps - 1, warmup_steps, steps - 1]
-    if warmup_kwargs.get("after") == "step" and warmup_kwargs.get("step_size") and steps - 1 >= warmup_steps:
-        size = int(warmup_kwargs["step_size"])  # gamma > 1 climbs in stairs: the first step of the top one
+    if (
+        warmup_kwargs.get("after") == "step"
+        and warmup_kwargs.get("step_size")
+        and steps - 1 >= warmup_steps
+    ):
+        size = int(
+            warmup_kwargs["step_size"]
+        )  # gamma > 1 climbs in stairs: the first step of the top one
         ends.append(warmup_steps + size * ((steps - 1 - warmup_steps) // size))
     candidates = sorted({s for s in ends if 0 <= s < steps})
     values = schedule_at(lr, candidates, **warmup_kwargs)
@@ -395,8 +497,19 @@ def schedule_peak(lr: float, steps: int, **warmup_kwargs: Any) -> tuple[int, flo
 
 
 def _check_defaults(warmup_kwargs: dict[str, Any]) -> None:
-    check_schedule(**{"total_steps": None, "start_factor": None, "after": "constant", "min_factor": 0.0,
-                      "step_size": None, "gamma": 0.1, "d_model": None, "scale": 1.0, **warmup_kwargs})
+    check_schedule(
+        **{
+            "total_steps": None,
+            "start_factor": None,
+            "after": "constant",
+            "min_factor": 0.0,
+            "step_size": None,
+            "gamma": 0.1,
+            "d_model": None,
+            "scale": 1.0,
+            **warmup_kwargs,
+        }
+    )
 
 
 def schedule_lrs(lr: float, steps: int, **warmup_kwargs: Any) -> list[float]:

@@ -40,14 +40,21 @@ class StationaryHistory(ResultMixin):
     reached: bool
 
     def __str__(self) -> str:
-        goal = f" (target {fmt(self.target)}, {'reached' if self.reached else 'NOT reached'})" if self.target else ""
-        return (f"{self.iterations} L-BFGS iterations on the {self.objective.replace('_', ' ')}: gradient norm "
-                f"{fmt(self.grad_norms[0])} -> {fmt(self.grad_norms[-1])}{goal}, loss {fmt(self.losses[0], 6)} -> "
-                f"{fmt(self.losses[-1], 6)}")
+        goal = (
+            f" (target {fmt(self.target)}, {'reached' if self.reached else 'NOT reached'})"
+            if self.target
+            else ""
+        )
+        return (
+            f"{self.iterations} L-BFGS iterations on the {self.objective.replace('_', ' ')}: gradient norm "
+            f"{fmt(self.grad_norms[0])} -> {fmt(self.grad_norms[-1])}{goal}, loss {fmt(self.losses[0], 6)} -> "
+            f"{fmt(self.losses[-1], 6)}"
+        )
 
 
-def loss_and_gradient(model: nn.Module, loss_fn: Callable, data: Any, *, create_graph: bool = False
-                      ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def loss_and_gradient(
+    model: nn.Module, loss_fn: Callable, data: Any, *, create_graph: bool = False
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """The mean loss over all samples of ``data`` and its gradient (one tensor per trainable parameter).
 
     With ``create_graph`` the gradient can itself be differentiated."""
@@ -63,8 +70,9 @@ def loss_and_gradient(model: nn.Module, loss_fn: Callable, data: Any, *, create_
     if total is None:
         raise ValueError("data is empty: it yielded no samples.")
     loss = total / count
-    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True,
-                                materialize_grads=True)
+    grads = torch.autograd.grad(
+        loss, params, create_graph=create_graph, allow_unused=True, materialize_grads=True
+    )
     return loss, list(grads)
 
 
@@ -76,9 +84,16 @@ def _flat(tensors: Sequence[torch.Tensor]) -> np.ndarray:
     return torch.cat([t.detach().reshape(-1) for t in tensors]).to("cpu", torch.float64).numpy()
 
 
-def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objective: str = "loss",
-                        target: float | None = None, max_iters: int = 500,
-                        progress: Progress | None = None) -> StationaryHistory:
+def minimize_full_batch(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    *,
+    objective: str = "loss",
+    target: float | None = None,
+    max_iters: int = 500,
+    progress: Progress | None = None,
+) -> StationaryHistory:
     """Full-batch L-BFGS on the mean loss (``objective="loss"``) or on its squared gradient norm (``"grad_norm"``), in place, until the gradient norm is at most ``target`` (if given) or ``max_iters`` iterations are spent.
 
     Returns the loss and gradient norm after each iteration."""
@@ -90,7 +105,9 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
         raise ValueError(f"target must be a positive gradient norm, got {target!r}.")
     params = [p for _, p in trainable_parameters(model)]
 
-    last: dict[str, Any] = {"x": None}  # the last evaluated point: scipy's callback usually asks for it again
+    last: dict[str, Any] = {
+        "x": None
+    }  # the last evaluated point: scipy's callback usually asks for it again
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
         _set_flat(params, x)
@@ -102,7 +119,11 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
         loss, grads = loss_and_gradient(model, loss_fn, data, create_graph=True)
         grad_sq = cast(torch.Tensor, sum((g * g).sum() for g in grads))
         outer = torch.autograd.grad(grad_sq, params, allow_unused=True, materialize_grads=True)
-        last.update(x=np.array(x, copy=True), loss=float(loss.detach()), norm=math.sqrt(float(grad_sq.detach())))
+        last.update(
+            x=np.array(x, copy=True),
+            loss=float(loss.detach()),
+            norm=math.sqrt(float(grad_sq.detach())),
+        )
         return float(grad_sq.detach()), _flat(list(outer))
 
     losses: list[float] = []
@@ -133,19 +154,45 @@ def minimize_full_batch(model: nn.Module, loss_fn: Callable, data: Any, *, objec
     # memory) from the last accepted point until the budget is spent or two restarts in a row stall.
     while (target is None or norms[-1] > target) and len(norms) - 1 < max_iters and stalls < 2:
         before = len(norms)
-        with contextlib.suppress(StopIteration):  # scipy < 1.11 lets the callback's StopIteration through
-            minimize(fun, best["x"], jac=True, method="L-BFGS-B", callback=callback,
-                     options={"maxiter": max_iters - (len(norms) - 1), "maxcor": 30, "ftol": 0.0, "gtol": 0.0,
-                              "maxls": 40})
+        with contextlib.suppress(
+            StopIteration
+        ):  # scipy < 1.11 lets the callback's StopIteration through
+            minimize(
+                fun,
+                best["x"],
+                jac=True,
+                method="L-BFGS-B",
+                callback=callback,
+                options={
+                    "maxiter": max_iters - (len(norms) - 1),
+                    "maxcor": 30,
+                    "ftol": 0.0,
+                    "gtol": 0.0,
+                    "maxls": 40,
+                },
+            )
         stalls = stalls + 1 if len(norms) - before < 2 else 0
     _set_flat(params, best["x"])
-    return StationaryHistory(objective=objective, losses=losses, grad_norms=norms, iterations=len(norms) - 1,
-                             target=target, reached=target is None or norms[-1] <= target)
+    return StationaryHistory(
+        objective=objective,
+        losses=losses,
+        grad_norms=norms,
+        iterations=len(norms) - 1,
+        target=target,
+        reached=target is None or norms[-1] <= target,
+    )
 
 
-def minimize_gradient_norm(model: nn.Module, loss_fn: Callable, data: Any, *, target: float = 1e-6,
-                           max_iters: int = 50, max_params: int = 2000,
-                           progress: Progress | None = None) -> StationaryHistory:
+def minimize_gradient_norm(
+    model: nn.Module,
+    loss_fn: Callable,
+    data: Any,
+    *,
+    target: float = 1e-6,
+    max_iters: int = 50,
+    max_params: int = 2000,
+    progress: Progress | None = None,
+) -> StationaryHistory:
     """Drive ``model`` (in place) to the nearest critical point of any kind by Levenberg-Marquardt on the gradient: each step solves (H² + μI) δ = -H g with the dense Hessian H, i.e. damped Newton on g(θ) = 0, which (unlike descent on the loss) is attracted to saddles as much as to minima.
 
     Flat directions (λ ≈ 0) get no step. For models of at most ``max_params`` parameters."""
@@ -157,7 +204,9 @@ def minimize_gradient_norm(model: nn.Module, loss_fn: Callable, data: Any, *, ta
 
     def evaluate() -> tuple[float, torch.Tensor]:
         loss, grads = loss_and_gradient(model, loss_fn, data)
-        return float(loss.detach()), torch.cat([g.detach().reshape(-1) for g in grads]).to("cpu", torch.float64)
+        return float(loss.detach()), torch.cat([g.detach().reshape(-1) for g in grads]).to(
+            "cpu", torch.float64
+        )
 
     theta = torch.from_numpy(_flat(params))
     loss, grad = evaluate()
@@ -188,5 +237,11 @@ def minimize_gradient_norm(model: nn.Module, loss_fn: Callable, data: Any, *, ta
             progress(len(norms) - 1, max_iters)
         if len(norms) > 3 and norms[-1] > 0.99 * norms[-4]:
             break  # stalled: what is left of the gradient lies where the Hessian is ~0 (e.g. a ReLU kink)
-    return StationaryHistory(objective="grad_norm (Levenberg-Marquardt)", losses=losses, grad_norms=norms,
-                             iterations=len(norms) - 1, target=target, reached=norms[-1] <= target)
+    return StationaryHistory(
+        objective="grad_norm (Levenberg-Marquardt)",
+        losses=losses,
+        grad_norms=norms,
+        iterations=len(norms) - 1,
+        target=target,
+        reached=norms[-1] <= target,
+    )

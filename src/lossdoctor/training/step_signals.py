@@ -36,8 +36,10 @@ class StepSignals:
         self.params = params
         devices = {p.device for p in params}
         if buffered and len(devices) > 1:
-            raise ValueError("buffered=True needs every parameter on one device; these are on "
-                             f"{sorted(str(d) for d in devices)}.")
+            raise ValueError(
+                "buffered=True needs every parameter on one device; these are on "
+                f"{sorted(str(d) for d in devices)}."
+            )
         self._single_device = len(devices) == 1 if buffered is None else buffered
         if not self._single_device:
             # Model parallel: flat copies on each parameter's device, joined on the host.
@@ -64,7 +66,7 @@ class StepSignals:
     def _views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         views, offset = [], 0
         for p in self.params:
-            views.append(flat[offset:offset + p.numel()].view(p.shape))
+            views.append(flat[offset : offset + p.numel()].view(p.shape))
             offset += p.numel()
         return views
 
@@ -122,9 +124,12 @@ class StepSignals:
         return gnorm, cos, math.sqrt(max(d2, 0.0))
 
     def _flat_general(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        grad = [(p.grad.to_dense() if p.grad.layout != torch.strided else p.grad).reshape(-1).double()
-                if p.grad is not None else torch.zeros(p.numel(), dtype=torch.float64, device=p.device)
-                for p in self.params]
+        grad = [
+            (p.grad.to_dense() if p.grad.layout != torch.strided else p.grad).reshape(-1).double()
+            if p.grad is not None
+            else torch.zeros(p.numel(), dtype=torch.float64, device=p.device)
+            for p in self.params
+        ]
         theta = [p.detach().reshape(-1).double() for p in self.params]
         return grad, theta
 

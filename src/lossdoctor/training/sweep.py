@@ -194,8 +194,12 @@ class SweepRun(ResultMixin):
         Returns:
             The run (without ``states``).
         """
-        return cls(**{**{k: v for k, v in d.items() if k != "milestones"},
-                      "milestones": [Milestone(**m) for m in d["milestones"]]})
+        return cls(
+            **{
+                **{k: v for k, v in d.items() if k != "milestones"},
+                "milestones": [Milestone(**m) for m in d["milestones"]],
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,9 @@ class SweepResult(ResultMixin):
     trained: list[str]  # run keys trained by this call (on this rank)
     loaded: list[str]  # run keys read back from the store
     store: str | None = None
-    interrupted: bool = False  # Ctrl-C: ``runs`` holds the runs finished; the one in progress is lost
+    interrupted: bool = (
+        False  # Ctrl-C: ``runs`` holds the runs finished; the one in progress is lost
+    )
 
     @property
     def labels(self) -> list[str]:
@@ -277,33 +283,63 @@ class SweepResult(ResultMixin):
         rows = []
         for b in self.batch_sizes:
             ms = [m for r in self.runs if r.batch_size == b for m in [r.at(label)] if m is not None]
-            row: dict[str, Any] = {"batch_size": b, "runs": len(ms), "reached": sum(m.reached for m in ms)}
-            for name in ("step", "epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-                         "lambda_max", "epsilon_sharpness", "train_seconds"):
+            row: dict[str, Any] = {
+                "batch_size": b,
+                "runs": len(ms),
+                "reached": sum(m.reached for m in ms),
+            }
+            for name in (
+                "step",
+                "epoch",
+                "train_loss",
+                "train_accuracy",
+                "test_loss",
+                "test_accuracy",
+                "lambda_max",
+                "epsilon_sharpness",
+                "train_seconds",
+            ):
                 vals = [getattr(m, name) for m in ms if m.reached and getattr(m, name) is not None]
                 row[name] = float(np.mean(vals)) if vals else None
-                row[name + "_std"] = float(np.std(vals)) if len(vals) > 1 else (0.0 if vals else None)
+                row[name + "_std"] = (
+                    float(np.std(vals)) if len(vals) > 1 else (0.0 if vals else None)
+                )
             rows.append(row)
         return rows
 
     def __str__(self) -> str:
-        lines = [f"Batch-size sweep on {self.problem}: batch sizes {self.batch_sizes}, seeds {self.seeds}, "
-                 f"{len(self.runs)} runs ({len(self.trained)} trained now, {len(self.loaded)} from the store)"]
+        lines = [
+            f"Batch-size sweep on {self.problem}: batch sizes {self.batch_sizes}, seeds {self.seeds}, "
+            f"{len(self.runs)} runs ({len(self.trained)} trained now, {len(self.loaded)} from the store)"
+        ]
         if self.interrupted:
-            lines.append(f"  INTERRUPTED: {len(self.runs)} of {len(self.batch_sizes) * len(self.seeds)} runs "
-                         "finished" + (f"; rerun with store={self.store!r} to train the rest" if self.store else ""))
+            lines.append(
+                f"  INTERRUPTED: {len(self.runs)} of {len(self.batch_sizes) * len(self.seeds)} runs "
+                "finished"
+                + (f"; rerun with store={self.store!r} to train the rest" if self.store else "")
+            )
         for label in self.labels:
             lines.append(f"  at {label}:")
-            lines.append(f"    {'batch':>6} {'updates':>8} {'train loss':>11} {'train acc':>10} {'test acc':>9} "
-                         f"{'lambda_max':>11} {'eps-sharp':>10}")
+            lines.append(
+                f"    {'batch':>6} {'updates':>8} {'train loss':>11} {'train acc':>10} {'test acc':>9} "
+                f"{'lambda_max':>11} {'eps-sharp':>10}"
+            )
             for row in self.table(label):
+
                 def cell(name: str, pct: bool = False, row: dict = row) -> str:
                     v = row[name]
                     return "-" if v is None else (f"{100 * v:.1f}%" if pct else fmt(v, 3))
-                lines.append(f"    {row['batch_size']:>6} {cell('step'):>8} {cell('train_loss'):>11} "
-                             f"{cell('train_accuracy', True):>10} {cell('test_accuracy', True):>9} "
-                             f"{cell('lambda_max'):>11} {cell('epsilon_sharpness'):>10}"
-                             + ("" if row["reached"] == row["runs"] else f"  ({row['reached']}/{row['runs']} reached)"))
+
+                lines.append(
+                    f"    {row['batch_size']:>6} {cell('step'):>8} {cell('train_loss'):>11} "
+                    f"{cell('train_accuracy', True):>10} {cell('test_accuracy', True):>9} "
+                    f"{cell('lambda_max'):>11} {cell('epsilon_sharpness'):>10}"
+                    + (
+                        ""
+                        if row["reached"] == row["runs"]
+                        else f"  ({row['reached']}/{row['runs']} reached)"
+                    )
+                )
         return "\n".join(lines)
 
 
@@ -317,20 +353,30 @@ def _open_store(store: Path, settings: dict[str, Any], fingerprint: str) -> None
         except json.JSONDecodeError:
             saved = None
         if not isinstance(saved, dict):
-            raise ValueError(f"store {store}: sweep.json is damaged or not lossdoctor's; remove it (the runs in "
-                             f"{store / 'runs'} are kept and reused when the settings match) or use another --store.")
+            raise ValueError(
+                f"store {store}: sweep.json is damaged or not lossdoctor's; remove it (the runs in "
+                f"{store / 'runs'} are kept and reused when the settings match) or use another --store."
+            )
         if saved.get("fingerprint") != fingerprint:
-            diff = sorted(k for k in set(saved.get("settings", {})) | set(settings)
-                          if saved.get("settings", {}).get(k) != settings.get(k))
-            raise ValueError(f"store {store} holds a sweep with other settings (differs in {diff}); its runs "
-                             "cannot be reused. Use another --store directory, or remove this one.")
+            diff = sorted(
+                k
+                for k in set(saved.get("settings", {})) | set(settings)
+                if saved.get("settings", {}).get(k) != settings.get(k)
+            )
+            raise ValueError(
+                f"store {store} holds a sweep with other settings (differs in {diff}); its runs "
+                "cannot be reused. Use another --store directory, or remove this one."
+            )
     else:
         # First writer wins (several ranks), and nobody ever sees a half-written file: the complete
         # file is linked into place, which fails if another rank's is already there.
         handle, name = tempfile.mkstemp(prefix=".sweep.json.", suffix=".tmp", dir=store)
         os.close(handle)
         tmp = Path(name)
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=1), encoding="utf-8")
+        tmp.write_text(
+            json.dumps({"fingerprint": fingerprint, "settings": settings}, indent=1),
+            encoding="utf-8",
+        )
         try:
             os.link(tmp, meta)
         except FileExistsError:
@@ -385,16 +431,36 @@ def initialize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return work.to(device)
 
 
-def _train_run(problem: Problem, train: tuple, test: tuple | None, b: int, seed: int, cfg: dict[str, Any],
-               fingerprint: str, keep_states: bool, progress) -> SweepRun:
+def _train_run(
+    problem: Problem,
+    train: tuple,
+    test: tuple | None,
+    b: int,
+    seed: int,
+    cfg: dict[str, Any],
+    fingerprint: str,
+    keep_states: bool,
+    progress,
+) -> SweepRun:
     """One run, with the global RNG (dropout, random layers) seeded from the run's seed and put back afterwards: the run depends on its seed alone, and the caller's RNG does not move."""
     device = next(iter(problem.model.parameters()), torch.empty(0)).device
     with seeded_rng(20_000 + seed, device):
-        return _train_seeded_run(problem, train, test, b, seed, cfg, fingerprint, keep_states, progress)
+        return _train_seeded_run(
+            problem, train, test, b, seed, cfg, fingerprint, keep_states, progress
+        )
 
 
-def _train_seeded_run(problem: Problem, train: tuple, test: tuple | None, b: int, seed: int, cfg: dict[str, Any],
-                      fingerprint: str, keep_states: bool, progress) -> SweepRun:
+def _train_seeded_run(
+    problem: Problem,
+    train: tuple,
+    test: tuple | None,
+    b: int,
+    seed: int,
+    cfg: dict[str, Any],
+    fingerprint: str,
+    keep_states: bool,
+    progress,
+) -> SweepRun:
     from ..analysis.sharpness import sharpness
 
     x, y = train
@@ -414,10 +480,22 @@ def _train_seeded_run(problem: Problem, train: tuple, test: tuple | None, b: int
     check = max(1, min(upe, cfg["check_every"]))
     model = initialize(problem.model, seed)
     device = next(model.parameters()).device
-    opt = make_optimizer(cfg["optimizer"], [p for p in model.parameters() if p.requires_grad], lr, cfg["momentum"])
+    opt = make_optimizer(
+        cfg["optimizer"], [p for p in model.parameters() if p.requires_grad], lr, cfg["momentum"]
+    )
     gen = torch.Generator().manual_seed(10_000 + seed)  # data order: the same for every batch size
-    curve: dict[str, list] = {k: [] for k in ("step", "epoch", "seconds", "train_loss", "train_accuracy",
-                                              "test_loss", "test_accuracy")}
+    curve: dict[str, list] = {
+        k: []
+        for k in (
+            "step",
+            "epoch",
+            "seconds",
+            "train_loss",
+            "train_accuracy",
+            "test_loss",
+            "test_accuracy",
+        )
+    }
     milestones: list[Milestone] = []
     states: dict[str, dict[str, torch.Tensor]] = {}
     seconds, step = 0.0, 0
@@ -426,31 +504,73 @@ def _train_seeded_run(problem: Problem, train: tuple, test: tuple | None, b: int
     def measure(label: str, kind: str, target: float, reached: bool, point: dict[str, Any]) -> None:
         lam = eps = sd = None
         if reached and cfg["sharpness"]:
-            s = sharpness(model, problem.loss_fn, sharp_data, method=cfg["sharpness"],
-                          epsilons=cfg["epsilons"], subspace_dim=None, max_iter=cfg["epsilon_iters"],
-                          tol=cfg["tol"], seed=seed, distributed=False)
+            s = sharpness(
+                model,
+                problem.loss_fn,
+                sharp_data,
+                method=cfg["sharpness"],
+                epsilons=cfg["epsilons"],
+                subspace_dim=None,
+                max_iter=cfg["epsilon_iters"],
+                tol=cfg["tol"],
+                seed=seed,
+                distributed=False,
+            )
             lam, sd = s.lambda_max, s.to_dict()
             eps = s.epsilon[0].value if s.epsilon else None
-        milestones.append(Milestone(label=label, kind=kind, target=target, reached=reached, lambda_max=lam,
-                                    epsilon_sharpness=eps, sharpness=sd, **point))
+        milestones.append(
+            Milestone(
+                label=label,
+                kind=kind,
+                target=target,
+                reached=reached,
+                lambda_max=lam,
+                epsilon_sharpness=eps,
+                sharpness=sd,
+                **point,
+            )
+        )
         if reached and keep_states:
             states[label] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def evaluate_now() -> dict[str, Any]:
         tl, ta = evaluate_largest(model, problem.loss_fn, train)
-        vl, va = evaluate_largest(model, problem.loss_fn, test) if test is not None else (None, None)
-        point = {"step": step, "epoch": step / upe, "train_seconds": seconds, "train_loss": tl,
-                 "train_accuracy": ta, "test_loss": vl, "test_accuracy": va}
-        for k, v in (("step", step), ("epoch", step / upe), ("seconds", seconds), ("train_loss", tl),
-                     ("train_accuracy", ta), ("test_loss", vl), ("test_accuracy", va)):
+        vl, va = (
+            evaluate_largest(model, problem.loss_fn, test) if test is not None else (None, None)
+        )
+        point = {
+            "step": step,
+            "epoch": step / upe,
+            "train_seconds": seconds,
+            "train_loss": tl,
+            "train_accuracy": ta,
+            "test_loss": vl,
+            "test_accuracy": va,
+        }
+        for k, v in (
+            ("step", step),
+            ("epoch", step / upe),
+            ("seconds", seconds),
+            ("train_loss", tl),
+            ("train_accuracy", ta),
+            ("test_loss", vl),
+            ("test_accuracy", va),
+        ):
             curve[k].append(v)
         return point
 
     def resolve(point: dict[str, Any], final: bool) -> None:
         for item in list(pending):
             label, kind, target = item
-            due = (kind == "epochs" and step >= int(target * upe)) or (kind == "updates" and step >= target) \
-                or (kind == "loss" and math.isfinite(point["train_loss"]) and point["train_loss"] <= target)
+            due = (
+                (kind == "epochs" and step >= int(target * upe))
+                or (kind == "updates" and step >= target)
+                or (
+                    kind == "loss"
+                    and math.isfinite(point["train_loss"])
+                    and point["train_loss"] <= target
+                )
+            )
             if due or final:
                 measure(label, kind, target, due, point)
                 pending.remove(item)
@@ -461,7 +581,7 @@ def _train_seeded_run(problem: Problem, train: tuple, test: tuple | None, b: int
         model.train()
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, b):
-            idx = order[start:start + b]
+            idx = order[start : start + b]
             xb, yb = take(x, y, idx, device)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
@@ -485,21 +605,46 @@ def _train_seeded_run(problem: Problem, train: tuple, test: tuple | None, b: int
         resolve(evaluate_now(), final=True)
     labels = [label for label, _, _ in all_milestones]
     milestones.sort(key=lambda m: labels.index(m.label))
-    return SweepRun(batch_size=b, seed=seed, lr=lr, steps=step, updates_per_epoch=upe, train_seconds=seconds,
-                    curve=to_jsonable(curve), milestones=milestones, fingerprint=fingerprint,
-                    states=states if keep_states else None)
+    return SweepRun(
+        batch_size=b,
+        seed=seed,
+        lr=lr,
+        steps=step,
+        updates_per_epoch=upe,
+        train_seconds=seconds,
+        curve=to_jsonable(curve),
+        milestones=milestones,
+        fingerprint=fingerprint,
+        states=states if keep_states else None,
+    )
 
 
 # -- the sweep ---------------------------------------------------------------------------------
 @with_progress("batch-size sweep")
-def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: float | None = None,
-                     updates: int | None = None, stop_at_loss: float | Sequence[float] = (),
-                     max_epochs: int = 200, lr: float = 1e-3, lr_rule: str = "constant", base_batch: int = 32,
-                     optimizer: str = "adam", momentum: float = 0.9, seeds: Sequence[int] = (0, 1, 2),
-                     store: str | Path | None = None, sharpness: Sequence[str] = ("lambda_max", "epsilon"),
-                     epsilons: Sequence[float] = (1e-3,), epsilon_iters: int = 10, tol: float = 1e-3,
-                     check_every: int = 50, sharpness_batch: int = 4096, keep_states: bool = False,
-                     progress: Progress | bool | str | None = "auto") -> SweepResult:
+def batch_size_sweep(
+    problem: Problem,
+    batch_sizes: Sequence[int],
+    *,
+    epochs: float | None = None,
+    updates: int | None = None,
+    stop_at_loss: float | Sequence[float] = (),
+    max_epochs: int = 200,
+    lr: float = 1e-3,
+    lr_rule: str = "constant",
+    base_batch: int = 32,
+    optimizer: str = "adam",
+    momentum: float = 0.9,
+    seeds: Sequence[int] = (0, 1, 2),
+    store: str | Path | None = None,
+    sharpness: Sequence[str] = ("lambda_max", "epsilon"),
+    epsilons: Sequence[float] = (1e-3,),
+    epsilon_iters: int = 10,
+    tol: float = 1e-3,
+    check_every: int = 50,
+    sharpness_batch: int = 4096,
+    keep_states: bool = False,
+    progress: Progress | bool | str | None = "auto",
+) -> SweepResult:
     """Train ``problem.model`` from the same initialization per seed at every batch size.
 
     The lecture's batch-size comparison: the same model trained at several batch sizes, measured
@@ -555,20 +700,29 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
         [(8, 16.0, 0.384), (64, 2.0, 0.734)]
     """
     if not isinstance(problem, Problem):
-        raise TypeError(f"problem must be a lossdoctor.Problem, got {describe(problem)}. Build one with "
-                        "lossdoctor.Problem(model, loss_fn, train_data, test_data) or "
-                        "lossdoctor.load_problem('mnist1d-mlp').")
+        raise TypeError(
+            f"problem must be a lossdoctor.Problem, got {describe(problem)}. Build one with "
+            "lossdoctor.Problem(model, loss_fn, train_data, test_data) or "
+            "lossdoctor.load_problem('mnist1d-mlp')."
+        )
     sizes = check_ints(batch_sizes, "batch_sizes", minimum=1, distinct=True)
     seeds = check_ints(seeds, "seeds", minimum=0, maximum=2**63 - 20_001, distinct=True)
     # an integer number of epochs stays an int: its label ("epochs=3") and the store's fingerprint
-    epochs = int(epochs) if is_integer(epochs) and epochs > 0 else check_float(epochs, "epochs", above=0.0,
-                                                                               optional=True)
+    epochs = (
+        int(epochs)
+        if is_integer(epochs) and epochs > 0
+        else check_float(epochs, "epochs", above=0.0, optional=True)
+    )
     updates = check_int(updates, "updates", minimum=1, optional=True)
-    thresholds = ([check_float(stop_at_loss, "stop_at_loss", above=0.0)]
-                  if not isinstance(stop_at_loss, (list, tuple, np.ndarray, torch.Tensor, range))
-                  else check_floats(stop_at_loss, "stop_at_loss", above=0.0, nonempty=False))
+    thresholds = (
+        [check_float(stop_at_loss, "stop_at_loss", above=0.0)]
+        if not isinstance(stop_at_loss, (list, tuple, np.ndarray, torch.Tensor, range))
+        else check_floats(stop_at_loss, "stop_at_loss", above=0.0, nonempty=False)
+    )
     if epochs is None and updates is None and not thresholds:
-        raise ValueError("give epochs=, updates= or stop_at_loss= (or several): when to stop and measure.")
+        raise ValueError(
+            "give epochs=, updates= or stop_at_loss= (or several): when to stop and measure."
+        )
     max_epochs = check_int(max_epochs, "max_epochs", minimum=1)
     lr = check_float(lr, "lr", above=0.0)
     check_choice(lr_rule, "lr_rule", LR_RULES)
@@ -577,9 +731,14 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
     momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
     methods = [sharpness] if isinstance(sharpness, str) else sharpness
     if isinstance(methods, (bytes, dict)) or not isinstance(methods, (list, tuple)):
-        raise TypeError(f"sharpness must be a list of methods ('lambda_max', 'trace', 'epsilon') or one of them, "
-                        f"got {describe(sharpness)}.")
-    methods = [check_choice(m, f"sharpness[{i}]", ("lambda_max", "trace", "epsilon")) for i, m in enumerate(methods)]
+        raise TypeError(
+            f"sharpness must be a list of methods ('lambda_max', 'trace', 'epsilon') or one of them, "
+            f"got {describe(sharpness)}."
+        )
+    methods = [
+        check_choice(m, f"sharpness[{i}]", ("lambda_max", "trace", "epsilon"))
+        for i, m in enumerate(methods)
+    ]
     epsilons = check_floats(epsilons, "epsilons", above=0.0)
     epsilon_iters = check_int(epsilon_iters, "epsilon_iters", minimum=1)
     tol = check_float(tol, "tol", above=0.0)
@@ -589,20 +748,41 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
     check_progress(progress)
     root = check_output_dir(store, "store") if store is not None else None
     train = as_tensors(problem.train_data, "problem.train_data")
-    test = as_tensors(problem.test_data, "problem.test_data") if problem.test_data is not None else None
+    test = (
+        as_tensors(problem.test_data, "problem.test_data")
+        if problem.test_data is not None
+        else None
+    )
     num_train = len(train[1])
-    cfg = {"problem": problem.name, "num_train": num_train, "num_test": len(test[1]) if test else 0,
-           "num_params": sum(p.numel() for p in problem.model.parameters() if p.requires_grad),
-           "data_sum": float(sum(t.double().sum() for t in input_tensors(train[0]))), "epochs": epochs, "updates": updates,
-           "stop_at_loss": thresholds, "max_epochs": int(max_epochs), "lr": float(lr), "lr_rule": lr_rule,
-           "base_batch": int(base_batch), "optimizer": optimizer, "momentum": float(momentum),
-           "sharpness": methods, "epsilons": epsilons, "epsilon_iters": epsilon_iters, "tol": tol,
-           "check_every": check_every, "sharpness_batch": sharpness_batch}
+    cfg = {
+        "problem": problem.name,
+        "num_train": num_train,
+        "num_test": len(test[1]) if test else 0,
+        "num_params": sum(p.numel() for p in problem.model.parameters() if p.requires_grad),
+        "data_sum": float(sum(t.double().sum() for t in input_tensors(train[0]))),
+        "epochs": epochs,
+        "updates": updates,
+        "stop_at_loss": thresholds,
+        "max_epochs": int(max_epochs),
+        "lr": float(lr),
+        "lr_rule": lr_rule,
+        "base_batch": int(base_batch),
+        "optimizer": optimizer,
+        "momentum": float(momentum),
+        "sharpness": methods,
+        "epsilons": epsilons,
+        "epsilon_iters": epsilon_iters,
+        "tol": tol,
+        "check_every": check_every,
+        "sharpness_batch": sharpness_batch,
+    }
     fingerprint = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
     rank, world = rank_and_world()
     if world > 1 and store is None:
-        raise ValueError("a sweep under torch.distributed needs store= a directory every rank can read and "
-                         "write: the ranks share their runs through it.")
+        raise ValueError(
+            "a sweep under torch.distributed needs store= a directory every rank can read and "
+            "write: the ranks share their runs through it."
+        )
     if root is not None:
         _open_store(root, cfg, fingerprint)
     grid = [(b, s) for b in sizes for s in seeds]
@@ -619,9 +799,11 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
                     runs[(b, s)] = found
                     loaded.append(found.key)
                 elif i % world == rank:
+
                     def sub(units: int, i: int = i) -> None:
                         if callable(progress):
                             progress(i * UNITS + units, total)
+
                     run = _train_run(problem, train, test, b, s, cfg, fingerprint, keep_states, sub)
                     if path is not None:
                         atomic_write_text(path.parent, path.name, json.dumps(run.to_dict()))
@@ -639,9 +821,20 @@ def batch_size_sweep(problem: Problem, batch_sizes: Sequence[int], *, epochs: fl
             if (b, s) not in runs:
                 found = _load_run(root / "runs" / f"b{b}-s{s}.json", fingerprint)
                 if found is None:
-                    raise RuntimeError(f"run b{b}-s{s} is missing from store {root} after every rank finished.")
+                    raise RuntimeError(
+                        f"run b{b}-s{s} is missing from store {root} after every rank finished."
+                    )
                 runs[(b, s)] = found
                 loaded.append(found.key)
-    return SweepResult(problem=problem.name, batch_sizes=sizes, seeds=seeds, num_train=num_train,
-                       settings=cfg, runs=[runs[k] for k in grid if k in runs], trained=trained, loaded=loaded,
-                       store=str(root) if root is not None else None, interrupted=interrupted)
+    return SweepResult(
+        problem=problem.name,
+        batch_sizes=sizes,
+        seeds=seeds,
+        num_train=num_train,
+        settings=cfg,
+        runs=[runs[k] for k in grid if k in runs],
+        trained=trained,
+        loaded=loaded,
+        store=str(root) if root is not None else None,
+        interrupted=interrupted,
+    )

@@ -88,18 +88,26 @@ class BatchTiming(ResultMixin):
     batch_sizes_requested: list[int] | None = None
 
     def __str__(self) -> str:
-        lines = [f"Time per update on {self.device} ({self.repeats} repeats after {self.warmup} warm-up; "
-                 f"epoch = {self.dataset_size} samples)",
-                 f"  {'batch':>7} {'s/update':>10} {'updates/epoch':>14} {'s/epoch':>10} {'samples/s':>11}"]
+        lines = [
+            f"Time per update on {self.device} ({self.repeats} repeats after {self.warmup} warm-up; "
+            f"epoch = {self.dataset_size} samples)",
+            f"  {'batch':>7} {'s/update':>10} {'updates/epoch':>14} {'s/epoch':>10} {'samples/s':>11}",
+        ]
         for i, b in enumerate(self.batch_sizes):
-            lines.append(f"  {b:>7d} {fmt(self.seconds_per_update[i]):>10} {self.updates_per_epoch[i]:>14d} "
-                         f"{fmt(self.seconds_per_epoch[i]):>10} {fmt(self.samples_per_second[i]):>11}")
+            lines.append(
+                f"  {b:>7d} {fmt(self.seconds_per_update[i]):>10} {self.updates_per_epoch[i]:>14d} "
+                f"{fmt(self.seconds_per_epoch[i]):>10} {fmt(self.samples_per_second[i]):>11}"
+            )
         if self.interrupted:
-            lines.append(f"  INTERRUPTED after {len(self.batch_sizes)} of {len(self.batch_sizes_requested or [])} "
-                         "batch sizes: no saturation point named")
+            lines.append(
+                f"  INTERRUPTED after {len(self.batch_sizes)} of {len(self.batch_sizes_requested or [])} "
+                "batch sizes: no saturation point named"
+            )
         else:
-            lines.append(f"  the hardware saturates near batch {self.saturation_batch_size}: beyond it time per "
-                         "update grows about in proportion to the batch")
+            lines.append(
+                f"  the hardware saturates near batch {self.saturation_batch_size}: beyond it time per "
+                "update grows about in proportion to the batch"
+            )
         return "\n".join(lines)
 
 
@@ -117,7 +125,7 @@ def default_batch_sizes(n: int) -> list[int]:
         >>> default_batch_sizes(100)
         [1, 2, 4, 8, 16, 32, 64, 100]
     """
-    sizes = [2 ** k for k in range(int(math.log2(max(n, 1))) + 1)]
+    sizes = [2**k for k in range(int(math.log2(max(n, 1))) + 1)]
     return sorted(set(sizes + [n]))
 
 
@@ -127,10 +135,19 @@ def _sync(device: torch.device) -> None:
 
 
 @with_progress("batch timing")
-def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: Sequence[int] | None = None,
-                     *, device: str | torch.device | None = None, repeats: int = 5, warmup: int = 2,
-                     lr: float = 1e-3, epoch_size: int | None = None,
-                     progress: Progress | bool | str | None = "auto") -> BatchTiming:
+def time_batch_sizes(
+    model: nn.Module,
+    loss_fn: Any,
+    dataset: Any,
+    batch_sizes: Sequence[int] | None = None,
+    *,
+    device: str | torch.device | None = None,
+    repeats: int = 5,
+    warmup: int = 2,
+    lr: float = 1e-3,
+    epoch_size: int | None = None,
+    progress: Progress | bool | str | None = "auto",
+) -> BatchTiming:
     """Seconds per update for each batch size: the lecture's "a large batch costs about as much as one".
 
     One optimizer step (forward, backward, SGD update) is timed per batch size, on a copy of
@@ -198,12 +215,18 @@ def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: 
         gen = torch.Generator().manual_seed(0)
         # one checked update first: a model or loss that fails does so with a clear error
         # (two samples at least: a per-sample loss of a 1-sample batch looks like a scalar)
-        first = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:min(n, max(2, sizes[0]))]
+        first = torch.randperm(n, generator=torch.Generator().manual_seed(0))[
+            : min(n, max(2, sizes[0]))
+        ]
         batch_loss(work, loss_fn, *take(x, y, first, dev), 0).backward()
         opt.zero_grad(set_to_none=True)
         try:
             for i, b in enumerate(sizes):
-                idx = torch.randint(0, n, (b,), generator=gen) if b > n else torch.randperm(n, generator=gen)[:b]
+                idx = (
+                    torch.randint(0, n, (b,), generator=gen)
+                    if b > n
+                    else torch.randperm(n, generator=gen)[:b]
+                )
                 xb, yb = take(x, y, idx, dev)
                 times = []
                 for r in range(warmup + repeats):
@@ -222,13 +245,26 @@ def time_batch_sizes(model: nn.Module, loss_fn: Any, dataset: Any, batch_sizes: 
                     progress(i + 1, len(sizes))
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial(finished=bool(med))
-    done = sizes[:len(med)]
+    done = sizes[: len(med)]
     upe = [math.ceil(epoch / b) for b in done]
     throughput = [b / t for b, t in zip(done, med)]
     best = max(throughput)
-    saturation = None if interrupted else next(b for b, t in zip(done, throughput) if t >= SATURATION * best)
-    return BatchTiming(batch_sizes=done, seconds_per_update=med, seconds_per_update_min=lo,
-                       seconds_per_update_max=hi, updates_per_epoch=upe,
-                       seconds_per_epoch=[u * t for u, t in zip(upe, med)], samples_per_second=throughput,
-                       dataset_size=epoch, saturation_batch_size=saturation, device=str(dev),
-                       repeats=repeats, warmup=warmup, interrupted=interrupted, batch_sizes_requested=sizes)
+    saturation = (
+        None if interrupted else next(b for b, t in zip(done, throughput) if t >= SATURATION * best)
+    )
+    return BatchTiming(
+        batch_sizes=done,
+        seconds_per_update=med,
+        seconds_per_update_min=lo,
+        seconds_per_update_max=hi,
+        updates_per_epoch=upe,
+        seconds_per_epoch=[u * t for u, t in zip(upe, med)],
+        samples_per_second=throughput,
+        dataset_size=epoch,
+        saturation_batch_size=saturation,
+        device=str(dev),
+        repeats=repeats,
+        warmup=warmup,
+        interrupted=interrupted,
+        batch_sizes_requested=sizes,
+    )

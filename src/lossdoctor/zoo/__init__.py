@@ -21,7 +21,9 @@ def build(name: str, **kwargs: Any) -> Problem:
     try:
         factory = BUILTIN[name]
     except KeyError:
-        raise ValueError(f"unknown built-in problem {name!r}; choose from {sorted(BUILTIN)}.") from None
+        raise ValueError(
+            f"unknown built-in problem {name!r}; choose from {sorted(BUILTIN)}."
+        ) from None
     try:
         return factory(**kwargs)
     except TypeError as err:

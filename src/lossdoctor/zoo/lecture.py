@@ -55,5 +55,10 @@ def lecture_saddle(w1: float = 0.0, w2: float = 0.0) -> Problem:
     """
     x = torch.ones(1, 1)
     y = torch.ones(1, 1)
-    return Problem(model=ProductNet(w1, w2), loss_fn=F.mse_loss, train_data=(x, y), name="lecture-saddle",
-                   description="y = w1*w2*x, x = 1, target 1, MSE: L = (1 - w1*w2)^2")
+    return Problem(
+        model=ProductNet(w1, w2),
+        loss_fn=F.mse_loss,
+        train_data=(x, y),
+        name="lecture-saddle",
+        description="y = w1*w2*x, x = 1, target 1, MSE: L = (1 - w1*w2)^2",
+    )
