@@ -483,9 +483,9 @@ class Monitor:
         self._lrs.append(lr)
         if self.sharpness_every and self._count % self.sharpness_every == 0:
             self._sharpness_due = True
-        if self._sharpness_due and self._can_pay(self._sharpness_cost()):
+        if self._sharpness_due and self._can_pay(cost := self._sharpness_cost()):
             self._sharpness_due = False
-            self.doctor_cost += self._sharpness_cost()
+            self.doctor_cost += cost
             self._sharpness.append((self._count, self._estimate_sharpness()))
         if (
             self.checkpoint_every
@@ -566,20 +566,22 @@ class Monitor:
         """
         return len(self._sharp_data or ()) * (2.0 + HVP_COST * self.sharpness_iters)
 
+    def _bank(self) -> float:
+        """What the budget holds now, in training-step equivalents (``inf`` without a cap)."""
+        if self.doctor_share is None:
+            return math.inf
+        return self.doctor_share * self._count - self.doctor_cost
+
     def _can_pay(self, cost: float) -> bool:
-        return (
-            self.doctor_share is None or self.doctor_share * self._count - self.doctor_cost >= cost
-        )
+        return self._bank() >= cost
 
     def _affordable_hvps(self) -> int | None:
         """Hessian-vector products the doctor's budget can pay for now (None: no cap)."""
         if self.doctor_share is None:
             return None
-        bank = self.doctor_share * self._count - self.doctor_cost
-        fixed = (
-            len(self._doctor_data) * 3.0
-        )  # the operator's validation pass, the gradient pass, the probe
-        return int(max(0.0, bank - fixed) // (HVP_COST * self._curvature_batches))
+        # the operator's validation pass, the gradient pass, the probe
+        fixed = len(self._doctor_data) * 3.0
+        return int(max(0.0, self._bank() - fixed) // (HVP_COST * self._curvature_batches))
 
     def _charge(self, d: Diagnosis) -> None:
         """What a diagnosis cost, in training-step equivalents.

@@ -295,6 +295,11 @@ def _drop(
     return start, end, drop, sigma, se, stalled
 
 
+def _ratio(later: float, earlier: float) -> float:
+    """Return ``later / earlier`` for losses; where ``earlier`` is not positive, ``inf`` if the loss rose, else 1."""
+    return later / earlier if earlier > 0 else (math.inf if later > earlier else 1.0)
+
+
 def separated_growth(finite: np.ndarray) -> float:
     """The 25th percentile of the last third of these losses over the 75th percentile of the first.
 
@@ -313,7 +318,7 @@ def separated_growth(finite: np.ndarray) -> float:
     third = max(1, finite.size // 3)
     q_first = _quantile_sorted(np.sort(finite[:third]), 0.75)
     q_last = _quantile_sorted(np.sort(finite[-third:]), 0.25)
-    return q_last / q_first if q_first > 0 else (math.inf if q_last > q_first else 1.0)
+    return _ratio(q_last, q_first)
 
 
 def growth(finite: np.ndarray) -> float:
@@ -322,7 +327,7 @@ def growth(finite: np.ndarray) -> float:
     See :class:`LossTrend`'s ``growth``."""
     third = max(1, finite.size // 3)
     start, end = _median(finite[:third]), _median(finite[-third:])
-    return end / start if start > 0 else (math.inf if end > start else 1.0)
+    return _ratio(end, start)
 
 
 def _lag1(w: np.ndarray) -> float:
@@ -383,7 +388,6 @@ def loss_trend(
         )
     start, end, drop, sigma, se, stalled = _drop(finite, z, threshold)
     third = max(1, finite.size // 3)
-    growth_ = end / start if start > 0 else (math.inf if end > start else 1.0)
     separated = separated_growth(finite)
     middle = _median(finite)
     tail = float(np.max(finite[-3:])) / middle if middle > 0 else math.nan
@@ -392,7 +396,7 @@ def loss_trend(
         start=start,
         end=end,
         relative_drop=float(drop),
-        growth=float(growth_),
+        growth=_ratio(end, start),
         drop_per_step=(start - end) / max(finite.size - third, 1),
         noise=sigma,
         drop_se=float(se),
