@@ -77,6 +77,11 @@ def costs(studies: list[dv.ValidationStudy]) -> None:
         )
 
 
+# Seeds no rule or threshold was ever tuned or checked on: held out for the Monitor's treatment
+# after seed 6's healthy BatchNorm CNN (treated at a loss bump) informed the treat=True rules.
+FRESH_SEEDS = (9, 10, 11)
+
+
 def _continue(stall: sc.Stall, steps: int, monitor: Monitor | None) -> float:
     model, opt = stall.model, stall.optimizer
     model.train()
@@ -200,7 +205,12 @@ def overhead(steps: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=["validation", "monitor", "overhead"], default=None)
-    parser.add_argument("--set", choices=["tuning", "held-out", "both"], default="both")
+    parser.add_argument(
+        "--set",
+        choices=["tuning", "held-out", "both", "fresh"],
+        default="both",
+        help="fresh: seeds 9-11, first run on 2026-12-03 after the Monitor's treat rules changed.",
+    )
     parser.add_argument(
         "--families", default=None, help="Comma-separated substrings of family keys."
     )
@@ -229,6 +239,7 @@ def main() -> None:
         "tuning": [("tuning", dv.TUNE_SEEDS)],
         "held-out": [("held-out", dv.HELD_OUT_SEEDS)],
         "both": [("tuning", dv.TUNE_SEEDS), ("held-out", dv.HELD_OUT_SEEDS)],
+        "fresh": [("fresh held-out", FRESH_SEEDS)],
     }[args.set]
     if args.first_seeds is not None:
         sets = [(label, seeds[: args.first_seeds]) for label, seeds in sets]

@@ -344,3 +344,42 @@ def test_sharpness_estimates_are_paid_from_the_doctors_budget():
     assert steps and steps[0] == max(10, math.ceil(cost / 0.5))
     assert all(b - a >= 10 for a, b in zip(steps, steps[1:]))
     assert monitor.doctor_cost == pytest.approx(cost * len(steps))
+
+
+def _spiky_losses(steps: int, spikes: tuple[int, ...]) -> np.ndarray:
+    """A falling loss with spikes that decay back within a few steps."""
+    t = np.arange(steps)
+    bump = sum(np.where(t >= s, 30 * np.exp(-np.clip(t - s, 0, None) / 5.0), 0.0) for s in spikes)
+    return 2 * np.exp(-0.01 * t) * (1 + bump)
+
+
+def _monitored_checks(losses: np.ndarray) -> list[int]:
+    model, data = quadratic(top=50.0)
+    monitor = Monitor(
+        model, F.mse_loss, data, window=30, lr=1e-3, sharpness_every=0, doctor_share=None
+    )
+    for value in losses:
+        monitor.step(float(value))
+    return [d.step for d in monitor.diagnoses]
+
+
+def test_a_spike_the_loss_recovers_from_is_left_alone_but_a_divergence_is_not():
+    from lossdoctor.doctor.trend import growth, recovering, separated_growth
+
+    spiky = _spiky_losses(120, (44,))
+    window = spiky[30:60]  # the check at step 60 sees the loss grown beyond its noise...
+    assert growth(window) > 1.5 and separated_growth(window) > 1
+    assert recovering(window)  # ...but already coming back down
+    assert _monitored_checks(spiky) == []
+    # Growth that keeps its peak at the end is acted on at the first check that sees it.
+    t = np.arange(90)
+    diverging = 2 * np.exp(-0.01 * t + 0.08 * np.clip(t - 40, 0, None))
+    assert not recovering(diverging[30:60])
+    assert _monitored_checks(diverging)[0] == 60
+    # A spike that leaves the loss stuck higher is diagnosed once the stall shows (not waved on).
+    t = np.arange(120)
+    stuck = np.where(
+        t < 44, 2 * np.exp(-0.01 * t), 4.0 + 30 * np.exp(-np.clip(t - 44, 0, None) / 5.0)
+    )
+    checks = _monitored_checks(stuck)
+    assert checks and checks[0] > 60

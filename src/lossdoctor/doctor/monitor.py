@@ -22,7 +22,8 @@ actions:
   cannot yet pay for waits until it can);
 * every ``check_every`` steps (default ``window // 2``) the recent losses are tested for a stall
   (stopped falling beyond doubt from minibatch noise, growing, NaN/Inf, or gradients flipping;
-  a window the noise leaves open is widened up to 8x);
+  a window the noise leaves open is widened up to 8x; a spike the loss is already coming back
+  down from gets one check's grace);
 * on a stall, :func:`lossdoctor.diagnose` runs within a cost budget counted in training-step
   equivalents (default ``doctor_share=0.04``: the doctor and the λ_max estimates together may
   spend 4% of the steps trained so far, where a gradient over k batches costs k steps and a Hessian-vector product 2.5 k); a
@@ -35,7 +36,9 @@ With ``treat=False`` (default) nothing the monitor does changes training: parame
 modes, the optimizer and every RNG are as the training loop left them, so a monitored run is bit
 for bit the run without it. With ``treat=True`` each diagnosis runs its trials
 (``verify=True``), and the best verified prescription that applies in place (lr, momentum, weight
-decay, schedule, clipping, saddle escape, restore, re-initialization) is applied and logged; one
+decay, schedule, clipping, saddle escape, restore, re-initialization) is applied and logged. It
+acts only on a stall two checks in a row agree on (a bump a healthy run recovers from by itself
+is left alone), or at once on a NaN/Inf loss or a clear divergence; one
 window later the monitor compares the loss with the window before, and undoes the change if it
 made things worse. ``monitor.actions`` lists what it did.
 """
@@ -78,6 +81,7 @@ from .trend import (
     WINDOW,
     growth,
     loss_trend,
+    recovering,
     separated_growth,
     stall_test,
 )
@@ -98,6 +102,9 @@ HVP_COST = 2.5  # one Hessian-vector product over a batch, in training steps
 COS_TRIGGER = -0.5
 MAX_BACKOFF = 16
 MAX_STALL_WINDOWS = 8
+# treat=True acts at the first check on growth whose last third's 25th percentile is this many
+# times the first third's 75th (a divergence); any other stall waits for the next check to agree.
+CLEAR_DIVERGENCE = 1.5
 
 
 def _check_first_batch(model: nn.Module, loss_fn: Callable, batch: tuple) -> None:
@@ -249,7 +256,8 @@ class Monitor:
         callback: called as ``callback(diagnosis)`` for every diagnosis that is not "progressing".
         lr: the learning rate, when ``step`` is called without the optimizer.
         treat: apply the best verified in-place prescription of each diagnosis (trials run), and
-            undo it one window later if the loss got worse.
+            undo it one window later if the loss got worse. It acts on a stall seen at two checks
+            in a row (at once on NaN/Inf or a clear divergence).
         train_step: ``train_step(model, optimizer, batch) -> loss`` for the trials (custom loops).
         checkpoint_every: keep a copy of the parameters every this many steps while the loss is
             finite, for the doctor's "restore" prescription (default: ``window`` with ``treat``,
@@ -382,6 +390,8 @@ class Monitor:
         self._backoff = 1
         self._last_cause: str | None = None
         self._nonfinite_reported = False
+        self._spike_grace = False  # a recovering spike was let pass at the last check
+        self._stall_seen = False  # the last check found a stall
         self._checkpoint: dict[str, torch.Tensor] | None = None
         self._probation: tuple[int, dict[str, Any], Any, MonitorAction] | None = None
         self._rejected: set[str] = set()  # actions undone once are not applied again
@@ -546,10 +556,17 @@ class Monitor:
         cos = np.asarray(self._cosines[-self.window :], dtype=np.float64)
         cos = cos[np.isfinite(cos)]
         cos_mean = float(cos.mean()) if cos.size else 0.0
-        if (
-            growth(recent) > DIVERGE_GROWTH and separated_growth(recent) > 1
-        ) or cos_mean < COS_TRIGGER:
+        if cos_mean < COS_TRIGGER:
             return self.window
+        if growth(recent) > DIVERGE_GROWTH and separated_growth(recent) > 1:
+            # A spike the loss is already leaving gets one check's grace: acted on only if the
+            # next check still sees the loss grown (a divergence keeps its peak at the end).
+            if recovering(recent) and not self._spike_grace:
+                self._spike_grace = True
+                return None
+            self._spike_grace = False
+            return self.window
+        self._spike_grace = False
         k = 1
         while k <= MAX_STALL_WINDOWS and k * self.window <= len(losses):
             stalled = stall_test(losses[-k * self.window :])
@@ -557,6 +574,17 @@ class Monitor:
                 return k * self.window if stalled else None
             k *= 2
         return None
+
+    def _clear_divergence(self) -> bool:
+        """The loss grew far beyond its noise over the base window and is still at its peak."""
+        recent = np.asarray(self._losses[-self.window :], dtype=np.float64)
+        if not np.all(np.isfinite(recent)):
+            return True
+        return (
+            growth(recent) > DIVERGE_GROWTH
+            and separated_growth(recent) > CLEAR_DIVERGENCE
+            and not recovering(recent)
+        )
 
     def _sharpness_cost(self) -> float:
         """A λ_max estimate's cost in training-step equivalents.
@@ -599,6 +627,15 @@ class Monitor:
         self._next_check = self._count + self.check_every
         if window is None:
             self._backoff, self._last_cause, self._next_doctor = 1, None, 0
+            self._stall_seen = False
+            return None
+        # treat=True changes training only on a stall seen at two checks in a row (a bump a healthy
+        # run recovers from is not treated), or at once on a non-finite loss or a clear divergence.
+        first_sighting = (
+            self.treat and not force and not self._stall_seen and not self._clear_divergence()
+        )
+        self._stall_seen = True
+        if first_sighting:
             return None
         if self._count < self._next_doctor and not force:
             return None

@@ -330,6 +330,32 @@ def growth(finite: np.ndarray) -> float:
     return _ratio(end, start)
 
 
+def recovering(finite: np.ndarray) -> bool:
+    """Whether these losses spiked and are already coming back down.
+
+    The peak lies before the last sixth of the window and that sixth's median is below half the
+    peak: a transient spike (a bad batch, a momentum overshoot) the run is correcting by itself,
+    where a divergence keeps its largest losses at the end.
+
+    Args:
+        finite: the finite losses, oldest first.
+
+    Returns:
+        True for a spike the loss is leaving, False otherwise (or for fewer than 6 losses).
+
+    Examples:
+        >>> recovering(np.array([1.0, 1.0, 1.0, 1.0, 5.0, 4.0, 1.5, 1.2, 1.1, 1.0, 1.0, 1.0]))
+        True
+        >>> recovering(np.array([1.0, 1.2, 1.5, 2.0, 2.6, 3.4, 4.5, 6.0, 8.0, 10.0, 13.0, 17.0]))
+        False
+    """
+    tail = max(2, finite.size // 6)
+    if finite.size < 6:
+        return False
+    peak = int(np.argmax(finite))
+    return peak < finite.size - tail and _median(finite[-tail:]) < 0.5 * float(finite[peak])
+
+
 def _lag1(w: np.ndarray) -> float:
     """Lag-1 autocorrelation of the losses around a straight-line fit (0 when undefined)."""
     if w.size < 6:
