@@ -22,14 +22,10 @@ Each section records its cost (seconds, Hessian-vector products) and whether it 
 every RNG are left exactly as they were.
 
 Examples:
-    >>> import torch, lossdoctor as ld
-    >>> from torch.nn import functional as F
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <...>
-    >>> model = torch.nn.Linear(3, 1)
-    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-    >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
+    >>> import lossdoctor as ld
+    >>> from lossdoctor.zoo import crawling_regression
+    >>> model, loss_fn, data, opt, _ = crawling_regression()  # lr 1e-4: far too small
+    >>> c = ld.checkup(model, loss_fn, data, optimizer=opt, budget=60)
     >>> c.diagnosis.cause
     'lr_too_small'
 """
@@ -86,14 +82,10 @@ class CheckupSection(ResultMixin):
         status: ``"done"``, ``"interrupted"``, ``"skipped: <why>"`` or ``"failed: <why>"``.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> model = torch.nn.Linear(3, 1)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-        >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, data, opt, _ = crawling_regression()  # lr 1e-4: far too small
+        >>> c = ld.checkup(model, loss_fn, data, optimizer=opt, budget=60)
         >>> [(s.key, s.done) for s in c.sections][:3]
         [('doctor', True), ('spectrum', True), ('density', True)]
     """
@@ -140,14 +132,10 @@ class Checkup(ResultMixin):
         top_direction: the top Hessian eigenvector (flat), for drawing.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> model = torch.nn.Linear(3, 1)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-        >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, data, opt, _ = crawling_regression()  # lr 1e-4: far too small
+        >>> c = ld.checkup(model, loss_fn, data, optimizer=opt, budget=60)
         >>> c.diagnosis.cause, c.critical.kind, all(s.done for s in c.sections)
         ('lr_too_small', 'not_critical', True)
     """
@@ -267,14 +255,10 @@ def checkup(
         ValueError: neither ``optimizer`` nor ``lr`` given, or a bad option.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> model = torch.nn.Linear(3, 1)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-        >>> c = ld.checkup(model, F.mse_loss, (x, y), optimizer=opt, budget=60)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, data, opt, _ = crawling_regression()  # lr 1e-4: far too small
+        >>> c = ld.checkup(model, loss_fn, data, optimizer=opt, budget=60)
         >>> c.diagnosis.cause, c.noise.suggested_batch_size is not None
         ('lr_too_small', True)
     """

@@ -1,19 +1,10 @@
 """Why did the loss stop going down? :func:`diagnose`: measure, decide, explain, try.
 
 Examples:
-    >>> import torch
-    >>> from torch import nn
-    >>> from torch.nn import functional as F
     >>> import lossdoctor as ld
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <...>
-    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-    >>> model = nn.Linear(3, 1); opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    >>> losses = []
-    >>> for _ in range(80):
-    ...     opt.zero_grad(); loss = F.mse_loss(model(x), y); loss.backward(); opt.step()
-    ...     losses.append(loss.item())
-    >>> d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt)
+    >>> from lossdoctor.zoo import crawling_regression
+    >>> model, loss_fn, data, opt, losses = crawling_regression(steps=80)  # lr 1e-4: crawls
+    >>> d = ld.diagnose(model, loss_fn, data, history=losses, optimizer=opt)
     >>> d.cause
     'lr_too_small'
     >>> d.prescriptions[0].action["lr"] > 1e-4
@@ -101,21 +92,10 @@ class Diagnosis(ResultMixin):
         layers: per-block curvature, for causes where the lr's fit to each layer matters.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> model = torch.nn.Linear(3, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-        >>> losses = []
-        >>> for _ in range(80):  # a run whose loss crawls
-        ...     opt.zero_grad()
-        ...     loss = F.mse_loss(model(x), y)
-        ...     loss.backward()
-        ...     opt.step()
-        ...     losses.append(loss.item())
-        >>> d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, data, opt, losses = crawling_regression(steps=80)  # the loss crawls
+        >>> d = ld.diagnose(model, loss_fn, data, history=losses, optimizer=opt)
         >>> d.cause, d.verified
         ('lr_too_small', True)
         >>> d.lr, d.stability_threshold, round(d.max_stable_lr, 1)  # the stability edge: lr 0.7
@@ -393,21 +373,10 @@ def diagnose(
         TypeError: an argument of the wrong type (a model that is not an ``nn.Module``...).
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> model = torch.nn.Linear(3, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-        >>> losses = []
-        >>> for _ in range(80):  # a run whose loss crawls
-        ...                opt.zero_grad()
-        ...                loss = F.mse_loss(model(x), y)
-        ...                loss.backward()
-        ...                opt.step()
-        ...                losses.append(loss.item())
-        >>> d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, data, opt, losses = crawling_regression(steps=80)  # the loss crawls
+        >>> d = ld.diagnose(model, loss_fn, data, history=losses, optimizer=opt)
         >>> d.cause
         'lr_too_small'
         >>> print(d.top.text)  # doctest: +ELLIPSIS

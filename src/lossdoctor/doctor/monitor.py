@@ -141,21 +141,12 @@ class MonitorRecord(ResultMixin):
         sharpness: ``(step, λ_max estimate)`` pairs.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> model = torch.nn.Linear(3, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
-        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, doctor_share=None)
-        >>> for _ in range(60):
-        ...     opt.zero_grad()
-        ...     loss = F.mse_loss(model(x), y)
-        ...     loss.backward()
-        ...     opt.step()
-        ...     _ = monitor.step(loss, opt)
-        >>> record = monitor.record
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
+        >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, doctor_share=None)
+        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=60, monitor=monitor)
+        >>> record = run.record
         >>> len(record.losses), round(record.losses[-1], 4)
         (60, 1.0146)
     """
@@ -207,15 +198,11 @@ class MonitorAction(ResultMixin):
         loss_after: the loss one window later (``"kept"`` and ``"undone"``).
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> model = torch.nn.Linear(3, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
-        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
-        >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
+        >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
+        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
         >>> [(a.step, a.kind) for a in run.actions]
         [(40, 'applied'), (80, 'kept')]
     """
@@ -273,17 +260,13 @@ class Monitor:
         TypeError: an argument of the wrong type.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> model = torch.nn.Linear(3, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
-        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, doctor_share=None)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
+        >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, doctor_share=None)
         >>> for _ in range(60):
         ...     opt.zero_grad()
-        ...     loss = F.mse_loss(model(x), y)
+        ...     loss = loss_fn(model(x), y)
         ...     loss.backward()
         ...     opt.step()
         ...     _ = monitor.step(loss, opt)
@@ -441,18 +424,14 @@ class Monitor:
             TypeError: ``loss`` or ``optimizer`` of the wrong type.
 
         Examples:
-            >>> import torch, lossdoctor as ld
-            >>> from torch.nn import functional as F
-            >>> _ = torch.manual_seed(0)
-            >>> x = torch.randn(64, 3)
-            >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-            >>> model = torch.nn.Linear(3, 1)
-            >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
-            >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, doctor_share=None)
+            >>> import lossdoctor as ld
+            >>> from lossdoctor.zoo import crawling_regression
+            >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
+            >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, doctor_share=None)
             >>> found = []
             >>> for _ in range(60):
             ...     opt.zero_grad()
-            ...     loss = F.mse_loss(model(x), y)
+            ...     loss = loss_fn(model(x), y)
             ...     loss.backward()
             ...     opt.step()
             ...     diagnosis = monitor.step(loss, opt)
@@ -762,15 +741,11 @@ class MonitoredRun(ResultMixin):
         actions: what ``treat=True`` did.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> model = torch.nn.Linear(3, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
-        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
-        >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
+        >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
+        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
         >>> run.steps, [(d.step, d.cause) for d in run.diagnoses], run.final_loss < 1e-6
         (80, [(40, 'lr_too_small')], True)
     """
@@ -825,15 +800,11 @@ def train_monitored(
         ValueError: ``steps`` below 1.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 3)
-        >>> y = x @ torch.tensor([[0.1], [0.2], [0.3]])
-        >>> model = torch.nn.Linear(3, 1)
-        >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
-        >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
-        >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
+        >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
+        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
         >>> [str(a) for a in run.actions][0]  # the doctor's verified prescription, applied
         'step 40: applied: set the learning rate to 0.374 (3.74e+03x the current lr) (loss 1.0277)'
     """

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..problem import Problem
+from .examples import CrawlingRun as CrawlingRun
+from .examples import crawling_regression as crawling_regression
 from .lecture import lecture_saddle
 from .mnist1d import mnist1d_cnn, mnist1d_mlp
 

@@ -1,0 +1,73 @@
+"""The small stalled run the docstring examples share: one owner for their setup."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class CrawlingRun(NamedTuple):
+    """A model, its loss, data and optimizer, and the losses of the steps already taken.
+
+    Attributes:
+        model: a ``torch.nn.Linear(3, 1)``.
+        loss_fn: ``F.mse_loss``.
+        data: ``(x, y)``: 64 samples, one full batch.
+        optimizer: plain SGD.
+        losses: the training loss of each step taken so far (before its update).
+    """
+
+    model: nn.Linear
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    data: tuple[torch.Tensor, torch.Tensor]
+    optimizer: torch.optim.SGD
+    losses: list[float]
+
+
+def crawling_regression(*, steps: int = 0, lr: float = 1e-4, seed: int = 0) -> CrawlingRun:
+    """A linear regression whose loss crawls: the learning rate is far too small.
+
+    The targets are exact, ``y = x @ [0.1, 0.2, 0.3]``, so the loss can reach zero and the
+    doctor's verdict is ``"lr_too_small"`` (the stability edge is at lr 0.7). The data and the
+    model's initial weights are drawn from ``seed`` in a forked RNG: torch's global RNG is left as
+    it was.
+
+    Args:
+        steps: full-batch SGD steps to take before returning (their losses are ``.losses``).
+        lr: the optimizer's learning rate.
+        seed: the seed of the data and the initial weights.
+
+    Returns:
+        A :class:`CrawlingRun` ``(model, loss_fn, data, optimizer, losses)``.
+
+    Raises:
+        ValueError: a negative ``steps``.
+
+    Examples:
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, (x, y), opt, losses = crawling_regression(steps=80)
+        >>> x.shape, y.shape, opt.param_groups[0]["lr"]
+        (torch.Size([64, 3]), torch.Size([64, 1]), 0.0001)
+        >>> len(losses), losses[-1] < losses[0]
+        (80, True)
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x = torch.randn(64, 3)
+        y = x @ torch.tensor([[0.1], [0.2], [0.3]])
+        model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return CrawlingRun(model, F.mse_loss, (x, y), optimizer, losses)
