@@ -56,15 +56,12 @@ class Curve(ResultMixin):
         points_done: how many points were measured.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> import torch.nn.functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> a, b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
-        >>> curve = ld.interpolate(a, b, F.cross_entropy, (x, y), alphas=[0.0, 0.5, 1.0])
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> p, q = tiny_classification(seed=0), tiny_classification(seed=1)  # two initializations
+        >>> curve = ld.interpolate(p.model, q.model, p.loss_fn, p.train_data, alphas=[0.0, 0.5, 1.0])
         >>> [round(v, 3) for v in curve.train_loss]
-        [0.705, 0.687, 0.81]
+        [0.705, 0.673, 0.673]
     """
 
     alphas: list[float]
@@ -112,12 +109,10 @@ class Landscape(ResultMixin):
         points_done: points measured, in row-major order over the grid.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> import torch.nn.functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> land = ld.landscape(torch.nn.Linear(4, 2), F.cross_entropy, (x, y), steps=5)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> p = tiny_classification()
+        >>> land = ld.landscape(p.model, p.loss_fn, p.train_data, steps=5)
         >>> land.coords, [round(v, 3) for v in land.train_loss]
         ([-1.0, -0.5, 0.0, 0.5, 1.0], [0.498, 0.577, 0.705, 0.885, 1.108])
     """
@@ -299,15 +294,12 @@ def interpolate(
         ValueError: the models differ in architecture, or a loss at either end is not finite.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> import torch.nn.functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> a, b = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
-        >>> curve = ld.interpolate(a, b, F.cross_entropy, (x, y), alphas=[0.0, 0.5, 1.0])
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> p, q = tiny_classification(seed=0), tiny_classification(seed=1)  # two initializations
+        >>> curve = ld.interpolate(p.model, q.model, p.loss_fn, p.train_data, alphas=[0.0, 0.5, 1.0])
         >>> round(curve.distance, 3), curve.train_accuracy
-        (1.401, [0.59375, 0.484375, 0.40625])
+        (1.287, [0.59375, 0.65625, 0.578125])
     """
     check_module(model_a, "model_a")
     check_module(model_b, "model_b")
@@ -419,12 +411,10 @@ def landscape(
             the centre.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> import torch.nn.functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> land = ld.landscape(torch.nn.Linear(4, 2), F.cross_entropy, (x, y), dims=2, steps=3)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> p = tiny_classification()
+        >>> land = ld.landscape(p.model, p.loss_fn, p.train_data, dims=2, steps=3)
         >>> len(land.train_loss), len(land.train_loss[0]), round(land.center_loss, 4)
         (3, 3, 0.7052)
     """

@@ -84,11 +84,9 @@ class Milestone(ResultMixin):
         sharpness: the whole :class:`lossdoctor.Sharpness` as a dict, if measured.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> problem = tiny_classification()
         >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
         >>> m = sweep.run(8, 0).at("epochs=2")
         >>> m.kind, m.step, m.reached
@@ -129,11 +127,9 @@ class SweepRun(ResultMixin):
         states: each milestone's ``state_dict`` (with ``keep_states=True``), else ``None``.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> problem = tiny_classification()
         >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
         >>> run = sweep.run(8, 0)
         >>> run.key, run.updates_per_epoch, run.steps
@@ -219,11 +215,9 @@ class SweepResult(ResultMixin):
         interrupted: Ctrl-C: ``runs`` holds the runs finished; the one in progress is lost.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> problem = tiny_classification()
         >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
         >>> sweep.labels, [run.key for run in sweep.runs]
         (['epochs=2'], ['b8-s0', 'b64-s0'])
@@ -271,11 +265,9 @@ class SweepResult(ResultMixin):
             its mean over the runs that reached the milestone and ``<name>_std``.
 
         Examples:
-            >>> import torch, lossdoctor as ld
-            >>> _ = torch.manual_seed(0)
-            >>> x = torch.randn(64, 4)
-            >>> y = (x[:, 0] > 0).long()
-            >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+            >>> import lossdoctor as ld
+            >>> from lossdoctor.zoo import tiny_classification
+            >>> problem = tiny_classification()
             >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
             >>> [(row["batch_size"], row["step"]) for row in sweep.table("epochs=2")]
             [(8, 16.0), (64, 2.0)]
@@ -442,25 +434,7 @@ def _train_run(
     keep_states: bool,
     progress,
 ) -> SweepRun:
-    """One run, with the global RNG (dropout, random layers) seeded from the run's seed and put back afterwards: the run depends on its seed alone, and the caller's RNG does not move."""
-    device = next(iter(problem.model.parameters()), torch.empty(0)).device
-    with seeded_rng(20_000 + seed, device):
-        return _train_seeded_run(
-            problem, train, test, b, seed, cfg, fingerprint, keep_states, progress
-        )
-
-
-def _train_seeded_run(
-    problem: Problem,
-    train: tuple,
-    test: tuple | None,
-    b: int,
-    seed: int,
-    cfg: dict[str, Any],
-    fingerprint: str,
-    keep_states: bool,
-    progress,
-) -> SweepRun:
+    """One run of batch size ``b`` from the initial weights of ``seed`` (the caller seeds the RNG)."""
     from ..analysis.sharpness import sharpness
 
     x, y = train
@@ -690,11 +664,9 @@ def batch_size_sweep(
         ValueError: no milestone, or a bad option, or a store written by other settings.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> problem = ld.Problem(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y), name="toy")
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> problem = tiny_classification()
         >>> sweep = ld.batch_size_sweep(problem, [8, 64], epochs=2, seeds=[0], sharpness=[], lr=0.05)
         >>> [(row["batch_size"], row["step"], round(row["train_loss"], 3)) for row in sweep.table("epochs=2")]
         [(8, 16.0, 0.384), (64, 2.0, 0.734)]
@@ -786,6 +758,7 @@ def batch_size_sweep(
     if root is not None:
         _open_store(root, cfg, fingerprint)
     grid = [(b, s) for b in sizes for s in seeds]
+    device = next(iter(problem.model.parameters()), torch.empty(0)).device
     runs: dict[tuple[int, int], SweepRun] = {}
     trained, loaded = [], []
     total = UNITS * len(grid)
@@ -804,7 +777,12 @@ def batch_size_sweep(
                         if callable(progress):
                             progress(i * UNITS + units, total)
 
-                    run = _train_run(problem, train, test, b, s, cfg, fingerprint, keep_states, sub)
+                    # The global RNG (dropout, random layers) seeded from the run's seed and put
+                    # back afterwards: the run depends on its seed alone, the caller's RNG stays.
+                    with seeded_rng(20_000 + s, device):
+                        run = _train_run(
+                            problem, train, test, b, s, cfg, fingerprint, keep_states, sub
+                        )
                     if path is not None:
                         atomic_write_text(path.parent, path.name, json.dumps(run.to_dict()))
                     runs[(b, s)] = run

@@ -62,12 +62,10 @@ class BatchTiming(ResultMixin):
         batch_sizes_requested: the batch sizes asked for.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> timing = ld.time_batch_sizes(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y),
-        ...                              batch_sizes=[1, 8, 64], repeats=2, warmup=1)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> p = tiny_classification()
+        >>> timing = ld.time_batch_sizes(p.model, p.loss_fn, p.train_data, [1, 8, 64], repeats=2, warmup=1)
         >>> timing.batch_sizes, timing.updates_per_epoch  # the lecture's point: far fewer updates
         ([1, 8, 64], [64, 8, 1])
     """
@@ -177,12 +175,10 @@ def time_batch_sizes(
         ValueError: bad batch sizes or options, or a model with nothing to train.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = (x[:, 0] > 0).long()
-        >>> timing = ld.time_batch_sizes(torch.nn.Linear(4, 2), torch.nn.functional.cross_entropy, (x, y),
-        ...                              batch_sizes=[1, 8, 64], repeats=2, warmup=1)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> p = tiny_classification()
+        >>> timing = ld.time_batch_sizes(p.model, p.loss_fn, p.train_data, [1, 8, 64], repeats=2, warmup=1)
         >>> timing.updates_per_epoch
         [64, 8, 1]
         >>> len(timing.seconds_per_update), timing.dataset_size

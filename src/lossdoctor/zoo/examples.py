@@ -1,4 +1,4 @@
-"""The small stalled run the docstring examples share: one owner for their setup."""
+"""The small problems the docstring examples share: one owner for their setup."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ..problem import Problem
 
 
 class CrawlingRun(NamedTuple):
@@ -71,3 +73,30 @@ def crawling_regression(*, steps: int = 0, lr: float = 1e-4, seed: int = 0) -> C
         optimizer.step()
         losses.append(loss.item())
     return CrawlingRun(model, F.mse_loss, (x, y), optimizer, losses)
+
+
+def tiny_classification(*, seed: int = 0) -> Problem:
+    """A two-class problem small enough for any example: 64 samples of 4 features, a linear model.
+
+    The class is the sign of the first feature. The data and the model's initial weights are
+    drawn from ``seed`` in a forked RNG: torch's global RNG is left as it was.
+
+    Args:
+        seed: the seed of the data and the initial weights.
+
+    Returns:
+        The problem: ``torch.nn.Linear(4, 2)``, ``F.cross_entropy`` and ``(x, y)`` as its
+        training data, named ``"tiny-classification"``.
+
+    Examples:
+        >>> from lossdoctor.zoo import tiny_classification
+        >>> p = tiny_classification()
+        >>> p.model, p.train_data[0].shape, p.train_data[1][:6].tolist()
+        (Linear(in_features=4, out_features=2, bias=True), torch.Size([64, 4]), [0, 1, 1, 1, 0, 1])
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x = torch.randn(64, 4)
+        y = (x[:, 0] > 0).long()
+        model = nn.Linear(4, 2)
+    return Problem(model, F.cross_entropy, (x, y), name="tiny-classification")
