@@ -406,3 +406,42 @@ device_option = click.option(
     show_default=True,
     help="Where the model runs: auto (a GPU when there is one), cpu, cuda, cuda:N.",
 )
+seed_option = click.option("--seed", type=SEED, default=0, show_default=True)
+
+
+def problem_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--problem`` and ``--checkpoint``: the model analysed and the weights loaded into it."""
+    return problem_option(checkpoint_option(command))
+
+
+def mode_option(default: str | None = "eval") -> Callable[[Any], Any]:
+    """``--mode eval|train``; ``default=None``: eval, with a notice on BatchNorm or dropout."""
+    if default is not None:
+        return click.option(
+            "--mode", type=click.Choice(["eval", "train"]), default=default, show_default=True
+        )
+    return click.option(
+        "--mode",
+        type=click.Choice(["eval", "train"]),
+        default=None,
+        help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). "
+        "Default: eval, with a notice on models with BatchNorm or dropout.",
+    )
+
+
+def window_option(help: str) -> Callable[[Any], Any]:
+    """``--window``: the recent steps a trend or a stall is read from."""
+    return click.option(
+        "--window", type=click.IntRange(min=4), default=60, show_default=True, help=help
+    )
+
+
+def reduction_option(help: str) -> Callable[[Any], Any]:
+    """``--reduction auto|mean|sum``: how the problem's loss combines a batch's samples."""
+    return click.option(
+        "--reduction",
+        type=click.Choice(["auto", "mean", "sum"]),
+        default="auto",
+        show_default=True,
+        help=help,
+    )

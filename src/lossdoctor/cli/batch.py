@@ -15,19 +15,20 @@ import click
 
 from ._common import (
     POSITIVE,
-    SEED,
     IntList,
-    checkpoint_option,
     console,
     device_option,
     is_rank_zero,
     json_option,
     load,
+    mode_option,
     new_file,
     out,
     output_dir,
     problem_option,
+    problem_options,
     progress_bars,
+    seed_option,
     written,
 )
 
@@ -253,8 +254,7 @@ def sweep_command(
 
 
 @batch.command("sharpness")
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option(
     "--method",
     "methods",
@@ -283,8 +283,8 @@ def sweep_command(
     show_default=True,
     help="L-BFGS-B iterations (Keskar: 10).",
 )
-@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@mode_option("eval")
+@seed_option
 @device_option
 @json_option
 def sharpness_command(
@@ -322,8 +322,7 @@ def sharpness_command(
 
 
 @batch.command("landscape")
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option(
     "--compare",
     type=click.Path(dir_okay=False),
@@ -343,7 +342,7 @@ def sharpness_command(
     default="filter",
     show_default=True,
 )
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@seed_option
 @click.option(
     "--plot",
     default="landscape.png",
@@ -412,8 +411,7 @@ def landscape_command(
 
 
 @batch.command("noise")
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option("--small-batch", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option(
     "--big-batch",
@@ -428,8 +426,8 @@ def landscape_command(
     show_default=True,
     help="(small, big) batch pairs to average.",
 )
-@click.option("--mode", type=click.Choice(["eval", "train"]), default="eval", show_default=True)
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@mode_option("eval")
+@seed_option
 @device_option
 @json_option
 def noise_command(

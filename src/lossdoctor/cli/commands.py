@@ -21,12 +21,10 @@ from ._common import (
     EXIT_INTERRUPTED,
     NON_NEGATIVE,
     POSITIVE,
-    SEED,
     UNIT_INTERVAL,
     CheckedGroup,
     Number,
     cache_setting,
-    checkpoint_option,
     console,
     device_option,
     fail,
@@ -34,13 +32,16 @@ from ._common import (
     is_rank_zero,
     json_option,
     load,
+    mode_option,
     new_file,
     note,
     out,
     output_dir,
-    problem_option,
+    problem_options,
     progress_bars,
+    reduction_option,
     save_file,
+    seed_option,
     written,
 )
 
@@ -87,8 +88,7 @@ def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
 
 
 @main.command()
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option(
     "--k",
     type=click.IntRange(min=1),
@@ -119,13 +119,7 @@ def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
 @click.option(
     "--density/--no-density", default=True, show_default=True, help="Spectral density (SLQ)."
 )
-@click.option(
-    "--mode",
-    type=click.Choice(["eval", "train"]),
-    default=None,
-    help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). Default: eval, "
-    "with a notice on models with BatchNorm or dropout.",
-)
+@mode_option(None)
 @click.option(
     "--micro-batch-size",
     type=click.IntRange(min=1),
@@ -142,16 +136,12 @@ def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
     "auto: within a quarter of the free memory; on; off; or a size such as 200MB "
     "(the graphs of the first batches that fit are kept, the rest recomputed).",
 )
-@click.option(
-    "--reduction",
-    type=click.Choice(["auto", "mean", "sum"]),
-    default="auto",
-    show_default=True,
-    help="How the problem's loss combines a batch's samples: mean or sum (the Hessian is of the mean "
+@reduction_option(
+    "How the problem's loss combines a batch's samples: mean or sum (the Hessian is of the mean "
     "per-sample loss either way). auto: the loss module's .reduction, else mean; a loss function "
-    "that sums is detected and refused without --reduction sum.",
+    "that sums is detected and refused without --reduction sum."
 )
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@seed_option
 @click.option(
     "--per-layer",
     is_flag=True,
@@ -296,8 +286,7 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
 
 
 @main.command()
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option(
     "--escape",
     "do_escape",
@@ -335,21 +324,11 @@ def _escaped_path(out_file: str | None, checkpoint: str | None, problem: str) ->
     default=None,
     help="Zero threshold for eigenvalues (default: scale-relative).",
 )
-@click.option(
-    "--mode",
-    type=click.Choice(["eval", "train"]),
-    default=None,
-    help="eval (dropout off, BatchNorm running statistics) or train (batch statistics). Default: eval, "
-    "with a notice on models with BatchNorm or dropout.",
+@mode_option(None)
+@reduction_option(
+    "How the problem's loss combines a batch's samples (see `lossdoctor spectrum --help`)."
 )
-@click.option(
-    "--reduction",
-    type=click.Choice(["auto", "mean", "sum"]),
-    default="auto",
-    show_default=True,
-    help="How the problem's loss combines a batch's samples (see `lossdoctor spectrum --help`).",
-)
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@seed_option
 @params_option
 @device_option
 @json_option
@@ -439,8 +418,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 @main.command("lr-find")
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option(
     "--optimizer", "opt_name", type=click.Choice(OPTIMIZERS), default="adam", show_default=True
 )

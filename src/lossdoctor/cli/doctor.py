@@ -19,7 +19,6 @@ from .._results import to_jsonable
 from ..training.optimizers import OPTIMIZERS, make_optimizer
 from ._common import (
     Number,
-    checkpoint_option,
     device_option,
     fail,
     json_option,
@@ -27,9 +26,10 @@ from ._common import (
     new_file,
     out,
     output_dir,
-    problem_option,
+    problem_options,
     progress_bars,
     save_file,
+    window_option,
 )
 
 
@@ -182,8 +182,7 @@ def _check_rate(name: str, value: float | None, *, positive: bool = True) -> Non
 
 
 @click.command("diagnose")
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option(
     "--history",
     "history_file",
@@ -193,13 +192,7 @@ def _check_rate(name: str, value: float | None, *, positive: bool = True) -> Non
     "'grad_norms', 'grad_cosines'), or a CSV with a 'loss' column or one loss per line.",
 )
 @optimizer_options("The learning rate the history was trained with.")
-@click.option(
-    "--window",
-    type=click.IntRange(min=4),
-    default=60,
-    show_default=True,
-    help="Recent steps the trend is read from.",
-)
+@window_option("Recent steps the trend is read from.")
 @click.option(
     "--mode",
     type=click.Choice(["auto", "eval", "train"]),
@@ -291,8 +284,7 @@ def diagnose_command(
 
 
 @click.command("train")
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option(
     "--optimizer", "opt_name", type=click.Choice(TRAIN_OPTIMIZERS), default="sgd", show_default=True
 )
@@ -312,13 +304,7 @@ def diagnose_command(
     show_default=True,
     help="Estimate λ_max every N steps (0: never).",
 )
-@click.option(
-    "--window",
-    type=click.IntRange(min=4),
-    default=60,
-    show_default=True,
-    help="Steps a stall is judged on.",
-)
+@window_option("Steps a stall is judged on.")
 @click.option(
     "--treat",
     is_flag=True,
@@ -482,8 +468,7 @@ def _final_checkup(
 
 
 @click.command("checkup")
-@problem_option
-@checkpoint_option
+@problem_options
 @click.option(
     "--history",
     "history_file",
