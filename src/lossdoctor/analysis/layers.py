@@ -17,14 +17,9 @@ compared on a common grid in asinh(λ/τ), τ = 1e-3 of the largest |λ| over al
 whose curvatures differ by orders of magnitude are told apart.
 
 Examples:
-    >>> import torch
-    >>> from torch import nn
-    >>> from torch.nn import functional as F
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <...>
-    >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-    >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
-    >>> table = layer_curvature(model, F.cross_entropy, data)
+    >>> from lossdoctor.zoo import tanh_classifier
+    >>> p = tanh_classifier()
+    >>> table = layer_curvature(p.model, p.loss_fn, p.train_data)
     >>> [row.name for row in table.rows]
     ['0', '2']
 """
@@ -182,13 +177,10 @@ class LayerRow(ResultMixin):
         update_ratio: ||D_b g_b|| / ||θ_b||: the relative size of one step (no momentum).
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch import nn
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
-        >>> row = ld.layer_curvature(model, F.cross_entropy, data, lr=0.1).rows[1]
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tanh_classifier
+        >>> p = tanh_classifier()
+        >>> row = ld.layer_curvature(p.model, p.loss_fn, p.train_data, lr=0.1).rows[1]
         >>> row.name, row.module_type, row.numel, round(row.lr_sharpness, 3)
         ('2', 'Linear', 27, 0.072)
     """
@@ -228,13 +220,10 @@ class LayerCurvature(ResultMixin):
         num_params: trainable parameters.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> from torch import nn
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
-        >>> table = ld.layer_curvature(model, F.cross_entropy, data, lr=50.0)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import tanh_classifier
+        >>> p = tanh_classifier()
+        >>> table = ld.layer_curvature(p.model, p.loss_fn, p.train_data, lr=50.0)
         >>> table.threshold, [row.name for row in table.unstable()]  # lr 50: both blocks too sharp
         (2.0, ['2', '0'])
     """
@@ -436,12 +425,9 @@ def layer_curvature(
 
     Examples:
         >>> import torch, lossdoctor as ld
-        >>> from torch import nn
-        >>> from torch.nn import functional as F
-        >>> _ = torch.manual_seed(0)
-        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
-        >>> data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
-        >>> table = ld.layer_curvature(model, F.cross_entropy, data, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+        >>> from lossdoctor.zoo import tanh_classifier
+        >>> p = tanh_classifier()
+        >>> table = ld.layer_curvature(p.model, p.loss_fn, p.train_data, optimizer=torch.optim.SGD(p.model.parameters(), lr=0.1))
         >>> table.sharpest().name, table.unstable(), round(table.spread, 1)
         ('2', [], 4.1)
     """

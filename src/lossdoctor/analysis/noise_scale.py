@@ -63,12 +63,10 @@ class NoiseScale(ResultMixin):
         pairs_requested: the pairs asked for.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(256, 4)
-        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
-        >>> model = torch.nn.Linear(4, 1)
-        >>> ns = ld.gradient_noise_scale(model, torch.nn.functional.mse_loss, (x, y), small_batch=8,
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import noisy_regression
+        >>> p = noisy_regression()
+        >>> ns = ld.gradient_noise_scale(p.model, p.loss_fn, p.train_data, small_batch=8,
         ...                              pairs=20, bootstrap=100)
         >>> ns.suggested_batch_size, ns.big_batch
         (6, 256)
@@ -160,12 +158,10 @@ def gradient_noise_scale(
         ValueError: batch sizes out of order or larger than the data, or another bad option.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(256, 4)
-        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
-        >>> model = torch.nn.Linear(4, 1)
-        >>> ns = ld.gradient_noise_scale(model, torch.nn.functional.mse_loss, (x, y), small_batch=8,
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import noisy_regression
+        >>> p = noisy_regression()
+        >>> ns = ld.gradient_noise_scale(p.model, p.loss_fn, p.train_data, small_batch=8,
         ...                              pairs=20, bootstrap=100)
         >>> round(ns.b_simple, 1), ns.suggested_batch_size
         (6.0, 6)

@@ -59,12 +59,10 @@ class EpsilonSharpness(ResultMixin):
         evaluations: loss evaluations spent.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(256, 4)
-        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
-        >>> model = torch.nn.Linear(4, 1)
-        >>> s = ld.sharpness(model, torch.nn.functional.mse_loss, (x, y), method="epsilon",
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import noisy_regression
+        >>> p = noisy_regression()
+        >>> s = ld.sharpness(p.model, p.loss_fn, p.train_data, method="epsilon",
         ...                  subspace_dim=None)
         >>> [(e.epsilon, e.space, round(e.value, 3)) for e in s.epsilon]
         [(0.001, 'full', 0.15), (0.0005, 'full', 0.075)]
@@ -102,12 +100,10 @@ class Sharpness(ResultMixin):
         interrupted: Ctrl-C: only the measurements finished are filled in.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(256, 4)
-        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
-        >>> model = torch.nn.Linear(4, 1)
-        >>> s = ld.sharpness(model, torch.nn.functional.mse_loss, (x, y))
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import noisy_regression
+        >>> p = noisy_regression()
+        >>> s = ld.sharpness(p.model, p.loss_fn, p.train_data)
         >>> round(s.lambda_max, 2), s.trace is None
         (2.69, True)
     """
@@ -265,12 +261,10 @@ def sharpness(
         ValueError: an unknown method, or no space left to measure epsilon-sharpness in.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(256, 4)
-        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
-        >>> model = torch.nn.Linear(4, 1)
-        >>> s = ld.sharpness(model, torch.nn.functional.mse_loss, (x, y), method=["lambda_max", "epsilon"])
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import noisy_regression
+        >>> p = noisy_regression()
+        >>> s = ld.sharpness(p.model, p.loss_fn, p.train_data, method=["lambda_max", "epsilon"])
         >>> round(s.lambda_max, 2), round(s.eps(1e-3), 3)
         (2.69, 0.15)
     """

@@ -66,17 +66,14 @@ class LRRangeResult(ResultMixin):
         interrupted: Ctrl-C: the curve up to where it stopped, and no suggestion.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])
-        >>> model = torch.nn.Linear(4, 1)
-        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, (x, y), optimizer, _ = crawling_regression(lr=0.01)
         >>> batches = [(x[:32], y[:32]), (x[32:], y[32:])]
-        >>> r = ld.lr_range_test(model, torch.nn.functional.mse_loss, batches, optimizer,
+        >>> r = ld.lr_range_test(model, loss_fn, batches, optimizer,
         ...                      start_lr=1e-3, end_lr=10, steps=50, smoothing=0.5)
         >>> r.diverged, r.steps_run, round(r.minimum_lr, 1)
-        (True, 44, 1.5)
+        (True, 42, 1.3)
     """
 
     lrs: list[float]
@@ -326,17 +323,14 @@ def lr_range_test(
         TypeError: an LBFGS optimizer.
 
     Examples:
-        >>> import torch, lossdoctor as ld
-        >>> _ = torch.manual_seed(0)
-        >>> x = torch.randn(64, 4)
-        >>> y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]])
-        >>> model = torch.nn.Linear(4, 1)
-        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        >>> import lossdoctor as ld
+        >>> from lossdoctor.zoo import crawling_regression
+        >>> model, loss_fn, (x, y), optimizer, _ = crawling_regression(lr=0.01)
         >>> batches = [(x[:32], y[:32]), (x[32:], y[32:])]
-        >>> r = ld.lr_range_test(model, torch.nn.functional.mse_loss, batches, optimizer,
+        >>> r = ld.lr_range_test(model, loss_fn, batches, optimizer,
         ...                      start_lr=1e-3, end_lr=10, steps=50, smoothing=0.5)
-        >>> r.diverged, round(r.minimum_lr, 1)  # lowest loss at lr 1.5, blown up past it
-        (True, 1.5)
+        >>> r.diverged, round(r.minimum_lr, 1)  # lowest loss at lr 1.3, blown up past it
+        (True, 1.3)
         >>> optimizer.param_groups[0]["lr"]  # the optimizer (and the model) as they were
         0.01
     """

@@ -8,6 +8,8 @@ from typing import Any
 from ..problem import Problem
 from .examples import CrawlingRun as CrawlingRun
 from .examples import crawling_regression as crawling_regression
+from .examples import noisy_regression as noisy_regression
+from .examples import tanh_classifier as tanh_classifier
 from .examples import tiny_classification as tiny_classification
 from .lecture import lecture_saddle
 from .mnist1d import mnist1d_cnn, mnist1d_mlp

@@ -100,3 +100,57 @@ def tiny_classification(*, seed: int = 0) -> Problem:
         y = (x[:, 0] > 0).long()
         model = nn.Linear(4, 2)
     return Problem(model, F.cross_entropy, (x, y), name="tiny-classification")
+
+
+def noisy_regression(*, seed: int = 0) -> Problem:
+    """A linear regression with label noise: 256 samples of 4 features, a linear model, MSE.
+
+    ``y = x @ [1, -2, 0.5, 0] + 0.5 * noise``: the gradient noise and the curvature are known in
+    closed form (the Hessian is ``2 x^T x / n``). Drawn from ``seed`` in a forked RNG: torch's
+    global RNG is left as it was.
+
+    Args:
+        seed: the seed of the data and the initial weights.
+
+    Returns:
+        The problem: ``torch.nn.Linear(4, 1)``, ``F.mse_loss`` and ``(x, y)``, named
+        ``"noisy-regression"``.
+
+    Examples:
+        >>> from lossdoctor.zoo import noisy_regression
+        >>> p = noisy_regression()
+        >>> p.model, p.train_data[0].shape, p.train_data[1].shape
+        (Linear(in_features=4, out_features=1, bias=True), torch.Size([256, 4]), torch.Size([256, 1]))
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x = torch.randn(256, 4)
+        y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0]]) + 0.5 * torch.randn(256, 1)
+        model = nn.Linear(4, 1)
+    return Problem(model, F.mse_loss, (x, y), name="noisy-regression")
+
+
+def tanh_classifier(*, seed: int = 0) -> Problem:
+    """A two-layer tanh network on 32 samples of 4 features, 3 random classes, cross-entropy.
+
+    Two weight blocks of different curvature, for the per-layer examples. Drawn from ``seed`` in a
+    forked RNG: torch's global RNG is left as it was.
+
+    Args:
+        seed: the seed of the initial weights and the data.
+
+    Returns:
+        The problem: ``Sequential(Linear(4, 8), Tanh(), Linear(8, 3))``, ``F.cross_entropy`` and
+        ``(x, y)``, named ``"tanh-classifier"``.
+
+    Examples:
+        >>> from lossdoctor.zoo import tanh_classifier
+        >>> p = tanh_classifier()
+        >>> [name for name, _ in p.model.named_children()], p.train_data[1].unique().tolist()
+        (['0', '1', '2'], [0, 1, 2])
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        data = (torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    return Problem(model, F.cross_entropy, data, name="tanh-classifier")

@@ -159,19 +159,19 @@ def mnist1d_cnn(
     channels: int = 16,
     hidden: int = 140,
 ) -> Problem:
-    """MNIST-1D (generated offline, cached) with a 1-D CNN.
+    """MNIST-1D (generated offline, cached) with a 1-D CNN: the data as for :func:`mnist1d_mlp`.
 
     Args:
-        num_train: training samples.
-        num_test: test samples.
-        batch_size: samples per training batch (the test data is one batch).
-        seed: the seed of the initial weights.
-        data_seed: the seed of the generated data.
+        num_train: as for :func:`mnist1d_mlp`.
+        num_test: as for :func:`mnist1d_mlp`.
+        batch_size: as for :func:`mnist1d_mlp`.
+        seed: as for :func:`mnist1d_mlp`.
+        data_seed: as for :func:`mnist1d_mlp`.
         channels: convolution channels.
         hidden: units of the hidden dense layer.
 
     Returns:
-        The problem (cross-entropy; train and test data as lists of batches).
+        The problem, as for :func:`mnist1d_mlp`.
     """
     torch.manual_seed(seed)
     return _problem(
