@@ -524,79 +524,41 @@ def _descend(
     """Gradient descent (heavy-ball momentum if ``momentum`` > 0, random kicks if ``kick_radius`` > 0) from ``start``: the loss at every step, gradients spent, kicks given, the path, and whether a Ctrl-C cut it short (then the lists hold the steps taken, unpadded)."""
     losses: list[float] = []
     path: list[list[float]] = []
-    counts = [0, 0]  # gradients, kicks
-    try:
-        _descend_into(
-            op,
-            start,
-            losses,
-            path,
-            counts,
-            steps=steps,
-            lr=lr,
-            momentum=momentum,
-            kick_radius=kick_radius,
-            kick_threshold=kick_threshold,
-            kick_interval=kick_interval,
-            seed=seed,
-            record_path=record_path,
-        )
-    except KeyboardInterrupt:
-        _interrupt.keep_partial(finished=bool(losses))
-        return losses, counts[0], counts[1], path, True
-    losses += [losses[-1]] * (steps + 1 - len(losses))  # a diverged run keeps its last value
-    return losses, counts[0], counts[1], path, False
-
-
-def _descend_into(
-    op: HessianOperator,
-    start: torch.Tensor,
-    losses: list[float],
-    path: list[list[float]],
-    counts: list[int],
-    *,
-    steps: int,
-    lr: float,
-    momentum: float,
-    kick_radius: float,
-    kick_threshold: float,
-    kick_interval: int,
-    seed: int,
-    record_path: bool,
-) -> None:
     generator = torch.Generator().manual_seed(seed)
     theta = start.clone()
     velocity = torch.zeros_like(theta)
     kicks, last_kick, gradients = 0, -kick_interval, 0
-    for step in range(steps + 1):
-        _set_parameters(op, theta)
-        if record_path:
-            path.append(theta.cpu().tolist())
-        loss, grad = op.gradient()
-        gradients += 1
-        counts[0] = gradients
-        losses.append(loss if math.isfinite(loss) else math.inf)
-        if step == steps or not math.isfinite(loss):
-            break
-        grad = grad.to(theta.dtype)
-        if (
-            kick_radius > 0
-            and float(torch.linalg.vector_norm(grad)) <= kick_threshold
-            and step - last_kick >= kick_interval
-        ):
-            theta = theta + _ball_kick(theta.numel(), kick_radius, generator, theta.dtype).to(
-                theta.device
-            )
-            kicks += 1
-            counts[1] = kicks
-            last_kick = step
+    try:
+        for step in range(steps + 1):
             _set_parameters(op, theta)
+            if record_path:
+                path.append(theta.cpu().tolist())
             loss, grad = op.gradient()
             gradients += 1
-            counts[0] = gradients
+            losses.append(loss if math.isfinite(loss) else math.inf)
+            if step == steps or not math.isfinite(loss):
+                break
             grad = grad.to(theta.dtype)
-        velocity = momentum * velocity - lr * grad
-        theta = theta + velocity
+            if (
+                kick_radius > 0
+                and float(torch.linalg.vector_norm(grad)) <= kick_threshold
+                and step - last_kick >= kick_interval
+            ):
+                kick = _ball_kick(theta.numel(), kick_radius, generator, theta.dtype)
+                theta = theta + kick.to(theta.device)
+                kicks += 1
+                last_kick = step
+                _set_parameters(op, theta)
+                loss, grad = op.gradient()
+                gradients += 1
+                grad = grad.to(theta.dtype)
+            velocity = momentum * velocity - lr * grad
+            theta = theta + velocity
+    except KeyboardInterrupt:
+        _interrupt.keep_partial(finished=bool(losses))
+        return losses, gradients, kicks, path, True
+    losses += [losses[-1]] * (steps + 1 - len(losses))  # a diverged run keeps its last value
+    return losses, gradients, kicks, path, False
 
 
 def _first_escape(losses: list[float], start: float, drop: float) -> int | None:

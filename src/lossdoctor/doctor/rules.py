@@ -51,27 +51,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import get_args
 
 from .._results import ResultMixin, fmt
 from ..types import Cause
 from .measure import Measurements
 
-CAUSES = (
-    "diverging",
-    "oscillation",
-    "progressing",
-    "momentum_too_high",
-    "dead_units",
-    "weight_decay",
-    "vanishing_gradients",
-    "saddle_point",
-    "degenerate",
-    "converged",
-    "gradient_noise",
-    "flat_plateau",
-    "lr_too_small",
-    "ill_conditioned",
-)
+# Every cause a rule can decide: the Cause literal but "undetermined" (no rule decides that).
+CAUSES: tuple[str, ...] = tuple(c for c in get_args(Cause) if c != "undetermined")
 STALLED_CAUSES = tuple(c for c in CAUSES if c != "progressing")
 
 # -- thresholds (each used by one rule; see the rule's docstring) ----------------------------------
@@ -334,40 +321,29 @@ def _flat_trend(m: Measurements) -> bool:
     return m.trend.relative_drop < m.trend.threshold
 
 
+def _dead(
+    m: Measurements, share_limit: float, layer_limit: float, share_slack: float, layer_slack: float
+) -> tuple[Evidence, ...] | None:
+    """The dead units' evidence: the share of the network, else of its worst layer, past its limit."""
+    share, worst = m.dead_fraction, m.worst_dead_layer
+    if _holds(share, ">=", share_limit / share_slack):
+        return (_ev("share of dead hidden units", share, ">=", share_limit),)
+    if worst is not None and _holds(
+        worst.dead_units / worst.units, ">=", layer_limit / layer_slack
+    ):
+        name = f"dead units in layer {worst.name}"
+        return (_ev(name, worst.dead_units / worst.units, ">=", layer_limit),)
+    return None
+
+
 def dead_units(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """At least ``DEAD_SHARE`` of the hidden units, or ``DEAD_LAYER_SHARE`` of one layer's, have an exactly zero gradient on every sample (ReLUs that never fire)."""
-    share, worst = m.dead_fraction, m.worst_dead_layer
-    if _holds(share, ">=", DEAD_SHARE / slack):
-        return (_ev("share of dead hidden units", share, ">=", DEAD_SHARE),)
-    if worst is not None and _holds(worst.dead_units / worst.units, ">=", DEAD_LAYER_SHARE / slack):
-        return (
-            _ev(
-                f"dead units in layer {worst.name}",
-                worst.dead_units / worst.units,
-                ">=",
-                DEAD_LAYER_SHARE,
-            ),
-        )
-    return None
+    return _dead(m, DEAD_SHARE, DEAD_LAYER_SHARE, slack, slack)
 
 
 def dead_units_strong(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """So many dead units (``DEAD_STRONG`` of the hidden units, or ``DEAD_LAYER_STRONG`` of one layer) that the network is broken even while its loss still falls."""
-    share, worst = m.dead_fraction, m.worst_dead_layer
-    if _holds(share, ">=", DEAD_STRONG / slack):
-        return (_ev("share of dead hidden units", share, ">=", DEAD_STRONG),)
-    if worst is not None and _holds(
-        worst.dead_units / worst.units, ">=", DEAD_LAYER_STRONG / slack**0.25
-    ):
-        return (
-            _ev(
-                f"dead units in layer {worst.name}",
-                worst.dead_units / worst.units,
-                ">=",
-                DEAD_LAYER_STRONG,
-            ),
-        )
-    return None
+    return _dead(m, DEAD_STRONG, DEAD_LAYER_STRONG, slack, slack**0.25)
 
 
 def adaptive_bounce(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:

@@ -12,7 +12,7 @@ import numpy as np
 from .._results import fmt
 from ..studies.flat_surface import FlatSurfaceStudy
 from .figures import new_figure, save
-from .html import Section, esc, figure, paragraph, table
+from .html import Section, figure, table, verdict
 
 
 def _figure(study: FlatSurfaceStudy, out_dir: Path) -> str:
@@ -77,18 +77,14 @@ def render(study: FlatSurfaceStudy, out_dir: Path) -> Section:
         f"factor p(1-p) and vanishes: the top-left of its surface is flat, and training sits there. "
         f"Cross-entropy's gradient is p - y, large exactly where the prediction is wrong."
     )
-    verdict = (
+    verdict_text = (
         f"The doctor on the MSE run (its {study.steps} losses and gradient norms, lr {study.lr}): "
         f"{d.cause.upper()}: {d.summary}. Gradient norm {fmt(d.grad_norm)}, sharpness λ_max "
         f"{fmt(d.sharpness)}, lr·λ_max {fmt(d.lr_sharpness)}. On the cross-entropy run it says: "
         f"{study.ce_diagnosis.cause}."
     )
     body = (
-        paragraph(text)
-        + paragraph(verdict, "verdict")
-        + "<ul>"
-        + "".join(f"<li>{esc(str(p))}</li>" for p in d.prescriptions)
-        + "</ul>"
+        verdict(text, verdict_text, d.prescriptions)
         + table(
             [
                 "loss",

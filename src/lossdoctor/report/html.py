@@ -64,6 +64,12 @@ def paragraph(text: str, cls: str | None = None) -> str:
     return f"<p{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}>{esc(text)}</p>"
 
 
+def verdict(text: str, verdict_text: str, prescriptions: Sequence[object]) -> str:
+    """A study's text, the doctor's verdict on it and the prescriptions as a list (escaped)."""
+    items = "".join(f"<li>{esc(str(p))}</li>" for p in prescriptions)
+    return paragraph(text) + paragraph(verdict_text, "verdict") + f"<ul>{items}</ul>"
+
+
 def write_page(out_dir: Path, sections: Sequence[Section], *, title: str, intro: str = "") -> Path:
     """Write ``index.html`` with ``sections`` into ``out_dir`` (atomically) and return its path."""
     nav = "".join(f'<a href="#{esc(s.key)}">{esc(s.title)}</a>' for s in sections)

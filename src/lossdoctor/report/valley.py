@@ -12,7 +12,7 @@ import numpy as np
 from .._results import fmt
 from ..studies.valley import DENSE_STEPS, ValleyStudy, losses_of
 from .figures import new_figure, save
-from .html import Section, esc, figure, paragraph, table
+from .html import Section, figure, table, verdict
 
 
 def _contours(ax, study: ValleyStudy, w1: tuple[float, float], w2: tuple[float, float]) -> None:
@@ -139,18 +139,14 @@ def render(study: ValleyStudy, out_dir: Path) -> Section:
         f"same lr diverges. With lr 1e-7 the steep direction shrinks by only e^-{1e-7 * study.lambda_max * 1e5:.1f}"
         f" in 100,000 updates and the floor (λ_min) barely moves: the run crawls and never arrives."
     )
-    verdict = (
+    verdict_text = (
         f"The doctor on GD lr 1e-2 after {study.diagnosed_at} updates (last 60 steps): "
         f"{d.cause.upper()}: {d.summary}. Sharpness λ_max = {fmt(d.sharpness, 6)}, lr·λ_max = "
         f"{fmt(d.lr_sharpness, 5)}, stability bound lr <= 2/λ_max = {d.max_stable_lr:.6f}, mean cosine "
         f"between successive gradients {d.grad_cosine:+.3f}, efficiency {d.efficiency:.4f}."
     )
     body = (
-        paragraph(text)
-        + paragraph(verdict, "verdict")
-        + "<ul>"
-        + "".join(f"<li>{esc(str(p))}</li>" for p in d.prescriptions)
-        + "</ul>"
+        verdict(text, verdict_text, d.prescriptions)
         + table(header, rows)
         + figure(
             contours,

@@ -237,11 +237,11 @@ def zero_phase_ema(values: np.ndarray, beta: float) -> np.ndarray:
     So the suggested lr is not shifted towards larger lrs.
 
     Args:
-        values: the series.
-        beta: the weight of the past (0: no smoothing).
+        values: as for :func:`ema`.
+        beta: as for :func:`ema`.
 
     Returns:
-        The smoothed series, as floats.
+        The smoothed series, as floats, without the lag.
 
     Examples:
         >>> import numpy as np
