@@ -362,12 +362,35 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
         return trainable_parameters(model)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    single = isinstance(params, (str, torch.Tensor, nn.Module)) or (
-        isinstance(params, tuple)
-        and len(params) == 2
-        and isinstance(params[0], str)
-        and isinstance(params[1], torch.Tensor)
+    items, single = _param_items(model, params)
+    selection = _Selection(model)
+    for i, item in enumerate(items):
+        selection.add(
+            item[1] if _is_named_pair(item) else item, "params" if single else f"params[{i}]"
+        )
+    named = [(n, p) for n, p in model.named_parameters() if id(p) in selection.chosen]
+    if not named:
+        raise ValueError(
+            "params selects no trainable parameter: every parameter it covers is frozen "
+            "(requires_grad=False), and lossdoctor never changes requires_grad. Select "
+            "trainable parameters, or unfreeze them yourself first."
+        )
+    return named
+
+
+def _is_named_pair(item: Any) -> bool:
+    """A ``(name, tensor)`` pair as ``named_parameters()`` yields it."""
+    return (
+        isinstance(item, tuple)
+        and len(item) == 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], torch.Tensor)
     )
+
+
+def _param_items(model: nn.Module, params: Any) -> tuple[list[Any], bool]:
+    """``params`` as a non-empty list of items, and whether it was a single item."""
+    single = isinstance(params, (str, torch.Tensor, nn.Module)) or _is_named_pair(params)
     if single:
         items = [params]
     elif isinstance(params, Mapping):
@@ -384,15 +407,24 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
             "params is empty: it selects no parameters. Pass parameter tensors, names such as "
             f"{_available_names(model, 3)}, or modules of the model; or params=None for all."
         )
-    # Every alias of a tied parameter, so that any of its names selects it.
-    aliases: dict[str, nn.Parameter] = dict(model.named_parameters(remove_duplicate=False))
-    modules = dict(model.named_modules(remove_duplicate=False))
-    module_ids = {id(m) for m in modules.values()}
-    known = {id(p) for p in aliases.values()}
-    chosen: set[int] = set()
+    return items, single
 
-    def take(p: torch.Tensor, what: str, explicit: bool) -> None:
-        if id(p) not in known:
+
+class _Selection:
+    """The parameters chosen so far (by id), checked against the model's own."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        # Every alias of a tied parameter, so that any of its names selects it.
+        self.aliases: dict[str, nn.Parameter] = dict(model.named_parameters(remove_duplicate=False))
+        self.modules = dict(model.named_modules(remove_duplicate=False))
+        self.module_ids = {id(m) for m in self.modules.values()}
+        self.known = {id(p) for p in self.aliases.values()}
+        self.chosen: set[int] = set()
+
+    def take(self, p: torch.Tensor, what: str, explicit: bool) -> None:
+        """Choose ``p``; a frozen one is refused when named ``explicit``ly, else left out."""
+        if id(p) not in self.known:
             raise ValueError(
                 f"{what} is not a parameter of this model (not among its "
                 "named_parameters()); pass the model's own tensors, names or modules."
@@ -405,21 +437,14 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
                     "tensor: leave it out of params, or unfreeze it yourself first."
                 )
             return
-        chosen.add(id(p))
+        self.chosen.add(id(p))
 
-    for i, item in enumerate(items):
-        where = "params" if single else f"params[{i}]"
-        if (
-            isinstance(item, tuple)
-            and len(item) == 2
-            and isinstance(item[0], str)
-            and isinstance(item[1], torch.Tensor)
-        ):
-            item = item[1]
+    def add(self, item: Any, where: str) -> None:
+        """Choose what one item of ``params`` (``where``) selects: a tensor, a module or a name."""
         if isinstance(item, torch.Tensor):
-            take(item, f"{where} ({_describe_item(item)})", explicit=True)
+            self.take(item, f"{where} ({_describe_item(item)})", explicit=True)
         elif isinstance(item, nn.Module):
-            if id(item) not in module_ids:
+            if id(item) not in self.module_ids:
                 raise ValueError(
                     f"{where} ({_describe_item(item)}) is not a submodule of this model; "
                     "pass one of model.modules(), or its name."
@@ -428,39 +453,34 @@ def selected_parameters(model: nn.Module, params: Any = None) -> list[tuple[str,
             if not owned:
                 raise ValueError(f"{where} ({_describe_item(item)}) has no parameters.")
             for p in owned:
-                take(p, f"{where} ({_describe_item(item)})", explicit=False)
+                self.take(p, f"{where} ({_describe_item(item)})", explicit=False)
         elif isinstance(item, str):
-            if item in aliases:
-                take(aliases[item], f"{where} = {item!r}", explicit=True)
-            elif item in modules and item:
-                owned = list(modules[item].parameters())
-                if not owned:
-                    raise ValueError(f"{where} = {item!r} names a module without parameters.")
-                for p in owned:
-                    take(p, f"{where} = {item!r}", explicit=False)
-            else:
-                matched = [p for name, p in aliases.items() if fnmatch.fnmatchcase(name, item)]
-                if not matched:
-                    raise ValueError(
-                        f"{where} = {item!r} matches no parameter or module name of the "
-                        f"model; its parameters are {_available_names(model)} (glob patterns "
-                        "such as 'layer2.*' are allowed)."
-                    )
-                for p in matched:
-                    take(p, f"{where} = {item!r}", explicit=False)
+            self.add_name(item, where)
         else:
             raise TypeError(
                 f"{where} must be a parameter tensor, a name (glob patterns allowed) or a "
                 f"module of the model, got {_describe_item(item)} ({type(item).__name__})."
             )
-    named = [(n, p) for n, p in model.named_parameters() if id(p) in chosen]
-    if not named:
-        raise ValueError(
-            "params selects no trainable parameter: every parameter it covers is frozen "
-            "(requires_grad=False), and lossdoctor never changes requires_grad. Select "
-            "trainable parameters, or unfreeze them yourself first."
-        )
-    return named
+
+    def add_name(self, item: str, where: str) -> None:
+        """Choose by name: a parameter's, a submodule's, or a glob pattern over parameter names."""
+        if item in self.aliases:
+            self.take(self.aliases[item], f"{where} = {item!r}", explicit=True)
+            return
+        if item in self.modules and item:
+            owned = list(self.modules[item].parameters())
+            if not owned:
+                raise ValueError(f"{where} = {item!r} names a module without parameters.")
+        else:
+            owned = [p for name, p in self.aliases.items() if fnmatch.fnmatchcase(name, item)]
+            if not owned:
+                raise ValueError(
+                    f"{where} = {item!r} matches no parameter or module name of the "
+                    f"model; its parameters are {_available_names(self.model)} (glob patterns "
+                    "such as 'layer2.*' are allowed)."
+                )
+        for p in owned:
+            self.take(p, f"{where} = {item!r}", explicit=False)
 
 
 def model_device(params: Sequence[torch.Tensor]) -> torch.device:

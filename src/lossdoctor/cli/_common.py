@@ -100,36 +100,33 @@ class CheckedGroup(click.Group):
                 result = super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as err:
             if os.environ.get("LOSSDOCTOR_DEBUG"):
                 raise
-            console.print("[yellow]interrupted[/yellow] before anything finished: nothing to show.")
-            sys.exit(EXIT_INTERRUPTED)
-        except (
-            ValueError,
-            TypeError,
-        ) as err:  # bad input: options, the problem, the data (wrapped)
-            if os.environ.get("LOSSDOCTOR_DEBUG"):
-                raise
-            fail(str(err))
-        except OSError as err:
-            if os.environ.get("LOSSDOCTOR_DEBUG"):
-                raise
-            console.print(f"[red]error:[/red] {escape(str(err))}")
-            sys.exit(EXIT_FAILURE)
-        except Exception:  # a bug in lossdoctor: say so, with the traceback to report
-            if os.environ.get("LOSSDOCTOR_DEBUG"):
-                raise
-            console.print(escape(traceback.format_exc()))
-            console.print(
-                "[red]internal error[/red]: this is a bug in lossdoctor; please report it with the "
-                "traceback above."
-            )
-            sys.exit(EXIT_FAILURE)
+            _exit_for(err)
         if _interrupt.count() != mark:
             console.print("[yellow]interrupted[/yellow]: the results above are what finished.")
             sys.exit(EXIT_INTERRUPTED)
         return result
+
+
+def _exit_for(err: BaseException) -> NoReturn:
+    """Say what went wrong and exit with its status (called inside the ``except`` block)."""
+    if isinstance(err, KeyboardInterrupt):
+        console.print("[yellow]interrupted[/yellow] before anything finished: nothing to show.")
+        sys.exit(EXIT_INTERRUPTED)
+    if isinstance(err, (ValueError, TypeError)):  # bad input: options, the problem, the data
+        fail(str(err))
+    if isinstance(err, OSError):
+        console.print(f"[red]error:[/red] {escape(str(err))}")
+        sys.exit(EXIT_FAILURE)
+    # A bug in lossdoctor: say so, with the traceback to report.
+    console.print(escape(traceback.format_exc()))
+    console.print(
+        "[red]internal error[/red]: this is a bug in lossdoctor; please report it with the "
+        "traceback above."
+    )
+    sys.exit(EXIT_FAILURE)
 
 
 # -- option types: every value checked while parsing, the message naming the option --------------

@@ -304,16 +304,18 @@ def adaptive_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] 
         m.efficiency is None or _holds(m.efficiency, "<", NOISE_EFFICIENCY * slack)
     ):
         return (
-            _ev(
-                "gradient noise / signal at the training batch size",
-                m.noise_ratio,
-                ">=",
-                NOISE_RATIO,
-            ),
-            _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY),
+            *_noise_evidence(m),
             _ev("S / stability limit", m.stability, ">=", SMALL_STEP),
         )
     return None
+
+
+def _noise_evidence(m: Measurements) -> tuple[Evidence, Evidence]:
+    """The gradient-noise rules' shared evidence: the noise ratio and the efficiency."""
+    return (
+        _ev("gradient noise / signal at the training batch size", m.noise_ratio, ">=", NOISE_RATIO),
+        _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY),
+    )
 
 
 def _flat_trend(m: Measurements) -> bool:
@@ -578,15 +580,7 @@ def gradient_noise(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] 
         and _holds(m.noise_ratio, ">=", NOISE_RATIO / slack)
         and (m.efficiency is None or _holds(m.efficiency, "<", NOISE_EFFICIENCY * slack))
     ):
-        return (
-            _ev(
-                "gradient noise / signal at the training batch size",
-                m.noise_ratio,
-                ">=",
-                NOISE_RATIO,
-            ),
-            _ev("efficiency (realized / predicted drop)", m.efficiency, "<", NOISE_EFFICIENCY),
-        )
+        return _noise_evidence(m)
     return None
 
 
