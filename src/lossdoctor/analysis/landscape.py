@@ -36,7 +36,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..evaluation import as_tensors, evaluate_largest
 from ..model_state import preserved_model, preserved_rng, selected_parameters
-from ..progress import Progress, with_progress
+from ..progress import Progress, as_callback, with_progress
 
 NORMALIZATIONS = ("filter", "layer", "none")
 
@@ -341,7 +341,7 @@ def interpolate(
 
     with torch.no_grad(), preserved_rng():
         cols, interrupted = _evaluate_points(
-            len(alphas), move, work, loss_fn, train, test, progress
+            len(alphas), move, work, loss_fn, train, test, as_callback(progress)
         )
     done, total = len(cols[0]), len(alphas)
     return Curve(
@@ -461,7 +461,9 @@ def landscape(
                 for c, d in zip(grid[i], directions):
                     p.add_(d[j].to(p.device, p.dtype), alpha=c)
 
-        cols, interrupted = _evaluate_points(len(grid), move, model, loss_fn, train, test, progress)
+        cols, interrupted = _evaluate_points(
+            len(grid), move, model, loss_fn, train, test, as_callback(progress)
+        )
 
     done = len(cols[0])
 
@@ -469,7 +471,7 @@ def landscape(
         values = _pad(values, len(grid))
         return values if dims == 1 else [values[i * steps : (i + 1) * steps] for i in range(steps)]
 
-    norms = [float(torch.sqrt(sum((t.double() ** 2).sum() for t in d))) for d in directions]
+    norms = [math.sqrt(sum(float((t.double() ** 2).sum()) for t in d)) for d in directions]
     return Landscape(
         dims=dims,
         coords=coords,

@@ -48,6 +48,7 @@ from ..curvature import hessian
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, rademacher, tridiagonal
 from ..model_state import selected_parameters
 from ..progress import Progress, with_progress
+from ..types import Mode
 from .step_size import check_lr, step_size
 
 
@@ -385,7 +386,7 @@ def layer_curvature(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     lr: float | None = None,
-    mode: str | None = None,
+    mode: Mode | None = None,
     probes: int = 2,
     lanczos_steps: int = 12,
     seed: int = 0,

@@ -186,7 +186,7 @@ def candidates(
         if cap is not None:
             ladder = [v for v in ladder if v < cap] + [cap, cap / 10]
         for v in sorted(set(ladder)):
-            if v > lr * 1.5 and all(abs(v / c.action["lr"] - 1) > 0.3 for c in out):
+            if lr and v > lr * 1.5 and all(abs(v / c.action["lr"] - 1) > 0.3 for c in out):
                 out.append(Candidate({"lr": v}, "small"))
         if not out and lr:
             out.append(Candidate({"lr": lr * 3}, "small"))
@@ -206,9 +206,9 @@ def candidates(
         out += _adam(m)
         if lr:
             out.append(Candidate({"reinitialize": {"seed": 0}, "lr": lr}, "flat"))
-        v = _capped_raise(m, 10.0)
-        if v is not None:
-            out.append(Candidate({"lr": v}, "flat"))
+        raised = _capped_raise(m, 10.0)
+        if raised is not None:
+            out.append(Candidate({"lr": raised}, "flat"))
         if probability_outputs:
             out.append(Candidate({"loss": "cross_entropy"}, "flat", applicable=False))
         if not has_normalization:
@@ -265,9 +265,9 @@ def candidates(
     if cause == "undetermined":
         # Stalled, and no measured cause stands out: the usual suspects, each tried.
         out += [Candidate({"lr": v}, "unclear") for v in _lowered(m, 0.3)]
-        v = _capped_raise(m, 3.0)
-        if v is not None:
-            out.append(Candidate({"lr": v}, "unclear"))
+        raised = _capped_raise(m, 3.0)
+        if raised is not None:
+            out.append(Candidate({"lr": raised}, "unclear"))
         if sgd:
             out += _adam(m, (1e-3,))
         if lr:

@@ -285,7 +285,7 @@ def evidence(decision: Decision, m: Measurements) -> tuple[str, ...]:
         )
         edge = (
             m.lr * m.threshold / m.lr_sharpness
-            if m.lr and m.lr_sharpness and m.lr_sharpness > 0
+            if m.lr and m.threshold is not None and m.lr_sharpness > 0
             else None
         )
         bound = (

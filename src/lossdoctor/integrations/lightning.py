@@ -36,7 +36,8 @@ try:
     from lightning.pytorch import Callback
 except ImportError:  # pragma: no cover - the older package name
     try:
-        from pytorch_lightning import Callback
+        # The same class under the package's old name (mypy sees two distinct types).
+        from pytorch_lightning import Callback  # type: ignore[assignment]
     except ImportError as err:
         raise ImportError(
             "lossdoctor.integrations.lightning needs lightning: pip install 'lossdoctor[lightning]'"

@@ -36,19 +36,19 @@ def render(study: BatchSweepStudy, out_dir: Path) -> Section:
     sweep = study.sweep
     fig, axes = new_figure(4, width=3.6, height=3.4)
     for k, label in enumerate(sweep.labels):
-        rows = sweep.table(label)
+        by_size = sweep.table(label)
         for ax, (name, title, pct) in zip(axes, PANELS):
             pts = [
-                (r["batch_size"], r[name], r[name + "_std"]) for r in rows if r[name] is not None
+                (r["batch_size"], r[name], r[name + "_std"]) for r in by_size if r[name] is not None
             ]
             if not pts:
                 continue
-            b, v, s = map(np.array, zip(*pts))
+            sizes, values, stds = map(np.array, zip(*pts))
             scale = 100 if pct else 1
             ax.errorbar(
-                b * (1 + 0.04 * (k - 1)),
-                v * scale,
-                yerr=s * scale,
+                sizes * (1 + 0.04 * (k - 1)),
+                values * scale,
+                yerr=stds * scale,
                 marker="os^d"[k % 4],
                 capsize=2,
                 color=f"C{k}",

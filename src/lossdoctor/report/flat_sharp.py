@@ -5,6 +5,7 @@ landscapes around each, train and test together."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,11 @@ from ..analysis.landscape import Landscape
 from ..studies.flat_sharp import FlatSharpStudy, wall_rise
 from .figures import new_figure, save, save_new
 from .html import Section, figure, paragraph
+
+
+def _percent(values: list[float | None] | None) -> list[float]:
+    """Accuracies in percent (NaN where there is none)."""
+    return [math.nan if a is None else 100 * a for a in values or []]
 
 
 def _line(ax, land: Landscape, title: str) -> None:
@@ -51,8 +57,8 @@ def render(study: FlatSharpStudy, out_dir: Path) -> Section:
     ax.set_xlabel(f"alpha: 0 = batch {s} solution, 1 = batch {b} solution")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
-    ax2.plot(cv.alphas, [100 * a for a in cv.train_accuracy], color="C0", lw=0.7, alpha=0.5)
-    ax2.plot(cv.alphas, [100 * a for a in cv.test_accuracy], color="C3", lw=0.7, ls="--", alpha=0.5)
+    ax2.plot(cv.alphas, _percent(cv.train_accuracy), color="C0", lw=0.7, alpha=0.5)
+    ax2.plot(cv.alphas, _percent(cv.test_accuracy), color="C3", lw=0.7, ls="--", alpha=0.5)
     ax2.set_ylabel("accuracy % (thin lines)")
     ax2.grid(False)
     for x in (0, 1):

@@ -14,6 +14,7 @@ is asked about the MSE run.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,6 +128,15 @@ class FlatSurfaceStudy(ResultMixin):
         return "\n".join(lines)
 
 
+def _squared_norm(params: Iterable[nn.Parameter]) -> torch.Tensor:
+    """The squared norm of the gradients of ``params``, summed in their own dtype in order."""
+    total = torch.zeros(())
+    for p in params:
+        if p.grad is not None:
+            total = total + (p.grad**2).sum()
+    return total
+
+
 def train_gd(
     model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float
 ) -> tuple[LossRun, torch.optim.Optimizer]:
@@ -138,7 +148,7 @@ def train_gd(
         out = model(x)
         loss = loss_fn(out, y)
         loss.backward()
-        norms.append(float(torch.sqrt(sum((p.grad**2).sum() for p in model.parameters()))))
+        norms.append(float(torch.sqrt(_squared_norm(model.parameters()))))
         losses.append(float(loss.detach()))
         accs.append(float((out.argmax(1) == y).double().mean()))
         opt.step()

@@ -70,6 +70,7 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> NoiseScaleSt
     problem = build("mnist1d-mlp", num_train=cfg["num_train"], num_test=1000, hidden=64, depth=2)
     small_b, seed = sweep.batch_sizes[0], sweep.seeds[0]
     run0 = sweep.run(small_b, seed)
+    states = run0.states or {}  # the batch-sweep study keeps each milestone's weights
     pairs = 60 if quick else 200
     wanted = [("initialization", None)] + [
         (f"batch {small_b}, {m.label}", m.label)
@@ -83,7 +84,7 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> NoiseScaleSt
                 initialize(problem.model, seed) if label is None else copy.deepcopy(problem.model)
             )
             if label is not None:
-                model.load_state_dict(run0.states[label])
+                model.load_state_dict(states[label])
             ns = gradient_noise_scale(
                 model,
                 problem.loss_fn,
@@ -101,8 +102,8 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> NoiseScaleSt
     )
     secs, secs_std, ups, samples, reached = [], [], [], [], []
     for b in sweep.batch_sizes:
-        hits = [r.time_to_loss(target) for r in sweep.runs if r.batch_size == b]
-        hits = [h for h in hits if h is not None]
+        times = (r.time_to_loss(target) for r in sweep.runs if r.batch_size == b)
+        hits = [h for h in times if h is not None]
         reached.append(len(hits))
         secs.append(float(np.mean([h[0] for h in hits])) if hits else None)
         secs_std.append(float(np.std([h[0] for h in hits])) if hits else None)

@@ -106,8 +106,9 @@ class StepSignals:
 
     def _copy(self, row: int) -> None:
         grads = [p.grad for p in self.params]
-        if all(g is not None and g.layout == torch.strided for g in grads):
-            torch._foreach_copy_(self._grad_views[row], grads)
+        dense = [g for g in grads if g is not None and g.layout == torch.strided]
+        if len(dense) == len(grads):
+            torch._foreach_copy_(self._grad_views[row], dense)
         else:
             for view, g in zip(self._grad_views[row], grads):
                 if g is None:
@@ -138,7 +139,7 @@ class StepSignals:
         g2 = sum(float(g @ g) for g in grad)
         prev_grad, prev_theta = self._prev_grad, self._prev_theta
         self._prev_grad, self._prev_theta, self._prev_step = grad, theta, self._steps
-        if not consecutive or prev_grad is None:
+        if not consecutive or prev_grad is None or prev_theta is None:
             return math.sqrt(g2), math.nan, math.nan
         g_prev = sum(float(g @ q) for g, q in zip(grad, prev_grad))
         prev2 = sum(float(q @ q) for q in prev_grad)

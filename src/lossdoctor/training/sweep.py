@@ -28,13 +28,14 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import _interrupt
 from .._checks import (
@@ -423,6 +424,44 @@ def initialize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return work.to(device)
 
 
+def _milestone_plan(
+    cfg: dict[str, Any], upe: int
+) -> tuple[list[tuple[str, str, float]], set[int], int]:
+    """The milestones ``(label, kind, target)``, the steps of the epoch and update targets, the last step.
+
+    ``upe``: updates per epoch."""
+    pending: list[tuple[str, str, float]] = []
+    if cfg["epochs"]:
+        pending.append((f"epochs={cfg['epochs']}", "epochs", cfg["epochs"]))
+    if cfg["updates"]:
+        pending.append((f"updates={cfg['updates']}", "updates", cfg["updates"]))
+    for t in cfg["stop_at_loss"]:
+        pending.append((f"loss<={t:g}", "loss", t))
+    step_targets = {int(t * upe) if k == "epochs" else int(t) for _, k, t in pending if k != "loss"}
+    max_steps = max(list(step_targets) + ([cfg["max_epochs"] * upe] if cfg["stop_at_loss"] else []))
+    return pending, step_targets, max_steps
+
+
+def _timed_step(
+    model: nn.Module,
+    loss_fn: Callable,
+    opt: torch.optim.Optimizer,
+    xb: Any,
+    yb: torch.Tensor,
+    step: int,
+    device: torch.device,
+) -> float:
+    """One update on one batch; returns its seconds (synchronized on CUDA)."""
+    t0 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    loss = batch_loss(model, loss_fn, xb, yb, step)
+    loss.backward()
+    opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def _train_run(
     problem: Problem,
     train: tuple,
@@ -441,16 +480,8 @@ def _train_run(
     n = len(y)
     upe = math.ceil(n / b)
     lr = cfg["lr"] * (b / cfg["base_batch"] if cfg["lr_rule"] == "linear" else 1.0)
-    pending: list[tuple[str, str, float]] = []
-    if cfg["epochs"]:
-        pending.append((f"epochs={cfg['epochs']}", "epochs", cfg["epochs"]))
-    if cfg["updates"]:
-        pending.append((f"updates={cfg['updates']}", "updates", cfg["updates"]))
-    for t in cfg["stop_at_loss"]:
-        pending.append((f"loss<={t:g}", "loss", t))
+    pending, step_targets, max_steps = _milestone_plan(cfg, upe)
     all_milestones = list(pending)
-    step_targets = {int(t * upe) if k == "epochs" else int(t) for _, k, t in pending if k != "loss"}
-    max_steps = max(list(step_targets) + ([cfg["max_epochs"] * upe] if cfg["stop_at_loss"] else []))
     check = max(1, min(upe, cfg["check_every"]))
     model = initialize(problem.model, seed)
     device = next(model.parameters()).device
@@ -557,14 +588,7 @@ def _train_run(
         for start in range(0, n, b):
             idx = order[start : start + b]
             xb, yb = take(x, y, idx, device)
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = batch_loss(model, problem.loss_fn, xb, yb, step)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            seconds += time.perf_counter() - t0
+            seconds += _timed_step(model, problem.loss_fn, opt, xb, yb, step, device)
             step += 1
             if step % check == 0 or step in step_targets or step >= max_steps or start + b >= n:
                 point = evaluate_now()
@@ -591,6 +615,65 @@ def _train_run(
         fingerprint=fingerprint,
         states=states if keep_states else None,
     )
+
+
+def _check_milestones(
+    epochs: float | None, updates: int | None, stop_at_loss: float | Sequence[float]
+) -> tuple[float | None, int | None, list[float]]:
+    """The checked milestones of :func:`batch_size_sweep`; at least one is required."""
+    # an integer number of epochs stays an int: its label ("epochs=3") and the store's fingerprint
+    if epochs is not None and is_integer(epochs) and epochs > 0:
+        epochs = int(epochs)
+    else:
+        epochs = check_float(epochs, "epochs", above=0.0, optional=True)
+    updates = check_int(updates, "updates", minimum=1, optional=True)
+    thresholds = (
+        [check_float(stop_at_loss, "stop_at_loss", above=0.0)]
+        if not isinstance(stop_at_loss, (list, tuple, np.ndarray, torch.Tensor, range))
+        else check_floats(stop_at_loss, "stop_at_loss", above=0.0, nonempty=False)
+    )
+    if epochs is None and updates is None and not thresholds:
+        raise ValueError(
+            "give epochs=, updates= or stop_at_loss= (or several): when to stop and measure."
+        )
+    return epochs, updates, thresholds
+
+
+def _check_methods(sharpness: str | Sequence[str]) -> list[str]:
+    """The checked sharpness methods of :func:`batch_size_sweep`, as a list."""
+    methods = [sharpness] if isinstance(sharpness, str) else sharpness
+    if isinstance(methods, (bytes, dict)) or not isinstance(methods, (list, tuple)):
+        raise TypeError(
+            f"sharpness must be a list of methods ('lambda_max', 'trace', 'epsilon') or one of them, "
+            f"got {describe(sharpness)}."
+        )
+    return [
+        check_choice(m, f"sharpness[{i}]", ("lambda_max", "trace", "epsilon"))
+        for i, m in enumerate(methods)
+    ]
+
+
+def _gather_runs(
+    runs: dict[tuple[int, int], SweepRun],
+    grid: list[tuple[int, int]],
+    root: Path,
+    fingerprint: str,
+) -> list[str]:
+    """Read the other ranks' runs from the store into ``runs`` (torch.distributed); their keys."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    keys = []
+    for b, s in grid:
+        if (b, s) not in runs:
+            found = _load_run(root / "runs" / f"b{b}-s{s}.json", fingerprint)
+            if found is None:
+                raise RuntimeError(
+                    f"run b{b}-s{s} is missing from store {root} after every rank finished."
+                )
+            runs[(b, s)] = found
+            keys.append(found.key)
+    return keys
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -679,38 +762,14 @@ def batch_size_sweep(
         )
     sizes = check_ints(batch_sizes, "batch_sizes", minimum=1, distinct=True)
     seeds = check_ints(seeds, "seeds", minimum=0, maximum=2**63 - 20_001, distinct=True)
-    # an integer number of epochs stays an int: its label ("epochs=3") and the store's fingerprint
-    epochs = (
-        int(epochs)
-        if is_integer(epochs) and epochs > 0
-        else check_float(epochs, "epochs", above=0.0, optional=True)
-    )
-    updates = check_int(updates, "updates", minimum=1, optional=True)
-    thresholds = (
-        [check_float(stop_at_loss, "stop_at_loss", above=0.0)]
-        if not isinstance(stop_at_loss, (list, tuple, np.ndarray, torch.Tensor, range))
-        else check_floats(stop_at_loss, "stop_at_loss", above=0.0, nonempty=False)
-    )
-    if epochs is None and updates is None and not thresholds:
-        raise ValueError(
-            "give epochs=, updates= or stop_at_loss= (or several): when to stop and measure."
-        )
+    epochs, updates, thresholds = _check_milestones(epochs, updates, stop_at_loss)
     max_epochs = check_int(max_epochs, "max_epochs", minimum=1)
     lr = check_float(lr, "lr", above=0.0)
     check_choice(lr_rule, "lr_rule", LR_RULES)
     base_batch = check_int(base_batch, "base_batch", minimum=1)
     check_choice(optimizer, "optimizer", OPTIMIZERS)
     momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
-    methods = [sharpness] if isinstance(sharpness, str) else sharpness
-    if isinstance(methods, (bytes, dict)) or not isinstance(methods, (list, tuple)):
-        raise TypeError(
-            f"sharpness must be a list of methods ('lambda_max', 'trace', 'epsilon') or one of them, "
-            f"got {describe(sharpness)}."
-        )
-    methods = [
-        check_choice(m, f"sharpness[{i}]", ("lambda_max", "trace", "epsilon"))
-        for i, m in enumerate(methods)
-    ]
+    methods = _check_methods(sharpness)
     epsilons = check_floats(epsilons, "epsilons", above=0.0)
     epsilon_iters = check_int(epsilon_iters, "epsilon_iters", minimum=1)
     tol = check_float(tol, "tol", above=0.0)
@@ -792,18 +851,8 @@ def batch_size_sweep(
     except KeyboardInterrupt:
         interrupted = _interrupt.keep_partial(finished=world == 1 and bool(runs))
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-        for b, s in grid:
-            if (b, s) not in runs:
-                found = _load_run(root / "runs" / f"b{b}-s{s}.json", fingerprint)
-                if found is None:
-                    raise RuntimeError(
-                        f"run b{b}-s{s} is missing from store {root} after every rank finished."
-                    )
-                runs[(b, s)] = found
-                loaded.append(found.key)
+        assert root is not None  # a sweep under torch.distributed has a store (checked above)
+        loaded += _gather_runs(runs, grid, root, fingerprint)
     return SweepResult(
         problem=problem.name,
         batch_sizes=sizes,
