@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -129,40 +130,50 @@ def _import_function(spec: str) -> Callable[..., Any]:
             f"problem {spec!r} is neither a built-in name nor 'package.module:function'."
         )
     if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
-        path = Path(module_name)
-        if not path.is_file():
-            raise MissingFileError(f"problem file {path} does not exist.")
-        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-        if mod_spec is None or mod_spec.loader is None:
-            raise ValueError(f"problem file {path} cannot be imported as Python (name it *.py).")
-        module = importlib.util.module_from_spec(mod_spec)
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as err:
-            raise _user_error(spec, f"importing {path}", err) from err
-        sys.modules.setdefault(path.stem, module)
+        module = _import_file(spec, Path(module_name))
     else:
-        if "" not in sys.path and str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))  # so `mymodule:fn` finds the user's own files
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if (
-                err.name
-                and module_name.split(".")[0] != err.name.split(".")[0]
-                and err.name not in module_name
-            ):
-                raise _user_error(spec, f"importing {module_name}", err) from err
-            raise ValueError(
-                f"cannot import module {module_name!r} for problem {spec!r}: {err}. "
-                "Run from the directory that contains it or install it."
-            ) from err
-        except Exception as err:
-            raise _user_error(spec, f"importing {module_name}", err) from err
+        module = _import_module(spec, module_name)
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ValueError(f"module {module_name!r} has no function {func_name!r}.")
     return func
+
+
+def _import_file(spec: str, path: Path) -> ModuleType:
+    """The problem's module from a file path (``path/to/file.py:function``)."""
+    if not path.is_file():
+        raise MissingFileError(f"problem file {path} does not exist.")
+    mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+    if mod_spec is None or mod_spec.loader is None:
+        raise ValueError(f"problem file {path} cannot be imported as Python (name it *.py).")
+    module = importlib.util.module_from_spec(mod_spec)
+    try:
+        mod_spec.loader.exec_module(module)
+    except Exception as err:
+        raise _user_error(spec, f"importing {path}", err) from err
+    sys.modules.setdefault(path.stem, module)
+    return module
+
+
+def _import_module(spec: str, module_name: str) -> ModuleType:
+    """The problem's module by its dotted name, the working directory on the path."""
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # so `mymodule:fn` finds the user's own files
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if (
+            err.name
+            and module_name.split(".")[0] != err.name.split(".")[0]
+            and err.name not in module_name
+        ):
+            raise _user_error(spec, f"importing {module_name}", err) from err
+        raise ValueError(
+            f"cannot import module {module_name!r} for problem {spec!r}: {err}. "
+            "Run from the directory that contains it or install it."
+        ) from err
+    except Exception as err:
+        raise _user_error(spec, f"importing {module_name}", err) from err
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
@@ -184,6 +195,13 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist.")
     device = next(iter(model.parameters()), torch.empty(0)).device
+    state = _read_state_dict(path, device)
+    _check_fits(model, state, path)
+    model.load_state_dict(state)
+
+
+def _read_state_dict(path: Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """The state dict in ``path`` (``weights_only``), unwrapped from a training checkpoint."""
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on the way to refusing
             warnings.simplefilter("ignore")
@@ -209,6 +227,11 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
                 break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {path} does not hold a state_dict of tensors.")
+    return state
+
+
+def _check_fits(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Raise a ValueError naming the missing, unexpected and mis-shaped keys, if any."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -230,7 +253,6 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
                 )
             )
         raise ValueError(f"checkpoint {path} does not fit the model: {'; '.join(parts)}.")
-    model.load_state_dict(state)
 
 
 def load_problem(spec: str, *, checkpoint: str | Path | None = None, **kwargs: Any) -> Problem:
