@@ -47,28 +47,38 @@ def read_history_file(path: str) -> dict[str, list[float]]:
             "or a CSV with a 'loss' column)."
         ) from None
     if Path(path).suffix.lower() == ".json" or text.lstrip()[:1] in ("[", "{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        if isinstance(data, list):
-            return {"losses": data}
-        if isinstance(data, dict):
-            return {
-                k: v
-                for k, v in data.items()
-                if k
-                in (
-                    "losses",
-                    "loss",
-                    "step_loss",
-                    "grad_norms",
-                    "grad_norm",
-                    "grad_cosines",
-                    "grad_cosine",
-                )
-            }
-        raise ValueError(f"{path}: expected a JSON list of losses or an object with 'losses'.")
+        return _history_json(path, text)
+    return _history_csv(path, text)
+
+
+def _history_json(path: str, text: str) -> dict[str, list[float]]:
+    """The history from JSON text: a list of losses, or an object holding them."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if isinstance(data, list):
+        return {"losses": data}
+    if isinstance(data, dict):
+        return {
+            k: v
+            for k, v in data.items()
+            if k
+            in (
+                "losses",
+                "loss",
+                "step_loss",
+                "grad_norms",
+                "grad_norm",
+                "grad_cosines",
+                "grad_cosine",
+            )
+        }
+    raise ValueError(f"{path}: expected a JSON list of losses or an object with 'losses'.")
+
+
+def _history_csv(path: str, text: str) -> dict[str, list[float]]:
+    """The history from CSV text: a header with a ``loss`` column, or one loss per line."""
     rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
     if not rows:
         raise ValueError(
