@@ -360,11 +360,7 @@ def lr_range_test(
         avg, best = 0.0, math.inf
         try:
             for i, lr in enumerate(plan):
-                for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
-                    if isinstance(group["lr"], torch.Tensor):
-                        group["lr"].fill_(float(lr) * ratio)
-                    else:
-                        group["lr"] = float(lr) * ratio
+                _set_lrs(optimizer, float(lr), ratios)
                 inputs, targets = place(*next(batches), device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = batch_loss(model, loss_fn, inputs, targets, i)
@@ -391,47 +387,40 @@ def lr_range_test(
                 optimizer.step()
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial(finished=bool(losses))
-    if interrupted:
-        smoothed = zero_phase_ema(np.asarray(losses), smoothing)
-        return LRRangeResult(
-            lrs=lrs,
-            losses=losses,
-            smoothed_losses=smoothed.tolist(),
-            suggested_lr=None,
-            suggestion=suggestion,
-            steepest_lr=math.nan,
-            minimum_lr=math.nan,
-            minimum_loss=float(smoothed.min()),
-            diverged=False,
-            steps_run=len(losses),
-            steps_requested=steps,
-            start_lr=float(start_lr),
-            end_lr=float(end_lr),
-            smoothing=float(smoothing),
-            diverge_factor=float(diverge_factor),
-            interrupted=True,
-        )
-    if len(losses) < 3:
+    if not interrupted and len(losses) < 3:
         raise ValueError(
             f"the loss diverged after {len(losses)} step(s) already at lr {fmt(plan[len(losses)])}: "
             f"lower start_lr (now {start_lr})."
         )
     smoothed = zero_phase_ema(np.asarray(losses), smoothing)
-    steepest, minimum, min_loss = suggest(np.asarray(lrs), smoothed)
+    if interrupted:  # the curve so far, and no suggestion
+        steepest, minimum, min_loss = math.nan, math.nan, float(smoothed.min())
+    else:
+        steepest, minimum, min_loss = suggest(np.asarray(lrs), smoothed)
     return LRRangeResult(
         lrs=lrs,
         losses=losses,
         smoothed_losses=smoothed.tolist(),
-        suggested_lr=steepest if suggestion == "steepest" else minimum,
+        suggested_lr=None if interrupted else (steepest if suggestion == "steepest" else minimum),
         suggestion=suggestion,
         steepest_lr=steepest,
         minimum_lr=minimum,
         minimum_loss=min_loss,
-        diverged=diverged,
+        diverged=diverged and not interrupted,
         steps_run=len(losses),
         steps_requested=steps,
         start_lr=float(start_lr),
         end_lr=float(end_lr),
         smoothing=float(smoothing),
         diverge_factor=float(diverge_factor),
+        interrupted=interrupted,
     )
+
+
+def _set_lrs(optimizer: torch.optim.Optimizer, lr: float, ratios: list[float]) -> None:
+    """Set each group's lr to ``lr`` times its ratio (in place where the lr is a tensor)."""
+    for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr * ratio)
+        else:
+            group["lr"] = lr * ratio
