@@ -396,19 +396,16 @@ def apply_action(
     )
     if optimizer is None and needs_opt and "optimizer" not in act:
         raise ValueError(f"action {act} changes the optimizer: pass the optimizer you train with.")
+    _change_model(act, model, optimizer, payload)
+    return _change_optimizer(act, model, optimizer, scheduler)
+
+
+def _change_model(
+    act: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer | None, payload: Any
+) -> None:
+    """The action's changes to the model's weights (the optimizer's state of them is dropped)."""
     if "restore_checkpoint" in act:
-        if payload is None:
-            raise ValueError(
-                "no checkpoint to restore: pass checkpoint= (a state_dict from before the loss "
-                "went bad) to diagnose, or use Monitor(checkpoint_every=...)."
-            )
-        model.load_state_dict(
-            payload["state_dict"]
-            if isinstance(payload, dict) and "state_dict" in payload
-            else payload
-        )
-        if optimizer is not None:
-            optimizer.state.clear()
+        _restore(model, optimizer, payload)
     if "reinitialize" in act:
         _reinitialize(model, int(act["reinitialize"].get("seed", 0)))
         if optimizer is not None:
@@ -423,6 +420,26 @@ def apply_action(
         _shift(model, direction, step)
     if "perturb" in act:
         _perturb(model, float(act["perturb"]["scale"]), int(act["perturb"].get("seed", 0)))
+
+
+def _restore(model: nn.Module, optimizer: torch.optim.Optimizer | None, payload: Any) -> None:
+    """Load the checkpoint (a state dict, or a dict holding one) and drop the optimizer's state."""
+    if payload is None:
+        raise ValueError(
+            "no checkpoint to restore: pass checkpoint= (a state_dict from before the loss "
+            "went bad) to diagnose, or use Monitor(checkpoint_every=...)."
+        )
+    model.load_state_dict(
+        payload["state_dict"] if isinstance(payload, dict) and "state_dict" in payload else payload
+    )
+    if optimizer is not None:
+        optimizer.state.clear()
+
+
+def _change_optimizer(
+    act: dict[str, Any], model: nn.Module, optimizer: Any, scheduler: Any
+) -> torch.optim.Optimizer | None:
+    """The action's changes to the optimizer (a new one for ``"optimizer"``); the one to use."""
     if "optimizer" in act:
         extra = {k: act[k] for k in ("betas", "eps") if k in act}
         if "momentum" in act and act["optimizer"].lower() in ("sgd", "rmsprop"):
