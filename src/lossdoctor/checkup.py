@@ -210,7 +210,7 @@ def _probe_history(
 
 
 @with_progress("checkup")
-def checkup(
+def checkup(  # noqa: C901 - the sections in order, each while time is left
     model: nn.Module,
     loss_fn: Any,
     data: Any,

@@ -754,7 +754,7 @@ def batch_loss(
     return forward(model, loss_fn, inputs, targets, index)[1]
 
 
-def forward(
+def forward(  # noqa: C901 - one guarded call per step (model, loss, shapes), each with its own message
     model: torch.nn.Module, loss_fn: Callable | None, inputs: Any, targets: torch.Tensor, index: int
 ) -> tuple[Any, torch.Tensor]:
     """The model's outputs and ``loss_fn(outputs, targets)`` (a 0-d tensor) on batch ``index``.

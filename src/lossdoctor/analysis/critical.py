@@ -412,7 +412,7 @@ def _evidence(
 
 
 @with_progress("critical point")
-def classify_critical_point(
+def classify_critical_point(  # noqa: C901 - checked options, then the documented steps in order
     model: nn.Module,
     loss_fn: LossFn,
     data: Data,

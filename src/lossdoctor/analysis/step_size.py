@@ -70,7 +70,7 @@ def check_lr(lr: Any) -> float | None:
     return float(lr)
 
 
-def step_size(
+def step_size(  # noqa: C901 - checked options, then the documented steps in order
     optimizer: Any, params: list[torch.Tensor], lr: float | None = None
 ) -> StepSize | None:
     """Model ``optimizer`` (or plain SGD at ``lr`` when no optimizer is given) over ``params``.

@@ -299,7 +299,7 @@ def _rank(
 
 
 @with_progress("diagnosis")
-def diagnose(
+def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented steps in order
     model: nn.Module,
     loss_fn: Any,
     data: Data,

@@ -47,7 +47,7 @@ def _ratio(new: float, old: float | None) -> str:
     return f" ({r:.3g}x the current lr)" if r >= 1 else f" ({1 / r:.3g}x lower than now)"
 
 
-def describe_action(
+def describe_action(  # noqa: C901 - one independent clause per action key, in reading order
     action: dict[str, Any],
     *,
     lr: float | None = None,
@@ -134,7 +134,7 @@ def describe_action(
     return "; ".join(parts) if parts else str(a)
 
 
-def summary(decision: Decision, m: Measurements) -> str:
+def summary(decision: Decision, m: Measurements) -> str:  # noqa: C901 - one sentence per cause, a flat table in reading order
     """One sentence: the cause and the numbers that decided it."""
     cause = decision.cause
     title = CAUSE_TITLES[cause]
@@ -241,7 +241,7 @@ def summary(decision: Decision, m: Measurements) -> str:
     return title  # pragma: no cover
 
 
-def evidence(decision: Decision, m: Measurements) -> tuple[str, ...]:
+def evidence(decision: Decision, m: Measurements) -> tuple[str, ...]:  # noqa: C901 - one independent clause per measured quantity, in reading order
     """The numbers behind the verdict, as sentences: the deciding comparisons first."""
     lines = [f"decided by: {e}" for e in decision.evidence]
     if decision.kept_previous:
