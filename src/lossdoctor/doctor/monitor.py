@@ -204,7 +204,7 @@ class MonitorAction(ResultMixin):
         >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
         >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
         >>> [(a.step, a.kind) for a in run.actions]
-        [(40, 'applied'), (80, 'kept')]
+        [(60, 'applied')]
     """
 
     step: int
@@ -747,7 +747,7 @@ class MonitoredRun(ResultMixin):
         >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
         >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
         >>> run.steps, [(d.step, d.cause) for d in run.diagnoses], run.final_loss < 1e-6
-        (80, [(40, 'lr_too_small')], True)
+        (80, [(60, 'lr_too_small')], True)
     """
 
     steps: int
@@ -806,7 +806,7 @@ def train_monitored(
         >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
         >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
         >>> [str(a) for a in run.actions][0]  # the doctor's verified prescription, applied
-        'step 40: applied: set the learning rate to 0.374 (3.74e+03x the current lr) (loss 1.0277)'
+        'step 60: applied: set the learning rate to 0.374 (3.74e+03x the current lr) (loss 1.0176)'
     """
     steps = check_int(steps, "steps", minimum=1)
     check_optimizer(optimizer)
