@@ -73,7 +73,7 @@ from ..model_state import model_device, preserved_model, preserved_rng, trainabl
 from ..training.loop import training_step
 from ..training.step_signals import StepSignals
 from .diagnosis import Diagnosis, diagnose
-from .measure import first_samples
+from .measure import dropout_off, first_samples
 from .prescriptions import Prescription, detach_hooks
 from .trend import (
     DIVERGE_GROWTH,
@@ -512,11 +512,22 @@ class Monitor:
 
     # -- sharpness -----------------------------------------------------------------------------
     def _estimate_sharpness(self) -> float:
-        """λ_max by a few power iterations on a fixed subset, warm-started from the last vector."""
-        try:
-            op = hessian(self.model, self.loss_fn, self._sharp_data)
-        except ValueError:  # non-finite loss: no curvature to measure
-            return math.nan
+        """λ_max by a few power iterations on a fixed subset, warm-started from the last vector.
+
+        Of the network as it trains, as the doctor measures it: in the model's own mode
+        (BatchNorm on batch statistics while it trains), dropout off so the loss is
+        deterministic. The eval-mode default of ``hessian`` measured another network on
+        BatchNorm models (running statistics), with a notice in the user's loop naming a
+        ``mode=`` the monitor does not take."""
+        mode = "train" if self.model.training else "eval"
+        with dropout_off(self.model):
+            try:
+                op = hessian(self.model, self.loss_fn, self._sharp_data, mode=mode)
+            except ValueError:  # non-finite loss: no curvature to measure
+                return math.nan
+            return self._power_iterations(op)
+
+    def _power_iterations(self, op: Any) -> float:
         v = self._power_vector
         if v is None or v.shape[0] != op.num_params:
             gen = torch.Generator(device="cpu").manual_seed(0)  # never the global RNG
