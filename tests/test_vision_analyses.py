@@ -615,3 +615,17 @@ def test_cli_runs_every_analysis_on_a_problem_file(setup, tmp_path, monkeypatch)
     with torch.no_grad():
         centre = float(loss_fn(copy.deepcopy(model).eval()(x), y))
     assert land["center_loss"] == pytest.approx(centre, rel=1e-5)
+
+
+def test_time_batch_sizes_on_a_net_that_cannot_train_on_one_sample():
+    """MobileNetV3's squeeze-excite BatchNorm sees one value per channel on a one-sample batch in
+    train mode, which torch refuses: the default sizes start at 2, an explicit 1 gets a clear error."""
+    setup = Setup("mobilenet")
+    before = setup.snapshot()
+    timing = ld.time_batch_sizes(
+        setup.model, F.cross_entropy, setup.batches, repeats=1, warmup=0, progress=False
+    )
+    assert timing.batch_sizes == [2, 4, 8]
+    with pytest.raises(ValueError, match="batch size 1 cannot train this model.*2 or more"):
+        ld.time_batch_sizes(setup.model, F.cross_entropy, setup.batches, batch_sizes=[1, 2])
+    before.assert_same(setup.model, "time_batch_sizes")
