@@ -846,7 +846,7 @@ def train_monitored(
         >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
         >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
         >>> [str(a) for a in run.actions][0]  # the doctor's verified prescription, applied
-        'step 40: applied: set the learning rate to 0.374 (3.74e+03x the current lr) (loss 1.0277)'
+        'step 40: applied: set the learning rate to 0.368 (3.68e+03x the current lr) (loss 1.0277)'
     """
     steps = check_int(steps, "steps", minimum=1)
     check_optimizer(optimizer)
