@@ -215,9 +215,9 @@ class MonitorAction(ResultMixin):
         >>> model = torch.nn.Linear(3, 1)
         >>> opt = torch.optim.SGD(model.parameters(), lr=1e-4)  # far too small
         >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
-        >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
+        >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=120, monitor=monitor)
         >>> [(a.step, a.kind) for a in run.actions]
-        [(40, 'applied'), (80, 'kept')]
+        [(60, 'applied'), (100, 'kept')]
     """
 
     step: int
@@ -783,7 +783,7 @@ class MonitoredRun(ResultMixin):
         >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
         >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
         >>> run.steps, [(d.step, d.cause) for d in run.diagnoses], run.final_loss < 1e-6
-        (80, [(40, 'lr_too_small')], True)
+        (80, [(60, 'lr_too_small')], True)
     """
 
     steps: int
@@ -846,7 +846,7 @@ def train_monitored(
         >>> monitor = ld.Monitor(model, F.mse_loss, (x, y), window=40, treat=True)
         >>> run = ld.train_monitored(model, F.mse_loss, [(x, y)], opt, steps=80, monitor=monitor)
         >>> [str(a) for a in run.actions][0]  # the doctor's verified prescription, applied
-        'step 40: applied: set the learning rate to 0.368 (3.68e+03x the current lr) (loss 1.0277)'
+        'step 60: applied: set the learning rate to 0.368 (3.68e+03x the current lr) (loss 1.0176)'
     """
     steps = check_int(steps, "steps", minimum=1)
     check_optimizer(optimizer)
