@@ -64,8 +64,9 @@ bench: $(BENCH_VENV)/.installed
 # CUDA build (about 5.5 GB) and runs on the CPU as well.
 VISION_VENV := .vision-venv
 # The framework tests (torchvision, timm and Hugging Face models against finite differences and
-# dense Hessians) and a few core ones, on the other torch release.
-VISION_TESTS ?= tests/test_frameworks.py tests/test_mode.py tests/test_model_unchanged.py tests/test_operator.py
+# dense Hessians; every analysis and the CLI on tiny ResNet, MobileNetV3 and ViT) and a few core
+# ones, on the other torch release.
+VISION_TESTS ?= tests/test_frameworks.py tests/test_vision_analyses.py tests/test_docs_frameworks.py::test_readme_example_runs[vision] tests/test_mode.py tests/test_model_unchanged.py tests/test_operator.py
 
 $(VISION_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VISION_VENV)

@@ -359,7 +359,12 @@ def test_every_analysis_takes_hf_models_and_batches(build):
         full.abs().sum()
     )
     cp = ld.classify_critical_point(model, None, batches, k=2, dense=False, max_matvecs=80)
-    assert cp.kind == "not a critical point" or cp.kind
+    n = sum(len(b["labels"]) for b in batches)  # the gradient of the sample-weighted mean loss
+    mean = sum(len(b["labels"]) * model(**b).loss for b in batches) / n
+    truth = torch.cat([g.reshape(-1) for g in torch.autograd.grad(mean, list(model.parameters()))])
+    model.zero_grad(set_to_none=True)
+    assert cp.grad_norm == pytest.approx(float(truth.norm()), rel=1e-4)
+    assert cp.kind == ("not_critical" if cp.grad_norm > cp.grad_tol else cp.kind)
     noise = ld.gradient_noise_scale(
         model, None, batches, small_batch=2, big_batch=4, pairs=3, bootstrap=20
     )

@@ -878,6 +878,9 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
                     )
                 budget_left.spend(pre.matvecs)
                 s_top = float(pre.eigenvalues[0])
+                # its eigenvector (8 bytes a parameter: 1 GB on GPT-2 small) is not needed below,
+                # where the gradient spectrum's Lanczos store sets the doctor's peak memory
+                del pre
             n_steps = max(
                 min(GRADIENT_STEPS, budget_left.left(), op.num_params), min(3, op.num_params)
             )

@@ -73,7 +73,7 @@ from ..model_state import model_device, preserved_model, preserved_rng, trainabl
 from ..training.loop import training_step
 from ..training.step_signals import StepSignals
 from .diagnosis import Diagnosis, diagnose
-from .measure import first_samples
+from .measure import dropout_off, first_samples
 from .prescriptions import Prescription, detach_hooks
 from .trend import (
     DIVERGE_GROWTH,
@@ -202,9 +202,9 @@ class MonitorAction(ResultMixin):
         >>> from lossdoctor.zoo import crawling_regression
         >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
         >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
-        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
+        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=120, monitor=monitor)
         >>> [(a.step, a.kind) for a in run.actions]
-        [(60, 'applied')]
+        [(60, 'applied'), (100, 'kept')]
     """
 
     step: int
@@ -491,11 +491,22 @@ class Monitor:
 
     # -- sharpness -----------------------------------------------------------------------------
     def _estimate_sharpness(self) -> float:
-        """λ_max by a few power iterations on a fixed subset, warm-started from the last vector."""
-        try:
-            op = hessian(self.model, self.loss_fn, self._sharp_data)
-        except ValueError:  # non-finite loss: no curvature to measure
-            return math.nan
+        """λ_max by a few power iterations on a fixed subset, warm-started from the last vector.
+
+        Of the network as it trains, as the doctor measures it: in the model's own mode
+        (BatchNorm on batch statistics while it trains), dropout off so the loss is
+        deterministic. The eval-mode default of ``hessian`` measured another network on
+        BatchNorm models (running statistics), with a notice in the user's loop naming a
+        ``mode=`` the monitor does not take."""
+        mode = "train" if self.model.training else "eval"
+        with dropout_off(self.model):
+            try:
+                op = hessian(self.model, self.loss_fn, self._sharp_data, mode=mode)
+            except ValueError:  # non-finite loss: no curvature to measure
+                return math.nan
+            return self._power_iterations(op)
+
+    def _power_iterations(self, op: Any) -> float:
         v = self._power_vector
         if v is None or v.shape[0] != op.num_params:
             gen = torch.Generator(device="cpu").manual_seed(0)  # never the global RNG
@@ -806,7 +817,7 @@ def train_monitored(
         >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
         >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
         >>> [str(a) for a in run.actions][0]  # the doctor's verified prescription, applied
-        'step 60: applied: set the learning rate to 0.374 (3.74e+03x the current lr) (loss 1.0176)'
+        'step 60: applied: set the learning rate to 0.368 (3.68e+03x the current lr) (loss 1.0176)'
     """
     steps = check_int(steps, "steps", minimum=1)
     check_optimizer(optimizer)

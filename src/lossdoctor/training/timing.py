@@ -132,6 +132,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _trains_on_one(model: nn.Module, loss_fn: Any, x: Any, y: torch.Tensor) -> bool:
+    """Whether a one-sample batch goes through the model in train mode.
+
+    BatchNorm refuses a batch whose channels have one value each (e.g. after global pooling)."""
+    try:
+        compute_loss(model, loss_fn, x, y)
+    except ValueError as err:
+        if "more than 1 value per channel" in str(err):
+            return False
+        raise
+    return True
+
+
 @with_progress("batch timing")
 def time_batch_sizes(
     model: nn.Module,
@@ -216,6 +229,14 @@ def time_batch_sizes(
         ]
         batch_loss(work, loss_fn, *take(x, y, first, dev), 0).backward()
         opt.zero_grad(set_to_none=True)
+        if sizes[0] == 1 and not _trains_on_one(work, loss_fn, *take(x, y, first[:1], dev)):
+            if batch_sizes is not None:
+                raise ValueError(
+                    "batch size 1 cannot train this model: a BatchNorm layer in train mode needs more "
+                    "than one value per channel (torch refuses the forward). Time batch sizes of 2 or "
+                    "more."
+                )
+            sizes = [b for b in sizes if b > 1] or [2]  # the default sizes start at 2 for it
         try:
             for i, b in enumerate(sizes):
                 idx = (
