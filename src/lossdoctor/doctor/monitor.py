@@ -37,8 +37,8 @@ modes, the optimizer and every RNG are as the training loop left them, so a moni
 for bit the run without it. With ``treat=True`` each diagnosis runs its trials
 (``verify=True``), and the best verified prescription that applies in place (lr, momentum, weight
 decay, schedule, clipping, saddle escape, restore, re-initialization) is applied and logged. It
-acts only on a stall two checks in a row agree on (a bump a healthy run recovers from by itself
-is left alone), or at once on a NaN/Inf loss or a clear divergence; one
+acts only on a stall seen at two checks with no clear fall of the loss between them (a bump a
+healthy run recovers from by itself is left alone), or at once on a NaN/Inf loss or a clear divergence; one
 window later the monitor compares the loss with the window before, and undoes the change if it
 made things worse. ``monitor.actions`` lists what it did.
 """
@@ -244,7 +244,7 @@ class Monitor:
         lr: the learning rate, when ``step`` is called without the optimizer.
         treat: apply the best verified in-place prescription of each diagnosis (trials run), and
             undo it one window later if the loss got worse. It acts on a stall seen at two checks
-            in a row (at once on NaN/Inf or a clear divergence).
+            with no clear fall between them (at once on NaN/Inf or a clear divergence).
         train_step: ``train_step(model, optimizer, batch) -> loss`` for the trials (custom loops).
         checkpoint_every: keep a copy of the parameters every this many steps while the loss is
             finite, for the doctor's "restore" prescription (default: ``window`` with ``treat``,
@@ -374,7 +374,8 @@ class Monitor:
         self._last_cause: str | None = None
         self._nonfinite_reported = False
         self._spike_grace = False  # a recovering spike was let pass at the last check
-        self._stall_seen = False  # the last check found a stall
+        self._stall_seen = False  # a check found a stall since the loss last fell beyond doubt
+        self._falling = False  # the last check's stall test found the loss falling
         self._checkpoint: dict[str, torch.Tensor] | None = None
         self._probation: tuple[int, dict[str, Any], Any, MonitorAction] | None = None
         self._rejected: set[str] = set()  # actions undone once are not applied again
@@ -561,6 +562,7 @@ class Monitor:
         while k <= MAX_STALL_WINDOWS and k * self.window <= len(losses):
             stalled = stall_test(losses[-k * self.window :])
             if stalled is not None:
+                self._falling = not stalled
                 return k * self.window if stalled else None
             k *= 2
         return None
@@ -617,10 +619,13 @@ class Monitor:
         self._next_check = self._count + self.check_every
         if window is None:
             self._backoff, self._last_cause, self._next_doctor = 1, None, 0
-            self._stall_seen = False
+            # Only a loss falling beyond doubt clears a stall seen before (noise leaves checks open).
+            self._stall_seen = self._stall_seen and not self._falling
+            self._falling = False
             return None
-        # treat=True changes training only on a stall seen at two checks in a row (a bump a healthy
-        # run recovers from is not treated), or at once on a non-finite loss or a clear divergence.
+        # treat=True changes training only on a stall seen at two checks with no clear fall between
+        # (a bump a healthy run recovers from is not treated), or at once on NaN/Inf or a clear
+        # divergence.
         first_sighting = (
             self.treat and not force and not self._stall_seen and not self._clear_divergence()
         )
