@@ -676,6 +676,8 @@ def eigenpairs(
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
             certified = False
+    if hasattr(first, "_krylov"):
+        object.__setattr__(first, "_krylov", None)  # the main basis is not needed any more
     hnorm = max([hnorm] + [abs(float(x)) for x in values] + [abs(x) for x in beyond])
     residuals = np.asarray(first.residual_norms, dtype=np.float64)
     true_residuals = False
