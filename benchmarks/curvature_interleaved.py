@@ -63,6 +63,28 @@ class LossDoctorMainRunOnly(bench.LossDoctor):
 bench.RUNNERS[LossDoctorMainRunOnly.name] = LossDoctorMainRunOnly
 
 
+class LossDoctorMissProbability(bench.LossDoctor):
+    """The trade-off of the search for missed eigenvalues: lossdoctor's default solve with the
+    search's stated failure probability ``eigen.MISS_PROBABILITY`` set to ``--miss-probability``
+    instead of its default (a looser bound stops the search after fewer products)."""
+
+    name = "lossdoctor-miss-probability"
+    value = 1e-2
+
+    def top_k(self, k, **settings):
+        from lossdoctor.curvature import eigen
+
+        default = eigen.MISS_PROBABILITY
+        eigen.MISS_PROBABILITY = self.value
+        try:
+            return super().top_k(k, **settings)
+        finally:
+            eigen.MISS_PROBABILITY = default
+
+
+bench.RUNNERS[LossDoctorMissProbability.name] = LossDoctorMissProbability
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--libraries", default="lossdoctor,curvlinops")
@@ -80,11 +102,18 @@ def main(argv: list[str] | None = None) -> int:
         default=16,
         help="products of lossdoctor-main-run-only (the main Lanczos run of lossdoctor's solve)",
     )
+    p.add_argument(
+        "--miss-probability",
+        type=float,
+        default=1e-2,
+        help="the search's failure probability in lossdoctor-miss-probability",
+    )
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="write every number to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     LossDoctorMainRunOnly.products = args.main_run
+    LossDoctorMissProbability.value = args.miss_probability
     case = bench.Case()
     workdir = args.workdir or bench.default_workdir()
     weights = workdir / f"weights-{case.key()}.pt"

@@ -9,11 +9,13 @@ residual test alone and none is reported silently when it is not.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +41,11 @@ WHICH = ("largest", "smallest", "both", "largest_magnitude")
 # Eigenvalues smaller than this fraction of ||H|| are judged on absolute accuracy
 # tol * FLOOR * ||H||: relative accuracy of near-zero eigenvalues is not attainable in float32.
 FLOOR = 1e-3
-# The search for missed eigenvalues takes at least this many Lanczos steps before it may say
-# "nothing missed" (a copy of an extreme eigenvalue stands out within two or three).
+# The search for missed eigenvalues stops when the probability that it missed one (over its
+# random start vectors; see miss_probability) is at most this.
+MISS_PROBABILITY = 1e-3
+# A value the search finds is taken as converged only after this many of its Lanczos steps: the
+# first Ritz values of a run have small r^2/gap estimates whatever the spectrum.
 MIN_CHECK_STEPS = 8
 # A run stops once its bounds are below STOP_MARGIN * tol. Its gaps come from Ritz values of the
 # same Krylov space, which approach the rest of the spectrum from inside and so overstate the gap;
@@ -193,16 +198,26 @@ def lanczos_extreme(
     device: torch.device | str = "cpu",
     progress: Progress | None = None,
     start: torch.Tensor | None = None,
-    decided: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+    decided: Callable[..., bool] | None = None,
     deflate: torch.Tensor | None = None,
     min_steps: int = 1,
     keep_products: bool = False,
     plan: BasisPlan | None = None,
+    stop_converged: Callable[[np.ndarray, np.ndarray], bool] | None = None,
+    keep_krylov: bool = False,
+    norm: float = 0.0,
 ) -> EigenResult:
     """Thick-restart Lanczos on ``matmul`` (float64 ``(n, 1)`` -> ``(n, 1)``), from ``start`` (default: a Gaussian vector drawn from ``seed``).
 
-    ``decided(values, residuals)`` of the wanted
-    Ritz values may end the run before they converge (the search for missed eigenvalues).
+    ``decided(values, residuals, krylov)`` of the wanted Ritz values may end the run before
+    they converge (the search for missed eigenvalues); ``krylov`` is ``(T, beta)``, the
+    tridiagonal of the run and its last residual norm, while the basis is still the plain
+    Krylov space of the start vector (no thick restart, no fresh direction), else ``None``.
+    ``stop_converged(values, residuals)``: whether converged wanted values end the run (default:
+    yes).
+    ``keep_krylov``: also return the final basis ``Q`` (rows), every Ritz value of ``Q^T H Q`` and
+    its residual norm (``result._krylov``), for the search for missed eigenvalues.
+    ``norm``: a lower bound on ``||H||`` known beforehand (the scale of the accuracy floor).
     ``deflate``: orthonormal columns ``matmul`` projects out; the run stays orthogonal to them
     (fresh directions included) and its space has ``n - deflate.shape[1]`` dimensions.
     ``min_steps``: no convergence or decision is accepted before this many products.
@@ -260,7 +275,8 @@ def lanczos_extreme(
     interrupted = False
     theta = np.zeros(0)
     S = np.zeros((0, 0))
-    hnorm = 0.0
+    hnorm = float(norm)
+    plain = True  # the basis is the Krylov space of the start vector: T is its tridiagonal
 
     def ritz() -> tuple[np.ndarray, np.ndarray]:
         return np.linalg.eigh(T)
@@ -300,8 +316,10 @@ def lanczos_extreme(
             bounds = _bounds(theta, residuals)
             scale = np.maximum(np.abs(theta[idx]), FLOOR * hnorm)
             done = bool(np.all(bounds[idx] <= STOP_MARGIN * tol * scale)) and len(idx) >= n_wanted
+            if done and stop_converged is not None:
+                done = bool(stop_converged(theta[idx], residuals[idx]))
             if not done and decided is not None and len(idx) >= n_wanted:
-                done = bool(decided(theta[idx], residuals[idx]))
+                done = bool(decided(theta[idx], residuals[idx], (T, beta) if plain else None))
             done = done and matvecs >= min_steps
             if progress is not None:
                 progress(matvecs, max_matvecs)
@@ -320,6 +338,7 @@ def lanczos_extreme(
                     break
                 r = fresh / fresh.norm()
                 beta = 0.0
+                plain = False
                 if m == store.shape[0]:  # invariant subspaces in a row at the restart size: rare
                     store = torch.cat([store, torch.empty_like(store[:1])])
                     if hstore is not None:
@@ -342,6 +361,7 @@ def lanczos_extreme(
                     if hstore is not None:
                         rotate_rows(hstore, m, Sk)
                     m = len(idx_keep)
+                    plain = False
                     T = np.diag(theta[idx_keep])
                     b = Sk.T @ b
                 store[m] = r / beta
@@ -382,6 +402,8 @@ def lanczos_extreme(
     )
     object.__setattr__(result, "_exhaustive", exhaustive and not interrupted)  # private: no field
     object.__setattr__(result, "_gaps", _ritz_gaps(theta)[idx])  # to the nearest other Ritz value
+    if keep_krylov and not interrupted and basis.shape[0] == T.shape[0]:
+        object.__setattr__(result, "_krylov", (basis, theta.copy(), beta * np.abs(b @ S)))
     if hstore is not None and not interrupted:
         object.__setattr__(
             result,
@@ -475,12 +497,21 @@ def eigenpairs(
 
     Repeated eigenvalues are found with their multiplicity. One Krylov sequence cannot see a
     second copy of an eigenvalue (its start vector has one component in the eigenspace), so after
-    the thick-restart Lanczos run converges, a second Lanczos run from a fresh random vector on
-    the operator deflated by every pair found, ``(I - V V^T) H (I - V V^T)``, looks for what was
-    missed: a hidden copy, or any eigenvalue that belongs among the ``k``. What it finds joins
-    the pairs and the search repeats until a run finds nothing that belongs. A pair is flagged
-    converged only when its own error bound is below ``tol`` *and* that search finished (a
-    cluster cannot be incomplete). ``residual_norms`` are the true ``||H v - lambda v||``, from
+    the thick-restart Lanczos run converges, Lanczos runs from fresh random vectors look for what
+    was missed: a hidden copy, or any eigenvalue that belongs among the ``k``. The first searches
+    the complement of the main run's whole Krylov basis (its top lies below that of the
+    complement of the pairs, so it ends after a few products where the pairs stand clear of the
+    rest: 3 on the benchmark CNN, 93,838 parameters); where that cannot decide, the next ones
+    search the operator deflated by the pairs found, ``(I - V V^T) H (I - V V^T)``. What they
+    find joins the pairs and the search repeats. It stops when the probability that an
+    eigenvalue beyond the k-th value (plus its error bound) was missed is at most
+    ``MISS_PROBABILITY = 1e-3``, over the random start vectors and whatever the operator: the
+    bound is computed from each run's own tridiagonal (its Christoffel function at the edge, and
+    a Gaussian start's component along any fixed direction; see :func:`miss_probability`). A
+    pair is flagged converged only when its own error bound is below ``tol`` *and* that search
+    finished (a cluster cannot be incomplete). A k-th value inside a dense part of the spectrum
+    needs many products for that (the next eigenvalues must be resolved to exclude a copy);
+    well-separated ends need few. ``residual_norms`` are the true ``||H v - lambda v||``, from
     the operator's own products (the run keeps ``H q`` of its basis vectors, so ``H v`` is a
     combination of them; a pair the search added costs one product; ``matvecs`` counts all).
 
@@ -494,7 +525,7 @@ def eigenpairs(
             ``tol * max(|lambda|, 1e-3 * ||H||)``.
         seed: seed of the random start vectors.
         max_matvecs: budget of operator products (default ``max(300, 40 k)``), the search for
-            missed copies included (at least 8 products); a pair the search adds costs one more.
+            missed copies included (at least 2 products); a pair the search adds costs one more.
         ncv: largest Krylov basis kept before a thick restart (memory: ``ncv`` vectors of
             ``n`` parameters). Default: ``max(2 k' + 10, 24)`` for ``k'`` wanted pairs, fewer
             where that many do not fit in the memory available (more restarts, same answer).
@@ -595,6 +626,11 @@ def eigenpairs(
             device=device,
             keep_products=True,
             plan=plan,
+            # The basis is kept for the search where the memory planned for the kept products
+            # (now reduced to the pairs') holds it: a float64 basis on the operator's device.
+            keep_krylov=plan.keep_products
+            and plan.dtype == torch.float64
+            and plan.device == torch.device(device),
         )
     values = np.asarray(first.eigenvalues, dtype=np.float64)
     vectors = first.eigenvectors.to(torch.float64)
@@ -638,6 +674,7 @@ def eigenpairs(
                 converged,
                 ritz_gaps,
                 beyond,
+                krylov=getattr(first, "_krylov", None),
             )
             if products is not None:  # pairs the search added have no product yet
                 cols = [
@@ -648,6 +685,8 @@ def eigenpairs(
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
             certified = False
+    if hasattr(first, "_krylov"):
+        object.__setattr__(first, "_krylov", None)  # the main basis is not needed any more
     hnorm = max([hnorm] + [abs(float(x)) for x in values] + [abs(x) for x in beyond])
     residuals = np.asarray(first.residual_norms, dtype=np.float64)
     true_residuals = False
@@ -781,9 +820,9 @@ def _side_keys(theta: np.ndarray, inner: str) -> list[float]:
 
 
 def _thresholds(
-    values: np.ndarray, bounds: np.ndarray, which: str, k: int, inner: str
+    values: np.ndarray, bounds: np.ndarray, which: str, k: int, inner: str, *, above: bool = False
 ) -> list[float]:
-    """Per end of the check run, the key a missed eigenvalue must reach to belong among the wanted pairs: the k-th wanted key, less that pair's error bound."""
+    """Per end of the check run, the key a missed eigenvalue must reach to belong among the wanted pairs: the k-th wanted key, less that pair's error bound (plus it, ``above``: beyond that, a missed eigenvalue changes the k values returned by more than their bounds)."""
     out = []
     ends = (
         ["largest"]
@@ -799,7 +838,114 @@ def _thresholds(
             key = values if end == "largest" else -values
         order = np.argsort(-key, kind="stable")
         j = order[min(k, len(key)) - 1]
-        out.append(float(key[j] - bounds[j]))
+        out.append(float(key[j] + bounds[j] if above else key[j] - bounds[j]))
+    return out
+
+
+def _edge(threshold: float, side: str) -> float:
+    """The eigenvalue a missed one must reach on ``side``, from its "larger is more wanted" key."""
+    return threshold if side == "largest" else -threshold
+
+
+def christoffel(T: np.ndarray, beta: float, x: float, closed: float = 0.0) -> float:
+    """``sum_{i<=d} p_i(x)**2`` over the orthonormal Lanczos polynomials ``p_0 = 1, ..., p_d`` of a run.
+
+    ``T`` is the run's ``d x d`` tridiagonal and ``beta`` its last residual norm: ``p_i(H) q_1`` is
+    the run's ``(i+1)``-th basis vector, so every polynomial ``p`` of degree ``<= d`` with ``p(x) = 1``
+    has ``||p(H) q_1||**2 >= 1 / christoffel(T, beta, x)`` (the Christoffel function of the start
+    vector's spectral measure). Stops adding terms past 1e200 (a lower bound: the sum only grows)
+    and returns ``inf`` where the Krylov space closed (``q_1`` lies in an invariant subspace: an
+    off-diagonal at most ``closed``)."""
+    alpha = np.diag(T)
+    betas = np.append(np.diag(T, 1), beta)
+    prev, cur, total = 0.0, 1.0, 1.0
+    for i in range(len(alpha)):
+        if not betas[i] > closed:
+            return math.inf
+        prev, cur = cur, ((x - alpha[i]) * cur - (betas[i - 1] * prev if i else 0.0)) / betas[i]
+        total += cur * cur
+        if total > 1e200:
+            break
+    return total
+
+
+def miss_probability(
+    T: np.ndarray, beta: float, edge: float, free: int, *, upper: bool, closed: float = 0.0
+) -> float:
+    """A bound on the probability that a Lanczos run from a random start missed an eigenvalue beyond ``edge``.
+
+    The run is ``T`` (its ``d x d`` tridiagonal, no restart) and ``beta`` (its last residual norm),
+    on an operator ``A`` from a Gaussian start in a space of ``free`` dimensions; "beyond" is above
+    ``edge`` where ``upper``, else below. Every eigenvalue of ``T`` must be short of ``edge`` (else
+    1 is returned: something is there).
+
+    Why: let ``A u = lambda u`` with ``lambda`` at or beyond ``edge`` and ``c = u . q_1``. For any
+    polynomial ``p`` of degree ``<= d``, ``|c p(lambda)| = |u . p(A) q_1| <= ||p(A) q_1||``, so
+    ``c**2 <= 1 / K(lambda)`` with ``K`` the Christoffel sum (:func:`christoffel`). ``K`` is computed
+    from the run alone, and it grows with the distance from the Ritz values (every zero of
+    ``p_0 ... p_d`` lies between the smallest and largest eigenvalue of ``T``), so ``K(edge)``
+    bounds ``K(lambda)`` from below for every ``lambda`` beyond ``edge``. A Gaussian start's
+    ``c**2`` is Beta(1/2, (free-1)/2) distributed, and ``P(c**2 <= e) <= 2 sqrt(e) / B(1/2,
+    (free-1)/2) <= sqrt(2 free e / pi)`` (Wendel's inequality), whatever the spectrum: a missed
+    eigenvalue beyond ``edge`` needs ``c**2 <= 1 / K(edge)``, which has at most that probability.
+    (Exact arithmetic; the run reorthogonalizes fully, so its Krylov relation holds to rounding.)
+    """
+    ritz = np.linalg.eigvalsh(T)
+    if len(ritz) == 0 or not (edge > ritz[-1] if upper else edge < ritz[0]):
+        return 1.0
+    K = christoffel(T, beta, edge, closed)
+    return float(min(1.0, math.sqrt(2.0 * free / (math.pi * K))))
+
+
+def combined_miss_probability(bounds: list[float]) -> float:
+    """Fisher's combination of the miss bounds of independent random starts on one operator.
+
+    Where an eigenvalue beyond the edge exists, each start's bound ``b_i`` is at least
+    ``W_i = sqrt(2 free c_i**2 / pi)``, and the ``W_i`` are independent with ``P(W_i <= w) <= w``
+    (:func:`miss_probability`). So ``-sum log b_i`` is stochastically at most a Gamma(R, 1)
+    variable, and ``P(prod W_i <= x) <= x sum_{j<R} log(1/x)**j / j!``: the probability that R
+    starts all missed it, given what they showed."""
+    x = float(np.prod(bounds)) if bounds else 1.0
+    if x >= 1.0:
+        return 1.0
+    if x <= 0.0:
+        return 0.0
+    t = -math.log(x)
+    return float(min(1.0, x * sum(t**j / math.factorial(j) for j in range(len(bounds)))))
+
+
+def _krylov_edges(
+    krylov: tuple[torch.Tensor, np.ndarray, np.ndarray],
+    found: np.ndarray,
+    edges: list[float],
+    sides: list[str],
+) -> list[float] | None:
+    """Edges for searching the complement of the main run's whole basis instead of the pairs'.
+
+    ``krylov`` is the main run's basis ``Q`` (rows), the Ritz values ``theta`` of ``Q^T H Q`` and
+    their residual norms ``rho``. In the basis (Ritz vectors, complement of ``Q``), ``H`` is
+    ``[[diag(theta), s r^T], [r s^T, D]]`` with ``D`` the compression of ``H`` to the complement
+    and ``r`` the run's last residual (``|s_i| ||r|| = rho_i``). By the inertia of the Schur
+    complement (Haynsworth), the number of eigenvalues of ``H`` above ``t`` is the number of Ritz
+    values above ``t`` plus that of ``D - g(t) u u^T`` (``u = r/||r||``, ``g(t) = sum_i rho_i^2 /
+    (theta_i - t)``). So where the only Ritz values beyond an edge are the pairs found, ``H`` has
+    no other eigenvalue beyond it as soon as ``D`` has none beyond the edge moved inwards by the
+    rank-one term (``max(0, -g)`` at the top, ``max(0, g)`` at the bottom): exactly, whatever the
+    residuals. Returns those moved edges, or None where a Ritz value that is not a pair found lies
+    beyond an edge (or the basis is not float64, when this is not worth its rounding)."""
+    Q, theta, rho = krylov
+    if Q.dtype != torch.float64:
+        return None
+    out = []
+    for edge, side in zip(edges, sides):
+        upper = side == "largest"
+        beyond = theta > edge if upper else theta < edge
+        if int(beyond.sum()) != int((found > edge if upper else found < edge).sum()):
+            return None
+        if np.any(theta == edge):
+            return None
+        g = float(np.sum(rho**2 / (theta - edge)))
+        out.append(edge - max(0.0, -g) if upper else edge + max(0.0, g))
     return out
 
 
@@ -819,6 +965,7 @@ def _find_missed(
     converged: np.ndarray,
     ritz_gaps: np.ndarray,
     beyond: list[float],
+    krylov: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None,
 ):
     """Search the complement of the pairs found for eigenvalues that belong among the wanted ones (hidden copies of repeated eigenvalues, or values a restart lost), adding each and searching again.
 
@@ -844,37 +991,126 @@ def _find_missed(
 
     sides = _sides(which)
     inner = "both" if len(sides) == 2 else sides[0]
+    # A search run is one Krylov space of its start (a thick restart would end what the bound
+    # knows), so it may fill a basis as large as the memory the main run's basis and kept
+    # products were planned in: twice the basis where products were kept (the whole-basis
+    # round holds the main basis beside its own, so it keeps to the main run's size).
+    longer = dataclasses.replace(
+        plan, ncv=2 * plan.ncv + 1 if plan.keep_products else plan.ncv, keep_products=False
+    )
+    shorter = dataclasses.replace(plan, keep_products=False)
+    # Per end: the bounds of the starts that filled their basis since the pairs last changed
+    # (stage), combined by Fisher's method (combined_miss_probability); each test has its own
+    # share of MISS_PROBABILITY: 1/2 for the whole-basis round, 1/2**(stage + start + 2) for the
+    # start-th test of a stage after it (the shares sum to 1, so the union of all tests stays
+    # within MISS_PROBABILITY).
+    missed: list[list[float]] = [[] for _ in sides]
+    stage = 0
     for round_ in range(n):
         left = max_matvecs - count.done
         if found_vectors.shape[1] >= n:
             return finish(True)
         if left < 2:
             return finish(False)
-        F = found_vectors
+        thresholds = _thresholds(found_values, found_bounds, which, k, inner)
+        # What is certified: no eigenvalue beyond these edges was missed, so every value returned
+        # is within its bound of the true one with its multiplicity (a copy of the k-th value
+        # inside its bound changes nothing returned).
+        above = _thresholds(found_values, found_bounds, which, k, inner, above=True)
+        edges = [_edge(th, side) for th, side in zip(above, sides)]
+        # The first round searches the complement of the main run's whole Krylov basis where
+        # that certifies more (no eigenvalue beyond the k-th less its bound: see _krylov_edges):
+        # its top is lower than that of the complement of the pairs, so a fresh start clears it
+        # in fewer products.
+        whole = (
+            _krylov_edges(
+                krylov, found_values, [_edge(th, s) for th, s in zip(thresholds, sides)], sides
+            )
+            if round_ == 0 and krylov is not None
+            else None
+        )
+        Q = krylov[0] if whole is not None and krylov is not None else found_vectors.T
+        if whole is not None:
+            edges = whole
+        norm = float(np.abs(np.concatenate([found_values, beyond])).max())
 
-        def deflated(X: torch.Tensor, F=F) -> torch.Tensor:
-            X = X - F @ (F.T @ X)
+        def deflated(X: torch.Tensor, Q=Q) -> torch.Tensor:
+            X = X - Q.T @ (Q @ X)
             Y = count(X)
-            return Y - F @ (F.T @ Y)
+            return Y - Q.T @ (Q @ Y)
 
         start = gaussian(n, 1, seed + 7919 * (round_ + 1), device)
-        start = orthogonalize(start, F.T).squeeze(1)
+        start = orthogonalize(start, Q).squeeze(1)
         if float(start.norm()) <= 1e-8:
             return finish(True)
-        thresholds = _thresholds(found_values, found_bounds, which, k, inner)
+        free = n - Q.shape[0]  # the dimension the start is random in
+        state: dict[str, Any] = {"bounds": [1.0] * len(sides), "clear": False, "crossed": False}
+        started = count.done
 
-        least = min(MIN_CHECK_STEPS, n - found_vectors.shape[1])
-
-        def decided(theta: np.ndarray, residual: np.ndarray, thresholds=thresholds) -> bool:
-            # Every end is clearly short of the wanted set: nothing missed. The extreme Ritz
-            # value of the complement plus twice its residual stays short of the k-th pair's
-            # value (the residual, not the r^2/gap estimate, which early Ritz gaps make
-            # optimistic), after enough steps for the extreme Ritz value to have climbed
-            # towards the complement's extreme eigenvalue (a residual says only that *some*
-            # eigenvalue is near). A value that may belong runs on to full accuracy instead.
-            return all(
-                t + 2 * r < th for t, r, th in zip(_side_keys(theta, inner), residual, thresholds)
+        def decided(
+            theta: np.ndarray,
+            residual: np.ndarray,
+            krylov_run,
+            edges=edges,
+            state=state,
+            whole=whole,
+            free=free,
+            norm=norm,
+            stage=stage,
+            missed=missed,
+        ) -> bool:
+            # Nothing missed, with probability: see miss_probability. Only while the run's
+            # basis is the Krylov space of its random start (no thick restart).
+            if krylov_run is None:
+                return False
+            T, beta = krylov_run
+            state["bounds"] = [
+                miss_probability(T, beta, e, free, upper=side == "largest", closed=1e-12 * norm)
+                for e, side in zip(edges, sides)
+            ]
+            share = (
+                MISS_PROBABILITY / 2
+                if whole is not None
+                else MISS_PROBABILITY / 2 ** (stage + len(missed[0]) + 3)
             )
+            state["clear"] = all(
+                combined_miss_probability(m + [b]) <= share for m, b in zip(missed, state["bounds"])
+            )
+            if whole is not None and not state["clear"]:
+                # A Ritz value of the compression beyond its edge: inconclusive (it may be a
+                # copy); the complement of the pairs is searched next.
+                ritz = np.linalg.eigvalsh(T)
+                state["crossed"] = any(
+                    (ritz[-1] >= e) if side == "largest" else (ritz[0] <= e)
+                    for e, side in zip(edges, sides)
+                )
+            return state["clear"] or state["crossed"]
+
+        def stop_converged(
+            theta: np.ndarray,
+            residual: np.ndarray,
+            thresholds=thresholds,
+            started=started,
+            free=free,
+            norm=norm,
+            found_values=found_values,
+            found_bounds=found_bounds,
+        ) -> bool:
+            # A converged value that does not belong says nothing about a copy beyond it; one
+            # that does is trusted after MIN_CHECK_STEPS, and once its bound also holds against
+            # the pairs found (deflated, so the run's own Ritz gaps do not see them).
+            keys = _side_keys(np.sort(theta)[::-1], inner)
+            if count.done - started < min(MIN_CHECK_STEPS, free) or not any(
+                t >= th for t, th in zip(keys, thresholds)
+            ):
+                return False
+            for t, r in zip(theta, residual):
+                d = np.abs(found_values - t)
+                distinct = d > r + found_bounds
+                gap = float(d[distinct].min()) if distinct.any() else math.inf
+                if min(r, r * r / gap) > tol * max(abs(float(t)), FLOOR * norm):
+                    return False
+            return True
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -885,17 +1121,23 @@ def _find_missed(
                 which=inner,
                 tol=tol,
                 seed=seed,
-                max_matvecs=left,
-                ncv=plan.ncv,
+                max_matvecs=min(left, (shorter if whole is not None else longer).ncv),
+                ncv=(shorter if whole is not None else longer).ncv,
                 device=device,
                 start=start,
                 decided=decided,
-                deflate=F,
-                min_steps=least,
-                plan=plan,
+                deflate=Q.T,
+                min_steps=2,
+                stop_converged=stop_converged,
+                norm=norm,
+                plan=shorter if whole is not None else longer,
             )
         if check.interrupted:
             raise KeyboardInterrupt
+        if whole is not None:
+            if state["clear"]:
+                return finish(True)
+            continue  # inconclusive: search the complement of the pairs
         entered = []
         for j, rho in enumerate(check.eigenvalues):
             side = "largest" if inner == "largest" or (inner == "both" and j == 0) else "smallest"
@@ -919,14 +1161,14 @@ def _find_missed(
             else:
                 beyond.append(float(rho))
         if not entered:
-            keys = _side_keys(np.asarray(check.eigenvalues), inner)
-            clear = all(t + 2 * r < th for t, r, th in zip(keys, check.residual_norms, thresholds))
-            # Converged or clear after too few steps says nothing: the first Ritz values of a
-            # run have small r^2/gap estimates whatever the spectrum.
-            finished = getattr(check, "_exhaustive", False) or (
-                check.matvecs >= least and (clear or bool(np.all(check.converged)))
-            )
-            return finish(finished)
+            if state["clear"] or getattr(check, "_exhaustive", False):
+                return finish(True)
+            # This start's Krylov space filled up (or the budget ran out) before the bound was
+            # met: what it excluded stands, and a fresh independent start continues.
+            missed = [m + [b] for m, b in zip(missed, state["bounds"])]
+            continue
+        missed = [[] for _ in sides]
+        stage += 1
         # What entered joins the pairs (orthogonal to them by construction); the pairs pushed out
         # of the wanted set are kept aside as estimates of the next eigenvalues.
         new_vectors = check.eigenvectors[:, entered].to(found_vectors.dtype)

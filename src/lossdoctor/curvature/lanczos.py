@@ -72,7 +72,17 @@ def orthogonalize(vectors: torch.Tensor, basis: torch.Tensor | None) -> torch.Te
 
 
 # -- a basis in another dtype or on another device than the products ----------------------------
-SLICE = 2**20  # parameters per slice: the float64 working copy of a slice is 8 MB per row
+# A float32 (or host-held) basis is combined in float64 a slice of columns at a time. Each slice's
+# float64 working copy is at most SLICE_BYTES: small enough that the allocator reuses its memory
+# from one slice to the next (glibc serves blocks under its mmap threshold, at most 32 MB, from
+# the heap), where slices of 2**20 columns (8 MB per row, 200 MB for 25 rows) were mapped and
+# page-faulted afresh every time: about half of a float32 run's time went to the kernel.
+SLICE_BYTES = 2**22
+
+
+def _width(rows: torch.Tensor) -> int:
+    """Columns per float64 slice of ``rows`` (at least 1024)."""
+    return max(1024, SLICE_BYTES // (8 * max(1, rows.shape[0])))
 
 
 def _same(rows: torch.Tensor, work: torch.device) -> bool:
@@ -89,8 +99,9 @@ def rows_times(rows: torch.Tensor, coeffs: torch.Tensor, work: torch.device) -> 
         return rows.T @ coeffs.to(work)
     out = torch.empty((rows.shape[1],) + tuple(coeffs.shape[1:]), dtype=torch.float64, device=work)
     c = coeffs.to(rows.device)
-    for a in range(0, rows.shape[1], SLICE):
-        out[a : a + SLICE] = (rows[:, a : a + SLICE].to(torch.float64).T @ c).to(work)
+    step = _width(rows)
+    for a in range(0, rows.shape[1], step):
+        out[a : a + step] = (rows[:, a : a + step].to(torch.float64).T @ c).to(work)
     return out
 
 
@@ -99,8 +110,9 @@ def rows_dot(rows: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if _same(rows, w.device):
         return (rows @ w).cpu()
     out = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
-    for a in range(0, rows.shape[1], SLICE):
-        out += rows[:, a : a + SLICE].to(torch.float64) @ w[a : a + SLICE].to(rows.device)
+    step = _width(rows)
+    for a in range(0, rows.shape[1], step):
+        out += rows[:, a : a + step].to(torch.float64) @ w[a : a + step].to(rows.device)
     return out.cpu()
 
 
@@ -127,10 +139,9 @@ def rotate_rows(store: torch.Tensor, m: int, S: np.ndarray) -> None:
     if store.dtype == torch.float64:
         store[:k] = rot @ store[:m]
         return
-    for a in range(0, store.shape[1], SLICE):
-        store[:k, a : a + SLICE] = (rot @ store[:m, a : a + SLICE].to(torch.float64)).to(
-            store.dtype
-        )
+    step = _width(store[:m])
+    for a in range(0, store.shape[1], step):
+        store[:k, a : a + step] = (rot @ store[:m, a : a + step].to(torch.float64)).to(store.dtype)
 
 
 def block_lanczos_tridiagonals(
