@@ -112,3 +112,22 @@ def test_landscape_bad_input():
             ld.landscape(model, loss_fn, data, **kwargs)
     with pytest.raises(ValueError, match="alphas"):
         ld.interpolate(model, model, loss_fn, data, [0.5])
+
+
+def test_landscape_says_it_evaluates_in_eval_mode_and_leaves_train_mode_alone():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 4, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    model.train()
+    model(x)  # running statistics differ from this batch's: the two modes give other losses
+    land = ld.landscape(model, F.cross_entropy, (x, y), steps=3, seed=0)
+    assert model.training and land.mode == "eval" and "(eval mode)" in str(land)
+    model.eval()
+    with torch.no_grad():
+        eval_loss = float(F.cross_entropy(model(x), y))
+    model.train()
+    with torch.no_grad():
+        train_loss = float(F.cross_entropy(model(x), y))
+    assert land.center_loss == pytest.approx(eval_loss, rel=1e-5)
+    assert abs(eval_loss - train_loss) > 1e-3

@@ -107,6 +107,9 @@ class Landscape(ResultMixin):
         direction_norms: the norm of each direction.
         interrupted: Ctrl-C: the points not reached hold NaN (``None`` in JSON).
         points_done: points measured, in row-major order over the grid.
+        mode: always ``"eval"``: the losses are evaluations (BatchNorm on its running statistics,
+            dropout off), as the loss-landscape papers plot them; the model's own mode is left as
+            it was.
 
     Examples:
         >>> import lossdoctor as ld
@@ -130,6 +133,7 @@ class Landscape(ResultMixin):
     direction_norms: list[float]
     interrupted: bool = False  # Ctrl-C: the points not reached hold NaN (None in JSON)
     points_done: int | None = None  # in row-major order over the grid
+    mode: str = "eval"
 
     def __str__(self) -> str:
         flat = np.asarray(self.train_loss, dtype=float)
@@ -139,7 +143,7 @@ class Landscape(ResultMixin):
         return (
             f"{self.dims}-D {self.normalization}-normalized landscape, {len(self.coords)} steps per axis "
             f"over [{self.coords[0]:g}, {self.coords[-1]:g}]{cut}: train loss {fmt(self.center_loss)} at the "
-            f"centre, up to {fmt(top)} where measured"
+            f"centre, up to {fmt(top)} where measured ({self.mode} mode)"
         )
 
 
@@ -381,8 +385,10 @@ def landscape(
 
     Loss at theta + a d1 (dims=1) or theta + a d1 + b d2 (dims=2) for a, b in [-span, span]
     (``steps`` points per axis), with d1, d2 random filter-normalized directions unless
-    ``directions`` are given. Train and test loss are taken at the same points. The model is
-    left exactly as it was. Evaluation only: ``loss_fn`` need not be differentiable here.
+    ``directions`` are given. Train and test loss are taken at the same points, in eval mode
+    (BatchNorm on its running statistics, dropout off; the result's ``mode`` says so). The model
+    is left exactly as it was, its mode included. Evaluation only: ``loss_fn`` need not be
+    differentiable here.
 
     Args:
         model: the model at the centre.
