@@ -329,7 +329,13 @@ def test_diagnose_measures_the_network_as_it_is_trained(setup):
         data = [(x.double(), y) for x, y in setup.batches]
         op = ld.hessian(twin, F.cross_entropy, data, mode="train")
         top = ld.eigenpairs(op, k=1, tol=1e-8, progress=False).eigenvalues[0]
-        assert abs(m.lambda_max - top) <= max(m.lambda_max_error or 0.0, 1e-3 * abs(top))
+        # A Rayleigh quotient: never above the truth. Within its error only when flagged converged
+        # (the residual of an unconverged pair bounds the distance to the *nearest* eigenvalue: on
+        # this ResNet the first run meets the second eigenvalue, 2.31, before the top one, 2.64,
+        # and a small budget can stop the search for what it missed).
+        assert m.lambda_max <= top * (1 + 1e-6)
+        if m.lambda_max_converged:
+            assert abs(m.lambda_max - top) <= max(m.lambda_max_error or 0.0, 1e-3 * abs(top))
     assert opt.state_dict()["state"] == {}  # the optimizer untouched too
     before.assert_same(setup.model, "diagnose")
 
