@@ -429,3 +429,26 @@ class ModelSnapshot:
             if a is not None:
                 assert torch.equal(a, b), f"{what}: .grad of parameter {i} changed"
         assert torch.equal(now.rng, self.rng), f"{what}: the global RNG state changed"
+
+
+def double_backward_hessian(
+    loss_of: Callable[[], torch.Tensor], params: list[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense Hessian of ``loss_of()`` w.r.t. ``params`` row by row, each row the gradient of
+    one entry of the gradient (independent of lossdoctor's blocked products), and that gradient.
+    (torch.func's Hessian of GPT-2 through functional_call comes out asymmetric here.)"""
+    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU attention kernels have no double backward
+        grads = torch.autograd.grad(loss_of(), params, create_graph=True)
+        g = torch.cat([t.reshape(-1) for t in grads])
+        rows = [
+            torch.cat(
+                [
+                    r.reshape(-1)
+                    for r in torch.autograd.grad(
+                        g[i], params, retain_graph=True, allow_unused=True, materialize_grads=True
+                    )
+                ]
+            )
+            for i in range(len(g))
+        ]
+    return torch.stack(rows).detach(), g.detach()

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossdoctor as ld
+from cases import double_backward_hessian
 from lossdoctor.data import Batches, iter_batches, loss_on_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,27 +29,9 @@ def assert_untouched(model: nn.Module, before: dict[str, torch.Tensor], training
 
 
 def true_hessian(model: nn.Module, mean_loss) -> torch.Tensor:
-    """The dense Hessian of ``mean_loss(model)`` w.r.t. the trainable parameters, row by row:
-    each row the gradient of one entry of the gradient (not lossdoctor's blocked products).
-    (torch.func's Hessian of GPT-2 through functional_call comes out asymmetric here.)"""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
+    """The dense Hessian of ``mean_loss(model)`` w.r.t. the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
-    with sdpa_kernel(SDPBackend.MATH):  # the CPU flash kernel has no double backward
-        grads = torch.autograd.grad(mean_loss(model), params, create_graph=True)
-        g = torch.cat([t.reshape(-1) for t in grads])
-        rows = [
-            torch.cat(
-                [
-                    r.reshape(-1)
-                    for r in torch.autograd.grad(
-                        g[i], params, retain_graph=True, allow_unused=True, materialize_grads=True
-                    )
-                ]
-            )
-            for i in range(len(g))
-        ]
-    return torch.stack(rows).detach()
+    return double_backward_hessian(lambda: mean_loss(model), params)[0]
 
 
 def dense(op: ld.HessianOperator) -> torch.Tensor:

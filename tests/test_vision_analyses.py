@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lossdoctor as ld
-from cases import ModelSnapshot
+from cases import ModelSnapshot, double_backward_hessian
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -150,27 +150,10 @@ def setup(request) -> Setup:
 def block_truth(setup):
     """The dense float64 Hessian of the mean loss w.r.t. the setup's parameter block, row by row
     (not lossdoctor's blocked products), and the block's gradient."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     twin = setup.twin(setup.mode)
     named = dict(twin.named_parameters())
-    params = [named[n] for n in setup.block]
-    with sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernel has no double backward
-        grads = torch.autograd.grad(setup.mean_loss(twin), params, create_graph=True)
-        g = torch.cat([t.reshape(-1) for t in grads])
-        rows = [
-            torch.cat(
-                [
-                    r.reshape(-1)
-                    for r in torch.autograd.grad(
-                        g[i], params, retain_graph=True, allow_unused=True, materialize_grads=True
-                    )
-                ]
-            )
-            for i in range(len(g))
-        ]
-    H = torch.stack(rows).detach()
-    return 0.5 * (H + H.T), g.detach()
+    H, g = double_backward_hessian(lambda: setup.mean_loss(twin), [named[n] for n in setup.block])
+    return 0.5 * (H + H.T), g
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
