@@ -42,9 +42,20 @@ class RNGState:
         return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
 
     def restore(self) -> None:
-        """Put every RNG back to this state (not interruptible by Ctrl-C halfway)."""
-        with deferred():
-            self._restore()
+        """Put every RNG back to this state (not interruptible by Ctrl-C halfway).
+
+        A Ctrl-C landing before the signal is held (the first bytecodes of this call) restarts
+        the restore, and is raised once it is done."""
+        pending: KeyboardInterrupt | None = None
+        while True:
+            try:
+                with deferred():
+                    self._restore()
+                break
+            except KeyboardInterrupt as interrupt:  # restoring is idempotent: do it again
+                pending = interrupt
+        if pending is not None:
+            raise pending
 
     def _restore(self) -> None:
         torch.set_rng_state(self.cpu)

@@ -54,7 +54,7 @@ from .._files import atomic_write_text, check_output_dir, read_text_inside
 from .._results import ResultMixin, fmt, to_jsonable
 from ..data import batch_loss, input_tensors, take
 from ..evaluation import as_tensors, evaluate_largest, rebatch
-from ..model_state import preserved_rng, seeded_rng
+from ..model_state import RNGState, preserved_rng, seeded_rng
 from ..problem import Problem
 from ..progress import Progress, with_progress
 from .optimizers import make_optimizer
@@ -822,6 +822,9 @@ def batch_size_sweep(
     trained, loaded = [], []
     total = UNITS * len(grid)
     interrupted = False
+    # The caller's RNG captured once more around the whole sweep: a Ctrl-C landing between a
+    # run's seeded block and its own restore (one bytecode wide) cannot leave the run's seed behind.
+    outer_rng = RNGState.capture()
     try:
         with _interrupt.propagating():
             for i, (b, s) in enumerate(grid):
@@ -850,6 +853,8 @@ def batch_size_sweep(
                     progress((i + 1) * UNITS, total)
     except KeyboardInterrupt:
         interrupted = _interrupt.keep_partial(finished=world == 1 and bool(runs))
+    finally:
+        outer_rng.restore()
     if world > 1:
         assert root is not None  # a sweep under torch.distributed has a store (checked above)
         loaded += _gather_runs(runs, grid, root, fingerprint)
