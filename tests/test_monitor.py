@@ -51,7 +51,9 @@ def train(with_monitor: bool, steps: int = 90, **monitor_kwargs):
 def test_training_is_bit_for_bit_the_same_with_the_monitor(monkeypatch):
     # Every check forced to find a stall, no budget cap: the doctor runs (measurements, probe step)
     # in the middle of training, and sharpness every 5 steps.
-    monkeypatch.setattr(Monitor, "_stall_window", lambda self: self.window)
+    monkeypatch.setattr(
+        Monitor, "_stall_check", lambda self: monitor_module.StallCheck(self.window)
+    )
     plain_model, plain_opt, _, plain_rng = train(False)
     model, opt, monitor, rng = train(
         True, sharpness_every=5, window=8, check_every=4, doctor_share=None
@@ -265,7 +267,9 @@ def test_treat_applies_a_verified_prescription_and_the_run_ends_lower():
 
 
 def test_treatment_that_hurt_is_undone(monkeypatch):
-    monkeypatch.setattr(Monitor, "_stall_window", lambda self: self.window)
+    monkeypatch.setattr(
+        Monitor, "_stall_check", lambda self: monitor_module.StallCheck(self.window)
+    )
     model, data = quadratic(top=50.0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     monitor = Monitor(model, F.mse_loss, data, window=10, treat=True, sharpness_every=0)

@@ -51,7 +51,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -105,6 +105,14 @@ MAX_STALL_WINDOWS = 8
 # treat=True acts at the first check on growth whose last third's 25th percentile is this many
 # times the first third's 75th (a divergence); any other stall waits for the next check to agree.
 CLEAR_DIVERGENCE = 1.5
+
+
+class StallCheck(NamedTuple):
+    """What one of the Monitor's stall checks found."""
+
+    window: int | None  # the recent steps the loss stalled over; None: not stalled
+    falling: bool = False  # the stall test found the loss falling beyond doubt
+    diverging: bool = False  # NaN/Inf, or growth far beyond the noise with its peak at the end
 
 
 def _check_first_batch(model: nn.Module, loss_fn: Callable, batch: tuple) -> None:
@@ -375,7 +383,6 @@ class Monitor:
         self._nonfinite_reported = False
         self._spike_grace = False  # a recovering spike was let pass at the last check
         self._stall_seen = False  # a check found a stall since the loss last fell beyond doubt
-        self._falling = False  # the last check's stall test found the loss falling
         self._checkpoint: dict[str, torch.Tensor] | None = None
         self._probation: tuple[int, dict[str, Any], Any, MonitorAction] | None = None
         self._rejected: set[str] = set()  # actions undone once are not applied again
@@ -537,46 +544,38 @@ class Monitor:
         self._checkpoint = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     # -- stalls --------------------------------------------------------------------------------
-    def _stall_window(self) -> int | None:
-        """The number of recent steps over which the loss has stalled, or None when it has not (NaN/Inf, a growing loss or flipping gradients on the base window; a flat loss beyond doubt from the noise, widening a window the noise leaves open up to 8x)."""
+    def _stall_check(self) -> StallCheck:
+        """Whether the loss has stalled, and over how many recent steps (NaN/Inf, a growing loss or flipping gradients on the base window; a flat loss beyond doubt from the noise, widening a window the noise leaves open up to 8x)."""
         losses = self._losses
         recent = np.asarray(losses[-self.window :], dtype=np.float64)
         if not np.all(np.isfinite(recent)):
-            return self.window
+            return StallCheck(self.window, diverging=True)
         # The cheap statistics only (no LossTrend): this runs every check inside the training loop.
         cos = np.asarray(self._cosines[-self.window :], dtype=np.float64)
         cos = cos[np.isfinite(cos)]
         cos_mean = float(cos.mean()) if cos.size else 0.0
+        separated = separated_growth(recent)
+        grown = growth(recent) > DIVERGE_GROWTH and separated > 1
+        spike = grown and recovering(recent)
+        diverging = grown and separated > CLEAR_DIVERGENCE and not spike
         if cos_mean < COS_TRIGGER:
-            return self.window
-        if growth(recent) > DIVERGE_GROWTH and separated_growth(recent) > 1:
+            return StallCheck(self.window, diverging=diverging)
+        if grown:
             # A spike the loss is already leaving gets one check's grace: acted on only if the
             # next check still sees the loss grown (a divergence keeps its peak at the end).
-            if recovering(recent) and not self._spike_grace:
+            if spike and not self._spike_grace:
                 self._spike_grace = True
-                return None
+                return StallCheck(None)
             self._spike_grace = False
-            return self.window
+            return StallCheck(self.window, diverging=diverging)
         self._spike_grace = False
         k = 1
         while k <= MAX_STALL_WINDOWS and k * self.window <= len(losses):
             stalled = stall_test(losses[-k * self.window :])
             if stalled is not None:
-                self._falling = not stalled
-                return k * self.window if stalled else None
+                return StallCheck(k * self.window) if stalled else StallCheck(None, falling=True)
             k *= 2
-        return None
-
-    def _clear_divergence(self) -> bool:
-        """The loss grew far beyond its noise over the base window and is still at its peak."""
-        recent = np.asarray(self._losses[-self.window :], dtype=np.float64)
-        if not np.all(np.isfinite(recent)):
-            return True
-        return (
-            growth(recent) > DIVERGE_GROWTH
-            and separated_growth(recent) > CLEAR_DIVERGENCE
-            and not recovering(recent)
-        )
+        return StallCheck(None)
 
     def _sharpness_cost(self) -> float:
         """A λ_max estimate's cost in training-step equivalents.
@@ -615,20 +614,18 @@ class Monitor:
     def _check(
         self, optimizer: torch.optim.Optimizer | None, force: bool = False
     ) -> Diagnosis | None:
-        window = self.window if force else self._stall_window()
+        check = StallCheck(self.window, diverging=True) if force else self._stall_check()
+        window = check.window
         self._next_check = self._count + self.check_every
         if window is None:
             self._backoff, self._last_cause, self._next_doctor = 1, None, 0
             # Only a loss falling beyond doubt clears a stall seen before (noise leaves checks open).
-            self._stall_seen = self._stall_seen and not self._falling
-            self._falling = False
+            self._stall_seen = self._stall_seen and not check.falling
             return None
         # treat=True changes training only on a stall seen at two checks with no clear fall between
         # (a bump a healthy run recovers from is not treated), or at once on NaN/Inf or a clear
         # divergence.
-        first_sighting = (
-            self.treat and not force and not self._stall_seen and not self._clear_divergence()
-        )
+        first_sighting = self.treat and not self._stall_seen and not check.diverging
         self._stall_seen = True
         if first_sighting:
             return None

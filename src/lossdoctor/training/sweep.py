@@ -54,7 +54,7 @@ from .._files import atomic_write_text, check_output_dir, read_text_inside
 from .._results import ResultMixin, fmt, to_jsonable
 from ..data import batch_loss, input_tensors, take
 from ..evaluation import as_tensors, evaluate_largest, rebatch
-from ..model_state import RNGState, preserved_rng, seeded_rng
+from ..model_state import preserved_rng, seeded_rng
 from ..problem import Problem
 from ..progress import Progress, with_progress
 from .optimizers import make_optimizer
@@ -822,39 +822,37 @@ def batch_size_sweep(
     trained, loaded = [], []
     total = UNITS * len(grid)
     interrupted = False
-    # The caller's RNG captured once more around the whole sweep: a Ctrl-C landing between a
+    # The caller's RNG kept once more around the whole sweep: a Ctrl-C landing between a
     # run's seeded block and its own restore (one bytecode wide) cannot leave the run's seed behind.
-    outer_rng = RNGState.capture()
-    try:
-        with _interrupt.propagating():
-            for i, (b, s) in enumerate(grid):
-                path = root / "runs" / f"b{b}-s{s}.json" if root is not None else None
-                found = _load_run(path, fingerprint) if path is not None else None
-                if found is not None:
-                    runs[(b, s)] = found
-                    loaded.append(found.key)
-                elif i % world == rank:
+    with preserved_rng():
+        try:
+            with _interrupt.propagating():
+                for i, (b, s) in enumerate(grid):
+                    path = root / "runs" / f"b{b}-s{s}.json" if root is not None else None
+                    found = _load_run(path, fingerprint) if path is not None else None
+                    if found is not None:
+                        runs[(b, s)] = found
+                        loaded.append(found.key)
+                    elif i % world == rank:
 
-                    def sub(units: int, i: int = i) -> None:
-                        if callable(progress):
-                            progress(i * UNITS + units, total)
+                        def sub(units: int, i: int = i) -> None:
+                            if callable(progress):
+                                progress(i * UNITS + units, total)
 
-                    # The global RNG (dropout, random layers) seeded from the run's seed and put
-                    # back afterwards: the run depends on its seed alone, the caller's RNG stays.
-                    with seeded_rng(20_000 + s, device):
-                        run = _train_run(
-                            problem, train, test, b, s, cfg, fingerprint, keep_states, sub
-                        )
-                    if path is not None:
-                        atomic_write_text(path.parent, path.name, json.dumps(run.to_dict()))
-                    runs[(b, s)] = run
-                    trained.append(run.key)
-                if callable(progress):
-                    progress((i + 1) * UNITS, total)
-    except KeyboardInterrupt:
-        interrupted = _interrupt.keep_partial(finished=world == 1 and bool(runs))
-    finally:
-        outer_rng.restore()
+                        # The global RNG (dropout, random layers) seeded from the run's seed and put
+                        # back afterwards: the run depends on its seed alone, the caller's RNG stays.
+                        with seeded_rng(20_000 + s, device):
+                            run = _train_run(
+                                problem, train, test, b, s, cfg, fingerprint, keep_states, sub
+                            )
+                        if path is not None:
+                            atomic_write_text(path.parent, path.name, json.dumps(run.to_dict()))
+                        runs[(b, s)] = run
+                        trained.append(run.key)
+                    if callable(progress):
+                        progress((i + 1) * UNITS, total)
+        except KeyboardInterrupt:
+            interrupted = _interrupt.keep_partial(finished=world == 1 and bool(runs))
     if world > 1:
         assert root is not None  # a sweep under torch.distributed has a store (checked above)
         loaded += _gather_runs(runs, grid, root, fingerprint)
