@@ -140,6 +140,22 @@ def test_train_diagnoses_the_bounce_and_writes_a_new_checkpoint(tmp_path, quadra
     assert text.exit_code == 0 and text.output.count("diagnosis (step 30): oscillation") == 1
 
 
+def test_train_with_the_wall_clock_budget(quadratic):
+    args = ["train", "--problem", quadratic, "--optimizer", "sgd", "--lr", str(1.998 / 25)]
+    args += ["--steps", "60", "--window", "30", "--doctor-share", "1", "--budget-clock", "wall"]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["budget_clock"] == "wall" and data["steps"] == 60
+    # 60 steps of a 1-parameter quadratic take about a millisecond: even a share of 1 cannot pay
+    # a diagnosis's fixed cost in measured seconds (the step clock diagnoses it, test above).
+    assert data["diagnoses"] == [] and data["doctor_seconds"] == 0.0
+    text = CliRunner().invoke(main, args)
+    assert text.exit_code == 0 and "did not yet" in text.output
+    bad = CliRunner().invoke(main, [*args[:-1], "cpu"])
+    assert bad.exit_code != 0 and "--budget-clock" in bad.output
+
+
 def test_train_bad_lr(quadratic):
     result = CliRunner().invoke(
         main, ["train", "--problem", quadratic, "--lr", "nan", "--steps", "5"]

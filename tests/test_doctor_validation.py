@@ -14,6 +14,7 @@ from lossdoctor.studies import stall_cases as sc
 
 def test_seed_sets_are_disjoint_and_the_suite_is_big_enough():
     assert not set(dv.TUNE_SEEDS) & set(dv.HELD_OUT_SEEDS)
+    assert not set(dv.FRESH_SEEDS) & (set(dv.TUNE_SEEDS) | set(dv.HELD_OUT_SEEDS))
     assert len(sc.FAMILIES) >= 20 and len(dv.HELD_OUT_SEEDS) >= 3
     assert {f.cause for f in sc.FAMILIES} == set(CAUSES) - {"undetermined"}
     archs = " ".join(f.architecture for f in sc.FAMILIES)

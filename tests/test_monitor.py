@@ -200,6 +200,23 @@ def test_sharpness_estimate_matches_the_known_top_eigenvalue():
     assert monitor.record.sharpness[-1][1] == pytest.approx(50.0, rel=1e-6)
 
 
+def test_sharpness_is_the_top_eigenvalue_not_the_largest_in_magnitude():
+    # Hessian diag(-10, 1): power iterations find -10; λ_max is 1.
+    model = nn.Linear(2, 1, bias=False).double()
+    x = torch.eye(2, dtype=torch.float64)
+    curvature = torch.tensor([[-10.0], [1.0]], dtype=torch.float64)
+
+    def loss_fn(out, c):
+        return (c * out**2).mean()
+
+    monitor = Monitor(
+        model, loss_fn, (x, curvature), sharpness_every=1, sharpness_iters=4, doctor_share=None
+    )
+    for _ in range(2):
+        monitor.step(1.0)
+    assert [value for _, value in monitor.record.sharpness] == pytest.approx([1.0, 1.0])
+
+
 def test_bouncing_run_is_diagnosed_logged_and_called_back(caplog):
     model, data = quadratic(top=50.0)
     opt = torch.optim.SGD(model.parameters(), lr=1.999 / 50.0)
@@ -246,6 +263,65 @@ def test_the_doctor_waits_for_its_budget():
         monitor.step(1.0)
     assert monitor.diagnoses
     assert monitor.doctor_cost <= 0.05 * monitor.steps + 1e-9
+
+
+class _FakeClock:
+    """time.perf_counter for the monitor: advanced by the test, not by the machine."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_the_wall_clock_budget_pays_a_diagnosis_its_measured_seconds(monkeypatch):
+    # Steps of 1 ms; a diagnosis takes 40 ms, far beyond its counted passes (fixed cost). The
+    # wall clock must hold the doctor's measured seconds within 5% of the training seconds.
+    clock = _FakeClock()
+    monkeypatch.setattr(monitor_module, "time", clock)
+    real_diagnose = monitor_module.diagnose
+
+    def slow_diagnose(*args, **kwargs):
+        clock.now += 0.040
+        return real_diagnose(*args, **kwargs)
+
+    monkeypatch.setattr(monitor_module, "diagnose", slow_diagnose)
+    model, data = quadratic(top=50.0)
+    monitor = Monitor(
+        model,
+        F.mse_loss,
+        data,
+        window=20,
+        lr=1e-3,
+        sharpness_every=0,
+        doctor_share=0.05,
+        budget_clock="wall",
+    )
+    after_each = []
+    for _ in range(6000):
+        clock.now += 0.001  # the training step
+        if monitor.step(1.0) is not None:
+            after_each.append((monitor.doctor_seconds, monitor.train_seconds))
+    assert len(after_each) >= 2 and monitor.deferred >= 1
+    # The first waited for the prior fixed cost (30 ms) on top of its counted passes:
+    # 5% of the training seconds covered it before it ran.
+    first_doctor, first_train = after_each[0]
+    assert first_train * 0.05 >= 0.030
+    # Every diagnosis, once one was timed, fits the share it was run under.
+    for doctor_seconds, train_seconds in after_each[1:]:
+        assert doctor_seconds <= 0.05 * train_seconds + 1e-9
+    assert monitor.doctor_seconds == pytest.approx(0.040 * len(monitor.diagnoses), rel=1e-9)
+    assert monitor.train_seconds == pytest.approx(0.001 * (monitor.steps - 1), rel=1e-9)
+    # The step clock (counted passes) would have run far more of them in the same steps.
+    counted = Monitor(
+        model, F.mse_loss, data, window=20, lr=1e-3, sharpness_every=0, doctor_share=0.05
+    )
+    for _ in range(6000):
+        clock.now += 0.001
+        counted.step(1.0)
+    assert len(counted.diagnoses) > len(monitor.diagnoses)
+    assert counted.doctor_seconds > 0.05 * 0.001 * counted.steps
 
 
 def test_treat_applies_a_verified_prescription_and_the_run_ends_lower():
@@ -316,6 +392,8 @@ def test_bad_input():
         Monitor(model, F.mse_loss, data, callback=3)
     with pytest.raises(TypeError, match="treat"):
         Monitor(model, F.mse_loss, data, treat="yes")
+    with pytest.raises(ValueError, match="budget_clock"):
+        Monitor(model, F.mse_loss, data, budget_clock="cpu")
     monitor = Monitor(model, F.mse_loss, data)
     with pytest.raises(TypeError, match="loss"):
         monitor.step("0.1")

@@ -328,6 +328,14 @@ def diagnose_command(
     help="The doctor's cost cap, a share of the training steps so far.",
 )
 @click.option(
+    "--budget-clock",
+    type=click.Choice(["steps", "wall"]),
+    default="steps",
+    show_default=True,
+    help="Count the doctor's cap in passes (steps: deterministic) or measured seconds (wall: "
+    "honest on sub-millisecond steps).",
+)
+@click.option(
     "--out",
     "out_file",
     default=None,
@@ -358,6 +366,7 @@ def train_command(
     window: int,
     treat: bool,
     doctor_share: float,
+    budget_clock: str,
     out_file: str | None,
     report_dir: Path | None,
     report_budget: str,
@@ -390,6 +399,7 @@ def train_command(
             callback=report,
             treat=treat,
             doctor_share=doctor_share,
+            budget_clock=budget_clock,  # type: ignore[arg-type]  # click.Choice checked it
         )
         if report_dir is not None:
             from ..report.checkup import attach_checkup
@@ -436,6 +446,8 @@ def train_command(
                     "losses": to_jsonable(rec.losses),
                     "sharpness": to_jsonable(rec.sharpness),
                     "doctor_cost": monitor.doctor_cost,
+                    "doctor_seconds": monitor.doctor_seconds,
+                    "budget_clock": budget_clock,
                     "checkpoint": written,
                     "checkup_page": None if page is None else str(page),
                 },
@@ -446,7 +458,7 @@ def train_command(
     out.print(
         f"{prob.name}: trained {run.steps} steps with {opt_name} (lr {lr:g}); last training loss "
         f"{run.final_loss:.5g}; {len(run.diagnoses)} diagnoses, doctor cost {monitor.doctor_cost:.1f} "
-        f"step-equivalents"
+        f"step-equivalents ({monitor.doctor_seconds:.3g} s)"
         + (f"; last sharpness {run.record.sharpness[-1][1]:.4g}" if run.record.sharpness else "")
     )
     for action in run.actions:

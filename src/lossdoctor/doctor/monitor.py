@@ -17,8 +17,8 @@ actions:
 * every step records the loss; on pairs of steps every ``signals_every`` steps (default 8) the
   gradient norm, the cosine between successive gradients and the update size are taken (one flat
   copy each, no extra forward or backward pass; NaN in between);
-* every ``sharpness_every`` steps (default 2000; 0: never) a few warm-started power iterations on
-  a small fixed subset estimate λ_max, paid from the doctor's budget below (an estimate the budget
+* every ``sharpness_every`` steps (default 2000; 0: never) a short Lanczos run (warm-started
+  from the last top vector) on a small fixed subset estimates λ_max, paid from the doctor's budget below (an estimate the budget
   cannot yet pay for waits until it can);
 * every ``check_every`` steps (default ``window // 2``) the recent losses are tested for a stall
   (stopped falling beyond doubt from minibatch noise, growing, NaN/Inf, or gradients flipping;
@@ -49,9 +49,11 @@ import copy
 import dataclasses
 import logging
 import math
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +70,8 @@ from .._checks import (
 )
 from .._results import ResultMixin, fmt
 from ..curvature import hessian
+from ..curvature.eigen import lanczos_extreme
+from ..curvature.lanczos import apply64
 from ..data import batch_size, forward, iter_batches, place
 from ..model_state import model_device, preserved_model, preserved_rng, trainable_parameters
 from ..training.loop import training_step
@@ -105,6 +109,10 @@ MAX_STALL_WINDOWS = 8
 # treat=True acts at the first check on growth whose last third's 25th percentile is this many
 # times the first third's 75th (a divergence); any other stall waits for the next check to agree.
 CLEAR_DIVERGENCE = 1.5
+# budget_clock="wall": what a diagnosis costs beyond its counted passes (Python, dispatch) until
+# one has been timed; about 10 ms on a CPU, taken high so the first one does not overshoot.
+FIXED_DIAGNOSIS_SECONDS = 0.03
+BudgetClock = Literal["steps", "wall"]
 
 
 class StallCheck(NamedTuple):
@@ -243,10 +251,18 @@ class Monitor:
             this many steps (1: every step).
         sharpness_every: steps between running λ_max estimates (0: never).
         sharpness_samples: samples the λ_max estimate uses.
-        sharpness_iters: warm-started power iterations per estimate.
+        sharpness_iters: Hessian-vector products per estimate (a warm-started Lanczos run).
         doctor_share: the cost cap of the doctor and the λ_max estimates together, a share of
             the training steps so far (in training-step equivalents; deterministic). ``None``: no
             cap.
+        budget_clock: how ``doctor_share`` is counted. ``"steps"`` (default): counted passes,
+            deterministic, but blind to a diagnosis's fixed cost (about 10 ms of Python and
+            dispatch on a CPU), which dominates on sub-millisecond steps and on fast GPUs.
+            ``"wall"``: the measured seconds of the diagnoses and λ_max estimates against the
+            seconds spent training between the monitor's calls, so their real cost stays within
+            the share on any step time; whether a diagnosis is affordable then depends on
+            timing, so two identical runs may differ in when (not how) they are diagnosed.
+            Neither counts the per-step signals and checks (about 15 µs a step on a CPU).
         diagnose_samples: the doctor measures on the first this many samples of ``data``.
         callback: called as ``callback(diagnosis)`` for every diagnosis that is not "progressing".
         lr: the learning rate, when ``step`` is called without the optimizer.
@@ -304,6 +320,7 @@ class Monitor:
         train_step: TrainStep | None = None,
         checkpoint_every: int | None = None,
         diagnose_kwargs: dict[str, Any] | None = None,
+        budget_clock: BudgetClock = "steps",
     ) -> None:
         check_module(model)
         check_loss_fn(loss_fn)
@@ -338,6 +355,11 @@ class Monitor:
         )
         treat = check_bool(treat, "treat")
         lr = check_float(lr, "lr", above=0.0, optional=True)
+        if budget_clock not in ("steps", "wall"):
+            raise ValueError(
+                f"budget_clock must be 'steps' (counted, deterministic) or 'wall' (measured "
+                f"seconds), got {budget_clock!r}."
+            )
         self.model, self.loss_fn, self.data = model, loss_fn, data
         # Drawn once, inside a saved RNG state: a shuffling DataLoader leaves the run as it was.
         self._doctor_data = first_samples(data, diagnose_samples)
@@ -365,6 +387,14 @@ class Monitor:
         self.actions: list[MonitorAction] = []
         self.doctor_cost = 0.0  # training-step equivalents spent by the doctor
         self.deferred = 0  # stalls the budget could not yet pay for
+        self.budget_clock = budget_clock
+        self.doctor_seconds = 0.0  # measured seconds of the diagnoses and λ_max estimates
+        # budget_clock="wall": the seconds between the monitor's calls (training).
+        self.train_seconds = 0.0
+        self._intervals = 0
+        self._left_at: float | None = None
+        self._fixed_seconds = FIXED_DIAGNOSIS_SECONDS
+        self._fixed_timed: list[float] = []
         self._steps: list[int] = []
         self._losses: list[float] = []
         self._grad_norms: list[float] = []
@@ -373,7 +403,7 @@ class Monitor:
         self._lrs: list[float | None] = []
         self._sharpness: list[tuple[int, float]] = []
         self._signals = StepSignals(self.params)
-        self._power_vector: torch.Tensor | None = None
+        self._top_vector: torch.Tensor | None = None
         self._sharpness_due = False
         self._count = 0
         self._next_check = window
@@ -448,6 +478,18 @@ class Monitor:
             >>> found
             [(40, 'lr_too_small')]
         """
+        if self.budget_clock == "steps":
+            return self._step(loss, optimizer)
+        entered = time.perf_counter()
+        if self._left_at is not None:
+            self.train_seconds += entered - self._left_at
+            self._intervals += 1
+        try:
+            return self._step(loss, optimizer)
+        finally:
+            self._left_at = time.perf_counter()
+
+    def _step(self, loss: Any, optimizer: torch.optim.Optimizer | None) -> Diagnosis | None:
         if isinstance(loss, torch.Tensor):
             if loss.numel() != 1:
                 raise ValueError(
@@ -483,7 +525,9 @@ class Monitor:
         if self._sharpness_due and self._can_pay(cost := self._sharpness_cost()):
             self._sharpness_due = False
             self.doctor_cost += cost
+            started = time.perf_counter()
             self._sharpness.append((self._count, self._estimate_sharpness()))
+            self.doctor_seconds += time.perf_counter() - started
         if (
             self.checkpoint_every
             and self._count % self.checkpoint_every == 0
@@ -499,7 +543,7 @@ class Monitor:
 
     # -- sharpness -----------------------------------------------------------------------------
     def _estimate_sharpness(self) -> float:
-        """λ_max by a few power iterations on a fixed subset, warm-started from the last vector.
+        """λ_max from a few Lanczos steps on a fixed subset, warm-started from the last top vector.
 
         Of the network as it trains, as the doctor measures it: in the model's own mode
         (BatchNorm on batch statistics while it trains), dropout off so the loss is
@@ -512,25 +556,35 @@ class Monitor:
                 op = hessian(self.model, self.loss_fn, self._sharp_data, mode=mode)
             except ValueError:  # non-finite loss: no curvature to measure
                 return math.nan
-            return self._power_iterations(op)
+            return self._top_ritz_value(op)
 
-    def _power_iterations(self, op: Any) -> float:
-        v = self._power_vector
+    def _top_ritz_value(self, op: Any) -> float:
+        """The top Ritz value of a short Lanczos run warm-started from the last top vector.
+
+        A lower bound on λ_max (a Rayleigh quotient), where plain power iterations converge to
+        the eigenvalue of largest magnitude: a negative one at a saddle, recorded as λ_max."""
+        v = self._top_vector
         if v is None or v.shape[0] != op.num_params:
             gen = torch.Generator(device="cpu").manual_seed(0)  # never the global RNG
             v = torch.randn(op.num_params, generator=gen, dtype=torch.float64).to(op.device)
-        v = v / torch.linalg.vector_norm(v)
-        lam = math.nan
-        with preserved_rng():
-            for _ in range(self.sharpness_iters):
-                hv = (op @ v.to(op.dtype)).to(torch.float64)
-                lam = float(v @ hv)
-                norm = torch.linalg.vector_norm(hv)
-                if not torch.isfinite(norm) or norm == 0:
-                    break
-                v = hv / norm
-        self._power_vector = v
-        return lam
+        # A bound by design, not a converged pair: no warning inside the user's training loop.
+        with preserved_rng(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = lanczos_extreme(
+                lambda x: apply64(op, x),
+                op.num_params,
+                k=1,
+                which="largest",
+                tol=1e-3,
+                seed=0,
+                max_matvecs=self.sharpness_iters,
+                device=op.device,
+                start=v.reshape(-1, 1),
+            )
+        if not len(result.eigenvalues) or not math.isfinite(float(result.eigenvalues[0])):
+            return math.nan
+        self._top_vector = result.eigenvectors[:, 0].to(torch.float64)
+        return float(result.eigenvalues[0])
 
     def _keep_checkpoint(self) -> None:
         recent = np.asarray(self._losses[-self.window :], dtype=np.float64)
@@ -581,15 +635,25 @@ class Monitor:
         """A λ_max estimate's cost in training-step equivalents.
 
         The operator's validation pass and its reduction check over the subset's batches, then the
-        power iterations' products.
+        Lanczos products.
         """
         return len(self._sharp_data or ()) * (2.0 + HVP_COST * self.sharpness_iters)
 
     def _bank(self) -> float:
-        """What the budget holds now, in training-step equivalents (``inf`` without a cap)."""
+        """What the budget holds now, in training-step equivalents (``inf`` without a cap).
+
+        With ``budget_clock="wall"``: the measured seconds left (the share of the training
+        seconds less what the doctor spent, a diagnosis's fixed cost set aside) in units of the
+        mean training step."""
         if self.doctor_share is None:
             return math.inf
-        return self.doctor_share * self._count - self.doctor_cost
+        if self.budget_clock == "steps":
+            return self.doctor_share * self._count - self.doctor_cost
+        if self._intervals == 0 or self.train_seconds <= 0.0:
+            return 0.0
+        step_seconds = self.train_seconds / self._intervals
+        left = self.doctor_share * self.train_seconds - self.doctor_seconds - self._fixed_seconds
+        return left / step_seconds
 
     def _can_pay(self, cost: float) -> bool:
         return self._bank() >= cost
@@ -602,14 +666,20 @@ class Monitor:
         fixed = len(self._doctor_data) * 3.0
         return int(max(0.0, self._bank() - fixed) // (HVP_COST * self._curvature_batches))
 
-    def _charge(self, d: Diagnosis) -> None:
+    def _charge(self, d: Diagnosis, seconds: float) -> None:
         """What a diagnosis cost, in training-step equivalents.
 
         a pass over a batch is a step, a Hessian-vector product over a batch 2.5 steps, each trial
-        step a step."""
-        self.doctor_cost += len(self._doctor_data) * (1 + d.cost.get("gradients", 0))
-        self.doctor_cost += HVP_COST * self._curvature_batches * d.cost.get("hvps", 0)
-        self.doctor_cost += d.cost.get("trial_steps", 0)
+        step a step. With ``budget_clock="wall"`` the diagnosis's measured ``seconds`` beyond that
+        count is a sample of the fixed cost; the next one is expected to need their median."""
+        counted = len(self._doctor_data) * (1 + d.cost.get("gradients", 0))
+        counted += HVP_COST * self._curvature_batches * d.cost.get("hvps", 0)
+        counted += d.cost.get("trial_steps", 0)
+        self.doctor_cost += counted
+        if self.budget_clock == "wall" and self._intervals:
+            step_seconds = self.train_seconds / self._intervals
+            self._fixed_timed.append(max(0.0, seconds - counted * step_seconds))
+            self._fixed_seconds = float(np.median(self._fixed_timed))
 
     def _check(
         self, optimizer: torch.optim.Optimizer | None, force: bool = False
@@ -649,6 +719,7 @@ class Monitor:
             kwargs.setdefault("train_step", self.train_step)
         if self._checkpoint is not None:
             kwargs.setdefault("checkpoint", self._checkpoint)
+        started = time.perf_counter()
         result = diagnose(
             self.model,
             self.loss_fn,
@@ -659,7 +730,9 @@ class Monitor:
             **kwargs,
         )
         result = dataclasses.replace(result, step=self._count)
-        self._charge(result)
+        seconds = time.perf_counter() - started
+        self.doctor_seconds += seconds
+        self._charge(result, seconds)
         if not math.isfinite(self._losses[-1]):
             self._nonfinite_reported = True
         # The same verdict again: wait longer before the next diagnosis (doubling, up to 16x).
