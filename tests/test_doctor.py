@@ -111,6 +111,34 @@ def test_converged_least_squares_reads_the_exact_spectrum():
     assert d.measurements.relative_grad < 1e-6
 
 
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_a_long_way_down_a_bowl_is_a_small_lr_not_a_plateau(scale):
+    # Linear regression from zero towards large targets at lr 1e-4: the minimum lies far beyond
+    # the parameters' norm (sqrt(2 L / λ_max) / ||θ|| = 3.8 and 35), which alone read "flat"; but
+    # the gradient is the one a bowl of curvature λ_max holding this loss has (ratio ~0.97).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, generator=gen)
+    y = scale * (x @ torch.tensor([1.0, 2.0, 3.0])).unsqueeze(1)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(80):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt, verify=False)
+    m = d.measurements
+    hessian = 2 * torch.cat([x, torch.ones(256, 1)], 1).T @ torch.cat([x, torch.ones(256, 1)], 1)
+    top = float(torch.linalg.eigvalsh(hessian.double() / 256)[-1])
+    assert m.lambda_max <= top + 1e-9 and top - m.lambda_max <= m.lambda_max_error + 1e-9
+    assert math.sqrt(2 * m.loss / m.lambda_max) / max(m.param_norm, 1.0) > 3
+    assert m.relative_grad > 0.9
+    assert d.cause == "lr_too_small"
+
+
 def test_dead_units_are_counted_exactly():
     stall, d = run("dead/relu-bias")
     x, _ = stall.full_data

@@ -418,3 +418,19 @@ def test_slow_progress_names_a_hypothesis_only_when_slow_and_a_rule_holds():
     )  # only 'progressing' is second-guessed
     # Evidence without a threshold reads as a value, never '>= None'.
     assert "None" not in str(rules.Evidence("λ_min", 0.5, ">=", None))
+
+
+def test_a_long_reach_is_flat_only_when_the_gradient_is_not_a_bowls():
+    # Reach sqrt(2 L / λ_max) / max(||θ||, 1) = 3.8 either way; what tells a flat surface from
+    # the far side of a bowl is the gradient against the bowl's sqrt(2 L λ_max) = 9.1.
+    def case(grad_norm):
+        return measurements(
+            loss=17.2, lambda_max=2.43, grad_norm=grad_norm, param_norm=0.67, lr_sharpness=2.4e-4
+        )
+
+    bowl = case(8.8)
+    assert bowl.relative_grad == pytest.approx(0.97, abs=0.01)
+    assert rules._reach(bowl) == pytest.approx(3.76, abs=0.01)
+    assert decide(bowl).cause == "lr_too_small"
+    flat = case(0.4)  # 0.044 of a bowl's gradient: saturated, like the suite's plateaus
+    assert decide(flat).cause == "flat_plateau"

@@ -87,6 +87,12 @@ NOISE_RATIO = 3.0
 NOISE_EFFICIENCY = 0.3
 FLAT_REACH = 1.0  # sqrt(2 L / λ_max) over max(||θ||, 1) above this: the surface is flat
 FAR_REACH = 10.0  # ... above this: flat to rounding, before any critical-point test
+# ||g|| / sqrt(2 |L| λ_max) in [BOWL_GRADIENT, BOWL_GRADIENT_MAX]: the gradient a bowl of the top
+# curvature holding the loss would have (1 along its axis, never more), so a long reach means far
+# down a bowl, not flat (a linear regression with large targets and a small lr; the plateaus of the
+# suite sit at 0.02-0.06). Far above 1 the quadratic model does not hold (a slope with no curvature).
+BOWL_GRADIENT = 0.5
+BOWL_GRADIENT_MAX = 2.0
 NONZERO_WEIGHTS = 1e-3  # a parameter norm above this: not an all-zero (degenerate) point
 WORSE = 1.5  # near the limit, the loss now this many times the recent losses: diverging
 NEAR_UNSTABLE = 0.8
@@ -413,6 +419,15 @@ def _reach(m: Measurements) -> float | None:
     return math.sqrt(2 * m.loss / m.lambda_max) / max(m.param_norm or 0.0, 1.0)
 
 
+def _in_a_bowl(m: Measurements) -> bool:
+    """The gradient is what a bowl of the top curvature holding the loss would give (``BOWL_GRADIENT``).
+
+    Then a long reach is distance down a steep-enough bowl, not a flat surface."""
+    return _holds(m.relative_grad, ">=", BOWL_GRADIENT) and _holds(
+        m.relative_grad, "<=", BOWL_GRADIENT_MAX
+    )
+
+
 def settled(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """Stalled where the local quadratic model has nothing left to lose (½ gᵀH⁺g below ``SETTLED`` of the loss) and no direction clearly curves down: a minimum, even where the optimizer still rattles around it (Adam at its edge of stability, a noisy gradient)."""
     if m.trend.stalled is not True or m.reducible is None or m.loss is None or m.lambda_max is None:
@@ -467,6 +482,7 @@ def far_flat(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None
         reach is not None
         and _holds(reach, ">", FAR_REACH / slack)
         and (m.param_norm or 0.0) > NONZERO_WEIGHTS
+        and not _in_a_bowl(m)
     ):
         return (_ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FAR_REACH),)
     return None
@@ -588,12 +604,16 @@ def flat_plateau(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | 
     """The surface is flat here.
 
     a bowl of curvature λ_max holding L would reach its floor sqrt(2L/λ_max) away, farther than the
-    parameters' own norm; or, with a step that is neither tiny nor near the limit (S between
+    parameters' own norm, and the gradient is well below such a bowl's (a bowl's gradient means
+    distance, not flatness); or, with a step that is neither tiny nor near the limit (S between
     ``SMALL_STEP`` and ``LR_HEADROOM`` of it), the gradient is small for the loss and the curvature
     (||g|| / sqrt(2 |L| λ_max) below ``FLAT_GRADIENT``)."""
     reach = _reach(m)
-    if reach is not None and _holds(reach, ">", FLAT_REACH / slack):
-        return (_ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FLAT_REACH),)
+    if reach is not None and _holds(reach, ">", FLAT_REACH / slack) and not _in_a_bowl(m):
+        return (
+            _ev("sqrt(2 L / λ_max) / max(||θ||, 1)", reach, ">", FLAT_REACH),
+            _ev("gradient norm / sqrt(2 |L| λ_max)", m.relative_grad, "<", BOWL_GRADIENT),
+        )
     if (
         _holds(m.stability, ">=", SMALL_STEP / slack)
         and _holds(m.stability, "<", LR_HEADROOM * slack)
