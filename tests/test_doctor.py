@@ -139,6 +139,32 @@ def test_a_long_way_down_a_bowl_is_a_small_lr_not_a_plateau(scale):
     assert d.cause == "lr_too_small"
 
 
+def test_a_loss_at_the_float_floor_is_converged():
+    # A noiseless least-squares fit in float32 trained to 7e-16: steps, probes and the trend are
+    # rounding noise there (it was called lr_too_small, and oscillation under the Monitor).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 3, generator=gen)
+    y = 0.1 * (x @ torch.tensor([1.0, 2.0, 3.0])).unsqueeze(1)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    losses = []
+    for _ in range(300):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 1e-13 and len(set(losses[-20:])) <= 2  # stuck at rounding
+    d = ld.diagnose(model, F.mse_loss, (x, y), history=losses[-120:], optimizer=opt, verify=False)
+    assert d.cause == "converged" and "float floor" in d.summary
+    # Rounding θ alone (to float32, each coordinate by up to eps·|θ_i|) moves the loss by as much.
+    with torch.no_grad():
+        exact = F.mse_loss(model.double()(x.double()), y.double()).item()
+        model.float()
+    assert abs(exact - losses[-1]) > 0.1 * losses[-1]
+
+
 def test_dead_units_are_counted_exactly():
     stall, d = run("dead/relu-bias")
     x, _ = stall.full_data

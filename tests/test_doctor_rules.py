@@ -434,3 +434,32 @@ def test_a_long_reach_is_flat_only_when_the_gradient_is_not_a_bowls():
     assert decide(bowl).cause == "lr_too_small"
     flat = case(0.4)  # 0.044 of a bowl's gradient: saturated, like the suite's plateaus
     assert decide(flat).cause == "flat_plateau"
+
+
+def test_the_float_floor_is_converged_but_a_frozen_tiny_lr_or_dead_net_is_not():
+    # All three take steps too small to move float32 parameters; only at the floor is the loss
+    # itself no larger than what rounding θ changes it by (eps·Σ|g_i θ_i|).
+    floor = measurements(
+        loss=6.8e-16,
+        grad_norm=1.9e-8,
+        param_norm=0.37,
+        lr_sharpness=0.73,
+        rounding_sensitivity=6.2e-9,
+    )
+    decision = decide(floor)
+    assert decision.cause == "converged"
+    assert decision.evidence[0].name == rules.ROUNDING_EVIDENCE
+    assert decision.evidence[0].value == pytest.approx(0.92, abs=0.01)
+    frozen = measurements(
+        loss=1.0, grad_norm=1.0, param_norm=1.0, lr_sharpness=1e-12, rounding_sensitivity=0.5
+    )
+    assert decide(frozen).cause == "lr_too_small"
+    # Weights of 3.7e9 in dead units: ||g||·||θ||·eps = 19 > L, but those units have no gradient.
+    dead = measurements(
+        loss=2.31,
+        grad_norm=0.043,
+        param_norm=3.7e9,
+        lr_sharpness=1e-3,
+        rounding_sensitivity=1.2e-2,
+    )
+    assert decide(dead).cause != "converged"

@@ -15,7 +15,7 @@ from typing import Any
 from .._results import fmt
 from ..analysis.layers import LayerCurvature
 from .measure import Measurements
-from .rules import Decision
+from .rules import ROUNDING_EVIDENCE, Decision
 
 CAUSE_TITLES = {
     "diverging": "the loss is diverging",
@@ -206,6 +206,11 @@ def summary(decision: Decision, m: Measurements) -> str:  # noqa: C901 - one sen
         return (
             f"{title}: the gradient and the Hessian both vanish at loss {fmt(m.loss, 4)} (a higher-order "
             "critical point such as all-zero weights): gradient descent cannot move"
+        )
+    if cause == "converged" and any(e.name == ROUNDING_EVIDENCE for e in decision.evidence):
+        return (
+            f"{title}: the loss {fmt(m.loss, 3)} is at the float floor: rounding the parameters "
+            "alone changes it by as much, so no step can lower it further (in this precision)"
         )
     if cause == "converged":
         return (

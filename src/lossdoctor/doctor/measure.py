@@ -150,6 +150,9 @@ class Measurements(ResultMixin):
     seconds: float
     interrupted: bool = False
     loss_eps: float = 1.2e-7  # the machine epsilon of the loss's dtype
+    # Σ|g_i θ_i|: the loss's first-order change when every parameter moves by its own size, so
+    # eps times it bounds what rounding the parameters alone changes the loss by.
+    rounding_sensitivity: float | None = None
     dead_rows: dict[str, list[int]] = field(default_factory=dict, repr=False)
     escape_direction: torch.Tensor | None = field(default=None, repr=False)
     top_direction: torch.Tensor | None = field(default=None, repr=False)
@@ -820,6 +823,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
             minibatch_grad_norm=mb,
             noise_ratio=noise,
             gradients=gradients,
+            rounding_sensitivity=float((grad.to(torch.float64) * theta).abs().sum()),
         )
         blocks = parameter_blocks(model, op.names)
         dead, dead_rows = _dead_units(op, grad, blocks)

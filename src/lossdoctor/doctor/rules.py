@@ -579,6 +579,29 @@ def degenerate(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | No
     return None
 
 
+ROUNDING_FLOOR = 10.0  # the loss within this many times what rounding θ alone changes: at its floor
+ROUNDING_EVIDENCE = "L / (eps·Σ|g_i θ_i|)"
+
+
+def at_rounding_floor(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
+    """The loss is no larger than what rounding the parameters alone would change it by.
+
+    Moving each θ_i by its float rounding (up to ``eps·|θ_i|``) changes L by up to
+    ``eps·Σ|g_i θ_i|`` to first order; a loss within ``ROUNDING_FLOOR`` times that has reached the
+    float floor, where step probes and trends are rounding noise (a least-squares fit at a loss of
+    7e-16 in float32 was called ``lr_too_small``, and ``oscillation`` under the Monitor). Away from
+    a minimum the bound is orders of magnitude below the loss; coordinate by coordinate, huge
+    weights of dead units (no gradient) do not count."""
+    if m.trend.stalled is False or m.loss is None or m.rounding_sensitivity is None:
+        return None
+    floor = m.loss_eps * m.rounding_sensitivity
+    if not m.loss >= 0 or not floor > 0:
+        return None
+    if _holds(m.loss / floor, "<=", ROUNDING_FLOOR * slack):
+        return (_ev(ROUNDING_EVIDENCE, m.loss / floor, "<=", ROUNDING_FLOOR),)
+    return None
+
+
 def converged(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...] | None:
     """A critical point without clearly negative curvature: a (local) minimum."""
     crit = _critical(m, slack)
@@ -649,6 +672,7 @@ def ill_conditioned(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...]
 # Order matters: the first rule that holds names the cause.
 RULES: tuple[tuple[str, Check], ...] = (
     ("diverging", nonfinite),
+    ("converged", at_rounding_floor),
     ("momentum_too_high", momentum_too_high),
     ("oscillation", adaptive_growth),
     ("diverging", sgd_growth),
