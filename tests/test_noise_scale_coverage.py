@@ -123,7 +123,7 @@ def lsq_problem(offset: float):
 @pytest.mark.parametrize(
     ("offset", "most_covered", "least_unbounded", "most_unbounded"),
     # easy: B_simple 6.7, never unbounded; hard: B_simple 730, |G|^2's standard error over 20
-    # pairs about twice |G|^2 (covered 0.76, unbounded 0.76 on these seeds)
+    # pairs 3.6 times |G|^2 (covered 0.76, unbounded 0.76 on these seeds)
     [(1.0, band(0.68, 200)[1], 0.0, 0.0), (0.03, 0.85, 0.3, 0.95)],
     ids=["easy", "hard"],
 )
