@@ -122,7 +122,7 @@ def test_sharpness_noise_landscape(user, tmp_path):
     assert noise["pairs"] == 5 and noise["suggested_batch_size"] >= 1 and noise["level"] == 0.9
     lo, hi = noise["interval"]  # hi is None (JSON's inf) when |G|^2 is not significantly > 0
     assert (
-        0 <= lo and (hi is None or lo <= hi) and (hi is None) == (noise["standard_error"] is None)
+        lo >= 0 and (hi is None or lo <= hi) and (hi is None) == (noise["standard_error"] is None)
     )
     land = as_json(
         [
