@@ -96,6 +96,8 @@ def test_report_section_shows_bounded_and_unbounded_intervals(tmp_path):
     near = ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=4, big_batch=64, pairs=20)
     assert far.bounded and not near.bounded and near.interval[1] == float("inf")
     assert near.standard_error == float("inf") and "no upper bound" in str(near)
+    # |G|^2's estimate is below 0 here: nothing bounds B_simple from below either
+    assert near.interval[0] == 0 and "not determined" in str(near) and near.grad_norm_sq < 0
     assert near.to_dict()["interval"][1] is None  # JSON has no inf
     study = NoiseScaleStudy(
         target_loss=0.5,

@@ -174,6 +174,8 @@ def test_ratio_interval_edge_cases():
     assert r.interval[0] < r.estimate < r.interval[1] and r.critical_value == q
     with pytest.raises(ValueError, match="same length"):
         ratio_interval(num, den[:3])
+    with pytest.raises(ValueError, match="finite"):
+        ratio_interval(num, np.array([1.0, np.nan, 1.0, 1.0]))
 
 
 def test_level_is_checked():

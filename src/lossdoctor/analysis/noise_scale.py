@@ -94,11 +94,15 @@ def ratio_interval(
         ...                bootstrap=0).interval[1]
         inf
     """
+    level = check_float(level, "level", above=0.0, below=1.0)
+    bootstrap = check_int(bootstrap, "bootstrap", minimum=0)
     num, den = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
     if num.ndim != 1 or num.shape != den.shape or len(num) < 2:
         raise ValueError(
             f"need two 1-d arrays of the same length >= 2, got shapes {num.shape} and {den.shape}"
         )
+    if not (np.isfinite(num).all() and np.isfinite(den).all()):
+        raise ValueError("the paired estimates must be finite (no NaN/Inf)")
     n = len(num)
     m_num, m_den = float(num.mean()), float(den.mean())
     cov = np.cov(np.vstack([num, den]), ddof=1) / n  # covariance of the two means
@@ -222,11 +226,13 @@ class NoiseScale(ResultMixin):
                 f"{fmt(self.standard_error)}; {terms})"
             )
         else:
+            lower = self.interval[0]
             estimate = (
-                f"gradient noise scale B_simple at least {fmt(self.interval[0])}, no upper bound "
-                f"({pct} interval {fmt(self.interval[0])}..inf: |G|^2 is not significantly above 0, "
-                f"so B_simple may be arbitrarily large; more pairs would bound it; point estimate "
-                f"{fmt(self.b_simple)}; {terms})"
+                "gradient noise scale B_simple "
+                + (f"at least {fmt(lower)}, " if lower > 0 else "not determined: ")
+                + f"no upper bound ({pct} interval {fmt(lower)}..inf: |G|^2 is not significantly "
+                "above 0, so B_simple may be arbitrarily large; more pairs may bound it; point "
+                f"estimate {fmt(self.b_simple)}; {terms})"
             )
         if self.interrupted:
             return (
