@@ -43,7 +43,7 @@ def _draw_intervals(ax, points: list[NoiseScale]) -> None:
             ax.text(i, 1.22 * top, "no upper bound", ha="center", va="bottom", fontsize=6)
         if math.isfinite(ns.b_simple) and ns.b_simple >= 0:
             ax.plot(i, ns.b_simple, "o", color="k", ms=4)
-    ax.set_ylim(0, 1.35 * top)
+    ax.set_ylim(0, (1.35 if any(not ns.bounded for ns in points) else 1.1) * top)
     ax.set_xlim(-0.5, len(points) - 0.5)
 
 
