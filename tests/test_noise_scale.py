@@ -98,6 +98,7 @@ def test_report_section_shows_bounded_and_unbounded_intervals(tmp_path):
     assert near.standard_error == float("inf") and "no upper bound" in str(near)
     # |G|^2's estimate is below 0 here: nothing bounds B_simple from below either
     assert near.interval[0] == 0 and "not determined" in str(near) and near.grad_norm_sq < 0
+    assert "from the point estimate only" in str(near) and "point estimate only" not in str(far)
     assert near.to_dict()["interval"][1] is None  # JSON has no inf
     study = NoiseScaleStudy(
         target_loss=0.5,

@@ -175,7 +175,8 @@ class NoiseScale(ResultMixin):
         pairs: pairs of batches averaged.
         num_samples: samples in the data.
         suggested_batch_size: B_simple rounded, within [1, data size] (the data size when B_simple
-            is not finite and positive); ``None`` when interrupted.
+            is not finite and positive); ``None`` when interrupted. Where the interval is unbounded
+            it rests on the point estimate alone, and the text says so.
         loss: the mean loss over the big batches.
         interrupted: Ctrl-C: the estimate uses the pairs finished.
         pairs_requested: the pairs asked for.
@@ -238,6 +239,11 @@ class NoiseScale(ResultMixin):
             return (
                 f"{estimate}; INTERRUPTED after {self.pairs} of {self.pairs_requested} pairs: no batch size "
                 "suggested"
+            )
+        if not self.bounded:
+            return (
+                f"{estimate}; suggested batch size {self.suggested_batch_size}, from the point "
+                "estimate only: with no upper bound on B_simple a larger batch may serve better"
             )
         return (
             f"{estimate}; suggested batch size {self.suggested_batch_size}: smaller batches need "
