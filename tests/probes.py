@@ -840,7 +840,8 @@ def specs() -> list[Spec]:
                 "pairs": ints(2),
                 "mode": _mode(),
                 "seed": seed(),
-                "bootstrap": ints(1),
+                "bootstrap": ints(0),  # 0: Student's t alone
+                "level": floats(above=0.0, below=1.0),
                 "max_batch": ints(1, optional=True),
                 "progress": progress_kind(),
             },

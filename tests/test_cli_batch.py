@@ -105,9 +105,25 @@ def test_sharpness_noise_landscape(user, tmp_path):
     )
     assert out["lambda_max"] > 0 and {e["space"] for e in out["epsilon"]} == {"full", "random-3"}
     noise = as_json(
-        ["noise", "--problem", user, "--small-batch", "2", "--big-batch", "6", "--pairs", "5"]
+        [
+            "noise",
+            "--problem",
+            user,
+            "--small-batch",
+            "2",
+            "--big-batch",
+            "6",
+            "--pairs",
+            "5",
+            "--level",
+            "0.9",
+        ]
     )
-    assert noise["pairs"] == 5 and noise["suggested_batch_size"] >= 1
+    assert noise["pairs"] == 5 and noise["suggested_batch_size"] >= 1 and noise["level"] == 0.9
+    lo, hi = noise["interval"]  # hi is None (JSON's inf) when |G|^2 is not significantly > 0
+    assert (
+        lo >= 0 and (hi is None or lo <= hi) and (hi is None) == (noise["standard_error"] is None)
+    )
     land = as_json(
         [
             "landscape",

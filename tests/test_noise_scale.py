@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 import lossdoctor as ld
 from cases import ModelSnapshot
+from lossdoctor._results import fmt
 from test_model_unchanged import model_in_a_mixed_state
 
 
@@ -81,3 +82,42 @@ def test_bad_input():
         ld.gradient_noise_scale(model, F.mse_loss, (x, y), pairs=1)
     with pytest.raises(TypeError, match="one-shot iterator"):
         ld.gradient_noise_scale(model, F.mse_loss, ((x, y) for _ in range(2)))
+
+
+def test_report_section_shows_bounded_and_unbounded_intervals(tmp_path):
+    pytest.importorskip("matplotlib")
+    from lossdoctor.report import noise_scale as report
+    from lossdoctor.studies.noise_scale import NoiseScaleStudy
+
+    model, x, y = regression()
+    far = ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=4, big_batch=64, pairs=20)
+    with torch.no_grad():  # at the least-squares solution: |G|^2 = 0, B_simple infinite
+        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
+    near = ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=4, big_batch=64, pairs=20)
+    assert far.bounded and not near.bounded and near.interval[1] == float("inf")
+    assert near.standard_error == float("inf") and "no upper bound" in str(near)
+    # |G|^2's estimate is below 0 here: nothing bounds B_simple from below either
+    assert near.interval[0] == 0 and "not determined" in str(near) and near.grad_norm_sq < 0
+    assert "from the point estimate only" in str(near) and "point estimate only" not in str(far)
+    assert near.to_dict()["interval"][1] is None  # JSON has no inf
+    study = NoiseScaleStudy(
+        target_loss=0.5,
+        points=[("initialization", far.loss, far), ("batch 4, loss<=0.5", near.loss, near)],
+        recommended_batch=near.suggested_batch_size,
+        batch_sizes=[4, 64],
+        seconds_to_target=[1.0, None],
+        seconds_to_target_std=[0.1, None],
+        updates_to_target=[10.0, None],
+        samples_to_target=[40.0, None],
+        reached=[1, 0],
+        seeds=1,
+        time_stops_improving_at=None,
+        samples_double_at=None,
+    )
+    section = report.render(study, tmp_path)
+    assert (tmp_path / "noise-scale.png").stat().st_size > 0
+    lo, hi = far.interval
+    assert f"{fmt(lo)}..{fmt(hi)}" in section.body
+    assert f"{fmt(near.interval[0])}..inf (no upper bound)" in section.body
+    assert "B_simple (68% interval)" in section.body  # the table's column
+    assert "no upper end (batch 4, loss&lt;=0.5 here)" in section.body  # the text names it

@@ -426,6 +426,13 @@ def landscape_command(
     show_default=True,
     help="(small, big) batch pairs to average.",
 )
+@click.option(
+    "--level",
+    type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
+    default=0.68,
+    show_default=True,
+    help="Confidence level of B_simple's interval (0.68: about +-1 sigma).",
+)
 @mode_option("eval")
 @seed_option
 @device_option
@@ -436,12 +443,18 @@ def noise_command(
     small_batch: int,
     big_batch: int | None,
     pairs: int,
+    level: float,
     mode: str,
     seed: int,
     as_json: bool,
     device: str = "auto",
 ) -> None:
-    """McCandlish's gradient noise scale B_simple and the batch size it suggests."""
+    """McCandlish's gradient noise scale B_simple, its interval and the batch size it suggests.
+
+    The interval (Fieller's, for a ratio of means) has no upper end when |G|^2 is not significantly
+    above 0, as near a minimum: B_simple may then be arbitrarily large ("interval": [lo, null] in
+    JSON).
+    """
     from ..analysis.noise_scale import gradient_noise_scale
 
     if big_batch is not None and not small_batch < big_batch:
@@ -459,6 +472,7 @@ def noise_command(
             small_batch=small_batch,
             big_batch=big_batch,
             pairs=pairs,
+            level=level,
             mode=mode,
             seed=seed,
             progress=task("gradient noise scale"),
