@@ -38,6 +38,7 @@ from ..data import iter_batches
 from ..evaluation import mean_loss
 from ..model_state import evaluation_mode, load_flat, preserved_model, preserved_rng
 from ..progress import Progress, scaled
+from ..types import Mode, Reduction
 from .critical import CriticalPoint, classify_critical_point
 
 PROBE_OCTAVES = range(3, 10)  # short probe steps eta0 * 2**-j, both signs (quadratic-model check)
@@ -299,9 +300,9 @@ def escape_saddle(
     *,
     apply: bool = False,
     critical: CriticalPoint | None = None,
-    mode: str = "eval",
+    mode: Mode = "eval",
     progress: Progress | None = None,
-    reduction: str | None = None,
+    reduction: Reduction | None = None,
     params: Any = None,
     **classify_options: Any,
 ) -> EscapeResult:
@@ -583,9 +584,9 @@ def compare_saddle_escapes(
     seed: int = 0,
     critical: CriticalPoint | None = None,
     record_paths: bool = False,
-    mode: str = "eval",
+    mode: Mode = "eval",
     progress: Progress | None = None,
-    reduction: str | None = None,
+    reduction: Reduction | None = None,
     params: Any = None,
     **classify_options: Any,
 ) -> SaddleEscapeComparison:
@@ -679,7 +680,6 @@ def compare_saddle_escapes(
             params=op.params,
             **classify_options,
         )
-        critical = escape.critical
         if escape.interrupted:
             return SaddleEscapeComparison(
                 loss_start=escape.loss_before,
@@ -694,11 +694,12 @@ def compare_saddle_escapes(
                 escape=escape,
                 interrupted=True,
             )
-        if not escape.escaped:
+        if not escape.escaped or escape.critical is None:  # an escape was classified first
             raise ValueError(
                 f"nothing to compare: {escape.message} compare_saddle_escapes needs a saddle "
                 "(a direction of negative curvature)."
             )
+        critical = escape.critical
         after_step = op.parameter_vector().to(torch.float64)
     start = op.parameter_vector().to(torch.float64)
     lr = float(lr) if lr is not None else 0.5 / max(abs(critical.max_eigenvalue), 1e-12)
@@ -821,8 +822,8 @@ def gradient_descent_path(
     steps: int,
     lr: float,
     momentum: float = 0.0,
-    mode: str = "eval",
-    reduction: str | None = None,
+    mode: Mode = "eval",
+    reduction: Reduction | None = None,
     params: Any = None,
 ) -> MethodTrace:
     """Full-batch gradient descent from the model's current parameters, recording its path.

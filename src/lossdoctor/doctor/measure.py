@@ -105,7 +105,7 @@ class Measurements(ResultMixin):
     history_grad_norm: float | None
     history_cosine: float | None
     recent_loss: float
-    mode: str
+    mode: Mode
     mode_note: str | None
     samples: int
     batch_size: int | None
