@@ -21,12 +21,11 @@ from torch import nn
 
 from .. import _interrupt
 from .._checks import (
+    check_arguments,
     check_bool,
     check_choice,
     check_float,
     check_int,
-    check_loss_fn,
-    check_module,
     check_progress,
     check_seed,
     describe,
@@ -348,8 +347,7 @@ def escape_saddle(
         >>> round(abs(p.model.w1.item() * p.model.w2.item()), 4)  # now on the valley w1*w2 = 1
         1.0
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     apply = check_bool(apply, "apply")
     if critical is not None and not isinstance(critical, CriticalPoint):
         raise TypeError(
@@ -643,8 +641,7 @@ def compare_saddle_escapes(
         >>> cmp.methods[-1].escaped_at  # the eigenvector step leaves at once
         1
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     steps = check_int(steps, "steps", minimum=1)
     momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
     lr, kick_radius, kick_threshold, escape_drop = (
@@ -856,8 +853,7 @@ def gradient_descent_path(
         >>> [round(w, 4) for w in run.path[1]]
         [0.1392, 0.2196]
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     steps = check_int(steps, "steps", minimum=1)
     lr = check_float(lr, "lr", above=0.0)
     momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)

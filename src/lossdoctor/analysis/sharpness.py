@@ -26,13 +26,12 @@ from torch import nn
 
 from .. import _interrupt
 from .._checks import (
+    check_arguments,
     check_bool,
     check_choice,
     check_float,
     check_floats,
     check_int,
-    check_loss_fn,
-    check_module,
     check_progress,
     check_seed,
     describe,
@@ -269,8 +268,7 @@ def sharpness(
         >>> round(s.lambda_max, 2), round(s.eps(1e-3), 3)
         (2.69, 0.15)
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     methods = _methods(method)
     epsilons = check_floats(
         epsilons, "epsilons", above=0.0, hint="Keskar et al. use 1e-3 and 5e-4."

@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 from .._checks import (
+    check_arguments,
     check_callable,
     check_choice,
     check_float,
     check_int,
-    check_loss_fn,
-    check_module,
     check_optimizer,
     check_progress,
     check_seed,
@@ -384,8 +383,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
     started = time.perf_counter()
     hist = read_history(history)
     lr = check_lr(lr)
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     if optimizer is not None:
         check_optimizer(optimizer)
     window = check_int(window, "window", minimum=4)

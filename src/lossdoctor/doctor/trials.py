@@ -139,7 +139,9 @@ class _Branch:
             changed = apply_action(candidate.action, model, optimizer, payload=candidate.payload)
             # Given an optimizer, apply_action returns it or the one it switched to, never None.
             if changed is None:
-                raise RuntimeError(f"action {candidate.action} left the trial without an optimizer.")
+                raise RuntimeError(
+                    f"action {candidate.action} left the trial without an optimizer."
+                )
             self.optimizer = changed
         self.curve: list[float] = []
         self.evals: list[float] = []

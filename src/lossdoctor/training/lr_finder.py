@@ -23,11 +23,10 @@ from torch import nn
 
 from .. import _interrupt
 from .._checks import (
+    check_arguments,
     check_choice,
     check_float,
     check_int,
-    check_loss_fn,
-    check_module,
     check_optimizer,
     check_progress,
 )
@@ -334,8 +333,7 @@ def lr_range_test(
         >>> optimizer.param_groups[0]["lr"]  # the optimizer (and the model) as they were
         0.01
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     _check_range(start_lr, end_lr, steps, smoothing, diverge_factor, suggestion)
     check_progress(progress)
     steps = int(steps)
