@@ -177,19 +177,24 @@ def loss_on_batch(fn: Callable) -> Callable:
         TypeError: ``fn`` is not callable.
 
     Examples:
+        A loss that reads more of the batch than the targets: per-sample weights stored in a flat
+        ``(x, weights, y)`` batch (the model is called on ``x, weights``; a dict batch read by
+        ``forward(self, batch)`` is shown under :class:`Batches`).
+
         >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> class Net(torch.nn.Module):  # forward takes the whole dict batch
+        >>> class Net(torch.nn.Module):
         ...     def __init__(self):
         ...         super().__init__()
-        ...         self.lin = torch.nn.Linear(3, 2)
-        ...     def forward(self, batch):
-        ...         return self.lin(batch["x"])
+        ...         self.lin = torch.nn.Linear(3, 1)
+        ...     def forward(self, x, weights):
+        ...         return self.lin(x).squeeze(1)
+        >>> def weighted_mse(out, batch):
+        ...     _, weights, y = batch
+        ...     return (weights * (out - y) ** 2).mean()
         >>> _ = torch.manual_seed(0)
-        >>> data = [{"x": torch.randn(8, 3), "y": torch.randint(0, 2, (8,))}]
-        >>> loss = ld.loss_on_batch(lambda out, batch: F.cross_entropy(out, batch["y"]))
-        >>> ld.hessian(Net(), loss, ld.Batches(data, call="positional", labels="y")).num_params
-        8
+        >>> data = [(torch.randn(8, 3), torch.rand(8), torch.randn(8))]
+        >>> ld.hessian(Net(), ld.loss_on_batch(weighted_mse), data).num_params
+        4
     """
     if not callable(fn):
         raise TypeError(
