@@ -31,10 +31,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # Unpack is in typing from Python 3.11; typing_extensions comes with torch
+    from typing_extensions import Unpack
 
 
 def describe(value: Any, limit: int = 60) -> str:
@@ -120,25 +123,30 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real)
 
 
+# The overloads below say only what ``optional`` changes (``None`` may come back); the other
+# keywords are the implementation's, listed once in these TypedDicts.
+class _IntBounds(TypedDict, total=False):
+    minimum: int | None
+    maximum: int | None
+    hint: str | None
+
+
+class _FloatBounds(TypedDict, total=False):
+    minimum: float | None
+    maximum: float | None
+    above: float | None
+    below: float | None
+    finite: bool
+    hint: str | None
+
+
 @overload
 def check_int(
-    value: Any,
-    name: str,
-    *,
-    minimum: int | None = ...,
-    maximum: int | None = ...,
-    optional: Literal[False] = ...,
-    hint: str | None = ...,
+    value: Any, name: str, *, optional: Literal[False] = ..., **bounds: Unpack[_IntBounds]
 ) -> int: ...
 @overload
 def check_int(
-    value: Any,
-    name: str,
-    *,
-    minimum: int | None = ...,
-    maximum: int | None = ...,
-    optional: bool,
-    hint: str | None = ...,
+    value: Any, name: str, *, optional: bool, **bounds: Unpack[_IntBounds]
 ) -> int | None: ...
 def check_int(
     value: Any,
@@ -172,29 +180,11 @@ def check_int(
 
 @overload
 def check_float(
-    value: Any,
-    name: str,
-    *,
-    minimum: float | None = ...,
-    maximum: float | None = ...,
-    above: float | None = ...,
-    below: float | None = ...,
-    optional: Literal[False] = ...,
-    finite: bool = ...,
-    hint: str | None = ...,
+    value: Any, name: str, *, optional: Literal[False] = ..., **bounds: Unpack[_FloatBounds]
 ) -> float: ...
 @overload
 def check_float(
-    value: Any,
-    name: str,
-    *,
-    minimum: float | None = ...,
-    maximum: float | None = ...,
-    above: float | None = ...,
-    below: float | None = ...,
-    optional: bool,
-    finite: bool = ...,
-    hint: str | None = ...,
+    value: Any, name: str, *, optional: bool, **bounds: Unpack[_FloatBounds]
 ) -> float | None: ...
 def check_float(
     value: Any,
