@@ -131,11 +131,14 @@ class _IntBounds(TypedDict, total=False):
     hint: str | None
 
 
-class _FloatBounds(TypedDict, total=False):
+class _Bounds(TypedDict, total=False):
     minimum: float | None
     maximum: float | None
     above: float | None
     below: float | None
+
+
+class _FloatBounds(_Bounds, total=False):
     finite: bool
     hint: str | None
 
@@ -309,35 +312,21 @@ def check_floats(
     value: Any,
     name: str,
     *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    above: float | None = None,
-    below: float | None = None,
     nonempty: bool = True,
     min_length: int = 0,
     hint: str | None = None,
+    **bounds: Unpack[_Bounds],
 ) -> list[float]:
-    """A list (tuple, 1-d array or tensor) of finite real numbers within the bounds."""
-    bounds = _bounds_text(minimum, maximum, above, below)
-    example = "finite numbers" + (f" {bounds}" if bounds else "")
+    """A list (tuple, 1-d array or tensor) of finite real numbers within the bounds (``minimum``, ``maximum``, ``above``, ``below``, as for :func:`check_float`)."""
+    text = _bounds_text(
+        bounds.get("minimum"), bounds.get("maximum"), bounds.get("above"), bounds.get("below")
+    )
+    example = "finite numbers" + (f" {text}" if text else "")
     items = _as_items(value, name, example, hint)
     if (nonempty and not items) or len(items) < min_length:
         at_least = max(min_length, 1 if nonempty else 0)
         raise _fail(ValueError, name, f"a list of at least {at_least} {example}", value, hint)
-    out = []
-    for i, item in enumerate(items):
-        out.append(
-            check_float(
-                item,
-                f"{name}[{i}]",
-                minimum=minimum,
-                maximum=maximum,
-                above=above,
-                below=below,
-                hint=hint,
-            )
-        )
-    return out
+    return [check_float(item, f"{name}[{i}]", hint=hint, **bounds) for i, item in enumerate(items)]
 
 
 def check_callable(

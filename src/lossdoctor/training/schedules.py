@@ -10,14 +10,18 @@ where it stopped, also in the middle of the warm-up.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .._checks import check_choice, check_float, check_int, check_optimizer
+
+if TYPE_CHECKING:  # in typing from Python 3.11; typing_extensions comes with torch
+    from typing_extensions import Required, Unpack
 
 AFTER_SHAPES = ("constant", "cosine", "linear", "step", "inverse_sqrt")
 
@@ -288,20 +292,31 @@ class WarmupScheduler(LRScheduler):
         )
 
 
-def warmup(
-    optimizer: Optimizer,
-    *,
-    warmup_steps: int,
-    total_steps: int | None = None,
-    start_factor: float | None = None,
-    after: str = "constant",
-    min_factor: float = 0.0,
-    step_size: int | None = None,
-    gamma: float = 0.1,
-    d_model: int | None = None,
-    scale: float = 1.0,
-    last_epoch: int = -1,
-) -> WarmupScheduler:
+class WarmupSettings(TypedDict, total=False):
+    """The keyword arguments of :func:`warmup` (and of :class:`WarmupScheduler`, which has their defaults).
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from lossdoctor.training.schedules import WarmupSettings
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        >>> settings: WarmupSettings = {"warmup_steps": 4, "after": "cosine", "total_steps": 20}
+        >>> ld.warmup(opt, **settings)
+        WarmupScheduler(warmup_steps=4, after='cosine', total_steps=20, step=0)
+    """
+
+    warmup_steps: Required[int]
+    total_steps: int | None
+    start_factor: float | None
+    after: str
+    min_factor: float
+    step_size: int | None
+    gamma: float
+    d_model: int | None
+    scale: float
+    last_epoch: int
+
+
+def warmup(optimizer: Optimizer, **settings: Unpack[WarmupSettings]) -> WarmupScheduler:
     """A learning-rate warm-up scheduler for ``optimizer``: call ``.step()`` after every ``optimizer.step()``.
 
     The lr ramps linearly from ``start_factor * lr`` (default ``lr / warmup_steps``, so no update
@@ -345,19 +360,13 @@ def warmup(
         >>> lrs
         [0.025, 0.0438, 0.0625, 0.0813, 0.1, 0.1]
     """
-    return WarmupScheduler(
-        optimizer,
-        warmup_steps=warmup_steps,
-        total_steps=total_steps,
-        start_factor=start_factor,
-        after=after,
-        min_factor=min_factor,
-        step_size=step_size,
-        gamma=gamma,
-        d_model=d_model,
-        scale=scale,
-        last_epoch=last_epoch,
-    )
+    return WarmupScheduler(optimizer, **settings)
+
+
+# What help() and inspect.signature show: the scheduler's own keywords, with their defaults.
+warmup.__signature__ = inspect.signature(WarmupScheduler).replace(  # type: ignore[attr-defined]
+    return_annotation="WarmupScheduler"
+)
 
 
 def linear_scaling_factor(batch_size: int, reference_batch_size: int = 256) -> float:
