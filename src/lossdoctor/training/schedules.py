@@ -330,6 +330,10 @@ def warmup(optimizer: Optimizer, **settings: Unpack[WarmupSettings]) -> WarmupSc
 
     Args:
         optimizer: any ``torch.optim`` optimizer; its groups' ``lr`` are the targets.
+        **settings: the schedule, by keyword (:class:`WarmupSettings`; the defaults are
+            :class:`WarmupScheduler`'s).
+
+    Keyword Args:
         warmup_steps: updates of the linear ramp.
         total_steps: the schedule's length (needed by ``"linear"`` and ``"cosine"``).
         start_factor: the lr at step 0 as a fraction of the target (default ``1 / warmup_steps``).
