@@ -31,10 +31,13 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # Unpack is in typing from Python 3.11; typing_extensions comes with torch
+    from typing_extensions import Unpack
 
 
 def describe(value: Any, limit: int = 60) -> str:
@@ -120,25 +123,33 @@ def is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real)
 
 
+# The overloads below say only what ``optional`` changes (``None`` may come back); the other
+# keywords are the implementation's, listed once in these TypedDicts.
+class _IntBounds(TypedDict, total=False):
+    minimum: int | None
+    maximum: int | None
+    hint: str | None
+
+
+class _Bounds(TypedDict, total=False):
+    minimum: float | None
+    maximum: float | None
+    above: float | None
+    below: float | None
+
+
+class _FloatBounds(_Bounds, total=False):
+    finite: bool
+    hint: str | None
+
+
 @overload
 def check_int(
-    value: Any,
-    name: str,
-    *,
-    minimum: int | None = ...,
-    maximum: int | None = ...,
-    optional: Literal[False] = ...,
-    hint: str | None = ...,
+    value: Any, name: str, *, optional: Literal[False] = ..., **bounds: Unpack[_IntBounds]
 ) -> int: ...
 @overload
 def check_int(
-    value: Any,
-    name: str,
-    *,
-    minimum: int | None = ...,
-    maximum: int | None = ...,
-    optional: bool,
-    hint: str | None = ...,
+    value: Any, name: str, *, optional: bool, **bounds: Unpack[_IntBounds]
 ) -> int | None: ...
 def check_int(
     value: Any,
@@ -172,29 +183,11 @@ def check_int(
 
 @overload
 def check_float(
-    value: Any,
-    name: str,
-    *,
-    minimum: float | None = ...,
-    maximum: float | None = ...,
-    above: float | None = ...,
-    below: float | None = ...,
-    optional: Literal[False] = ...,
-    finite: bool = ...,
-    hint: str | None = ...,
+    value: Any, name: str, *, optional: Literal[False] = ..., **bounds: Unpack[_FloatBounds]
 ) -> float: ...
 @overload
 def check_float(
-    value: Any,
-    name: str,
-    *,
-    minimum: float | None = ...,
-    maximum: float | None = ...,
-    above: float | None = ...,
-    below: float | None = ...,
-    optional: bool,
-    finite: bool = ...,
-    hint: str | None = ...,
+    value: Any, name: str, *, optional: bool, **bounds: Unpack[_FloatBounds]
 ) -> float | None: ...
 def check_float(
     value: Any,
@@ -319,35 +312,21 @@ def check_floats(
     value: Any,
     name: str,
     *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    above: float | None = None,
-    below: float | None = None,
     nonempty: bool = True,
     min_length: int = 0,
     hint: str | None = None,
+    **bounds: Unpack[_Bounds],
 ) -> list[float]:
-    """A list (tuple, 1-d array or tensor) of finite real numbers within the bounds."""
-    bounds = _bounds_text(minimum, maximum, above, below)
-    example = "finite numbers" + (f" {bounds}" if bounds else "")
+    """A list (tuple, 1-d array or tensor) of finite real numbers within the bounds (``minimum``, ``maximum``, ``above``, ``below``, as for :func:`check_float`)."""
+    text = _bounds_text(
+        bounds.get("minimum"), bounds.get("maximum"), bounds.get("above"), bounds.get("below")
+    )
+    example = "finite numbers" + (f" {text}" if text else "")
     items = _as_items(value, name, example, hint)
     if (nonempty and not items) or len(items) < min_length:
         at_least = max(min_length, 1 if nonempty else 0)
         raise _fail(ValueError, name, f"a list of at least {at_least} {example}", value, hint)
-    out = []
-    for i, item in enumerate(items):
-        out.append(
-            check_float(
-                item,
-                f"{name}[{i}]",
-                minimum=minimum,
-                maximum=maximum,
-                above=above,
-                below=below,
-                hint=hint,
-            )
-        )
-    return out
+    return [check_float(item, f"{name}[{i}]", hint=hint, **bounds) for i, item in enumerate(items)]
 
 
 def check_callable(

@@ -63,8 +63,9 @@ from .doctor.measure import first_samples
 from .doctor.trend import WINDOW
 from .doctor.trials import default_train_step, next_batches, snapshot, trial_optimizer
 from .model_state import trainable_parameters
-from .progress import Progress, with_progress
+from .progress import Progress, as_callback, with_progress
 from .training.lr_finder import LRRangeResult, lr_range_test
+from .types import Mode
 
 BUDGET = 90.0  # seconds
 CURVATURE_SAMPLES = 256
@@ -274,19 +275,20 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
     lr = check_lr(lr)
     seed = check_seed(seed)
     check_data(data)
-    if optimizer is None and lr is None:
+    trial_opt = trial_optimizer(model, optimizer, lr)
+    if trial_opt is None:  # neither an optimizer nor an lr
         raise ValueError(
             "checkup needs the optimizer you train with (or lr= for plain SGD): the doctor models its "
             "steps and tries its prescriptions with it."
         )
-    trial_opt = trial_optimizer(model, optimizer, lr)
+    callback = as_callback(progress)
     sections: list[CheckupSection] = []
     interrupted = False
     total = 10  # the doctor and at most nine sections after it (some apply only to some models)
 
     def tick() -> None:
-        if progress is not None:
-            progress(min(len(sections), total), total)
+        if callback is not None:
+            callback(min(len(sections), total), total)
 
     def left() -> float:
         return budget - (time.perf_counter() - started)
@@ -328,7 +330,7 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
             else (history["losses"] if isinstance(history, dict) else history.losses)
         )
     ]
-    mode = d.measurements.mode if d.measurements is not None else "eval"
+    mode: Mode = d.measurements.mode if d.measurements is not None else "eval"
     curv = first_samples(data, CURVATURE_SAMPLES)
     results: dict[str, Any] = {}
 
@@ -494,10 +496,10 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
         noise=noise,
         lr_range=lr_range,
     )
-    if progress is not None:
-        progress(
-            total, total
-        )  # sections that did not apply still count as done: the bar ends at 100%
+    if (
+        callback is not None
+    ):  # sections that did not apply still count as done: the bar ends at 100%
+        callback(total, total)
     return Checkup(
         diagnosis=d,
         history=hist_values,

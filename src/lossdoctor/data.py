@@ -177,19 +177,24 @@ def loss_on_batch(fn: Callable) -> Callable:
         TypeError: ``fn`` is not callable.
 
     Examples:
+        A loss that reads more of the batch than the targets: per-sample weights stored in a flat
+        ``(x, weights, y)`` batch (the model is called on ``x, weights``; a dict batch read by
+        ``forward(self, batch)`` is shown under :class:`Batches`).
+
         >>> import torch, lossdoctor as ld
-        >>> from torch.nn import functional as F
-        >>> class Net(torch.nn.Module):  # forward takes the whole dict batch
+        >>> class Net(torch.nn.Module):
         ...     def __init__(self):
         ...         super().__init__()
-        ...         self.lin = torch.nn.Linear(3, 2)
-        ...     def forward(self, batch):
-        ...         return self.lin(batch["x"])
+        ...         self.lin = torch.nn.Linear(3, 1)
+        ...     def forward(self, x, weights):
+        ...         return self.lin(x).squeeze(1)
+        >>> def weighted_mse(out, batch):
+        ...     _, weights, y = batch
+        ...     return (weights * (out - y) ** 2).mean()
         >>> _ = torch.manual_seed(0)
-        >>> data = [{"x": torch.randn(8, 3), "y": torch.randint(0, 2, (8,))}]
-        >>> loss = ld.loss_on_batch(lambda out, batch: F.cross_entropy(out, batch["y"]))
-        >>> ld.hessian(Net(), loss, ld.Batches(data, call="positional", labels="y")).num_params
-        8
+        >>> data = [(torch.randn(8, 3), torch.rand(8), torch.randn(8))]
+        >>> ld.hessian(Net(), ld.loss_on_batch(weighted_mse), data).num_params
+        4
     """
     if not callable(fn):
         raise TypeError(
@@ -643,6 +648,21 @@ def user_frame(err: BaseException) -> str:
     return ""
 
 
+def _user_call(call: Callable[[], Any], explain: Callable[[Exception], tuple[str, str]]) -> Any:
+    """``call()``, the user's model or loss, with its error explained.
+
+    The error comes back as a ``ValueError``: what failed (``explain(err)[0]``), the user's line,
+    the error's first line and the likely fix (``explain(err)[1]``). Out-of-memory errors pass
+    through unchanged."""
+    try:
+        return call()
+    except Exception as err:
+        if is_out_of_memory(err):
+            raise
+        what, fix = explain(err)
+        raise ValueError(f"{what}{user_frame(err)}: {_first_line(err)}. Likely fix: {fix}") from err
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
@@ -767,28 +787,25 @@ def forward(  # noqa: C901 - one guarded call per step (model, loss, shapes), ea
     through unchanged). The result must be a scalar tensor; where gradients are being recorded it
     must depend on the parameters (a detached loss is refused).
     """
-    try:
-        outputs = call_model(model, inputs)
-    except Exception as err:
-        if is_out_of_memory(err):
-            raise
-        raise ValueError(
-            f"the model failed on batch {index} (inputs {_shape(inputs)}){user_frame(err)}: "
-            f"{_first_line(err)}. Likely fix: {_model_hint(err, inputs, model)}"
-        ) from err
+    outputs = _user_call(
+        lambda: call_model(model, inputs),
+        lambda err: (
+            f"the model failed on batch {index} (inputs {_shape(inputs)})",
+            _model_hint(err, inputs, model),
+        ),
+    )
     if loss_fn is None:
         loss = _own_loss(outputs, index)
     elif takes_batch(loss_fn):
-        try:
-            loss = loss_fn(outputs, as_batch(inputs, targets))
-        except Exception as err:
-            if is_out_of_memory(err):
-                raise
-            raise ValueError(
+        batch = as_batch(inputs, targets)
+        loss = _user_call(
+            lambda: loss_fn(outputs, batch),
+            lambda err: (
                 f"the loss function failed on batch {index} (outputs {_shape(outputs)}, batch "
-                f"{_shape(as_batch(inputs, targets))}){user_frame(err)}: {_first_line(err)}. "
-                "Likely fix: check the loss function on this batch."
-            ) from err
+                f"{_shape(batch)})",
+                "check the loss function on this batch.",
+            ),
+        )
     else:
         if not has_targets(targets):
             raise ValueError(
@@ -797,16 +814,14 @@ def forward(  # noqa: C901 - one guarded call per step (model, loss, shapes), ea
                 "targets). Put the targets under 'labels', pass loss_fn=None to use the model's own "
                 "loss, or a loss_fn(outputs, batch) that reads them from the batch."
             )
-        try:
-            loss = loss_fn(outputs, targets)
-        except Exception as err:
-            if is_out_of_memory(err):
-                raise
-            raise ValueError(
+        loss = _user_call(
+            lambda: loss_fn(outputs, targets),
+            lambda err: (
                 f"the loss function failed on batch {index} (outputs {_shape(outputs)}, targets "
-                f"{_shape(targets)}){user_frame(err)}: {_first_line(err)}. Likely fix: "
-                f"{_loss_hint(err, outputs, targets)}"
-            ) from err
+                f"{_shape(targets)})",
+                _loss_hint(err, outputs, targets),
+            ),
+        )
     if not isinstance(loss, torch.Tensor):
         raise TypeError(
             f"loss_fn returned {type(loss).__name__} on batch {index}, expected a scalar tensor "

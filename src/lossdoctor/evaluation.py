@@ -100,7 +100,7 @@ def evaluate(model: nn.Module, loss_fn: Callable, data: Any) -> tuple[float, flo
 @torch.no_grad()
 def mean_loss(
     model: nn.Module,
-    loss_fn: Callable,
+    loss_fn: Callable | None,
     batches: Iterable[tuple[Any, torch.Tensor]],
     device: torch.device,
     *,

@@ -36,9 +36,8 @@ import torch
 from torch import nn
 
 from .._checks import (
+    check_arguments,
     check_int,
-    check_loss_fn,
-    check_module,
     check_optimizer,
     check_progress,
     check_seed,
@@ -432,8 +431,7 @@ def layer_curvature(
         >>> table.sharpest().name, table.unstable(), round(table.spread, 1)
         ('2', [], 4.1)
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     if optimizer is not None:
         check_optimizer(optimizer)
     probes = check_int(probes, "probes", minimum=1)

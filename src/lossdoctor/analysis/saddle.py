@@ -21,12 +21,11 @@ from torch import nn
 
 from .. import _interrupt
 from .._checks import (
+    check_arguments,
     check_bool,
     check_choice,
     check_float,
     check_int,
-    check_loss_fn,
-    check_module,
     check_progress,
     check_seed,
     describe,
@@ -38,6 +37,7 @@ from ..data import iter_batches
 from ..evaluation import mean_loss
 from ..model_state import evaluation_mode, load_flat, preserved_model, preserved_rng
 from ..progress import Progress, scaled
+from ..types import Mode, Reduction
 from .critical import CriticalPoint, classify_critical_point
 
 PROBE_OCTAVES = range(3, 10)  # short probe steps eta0 * 2**-j, both signs (quadratic-model check)
@@ -299,9 +299,9 @@ def escape_saddle(
     *,
     apply: bool = False,
     critical: CriticalPoint | None = None,
-    mode: str = "eval",
+    mode: Mode = "eval",
     progress: Progress | None = None,
-    reduction: str | None = None,
+    reduction: Reduction | None = None,
     params: Any = None,
     **classify_options: Any,
 ) -> EscapeResult:
@@ -347,8 +347,7 @@ def escape_saddle(
         >>> round(abs(p.model.w1.item() * p.model.w2.item()), 4)  # now on the valley w1*w2 = 1
         1.0
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     apply = check_bool(apply, "apply")
     if critical is not None and not isinstance(critical, CriticalPoint):
         raise TypeError(
@@ -583,9 +582,9 @@ def compare_saddle_escapes(
     seed: int = 0,
     critical: CriticalPoint | None = None,
     record_paths: bool = False,
-    mode: str = "eval",
+    mode: Mode = "eval",
     progress: Progress | None = None,
-    reduction: str | None = None,
+    reduction: Reduction | None = None,
     params: Any = None,
     **classify_options: Any,
 ) -> SaddleEscapeComparison:
@@ -642,8 +641,7 @@ def compare_saddle_escapes(
         >>> cmp.methods[-1].escaped_at  # the eigenvector step leaves at once
         1
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     steps = check_int(steps, "steps", minimum=1)
     momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)
     lr, kick_radius, kick_threshold, escape_drop = (
@@ -679,7 +677,6 @@ def compare_saddle_escapes(
             params=op.params,
             **classify_options,
         )
-        critical = escape.critical
         if escape.interrupted:
             return SaddleEscapeComparison(
                 loss_start=escape.loss_before,
@@ -694,11 +691,12 @@ def compare_saddle_escapes(
                 escape=escape,
                 interrupted=True,
             )
-        if not escape.escaped:
+        if not escape.escaped or escape.critical is None:  # an escape was classified first
             raise ValueError(
                 f"nothing to compare: {escape.message} compare_saddle_escapes needs a saddle "
                 "(a direction of negative curvature)."
             )
+        critical = escape.critical
         after_step = op.parameter_vector().to(torch.float64)
     start = op.parameter_vector().to(torch.float64)
     lr = float(lr) if lr is not None else 0.5 / max(abs(critical.max_eigenvalue), 1e-12)
@@ -821,8 +819,8 @@ def gradient_descent_path(
     steps: int,
     lr: float,
     momentum: float = 0.0,
-    mode: str = "eval",
-    reduction: str | None = None,
+    mode: Mode = "eval",
+    reduction: Reduction | None = None,
     params: Any = None,
 ) -> MethodTrace:
     """Full-batch gradient descent from the model's current parameters, recording its path.
@@ -855,8 +853,7 @@ def gradient_descent_path(
         >>> [round(w, 4) for w in run.path[1]]
         [0.1392, 0.2196]
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     steps = check_int(steps, "steps", minimum=1)
     lr = check_float(lr, "lr", above=0.0)
     momentum = check_float(momentum, "momentum", minimum=0.0, below=1.0)

@@ -26,13 +26,12 @@ from torch import nn
 
 from .. import _interrupt
 from .._checks import (
+    check_arguments,
     check_bool,
     check_choice,
     check_float,
     check_floats,
     check_int,
-    check_loss_fn,
-    check_module,
     check_progress,
     check_seed,
     describe,
@@ -40,7 +39,8 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..curvature import eigenpairs, hessian, trace
 from ..model_state import load_flat, preserved_model
-from ..progress import Progress, with_progress
+from ..progress import Progress, as_callback, with_progress
+from ..types import Mode, Reduction
 
 METHODS = ("lambda_max", "trace", "epsilon")
 
@@ -219,11 +219,11 @@ def sharpness(
     max_iter: int = 10,
     tol: float = 1e-3,
     trace_matvecs: int = 60,
-    mode: str | None = None,
+    mode: Mode | None = None,
     seed: int = 0,
     distributed: bool | None = None,
     progress: Progress | bool | str | None = "auto",
-    reduction: str | None = None,
+    reduction: Reduction | None = None,
     params: Any = None,
 ) -> Sharpness:
     """How sharp is the minimum the model sits in? Flat minima generalize better.
@@ -268,8 +268,7 @@ def sharpness(
         >>> round(s.lambda_max, 2), round(s.eps(1e-3), 3)
         (2.69, 0.15)
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     methods = _methods(method)
     epsilons = check_floats(
         epsilons, "epsilons", above=0.0, hint="Keskar et al. use 1e-3 and 5e-4."
@@ -284,6 +283,7 @@ def sharpness(
     seed = check_seed(seed)
     check_bool(distributed, "distributed", optional=True)
     check_progress(progress)
+    callback = as_callback(progress)
     if "epsilon" in methods and not full_space and subspace_dim is None:
         raise ValueError("full_space=False and subspace_dim=None leave no space to measure in.")
     with preserved_model(model):
@@ -321,16 +321,16 @@ def sharpness(
                         lambda_max_converged=bool(eig.converged[0]),
                     )
                     done += 1
-                    if progress:
-                        progress(done, total)
+                    if callback:
+                        callback(done, total)
                 if "trace" in methods:
                     tr = trace(op, matvecs=trace_matvecs, seed=seed)
                     if _interrupt.was_interrupted(tr):
                         raise KeyboardInterrupt
                     values.update(trace=tr.estimate, trace_standard_error=tr.standard_error)
                     done += 1
-                    if progress:
-                        progress(done, total)
+                    if callback:
+                        callback(done, total)
                 if "epsilon" in methods:
                     for dim in spaces:
                         basis = None
@@ -357,7 +357,7 @@ def sharpness(
                             eps_results.append(
                                 EpsilonSharpness(
                                     epsilon=eps,
-                                    space="full" if dim is None else f"random-{basis.shape[1]}",
+                                    space="full" if basis is None else f"random-{basis.shape[1]}",
                                     value=100.0 * (best - op.loss) / (1.0 + op.loss),
                                     max_loss=best,
                                     loss=op.loss,
@@ -366,8 +366,8 @@ def sharpness(
                                 )
                             )
                             done += 1
-                            if progress:
-                                progress(done, total)
+                            if callback:
+                                callback(done, total)
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
         return Sharpness(

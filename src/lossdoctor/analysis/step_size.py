@@ -19,6 +19,7 @@ Examples:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +72,7 @@ def check_lr(lr: Any) -> float | None:
 
 
 def step_size(  # noqa: C901 - checked options, then the documented steps in order
-    optimizer: Any, params: list[torch.Tensor], lr: float | None = None
+    optimizer: Any, params: Sequence[torch.Tensor], lr: float | None = None
 ) -> StepSize | None:
     """Model ``optimizer`` (or plain SGD at ``lr`` when no optimizer is given) over ``params``.
 

@@ -406,6 +406,26 @@ device_option = click.option(
 seed_option = click.option("--seed", type=SEED, default=0, show_default=True)
 
 
+def plot_option(what: str, default: str | None = None) -> Callable[[Any], Any]:
+    """``--plot``: where to write ``what`` (a new image file), nowhere unless given or ``default``.
+
+    A ``default`` name that is taken becomes name-2.png."""
+    if default is None:
+        return click.option(
+            "--plot",
+            default=None,
+            callback=new_file("image"),
+            help=f"Write {what} here (a new file).",
+        )
+    return click.option(
+        "--plot",
+        default=default,
+        show_default=True,
+        callback=new_file("image"),
+        help=f"Where to write {what} (a new file; a default name that is taken becomes name-2.png).",
+    )
+
+
 def problem_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--problem`` and ``--checkpoint``: the model analysed and the weights loaded into it."""
     return problem_option(checkpoint_option(command))

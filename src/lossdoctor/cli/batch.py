@@ -22,9 +22,9 @@ from ._common import (
     json_option,
     load,
     mode_option,
-    new_file,
     out,
     output_dir,
+    plot_option,
     problem_option,
     problem_options,
     progress_bars,
@@ -74,12 +74,7 @@ def batch() -> None:
     default=None,
     help="Samples per epoch (default: the training set size).",
 )
-@click.option(
-    "--plot",
-    default=None,
-    callback=new_file("image"),
-    help="Write the log-log plot here (a new file).",
-)
+@plot_option("the log-log plot")
 @json_option
 def time_command(
     problem: str,
@@ -343,13 +338,7 @@ def sharpness_command(
     show_default=True,
 )
 @seed_option
-@click.option(
-    "--plot",
-    default="landscape.png",
-    show_default=True,
-    callback=new_file("image"),
-    help="Where to write the plot (a new file; a default name that is taken becomes name-2.png).",
-)
+@plot_option("the plot", default="landscape.png")
 @device_option
 @json_option
 def landscape_command(

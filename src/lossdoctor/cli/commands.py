@@ -33,10 +33,10 @@ from ._common import (
     json_option,
     load,
     mode_option,
-    new_file,
     note,
     out,
     output_dir,
+    plot_option,
     problem_options,
     progress_bars,
     reduction_option,
@@ -148,13 +148,7 @@ def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
     help="Also the per-layer table: each module's Hessian block (λ_max, trace), gradient norm, and the "
     "block heterogeneity (mean Jensen-Shannon distance of the blockwise spectra).",
 )
-@click.option(
-    "--plot",
-    default="spectrum-density.png",
-    show_default=True,
-    callback=new_file("image"),
-    help="Where to write the density plot (a new file; a default name that is taken becomes name-2.png).",
-)
+@plot_option("the density plot", default="spectrum-density.png")
 @params_option
 @device_option
 @json_option
@@ -451,12 +445,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
     default="steepest",
     show_default=True,
 )
-@click.option(
-    "--plot",
-    default=None,
-    callback=new_file("image"),
-    help="Write the loss-vs-lr plot here (a new file).",
-)
+@plot_option("the loss-vs-lr plot")
 @device_option
 @json_option
 def lr_find(
@@ -559,12 +548,7 @@ def lr_find(
     default=None,
     help="Transformer schedule (with --after inverse_sqrt).",
 )
-@click.option(
-    "--plot",
-    default=None,
-    callback=new_file("image"),
-    help="Write the schedule plot here (a new file).",
-)
+@plot_option("the schedule plot")
 @json_option
 def schedule(
     warmup_steps: int,

@@ -13,7 +13,7 @@ import math
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import numpy as np
 import torch
@@ -44,20 +44,24 @@ def loss_reduction(loss_fn: Any) -> str:
     return reduction if isinstance(reduction, str) else "mean"
 
 
-def _declared_reduction(loss_fn: Any, reduction: str | None) -> str:
+def _is_reduction(value: object) -> TypeGuard[Reduction]:
+    return value in REDUCTIONS
+
+
+def _declared_reduction(loss_fn: Any, reduction: str | None) -> Reduction:
     """The per-sample contract the caller states.
 
     ``reduction`` if given, else the loss module's ``.reduction`` attribute, else "mean"."""
     attribute = getattr(loss_fn, "reduction", None)
     if reduction is None:
-        reduction = loss_reduction(loss_fn)
-        if reduction not in REDUCTIONS:
+        declared = loss_reduction(loss_fn)
+        if not _is_reduction(declared):
             raise ValueError(
-                f"loss_fn has reduction={reduction!r}; the Hessian needs a scalar loss. "
+                f"loss_fn has reduction={declared!r}; the Hessian needs a scalar loss. "
                 "Use reduction='mean'."
             )
-        return reduction
-    if reduction not in REDUCTIONS:
+        return declared
+    if not _is_reduction(reduction):
         raise ValueError(
             f"reduction must be 'mean' (the loss of a batch is the mean of its samples' losses) "
             f"or 'sum' (their sum), or None to read it from loss_fn; got {reduction!r}."
@@ -188,7 +192,7 @@ class HessianOperator:
         loss_fn: LossFn,
         data: Any,
         *,
-        mode: str | None = None,
+        mode: Mode | None = None,
         max_block: int = 16,
         micro_batch_size: int | None = None,
         distributed: bool | None = None,

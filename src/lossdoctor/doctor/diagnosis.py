@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 from .._checks import (
+    check_arguments,
     check_callable,
     check_choice,
     check_float,
     check_int,
-    check_loss_fn,
-    check_module,
     check_optimizer,
     check_progress,
     check_seed,
@@ -35,7 +34,7 @@ from .._results import ResultMixin, fmt
 from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
 from ..data import call_model, place
-from ..progress import Progress, scaled, with_progress
+from ..progress import Progress, as_callback, scaled, with_progress
 from ..types import Cause, Data, History, Mode
 from .candidates import Candidate, candidates
 from .explain import CAUSE_TITLES, describe_action, evidence, layer_evidence, summary
@@ -286,9 +285,8 @@ def _rank(
     of the trials (measured, and behind), are dropped: a change that lost its trial is no advice."""
     if not verified:
         return [p for _, p in items]
-    better = sorted(
-        (p for _, p in items if p.trial is not None and p.trial.better), key=lambda p: p.trial.loss
-    )
+    won = [(p.trial.loss, p) for _, p in items if p.trial is not None and p.trial.better]
+    better = [p for _, p in sorted(won, key=lambda lp: lp[0])]
     code = [p for _, p in items if p.trial is None and not p.applicable]
     flat = [
         p
@@ -385,12 +383,11 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
     started = time.perf_counter()
     hist = read_history(history)
     lr = check_lr(lr)
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     if optimizer is not None:
         check_optimizer(optimizer)
     window = check_int(window, "window", minimum=4)
-    mode = check_choice(mode, "mode", ("auto", "train", "eval"))
+    check_choice(mode, "mode", ("auto", "train", "eval"))
     if verify not in (True, False, "auto"):
         raise ValueError(f"verify must be True, False or 'auto', got {verify!r}.")
     check_callable(
@@ -408,6 +405,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
     trial_budget = check_float(trial_budget, "trial_budget", minimum=1.0)
     seed = check_seed(seed)
     check_progress(progress)
+    callback = as_callback(progress)
     if previous is not None:
         check_choice(previous, "previous", CAUSES)
     try:
@@ -425,7 +423,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
             batch=batch,
             budget=budget,
             seed=seed,
-            progress=scaled(progress, 0, 2 * budget),
+            progress=scaled(callback, 0, 2 * budget),
         )
     except KeyboardInterrupt:
         return _undetermined(
@@ -514,7 +512,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
             and any(c.applicable and c.action and not c.action.get("stop") for c in cands)
         )
         report, interrupted = None, False
-        if run:
+        if run and trial_opt is not None:  # run requires trial_opt; this tells the type checker
             # A lower lr pays off slowly at a noise floor (the loss relaxes to a lower level): longer trials.
             shortest = 2 * window if _noise_cause(decision) else window
             steps = (
@@ -539,7 +537,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
                         mode=m.mode,
                         train_step=train_step,
                         budget=trial_budget,
-                        progress=scaled(progress, budget, 2 * budget),
+                        progress=scaled(callback, budget, 2 * budget),
                     )
                     # Adaptive length: when nothing separated from the control, try once more twice as long.
                     if (
@@ -556,7 +554,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
             interrupted = interrupted or (report is not None and report.interrupted)
             items = [(c, replace(p, trial=t)) for (c, p), t in zip(items, trials)]
         no_change = None
-        if run and not interrupted and decision.stalled:
+        if run and not interrupted and decision.stalled and report is not None:
             no_change = Prescription(
                 text=f"no change: nothing tried beat continuing unchanged over {report.steps} "
                 "steps",
@@ -585,8 +583,8 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
         "trial_steps": 0 if report is None else report.trained,
         "seconds": time.perf_counter() - started,
     }
-    if progress is not None:
-        progress(2 * budget, 2 * budget)
+    if callback is not None:
+        callback(2 * budget, 2 * budget)
     return Diagnosis(
         cause=decision.cause,
         summary=summary(decision, m),

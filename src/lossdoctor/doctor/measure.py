@@ -23,12 +23,13 @@ The model, its optimizer, its gradients, modes and every RNG are left exactly as
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
@@ -44,6 +45,7 @@ from ..evaluation import mean_loss
 from ..model_state import evaluation_mode, load_flat, preserved_model, preserved_rng
 from ..progress import Progress
 from ..training.lr_finder import preserved_optimizer
+from ..types import Mode
 from .trend import LossTrend, StepHistory, loss_trend
 
 SAMPLES = 512
@@ -103,7 +105,7 @@ class Measurements(ResultMixin):
     history_grad_norm: float | None
     history_cosine: float | None
     recent_loss: float
-    mode: str
+    mode: Mode
     mode_note: str | None
     samples: int
     batch_size: int | None
@@ -234,7 +236,7 @@ class Measurements(ResultMixin):
         if len(weighted) < 3:
             return None
         last = weighted[-1].update_ratio
-        hidden = [s.update_ratio for s in weighted[:-1]]
+        hidden = [s.update_ratio for s in weighted[:-1] if s.update_ratio is not None]
         if not last or last <= 0:
             return None
         return min(hidden) / last
@@ -285,15 +287,14 @@ def first_samples(
     with preserved_rng():
         if is_single_batch(data) and batch is not None:
             x, y = data
-            n = batch_size(y)
-            source = [
-                (
-                    map_inputs(
-                        lambda t, a=a: t[a : a + batch] if t.dim() and t.shape[0] == n else t, x
-                    ),
-                    y[a : a + batch],
-                )
-                for a in range(0, n, batch)
+            n, size = batch_size(y), batch
+
+            def rows(t: torch.Tensor, a: int) -> torch.Tensor:
+                return t[a : a + size] if t.dim() and t.shape[0] == n else t
+
+            source: Iterable[tuple[Any, torch.Tensor]] = [
+                (map_inputs(functools.partial(rows, a=a), x), y[a : a + size])
+                for a in range(0, n, size)
             ]
         else:
             source = iter_batches(data)
@@ -391,9 +392,17 @@ def _flat_set(params: list[torch.Tensor], vector: torch.Tensor) -> None:
     load_flat(params, vector)
 
 
+class _Probe(TypedDict):
+    delta: torch.Tensor  # the step Δ
+    loss_after: float
+    cosine: float | None  # of the gradients before and after (None: one of them is zero)
+    decay_share: float | None  # |weight-decay part| / |gradient part| (None: no weight decay)
+    decay_alignment: float | None  # cosine between the two parts (None: no weight decay)
+
+
 def _probe_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, op: Any, grad: torch.Tensor, batches: list
-) -> dict[str, float | torch.Tensor | None]:
+) -> _Probe:
     """One step of the optimizer itself with the full-data gradient, then undone.
 
     The step Δ, the loss change against gᵀΔ, the gradient's cosine before/after, and the
@@ -401,7 +410,7 @@ def _probe_step(
     theta = op.parameter_vector().to(torch.float64)
     pieces = torch.split(grad, op.numels)
     known = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    out: dict[str, Any] = {}
+    share = alignment = None
     with preserved_model(model), preserved_optimizer(optimizer):
 
         def step(decay: bool) -> torch.Tensor:
@@ -431,18 +440,19 @@ def _probe_step(
             _flat_set(op.params, theta)
         delta = step(decay=True)
         loss_after, grad_after, _, _ = _batch_gradients(op, batches)
-        out["delta"] = delta
-        out["loss_after"] = loss_after
         denom = float(grad.norm() * grad_after.norm())
-        out["cosine"] = float(grad @ grad_after) / denom if denom > 0 else None
         if has_decay:
             decay_part = delta - delta_plain
             dn, gn = float(decay_part.norm()), float(delta_plain.norm())
-            out["decay_share"] = dn / gn if gn > 0 else (math.inf if dn > 0 else None)
-            out["decay_alignment"] = (
-                float(decay_part @ delta_plain) / (dn * gn) if dn > 0 and gn > 0 else None
-            )
-    return out
+            share = dn / gn if gn > 0 else (math.inf if dn > 0 else None)
+            alignment = float(decay_part @ delta_plain) / (dn * gn) if dn > 0 and gn > 0 else None
+    return _Probe(
+        delta=delta,
+        loss_after=loss_after,
+        cosine=float(grad @ grad_after) / denom if denom > 0 else None,
+        decay_share=share,
+        decay_alignment=alignment,
+    )
 
 
 def contraction(a: np.ndarray, momentum: float = 0.0) -> np.ndarray:
@@ -652,7 +662,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
     optimizer: Any = None,
     lr: float | None = None,
     window: int,
-    mode: str = "auto",
+    mode: Mode | Literal["auto"] = "auto",
     samples: int | None = SAMPLES,
     curvature_samples: int | None = CURVATURE_SAMPLES,
     batch: int | None = None,
@@ -692,7 +702,9 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
     if history.grad_cosines is not None and np.isfinite(history.grad_cosines[-w:]).any():
         hist_c = float(np.nanmean(history.grad_cosines[-w:]))
     nonfinite_params = any(not bool(torch.isfinite(p).all()) for p in model.parameters())
-    want = "train" if mode == "auto" and model.training else ("eval" if mode == "auto" else mode)
+    want: Mode = (
+        "train" if mode == "auto" and model.training else ("eval" if mode == "auto" else mode)
+    )
     mode_note = None
     budget_left = _Budget(budget, progress)
     base: dict[str, Any] = dict(
@@ -854,7 +866,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
             top_direction=v,
             parameter_names=tuple(op.names),
         )
-        probe: dict[str, Any] = {}
+        probe: _Probe | None = None
         if steps is not None:
             base.update(
                 optimizer=steps.kind,
@@ -911,13 +923,13 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
                 probe_predicted=predicted,
                 probe_cosine=probe["cosine"],
                 update_norm=float(delta.norm()),
-                decay_share=probe.get("decay_share"),
-                decay_alignment=probe.get("decay_alignment"),
+                decay_share=probe["decay_share"],
+                decay_alignment=probe["decay_alignment"],
                 efficiency=eff,
                 gradients=gradients,
             )
         layers = []
-        delta = probe.get("delta")
+        probed = None if probe is None else probe["delta"]
         for b in blocks:
             sl = slice(b.start, b.stop)
             units, n_dead = dead.get(b.name, (0, 0))
@@ -928,7 +940,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
                     b.numel,
                     float(theta[sl].norm()),
                     float(grad[sl].norm()),
-                    None if delta is None else float(delta[sl].norm()),
+                    None if probed is None else float(probed[sl].norm()),
                     units,
                     n_dead,
                 )

@@ -328,7 +328,9 @@ def _switch(
 ) -> torch.optim.Optimizer:
     cls = OPTIMIZERS[name.lower()]
     if optimizer is None:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in model.parameters() if p.requires_grad]}
+        ]
         ratios = [1.0]
         decays = [0.0]
     else:
@@ -441,7 +443,7 @@ def _change_optimizer(
 ) -> torch.optim.Optimizer | None:
     """The action's changes to the optimizer (a new one for ``"optimizer"``); the one to use."""
     if "optimizer" in act:
-        extra = {k: act[k] for k in ("betas", "eps") if k in act}
+        extra: dict[str, Any] = {k: act[k] for k in ("betas", "eps") if k in act}
         if "momentum" in act and act["optimizer"].lower() in ("sgd", "rmsprop"):
             extra["momentum"] = act["momentum"]
         optimizer = _switch(optimizer, model, act["optimizer"], float(act["lr"]), extra)

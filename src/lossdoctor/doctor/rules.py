@@ -505,7 +505,7 @@ def vanishing_gradients(m: Measurements, slack: float = 1.0) -> tuple[Evidence, 
     if m.adaptive:
         return None
     ratio = m.depth_gradient_ratio
-    if _holds(ratio, "<", VANISHING * slack) and ratio > 0:
+    if ratio is not None and _holds(ratio, "<", VANISHING * slack) and ratio > 0:
         return (
             _ev(
                 "smallest hidden-layer gradient/weight ratio over the output layer's",
@@ -670,7 +670,7 @@ def ill_conditioned(m: Measurements, slack: float = 1.0) -> tuple[Evidence, ...]
 
 
 # Order matters: the first rule that holds names the cause.
-RULES: tuple[tuple[str, Check], ...] = (
+RULES: tuple[tuple[Cause, Check], ...] = (
     ("diverging", nonfinite),
     ("converged", at_rounding_floor),
     ("momentum_too_high", momentum_too_high),
@@ -715,7 +715,7 @@ def decide(m: Measurements, previous: str | None = None) -> Decision:
         >>> "oscillation" in CAUSES and "progressing" in CAUSES
         True
     """
-    first = None
+    first: tuple[Cause, tuple[Evidence, ...]] | None = None
     for cause, rule in RULES:
         found = rule(m, 1.0)
         if found is not None:
@@ -725,11 +725,11 @@ def decide(m: Measurements, previous: str | None = None) -> Decision:
         # No rule holds at its thresholds: the nearest one, with thresholds relaxed step by step,
         # said as such; else no measured cause stands out.
         for loose in FALLBACK_SLACKS:
-            found = next(
+            nearest = next(
                 ((cause, ev) for cause, rule in RULES if (ev := rule(m, loose)) is not None), None
             )
-            if found is not None:
-                first = (found[0], (*found[1], _ev("thresholds relaxed", loose, "x", None)))
+            if nearest is not None:
+                first = (nearest[0], (*nearest[1], _ev("thresholds relaxed", loose, "x", None)))
                 break
     if first is None:
         return Decision(
@@ -746,7 +746,7 @@ def decide(m: Measurements, previous: str | None = None) -> Decision:
             if cause == previous:
                 kept = rule(m, RELAXED)
                 if kept is not None:
-                    return Decision(previous, True, kept, kept_previous=True)
+                    return Decision(cause, True, kept, kept_previous=True)
     return Decision(first[0], first[0] != "progressing", first[1])
 
 

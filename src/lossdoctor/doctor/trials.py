@@ -131,14 +131,18 @@ class _Branch:
     """One branch of the trial: an action applied from the snapshot, trained step by step."""
 
     def __init__(
-        self, candidate: Candidate | None, model: nn.Module, optimizer: torch.optim.Optimizer | None
+        self, candidate: Candidate | None, model: nn.Module, optimizer: torch.optim.Optimizer
     ):
         self.candidate = candidate
         self.optimizer = optimizer
         if candidate is not None:
-            self.optimizer = apply_action(
-                candidate.action, model, optimizer, payload=candidate.payload
-            )
+            changed = apply_action(candidate.action, model, optimizer, payload=candidate.payload)
+            # Given an optimizer, apply_action returns it or the one it switched to, never None.
+            if changed is None:
+                raise RuntimeError(
+                    f"action {candidate.action} left the trial without an optimizer."
+                )
+            self.optimizer = changed
         self.curve: list[float] = []
         self.evals: list[float] = []
         self.finite = True
@@ -177,7 +181,7 @@ def run_trials(
     model: nn.Module,
     loss_fn: Callable,
     data: Any,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer: torch.optim.Optimizer,
     candidates: list[Candidate],
     *,
     steps: int,
@@ -234,8 +238,7 @@ def run_trials(
                     eval_fn,
                 )
             finally:
-                if branch.optimizer is not None:
-                    detach_hooks(branch.optimizer)
+                detach_hooks(branch.optimizer)
         tick(stop)
         return branch
 

@@ -13,7 +13,10 @@ import numpy as np
 from .._checks import check_float, check_optimizer
 from .._files import atomic_write_text
 from .._results import fmt
+from ..analysis.layers import LayerCurvature
 from ..checkup import BUDGET, Checkup, CheckupSection, checkup
+from ..curvature.density import SpectralDensity
+from ..training.lr_finder import LRRangeResult
 from .figures import new_figure, save
 from .html import Section, esc, figure, paragraph, table, write_page
 from .notebook import CSS, inline_png, prescriptions_table, trial_figure
@@ -53,27 +56,29 @@ def _history_figure(c: Checkup):
     return fig
 
 
-def _layers_figure(c: Checkup):
-    t = c.layers
+def _layers_figure(t: LayerCurvature):
     fig, (ax,) = new_figure(1, width=7.5, height=3.4)
-    use_s = t.threshold is not None and all(r.lr_sharpness is not None for r in t.rows)
-    values = [max(r.lr_sharpness if use_s else r.lambda_max, 1e-12) for r in t.rows]
-    colors = ["C3" if use_s and r.lr_sharpness > t.threshold else "C0" for r in t.rows]
+    sharpness = [r.lr_sharpness for r in t.rows if r.lr_sharpness is not None]
+    # S_b against the stability limit where every block has one, else each block's λ_max.
+    limit = t.threshold if len(sharpness) == len(t.rows) else None
+    if limit is None:
+        values = [max(r.lambda_max, 1e-12) for r in t.rows]
+        colors = ["C0"] * len(values)
+    else:
+        values = [max(s, 1e-12) for s in sharpness]
+        colors = ["C3" if s > limit else "C0" for s in sharpness]
     ax.bar(range(len(values)), values, color=colors)
-    if use_s:
-        ax.axhline(
-            t.threshold, color="C3", ls="--", lw=1, label=f"stability limit {fmt(t.threshold, 3)}"
-        )
+    if limit is not None:
+        ax.axhline(limit, color="C3", ls="--", lw=1, label=f"stability limit {fmt(limit, 3)}")
         ax.legend(fontsize=7)
     ax.set_yscale("log")
     ax.set_xticks(range(len(values)), [r.name for r in t.rows], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("S_b (lr-scaled block sharpness)" if use_s else "block λ_max")
+    ax.set_ylabel("S_b (lr-scaled block sharpness)" if limit is not None else "block λ_max")
     ax.set_title(f"heterogeneity {t.heterogeneity:.3f}; red: above the stability limit", fontsize=9)
     return fig
 
 
-def _density_figure(c: Checkup):
-    d = c.density
+def _density_figure(d: SpectralDensity):
     fig, (ax,) = new_figure(1, width=6.0, height=3.2)
     ax.semilogy(d.grid, np.maximum(d.density, 1e-12), color="C0")
     ax.set_xlabel("eigenvalue")
@@ -88,9 +93,9 @@ def _profiles_figure(c: Checkup):
         (c.landscape_random, "random filter-normalized"),
         (c.escape_profile, "along the escape direction"),
     ]
-    curves = [(land, label) for land, label in curves if land is not None]
-    fig, axes = new_figure(len(curves), width=4.0, height=3.2)
-    for ax, (land, label) in zip(axes, curves):
+    drawn = [(land, label) for land, label in curves if land is not None]
+    fig, axes = new_figure(len(drawn), width=4.0, height=3.2)
+    for ax, (land, label) in zip(axes, drawn):
         ax.plot(land.coords, land.train_loss, color="C0")
         ax.axvline(0, color="grey", lw=0.6)
         ax.set_title(label, fontsize=9)
@@ -99,11 +104,9 @@ def _profiles_figure(c: Checkup):
     return fig
 
 
-def _lr_figure(c: Checkup):
-    r = c.lr_range
+def _lr_figure(r: LRRangeResult, current: float | None):
     fig, (ax,) = new_figure(1, width=6.0, height=3.2)
     ax.semilogx(r.lrs, r.smoothed_losses, color="C0", label="smoothed loss")
-    current = c.diagnosis.lr
     if current:
         ax.axvline(current, color="k", lw=1, label=f"current lr {current:.3g}")
     if r.suggested_lr:
@@ -201,12 +204,12 @@ def render_sections(c: Checkup, out_dir: Path) -> list[Section]:
         )
     if c.density is not None:
         body += figure(
-            save(_density_figure(c), out_dir, "checkup-density.png"),
+            save(_density_figure(c.density), out_dir, "checkup-density.png"),
             "Spectral density of the Hessian (stochastic Lanczos quadrature).",
         )
     if c.layers is not None and c.layers.rows:
         body += figure(
-            save(_layers_figure(c), out_dir, "checkup-layers.png"),
+            save(_layers_figure(c.layers), out_dir, "checkup-layers.png"),
             "Each block's lr-scaled sharpness (or λ_max without an optimizer); red blocks break stability.",
         )
         body += table(
@@ -251,7 +254,7 @@ def render_sections(c: Checkup, out_dir: Path) -> list[Section]:
         body += paragraph(str(c.noise))
     if c.lr_range is not None:
         body += figure(
-            save(_lr_figure(c), out_dir, "checkup-lr-range.png"),
+            save(_lr_figure(c.lr_range, c.diagnosis.lr), out_dir, "checkup-lr-range.png"),
             "Learning-rate range test over three decades around the current lr (the model and "
             "optimizer are put back afterwards).",
         )

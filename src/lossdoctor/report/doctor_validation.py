@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .._results import fmt
-from ..studies.doctor_validation import ValidationStudy
+from ..studies.doctor_validation import ValidationRun, ValidationStudy
 from .figures import new_figure, save
 from .html import Section, figure, paragraph, table
 
@@ -52,26 +52,28 @@ def _confusion_figure(study: ValidationStudy, out_dir: Path) -> str:
     return save(fig, out_dir, "doctor-confusion.png")
 
 
+def _gap_closed(r: ValidationRun) -> float | None:
+    """Where the first prescription landed on the line from unchanged (0) to the known remedy (1).
+
+    Clipped to [-0.5, 1.5], -0.5 where it is not finite; None for a run whose fix was not judged
+    (or whose ends are not finite)."""
+    unchanged, remedy, prescribed = r.unchanged, r.remedy, r.prescribed
+    if r.fixed is None or unchanged is None or remedy is None or prescribed is None:
+        return None
+    if not (math.isfinite(unchanged) and math.isfinite(remedy)):
+        return None
+    gap = unchanged - remedy
+    value = (unchanged - prescribed) / gap if gap > 0 and math.isfinite(prescribed) else math.nan
+    return float(np.clip(value, -0.5, 1.5)) if math.isfinite(value) else -0.5
+
+
 def _fix_figure(study: ValidationStudy, out_dir: Path) -> str | None:
-    runs = [
-        r
-        for r in study.runs
-        if r.fixed is not None
-        and all(v is not None and math.isfinite(v) for v in (r.unchanged, r.remedy))
-    ]
+    judged = [(r, _gap_closed(r)) for r in study.runs]
+    runs = [r for r, g in judged if g is not None]
+    closed = [g for _, g in judged if g is not None]
     if not runs:
         return None
     fig, (ax,) = new_figure(1, width=9.0, height=4.2)
-    # Each stalled run: where the prescription lands on the line from unchanged (0) to the remedy (1).
-    closed = []
-    for r in runs:
-        gap = r.unchanged - r.remedy
-        value = (
-            (r.unchanged - r.prescribed) / gap
-            if gap > 0 and math.isfinite(r.prescribed)
-            else math.nan
-        )
-        closed.append(np.clip(value, -0.5, 1.5) if math.isfinite(value) else -0.5)
     order = np.argsort([r.family for r in runs], kind="stable")
     xs = np.arange(len(runs))
     colors = ["C2" if runs[i].fixed else "C3" for i in order]
@@ -98,7 +100,7 @@ def render(study: ValidationStudy, out_dir: Path) -> Section:
         (labels[a], *[study.confusion[i][j] for j in keep], sum(study.confusion[i]))
         for a, i in enumerate(keep)
     ]
-    per_cause = {}
+    per_cause: dict[str, list[int]] = {}
     for r in study.runs:
         c = per_cause.setdefault(r.truth, [0, 0, 0, 0])
         c[0] += 1

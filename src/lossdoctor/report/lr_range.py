@@ -65,24 +65,14 @@ def render(study: LRRangeStudy, out_dir: Path) -> Section:
     draw_range_test(ax_rt, study.range_test)
     for i, m in enumerate(MULTIPLIERS):
         for j, t in enumerate(study.of(m)):
-            kwargs = {"label": f"{m:g}x (lr {fmt(t.lr, 3)})"} if j == 0 else {}
-            ax_train.plot(
-                np.arange(1, t.history.epochs + 1),
-                t.history.epoch_train_loss,
-                color=f"C{i}",
-                marker="o",
-                ms=3,
-                **kwargs,
-            )
+            # one color per multiplier, labelled once; the same style in both panels
+            style = {"color": f"C{i}", "marker": "o", "ms": 3}
+            if j == 0:
+                style["label"] = f"{m:g}x (lr {fmt(t.lr, 3)})"
+            epochs = np.arange(1, t.history.epochs + 1)
+            ax_train.plot(epochs, t.history.epoch_train_loss, **style)
             if t.history.epoch_test_accuracy and t.history.epoch_test_accuracy[0] is not None:
-                ax_test.plot(
-                    np.arange(1, t.history.epochs + 1),
-                    t.history.epoch_test_accuracy,
-                    color=f"C{i}",
-                    marker="o",
-                    ms=3,
-                    **kwargs,
-                )
+                ax_test.plot(epochs, t.history.epoch_test_accuracy, **style)
     ax_train.set_yscale("log")
     for ax, label in ((ax_train, "training loss (full data)"), (ax_test, "test accuracy")):
         ax.set_xlabel("epoch")

@@ -18,32 +18,34 @@ STYLE = {
 }
 
 
-def _figure(study: RareMinimaStudy, out_dir: Path) -> str:
-    fig, (ax, ax_neg) = new_figure(2)
+def _by_kind(study: RareMinimaStudy):
+    """Each verdict's runs, with its color and marker (verdicts no run got are left out)."""
     for kind, (color, marker) in STYLE.items():
         runs = [r for r in study.runs if r.critical.kind == kind]
         if runs:
-            ax.scatter(
-                [r.critical.minimum_ratio for r in runs],
-                [r.critical.loss for r in runs],
-                c=color,
-                marker=marker,
-                label=f"{kind.replace('_', ' ')} ({len(runs)})",
-            )
+            yield kind, runs, dict(c=color, marker=marker)
+
+
+def _figure(study: RareMinimaStudy, out_dir: Path) -> str:
+    fig, (ax, ax_neg) = new_figure(2)
+    for kind, runs, style in _by_kind(study):
+        ax.scatter(
+            [r.critical.minimum_ratio for r in runs],
+            [r.critical.loss for r in runs],
+            label=f"{kind.replace('_', ' ')} ({len(runs)})",
+            **style,
+        )
     ax.set_xlabel("minimum ratio (fraction of positive eigenvalues, exact)")
     ax.set_ylabel("training loss")
     ax.set_title(f"{len(study.runs)} networks at near-zero gradient")
     ax.legend(fontsize=8)
-    for kind, (color, marker) in STYLE.items():
-        runs = [r for r in study.runs if r.critical.kind == kind]
-        if runs:
-            ax_neg.scatter(
-                [r.critical.num_negative for r in runs],
-                [r.critical.num_zero for r in runs],
-                c=color,
-                marker=marker,
-                label=kind.replace("_", " "),
-            )
+    for kind, runs, style in _by_kind(study):
+        ax_neg.scatter(
+            [r.critical.num_negative for r in runs],
+            [r.critical.num_zero for r in runs],
+            label=kind.replace("_", " "),
+            **style,
+        )
     ax_neg.set_xlabel("number of negative eigenvalues")
     ax_neg.set_ylabel("number of zero eigenvalues (flat directions)")
     ax_neg.set_title(f"Of {study.num_params} eigenvalues per network")

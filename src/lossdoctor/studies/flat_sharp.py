@@ -66,14 +66,18 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> FlatSharpStu
             for m in small_run.milestones
             if m.kind == "loss"
             and m.reached
-            and large_run.at(m.label) is not None
-            and large_run.at(m.label).reached
+            and (matched := large_run.at(m.label)) is not None
+            and matched.reached
         ),
         small_run.milestones[0].label,
     )
     problem = build("mnist1d-mlp", num_train=cfg["num_train"], num_test=1000, hidden=64, depth=2)
     models = []
     for r in (small_run, large_run):
+        if r.states is None:
+            raise ValueError(
+                f"run {r.key} of the sweep kept no states: run it with keep_states=True."
+            )
         model = copy.deepcopy(problem.model)
         model.load_state_dict(r.states[label])
         models.append(model)
@@ -109,6 +113,10 @@ def run(*, quick: bool = True, progress: Progress | None = None) -> FlatSharpStu
             if progress:
                 progress(i + 2, total)
     ms, ml = small_run.at(label), large_run.at(label)
+    if (
+        ms is None or ml is None
+    ):  # label is a milestone of both runs (the sweep records the same ones)
+        raise ValueError(f"milestone {label!r} is missing from run {small_b} or {large_b}.")
     return FlatSharpStudy(
         small_batch=small_b,
         large_batch=large_b,

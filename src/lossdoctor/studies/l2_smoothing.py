@@ -9,6 +9,7 @@ once over every parameter including the biases.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,24 +95,31 @@ def make_data(seed: int, num_train: int, noise: float) -> tuple[torch.Tensor, to
     return x, y
 
 
+def _linears(hidden: int) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+    """The 1-H-H-1 MLP's linear layers, initialized in order from the global RNG."""
+    return nn.Linear(1, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, 1)
+
+
 class MLPEnsemble(nn.Module):
     """``M`` independent 1-H-H-1 tanh MLPs evaluated at once (batched matrix products), so a sweep over gamma, variants and seeds costs about one training run.
 
     Member ``m`` is exactly the ``nn.Sequential(Linear, Tanh, Linear, Tanh, Linear)`` returned by
     :meth:`member`."""
 
+    # Registered in __init__ (w: weights transposed, b: biases, one slice per member); declared here
+    # for the type checker, which otherwise types nn.Module attributes as Tensor | Module.
+    w0: nn.Parameter
+    b0: nn.Parameter
+    w1: nn.Parameter
+    b1: nn.Parameter
+    w2: nn.Parameter
+    b2: nn.Parameter
+
     def __init__(self, members: int, hidden: int, seed: int):
         super().__init__()
         torch.manual_seed(seed)
         # every member starts from the same initialization (only gamma and the variant differ)
-        proto = nn.Sequential(
-            nn.Linear(1, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, 1),
-        )
-        for i, layer in enumerate((proto[0], proto[2], proto[4])):
+        for i, layer in enumerate(_linears(hidden)):
             self.register_parameter(
                 f"w{i}", nn.Parameter(layer.weight.detach().t().repeat(members, 1, 1))
             )
@@ -128,16 +136,10 @@ class MLPEnsemble(nn.Module):
 
     def member(self, m: int) -> nn.Sequential:
         """Member ``m`` as a plain ``nn.Sequential``."""
-        hidden = self.w0.shape[2]
-        net = nn.Sequential(
-            nn.Linear(1, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, hidden),
-            nn.Tanh(),
-            nn.Linear(hidden, 1),
-        )
+        linears = _linears(self.w0.shape[2])
+        net = nn.Sequential(linears[0], nn.Tanh(), linears[1], nn.Tanh(), linears[2])
         with torch.no_grad():
-            for i, layer in enumerate((net[0], net[2], net[4])):
+            for i, layer in enumerate(linears):
                 layer.weight.copy_(getattr(self, f"w{i}")[m].t())
                 layer.bias.copy_(getattr(self, f"b{i}")[m, 0])
         return net
@@ -186,7 +188,7 @@ def fit_all(
 @torch.no_grad()
 def measure(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Train and test MSE (test: the noise-free function on a dense grid), mean |f''| by central differences on the grid, and the norms of the weights and of the biases."""
     f = model(grid)
     h = float(grid[1, 0] - grid[0, 0])
@@ -197,8 +199,8 @@ def measure(
         "train_mse": float((model(x) - y).pow(2).mean()),
         "test_mse": float((f - target(grid)).pow(2).mean()),
         "roughness": float(second.abs().mean()),
-        "weight_norm": float(torch.sqrt(sum(p.pow(2).sum() for p in weights))),
-        "bias_norm": float(torch.sqrt(sum(p.pow(2).sum() for p in biases))),
+        "weight_norm": float(torch.sqrt(sum((p.pow(2).sum() for p in weights), torch.zeros(())))),
+        "bias_norm": float(torch.sqrt(sum((p.pow(2).sum() for p in biases), torch.zeros(())))),
         "curve": f.squeeze(1).tolist(),
     }
 

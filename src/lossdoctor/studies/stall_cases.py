@@ -265,6 +265,14 @@ def mlp(
     return nn.Sequential(*layers)
 
 
+def _linear_at(model: nn.Sequential, index: int) -> nn.Linear:
+    """``model[index]``, a linear layer (indexing a Sequential gives a plain Module)."""
+    layer = model[index]
+    if not isinstance(layer, nn.Linear):
+        raise TypeError(f"layer {index} of the model is a {type(layer).__name__}, not a Linear.")
+    return layer
+
+
 class BNConvNet(nn.Sequential):
     """A 1-D convnet with BatchNorm for MNIST-1D signals (about 4k parameters)."""
 
@@ -284,6 +292,8 @@ class BNConvNet(nn.Sequential):
 
 class TinyLM(nn.Module):
     """A 2-layer pre-norm causal transformer with tied input/output embeddings (about 26k parameters): logits (batch, length, vocab)."""
+
+    mask: torch.Tensor  # a registered buffer, declared for the type checker
 
     def __init__(
         self, vocab: int = 12, dim: int = 32, heads: int = 4, layers: int = 2, length: int = 16
@@ -581,7 +591,9 @@ def plateau_sigmoid_mlp(seed: int) -> Stall:
     x, y = mnist(seed, 512)
     body = mlp(seed, 16, act=nn.Sigmoid)
     with torch.no_grad():
-        body[2].bias.fill_(8.0)  # every output sigmoid saturated at ~1: confidently wrong
+        _linear_at(body, 2).bias.fill_(
+            8.0
+        )  # every output sigmoid saturated at ~1: confidently wrong
     model = nn.Sequential(body, nn.Sigmoid())
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     return _run(model, onehot_mse, opt, [(x, y)], (x, y), 200, switch_to_adam(1e-2), 200)
@@ -629,8 +641,8 @@ def dead_relu_bias(seed: int) -> Stall:
     x, y = mnist(seed)
     model = mlp(seed, 64, depth=2)
     with torch.no_grad():
-        model[0].bias.fill_(-6.0)
-        model[2].bias.fill_(-3.0)
+        _linear_at(model, 0).bias.fill_(-6.0)
+        _linear_at(model, 2).bias.fill_(-3.0)
     data = batches_of(x, y, 64, seed, epochs=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     fresh = mlp(seed, 64, depth=2).state_dict()
@@ -704,8 +716,8 @@ def saddle_lecture(seed: int) -> Stall:
 
     def escape(model: nn.Module, opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
         with torch.no_grad():
-            model.w1.add_(0.7)
-            model.w2.add_(0.7)
+            for w in model.parameters():  # w1 and w2
+                w.add_(0.7)
         return opt
 
     opt = torch.optim.SGD(model.parameters(), lr=0.05)

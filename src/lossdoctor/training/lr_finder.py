@@ -23,11 +23,10 @@ from torch import nn
 
 from .. import _interrupt
 from .._checks import (
+    check_arguments,
     check_choice,
     check_float,
     check_int,
-    check_loss_fn,
-    check_module,
     check_optimizer,
     check_progress,
 )
@@ -66,14 +65,16 @@ class LRRangeResult(ResultMixin):
         interrupted: Ctrl-C: the curve up to where it stopped, and no suggestion.
 
     Examples:
+        Printed, a result says the range, how far it went and the suggestion (see
+        :func:`lr_range_test` for a run that diverges):
+
         >>> import lossdoctor as ld
         >>> from lossdoctor.zoo import crawling_regression
-        >>> model, loss_fn, (x, y), optimizer, _ = crawling_regression(lr=0.01)
-        >>> batches = [(x[:32], y[:32]), (x[32:], y[32:])]
-        >>> r = ld.lr_range_test(model, loss_fn, batches, optimizer,
-        ...                      start_lr=1e-3, end_lr=10, steps=50, smoothing=0.5)
-        >>> r.diverged, r.steps_run, round(r.minimum_lr, 1)
-        (True, 42, 1.3)
+        >>> model, loss_fn, data, optimizer, _ = crawling_regression(lr=0.01)
+        >>> print(ld.lr_range_test(model, loss_fn, data, optimizer, start_lr=1e-3, end_lr=3, steps=40))
+        LR range test 0.001 -> 3 (40 steps)
+          suggested lr 0.03278 (steepest)
+          steepest descent at lr 0.03278; lowest smoothed loss 0.09082 at lr 3
     """
 
     lrs: list[float]
@@ -334,8 +335,7 @@ def lr_range_test(
         >>> optimizer.param_groups[0]["lr"]  # the optimizer (and the model) as they were
         0.01
     """
-    check_module(model)
-    check_loss_fn(loss_fn)
+    check_arguments(model=model, loss_fn=loss_fn)
     _check_range(start_lr, end_lr, steps, smoothing, diverge_factor, suggestion)
     check_progress(progress)
     steps = int(steps)

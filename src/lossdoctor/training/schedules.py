@@ -10,14 +10,19 @@ where it stopped, also in the middle of the warm-up.
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from .._checks import check_choice, check_float, check_int, check_optimizer
+
+if TYPE_CHECKING:  # in typing from Python 3.11; typing_extensions comes with torch
+    from typing_extensions import Required, Unpack
 
 AFTER_SHAPES = ("constant", "cosine", "linear", "step", "inverse_sqrt")
 
@@ -169,6 +174,59 @@ def check_schedule(
         )
 
 
+class ScheduleSettings(TypedDict, total=False):
+    """The schedule's settings, by keyword: :func:`warmup_factor` has their defaults and meanings.
+
+    Examples:
+        >>> from lossdoctor.training.schedules import ScheduleSettings, warmup_factor
+        >>> cosine: ScheduleSettings = {"warmup_steps": 4, "after": "cosine", "total_steps": 20}
+        >>> warmup_factor(4, **cosine), warmup_factor(20, **cosine)
+        (1.0, 0.0)
+    """
+
+    warmup_steps: Required[int]
+    total_steps: int | None
+    start_factor: float | None
+    after: str
+    min_factor: float
+    step_size: int | None
+    gamma: float
+    d_model: int | None
+    scale: float
+
+
+class WarmupSettings(ScheduleSettings, total=False):
+    """The keyword arguments of :func:`warmup` and :class:`WarmupScheduler`: the schedule's, and ``last_epoch``.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from lossdoctor.training.schedules import WarmupSettings
+        >>> opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+        >>> settings: WarmupSettings = {"warmup_steps": 4, "after": "cosine", "total_steps": 20}
+        >>> ld.warmup(opt, **settings)
+        WarmupScheduler(warmup_steps=4, after='cosine', total_steps=20, step=0)
+    """
+
+    last_epoch: int
+
+
+# warmup_factor's keywords are the one list of the schedule's settings, their types and defaults.
+_FACTOR_SIGNATURE = inspect.signature(warmup_factor)
+_SETTING_NAMES = tuple(name for name in _FACTOR_SIGNATURE.parameters if name != "step")
+
+
+def _with_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Every setting: the given ones, the rest at warmup_factor's defaults (TypeError: one missing or unknown)."""
+    try:
+        bound = _FACTOR_SIGNATURE.bind(0, **settings)
+    except TypeError as err:
+        raise TypeError(
+            f"warm-up schedule: {err}; its settings are {', '.join(_SETTING_NAMES)}."
+        ) from None
+    bound.apply_defaults()
+    return {name: bound.arguments[name] for name in _SETTING_NAMES}
+
+
 class WarmupScheduler(LRScheduler):
     """A PyTorch lr scheduler: linear warm-up, then a decay shape.
 
@@ -178,17 +236,9 @@ class WarmupScheduler(LRScheduler):
 
     Args:
         optimizer: the optimizer whose groups' lr it sets.
-        warmup_steps: as for :func:`warmup`.
-        total_steps: as for :func:`warmup`.
-        start_factor: as for :func:`warmup`.
-        after: as for :func:`warmup`.
-        min_factor: as for :func:`warmup`.
-        step_size: as for :func:`warmup`.
-        gamma: as for :func:`warmup`.
-        d_model: as for :func:`warmup`.
-        scale: as for :func:`warmup`.
         last_epoch: the last update done (-1: start afresh; resuming needs the optimizer's
             ``initial_lr`` from its state_dict).
+        **settings: the schedule (:class:`ScheduleSettings`), as for :func:`warmup`.
 
     Examples:
         >>> import torch, lossdoctor as ld
@@ -201,20 +251,9 @@ class WarmupScheduler(LRScheduler):
     """
 
     def __init__(
-        self,
-        optimizer: Optimizer,
-        *,
-        warmup_steps: int,
-        total_steps: int | None = None,
-        start_factor: float | None = None,
-        after: str = "constant",
-        min_factor: float = 0.0,
-        step_size: int | None = None,
-        gamma: float = 0.1,
-        d_model: int | None = None,
-        scale: float = 1.0,
-        last_epoch: int = -1,
+        self, optimizer: Optimizer, *, last_epoch: int = -1, **settings: Unpack[ScheduleSettings]
     ) -> None:
+        full = _with_defaults(settings)
         check_optimizer(optimizer)
         check_int(last_epoch, "last_epoch", minimum=-1)
         if last_epoch >= 0 and any("initial_lr" not in g for g in optimizer.param_groups):
@@ -223,27 +262,17 @@ class WarmupScheduler(LRScheduler):
                 "no 'initial_lr': load the optimizer's state_dict (saved with the scheduler's) "
                 "first, or start with last_epoch=-1."
             )
-        check_schedule(
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            start_factor=start_factor,
-            after=after,
-            min_factor=min_factor,
-            step_size=step_size,
-            gamma=gamma,
-            d_model=d_model,
-            scale=scale,
-        )
+        check_schedule(**full)
         # Plain attributes only: they are the scheduler's state_dict.
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = None if total_steps is None else int(total_steps)
-        self.start_factor = None if start_factor is None else float(start_factor)
-        self.after = after
-        self.min_factor = float(min_factor)
-        self.step_size = None if step_size is None else int(step_size)
-        self.gamma = float(gamma)
-        self.d_model = None if d_model is None else int(d_model)
-        self.scale = float(scale)
+        self.warmup_steps = int(full["warmup_steps"])
+        self.total_steps = _int_or_none(full["total_steps"])
+        self.start_factor = None if full["start_factor"] is None else float(full["start_factor"])
+        self.after: str = full["after"]
+        self.min_factor = float(full["min_factor"])
+        self.step_size = _int_or_none(full["step_size"])
+        self.gamma = float(full["gamma"])
+        self.d_model = _int_or_none(full["d_model"])
+        self.scale = float(full["scale"])
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
@@ -255,18 +284,7 @@ class WarmupScheduler(LRScheduler):
         Returns:
             :func:`warmup_factor` at ``step`` with this scheduler's settings.
         """
-        return warmup_factor(
-            step,
-            warmup_steps=self.warmup_steps,
-            total_steps=self.total_steps,
-            start_factor=self.start_factor,
-            after=self.after,
-            min_factor=self.min_factor,
-            step_size=self.step_size,
-            gamma=self.gamma,
-            d_model=self.d_model,
-            scale=self.scale,
-        )
+        return warmup_factor(step, **{name: getattr(self, name) for name in _SETTING_NAMES})
 
     def get_lr(self) -> list[Any]:
         """Each group's lr at the current step (``LRScheduler``'s hook; read ``get_last_lr()``).
@@ -288,20 +306,7 @@ class WarmupScheduler(LRScheduler):
         )
 
 
-def warmup(
-    optimizer: Optimizer,
-    *,
-    warmup_steps: int,
-    total_steps: int | None = None,
-    start_factor: float | None = None,
-    after: str = "constant",
-    min_factor: float = 0.0,
-    step_size: int | None = None,
-    gamma: float = 0.1,
-    d_model: int | None = None,
-    scale: float = 1.0,
-    last_epoch: int = -1,
-) -> WarmupScheduler:
+def warmup(optimizer: Optimizer, **settings: Unpack[WarmupSettings]) -> WarmupScheduler:
     """A learning-rate warm-up scheduler for ``optimizer``: call ``.step()`` after every ``optimizer.step()``.
 
     The lr ramps linearly from ``start_factor * lr`` (default ``lr / warmup_steps``, so no update
@@ -315,6 +320,10 @@ def warmup(
 
     Args:
         optimizer: any ``torch.optim`` optimizer; its groups' ``lr`` are the targets.
+        **settings: the schedule, by keyword (:class:`WarmupSettings`; the defaults are
+            :class:`WarmupScheduler`'s).
+
+    Keyword Args:
         warmup_steps: updates of the linear ramp.
         total_steps: the schedule's length (needed by ``"linear"`` and ``"cosine"``).
         start_factor: the lr at step 0 as a fraction of the target (default ``1 / warmup_steps``).
@@ -345,19 +354,29 @@ def warmup(
         >>> lrs
         [0.025, 0.0438, 0.0625, 0.0813, 0.1, 0.1]
     """
-    return WarmupScheduler(
-        optimizer,
-        warmup_steps=warmup_steps,
-        total_steps=total_steps,
-        start_factor=start_factor,
-        after=after,
-        min_factor=min_factor,
-        step_size=step_size,
-        gamma=gamma,
-        d_model=d_model,
-        scale=scale,
-        last_epoch=last_epoch,
-    )
+    return WarmupScheduler(optimizer, **settings)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+# What help() and inspect.signature show for the scheduler and warmup(): every keyword, with its
+# default, as if written out.
+_KEYWORDS = [p for name, p in _FACTOR_SIGNATURE.parameters.items() if name in _SETTING_NAMES]
+_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter(
+            "optimizer", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation="Optimizer"
+        ),
+        *_KEYWORDS,
+        inspect.Parameter(
+            "last_epoch", inspect.Parameter.KEYWORD_ONLY, default=-1, annotation="int"
+        ),
+    ]
+)
+WarmupScheduler.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+warmup.__signature__ = _SIGNATURE.replace(return_annotation="WarmupScheduler")  # type: ignore[attr-defined]
 
 
 def linear_scaling_factor(batch_size: int, reference_batch_size: int = 256) -> float:
