@@ -76,6 +76,7 @@ from ..data import batch_size, forward, iter_batches, place
 from ..model_state import model_device, preserved_model, preserved_rng, trainable_parameters
 from ..training.loop import training_step
 from ..training.step_signals import StepSignals
+from ..types import Mode
 from .diagnosis import Diagnosis, diagnose
 from .measure import dropout_off, first_samples
 from .prescriptions import Prescription, detach_hooks
@@ -414,7 +415,9 @@ class Monitor:
         self._spike_grace = False  # a recovering spike was let pass at the last check
         self._stall_seen = False  # a check found a stall since the loss last fell beyond doubt
         self._checkpoint: dict[str, torch.Tensor] | None = None
-        self._probation: tuple[int, dict[str, Any], Any, MonitorAction] | None = None
+        self._probation: tuple[int, dict[str, Any], torch.optim.Optimizer, MonitorAction] | None = (
+            None
+        )
         self._rejected: set[str] = set()  # actions undone once are not applied again
 
     # -- the record ----------------------------------------------------------------------------
@@ -550,7 +553,7 @@ class Monitor:
         deterministic. The eval-mode default of ``hessian`` measured another network on
         BatchNorm models (running statistics), with a notice in the user's loop naming a
         ``mode=`` the monitor does not take."""
-        mode = "train" if self.model.training else "eval"
+        mode: Mode = "train" if self.model.training else "eval"
         with dropout_off(self.model):
             try:
                 op = hessian(self.model, self.loss_fn, self._sharp_data, mode=mode)
@@ -785,6 +788,8 @@ class Monitor:
 
     def _review(self, optimizer: torch.optim.Optimizer | None) -> None:
         """One window after a treatment: undo it if the loss is worse than before beyond noise."""
+        if self._probation is None:
+            return
         _, saved, treated, action = self._probation
         self._probation = None
         after = float(np.median(self._losses[-max(3, self.window // 3) :]))

@@ -18,6 +18,7 @@ t-1 :meth:`record` only copies, at step t :meth:`update` computes; every other s
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -32,8 +33,8 @@ class StepSignals:
     computes the same numbers tensor by tensor in float64 (what a model split over devices gets).
     """
 
-    def __init__(self, params: list[torch.Tensor], *, buffered: bool | None = None) -> None:
-        self.params = params
+    def __init__(self, params: Sequence[torch.Tensor], *, buffered: bool | None = None) -> None:
+        self.params = list(params)
         devices = {p.device for p in params}
         if buffered and len(devices) > 1:
             raise ValueError(
