@@ -186,9 +186,9 @@ class NoiseScale(ResultMixin):
         >>> from lossdoctor.zoo import noisy_regression
         >>> p = noisy_regression()
         >>> ns = ld.gradient_noise_scale(p.model, p.loss_fn, p.train_data, small_batch=8,
-        ...                              pairs=20, bootstrap=100)
-        >>> ns.suggested_batch_size, ns.big_batch, ns.interval[0] < ns.b_simple < ns.interval[1]
-        (6, 256, True)
+        ...                              pairs=20, level=0.9)
+        >>> ns.level, ns.bounded, ns.interval[0] < ns.b_simple < ns.interval[1]
+        (0.9, True, True)
     """
 
     b_simple: float

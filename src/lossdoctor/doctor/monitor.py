@@ -158,14 +158,14 @@ class MonitorRecord(ResultMixin):
         sharpness: ``(step, λ_max estimate)`` pairs.
 
     Examples:
-        >>> import lossdoctor as ld
+        >>> from lossdoctor import Monitor
         >>> from lossdoctor.zoo import crawling_regression
-        >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
-        >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, doctor_share=None)
-        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=60, monitor=monitor)
-        >>> record = run.record
-        >>> len(record.losses), round(record.losses[-1], 4)
-        (60, 1.0146)
+        >>> model, loss_fn, data, _, _ = crawling_regression()
+        >>> monitor = Monitor(model, loss_fn, data, sharpness_every=0)
+        >>> for loss in (3.0, 2.0, 1.5):  # signals come on pairs of steps every 8: NaN here
+        ...     _ = monitor.step(loss)
+        >>> monitor.record.window(2)
+        {'losses': [2.0, 1.5], 'grad_norms': [nan, nan], 'grad_cosines': [nan, nan]}
     """
 
     steps: list[int]
@@ -835,10 +835,10 @@ class MonitoredRun(ResultMixin):
         >>> import lossdoctor as ld
         >>> from lossdoctor.zoo import crawling_regression
         >>> model, loss_fn, (x, y), opt, _ = crawling_regression()  # lr 1e-4: far too small
-        >>> monitor = ld.Monitor(model, loss_fn, (x, y), window=40, treat=True)
-        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=monitor)
-        >>> run.steps, [(d.step, d.cause) for d in run.diagnoses], run.final_loss < 1e-6
-        (80, [(60, 'lr_too_small')], True)
+        >>> watch = ld.Monitor(model, loss_fn, (x, y), window=40, doctor_share=None)  # no cap
+        >>> run = ld.train_monitored(model, loss_fn, [(x, y)], opt, steps=80, monitor=watch)
+        >>> run.steps, [(d.step, d.cause) for d in run.diagnoses], opt.param_groups[0]["lr"]
+        (80, [(40, 'lr_too_small'), (80, 'lr_too_small')], 0.0001)
     """
 
     steps: int
