@@ -65,21 +65,15 @@ bench.RUNNERS[LossDoctorMainRunOnly.name] = LossDoctorMainRunOnly
 
 class LossDoctorMissProbability(bench.LossDoctor):
     """The trade-off of the search for missed eigenvalues: lossdoctor's default solve with the
-    search's stated failure probability ``eigen.MISS_PROBABILITY`` set to ``--miss-probability``
-    instead of its default (a looser bound stops the search after fewer products)."""
+    search's stated failure probability (``eigenpairs(miss_probability=...)``) set to
+    ``--miss-probability`` instead of its default (a looser bound stops the search after fewer
+    products)."""
 
     name = "lossdoctor-miss-probability"
     value = 1e-2
 
     def top_k(self, k, **settings):
-        from lossdoctor.curvature import eigen
-
-        default = eigen.MISS_PROBABILITY
-        eigen.MISS_PROBABILITY = self.value
-        try:
-            return super().top_k(k, **settings)
-        finally:
-            eigen.MISS_PROBABILITY = default
+        return super().top_k(k, miss_probability=self.value, **settings)
 
 
 bench.RUNNERS[LossDoctorMissProbability.name] = LossDoctorMissProbability

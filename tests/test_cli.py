@@ -173,3 +173,13 @@ def test_device_cuda_without_a_gpu_is_a_clear_error():
         main, ["spectrum", "--problem", "lecture-saddle", "--device", "gpu0"]
     )
     assert result.exit_code == 2 and "not a device name" in result.output
+
+
+def test_spectrum_miss_probability(tmp_path):
+    out = spectrum_json(
+        ["--problem", "lecture-saddle", "--k", "1", "--miss-probability", "0.01"], tmp_path
+    )
+    assert out["eigenpairs"]["miss_probability"] == 0.01
+    assert 0.0 <= out["eigenpairs"]["miss_bound"] <= 0.01
+    result = run(["spectrum", "--problem", "lecture-saddle", "--miss-probability", "1", "--json"])
+    assert result.exit_code == 2 and "miss-probability" in result.stderr

@@ -503,3 +503,56 @@ def test_whole_basis_edges_never_certify_a_wrong_count():
                 applied += 1
                 assert int((exact > tau).sum()) == len(found), (seed, steps, tau)
     assert applied >= 20
+
+
+def test_miss_probability_is_an_argument_and_the_bound_reached_is_reported():
+    """The search's failure probability is eigenpairs' argument: the bound reported is at most
+    the one asked for where the search stops on it, a smaller probability costs more products
+    (the bound falls by a factor per product), and the values stay those of the dense spectrum."""
+    n, k = 3000, 5
+    d = np.concatenate([np.array(GAP_STRUCTURES["outliers"]), _bulk(n - 12)])
+    exact = np.sort(d)[::-1][:k]
+    products = []
+    for p in [0.3, 1e-3, 1e-8, 1e-14]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            r = ld.eigenpairs(_Diagonal(d), k=k, tol=1e-8, miss_probability=p, progress=False)
+        assert r.all_converged and r.miss_probability == p
+        assert r.miss_bound is not None and 0.0 <= r.miss_bound <= p, (p, r.miss_bound)
+        np.testing.assert_allclose(r.eigenvalues, exact, rtol=0, atol=1e-8 * exact[0])
+        assert r.to_dict()["miss_bound"] == r.miss_bound
+        assert f"asked <= {p:g}" in str(r)
+        products.append(r.matvecs)
+    assert products == sorted(products) and products[-1] > products[0], products
+    # The whole space searched: nothing can be missed.
+    r = ld.eigenpairs(known_spectrum([3.0, 2.0, 1.0, 0.5]), k=2, progress=False)
+    assert r.all_converged and r.miss_bound == 0.0
+
+
+def test_miss_bound_is_none_when_the_search_did_not_finish():
+    """20 products finish the search at 1e-3 but not at 1e-14: then no bound is claimed and no
+    pair is flagged converged."""
+    d = np.concatenate([np.array(GAP_STRUCTURES["tight-kth"]), _bulk(2990)])
+    r = ld.eigenpairs(_Diagonal(d), k=5, max_matvecs=20, progress=False)
+    assert r.all_converged and r.miss_bound is not None and r.miss_bound <= 1e-3
+    with pytest.warns(RuntimeWarning, match="search for missed copies"):
+        r = ld.eigenpairs(_Diagonal(d), k=5, max_matvecs=20, miss_probability=1e-14, progress=False)
+    assert not np.any(r.converged) and r.miss_bound is None
+    assert "did not finish (asked <= 1e-14)" in str(r)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (0, ValueError),
+        (1, ValueError),
+        (-1e-3, ValueError),
+        (float("nan"), ValueError),
+        (2.0, ValueError),
+        ("1e-3", TypeError),
+        (None, TypeError),
+    ],
+)
+def test_bad_miss_probability_is_refused(bad, error):
+    with pytest.raises(error, match="miss_probability must be a finite number > 0 and < 1"):
+        ld.eigenpairs(known_spectrum([3.0, 2.0, 1.0]), k=1, miss_probability=bad)

@@ -568,6 +568,13 @@ _RULES: dict[str, Callable[[Any, str], Any]] = {
     "grad_tol": lambda v, n: check_float(v, n, minimum=0.0, optional=True),
     "eig_tol": lambda v, n: check_float(v, n, minimum=0.0, optional=True),
     "dense": lambda v, n: check_bool(v, n, optional=True),
+    "miss_probability": lambda v, n: check_float(
+        v,
+        n,
+        above=0.0,
+        below=1.0,
+        hint="It is the failure probability allowed to the search for missed eigenvalues (default 1e-3).",
+    ),
 }
 
 

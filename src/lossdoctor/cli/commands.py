@@ -110,6 +110,14 @@ def _selection(model: Any, patterns: tuple[str, ...]) -> list[str] | None:
     help="Relative accuracy of the eigenvalues.",
 )
 @click.option(
+    "--miss-probability",
+    type=Number(above=0.0, below=1.0),
+    default=1e-3,
+    show_default=True,
+    help="Failure probability allowed to the search for missed eigenvalues (hidden copies of "
+    "repeated ones): smaller costs more products. The bound reached is printed with the pairs.",
+)
+@click.option(
     "--trace-matvecs",
     type=click.IntRange(min=0),
     default=99,
@@ -158,6 +166,7 @@ def spectrum(
     k: int,
     which: str,
     tol: float,
+    miss_probability: float,
     trace_matvecs: int,
     density: bool,
     mode: Mode | None,
@@ -206,7 +215,15 @@ def spectrum(
     eig = tr = dens = layers = None
     with progress_bars(not as_json) as task:
         try:  # each part returns its partial result on Ctrl-C (flagged); the later parts are skipped
-            eig = eigenpairs(op, k=k, which=which, tol=tol, seed=seed, progress=task("eigenpairs"))
+            eig = eigenpairs(
+                op,
+                k=k,
+                which=which,
+                tol=tol,
+                seed=seed,
+                miss_probability=miss_probability,
+                progress=task("eigenpairs"),
+            )
             results["eigenpairs"] = eig.to_dict()
             if trace_matvecs > 0 and not interrupted(eig):
                 tr = trace(op, matvecs=trace_matvecs, seed=seed, progress=task("trace (Hutch++)"))

@@ -41,8 +41,9 @@ WHICH = ("largest", "smallest", "both", "largest_magnitude")
 # Eigenvalues smaller than this fraction of ||H|| are judged on absolute accuracy
 # tol * FLOOR * ||H||: relative accuracy of near-zero eigenvalues is not attainable in float32.
 FLOOR = 1e-3
-# The search for missed eigenvalues stops when the probability that it missed one (over its
-# random start vectors; see miss_probability) is at most this.
+# Default of eigenpairs' miss_probability: the search for missed eigenvalues stops when the
+# probability that it missed one (over its random start vectors; see miss_probability) is at most
+# this.
 MISS_PROBABILITY = 1e-3
 # A value the search finds is taken as converged only after this many of its Lanczos steps: the
 # first Ritz values of a run have small r^2/gap estimates whatever the spectrum.
@@ -79,6 +80,13 @@ class EigenResult(ResultMixin):
         num_params: the operator's size.
         interrupted: Ctrl-C stopped the run: the pairs are the best found so far.
         mode: ``"eval"``/``"train"`` for a :class:`HessianOperator`, else ``None``.
+        miss_probability: the failure probability asked of the search for missed eigenvalues
+            (``None``: no search, as in a single Lanczos run).
+        miss_bound: the failure probability the search reached: a bound on the probability, over
+            the random start vectors, that an eigenvalue beyond the k-th value plus its error bound
+            was missed (<= ``miss_probability`` when the search finished; 0 where the Krylov
+            spaces covered the whole space); ``None`` where the search did not finish (then no
+            pair is flagged converged).
 
     Examples:
         >>> import lossdoctor as ld
@@ -109,6 +117,8 @@ class EigenResult(ResultMixin):
     basis_device: str | None = None
     ncv: int | None = None
     memory_estimate_bytes: int | None = None
+    miss_probability: float | None = None
+    miss_bound: float | None = None
 
     _skip_in_dict = ("eigenvectors",)
 
@@ -146,6 +156,16 @@ class EigenResult(ResultMixin):
         ):
             lines.append(
                 f"{i:>3}  {lam:>14.7g}  {res:>10.2e}  {bound:>11.2e}  {'yes' if ok else 'NO'}"
+            )
+        if self.miss_probability is not None:
+            lines.append(
+                "search for missed eigenvalues: "
+                + (
+                    "did not finish"
+                    if self.miss_bound is None
+                    else f"failure probability <= {self.miss_bound:.2g}"
+                )
+                + f" (asked <= {self.miss_probability:g})"
             )
         if self.interrupted:
             lines.append("interrupted: values are the best found so far")
@@ -491,6 +511,7 @@ def eigenpairs(
     ncv: int | None = None,
     basis_dtype: str | None = "auto",
     basis_device: str | None = "auto",
+    miss_probability: float = MISS_PROBABILITY,
     progress: Progress | bool | str | None = "auto",
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator such as :func:`lossdoctor.hessian`.
@@ -505,7 +526,7 @@ def eigenpairs(
     search the operator deflated by the pairs found, ``(I - V V^T) H (I - V V^T)``. What they
     find joins the pairs and the search repeats. It stops when the probability that an
     eigenvalue beyond the k-th value (plus its error bound) was missed is at most
-    ``MISS_PROBABILITY = 1e-3``, over the random start vectors and whatever the operator: the
+    ``miss_probability`` (default 1e-3), over the random start vectors and whatever the operator: the
     bound is computed from each run's own tridiagonal (its Christoffel function at the edge, and
     a Gaussian start's component along any fixed direction; see :func:`miss_probability`). A
     pair is flagged converged only when its own error bound is below ``tol`` *and* that search
@@ -536,6 +557,11 @@ def eigenpairs(
             float64, so no pair is flagged converged that its true residual does not support.
         basis_device: ``"auto"`` (default): the operator's device, or the host for a CUDA
             operator whose GPU has no room; or a device (``"cpu"``).
+        miss_probability: the failure probability allowed to the search for missed
+            eigenvalues, in (0, 1) (default 1e-3). Smaller costs more products (about one per
+            halving of the bound where the pairs stand clear of the rest). The bound reached is
+            the result's ``miss_bound``: the smallest ``miss_probability`` at which the search
+            would have stopped where it did, itself a valid bound (a p-value over the starts).
         progress: called as ``progress(matvecs_done, max_matvecs)`` after each product;
             ``"auto"`` (default) shows a bar on a terminal for long runs, ``True`` always,
             ``False``/``None`` never. Where
@@ -573,8 +599,16 @@ def eigenpairs(
         [5.0, 5.0, 5.0]
     """
     check_arguments(
-        op=op, k=k, tol=tol, seed=seed, max_matvecs=max_matvecs, ncv=ncv, progress=progress
+        op=op,
+        k=k,
+        tol=tol,
+        seed=seed,
+        max_matvecs=max_matvecs,
+        ncv=ncv,
+        miss_probability=miss_probability,
+        progress=progress,
     )
+    asked = float(miss_probability)
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
     n = int(op.shape[0])
@@ -642,6 +676,7 @@ def eigenpairs(
     certified = (
         getattr(first, "_exhaustive", False) or len(values) >= n
     )  # the Krylov space was everything
+    reached: float | None = 0.0 if certified else None  # the search's failure bound
     beyond: list[float] = []  # eigenvalue estimates outside the wanted set (for the gaps)
     if which == "largest_magnitude":
         keep = _select(values, which, k)
@@ -658,7 +693,16 @@ def eigenpairs(
     if not interrupted and not certified and bool(np.all(converged)):
         try:
             m0 = len(values)
-            values, vectors, bounds, converged, ritz_gaps, kept, certified, beyond = _find_missed(
+            (
+                values,
+                vectors,
+                bounds,
+                converged,
+                ritz_gaps,
+                kept,
+                reached,
+                beyond,
+            ) = _find_missed(
                 count,
                 n,
                 k,
@@ -675,7 +719,9 @@ def eigenpairs(
                 ritz_gaps,
                 beyond,
                 krylov=getattr(first, "_krylov", None),
+                probability=asked,
             )
+            certified = reached is not None
             if products is not None:  # pairs the search added have no product yet
                 cols = [
                     products[:, i] if i < m0 else torch.full_like(products[:, 0], math.nan)
@@ -685,6 +731,7 @@ def eigenpairs(
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
             certified = False
+            reached = None
     if hasattr(first, "_krylov"):
         object.__setattr__(first, "_krylov", None)  # the main basis is not needed any more
     hnorm = max([hnorm] + [abs(float(x)) for x in values] + [abs(x) for x in beyond])
@@ -789,6 +836,8 @@ def eigenpairs(
         basis_device=str(plan.device),
         ncv=plan.ncv,
         memory_estimate_bytes=int(estimate),
+        miss_probability=asked,
+        miss_bound=reached if certified else None,
     )
     if not result.all_converged and not interrupted:  # an interrupted result is flagged as such
         bad = int((~result.converged).sum())
@@ -966,14 +1015,16 @@ def _find_missed(
     ritz_gaps: np.ndarray,
     beyond: list[float],
     krylov: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None,
+    probability: float = MISS_PROBABILITY,
 ):
     """Search the complement of the pairs found for eigenvalues that belong among the wanted ones (hidden copies of repeated eigenvalues, or values a restart lost), adding each and searching again.
 
-    Returns the pairs, whether the search finished, and the values it saw outside the wanted set."""
+    Returns the pairs, the failure probability the search reached (``None``: it did not finish;
+    at most ``probability`` otherwise), and the values it saw outside the wanted set."""
     found_values, found_vectors = values.copy(), vectors
     found_bounds, found_conv, found_gaps = bounds.copy(), converged.copy(), ritz_gaps.copy()
 
-    def finish(finished: bool):
+    def finish(reached: float | None):
         # Every pair found stays deflated during the search; only the wanted ones are returned,
         # the others are estimates of the next eigenvalues (for the gaps).
         keep = np.sort(_select(found_values, which, k))
@@ -985,7 +1036,7 @@ def _find_missed(
             found_conv[keep],
             found_gaps[keep],
             keep,
-            finished,
+            reached,
             beyond + [float(x) for x in found_values[out]],
         )
 
@@ -1001,17 +1052,19 @@ def _find_missed(
     shorter = dataclasses.replace(plan, keep_products=False)
     # Per end: the bounds of the starts that filled their basis since the pairs last changed
     # (stage), combined by Fisher's method (combined_miss_probability); each test has its own
-    # share of MISS_PROBABILITY: 1/2 for the whole-basis round, 1/2**(stage + start + 2) for the
-    # start-th test of a stage after it (the shares sum to 1, so the union of all tests stays
-    # within MISS_PROBABILITY).
+    # share w of ``probability``: 1/2 for the whole-basis round, 1/2**(stage + start + 3) for the
+    # start-th test of a stage after it (the shares sum to at most 1, so the union of all tests
+    # stays within ``probability``). The bound reported is the stopping test's combined bound
+    # over its w: the smallest probability at which the search would have stopped there; since
+    # P(test i certifies at x * w_i while something was missed) <= x * w_i, it is itself a bound.
     missed: list[list[float]] = [[] for _ in sides]
     stage = 0
     for round_ in range(n):
         left = max_matvecs - count.done
         if found_vectors.shape[1] >= n:
-            return finish(True)
+            return finish(0.0)
         if left < 2:
-            return finish(False)
+            return finish(None)
         thresholds = _thresholds(found_values, found_bounds, which, k, inner)
         # What is certified: no eigenvalue beyond these edges was missed, so every value returned
         # is within its bound of the true one with its multiplicity (a copy of the k-th value
@@ -1042,9 +1095,14 @@ def _find_missed(
         start = gaussian(n, 1, seed + 7919 * (round_ + 1), device)
         start = orthogonalize(start, Q).squeeze(1)
         if float(start.norm()) <= 1e-8:
-            return finish(True)
+            return finish(0.0)
         free = n - Q.shape[0]  # the dimension the start is random in
-        state: dict[str, Any] = {"bounds": [1.0] * len(sides), "clear": False, "crossed": False}
+        state: dict[str, Any] = {
+            "bounds": [1.0] * len(sides),
+            "clear": False,
+            "crossed": False,
+            "reached": None,
+        }
         started = count.done
 
         def decided(
@@ -1068,14 +1126,11 @@ def _find_missed(
                 miss_probability(T, beta, e, free, upper=side == "largest", closed=1e-12 * norm)
                 for e, side in zip(edges, sides)
             ]
-            share = (
-                MISS_PROBABILITY / 2
-                if whole is not None
-                else MISS_PROBABILITY / 2 ** (stage + len(missed[0]) + 3)
-            )
-            state["clear"] = all(
-                combined_miss_probability(m + [b]) <= share for m, b in zip(missed, state["bounds"])
-            )
+            weight = 0.5 if whole is not None else 0.5 ** (stage + len(missed[0]) + 3)
+            combined = [combined_miss_probability(m + [b]) for m, b in zip(missed, state["bounds"])]
+            state["clear"] = all(c <= probability * weight for c in combined)
+            if state["clear"]:
+                state["reached"] = max(combined) / weight
             if whole is not None and not state["clear"]:
                 # A Ritz value of the compression beyond its edge: inconclusive (it may be a
                 # copy); the complement of the pairs is searched next.
@@ -1136,7 +1191,7 @@ def _find_missed(
             raise KeyboardInterrupt
         if whole is not None:
             if state["clear"]:
-                return finish(True)
+                return finish(state["reached"])
             continue  # inconclusive: search the complement of the pairs
         entered = []
         for j, rho in enumerate(check.eigenvalues):
@@ -1161,8 +1216,10 @@ def _find_missed(
             else:
                 beyond.append(float(rho))
         if not entered:
-            if state["clear"] or getattr(check, "_exhaustive", False):
-                return finish(True)
+            if getattr(check, "_exhaustive", False):
+                return finish(0.0)
+            if state["clear"]:
+                return finish(state["reached"])
             # This start's Krylov space filled up (or the budget ran out) before the bound was
             # met: what it excluded stands, and a fresh independent start continues.
             missed = [m + [b] for m, b in zip(missed, state["bounds"])]
@@ -1180,4 +1237,4 @@ def _find_missed(
         found_conv = np.concatenate([found_conv, np.asarray(check.converged)[entered]])
         check_gaps = np.asarray(getattr(check, "_gaps", np.full(len(check.eigenvalues), np.inf)))
         found_gaps = np.concatenate([found_gaps, check_gaps[entered]])
-    return finish(False)
+    return finish(None)
