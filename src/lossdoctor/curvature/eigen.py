@@ -55,6 +55,11 @@ MIN_CHECK_STEPS = 8
 # 39 away, and the pair came back unconverged with most of the budget unspent). r**2 halves in
 # about one product, so the margin costs about one product and leaves room for a gap half as large.
 STOP_MARGIN = 0.5
+# The search excludes unseen eigenvalues within r**2 / (EDGE_MARGIN * tol * scale) of each pair
+# (_search_edges): the final bound, from the true residual (a little above the Lanczos estimate
+# it was planned with), then still meets tol; short of STOP_MARGIN, so the edge stays clear of the
+# next Ritz value a run stopped against.
+EDGE_MARGIN = 0.8
 
 
 @dataclass(frozen=True)
@@ -672,6 +677,7 @@ def eigenpairs(
     ritz_gaps = np.asarray(getattr(first, "_gaps", np.full(len(values), np.inf)), dtype=np.float64)
     products = getattr(first, "_products", None)  # H @ vectors from the run's own products
     converged = np.asarray(first.converged, dtype=bool)
+    residuals = np.asarray(first.residual_norms, dtype=np.float64)  # Lanczos estimates
     interrupted = first.interrupted
     certified = (
         getattr(first, "_exhaustive", False) or len(values) >= n
@@ -687,8 +693,9 @@ def eigenpairs(
             bounds[keep],
             converged[keep],
         )
-        ritz_gaps = ritz_gaps[keep]
+        ritz_gaps, residuals = ritz_gaps[keep], residuals[keep]
         products = None if products is None else products[:, keep]
+    edges: list[float] = []  # per end, the key beyond which the search missed nothing
     hnorm = float(np.abs(values).max()) if len(values) else 0.0
     if not interrupted and not certified and bool(np.all(converged)):
         try:
@@ -699,9 +706,9 @@ def eigenpairs(
                 bounds,
                 converged,
                 ritz_gaps,
-                kept,
+                residuals,
                 reached,
-                beyond,
+                edges,
             ) = _find_missed(
                 count,
                 n,
@@ -717,17 +724,16 @@ def eigenpairs(
                 bounds,
                 converged,
                 ritz_gaps,
+                residuals,
                 beyond,
                 krylov=getattr(first, "_krylov", None),
                 probability=asked,
             )
             certified = reached is not None
             if products is not None:  # pairs the search added have no product yet
-                cols = [
-                    products[:, i] if i < m0 else torch.full_like(products[:, 0], math.nan)
-                    for i in kept
-                ]
-                products = torch.stack(cols, dim=1)
+                products = torch.cat(
+                    [products, products.new_full((n, len(values) - m0), math.nan)], dim=1
+                )
         except KeyboardInterrupt:
             interrupted = _interrupt.keep_partial()
             certified = False
@@ -735,7 +741,6 @@ def eigenpairs(
     if hasattr(first, "_krylov"):
         object.__setattr__(first, "_krylov", None)  # the main basis is not needed any more
     hnorm = max([hnorm] + [abs(float(x)) for x in values] + [abs(x) for x in beyond])
-    residuals = np.asarray(first.residual_norms, dtype=np.float64)
     true_residuals = False
     if plan.dtype != torch.float64 and len(values):
         # Vectors combined from a float32 basis are orthonormal only to float32 rounding: make
@@ -769,6 +774,7 @@ def eigenpairs(
             perm = np.argsort(values, kind="stable")
             bounds, converged, ritz_gaps = bounds[perm], converged[perm], ritz_gaps[perm]
             values = rr
+            vectors = vectors.contiguous()
             residuals = (
                 torch.linalg.vector_norm(
                     HV - vectors * torch.as_tensor(values, dtype=HV.dtype, device=HV.device), dim=0
@@ -781,23 +787,34 @@ def eigenpairs(
             interrupted = _interrupt.keep_partial()
     if not true_residuals and len(residuals) != len(values):
         residuals = bounds.copy()
+    # The search returns every pair it found: the wanted ones are chosen after the Rayleigh-Ritz
+    # (a near-double eigenvalue's two halves, one from the main run and one from the search, are
+    # resolved there); the others estimate the next eigenvalues.
+    wanted = np.sort(_select(values, which, k)) if len(values) else np.zeros(0, dtype=int)
+    rest = np.setdiff1d(np.arange(len(values)), wanted)
+    rest_values, rest_res = values[rest], residuals[rest]
+    values, vectors, bounds = values[wanted], vectors[:, wanted], bounds[wanted]
+    converged, ritz_gaps, residuals = converged[wanted], ritz_gaps[wanted], residuals[wanted]
     # Bounds from the true residuals: min(r, r^2 / gap), the gap to the nearest *distinct* known
     # eigenvalue estimate. Copies of a repeated eigenvalue (within their residuals of each other)
     # form a cluster, and a Ritz value's distance to the cluster's eigenvalue is bounded by
     # r^2 over the distance to the rest of the spectrum.
-    others = np.concatenate([values, np.asarray(beyond, dtype=np.float64)])
-    other_res = np.concatenate(
-        [residuals if len(residuals) == len(values) else bounds, np.zeros(len(beyond))]
-    )
+    others = np.concatenate([values, rest_values, np.asarray(beyond, dtype=np.float64)])
+    other_res = np.concatenate([residuals, rest_res, np.zeros(len(beyond))])
     # The Lanczos run that found a pair saw the Ritz values around it: its gap to them counts
     # too (the copies of a cluster are deflated out of the run that found the next copy).
     gaps = ritz_gaps.copy() if len(ritz_gaps) == len(values) else np.full(len(values), np.inf)
     for i, v in enumerate(values):
         d = np.abs(others - v)
-        distinct = d > (other_res + (residuals[i] if len(residuals) == len(values) else bounds[i]))
+        distinct = d > (other_res + residuals[i])
         distinct[i] = False
         if distinct.any():
             gaps[i] = min(gaps[i], float(d[distinct].min()))
+        # An eigenvalue the search did not see lies short of its edge (_search_edges).
+        for edge, side in zip(edges, _sides(which)):
+            key = abs(v) if which == "largest_magnitude" else (v if side == "largest" else -v)
+            if key > edge:
+                gaps[i] = min(gaps[i], float(key - edge))
     with np.errstate(divide="ignore", invalid="ignore"):
         true_bounds = np.minimum(residuals, np.where(gaps > 0, residuals**2 / gaps, np.inf))
     if true_residuals:
@@ -888,6 +905,42 @@ def _thresholds(
         order = np.argsort(-key, kind="stable")
         j = order[min(k, len(key)) - 1]
         out.append(float(key[j] + bounds[j] if above else key[j] - bounds[j]))
+    return out
+
+
+def _search_edges(
+    values: np.ndarray,
+    bounds: np.ndarray,
+    residuals: np.ndarray,
+    which: str,
+    k: int,
+    inner: str,
+    tol: float,
+    norm: float,
+) -> list[float]:
+    """Per end of the check run, the key beyond which the search must exclude a missed eigenvalue.
+
+    Below the k-th key less its error bound (a missed eigenvalue there would belong among the
+    wanted), and below each wanted pair's key less ``r**2 / (EDGE_MARGIN * tol * scale)``: a pair's bound
+    ``r**2 / gap`` holds only while no other eigenvalue lies within ``gap`` of it, and an
+    eigenvalue the runs did not see could lie just inside the pair's residual interval, on
+    either side of the k-th value (a near-double top, 1e-3 relatively apart: the Ritz value sat
+    between the two with a residual 3x their distance, and was flagged converged 300x off).
+    Excluding that interval leaves each pair a gap large enough for its bound to meet ``tol``."""
+    out = []
+    for end in ["largest", "smallest"] if inner == "both" else [inner]:
+        if which == "largest_magnitude":
+            key = np.abs(values)
+        else:
+            key = values if end == "largest" else -values
+        order = np.argsort(-key, kind="stable")[: min(k, len(key))]
+        j = order[-1]
+        edge = float(key[j] - bounds[j])
+        for i in order:
+            target = EDGE_MARGIN * tol * max(abs(float(values[i])), FLOOR * norm)
+            if residuals[i] > target:
+                edge = min(edge, float(key[i] - residuals[i] ** 2 / target))
+        out.append(edge)
     return out
 
 
@@ -1013,31 +1066,36 @@ def _find_missed(
     bounds: np.ndarray,
     converged: np.ndarray,
     ritz_gaps: np.ndarray,
+    residuals: np.ndarray,
     beyond: list[float],
     krylov: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None,
     probability: float = MISS_PROBABILITY,
 ):
     """Search the complement of the pairs found for eigenvalues that belong among the wanted ones (hidden copies of repeated eigenvalues, or values a restart lost), adding each and searching again.
 
-    Returns the pairs, the failure probability the search reached (``None``: it did not finish;
-    at most ``probability`` otherwise), and the values it saw outside the wanted set."""
+    Returns every pair found (the first ``len(values)`` are those given; the wanted ones are
+    selected after a Rayleigh-Ritz over all of them: a pair found by the search can be the
+    other half of a near-double eigenvalue whose first half is pushed out), the failure
+    probability the search reached (``None``: it did not finish; at most ``probability``
+    otherwise), and per end the key beyond which nothing was missed (``_search_edges``). The
+    values a search run saw short of the edges are appended to ``beyond``."""
     found_values, found_vectors = values.copy(), vectors
     found_bounds, found_conv, found_gaps = bounds.copy(), converged.copy(), ritz_gaps.copy()
+    found_res = residuals.copy()
+    certified_edges: list[float] = []
 
     def finish(reached: float | None):
-        # Every pair found stays deflated during the search; only the wanted ones are returned,
-        # the others are estimates of the next eigenvalues (for the gaps).
-        keep = np.sort(_select(found_values, which, k))
-        out = np.setdiff1d(np.arange(len(found_values)), keep)
+        # Every pair found stays deflated during the search and is returned: the wanted ones are
+        # chosen after the final Rayleigh-Ritz; the others estimate the next eigenvalues.
         return (
-            found_values[keep],
-            found_vectors[:, keep],
-            found_bounds[keep],
-            found_conv[keep],
-            found_gaps[keep],
-            keep,
+            found_values,
+            found_vectors,
+            found_bounds,
+            found_conv,
+            found_gaps,
+            found_res,
             reached,
-            beyond + [float(x) for x in found_values[out]],
+            certified_edges if reached is not None else [],
         )
 
     sides = _sides(which)
@@ -1065,27 +1123,25 @@ def _find_missed(
             return finish(0.0)
         if left < 2:
             return finish(None)
-        thresholds = _thresholds(found_values, found_bounds, which, k, inner)
-        # What is certified: no eigenvalue beyond these edges was missed, so every value returned
-        # is within its bound of the true one with its multiplicity (a copy of the k-th value
-        # inside its bound changes nothing returned).
-        above = _thresholds(found_values, found_bounds, which, k, inner, above=True)
-        edges = [_edge(th, side) for th, side in zip(above, sides)]
+        norm = float(np.abs(np.concatenate([found_values, beyond])).max())
+        # What is certified: no eigenvalue beyond these edges was missed (other than the pairs
+        # found), so every value returned is within its bound of the true one, with its
+        # multiplicity, and its gap to anything unseen is at least its distance to the edge.
+        keys = _search_edges(found_values, found_bounds, found_res, which, k, inner, tol, norm)
+        certified_edges[:] = keys
+        edges = [_edge(th, side) for th, side in zip(keys, sides)]
         # The first round searches the complement of the main run's whole Krylov basis where
         # that certifies more (no eigenvalue beyond the k-th less its bound: see _krylov_edges):
         # its top is lower than that of the complement of the pairs, so a fresh start clears it
         # in fewer products.
         whole = (
-            _krylov_edges(
-                krylov, found_values, [_edge(th, s) for th, s in zip(thresholds, sides)], sides
-            )
+            _krylov_edges(krylov, found_values, edges, sides)
             if round_ == 0 and krylov is not None
             else None
         )
         Q = krylov[0] if whole is not None and krylov is not None else found_vectors.T
         if whole is not None:
             edges = whole
-        norm = float(np.abs(np.concatenate([found_values, beyond])).max())
 
         def deflated(X: torch.Tensor, Q=Q) -> torch.Tensor:
             X = X - Q.T @ (Q @ X)
@@ -1144,15 +1200,15 @@ def _find_missed(
         def stop_converged(
             theta: np.ndarray,
             residual: np.ndarray,
-            thresholds=thresholds,
+            thresholds=keys,
             started=started,
             free=free,
             norm=norm,
             found_values=found_values,
             found_bounds=found_bounds,
         ) -> bool:
-            # A converged value that does not belong says nothing about a copy beyond it; one
-            # that does is trusted after MIN_CHECK_STEPS, and once its bound also holds against
+            # A converged value short of the edge says nothing about a copy beyond it; one
+            # beyond it is trusted after MIN_CHECK_STEPS, and once its bound also holds against
             # the pairs found (deflated, so the run's own Ritz gaps do not see them).
             keys = _side_keys(np.sort(theta)[::-1], inner)
             if count.done - started < min(MIN_CHECK_STEPS, free) or not any(
@@ -1211,7 +1267,13 @@ def _find_missed(
                     found_bounds[np.argmin(np.abs(key - kth))]
                 )
                 belongs = (rho if side == "largest" else -rho) + slack >= kth
-            if belongs:
+            # Beyond the edge, a value not among the wanted still joins the pairs: it is the
+            # nearest other eigenvalue of one of them (its gap), and deflated from then on.
+            edge_key = keys[sides.index(side)] if side in sides else keys[0]
+            key_rho = (
+                abs(rho) if which == "largest_magnitude" else (rho if side == "largest" else -rho)
+            )
+            if belongs or key_rho > edge_key:
                 entered.append(j)
             else:
                 beyond.append(float(rho))
@@ -1234,6 +1296,7 @@ def _find_missed(
         found_values = np.concatenate([found_values, np.asarray(check.eigenvalues)[entered]])
         found_vectors = torch.cat([found_vectors, new_vectors], dim=1)
         found_bounds = np.concatenate([found_bounds, np.asarray(check.error_bounds)[entered]])
+        found_res = np.concatenate([found_res, np.asarray(check.residual_norms)[entered]])
         found_conv = np.concatenate([found_conv, np.asarray(check.converged)[entered]])
         check_gaps = np.asarray(getattr(check, "_gaps", np.full(len(check.eigenvalues), np.inf)))
         found_gaps = np.concatenate([found_gaps, check_gaps[entered]])
