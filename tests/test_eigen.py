@@ -579,3 +579,66 @@ def test_near_double_top_eigenvalue_converges_both(bulk_top):
             err = np.abs(r.eigenvalues - exact[:k])
             assert np.all(err <= 1e-6 * exact[:k]), (k, seed, err)
             assert np.all(err <= 3 * r.error_bounds + 1e-12), (k, seed, err, r.error_bounds)
+
+
+def test_start_vector_blind_to_the_top_is_caught_by_the_search():
+    """A main-run start orthogonal to the top eigenvector (its Krylov space never sees it): the
+    search, from its own random starts, finds the top and every value matches eigh; a start along
+    the top pair converges in fewer products than a random one. Bad starts are refused."""
+    spectrum = [9.0, 7.0, 6.5, *np.linspace(-1.0, 3.0, 300)]
+    H = known_spectrum(spectrum, seed=3)
+    lam, U = torch.linalg.eigh(H)
+    blind = torch.randn(
+        len(spectrum), generator=torch.Generator().manual_seed(5), dtype=torch.float64
+    )
+    blind -= U[:, -1] * (U[:, -1] @ blind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = ld.eigenpairs(H, k=2, start=blind, progress=False)
+    assert r.all_converged
+    np.testing.assert_allclose(r.eigenvalues, [9.0, 7.0], rtol=1e-6)
+    near = U[:, -1] + U[:, -2] + 0.01 * blind
+    fast = ld.eigenpairs(H, k=2, start=near, progress=False)
+    slow = ld.eigenpairs(H, k=2, progress=False)
+    assert fast.all_converged and fast.matvecs < slow.matvecs
+    np.testing.assert_allclose(fast.eigenvalues, [9.0, 7.0], rtol=1e-6)
+    for bad in [torch.zeros(len(spectrum)), torch.ones(3), torch.full((len(spectrum),), math.nan)]:
+        with pytest.raises(ValueError, match="start must"):
+            ld.eigenpairs(H, k=1, start=bad)
+
+
+@pytest.mark.parametrize("structure", ["outliers", "separated"])
+def test_float32_basis_uses_the_whole_basis_round(structure):
+    """A float32 main basis is kept for the search's first round (its decomposition holds to
+    float32 rounding, covered by a margin): with no copy the search is one run of a few products;
+    with a copy of the top or of the k-th value, every value matches the spectrum with its
+    multiplicity, inside 3 of its bounds."""
+    n, k = 3000, 5
+    top = np.array(GAP_STRUCTURES[structure])
+    original = eigen_module.lanczos_extreme
+    for j in [None, 0, 4]:
+        extra = [] if j is None else [top[j]]
+        d = np.concatenate([top, extra, _bulk(n - len(top) - len(extra))])
+        exact = np.sort(d)[::-1][:k]
+        runs = []
+
+        def spy(*args, runs=runs, **kwargs):
+            result = original(*args, **kwargs)
+            runs.append((result.matvecs, getattr(result, "_krylov", None) is not None))
+            return result
+
+        eigen_module.lanczos_extreme = spy
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                r = ld.eigenpairs(
+                    _Diagonal(d), k=k, tol=1e-6, basis_dtype="float32", progress=False
+                )
+        finally:
+            eigen_module.lanczos_extreme = original
+        assert r.all_converged and r.basis_dtype == "float32"
+        assert runs[0][1], "the main basis is kept for the search"
+        err = np.abs(r.eigenvalues - exact)
+        assert np.all(err <= 3 * r.error_bounds + 1e-12), (j, err, r.error_bounds)
+        if j is None:
+            assert len(runs) == 2 and runs[1][0] <= 5, runs

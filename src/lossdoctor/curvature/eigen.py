@@ -243,7 +243,8 @@ def lanczos_extreme(
     ``keep_krylov``: also return the final basis ``Q`` (rows), every Ritz value of ``Q^T H Q`` and
     its residual norm (``result._krylov``), for the search for missed eigenvalues.
     ``norm``: a lower bound on ``||H||`` known beforehand (the scale of the accuracy floor).
-    ``deflate``: orthonormal columns ``matmul`` projects out; the run stays orthogonal to them
+    ``deflate``: orthonormal columns ``matmul`` projects out (any dtype and device: a float32 or
+    host-held basis is used a slice at a time); the run stays orthogonal to them
     (fresh directions included) and its space has ``n - deflate.shape[1]`` dimensions.
     ``min_steps``: no convergence or decision is accepted before this many products.
     ``keep_products``: also keep ``matmul`` of every basis vector (rotated with the basis at each
@@ -356,7 +357,7 @@ def lanczos_extreme(
                 gen_seed += 1
                 fresh = gaussian(n, 1, gen_seed, device)
                 if deflate is not None:
-                    fresh = orthogonalize(fresh, deflate.T)
+                    fresh = project_out(fresh.squeeze(1), deflate.T).unsqueeze(1)
                 fresh = project_out(fresh.squeeze(1), store[:m])
                 if float(fresh.norm()) <= 1e-10 * float(gaussian(n, 1, gen_seed, device).norm()):
                     dim = T.shape[0]  # the basis and the deflated columns span everything
@@ -517,6 +518,7 @@ def eigenpairs(
     basis_dtype: str | None = "auto",
     basis_device: str | None = "auto",
     miss_probability: float = MISS_PROBABILITY,
+    start: torch.Tensor | None = None,
     progress: Progress | bool | str | None = "auto",
 ) -> EigenResult:
     """The ``k`` extreme eigenpairs of a symmetric operator such as :func:`lossdoctor.hessian`.
@@ -567,6 +569,11 @@ def eigenpairs(
             halving of the bound where the pairs stand clear of the rest). The bound reached is
             the result's ``miss_bound``: the smallest ``miss_probability`` at which the search
             would have stopped where it did, itself a valid bound (a p-value over the starts).
+        start: the main run's start vector (``n`` finite numbers, not all zero; default a
+            Gaussian vector drawn from ``seed``), like scipy's ``eigsh(v0=...)``. A start with a
+            large component along the wanted eigenvectors finds them in fewer products (the
+            gradient, for the top of a loss Hessian). The search for missed eigenvalues always
+            starts from fresh random vectors, so ``miss_probability`` holds whatever ``start``.
         progress: called as ``progress(matvecs_done, max_matvecs)`` after each product;
             ``"auto"`` (default) shows a bar on a terminal for long runs, ``True`` always,
             ``False``/``None`` never. Where
@@ -614,6 +621,19 @@ def eigenpairs(
         progress=progress,
     )
     asked = float(miss_probability)
+    if start is not None:
+        if not isinstance(start, torch.Tensor) or start.numel() != int(op.shape[0]):
+            raise ValueError(
+                f"start must be a tensor of {int(op.shape[0])} numbers (one per parameter), got "
+                + (
+                    f"{start.numel()}"
+                    if isinstance(start, torch.Tensor)
+                    else f"a {type(start).__name__}"
+                )
+                + "."
+            )
+        if not bool(torch.isfinite(start).all()) or not bool((start != 0).any()):
+            raise ValueError("start must be finite and not all zero.")
     if which not in WHICH:
         raise ValueError(f"which must be one of {WHICH}, got {which!r}.")
     n = int(op.shape[0])
@@ -651,6 +671,17 @@ def eigenpairs(
             )
 
     count = _Counted(op, max_matvecs, as_callback(progress), first_product)
+    # The main basis is kept for the search's whole-basis round where the memory planned holds it
+    # beside that round's own basis: always where products were kept (the same memory), and for
+    # a float32 or host-held basis where twice it fits (a float32 basis chosen because a float64
+    # one did not fit leaves no such room).
+    room = (
+        math.inf
+        if plan.available is None
+        else memory.BASIS_SHARE * plan.available
+        - (held if plan.device == torch.device(device) else 0)
+    )
+    keep_krylov = plan.keep_products or 2 * plan.bytes <= room
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # warned once below, on the final pairs
         first = lanczos_extreme(
@@ -665,11 +696,8 @@ def eigenpairs(
             device=device,
             keep_products=True,
             plan=plan,
-            # The basis is kept for the search where the memory planned for the kept products
-            # (now reduced to the pairs') holds it: a float64 basis on the operator's device.
-            keep_krylov=plan.keep_products
-            and plan.dtype == torch.float64
-            and plan.device == torch.device(device),
+            start=start,
+            keep_krylov=keep_krylov,
         )
     values = np.asarray(first.eigenvalues, dtype=np.float64)
     vectors = first.eigenvectors.to(torch.float64)
@@ -1021,6 +1049,7 @@ def _krylov_edges(
     found: np.ndarray,
     edges: list[float],
     sides: list[str],
+    norm: float = 0.0,
 ) -> list[float] | None:
     """Edges for searching the complement of the main run's whole basis instead of the pairs'.
 
@@ -1034,20 +1063,27 @@ def _krylov_edges(
     no other eigenvalue beyond it as soon as ``D`` has none beyond the edge moved inwards by the
     rank-one term (``max(0, -g)`` at the top, ``max(0, g)`` at the bottom): exactly, whatever the
     residuals. Returns those moved edges, or None where a Ritz value that is not a pair found lies
-    beyond an edge (or the basis is not float64, when this is not worth its rounding)."""
+    beyond an edge.
+
+    A float32 basis holds that decomposition only up to its rounding: the stored vectors are
+    orthonormal and satisfy the Lanczos relation to about ``eps32 ||H||`` per vector, so ``H`` is
+    within ``margin = 10 m eps ||H||`` (``m`` vectors, ``eps`` of the basis's dtype; Weyl) of an
+    operator for which it is exact: the count is taken at the edge moved inwards by the margin,
+    and the compression searched (itself within the margin of the exact one) must clear that
+    less the margin again (``norm``: an estimate of ``||H||``)."""
     Q, theta, rho = krylov
-    if Q.dtype != torch.float64:
-        return None
+    margin = 10 * Q.shape[0] * torch.finfo(Q.dtype).eps * norm
     out = []
     for edge, side in zip(edges, sides):
         upper = side == "largest"
+        edge = edge - margin if upper else edge + margin
         beyond = theta > edge if upper else theta < edge
         if int(beyond.sum()) != int((found > edge if upper else found < edge).sum()):
             return None
         if np.any(theta == edge):
             return None
         g = float(np.sum(rho**2 / (theta - edge)))
-        out.append(edge - max(0.0, -g) if upper else edge + max(0.0, g))
+        out.append(edge - max(0.0, -g) - margin if upper else edge + max(0.0, g) + margin)
     return out
 
 
@@ -1135,7 +1171,7 @@ def _find_missed(
         # its top is lower than that of the complement of the pairs, so a fresh start clears it
         # in fewer products.
         whole = (
-            _krylov_edges(krylov, found_values, edges, sides)
+            _krylov_edges(krylov, found_values, edges, sides, norm)
             if round_ == 0 and krylov is not None
             else None
         )
@@ -1144,12 +1180,16 @@ def _find_missed(
             edges = whole
 
         def deflated(X: torch.Tensor, Q=Q) -> torch.Tensor:
-            X = X - Q.T @ (Q @ X)
-            Y = count(X)
-            return Y - Q.T @ (Q @ Y)
+            if Q.dtype == torch.float64 and Q.device == X.device:
+                X = X - Q.T @ (Q @ X)
+                Y = count(X)
+                return Y - Q.T @ (Q @ Y)
+            # a float32 or host-held main basis: projected a slice at a time, in float64
+            X = project_out(X.squeeze(1), Q).unsqueeze(1)
+            return project_out(count(X).squeeze(1), Q).unsqueeze(1)
 
         start = gaussian(n, 1, seed + 7919 * (round_ + 1), device)
-        start = orthogonalize(start, Q).squeeze(1)
+        start = project_out(start.squeeze(1), Q)
         if float(start.norm()) <= 1e-8:
             return finish(0.0)
         free = n - Q.shape[0]  # the dimension the start is random in

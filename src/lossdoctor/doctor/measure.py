@@ -39,7 +39,7 @@ from .._results import ResultMixin
 from ..analysis.layers import parameter_blocks
 from ..analysis.step_size import Preconditioned, StepSize, step_size
 from ..curvature import eigenpairs, hessian
-from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, tridiagonal
+from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, gaussian, tridiagonal
 from ..data import batch_loss, batch_size, is_single_batch, iter_batches, map_inputs, place
 from ..evaluation import mean_loss
 from ..model_state import evaluation_mode, load_flat, preserved_model, preserved_rng
@@ -346,6 +346,21 @@ class _Budget:
         self.used += n
         if self.progress is not None:
             self.progress(min(self.used, self.total), self.total)
+
+
+def _sharpness_start(grad: torch.Tensor, seed: int) -> torch.Tensor | None:
+    """The λ_max run's start: the gradient's direction plus a random one of the same length.
+
+    A loss gradient lies mostly in the top Hessian eigenspace (on the tiny BatchNorm ResNet of
+    tests/test_vision_analyses.py its component along the top eigenvector is 300x that of a random
+    vector: the run found the top, 2.64, from each of 4 seeds in 16 products, against 3 of 4 from
+    a random start, one stopping at the second eigenvalue, 2.31); the random half keeps every
+    direction reachable. The search for missed eigenvalues still starts from random vectors."""
+    norm = float(grad.norm())
+    if not math.isfinite(norm) or norm == 0.0:
+        return None
+    z = gaussian(grad.numel(), 1, seed, grad.device).squeeze(1)
+    return grad.reshape(-1).to(torch.float64) / norm + z / z.norm()
 
 
 def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[float], list[int]]:
@@ -851,6 +866,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
                 tol=SHARPNESS_TOL,
                 seed=seed,
                 max_matvecs=max(min(30, int(0.4 * budget)), 2),
+                start=_sharpness_start(grad, seed),
             )
         budget_left.spend(top.matvecs)
         lam = float(top.eigenvalues[0])
