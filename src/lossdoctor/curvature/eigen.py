@@ -913,29 +913,6 @@ def _side_keys(theta: np.ndarray, inner: str) -> list[float]:
     return [float(theta[0]), -float(theta[-1])][: len(theta)]
 
 
-def _thresholds(
-    values: np.ndarray, bounds: np.ndarray, which: str, k: int, inner: str, *, above: bool = False
-) -> list[float]:
-    """Per end of the check run, the key a missed eigenvalue must reach to belong among the wanted pairs: the k-th wanted key, less that pair's error bound (plus it, ``above``: beyond that, a missed eigenvalue changes the k values returned by more than their bounds)."""
-    out = []
-    ends = (
-        ["largest"]
-        if inner == "largest"
-        else ["smallest"]
-        if inner == "smallest"
-        else ["largest", "smallest"]
-    )
-    for end in ends:
-        if which == "largest_magnitude":
-            key = np.abs(values)
-        else:
-            key = values if end == "largest" else -values
-        order = np.argsort(-key, kind="stable")
-        j = order[min(k, len(key)) - 1]
-        out.append(float(key[j] + bounds[j] if above else key[j] - bounds[j]))
-    return out
-
-
 def _search_edges(
     values: np.ndarray,
     bounds: np.ndarray,
