@@ -390,3 +390,26 @@ def test_inside_propagating_a_ctrl_c_is_raised_not_returned():
     with _interrupt.propagating(), pytest.raises(KeyboardInterrupt):
         ld.landscape(model, CountingLoss(F.cross_entropy, stop=4), data, steps=4)
     assert math.isfinite(ld.landscape(model, F.cross_entropy, data, steps=3).center_loss)
+
+
+def test_a_ctrl_c_that_leaves_autograd_off_is_undone_at_the_public_boundary():
+    # A SIGINT landing inside torch.no_grad()'s own __enter__ (after it turned autograd off, before
+    # the with-block's cleanup is armed) skips the restore; one random-time SIGINT in
+    # batch_size_sweep left autograd off for 205 later tests. The public call puts it back.
+    from lossdoctor.progress import with_progress
+
+    @with_progress("leaky")
+    def leaky(progress=None, interrupt=True):
+        torch.set_grad_enabled(False)  # what a cut-short no_grad().__enter__ leaves behind
+        if interrupt:
+            raise KeyboardInterrupt
+        return 1
+
+    assert torch.is_grad_enabled()
+    with pytest.raises(KeyboardInterrupt):
+        leaky()
+    assert torch.is_grad_enabled()
+    assert leaky(interrupt=False) == 1 and torch.is_grad_enabled()
+    with torch.no_grad():  # the caller's own mode is kept, not forced on
+        leaky(interrupt=False)
+        assert not torch.is_grad_enabled()

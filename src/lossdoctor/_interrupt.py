@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 _state = threading.local()
@@ -125,3 +125,20 @@ def deferred() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
         if held:
             previous(*held[0])  # raises KeyboardInterrupt (and is counted by recording())
+
+
+def uninterrupted(restore: Callable[[], object]) -> None:
+    """Run an idempotent ``restore`` to the end whatever Ctrl-C does, then raise a Ctrl-C it met.
+
+    A Ctrl-C landing before the signal is held (the first bytecodes of the call) restarts the
+    restore; one held inside it is raised once it is done."""
+    pending: KeyboardInterrupt | None = None
+    while True:
+        try:
+            with deferred():
+                restore()
+            break
+        except KeyboardInterrupt as interrupt:  # restoring is idempotent: do it again
+            pending = interrupt
+    if pending is not None:
+        raise pending

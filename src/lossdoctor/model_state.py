@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._interrupt import deferred
+from ._interrupt import deferred, uninterrupted
 
 
 @dataclass
@@ -46,16 +46,7 @@ class RNGState:
 
         A Ctrl-C landing before the signal is held (the first bytecodes of this call) restarts
         the restore, and is raised once it is done."""
-        pending: KeyboardInterrupt | None = None
-        while True:
-            try:
-                with deferred():
-                    self._restore()
-                break
-            except KeyboardInterrupt as interrupt:  # restoring is idempotent: do it again
-                pending = interrupt
-        if pending is not None:
-            raise pending
+        uninterrupted(self._restore)
 
     def _restore(self) -> None:
         torch.set_rng_state(self.cpu)

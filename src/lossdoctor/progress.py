@@ -18,6 +18,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO, cast
 
+import torch
+
+from ._interrupt import uninterrupted
+
 Progress = Callable[[int, int], None]
 
 
@@ -144,6 +148,7 @@ def with_progress(description: str) -> Callable:
             callback, bar = resolve(given, description)
             bound.arguments["progress"] = callback
             token = _inside.set(True)
+            grad_enabled = torch.is_grad_enabled()
             try:
                 result = fn(*bound.args, **bound.kwargs)
             except BaseException:
@@ -152,6 +157,10 @@ def with_progress(description: str) -> Callable:
                 raise
             finally:
                 _inside.reset(token)
+                # A Ctrl-C inside torch.no_grad()'s own __enter__/__exit__ skips its restore and
+                # leaves autograd off for the rest of the user's session.
+                if torch.is_grad_enabled() != grad_enabled:
+                    uninterrupted(lambda: torch.set_grad_enabled(grad_enabled))
             if bar is not None:
                 bar.close(finished=not getattr(result, "interrupted", False))
             return result
