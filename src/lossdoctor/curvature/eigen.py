@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from ..progress import Progress, as_callback, with_progress
 from ..types import OperatorLike, Which
 from . import memory
 from .lanczos import (
-    apply64,
+    CountedProducts,
     gaussian,
     operator_mode,
     orthogonalize,
@@ -478,33 +477,6 @@ def _sides(which: str) -> list[str]:
     return {"largest": ["largest"], "smallest": ["smallest"]}.get(which, ["largest", "smallest"])
 
 
-class _Counted:
-    """``op`` as float64 ``matmul`` counting its products and reporting ``progress``; ``first(seconds)`` is called once, after the second call (the first carries one-time costs.
-
-    the cached graphs, lazy imports), with its time per product."""
-
-    def __init__(
-        self,
-        op,
-        budget: int,
-        progress: Progress | None,
-        first: Callable[[float], None] | None = None,
-    ) -> None:
-        self.op, self.budget, self.progress, self.done, self.first = op, budget, progress, 0, first
-
-    def __call__(self, X: torch.Tensor) -> torch.Tensor:
-        started = time.perf_counter()
-        out = apply64(self.op, X)
-        self.calls = getattr(self, "calls", 0) + 1
-        if self.first is not None and self.calls == 2:  # the first call carries one-time costs
-            first, self.first = self.first, None
-            first((time.perf_counter() - started) / max(X.shape[1], 1))
-        self.done += X.shape[1]
-        if self.progress is not None:
-            self.progress(min(self.done, self.budget), self.budget)
-        return out
-
-
 @with_progress("eigenpairs")
 def eigenpairs(
     op: OperatorLike,
@@ -670,7 +642,7 @@ def eigenpairs(
                 f"(<= {time_text(expected)}).",
             )
 
-    count = _Counted(op, max_matvecs, as_callback(progress), first_product)
+    count = CountedProducts(op, max_matvecs, as_callback(progress), first_product)
     # The main basis is kept for the search's whole-basis round where the memory planned holds it
     # beside that round's own basis: always where products were kept (the same memory), and for
     # a float32 or host-held basis where twice it fits (a float32 basis chosen because a float64
@@ -924,7 +896,7 @@ REFINE_STEPS = 8
 
 
 def _refine(
-    count: _Counted,
+    count: CountedProducts,
     max_matvecs: int,
     plan: BasisPlan,
     values: np.ndarray,
@@ -1147,7 +1119,7 @@ def _krylov_edges(
 
 
 def _find_missed(
-    count: _Counted,
+    count: CountedProducts,
     n: int,
     k: int,
     which: str,

@@ -6,6 +6,7 @@ here are float64 so that rounding in the recurrence does not pollute the results
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,37 @@ def apply64(op, X: torch.Tensor) -> torch.Tensor:
     if isinstance(op, torch.Tensor):
         X = X.to(op.dtype)
     return (op @ X).to(torch.float64)
+
+
+class CountedProducts:
+    """``op @ X`` as float64, counting the products (``done``) and reporting ``progress(done, budget)``.
+
+    ``first(seconds)`` is told the time per product once, after the second call (the first carries
+    one-time costs: cached graphs, lazy imports). One owner for eigenpairs' and trace's counting."""
+
+    def __init__(
+        self,
+        op: Any,
+        budget: int,
+        progress: Callable[[int, int], object] | None,
+        first: Callable[[float], None] | None = None,
+    ) -> None:
+        self.op, self.budget, self.progress, self.first = op, budget, progress, first
+        self.done = 0
+        self.calls = 0
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        """``op @ X`` (float64), counted and reported."""
+        started = time.perf_counter()
+        out = apply64(self.op, X)
+        self.calls += 1
+        if self.first is not None and self.calls == 2:
+            first, self.first = self.first, None
+            first((time.perf_counter() - started) / max(X.shape[1], 1))
+        self.done += X.shape[1]
+        if self.progress is not None:
+            self.progress(min(self.done, self.budget), self.budget)
+        return out
 
 
 def operator_mode(op) -> str | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,7 @@ from .._results import ResultMixin, fmt
 from ..progress import Progress, as_callback, with_progress
 from ..types import OperatorLike, TraceMethod
 from . import memory
-from .lanczos import RademacherStream, apply64, operator_mode
+from .lanczos import CountedProducts, RademacherStream, operator_mode
 from .memory import BASIS_SHARE, PROBE_BYTES, fmt_bytes, notice, plan_block, time_text
 
 METHODS = ("hutch++", "hutchinson")
@@ -74,33 +73,12 @@ def _blocks(total: int, block: int):
         start += block
 
 
-class _Counter:
-    """Products done so far, reported to ``progress`` after each block."""
-
-    def __init__(self, budget: int, progress: Progress | None, first=None) -> None:
-        self.done, self.budget, self.progress, self.first = 0, budget, progress, first
-
-    def apply(self, op, X: torch.Tensor) -> torch.Tensor:
-        started = time.perf_counter()
-        out = apply64(op, X)
-        self.calls = getattr(self, "calls", 0) + 1
-        if (
-            self.first is not None and self.calls == 2
-        ):  # the first call carries one-time costs  # told once, after the second block, its time per product
-            first, self.first = self.first, None
-            first((time.perf_counter() - started) / max(X.shape[1], 1))
-        self.done += X.shape[1]
-        if self.progress is not None:
-            self.progress(self.done, self.budget)
-        return out
-
-
 def _hutchinson_terms(
     op,
     probes: RademacherStream,
     count: int,
     block: int,
-    counter: _Counter,
+    counter: CountedProducts,
     terms: list[float],
     project: torch.Tensor | None = None,
 ) -> None:
@@ -109,7 +87,7 @@ def _hutchinson_terms(
         G = probes.take(c - a)
         if project is not None:
             G -= (project @ (project.T @ G.to(project.dtype))).to(G.dtype)
-        terms.extend(torch.linalg.vecdot(G, counter.apply(op, G), dim=0).tolist())
+        terms.extend(torch.linalg.vecdot(G, counter(G), dim=0).tolist())
 
 
 def _basis_dtype(op) -> torch.dtype:
@@ -176,13 +154,13 @@ def _extend_basis(Q: torch.Tensor, rank: int, B: torch.Tensor, reference: float)
     return rank + room
 
 
-def _exact_trace(op, n: int, block: int, counter: _Counter, device) -> float:
+def _exact_trace(op, n: int, block: int, counter: CountedProducts, device) -> float:
     """tr(H) from ``n`` products with the columns of the identity: exact up to rounding."""
     total = 0.0
     for a, c in _blocks(n, block):
         E = torch.zeros(n, c - a, dtype=torch.float64, device=device)
         E[torch.arange(a, c), torch.arange(c - a)] = 1.0
-        total += float(torch.diagonal(counter.apply(op, E)[a:c]).sum())
+        total += float(torch.diagonal(counter(E)[a:c]).sum())
     return total
 
 
@@ -294,7 +272,7 @@ def trace(
     if matvecs >= n:
         # n products give the exact trace: no estimator can beat that, and a sketch wider than
         # the space would be rank deficient by construction.
-        counter = _Counter(n, as_callback(progress), first_block)
+        counter = CountedProducts(op, n, as_callback(progress), first_block)
         value = _exact_trace(op, n, block, counter, device)
         return TraceResult(
             estimate=value,
@@ -307,7 +285,7 @@ def trace(
             block=block,
             memory_estimate_bytes=int(estimate),
         )
-    counter = _Counter(matvecs, as_callback(progress), first_block)
+    counter = CountedProducts(op, matvecs, as_callback(progress), first_block)
     interrupted = False
     exact = 0.0
     sizes = 0.0  # sum of ||H q|| over the basis: the scale of the exact part's rounding error
@@ -328,14 +306,14 @@ def trace(
             Q = torch.empty(n, sketch, dtype=sketch_dtype, device=device)
             rank, reference = 0, 0.0
             for a, c in _blocks(sketch, block):
-                B = counter.apply(op, probes.take(c - a))
+                B = counter(probes.take(c - a))
                 reference = max(reference, float(torch.linalg.vector_norm(B, dim=0).max()))
                 rank = _extend_basis(Q, rank, B, reference)
                 del B
             Q = Q[:, :rank]
             for a, c in _blocks(rank, block):
                 Qb = Q[:, a:c].to(torch.float64)
-                HQ = counter.apply(op, Qb)
+                HQ = counter(Qb)
                 exact += float(torch.linalg.vecdot(Qb, HQ, dim=0).sum())
                 sizes += float(torch.linalg.vector_norm(HQ, dim=0).sum())
             if rank < sketch:
