@@ -700,16 +700,8 @@ def eigenpairs(
     if not interrupted and not certified and bool(np.all(converged)):
         try:
             m0 = len(values)
-            (
-                values,
-                vectors,
-                bounds,
-                converged,
-                ritz_gaps,
-                residuals,
-                reached,
-                edges,
-            ) = _find_missed(
+            pairs = (values, vectors, bounds, converged, ritz_gaps, residuals)
+            found = _find_missed(
                 count,
                 n,
                 k,
@@ -719,16 +711,12 @@ def eigenpairs(
                 plan,
                 device,
                 max_matvecs,
-                values,
-                vectors,
-                bounds,
-                converged,
-                ritz_gaps,
-                residuals,
+                *pairs,
                 beyond,
                 krylov=getattr(first, "_krylov", None),
                 probability=asked,
             )
+            values, vectors, bounds, converged, ritz_gaps, residuals, reached, edges = found
             certified = reached is not None
             if products is not None:  # pairs the search added have no product yet
                 products = torch.cat(
