@@ -64,7 +64,10 @@ def test_doctor_says_oscillation_with_the_bound(study):
     d = study.diagnosis
     assert d.cause == "oscillation"
     err = d.measurements.lambda_max_error
-    assert d.sharpness <= study.lambda_max and study.lambda_max - d.sharpness <= err + 1e-9
+    # A Ritz value lies below the largest eigenvalue, up to the rounding of float64 sums (the
+    # two-parameter Hessian is resolved exactly: the run stops a few ulps from it, either side).
+    assert d.sharpness <= study.lambda_max * (1 + 1e-12)
+    assert abs(study.lambda_max - d.sharpness) <= err + 1e-9
     assert d.max_stable_lr == pytest.approx(2 / d.sharpness, rel=1e-9) and d.max_stable_lr > 1e-2
     assert any(f"{d.max_stable_lr:.5g}" in e for e in d.evidence)  # the edge is evidence...
     assert d.prescriptions[0].action["lr"] <= 0.5 * d.max_stable_lr * (1 + 1e-9)  # ...not advice
