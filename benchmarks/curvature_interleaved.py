@@ -20,6 +20,7 @@ float64 reference this script reads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -38,6 +39,7 @@ SETTINGS = {
     "lossdoctor": {},
     "lossdoctor-nocache": {},
     "lossdoctor-lowmem": {},
+    "lossdoctor-torch-conv": {},
     "curvlinops": {"tol": 1e-3},
 }
 
@@ -79,6 +81,28 @@ class LossDoctorMissProbability(bench.LossDoctor):
 bench.RUNNERS[LossDoctorMissProbability.name] = LossDoctorMissProbability
 
 
+class LossDoctorTorchConvolution(bench.LossDoctor):
+    """A diagnostic: lossdoctor's default solve with torch's own second backward of convolutions
+    instead of lossdoctor's (``curvature/_convolution.py``), so the difference to ``lossdoctor``
+    is what that rewrite saves (the products are the same numbers). Its operator is its own, so
+    the gradient graphs it keeps between products are built with torch's convolutions."""
+
+    name = "lossdoctor-torch-conv"
+
+    def top_k(self, k, **settings):
+        from lossdoctor.curvature import operator
+
+        saved = operator.fast_convolution_double_backward
+        operator.fast_convolution_double_backward = contextlib.nullcontext
+        try:
+            return super().top_k(k, **settings)
+        finally:
+            operator.fast_convolution_double_backward = saved
+
+
+bench.RUNNERS[LossDoctorTorchConvolution.name] = LossDoctorTorchConvolution
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--libraries", default="lossdoctor,curvlinops")
@@ -102,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         default=1e-2,
         help="the search's failure probability in lossdoctor-miss-probability",
     )
+    p.add_argument(
+        "--reference-trace-matvecs",
+        type=int,
+        default=600,
+        help="the reference file to read: curvature.py's (600); only its eigenvalues are used, so a "
+        "smaller number computes a fresh one without the long float64 trace",
+    )
     p.add_argument("--workdir", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None, help="write every number to this file")
     args = p.parse_args(argv)
@@ -116,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             f"no weights at {weights}: run benchmarks/curvature.py --workdir {workdir} first"
         )
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    reference = bench.load_reference(case, weights, workdir, 600, log)
+    reference = bench.load_reference(case, weights, workdir, args.reference_trace_matvecs, log)
     ref = np.asarray(reference["eigenvalues"], dtype=np.float64)[: args.k]
     names = [n.strip() for n in args.libraries.split(",") if n.strip()]
     model = bench.load_model(case, weights)

@@ -32,6 +32,8 @@ from ..model_state import (
     selected_parameters,
 )
 from ..types import Data, Mode, Reduction
+from ._convolution import fast_convolution_double_backward
+from .memory import reuse_freed_pages
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor] | None  # None: the model's own outputs.loss
 MODES = ("eval", "train")
@@ -116,11 +118,13 @@ def _twice_differentiable_activations() -> Iterator[None]:
 def _double_backward_safe(model: nn.Module, device: torch.device) -> Iterator[None]:
     """Some kernels (cuDNN's RNNs, fused attention, hardsigmoid/hardswish) have no double backward.
 
-    Fall back to implementations that do, only where they are needed. On CUDA, no TF32."""
+    Fall back to implementations that do, only where they are needed. Convolutions get a faster
+    second backward (``_convolution``). On CUDA, no TF32."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(
             _twice_differentiable_activations()
         )  # modules and functional calls alike
+        stack.enter_context(fast_convolution_double_backward())
         if device.type == "cuda":
             rnn = any(isinstance(m, nn.RNNBase) for m in model.modules())
             cudnn = torch.backends.cudnn
@@ -626,6 +630,8 @@ class HessianOperator:
         """``matrix`` is (n, k) of any dtype/device; returns H @ matrix with the same dtype/device."""
         rows = matrix.T
         outs = []
+        if self.device.type == "cpu":
+            reuse_freed_pages()
         with preserved_rng():
             for start in range(0, rows.shape[0], self.max_block):
                 chunk = self._to_param_dtype(rows[start : start + self.max_block])
