@@ -279,6 +279,20 @@ CASE_IDS = [c.id for c in CASES]
 BY_ID = {c.id: c for c in CASES}
 
 
+def full_batch_losses(
+    model: nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, opt: Any, steps: int
+) -> list[float]:
+    """Train ``steps`` full-batch steps in place; the loss before each step."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 # ---------------------------------------------------------------------------------------------
 # ground truth, independent of lossdoctor
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import lossdoctor as ld
+from cases import full_batch_losses
 from lossdoctor.doctor import measure as measure_module
 from lossdoctor.studies import stall_cases as sc
 
@@ -122,13 +123,7 @@ def test_a_long_way_down_a_bowl_is_a_small_lr_not_a_plateau(scale):
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    losses = []
-    for _ in range(80):
-        opt.zero_grad()
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = full_batch_losses(model, F.mse_loss, x, y, opt, 80)
     d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt, verify=False)
     m = d.measurements
     hessian = 2 * torch.cat([x, torch.ones(256, 1)], 1).T @ torch.cat([x, torch.ones(256, 1)], 1)
@@ -148,13 +143,7 @@ def test_a_loss_at_the_float_floor_is_converged():
     torch.manual_seed(0)
     model = nn.Linear(3, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    losses = []
-    for _ in range(300):
-        opt.zero_grad()
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = full_batch_losses(model, F.mse_loss, x, y, opt, 300)
     assert losses[-1] < 1e-13 and len(set(losses[-20:])) <= 2  # stuck at rounding
     d = ld.diagnose(model, F.mse_loss, (x, y), history=losses[-120:], optimizer=opt, verify=False)
     assert d.cause == "converged" and "float floor" in d.summary

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import lossdoctor as ld
+from cases import full_batch_losses
 from lossdoctor.doctor.candidates import Candidate, safe_lr
 from lossdoctor.doctor.prescriptions import (
     Prescription,
@@ -232,13 +233,7 @@ def test_trials_rank_a_better_lr_first_and_drop_a_worse_one():
     y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
     model = nn.Linear(3, 1, bias=False)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    losses = []
-    for _ in range(80):
-        opt.zero_grad()
-        loss = F.mse_loss(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = full_batch_losses(model, F.mse_loss, x, y, opt, 80)
     d = ld.diagnose(model, F.mse_loss, (x, y), history=losses, optimizer=opt)
     assert d.verified
     tried = [p for p in d.prescriptions if p.trial is not None]
