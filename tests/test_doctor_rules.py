@@ -463,3 +463,20 @@ def test_the_float_floor_is_converged_but_a_frozen_tiny_lr_or_dead_net_is_not():
         rounding_sensitivity=1.2e-2,
     )
     assert decide(dead).cause != "converged"
+
+
+def test_an_oscillation_verdict_on_a_falling_loss_does_not_say_it_bounces():
+    """The Monitor's stall test counts a slow fall as a stall (13% over 480 steps on a healthy
+    AdamW LM); the oscillation verdict there must not claim the loss does not go down."""
+    from lossdoctor.doctor.explain import summary
+
+    uphill = dict(lr_sharpness=0.5, probe_loss_change=0.01, probe_predicted=-0.02)
+    crawl = trend(window=480, relative_drop=0.13, drop_se=0.005, threshold=0.149, stalled=True)
+    flat = trend(relative_drop=0.001, drop_se=0.002)
+    for history, bounces in ((crawl, False), (flat, True)):
+        m = measurements(**uphill, trend=history)
+        d = decide(m)
+        assert d.cause == "oscillation"
+        text = summary(d, m)
+        assert ("bounces instead of going down" in text) == bounces
+        assert ("still falls" in text) == (not bounces)

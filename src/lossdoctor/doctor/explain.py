@@ -16,6 +16,7 @@ from .._results import fmt
 from ..analysis.layers import LayerCurvature
 from .measure import Measurements
 from .rules import ROUNDING_EVIDENCE, Decision
+from .trend import LossTrend
 
 CAUSE_TITLES = {
     "diverging": "the loss is diverging",
@@ -134,6 +135,12 @@ def describe_action(  # noqa: C901 - one independent clause per action key, in r
     return "; ".join(parts) if parts else str(a)
 
 
+def _still_falling(t: LossTrend) -> bool:
+    """The window's loss fell beyond two standard errors of its noise."""
+    drop, se = t.relative_drop, t.drop_se
+    return math.isfinite(drop) and math.isfinite(se) and drop - 2 * se > 0
+
+
 def summary(decision: Decision, m: Measurements) -> str:  # noqa: C901 - one sentence per cause, a flat table in reading order
     """One sentence: the cause and the numbers that decided it."""
     cause = decision.cause
@@ -151,6 +158,10 @@ def summary(decision: Decision, m: Measurements) -> str:  # noqa: C901 - one sen
         return f"{title}: it grew {t.growth:.2f}x over the last {t.window} steps"
     if cause == "oscillation":
         decided = " ".join(e.name for e in decision.evidence)
+        if _still_falling(t):
+            # A slow fall the stall test counts as a stall (a crawl below its rate): the loss does
+            # go down, only far less than its steps promise.
+            title = "the steps are too large: the loss still falls, but only slowly"
         if "gradient cosine after one step" in decided:
             return (
                 f"{title}: each step crosses the valley floor along the sharpest direction (S = "
