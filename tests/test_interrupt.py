@@ -413,3 +413,21 @@ def test_a_ctrl_c_that_leaves_autograd_off_is_undone_at_the_public_boundary():
     with torch.no_grad():  # the caller's own mode is kept, not forced on
         leaky(interrupt=False)
         assert not torch.is_grad_enabled()
+
+
+def test_a_ctrl_c_that_skips_a_thread_count_restore_is_undone_at_the_public_boundary():
+    from lossdoctor.progress import with_progress
+
+    @with_progress("leaky threads")
+    def leaky(progress=None):
+        torch.set_num_threads(1)  # what a one-thread block cut short before its restore leaves
+        raise KeyboardInterrupt
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            leaky()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -148,7 +148,7 @@ def with_progress(description: str) -> Callable:
             callback, bar = resolve(given, description)
             bound.arguments["progress"] = callback
             token = _inside.set(True)
-            grad_enabled = torch.is_grad_enabled()
+            grad_enabled, threads = torch.is_grad_enabled(), torch.get_num_threads()
             try:
                 result = fn(*bound.args, **bound.kwargs)
             except BaseException:
@@ -161,6 +161,9 @@ def with_progress(description: str) -> Callable:
                 # leaves autograd off for the rest of the user's session.
                 if torch.is_grad_enabled() != grad_enabled:
                     uninterrupted(lambda: torch.set_grad_enabled(grad_enabled))
+                # Likewise a study's one-thread block cut short before its restore.
+                if torch.get_num_threads() != threads:
+                    uninterrupted(lambda: torch.set_num_threads(threads))
             if bar is not None:
                 bar.close(finished=not getattr(result, "interrupted", False))
             return result

@@ -9,12 +9,15 @@ from collections.abc import Iterator
 
 import torch
 
+from .._interrupt import uninterrupted
+
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
+    """Run the block on one torch thread; the caller's count comes back even after a Ctrl-C."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
+        torch.set_num_threads(1)
         yield
     finally:
-        torch.set_num_threads(before)
+        uninterrupted(lambda: torch.set_num_threads(before))
