@@ -3,8 +3,11 @@ was, every section's cost and status, the budget, the page and its JSON, noteboo
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -73,6 +76,26 @@ def test_verdict_and_prescriptions_match_diagnose_and_the_model_is_untouched(tmp
         assert (tmp_path / img).stat().st_size > 5_000
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["diagnosis"]["cause"] == "saddle_point"
+
+
+def test_pairs_not_certified_within_the_budget_are_said_on_the_page_not_warned(tmp_path):
+    """The tour's checkup: at the zero-initialised tanh MLP's symmetric saddle the search for
+    copies of the repeated extreme eigenvalues outlasts the critical-point budget. The result
+    flags it, the page says what it means, and nothing is printed as a warning."""
+    s = stall("saddle/zero-tanh-mlp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        c = ld.checkup(
+            s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, budget=60
+        )
+    assert c.critical.kind == "saddle_point" and not c.critical.converged.all()
+    assert c.critical.min_eigenvalue < 0  # a negative Ritz value: certified whatever the flags
+    note = "Not every extreme eigenpair was certified"
+    assert note in write(c, tmp_path).read_text()
+    certified = dataclasses.replace(
+        c, critical=dataclasses.replace(c.critical, converged=np.ones(2, dtype=bool))
+    )
+    assert note not in write(certified, tmp_path / "certified").read_text()
 
 
 def test_without_a_history_a_probe_run_makes_one_and_is_undone():

@@ -239,6 +239,13 @@ def render_sections(c: Checkup, out_dir: Path) -> list[Section]:
             f"{fmt(cp.max_eigenvalue, 4)}; minimum ratio {cp.minimum_ratio:.3f} ± "
             f"{cp.minimum_ratio_error:.3f} ({cp.ratio_method})."
         )
+        if not bool(np.all(cp.converged)):
+            body += paragraph(
+                "Not every extreme eigenpair was certified within the checkup's budget (at a "
+                "symmetric point the search for copies of a repeated eigenvalue can outlast it): a "
+                "negative smallest eigenvalue is still a certified direction of negative curvature, "
+                "but a positive one may be an overestimate."
+            )
     body += paragraph(_cost(c, "critical", "escape"))
     sections.append(Section("critical", "Critical point", body))
     # 5. Landscape, noise, lr range.
