@@ -4,6 +4,8 @@ functions put back afterwards, and torch's path kept where ours does not apply."
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
@@ -133,3 +135,45 @@ def test_third_derivatives_still_flow():
         third = torch.autograd.grad(sum((h * h).sum() for h in hv), params)
         results.append(torch.cat([t.reshape(-1) for t in third]))
     assert torch.allclose(results[0], results[1], rtol=1e-10, atol=1e-12)
+
+
+def test_threads_that_overlap_leave_torchs_functions_as_they_were():
+    """A enters, B enters, A leaves, B leaves: B keeps the fast path until it leaves, and then
+    torch's own functions are back (saving and restoring per caller would leave A's replacement
+    installed for good)."""
+    originals = F.conv1d, F.conv2d, F.conv3d
+    a_inside, b_inside, a_left = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a() -> None:
+        with fast_convolution_double_backward():
+            a_inside.set()
+            b_inside.wait(10)
+        a_left.set()
+
+    def b() -> None:
+        a_inside.wait(10)
+        with fast_convolution_double_backward():
+            b_inside.set()
+            a_left.wait(10)
+            seen["patched after A left"] = F.conv2d is not originals[1]
+
+    threads = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert seen == {"patched after A left": True}
+    assert (F.conv1d, F.conv2d, F.conv3d) == originals
+    with fast_convolution_double_backward(), fast_convolution_double_backward():  # nested
+        assert F.conv1d is not originals[0]
+    assert (F.conv1d, F.conv2d, F.conv3d) == originals
+
+
+def test_a_ctrl_c_inside_the_block_puts_torchs_functions_back():
+    originals = F.conv1d, F.conv2d, F.conv3d, F.hardsigmoid, F.hardswish
+    model, x, y = network("conv1d-stride-2")
+    with pytest.raises(KeyboardInterrupt), fast_convolution_double_backward():
+        model(x)
+        raise KeyboardInterrupt
+    assert (F.conv1d, F.conv2d, F.conv3d, F.hardsigmoid, F.hardswish) == originals

@@ -17,6 +17,7 @@ those of torch's formula (the same kernels), so products are unchanged; only the
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,8 @@ import torch
 from torch import nn
 from torch.autograd import Function
 from torch.nn import functional as F
+
+from ._patches import patched
 
 _aten = torch.ops.aten
 
@@ -143,12 +146,8 @@ def fast_convolution_double_backward() -> Iterator[None]:
     """Convolutions with a faster second backward, within the block.
 
     ``F.conv1d/2d/3d`` (what ``nn.Conv*d`` calls) build graphs whose second backward uses
-    :class:`_ConvolutionBackward` (module docstring): the same values in less time."""
-    saved = F.conv1d, F.conv2d, F.conv3d
-    F.conv1d, F.conv2d, F.conv3d = (  # type: ignore[assignment]
-        _fast_convolution(dims, original) for dims, original in zip((1, 2, 3), saved)
-    )
-    try:
+    :class:`_ConvolutionBackward` (module docstring): the same values in less time. Safe to
+    enter from several threads at once (:func:`._patches.patched`)."""
+    factories = {f"conv{dims}d": functools.partial(_fast_convolution, dims) for dims in (1, 2, 3)}
+    with patched(F, factories):
         yield
-    finally:
-        F.conv1d, F.conv2d, F.conv3d = saved

@@ -33,6 +33,7 @@ from ..model_state import (
 )
 from ..types import Data, Mode, Reduction
 from ._convolution import fast_convolution_double_backward
+from ._patches import patched
 from .memory import reuse_freed_pages
 
 LossFn = Callable[[Any, torch.Tensor], torch.Tensor] | None  # None: the model's own outputs.loss
@@ -106,12 +107,8 @@ def _twice_differentiable_activations() -> Iterator[None]:
 
     MobileNetV3, EfficientNet-lite); the same functions written with relu6 have one (out of place:
     an in-place activation would overwrite what the second backward needs)."""
-    saved = F.hardsigmoid, F.hardswish
-    F.hardsigmoid, F.hardswish = _hardsigmoid, _hardswish
-    try:
+    with patched(F, {"hardsigmoid": lambda _: _hardsigmoid, "hardswish": lambda _: _hardswish}):
         yield
-    finally:
-        F.hardsigmoid, F.hardswish = saved
 
 
 @contextlib.contextmanager
