@@ -465,3 +465,27 @@ def test_a_spike_the_loss_recovers_from_is_left_alone_but_a_divergence_is_not():
     )
     checks = _monitored_checks(stuck)
     assert checks and checks[0] > 60
+
+
+def test_a_loss_that_sums_over_the_batch_does_not_stop_training():
+    """A training loop whose loss sums its samples (a function, no ``.reduction`` to read) got a
+    ValueError out of ``monitor.step`` at the first diagnosis (step 1229 of a stalled run): the
+    Hessian check refuses such a loss unless told. The Monitor measures the loss as the optimizer
+    steps on it, so it watches, estimates λ_max and diagnoses."""
+    model, batches = problem()
+    model[1].p = 0.0
+    opt = torch.optim.SGD(model.parameters(), lr=1e-7)  # a stall: far too small for this loss
+    sum_loss = lambda o, t: F.cross_entropy(o, t, reduction="sum")  # noqa: E731
+    monitor = Monitor(
+        model, sum_loss, batches, sharpness_every=20, window=16, check_every=8, doctor_share=None
+    )
+    for step in range(120):
+        x, y = batches[step % len(batches)]
+        opt.zero_grad()
+        loss = sum_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        monitor.step(loss, opt)
+    sharpness = monitor.record.sharpness
+    assert sharpness and all(math.isfinite(v) for _, v in sharpness)
+    assert monitor.diagnoses and monitor.diagnoses[-1].cause == "lr_too_small"

@@ -420,6 +420,29 @@ def test_summing_loss_function_is_refused_unless_reduction_sum_is_given():
         ld.hessian(model, F.mse_loss, data, reduction="batchmean")
 
 
+def test_check_reduction_false_takes_the_batch_loss_as_the_function_returns_it():
+    """What the stall doctor measures: the Hessian of ``loss_fn``'s value on each batch (for a
+    function that sums, the objective the optimizer steps on), size-weighted over the batches:
+    sum_b n_b * n_b * Hbar_b / N, with Hbar_b the per-sample mean Hessian of batch b."""
+    from peer_cases import mse
+
+    model, _, data = mse()
+    batches = list(data)
+    assert len({len(y) for _, y in batches}) > 1  # unequal batches: the weights matter
+    summing = lambda o, t: F.mse_loss(o, t, reduction="sum")  # noqa: E731
+    op = ld.hessian(model, summing, data, check_reduction=False)
+    assert op.reduction == "mean" and not op.reduction_verified
+    total = sum(len(y) for _, y in batches)
+    truth = sum(
+        len(y) ** 2 * reference_hessian(model, nn.MSELoss(reduction="sum"), [(x, y)]).double()
+        for x, y in batches
+    ) / total
+    H = op @ torch.eye(op.num_params, dtype=torch.float64)
+    assert torch.allclose(H, truth, rtol=1e-10, atol=1e-12)
+    with pytest.raises(TypeError, match="check_reduction must be True or False"):
+        ld.hessian(model, summing, data, check_reduction="no")
+
+
 def test_reduction_check_in_train_mode_and_for_unverifiable_losses():
     """BatchNorm in train mode couples a batch's samples: the check runs in eval mode. A token
     mean over unmasked positions is neither a mean nor a sum of per-sample losses: used as

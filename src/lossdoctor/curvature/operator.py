@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import check_arguments
+from .._checks import check_arguments, check_bool
 from .._distributed import process_group_active
 from ..data import batch_loss, batch_size, check_data, iter_batches, place, split_batch
 from ..model_state import (
@@ -200,6 +200,7 @@ class HessianOperator:
         cache: bool | str | int = "auto",
         reduction: str | None = None,
         params: Any = None,
+        check_reduction: bool = True,
     ) -> None:
         if mode is not None and mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
@@ -254,6 +255,7 @@ class HessianOperator:
         self.reduction = reduction
         self._sum_reduction = reduction == "sum"
         self.reduction_verified = False  # set by _check_reduction when a batch could tell
+        self._check_reduction_wanted = check_reduction
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         # Every parameter of the model, selected or not: the kept gradient graphs hold all of
@@ -496,7 +498,7 @@ class HessianOperator:
                         "non-finite loss is meaningless. Check the data and the model's "
                         "parameters for NaN/Inf."
                     )
-                if not self.reduction_verified and n >= 2:
+                if self._check_reduction_wanted and not self.reduction_verified and n >= 2:
                     self._check_reduction(inputs, targets, n, i, loss)
                 if self.micro_batch_size is not None and n > self.micro_batch_size:
                     self._check_split(inputs, targets, n, i, loss)
@@ -872,6 +874,7 @@ def hessian(
     cache: bool | str | int = "auto",
     reduction: Reduction | None = None,
     params: Any = None,
+    check_reduction: bool = True,
 ) -> HessianOperator:
     """The exact Hessian of the mean of ``loss_fn`` over every sample in ``data``.
 
@@ -932,6 +935,11 @@ def hessian(
             never touched, before, during or after: a frozen parameter named explicitly is
             refused with a ``ValueError``, as are unknown names, tensors or modules of another
             model, and a selection of nothing.
+        check_reduction: False skips that check and takes a loss without a ``.reduction`` as a
+            mean whatever it returns: the Hessian of ``loss_fn``'s value on a batch, averaged
+            over the batches, which for a function that sums is the objective an optimizer
+            steps on at that batch size. The stall doctor measures this way, so a training
+            loop that sums its loss is diagnosed, not refused.
 
     Returns:
         The operator ``H``: ``H @ v`` for a flat vector or a matrix of them (torch or numpy),
@@ -972,6 +980,7 @@ def hessian(
         distributed=distributed,
         cache=cache,
     )
+    check_bool(check_reduction, "check_reduction")
     return HessianOperator(
         model,
         loss_fn,
@@ -983,4 +992,5 @@ def hessian(
         cache=cache,
         reduction=reduction,
         params=params,
+        check_reduction=check_reduction,
     )

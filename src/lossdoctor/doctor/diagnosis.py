@@ -33,6 +33,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
+from ..curvature import hessian
 from ..data import call_model, place
 from ..progress import Progress, as_callback, scaled, with_progress
 from ..types import Cause, Data, History, Mode
@@ -448,10 +449,13 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
             if blocks >= 2:
                 try:
                     with dropout_off(model):
+                        sample = first_samples(batches, curvature_samples)
+                        # The loss as the optimizer steps on it, a batch sum included (as measured).
+                        op = hessian(model, loss_fn, sample, mode=m.mode, check_reduction=False)
                         layers = layer_curvature(
                             model,
                             loss_fn,
-                            first_samples(batches, curvature_samples),
+                            sample,
                             optimizer=optimizer,
                             lr=None if optimizer is not None else m.lr,
                             mode=m.mode,
@@ -459,6 +463,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
                             lanczos_steps=LAYER_STEPS,
                             seed=seed,
                             max_blocks=blocks,
+                            op=op,
                         )
                 except KeyboardInterrupt:
                     layers = None

@@ -802,7 +802,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
         if switched and want == "train":
             mode_note = f"dropout ({', '.join(switched)}) switched off while measuring, so the loss is deterministic"
         try:
-            op = hessian(model, loss_fn, batches, mode=want)
+            op = hessian(model, loss_fn, batches, mode=want, check_reduction=False)
         except ValueError as err:
             if "loss is" not in str(err):
                 raise
@@ -810,7 +810,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
         # A model measured in eval mode whose history disagrees (BatchNorm running statistics that
         # do not match the batch statistics it trains on): measure in train mode instead.
         if mode == "auto" and want == "eval" and has_batchnorm(model) and math.isfinite(recent):
-            other = hessian(model, loss_fn, batches, mode="train")
+            other = hessian(model, loss_fn, batches, mode="train", check_reduction=False)
             if abs(other.loss - recent) < 0.5 * abs(op.loss - recent):
                 mode_note = (
                     f"in eval mode (BatchNorm running statistics) the loss is {op.loss:.4g}, far from the "
@@ -827,7 +827,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
         cop = (
             op
             if len(curvature_batches) == len(batches)
-            else hessian(model, loss_fn, curvature_batches, mode=want)
+            else hessian(model, loss_fn, curvature_batches, mode=want, check_reduction=False)
         )
         loss, grad, sq, sizes = _batch_gradients(op, batches)
         gradients = 1

@@ -556,7 +556,9 @@ class Monitor:
         mode: Mode = "train" if self.model.training else "eval"
         with dropout_off(self.model):
             try:
-                op = hessian(self.model, self.loss_fn, self._sharp_data, mode=mode)
+                op = hessian(
+                    self.model, self.loss_fn, self._sharp_data, mode=mode, check_reduction=False
+                )
             except ValueError:  # non-finite loss: no curvature to measure
                 return math.nan
             return self._top_ritz_value(op)
