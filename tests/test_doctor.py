@@ -345,7 +345,7 @@ def test_causes_are_documented():
     assert not math.isnan(len(ld.CAUSES))
 
 
-def sgd_run(lr_of_the_mean: float, summing: bool, batch: int = 50, steps: int = 240):
+def sgd_run(lr_of_the_mean: float, summing: bool | str, batch: int = 50, steps: int = 240):
     """SGD on a tanh MLP with the loss summed over each batch at lr/batch, or averaged at lr: the
     same trajectory (up to rounding), the losses batch times larger."""
     torch.manual_seed(0)
@@ -354,7 +354,11 @@ def sgd_run(lr_of_the_mean: float, summing: bool, batch: int = 50, steps: int = 
     data = [(x[i : i + batch], y[i : i + batch]) for i in range(0, 400, batch)]
     model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 2))
     if summing:
-        loss_fn = lambda o, t: F.cross_entropy(o, t, reduction="sum")  # noqa: E731
+        loss_fn = (
+            nn.CrossEntropyLoss(reduction="sum")
+            if summing == "module"
+            else lambda o, t: F.cross_entropy(o, t, reduction="sum")
+        )
         opt = torch.optim.SGD(model.parameters(), lr=lr_of_the_mean / batch)
     else:
         loss_fn, opt = F.cross_entropy, torch.optim.SGD(model.parameters(), lr=lr_of_the_mean)
@@ -369,19 +373,21 @@ def sgd_run(lr_of_the_mean: float, summing: bool, batch: int = 50, steps: int = 
     return model, loss_fn, data, losses, opt
 
 
+@pytest.mark.parametrize("kind", ["function", "module"])
 @pytest.mark.parametrize(("lr", "cause"), [(1e-5, "lr_too_small"), (30.0, "oscillation")])
-def test_a_loss_that_sums_over_the_batch_is_diagnosed_like_its_mean(lr, cause):
-    """A loss function that sums (no ``.reduction`` to read) was refused with a ValueError naming
-    a ``reduction=`` that diagnose does not take. The doctor measures the objective the optimizer
-    steps on, so SGD at lr/B on the sum gets the verdict of SGD at lr on the mean, and lr
-    prescriptions 1/B of theirs (B = 50; each is tried on its own run)."""
+def test_a_loss_that_sums_over_the_batch_is_diagnosed_like_its_mean(lr, cause, kind):
+    """The doctor measures the objective the optimizer steps on, so SGD at lr/B on the batch sum
+    gets the verdict of SGD at lr on the mean, and lr prescriptions 1/B of theirs (B = 50; each
+    is tried on its own run). A summing function (no ``.reduction``) was refused with a
+    ValueError naming a ``reduction=`` that diagnose does not take; a summing module was measured
+    per sample, B times too flat (the oscillation called "progressing")."""
     verdicts = {}
-    for summing in (False, True):
+    for summing in (False, kind):
         model, loss_fn, data, losses, opt = sgd_run(lr, summing)
         d = ld.diagnose(model, loss_fn, data, history=losses, optimizer=opt)
         top = d.prescriptions[0].action
         verdicts[summing] = (d.cause, top.get("lr"))
-    assert verdicts[False][0] == verdicts[True][0] == cause
-    mean_lr, sum_lr = verdicts[False][1], verdicts[True][1]
+    (mean_cause, mean_lr), (sum_cause, sum_lr) = verdicts[False], verdicts[kind]
+    assert mean_cause == sum_cause == cause
     assert mean_lr is not None and sum_lr is not None
     assert 0.5 < 50 * sum_lr / mean_lr < 2

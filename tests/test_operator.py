@@ -433,12 +433,19 @@ def test_check_reduction_false_takes_the_batch_loss_as_the_function_returns_it()
     op = ld.hessian(model, summing, data, check_reduction=False)
     assert op.reduction == "mean" and not op.reduction_verified
     total = sum(len(y) for _, y in batches)
-    truth = sum(
-        len(y) ** 2 * reference_hessian(model, nn.MSELoss(reduction="sum"), [(x, y)]).double()
-        for x, y in batches
-    ) / total
+    truth = (
+        sum(
+            len(y) ** 2 * reference_hessian(model, nn.MSELoss(reduction="sum"), [(x, y)]).double()
+            for x, y in batches
+        )
+        / total
+    )
     H = op @ torch.eye(op.num_params, dtype=torch.float64)
     assert torch.allclose(H, truth, rtol=1e-10, atol=1e-12)
+    # a loss module's reduction is not read either: a sum stays a sum
+    module = ld.hessian(model, nn.MSELoss(reduction="sum"), data, check_reduction=False)
+    H_module = module @ torch.eye(module.num_params, dtype=torch.float64)
+    assert module.reduction == "mean" and torch.allclose(H_module, truth, rtol=1e-10, atol=1e-12)
     with pytest.raises(TypeError, match="check_reduction must be True or False"):
         ld.hessian(model, summing, data, check_reduction="no")
 

@@ -237,7 +237,12 @@ class HessianOperator:
                     "active), so it has no well-defined Hessian. Use mode='eval' (the default), "
                     "or set the dropout probability to 0."
                 )
-        reduction = _declared_reduction(loss_fn, reduction)
+        # Unchecked, a loss is taken as it returns a batch's value (a module's sum stays a sum).
+        reduction = (
+            _declared_reduction(loss_fn, reduction)
+            if check_reduction or reduction is not None
+            else "mean"
+        )
         self.model = model
         self.loss_fn = loss_fn
         self.data = data
@@ -935,11 +940,12 @@ def hessian(
             never touched, before, during or after: a frozen parameter named explicitly is
             refused with a ``ValueError``, as are unknown names, tensors or modules of another
             model, and a selection of nothing.
-        check_reduction: False skips that check and takes a loss without a ``.reduction`` as a
-            mean whatever it returns: the Hessian of ``loss_fn``'s value on a batch, averaged
-            over the batches, which for a function that sums is the objective an optimizer
-            steps on at that batch size. The stall doctor measures this way, so a training
-            loop that sums its loss is diagnosed, not refused.
+        check_reduction: False takes the loss as it returns a batch's value, whatever its
+            reduction: no check, and with ``reduction=None`` a loss module's ``.reduction`` is not
+            read either. The Hessian is then that of ``loss_fn``'s value on a batch,
+            size-weighted over the batches: for a loss that sums, the objective an optimizer
+            steps on at that batch size. The stall doctor measures this way, so a training loop
+            that sums its loss is diagnosed, not refused.
 
     Returns:
         The operator ``H``: ``H @ v`` for a flat vector or a matrix of them (torch or numpy),

@@ -371,9 +371,9 @@ def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[
         for i, (x, y) in enumerate(batches):
             x, y = place(x, y, op.device)
             n = batch_size(y)
-            loss = batch_loss(op.model, op.loss_fn, x, y, i)
-            if getattr(op, "_sum_reduction", False):
-                loss = loss / n
+            loss = batch_loss(
+                op.model, op.loss_fn, x, y, i
+            )  # as stepped on (check_reduction=False)
             gs = torch.autograd.grad(loss, op.params, allow_unused=True, materialize_grads=True)
             g = torch.cat([t.reshape(-1) for t in gs]).to(torch.float64)
             grad += n * g
