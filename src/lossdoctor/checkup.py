@@ -56,10 +56,10 @@ from .analysis.landscape import Landscape, landscape
 from .analysis.layers import LayerCurvature, layer_curvature
 from .analysis.noise_scale import NoiseScale, gradient_noise_scale
 from .analysis.step_size import check_lr
-from .curvature import EigenResult, SpectralDensity, eigenpairs, hessian, spectral_density
+from .curvature import EigenResult, SpectralDensity, eigenpairs, spectral_density
 from .data import check_data, is_single_batch
 from .doctor.diagnosis import Diagnosis, diagnose
-from .doctor.measure import first_samples
+from .doctor.measure import first_samples, stepped_hessian
 from .doctor.trend import WINDOW
 from .doctor.trials import default_train_step, next_batches, snapshot, trial_optimizer
 from .model_state import trainable_parameters
@@ -365,7 +365,7 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
 
     def op() -> Any:
         if "op" not in op_holder:
-            op_holder["op"] = hessian(model, loss_fn, curv, mode=mode, check_reduction=False)
+            op_holder["op"] = stepped_hessian(model, loss_fn, curv, mode)
         return op_holder["op"]
 
     def both_ends() -> EigenResult:

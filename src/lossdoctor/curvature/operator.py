@@ -260,7 +260,6 @@ class HessianOperator:
         self.reduction = reduction
         self._sum_reduction = reduction == "sum"
         self.reduction_verified = False  # set by _check_reduction when a batch could tell
-        self._check_reduction_wanted = check_reduction
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         # Every parameter of the model, selected or not: the kept gradient graphs hold all of
@@ -288,7 +287,7 @@ class HessianOperator:
                 "distributed=True but no torch.distributed process group is initialized: "
                 "call torch.distributed.init_process_group first (e.g. under torchrun)."
             )
-        self.loss, self.num_samples, self.num_batches = self._validate()
+        self.loss, self.num_samples, self.num_batches = self._validate(check_reduction)
 
     # -- shape and layout ---------------------------------------------------------------
     @property
@@ -492,7 +491,7 @@ class HessianOperator:
             f"{parts[0][0]:.8g} and {parts[1][0]:.8g}. Drop reduction='sum' (or pass reduction='mean')."
         )
 
-    def _validate(self) -> tuple[float, int, int]:
+    def _validate(self, check_reduction: bool) -> tuple[float, int, int]:
         total, count, batches = 0.0, 0, 0
         with evaluation_mode(self.model, self.mode), torch.no_grad():
             for i, (inputs, targets, n) in enumerate(self._user_batches()):
@@ -503,7 +502,7 @@ class HessianOperator:
                         "non-finite loss is meaningless. Check the data and the model's "
                         "parameters for NaN/Inf."
                     )
-                if self._check_reduction_wanted and not self.reduction_verified and n >= 2:
+                if check_reduction and not self.reduction_verified and n >= 2:
                     self._check_reduction(inputs, targets, n, i, loss)
                 if self.micro_batch_size is not None and n > self.micro_batch_size:
                     self._check_split(inputs, targets, n, i, loss)

@@ -33,7 +33,6 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
-from ..curvature import hessian
 from ..data import call_model, place
 from ..progress import Progress, as_callback, scaled, with_progress
 from ..types import Cause, Data, History, Mode
@@ -48,6 +47,7 @@ from .measure import (
     escape_step,
     first_samples,
     measure,
+    stepped_hessian,
 )
 from .prescriptions import Prescription
 from .rules import CAUSES as RULE_CAUSES
@@ -450,8 +450,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
                 try:
                     with dropout_off(model):
                         sample = first_samples(batches, curvature_samples)
-                        # The loss as the optimizer steps on it, a batch sum included (as measured).
-                        op = hessian(model, loss_fn, sample, mode=m.mode, check_reduction=False)
+                        op = stepped_hessian(model, loss_fn, sample, m.mode)
                         layers = layer_curvature(
                             model,
                             loss_fn,

@@ -38,7 +38,7 @@ from torch import nn
 from .._results import ResultMixin
 from ..analysis.layers import parameter_blocks
 from ..analysis.step_size import Preconditioned, StepSize, step_size
-from ..curvature import eigenpairs, hessian
+from ..curvature import HessianOperator, eigenpairs, hessian
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, gaussian, tridiagonal
 from ..data import batch_loss, batch_size, is_single_batch, iter_batches, map_inputs, place
 from ..evaluation import mean_loss
@@ -363,6 +363,15 @@ def _sharpness_start(grad: torch.Tensor, seed: int) -> torch.Tensor | None:
     return grad.reshape(-1).to(torch.float64) / norm + z / z.norm()
 
 
+def stepped_hessian(model: nn.Module, loss_fn: Any, data: Any, mode: Mode) -> HessianOperator:
+    """The Hessian of the loss as the optimizer steps on it: ``loss_fn``'s value on each batch.
+
+    A loss that sums over the batch (a function, or a module with ``reduction="sum"``) stays a
+    sum, so ``lr * lambda_max`` is the step the run takes. ``hessian`` alone refuses a summing
+    function, and reads a module's sum as a per-sample mean (B times flatter)."""
+    return hessian(model, loss_fn, data, mode=mode, check_reduction=False)
+
+
 def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[float], list[int]]:
     """One pass: the mean loss, the mean gradient (float64) and each batch's squared gradient norm and size, in the operator's mode."""
     grad = torch.zeros(op.num_params, dtype=torch.float64, device=op.device)
@@ -371,9 +380,7 @@ def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[
         for i, (x, y) in enumerate(batches):
             x, y = place(x, y, op.device)
             n = batch_size(y)
-            loss = batch_loss(
-                op.model, op.loss_fn, x, y, i
-            )  # as stepped on (check_reduction=False)
+            loss = batch_loss(op.model, op.loss_fn, x, y, i)  # as stepped on: stepped_hessian
             gs = torch.autograd.grad(loss, op.params, allow_unused=True, materialize_grads=True)
             g = torch.cat([t.reshape(-1) for t in gs]).to(torch.float64)
             grad += n * g
@@ -802,7 +809,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
         if switched and want == "train":
             mode_note = f"dropout ({', '.join(switched)}) switched off while measuring, so the loss is deterministic"
         try:
-            op = hessian(model, loss_fn, batches, mode=want, check_reduction=False)
+            op = stepped_hessian(model, loss_fn, batches, want)
         except ValueError as err:
             if "loss is" not in str(err):
                 raise
@@ -810,7 +817,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
         # A model measured in eval mode whose history disagrees (BatchNorm running statistics that
         # do not match the batch statistics it trains on): measure in train mode instead.
         if mode == "auto" and want == "eval" and has_batchnorm(model) and math.isfinite(recent):
-            other = hessian(model, loss_fn, batches, mode="train", check_reduction=False)
+            other = stepped_hessian(model, loss_fn, batches, "train")
             if abs(other.loss - recent) < 0.5 * abs(op.loss - recent):
                 mode_note = (
                     f"in eval mode (BatchNorm running statistics) the loss is {op.loss:.4g}, far from the "
@@ -827,7 +834,7 @@ def measure(  # noqa: C901 - the measurement steps in order, each within the bud
         cop = (
             op
             if len(curvature_batches) == len(batches)
-            else hessian(model, loss_fn, curvature_batches, mode=want, check_reduction=False)
+            else stepped_hessian(model, loss_fn, curvature_batches, want)
         )
         loss, grad, sq, sizes = _batch_gradients(op, batches)
         gradients = 1

@@ -69,7 +69,6 @@ from .._checks import (
     check_optimizer,
 )
 from .._results import ResultMixin, fmt
-from ..curvature import hessian
 from ..curvature.eigen import lanczos_extreme
 from ..curvature.lanczos import apply64
 from ..data import batch_size, forward, iter_batches, place
@@ -78,7 +77,7 @@ from ..training.loop import training_step
 from ..training.step_signals import StepSignals
 from ..types import Mode
 from .diagnosis import Diagnosis, diagnose
-from .measure import dropout_off, first_samples
+from .measure import dropout_off, first_samples, stepped_hessian
 from .prescriptions import Prescription, detach_hooks
 from .trend import (
     DIVERGE_GROWTH,
@@ -556,9 +555,7 @@ class Monitor:
         mode: Mode = "train" if self.model.training else "eval"
         with dropout_off(self.model):
             try:
-                op = hessian(
-                    self.model, self.loss_fn, self._sharp_data, mode=mode, check_reduction=False
-                )
+                op = stepped_hessian(self.model, self.loss_fn, self._sharp_data, mode)
             except ValueError:  # non-finite loss: no curvature to measure
                 return math.nan
             return self._top_ritz_value(op)
