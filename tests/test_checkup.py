@@ -78,6 +78,30 @@ def test_verdict_and_prescriptions_match_diagnose_and_the_model_is_untouched(tmp
     assert data["diagnosis"]["cause"] == "saddle_point"
 
 
+@pytest.mark.parametrize("key", ["saddle/deep-linear", "lr-too-small/mlp"])
+def test_a_loss_function_that_sums_its_batch_gets_every_section(key):
+    # The critical-point test refused such a loss ("pass reduction='sum'", a section the user
+    # cannot reach), and the noise scale, taking the sum for a mean, came out meaningless.
+    s = stall(key)
+
+    def summed(output, target):
+        return s.loss_fn(output, target) * len(target)
+
+    c = ld.checkup(s.model, summed, s.data, history=s.losses, optimizer=s.optimizer, budget=120)
+    status = {sec.key: sec.status for sec in c.sections}
+    assert status["critical"] == "done" and status["noise"] == "done", status
+    mean = ld.checkup(
+        s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, budget=120
+    )
+    assert c.critical.kind == mean.critical.kind
+    for name in ("loss", "grad_norm", "min_eigenvalue", "max_eigenvalue"):
+        value, expected = getattr(c.critical, name), getattr(mean.critical, name)
+        assert value == pytest.approx(expected, rel=1e-3, nan_ok=True), name
+    for name in ("b_simple", "trace_sigma", "grad_norm_sq", "loss"):
+        value, expected = getattr(c.noise, name), getattr(mean.noise, name)
+        assert value == pytest.approx(expected, rel=1e-4, abs=1e-12, nan_ok=True), name
+
+
 def test_pairs_not_certified_within_the_budget_are_said_on_the_page_not_warned(tmp_path):
     """The tour's checkup: at the zero-initialised tanh MLP's symmetric saddle the search for
     copies of the repeated extreme eigenvalues outlasts the critical-point budget. The result

@@ -121,3 +121,45 @@ def test_report_section_shows_bounded_and_unbounded_intervals(tmp_path):
     assert f"{fmt(near.interval[0])}..inf (no upper bound)" in section.body
     assert "B_simple (68% interval)" in section.body  # the table's column
     assert "no upper end (batch 4, loss&lt;=0.5 here)" in section.body  # the text names it
+
+
+def sum_of_squares(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.mse_loss(output, target, reduction="sum")
+
+
+@pytest.mark.parametrize("max_batch", [None, 16])
+def test_summing_loss_gives_the_mean_losses_estimate(max_batch):
+    # A summing loss weighs a batch's gradient by its size: taken for a mean, the big batch's
+    # gradient counts big/small times more than the small one's (B_simple came out negative).
+    model, x, y = regression()
+    options = dict(small_batch=8, big_batch=64, pairs=30, bootstrap=50, max_batch=max_batch)
+    mean = ld.gradient_noise_scale(model, F.mse_loss, (x, y), **options)
+    for loss_fn, reduction in (
+        (sum_of_squares, "sum"),
+        (nn.MSELoss(reduction="sum"), None),
+    ):
+        summed = ld.gradient_noise_scale(model, loss_fn, (x, y), reduction=reduction, **options)
+        assert summed.b_simple == pytest.approx(mean.b_simple, rel=1e-9)
+        assert summed.grad_norm_sq == pytest.approx(mean.grad_norm_sq, rel=1e-9)
+        assert summed.loss == pytest.approx(mean.loss, rel=1e-9)
+        assert summed.suggested_batch_size == mean.suggested_batch_size
+
+
+def test_summing_loss_function_without_reduction_is_refused():
+    model, x, y = regression()
+    rng = torch.get_rng_state()
+    with pytest.raises(ValueError, match=r"sum of its samples' losses.*reduction='sum'"):
+        ld.gradient_noise_scale(model, sum_of_squares, (x, y), small_batch=8, big_batch=64)
+    with pytest.raises(ValueError, match="returns the mean"):
+        ld.gradient_noise_scale(model, F.mse_loss, (x, y), small_batch=8, reduction="sum")
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_observed_reduction():
+    model, x, y = regression()
+    assert ld.observed_reduction(model, sum_of_squares, (x, y)) == "sum"
+    assert ld.observed_reduction(model, nn.MSELoss(reduction="sum"), (x, y)) == "sum"
+    assert ld.observed_reduction(model, F.mse_loss, [(x[:1], y[:1]), (x, y)]) == "mean"
+    assert ld.observed_reduction(model, F.mse_loss, (x[:1], y[:1])) is None  # cannot tell
+    # The square of the batch's summed residual: neither a mean nor a sum of per-sample losses.
+    assert ld.observed_reduction(model, lambda o, t: (o - t).sum() ** 2, (x, y)) is None

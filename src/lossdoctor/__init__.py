@@ -25,6 +25,7 @@ from .curvature import (
     dense_hessian,
     eigenpairs,
     hessian,
+    observed_reduction,
     spectral_density,
     trace,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "dense_hessian",
     "eigenpairs",
     "hessian",
+    "observed_reduction",
     "spectral_density",
     "trace",
     "Problem",

@@ -56,7 +56,13 @@ from .analysis.landscape import Landscape, landscape
 from .analysis.layers import LayerCurvature, layer_curvature
 from .analysis.noise_scale import NoiseScale, gradient_noise_scale
 from .analysis.step_size import check_lr
-from .curvature import EigenResult, SpectralDensity, eigenpairs, spectral_density
+from .curvature import (
+    EigenResult,
+    SpectralDensity,
+    eigenpairs,
+    observed_reduction,
+    spectral_density,
+)
 from .data import check_data, is_single_batch
 from .doctor.diagnosis import Diagnosis, diagnose
 from .doctor.measure import first_samples, stepped_hessian
@@ -362,6 +368,10 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
         return value
 
     op_holder: dict[str, Any] = {}
+    # A loss function that sums its batch (no .reduction to read) is measured as stepped on by
+    # the doctor and the curvature sections; the critical point and the noise scale need the
+    # per-sample mean, so they are told what the first batch shows.
+    reduction = observed_reduction(model, loss_fn, curv)
 
     def op() -> Any:
         if "op" not in op_holder:
@@ -421,6 +431,7 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
                 max_matvecs=80,
                 num_probes=2,
                 lanczos_steps=30,
+                reduction=reduction,
             )
 
     critical = run("critical", "critical point", 2.0, critical_point)
@@ -480,6 +491,7 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
                 small_batch=max(2, min(32, m.batch_size or 32)),
                 pairs=20,
                 seed=seed,
+                reduction=reduction,
             ),
         )
     lr_range = run(

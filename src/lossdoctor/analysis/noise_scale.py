@@ -44,6 +44,7 @@ from .._checks import (
     check_seed,
 )
 from .._results import ResultMixin, fmt
+from ..curvature.operator import checked_reduction
 from ..data import batch_loss, take
 from ..evaluation import as_tensors
 from ..model_state import evaluation_mode, preserved_model, trainable_parameters
@@ -252,9 +253,15 @@ class NoiseScale(ResultMixin):
 
 
 def _grad_sq(
-    model: nn.Module, params: list[torch.Tensor], loss_fn: Any, x: Any, y: torch.Tensor, index: int
+    model: nn.Module,
+    params: list[torch.Tensor],
+    loss_fn: Any,
+    x: Any,
+    y: torch.Tensor,
+    index: int,
+    per_sample: float,
 ) -> tuple[float, float]:
-    loss = batch_loss(model, loss_fn, x, y, index)
+    loss = batch_loss(model, loss_fn, x, y, index) * per_sample
     grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
     return float(sum((g.double() ** 2).sum() for g in grads)), float(loss.detach())
 
@@ -274,6 +281,7 @@ def gradient_noise_scale(
     level: float = 0.68,
     max_batch: int | None = None,
     progress: Progress | bool | str | None = "auto",
+    reduction: str | None = None,
 ) -> NoiseScale:
     """The gradient noise scale B_simple at the model's current parameters, and a batch size.
 
@@ -289,7 +297,9 @@ def gradient_noise_scale(
 
     Args:
         model: any ``nn.Module``.
-        loss_fn: ``loss_fn(model(inputs), targets)``, the batch-mean loss.
+        loss_fn: ``loss_fn(model(inputs), targets)``: the batch-mean loss, or the batch's sum of
+            per-sample losses with ``reduction="sum"`` (or a loss module whose ``.reduction`` is
+            "sum"); the estimator needs the mean, so a sum is divided by the batch size.
         dataset: the training data (any lossdoctor data; its samples are merged).
         small_batch: the small batch size. Batches are drawn with replacement, as the
             estimator assumes.
@@ -303,6 +313,10 @@ def gradient_noise_scale(
         max_batch: compute big-batch gradients in chunks of at most this many samples (memory).
         progress: called as ``progress(done, total)``; ``"auto"`` (default) shows a bar on a
             terminal for long runs.
+        reduction: ``"mean"`` or ``"sum"``: how ``loss_fn`` combines a batch's samples, for loss
+            functions without a ``.reduction`` attribute. It is checked on the first batch drawn
+            (:func:`lossdoctor.observed_reduction`): a summing loss taken for a mean would weigh
+            the big batch's gradient ``big_batch / small_batch`` times more than the small one's.
 
     Returns:
         B_simple with its interval and standard error, the two terms it is made of with theirs, and
@@ -310,7 +324,8 @@ def gradient_noise_scale(
         suggestion.
 
     Raises:
-        ValueError: batch sizes out of order or larger than the data, or another bad option.
+        ValueError: batch sizes out of order or larger than the data, a loss that sums its
+            samples without ``reduction="sum"``, or another bad option.
 
     Examples:
         >>> import lossdoctor as ld
@@ -346,17 +361,43 @@ def gradient_noise_scale(
     device = params[0].device
     chunk = max_batch or big
     gen = torch.Generator().manual_seed(seed)
+    probe = torch.randint(
+        0, n, (min(n, max(small, 2)),), generator=torch.Generator().manual_seed(seed)
+    )
+    summed = (
+        checked_reduction(
+            model,
+            loss_fn,
+            take(x, y, probe, device),
+            reduction,
+            "the big batch's gradient would weigh big_batch / small_batch times more than the "
+            "small one's (B_simple meaningless, even negative)",
+        )
+        == "sum"
+    )
     small_sq, big_sq, losses = np.empty(pairs), np.empty(pairs), []
     done, interrupted = 0, False
     with preserved_model(model), evaluation_mode(model, mode):
         try:
             for i in range(pairs):
                 idx_s = torch.randint(0, n, (small,), generator=gen)
-                s_sq, _ = _grad_sq(model, params, loss_fn, *take(x, y, idx_s, device), 2 * i)
+                s_sq, _ = _grad_sq(
+                    model,
+                    params,
+                    loss_fn,
+                    *take(x, y, idx_s, device),
+                    2 * i,
+                    1.0 / small if summed else 1.0,
+                )
                 idx_b = torch.randint(0, n, (big,), generator=gen)
                 if chunk >= big:
                     b_sq, loss = _grad_sq(
-                        model, params, loss_fn, *take(x, y, idx_b, device), 2 * i + 1
+                        model,
+                        params,
+                        loss_fn,
+                        *take(x, y, idx_b, device),
+                        2 * i + 1,
+                        1.0 / big if summed else 1.0,
                     )
                 else:  # mean gradient over the big batch, accumulated chunk by chunk
                     total = [torch.zeros_like(p) for p in params]
@@ -364,7 +405,9 @@ def gradient_noise_scale(
                     for s in range(0, big, chunk):
                         part = idx_b[s : s + chunk]
                         xb, yb = take(x, y, part, device)
-                        out = batch_loss(model, loss_fn, xb, yb, 2 * i + 1) * (len(part) / big)
+                        out = batch_loss(model, loss_fn, xb, yb, 2 * i + 1) * (
+                            1.0 / big if summed else len(part) / big
+                        )
                         for t, g in zip(
                             total,
                             torch.autograd.grad(

@@ -28,6 +28,7 @@ from ..model_state import (
     default_mode_notice,
     evaluation_mode,
     model_device,
+    preserved_model,
     preserved_rng,
     selected_parameters,
 )
@@ -75,6 +76,133 @@ def _declared_reduction(loss_fn: Any, reduction: str | None) -> Reduction:
             "reduction argument (the loss module's own reduction is used) or change the module's."
         )
     return reduction
+
+
+def _halves_reduction(
+    loss_of: Callable[[Any, torch.Tensor], float],
+    inputs: Any,
+    targets: torch.Tensor,
+    n: int,
+    whole: float,
+    rtol: float,
+) -> tuple[Reduction | None, list[tuple[float, int]]]:
+    """How a batch's loss ``whole`` combines its samples, with its halves' ``(loss, samples)``.
+
+    "mean" or "sum"; None where the two halves cannot tell (a batch that cannot be cut, a loss of
+    zero, another normalization)."""
+    try:
+        parts = [(loss_of(x, y), m) for x, y, m in split_batch(inputs, targets, (n + 1) // 2)]
+    except (ValueError, TypeError, RuntimeError, IndexError):
+        return None, []  # the batch cannot be cut (inputs whose first dimension is not the batch)
+    if len(parts) != 2 or not all(math.isfinite(v) for v, _ in parts):
+        return None, parts
+    as_mean = sum(v * m for v, m in parts) / n
+    as_sum = sum(v for v, _ in parts)
+    scale = max(abs(whole), abs(as_mean), abs(as_sum), 1e-30)
+    mean_fits = abs(whole - as_mean) <= rtol * scale
+    sum_fits = abs(whole - as_sum) <= rtol * scale
+    if mean_fits == sum_fits:  # neither (another normalization), or both (a loss of zero)
+        return None, parts
+    return ("mean" if mean_fits else "sum"), parts
+
+
+def observed_reduction(model: nn.Module, loss_fn: LossFn, data: Data) -> Reduction | None:
+    """How ``loss_fn`` combines a batch's samples, as its first batch of two samples or more shows.
+
+    The batch's loss is compared, in eval mode, with the losses of its two halves: "mean" when it
+    is their size-weighted mean, "sum" when it is their sum, None where they cannot tell (no such
+    batch, a batch that cannot be cut, a loss of zero, or another normalization such as a mean
+    over unmasked tokens). A function such as ``lambda o, t: F.mse_loss(o, t, reduction="sum")``
+    has no ``.reduction`` attribute to read; this tells it apart. The model is left as it was.
+
+    Args:
+        model: any ``nn.Module``.
+        loss_fn: the loss, as for :func:`lossdoctor.hessian`.
+        data: a DataLoader, a list of batches or one batch.
+
+    Returns:
+        "mean", "sum" or None.
+
+    Examples:
+        >>> import torch, lossdoctor as ld
+        >>> from torch.nn import functional as F
+        >>> model, batch = torch.nn.Linear(3, 1), (torch.randn(8, 3), torch.randn(8, 1))
+        >>> ld.observed_reduction(model, lambda o, t: F.mse_loss(o, t, reduction="sum"), batch)
+        'sum'
+    """
+    found = _first_batch_reduction(model, loss_fn, data)
+    return None if found is None else found[0]
+
+
+def _first_batch_reduction(
+    model: nn.Module, loss_fn: LossFn, data: Data
+) -> tuple[Reduction, int, int, float, list[tuple[float, int]]] | None:
+    """What the first batch of two samples or more shows, or None where nothing could tell.
+
+    The observed reduction with that batch's index, samples, loss and halves."""
+    check_data(data)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    with preserved_model(model), evaluation_mode(model, "eval"), torch.no_grad():
+        for index, (inputs, targets) in enumerate(iter_batches(data)):
+            inputs, targets = place(inputs, targets, device)
+            n = batch_size(targets)
+            if n < 2:
+                continue
+
+            def loss_of(x: Any, y: torch.Tensor, index: int = index) -> float:
+                return float(batch_loss(model, loss_fn, x, y, index))
+
+            whole = loss_of(inputs, targets)
+            observed, parts = _halves_reduction(
+                loss_of, inputs, targets, n, whole, _contract_rtol(dtype)
+            )
+            return None if observed is None else (observed, index, n, whole, parts)
+    return None
+
+
+def _contract_error(
+    loss_fn: Any,
+    observed: Reduction,
+    index: int,
+    n: int,
+    whole: float,
+    parts: list[tuple[float, int]],
+    consequence: str,
+) -> ValueError:
+    """The error for a loss whose batches combine their samples otherwise than declared."""
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    if observed == "sum":
+        return ValueError(
+            f"loss_fn ({name}) returns the sum of its samples' losses, not their mean: on batch {index} "
+            f"({n} samples) it gives {whole:.8g}, and its two halves {parts[0][0]:.8g} + {parts[1][0]:.8g}. "
+            f"Taken for a mean, {consequence}. Pass reduction='sum' (the mean per-sample loss is then "
+            "used, as for nn.MSELoss(reduction='sum')), or make loss_fn return the batch mean."
+        )
+    return ValueError(
+        f"reduction='sum' was given but loss_fn ({name}) returns the mean of its samples' losses: on "
+        f"batch {index} ({n} samples) it gives {whole:.8g}, the size-weighted mean of its halves' "
+        f"{parts[0][0]:.8g} and {parts[1][0]:.8g}. Drop reduction='sum' (or pass reduction='mean')."
+    )
+
+
+def checked_reduction(
+    model: nn.Module, loss_fn: LossFn, data: Data, reduction: str | None, consequence: str
+) -> Reduction:
+    """The per-sample contract declared, confirmed on the first batch that can tell.
+
+    Declared: ``reduction``, else ``loss_fn.reduction``, else "mean"; confirmed as by
+    :func:`observed_reduction`. A contradiction is a ValueError naming ``consequence`` (what
+    taking a sum for a mean would do)."""
+    declared = _declared_reduction(loss_fn, reduction)
+    found = _first_batch_reduction(model, loss_fn, data)
+    if found is not None and found[0] != declared:
+        raise _contract_error(loss_fn, *found, consequence)
+    return declared
+
+
+def _contract_rtol(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
 
 
 @contextlib.contextmanager
@@ -446,49 +574,31 @@ class HessianOperator:
         taken for a mean, its Hessian would be the batch size times too large. A loss that is
         neither (a mean over unmasked tokens, a model that couples its samples even in eval mode)
         cannot be told apart here: it is used as declared."""
-        half = (n + 1) // 2
-        try:
-            with evaluation_mode(self.model, "eval"):
-                whole = (
-                    self._batch_loss(inputs, targets, index).item()
-                    if self.mode == "train"
-                    else loss
-                )
-                parts = [
-                    (self._batch_loss(x, y, index).item(), m)
-                    for x, y, m in split_batch(inputs, targets, half)
-                ]
-        except (ValueError, TypeError, RuntimeError, IndexError):
-            return  # the batch cannot be cut (inputs whose first dimension is not the batch)
-        if len(parts) != 2 or not all(math.isfinite(v) for v, _ in parts):
+        with evaluation_mode(self.model, "eval"):
+            whole = (
+                self._batch_loss(inputs, targets, index).item() if self.mode == "train" else loss
+            )
+            observed, parts = _halves_reduction(
+                lambda x, y: self._batch_loss(x, y, index).item(),
+                inputs,
+                targets,
+                n,
+                whole,
+                _contract_rtol(self.dtype),
+            )
+        if observed is None:
             return
-        as_mean = sum(v * m for v, m in parts) / n
-        as_sum = sum(v for v, _ in parts)
-        rtol = 1e-4 if self.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-9
-        scale = max(abs(whole), abs(as_mean), abs(as_sum), 1e-30)
-        mean_fits, sum_fits = (
-            abs(whole - as_mean) <= rtol * scale,
-            abs(whole - as_sum) <= rtol * scale,
-        )
-        if mean_fits == sum_fits:  # neither (another normalization), or both (a loss of zero)
-            return
-        observed = "mean" if mean_fits else "sum"
         self.reduction_verified = True
         if observed == self.reduction:
             return
-        name = getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__)
-        if observed == "sum":
-            raise ValueError(
-                f"loss_fn ({name}) returns the sum of its samples' losses, not their mean: on batch {index} "
-                f"({n} samples) it gives {whole:.8g}, and its two halves {parts[0][0]:.8g} + {parts[1][0]:.8g}. "
-                "Taken for a mean, the Hessian would be the batch size times too large. Pass "
-                "reduction='sum' (the Hessian is then that of the mean per-sample loss, as for "
-                "nn.MSELoss(reduction='sum')), or make loss_fn return the batch mean."
-            )
-        raise ValueError(
-            f"reduction='sum' was given but loss_fn ({name}) returns the mean of its samples' losses: on "
-            f"batch {index} ({n} samples) it gives {whole:.8g}, the size-weighted mean of its halves' "
-            f"{parts[0][0]:.8g} and {parts[1][0]:.8g}. Drop reduction='sum' (or pass reduction='mean')."
+        raise _contract_error(
+            self.loss_fn,
+            observed,
+            index,
+            n,
+            whole,
+            parts,
+            "the Hessian would be the batch size times too large",
         )
 
     def _validate(self, check_reduction: bool) -> tuple[float, int, int]:
