@@ -1,5 +1,5 @@
-"""``--reduction`` on ``lossdoctor spectrum`` and ``critical``: a problem whose loss function sums
-over the batch is refused with the fix named, and measured right with ``--reduction sum``."""
+"""``--reduction`` on ``lossdoctor spectrum``, ``critical`` and ``batch noise``: a problem whose
+loss function sums over the batch is refused with the fix named, and measured right with ``--reduction sum``."""
 
 from __future__ import annotations
 
@@ -70,3 +70,18 @@ def test_critical_takes_reduction(spec):
     H = ld.dense_hessian(p.model, torch.nn.MSELoss(reduction="sum"), p.train_data)
     data = json.loads(result.stdout)["critical"]
     assert data["max_eigenvalue"] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=1e-9)
+
+
+def test_batch_noise_refuses_a_summing_loss_and_estimates_it_with_reduction_sum(spec):
+    runner = CliRunner()
+    args = ["batch", "noise", "--problem", spec, "--small-batch", "2", "--big-batch", "6"]
+    args += ["--pairs", "10", "--json"]
+    refused = runner.invoke(main, args)
+    assert refused.exit_code != 0 and "reduction='sum'" in refused.output
+    result = runner.invoke(main, [*args, "--reduction", "sum"])
+    assert result.exit_code == 0, result.output
+    p = ld.load_problem(spec)
+    mean = ld.gradient_noise_scale(
+        p.model, torch.nn.MSELoss(), p.train_data, small_batch=2, big_batch=6, pairs=10
+    )
+    assert json.loads(result.stdout)["b_simple"] == pytest.approx(mean.b_simple, rel=1e-9)

@@ -28,6 +28,7 @@ from ._common import (
     problem_option,
     problem_options,
     progress_bars,
+    reduction_option,
     seed_option,
     written,
 )
@@ -422,6 +423,11 @@ def landscape_command(
     show_default=True,
     help="Confidence level of B_simple's interval (0.68: about +-1 sigma).",
 )
+@reduction_option(
+    "How the problem's loss combines a batch's samples: mean or sum (the estimate is of the "
+    "mean per-sample loss either way). auto: the loss module's .reduction, else mean; a loss "
+    "function that sums is detected and refused without --reduction sum."
+)
 @mode_option("eval")
 @seed_option
 @device_option
@@ -433,6 +439,7 @@ def noise_command(
     big_batch: int | None,
     pairs: int,
     level: float,
+    reduction: str,
     mode: str,
     seed: int,
     as_json: bool,
@@ -465,6 +472,7 @@ def noise_command(
             mode=mode,
             seed=seed,
             progress=task("gradient noise scale"),
+            reduction=None if reduction == "auto" else reduction,
         )
     _emit(
         {"problem": prob.name, "checkpoint": checkpoint, **result.to_dict()}, str(result), as_json
