@@ -75,6 +75,25 @@ def test_lr_scaled_block_sharpness_and_the_unstable_block():
     json.dumps(table.to_dict())
 
 
+@pytest.mark.parametrize(
+    "summed",
+    [lambda o, t: F.cross_entropy(o, t, reduction="sum"), nn.CrossEntropyLoss(reduction="sum")],
+    ids=["function", "module"],
+)
+def test_a_loss_that_sums_its_batch_is_measured_as_the_step_takes_it(summed):
+    # SGD at lr / B on a batch sum takes the steps of SGD at lr on the batch mean, so the table's
+    # lr-scaled sharpness and step sizes must agree. A summing function was refused with advice
+    # to pass a reduction= this function did not take; a module's sum was read as a mean.
+    model, data = mlp_case()
+    n = len(data[1])
+    mean = ld.layer_curvature(model, F.cross_entropy, data, lr=1.0, lanczos_steps=40)
+    total = ld.layer_curvature(model, summed, data, lr=1.0 / n, lanczos_steps=40)
+    for a, b in zip(mean.rows, total.rows):
+        assert b.lambda_max == pytest.approx(n * a.lambda_max, rel=1e-9)
+        assert b.lr_sharpness == pytest.approx(a.lr_sharpness, rel=1e-9)
+        assert b.update_ratio == pytest.approx(a.update_ratio, rel=1e-9)
+
+
 def test_tied_embedding_belongs_to_its_first_module_and_blocks_cover_every_parameter():
     class Tied(nn.Module):
         def __init__(self):

@@ -63,9 +63,10 @@ from .curvature import (
     observed_reduction,
     spectral_density,
 )
+from .curvature.operator import stepped_hessian
 from .data import check_data, is_single_batch
 from .doctor.diagnosis import Diagnosis, diagnose
-from .doctor.measure import first_samples, stepped_hessian
+from .doctor.measure import first_samples
 from .doctor.trend import WINDOW
 from .doctor.trials import default_train_step, next_batches, snapshot, trial_optimizer
 from .model_state import trainable_parameters

@@ -43,8 +43,8 @@ from .._checks import (
     check_seed,
 )
 from .._results import ResultMixin, fmt
-from ..curvature import hessian
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, rademacher, tridiagonal
+from ..curvature.operator import stepped_hessian
 from ..model_state import selected_parameters
 from ..progress import Progress, with_progress
 from ..types import Mode
@@ -398,7 +398,9 @@ def layer_curvature(
 
     Args:
         model: as for :func:`lossdoctor.hessian`; the model is left as it was.
-        loss_fn: as for :func:`lossdoctor.hessian`.
+        loss_fn: as for :func:`lossdoctor.hessian`, taken as the optimizer steps on it: a loss
+            that sums its batch (a function, or a module with ``reduction="sum"``) is measured
+            as that sum, so the lr-scaled sharpness and the step size are those of the step.
         data: as for :func:`lossdoctor.hessian`.
         optimizer: the optimizer training the model (for the per-block lr-scaled sharpness and
             step size; Adam's, RMSprop's and Adagrad's per-coordinate steps come from their state).
@@ -440,7 +442,7 @@ def layer_curvature(
     check_progress(progress)
     lr = check_lr(lr)
     if op is None:
-        op = hessian(model, loss_fn, data, mode=mode, params=params)
+        op = stepped_hessian(model, loss_fn, data, mode, params=params)
     elif params is not None:
         op = op.restrict(params)
     blocks = parameter_blocks(model, op.names)

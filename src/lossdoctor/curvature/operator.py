@@ -1109,3 +1109,15 @@ def hessian(
         params=params,
         check_reduction=check_reduction,
     )
+
+
+def stepped_hessian(
+    model: nn.Module, loss_fn: LossFn, data: Data, mode: Mode | None, params: Any = None
+) -> HessianOperator:
+    """The Hessian of the loss as the optimizer steps on it: ``loss_fn``'s value on each batch.
+
+    A loss that sums over the batch (a function, or a module with ``reduction="sum"``) stays a
+    sum, so ``lr * lambda_max`` is the step the run takes. ``hessian`` alone refuses a summing
+    function, and reads a module's sum as a per-sample mean (B times flatter). For a loss that is
+    a batch mean the two are the same operator."""
+    return hessian(model, loss_fn, data, mode=mode, params=params, check_reduction=False)

@@ -33,6 +33,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
+from ..curvature.operator import stepped_hessian
 from ..data import call_model, place
 from ..progress import Progress, as_callback, scaled, with_progress
 from ..types import Cause, Data, History, Mode
@@ -47,7 +48,6 @@ from .measure import (
     escape_step,
     first_samples,
     measure,
-    stepped_hessian,
 )
 from .prescriptions import Prescription
 from .rules import CAUSES as RULE_CAUSES

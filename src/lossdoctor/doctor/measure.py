@@ -38,8 +38,9 @@ from torch import nn
 from .._results import ResultMixin
 from ..analysis.layers import parameter_blocks
 from ..analysis.step_size import Preconditioned, StepSize, step_size
-from ..curvature import HessianOperator, eigenpairs, hessian
+from ..curvature import eigenpairs
 from ..curvature.lanczos import apply64, block_lanczos_tridiagonals, gaussian, tridiagonal
+from ..curvature.operator import stepped_hessian
 from ..data import batch_loss, batch_size, is_single_batch, iter_batches, map_inputs, place
 from ..evaluation import mean_loss
 from ..model_state import evaluation_mode, load_flat, preserved_model, preserved_rng
@@ -361,15 +362,6 @@ def _sharpness_start(grad: torch.Tensor, seed: int) -> torch.Tensor | None:
         return None
     z = gaussian(grad.numel(), 1, seed, grad.device).squeeze(1)
     return grad.reshape(-1).to(torch.float64) / norm + z / z.norm()
-
-
-def stepped_hessian(model: nn.Module, loss_fn: Any, data: Any, mode: Mode) -> HessianOperator:
-    """The Hessian of the loss as the optimizer steps on it: ``loss_fn``'s value on each batch.
-
-    A loss that sums over the batch (a function, or a module with ``reduction="sum"``) stays a
-    sum, so ``lr * lambda_max`` is the step the run takes. ``hessian`` alone refuses a summing
-    function, and reads a module's sum as a per-sample mean (B times flatter)."""
-    return hessian(model, loss_fn, data, mode=mode, check_reduction=False)
 
 
 def _batch_gradients(op: Any, batches: list) -> tuple[float, torch.Tensor, list[float], list[int]]:

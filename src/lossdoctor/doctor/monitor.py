@@ -71,13 +71,14 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..curvature.eigen import lanczos_extreme
 from ..curvature.lanczos import apply64
+from ..curvature.operator import stepped_hessian
 from ..data import batch_size, forward, iter_batches, place
 from ..model_state import model_device, preserved_model, preserved_rng, trainable_parameters
 from ..training.loop import training_step
 from ..training.step_signals import StepSignals
 from ..types import Mode
 from .diagnosis import Diagnosis, diagnose
-from .measure import dropout_off, first_samples, stepped_hessian
+from .measure import dropout_off, first_samples
 from .prescriptions import Prescription, detach_hooks
 from .trend import (
     DIVERGE_GROWTH,
