@@ -33,7 +33,6 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
-from ..curvature.operator import stepped_hessian
 from ..data import call_model, place
 from ..progress import Progress, as_callback, scaled, with_progress
 from ..types import Cause, Data, History, Mode
@@ -450,8 +449,7 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
                 try:
                     with dropout_off(model):
                         sample = first_samples(batches, curvature_samples)
-                        op = stepped_hessian(model, loss_fn, sample, m.mode)
-                        layers = layer_curvature(
+                        layers = layer_curvature(  # the loss as stepped on, like measure's
                             model,
                             loss_fn,
                             sample,
@@ -462,7 +460,6 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
                             lanczos_steps=LAYER_STEPS,
                             seed=seed,
                             max_blocks=blocks,
-                            op=op,
                         )
                 except KeyboardInterrupt:
                     layers = None
