@@ -82,6 +82,8 @@ def test_bad_input():
         ld.gradient_noise_scale(model, F.mse_loss, (x, y), pairs=1)
     with pytest.raises(TypeError, match="one-shot iterator"):
         ld.gradient_noise_scale(model, F.mse_loss, ((x, y) for _ in range(2)))
+    with pytest.raises(ValueError, match="reduction='none'; a scalar loss"):
+        ld.gradient_noise_scale(model, nn.MSELoss(reduction="none"), (x, y), small_batch=8)
 
 
 def test_report_section_shows_bounded_and_unbounded_intervals(tmp_path):

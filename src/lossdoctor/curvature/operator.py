@@ -61,7 +61,7 @@ def _declared_reduction(loss_fn: Any, reduction: str | None) -> Reduction:
         declared = loss_reduction(loss_fn)
         if not _is_reduction(declared):
             raise ValueError(
-                f"loss_fn has reduction={declared!r}; the Hessian needs a scalar loss. "
+                f"loss_fn has reduction={declared!r}; a scalar loss (one number per batch) is needed. "
                 "Use reduction='mean'."
             )
         return declared
