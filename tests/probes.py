@@ -844,9 +844,13 @@ def specs() -> list[Spec]:
                 "level": floats(above=0.0, below=1.0),
                 "max_batch": ints(1, optional=True),
                 "progress": progress_kind(),
+                # the fixture's loss is a batch mean: "sum" contradicts it
+                "reduction": [b for b in choice("mean", "sum") if b.label != "None"]
+                + [Bad("sum given for a mean loss", "sum")],
             },
         )
     )
+    s.append(Spec("observed_reduction", ld.observed_reduction, _model_args, MODEL_LOSS_DATA))
     s.append(
         Spec(
             "time_batch_sizes",

@@ -130,6 +130,8 @@ def observed_reduction(model: nn.Module, loss_fn: LossFn, data: Data) -> Reducti
         >>> ld.observed_reduction(model, lambda o, t: F.mse_loss(o, t, reduction="sum"), batch)
         'sum'
     """
+    check_arguments(model=model, loss_fn=loss_fn)
+    selected_parameters(model, None)  # a model with nothing to train is refused, as everywhere
     found = _first_batch_reduction(model, loss_fn, data)
     return None if found is None else found[0]
 
@@ -143,21 +145,27 @@ def _first_batch_reduction(
     check_data(data)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
-    with preserved_model(model), evaluation_mode(model, "eval"), torch.no_grad():
+    empty = True
+    with preserved_model(model), evaluation_mode(model, "eval"):
         for index, (inputs, targets) in enumerate(iter_batches(data)):
+            empty = False
             inputs, targets = place(inputs, targets, device)
             n = batch_size(targets)
             if n < 2:
                 continue
 
             def loss_of(x: Any, y: torch.Tensor, index: int = index) -> float:
-                return float(batch_loss(model, loss_fn, x, y, index))
+                with torch.no_grad():
+                    return float(batch_loss(model, loss_fn, x, y, index))
 
-            whole = loss_of(inputs, targets)
+            # With gradients recorded, so a loss detached from the parameters is refused here too.
+            whole = float(batch_loss(model, loss_fn, inputs, targets, index).detach())
             observed, parts = _halves_reduction(
                 loss_of, inputs, targets, n, whole, _contract_rtol(dtype)
             )
             return None if observed is None else (observed, index, n, whole, parts)
+    if empty:
+        raise ValueError("data is empty: it yielded no samples.")
     return None
 
 
