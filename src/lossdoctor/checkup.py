@@ -72,7 +72,7 @@ from .doctor.trials import default_train_step, next_batches, snapshot, trial_opt
 from .model_state import trainable_parameters
 from .progress import Progress, as_callback, with_progress
 from .training.lr_finder import LRRangeResult, lr_range_test
-from .types import Mode
+from .types import Mode, Reduction
 
 BUDGET = 90.0  # seconds
 CURVATURE_SAMPLES = 256
@@ -371,8 +371,14 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
     op_holder: dict[str, Any] = {}
     # A loss function that sums its batch (no .reduction to read) is measured as stepped on by
     # the doctor and the curvature sections; the critical point and the noise scale need the
-    # per-sample mean, so they are told what the first batch shows.
-    reduction = observed_reduction(model, loss_fn, curv)
+    # per-sample mean, so they are told what the first batch shows: read inside those sections,
+    # so that an error or a Ctrl-C there is the section's, not the whole checkup's.
+    reductions: list[Reduction | None] = []
+
+    def reduction() -> Reduction | None:
+        if not reductions:
+            reductions.append(observed_reduction(model, loss_fn, curv))
+        return reductions[0]
 
     def op() -> Any:
         if "op" not in op_holder:
@@ -432,7 +438,7 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
                 max_matvecs=80,
                 num_probes=2,
                 lanczos_steps=30,
-                reduction=reduction,
+                reduction=reduction(),
             )
 
     critical = run("critical", "critical point", 2.0, critical_point)
@@ -492,7 +498,7 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
                 small_batch=max(2, min(32, m.batch_size or 32)),
                 pairs=20,
                 seed=seed,
-                reduction=reduction,
+                reduction=reduction(),
             ),
         )
     lr_range = run(
