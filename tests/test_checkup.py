@@ -4,6 +4,7 @@ was, every section's cost and status, the budget, the page and its JSON, noteboo
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import warnings
 
@@ -100,6 +101,25 @@ def test_a_loss_function_that_sums_its_batch_gets_every_section(key):
     for name in ("b_simple", "trace_sigma", "grad_norm_sq", "loss"):
         value, expected = getattr(c.noise, name), getattr(mean.noise, name)
         assert value == pytest.approx(expected, rel=1e-4, abs=1e-12, nan_ok=True), name
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, ValueError])
+def test_reading_the_losss_reduction_fails_only_its_sections(monkeypatch, error):
+    module = importlib.import_module("lossdoctor.checkup")  # ld.checkup is the function
+
+    def refuse(*args, **kwargs):
+        raise error("stop here")
+
+    monkeypatch.setattr(module, "observed_reduction", refuse)
+    s = stall("saddle/deep-linear")
+    c = ld.checkup(s.model, s.loss_fn, s.data, history=s.losses, optimizer=s.optimizer, budget=120)
+    status = {sec.key: sec.status for sec in c.sections}
+    assert status["doctor"] == "done" and c.diagnosis.cause == "saddle_point"
+    if error is KeyboardInterrupt:  # the rest is skipped, and the checkup says it was cut short
+        assert status["critical"] == "interrupted" and c.interrupted and c.critical is None
+    else:
+        assert status["critical"] == "failed: stop here" and not c.interrupted
+        assert status["escape"] == "done"
 
 
 def test_pairs_not_certified_within_the_budget_are_said_on_the_page_not_warned(tmp_path):
