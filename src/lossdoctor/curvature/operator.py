@@ -583,9 +583,14 @@ class HessianOperator:
         neither (a mean over unmasked tokens, a model that couples its samples even in eval mode)
         cannot be told apart here: it is used as declared."""
         with evaluation_mode(self.model, "eval"):
-            whole = (
-                self._batch_loss(inputs, targets, index).item() if self.mode == "train" else loss
-            )
+            try:
+                whole = (
+                    self._batch_loss(inputs, targets, index).item()
+                    if self.mode == "train"
+                    else loss
+                )
+            except (ValueError, TypeError, RuntimeError, IndexError):
+                return  # a model that cannot run in eval mode: its contract stays as declared
             observed, parts = _halves_reduction(
                 lambda x, y: self._batch_loss(x, y, index).item(),
                 inputs,
