@@ -167,6 +167,24 @@ def test_bad_input(overrides, match):
         ld.batch_size_sweep(nn.Linear(2, 2), [8], epochs=1)
 
 
+@pytest.mark.parametrize(
+    "summed",
+    [lambda o, t: F.cross_entropy(o, t, reduction="sum"), nn.CrossEntropyLoss(reduction="sum")],
+    ids=["function", "module"],
+)
+def test_a_loss_that_sums_its_batch_is_refused_before_any_training(summed, tmp_path):
+    # The lr rules are stated for a batch mean; a sum grows every step with the batch size. The
+    # function was trained on and then refused at the first sharpness measurement; the module ran
+    # to the end, comparing batch sizes whose steps were B times apart.
+    problem = tiny_problem()
+    problem = ld.Problem(problem.model, summed, problem.train_data, problem.test_data, name="sum")
+    before = ModelSnapshot.take(problem.model)
+    with pytest.raises(ValueError, match="returns the sum of its samples' losses.*batch mean"):
+        sweep(problem, store=tmp_path / "store")
+    before.assert_same(problem.model, "batch_size_sweep refusing a summing loss")
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
 @pytest.mark.skipif(
     not dist.is_available() or sys.platform == "win32", reason="needs torch.distributed"
 )

@@ -52,6 +52,7 @@ from .._checks import (
 from .._distributed import rank_and_world
 from .._files import atomic_write_text, check_output_dir, read_text_inside
 from .._results import ResultMixin, fmt, to_jsonable
+from ..curvature.operator import loss_reduction, observed_reduction
 from ..data import batch_loss, input_tensors, take
 from ..evaluation import as_tensors, evaluate_largest, rebatch
 from ..model_state import preserved_rng, seeded_rng
@@ -677,6 +678,25 @@ def _gather_runs(
 
 
 # -- the sweep ---------------------------------------------------------------------------------
+def _check_batch_mean(problem: Problem, train: tuple[Any, torch.Tensor]) -> None:
+    """Refuse, before any training, a loss that sums its batch.
+
+    The lr rules compare batch sizes at an lr stated for a batch mean (a sum would grow every step
+    with the batch size), and the sharpness of the end points is that of the mean."""
+    device = next((p.device for p in problem.model.parameters()), torch.device("cpu"))
+    first = take(train[0], train[1], torch.arange(min(len(train[1]), 64)), device)
+    if loss_reduction(problem.loss_fn) == "sum" or (
+        observed_reduction(problem.model, problem.loss_fn, first) == "sum"
+    ):
+        name = getattr(problem.loss_fn, "__name__", type(problem.loss_fn).__name__)
+        raise ValueError(
+            f"problem.loss_fn ({name}) returns the sum of its samples' losses: batch_size_sweep "
+            "compares batch sizes at an lr stated for the batch mean (with a sum every step would "
+            "grow with the batch size), and measures the sharpness of that mean. Make loss_fn "
+            "return the batch mean (reduction='mean')."
+        )
+
+
 @with_progress("batch-size sweep")
 def batch_size_sweep(
     problem: Problem,
@@ -744,7 +764,8 @@ def batch_size_sweep(
 
     Raises:
         TypeError: ``problem`` is not a :class:`lossdoctor.Problem`.
-        ValueError: no milestone, or a bad option, or a store written by other settings.
+        ValueError: no milestone, a bad option, a store written by other settings, or a loss that
+            sums its batch instead of averaging it.
 
     Examples:
         >>> import lossdoctor as ld
@@ -785,6 +806,7 @@ def batch_size_sweep(
         else None
     )
     num_train = len(train[1])
+    _check_batch_mean(problem, train)
     cfg = {
         "problem": problem.name,
         "num_train": num_train,
