@@ -32,6 +32,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
@@ -369,16 +370,14 @@ def checkup(  # noqa: C901 - the sections in order, each while time is left
         return value
 
     op_holder: dict[str, Any] = {}
+
     # A loss function that sums its batch (no .reduction to read) is measured as stepped on by
     # the doctor and the curvature sections; the critical point and the noise scale need the
     # per-sample mean, so they are told what the first batch shows: read inside those sections,
     # so that an error or a Ctrl-C there is the section's, not the whole checkup's.
-    reductions: list[Reduction | None] = []
-
+    @functools.cache
     def reduction() -> Reduction | None:
-        if not reductions:
-            reductions.append(observed_reduction(model, loss_fn, curv))
-        return reductions[0]
+        return observed_reduction(model, loss_fn, curv)
 
     def op() -> Any:
         if "op" not in op_holder:

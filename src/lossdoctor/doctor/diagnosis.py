@@ -448,11 +448,10 @@ def diagnose(  # noqa: C901 - measure, decide, explain, try: the documented step
             if blocks >= 2:
                 try:
                     with dropout_off(model):
-                        sample = first_samples(batches, curvature_samples)
                         layers = layer_curvature(  # the loss as stepped on, like measure's
                             model,
                             loss_fn,
-                            sample,
+                            first_samples(batches, curvature_samples),
                             optimizer=optimizer,
                             lr=None if optimizer is not None else m.lr,
                             mode=m.mode,
