@@ -674,8 +674,9 @@ def _class_count(outputs: Any) -> int | None:
     )
 
 
-def _name(fn: Any) -> str:
-    return getattr(fn, "__name__", type(fn).__name__)
+def loss_name(loss_fn: Any) -> str:
+    """How messages name a loss: a function's ``__name__``, else its class (``CrossEntropyLoss``)."""
+    return getattr(loss_fn, "__name__", type(loss_fn).__name__)
 
 
 def _loss_hint(err: BaseException, outputs: Any, targets: torch.Tensor) -> str:
@@ -810,7 +811,7 @@ def forward(  # noqa: C901 - one guarded call per step (model, loss, shapes), ea
         if not has_targets(targets):
             raise ValueError(
                 f"batch {index} has no targets (a dict batch without a 'labels' key: "
-                f"{_shape(inputs)}), but loss_fn={_name(loss_fn)} is called as loss_fn(outputs, "
+                f"{_shape(inputs)}), but loss_fn={loss_name(loss_fn)} is called as loss_fn(outputs, "
                 "targets). Put the targets under 'labels', pass loss_fn=None to use the model's own "
                 "loss, or a loss_fn(outputs, batch) that reads them from the batch."
             )

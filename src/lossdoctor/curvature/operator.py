@@ -22,7 +22,15 @@ from torch.nn import functional as F
 
 from .._checks import check_arguments, check_bool
 from .._distributed import process_group_active
-from ..data import batch_loss, batch_size, check_data, iter_batches, place, split_batch
+from ..data import (
+    batch_loss,
+    batch_size,
+    check_data,
+    iter_batches,
+    loss_name,
+    place,
+    split_batch,
+)
 from ..model_state import (
     ModeNotice,
     default_mode_notice,
@@ -179,7 +187,7 @@ def _contract_error(
     consequence: str,
 ) -> ValueError:
     """The error for a loss whose batches combine their samples otherwise than declared."""
-    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    name = loss_name(loss_fn)
     if observed == "sum":
         return ValueError(
             f"loss_fn ({name}) returns the sum of its samples' losses, not their mean: on batch {index} "

@@ -33,7 +33,7 @@ from .._checks import (
 from .._results import ResultMixin, fmt
 from ..analysis.layers import LayerCurvature, layer_curvature
 from ..analysis.step_size import check_lr
-from ..data import call_model, place
+from ..data import call_model, loss_name, place
 from ..progress import Progress, as_callback, scaled, with_progress
 from ..types import Cause, Data, History, Mode
 from .candidates import Candidate, candidates
@@ -254,7 +254,7 @@ def _has_normalization(model: nn.Module) -> bool:
 @torch.no_grad()
 def _probability_outputs(model: nn.Module, loss_fn: Any, batch: tuple) -> bool:
     """Outputs in [0, 1] (probabilities), or a squared-error loss on integer class targets."""
-    name = getattr(loss_fn, "__name__", type(loss_fn).__name__).lower()
+    name = loss_name(loss_fn).lower()
     x, y = batch
     if ("mse" in name or isinstance(loss_fn, nn.MSELoss)) and not y.is_floating_point():
         return True

@@ -53,7 +53,7 @@ from .._distributed import rank_and_world
 from .._files import atomic_write_text, check_output_dir, read_text_inside
 from .._results import ResultMixin, fmt, to_jsonable
 from ..curvature.operator import loss_reduction, observed_reduction
-from ..data import batch_loss, input_tensors, take
+from ..data import batch_loss, input_tensors, loss_name, take
 from ..evaluation import as_tensors, evaluate_largest, rebatch
 from ..model_state import preserved_rng, seeded_rng
 from ..problem import Problem
@@ -688,7 +688,7 @@ def _check_batch_mean(problem: Problem, train: tuple[Any, torch.Tensor]) -> None
     if loss_reduction(problem.loss_fn) == "sum" or (
         observed_reduction(problem.model, problem.loss_fn, first) == "sum"
     ):
-        name = getattr(problem.loss_fn, "__name__", type(problem.loss_fn).__name__)
+        name = loss_name(problem.loss_fn)
         raise ValueError(
             f"problem.loss_fn ({name}) returns the sum of its samples' losses: batch_size_sweep "
             "compares batch sizes at an lr stated for the batch mean (with a sum every step would "
