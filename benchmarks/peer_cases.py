@@ -57,6 +57,19 @@ def _z(error: float, claimed: float) -> float:
     return math.inf if claimed <= 0 else error / claimed
 
 
+def _compared(estimate: float, truth: float, claimed: float, **extra) -> dict:
+    """One number against its truth: the error, the error it claims, and z (their ratio)."""
+    error = abs(estimate - truth)
+    return {
+        "estimate": estimate,
+        "truth": truth,
+        "error": error,
+        "claimed": claimed,
+        "z": _z(error, claimed),
+        **extra,
+    }
+
+
 def _cell(cell: dict) -> str:
     if cell.get("method") == "exact":
         return f"exact, err {cell['error']:.0e}"
@@ -78,17 +91,11 @@ def measure(case, seed: int = 0) -> dict:
     for key, matvecs in (("trace_default", None), ("trace_30", min(30, n - 1))):
         kwargs = {} if matvecs is None else {"matvecs": matvecs}
         r = ld.trace(op, seed=seed, progress=False, **kwargs)
-        err = abs(r.estimate - exact_trace)
-        row[key] = {
-            "estimate": r.estimate,
-            "truth": exact_trace,
-            "error": err,
-            "claimed": r.standard_error,
-            "method": r.method,
-            "matvecs": r.matvecs,
-            # an exact trace claims no error: its float64 rounding is allowed
-            "z": _z(err, r.standard_error + 1e-12 * abs(exact_trace)),
-        }
+        row[key] = _compared(
+            r.estimate, exact_trace, r.standard_error, method=r.method, matvecs=r.matvecs
+        )
+        # an exact trace claims no error: its float64 rounding is allowed
+        row[key]["z"] = _z(row[key]["error"], r.standard_error + 1e-12 * abs(exact_trace))
 
     k = 3 if n > 6 else 1
     with warnings.catch_warnings():
@@ -110,15 +117,9 @@ def measure(case, seed: int = 0) -> dict:
 
     if case.name not in ("subset", "least-squares", "last-layer"):
         d = ld.spectral_density(op, seed=seed, progress=False)
-        truth = float((lam < -d.zero_tol).mean())
-        err = abs(d.negative_fraction - truth)
-        row["negative_fraction"] = {
-            "estimate": d.negative_fraction,
-            "truth": truth,
-            "error": err,
-            "claimed": d.negative_fraction_error,
-            "z": _z(err, d.negative_fraction_error),
-        }
+        row["negative_fraction"] = _compared(
+            d.negative_fraction, float((lam < -d.zero_tol).mean()), d.negative_fraction_error
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             model, loss_fn, data = case.build()
@@ -126,15 +127,9 @@ def measure(case, seed: int = 0) -> dict:
                 model, loss_fn, data, dense=False, grad_tol=1e9, seed=seed, progress=False
             )
         if p.ratio_method == "slq":
-            truth = float((lam > p.eig_tol).mean())
-            err = abs(p.minimum_ratio - truth)
-            row["minimum_ratio"] = {
-                "estimate": p.minimum_ratio,
-                "truth": truth,
-                "error": err,
-                "claimed": p.minimum_ratio_error,
-                "z": _z(err, p.minimum_ratio_error),
-            }
+            row["minimum_ratio"] = _compared(
+                p.minimum_ratio, float((lam > p.eig_tol).mean()), p.minimum_ratio_error
+            )
     return row
 
 
